@@ -1,0 +1,1 @@
+"""Building blocks of the RLHF pipeline: plain Python, no orchestration inside."""

@@ -1,0 +1,1 @@
+"""Data: the embedded synthetic task, its gold judge, loaders and file schemas."""

@@ -1,0 +1,68 @@
+"""The data stages from the command line, as ``dvc.yaml`` runs them:
+
+    python -m components.data.cli rebuild-check | validate | prepare [--profile P] [--set k=v]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from components.config import ConfigError, load_config
+from components.data import files, stages
+from components.data.dataset import build_dataset, write_dataset
+from components.offline import stay_offline
+from components.tracking import dvc_store
+
+REBUILD_REPORT = Path("reports/data/rebuild.json")
+
+
+def rebuild_check(cfg, root: Path) -> int:
+    """Rebuild the data from params in a scratch dir; it must hash to what data.dvc records."""
+    recorded = dvc_store.recorded_version(root, cfg.data.dir)
+    with tempfile.TemporaryDirectory() as scratch:
+        write_dataset(Path(scratch) / "data", build_dataset(cfg))
+        rebuilt = dvc_store.directory_md5(Path(scratch) / "data")
+    match = recorded is not None and recorded.md5 == rebuilt
+    files.write_json(root / REBUILD_REPORT, {"recorded": recorded.md5 if recorded else None, "rebuilt": rebuilt, "match": match})
+    if not match:
+        print(f"drift: rebuilt {cfg.data.dir}/ hashes to {rebuilt}, {cfg.data.dir}.dvc records "
+              f"{recorded.md5 if recorded else 'nothing'}", file=sys.stderr)
+        return 1
+    print(f"rebuilt {cfg.data.dir}/ hashes to {rebuilt}, as {cfg.data.dir}.dvc records")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["rebuild-check", "validate", "prepare"])
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root (dvc runs stages from there)")
+    parser.add_argument("--params", type=Path, help="params file (default: ROOT/params.yaml)")
+    args = parser.parse_args(argv)
+    stay_offline()
+    try:
+        cfg = load_config(args.profile, args.overrides, args.params or args.root / "params.yaml")
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if args.stage == "rebuild-check":
+        return rebuild_check(cfg, args.root)
+    if args.stage == "validate":
+        try:
+            report = stages.validate(cfg, args.root)
+        except stages.DataValidationFailed as failed:
+            print(failed, file=sys.stderr)
+            return 1
+        print(report.summary())
+        return 0
+    recorded = dvc_store.check_drift(args.root, cfg.data.dir)
+    counts = stages.prepare_training_inputs(cfg, args.root, {"md5": recorded.md5, **recorded.meta})
+    print(f"prepared {counts} in {cfg.prepare.dir}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

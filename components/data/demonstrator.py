@@ -1,0 +1,118 @@
+"""The noisy demonstrator: writes reviews of mixed quality for SFT.
+
+Each demonstration draws its own carelessness c in [0, 1]; every kind of mistake the gold
+judge punishes happens with a probability proportional to c. Token-level imitation of these
+demonstrations reproduces the average carelessness; only a sequence-level signal can remove it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from components.data.grammar import aspect_clauses, product_clauses
+from components.data.lexicon import (
+    ASPECTS,
+    CONJUNCTION,
+    NEUTRAL_CLAUSES,
+    OVERALL_NEGATIVE,
+    OVERALL_POSITIVE,
+    POSITIVE,
+    PRODUCTS,
+)
+from components.data.task import Prompt
+from components.data.text import END_OF_SENTENCE, join_words
+
+
+@dataclass(frozen=True)
+class DemonstratorStyle:
+    """How a careful writer structures a review, and how often each mistake happens per unit of carelessness."""
+
+    opener: float = 0.5  # a neutral first sentence
+    extra_aspect: float = 0.25  # a third, unrequested aspect of the product
+    join_aspects: float = 0.35  # both aspects in one sentence with "and"
+    verdict: float = 0.8  # an overall closing sentence
+    flip_sentiment: float = 0.5
+    drop_aspect: float = 0.4
+    repeat_sentence: float = 0.4
+    contradict: float = 0.3
+    off_topic: float = 0.3
+    grammar_slip: float = 0.4
+    unterminated: float = 0.3
+
+
+STYLE = DemonstratorStyle()
+
+
+def _clause_about(aspect: str, polarity: int, rng: random.Random) -> str:
+    return rng.choice(aspect_clauses(aspect, polarity))
+
+
+def _product_clause(prompt: Prompt, templates: tuple[str, ...], rng: random.Random) -> str:
+    return rng.choice(product_clauses(PRODUCTS[prompt.product], templates))
+
+
+def _grammar_slip(sentence: list[str], rng: random.Random) -> list[str]:
+    """Break agreement if the sentence has a copula, else swap or drop a word."""
+    sentence = list(sentence)
+    copulas = [i for i, w in enumerate(sentence) if w in ("is", "are")]
+    if copulas and rng.random() < 0.5:
+        i = rng.choice(copulas)
+        sentence[i] = "are" if sentence[i] == "is" else "is"
+    elif len(sentence) > 2 and rng.random() < 0.5:
+        i = rng.randrange(len(sentence) - 1)
+        sentence[i], sentence[i + 1] = sentence[i + 1], sentence[i]
+    elif len(sentence) > 1:
+        del sentence[rng.randrange(len(sentence))]
+    return sentence
+
+
+def write_demonstration(prompt: Prompt, carelessness: float, rng: random.Random, style: DemonstratorStyle = STYLE) -> str:
+    c = carelessness
+    polarity = prompt.polarity
+    product = PRODUCTS[prompt.product]
+    slip = lambda p: rng.random() < p * c  # noqa: E731 - one mistake draw, read as a verb below
+
+    aspects = list(prompt.aspects)
+    rng.shuffle(aspects)
+    if slip(style.drop_aspect):
+        aspects.pop()
+    if rng.random() < style.extra_aspect:
+        aspects.append(rng.choice([a for a in product.aspects if a not in prompt.aspects]))
+    aspect_text = [_clause_about(a, -polarity if slip(style.flip_sentiment) else polarity, rng) for a in aspects]
+
+    sentences: list[str] = []
+    if rng.random() < style.opener:
+        sentences.append(_product_clause(prompt, NEUTRAL_CLAUSES, rng))
+    if len(aspect_text) >= 2 and rng.random() < style.join_aspects:
+        sentences.append(f"{aspect_text[0]} {CONJUNCTION} {aspect_text[1]}")
+        sentences.extend(aspect_text[2:])
+    else:
+        sentences.extend(aspect_text)
+    if slip(style.contradict):
+        sentences.append(_clause_about(rng.choice(prompt.aspects), -polarity, rng))
+    if slip(style.off_topic):
+        elsewhere = sorted(set(ASPECTS) - set(product.aspects))
+        sentences.append(_clause_about(rng.choice(elsewhere), polarity, rng))
+    if rng.random() < style.verdict:
+        verdict_polarity = -polarity if slip(style.flip_sentiment) else polarity
+        sentences.append(_product_clause(prompt, OVERALL_POSITIVE if verdict_polarity == POSITIVE else OVERALL_NEGATIVE, rng))
+    if slip(style.repeat_sentence):
+        i = rng.randrange(len(sentences))
+        sentences.insert(i + 1, sentences[i])
+
+    tokens_per_sentence = [s.split() for s in sentences]
+    if slip(style.grammar_slip):
+        i = rng.randrange(len(tokens_per_sentence))
+        tokens_per_sentence[i] = _grammar_slip(tokens_per_sentence[i], rng)
+    tokens: list[str] = []
+    for sentence in tokens_per_sentence:
+        tokens.extend([*sentence, END_OF_SENTENCE])
+    if slip(style.unterminated):
+        tokens.pop()  # the final period
+        if len(tokens_per_sentence[-1]) > 2 and rng.random() < 0.5:
+            tokens.pop()  # and the sentence breaks off mid-way
+    return join_words(tokens)
+
+
+def draw_carelessness(rng: random.Random, alpha: float, beta: float) -> float:
+    return round(rng.betavariate(alpha, beta), 4)

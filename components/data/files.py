@@ -1,0 +1,128 @@
+"""The data files of the pipeline: schemas, strict JSONL reading and atomic writing.
+
+Schemas (one JSON object per line, UTF-8, every line ends with a newline):
+- ``demonstrations.jsonl``: ``{prompt, response}`` plus optional metadata.
+- ``preferences.jsonl``: ``{prompt, chosen, rejected}`` plus optional metadata
+  (``chosen_position``: 0 if the labeler was shown the chosen response first, else 1).
+- ``eval_prompts.jsonl``: ``{prompt}`` plus optional metadata.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+DEMONSTRATIONS = "demonstrations"
+PREFERENCES = "preferences"
+EVAL_PROMPTS = "eval_prompts"
+MANIFEST = "manifest.json"
+
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    DEMONSTRATIONS: ("prompt", "response"),
+    PREFERENCES: ("prompt", "chosen", "rejected"),
+    EVAL_PROMPTS: ("prompt",),
+}
+DATASETS = tuple(REQUIRED_FIELDS)
+
+
+def file_name(dataset: str) -> str:
+    return f"{dataset}.jsonl"
+
+
+class DataFileError(ValueError):
+    """A data file that breaks a rule, with the file, the 1-based line and the rule."""
+
+    def __init__(self, path: str | Path, line: int | None, rule: str, detail: str):
+        self.path, self.line, self.rule, self.detail = str(path), line, rule, detail
+        where = f"{self.path}, line {line}" if line is not None else self.path
+        super().__init__(f"{where}: {rule}: {detail}")
+
+
+@dataclass(frozen=True)
+class Record:
+    line: int
+    data: dict[str, Any]
+
+
+def read_jsonl(path: str | Path, dataset: str | None = None) -> list[Record]:
+    """Read a JSONL file strictly: UTF-8, one object per line, required string fields present.
+
+    Raises DataFileError naming the first offending line and the rule it breaks.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataFileError(path, None, "file is readable", str(exc)) from exc
+    if not raw:
+        raise DataFileError(path, None, "file is not empty", "0 bytes")
+    if not raw.endswith(b"\n"):
+        line_count = raw.count(b"\n") + 1
+        raise DataFileError(path, line_count, "file ends with a newline", "last line is cut off (truncated file?)")
+    records: list[Record] = []
+    for number, line_bytes in enumerate(raw.split(b"\n")[:-1], start=1):
+        try:
+            text = line_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataFileError(path, number, "UTF-8 text", f"byte {exc.start}: invalid UTF-8") from None
+        if not text.strip():
+            raise DataFileError(path, number, "one JSON object per line", "blank line")
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataFileError(path, number, "one JSON object per line", f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataFileError(path, number, "one JSON object per line", f"got {type(obj).__name__}")
+        if dataset is not None:
+            _check_fields(path, number, dataset, obj)
+        records.append(Record(number, obj))
+    return records
+
+
+def _check_fields(path: Path, number: int, dataset: str, obj: dict[str, Any]) -> None:
+    for field in REQUIRED_FIELDS[dataset]:
+        if field not in obj:
+            raise DataFileError(path, number, f"required field '{field}'", "missing")
+        if not isinstance(obj[field], str):
+            raise DataFileError(path, number, f"field '{field}' is a string", f"got {type(obj[field]).__name__}")
+
+
+def dumps(row: dict[str, Any]) -> str:
+    """Canonical JSON line: same row, same bytes."""
+    return json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    """Write to a temp file beside ``path`` and rename it into place: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    atomic_write_bytes(path, "".join(dumps(row) + "\n" for row in rows).encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

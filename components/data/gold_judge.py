@@ -1,0 +1,134 @@
+"""The hidden gold judge: scores a whole response on sequence-level properties.
+
+It stands in for human raters (the synthetic-gold setup of Gao et al. 2022): it labels
+preferences through the simulated labeler and scores policies in evaluation. No training
+step may call it; a test guards that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.data.grammar import ASPECT, parse_sentence, split_sentences
+from components.data.lexicon import NEUTRAL, PRODUCTS
+from components.data.task import Prompt, parse_prompt
+from components.data.text import words
+
+
+@dataclass(frozen=True)
+class JudgeWeights:
+    per_aspect_covered: float = 1.0  # each requested aspect praised/criticised as requested
+    sentiment_match: float = 1.0  # times the share of polar clauses with the requested sentiment
+    grammatical: float = 1.0  # times the share of sentences that parse
+    verdict: float = 0.5  # an overall verdict with the requested sentiment
+    per_contradiction: float = 1.0  # a subject described both ways
+    per_repetition: float = 0.75  # a clause or sentence said again
+    per_off_topic: float = 0.75  # a clause about another product or an aspect it lacks
+    per_stutter: float = 0.25  # a word right after itself ("the the")
+    unterminated: float = 1.5  # no final period, or generation never ended
+    per_word_outside_length: float = 0.1
+    min_words: int = 10
+    max_words: int = 25
+
+
+WEIGHTS = JudgeWeights()
+
+
+@dataclass(frozen=True)
+class Judgement:
+    score: float
+    n_words: int
+    n_sentences: int
+    grammatical: float
+    sentiment_match: float
+    aspects_covered: int
+    verdict: bool
+    contradictions: int
+    repetitions: int
+    off_topic: int
+    stutters: int
+    terminated: bool
+
+
+def judge(prompt: Prompt | str, response: str, ended: bool = True, weights: JudgeWeights = WEIGHTS) -> Judgement:
+    """Score ``response`` to ``prompt``; ``ended`` is False when generation stopped without EOS."""
+    if isinstance(prompt, str):
+        parsed = parse_prompt(prompt)
+        if parsed is None:
+            raise ValueError(f"not a prompt of the embedded task: {prompt!r}")
+        prompt = parsed
+    product = PRODUCTS[prompt.product]
+    tokens = words(response)
+    sentences, remainder = split_sentences(tokens)
+    terminated = ended and not remainder and bool(sentences)
+    if remainder:
+        sentences = [*sentences, remainder]
+
+    n_grammatical = 0
+    seen_clauses: set = set()
+    seen_ungrammatical: set[tuple[str, ...]] = set()
+    repetitions = off_topic = on_sentiment = polar = 0
+    polarities: dict[tuple[str, str], set[int]] = {}
+    covered: set[str] = set()
+    verdict = False
+    for sentence in sentences:
+        clauses = parse_sentence(sentence)
+        if clauses is None:
+            key = tuple(sentence)
+            repetitions += key in seen_ungrammatical
+            seen_ungrammatical.add(key)
+            continue
+        n_grammatical += 1
+        for clause in clauses:
+            repetitions += clause in seen_clauses
+            seen_clauses.add(clause)
+            about_product = clause.subject in product.aspects if clause.kind == ASPECT else clause.subject == product.name
+            if not about_product:
+                off_topic += 1
+                continue
+            if clause.polarity == NEUTRAL:
+                continue
+            polar += 1
+            polarities.setdefault((clause.kind, clause.subject), set()).add(clause.polarity)
+            if clause.polarity == prompt.polarity:
+                on_sentiment += 1
+                if clause.kind == ASPECT and clause.subject in prompt.aspects:
+                    covered.add(clause.subject)
+                elif clause.kind != ASPECT:
+                    verdict = True
+    contradictions = sum(len(p) > 1 for p in polarities.values())
+
+    stutters = sum(a == b for a, b in zip(tokens, tokens[1:]))
+    n_words = sum(t.isalpha() for t in tokens)
+    outside = max(0, weights.min_words - n_words) + max(0, n_words - weights.max_words)
+    grammatical = n_grammatical / len(sentences) if sentences else 0.0
+    sentiment_match = on_sentiment / polar if polar else 0.0
+    score = (
+        weights.per_aspect_covered * len(covered)
+        + weights.sentiment_match * sentiment_match
+        + weights.grammatical * grammatical
+        + weights.verdict * verdict
+        - weights.per_contradiction * contradictions
+        - weights.per_repetition * repetitions
+        - weights.per_off_topic * off_topic
+        - weights.per_stutter * stutters
+        - weights.unterminated * (not terminated)
+        - weights.per_word_outside_length * outside
+    )
+    return Judgement(
+        score=round(score, 6),
+        n_words=n_words,
+        n_sentences=len(sentences),
+        grammatical=grammatical,
+        sentiment_match=sentiment_match,
+        aspects_covered=len(covered),
+        verdict=verdict,
+        contradictions=contradictions,
+        repetitions=repetitions,
+        off_topic=off_topic,
+        stutters=stutters,
+        terminated=terminated,
+    )
+
+
+def gold_score(prompt: Prompt | str, response: str, ended: bool = True) -> float:
+    return judge(prompt, response, ended).score

@@ -1,0 +1,101 @@
+"""The grammar of the embedded task: every valid clause, enumerated, with what it says.
+
+A sentence is one clause or two clauses joined by "and", ended by a period. Parsing is a
+table look-up, so the judge and the demonstrator agree exactly on what is grammatical.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from components.data.lexicon import (
+    ASPECTS,
+    CONJUNCTION,
+    INTENSIFIERS,
+    NEGATIVE,
+    NEUTRAL,
+    NEUTRAL_CLAUSES,
+    OVERALL_NEGATIVE,
+    OVERALL_POSITIVE,
+    POSITIVE,
+    PRODUCTS,
+    VERB_PHRASES,
+    Product,
+)
+from components.data.text import END_OF_SENTENCE
+
+ASPECT, OVERALL, NEUTRAL_KIND = "aspect", "overall", "neutral"
+
+
+@dataclass(frozen=True)
+class Clause:
+    kind: str  # aspect | overall | neutral
+    subject: str  # the aspect, or the product for overall/neutral clauses
+    polarity: int  # POSITIVE, NEGATIVE or NEUTRAL
+
+
+def aspect_clauses(aspect: str, polarity: int) -> list[str]:
+    """Every grammatical clause saying something of ``polarity`` about ``aspect``."""
+    spec = ASPECTS[aspect]
+    copula = "are" if spec.plural else "is"
+    clauses = []
+    for predicate in spec.positive if polarity == POSITIVE else spec.negative:
+        if predicate in VERB_PHRASES:
+            clauses.append(f"the {aspect} {predicate}")
+            continue
+        clauses.append(f"the {aspect} {copula} {predicate}")
+        if " " not in predicate:
+            clauses.extend(f"the {aspect} {copula} {adverb} {predicate}" for adverb in INTENSIFIERS)
+    return clauses
+
+
+def product_clauses(product: Product, templates: tuple[str, ...]) -> list[str]:
+    this, is_ = ("these", "are") if product.plural else ("this", "is")
+    return [t.format(this=this, p=product.name, **{"is": is_}) for t in templates]
+
+
+@lru_cache(maxsize=1)
+def clause_table() -> dict[tuple[str, ...], Clause]:
+    table: dict[tuple[str, ...], Clause] = {}
+    for aspect in ASPECTS:
+        for polarity in (POSITIVE, NEGATIVE):
+            for text in aspect_clauses(aspect, polarity):
+                table[tuple(text.split())] = Clause(ASPECT, aspect, polarity)
+    for product in PRODUCTS.values():
+        for templates, kind, polarity in (
+            (OVERALL_POSITIVE, OVERALL, POSITIVE),
+            (OVERALL_NEGATIVE, OVERALL, NEGATIVE),
+            (NEUTRAL_CLAUSES, NEUTRAL_KIND, NEUTRAL),
+        ):
+            for text in product_clauses(product, templates):
+                table[tuple(text.split())] = Clause(kind, product.name, polarity)
+    return table
+
+
+def split_sentences(tokens: list[str]) -> tuple[list[list[str]], list[str]]:
+    """Sentences ended by a period, and the unterminated remainder (empty if the text ends cleanly)."""
+    sentences, current = [], []
+    for token in tokens:
+        if token == END_OF_SENTENCE:
+            sentences.append(current)
+            current = []
+        else:
+            current.append(token)
+    return sentences, current
+
+
+def parse_sentence(tokens: list[str]) -> list[Clause] | None:
+    """The clauses of a sentence (without its period), or None when it is not grammatical."""
+    table = clause_table()
+    clauses: list[Clause] = []
+    part: list[str] = []
+    for token in [*tokens, CONJUNCTION]:
+        if token != CONJUNCTION:
+            part.append(token)
+            continue
+        clause = table.get(tuple(part))
+        if clause is None:
+            return None
+        clauses.append(clause)
+        part = []
+    return clauses if len(clauses) <= 2 else None

@@ -1,0 +1,137 @@
+"""The closed world of the embedded review task: products, their aspects and the phrases about them.
+
+Everything the demonstrator can write and the gold judge can parse is built from these tables,
+so the vocabulary is small (a few hundred words) and every valid clause is known in advance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POSITIVE, NEGATIVE, NEUTRAL = 1, -1, 0
+SENTIMENTS = {"positive": POSITIVE, "negative": NEGATIVE}
+
+
+@dataclass(frozen=True)
+class Aspect:
+    name: str
+    plural: bool  # "the keys are", "the battery is"
+    positive: tuple[str, ...]  # predicates: adjectives, or verb phrases after the subject
+    negative: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Product:
+    name: str
+    plural: bool  # "these headphones", "this kettle"
+    aspects: tuple[str, ...]
+
+
+# Predicates that follow the subject directly ("the battery lasts all day"); the rest take a copula.
+VERB_PHRASES = frozenset({"lasts all day", "charges fast", "dies fast", "drains quickly"})
+
+GENERIC_POSITIVE = ("great", "excellent", "good", "solid", "nice")
+GENERIC_NEGATIVE = ("bad", "poor", "terrible", "awful", "disappointing")
+INTENSIFIERS = ("very", "really", "quite")
+
+# Aspect-specific predicates; generic adjectives apply to every aspect as well.
+_ASPECT_PHRASES: dict[str, tuple[bool, tuple[str, ...], tuple[str, ...]]] = {
+    "battery": (False, ("lasts all day", "charges fast"), ("dies fast", "drains quickly", "weak")),
+    "sound": (False, ("clear", "rich", "loud"), ("muffled", "harsh", "tinny")),
+    "screen": (False, ("bright", "sharp"), ("dim", "blurry")),
+    "price": (False, ("fair", "low"), ("too high", "steep")),
+    "design": (False, ("elegant", "modern"), ("ugly", "clumsy")),
+    "size": (False, ("compact", "perfect"), ("bulky", "too small")),
+    "weight": (False, ("light",), ("heavy",)),
+    "comfort": (False, ("soft",), ("painful",)),
+    "fit": (False, ("snug", "perfect"), ("loose", "tight")),
+    "material": (False, ("sturdy", "durable"), ("flimsy", "cheap")),
+    "noise": (False, ("quiet",), ("loud", "annoying")),
+    "speed": (False, ("fast", "quick"), ("slow",)),
+    "setup": (False, ("easy", "simple"), ("confusing",)),
+    "cable": (False, ("long", "durable"), ("short", "fragile")),
+    "strap": (False, ("adjustable", "soft"), ("stiff", "fragile")),
+    "buttons": (True, ("responsive",), ("stiff", "stuck")),
+    "keys": (True, ("responsive", "smooth"), ("stiff", "noisy")),
+    "wheels": (True, ("smooth",), ("wobbly", "stuck")),
+    "lens": (False, ("sharp", "clear"), ("blurry", "scratched")),
+    "handle": (False, ("sturdy",), ("wobbly", "hot")),
+    "lid": (False, ("tight",), ("loose", "leaky")),
+    "suction": (False, ("strong",), ("weak",)),
+    "light": (False, ("bright", "warm"), ("dim", "harsh")),
+    "color": (False, ("vivid", "lovely"), ("dull", "faded")),
+    "pockets": (True, ("roomy",), ("tiny",)),
+    "zipper": (False, ("smooth",), ("stuck", "fragile")),
+}
+
+ASPECTS: dict[str, Aspect] = {
+    name: Aspect(name, plural, positive + GENERIC_POSITIVE, negative + GENERIC_NEGATIVE)
+    for name, (plural, positive, negative) in _ASPECT_PHRASES.items()
+}
+
+PRODUCTS: dict[str, Product] = {
+    p.name: p
+    for p in (
+        Product("headphones", True, ("battery", "sound", "comfort", "cable", "price", "design")),
+        Product("speaker", False, ("battery", "sound", "size", "buttons", "price", "design")),
+        Product("phone", False, ("battery", "screen", "speed", "size", "price", "design")),
+        Product("laptop", False, ("battery", "screen", "keys", "weight", "speed", "price")),
+        Product("camera", False, ("lens", "battery", "screen", "weight", "buttons", "price")),
+        Product("blender", False, ("noise", "lid", "speed", "size", "price", "design")),
+        Product("kettle", False, ("handle", "lid", "speed", "noise", "price", "design")),
+        Product("backpack", False, ("strap", "pockets", "zipper", "material", "size", "price")),
+        Product("jacket", False, ("fit", "pockets", "zipper", "material", "color", "price")),
+        Product("shoes", True, ("fit", "comfort", "material", "weight", "color", "price")),
+        Product("chair", False, ("comfort", "wheels", "material", "setup", "size", "price")),
+        Product("lamp", False, ("light", "buttons", "setup", "cable", "size", "design")),
+        Product("watch", False, ("battery", "strap", "screen", "buttons", "weight", "price")),
+        Product("keyboard", False, ("keys", "cable", "noise", "setup", "light", "price")),
+        Product("vacuum", False, ("suction", "noise", "battery", "wheels", "weight", "price")),
+        Product("suitcase", False, ("wheels", "handle", "zipper", "material", "weight", "price")),
+    )
+}
+
+# Product-level clauses; "{this}" becomes "this"/"these", "{p}" the product, "{it}" "it"/"them".
+OVERALL_POSITIVE = (
+    "i love {this} {p}",
+    "i really like {this} {p}",
+    "i would buy {this} {p} again",
+    "i recommend {this} {p}",
+    "{this} {p} {is} worth the money",
+)
+OVERALL_NEGATIVE = (
+    "i regret buying {this} {p}",
+    "i would not buy {this} {p} again",
+    "i do not recommend {this} {p}",
+    "{this} {p} {is} not worth the money",
+    "i want to return {this} {p}",
+)
+NEUTRAL_CLAUSES = (
+    "i bought {this} {p} last week",
+    "i got {this} {p} as a gift",
+    "i use {this} {p} every day",
+    "i have had {this} {p} for a month",
+)
+CONJUNCTION = "and"
+PROMPT_TEMPLATE = "write a {sentiment} review of the {product} that mentions the {first} and the {second}."
+
+
+def _prompt_words() -> set[str]:
+    words = set(PROMPT_TEMPLATE.replace(".", " ").split()) - {"{sentiment}", "{product}", "{first}", "{second}"}
+    return words | set(SENTIMENTS)
+
+
+def _vocabulary() -> frozenset[str]:
+    words: set[str] = {".", ",", "!", "?", CONJUNCTION, "the", "is", "are", "this", "these", "it", "them"}
+    words |= _prompt_words() | set(INTENSIFIERS)
+    for aspect in ASPECTS.values():
+        words.add(aspect.name)
+        for phrase in aspect.positive + aspect.negative:
+            words.update(phrase.split())
+    for product in PRODUCTS.values():
+        words.add(product.name)
+    for template in OVERALL_POSITIVE + OVERALL_NEGATIVE + NEUTRAL_CLAUSES:
+        words.update(w for w in template.split() if not w.startswith("{"))
+    return frozenset(words)
+
+
+VOCABULARY: frozenset[str] = _vocabulary()

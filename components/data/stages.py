@@ -1,0 +1,44 @@
+"""The data stages as plain functions of (config, repository root): what the flow and dvc.yaml run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.config import Config
+from components.data import files
+from components.data.dataset import load_rows
+from components.data.lexicon import VOCABULARY
+from components.data.prepare import prepare, write_prepared
+from components.data.synthetic import describe
+from components.tracking.great_expectations import ValidationReport, validate_data_dir
+
+
+class DataValidationFailed(RuntimeError):
+    def __init__(self, report: ValidationReport):
+        self.report = report
+        super().__init__(report.summary())
+
+
+def validate(cfg: Config, root: str | Path) -> ValidationReport:
+    """Run the expectation suites on the raw data; raise DataValidationFailed (with the report) on any failure."""
+    root = Path(root)
+    vocabulary = VOCABULARY if cfg.validation.check_vocabulary else None
+    report = validate_data_dir(root / cfg.data.dir, cfg.validation, vocabulary, root / cfg.validation.report_dir)
+    if not report.success:
+        raise DataValidationFailed(report)
+    return report
+
+
+def prepare_training_inputs(cfg: Config, root: str | Path, data_version: dict) -> dict[str, int]:
+    root = Path(root)
+    prepared = prepare(load_rows(root / cfg.data.dir), cfg.prepare, cfg.seed)
+    write_prepared(root / cfg.prepare.dir, prepared, data_version)
+    return {name: len(rows) for name, rows in prepared.items()}
+
+
+def data_summary(cfg: Config, root: str | Path) -> dict:
+    """Row counts and, for the embedded task, how often the simulated labels agree with the gold judge."""
+    rows = load_rows(Path(root) / cfg.data.dir)
+    summary: dict = {"rows": {name: len(r) for name, r in rows.items()}}
+    if cfg.data.source == "synthetic":
+        summary.update(describe(rows[files.DEMONSTRATIONS], rows[files.PREFERENCES], cfg.data.synthetic.labeler_temperature))
+    return summary

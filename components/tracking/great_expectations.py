@@ -1,0 +1,159 @@
+"""Runs the data suites of ``components/data/expectations.py`` with Great Expectations.
+
+The only module that imports great_expectations. One file-mode Data Context lives under
+``<report_dir>/gx``; every data file is a dataframe asset validated by its own checkpoint, whose
+UpdateDataDocsAction writes the Data Docs. Nothing is ever written into the data directory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import pandas as pd
+from great_expectations.data_context.types.base import ProgressBarsConfig
+
+from components.config import ValidationConfig
+from components.data import expectations
+from components.data.expectations import LINE, Expectation
+from components.data.files import DATASETS, EVAL_PROMPTS, DataFileError, file_name, read_jsonl, write_json
+from components.data.validation_report import PARSE, Failure, ValidationReport
+
+DATA_SOURCE = "data_files"
+SUMMARY = "summary.json"
+RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": [LINE]}
+QUOTE_CHARS = 80
+
+
+def validate_data_dir(
+    data_dir: Path,
+    cfg: ValidationConfig,
+    vocabulary: frozenset[str] | None,
+    report_dir: Path | None = None,
+) -> ValidationReport:
+    """Check every data file of ``data_dir``; write Data Docs and ``summary.json`` under ``report_dir``.
+
+    A file that cannot be parsed is one "parse" failure and is not sent to GX; the other files
+    still are, so one run shows everything that is wrong.
+    """
+    data_dir = Path(data_dir)
+    report_dir = Path(report_dir if report_dir is not None else cfg.report_dir)
+    if report_dir.resolve().is_relative_to(data_dir.resolve()):
+        raise ValueError(f"report_dir {report_dir} is inside the data directory {data_dir}: validation never writes there")
+
+    failures: list[Failure] = []
+    records = {}
+    for dataset in DATASETS:
+        path = data_dir / file_name(dataset)
+        try:
+            records[dataset] = read_jsonl(path, dataset)
+        except DataFileError as err:
+            failures.append(_parse_failure(path, err))
+
+    eval_prompts = frozenset(r.data["prompt"] for r in records[EVAL_PROMPTS]) if EVAL_PROMPTS in records else None
+    frames = {d: expectations.frame(d, rs, cfg, vocabulary, eval_prompts) for d, rs in records.items()}
+    docs_index = None
+    if frames:
+        context = _context(report_dir)
+        source = context.data_sources.add_or_update_pandas(DATA_SOURCE)  # drops the assets of earlier runs
+        for dataset, df in frames.items():
+            suite = expectations.suite(dataset, df.columns, cfg, vocabulary, eval_prompts)
+            result = _checkpoint(context, source, dataset, suite).run(batch_parameters={"dataframe": df})
+            failures += _failures(str(data_dir / file_name(dataset)), suite, result, df, cfg.max_examples)
+        docs_index = _docs_index(context)
+
+    report = ValidationReport(
+        success=not failures,
+        failures=failures,
+        rows={str(data_dir / file_name(d)): len(df) for d, df in frames.items()},
+        data_docs_index=docs_index,
+    )
+    write_json(report_dir / SUMMARY, report.to_dict())
+    return report
+
+
+def _parse_failure(path: Path, err: DataFileError) -> Failure:
+    if not path.exists():
+        return Failure(str(path), "file exists", PARSE, detail="missing")
+    examples = [(err.line, err.detail)] if err.line is not None else []
+    return Failure(str(path), err.rule, PARSE, examples, err.detail)
+
+
+def _context(report_dir: Path) -> Any:
+    context = gx.get_context(mode="file", project_root_dir=str(report_dir))
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def _checkpoint(context: Any, source: Any, dataset: str, rules: list[Expectation]) -> gx.Checkpoint:
+    batches = source.add_dataframe_asset(dataset).add_batch_definition_whole_dataframe("all rows")
+    suite = context.suites.add_or_update(gx.ExpectationSuite(name=dataset, expectations=[_gx(rule) for rule in rules]))
+    validation = context.validation_definitions.add_or_update(gx.ValidationDefinition(name=dataset, data=batches, suite=suite))
+    return context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=dataset,
+            validation_definitions=[validation],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data docs")],
+            result_format=RESULT_FORMAT,
+        )
+    )
+
+
+def _gx(rule: Expectation) -> gxe.Expectation:
+    """The GX expectation class of the same name: expect_column_to_exist -> ExpectColumnToExist."""
+    cls = getattr(gxe, "".join(part.capitalize() for part in rule.kind.split("_")))
+    return cls(**rule.kwargs, description=rule.description)
+
+
+def _failures(file: str, rules: list[Expectation], result: Any, df: pd.DataFrame, max_examples: int) -> list[Failure]:
+    by_description = {rule.description: rule for rule in rules}
+    (validation,) = result.run_results.values()
+    failures = []
+    for outcome in validation.results:
+        if outcome.success:
+            continue
+        rule = by_description[outcome.expectation_config.description]
+        failures.append(
+            Failure(
+                file,
+                rule.description,
+                rule.kind,
+                _examples(rule, outcome.result, df, max_examples),
+                _detail(outcome),
+            )
+        )
+    return failures
+
+
+def _examples(rule: Expectation, result: dict, df: pd.DataFrame, max_examples: int) -> list[tuple[int, str]]:
+    if rule.quote is None:
+        return []
+    quotes = df.set_index(LINE)[rule.quote]
+    lines = [int(row[LINE]) for row in result.get("unexpected_index_list") or []][:max_examples]
+    return [(line, _quote(quotes[line])) for line in lines]
+
+
+def _quote(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
+
+
+def _detail(outcome: Any) -> str:
+    if outcome.exception_info.get("raised_exception"):
+        return f"error: {outcome.exception_info.get('exception_message')}"
+    result = outcome.result
+    if "unexpected_count" in result:
+        return f"{result['unexpected_count']} of {result['element_count']} rows"
+    if "observed_value" in result:
+        return f"observed {result['observed_value']}"
+    return ""
+
+
+def _docs_index(context: Any) -> str | None:
+    for site in context.get_docs_sites_urls():
+        url = site.get("site_url")
+        if url and url.startswith("file://"):
+            return unquote(urlparse(url).path)
+    return None

@@ -1,0 +1,119 @@
+"""The embedded task: prompts, demonstrator spread, labeler noise, split and determinism."""
+import random
+import statistics
+
+import pytest
+
+from components.config import load_config
+from components.data import files
+from components.data.dataset import build_dataset, write_dataset
+from components.data.demonstrator import draw_carelessness, write_demonstration
+from components.data.gold_judge import gold_score, judge
+from components.data.labeler import SimulatedLabeler, collect_comparisons, label_agreement
+from components.data.lexicon import VOCABULARY
+from components.data.task import all_prompts, parse_prompt
+from components.data.text import words
+
+
+def test_prompts_round_trip_through_their_text():
+    prompts = all_prompts()
+    assert len(prompts) == len(set(p.text for p in prompts)) == 480
+    assert all(parse_prompt(p.text) == p for p in prompts)
+
+
+def test_vocabulary_is_small_and_covers_everything_the_demonstrator_writes():
+    rng = random.Random(0)
+    assert 150 <= len(VOCABULARY) <= 500
+    for prompt in all_prompts()[:100]:
+        text = write_demonstration(prompt, draw_carelessness(rng, 1.0, 1.0), rng)
+        assert set(words(text)) <= VOCABULARY
+        assert set(words(prompt.text)) <= VOCABULARY
+
+
+def test_careful_demonstrations_score_higher_than_careless_ones():
+    rng = random.Random(1)
+    prompts = all_prompts()
+    careful = [gold_score(p, write_demonstration(p, 0.0, rng)) for p in prompts]
+    careless = [gold_score(p, write_demonstration(p, 1.0, rng)) for p in prompts]
+    # margin: careless demonstrations lose at least 1.5 gold points on average (max score 4.5)
+    assert statistics.fmean(careful) - statistics.fmean(careless) > 1.5
+
+
+def test_demonstrations_have_a_wide_quality_spread_and_plausible_length():
+    rng = random.Random(2)
+    prompts = all_prompts()
+    judged = []
+    for _ in range(2000):
+        p = rng.choice(prompts)
+        judged.append(judge(p, write_demonstration(p, draw_carelessness(rng, 1.0, 1.5), rng)))
+    scores = [j.score for j in judged]
+    assert statistics.pstdev(scores) > 1.0
+    assert sum(s >= 4.0 for s in scores) / len(scores) > 0.2  # plenty of good ones
+    assert sum(s <= 2.0 for s in scores) / len(scores) > 0.2  # and plenty of bad ones
+    assert 12 <= statistics.fmean(j.n_words for j in judged) <= 25
+
+
+@pytest.mark.parametrize("temperature", [0.3, 0.6, 1.0])
+def test_label_accuracy_matches_what_bradley_terry_predicts(temperature):
+    rng = random.Random(3)
+    prompts = [p.text for p in all_prompts()]
+
+    def sample(text):
+        p = parse_prompt(text)
+        return [write_demonstration(p, draw_carelessness(rng, 1.0, 1.5), rng) for _ in range(2)]
+
+    labeler = SimulatedLabeler(temperature, random.Random(4))
+    pairs = collect_comparisons([rng.choice(prompts) for _ in range(3000)], sample, labeler.rank)
+    agreement = label_agreement(pairs, temperature)
+    # margin: 3000 pairs give a binomial standard error under 0.01; allow 0.03
+    assert agreement.accuracy == pytest.approx(agreement.expected_accuracy, abs=0.03)
+    assert 0.5 < agreement.accuracy < 1.0
+
+
+def test_lower_temperature_labels_agree_more_with_gold():
+    rng = random.Random(5)
+    prompts = [p.text for p in all_prompts()]
+    fixed = {t: [write_demonstration(parse_prompt(t), draw_carelessness(rng, 1, 1.5), rng) for _ in range(2)] for t in prompts}
+    accuracy = {}
+    for temperature in (0.2, 2.0):
+        labeler = SimulatedLabeler(temperature, random.Random(6))
+        pairs = collect_comparisons(prompts * 5, fixed.__getitem__, labeler.rank)
+        accuracy[temperature] = label_agreement(pairs, temperature).accuracy
+    assert accuracy[0.2] > accuracy[2.0] + 0.1
+
+
+def test_collect_comparisons_takes_any_sampler_and_emits_all_k_choose_2_pairs():
+    prompt = all_prompts()[0].text
+    responses = ["a b c.", "d e f.", "g h i.", "d e f."]  # one duplicate, collapsed
+    pairs = collect_comparisons([prompt], lambda _: responses, lambda _, r: list(reversed(range(len(r)))))
+    assert len(pairs) == 3
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+    # the ranker put the last unique response first, so it wins every pair it is in
+    assert sum(p["chosen"] == "g h i." for p in pairs) == 2
+
+
+def test_train_and_eval_prompts_are_disjoint_and_the_split_is_recorded():
+    cfg = load_config("smoke")
+    data = build_dataset(cfg)
+    eval_texts = {r["prompt"] for r in data.rows[files.EVAL_PROMPTS]}
+    assert eval_texts
+    assert not eval_texts & {r["prompt"] for r in data.rows[files.DEMONSTRATIONS]}
+    assert not eval_texts & {r["prompt"] for r in data.rows[files.PREFERENCES]}
+    split = data.manifest["split"]
+    assert set(split["eval_prompt_ids"]) == {r["prompt_id"] for r in data.rows[files.EVAL_PROMPTS]}
+    assert not set(split["eval_prompt_ids"]) & set(split["train_prompt_ids"])
+
+
+def _hashes(directory):
+    return {p.name: files.sha256_file(p) for p in sorted(directory.iterdir())}
+
+
+def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(tmp_path):
+    cfg = load_config("smoke")
+    write_dataset(tmp_path / "a", build_dataset(cfg))
+    write_dataset(tmp_path / "b", build_dataset(cfg))
+    write_dataset(tmp_path / "c", build_dataset(load_config("smoke", overrides=[f"seed={cfg.seed + 1}"])))
+    assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
+    different = _hashes(tmp_path / "c")
+    for name in ("demonstrations.jsonl", "preferences.jsonl", "manifest.json"):
+        assert different[name] != _hashes(tmp_path / "a")[name]

@@ -1,0 +1,61 @@
+"""The typed config: profiles, overrides, and errors that name the key."""
+import pytest
+
+from components.config import DEFAULT_PARAMS, ConfigError, load_config, profile_names
+
+
+@pytest.mark.parametrize("profile", profile_names())
+def test_every_profile_in_params_yaml_is_valid(profile):
+    assert load_config(profile).profile == profile
+
+
+def test_smoke_profile_overrides_only_what_it_names():
+    default, smoke = load_config("default"), load_config("smoke")
+    assert smoke.data.synthetic.n_demonstrations < default.data.synthetic.n_demonstrations
+    assert smoke.data.synthetic.labeler_temperature == default.data.synthetic.labeler_temperature
+    assert smoke.seed == default.seed
+
+
+def test_dotted_overrides_are_parsed_as_yaml():
+    cfg = load_config("smoke", ["data.synthetic.labeler_temperature=0.3", "seed=7"])
+    assert cfg.data.synthetic.labeler_temperature == 0.3 and cfg.seed == 7
+
+
+def test_unknown_key_is_rejected_with_its_path():
+    with pytest.raises(ConfigError, match=r"data\.synthetic\.n_demos: unknown key"):
+        load_config("smoke", ["data.synthetic.n_demos=5"])
+
+
+def test_wrong_type_is_rejected_with_its_path():
+    with pytest.raises(ConfigError, match=r"data\.synthetic\.n_demonstrations: .*integer"):
+        load_config("smoke", ["data.synthetic.n_demonstrations=many"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.synthetic.labeler_temperature=-1", "data.synthetic.labeler_temperature"),
+        ("data.synthetic.n_demonstrations=0", "data.synthetic.n_demonstrations"),
+        ("validation.preferences_rows={min: 10, max: 5}", "validation.preferences_rows"),
+    ],
+)
+def test_impossible_values_are_rejected_with_their_path(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("smoke", [override])
+
+
+def test_unknown_key_inside_a_profile_is_rejected(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(DEFAULT_PARAMS.read_text() + "\n  broken:\n    data:\n      colour: red\n")
+    with pytest.raises(ConfigError, match=r"data\.colour: unknown key"):
+        load_config("broken", path=params)
+
+
+def test_unknown_profile_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown profile 'nightly'.*smoke"):
+        load_config("nightly")
+
+
+def test_file_source_requires_file_paths():
+    with pytest.raises(ConfigError, match="data.files must be set"):
+        load_config("smoke", ["data.source=files"])
