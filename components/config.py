@@ -76,8 +76,8 @@ class ValidationConfig(Section):
     max_response_words: int = Field(60, ge=1, description="longest acceptable response")
     max_prompt_words: int = Field(40, ge=1, description="longest acceptable prompt")
     check_vocabulary: bool = Field(True, description="every word must be in the embedded task's vocabulary")
-    chosen_position_min: float = Field(0.35, ge=0, le=1, description="lowest share of pairs whose chosen response was shown first")
-    chosen_position_max: float = Field(0.65, ge=0, le=1, description="highest share of pairs whose chosen response was shown first")
+    chosen_position_min: float = Field(0.35, ge=0, le=1, description="lowest mean of chosen_position (share of pairs whose chosen response was shown second)")
+    chosen_position_max: float = Field(0.65, ge=0, le=1, description="highest mean of chosen_position (share of pairs whose chosen response was shown second)")
     demonstrations_rows: RowBounds = RowBounds(min=1000, max=1_000_000)
     preferences_rows: RowBounds = RowBounds(min=1000, max=1_000_000)
     eval_prompts_rows: RowBounds = RowBounds(min=20, max=100_000)
@@ -95,6 +95,7 @@ class PrepareConfig(Section):
 class VersioningConfig(Section):
     remote_name: str = Field("local", description="DVC remote that push/pull use")
     remote_url: str = Field("../dvc-remote", description="remote location; relative paths are relative to .dvc/")
+    push: bool = Field(True, description="push every new data version to the remote")
 
 
 class Config(Section):

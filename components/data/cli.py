@@ -1,6 +1,9 @@
 """The data stages from the command line, as ``dvc.yaml`` runs them:
 
-    python -m components.data.cli rebuild-check | validate | prepare [--profile P] [--set k=v]
+    python -m components.data.cli build | rebuild-check | validate | prepare [--profile P] [--set k=v]
+
+``build`` stages, validates and versions the data (what the flow does, without Prefect); run it
+on a fresh clone before ``dvc repro``, which needs ``data/`` on disk.
 """
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ import tempfile
 from pathlib import Path
 
 from components.config import ConfigError, load_config
-from components.data import files, stages
-from components.data.dataset import build_dataset, write_dataset
+from components.data import files, stages, versioned
+from components.data.dataset import write_candidate
 from components.offline import stay_offline
 from components.tracking import dvc_store
 
@@ -22,7 +25,7 @@ def rebuild_check(cfg, root: Path) -> int:
     """Rebuild the data from params in a scratch dir; it must hash to what data.dvc records."""
     recorded = dvc_store.recorded_version(root, cfg.data.dir)
     with tempfile.TemporaryDirectory() as scratch:
-        write_dataset(Path(scratch) / "data", build_dataset(cfg))
+        write_candidate(cfg, Path(scratch) / "data")
         rebuilt = dvc_store.directory_md5(Path(scratch) / "data")
     match = recorded is not None and recorded.md5 == rebuilt
     files.write_json(root / REBUILD_REPORT, {"recorded": recorded.md5 if recorded else None, "rebuilt": rebuilt, "match": match})
@@ -34,9 +37,22 @@ def rebuild_check(cfg, root: Path) -> int:
     return 0
 
 
+def build(cfg, root: Path) -> int:
+    candidate = versioned.stage(cfg, root)
+    try:
+        stages.validate(cfg, root, candidate.directory, candidate.file_labels())
+    except stages.DataValidationFailed as failed:
+        versioned.discard(candidate)
+        print(failed, file=sys.stderr)
+        return 1
+    result = versioned.commit(cfg, root, candidate)
+    print(f"data {result.action}: md5 {result.version.md5} ({result.version.path}.dvc)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["rebuild-check", "validate", "prepare"])
+    parser.add_argument("stage", choices=["build", "rebuild-check", "validate", "prepare"])
     parser.add_argument("--profile", default="default")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root (dvc runs stages from there)")
@@ -48,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
+    if args.stage == "build":
+        return build(cfg, args.root)
     if args.stage == "rebuild-check":
         return rebuild_check(cfg, args.root)
     if args.stage == "validate":

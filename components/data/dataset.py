@@ -1,4 +1,4 @@
-"""The raw data directory: building it (embedded generator or user files) and writing it atomically."""
+"""The raw data directory: what it is built from (its recipe) and writing it atomically."""
 from __future__ import annotations
 
 import hashlib
@@ -10,37 +10,46 @@ from pathlib import Path
 
 from components.config import Config, UserFilesConfig
 from components.data import files
-from components.data.synthetic import Dataset, generate_synthetic
+from components.data.synthetic import Dataset, generate_synthetic, synthetic_manifest
 
 
-def build_dataset(cfg: Config) -> Dataset:
+def source_manifest(cfg: Config) -> dict:
+    """What the data set is built from: the generator and its params, or the user's files and their hashes."""
     if cfg.data.source == "synthetic":
-        return generate_synthetic(cfg)
-    return import_user_files(cfg.data.files)
-
-
-def import_user_files(spec: UserFilesConfig) -> Dataset:
-    """Read the user's JSONL files or HF datasets saved to disk into the canonical schema."""
-    rows, sources = {}, {}
+        return synthetic_manifest(cfg)
+    inputs = {}
     for dataset in files.DATASETS:
-        path = Path(getattr(spec, dataset))
-        rows[dataset] = _read_user_file(path, dataset)
-        sources[dataset] = {"path": str(path), "sha256": _content_hash(path)}
-    return Dataset(rows, {"source": "files", "inputs": sources})
+        path = Path(getattr(cfg.data.files, dataset))
+        inputs[dataset] = {"path": str(path), "sha256": _content_hash(path) if path.exists() else None}
+    return {"source": "files", "inputs": inputs}
 
 
-def _read_user_file(path: Path, dataset: str) -> list[dict]:
-    if path.is_dir():  # a Hugging Face dataset saved with save_to_disk
-        from datasets import load_from_disk
+def recipe_hash(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
-        table = load_from_disk(str(path))
-        records = [dict(row) for row in table]
-        for line, row in enumerate(records, start=1):
-            for field in files.REQUIRED_FIELDS[dataset]:
-                if not isinstance(row.get(field), str):
-                    raise files.DataFileError(path, line, f"field '{field}' is a string", f"got {type(row.get(field)).__name__}")
-        return records
-    return [record.data for record in files.read_jsonl(path, dataset)]
+
+def write_candidate(cfg: Config, directory: Path) -> dict:
+    """Write the configured data set into a new ``directory``; returns the manifest written with it."""
+    if cfg.data.source == "synthetic":
+        return write_dataset(directory, generate_synthetic(cfg))
+    return _copy_user_files(cfg.data.files, directory, source_manifest(cfg))
+
+
+def _copy_user_files(spec: UserFilesConfig, directory: Path, manifest: dict) -> dict:
+    """Copy JSONL files byte for byte (so reports quote the user's own line numbers); convert HF datasets.
+
+    Nothing is parsed here: validation judges the copies, and a missing input stays missing.
+    """
+    directory.mkdir(parents=True)
+    for dataset in files.DATASETS:
+        source, target = Path(getattr(spec, dataset)), directory / files.file_name(dataset)
+        if source.is_dir():  # a Hugging Face dataset saved with save_to_disk
+            from datasets import load_from_disk
+
+            files.write_jsonl(target, (dict(row) for row in load_from_disk(str(source))))
+        elif source.is_file():
+            shutil.copyfile(source, target)
+    return _finish_manifest(directory, manifest)
 
 
 def _content_hash(path: Path) -> str:
@@ -52,45 +61,42 @@ def _content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def recipe_hash(manifest: dict) -> str:
-    """Identifies what the data were built from (generator, seed, params or input files)."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+def _finish_manifest(directory: Path, manifest: dict) -> dict:
+    manifest = dict(manifest, recipe=recipe_hash(manifest), files={})
+    for dataset in files.DATASETS:
+        path = directory / files.file_name(dataset)
+        if path.is_file():
+            manifest["files"][path.name] = {"sha256": files.sha256_file(path)}
+    files.write_json(directory / files.MANIFEST, manifest)
+    return manifest
 
 
 def write_dataset(directory: str | Path, dataset: Dataset) -> dict:
-    """Write all files to a sibling temp dir, then swap it in: readers never see a half-written set.
-
-    Returns the manifest as written (with each file's row count and sha256).
-    """
+    """Write all files to a sibling temp dir, then swap it in: readers never see a half-written set."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        manifest = dict(dataset.manifest, recipe=recipe_hash(dataset.manifest), files={})
         for name, rows in dataset.rows.items():
-            path = staging / files.file_name(name)
-            files.write_jsonl(path, rows)
-            manifest["files"][files.file_name(name)] = {"rows": len(rows), "sha256": files.sha256_file(path)}
-        files.write_json(staging / files.MANIFEST, manifest)
-        if directory.exists():
-            retired = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(directory, retired)
-            os.replace(staging, directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
+            files.write_jsonl(staging / files.file_name(name), rows)
+        manifest = _finish_manifest(staging, dataset.manifest)
+        replace_directory(staging, directory)
         return manifest
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def read_manifest(directory: str | Path) -> dict | None:
-    path = Path(directory) / files.MANIFEST
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+def replace_directory(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target``, replacing what was there; the old contents are dropped only after the swap."""
+    if not target.exists():
+        os.replace(source, target)
+        return
+    retired = target.with_name(f".{target.name}.old")
+    shutil.rmtree(retired, ignore_errors=True)
+    os.replace(target, retired)
+    os.replace(source, target)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def load_rows(directory: str | Path) -> dict[str, list[dict]]:

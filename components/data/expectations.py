@@ -53,9 +53,9 @@ def _normalised(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def word_count(text: str, by_vocabulary: bool) -> int:
-    """Length in words: tokens of ``text.words`` for the embedded task, whitespace-separated words otherwise."""
-    return len(words(text)) if by_vocabulary else len(text.split())
+def word_count(text: str) -> int:
+    """Whitespace-separated words, one rule for any text ("great." and "10/10" are one word each)."""
+    return len(text.split())
 
 
 def frame(
@@ -75,7 +75,7 @@ def frame(
     for column in text_columns(dataset):
         texts = df[column].astype(str)
         distinct = set(texts)  # prompts repeat across rows: count each text once
-        counts = {t: word_count(t, cfg.check_vocabulary) for t in distinct}
+        counts = {t: word_count(t) for t in distinct}
         df[words_column(column)] = [counts[t] for t in texts]
         if cfg.check_vocabulary and vocabulary is not None:
             oov = {t: sum(w not in vocabulary for w in words(t)) for t in distinct}

@@ -18,11 +18,17 @@ class DataValidationFailed(RuntimeError):
         super().__init__(report.summary())
 
 
-def validate(cfg: Config, root: str | Path) -> ValidationReport:
-    """Run the expectation suites on the raw data; raise DataValidationFailed (with the report) on any failure."""
+def validate(cfg: Config, root: str | Path, directory: str | Path | None = None, file_labels: dict[str, str] | None = None) -> ValidationReport:
+    """Run the expectation suites on ``directory`` (default: the raw data directory).
+
+    Raises DataValidationFailed, carrying the report, on any failure.
+    """
     root = Path(root)
     vocabulary = VOCABULARY if cfg.validation.check_vocabulary else None
-    report = validate_data_dir(root / cfg.data.dir, cfg.validation, vocabulary, root / cfg.validation.report_dir)
+    directory = Path(directory) if directory is not None else root / cfg.data.dir
+    # name files where they live (or will live) in the repository, or by the user's own paths
+    file_labels = file_labels or {name: f"{cfg.data.dir}/{files.file_name(name)}" for name in files.DATASETS}
+    report = validate_data_dir(directory, cfg.validation, vocabulary, root / cfg.validation.report_dir, file_labels)
     if not report.success:
         raise DataValidationFailed(report)
     return report

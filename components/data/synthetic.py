@@ -12,7 +12,7 @@ from components.data.gold_judge import gold_score
 from components.data.labeler import SimulatedLabeler, collect_comparisons, label_agreement
 from components.data.task import Prompt, all_prompts
 
-GENERATOR_VERSION = "reviews-v1"  # bump whenever the generator's output changes for the same params
+GENERATOR_VERSION = "reviews-v2"  # bump whenever the generator's output changes for the same params
 
 
 @dataclass
@@ -31,6 +31,22 @@ def split_prompts(prompts: list[Prompt], eval_fraction: float, seed: int) -> tup
     _stream(seed, "split").shuffle(shuffled)
     n_eval = max(1, round(eval_fraction * len(shuffled)))
     return sorted(shuffled[n_eval:], key=lambda p: p.prompt_id), sorted(shuffled[:n_eval], key=lambda p: p.prompt_id)
+
+
+def synthetic_manifest(cfg: Config) -> dict:
+    """What the generated data are made from: cheap to compute, no rows generated."""
+    spec = cfg.data.synthetic
+    train, held_out = split_prompts(all_prompts(), spec.eval_prompt_fraction, cfg.seed)
+    return {
+        "source": "synthetic",
+        "generator": GENERATOR_VERSION,
+        "seed": cfg.seed,
+        "params": spec.model_dump(),
+        "split": {
+            "train_prompt_ids": [p.prompt_id for p in train],
+            "eval_prompt_ids": [p.prompt_id for p in held_out],
+        },
+    }
 
 
 def generate_synthetic(cfg: Config) -> Dataset:
@@ -71,17 +87,7 @@ def generate_synthetic(cfg: Config) -> Dataset:
     eval_prompts = [{"prompt_id": p.prompt_id, "prompt": p.text} for p in held_out]
 
     rows = {files.DEMONSTRATIONS: demonstrations, files.PREFERENCES: preferences, files.EVAL_PROMPTS: eval_prompts}
-    manifest = {
-        "source": "synthetic",
-        "generator": GENERATOR_VERSION,
-        "seed": cfg.seed,
-        "params": spec.model_dump(),
-        "split": {
-            "train_prompt_ids": [p.prompt_id for p in train],
-            "eval_prompt_ids": [p.prompt_id for p in held_out],
-        },
-    }
-    return Dataset(rows, manifest)
+    return Dataset(rows, synthetic_manifest(cfg))
 
 
 def describe(demonstrations: list[dict], preferences: list[dict], temperature: float) -> dict:

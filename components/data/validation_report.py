@@ -29,10 +29,10 @@ class ValidationReport:
     data_docs_index: str | None = None
 
     def summary(self) -> str:
-        rows = ", ".join(f"{Path(file).name}: {n}" for file, n in self.rows.items()) or "none"
+        rows = "rows read: " + (", ".join(f"{Path(file).name} {n}" for file, n in self.rows.items()) or "none")
         if self.success:
-            return f"data validation passed ({rows} rows)"
-        lines = [f"data validation FAILED: {len(self.failures)} rule(s) broken ({rows} rows)"]
+            return f"data validation passed; {rows}"
+        lines = [f"data validation FAILED: {len(self.failures)} rule(s) broken; {rows}"]
         for failure in self.failures:
             detail = f" ({failure.detail})" if failure.detail else ""
             lines.append(f"- {failure.file}: {failure.rule} [{failure.expectation}]{detail}")

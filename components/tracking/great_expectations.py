@@ -25,6 +25,7 @@ DATA_SOURCE = "data_files"
 SUMMARY = "summary.json"
 RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": [LINE]}
 QUOTE_CHARS = 80
+DOCS_RUNS_LISTED = 10
 
 
 def validate_data_dir(
@@ -32,13 +33,16 @@ def validate_data_dir(
     cfg: ValidationConfig,
     vocabulary: frozenset[str] | None,
     report_dir: Path | None = None,
+    file_labels: dict[str, str] | None = None,
 ) -> ValidationReport:
     """Check every data file of ``data_dir``; write Data Docs and ``summary.json`` under ``report_dir``.
 
     A file that cannot be parsed is one "parse" failure and is not sent to GX; the other files
-    still are, so one run shows everything that is wrong.
+    still are, so one run shows everything that is wrong. ``file_labels`` (dataset -> name) says
+    what to call a file in the report, e.g. the user's own path when ``data_dir`` is a staging copy.
     """
     data_dir = Path(data_dir)
+    labels = {d: (file_labels or {}).get(d, str(data_dir / file_name(d))) for d in DATASETS}
     report_dir = Path(report_dir if report_dir is not None else cfg.report_dir)
     if report_dir.resolve().is_relative_to(data_dir.resolve()):
         raise ValueError(f"report_dir {report_dir} is inside the data directory {data_dir}: validation never writes there")
@@ -50,7 +54,7 @@ def validate_data_dir(
         try:
             records[dataset] = read_jsonl(path, dataset)
         except DataFileError as err:
-            failures.append(_parse_failure(path, err))
+            failures.append(_parse_failure(path, labels[dataset], err))
 
     eval_prompts = frozenset(r.data["prompt"] for r in records[EVAL_PROMPTS]) if EVAL_PROMPTS in records else None
     frames = {d: expectations.frame(d, rs, cfg, vocabulary, eval_prompts) for d, rs in records.items()}
@@ -61,29 +65,40 @@ def validate_data_dir(
         for dataset, df in frames.items():
             suite = expectations.suite(dataset, df.columns, cfg, vocabulary, eval_prompts)
             result = _checkpoint(context, source, dataset, suite).run(batch_parameters={"dataframe": df})
-            failures += _failures(str(data_dir / file_name(dataset)), suite, result, df, cfg.max_examples)
+            failures += _failures(labels[dataset], suite, result, df, cfg.max_examples)
         docs_index = _docs_index(context)
 
     report = ValidationReport(
         success=not failures,
         failures=failures,
-        rows={str(data_dir / file_name(d)): len(df) for d, df in frames.items()},
+        rows={labels[d]: len(df) for d, df in frames.items()},
         data_docs_index=docs_index,
     )
-    write_json(report_dir / SUMMARY, report.to_dict())
+    # summary.json is a DVC metric: keep it free of machine-specific absolute paths
+    summary = report.to_dict()
+    if docs_index:
+        summary["data_docs_index"] = str(Path(docs_index).resolve().relative_to(report_dir.resolve()))
+    write_json(report_dir / SUMMARY, summary)
     return report
 
 
-def _parse_failure(path: Path, err: DataFileError) -> Failure:
+def _parse_failure(path: Path, label: str, err: DataFileError) -> Failure:
     if not path.exists():
-        return Failure(str(path), "file exists", PARSE, detail="missing")
-    examples = [(err.line, err.detail)] if err.line is not None else []
-    return Failure(str(path), err.rule, PARSE, examples, err.detail)
+        return Failure(label, "file exists", PARSE, detail="missing")
+    if err.line is None:
+        return Failure(label, err.rule, PARSE, detail=err.detail)
+    return Failure(label, err.rule, PARSE, [(err.line, err.detail)])
 
 
 def _context(report_dir: Path) -> Any:
     context = gx.get_context(mode="file", project_root_dir=str(report_dir))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    # Every Data Docs build reads each stored result it lists: list only the latest runs, or
+    # validation gets slower with every run kept under report_dir.
+    sites = context.variables.data_docs_sites or {}
+    for site in sites.values():
+        site.setdefault("site_index_builder", {})["validation_results_limit"] = len(DATASETS) * DOCS_RUNS_LISTED
+    context.variables.data_docs_sites = sites
     return context
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from components.config import load_config
 from components.data import files
-from components.data.dataset import build_dataset, write_dataset
+from components.data.dataset import write_dataset
+from components.data.synthetic import generate_synthetic
 from components.data.demonstrator import draw_carelessness, write_demonstration
 from components.data.gold_judge import gold_score, judge
 from components.data.labeler import SimulatedLabeler, collect_comparisons, label_agreement
@@ -94,7 +95,7 @@ def test_collect_comparisons_takes_any_sampler_and_emits_all_k_choose_2_pairs():
 
 def test_train_and_eval_prompts_are_disjoint_and_the_split_is_recorded():
     cfg = load_config("smoke")
-    data = build_dataset(cfg)
+    data = generate_synthetic(cfg)
     eval_texts = {r["prompt"] for r in data.rows[files.EVAL_PROMPTS]}
     assert eval_texts
     assert not eval_texts & {r["prompt"] for r in data.rows[files.DEMONSTRATIONS]}
@@ -110,9 +111,9 @@ def _hashes(directory):
 
 def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(tmp_path):
     cfg = load_config("smoke")
-    write_dataset(tmp_path / "a", build_dataset(cfg))
-    write_dataset(tmp_path / "b", build_dataset(cfg))
-    write_dataset(tmp_path / "c", build_dataset(load_config("smoke", overrides=[f"seed={cfg.seed + 1}"])))
+    write_dataset(tmp_path / "a", generate_synthetic(cfg))
+    write_dataset(tmp_path / "b", generate_synthetic(cfg))
+    write_dataset(tmp_path / "c", generate_synthetic(load_config("smoke", overrides=[f"seed={cfg.seed + 1}"])))
     assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
     different = _hashes(tmp_path / "c")
     for name in ("demonstrations.jsonl", "preferences.jsonl", "manifest.json"):

@@ -40,11 +40,11 @@ DEMONSTRATIONS_ROWS = [
     {"prompt": "write a review of the phone.", "response": "i do not like the phone.", "prompt_id": "phone"},
 ]
 PREFERENCES_ROWS = [
-    {"prompt": "write a review of the phone.", "chosen": "the screen is great.", "rejected": "the screen.", "chosen_position": 0},
+    {"prompt": "write a review of the phone.", "chosen": "the screen is great.", "rejected": "the screen is bad.", "chosen_position": 0},
     {"prompt": "write a review of the phone.", "chosen": "i like the phone.", "rejected": "the phone is slow.", "chosen_position": 1},
-    {"prompt": "write a review of the laptop.", "chosen": "the keyboard is good.", "rejected": "keyboard keyboard.", "chosen_position": 0},
+    {"prompt": "write a review of the laptop.", "chosen": "the keyboard is good.", "rejected": "keyboard keyboard keyboard.", "chosen_position": 0},
     {"prompt": "write a review of the laptop.", "chosen": "the laptop is fast!", "rejected": "the laptop is bad.", "chosen_position": 1},
-    {"prompt": "write a review of the phone.", "chosen": "the battery is good.", "rejected": "the battery.", "chosen_position": 0},
+    {"prompt": "write a review of the phone.", "chosen": "the battery is good.", "rejected": "the battery is slow.", "chosen_position": 0},
     {"prompt": "write a review of the laptop.", "chosen": "i like it, it is fast.", "rejected": "slow slow slow.", "chosen_position": 1},
 ]
 
@@ -219,6 +219,13 @@ def test_user_text_passes_when_vocabulary_is_not_checked(good_dir: Path, tmp_pat
     cfg = CFG.model_copy(update={"check_vocabulary": False})
     report = validate_data_dir(data_dir, cfg, None, tmp_path / "reports")
     assert report.success, report.summary()
+
+
+def test_missing_data_dir_names_every_file(tmp_path: Path) -> None:
+    report = validate_data_dir(tmp_path / "absent", CFG, VOCABULARY, tmp_path / "reports")
+    assert not report.success and report.rows == {} and report.data_docs_index is None
+    assert [(Path(f.file).name, f.rule) for f in report.failures] == [(file_name(d), "file exists") for d in DATASETS]
+    assert not (tmp_path / "absent").exists()
 
 
 def test_report_dir_inside_data_dir_is_refused(good_dir: Path) -> None:

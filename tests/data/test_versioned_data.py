@@ -5,12 +5,34 @@ import pytest
 import yaml
 
 from components.config import load_config
-from components.data import files
-from components.data.versioned import NEW_VERSION, REBUILT, VERIFIED, materialize
-from components.tracking.dvc_store import DataDrift
+from components.data import files, stages, versioned
+from components.data.versioned import NEW_VERSION, REBUILT, STAGING_DIR, VERIFIED
+from components.tracking.dvc_store import DataDrift, dvc_status
 from tests.conftest import git
 
 SMOKE = load_config("smoke")
+
+
+def materialize(cfg, root):
+    """What the flow does: stage, validate, commit."""
+    candidate = versioned.stage(cfg, root)
+    try:
+        stages.validate(cfg, root, candidate.directory, candidate.file_labels())
+    except stages.DataValidationFailed:
+        versioned.discard(candidate)
+        raise
+    return versioned.commit(cfg, root, candidate)
+
+
+def user_files_config(directory, **names):
+    paths = {"demonstrations": "d.jsonl", "preferences": "p.jsonl", "eval_prompts": "e.jsonl", **names}
+    return load_config(
+        "smoke",
+        {
+            "data": {"source": "files", "files": {k: str(directory / v) for k, v in paths.items()}},
+            "validation": {"check_vocabulary": False, "demonstrations_rows": {"min": 1, "max": 10}, "preferences_rows": {"min": 1, "max": 10}, "eval_prompts_rows": {"min": 1, "max": 10}},
+        },
+    )
 
 
 def test_first_run_records_a_version_and_second_run_verifies_it(git_repo):
@@ -21,6 +43,8 @@ def test_first_run_records_a_version_and_second_run_verifies_it(git_repo):
     assert set(recorded["meta"]["files"]) == {"demonstrations.jsonl", "preferences.jsonl", "eval_prompts.jsonl", "manifest.json"}
     second = materialize(SMOKE, git_repo)
     assert second.action == VERIFIED and second.version.md5 == first.version.md5
+    assert dvc_status(git_repo, SMOKE.versioning) == {}  # pushed: the local remote holds this version
+    assert not any((git_repo / STAGING_DIR).iterdir())
 
 
 def test_a_hand_edited_file_is_refused_as_drift_naming_the_file_and_both_hashes(git_repo):
@@ -58,32 +82,43 @@ def test_new_params_give_a_new_version(git_repo):
     assert manifest["seed"] == SMOKE.seed + 1
 
 
-def test_user_files_are_imported_and_versioned(git_repo, tmp_path):
-    source = tmp_path / "mine"
+def _write_user_files(source):
     source.mkdir()
-    (source / "d.jsonl").write_text('{"prompt": "say hi", "response": "hi there."}\n')
-    (source / "p.jsonl").write_text('{"prompt": "say hi", "chosen": "hi there.", "rejected": "go away."}\n')
+    (source / "d.jsonl").write_text('{"prompt": "say hi", "response": "hi there, friend."}\n')
+    (source / "p.jsonl").write_text('{"prompt": "say hi", "chosen": "hi there, friend.", "rejected": "go away now."}\n')
     (source / "e.jsonl").write_text('{"prompt": "say bye"}\n')
-    cfg = load_config(
-        "smoke",
-        {"data": {"source": "files", "files": {"demonstrations": str(source / "d.jsonl"), "preferences": str(source / "p.jsonl"), "eval_prompts": str(source / "e.jsonl")}}},
-    )
-    versioned = materialize(cfg, git_repo)
-    assert versioned.action == NEW_VERSION and versioned.version.meta["source"] == "files"
+
+
+def test_user_files_are_imported_and_versioned(git_repo, tmp_path):
+    _write_user_files(tmp_path / "mine")
+    result = materialize(user_files_config(tmp_path / "mine"), git_repo)
+    assert result.action == NEW_VERSION and result.version.meta["source"] == "files"
     rows = files.read_jsonl(git_repo / "data" / "preferences.jsonl", files.PREFERENCES)
-    assert rows[0].data["chosen"] == "hi there."
+    assert rows[0].data["chosen"] == "hi there, friend."
+
+
+def test_bad_user_file_is_reported_by_its_own_path_and_lands_nothing(git_repo, tmp_path):
+    good = materialize(SMOKE, git_repo).version
+    before = {p.name: p.read_bytes() for p in (git_repo / "data").iterdir()}
+    dvc_file = (git_repo / "data.dvc").read_bytes()
+    _write_user_files(tmp_path / "mine")
+    (tmp_path / "mine" / "p.jsonl").write_text('{"prompt": "say hi", "chosen": "the same answer.", "rejected": "the same answer."}\n')
+    with pytest.raises(stages.DataValidationFailed) as failed:
+        materialize(user_files_config(tmp_path / "mine"), git_repo)
+    (failure,) = failed.value.report.failures
+    assert failure.file == str(tmp_path / "mine" / "p.jsonl") and failure.lines == [1]
+    assert {p.name: p.read_bytes() for p in (git_repo / "data").iterdir()} == before
+    assert (git_repo / "data.dvc").read_bytes() == dvc_file and good.md5 in dvc_file.decode()
+    assert not any((git_repo / STAGING_DIR).iterdir())
 
 
 def test_hf_dataset_saved_to_disk_is_imported(git_repo, tmp_path):
     from datasets import Dataset
 
-    Dataset.from_list([{"prompt": "say hi", "response": "hi there."}]).save_to_disk(str(tmp_path / "demos"))
-    Dataset.from_list([{"prompt": "say hi", "chosen": "hi.", "rejected": "no."}]).save_to_disk(str(tmp_path / "prefs"))
+    Dataset.from_list([{"prompt": "say hi", "response": "hi there, friend."}]).save_to_disk(str(tmp_path / "demos"))
+    Dataset.from_list([{"prompt": "say hi", "chosen": "hi there, friend.", "rejected": "go away now."}]).save_to_disk(str(tmp_path / "prefs"))
     Dataset.from_list([{"prompt": "say bye"}]).save_to_disk(str(tmp_path / "evals"))
-    cfg = load_config(
-        "smoke",
-        {"data": {"source": "files", "files": {"demonstrations": str(tmp_path / "demos"), "preferences": str(tmp_path / "prefs"), "eval_prompts": str(tmp_path / "evals")}}},
-    )
-    materialize(cfg, git_repo)
+    materialize(user_files_config(tmp_path, demonstrations="demos", preferences="prefs", eval_prompts="evals"), git_repo)
     rows = files.read_jsonl(git_repo / "data" / "demonstrations.jsonl", files.DEMONSTRATIONS)
-    assert [r.data for r in rows] == [{"prompt": "say hi", "response": "hi there."}]
+    assert [r.data for r in rows] == [{"prompt": "say hi", "response": "hi there, friend."}]
+    assert (git_repo / "data.dvc").exists()

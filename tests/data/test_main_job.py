@@ -1,0 +1,83 @@
+"""The README's main command, run for real (Prefect in ephemeral mode, real DVC and Great Expectations)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import git
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(args, cwd, tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_main_job_versions_validates_prepares_and_summarises(git_repo, tmp_path):
+    done = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo)], REPO, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    md5 = yaml.safe_load((git_repo / "data.dvc").read_text())["outs"][0]["md5"].removesuffix(".dir")
+    assert f"data version : {md5} (new version" in done.stdout
+    assert "agree with the gold judge" in done.stdout
+    docs = done.stdout.split("Data Docs at ")[1].split()[0]
+    assert Path(docs).is_file()
+    version = json.loads((git_repo / "artifacts/prepared/data_version.json").read_text())
+    assert version["md5"] == md5 and version["rows"]["rm_valid"] > 0
+
+
+def test_main_job_stops_at_bad_data_and_touches_nothing(git_repo, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "d.jsonl").write_text('{"prompt": "say hi", "response": "hi there, friend."}\n')
+    (mine / "p.jsonl").write_text('{"prompt": "say hi", "chosen": "hi there, friend.", "rejected": "go away now."}\n{"prompt": "say hi", "chosen": 5}\n')
+    (mine / "e.jsonl").write_text('{"prompt": "say bye"}\n')
+    overrides = [
+        "data.source=files",
+        f"data.files={{demonstrations: {mine / 'd.jsonl'}, preferences: {mine / 'p.jsonl'}, eval_prompts: {mine / 'e.jsonl'}}}",
+        "validation.check_vocabulary=false",
+    ]
+    args = ["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo)]
+    for item in overrides:
+        args += ["--set", item]
+    done = run(args, REPO, tmp_path)
+    assert done.returncode == 2
+    assert f"{mine / 'p.jsonl'}: field 'chosen' is a string [parse]" in done.stderr
+    assert "line 2" in done.stderr and "Data Docs:" in done.stderr
+    assert not (git_repo / "data").exists() and not (git_repo / "data.dvc").exists()
+    assert not (git_repo / "artifacts").exists()
+
+
+def test_bad_config_is_refused_before_any_work(git_repo, tmp_path):
+    done = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo), "--set", "prepare.rm_valid_fraction=2"], REPO, tmp_path)
+    assert done.returncode == 2 and "prepare.rm_valid_fraction" in done.stderr
+    assert not (git_repo / ".dvc").exists()
+
+
+def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(git_repo, tmp_path):
+    """Build and commit a small project, clone it, rebuild with DVC: same hashes as data.dvc and dvc.lock."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = {**params, **params["profiles"]["smoke"]}  # a small default profile for this project
+    params["data"] = {**yaml.safe_load((REPO / "params.yaml").read_text())["data"], "synthetic": {"n_demonstrations": 300, "n_comparison_prompts": 300}}
+    (git_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(REPO / "dvc.yaml", git_repo / "dvc.yaml")
+    shutil.copytree(REPO / "components", git_repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    assert run(["-m", "components.data.cli", "build"], git_repo, tmp_path).returncode == 0
+    repro = run(["-m", "dvc", "repro"], git_repo, tmp_path)
+    assert repro.returncode == 0, repro.stderr
+    git(git_repo, "add", "-A")
+    git(git_repo, "commit", "-qm", "project")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(git_repo), str(clone))
+
+    rebuilt = run(["-m", "dvc", "repro", "generate"], clone, tmp_path)  # needs no data on disk
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert json.loads((clone / "reports/data/rebuild.json").read_text())["match"] is True
+    assert run(["-m", "components.data.cli", "build"], clone, tmp_path).returncode == 0
+    repro = run(["-m", "dvc", "repro"], clone, tmp_path)
+    assert repro.returncode == 0, repro.stderr
+    assert git(clone, "status", "--porcelain", "data.dvc", "dvc.lock") == ""  # every hash as recorded
