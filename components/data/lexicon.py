@@ -29,9 +29,9 @@ class Product:
 # Predicates that follow the subject directly ("the battery lasts all day"); the rest take a copula.
 VERB_PHRASES = frozenset({"lasts all day", "charges fast", "dies fast", "drains quickly"})
 
-GENERIC_POSITIVE = ("great", "excellent", "good", "solid", "nice")
-GENERIC_NEGATIVE = ("bad", "poor", "terrible", "awful", "disappointing")
-INTENSIFIERS = ("very", "really", "quite")
+GENERIC_POSITIVE = ("great", "excellent", "good", "solid", "nice", "fantastic", "wonderful", "impressive")
+GENERIC_NEGATIVE = ("bad", "poor", "terrible", "awful", "disappointing", "horrible", "mediocre", "frustrating")
+INTENSIFIERS = ("very", "really", "quite", "extremely", "pretty")
 
 # Aspect-specific predicates; generic adjectives apply to every aspect as well.
 _ASPECT_PHRASES: dict[str, tuple[bool, tuple[str, ...], tuple[str, ...]]] = {
@@ -97,6 +97,9 @@ OVERALL_POSITIVE = (
     "i would buy {this} {p} again",
     "i recommend {this} {p}",
     "{this} {p} {is} worth the money",
+    "i am happy with {this} {p}",
+    "{this} {p} {is} a great buy",
+    "i will tell my friends about {this} {p}",
 )
 OVERALL_NEGATIVE = (
     "i regret buying {this} {p}",
@@ -104,12 +107,20 @@ OVERALL_NEGATIVE = (
     "i do not recommend {this} {p}",
     "{this} {p} {is} not worth the money",
     "i want to return {this} {p}",
+    "i am not happy with {this} {p}",
+    "{this} {p} {is} a waste of money",
+    "i will warn my friends about {this} {p}",
 )
 NEUTRAL_CLAUSES = (
     "i bought {this} {p} last week",
     "i got {this} {p} as a gift",
     "i use {this} {p} every day",
     "i have had {this} {p} for a month",
+    "i ordered {this} {p} online",
+    "my sister gave me {this} {p}",
+    "i use {this} {p} at work",
+    "i took {this} {p} on a trip",
+    "i compared {this} {p} with two others",
 )
 CONJUNCTION = "and"
 PROMPT_TEMPLATE = "write a {sentiment} review of the {product} that mentions the {first} and the {second}."

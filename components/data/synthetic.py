@@ -12,7 +12,7 @@ from components.data.gold_judge import gold_score
 from components.data.labeler import SimulatedLabeler, collect_comparisons, label_agreement
 from components.data.task import Prompt, all_prompts
 
-GENERATOR_VERSION = "reviews-v2"  # bump whenever the generator's output changes for the same params
+GENERATOR_VERSION = "reviews-v3"  # bump whenever the generator's output changes for the same params
 
 
 @dataclass

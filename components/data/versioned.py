@@ -1,12 +1,12 @@
 """Puts the configured data set on disk as a DVC version, refusing drift and never landing bad data.
 
 Two steps, with validation between them:
-1. ``stage``: if ``data.dvc`` records the same recipe (generator, seed, params or input files) and
-   the data are on disk, they must be byte-for-byte the recorded version (hand edits are drift)
-   and are validated in place. Otherwise the data set is written to a staging directory.
+1. ``stage``: the data set is built in a staging directory. If ``data.dvc`` records the same
+   recipe (generator, seed, params or input files), the build must hash to the recorded version
+   and the data on disk must too (hand edits are drift); then the data on disk are validated in
+   place. Otherwise the staged copy is the candidate.
 2. ``commit`` (only after validation passed): the staged data replace ``data/`` and are recorded
-   by ``dvc add`` (and pushed). Rebuilt from the recorded recipe (a fresh clone), they must hash
-   to what ``data.dvc`` records.
+   by ``dvc add`` (and pushed).
 A candidate that fails validation is ``discard``-ed: ``data/`` and ``data.dvc`` stay as they were.
 """
 from __future__ import annotations
@@ -51,22 +51,39 @@ class VersionedData:
 
 
 def stage(cfg: Config, root: str | Path) -> Candidate:
+    """Build the configured data set in a staging directory and compare it with what data.dvc records."""
     root = Path(root)
+    data_dir = root / cfg.data.dir
     source = source_manifest(cfg)
     recipe = recipe_hash(source)
     dvc_store.ensure_repo(root, cfg.versioning)
     recorded = dvc_store.recorded_version(root, cfg.data.dir)
-    if recorded is not None and recorded.meta.get("recipe") == recipe and (root / cfg.data.dir).is_dir():
-        dvc_store.check_drift(root, cfg.data.dir)
-        return Candidate(root / cfg.data.dir, recipe, source, recorded, in_place=True)
+    same_recipe = recorded is not None and recorded.meta.get("recipe") == recipe
+    if same_recipe and data_dir.is_dir():
+        dvc_store.check_drift(root, cfg.data.dir)  # hand edits
+
     (root / STAGING_DIR).mkdir(exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix="data-", dir=root / STAGING_DIR)) / Path(cfg.data.dir).name
+    candidate = Candidate(directory, recipe, source, recorded, in_place=False)
     try:
         write_candidate(cfg, directory)
+        if same_recipe:
+            rebuilt = dvc_store.directory_md5(directory)
+            if rebuilt != recorded.md5:
+                raise DataDrift(
+                    f"data drift: rebuilding {cfg.data.dir}/ from the recipe {cfg.data.dir}.dvc records gives md5 "
+                    f"{rebuilt}, but {cfg.data.dir}.dvc records {recorded.md5}. The generator's output changed "
+                    "without a new GENERATOR_VERSION, or generation is not deterministic on this machine.",
+                    recorded,
+                    None,
+                )
     except BaseException:
-        shutil.rmtree(directory.parent, ignore_errors=True)
+        discard(candidate)
         raise
-    return Candidate(directory, recipe, source, recorded, in_place=False)
+    if same_recipe and data_dir.is_dir():
+        discard(candidate)  # identical to what is on disk: validate that in place
+        return Candidate(data_dir, recipe, source, recorded, in_place=True)
+    return candidate
 
 
 def discard(candidate: Candidate) -> None:
@@ -81,17 +98,6 @@ def commit(cfg: Config, root: str | Path, candidate: Candidate) -> VersionedData
     if candidate.in_place:
         return VersionedData(candidate.recorded, VERIFIED, previous)
     rebuilding = candidate.recorded is not None and candidate.recorded.meta.get("recipe") == candidate.recipe
-    if rebuilding:
-        rebuilt_md5 = dvc_store.directory_md5(candidate.directory)
-        if rebuilt_md5 != candidate.recorded.md5:
-            discard(candidate)
-            raise DataDrift(
-                f"rebuilding {cfg.data.dir}/ from the recipe {cfg.data.dir}.dvc records did not reproduce it: "
-                f"md5 {rebuilt_md5} (rebuilt) != {candidate.recorded.md5} ({cfg.data.dir}.dvc); "
-                "is generation deterministic on this machine?",
-                candidate.recorded,
-                None,
-            )
     replace_directory(candidate.directory, root / cfg.data.dir)
     discard(candidate)
     meta = {"recipe": candidate.recipe, "source": candidate.source["source"]}

@@ -122,3 +122,21 @@ def test_hf_dataset_saved_to_disk_is_imported(git_repo, tmp_path):
     rows = files.read_jsonl(git_repo / "data" / "demonstrations.jsonl", files.DEMONSTRATIONS)
     assert [r.data for r in rows] == [{"prompt": "say hi", "response": "hi there, friend."}]
     assert (git_repo / "data.dvc").exists()
+
+
+def test_generator_change_without_a_new_version_is_drift_and_lands_nothing(git_repo, monkeypatch):
+    """Same recipe, different bytes: the generator changed but GENERATOR_VERSION did not."""
+    version = materialize(SMOKE, git_repo).version
+    real_write = versioned.write_candidate
+
+    def changed_generator(cfg, directory):
+        manifest = real_write(cfg, directory)
+        with open(directory / "demonstrations.jsonl", "a") as handle:
+            handle.write('{"prompt": "x", "response": "one more row."}\n')
+        return manifest
+
+    monkeypatch.setattr(versioned, "write_candidate", changed_generator)
+    with pytest.raises(DataDrift, match=f"records {version.md5}.*GENERATOR_VERSION"):
+        materialize(SMOKE, git_repo)
+    assert yaml.safe_load((git_repo / "data.dvc").read_text())["outs"][0]["md5"] == version.dvc_md5
+    assert not any((git_repo / STAGING_DIR).iterdir())
