@@ -92,6 +92,136 @@ class PrepareConfig(Section):
     rm_valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of preference pairs held out to measure the reward model")
 
 
+class ModelConfig(Section):
+    """The policy architecture (trained from scratch) or a local Hugging Face model directory."""
+
+    source: Literal["scratch", "local"] = Field("scratch", description="a small GPT-2 from scratch, or a local HF model")
+    local_dir: str | None = Field(None, description="HF model directory (safetensors only) when source is 'local'")
+    n_layer: int = Field(3, ge=1, description="transformer blocks")
+    n_embd: int = Field(128, ge=8, description="hidden width")
+    n_head: int = Field(4, ge=1, description="attention heads")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout in every stage (PPO always runs with dropout off)")
+    max_prompt_tokens: int = Field(24, ge=1, description="prompts are cut to their last N tokens")
+    max_response_tokens: int = Field(40, ge=2, description="longest response, EOS included")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelConfig":
+        if self.source == "local" and not self.local_dir:
+            raise ValueError("model.local_dir must be set when model.source is 'local'")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class OptimConfig(Section):
+    """A supervised optimisation loop: AdamW, linear warm-up then constant."""
+
+    epochs: float = Field(1.0, gt=0, description="passes over the data (fractions allowed)")
+    batch_size: int = Field(64, ge=1, description="examples per step")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(20, ge=0, description="linear warm-up steps")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    log_every: int = Field(10, ge=1, description="steps between history entries")
+
+
+class SFTConfig(OptimConfig):
+    """Supervised fine-tuning on the demonstrations (response tokens only)."""
+
+
+class ComparisonsConfig(Section):
+    """InstructGPT's comparison collection: K samples per training prompt from the SFT policy, ranked."""
+
+    source: Literal["sft_samples", "static"] = Field("sft_samples", description="label SFT samples, or use the static preference file")
+    n_prompts: int = Field(4000, ge=1, description="training prompts to sample for")
+    responses_per_prompt: int = Field(4, ge=2, le=9, description="K; each prompt gives K*(K-1)/2 pairs")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    batch_size: int = Field(256, ge=1, description="prompts per generation batch")
+    dir: str = Field("artifacts/comparisons", description="where the collected comparisons are written")
+
+
+class RewardConfig(OptimConfig):
+    """The reward model: -log sigmoid(r(chosen) - r(rejected)), read at the last response token."""
+
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of comparisons held out for accuracy")
+    reference_samples: int = Field(512, ge=0, description="SFT samples on training prompts whose mean reward is set to 0 (0: not normalised)")
+
+
+class KLControlConfig(Section):
+    kl_coef: float = Field(0.05, ge=0, description="initial beta of the per-token KL penalty")
+    adaptive: bool = Field(False, description="Ziegler et al.'s adaptive controller instead of a fixed beta")
+    target: float = Field(6.0, gt=0, description="KL target (nats per response) of the adaptive controller")
+    horizon: int = Field(10000, ge=1, description="horizon (in rollouts) of the adaptive controller")
+
+
+class PPOConfig(Section):
+    """PPO against the reward model (InstructGPT / Stiennon et al. / Huang et al. details)."""
+
+    iterations: int = Field(100, ge=1, description="rollout + update rounds")
+    rollout_batch_size: int = Field(128, ge=1, description="responses sampled per iteration")
+    minibatch_size: int = Field(32, ge=1, description="responses per gradient step")
+    ppo_epochs: int = Field(4, ge=1, description="passes over each rollout batch")
+    lr: float = Field(3e-4, gt=0, description="policy learning rate")
+    critic_lr: float = Field(1e-3, gt=0, description="value model learning rate")
+    kl: KLControlConfig = KLControlConfig()
+    cliprange: float = Field(0.2, gt=0, description="policy ratio clip epsilon")
+    cliprange_value: float = Field(0.2, gt=0, description="value clip around the rollout's values")
+    gamma: float = Field(1.0, gt=0, le=1, description="discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
+    missing_eos_penalty: float = Field(1.0, ge=0, description="subtracted from the RM score of responses that never end")
+    whiten_rewards: bool = Field(False, description="whiten the per-token rewards before GAE")
+    ptx_coef: float = Field(0.0, ge=0, description="PPO-ptx: weight of the demonstrations' LM loss")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    log_every: int = Field(1, ge=1, description="iterations between history entries")
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "PPOConfig":
+        if self.rollout_batch_size % self.minibatch_size:
+            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of minibatch_size ({self.minibatch_size})")
+        return self
+
+
+class CombinedLossConfig(OptimConfig):
+    """Likelihood on chosen plus unlikelihood on rejected responses, optimised jointly (seed reason 2)."""
+
+    unlikelihood_coef: float = Field(0.5, ge=0, description="weight of the unlikelihood term on rejected tokens")
+    unlikelihood_tokens: Literal["all", "after_shared_prefix", "not_in_chosen"] = Field(
+        "not_in_chosen", description="rejected tokens penalised: all, all but the opening shared with chosen, or those absent from chosen"
+    )
+    min_one_minus_p: float = Field(1e-5, gt=0, lt=1, description="clamp of 1 - p in -log(1 - p): caps one token's unlikelihood")
+
+
+class DPOConfig(OptimConfig):
+    """Direct Preference Optimisation against the frozen SFT policy (Rafailov et al. 2023)."""
+
+    beta: float = Field(0.1, gt=0, description="DPO temperature: strength of the implicit KL constraint")
+
+
+class BestOfNConfig(Section):
+    """Best-of-n sampling against the reward model: a reference point, nothing is trained."""
+
+    n: int = Field(8, ge=1, description="samples per prompt; the RM picks one")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the n samples")
+    missing_eos_penalty: float = Field(1.0, ge=0, description="subtracted from the RM score of samples that never end (as in PPO)")
+
+
+class BaselinesConfig(Section):
+    chosen: SFTConfig = SFTConfig()
+    combined: CombinedLossConfig = CombinedLossConfig()
+    dpo: DPOConfig = DPOConfig()
+    best_of_n: BestOfNConfig = BestOfNConfig()
+
+
+class EvaluationConfig(Section):
+    """Held-out evaluation: every policy decoded the same way, seeded."""
+
+    modes: list[Literal["sample", "greedy"]] = Field(["sample", "greedy"], min_length=1, description="decoding modes to evaluate under")
+    samples_per_prompt: int = Field(8, ge=1, description="samples per eval prompt in 'sample' mode (greedy: 1)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature in 'sample' mode")
+    batch_size: int = Field(256, ge=1, description="responses per generation batch")
+
+
 class VersioningConfig(Section):
     remote_name: str = Field("local", description="DVC remote that push/pull use")
     remote_url: str = Field("../dvc-remote", description="remote location; relative paths are relative to .dvc/")
@@ -105,6 +235,14 @@ class Config(Section):
     validation: ValidationConfig = ValidationConfig()
     prepare: PrepareConfig = PrepareConfig()
     versioning: VersioningConfig = VersioningConfig()
+    model: ModelConfig = ModelConfig()
+    sft: SFTConfig = SFTConfig()
+    comparisons: ComparisonsConfig = ComparisonsConfig()
+    reward: RewardConfig = RewardConfig()
+    ppo: PPOConfig = PPOConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    artifacts_dir: str = Field("artifacts/models", description="where trained models are saved")
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ UpdateDataDocsAction writes the Data Docs. Nothing is ever written into the data
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import unquote, urlparse
 
 import great_expectations as gx
@@ -34,29 +34,41 @@ def validate_data_dir(
     vocabulary: frozenset[str] | None,
     report_dir: Path | None = None,
     file_labels: dict[str, str] | None = None,
+    datasets: Sequence[str] = DATASETS,
+    eval_prompts: frozenset[str] | None = None,
 ) -> ValidationReport:
-    """Check every data file of ``data_dir``; write Data Docs and ``summary.json`` under ``report_dir``.
+    """Check the data files of ``data_dir``; write Data Docs and ``summary.json`` under ``report_dir``.
 
     A file that cannot be parsed is one "parse" failure and is not sent to GX; the other files
     still are, so one run shows everything that is wrong. ``file_labels`` (dataset -> name) says
     what to call a file in the report, e.g. the user's own path when ``data_dir`` is a staging copy.
+    ``datasets`` names the files to check (all three by default; e.g. only ``preferences`` for the
+    comparisons collected from the SFT policy). ``eval_prompts`` are the held-out prompts that no
+    training file may contain, used when ``eval_prompts.jsonl`` is not among ``datasets``.
     """
     data_dir = Path(data_dir)
-    labels = {d: (file_labels or {}).get(d, str(data_dir / file_name(d))) for d in DATASETS}
+    unknown = sorted(set(datasets) - set(DATASETS))
+    if unknown or not datasets:
+        raise ValueError(f"datasets must be a non-empty subset of {DATASETS}, got {list(datasets)}")
+    datasets = [d for d in DATASETS if d in datasets]
+    labels = {d: (file_labels or {}).get(d, str(data_dir / file_name(d))) for d in datasets}
     report_dir = Path(report_dir if report_dir is not None else cfg.report_dir)
     if report_dir.resolve().is_relative_to(data_dir.resolve()):
         raise ValueError(f"report_dir {report_dir} is inside the data directory {data_dir}: validation never writes there")
 
     failures: list[Failure] = []
     records = {}
-    for dataset in DATASETS:
+    for dataset in datasets:
         path = data_dir / file_name(dataset)
         try:
             records[dataset] = read_jsonl(path, dataset)
         except DataFileError as err:
             failures.append(_parse_failure(path, labels[dataset], err))
 
-    eval_prompts = frozenset(r.data["prompt"] for r in records[EVAL_PROMPTS]) if EVAL_PROMPTS in records else None
+    if EVAL_PROMPTS in records:
+        eval_prompts = frozenset(r.data["prompt"] for r in records[EVAL_PROMPTS])
+    elif EVAL_PROMPTS in datasets:
+        eval_prompts = None  # the eval file did not parse: its failure is reported, the leak check cannot run
     frames = {d: expectations.frame(d, rs, cfg, vocabulary, eval_prompts) for d, rs in records.items()}
     docs_index = None
     if frames:

@@ -1,0 +1,1 @@
+"""Tokenizer, policy / value / reward models, batching and saving in the Hugging Face layout."""

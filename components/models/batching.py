@@ -1,0 +1,107 @@
+"""Turning prompts and responses into tensors, and reading log-probs and scores back.
+
+Layout of every batch: ``[left-padded prompt (P) | right-padded response (R)]``. Position ids
+count only real tokens, so left padding does not shift positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, P + R)
+    attention_mask: torch.Tensor  # (B, P + R)
+    response_mask: torch.Tensor  # (B, R): 1 on response tokens up to and including EOS
+    prompt_width: int  # P
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_width :]
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        return position_ids(self.attention_mask)
+
+    def select(self, index: torch.Tensor) -> "Batch":
+        return Batch(self.input_ids[index], self.attention_mask[index], self.response_mask[index], self.prompt_width)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and mask; long prompts keep their end (where the request is)."""
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_tokens:] for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def encode_responses(tokenizer: PreTrainedTokenizerBase, responses: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded response ids ending in EOS (dropped only when the response fills ``max_tokens``)."""
+    rows = [(tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_tokens] for r in responses]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def join(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor) -> Batch:
+    return Batch(
+        torch.cat([prompt_ids, response_ids], dim=1),
+        torch.cat([prompt_mask, response_mask], dim=1),
+        response_mask,
+        prompt_ids.shape[1],
+    )
+
+
+def encode_examples(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str], max_prompt_tokens: int, max_response_tokens: int
+) -> Batch:
+    return join(*encode_prompts(tokenizer, prompts, max_prompt_tokens), *encode_responses(tokenizer, responses, max_response_tokens))
+
+
+def response_logits(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """Logits that predict each response token: (B, R, V)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+    return logits[:, batch.prompt_width - 1 : -1]
+
+
+def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def response_logprobs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """log pi(token | context) of every response position: (B, R); padding positions are meaningless."""
+    return gather_logprobs(response_logits(model, batch), batch.response_ids)
+
+
+def token_scores(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """A one-output sequence classifier's score at every response position: (B, R)."""
+    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).last_hidden_state
+    return model.score(hidden[:, batch.prompt_width :]).squeeze(-1).float()
+
+
+def last_index(response_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last response token (EOS when the response ended): (B,)."""
+    return (response_mask.sum(-1) - 1).clamp(min=0)
+
+
+def sequence_scores(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """The score read at the last response token, as reward models are read: (B,)."""
+    scores = token_scores(model, batch)
+    return scores.gather(1, last_index(batch.response_mask).unsqueeze(1)).squeeze(1)

@@ -1,0 +1,60 @@
+"""Sampling responses from a policy: batched, KV-cached, stopping when every row has emitted EOS."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from components.models.batching import Batch, join
+
+
+@dataclass
+class Rollout:
+    batch: Batch  # prompt + response, response_mask up to and including EOS
+    ended: torch.Tensor  # (B,) bool: the response emitted EOS within the length limit
+
+
+@torch.inference_mode()
+def generate(
+    policy: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+) -> Rollout:
+    """Sample (or decode greedily) one response per prompt. Uses torch's global RNG: seed it first."""
+    was_training = policy.training
+    policy.eval()
+    config = GenerationConfig(
+        do_sample=not greedy,
+        temperature=temperature if not greedy else None,
+        top_k=0 if not greedy else None,
+        top_p=1.0 if not greedy else None,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+    sequences = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    policy.train(was_training)
+    response_ids = sequences[:, prompt_ids.shape[1] :]
+    is_eos = response_ids == eos_token_id
+    ended = is_eos.any(dim=1)
+    # mask: every token up to and including the first EOS
+    first_eos = torch.where(ended, is_eos.float().argmax(dim=1), torch.full_like(ended, response_ids.shape[1], dtype=torch.long))
+    positions = torch.arange(response_ids.shape[1]).unsqueeze(0)
+    response_mask = (positions <= first_eos.unsqueeze(1)).long() & (positions < response_ids.shape[1]).long()
+    response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, pad_token_id))
+    return Rollout(join(prompt_ids, prompt_mask, response_ids.clone(), response_mask), ended)
+
+
+def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
+    """Response texts without EOS and padding."""
+    texts = []
+    for ids, mask in zip(rollout.batch.response_ids, rollout.batch.response_mask):
+        tokens = [t for t, m in zip(ids.tolist(), mask.tolist()) if m and t != tokenizer.eos_token_id]
+        texts.append(tokenizer.decode(tokens, skip_special_tokens=True))
+    return texts

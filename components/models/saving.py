@@ -1,0 +1,29 @@
+"""Saving models in the Hugging Face layout (safetensors), atomically, with the config and data version beside them."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from components.data.dataset import replace_directory
+from components.data.files import write_json
+
+CARD = "rlhf_card.json"  # the resolved config, data version and metrics the model came from
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | Path, card: dict) -> Path:
+    """Write to a temp dir beside ``directory`` and swap it in: a crash never leaves half a model."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        write_json(staging / CARD, card)
+        replace_directory(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory

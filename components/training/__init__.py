@@ -1,0 +1,1 @@
+"""Training stages, one file per algorithm: sft, reward, ppo and the supervised baselines."""

@@ -1,0 +1,231 @@
+"""Reward model (InstructGPT step 3): loss = -log sigmoid(r(chosen) - r(rejected)).
+
+The reward model is the SFT transformer with a fresh scalar head; r(x, y) is the head's output at
+the last response token (EOS when the response ended). As in InstructGPT, the K*(K-1)/2 pairs of
+one ranked group are one batch element: every distinct response of a batch goes through the model
+once, chosen and rejected together in one forward pass, and the loss averages over all pairs
+(K=4 needs 4 forward passes instead of 12, and no response is seen again within an epoch).
+A share of comparisons is held out, whole groups at a time (pairs of a group share responses,
+so splitting pairs would leak them).
+
+After training the reward is normalised: its mean on samples from the SFT policy is subtracted
+inside the model, so the saved model scores SFT samples at 0 on average (InstructGPT normalises
+the RM "so that the labeler demonstrations achieve a mean score of 0"; here, as in Ziegler et
+al., the reference is the SFT policy's own samples, which is where PPO starts).
+
+This module never calls the gold judge: ``gold_accuracy`` takes gold scores the caller computed.
+"""
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from components.config import ModelConfig, RewardConfig
+from components.models.batching import encode_examples, sequence_scores
+from components.models.builders import scalar_model_from
+from components.training.loop import Log, train_supervised
+
+SCORE_BATCH = 256  # sequences per forward pass when only scoring
+
+
+def reward_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Mean of -log sigmoid(r(chosen) - r(rejected)) over pairs: (B,), (B,) -> scalar."""
+    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+
+
+def pairwise_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
+    """Share of pairs where the chosen response gets the higher reward (a tie counts as wrong)."""
+    return (chosen_rewards > rejected_rewards).float().mean().item()
+
+
+def gold_accuracy(
+    chosen_rewards: Sequence[float] | torch.Tensor,
+    rejected_rewards: Sequence[float] | torch.Tensor,
+    chosen_gold: Sequence[float],
+    rejected_gold: Sequence[float],
+) -> float:
+    """Share of pairs the reward model orders as the gold judge does; pairs the judge ties are skipped.
+
+    The gold scores are the caller's (evaluation's) business: training never computes them.
+    """
+    agree = decided = 0
+    for rc, rr, gc, gr in zip(_floats(chosen_rewards), _floats(rejected_rewards), chosen_gold, rejected_gold, strict=True):
+        if gc == gr:
+            continue
+        decided += 1
+        agree += (rc > rr) == (gc > gr)
+    return agree / decided if decided else float("nan")
+
+
+def _floats(values: Sequence[float] | torch.Tensor) -> list[float]:
+    return values.tolist() if isinstance(values, torch.Tensor) else list(values)
+
+
+def group_comparisons(comparisons: Sequence[dict]) -> list[list[dict]]:
+    """The comparisons grouped by ``group`` (the pairs of one ranked K-sample), in order of first row.
+
+    Rows without a ``group`` are their own group (the static file has one pair per prompt draw).
+    """
+    groups: dict[object, list[dict]] = {}
+    for index, row in enumerate(comparisons):
+        groups.setdefault(row.get("group", ("row", index)), []).append(row)
+    return list(groups.values())
+
+
+def split_comparisons(comparisons: Sequence[dict], valid_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, valid): about ``valid_fraction`` of the groups held out, seeded; see ``group_comparisons``."""
+    groups = group_comparisons(comparisons)
+    random.Random(f"{seed}/reward-valid").shuffle(groups)
+    n_valid = min(len(groups) - 1, max(1, round(valid_fraction * len(groups))))
+    return [row for g in groups[n_valid:] for row in g], [row for g in groups[:n_valid] for row in g]
+
+
+def pair_rewards(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], model_cfg: ModelConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """r(chosen) and r(rejected) of every row: (B,), (B,).
+
+    Every distinct (prompt, response) of ``rows`` is scored once, all of them in one forward pass.
+    """
+    index: dict[tuple[str, str], int] = {}
+    for row in rows:
+        for side in ("chosen", "rejected"):
+            index.setdefault((row["prompt"], row[side]), len(index))
+    samples = list(index)
+    batch = encode_examples(
+        tokenizer, [p for p, _ in samples], [r for _, r in samples], model_cfg.max_prompt_tokens, model_cfg.max_response_tokens
+    )
+    rewards = sequence_scores(model, batch)  # (distinct responses,)
+    chosen = torch.tensor([index[(row["prompt"], row["chosen"])] for row in rows])
+    rejected = torch.tensor([index[(row["prompt"], row["rejected"])] for row in rows])
+    return rewards[chosen], rewards[rejected]
+
+
+@torch.inference_mode()
+def score_samples(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, samples: Sequence[tuple[str, str]], model_cfg: ModelConfig
+) -> torch.Tensor:
+    """The reward of each (prompt, response): (N,)."""
+    was_training = model.training
+    model.eval()
+    scores = []
+    for start in range(0, len(samples), SCORE_BATCH):
+        chunk = samples[start : start + SCORE_BATCH]
+        batch = encode_examples(tokenizer, [p for p, _ in chunk], [r for _, r in chunk], model_cfg.max_prompt_tokens, model_cfg.max_response_tokens)
+        scores.append(sequence_scores(model, batch))
+    model.train(was_training)
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def score_comparisons(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], model_cfg: ModelConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """r(chosen), r(rejected) of every row, in eval mode and without gradients: (B,), (B,)."""
+    rewards = score_samples(
+        model, tokenizer, [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows], model_cfg
+    )
+    return rewards[: len(rows)], rewards[len(rows) :]
+
+
+FINAL_NORMS = ("ln_f", "final_layer_norm", "norm")  # GPT-2 / GPT-J, OPT / GPT-NeoX, Llama-style
+
+
+@torch.no_grad()
+def shift_rewards(model: PreTrainedModel, delta: float) -> str:
+    """Add ``delta`` to every score the model outputs, in a parameter that ``save_pretrained`` keeps.
+
+    Returns the parameter changed. The head's bias when it has one. GPT-2's head has none and its
+    class always rebuilds it without one, so a bias added there would be dropped on reload; the
+    shift goes into the final LayerNorm's bias instead, along the head's weight w:
+    w . (beta + delta * w / |w|^2) = w . beta + delta, exactly, for every token.
+    """
+    head = model.score
+    if head.bias is not None:
+        head.bias += delta
+        return "score.bias"
+    for name in FINAL_NORMS:
+        norm = getattr(model.base_model, name, None)
+        if isinstance(norm, torch.nn.LayerNorm) and norm.bias is not None:
+            weight = head.weight[0].float()
+            norm.bias += (delta * weight / weight.dot(weight)).to(norm.bias.dtype)
+            return f"{name}.bias"
+    warnings.warn(
+        f"{type(model).__name__}: no head bias and no final LayerNorm bias; a biased head is added, "
+        "which its class may not load back (the reward offset would be lost on reload)",
+        stacklevel=2,
+    )
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True, dtype=head.weight.dtype)
+    biased.weight.copy_(head.weight)
+    biased.bias.fill_(delta)
+    model.score = biased
+    return "score.bias (added)"
+
+
+def normalise_rewards(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference_samples: Sequence[tuple[str, str]], model_cfg: ModelConfig
+) -> float:
+    """Shift the model's output so its mean on ``reference_samples`` is 0; returns the mean subtracted."""
+    offset = score_samples(model, tokenizer, reference_samples, model_cfg).double().mean().item()
+    shift_rewards(model, -offset)
+    return offset
+
+
+def train_reward_model(
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    comparisons: list[dict],
+    cfg: RewardConfig,
+    model_cfg: ModelConfig,
+    seed: int,
+    log: Log | None = None,
+    reference_samples: list[tuple[str, str]] | None = None,
+) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
+    """Train a reward model from the SFT ``policy`` on ``{prompt, chosen, rejected}`` comparisons.
+
+    A training example is a group of comparisons (``group_comparisons``): ``cfg.batch_size``
+    groups per step, ``cfg.epochs`` passes over the groups. ``cfg.valid_fraction`` of the groups
+    is held out (``split_comparisons``, same seed) and the pairwise accuracy on them reported.
+    With ``reference_samples`` ((prompt, response) pairs sampled from the SFT policy) the returned
+    model scores them at 0 on average; the mean removed is ``metrics["reward_offset"]``.
+    Returns (reward_model, metrics, history).
+    """
+    train, valid = split_comparisons(comparisons, cfg.valid_fraction, seed)
+    torch.manual_seed(seed)  # the fresh head's initialisation
+    model = scalar_model_from(policy)
+
+    def loss_fn(groups: list[list[dict]]):
+        rows = [row for group in groups for row in group]
+        chosen_rewards, rejected_rewards = pair_rewards(model, tokenizer, rows, model_cfg)
+        loss = reward_loss(chosen_rewards, rejected_rewards)
+        margin = (chosen_rewards - rejected_rewards).detach()
+        return loss, {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item()}
+
+    history = train_supervised("reward", model, group_comparisons(train), loss_fn, cfg, seed, log)
+
+    metrics: dict[str, float] = {
+        "train_pairs": len(train),
+        "train_groups": len(group_comparisons(train)),
+        "valid_pairs": len(valid),
+        "steps": history[-1]["step"] + 1,
+        "first_loss": history[0]["loss"],
+        "final_loss": history[-1]["loss"],
+    }
+    if valid:
+        chosen_rewards, rejected_rewards = score_comparisons(model, tokenizer, valid, model_cfg)
+        metrics["valid_loss"] = reward_loss(chosen_rewards, rejected_rewards).item()
+        metrics["valid_accuracy"] = pairwise_accuracy(chosen_rewards, rejected_rewards)
+        metrics["valid_margin"] = (chosen_rewards - rejected_rewards).mean().item()
+    if reference_samples:
+        metrics["reward_offset"] = normalise_rewards(model, tokenizer, reference_samples, model_cfg)
+        after = score_samples(model, tokenizer, reference_samples, model_cfg)
+        metrics["reference_mean"] = after.double().mean().item()
+        metrics["reference_std"] = after.double().std().item() if len(after) > 1 else 0.0
+    else:
+        metrics["reward_offset"] = 0.0
+    model.eval()
+    return model, metrics, history

@@ -1,0 +1,44 @@
+"""A tiny SFT policy and reward model trained once per session on the smoke data (seconds on 2 cores)."""
+import copy
+
+import pytest
+
+from components.config import ModelConfig, OptimConfig, load_config
+from components.data.files import DEMONSTRATIONS, PREFERENCES
+from components.data.lexicon import VOCABULARY
+from components.data.synthetic import generate_synthetic
+from components.models.builders import build_policy, scalar_model_from
+from components.models.tokenizer import build_word_tokenizer
+from components.training.reward import train_reward_model
+from components.training.sft import train_sft
+
+TINY = ModelConfig(n_layer=2, n_embd=64, n_head=4, max_prompt_tokens=24, max_response_tokens=40)
+SEED = 0
+
+
+@pytest.fixture(scope="session")
+def smoke_rows():
+    return generate_synthetic(load_config("smoke")).rows
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_word_tokenizer(VOCABULARY)
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(smoke_rows, tokenizer):
+    """(policy, history): 2x64 GPT-2 fine-tuned on the 300 smoke demonstrations."""
+    policy = build_policy(TINY, tokenizer, SEED)
+    cfg = OptimConfig(epochs=25, batch_size=32, lr=3e-3, warmup_steps=10, log_every=5)
+    policy, _, history = train_sft(policy, tokenizer, smoke_rows[DEMONSTRATIONS], cfg, TINY, SEED)
+    return policy, history
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(smoke_rows, tokenizer, tiny_sft):
+    from components.config import RewardConfig
+
+    cfg = RewardConfig(epochs=6, batch_size=32, lr=1e-3, warmup_steps=5, log_every=5)
+    model, metrics, _ = train_reward_model(copy.deepcopy(tiny_sft[0]), tokenizer, smoke_rows[PREFERENCES], cfg, TINY, SEED)
+    return model, metrics

@@ -1,0 +1,175 @@
+"""Learning behaviour of the reward model, and comparison collection from a policy.
+
+Everything runs on a tiny policy trained here (2 layers, 64 wide, 2 epochs of SFT on 3,000
+demonstrations), so the file needs no artefact and runs in well under a minute on 2 cores.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.config import ComparisonsConfig, ModelConfig, RewardConfig, SFTConfig, load_config
+from components.data.files import PREFERENCES, file_name, read_jsonl
+from components.data.gold_judge import gold_score
+from components.data.labeler import SimulatedLabeler
+from components.data.lexicon import VOCABULARY
+from components.data.stages import DataValidationFailed
+from components.data.synthetic import generate_synthetic
+from components.models.builders import build_policy
+from components.models.tokenizer import build_word_tokenizer
+from components.training.comparisons import (
+    SOURCE,
+    collect_sft_comparisons,
+    draw_prompts,
+    rank_sampled,
+    sample_reference,
+    save_comparisons,
+    simulated_ranker,
+)
+from components.training.reward import gold_accuracy, score_comparisons, split_comparisons, train_reward_model
+from components.training.sft import train_sft
+
+SEED = 0
+MODEL_CFG = ModelConfig(n_layer=2, n_embd=64, n_head=4, max_prompt_tokens=24, max_response_tokens=40)
+SFT_CFG = SFTConfig(epochs=2.0, batch_size=32, lr=3e-3, warmup_steps=10)
+REWARD_CFG = RewardConfig(epochs=1.5, batch_size=32, lr=1e-3, warmup_steps=10, valid_fraction=0.1)
+K = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These matmuls are too small to gain from a second thread, and on a busy machine OpenMP threads spin."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config("smoke", overrides={"data": {"synthetic": {"n_demonstrations": 3000, "n_comparison_prompts": 6000}}})
+
+
+@pytest.fixture(scope="module")
+def dataset(config):
+    return generate_synthetic(config).rows
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_word_tokenizer(VOCABULARY)
+
+
+@pytest.fixture(scope="module")
+def sft_policy(dataset, tokenizer):
+    policy = build_policy(MODEL_CFG, tokenizer, SEED)
+    train_sft(policy, tokenizer, dataset["demonstrations"], SFT_CFG, MODEL_CFG, SEED)
+    return policy.eval()
+
+
+def gold_scores(rows: list[dict]) -> tuple[list[float], list[float]]:
+    return (
+        [gold_score(r["prompt"], r["chosen"], r.get("chosen_ended", True)) for r in rows],
+        [gold_score(r["prompt"], r["rejected"], r.get("rejected_ended", True)) for r in rows],
+    )
+
+
+def test_reward_model_orders_held_out_pairs_like_the_gold_judge(sft_policy, tokenizer, dataset):
+    comparisons = dataset["preferences"]
+    prompts = draw_prompts([r["prompt"] for r in dataset["demonstrations"]], 64, SEED + 1)
+    reference = sample_reference(sft_policy, tokenizer, prompts, MODEL_CFG, temperature=1.0, batch_size=64, seed=SEED)
+    assert [p for p, _ in reference] == prompts
+    model, metrics, history = train_reward_model(
+        sft_policy, tokenizer, comparisons, REWARD_CFG, MODEL_CFG, SEED, reference_samples=reference
+    )
+    _, valid = split_comparisons(comparisons, REWARD_CFG.valid_fraction, SEED)
+    assert metrics["valid_pairs"] == len(valid) == 600 and metrics["train_pairs"] == 5400
+    chosen_rewards, rejected_rewards = score_comparisons(model, tokenizer, valid, MODEL_CFG)
+    # chance is 0.5. Measured with this seed: 0.73 against gold, 0.68 against the labels (the
+    # labels themselves agree with gold on 0.86 of these pairs, so the RM sees through some noise).
+    # With 600 pairs one standard error is 0.02: the thresholds leave 4 of them for other platforms.
+    assert gold_accuracy(chosen_rewards, rejected_rewards, *gold_scores(valid)) > 0.65
+    assert metrics["valid_accuracy"] > 0.6
+    assert metrics["valid_loss"] < metrics["first_loss"] - 0.02 and history[-1]["step"] + 1 == metrics["steps"]
+    # normalised: the returned model scores the SFT policy's own samples at 0 on average
+    assert abs(metrics["reference_mean"]) < 1e-5 and metrics["reward_offset"] != 0.0
+
+
+def test_collection_gives_every_pair_of_k_samples_and_passes_the_data_gate(sft_policy, tokenizer, config, dataset, tmp_path: Path):
+    train_prompts = [r["prompt"] for r in dataset["demonstrations"]]
+    eval_prompts = frozenset(r["prompt"] for r in dataset["eval_prompts"])
+    prompts = draw_prompts(train_prompts, 40, SEED)
+    cfg = ComparisonsConfig(n_prompts=40, responses_per_prompt=K, temperature=1.0, batch_size=16)
+    ranker = simulated_ranker(SimulatedLabeler(config.data.synthetic.labeler_temperature, random.Random(SEED)))
+    rows = collect_sft_comparisons(sft_policy, tokenizer, prompts, cfg, MODEL_CFG, ranker, SEED, config.validation.min_response_words)
+
+    by_group: dict[int, list[dict]] = {}
+    for row in rows:
+        by_group.setdefault(row["group"], []).append(row)
+    for group, pairs in by_group.items():
+        distinct = {r["chosen"] for r in pairs} | {r["rejected"] for r in pairs}
+        assert len(pairs) == len(distinct) * (len(distinct) - 1) // 2 and {r["prompt"] for r in pairs} == {prompts[group]}
+    # K=4 samples give 6 pairs; identical or too-short samples may remove a few, not most
+    assert sum(len(p) == K * (K - 1) // 2 for p in by_group.values()) >= 0.9 * len(prompts)
+    assert all(r["chosen"] != r["rejected"] and r["source"] == SOURCE for r in rows)
+    # metadata only: no gold score travels with the training rows
+    assert {key for r in rows for key in r} == {
+        "prompt", "chosen", "rejected", "chosen_position", "prompt_id", "source", "group", "chosen_ended", "rejected_ended",
+    }
+
+    target = tmp_path / "comparisons"
+    report = save_comparisons(rows, target, config.validation, VOCABULARY, tmp_path / "reports", eval_prompts)
+    assert report.success, report.summary()
+    assert report.rows == {str(target / file_name(PREFERENCES)): len(rows)}
+    assert [r.data for r in read_jsonl(target / file_name(PREFERENCES), PREFERENCES)] == rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["comparisons", "reports"]  # no staging copy left
+
+
+def test_a_collection_that_fails_the_gate_leaves_nothing_behind(config, dataset, tmp_path: Path):
+    leaked = sorted(r["prompt"] for r in dataset["eval_prompts"])[0]
+    rows = [
+        {"prompt": leaked, "chosen": f"this phone is great {'and i like it ' * (i % 3)}.", "rejected": "the the the.", "chosen_position": i % 2}
+        for i in range(config.validation.preferences_rows.min + 10)
+    ]
+    with pytest.raises(DataValidationFailed) as failed:
+        save_comparisons(rows, tmp_path / "comparisons", config.validation, VOCABULARY, tmp_path / "reports", frozenset([leaked]))
+    rules = {f.rule for f in failed.value.report.failures}
+    assert "no eval prompt among the training prompts" in rules
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]
+
+
+def test_ranker_is_told_which_samples_never_ended_and_rows_record_it():
+    prompt = "write a positive review of the phone that mentions the battery and the screen."
+    groups = [
+        [("the battery is great.", True), ("the screen is great and the battery", False), ("ok", True), ("the battery is great.", True)],
+        [("the screen is great.", True), ("the battery is great.", True)],
+    ]
+    seen = []
+
+    def ranker(p: str, responses: list[str], ended: list[bool]) -> list[int]:
+        seen.append(dict(zip(responses, ended)))
+        return list(range(len(responses)))  # shown order is the ranking
+
+    rows = rank_sampled([prompt, prompt], groups, ranker, min_words=3)
+    # group 0: "ok" is too short, the duplicate collapses -> 2 responses, 1 pair; group 1: 1 pair
+    assert seen == [
+        {"the battery is great.": True, "the screen is great and the battery": False},
+        {"the screen is great.": True, "the battery is great.": True},
+    ]
+    assert [(r["chosen"], r["chosen_ended"], r["rejected"], r["rejected_ended"], r["group"]) for r in rows] == [
+        ("the battery is great.", True, "the screen is great and the battery", False, 0),
+        ("the screen is great.", True, "the battery is great.", True, 1),
+    ]
+
+
+def test_simulated_labeler_ranks_a_sample_that_never_ended_below_the_same_text_that_did():
+    prompt = "write a positive review of the phone that mentions the battery and the screen."
+    text = "the battery is great and the screen is great. i like this phone."
+    # the gold judge takes 1.5 points off a response that never ended; at temperature 0.01 that is
+    # 150 logits, against Gumbel noise of scale 1
+    rank = simulated_ranker(SimulatedLabeler(0.01, random.Random(0)))
+    assert gold_score(prompt, text, ended=False) == pytest.approx(gold_score(prompt, text) - 1.5)
+    assert all(rank(prompt, [text, text], [False, True]) == [1, 0] for _ in range(20))

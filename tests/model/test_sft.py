@@ -1,0 +1,40 @@
+"""SFT: prompt tokens are masked out of the loss, and the loss falls on the demonstrations."""
+import statistics
+
+import torch
+
+from components.data.files import DEMONSTRATIONS
+from components.data.gold_judge import judge
+from components.models.batching import encode_examples, response_logits
+from components.training.sft import sft_loss
+from components.evaluation.policy_eval import DecodingMode, sample_responses
+from tests.model.conftest import TINY
+
+
+def test_sft_loss_counts_response_tokens_only(tiny_sft, tokenizer):
+    policy, _ = tiny_sft
+    batch = encode_examples(tokenizer, ["write a positive review of the phone that mentions the battery and the screen."], ["the battery lasts all day."], 24, 40)
+    logits = response_logits(policy, batch)
+    mask = batch.response_mask[0].bool()
+    manual = torch.nn.functional.cross_entropy(logits[0][mask], batch.response_ids[0][mask])
+    assert torch.allclose(sft_loss(policy, batch), manual)
+    # a longer prompt changes the context but adds no loss terms: still one term per response token
+    assert mask.sum().item() == len(tokenizer("the battery lasts all day.", add_special_tokens=False)["input_ids"]) + 1
+
+
+def test_sft_loss_falls(tiny_sft):
+    _, history = tiny_sft
+    # margin: from ~5.3 (uniform over ~210 tokens) to below half of the first logged loss
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+
+
+def test_sft_policy_approaches_the_demonstrations_gold_score(tiny_sft, tokenizer, smoke_rows):
+    policy, _ = tiny_sft
+    demos = smoke_rows[DEMONSTRATIONS]
+    demo_gold = statistics.fmean(judge(d["prompt"], d["response"]).score for d in demos)
+    prompts = sorted({d["prompt"] for d in demos})[:64]
+    out = sample_responses(policy, tokenizer, prompts, DecodingMode("sample", False, 2), TINY, seed=0, batch_size=128)
+    sft_gold = statistics.fmean(judge(p, r, e).score for p, r, e in zip(out.prompts, out.texts, out.ended))
+    untrained = -2.0  # word salad scores far below 0; the demonstrations average about 3
+    # margin: the SFT policy closes at least 70% of the gap from word salad to the demonstrations
+    assert sft_gold > untrained + 0.7 * (demo_gold - untrained), (sft_gold, demo_gold)
