@@ -34,8 +34,9 @@ from components.offline import stay_offline
 from components.training.best_of_n import best_of_n
 from components.training.chosen import train_chosen
 from components.training.combined import train_combined
-from components.training.comparisons import collect_sft_comparisons, draw_prompts, simulated_ranker
-from components.training.dpo import frozen_copy, train_dpo
+from components.training.comparisons import collect_sft_comparisons, draw_prompts, sample_reference, simulated_ranker
+from components.models.builders import frozen_copy
+from components.training.dpo import train_dpo
 from components.training.ppo import train_ppo
 from components.training.reward import gold_accuracy, score_comparisons, split_comparisons, train_reward_model
 from components.training.sft import train_sft
@@ -77,7 +78,8 @@ def train_everything(cfg, watch: Stopwatch):
         )
     else:
         comparisons = rows[PREFERENCES]
-    reference_samples = [(c["prompt"], c[side]) for c in comparisons[:512] for side in ("chosen", "rejected")]
+    reference_prompts = draw_prompts(train_prompts, cfg.reward.reference_samples, cfg.seed + 1)
+    reference_samples = sample_reference(sft, tokenizer, reference_prompts, cfg.model, cfg.comparisons.temperature, cfg.comparisons.batch_size, cfg.seed)
     rm, rm_metrics, _ = watch("reward", train_reward_model, sft, tokenizer, comparisons, cfg.reward, cfg.model, cfg.seed, reference_samples=reference_samples)
     _, valid = split_comparisons(comparisons, cfg.reward.valid_fraction, cfg.seed)
     chosen_r, rejected_r = score_comparisons(rm, tokenizer, valid, cfg.model)

@@ -31,6 +31,12 @@ class Batch:
         return Batch(self.input_ids[index], self.attention_mask[index], self.response_mask[index], self.prompt_width)
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the entries where ``mask`` is 1."""
+    mask = mask.float()
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 

@@ -7,6 +7,7 @@ and the value function from the RM).
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -56,6 +57,14 @@ def scalar_model_from(policy: PreTrainedModel) -> PreTrainedModel:
     model = AutoModelForSequenceClassification.from_config(config)
     model.base_model.load_state_dict(policy.base_model.state_dict())
     return model
+
+
+def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A copy in eval mode whose parameters need no gradient: a reference or a fixed reward model."""
+    reference = copy.deepcopy(model)
+    reference.eval()
+    reference.requires_grad_(False)
+    return reference
 
 
 def check_safe_model_dir(directory: str | Path) -> None:

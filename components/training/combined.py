@@ -31,13 +31,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import CombinedLossConfig, ModelConfig
-from components.models.batching import encode_examples, gather_logprobs, response_logits
+from components.models.batching import encode_examples, gather_logprobs, masked_mean, response_logits
 from components.training.loop import Log, train_supervised
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.float()
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def unlikelihood(logprobs: torch.Tensor, min_one_minus_p: float = 1e-5) -> torch.Tensor:

@@ -19,16 +19,9 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import DPOConfig, ModelConfig
+from components.models.builders import frozen_copy
 from components.models.batching import Batch, encode_examples, response_logprobs
 from components.training.loop import Log, train_supervised
-
-
-def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
-    """A copy in eval mode whose parameters need no gradient: DPO's reference."""
-    reference = copy.deepcopy(model)
-    reference.eval()
-    reference.requires_grad_(False)
-    return reference
 
 
 def sequence_logprobs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:

@@ -22,6 +22,7 @@ from components.models.batching import (
     encode_prompts,
     gather_logprobs,
     last_index,
+    masked_mean,
     response_logits,
     response_logprobs,
     sequence_scores,
@@ -36,10 +37,6 @@ Monitor = Callable[[list[str], list[str], list[bool]], dict[str, float]]
 
 
 # --- the math -----------------------------------------------------------------------------
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -165,13 +162,6 @@ class RolloutBatch:
     returns: torch.Tensor  # (B, R)
 
 
-def freeze(model: PreTrainedModel) -> PreTrainedModel:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def train_ppo(
     policy: PreTrainedModel,
     ref_policy: PreTrainedModel,
@@ -189,10 +179,12 @@ def train_ppo(
     """Optimise ``policy`` in place; ``ref_policy`` and ``reward_model`` stay frozen. Returns (policy, metrics, history)."""
     torch.manual_seed(seed)
     rng = random.Random(f"{seed}/ppo")
-    freeze(ref_policy)
-    freeze(reward_model)
-    policy.eval()  # dropout off: rollouts and updates see the same network
-    critic.eval()
+    for frozen in (ref_policy, reward_model):
+        frozen.eval()
+        frozen.requires_grad_(False)
+    for trained in (policy, critic):
+        trained.eval()  # dropout off: rollouts and updates see the same network
+        trained.requires_grad_(True)
     policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = KLController(cfg.kl)

@@ -17,7 +17,8 @@ from components.models.tokenizer import build_word_tokenizer
 from components.training.best_of_n import best_of_n
 from components.training.chosen import train_chosen
 from components.training.combined import train_combined
-from components.training.dpo import evaluate_dpo, frozen_copy, train_dpo
+from components.models.builders import frozen_copy
+from components.training.dpo import evaluate_dpo, train_dpo
 from components.training.sft import train_sft
 
 TINY = ModelConfig(n_layer=1, n_embd=32, n_head=2)

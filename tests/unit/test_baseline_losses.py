@@ -10,7 +10,8 @@ from components.data.lexicon import VOCABULARY
 from components.models.builders import build_policy
 from components.models.tokenizer import build_word_tokenizer
 from components.training.combined import combined_loss, not_in_chosen_mask, penalised_mask, shared_prefix_mask, unlikelihood
-from components.training.dpo import dpo_loss, encode_pairs, frozen_copy, pair_logprobs, train_dpo
+from components.models.builders import frozen_copy
+from components.training.dpo import dpo_loss, encode_pairs, pair_logprobs, train_dpo
 
 TINY = ModelConfig(n_layer=1, n_embd=32, n_head=2, max_prompt_tokens=12, max_response_tokens=12)
 PAIRS = [
