@@ -10,9 +10,7 @@ configured decoding mode. Prints a table and writes benchmarks/results/rlhf_vs_s
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import random
 import resource
 import statistics
 import sys
@@ -23,26 +21,13 @@ from pathlib import Path
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.data.gold_judge import gold_score
-from components.data.labeler import SimulatedLabeler
-from components.data.lexicon import VOCABULARY
 from components.data.synthetic import generate_synthetic
-from components.evaluation.intervals import win_rate
-from components.evaluation.policy_eval import DecodingMode, Responses, sample_responses, summarise
-from components.models.builders import build_policy
-from components.models.tokenizer import build_word_tokenizer
+from components.evaluation.report import evaluate_policies
 from components.offline import stay_offline
-from components.training.best_of_n import best_of_n
-from components.training.chosen import train_chosen
-from components.training.combined import train_combined
-from components.training.comparisons import collect_sft_comparisons, draw_prompts, sample_reference, simulated_ranker
-from components.models.builders import frozen_copy
-from components.training.dpo import train_dpo
-from components.training.ppo import train_ppo
-from components.training.reward import gold_accuracy, score_comparisons, split_comparisons, train_reward_model
-from components.training.sft import train_sft
+from components.training import recipe
+from components.training.reward import gold_accuracy, score_comparisons
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rlhf_vs_sl.json"
-BASELINES = ("sft", "chosen", "combined", "dpo")
 
 
 class Stopwatch:
@@ -62,66 +47,36 @@ def gold_monitor(prompts, texts, ended):
 
 
 def train_everything(cfg, watch: Stopwatch):
+    """The same stage functions the pipeline's flow calls, timed one by one."""
     rows = generate_synthetic(cfg).rows
-    tokenizer = build_word_tokenizer(VOCABULARY)
+    tokenizer = recipe.make_tokenizer(cfg)
     train_prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
 
-    sft = build_policy(cfg.model, tokenizer, cfg.seed)
-    sft, _, _ = watch("sft", train_sft, sft, tokenizer, rows[DEMONSTRATIONS], cfg.sft, cfg.model, cfg.seed)
-
+    sft = watch("sft", recipe.sft_stage, cfg, tokenizer, rows[DEMONSTRATIONS]).model
     if cfg.comparisons.source == "sft_samples":
-        labeler = SimulatedLabeler(cfg.data.synthetic.labeler_temperature, random.Random(f"{cfg.seed}/labeler"))
-        prompts = draw_prompts(train_prompts, cfg.comparisons.n_prompts, cfg.seed)
-        comparisons = watch(
-            "comparisons", collect_sft_comparisons, sft, tokenizer, prompts, cfg.comparisons, cfg.model,
-            simulated_ranker(labeler), cfg.seed, min_words=cfg.validation.min_response_words,
-        )
+        comparisons = watch("comparisons", recipe.comparisons_stage, cfg, tokenizer, sft, train_prompts, recipe.labeler_ranker(cfg)).model
     else:
         comparisons = rows[PREFERENCES]
-    reference_prompts = draw_prompts(train_prompts, cfg.reward.reference_samples, cfg.seed + 1)
-    reference_samples = sample_reference(sft, tokenizer, reference_prompts, cfg.model, cfg.comparisons.temperature, cfg.comparisons.batch_size, cfg.seed)
-    rm, rm_metrics, _ = watch("reward", train_reward_model, sft, tokenizer, comparisons, cfg.reward, cfg.model, cfg.seed, reference_samples=reference_samples)
-    _, valid = split_comparisons(comparisons, cfg.reward.valid_fraction, cfg.seed)
-    chosen_r, rejected_r = score_comparisons(rm, tokenizer, valid, cfg.model)
-    rm_metrics["accuracy_gold"] = gold_accuracy(
+    reward = watch("reward", recipe.reward_stage, cfg, tokenizer, sft, comparisons, train_prompts)
+    valid = recipe.reward_valid_rows(cfg, comparisons)
+    chosen_r, rejected_r = score_comparisons(reward.model, tokenizer, valid, cfg.model)
+    reward.metrics["accuracy_gold"] = gold_accuracy(
         chosen_r, rejected_r,
         [gold_score(c["prompt"], c["chosen"], c.get("chosen_ended", True)) for c in valid],
         [gold_score(c["prompt"], c["rejected"], c.get("rejected_ended", True)) for c in valid],
     )
 
     policies = {"sft": sft}
-    policies["chosen"], _, _ = watch("chosen", train_chosen, sft, tokenizer, comparisons, cfg.baselines.chosen, cfg.model, cfg.seed)
-    policies["combined"], _, _ = watch("combined", train_combined, sft, tokenizer, comparisons, cfg.baselines.combined, cfg.model, cfg.seed)
-    policies["dpo"], _, _ = watch("dpo", train_dpo, sft, tokenizer, comparisons, cfg.baselines.dpo, cfg.model, cfg.seed)
-    ppo_policy, ref, critic = copy.deepcopy(sft), frozen_copy(sft), copy.deepcopy(rm)
-    policies["ppo"], _, ppo_history = watch(
-        "ppo", train_ppo, ppo_policy, ref, critic, rm, tokenizer, train_prompts, cfg.ppo, cfg.model, cfg.seed,
-        ptx_examples=rows[DEMONSTRATIONS], monitor=gold_monitor,
-    )
-    return rows, tokenizer, policies, rm, rm_metrics, ppo_history
+    for name in recipe.SUPERVISED_BASELINES:
+        policies[name] = watch(name, recipe.baseline_stage, cfg, name, tokenizer, sft, comparisons).model
+    ppo = watch("ppo", recipe.ppo_stage, cfg, tokenizer, sft, reward.model, train_prompts, rows[DEMONSTRATIONS], monitor=gold_monitor)
+    policies["ppo"] = ppo.model
+    return rows, tokenizer, policies, reward.model, reward.metrics, ppo.history
 
 
-def evaluate_everything(cfg, rows, tokenizer, policies, rm, watch: Stopwatch) -> dict:
+def evaluate_everything(cfg, rows, tokenizer, policies, rm) -> dict:
     eval_prompts = [r["prompt"] for r in rows[EVAL_PROMPTS]]
-    sft = policies["sft"]
-    report = {}
-    for mode_name in cfg.evaluation.modes:
-        greedy = mode_name == "greedy"
-        mode = DecodingMode(mode_name, greedy, 1 if greedy else cfg.evaluation.samples_per_prompt, cfg.evaluation.temperature)
-        responses: dict[str, Responses] = {}
-        for name, policy in policies.items():
-            out = sample_responses(policy, tokenizer, eval_prompts, mode, cfg.model, cfg.seed, cfg.evaluation.batch_size, reference=sft, reward_model=rm)
-            out.gold = [gold_score(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended)]
-            responses[name] = out
-        if not greedy:
-            expanded = [p for p in eval_prompts for _ in range(mode.samples_per_prompt)]
-            texts, ended, scores = best_of_n(sft, rm, tokenizer, expanded, cfg.baselines.best_of_n.n, cfg.model, mode.temperature, cfg.seed)
-            responses["best_of_n"] = Responses(expanded, texts, ended, scores, [], [gold_score(p, t, e) for p, t, e in zip(expanded, texts, ended)])
-        report[mode_name] = {
-            "policies": {name: summarise(out) for name, out in responses.items()},
-            "ppo_win_rate": {name: win_rate(responses["ppo"].gold, out.gold).as_dict() for name, out in responses.items() if name != "ppo"},
-        }
-    return report
+    return evaluate_policies(policies, tokenizer, eval_prompts, cfg.evaluation, cfg.model, cfg.seed, rm, gold_score, cfg.baselines.best_of_n)
 
 
 def print_table(result: dict) -> None:
@@ -152,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.profile, overrides)
     watch = Stopwatch()
     rows, tokenizer, policies, rm, rm_metrics, ppo_history = train_everything(cfg, watch)
-    evaluation = watch("evaluation", evaluate_everything, cfg, rows, tokenizer, policies, rm, watch)
+    evaluation = watch("evaluation", evaluate_everything, cfg, rows, tokenizer, policies, rm)
 
     result = {
         "profile": cfg.profile,

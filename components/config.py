@@ -145,6 +145,7 @@ class RewardConfig(OptimConfig):
 
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of comparisons held out for accuracy")
     reference_samples: int = Field(512, ge=0, description="SFT samples on training prompts whose mean reward is set to 0 (0: not normalised)")
+    shuffle_labels: bool = Field(False, description="negative control: swap chosen/rejected at random, so the RM learns nothing real")
 
 
 class KLControlConfig(Section):
@@ -220,6 +221,36 @@ class EvaluationConfig(Section):
     samples_per_prompt: int = Field(8, ge=1, description="samples per eval prompt in 'sample' mode (greedy: 1)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature in 'sample' mode")
     batch_size: int = Field(256, ge=1, description="responses per generation batch")
+    n_examples: int = Field(8, ge=0, description="held-out prompts shown with every policy's response in the example table")
+
+
+class OveroptimisationConfig(Section):
+    """Signs that PPO exploits the reward model (Gao et al. 2022)."""
+
+    tail_fraction: float = Field(0.3, gt=0, le=1, description="last share of PPO iterations whose trend is checked")
+    max_gold_drop: float = Field(0.05, ge=0, description="largest gold fall over the tail tolerated while the RM score rises")
+    max_proxy_gold_gap: float = Field(0.15, ge=0, description="largest excess of PPO's RM win rate over its gold win rate against the best baseline")
+
+
+class GateConfig(Section):
+    """When the PPO policy is promoted to the registry alias `champion`: every rule, in every mode."""
+
+    modes: list[Literal["sample", "greedy"]] = Field(["sample", "greedy"], min_length=1, description="decoding modes every rule must hold under")
+    baselines: list[str] = Field(["sft", "chosen", "combined", "dpo"], min_length=1, description="supervised policies PPO must beat (the best of them)")
+    min_win_rate_lower: float = Field(0.5, ge=0, le=1, description="PPO's gold win rate against the best baseline: the CI's lower bound must exceed this")
+    min_rm_accuracy: float = Field(0.6, ge=0, le=1, description="floor of the reward model's held-out pairwise accuracy")
+    max_kl: float = Field(20.0, gt=0, description="KL budget (nats per response) of PPO from the SFT reference")
+    sft_tolerance: float = Field(0.0, ge=0, description="how far PPO's mean gold score may fall below SFT's")
+    overoptimisation: OveroptimisationConfig = OveroptimisationConfig()
+
+
+class TrackingConfig(Section):
+    """MLflow: where runs and the model registry live."""
+
+    uri: str | None = Field(None, description="tracking URI; null: $MLFLOW_TRACKING_URI, else the project's mlruns/ store")
+    experiment: str = Field("rlhf-pipeline", description="MLflow experiment of the pipeline runs")
+    registered_model: str = Field("rlhf-policy", description="registry name of the PPO policies")
+    log_models: bool = Field(True, description="log every trained model (HF layout) as an MLflow artefact")
 
 
 class VersioningConfig(Section):
@@ -242,6 +273,8 @@ class Config(Section):
     ppo: PPOConfig = PPOConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    gate: GateConfig = GateConfig()
+    tracking: TrackingConfig = TrackingConfig()
     artifacts_dir: str = Field("artifacts/models", description="where trained models are saved")
 
 

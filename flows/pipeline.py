@@ -1,6 +1,11 @@
-"""The main job: the RLHF pipeline as a Prefect flow (for now: the data stages).
+"""The main job: the RLHF pipeline as a Prefect flow.
 
     python -m flows.pipeline [--profile default] [--set key.path=value ...] [--seed N]
+
+versioned data -> Great Expectations -> SFT -> comparisons (validated) -> reward model ->
+supervised baselines -> PPO -> held-out evaluation -> gate -> MLflow registry. Every stage is a
+Prefect task and a nested MLflow run under one parent run; the registry alias `champion` moves
+only when the gate says RLHF beat every supervised baseline.
 """
 from __future__ import annotations
 
@@ -9,53 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, get_run_logger
 
 from components.config import DEFAULT_PARAMS, ConfigError, load_config
-from components.data import stages, versioned
-from components.offline import stay_offline
+from components.data import stages
+from components.training.loop import NonFiniteError
 from components.tracking.dvc_store import DataDrift
+from flows import data_tasks, training_tasks
+from flows.tracking_tasks import open_tracking, close_tracking
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-VALIDATION_ARTIFACT = "data-validation"
-
-
-@task(name="stage data")
-def stage_data(cfg, root: str) -> versioned.Candidate:
-    candidate = versioned.stage(cfg, root)
-    where = "in place" if candidate.in_place else f"staged at {candidate.directory}"
-    get_run_logger().info("data %s (recipe %s)", where, candidate.recipe[:12])
-    return candidate
-
-
-@task(name="validate data")
-def validate_data(cfg, root: str, candidate: versioned.Candidate) -> dict:
-    try:
-        report = stages.validate(cfg, root, candidate.directory, candidate.file_labels())
-    except stages.DataValidationFailed as failed:
-        versioned.discard(candidate)
-        create_markdown_artifact(key=VALIDATION_ARTIFACT, markdown=f"# Data validation FAILED\n\n```\n{failed.report.summary()}\n```")
-        raise
-    create_markdown_artifact(key=VALIDATION_ARTIFACT, markdown=f"# Data validation passed\n\n```\n{report.summary()}\n```")
-    return {"success": report.success, "data_docs": report.data_docs_index, "rows": report.rows}
-
-
-@task(name="version data")
-def version_data(cfg, root: str, candidate: versioned.Candidate) -> dict:
-    result = versioned.commit(cfg, root, candidate)
-    get_run_logger().info("data %s: md5 %s (%s.dvc)", result.action, result.version.md5, result.version.path)
-    return result.as_dict()
-
-
-@task(name="prepare data")
-def prepare_data(cfg, root: str, data_version: dict) -> dict:
-    return stages.prepare_training_inputs(cfg, root, data_version)
-
-
-@task(name="describe data")
-def describe_data(cfg, root: str) -> dict:
-    return stages.data_summary(cfg, root)
 
 
 @flow(name="rlhf-pipeline", flow_run_name="{profile}")
@@ -66,17 +34,33 @@ def rlhf_pipeline(
     params: str = str(DEFAULT_PARAMS),
 ) -> dict:
     cfg = load_config(profile, overrides, params)
-    candidate = stage_data(cfg, root)
-    validation = validate_data(cfg, root, candidate)
-    data_version = version_data(cfg, root, candidate)
-    prepared = prepare_data(cfg, root, data_version)
-    summary = describe_data(cfg, root)
-    return {"data_version": data_version, "validation": validation, "prepared": prepared, "data": summary}
+    tracking = open_tracking(cfg, root)
+    try:
+        data = data_tasks.data_stages(cfg, root, tracking)
+        trained = training_tasks.train_all(cfg, root, tracking, data)
+        evaluation = training_tasks.evaluate(cfg, root, tracking, data, trained)
+        decision = training_tasks.gate(cfg, tracking, data, trained, evaluation)
+        registry = training_tasks.register(cfg, root, tracking, data, trained, decision)
+    except BaseException as error:
+        close_tracking(tracking, error)
+        raise
+    close_tracking(tracking, None)
+    get_run_logger().info("gate: %s", decision["decision"])
+    return {
+        "data_version": data["version"],
+        "validation": data["validation"],
+        "prepared": data["prepared"],
+        "data": data["summary"],
+        "evaluation": evaluation,
+        "decision": decision,
+        "registry": registry,
+        "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
+    }
 
 
 def _print_summary(result: dict, seconds: float) -> None:
     version, data = result["data_version"], result["data"]
-    print("\n== RLHF pipeline: data ==")
+    print("\n== RLHF pipeline ==")
     print(f"data version : {version['md5']} ({version['action']}; tracked by {version['path']}.dvc)")
     for name, count in data["rows"].items():
         print(f"rows         : {name:<15} {count}")
@@ -86,10 +70,18 @@ def _print_summary(result: dict, seconds: float) -> None:
         print(f"demos gold   : mean {data['demonstrations_gold_mean']:.2f}, sd {data['demonstrations_gold_std']:.2f} (max 4.5)")
     print(f"validation   : passed; Data Docs at {result['validation']['data_docs']}")
     print(f"prepared     : {result['prepared']}")
+    print(training_tasks.summary_table(result["evaluation"]))
+    print(f"\n{result['decision']['summary']}")
+    registry = result["registry"]
+    print(f"\nregistry     : {registry['name']} version {registry['version']} ({registry['decision']}); "
+          f"champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}")
+    print(f"mlflow       : {result['mlflow']['uri']} (run {result['mlflow']['run_id']})")
     print(f"wall time    : {seconds:.1f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from components.offline import stay_offline
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default", help="profile from params.yaml (default, smoke, ...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one config key")
@@ -106,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataDrift, stages.DataValidationFailed) as error:
         print(f"\npipeline stopped: {error}", file=sys.stderr)
         return 2
+    except NonFiniteError as error:
+        print(f"\npipeline stopped: {error}; nothing was registered", file=sys.stderr)
+        return 3
     _print_summary(result, time.perf_counter() - started)
     return 0
 

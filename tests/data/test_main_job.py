@@ -18,7 +18,7 @@ def run(args, cwd, tmp_path):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_main_job_versions_validates_prepares_and_summarises(git_repo, tmp_path):
+def test_main_job_runs_every_stage_and_ends_with_the_decision(git_repo, tmp_path):
     done = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo)], REPO, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     md5 = yaml.safe_load((git_repo / "data.dvc").read_text())["outs"][0]["md5"].removesuffix(".dir")
@@ -28,6 +28,15 @@ def test_main_job_versions_validates_prepares_and_summarises(git_repo, tmp_path)
     assert Path(docs).is_file()
     version = json.loads((git_repo / "artifacts/prepared/data_version.json").read_text())
     assert version["md5"] == md5 and version["rows"]["rm_valid"] > 0
+    # the training stages ran and left their models, the comparisons were collected and validated
+    for stage in ("sft", "reward_model", "chosen", "combined", "dpo", "ppo"):
+        assert (git_repo / "artifacts/models" / stage / "model.safetensors").is_file(), stage
+    assert (git_repo / "artifacts/comparisons/preferences.jsonl").stat().st_size > 0
+    assert "== sample decoding, held-out prompts ==" in done.stdout and "== greedy decoding, held-out prompts ==" in done.stdout
+    # the smoke models learn next to nothing: the gate must say so, and nothing becomes champion
+    assert "decision: reject" in done.stdout
+    assert "rlhf-policy version 1 (reject); champion = none, challenger = 1" in done.stdout
+    assert (git_repo / "mlruns/mlflow.db").is_file()
 
 
 def test_main_job_stops_at_bad_data_and_touches_nothing(git_repo, tmp_path):

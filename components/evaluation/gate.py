@@ -1,0 +1,177 @@
+"""The promotion gate: does the evidence say RLHF beat supervised learning?
+
+A pure function of the evaluation report and the gate config. Every rule is checked under every
+decoding mode the gate names; each check becomes a spelled-out reason. Anything the report lacks
+counts as a failed rule, so a partial report can never promote.
+
+The report is a plain dict (as the pipeline writes it to MLflow):
+
+    data_validation.success          bool
+    non_finite_stages                list of stage names that produced NaN/inf
+    reward_model.accuracy            held-out pairwise accuracy against the labels
+    ppo_history                      [{iteration, rm_score, gold, ...}] (gold: logged, never trained on)
+    modes.<mode>.policies.<name>     {gold: {value, ci}, rm: {value, ci}, kl, ...}
+    modes.<mode>.ppo_win_rate.<name> {value, ci: [lo, hi], n}  gold win rate of PPO, ties half
+    modes.<mode>.ppo_rm_win_rate.<name>  the same, judged by the reward model
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from components.config import GateConfig
+
+PPO = "ppo"
+
+
+@dataclass(frozen=True)
+class Reason:
+    rule: str
+    passed: bool
+    detail: str
+    mode: str | None = None
+
+    def __str__(self) -> str:
+        where = f"[{self.mode}] " if self.mode else ""
+        return f"{'PASS' if self.passed else 'FAIL'} {where}{self.rule}: {self.detail}"
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reasons: list[Reason] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return "promote" if self.promote else "reject"
+
+    @property
+    def failures(self) -> list[Reason]:
+        return [r for r in self.reasons if not r.passed]
+
+    def summary(self) -> str:
+        return "\n".join([f"decision: {self.label}", *(f"  {r}" for r in self.reasons)])
+
+    def as_dict(self) -> dict:
+        return {"decision": self.label, "reasons": [asdict(r) for r in self.reasons]}
+
+
+class _Missing(LookupError):
+    pass
+
+
+def _get(report: dict, *path: str) -> Any:
+    node: Any = report
+    for key in path:
+        if not isinstance(node, dict) or key not in node or node[key] is None:
+            raise _Missing(".".join(path))
+        node = node[key]
+    return node
+
+
+def _linear_slope(xs: list[float], ys: list[float]) -> float:
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    var_x = sum((x - mean_x) ** 2 for x in xs)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var_x if var_x else 0.0
+
+
+def trend_change(history: list[dict], key: str, tail_fraction: float) -> float:
+    """Change of ``key`` over the last ``tail_fraction`` of ``history``, read off a least-squares line."""
+    tail = history[-max(2, round(len(history) * tail_fraction)) :]
+    xs = [float(h["iteration"]) for h in tail]
+    return _linear_slope(xs, [float(h[key]) for h in tail]) * (xs[-1] - xs[0])
+
+
+def best_baseline(report: dict, mode: str, baselines: list[str]) -> str:
+    """The supervised policy with the highest mean gold score under ``mode``."""
+    policies = _get(report, "modes", mode, "policies")
+    present = [name for name in baselines if name in policies]
+    if len(present) < len(baselines):
+        raise _Missing(f"modes.{mode}.policies.{sorted(set(baselines) - set(present))}")
+    return max(present, key=lambda name: _get(policies, name, "gold", "value"))
+
+
+def _rules_for_mode(report: dict, cfg: GateConfig, mode: str) -> list[Reason]:
+    reasons: list[Reason] = []
+
+    def check(rule: str, test) -> None:
+        try:
+            passed, detail = test()
+        except _Missing as missing:
+            passed, detail = False, f"missing from the report: {missing}"
+        reasons.append(Reason(rule, bool(passed), detail, mode))
+
+    def beats_best_baseline():
+        best = best_baseline(report, mode, cfg.baselines)
+        win = _get(report, "modes", mode, "ppo_win_rate", best)
+        lo, hi = win["ci"]
+        return lo > cfg.min_win_rate_lower, (
+            f"gold win rate vs the best baseline '{best}' {win['value']:.3f} [{lo:.3f}, {hi:.3f}]; lower bound must exceed {cfg.min_win_rate_lower}"
+        )
+
+    def kl_within_budget():
+        kl = _get(report, "modes", mode, "policies", PPO, "kl")
+        return kl <= cfg.max_kl, f"KL from the SFT reference {kl:.2f} nats (budget {cfg.max_kl})"
+
+    def not_below_sft():
+        ppo = _get(report, "modes", mode, "policies", PPO, "gold", "value")
+        sft = _get(report, "modes", mode, "policies", "sft", "gold", "value")
+        return ppo >= sft - cfg.sft_tolerance, f"gold {ppo:.3f} vs SFT {sft:.3f} (tolerance {cfg.sft_tolerance})"
+
+    def proxy_agrees_with_gold():
+        best = best_baseline(report, mode, cfg.baselines)
+        gold = _get(report, "modes", mode, "ppo_win_rate", best, "value")
+        proxy = _get(report, "modes", mode, "ppo_rm_win_rate", best, "value")
+        gap = proxy - gold
+        limit = cfg.overoptimisation.max_proxy_gold_gap
+        return gap <= limit, f"vs '{best}': RM win rate {proxy:.3f}, gold win rate {gold:.3f}, gap {gap:+.3f} (max {limit})"
+
+    check("beats the best supervised baseline", beats_best_baseline)
+    check("KL within budget", kl_within_budget)
+    check("not worse than SFT", not_below_sft)
+    check("reward model agrees with gold", proxy_agrees_with_gold)
+    return reasons
+
+
+def decide(report: dict, cfg: GateConfig) -> Decision:
+    """Promote only if every rule holds in every configured mode; every check is one reason."""
+    reasons: list[Reason] = []
+
+    def check(rule: str, test) -> None:
+        try:
+            passed, detail = test()
+        except _Missing as missing:
+            passed, detail = False, f"missing from the report: {missing}"
+        reasons.append(Reason(rule, bool(passed), detail))
+
+    def data_valid():
+        success = _get(report, "data_validation", "success")
+        return success is True, "Great Expectations passed" if success is True else "Great Expectations failed"
+
+    def all_finite():
+        bad = _get(report, "non_finite_stages")
+        return not bad, "no NaN/inf in any stage" if not bad else f"NaN/inf in: {', '.join(bad)}"
+
+    def rm_accurate():
+        accuracy = _get(report, "reward_model", "accuracy")
+        return accuracy >= cfg.min_rm_accuracy, f"held-out accuracy {accuracy:.3f} (floor {cfg.min_rm_accuracy})"
+
+    def no_overoptimisation_trend():
+        history = _get(report, "ppo_history")
+        if len(history) < 2 or any("gold" not in h or "rm_score" not in h for h in history):
+            raise _Missing("ppo_history (rm_score and gold per iteration)")
+        rm_change = trend_change(history, "rm_score", cfg.overoptimisation.tail_fraction)
+        gold_change = trend_change(history, "gold", cfg.overoptimisation.tail_fraction)
+        diverging = rm_change > 0 and gold_change < -cfg.overoptimisation.max_gold_drop
+        return not diverging, (
+            f"over the last {cfg.overoptimisation.tail_fraction:.0%} of PPO: RM {rm_change:+.3f}, gold {gold_change:+.3f} "
+            f"(fails if RM rises while gold falls by more than {cfg.overoptimisation.max_gold_drop})"
+        )
+
+    check("data validation passed", data_valid)
+    check("no NaN/inf", all_finite)
+    check("reward model accuracy", rm_accurate)
+    check("no over-optimisation trend", no_overoptimisation_trend)
+    for mode in cfg.modes:
+        reasons += _rules_for_mode(report, cfg, mode)
+    return Decision(promote=all(r.passed for r in reasons), reasons=reasons)

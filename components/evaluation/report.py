@@ -1,0 +1,81 @@
+"""The held-out evaluation report: every policy decoded the same way, under every configured mode.
+
+Per mode: each policy's summary (gold mean with CI, RM score, KL from the SFT reference, length,
+distinct-1/2, unterminated share), PPO's paired win rate against every other policy judged by gold
+and by the reward model (ties count half, Wilson CI), and an example table for a person to read.
+Best-of-n over the SFT policy joins sampling mode as a non-training reference point.
+"""
+from __future__ import annotations
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from components.config import BestOfNConfig, EvaluationConfig, ModelConfig
+from components.evaluation.intervals import win_rate
+from components.evaluation.policy_eval import DecodingMode, GoldFn, Responses, sample_responses, summarise
+from components.training.best_of_n import best_of_n
+
+PPO = "ppo"
+REFERENCE = "sft"
+
+
+def decoding_modes(cfg: EvaluationConfig) -> list[DecodingMode]:
+    return [
+        DecodingMode(name, name == "greedy", 1 if name == "greedy" else cfg.samples_per_prompt, cfg.temperature)
+        for name in cfg.modes
+    ]
+
+
+def example_rows(responses: dict[str, Responses], mode: DecodingMode, n_examples: int) -> list[dict]:
+    """The first sample of each policy for the first ``n_examples`` prompts, one row per (prompt, policy)."""
+    rows = []
+    first = next(iter(responses.values()))
+    for p in range(min(n_examples, len(first.prompts) // mode.samples_per_prompt)):
+        i = p * mode.samples_per_prompt
+        for name, out in responses.items():
+            rows.append({
+                "mode": mode.name,
+                "prompt": out.prompts[i],
+                "policy": name,
+                "response": out.texts[i],
+                "gold": out.gold[i],
+                "rm": out.rm_scores[i] if out.rm_scores else None,
+            })
+    return rows
+
+
+def evaluate_policies(
+    policies: dict[str, PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    eval_prompts: list[str],
+    cfg: EvaluationConfig,
+    model_cfg: ModelConfig,
+    seed: int,
+    reward_model: PreTrainedModel,
+    gold: GoldFn,
+    best_of_n_cfg: BestOfNConfig | None = None,
+) -> dict:
+    """Returns {mode: {policies, ppo_win_rate, ppo_rm_win_rate, examples}}; ``policies`` must hold 'sft' and 'ppo'."""
+    reference = policies[REFERENCE]
+    report: dict = {}
+    for mode in decoding_modes(cfg):
+        responses: dict[str, Responses] = {}
+        for name, policy in policies.items():
+            out = sample_responses(policy, tokenizer, eval_prompts, mode, model_cfg, seed, cfg.batch_size, reference=reference, reward_model=reward_model)
+            out.gold = [gold(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended)]
+            responses[name] = out
+        if best_of_n_cfg is not None and not mode.greedy:
+            expanded = [p for p in eval_prompts for _ in range(mode.samples_per_prompt)]
+            texts, ended, scores = best_of_n(
+                reference, reward_model, tokenizer, expanded, best_of_n_cfg.n, model_cfg, best_of_n_cfg.temperature, seed, best_of_n_cfg.missing_eos_penalty
+            )
+            responses["best_of_n"] = Responses(expanded, texts, ended, scores, [], [gold(p, t, e) for p, t, e in zip(expanded, texts, ended)])
+        ppo = responses[PPO]
+        report[mode.name] = {
+            "policies": {name: summarise(out) for name, out in responses.items()},
+            "ppo_win_rate": {name: win_rate(ppo.gold, out.gold).as_dict() for name, out in responses.items() if name != PPO},
+            "ppo_rm_win_rate": {
+                name: win_rate(ppo.rm_scores, out.rm_scores).as_dict() for name, out in responses.items() if name != PPO and out.rm_scores
+            },
+            "examples": example_rows(responses, mode, cfg.n_examples),
+        }
+    return report

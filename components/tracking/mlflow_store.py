@@ -1,0 +1,201 @@
+"""The MLflow adapter: runs, metrics, plots, tables, models and the model registry.
+
+All MLflow I/O of the pipeline goes through here; the training and evaluation code never imports
+mlflow. Runs are addressed by id through ``MlflowClient`` (no fluent active-run stack), so stages
+may run in any thread Prefect picks.
+
+Store: ``tracking.uri`` from the config, else ``$MLFLOW_TRACKING_URI``, else the project's own
+``mlruns/``: an SQLite database ``mlruns/mlflow.db`` with artefacts under ``mlruns/artifacts``
+(MLflow 3 retired the plain-file store). ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``
+shows it; ``infra/mlflow_server.sh`` serves the same store over HTTP on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from components.config import TrackingConfig
+from components.tracking import plots
+
+STORE_DIR = "mlruns"
+CHAMPION, CHALLENGER = "champion", "challenger"
+# mlflow.transformers.log_model would otherwise infer requirements by importing every optional
+# dependency of transformers (torchvision among them, which the CPU torch cannot sit beside)
+POLICY_REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors")
+_BATCH = 500  # MLflow's limit of metrics per log_batch call is 1000; params 100
+
+
+def local_store_uri(root: str | Path) -> str:
+    store = (Path(root) / STORE_DIR).resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def resolve_uri(cfg: TrackingConfig, root: str | Path) -> str:
+    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri(root)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists become JSON strings."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+    return flat
+
+
+def _finite_metrics(values: dict[str, Any]) -> dict[str, float]:
+    """Numbers only; NaN/inf are kept out of MLflow (the gate reports them instead)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+@dataclass
+class StageRun:
+    """One MLflow run (the parent, or a nested stage) addressed by id."""
+
+    client: MlflowClient
+    run_id: str
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, values: dict[str, Any], step: int = 0, prefix: str = "") -> None:
+        now = _now_ms()
+        metrics = [Metric(f"{prefix}{k}", v, now, step) for k, v in _finite_metrics(values).items()]
+        for start in range(0, len(metrics), _BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + _BATCH])
+
+    def log_history(self, history: list[dict], step_key: str, prefix: str = "") -> None:
+        """Every numeric entry of every history row, at step = row[step_key]."""
+        now = _now_ms()
+        metrics = [
+            Metric(f"{prefix}{k}", v, now, int(row[step_key]))
+            for row in history
+            for k, v in _finite_metrics(row).items()
+            if k != step_key
+        ]
+        for start in range(0, len(metrics), _BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + _BATCH])
+
+    def log_dict(self, value: dict | list, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, value, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        if rows:
+            columns = list(rows[0])
+            self.client.log_table(self.run_id, {c: [r.get(c) for r in rows] for c in columns}, artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        try:
+            self.client.log_figure(self.run_id, figure, artifact_file)
+        finally:
+            plots.close(figure)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def log_hf_directory(self, model, tokenizer, artifact_path: str) -> str:
+        """The model and tokenizer in HF layout (safetensors), loadable with plain transformers."""
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            self.client.log_artifacts(self.run_id, tmp, artifact_path)
+        return f"runs:/{self.run_id}/{artifact_path}"
+
+    def log_policy(self, model, tokenizer, name: str) -> str:
+        """A causal LM as an MLflow transformers model (``mlflow.transformers.load_model`` loads it); returns its URI."""
+        with mlflow.start_run(run_id=self.run_id, nested=True):
+            info = mlflow.transformers.log_model(
+                transformers_model={"model": model, "tokenizer": tokenizer},
+                name=name,
+                task="text-generation",
+                pip_requirements=list(POLICY_REQUIREMENTS),
+            )
+        return info.model_uri
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Tracker:
+    """The pipeline's view of MLflow: one experiment, a parent run per pipeline run, nested stage runs."""
+
+    def __init__(self, cfg: TrackingConfig, root: str | Path):
+        self.cfg = cfg
+        self.uri = resolve_uri(cfg, root)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        experiment = self.client.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            artifact_location = None
+            if self.uri == local_store_uri(root):
+                artifact_location = (Path(root) / STORE_DIR / "artifacts").resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(cfg.experiment, artifact_location=artifact_location)
+        else:
+            self.experiment_id = experiment.experiment_id
+
+    def start_run(self, name: str, tags: dict[str, Any] | None = None, parent: StageRun | None = None) -> StageRun:
+        all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent is not None:
+            all_tags["mlflow.parentRunId"] = parent.run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        return StageRun(self.client, run.info.run_id)
+
+    # --- registry ---------------------------------------------------------------------
+
+    def register(self, model_uri: str, tags: dict[str, Any]) -> str:
+        """A new version of the registered policy, tagged; returns the version number."""
+        name = self.cfg.registered_model
+        try:
+            self.client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            self.client.create_registered_model(name, description="PPO policies of the RLHF pipeline; `champion` = the last one the gate promoted")
+        # register_model (not create_model_version) resolves a logged model's models:/m-... URI on any store
+        version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+        return str(version.version)
+
+    def record_decision(self, version: str, decision: str, reasons: Iterable[str]) -> None:
+        """Tag the version with the gate's decision, then move the aliases: last, after everything else."""
+        name = self.cfg.registered_model
+        self.client.set_model_version_tag(name, version, "gate.decision", decision)
+        self.client.set_model_version_tag(name, version, "gate.reasons", "\n".join(reasons)[:5000])
+        self.client.set_registered_model_alias(name, CHALLENGER, version)
+        if decision == "promote":
+            self.client.set_registered_model_alias(name, CHAMPION, version)
+
+    def alias_version(self, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(self.cfg.registered_model, alias).version)
+        except mlflow.exceptions.MlflowException:
+            return None

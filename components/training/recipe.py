@@ -1,0 +1,120 @@
+"""The InstructGPT recipe stage by stage: each a function of (config, data, input models) that returns
+the output model, its metrics and its per-step history. The Prefect flow and the benchmark both call
+these, so what is measured is what is shipped.
+
+No gold judge in here: the comparison ranker (the simulated labeler, or a user's own labels) and the
+PPO monitor are handed in by the caller.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from components.config import Config
+from components.data.labeler import SimulatedLabeler
+from components.data.lexicon import VOCABULARY
+from components.models.builders import build_policy, frozen_copy
+from components.models.tokenizer import build_word_tokenizer, load_tokenizer
+from components.training.chosen import train_chosen
+from components.training.combined import train_combined
+from components.training.comparisons import Ranker, collect_sft_comparisons, draw_prompts, sample_reference, simulated_ranker
+from components.training.dpo import train_dpo
+from components.training.ppo import Monitor, train_ppo
+from components.training.reward import split_comparisons, train_reward_model
+from components.training.sft import train_sft
+
+SUPERVISED_BASELINES = ("chosen", "combined", "dpo")
+
+
+@dataclass
+class StageResult:
+    model: Any  # a PreTrainedModel, or the comparison rows for the collection stage
+    metrics: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def timed(fn: Callable[..., tuple]) -> Callable[..., StageResult]:
+    def run(*args, **kwargs) -> StageResult:
+        started = time.perf_counter()
+        model, metrics, history = fn(*args, **kwargs)
+        return StageResult(model, metrics, history, round(time.perf_counter() - started, 2))
+
+    return run
+
+
+def make_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
+    return load_tokenizer(cfg.model.local_dir) if cfg.model.source == "local" else build_word_tokenizer(VOCABULARY)
+
+
+def labeler_ranker(cfg: Config) -> Ranker:
+    """The simulated human labeler of the embedded task (it reads the hidden gold judge)."""
+    return simulated_ranker(SimulatedLabeler(cfg.data.synthetic.labeler_temperature, random.Random(f"{cfg.seed}/labeler")))
+
+
+def sft_stage(cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: list[dict]) -> StageResult:
+    policy = build_policy(cfg.model, tokenizer, cfg.seed)
+    return timed(train_sft)(policy, tokenizer, demonstrations, cfg.sft, cfg.model, cfg.seed)
+
+
+def comparisons_stage(cfg: Config, tokenizer, sft: PreTrainedModel, train_prompts: list[str], ranker: Ranker) -> StageResult:
+    """InstructGPT step 2: K SFT samples per drawn training prompt, ranked; every pair becomes a row."""
+
+    def collect():
+        prompts = draw_prompts(train_prompts, cfg.comparisons.n_prompts, cfg.seed)
+        rows = collect_sft_comparisons(
+            sft, tokenizer, prompts, cfg.comparisons, cfg.model, ranker, cfg.seed, min_words=cfg.validation.min_response_words
+        )
+        return rows, {"pairs": len(rows), "prompts": len(prompts)}, []
+
+    return timed(collect)()
+
+
+def reward_stage(cfg: Config, tokenizer, sft: PreTrainedModel, comparisons: list[dict], train_prompts: list[str]) -> StageResult:
+    """InstructGPT step 2b; ``reward.shuffle_labels`` swaps chosen/rejected at random: the negative control."""
+    if cfg.reward.shuffle_labels:
+        rng = random.Random(f"{cfg.seed}/shuffled-labels")
+        comparisons = [
+            {**row, "chosen": row["rejected"], "rejected": row["chosen"]} if rng.random() < 0.5 else row for row in comparisons
+        ]
+    reference_prompts = draw_prompts(train_prompts, cfg.reward.reference_samples, cfg.seed + 1)
+    reference = sample_reference(sft, tokenizer, reference_prompts, cfg.model, cfg.comparisons.temperature, cfg.comparisons.batch_size, cfg.seed)
+    return timed(train_reward_model)(sft, tokenizer, comparisons, cfg.reward, cfg.model, cfg.seed, reference_samples=reference)
+
+
+def reward_valid_rows(cfg: Config, comparisons: list[dict]) -> list[dict]:
+    """The held-out comparisons the reward model never trained on (the same split it used)."""
+    return split_comparisons(comparisons, cfg.reward.valid_fraction, cfg.seed)[1]
+
+
+def baseline_stage(cfg: Config, name: str, tokenizer, sft: PreTrainedModel, comparisons: list[dict]) -> StageResult:
+    trainers = {
+        "chosen": (train_chosen, cfg.baselines.chosen),
+        "combined": (train_combined, cfg.baselines.combined),
+        "dpo": (train_dpo, cfg.baselines.dpo),
+    }
+    trainer, section = trainers[name]
+    return timed(trainer)(sft, tokenizer, comparisons, section, cfg.model, cfg.seed)
+
+
+def ppo_stage(
+    cfg: Config,
+    tokenizer,
+    sft: PreTrainedModel,
+    reward_model: PreTrainedModel,
+    train_prompts: list[str],
+    demonstrations: list[dict],
+    monitor: Monitor | None = None,
+    log=None,
+) -> StageResult:
+    """InstructGPT step 3: policy from SFT, reference = frozen SFT, critic from the RM."""
+    policy, reference, critic = copy.deepcopy(sft), frozen_copy(sft), copy.deepcopy(reward_model)
+    return timed(train_ppo)(
+        policy, reference, critic, frozen_copy(reward_model), tokenizer, train_prompts, cfg.ppo, cfg.model, cfg.seed,
+        ptx_examples=demonstrations, monitor=monitor, log=log,
+    )

@@ -1,0 +1,80 @@
+"""Data tasks: stage -> validate (Great Expectations) -> version (DVC) -> prepare -> describe."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from components.config import Config
+from components.data import stages, versioned
+from components.data.dataset import load_rows
+from flows.tracking_tasks import Tracking
+
+VALIDATION_ARTIFACT = "data-validation"
+
+
+@task(name="stage data", cache_policy=NO_CACHE)
+def stage_data(cfg: Config, root: str) -> versioned.Candidate:
+    candidate = versioned.stage(cfg, root)
+    where = "in place" if candidate.in_place else f"staged at {candidate.directory}"
+    get_run_logger().info("data %s (recipe %s)", where, candidate.recipe[:12])
+    return candidate
+
+
+@task(name="validate data", cache_policy=NO_CACHE)
+def validate_data(cfg: Config, root: str, candidate: versioned.Candidate, tracking: Tracking) -> dict:
+    run = tracking.stage("data-validation")
+    try:
+        report = stages.validate(cfg, root, candidate.directory, candidate.file_labels())
+    except stages.DataValidationFailed as failed:
+        versioned.discard(candidate)
+        create_markdown_artifact(key=VALIDATION_ARTIFACT, markdown=f"# Data validation FAILED\n\n```\n{failed.report.summary()}\n```")
+        run.log_text(failed.report.summary(), "validation/summary.txt")
+        run.set_tags({"validation.success": "false"})
+        run.finish("FAILED")
+        raise
+    create_markdown_artifact(key=VALIDATION_ARTIFACT, markdown=f"# Data validation passed\n\n```\n{report.summary()}\n```")
+    run.log_text(report.summary(), "validation/summary.txt")
+    if report.data_docs_index:
+        run.log_artifacts(Path(report.data_docs_index).parent, "validation/data_docs")
+    run.log_metrics({f"rows.{name}": n for name, n in report.rows.items()})
+    run.set_tags({"validation.success": "true"})
+    run.finish()
+    return {"success": report.success, "data_docs": report.data_docs_index, "rows": report.rows}
+
+
+@task(name="version data", cache_policy=NO_CACHE)
+def version_data(cfg: Config, root: str, candidate: versioned.Candidate) -> dict:
+    result = versioned.commit(cfg, root, candidate)
+    get_run_logger().info("data %s: md5 %s (%s.dvc)", result.action, result.version.md5, result.version.path)
+    return result.as_dict()
+
+
+@task(name="prepare data", cache_policy=NO_CACHE)
+def prepare_data(cfg: Config, root: str, data_version: dict) -> dict:
+    return stages.prepare_training_inputs(cfg, root, data_version)
+
+
+@task(name="describe data", cache_policy=NO_CACHE)
+def describe_data(cfg: Config, root: str) -> dict:
+    return stages.data_summary(cfg, root)
+
+
+def data_stages(cfg: Config, root: str, tracking: Tracking) -> dict:
+    """The validated, versioned data set: its rows, version, validation result and summary."""
+    candidate = stage_data(cfg, root)
+    validation = validate_data(cfg, root, candidate, tracking)
+    version = version_data(cfg, root, candidate)
+    tracking.parent.set_tags({"data.md5": version["md5"], "data.action": version["action"]})
+    prepared = prepare_data(cfg, root, version)
+    summary = describe_data(cfg, root)
+    tracking.parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, prefix="data.")
+    return {
+        "rows": load_rows(Path(root) / cfg.data.dir),
+        "version": version,
+        "validation": validation,
+        "prepared": prepared,
+        "summary": summary,
+    }

@@ -1,0 +1,32 @@
+"""The pipeline's MLflow session: one parent run per pipeline run, opened first and closed last."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.config import Config
+from components.tracking.mlflow_store import StageRun, Tracker, flatten
+from components.tracking.provenance import git_commit
+
+
+@dataclass
+class Tracking:
+    tracker: Tracker
+    parent: StageRun
+
+    def stage(self, name: str) -> StageRun:
+        return self.tracker.start_run(name, tags={"stage": name}, parent=self.parent)
+
+
+def open_tracking(cfg: Config, root: str) -> Tracking:
+    tracker = Tracker(cfg.tracking, root)
+    parent = tracker.start_run(f"pipeline-{cfg.profile}", tags={"profile": cfg.profile, "seed": cfg.seed, **git_commit(root)})
+    parent.log_params(flatten(cfg.model_dump(mode="json")))
+    return Tracking(tracker, parent)
+
+
+def close_tracking(tracking: Tracking, error: BaseException | None) -> None:
+    if error is None:
+        tracking.parent.finish("FINISHED")
+    else:
+        tracking.parent.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
+        tracking.parent.finish("FAILED")

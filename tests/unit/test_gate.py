@@ -1,0 +1,158 @@
+"""The promotion gate, rule by rule: a passing report, then every way each rule can fail."""
+import copy
+
+import pytest
+
+from components.config import GateConfig
+from components.evaluation.gate import best_baseline, decide, trend_change
+
+CFG = GateConfig()
+
+
+def win(value, lo, hi, n=768):
+    return {"value": value, "ci": [lo, hi], "n": n}
+
+
+def policy(gold, kl=0.0, rm=0.0):
+    return {"gold": {"value": gold, "ci": [gold - 0.1, gold + 0.1]}, "rm": {"value": rm, "ci": [rm - 0.1, rm + 0.1]}, "kl": kl}
+
+
+def mode_block():
+    return {
+        "policies": {
+            "sft": policy(2.3), "chosen": policy(2.8, 0.4), "combined": policy(2.6, 0.7), "dpo": policy(3.2, 0.9), "ppo": policy(3.4, 2.0, 1.0),
+        },
+        "ppo_win_rate": {
+            "sft": win(0.70, 0.66, 0.73), "chosen": win(0.62, 0.58, 0.65), "combined": win(0.65, 0.61, 0.68), "dpo": win(0.56, 0.53, 0.60),
+        },
+        "ppo_rm_win_rate": {
+            "sft": win(0.75, 0.72, 0.78), "chosen": win(0.66, 0.62, 0.69), "combined": win(0.70, 0.66, 0.73), "dpo": win(0.60, 0.57, 0.64),
+        },
+    }
+
+
+def passing_report():
+    history = [{"iteration": i, "rm_score": 0.01 * i, "gold": 2.3 + 0.01 * i} for i in range(50)]
+    return {
+        "data_validation": {"success": True},
+        "non_finite_stages": [],
+        "reward_model": {"accuracy": 0.72},
+        "ppo_history": history,
+        "modes": {"sample": mode_block(), "greedy": mode_block()},
+    }
+
+
+def failed_rules(decision):
+    return {(r.rule, r.mode) for r in decision.failures}
+
+
+def test_a_report_where_ppo_beats_every_baseline_promotes():
+    decision = decide(passing_report(), CFG)
+    assert decision.promote and decision.label == "promote"
+    assert not decision.failures
+    # every rule was checked once globally or once per mode
+    assert len(decision.reasons) == 4 + 4 * len(CFG.modes)
+    assert "decision: promote" in decision.summary()
+
+
+def test_the_best_baseline_is_the_one_with_the_highest_gold():
+    assert best_baseline(passing_report(), "sample", CFG.baselines) == "dpo"
+
+
+@pytest.mark.parametrize(
+    "mutate, rule, mode",
+    [
+        (lambda r: r["data_validation"].update(success=False), "data validation passed", None),
+        (lambda r: r.update(non_finite_stages=["ppo"]), "no NaN/inf", None),
+        (lambda r: r["reward_model"].update(accuracy=0.55), "reward model accuracy", None),
+        # beaten by a weaker baseline is not enough: only the best one counts
+        (lambda r: r["modes"]["sample"]["ppo_win_rate"].update(dpo=win(0.52, 0.48, 0.55)), "beats the best supervised baseline", "sample"),
+        # the lower bound must exceed the threshold, not equal it
+        (lambda r: r["modes"]["greedy"]["ppo_win_rate"].update(dpo=win(0.54, 0.50, 0.58)), "beats the best supervised baseline", "greedy"),
+        (lambda r: r["modes"]["sample"]["policies"]["ppo"].update(kl=25.0), "KL within budget", "sample"),
+        (lambda r: r["modes"]["greedy"]["policies"]["ppo"]["gold"].update(value=2.2), "not worse than SFT", "greedy"),
+        (lambda r: r["modes"]["sample"]["ppo_rm_win_rate"].update(dpo=win(0.80, 0.77, 0.83)), "reward model agrees with gold", "sample"),
+    ],
+)
+def test_each_rule_fails_alone(mutate, rule, mode):
+    report = passing_report()
+    mutate(report)
+    decision = decide(report, CFG)
+    assert not decision.promote
+    assert failed_rules(decision) == {(rule, mode)}
+
+
+def test_a_new_best_baseline_moves_the_bar():
+    report = passing_report()
+    # chosen now has the highest gold, and PPO does not clearly beat it
+    report["modes"]["sample"]["policies"]["chosen"]["gold"]["value"] = 3.5
+    report["modes"]["sample"]["ppo_win_rate"]["chosen"] = win(0.50, 0.46, 0.54)
+    report["modes"]["sample"]["ppo_rm_win_rate"]["chosen"] = win(0.55, 0.51, 0.59)
+    decision = decide(report, CFG)
+    assert failed_rules(decision) == {("beats the best supervised baseline", "sample")}
+    assert "'chosen'" in decision.failures[0].detail
+
+
+def test_rm_rising_while_gold_falls_at_the_end_of_ppo_is_overoptimisation():
+    report = passing_report()
+    for h in report["ppo_history"][35:]:
+        h["gold"] = 2.65 - 0.02 * (h["iteration"] - 35)  # gold turns down for the last 30%
+    decision = decide(report, CFG)
+    assert failed_rules(decision) == {("no over-optimisation trend", None)}
+
+
+def test_gold_and_rm_falling_together_is_not_overoptimisation():
+    report = passing_report()
+    for h in report["ppo_history"][35:]:
+        h["gold"] -= 0.02 * (h["iteration"] - 35)
+        h["rm_score"] -= 0.05 * (h["iteration"] - 35)
+    assert ("no over-optimisation trend", None) not in failed_rules(decide(report, CFG))
+
+
+def test_trend_change_reads_a_least_squares_line():
+    history = [{"iteration": i, "x": 2.0 * i} for i in range(10)]
+    assert trend_change(history, "x", 0.5) == pytest.approx(8.0)  # last 5 points, slope 2, span 4
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [
+        lambda r: r.pop("data_validation"),
+        lambda r: r.pop("non_finite_stages"),
+        lambda r: r["reward_model"].update(accuracy=None),
+        lambda r: r.update(ppo_history=[]),
+        lambda r: [h.pop("gold") for h in r["ppo_history"]],
+        lambda r: r["modes"].pop("greedy"),
+        lambda r: r["modes"]["sample"]["policies"].pop("dpo"),
+        lambda r: r["modes"]["sample"]["ppo_win_rate"].pop("dpo"),
+        lambda r: r["modes"]["sample"]["ppo_rm_win_rate"].pop("dpo"),
+        lambda r: r["modes"]["sample"]["policies"]["ppo"].pop("kl"),
+    ],
+)
+def test_anything_missing_means_do_not_promote(drop):
+    report = passing_report()
+    drop(report)
+    decision = decide(report, CFG)
+    assert not decision.promote
+    assert any("missing from the report" in r.detail for r in decision.failures)
+
+
+def test_only_the_configured_modes_are_gated():
+    report = passing_report()
+    report["modes"]["greedy"]["ppo_win_rate"]["dpo"] = win(0.3, 0.25, 0.35)
+    assert not decide(report, CFG).promote
+    sample_only = CFG.model_copy(update={"modes": ["sample"]})
+    assert decide(report, sample_only).promote
+
+
+def test_the_threshold_comes_from_the_config():
+    strict = CFG.model_copy(update={"min_win_rate_lower": 0.99})
+    decision = decide(passing_report(), strict)
+    assert failed_rules(decision) == {("beats the best supervised baseline", "sample"), ("beats the best supervised baseline", "greedy")}
+
+
+def test_the_gate_does_not_mutate_the_report():
+    report = passing_report()
+    before = copy.deepcopy(report)
+    decide(report, CFG)
+    assert report == before
