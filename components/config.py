@@ -253,6 +253,17 @@ class TrackingConfig(Section):
     log_models: bool = Field(True, description="log every trained model (HF layout) as an MLflow artefact")
 
 
+class OrchestrationConfig(Section):
+    """How Prefect runs the pipeline: reuse, retries and the deployment's schedule."""
+
+    reuse_finished_stages: bool = Field(True, description="reuse a stage's saved model when data hash, its config section and its upstream stages are unchanged")
+    tracking_retries: int = Field(2, ge=0, description="Prefect retries of the tasks that only talk to MLflow (a tracking server hiccup)")
+    tracking_retry_delays: list[float] = Field([5.0, 30.0], description="seconds before each retry (backoff)")
+    schedule_cron: str = Field("0 2 * * *", description="cron schedule of the deployment")
+    schedule_timezone: str = Field("UTC", description="time zone of the cron schedule")
+    work_pool: str = Field("rlhf-process", description="the process work pool the deployment runs on")
+
+
 class VersioningConfig(Section):
     remote_name: str = Field("local", description="DVC remote that push/pull use")
     remote_url: str = Field("../dvc-remote", description="remote location; relative paths are relative to .dvc/")
@@ -275,6 +286,7 @@ class Config(Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     gate: GateConfig = GateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
     artifacts_dir: str = Field("artifacts/models", description="where trained models are saved")
 
 

@@ -10,11 +10,13 @@ only when the gate says RLHF beat every supervised baseline.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from components.config import DEFAULT_PARAMS, ConfigError, load_config
 from components.data import stages
@@ -26,21 +28,41 @@ from flows.tracking_tasks import open_tracking, close_tracking
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@flow(name="rlhf-pipeline", flow_run_name="{profile}")
+def flow_overrides(overrides: list[str] | None, seed: int | None, tracking_uri: str | None, registered_model: str | None) -> list[str]:
+    extra = {"seed": seed, "tracking.uri": tracking_uri, "tracking.registered_model": registered_model}
+    return [*(overrides or []), *(f"{key}={value}" for key, value in extra.items() if value is not None)]
+
+
+def name_flow_run(name: str) -> None:
+    """Rename the running flow run (its name then says profile and data hash)."""
+    from prefect.client.orchestration import get_client
+
+    if flow_run.id:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=name)
+
+
+@flow(name="rlhf-pipeline", flow_run_name="{profile}", log_prints=True)
 def rlhf_pipeline(
     profile: str = "default",
     overrides: list[str] | None = None,
+    seed: int | None = None,
+    tracking_uri: str | None = None,
+    registered_model: str | None = None,
     root: str = str(REPO_ROOT),
     params: str = str(DEFAULT_PARAMS),
 ) -> dict:
-    cfg = load_config(profile, overrides, params)
+    """The whole pipeline; ``overrides`` are ``key.path=value`` strings applied over the profile."""
+    cfg = load_config(profile, flow_overrides(overrides, seed, tracking_uri, registered_model), params)
     tracking = open_tracking(cfg, root)
     try:
         data = data_tasks.data_stages(cfg, root, tracking)
+        name_flow_run(f"{profile}-data-{data['version']['md5'][:8]}")
         trained = training_tasks.train_all(cfg, root, tracking, data)
         evaluation = training_tasks.evaluate(cfg, root, tracking, data, trained)
         decision = training_tasks.gate(cfg, tracking, data, trained, evaluation)
-        registry = training_tasks.register(cfg, root, tracking, data, trained, decision)
+        registry = training_tasks.register_with_retries(cfg, root, tracking, data, trained, decision)
+        training_tasks.report_with_retries(cfg, tracking, data, trained, evaluation, decision, registry)
     except BaseException as error:
         close_tracking(tracking, error)
         raise
@@ -55,6 +77,7 @@ def rlhf_pipeline(
         "decision": decision,
         "registry": registry,
         "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
+        "flow_run_id": str(flow_run.id) if flow_run.id else None,
     }
 
 
@@ -77,6 +100,18 @@ def _print_summary(result: dict, seconds: float) -> None:
           f"champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}")
     print(f"mlflow       : {result['mlflow']['uri']} (run {result['mlflow']['run_id']})")
     print(f"wall time    : {seconds:.1f} s")
+    print("\nwhere to look:")
+    uri = result["mlflow"]["uri"]
+    if uri.startswith("http"):
+        print(f"  MLflow UI  : {uri}")
+    else:
+        print(f"  MLflow UI  : .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (then http://127.0.0.1:5000)")
+    api = os.environ.get("PREFECT_API_URL")
+    run_page = f"runs/flow-run/{result['flow_run_id']}"
+    if api:
+        print(f"  Prefect UI : {api.removesuffix('/api')}/{run_page}")
+    else:
+        print(f"  Prefect UI : .venv/bin/prefect server start --host 127.0.0.1   (then http://127.0.0.1:4200/{run_page})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,9 @@ from components.data.gold_judge import gold_score
 from components.data.lexicon import VOCABULARY
 from components.evaluation.gate import decide
 from components.evaluation.report import evaluate_policies
-from components.models.saving import save_model
+from components.data.files import read_jsonl, write_json
+from components.models.builders import load_causal_lm, load_scalar_model
+from components.models.saving import read_card, save_model, stage_key
 from components.tracking import plots
 from components.tracking.mlflow_store import CHALLENGER, CHAMPION, StageRun, flatten
 from components.training import recipe
@@ -57,30 +59,72 @@ def record_stage(run: StageRun, section, result: recipe.StageResult, step_key: s
         run.log_figure(plots.curves(result.history, LOSS_CURVES, x=step_key), "plots/curves.png")
 
 
-def keep_model(cfg: Config, root: str, tracking: Tracking, run: StageRun, name: str, model, tokenizer, data: dict, metrics: dict) -> None:
-    card = {"stage": name, "config": cfg.model_dump(mode="json"), "data_version": data["version"], "metrics": metrics}
-    directory = save_model(model, tokenizer, Path(root) / cfg.artifacts_dir / name, card)
+def keep_model(cfg: Config, root: str, run: StageRun, name: str, result: recipe.StageResult, tokenizer, data: dict) -> None:
+    directory = Path(root) / cfg.artifacts_dir / name
+    if not result.reused:
+        card = {
+            "stage": name, "stage_key": result.key, "config": cfg.model_dump(mode="json"), "data_version": data["version"],
+            "metrics": result.metrics, "history": result.history, "seconds": result.seconds,
+        }
+        save_model(result.model, tokenizer, directory, card)
     if cfg.tracking.log_models:
         run.log_artifacts(directory, f"model/{name}")
+
+
+def key_for(cfg: Config, data: dict, name: str, section, *upstream: str) -> str:
+    return stage_key(stage=name, data=data["version"]["md5"], section=section.model_dump(mode="json"),
+                     model=cfg.model.model_dump(mode="json"), seed=cfg.seed, upstream=list(upstream))
+
+
+def reuse(cfg: Config, root: str, run: StageRun, name: str, key: str, loader) -> recipe.StageResult | None:
+    """The stage's saved output when its key matches: data, config section and upstream stages unchanged."""
+    if not cfg.orchestration.reuse_finished_stages:
+        return None
+    directory = Path(root) / cfg.artifacts_dir / name
+    card = read_card(directory)
+    if not card or card.get("stage_key") != key:
+        return None
+    get_run_logger().info("%s: reusing the finished stage in %s (key %s)", name, directory, key)
+    run.set_tags({"reused": "true", "stage_key": key})
+    return recipe.StageResult(loader(directory), card["metrics"], card.get("history", []), 0.0, key, reused=True)
+
+
+def train_or_reuse(cfg, root, run, name, key, loader, train) -> recipe.StageResult:
+    result = reuse(cfg, root, run, name, key, loader)
+    if result is None:
+        result = train()
+        result.key = key
+        run.set_tags({"reused": "false", "stage_key": key})
+    return result
 
 
 @task(name="SFT", cache_policy=NO_CACHE)
 def sft_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer) -> recipe.StageResult:
     with recorded(tracking.stage("sft")) as run:
-        result = recipe.sft_stage(cfg, tokenizer, data["rows"][DEMONSTRATIONS])
+        key = key_for(cfg, data, "sft", cfg.sft)
+        result = train_or_reuse(cfg, root, run, "sft", key, load_causal_lm, lambda: recipe.sft_stage(cfg, tokenizer, data["rows"][DEMONSTRATIONS]))
         record_stage(run, cfg.sft, result)
-        keep_model(cfg, root, tracking, run, "sft", result.model, tokenizer, data, result.metrics)
+        keep_model(cfg, root, run, "sft", result, tokenizer, data)
     return result
 
 
 @task(name="collect comparisons", cache_policy=NO_CACHE)
-def comparisons_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft) -> list[dict]:
+def comparisons_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult) -> recipe.StageResult:
     """InstructGPT's comparisons from SFT samples (validated by GE before use), or the static file."""
     if cfg.comparisons.source == "static":
-        return data["rows"][PREFERENCES]
+        rows = data["rows"][PREFERENCES]
+        return recipe.StageResult(rows, {"pairs": len(rows)}, key=key_for(cfg, data, "comparisons", cfg.comparisons))
+    directory = Path(root) / cfg.comparisons.dir
+    key = key_for(cfg, data, "comparisons", cfg.comparisons, cfg.validation.model_dump_json(), sft.key)
     with recorded(tracking.stage("comparisons")) as run:
+        card = read_card(directory)
+        if cfg.orchestration.reuse_finished_stages and card and card.get("stage_key") == key:
+            rows = [r.data for r in read_jsonl(directory / "preferences.jsonl", "preferences")]
+            run.set_tags({"reused": "true", "stage_key": key})
+            run.log_metrics(card["metrics"])
+            return recipe.StageResult(rows, card["metrics"], key=key, reused=True)
         train_prompts = sorted({r["prompt"] for r in data["rows"][DEMONSTRATIONS]})
-        result = recipe.comparisons_stage(cfg, tokenizer, sft, train_prompts, recipe.labeler_ranker(cfg))
+        result = recipe.comparisons_stage(cfg, tokenizer, sft.model, train_prompts, recipe.labeler_ranker(cfg))
         rows = result.model
         eval_prompts = frozenset(r["prompt"] for r in data["rows"][EVAL_PROMPTS])
         vocabulary = VOCABULARY if cfg.validation.check_vocabulary else None
@@ -88,20 +132,25 @@ def comparisons_task(cfg: Config, root: str, tracking: Tracking, data: dict, tok
             rows, Path(root) / cfg.comparisons.dir, cfg.validation, vocabulary,
             Path(root) / cfg.validation.report_dir / "comparisons", eval_prompts,
         )
+        write_json(directory / "rlhf_card.json", {"stage": "comparisons", "stage_key": key, "metrics": result.metrics})
+        run.set_tags({"reused": "false", "stage_key": key})
         run.log_params(flatten(cfg.comparisons.model_dump(mode="json")))
         run.log_metrics({**result.metrics, "seconds": result.seconds})
         run.log_text(report.summary(), "validation/summary.txt")
-        run.log_artifacts(Path(root) / cfg.comparisons.dir, "comparisons")
-    return rows
+        run.log_artifacts(directory, "comparisons")
+    result.key = key
+    return result
 
 
 @task(name="reward model", cache_policy=NO_CACHE)
-def reward_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft, comparisons: list[dict]) -> recipe.StageResult:
+def reward_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult, comparisons: recipe.StageResult) -> recipe.StageResult:
     with recorded(tracking.stage("reward_model")) as run:
         train_prompts = sorted({r["prompt"] for r in data["rows"][DEMONSTRATIONS]})
-        result = recipe.reward_stage(cfg, tokenizer, sft, comparisons, train_prompts)
-        valid = recipe.reward_valid_rows(cfg, comparisons)
-        if valid and cfg.data.source == "synthetic":
+        key = key_for(cfg, data, "reward_model", cfg.reward, sft.key, comparisons.key)
+        result = train_or_reuse(cfg, root, run, "reward_model", key, load_scalar_model,
+                                lambda: recipe.reward_stage(cfg, tokenizer, sft.model, comparisons.model, train_prompts))
+        valid = recipe.reward_valid_rows(cfg, comparisons.model)
+        if valid and cfg.data.source == "synthetic" and not result.reused:
             chosen_r, rejected_r = score_comparisons(result.model, tokenizer, valid, cfg.model)
             result.metrics["accuracy_gold"] = gold_accuracy(
                 chosen_r, rejected_r,
@@ -109,17 +158,32 @@ def reward_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenize
                 [gold_score(c["prompt"], c["rejected"], c.get("rejected_ended", True)) for c in valid],
             )
         record_stage(run, cfg.reward, result)
-        keep_model(cfg, root, tracking, run, "reward_model", result.model, tokenizer, data, result.metrics)
+        keep_model(cfg, root, run, "reward_model", result, tokenizer, data)
     return result
 
 
 @task(name="supervised baseline", cache_policy=NO_CACHE, task_run_name="baseline {name}")
-def baseline_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft, comparisons: list[dict], name: str) -> recipe.StageResult:
+def baseline_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult, comparisons: recipe.StageResult, name: str) -> recipe.StageResult:
+    section = getattr(cfg.baselines, name)
     with recorded(tracking.stage(f"baseline_{name}")) as run:
-        result = recipe.baseline_stage(cfg, name, tokenizer, sft, comparisons)
-        record_stage(run, getattr(cfg.baselines, name), result)
-        keep_model(cfg, root, tracking, run, name, result.model, tokenizer, data, result.metrics)
+        key = key_for(cfg, data, name, section, sft.key, comparisons.key)
+        result = train_or_reuse(cfg, root, run, name, key, load_causal_lm,
+                                lambda: recipe.baseline_stage(cfg, name, tokenizer, sft.model, comparisons.model))
+        record_stage(run, section, result)
+        keep_model(cfg, root, run, name, result, tokenizer, data)
     return result
+
+
+def _progress(stage: str, total: int, every: int = 10):
+    """Periodic progress lines in the run log (the UI shows them while the stage runs)."""
+    logger = get_run_logger()
+
+    def log(step: int, entry: dict) -> None:
+        if step % every == 0 or step == total - 1:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in entry.items() if k in ("rm_score", "kl", "gold", "loss") and isinstance(v, float))
+            logger.info("%s %d/%d: %s", stage, step + 1, total, shown)
+
+    return log
 
 
 def _gold_monitor(prompts: list[str], texts: list[str], ended: list[bool]) -> dict[str, float]:
@@ -128,27 +192,97 @@ def _gold_monitor(prompts: list[str], texts: list[str], ended: list[bool]) -> di
 
 
 @task(name="PPO", cache_policy=NO_CACHE)
-def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft, reward_model) -> recipe.StageResult:
+def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult, reward: recipe.StageResult) -> recipe.StageResult:
     with recorded(tracking.stage("ppo")) as run:
         demonstrations = data["rows"][DEMONSTRATIONS]
         train_prompts = sorted({r["prompt"] for r in demonstrations})
         monitor = _gold_monitor if cfg.data.source == "synthetic" else None
-        result = recipe.ppo_stage(cfg, tokenizer, sft, reward_model, train_prompts, demonstrations, monitor=monitor)
+        key = key_for(cfg, data, "ppo", cfg.ppo, sft.key, reward.key)
+        result = train_or_reuse(cfg, root, run, "ppo", key, load_causal_lm,
+                                lambda: recipe.ppo_stage(cfg, tokenizer, sft.model, reward.model, train_prompts, demonstrations, monitor=monitor, log=_progress("ppo", cfg.ppo.iterations)))
         record_stage(run, cfg.ppo, result, step_key="iteration")
         run.log_figure(plots.ppo_curves(result.history), "plots/ppo_curves.png")
         if monitor is not None:
             run.log_figure(plots.overoptimisation(result.history), "plots/overoptimisation.png")
-        keep_model(cfg, root, tracking, run, "ppo", result.model, tokenizer, data, result.metrics)
+        keep_model(cfg, root, run, "ppo", result, tokenizer, data)
     return result
+
+
+def transient(task, task_run, state) -> bool:
+    """Retry only what a tracking-server hiccup causes: network and server errors, not our own bugs."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    try:
+        state.result()
+    except (ConnectionError, TimeoutError, requests.exceptions.RequestException):
+        return True
+    except MlflowException as error:
+        return error.get_http_status_code() >= 500
+    except BaseException:
+        return False
+    return False
+
+
+def mlflow_links(tracking: Tracking, registry: dict) -> dict[str, str]:
+    """Where to look: UI links when the store is a server, else the store and ids."""
+    uri, run_id, experiment = tracking.tracker.uri, tracking.parent.run_id, tracking.tracker.experiment_id
+    if uri.startswith("http"):
+        return {
+            "pipeline run": f"{uri}/#/experiments/{experiment}/runs/{run_id}",
+            "model version": f"{uri}/#/models/{registry['name']}/versions/{registry['version']}",
+        }
+    return {"tracking store": uri, "pipeline run": run_id, "model version": f"models:/{registry['name']}/{registry['version']}"}
+
+
+@task(name="report", cache_policy=NO_CACHE, retry_condition_fn=transient)
+def report(cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluation: dict, decision: dict, registry: dict) -> str:
+    """The flow run's report: evaluation table, decision with reasons, links; and a metrics table."""
+    links = mlflow_links(tracking, registry)
+    stage_times = {name: r.seconds for name, r in [("sft", trained["sft"]), ("reward_model", trained["reward"]), ("ppo", trained["ppo"]), *trained["baselines"].items()]}
+    markdown = "\n".join([
+        f"# RLHF pipeline: {decision['decision'].upper()}",
+        f"profile `{cfg.profile}`, seed {cfg.seed}, data `{data['version']['md5']}`",
+        "", "## Evaluation", "```", summary_table(evaluation).strip(), "```",
+        "", "## Gate", "```", decision["summary"], "```",
+        "", "## Registry",
+        f"`{registry['name']}` version {registry['version']} ({registry['decision']}); champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}",
+        "", "## MLflow", *(f"- {k}: {v}" for k, v in links.items()),
+        "", "## Stage seconds (0 = reused)", *(f"- {k}: {v:.1f}" for k, v in stage_times.items()),
+    ])
+    create_markdown_artifact(key="pipeline-report", markdown=markdown, description="evaluation, gate decision and where the runs are")
+    rows = []
+    for mode, block in evaluation.items():
+        for name, summary in block["policies"].items():
+            win = block["ppo_win_rate"].get(name)
+            rows.append({
+                "mode": mode, "policy": name, "gold": round(summary["gold"]["value"], 4),
+                "gold_ci": f"[{summary['gold']['ci'][0]:.3f}, {summary['gold']['ci'][1]:.3f}]",
+                "rm": round(summary["rm"]["value"], 4), "kl": round(summary["kl"], 4) if "kl" in summary else None,
+                "ppo_win_rate": round(win["value"], 4) if win else None,
+                "ppo_win_rate_ci": f"[{win['ci'][0]:.3f}, {win['ci'][1]:.3f}]" if win else None,
+            })
+    create_table_artifact(key="pipeline-metrics", table=rows, description="every policy under every decoding mode")
+    return markdown
+
+
+def report_with_retries(cfg: Config, *args) -> str:
+    retrying = report.with_options(retries=cfg.orchestration.tracking_retries, retry_delay_seconds=cfg.orchestration.tracking_retry_delays)
+    return retrying(cfg, *args)
+
+
+def register_with_retries(cfg: Config, *args) -> dict:
+    retrying = register.with_options(retries=cfg.orchestration.tracking_retries, retry_delay_seconds=cfg.orchestration.tracking_retry_delays)
+    return retrying(cfg, *args)
 
 
 def train_all(cfg: Config, root: str, tracking: Tracking, data: dict) -> dict:
     tokenizer = recipe.make_tokenizer(cfg)
     sft = sft_task(cfg, root, tracking, data, tokenizer)
-    comparisons = comparisons_task(cfg, root, tracking, data, tokenizer, sft.model)
-    reward = reward_task(cfg, root, tracking, data, tokenizer, sft.model, comparisons)
-    baselines = {name: baseline_task(cfg, root, tracking, data, tokenizer, sft.model, comparisons, name) for name in recipe.SUPERVISED_BASELINES}
-    ppo = ppo_task(cfg, root, tracking, data, tokenizer, sft.model, reward.model)
+    comparisons = comparisons_task(cfg, root, tracking, data, tokenizer, sft)
+    reward = reward_task(cfg, root, tracking, data, tokenizer, sft, comparisons)
+    baselines = {name: baseline_task(cfg, root, tracking, data, tokenizer, sft, comparisons, name) for name in recipe.SUPERVISED_BASELINES}
+    ppo = ppo_task(cfg, root, tracking, data, tokenizer, sft, reward)
     return {"tokenizer": tokenizer, "sft": sft, "reward": reward, "baselines": baselines, "ppo": ppo}
 
 
@@ -206,13 +340,13 @@ def _has_non_finite(metrics: dict) -> bool:
     return any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values())
 
 
-@task(name="register", cache_policy=NO_CACHE)
+@task(name="register", cache_policy=NO_CACHE, retry_condition_fn=transient)
 def register(cfg: Config, root: str, tracking: Tracking, data: dict, trained: dict, decision: dict) -> dict:
     """The PPO policy becomes a new registry version, tagged; the aliases move last."""
     run = tracking.parent
     model_uri = run.log_policy(trained["ppo"].model, trained["tokenizer"], "policy")
     evaluation_tags = {f"gate.{r['mode']}.{r['rule']}" if r["mode"] else f"gate.{r['rule']}": r["detail"] for r in decision["reasons"]}
-    version = tracking.tracker.register(model_uri, {
+    version = tracking.tracker.register(model_uri, run, {
         "data.md5": data["version"]["md5"],
         "profile": cfg.profile,
         "seed": cfg.seed,

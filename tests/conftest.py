@@ -29,3 +29,22 @@ def git_repo(tmp_path) -> Path:
     git(root, "config", "user.name", "test")
     git(root, "config", "user.email", "test@example.com")
     return root
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """The tracking URI of a fresh MLflow server (SQLite backend, artefacts in a temp dir)."""
+    from tests.servers import mlflow_server as start
+
+    with start(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """(api_url, prefect_home) of a fresh Prefect server with its own SQLite database."""
+    from tests.servers import prefect_server as start
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with start(home) as api:
+        yield api, home

@@ -1,6 +1,8 @@
 """Saving models in the Hugging Face layout (safetensors), atomically, with the config and data version beside them."""
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,3 +29,17 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, direc
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def stage_key(**parts) -> str:
+    """A short hash of everything a stage's output depends on (data hash, config section, upstream keys, seed)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_card(directory: str | Path) -> dict | None:
+    """The card of a saved model, or None when there is no complete saved model there."""
+    path = Path(directory) / CARD
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -130,7 +130,14 @@ class StageRun:
         return f"runs:/{self.run_id}/{artifact_path}"
 
     def log_policy(self, model, tokenizer, name: str) -> str:
-        """A causal LM as an MLflow transformers model (``mlflow.transformers.load_model`` loads it); returns its URI."""
+        """A causal LM as an MLflow transformers model (``mlflow.transformers.load_model`` loads it); returns its URI.
+
+        Logged once per run: the URI is kept as a run tag, so a retried call returns it.
+        """
+        tag = f"logged_model.{name}"
+        logged = self.client.get_run(self.run_id).data.tags.get(tag)
+        if logged:
+            return logged
         with mlflow.start_run(run_id=self.run_id, nested=True):
             info = mlflow.transformers.log_model(
                 transformers_model={"model": model, "tokenizer": tokenizer},
@@ -138,6 +145,7 @@ class StageRun:
                 task="text-generation",
                 pip_requirements=list(POLICY_REQUIREMENTS),
             )
+        self.client.set_tag(self.run_id, tag, info.model_uri)
         return info.model_uri
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -174,9 +182,16 @@ class Tracker:
 
     # --- registry ---------------------------------------------------------------------
 
-    def register(self, model_uri: str, tags: dict[str, Any]) -> str:
-        """A new version of the registered policy, tagged; returns the version number."""
+    def register(self, model_uri: str, run: StageRun, tags: dict[str, Any]) -> str:
+        """A new version of the registered policy, tagged; returns the version number.
+
+        Idempotent per run: a retry after a tracking-server hiccup finds the version this run
+        already registered instead of adding a second one.
+        """
         name = self.cfg.registered_model
+        for existing in self.client.search_model_versions(f"name = '{name}'"):
+            if existing.run_id == run.run_id:
+                return str(existing.version)
         try:
             self.client.get_registered_model(name)
         except mlflow.exceptions.MlflowException:

@@ -37,6 +37,8 @@ class StageResult:
     metrics: dict[str, float]
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    key: str = ""  # what the output depends on, hashed (set by the caller that caches stages)
+    reused: bool = False  # loaded from a finished earlier run instead of trained
 
 
 def timed(fn: Callable[..., tuple]) -> Callable[..., StageResult]:

@@ -90,3 +90,18 @@ def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(git_repo,
     repro = run(["-m", "dvc", "repro"], clone, tmp_path)
     assert repro.returncode == 0, repro.stderr
     assert git(clone, "status", "--porcelain", "data.dvc", "dvc.lock") == ""  # every hash as recorded
+
+
+def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(git_repo, tmp_path):
+    args = ["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo)]
+    assert run(args, REPO, tmp_path).returncode == 0
+    models = git_repo / "artifacts/models"
+    before = {stage: (models / stage / "model.safetensors").stat().st_mtime_ns for stage in ("sft", "reward_model", "dpo", "ppo")}
+    keys = {stage: json.loads((models / stage / "rlhf_card.json").read_text())["stage_key"] for stage in before}
+
+    again = run([*args, "--set", "ppo.cliprange=0.3"], REPO, tmp_path)  # only PPO's section changed
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = {stage: (models / stage / "model.safetensors").stat().st_mtime_ns for stage in before}
+    assert {s for s in before if before[s] == after[s]} == {"sft", "reward_model", "dpo"}
+    assert json.loads((models / "ppo" / "rlhf_card.json").read_text())["stage_key"] != keys["ppo"]
+    assert "reusing the finished stage" in again.stdout + again.stderr

@@ -1,0 +1,84 @@
+"""Real servers for the tests, on 127.0.0.1 and free ports, stopped by the fixtures that start them."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} not up after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def running(command: list[str], health_url: str, log: Path, env: dict[str, str] | None = None):
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        wait_until_up(health_url, process, log)
+        yield process
+    finally:
+        try:
+            os.killpg(process.pid, 15)
+            process.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+
+
+@contextmanager
+def mlflow_server(home: Path):
+    """Yields the tracking URI of an MLflow server with an SQLite backend and artefacts under ``home``."""
+    port = free_port()
+    command = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts"),
+    ]
+    uri = f"http://127.0.0.1:{port}"
+    with running(command, f"{uri}/health", home / "mlflow-server.log"):
+        yield uri
+
+
+def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+@contextmanager
+def prefect_server(home: Path):
+    """Yields the API URL of a Prefect server whose database lives in ``home`` (its PREFECT_HOME)."""
+    port = free_port()
+    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"]
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **prefect_env(home), "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_UI_API_URL": api,
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",  # scheduled runs appear within seconds
+    }
+    with running(command, f"{api}/health", home / "prefect-server.log", env):
+        yield api
