@@ -102,7 +102,7 @@ def train_or_reuse(cfg, root, run, name, key, loader, train) -> recipe.StageResu
 def sft_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer) -> recipe.StageResult:
     with recorded(tracking.stage("sft")) as run:
         key = key_for(cfg, data, "sft", cfg.sft)
-        result = train_or_reuse(cfg, root, run, "sft", key, load_causal_lm, lambda: recipe.sft_stage(cfg, tokenizer, data["rows"][DEMONSTRATIONS]))
+        result = train_or_reuse(cfg, root, run, "sft", key, load_causal_lm, lambda: recipe.sft_stage(cfg, tokenizer, data["rows"][DEMONSTRATIONS], log=_progress("sft", 10 * cfg.sft.log_every)))
         record_stage(run, cfg.sft, result)
         keep_model(cfg, root, run, "sft", result, tokenizer, data)
     return result
@@ -148,7 +148,7 @@ def reward_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenize
         train_prompts = sorted({r["prompt"] for r in data["rows"][DEMONSTRATIONS]})
         key = key_for(cfg, data, "reward_model", cfg.reward, sft.key, comparisons.key)
         result = train_or_reuse(cfg, root, run, "reward_model", key, load_scalar_model,
-                                lambda: recipe.reward_stage(cfg, tokenizer, sft.model, comparisons.model, train_prompts))
+                                lambda: recipe.reward_stage(cfg, tokenizer, sft.model, comparisons.model, train_prompts, log=_progress("reward model", 10 * cfg.reward.log_every)))
         valid = recipe.reward_valid_rows(cfg, comparisons.model)
         if valid and cfg.data.source == "synthetic" and not result.reused:
             chosen_r, rejected_r = score_comparisons(result.model, tokenizer, valid, cfg.model)
@@ -168,20 +168,20 @@ def baseline_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokeni
     with recorded(tracking.stage(f"baseline_{name}")) as run:
         key = key_for(cfg, data, name, section, sft.key, comparisons.key)
         result = train_or_reuse(cfg, root, run, name, key, load_causal_lm,
-                                lambda: recipe.baseline_stage(cfg, name, tokenizer, sft.model, comparisons.model))
+                                lambda: recipe.baseline_stage(cfg, name, tokenizer, sft.model, comparisons.model, log=_progress(name, 10 * section.log_every)))
         record_stage(run, section, result)
         keep_model(cfg, root, run, name, result, tokenizer, data)
     return result
 
 
-def _progress(stage: str, total: int, every: int = 10):
-    """Periodic progress lines in the run log (the UI shows them while the stage runs)."""
+def _progress(stage: str, every: int, total: int | None = None):
+    """Periodic progress lines in the run log (terminal and UI show them while the stage runs)."""
     logger = get_run_logger()
 
     def log(step: int, entry: dict) -> None:
-        if step % every == 0 or step == total - 1:
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in entry.items() if k in ("rm_score", "kl", "gold", "loss") and isinstance(v, float))
-            logger.info("%s %d/%d: %s", stage, step + 1, total, shown)
+        if step % every == 0 or (total is not None and step == total - 1):
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in entry.items() if k in ("rm_score", "kl", "gold", "loss", "accuracy") and isinstance(v, float))
+            logger.info("%s step %d%s: %s", stage, step + 1, f"/{total}" if total else "", shown)
 
     return log
 
@@ -199,7 +199,7 @@ def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, 
         monitor = _gold_monitor if cfg.data.source == "synthetic" else None
         key = key_for(cfg, data, "ppo", cfg.ppo, sft.key, reward.key)
         result = train_or_reuse(cfg, root, run, "ppo", key, load_causal_lm,
-                                lambda: recipe.ppo_stage(cfg, tokenizer, sft.model, reward.model, train_prompts, demonstrations, monitor=monitor, log=_progress("ppo", cfg.ppo.iterations)))
+                                lambda: recipe.ppo_stage(cfg, tokenizer, sft.model, reward.model, train_prompts, demonstrations, monitor=monitor, log=_progress("ppo", 10, cfg.ppo.iterations)))
         record_stage(run, cfg.ppo, result, step_key="iteration")
         run.log_figure(plots.ppo_curves(result.history), "plots/ppo_curves.png")
         if monitor is not None:

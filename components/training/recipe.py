@@ -59,9 +59,9 @@ def labeler_ranker(cfg: Config) -> Ranker:
     return simulated_ranker(SimulatedLabeler(cfg.data.synthetic.labeler_temperature, random.Random(f"{cfg.seed}/labeler")))
 
 
-def sft_stage(cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: list[dict]) -> StageResult:
+def sft_stage(cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: list[dict], log=None) -> StageResult:
     policy = build_policy(cfg.model, tokenizer, cfg.seed)
-    return timed(train_sft)(policy, tokenizer, demonstrations, cfg.sft, cfg.model, cfg.seed)
+    return timed(train_sft)(policy, tokenizer, demonstrations, cfg.sft, cfg.model, cfg.seed, log=log)
 
 
 def comparisons_stage(cfg: Config, tokenizer, sft: PreTrainedModel, train_prompts: list[str], ranker: Ranker) -> StageResult:
@@ -77,7 +77,7 @@ def comparisons_stage(cfg: Config, tokenizer, sft: PreTrainedModel, train_prompt
     return timed(collect)()
 
 
-def reward_stage(cfg: Config, tokenizer, sft: PreTrainedModel, comparisons: list[dict], train_prompts: list[str]) -> StageResult:
+def reward_stage(cfg: Config, tokenizer, sft: PreTrainedModel, comparisons: list[dict], train_prompts: list[str], log=None) -> StageResult:
     """InstructGPT step 2b; ``reward.shuffle_labels`` swaps chosen/rejected at random: the negative control."""
     if cfg.reward.shuffle_labels:
         rng = random.Random(f"{cfg.seed}/shuffled-labels")
@@ -86,7 +86,7 @@ def reward_stage(cfg: Config, tokenizer, sft: PreTrainedModel, comparisons: list
         ]
     reference_prompts = draw_prompts(train_prompts, cfg.reward.reference_samples, cfg.seed + 1)
     reference = sample_reference(sft, tokenizer, reference_prompts, cfg.model, cfg.comparisons.temperature, cfg.comparisons.batch_size, cfg.seed)
-    return timed(train_reward_model)(sft, tokenizer, comparisons, cfg.reward, cfg.model, cfg.seed, reference_samples=reference)
+    return timed(train_reward_model)(sft, tokenizer, comparisons, cfg.reward, cfg.model, cfg.seed, log=log, reference_samples=reference)
 
 
 def reward_valid_rows(cfg: Config, comparisons: list[dict]) -> list[dict]:
@@ -94,14 +94,14 @@ def reward_valid_rows(cfg: Config, comparisons: list[dict]) -> list[dict]:
     return split_comparisons(comparisons, cfg.reward.valid_fraction, cfg.seed)[1]
 
 
-def baseline_stage(cfg: Config, name: str, tokenizer, sft: PreTrainedModel, comparisons: list[dict]) -> StageResult:
+def baseline_stage(cfg: Config, name: str, tokenizer, sft: PreTrainedModel, comparisons: list[dict], log=None) -> StageResult:
     trainers = {
         "chosen": (train_chosen, cfg.baselines.chosen),
         "combined": (train_combined, cfg.baselines.combined),
         "dpo": (train_dpo, cfg.baselines.dpo),
     }
     trainer, section = trainers[name]
-    return timed(trainer)(sft, tokenizer, comparisons, section, cfg.model, cfg.seed)
+    return timed(trainer)(sft, tokenizer, comparisons, section, cfg.model, cfg.seed, log=log)
 
 
 def ppo_stage(
