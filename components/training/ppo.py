@@ -9,6 +9,7 @@ minibatches -> update the KL coefficient.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -199,9 +200,11 @@ def train_ppo(
         batch_prompts, order = order[: cfg.rollout_batch_size], order[cfg.rollout_batch_size :]
 
         # 1. rollout
+        started = time.perf_counter()
         prompt_ids, prompt_mask = encode_prompts(tokenizer, batch_prompts, model_cfg.max_prompt_tokens)
         rollout = generate(policy, prompt_ids, prompt_mask, model_cfg.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.temperature)
         batch, mask = rollout.batch, rollout.batch.response_mask.float()
+        generated = time.perf_counter()
 
         # 2. score: reward model, reference and value estimates of the sampled responses
         with torch.no_grad():
@@ -219,9 +222,11 @@ def train_ppo(
             advantages = whiten(advantages, mask)
         check_finite("ppo", iteration, rm_score=rm_scores.mean().item(), kl=kl.sum(1).mean().item())
         data = RolloutBatch(batch, rollout.ended, old_logprobs, old_values, advantages, returns)
+        scored = time.perf_counter()
 
         # 4. several epochs of minibatch updates over the rollout batch
         update_stats = _update(policy, critic, policy_opt, critic_opt, data, cfg, tokenizer, model_cfg, ptx_examples, rng, iteration)
+        updated = time.perf_counter()
 
         # 5. the KL controller sees the mean KL per response of this batch
         mean_kl = kl.sum(1).mean().item()
@@ -237,6 +242,10 @@ def train_ppo(
                 "response_length": mask.sum(1).mean().item(),
                 "ended": rollout.ended.float().mean().item(),
                 "explained_variance": explained_variance(old_values, returns, mask),
+                "response_tokens": mask.sum().item(),
+                "generation_seconds": generated - started,
+                "scoring_seconds": scored - generated,
+                "update_seconds": updated - scored,
                 **update_stats,
             }
             if monitor is not None:

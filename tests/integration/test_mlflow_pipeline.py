@@ -139,11 +139,17 @@ def test_only_the_gate_moves_champion(runs, client):
     assert "decision: reject" in runs["rejected"].stdout and "decision: reject" in runs["control"].stdout
 
 
-def test_the_champion_loads_back_and_generates(runs, mlflow_server):
+def test_the_champion_loads_back_and_generates(runs, mlflow_server, monkeypatch):
     import mlflow
 
-    mlflow.set_tracking_uri(mlflow_server)
-    parts = mlflow.transformers.load_model(f"models:/{MODEL}@champion", return_type="components")
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI: keep it out of later tests' environments
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    previous = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(mlflow_server)
+        parts = mlflow.transformers.load_model(f"models:/{MODEL}@champion", return_type="components")
+    finally:
+        mlflow.set_tracking_uri(previous)
     model, tokenizer = parts["model"], parts["tokenizer"]
     prompt = json.loads((Path(runs["promoted"].stdout.split("Data Docs at ")[1].split("/reports/")[0]) / "data" / "eval_prompts.jsonl").read_text().splitlines()[0])["prompt"]
     encoded = tokenizer([prompt], return_tensors="pt")
