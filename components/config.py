@@ -175,6 +175,7 @@ class PPOConfig(Section):
     ptx_coef: float = Field(0.0, ge=0, description="PPO-ptx: weight of the demonstrations' LM loss")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     log_every: int = Field(1, ge=1, description="iterations between history entries")
+    checkpoint_every: int = Field(10, ge=0, description="iterations between resumable checkpoints (0: none)")
 
     @model_validator(mode="after")
     def _divisible(self) -> "PPOConfig":

@@ -7,6 +7,7 @@ history with steps, final metrics, curves as PNG, the model in HF layout). Model
 from __future__ import annotations
 
 import math
+import shutil
 import statistics
 from contextlib import contextmanager
 from pathlib import Path
@@ -198,13 +199,18 @@ def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, 
         train_prompts = sorted({r["prompt"] for r in demonstrations})
         monitor = _gold_monitor if cfg.data.source == "synthetic" else None
         key = key_for(cfg, data, "ppo", cfg.ppo, sft.key, reward.key)
-        result = train_or_reuse(cfg, root, run, "ppo", key, load_causal_lm,
-                                lambda: recipe.ppo_stage(cfg, tokenizer, sft.model, reward.model, train_prompts, demonstrations, monitor=monitor, log=_progress("ppo", 10, cfg.ppo.iterations)))
+        # a killed run's re-run continues from the last checkpoint of the same key
+        checkpoints = Path(root) / cfg.artifacts_dir / ".checkpoints" / f"ppo-{key}"
+        result = train_or_reuse(cfg, root, run, "ppo", key, load_causal_lm, lambda: recipe.ppo_stage(
+            cfg, tokenizer, sft.model, reward.model, train_prompts, demonstrations,
+            monitor=monitor, log=_progress("ppo", 10, cfg.ppo.iterations), checkpoint_dir=str(checkpoints),
+        ))
         record_stage(run, cfg.ppo, result, step_key="iteration")
         run.log_figure(plots.ppo_curves(result.history), "plots/ppo_curves.png")
         if monitor is not None:
             run.log_figure(plots.overoptimisation(result.history), "plots/overoptimisation.png")
         keep_model(cfg, root, run, "ppo", result, tokenizer, data)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the finished model supersedes them
     return result
 
 

@@ -30,6 +30,7 @@ from components.models.batching import (
     token_scores,
 )
 from components.models.generation import decode_responses, generate
+from components.training.checkpoints import PPOState, latest_checkpoint, python_rng_state, restore_python_rng, save_checkpoint
 from components.training.loop import Log, check_finite
 from components.training.sft import sft_loss
 
@@ -176,8 +177,13 @@ def train_ppo(
     ptx_examples: list[dict] | None = None,
     monitor: Monitor | None = None,
     log: Log | None = None,
+    checkpoint_dir: str | None = None,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
-    """Optimise ``policy`` in place; ``ref_policy`` and ``reward_model`` stay frozen. Returns (policy, metrics, history)."""
+    """Optimise ``policy`` in place; ``ref_policy`` and ``reward_model`` stay frozen. Returns (policy, metrics, history).
+
+    With ``checkpoint_dir``, the full state is saved every ``cfg.checkpoint_every`` iterations and
+    a run that finds a checkpoint there continues from it: same result as never stopping.
+    """
     torch.manual_seed(seed)
     rng = random.Random(f"{seed}/ppo")
     for frozen in (ref_policy, reward_model):
@@ -191,8 +197,18 @@ def train_ppo(
     kl_ctl = KLController(cfg.kl)
     history: list[dict[str, float]] = []
     order: list[str] = []
+    start = 0
+    resumed = latest_checkpoint(checkpoint_dir)
+    if resumed is not None:
+        policy.load_state_dict(resumed.tensors["policy"])
+        critic.load_state_dict(resumed.tensors["critic"])
+        policy_opt.load_state_dict(resumed.tensors["policy_opt"])
+        critic_opt.load_state_dict(resumed.tensors["critic_opt"])
+        torch.set_rng_state(resumed.tensors["torch_rng"])
+        restore_python_rng(rng, resumed.python_rng)
+        kl_ctl.value, order, history, start = resumed.kl_coef, resumed.order, resumed.history, resumed.iteration
 
-    for iteration in range(cfg.iterations):
+    for iteration in range(start, cfg.iterations):
         if len(order) < cfg.rollout_batch_size:
             fresh = list(prompts)
             rng.shuffle(fresh)
@@ -254,6 +270,13 @@ def train_ppo(
             history.append(entry)
             if log:
                 log(iteration, entry)
+
+        if checkpoint_dir and cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0:
+            save_checkpoint(checkpoint_dir, PPOState(
+                iteration + 1, kl_ctl.value, python_rng_state(rng), order, history,
+                {"policy": policy.state_dict(), "critic": critic.state_dict(), "policy_opt": policy_opt.state_dict(),
+                 "critic_opt": critic_opt.state_dict(), "torch_rng": torch.get_rng_state()},
+            ))
 
     last = history[-1]
     metrics = {"final_rm_score": last["rm_score"], "final_kl": last["kl"], "final_kl_coef": kl_ctl.value, "iterations": cfg.iterations}

@@ -113,10 +113,11 @@ def ppo_stage(
     demonstrations: list[dict],
     monitor: Monitor | None = None,
     log=None,
+    checkpoint_dir: str | None = None,
 ) -> StageResult:
-    """InstructGPT step 3: policy from SFT, reference = frozen SFT, critic from the RM."""
+    """InstructGPT step 3: policy from SFT, reference = frozen SFT, critic from the RM; resumes from ``checkpoint_dir``."""
     policy, reference, critic = copy.deepcopy(sft), frozen_copy(sft), copy.deepcopy(reward_model)
     return timed(train_ppo)(
         policy, reference, critic, frozen_copy(reward_model), tokenizer, train_prompts, cfg.ppo, cfg.model, cfg.seed,
-        ptx_examples=demonstrations, monitor=monitor, log=log,
+        ptx_examples=demonstrations, monitor=monitor, log=log, checkpoint_dir=checkpoint_dir,
     )
