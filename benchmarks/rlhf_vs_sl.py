@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import sys
 import time
 import warnings
@@ -22,10 +21,9 @@ from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.data.gold_judge import gold_score
 from components.data.synthetic import generate_synthetic
-from components.evaluation.report import evaluate_policies
+from components.evaluation.report import evaluate_policies, format_table, gold_monitor, reward_model_gold_accuracy
 from components.offline import stay_offline
 from components.training import recipe
-from components.training.reward import gold_accuracy, score_comparisons
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rlhf_vs_sl.json"
 
@@ -42,10 +40,6 @@ class Stopwatch:
         return result
 
 
-def gold_monitor(prompts, texts, ended):
-    return {"gold": statistics.fmean(gold_score(p, t, e) for p, t, e in zip(prompts, texts, ended))}
-
-
 def train_everything(cfg, watch: Stopwatch):
     """The same stage functions the pipeline's flow calls, timed one by one."""
     rows = generate_synthetic(cfg).rows
@@ -59,17 +53,12 @@ def train_everything(cfg, watch: Stopwatch):
         comparisons = rows[PREFERENCES]
     reward = watch("reward", recipe.reward_stage, cfg, tokenizer, sft, comparisons, train_prompts)
     valid = recipe.reward_valid_rows(cfg, comparisons)
-    chosen_r, rejected_r = score_comparisons(reward.model, tokenizer, valid, cfg.model)
-    reward.metrics["accuracy_gold"] = gold_accuracy(
-        chosen_r, rejected_r,
-        [gold_score(c["prompt"], c["chosen"], c.get("chosen_ended", True)) for c in valid],
-        [gold_score(c["prompt"], c["rejected"], c.get("rejected_ended", True)) for c in valid],
-    )
+    reward.metrics["accuracy_gold"] = reward_model_gold_accuracy(reward.model, tokenizer, valid, cfg.model, gold_score)
 
     policies = {"sft": sft}
     for name in recipe.SUPERVISED_BASELINES:
         policies[name] = watch(name, recipe.baseline_stage, cfg, name, tokenizer, sft, comparisons).model
-    ppo = watch("ppo", recipe.ppo_stage, cfg, tokenizer, sft, reward.model, train_prompts, rows[DEMONSTRATIONS], monitor=gold_monitor)
+    ppo = watch("ppo", recipe.ppo_stage, cfg, tokenizer, sft, reward.model, train_prompts, rows[DEMONSTRATIONS], monitor=gold_monitor(gold_score))
     policies["ppo"] = ppo.model
     return rows, tokenizer, policies, reward.model, reward.metrics, ppo.history
 
@@ -80,15 +69,7 @@ def evaluate_everything(cfg, rows, tokenizer, policies, rm) -> dict:
 
 
 def print_table(result: dict) -> None:
-    for mode, block in result["evaluation"].items():
-        print(f"\n== {mode} decoding (held-out prompts) ==")
-        print(f"{'policy':<10} {'gold mean [95% CI]':<26} {'RM':>7} {'KL':>7} {'len':>5} {'unterm':>7} {'PPO wins [95% CI]':<22}")
-        for name, s in block["policies"].items():
-            g = s["gold"]
-            wr = block["ppo_win_rate"].get(name)
-            wins = f"{wr['value']:.3f} [{wr['ci'][0]:.3f}, {wr['ci'][1]:.3f}]" if wr else "-"
-            kl = f"{s['kl']:7.2f}" if "kl" in s else "      -"
-            print(f"{name:<10} {g['value']:6.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]{'':<6} {s['rm']['value']:7.3f} {kl} {s['length']:5.1f} {s['unterminated']:7.3f} {wins:<22}")
+    print(format_table(result["evaluation"]))
     print(f"\nRM held-out accuracy: {result['rm_accuracy']:.3f} vs labels, {result['rm_accuracy_gold']:.3f} vs gold")
     print("stage seconds:", result["stage_seconds"], f"(training total {sum(v for k, v in result['stage_seconds'].items() if k != 'evaluation'):.0f} s)")
     print(f"peak RSS: {result['peak_rss_mb']:.0f} MB")

@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 
 from components.config import DEFAULT_PARAMS, ConfigError, load_config
 from components.data import stages
+from components.evaluation.report import format_table
 from components.training.loop import NonFiniteError
 from components.tracking.dvc_store import DataDrift
 from flows import data_tasks, training_tasks
@@ -93,7 +94,7 @@ def _print_summary(result: dict, seconds: float) -> None:
         print(f"demos gold   : mean {data['demonstrations_gold_mean']:.2f}, sd {data['demonstrations_gold_std']:.2f} (max 4.5)")
     print(f"validation   : passed; Data Docs at {result['validation']['data_docs']}")
     print(f"prepared     : {result['prepared']}")
-    print(training_tasks.summary_table(result["evaluation"]))
+    print(format_table(result["evaluation"]))
     print(f"\n{result['decision']['summary']}")
     registry = result["registry"]
     print(f"\nregistry     : {registry['name']} version {registry['version']} ({registry['decision']}); "

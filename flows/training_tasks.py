@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import statistics
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.data.gold_judge import gold_score
 from components.data.lexicon import VOCABULARY
 from components.evaluation.gate import decide
-from components.evaluation.report import evaluate_policies
+from components.evaluation.report import evaluate_policies, format_table, gold_monitor, reward_model_gold_accuracy
 from components.data.files import read_jsonl, write_json
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.models.saving import read_card, save_model, stage_key
@@ -30,7 +29,6 @@ from components.tracking.mlflow_store import CHALLENGER, CHAMPION, StageRun, fla
 from components.training import recipe
 from components.training.comparisons import save_comparisons
 from components.training.loop import NonFiniteError
-from components.training.reward import gold_accuracy, score_comparisons
 from flows.tracking_tasks import Tracking
 
 LOSS_CURVES = ["loss", "accuracy", "margin", "likelihood", "unlikelihood", "reward_accuracy", "grad_norm"]
@@ -152,12 +150,7 @@ def reward_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenize
                                 lambda: recipe.reward_stage(cfg, tokenizer, sft.model, comparisons.model, train_prompts, log=_progress("reward model", 10 * cfg.reward.log_every)))
         valid = recipe.reward_valid_rows(cfg, comparisons.model)
         if valid and cfg.data.source == "synthetic" and not result.reused:
-            chosen_r, rejected_r = score_comparisons(result.model, tokenizer, valid, cfg.model)
-            result.metrics["accuracy_gold"] = gold_accuracy(
-                chosen_r, rejected_r,
-                [gold_score(c["prompt"], c["chosen"], c.get("chosen_ended", True)) for c in valid],
-                [gold_score(c["prompt"], c["rejected"], c.get("rejected_ended", True)) for c in valid],
-            )
+            result.metrics["accuracy_gold"] = reward_model_gold_accuracy(result.model, tokenizer, valid, cfg.model, gold_score)
         record_stage(run, cfg.reward, result)
         keep_model(cfg, root, run, "reward_model", result, tokenizer, data)
     return result
@@ -187,17 +180,12 @@ def _progress(stage: str, every: int, total: int | None = None):
     return log
 
 
-def _gold_monitor(prompts: list[str], texts: list[str], ended: list[bool]) -> dict[str, float]:
-    """The gold score of PPO's rollouts: logged beside the RM score, never used for training."""
-    return {"gold": statistics.fmean(gold_score(p, t, e) for p, t, e in zip(prompts, texts, ended))}
-
-
 @task(name="PPO", cache_policy=NO_CACHE)
 def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult, reward: recipe.StageResult) -> recipe.StageResult:
     with recorded(tracking.stage("ppo")) as run:
         demonstrations = data["rows"][DEMONSTRATIONS]
         train_prompts = sorted({r["prompt"] for r in demonstrations})
-        monitor = _gold_monitor if cfg.data.source == "synthetic" else None
+        monitor = gold_monitor(gold_score) if cfg.data.source == "synthetic" else None
         key = key_for(cfg, data, "ppo", cfg.ppo, sft.key, reward.key)
         # a killed run's re-run continues from the last checkpoint of the same key
         checkpoints = Path(root) / cfg.artifacts_dir / ".checkpoints" / f"ppo-{key}"
@@ -249,7 +237,7 @@ def report(cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluatio
     markdown = "\n".join([
         f"# RLHF pipeline: {decision['decision'].upper()}",
         f"profile `{cfg.profile}`, seed {cfg.seed}, data `{data['version']['md5']}`",
-        "", "## Evaluation", "```", summary_table(evaluation).strip(), "```",
+        "", "## Evaluation", "```", format_table(evaluation).strip(), "```",
         "", "## Gate", "```", decision["summary"], "```",
         "", "## Registry",
         f"`{registry['name']}` version {registry['version']} ({registry['decision']}); champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}",
@@ -316,7 +304,7 @@ def evaluate(cfg: Config, root: str, tracking: Tracking, data: dict, trained: di
             run.log_table(block["examples"], f"tables/examples_{mode}.json")
             create_table_artifact(key=f"examples-{mode}", table=block["examples"][: 4 * len(block["policies"])], description=f"example responses, {mode} decoding")
         run.log_dict(report, "evaluation.json")
-        create_markdown_artifact(key="evaluation", markdown=f"```\n{summary_table(report)}\n```")
+        create_markdown_artifact(key="evaluation", markdown=f"```\n{format_table(report)}\n```")
     return report
 
 
@@ -367,16 +355,3 @@ def register(cfg: Config, root: str, tracking: Tracking, data: dict, trained: di
         "champion": tracking.tracker.alias_version(CHAMPION),
         "challenger": tracking.tracker.alias_version(CHALLENGER),
     }
-
-
-def summary_table(report: dict) -> str:
-    lines = []
-    for mode, block in report.items():
-        lines.append(f"\n== {mode} decoding, held-out prompts ==")
-        lines.append(f"{'policy':<10} {'gold mean [95% CI]':<24} {'RM':>7} {'KL':>7} {'len':>5} {'unterm':>6}  PPO gold win rate [95% CI]")
-        for name, s in block["policies"].items():
-            g, wr = s["gold"], block["ppo_win_rate"].get(name)
-            wins = f"{wr['value']:.3f} [{wr['ci'][0]:.3f}, {wr['ci'][1]:.3f}]" if wr else "-"
-            kl = f"{s['kl']:7.2f}" if "kl" in s else "      -"
-            lines.append(f"{name:<10} {g['value']:6.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]{'':<4} {s['rm']['value']:7.3f} {kl} {s['length']:5.1f} {s['unterminated']:6.3f}  {wins}")
-    return "\n".join(lines)

@@ -91,16 +91,16 @@ def best_baseline(report: dict, mode: str, baselines: list[str]) -> str:
     return max(present, key=lambda name: _get(policies, name, "gold", "value"))
 
 
+def _check(rule: str, test, mode: str | None = None) -> Reason:
+    """Run one rule; a rule whose inputs are missing fails, saying what is missing."""
+    try:
+        passed, detail = test()
+    except _Missing as missing:
+        passed, detail = False, f"missing from the report: {missing}"
+    return Reason(rule, bool(passed), detail, mode)
+
+
 def _rules_for_mode(report: dict, cfg: GateConfig, mode: str) -> list[Reason]:
-    reasons: list[Reason] = []
-
-    def check(rule: str, test) -> None:
-        try:
-            passed, detail = test()
-        except _Missing as missing:
-            passed, detail = False, f"missing from the report: {missing}"
-        reasons.append(Reason(rule, bool(passed), detail, mode))
-
     def beats_best_baseline():
         best = best_baseline(report, mode, cfg.baselines)
         win = _get(report, "modes", mode, "ppo_win_rate", best)
@@ -126,23 +126,16 @@ def _rules_for_mode(report: dict, cfg: GateConfig, mode: str) -> list[Reason]:
         limit = cfg.overoptimisation.max_proxy_gold_gap
         return gap <= limit, f"vs '{best}': RM win rate {proxy:.3f}, gold win rate {gold:.3f}, gap {gap:+.3f} (max {limit})"
 
-    check("beats the best supervised baseline", beats_best_baseline)
-    check("KL within budget", kl_within_budget)
-    check("not worse than SFT", not_below_sft)
-    check("reward model agrees with gold", proxy_agrees_with_gold)
-    return reasons
+    return [
+        _check("beats the best supervised baseline", beats_best_baseline, mode),
+        _check("KL within budget", kl_within_budget, mode),
+        _check("not worse than SFT", not_below_sft, mode),
+        _check("reward model agrees with gold", proxy_agrees_with_gold, mode),
+    ]
 
 
 def decide(report: dict, cfg: GateConfig) -> Decision:
     """Promote only if every rule holds in every configured mode; every check is one reason."""
-    reasons: list[Reason] = []
-
-    def check(rule: str, test) -> None:
-        try:
-            passed, detail = test()
-        except _Missing as missing:
-            passed, detail = False, f"missing from the report: {missing}"
-        reasons.append(Reason(rule, bool(passed), detail))
 
     def data_valid():
         success = _get(report, "data_validation", "success")
@@ -168,10 +161,12 @@ def decide(report: dict, cfg: GateConfig) -> Decision:
             f"(fails if RM rises while gold falls by more than {cfg.overoptimisation.max_gold_drop})"
         )
 
-    check("data validation passed", data_valid)
-    check("no NaN/inf", all_finite)
-    check("reward model accuracy", rm_accurate)
-    check("no over-optimisation trend", no_overoptimisation_trend)
+    reasons = [
+        _check("data validation passed", data_valid),
+        _check("no NaN/inf", all_finite),
+        _check("reward model accuracy", rm_accurate),
+        _check("no over-optimisation trend", no_overoptimisation_trend),
+    ]
     for mode in cfg.modes:
         reasons += _rules_for_mode(report, cfg, mode)
     return Decision(promote=all(r.passed for r in reasons), reasons=reasons)

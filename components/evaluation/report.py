@@ -7,12 +7,16 @@ Best-of-n over the SFT policy joins sampling mode as a non-training reference po
 """
 from __future__ import annotations
 
+import statistics
+
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import BestOfNConfig, EvaluationConfig, ModelConfig
 from components.evaluation.intervals import win_rate
 from components.evaluation.policy_eval import DecodingMode, GoldFn, Responses, sample_responses, summarise
 from components.training.best_of_n import best_of_n
+from components.training.ppo import Monitor
+from components.training.reward import gold_accuracy, score_comparisons
 
 PPO = "ppo"
 REFERENCE = "sft"
@@ -79,3 +83,36 @@ def evaluate_policies(
             "examples": example_rows(responses, mode, cfg.n_examples),
         }
     return report
+
+
+def gold_monitor(gold: GoldFn) -> Monitor:
+    """The mean gold score of PPO's rollouts: logged beside the RM score, never used for training."""
+
+    def monitor(prompts: list[str], texts: list[str], ended: list[bool]) -> dict[str, float]:
+        return {"gold": statistics.fmean(gold(p, t, e) for p, t, e in zip(prompts, texts, ended))}
+
+    return monitor
+
+
+def reward_model_gold_accuracy(reward_model: PreTrainedModel, tokenizer, rows: list[dict], model_cfg: ModelConfig, gold: GoldFn) -> float:
+    """Share of held-out comparison pairs the reward model orders as the gold judge does."""
+    chosen, rejected = score_comparisons(reward_model, tokenizer, rows, model_cfg)
+    return gold_accuracy(
+        chosen, rejected,
+        [gold(r["prompt"], r["chosen"], r.get("chosen_ended", True)) for r in rows],
+        [gold(r["prompt"], r["rejected"], r.get("rejected_ended", True)) for r in rows],
+    )
+
+
+def format_table(report: dict) -> str:
+    """Every policy under every mode: gold mean [CI], RM, KL, length, unterminated, PPO's gold win rate [CI]."""
+    lines = []
+    for mode, block in report.items():
+        lines.append(f"\n== {mode} decoding, held-out prompts ==")
+        lines.append(f"{'policy':<10} {'gold mean [95% CI]':<24} {'RM':>7} {'KL':>7} {'len':>5} {'unterm':>6}  PPO gold win rate [95% CI]")
+        for name, s in block["policies"].items():
+            g, wr = s["gold"], block["ppo_win_rate"].get(name)
+            wins = f"{wr['value']:.3f} [{wr['ci'][0]:.3f}, {wr['ci'][1]:.3f}]" if wr else "-"
+            kl = f"{s['kl']:7.2f}" if "kl" in s else "      -"
+            lines.append(f"{name:<10} {g['value']:6.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]{'':<4} {s['rm']['value']:7.3f} {kl} {s['length']:5.1f} {s['unterminated']:6.3f}  {wins}")
+    return "\n".join(lines)

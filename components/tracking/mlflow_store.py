@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,14 +119,6 @@ class StageRun:
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
-
-    def log_hf_directory(self, model, tokenizer, artifact_path: str) -> str:
-        """The model and tokenizer in HF layout (safetensors), loadable with plain transformers."""
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            self.client.log_artifacts(self.run_id, tmp, artifact_path)
-        return f"runs:/{self.run_id}/{artifact_path}"
 
     def log_policy(self, model, tokenizer, name: str) -> str:
         """A causal LM as an MLflow transformers model (``mlflow.transformers.load_model`` loads it); returns its URI.
