@@ -1,14 +1,18 @@
-"""PPO throughput: where an iteration's time goes (generation / scoring / update) and tokens per second.
+"""PPO throughput for 1 and N data-parallel processes: where an iteration's time goes and tokens per second.
 
-    python benchmarks/ppo_throughput.py [--profile default] [--iterations 10] [--models artifacts/models]
+    python benchmarks/ppo_throughput.py [--profile default] [--iterations 10] [--processes 1 2]
+                                        [--accelerate-config infra/accelerate/single-gpu.yaml]
 
 Uses the SFT policy and reward model the main job saved under ``--models`` (``sft/`` and
 ``reward_model/``) when they are there, else trains them with the profile first (not timed).
-Runs ``--iterations`` PPO iterations of the profile in this one process and reports, per
-iteration: seconds, and the split into generation (sampling the rollouts), scoring (policy,
-reference, critic and reward model forward passes, GAE) and update (the PPO epochs); rollout
-tokens/s = response tokens / generation seconds, update tokens/s = response tokens x ppo_epochs /
-update seconds. Writes benchmarks/results/ppo_throughput.json.
+Each process count runs ``--iterations`` PPO iterations of the profile exactly as the pipeline
+runs them: `accelerate launch` of the PPO worker (cpu-1proc / cpu-2proc profiles, or the one
+given). Reported per iteration, after the first (warm-up): seconds, split into generation
+(sampling the rollouts), scoring (policy, reference, critic and reward model forward passes, GAE,
+whitening) and update (the PPO epochs, gradient all-reduce included), measured on rank 0; rollout
+tokens/s = all ranks' response tokens / generation seconds; update tokens/s = all ranks' response
+tokens x ppo_epochs / update seconds; launch seconds = the whole launch, start-up included.
+Writes benchmarks/results/ppo_throughput.json.
 """
 from __future__ import annotations
 
@@ -17,34 +21,71 @@ import json
 import os
 import statistics
 import sys
+import tempfile
+import time
 import warnings
 from pathlib import Path
-
-import torch
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS
 from components.data.synthetic import generate_synthetic
-from components.models.builders import load_causal_lm, load_scalar_model
+from components.models.saving import save_model
 from components.offline import stay_offline
-from components.training import recipe
+from components.training import ppo_worker, recipe
+from components.training.launcher import AccelerateProfile, accelerate_command, run_logged
+from components.training.ppo_worker import read_result, write_job
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "ppo_throughput.json"
 
 
-def sft_and_reward_model(cfg, models: Path, tokenizer, rows, prompts):
+def sft_and_reward_model(cfg, models: Path, scratch: Path, tokenizer, rows, prompts) -> tuple[Path, Path, str]:
     if (models / "sft" / "config.json").is_file() and (models / "reward_model" / "config.json").is_file():
-        return load_causal_lm(models / "sft"), load_scalar_model(models / "reward_model"), "loaded"
+        return models / "sft", models / "reward_model", "loaded"
     sft = recipe.sft_stage(cfg, tokenizer, rows[DEMONSTRATIONS]).model
     comparisons = recipe.comparisons_stage(cfg, tokenizer, sft, prompts, recipe.labeler_ranker(cfg)).model
-    return sft, recipe.reward_stage(cfg, tokenizer, sft, comparisons, prompts).model, "trained"
+    reward_model = recipe.reward_stage(cfg, tokenizer, sft, comparisons, prompts).model
+    save_model(sft, tokenizer, scratch / "sft", {})
+    save_model(reward_model, tokenizer, scratch / "reward_model", {})
+    return scratch / "sft", scratch / "reward_model", "trained"
+
+
+def measure(cfg, profile: Path, processes: int, sft: Path, reward_model: Path, prompts, rows, job_dir: Path) -> dict:
+    write_job(job_dir, cfg, sft, reward_model, prompts, rows[DEMONSTRATIONS], checkpoint_dir=None)
+    command, env = accelerate_command(AccelerateProfile.read(profile), ppo_worker.__name__, ["--job", str(job_dir)], processes)
+    started = time.perf_counter()
+    run_logged(command, cfg.distributed.timeout_seconds, env=env, cwd=REPO)
+    launch_seconds = time.perf_counter() - started
+    outcome = read_result(job_dir)
+    history = outcome["history"]
+    steady = history[1:] if len(history) > 1 else history  # the first iteration pays one-off warm-up
+    mean = lambda key: statistics.fmean(h[key] for h in steady)  # noqa: E731
+    generation, scoring, update = mean("generation_seconds"), mean("scoring_seconds"), mean("update_seconds")
+    tokens = mean("response_tokens")
+    return {
+        "processes": outcome["world_size"],
+        "accelerate_config": str(profile.relative_to(REPO)) if profile.is_relative_to(REPO) else str(profile),
+        "torch_threads_per_process": outcome["threads_per_process"],
+        "device": outcome["device"],
+        "mixed_precision": outcome["mixed_precision"],
+        "iterations_measured": len(steady),
+        "seconds_per_iteration": generation + scoring + update,
+        "generation_seconds": generation,
+        "scoring_seconds": scoring,
+        "update_seconds": update,
+        "response_tokens_per_iteration": tokens,
+        "rollout_tokens_per_second": tokens / generation,
+        "update_tokens_per_second": tokens * cfg.ppo.ppo_epochs / update,
+        "launch_seconds": launch_seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default")
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--accelerate-config", type=Path, default=None, help="one profile for every count (default: cpu-1proc / cpu-2proc)")
     parser.add_argument("--models", type=Path, default=REPO / "artifacts" / "models")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -54,36 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = generate_synthetic(cfg).rows
     tokenizer = recipe.make_tokenizer(cfg)
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
-    sft, reward_model, origin = sft_and_reward_model(cfg, args.models, tokenizer, rows, prompts)
-    history = recipe.ppo_stage(cfg, tokenizer, sft, reward_model, prompts, rows[DEMONSTRATIONS]).history
+    with tempfile.TemporaryDirectory() as scratch:
+        sft, reward_model, origin = sft_and_reward_model(cfg, args.models, Path(scratch), tokenizer, rows, prompts)
+        runs = []
+        for processes in args.processes:
+            profile = args.accelerate_config or REPO / "infra" / "accelerate" / ("cpu-1proc.yaml" if processes == 1 else "cpu-2proc.yaml")
+            runs.append(measure(cfg, profile.resolve(), processes, sft, reward_model, prompts, rows, Path(scratch) / f"job-{processes}"))
 
-    steady = history[1:] if len(history) > 1 else history  # the first iteration pays one-off warm-up
-    mean = lambda key: statistics.fmean(h[key] for h in steady)  # noqa: E731
-    generation, scoring, update = mean("generation_seconds"), mean("scoring_seconds"), mean("update_seconds")
-    tokens = mean("response_tokens")
-    result = {
-        "profile": cfg.profile,
-        "processes": 1,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "models": origin,
-        "iterations_measured": len(steady),
-        "rollout_batch_size": cfg.ppo.rollout_batch_size,
-        "seconds_per_iteration": generation + scoring + update,
-        "generation_seconds": generation,
-        "scoring_seconds": scoring,
-        "update_seconds": update,
-        "response_tokens_per_iteration": tokens,
-        "rollout_tokens_per_second": tokens / generation,
-        "update_tokens_per_second": tokens * cfg.ppo.ppo_epochs / update,
-    }
-    print(f"PPO throughput, profile {cfg.profile}, 1 process, {result['torch_threads']} torch threads, {len(steady)} iterations after warm-up")
-    print(f"{'seconds / iteration':<28} {result['seconds_per_iteration']:8.2f}")
-    for phase in ("generation", "scoring", "update"):
-        seconds = result[f"{phase}_seconds"]
-        print(f"{'  ' + phase:<28} {seconds:8.2f}  ({seconds / result['seconds_per_iteration']:.0%})")
-    print(f"{'rollout tokens / s':<28} {result['rollout_tokens_per_second']:8.0f}")
-    print(f"{'update tokens / s':<28} {result['update_tokens_per_second']:8.0f}")
+    result = {"profile": cfg.profile, "cpu_count": os.cpu_count(), "models": origin, "rollout_batch_size": cfg.ppo.rollout_batch_size,
+              "ppo_epochs": cfg.ppo.ppo_epochs, "runs": runs}
+    print(f"PPO throughput, profile {cfg.profile}, {cfg.ppo.rollout_batch_size} rollouts per iteration, mean of {runs[0]['iterations_measured']} iterations after warm-up")
+    columns = [("processes", "{:d}"), ("torch_threads_per_process", "{:d}"), ("seconds_per_iteration", "{:.2f}"), ("generation_seconds", "{:.2f}"),
+               ("scoring_seconds", "{:.2f}"), ("update_seconds", "{:.2f}"), ("rollout_tokens_per_second", "{:.0f}"),
+               ("update_tokens_per_second", "{:.0f}"), ("launch_seconds", "{:.1f}")]
+    print(" | ".join(name.replace("_per_", "/").replace("_seconds", " s").replace("_", " ") for name, _ in columns))
+    for run in runs:
+        print(" | ".join(fmt.format(run[name]) for name, fmt in columns))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"written: {args.out}")

@@ -176,6 +176,7 @@ class PPOConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     log_every: int = Field(1, ge=1, description="iterations between history entries")
     checkpoint_every: int = Field(10, ge=0, description="iterations between resumable checkpoints (0: none)")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per minibatch (same gradient, less memory)")
 
     @model_validator(mode="after")
     def _divisible(self) -> "PPOConfig":
@@ -265,6 +266,18 @@ class OrchestrationConfig(Section):
     work_pool: str = Field("rlhf-process", description="the process work pool the deployment runs on")
 
 
+class DistributedConfig(Section):
+    """How the PPO stage is launched: `accelerate launch` with a profile from infra/accelerate/."""
+
+    accelerate_config: str = Field("infra/accelerate/cpu-1proc.yaml", description="accelerate config file (relative to the project root)")
+    num_processes: int | None = Field(None, ge=1, description="override the profile's process count")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that supports it, fp32 on CPU")
+    timeout_seconds: float = Field(7200.0, gt=0, description="the whole launch; a hung job is killed and the task fails after this")
+    kill_grace_seconds: float = Field(10.0, gt=0, description="SIGTERM, then SIGKILL after this, when a launch is stopped")
+    main_process_port: int | None = Field(None, ge=1, le=65535, description="rendezvous port on one machine; null: a free port")
+    log_tail_lines: int = Field(60, ge=1, description="last log lines quoted when a launch fails")
+
+
 class VersioningConfig(Section):
     remote_name: str = Field("local", description="DVC remote that push/pull use")
     remote_url: str = Field("../dvc-remote", description="remote location; relative paths are relative to .dvc/")
@@ -288,6 +301,7 @@ class Config(Section):
     gate: GateConfig = GateConfig()
     tracking: TrackingConfig = TrackingConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    distributed: DistributedConfig = DistributedConfig()
     artifacts_dir: str = Field("artifacts/models", description="where trained models are saved")
 
 

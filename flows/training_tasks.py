@@ -7,6 +7,7 @@ history with steps, final metrics, curves as PNG, the model in HF layout). Model
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,17 +21,20 @@ from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.data.gold_judge import gold_score
 from components.data.lexicon import VOCABULARY
 from components.evaluation.gate import decide
-from components.evaluation.report import evaluate_policies, format_table, gold_monitor, reward_model_gold_accuracy
+from components.evaluation.report import evaluate_policies, format_table, reward_model_gold_accuracy
 from components.data.files import read_jsonl, write_json
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.models.saving import read_card, save_model, stage_key
 from components.tracking import plots
 from components.tracking.mlflow_store import CHALLENGER, CHAMPION, StageRun, flatten
-from components.training import recipe
+from components.training import ppo_worker, recipe
+from components.training.launcher import AccelerateProfile, accelerate_command, run_logged
+from components.training.ppo_worker import read_result, write_job
 from components.training.comparisons import save_comparisons
 from components.training.loop import NonFiniteError
 from flows.tracking_tasks import Tracking
 
+CODE_ROOT = Path(__file__).resolve().parent.parent
 LOSS_CURVES = ["loss", "accuracy", "margin", "likelihood", "unlikelihood", "reward_accuracy", "grad_norm"]
 
 
@@ -50,9 +54,11 @@ def recorded(run: StageRun):
     run.finish()
 
 
-def record_stage(run: StageRun, section, result: recipe.StageResult, step_key: str = "step") -> None:
+def record_stage(run: StageRun, section, result: recipe.StageResult, step_key: str = "step", history_logged: bool = False) -> None:
+    """``history_logged``: the stage already logged its steps while it ran (launched PPO)."""
     run.log_params(flatten(section.model_dump(mode="json")))
-    run.log_history(result.history, step_key)
+    if not history_logged:
+        run.log_history(result.history, step_key)
     run.log_metrics({**result.metrics, "seconds": result.seconds}, step=len(result.history))
     if result.history:
         run.log_figure(plots.curves(result.history, LOSS_CURVES, x=step_key), "plots/curves.png")
@@ -182,24 +188,53 @@ def _progress(stage: str, every: int, total: int | None = None):
 
 @task(name="PPO", cache_policy=NO_CACHE)
 def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult, reward: recipe.StageResult) -> recipe.StageResult:
+    """PPO under `accelerate launch` with the configured profile; the ranks' logs stream into this task's log."""
     with recorded(tracking.stage("ppo")) as run:
         demonstrations = data["rows"][DEMONSTRATIONS]
         train_prompts = sorted({r["prompt"] for r in demonstrations})
-        monitor = gold_monitor(gold_score) if cfg.data.source == "synthetic" else None
-        key = key_for(cfg, data, "ppo", cfg.ppo, sft.key, reward.key)
+        profile = AccelerateProfile.read(code_path(cfg.distributed.accelerate_config))
+        processes = cfg.distributed.num_processes or profile.num_processes
+        # each rank samples its own rollouts, so the process count is part of what the policy depends on
+        key = key_for(cfg, data, "ppo", cfg.ppo, sft.key, reward.key, f"processes={processes}")
         # a killed run's re-run continues from the last checkpoint of the same key
         checkpoints = Path(root) / cfg.artifacts_dir / ".checkpoints" / f"ppo-{key}"
-        result = train_or_reuse(cfg, root, run, "ppo", key, load_causal_lm, lambda: recipe.ppo_stage(
-            cfg, tokenizer, sft.model, reward.model, train_prompts, demonstrations,
-            monitor=monitor, log=_progress("ppo", 10, cfg.ppo.iterations), checkpoint_dir=str(checkpoints),
+        run.set_tags({"accelerate_config": cfg.distributed.accelerate_config, "processes": processes})
+        result = train_or_reuse(cfg, root, run, "ppo", key, load_causal_lm, lambda: launched_ppo(
+            cfg, root, tracking, run, profile, key, train_prompts, demonstrations, checkpoints,
         ))
-        record_stage(run, cfg.ppo, result, step_key="iteration")
+        record_stage(run, cfg.ppo, result, step_key="iteration", history_logged=not result.reused)
         run.log_figure(plots.ppo_curves(result.history), "plots/ppo_curves.png")
-        if monitor is not None:
+        if cfg.data.source == "synthetic":
             run.log_figure(plots.overoptimisation(result.history), "plots/overoptimisation.png")
         keep_model(cfg, root, run, "ppo", result, tokenizer, data)
         shutil.rmtree(checkpoints, ignore_errors=True)  # the finished model supersedes them
     return result
+
+
+def code_path(path: str) -> Path:
+    """Infra files (accelerate profiles) are read from the code checkout, wherever the data root is."""
+    return Path(path) if Path(path).is_absolute() else CODE_ROOT / path
+
+
+def launched_ppo(cfg: Config, root: str, tracking: Tracking, run: StageRun, profile: AccelerateProfile, key: str,
+                 prompts: list[str], demonstrations: list[dict], checkpoints: Path) -> recipe.StageResult:
+    models = Path(root) / cfg.artifacts_dir
+    job_dir = models / ".jobs" / f"ppo-{key}"
+    shutil.rmtree(job_dir, ignore_errors=True)
+    write_job(job_dir, cfg, models / "sft", models / "reward_model", prompts, demonstrations, checkpoints,
+              mlflow={"uri": tracking.tracker.uri, "run_id": run.run_id})
+    command, env = accelerate_command(profile, ppo_worker.__name__, ["--job", str(job_dir)],
+                                      cfg.distributed.num_processes, cfg.distributed.main_process_port)
+    logger = get_run_logger()
+    logger.info("PPO: %s", " ".join(command))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))
+    run_logged(command, cfg.distributed.timeout_seconds, logger.info, env=env, cwd=CODE_ROOT,
+               grace=cfg.distributed.kill_grace_seconds, tail_lines=cfg.distributed.log_tail_lines)
+    outcome = read_result(job_dir)
+    model = load_causal_lm(job_dir / ppo_worker.POLICY)
+    run.set_tags({"mixed_precision": outcome["mixed_precision"], "device": outcome["device"]})
+    shutil.rmtree(job_dir, ignore_errors=True)
+    return recipe.StageResult(model, outcome["metrics"], outcome["history"], outcome["seconds"])
 
 
 def transient(task, task_run, state) -> bool:

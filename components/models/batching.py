@@ -30,6 +30,9 @@ class Batch:
     def select(self, index: torch.Tensor) -> "Batch":
         return Batch(self.input_ids[index], self.attention_mask[index], self.response_mask[index], self.prompt_width)
 
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device), self.prompt_width)
+
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the entries where ``mask`` is 1."""

@@ -45,7 +45,7 @@ def generate(
     ended = is_eos.any(dim=1)
     # mask: every token up to and including the first EOS
     first_eos = torch.where(ended, is_eos.float().argmax(dim=1), torch.full_like(ended, response_ids.shape[1], dtype=torch.long))
-    positions = torch.arange(response_ids.shape[1]).unsqueeze(0)
+    positions = torch.arange(response_ids.shape[1], device=response_ids.device).unsqueeze(0)
     response_mask = (positions <= first_eos.unsqueeze(1)).long() & (positions < response_ids.shape[1]).long()
     response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, pad_token_id))
     return Rollout(join(prompt_ids, prompt_mask, response_ids.clone(), response_mask), ended)

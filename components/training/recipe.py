@@ -24,7 +24,8 @@ from components.training.chosen import train_chosen
 from components.training.combined import train_combined
 from components.training.comparisons import Ranker, collect_sft_comparisons, draw_prompts, sample_reference, simulated_ranker
 from components.training.dpo import train_dpo
-from components.training.ppo import Monitor, train_ppo
+from components.training.ppo import SINGLE, Monitor, train_ppo
+from components.training.ranks import Ranks
 from components.training.reward import split_comparisons, train_reward_model
 from components.training.sft import train_sft
 
@@ -114,10 +115,13 @@ def ppo_stage(
     monitor: Monitor | None = None,
     log=None,
     checkpoint_dir: str | None = None,
+    ranks: Ranks = SINGLE,
 ) -> StageResult:
-    """InstructGPT step 3: policy from SFT, reference = frozen SFT, critic from the RM; resumes from ``checkpoint_dir``."""
+    """InstructGPT step 3: policy from SFT, reference = frozen SFT, critic from the RM; resumes from ``checkpoint_dir``.
+
+    ``ranks``: the data-parallel process group when launched with accelerate (see ppo_worker)."""
     policy, reference, critic = copy.deepcopy(sft), frozen_copy(sft), copy.deepcopy(reward_model)
     return timed(train_ppo)(
         policy, reference, critic, frozen_copy(reward_model), tokenizer, train_prompts, cfg.ppo, cfg.model, cfg.seed,
-        ptx_examples=demonstrations, monitor=monitor, log=log, checkpoint_dir=checkpoint_dir,
+        ptx_examples=demonstrations, monitor=monitor, log=log, checkpoint_dir=checkpoint_dir, ranks=ranks,
     )

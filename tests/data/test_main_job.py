@@ -99,9 +99,14 @@ def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(git_repo,
     before = {stage: (models / stage / "model.safetensors").stat().st_mtime_ns for stage in ("sft", "reward_model", "dpo", "ppo")}
     keys = {stage: json.loads((models / stage / "rlhf_card.json").read_text())["stage_key"] for stage in before}
 
-    again = run([*args, "--set", "ppo.cliprange=0.3"], REPO, tmp_path)  # only PPO's section changed
+    # only PPO's section and its launch changed: now 2 data-parallel CPU processes under `accelerate launch`
+    again = run([*args, "--set", "ppo.cliprange=0.3", "--set", "distributed.accelerate_config=infra/accelerate/cpu-2proc.yaml"], REPO, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert "rank 0/2" in log and "rank 1/2" in log and "ppo done: 2 process(es)" in log  # the ranks' lines reached the flow's log
     after = {stage: (models / stage / "model.safetensors").stat().st_mtime_ns for stage in before}
     assert {s for s in before if before[s] == after[s]} == {"sft", "reward_model", "dpo"}
     assert json.loads((models / "ppo" / "rlhf_card.json").read_text())["stage_key"] != keys["ppo"]
-    assert "reusing the finished stage" in again.stdout + again.stderr
+    assert "reusing the finished stage" in log
+    card = json.loads((models / "ppo" / "rlhf_card.json").read_text())
+    assert card["config"]["distributed"]["accelerate_config"].endswith("cpu-2proc.yaml")

@@ -74,3 +74,23 @@ def test_gold_monitor_watches_but_never_steers(tiny_sft, tiny_reward_model, toke
     assert calls and "gold" in history[-1]
     for a, b in zip(watched.parameters(), unwatched.parameters()):
         assert torch.equal(a, b)
+
+
+def test_gradient_accumulation_takes_the_same_steps(tiny_sft, tiny_reward_model, tokenizer, smoke_rows):
+    """4 micro-batches per minibatch give the minibatch's gradient: same weights within float noise (1e-6)."""
+    cfg = PPO.model_copy(update={"iterations": 2})
+    whole, _, whole_history = _run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg)
+    micro, _, micro_history = _run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg.model_copy(update={"gradient_accumulation_steps": 4}))
+    assert max((a - b).abs().max().item() for a, b in zip(whole.parameters(), micro.parameters())) < 1e-6
+    assert micro_history[-1]["policy_loss"] == pytest.approx(whole_history[-1]["policy_loss"], rel=1e-4, abs=1e-7)
+    assert max((a - b).abs().max().item() for a, b in zip(whole.parameters(), tiny_sft[0].parameters())) > 1e-4  # it did train
+
+
+def test_batches_that_do_not_shard_evenly_are_refused():
+    from components.training.ppo import check_shardable
+
+    check_shardable(PPO, 2)
+    with pytest.raises(ValueError, match="multiples of the number of processes \\(3\\)"):
+        check_shardable(PPO, 3)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps \\(32\\)"):
+        check_shardable(PPO.model_copy(update={"gradient_accumulation_steps": 32}), 2)

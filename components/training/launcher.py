@@ -1,0 +1,141 @@
+"""Starting a training program under `accelerate launch` and watching it: stream every log line to the
+caller, enforce a deadline, and turn any rank's death into one clear error (exit code + last lines).
+
+torchrun (what accelerate uses to spawn ranks) stops the surviving ranks when one dies and exits
+non-zero; the deadline covers the case where nothing exits (a rank stuck in a collective). Stopping
+always takes down the whole process group: SIGTERM, then SIGKILL after a grace period.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]
+
+
+class LaunchError(RuntimeError):
+    """The launched program failed, timed out or was stopped; the message quotes its last log lines."""
+
+
+@dataclass
+class AccelerateProfile:
+    path: Path
+    distributed_type: str
+    num_processes: int
+    num_machines: int
+    use_cpu: bool
+
+    @classmethod
+    def read(cls, path: str | Path) -> "AccelerateProfile":
+        path = Path(path)
+        if not path.is_file():
+            raise LaunchError(f"accelerate config {path} does not exist (profiles live in infra/accelerate/)")
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return cls(path, str(raw.get("distributed_type", "NO")), int(raw.get("num_processes", 1)),
+                   int(raw.get("num_machines", 1)), bool(raw.get("use_cpu", False)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def accelerate_command(profile: AccelerateProfile, module: str, args: list[str], num_processes: int | None = None,
+                       port: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """The `accelerate launch` command line and the environment additions for ``profile``."""
+    command = ACCELERATE + ["--config_file", str(profile.path)]
+    env: dict[str, str] = {}
+    processes = num_processes or profile.num_processes
+    if num_processes:
+        command += ["--num_processes", str(num_processes)]
+    if profile.use_cpu:
+        env["ACCELERATE_USE_CPU"] = "true"
+        if processes > 1:
+            command += ["--multi_gpu"]  # torchrun spawns the CPU ranks (accelerate's CPU launcher needs MPI for that)
+    if profile.num_machines == 1 and processes > 1:
+        command += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port or free_port())]
+    return command + ["-m", module, *args], env
+
+
+def run_logged(
+    command: list[str],
+    timeout: float,
+    on_line: Callable[[str], None] = lambda line: None,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    grace: float = 10.0,
+    tail_lines: int = 40,
+) -> list[str]:
+    """Run ``command`` in its own process group, hand each output line to ``on_line`` as it arrives.
+
+    Returns the last ``tail_lines`` lines. Raises LaunchError on a non-zero exit, on the deadline,
+    or when ``on_line`` raises (the process group is stopped first in every case).
+    """
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, bufsize=1, start_new_session=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+
+    def pump() -> None:
+        for line in process.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        while True:
+            remaining = timeout - (time.monotonic() - started)
+            if remaining <= 0:
+                stop(process, grace)
+                raise LaunchError(f"timed out after {timeout:.0f} s; stopped. Last lines:\n" + "\n".join(tail))
+            try:
+                line = lines.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            tail.append(line)
+            on_line(line)
+    except BaseException:
+        stop(process, grace)
+        raise
+    code = process.wait()
+    _signal_group(process, signal.SIGKILL)  # no rank outlives a finished launch
+    if code != 0:
+        raise LaunchError(f"exit code {code} after {time.monotonic() - started:.1f} s. Last lines:\n" + "\n".join(tail))
+    return list(tail)
+
+
+def stop(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM to the whole process group (launcher and every rank); SIGKILL to whatever is left after ``grace``."""
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process, signal.SIGKILL)  # ranks can outlive their launcher
+    process.wait()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,151 @@
+"""The PPO stage as its own program, for `accelerate launch` (one process, N processes, N machines).
+
+    accelerate launch --config_file infra/accelerate/<profile>.yaml -m components.training.ppo_worker --job JOB_DIR
+
+``JOB_DIR/job.json`` (written by ``write_job``) holds the resolved config, the input model
+directories, the prompt and demonstration files, the checkpoint directory and, optionally, the
+MLflow run to log live to. Every rank trains; rank 0 alone prints progress, logs to MLflow and
+writes ``JOB_DIR/policy`` (HF layout, atomic) and ``JOB_DIR/result.json`` (metrics, history,
+every rank's weight digest). Checkpoints are written by rank 0 inside ``train_ppo``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from components.config import Config
+from components.data.files import write_json
+from components.training.ranks import Ranks
+
+JOB, RESULT, POLICY = "job.json", "result.json", "policy"
+PROGRESS_KEYS = ("rm_score", "kl", "gold", "policy_loss")
+
+
+def write_job(job_dir: str | Path, cfg: Config, sft_dir: str | Path, reward_model_dir: str | Path, prompts: list[str],
+              demonstrations: list[dict], checkpoint_dir: str | Path | None, mlflow: dict | None = None) -> Path:
+    """Everything a launched PPO run reads, in one directory the ranks (on every machine) can see."""
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    write_json(job_dir / "prompts.json", prompts)
+    write_json(job_dir / "demonstrations.json", demonstrations)
+    write_json(job_dir / JOB, {
+        "config": cfg.model_dump(mode="json"),
+        "sft_dir": str(sft_dir),
+        "reward_model_dir": str(reward_model_dir),
+        "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+        "mlflow": mlflow,  # {"uri": ..., "run_id": ...}: rank 0 logs each iteration there while training
+    })
+    return job_dir
+
+
+def read_result(job_dir: str | Path) -> dict:
+    path = Path(job_dir) / RESULT
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the PPO launch exited without writing its result")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes, in name order: equal digests = bit-identical weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_mixed_precision(setting: str, use_cpu: bool) -> str:
+    if use_cpu:
+        return "no"  # fp32 on CPU
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return setting
+
+
+def make_ranks(cfg: Config) -> Ranks:
+    from accelerate import Accelerator
+
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    return Ranks(Accelerator(cpu=use_cpu, mixed_precision=resolve_mixed_precision(cfg.distributed.mixed_precision, use_cpu)))
+
+
+def live_logger(cfg: Config, mlflow: dict | None):
+    """Rank 0's per-iteration callback: a progress line on stdout (streamed by the launcher), metrics to MLflow."""
+    run = None
+    if mlflow:
+        from mlflow import MlflowClient
+
+        from components.tracking.mlflow_store import StageRun
+
+        run = StageRun(MlflowClient(mlflow["uri"]), mlflow["run_id"])
+    every = max(1, cfg.ppo.iterations // 10)
+
+    def log(iteration: int, entry: dict) -> None:
+        if run is not None:
+            run.log_metrics({k: v for k, v in entry.items() if k != "iteration"}, step=iteration)
+        if iteration % every == 0 or iteration == cfg.ppo.iterations - 1:
+            shown = ", ".join(f"{k} {entry[k]:.3f}" for k in PROGRESS_KEYS if k in entry)
+            print(f"ppo iteration {iteration + 1}/{cfg.ppo.iterations}: {shown}", flush=True)
+
+    return log
+
+
+def quiet_libraries() -> None:
+    """Only this program's own lines reach the task log: no progress bars or advice from transformers."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--job", type=Path, required=True, help="directory holding job.json")
+    job_dir = parser.parse_args(argv).job
+    job = json.loads((job_dir / JOB).read_text(encoding="utf-8"))
+    quiet_libraries()
+    cfg = Config.model_validate(job["config"])
+    ranks = make_ranks(cfg)
+    print(f"rank {ranks.rank}/{ranks.world_size} pid {os.getpid()} device {ranks.device} threads {torch.get_num_threads()}", flush=True)
+
+    from components.data.gold_judge import gold_score
+    from components.evaluation.report import gold_monitor
+    from components.models.builders import load_causal_lm, load_scalar_model
+    from components.models.saving import save_model
+    from components.training import recipe
+
+    tokenizer = recipe.make_tokenizer(cfg)
+    sft, reward_model = load_causal_lm(job["sft_dir"]), load_scalar_model(job["reward_model_dir"])
+    prompts = json.loads((job_dir / "prompts.json").read_text(encoding="utf-8"))
+    demonstrations = json.loads((job_dir / "demonstrations.json").read_text(encoding="utf-8"))
+    monitor = gold_monitor(gold_score) if cfg.data.source == "synthetic" else None
+    started = time.perf_counter()
+    result = recipe.ppo_stage(
+        cfg, tokenizer, sft, reward_model, prompts, demonstrations, monitor=monitor,
+        log=live_logger(cfg, job["mlflow"]) if ranks.is_main else None, checkpoint_dir=job["checkpoint_dir"], ranks=ranks,
+    )
+    digests = ranks.gather_objects(weights_digest(result.model))
+    if ranks.is_main:
+        save_model(result.model, tokenizer, job_dir / POLICY, {"stage": "ppo", "metrics": result.metrics})
+        write_json(job_dir / RESULT, {
+            "metrics": result.metrics, "history": result.history, "seconds": round(time.perf_counter() - started, 2),
+            "world_size": ranks.world_size, "rank_weight_digests": digests, "threads_per_process": torch.get_num_threads(),
+            "device": str(ranks.device), "mixed_precision": ranks.accelerator.mixed_precision,
+        })
+        print(f"ppo done: {ranks.world_size} process(es), {result.seconds:.1f} s", flush=True)
+    ranks.accelerator.wait_for_everyone()
+    ranks.accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

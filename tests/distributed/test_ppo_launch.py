@@ -1,0 +1,176 @@
+"""PPO under `accelerate launch` with 2 CPU processes (gloo), launched the way the Prefect task launches it.
+
+Tolerances (stated): two ranks end with bit-identical weights (DDP, no tolerance); on the same global
+batch the 2-process run's global metrics equal one process's within 1e-5 absolute (relative 1e-4 for the
+losses) and the updated weights within 1e-6 (measured: 8e-9; only the order of float sums differs); a
+resumed 2-process run equals an uninterrupted one bit for bit (every rank's RNG state is in the checkpoint).
+"""
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from components.config import load_config
+from components.data.files import DEMONSTRATIONS
+from components.data.gold_judge import gold_score
+from components.data.synthetic import generate_synthetic
+from components.evaluation.report import gold_monitor
+from components.models.builders import load_causal_lm, load_scalar_model
+from components.models.saving import save_model
+from components.training import recipe
+from components.training.checkpoints import latest_checkpoint
+from components.training.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
+from components.training.ppo_worker import POLICY, read_result, weights_digest, write_job
+from tests.unit.test_launcher import running
+
+pytestmark = pytest.mark.distributed
+
+REPO = Path(__file__).resolve().parents[2]
+TWO_PROCESSES = REPO / "infra/accelerate/cpu-2proc.yaml"
+WORKER = "components.training.ppo_worker"
+TIMEOUT = 300
+SFT_LONGER = ["sft.epochs=20", "sft.lr=3e-3"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A smoke-sized SFT policy trained long enough to have a peaked next-token distribution, and its reward
+    model, saved where a launched job reads them. (The smoke profile's own SFT is near uniform; near-greedy
+    decoding of a near-uniform policy flips tokens on float noise.)"""
+    cfg = load_config("smoke", SFT_LONGER)
+    rows = generate_synthetic(cfg).rows
+    tokenizer = recipe.make_tokenizer(cfg)
+    prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
+    sft = recipe.sft_stage(cfg, tokenizer, rows[DEMONSTRATIONS]).model
+    comparisons = recipe.comparisons_stage(cfg, tokenizer, sft, prompts, recipe.labeler_ranker(cfg)).model
+    reward_model = recipe.reward_stage(cfg, tokenizer, sft, comparisons, prompts).model
+    models = tmp_path_factory.mktemp("models")
+    save_model(sft, tokenizer, models / "sft", {})
+    save_model(reward_model, tokenizer, models / "reward_model", {})
+    return {"models": models, "prompts": prompts, "demonstrations": rows[DEMONSTRATIONS], "tokenizer": tokenizer}
+
+
+def launch(inputs, job_dir, overrides, checkpoint_dir=None, on_line=lambda line: None, timeout=TIMEOUT):
+    cfg = load_config("smoke", [*SFT_LONGER, *overrides])
+    write_job(job_dir, cfg, inputs["models"] / "sft", inputs["models"] / "reward_model", inputs["prompts"], inputs["demonstrations"], checkpoint_dir)
+    command, env = accelerate_command(AccelerateProfile.read(TWO_PROCESSES), WORKER, ["--job", str(job_dir)])
+    run_logged(command, timeout, on_line, env=env, cwd=REPO, grace=5)
+    return cfg, read_result(job_dir)
+
+
+# Near-greedy rollouts from the same starting weights make the ranks' two shards together exactly the batch one
+# process samples; one minibatch per epoch makes the updates the same steps. One iteration only: after an update,
+# weights that differ by float noise (~1e-8) can flip a near-tied token, and the trajectories part (measured).
+SAME_BATCH = ["ppo.iterations=1", "ppo.rollout_batch_size=16", "ppo.minibatch_size=16", "ppo.ppo_epochs=3", "ppo.temperature=0.001"]
+COMPARED = ("rm_score", "kl", "response_length", "ended", "explained_variance", "entropy", "clipfrac", "approx_kl", "gold")
+LOSSES = ("policy_loss", "value_loss")
+
+
+def test_two_ranks_end_bit_identical_and_match_one_process_on_the_same_global_batch(inputs, tmp_path):
+    cfg, two = launch(inputs, tmp_path / "job", SAME_BATCH)
+    assert two["world_size"] == 2 and two["threads_per_process"] == 1 and two["device"].startswith("cpu")
+    assert len(set(two["rank_weight_digests"])) == 1  # DDP kept both ranks' weights bit-identical
+
+    models = inputs["models"]
+    one = recipe.ppo_stage(cfg, inputs["tokenizer"], load_causal_lm(models / "sft"), load_scalar_model(models / "reward_model"),
+                           inputs["prompts"], inputs["demonstrations"], monitor=gold_monitor(gold_score))
+    assert len(two["history"]) == len(one.history) == 1
+    for distributed, single in zip(two["history"], one.history):
+        for key in COMPARED:
+            assert distributed[key] == pytest.approx(single[key], abs=1e-5), key
+        for key in LOSSES:
+            assert distributed[key] == pytest.approx(single[key], rel=1e-4, abs=1e-8), key
+    launched = load_causal_lm(tmp_path / "job" / POLICY)
+    assert weights_digest(launched) == two["rank_weight_digests"][0]
+    assert max((a - b).abs().max().item() for a, b in zip(launched.parameters(), one.model.parameters())) < 1e-6
+    sft = load_causal_lm(models / "sft")
+    assert max((a - b).abs().max().item() for a, b in zip(launched.parameters(), sft.parameters())) > 1e-4  # and it trained
+
+
+def test_killing_one_rank_fails_the_launch_quickly_with_a_clear_message(inputs, tmp_path):
+    pids: dict[int, int] = {}
+    killed = []
+
+    def watch(line):
+        found = re.match(r"rank (\d+)/2 pid (\d+)", line)
+        if found:
+            pids[int(found[1])] = int(found[2])
+        if line.startswith("ppo iteration") and not killed and 1 in pids:
+            os.kill(pids[1], signal.SIGKILL)
+            killed.append(time.monotonic())
+
+    started = time.monotonic()
+    with pytest.raises(LaunchError) as failure:
+        launch(inputs, tmp_path / "job", ["ppo.iterations=100000"], on_line=watch, timeout=240)
+    assert killed, "rank 1 was never seen training"
+    assert time.monotonic() - killed[0] < 60  # torchrun stops the surviving rank; no hang until the deadline
+    message = str(failure.value)
+    assert message.startswith("exit code ") and "timed out" not in message
+    assert "Last lines:" in message and ("-9" in message or "SIGKILL" in message)  # the dead rank's signal is quoted
+    assert not any(running(pid) for pid in pids.values())  # no rank left behind
+    assert not (tmp_path / "job" / POLICY).exists()
+    assert time.monotonic() - started < 240
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_two_process_run_resumes_to_the_same_weights(inputs, tmp_path):
+    overrides = ["ppo.iterations=6", "ppo.checkpoint_every=2", "ppo.rollout_batch_size=16", "ppo.minibatch_size=8"]
+    _, uninterrupted = launch(inputs, tmp_path / "full", overrides)
+
+    def crash_after_iteration_4(line):
+        if line.startswith("ppo iteration 4/6"):
+            raise Interrupt(line)  # the launcher stops every rank (SIGTERM, then SIGKILL)
+
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(Interrupt):
+        launch(inputs, tmp_path / "interrupted", overrides, checkpoint_dir=checkpoints, on_line=crash_after_iteration_4)
+    saved = latest_checkpoint(checkpoints)
+    assert saved is not None and 2 <= saved.iteration < 6 and saved.tensors["torch_rng"].shape[0] == 2  # both ranks' RNG states
+
+    _, resumed = launch(inputs, tmp_path / "interrupted", overrides, checkpoint_dir=checkpoints)
+    assert len(set(resumed["rank_weight_digests"])) == 1
+    assert resumed["rank_weight_digests"] == uninterrupted["rank_weight_digests"]  # bit-identical, no tolerance
+    assert [h["rm_score"] for h in resumed["history"]] == [h["rm_score"] for h in uninterrupted["history"]]
+    assert [h["iteration"] for h in resumed["history"]] == list(range(6))
+
+
+def test_resuming_with_a_different_process_count_is_refused(inputs, tmp_path):
+    from components.training.ppo import train_ppo
+
+    overrides = ["ppo.rollout_batch_size=16", "ppo.minibatch_size=8", "ppo.checkpoint_every=2"]
+    checkpoints = tmp_path / "checkpoints"
+    launch(inputs, tmp_path / "job", [*overrides, "ppo.iterations=2"], checkpoint_dir=checkpoints)
+    cfg = load_config("smoke", [*SFT_LONGER, *overrides, "ppo.iterations=4"])
+    models = inputs["models"]
+    policy = load_causal_lm(models / "sft")
+    with pytest.raises(ValueError, match="written by 2 process"):
+        train_ppo(policy, load_causal_lm(models / "sft"), load_scalar_model(models / "reward_model"), load_scalar_model(models / "reward_model"),
+                  inputs["tokenizer"], inputs["prompts"], cfg.ppo, cfg.model, cfg.seed, checkpoint_dir=str(checkpoints))
+
+
+def test_the_throughput_benchmark_measures_one_and_two_processes(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "ppo_throughput.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/ppo_throughput.py", "--profile", "smoke", "--iterations", "3", "--processes", "1", "2",
+         "--models", str(tmp_path / "none"), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [run["processes"] for run in result["runs"]] == [1, 2] and result["models"] == "trained"
+    for run in result["runs"]:
+        phases = run["generation_seconds"] + run["scoring_seconds"] + run["update_seconds"]
+        assert run["seconds_per_iteration"] == pytest.approx(phases) and run["iterations_measured"] == 2
+        assert run["rollout_tokens_per_second"] > 0 and run["update_tokens_per_second"] > 0
+        assert run["launch_seconds"] > run["seconds_per_iteration"]
+    assert "processes | torch threads" in done.stdout

@@ -1,0 +1,104 @@
+"""The launcher: log streaming, exit codes, the deadline and stopping the whole process group; the accelerate profiles."""
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import load_config
+from components.training.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILES = REPO / "infra" / "accelerate"
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for PID 1, which may not reap in a container)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_lines_reach_the_caller_in_order_and_the_tail_is_returned():
+    seen = []
+    tail = run_logged(python("for i in range(50): print(f'line {i}', flush=True)"), 60, seen.append, tail_lines=5)
+    assert seen == [f"line {i}" for i in range(50)]
+    assert tail == [f"line {i}" for i in range(45, 50)]
+
+
+def test_a_failure_names_the_exit_code_and_quotes_the_last_lines():
+    with pytest.raises(LaunchError, match=r"^exit code 3 .*") as failure:
+        run_logged(python("import sys; print('loading', flush=True); print('rank 1: out of memory', file=sys.stderr); sys.exit(3)"), 60)
+    assert "rank 1: out of memory" in str(failure.value) and "loading" in str(failure.value)
+
+
+def test_the_deadline_stops_the_launcher_and_every_child(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    code = f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        print("started", flush=True)
+        time.sleep(600)
+    """
+    started = time.monotonic()
+    with pytest.raises(LaunchError, match="timed out after 3 s"):
+        run_logged(python(code), 3, grace=2)
+    assert time.monotonic() - started < 15
+    time.sleep(0.5)
+    assert not running(int(pid_file.read_text()))  # the grandchild (a rank) went down with the group
+
+
+def test_a_caller_that_gives_up_stops_the_launch():
+    class Enough(Exception):
+        pass
+
+    def on_line(line):
+        raise Enough(line)
+
+    started = time.monotonic()
+    with pytest.raises(Enough):
+        run_logged(python("import time\nprint('go', flush=True)\ntime.sleep(600)"), 600, on_line, grace=2)
+    assert time.monotonic() - started < 15
+
+
+def test_every_profile_parses_and_single_machine_profiles_rendezvous_on_localhost():
+    names = {p.stem for p in PROFILES.glob("*.yaml")}
+    assert {"cpu-1proc", "cpu-2proc", "single-gpu", "multi-gpu", "deepspeed-zero2", "deepspeed-zero3", "multi-node"} <= names
+    for path in PROFILES.glob("*.yaml"):
+        raw = yaml.safe_load(path.read_text())
+        assert raw["compute_environment"] == "LOCAL_MACHINE" and raw["num_processes"] >= 1, path.name
+        if raw.get("num_machines", 1) == 1:
+            assert raw.get("main_process_ip", "127.0.0.1") == "127.0.0.1", path.name
+    assert yaml.safe_load((PROFILES / "deepspeed-zero3.yaml").read_text())["deepspeed_config"]["zero_stage"] == 3
+    assert yaml.safe_load((PROFILES / "cpu-1proc.yaml").read_text())["mixed_precision"] == "no"
+    assert (REPO / load_config().distributed.accelerate_config).is_file()
+
+
+def test_cpu_ranks_are_spawned_by_torchrun_on_localhost_with_a_fresh_port():
+    command, env = accelerate_command(AccelerateProfile.read(PROFILES / "cpu-2proc.yaml"), "pkg.worker", ["--job", "j"])
+    assert env == {"ACCELERATE_USE_CPU": "true"}
+    assert "--multi_gpu" in command and command[command.index("--main_process_ip") + 1] == "127.0.0.1"
+    assert command[-4:] == ["-m", "pkg.worker", "--job", "j"]
+    one, _ = accelerate_command(AccelerateProfile.read(PROFILES / "cpu-1proc.yaml"), "pkg.worker", [])
+    assert "--multi_gpu" not in one and "--main_process_port" not in one
+    override, _ = accelerate_command(AccelerateProfile.read(PROFILES / "cpu-1proc.yaml"), "pkg.worker", [], num_processes=2, port=29999)
+    assert override[override.index("--num_processes") + 1] == "2" and "29999" in override
+
+
+def test_a_multi_node_profile_keeps_its_own_rendezvous_address():
+    command, env = accelerate_command(AccelerateProfile.read(PROFILES / "multi-node.yaml"), "pkg.worker", [])
+    assert "--main_process_ip" not in command and env == {}
+
+
+def test_a_missing_profile_is_named():
+    with pytest.raises(LaunchError, match="no-such.yaml does not exist"):
+        AccelerateProfile.read(PROFILES / "no-such.yaml")
