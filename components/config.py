@@ -253,6 +253,7 @@ class TrackingConfig(Section):
     experiment: str = Field("rlhf-pipeline", description="MLflow experiment of the pipeline runs")
     registered_model: str = Field("rlhf-policy", description="registry name of the PPO policies")
     log_models: bool = Field(True, description="log every trained model (HF layout) as an MLflow artefact")
+    connect_timeout_seconds: float = Field(10.0, gt=0, description="a tracking server must answer its health check within this at start")
 
 
 class OrchestrationConfig(Section):

@@ -6,6 +6,9 @@ versioned data -> Great Expectations -> SFT -> comparisons (validated) -> reward
 supervised baselines -> PPO -> held-out evaluation -> gate -> MLflow registry. Every stage is a
 Prefect task and a nested MLflow run under one parent run; the registry alias `champion` moves
 only when the gate says RLHF beat every supervised baseline.
+
+Exit codes: 0 done (promoted or not), 2 refused (bad config, data drift, failed validation),
+3 a NaN/inf in training (nothing registered), 4 the tracking server is unreachable (nothing run).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from components.data import stages
 from components.evaluation.report import format_table
 from components.training.loop import NonFiniteError
 from components.tracking.dvc_store import DataDrift
+from components.tracking.mlflow_store import TrackingUnavailable
 from flows import data_tasks, training_tasks
 from flows.tracking_tasks import open_tracking, close_tracking
 
@@ -137,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as error:
         print(f"\npipeline stopped: {error}; nothing was registered", file=sys.stderr)
         return 3
+    except TrackingUnavailable as error:
+        print(f"\npipeline stopped: {error}", file=sys.stderr)
+        return 4
     _print_summary(result, time.perf_counter() - started)
     return 0
 

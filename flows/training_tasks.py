@@ -28,7 +28,7 @@ from components.models.saving import read_card, save_model, stage_key
 from components.tracking import plots
 from components.tracking.mlflow_store import CHALLENGER, CHAMPION, StageRun, flatten
 from components.training import ppo_worker, recipe
-from components.training.launcher import AccelerateProfile, accelerate_command, run_logged
+from components.training.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
 from components.training.ppo_worker import read_result, write_job
 from components.training.comparisons import save_comparisons
 from components.training.loop import NonFiniteError
@@ -228,8 +228,12 @@ def launched_ppo(cfg: Config, root: str, tracking: Tracking, run: StageRun, prof
     logger = get_run_logger()
     logger.info("PPO: %s", " ".join(command))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))
-    run_logged(command, cfg.distributed.timeout_seconds, logger.info, env=env, cwd=CODE_ROOT,
-               grace=cfg.distributed.kill_grace_seconds, tail_lines=cfg.distributed.log_tail_lines)
+    try:
+        run_logged(command, cfg.distributed.timeout_seconds, logger.info, env=env, cwd=CODE_ROOT,
+                   grace=cfg.distributed.kill_grace_seconds, tail_lines=cfg.distributed.log_tail_lines)
+    except LaunchError as error:
+        ppo_worker.raise_recorded_non_finite(job_dir)
+        raise LaunchError(f"the PPO launch ({profile.path.name}) failed: {error}") from None
     outcome = read_result(job_dir)
     model = load_causal_lm(job_dir / ppo_worker.POLICY)
     run.set_tags({"mixed_precision": outcome["mixed_precision"], "device": outcome["device"]})

@@ -92,11 +92,13 @@ def best_baseline(report: dict, mode: str, baselines: list[str]) -> str:
 
 
 def _check(rule: str, test, mode: str | None = None) -> Reason:
-    """Run one rule; a rule whose inputs are missing fails, saying what is missing."""
+    """Run one rule; a rule whose inputs are missing or malformed fails, saying what is wrong."""
     try:
         passed, detail = test()
     except _Missing as missing:
         passed, detail = False, f"missing from the report: {missing}"
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as malformed:
+        passed, detail = False, f"malformed report input: {type(malformed).__name__}: {malformed}"
     return Reason(rule, bool(passed), detail, mode)
 
 

@@ -147,12 +147,33 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer: raised before any work, naming the URI."""
+
+
+def check_reachable(uri: str, timeout: float) -> None:
+    """A tracking server must answer its health check now, not after MLflow's minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+        response.raise_for_status()
+    except requests.exceptions.RequestException as error:
+        raise TrackingUnavailable(
+            f"the MLflow tracking server at {uri} is unreachable ({type(error).__name__}); nothing was run. "
+            "Start it (infra/mlflow_server.sh) or point tracking.uri / MLFLOW_TRACKING_URI at a running one"
+        ) from None
+
+
 class Tracker:
     """The pipeline's view of MLflow: one experiment, a parent run per pipeline run, nested stage runs."""
 
     def __init__(self, cfg: TrackingConfig, root: str | Path):
         self.cfg = cfg
         self.uri = resolve_uri(cfg, root)
+        check_reachable(self.uri, cfg.connect_timeout_seconds)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         experiment = self.client.get_experiment_by_name(cfg.experiment)

@@ -20,7 +20,7 @@ class NonFiniteError(RuntimeError):
     """A loss, reward or gradient became NaN or inf; names the stage and the step."""
 
     def __init__(self, stage: str, step: int, what: str):
-        self.stage, self.step = stage, step
+        self.stage, self.step, self.what = stage, step, what
         super().__init__(f"{stage}: non-finite {what} at step {step}")
 
 

@@ -21,9 +21,10 @@ import torch
 
 from components.config import Config
 from components.data.files import write_json
+from components.training.loop import NonFiniteError
 from components.training.ranks import Ranks
 
-JOB, RESULT, POLICY = "job.json", "result.json", "policy"
+JOB, RESULT, POLICY, NON_FINITE = "job.json", "result.json", "policy", "non-finite"
 PROGRESS_KEYS = ("rm_score", "kl", "gold", "policy_loss")
 
 
@@ -42,6 +43,13 @@ def write_job(job_dir: str | Path, cfg: Config, sft_dir: str | Path, reward_mode
         "mlflow": mlflow,  # {"uri": ..., "run_id": ...}: rank 0 logs each iteration there while training
     })
     return job_dir
+
+
+def raise_recorded_non_finite(job_dir: str | Path) -> None:
+    """Re-raise the NaN/inf a rank recorded before it died (a launch's failure would otherwise hide it)."""
+    for path in sorted(Path(job_dir).glob(f"{NON_FINITE}-rank*.json")):
+        found = json.loads(path.read_text(encoding="utf-8"))
+        raise NonFiniteError(found["stage"], found["step"], found["what"])
 
 
 def read_result(job_dir: str | Path) -> dict:
@@ -129,10 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     demonstrations = json.loads((job_dir / "demonstrations.json").read_text(encoding="utf-8"))
     monitor = gold_monitor(gold_score) if cfg.data.source == "synthetic" else None
     started = time.perf_counter()
-    result = recipe.ppo_stage(
-        cfg, tokenizer, sft, reward_model, prompts, demonstrations, monitor=monitor,
-        log=live_logger(cfg, job["mlflow"]) if ranks.is_main else None, checkpoint_dir=job["checkpoint_dir"], ranks=ranks,
-    )
+    try:
+        result = recipe.ppo_stage(
+            cfg, tokenizer, sft, reward_model, prompts, demonstrations, monitor=monitor,
+            log=live_logger(cfg, job["mlflow"]) if ranks.is_main else None, checkpoint_dir=job["checkpoint_dir"], ranks=ranks,
+        )
+    except NonFiniteError as error:  # the caller re-raises it as itself, not as a dead launch
+        write_json(job_dir / f"{NON_FINITE}-rank{ranks.rank}.json", {"stage": error.stage, "step": error.step, "what": error.what})
+        raise
     digests = ranks.gather_objects(weights_digest(result.model))
     if ranks.is_main:
         save_model(result.model, tokenizer, job_dir / POLICY, {"stage": "ppo", "metrics": result.metrics})

@@ -1,0 +1,306 @@
+"""The fault table: each row a fault the pipeline must survive, with the outcome asserted.
+
+Real servers where a server is involved (MLflow and Prefect started on 127.0.0.1 by the fixtures);
+a patched writer only for the one fault that cannot be caused otherwise here (a full disk).
+"""
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from components.config import load_config
+from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name
+from components.training.launcher import free_port
+from tests.conftest import git
+from tests.data.test_validation import DEFECTS, write_good_dir
+
+pytestmark = pytest.mark.faults
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "rlhf-policy"
+TRAINING_TASKS = {"SFT", "collect comparisons", "reward model", "PPO", "evaluate", "gate", "register"}
+
+
+def new_project(base: Path) -> Path:
+    root = base / "project"
+    root.mkdir(parents=True)
+    git(root, "init", "-q")
+    git(root, "config", "user.name", "test")
+    git(root, "config", "user.email", "test@example.com")
+    return root
+
+
+def run_main(root: Path, tmp_path: Path, overrides=(), env=None, timeout=600) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "flows.pipeline", "--profile", "smoke", "--root", str(root)]
+    for item in overrides:
+        args += ["--set", item]
+    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env = {**base, "PREFECT_HOME": str(tmp_path / "prefect-home"), **(env or {})}
+    return subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def seed_champion(uri: str) -> str:
+    """The registry as a nightly run finds it: version 1 of the policy holds `champion`."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("seed") or client.get_experiment(client.create_experiment("seed"))
+    run = client.create_run(experiment.experiment_id)
+    client.log_text(run.info.run_id, "a previous champion", "policy/README.txt")
+    client.set_terminated(run.info.run_id)
+    if not client.search_registered_models(f"name='{MODEL}'"):
+        client.create_registered_model(MODEL)
+    version = client.create_model_version(MODEL, f"runs:/{run.info.run_id}/policy", run.info.run_id).version
+    client.set_registered_model_alias(MODEL, "champion", version)
+    return version
+
+
+def registry_state(uri: str) -> tuple[list[str], str]:
+    client = MlflowClient(uri)
+    versions = sorted(v.version for v in client.search_model_versions(f"name='{MODEL}'"))
+    return versions, client.get_model_version_by_alias(MODEL, "champion").version
+
+
+# --- config, tracking server ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, key", [
+    ("ppo.bogus=1", "ppo.bogus"),
+    ("sft.batch_size=abc", "sft.batch_size"),
+    ("ppo.lr=-0.1", "ppo.lr"),
+    ("sft.batch_size=0", "sft.batch_size"),
+])
+def test_a_bad_config_is_rejected_before_any_work_naming_the_key(override, key, tmp_path):
+    root = new_project(tmp_path)
+    done = run_main(root, tmp_path, [override])
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert key in done.stderr
+    assert sorted(p.name for p in root.iterdir()) == [".git"]  # no data, no models, no tracking store
+
+
+def test_an_unreachable_tracking_server_stops_the_run_before_any_training(tmp_path):
+    root = new_project(tmp_path)
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    done = run_main(root, tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert f"the MLflow tracking server at {uri} is unreachable" in done.stderr
+    assert time.monotonic() - started < 120  # the health check, not MLflow's minutes of retries
+    assert not (root / "data").exists() and not (root / "artifacts").exists()
+
+
+# --- NaN mid-training -----------------------------------------------------------------------------
+
+
+def test_nan_mid_ppo_fails_naming_stage_and_step_and_registers_nothing(mlflow_server, tmp_path):
+    champion = seed_champion(mlflow_server)
+    before = registry_state(mlflow_server)
+    root = new_project(tmp_path)
+    # a learning rate of 1e10 blows the policy up after its first PPO minibatch: a real NaN, not an injected one
+    done = run_main(root, tmp_path, ["ppo.lr=1e10"], env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "ppo: non-finite policy_loss at step 0" in done.stderr and "nothing was registered" in done.stderr
+    assert registry_state(mlflow_server) == before and before[1] == champion
+    assert (root / "artifacts/models/reward_model/model.safetensors").is_file()  # the stages before PPO finished
+    assert not (root / "artifacts/models/ppo").exists()
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("rlhf-pipeline")
+    [ppo_run] = client.search_runs([experiment.experiment_id], "tags.mlflow.runName = 'ppo'")
+    assert ppo_run.info.status == "FAILED" and "non-finite policy_loss" in ppo_run.data.tags["non_finite"]
+
+
+# --- bad data through the whole flow (real Prefect server, in process) --------------------------
+
+
+def flow_overrides(data_dir: Path) -> list[str]:
+    files = {name: str(data_dir / file_name(name)) for name in (DEMONSTRATIONS, PREFERENCES, EVAL_PROMPTS)}
+    return [
+        "data.source=files",
+        f"data.files={json.dumps(files)}",
+        "validation.min_response_words=3", "validation.max_response_words=12", "validation.max_prompt_words=10",
+        "validation.demonstrations_rows={min: 4, max: 1000}", "validation.preferences_rows={min: 4, max: 1000}",
+        "validation.eval_prompts_rows={min: 2, max: 1000}",
+        "validation.check_vocabulary=false",  # the test rows use their own words
+    ]
+
+
+def latest_flow_run():
+    with get_client(sync_client=True) as client:
+        [flow_run] = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+    return flow_run, {t.name.split("-")[0] for t in tasks}, {a.key: a for a in found}
+
+
+@pytest.fixture(scope="module")
+def in_process_flow(prefect_server, mlflow_server):
+    """Run the flow in this process against the real servers; MLflow's global URI is restored after."""
+    from flows.pipeline import rlhf_pipeline
+
+    api, _ = prefect_server
+    with pytest.MonkeyPatch.context() as patch, temporary_settings({PREFECT_API_URL: api}):
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        yield lambda root, overrides: rlhf_pipeline(profile="smoke", overrides=overrides, root=str(root), tracking_uri=mlflow_server)
+
+
+# the vocabulary and its character set are rules of the embedded task, off for user files (check_vocabulary=false)
+FLOW_DEFECTS = sorted(name for name in DEFECTS if name not in ("out_of_vocabulary", "unknown_character"))
+
+
+def test_every_corrupt_data_case_fails_the_flow_at_validation_and_touches_nothing(in_process_flow, mlflow_server, tmp_path):
+    from components.data.stages import DataValidationFailed
+
+    seed_champion(mlflow_server)
+    before = registry_state(mlflow_server)
+    good = write_good_dir(tmp_path / "good")
+    for name in FLOW_DEFECTS:
+        defect = DEFECTS[name]
+        data_dir = tmp_path / name
+        shutil.copytree(good, data_dir)
+        defect.apply(data_dir)
+        root = new_project(tmp_path / f"root-{name}")
+        with pytest.raises(DataValidationFailed) as failure:
+            in_process_flow(root, flow_overrides(data_dir))
+        assert file_name(defect.dataset) in str(failure.value), name
+        flow_run, tasks, artifacts = latest_flow_run()
+        assert flow_run.state.is_failed(), (name, flow_run.state)
+        assert "FAILED" in artifacts["data-validation"].data and file_name(defect.dataset) in artifacts["data-validation"].data, name
+        assert not tasks & TRAINING_TASKS, (name, tasks)
+        assert not (root / "data.dvc").exists() and not (root / "artifacts").exists(), name
+    assert registry_state(mlflow_server) == before
+
+
+def test_a_data_file_changed_after_data_dvc_is_refused_naming_the_file_and_both_hashes(in_process_flow, tmp_path):
+    from components.data import versioned
+    from components.tracking.dvc_store import DataDrift
+
+    root = new_project(tmp_path)
+    cfg = load_config("smoke")
+    versioned.commit(cfg, root, versioned.stage(cfg, root))  # a recorded version, as a finished run leaves it
+    recorded = (root / "data.dvc").read_text()
+    edited = root / "data" / file_name(DEMONSTRATIONS)
+    edited.write_text(edited.read_text().replace("the", "a", 1))
+    with pytest.raises(DataDrift) as failure:
+        in_process_flow(root, [])
+    message = str(failure.value)
+    assert file_name(DEMONSTRATIONS) in message and message.count("md5") >= 1
+    hashes = [word.strip(",.():") for word in message.split() if len(word.strip(",.():")) == 32]
+    assert len(set(hashes)) >= 2, message  # the recorded and the found hash
+    flow_run, tasks, _ = latest_flow_run()
+    assert flow_run.state.is_failed() and not tasks & TRAINING_TASKS
+    assert (root / "data.dvc").read_text() == recorded
+
+
+# --- gate inputs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("report", [
+    None,
+    {},
+    {"data_validation": {"success": True}},
+    {"data_validation": "yes", "non_finite_stages": [], "reward_model": {"accuracy": 0.9}, "ppo_history": [], "modes": {}},
+    {"data_validation": {"success": True}, "non_finite_stages": [], "reward_model": {"accuracy": "high"}, "ppo_history": [], "modes": {"sample": None}},
+    {"data_validation": {"success": True}, "non_finite_stages": [], "reward_model": {"accuracy": float("nan")}, "ppo_history": None, "modes": []},
+])
+def test_missing_or_malformed_gate_inputs_mean_do_not_promote_with_the_reason(report):
+    from components.evaluation.gate import decide
+
+    decision = decide(report, load_config().gate)
+    assert not decision.promote
+    assert decision.failures and all(str(reason).strip() for reason in decision.failures)
+
+
+# --- unsafe model directories --------------------------------------------------------------------
+
+
+def test_model_directories_needing_remote_code_or_pickle_are_refused(tmp_path):
+    from components.models.builders import UnsafeModelError, build_policy, load_causal_lm
+    from components.models.tokenizer import build_word_tokenizer
+    from components.data.lexicon import VOCABULARY
+
+    cfg = load_config("smoke")
+    tokenizer = build_word_tokenizer(VOCABULARY)
+    policy = build_policy(cfg.model, tokenizer, 0)
+    remote = tmp_path / "remote-code"
+    policy.save_pretrained(remote, safe_serialization=True)
+    config = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "modeling_evil.EvilModel"}}))
+    (remote / "modeling_evil.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(UnsafeModelError, match="auto_map"):
+        load_causal_lm(remote)
+
+    pickled = tmp_path / "pickle-only"
+    policy.save_pretrained(pickled, safe_serialization=False)
+    if not list(pickled.glob("*.bin")):  # transformers 5 always writes safetensors: make the pickle-only dir by hand
+        import torch
+
+        for weights in pickled.glob("*.safetensors"):
+            weights.unlink()
+        torch.save(policy.state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises(UnsafeModelError, match="pickle weights are refused"):
+        load_causal_lm(pickled)
+
+
+# --- disk full while saving ----------------------------------------------------------------------
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_model_and_leaves_no_partial_one(tmp_path, monkeypatch):
+    from components.data.lexicon import VOCABULARY
+    from components.models.builders import build_policy, load_causal_lm
+    from components.models.saving import save_model
+    from components.models.tokenizer import build_word_tokenizer
+
+    cfg = load_config("smoke")
+    tokenizer = build_word_tokenizer(VOCABULARY)
+    target = tmp_path / "models" / "ppo"
+    save_model(build_policy(cfg.model, tokenizer, 0), tokenizer, target, {"stage": "ppo", "version": 1})
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    newer = build_policy(cfg.model, tokenizer, 1)
+    real_save = type(newer).save_pretrained
+
+    def disk_fills_up(self, directory, **kwargs):
+        real_save(self, directory, **kwargs)
+        weights = next(Path(directory).glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[:100])  # what a full disk leaves: a truncated file
+        raise OSError(errno.ENOSPC, "No space left on device", str(weights))
+
+    monkeypatch.setattr(type(newer), "save_pretrained", disk_fills_up)
+    with pytest.raises(OSError, match="No space left on device"):
+        save_model(newer, tokenizer, target, {"stage": "ppo", "version": 2})
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # the previous model, byte for byte
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ppo"]  # no staging directory left behind
+    monkeypatch.undo()
+    load_causal_lm(target)  # and it still loads
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    from components.training.checkpoints import PPOState, latest_checkpoint, save_checkpoint
+
+    state = PPOState(2, 0.1, [3, [1, 2], None], ["p"], [{"iteration": 0}], {"policy": {"w": torch.ones(3)}})
+    save_checkpoint(tmp_path, state)
+    real_save = torch.save
+
+    def disk_fills_up(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        Path(path).write_bytes(Path(path).read_bytes()[:10])
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, PPOState(4, 0.1, [3, [1, 2], None], ["p"], [], {"policy": {"w": torch.zeros(3)}}))
+    monkeypatch.undo()
+    kept = latest_checkpoint(tmp_path)
+    assert kept.iteration == 2 and torch.equal(kept.tensors["policy"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["iteration-000002"]
