@@ -21,6 +21,7 @@ import torch
 
 from components.config import Config
 from components.data.files import write_json
+from components.training.checkpoints import latest_checkpoint
 from components.training.loop import NonFiniteError
 from components.training.ranks import Ranks
 
@@ -136,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     prompts = json.loads((job_dir / "prompts.json").read_text(encoding="utf-8"))
     demonstrations = json.loads((job_dir / "demonstrations.json").read_text(encoding="utf-8"))
     monitor = gold_monitor(gold_score) if cfg.data.source == "synthetic" else None
+    resumable = latest_checkpoint(job["checkpoint_dir"]) if ranks.is_main else None
+    if resumable is not None:
+        print(f"ppo resumes from the checkpoint after iteration {resumable.iteration} in {job['checkpoint_dir']}", flush=True)
     started = time.perf_counter()
     try:
         result = recipe.ppo_stage(
