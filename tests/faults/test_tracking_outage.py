@@ -1,0 +1,83 @@
+"""Fault table: the MLflow server goes away after the gate and comes back. The MLflow-only tasks retry
+with backoff (MLflow's own HTTP retries are switched off here so that the pipeline's retries are what
+is tested); the run completes, with one registry version, and no version carries an alias without
+its gate decision."""
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.faults.test_fault_table import MODEL, new_project
+from tests.servers import BIN, free_port, wait_until_up
+
+pytestmark = pytest.mark.faults
+
+REPO = Path(__file__).resolve().parents[2]
+OUTAGE_SECONDS = 8
+
+
+class Server:
+    """An MLflow server that can be stopped and started again on the same port and store."""
+
+    def __init__(self, home: Path):
+        self.home, self.port = home, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def start(self):
+        command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                   "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}", "--artifacts-destination", str(self.home / "artifacts")]
+        log = self.home / "server.log"
+        self.process = subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until_up(f"{self.uri}/health", self.process, log)
+
+    def stop(self):
+        os.killpg(self.process.pid, 9)
+        self.process.wait()
+
+
+def test_tracking_server_outage_after_the_gate_is_ridden_out_by_retries(tmp_path):
+    server = Server(tmp_path)
+    server.start()
+    root = new_project(tmp_path / "p")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    args = [sys.executable, "-m", "flows.pipeline", "--profile", "smoke", "--root", str(root),
+            "--set", "orchestration.tracking_retry_delays=[10, 20]"]
+    flow = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    output, outage = [], {}
+
+    def comes_back():
+        time.sleep(OUTAGE_SECONDS)
+        server.start()
+        outage["back"] = time.monotonic()
+
+    try:
+        for line in flow.stdout:
+            output.append(line)
+            if "Task run 'gate" in line and "Finished in state Completed" in line and not outage:
+                server.stop()  # gone before the register task's first call
+                outage["down"] = time.monotonic()
+                threading.Thread(target=comes_back, daemon=True).start()
+        flow.wait(timeout=600)
+        log = "".join(output)
+        assert outage, "the gate never finished:\n" + log[-3000:]
+        assert flow.returncode == 0, log[-5000:]
+        assert re.search(r"Task run 'register-.*Retry 1/2 will start 10(\.0)? second", log)  # the register task retried with backoff
+        client = MlflowClient(server.uri)
+        versions = client.search_model_versions(f"name='{MODEL}'")
+        assert len(versions) == 1  # the retried registration did not add a second version
+        version = client.get_model_version(MODEL, versions[0].version)  # (search results carry no aliases)
+        assert version.tags.get("gate.decision") in ("promote", "reject")
+        assert "challenger" in version.aliases  # the aliases moved, after the decision tag
+        assert ("champion" in version.aliases) == (version.tags["gate.decision"] == "promote")
+    finally:
+        if flow.poll() is None:
+            os.killpg(flow.pid, 9)
+        server.stop()
