@@ -8,6 +8,7 @@ always takes down the whole process group: SIGTERM, then SIGKILL after a grace p
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import queue
 import signal
@@ -87,7 +88,7 @@ def run_logged(
     started = time.monotonic()
     process = subprocess.Popen(
         command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, bufsize=1, start_new_session=True,
+        text=True, bufsize=1, start_new_session=True, preexec_fn=die_with_parent,
     )
     lines: queue.Queue[str | None] = queue.Queue()
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
@@ -121,6 +122,18 @@ def run_logged(
     if code != 0:
         raise LaunchError(f"exit code {code} after {time.monotonic() - started:.1f} s. Last lines:\n" + "\n".join(tail))
     return list(tail)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Linux: SIGTERM this process when the one that started it dies (a killed flow takes its launch with it).
+
+    Also runs between fork and exec of a launch, so it only calls into libc (loaded at import)."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop(process: subprocess.Popen, grace: float) -> None:

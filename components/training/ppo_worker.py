@@ -22,6 +22,7 @@ import torch
 from components.config import Config
 from components.data.files import write_json
 from components.training.checkpoints import latest_checkpoint
+from components.training.launcher import die_with_parent
 from components.training.loop import NonFiniteError
 from components.training.ranks import Ranks
 
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job", type=Path, required=True, help="directory holding job.json")
     job_dir = parser.parse_args(argv).job
+    die_with_parent()  # the ranks end when their launcher does, whoever killed it
     job = json.loads((job_dir / JOB).read_text(encoding="utf-8"))
     quiet_libraries()
     cfg = Config.model_validate(job["config"])

@@ -174,3 +174,37 @@ def test_the_throughput_benchmark_measures_one_and_two_processes(tmp_path):
         assert run["rollout_tokens_per_second"] > 0 and run["update_tokens_per_second"] > 0
         assert run["launch_seconds"] > run["seconds_per_iteration"]
     assert "processes | torch threads" in done.stdout
+
+
+def test_killing_the_process_that_launched_ppo_takes_every_rank_down(inputs, tmp_path):
+    """The flow process dies (OOM killer, a node drain): its launch and both ranks must not live on."""
+    import subprocess
+    import sys
+
+    driver = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from tests.distributed.test_ppo_launch import launch
+import pickle
+inputs = pickle.loads(Path({str(tmp_path / 'inputs.pkl')!r}).read_bytes())
+launch(inputs, Path({str(tmp_path / 'job')!r}), ["ppo.iterations=100000"], on_line=lambda line: print(line, flush=True))
+"""
+    import pickle
+
+    (tmp_path / "inputs.pkl").write_bytes(pickle.dumps({k: v for k, v in inputs.items()}))
+    flow = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids = {}
+    for line in flow.stdout:
+        found = re.match(r"rank (\d+)/2 pid (\d+)", line)
+        if found:
+            pids[int(found[1])] = int(found[2])
+        if line.startswith("ppo iteration") and len(pids) == 2:
+            break
+    assert len(pids) == 2, "the ranks never started"
+    flow.kill()  # SIGKILL: no chance to clean up
+    flow.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(running(pid) for pid in pids.values()):
+        time.sleep(0.5)
+    assert not any(running(pid) for pid in pids.values())

@@ -19,7 +19,7 @@ from tests.servers import BIN, free_port, wait_until_up
 pytestmark = pytest.mark.faults
 
 REPO = Path(__file__).resolve().parents[2]
-OUTAGE_SECONDS = 8
+OUTAGE_SECONDS = 5
 
 
 class Server:
@@ -49,7 +49,7 @@ def test_tracking_server_outage_after_the_gate_is_ridden_out_by_retries(tmp_path
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "PREFECT_HOME": str(tmp_path / "prefect-home"),
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     args = [sys.executable, "-m", "flows.pipeline", "--profile", "smoke", "--root", str(root),
-            "--set", "orchestration.tracking_retry_delays=[10, 20]"]
+            "--set", "orchestration.tracking_retry_delays=[4, 8]"]
     flow = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     output, outage = [], {}
 
@@ -69,7 +69,7 @@ def test_tracking_server_outage_after_the_gate_is_ridden_out_by_retries(tmp_path
         log = "".join(output)
         assert outage, "the gate never finished:\n" + log[-3000:]
         assert flow.returncode == 0, log[-5000:]
-        assert re.search(r"Task run 'register-.*Retry 1/2 will start 10(\.0)? second", log)  # the register task retried with backoff
+        assert re.search(r"Task run 'register-.*Retry 1/2 will start 4(\.0)? second", log)  # the register task retried with backoff
         client = MlflowClient(server.uri)
         versions = client.search_model_versions(f"name='{MODEL}'")
         assert len(versions) == 1  # the retried registration did not add a second version
