@@ -39,9 +39,7 @@ def direct(profile: str) -> float:
     rows = generate_synthetic(cfg).rows
     tokenizer = recipe.make_tokenizer(cfg)
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
-    sft = recipe.sft_stage(cfg, tokenizer, rows[DEMONSTRATIONS]).model
-    comparisons = recipe.comparisons_stage(cfg, tokenizer, sft, prompts, recipe.labeler_ranker(cfg)).model
-    reward = recipe.reward_stage(cfg, tokenizer, sft, comparisons, prompts).model
+    sft, comparisons, reward = recipe.up_to_reward_model(cfg, tokenizer, rows[DEMONSTRATIONS])
     policies = {"sft": sft, **{n: recipe.baseline_stage(cfg, n, tokenizer, sft, comparisons).model for n in recipe.SUPERVISED_BASELINES}}
     policies["ppo"] = recipe.ppo_stage(cfg, tokenizer, sft, reward, prompts, rows[DEMONSTRATIONS]).model
     evaluate_policies(policies, tokenizer, [r["prompt"] for r in rows[EVAL_PROMPTS]], cfg.evaluation, cfg.model, cfg.seed, reward, gold_score, cfg.baselines.best_of_n)

@@ -39,12 +39,10 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "ppo_throughput.json"
 
 
-def sft_and_reward_model(cfg, models: Path, scratch: Path, tokenizer, rows, prompts) -> tuple[Path, Path, str]:
+def sft_and_reward_model(cfg, models: Path, scratch: Path, tokenizer, rows) -> tuple[Path, Path, str]:
     if (models / "sft" / "config.json").is_file() and (models / "reward_model" / "config.json").is_file():
         return models / "sft", models / "reward_model", "loaded"
-    sft = recipe.sft_stage(cfg, tokenizer, rows[DEMONSTRATIONS]).model
-    comparisons = recipe.comparisons_stage(cfg, tokenizer, sft, prompts, recipe.labeler_ranker(cfg)).model
-    reward_model = recipe.reward_stage(cfg, tokenizer, sft, comparisons, prompts).model
+    sft, _, reward_model = recipe.up_to_reward_model(cfg, tokenizer, rows[DEMONSTRATIONS])
     save_model(sft, tokenizer, scratch / "sft", {})
     save_model(reward_model, tokenizer, scratch / "reward_model", {})
     return scratch / "sft", scratch / "reward_model", "trained"
@@ -96,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = recipe.make_tokenizer(cfg)
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
     with tempfile.TemporaryDirectory() as scratch:
-        sft, reward_model, origin = sft_and_reward_model(cfg, args.models, Path(scratch), tokenizer, rows, prompts)
+        sft, reward_model, origin = sft_and_reward_model(cfg, args.models, Path(scratch), tokenizer, rows)
         runs = []
         for processes in args.processes:
             profile = args.accelerate_config or REPO / "infra" / "accelerate" / ("cpu-1proc.yaml" if processes == 1 else "cpu-2proc.yaml")

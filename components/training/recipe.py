@@ -90,6 +90,14 @@ def reward_stage(cfg: Config, tokenizer, sft: PreTrainedModel, comparisons: list
     return timed(train_reward_model)(sft, tokenizer, comparisons, cfg.reward, cfg.model, cfg.seed, log=log, reference_samples=reference)
 
 
+def up_to_reward_model(cfg: Config, tokenizer, demonstrations: list[dict]) -> tuple[PreTrainedModel, list[dict], PreTrainedModel]:
+    """SFT, its ranked comparisons and the reward model: what PPO starts from, in one call (benchmarks, tests)."""
+    prompts = sorted({r["prompt"] for r in demonstrations})
+    sft = sft_stage(cfg, tokenizer, demonstrations).model
+    comparisons = comparisons_stage(cfg, tokenizer, sft, prompts, labeler_ranker(cfg)).model
+    return sft, comparisons, reward_stage(cfg, tokenizer, sft, comparisons, prompts).model
+
+
 def reward_valid_rows(cfg: Config, comparisons: list[dict]) -> list[dict]:
     """The held-out comparisons the reward model never trained on (the same split it used)."""
     return split_comparisons(comparisons, cfg.reward.valid_fraction, cfg.seed)[1]

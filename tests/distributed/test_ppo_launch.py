@@ -44,9 +44,7 @@ def inputs(tmp_path_factory):
     rows = generate_synthetic(cfg).rows
     tokenizer = recipe.make_tokenizer(cfg)
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
-    sft = recipe.sft_stage(cfg, tokenizer, rows[DEMONSTRATIONS]).model
-    comparisons = recipe.comparisons_stage(cfg, tokenizer, sft, prompts, recipe.labeler_ranker(cfg)).model
-    reward_model = recipe.reward_stage(cfg, tokenizer, sft, comparisons, prompts).model
+    sft, _, reward_model = recipe.up_to_reward_model(cfg, tokenizer, rows[DEMONSTRATIONS])
     models = tmp_path_factory.mktemp("models")
     save_model(sft, tokenizer, models / "sft", {})
     save_model(reward_model, tokenizer, models / "reward_model", {})
@@ -90,15 +88,18 @@ def test_two_ranks_end_bit_identical_and_match_one_process_on_the_same_global_ba
     assert max((a - b).abs().max().item() for a, b in zip(launched.parameters(), sft.parameters())) > 1e-4  # and it trained
 
 
+def rank_pids(line: str) -> dict[int, int]:
+    """Rank -> pid from the ranks' start-up lines (two ranks writing at once can share one line)."""
+    return {int(rank): int(pid) for rank, pid in re.findall(r"rank (\d+)/2 pid (\d+)", line)}
+
+
 def test_killing_one_rank_fails_the_launch_quickly_with_a_clear_message(inputs, tmp_path):
     pids: dict[int, int] = {}
     killed = []
 
     def watch(line):
-        found = re.match(r"rank (\d+)/2 pid (\d+)", line)
-        if found:
-            pids[int(found[1])] = int(found[2])
-        if line.startswith("ppo iteration") and not killed and 1 in pids:
+        pids.update(rank_pids(line))
+        if "ppo iteration" in line and not killed and 1 in pids:
             os.kill(pids[1], signal.SIGKILL)
             killed.append(time.monotonic())
 
@@ -196,10 +197,8 @@ launch(inputs, Path({str(tmp_path / 'job')!r}), ["ppo.iterations=100000"], on_li
     flow = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pids = {}
     for line in flow.stdout:
-        found = re.match(r"rank (\d+)/2 pid (\d+)", line)
-        if found:
-            pids[int(found[1])] = int(found[2])
-        if line.startswith("ppo iteration") and len(pids) == 2:
+        pids.update(rank_pids(line))
+        if "ppo iteration" in line and len(pids) == 2:
             break
     assert len(pids) == 2, "the ranks never started"
     flow.kill()  # SIGKILL: no chance to clean up
