@@ -49,11 +49,6 @@ class Ranks:
         mean = self.masked_mean(values, mask)
         return self.masked_mean((values - mean) ** 2, mask)
 
-    def loss_mean(self, losses: torch.Tensor, mask: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        """This rank's share of the global masked mean, scaled so that DDP's gradient *average* over
-        ranks equals the gradient of the mean over all ranks' tokens (``count``: the global token count)."""
-        return (losses * mask.float()).sum() / count.clamp(min=1.0) * self.world_size
-
     def mean_of_floats(self, values: dict[str, float]) -> dict[str, float]:
         """Average scalar metrics over ranks (for per-rank means of equally sized shards)."""
         if not self.distributed or not values:
