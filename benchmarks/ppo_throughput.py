@@ -3,8 +3,9 @@
     python benchmarks/ppo_throughput.py [--profile default] [--iterations 10] [--processes 1 2]
                                         [--accelerate-config infra/accelerate/single-gpu.yaml]
 
-Uses the SFT policy and reward model the main job saved under ``--models`` (``sft/`` and
-``reward_model/``) when they are there, else trains them with the profile first (not timed).
+Uses the SFT policy and reward model of the newest completed main-job run of the profile (its
+``artifacts/runs/<id>/run.json`` names them; ``--runs`` to look elsewhere) when there is one, else
+trains them with the profile first (not timed).
 Each process count runs ``--iterations`` PPO iterations of the profile exactly as the pipeline
 runs them: `accelerate launch` of the PPO worker (cpu-1proc / cpu-2proc profiles, or the one
 given). Reported per iteration, after the first (warm-up): seconds, split into generation
@@ -39,9 +40,20 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "ppo_throughput.json"
 
 
-def sft_and_reward_model(cfg, models: Path, scratch: Path, tokenizer, rows) -> tuple[Path, Path, str]:
-    if (models / "sft" / "config.json").is_file() and (models / "reward_model" / "config.json").is_file():
-        return models / "sft", models / "reward_model", "loaded"
+def main_job_models(runs: Path, profile: str) -> tuple[Path, Path] | None:
+    """SFT and reward model of the newest completed main-job run of ``profile`` (its run.json)."""
+    records = [json.loads(path.read_text()) for path in runs.glob("*/run.json")]
+    finished = [r for r in records if r["status"] == "completed" and r["profile"] == profile]
+    if not finished:
+        return None
+    stages = max(finished, key=lambda r: r["started"])["stages"]
+    return Path(stages["sft"]["directory"]), Path(stages["reward_model"]["directory"])
+
+
+def sft_and_reward_model(cfg, runs: Path, scratch: Path, tokenizer, rows) -> tuple[Path, Path, str]:
+    found = main_job_models(runs, cfg.profile)
+    if found and all((directory / "config.json").is_file() for directory in found):
+        return *found, "loaded"
     sft, _, reward_model = recipe.up_to_reward_model(cfg, tokenizer, rows[DEMONSTRATIONS])
     save_model(sft, tokenizer, scratch / "sft", {})
     save_model(reward_model, tokenizer, scratch / "reward_model", {})
@@ -84,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--accelerate-config", type=Path, default=None, help="one profile for every count (default: cpu-1proc / cpu-2proc)")
-    parser.add_argument("--models", type=Path, default=REPO / "artifacts" / "models")
+    parser.add_argument("--runs", type=Path, default=REPO / "artifacts" / "runs", help="run records of the main job, whose SFT and RM are reused")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     stay_offline()
@@ -94,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = recipe.make_tokenizer(cfg)
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
     with tempfile.TemporaryDirectory() as scratch:
-        sft, reward_model, origin = sft_and_reward_model(cfg, args.models, Path(scratch), tokenizer, rows)
+        sft, reward_model, origin = sft_and_reward_model(cfg, args.runs, Path(scratch), tokenizer, rows)
         runs = []
         for processes in args.processes:
             profile = args.accelerate_config or REPO / "infra" / "accelerate" / ("cpu-1proc.yaml" if processes == 1 else "cpu-2proc.yaml")

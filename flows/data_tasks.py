@@ -7,6 +7,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from components import locks
 from components.config import Config
 from components.data import stages, versioned
 from components.data.dataset import load_rows
@@ -63,18 +64,21 @@ def describe_data(cfg: Config, root: str) -> dict:
 
 
 def data_stages(cfg: Config, root: str, tracking: Tracking) -> dict:
-    """The validated, versioned data set: its rows, version, validation result and summary."""
-    candidate = stage_data(cfg, root)
-    validation = validate_data(cfg, root, candidate, tracking)
-    version = version_data(cfg, root, candidate)
-    tracking.parent.set_tags({"data.md5": version["md5"], "data.action": version["action"]})
-    prepared = prepare_data(cfg, root, version)
-    summary = describe_data(cfg, root)
+    """The validated, versioned data set: its rows, version, validation result and summary.
+
+    One run at a time per project root stages, validates, versions and reads the data (runs at
+    once would otherwise write the same data directory and data.dvc); the rows are then in memory.
+    """
+    def waiting() -> None:
+        get_run_logger().info("data: another run on %s is versioning its data; waiting", root)
+
+    with locks.exclusive(locks.project_lock(root, "data"), waiting):
+        candidate = stage_data(cfg, root)
+        validation = validate_data(cfg, root, candidate, tracking)
+        version = version_data(cfg, root, candidate)
+        tracking.parent.set_tags({"data.md5": version["md5"], "data.action": version["action"]})
+        prepared = prepare_data(cfg, root, version)
+        summary = describe_data(cfg, root)
+        rows = load_rows(Path(root) / cfg.data.dir)
     tracking.parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, prefix="data.")
-    return {
-        "rows": load_rows(Path(root) / cfg.data.dir),
-        "version": version,
-        "validation": validation,
-        "prepared": prepared,
-        "summary": summary,
-    }
+    return {"rows": rows, "version": version, "validation": validation, "prepared": prepared, "summary": summary}

@@ -23,7 +23,9 @@ from prefect.runtime import flow_run
 
 from components.config import DEFAULT_PARAMS, ConfigError, load_config
 from components.data import stages
+from components.data.files import write_json
 from components.evaluation.report import format_table
+from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
 from components.tracking.dvc_store import DataDrift
 from components.tracking.mlflow_store import TrackingUnavailable
@@ -60,6 +62,7 @@ def rlhf_pipeline(
     """The whole pipeline; ``overrides`` are ``key.path=value`` strings applied over the profile."""
     cfg = load_config(profile, flow_overrides(overrides, seed, tracking_uri, registered_model), params)
     tracking = open_tracking(cfg, root)
+    started, data, trained, decision, registry = time.time(), None, None, None, None
     try:
         data = data_tasks.data_stages(cfg, root, tracking)
         name_flow_run(f"{profile}-data-{data['version']['md5'][:8]}")
@@ -69,8 +72,11 @@ def rlhf_pipeline(
         registry = training_tasks.register_with_retries(cfg, root, tracking, data, trained, decision)
         training_tasks.report_with_retries(cfg, tracking, data, trained, evaluation, decision, registry)
     except BaseException as error:
+        if data is not None:  # a run refused before training leaves nothing in the project root
+            write_run_record(cfg, root, tracking, started, data, trained, decision, registry, error)
         close_tracking(tracking, error)
         raise
+    write_run_record(cfg, root, tracking, started, data, trained, decision, registry, None)
     close_tracking(tracking, None)
     get_run_logger().info("gate: %s", decision["decision"])
     return {
@@ -83,7 +89,30 @@ def rlhf_pipeline(
         "registry": registry,
         "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
         "flow_run_id": str(flow_run.id) if flow_run.id else None,
+        "run_dir": str(tracking.run_dir),
     }
+
+
+def write_run_record(cfg, root: str, tracking, started: float, data: dict, trained: dict | None, decision: dict | None,
+                     registry: dict | None, error: BaseException | None) -> None:
+    """``<run dir>/run.json``: what this run used and decided, so concurrent runs on one root stay tellable apart."""
+    stage_dirs = {}
+    if trained is not None:
+        results = {"sft": trained["sft"], "reward_model": trained["reward"], "ppo": trained["ppo"], **trained["baselines"]}
+        store = StageStore(root)
+        stage_dirs = {name: {"key": r.key, "directory": str(store.path(training_tasks.stage_home(cfg, name), r.key)), "reused": r.reused}
+                  for name, r in results.items()}
+    write_json(tracking.run_dir / "run.json", {
+        "status": "failed" if error else "completed",
+        "error": f"{type(error).__name__}: {error}"[:2000] if error else None,
+        "started": started, "finished": time.time(),
+        "profile": cfg.profile, "seed": cfg.seed,
+        "flow_run_id": str(flow_run.id) if flow_run.id else None,
+        "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
+        "data_version": data["version"], "stages": stage_dirs,
+        "decision": {"decision": decision["decision"], "score": decision["score"]} if decision else None,
+        "registry": registry,
+    })
 
 
 def _print_summary(result: dict, seconds: float) -> None:
@@ -103,7 +132,9 @@ def _print_summary(result: dict, seconds: float) -> None:
     registry = result["registry"]
     print(f"\nregistry     : {registry['name']} version {registry['version']} ({registry['decision']}); "
           f"champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}")
+    print(f"registry note: {registry['champion_note']}")
     print(f"mlflow       : {result['mlflow']['uri']} (run {result['mlflow']['run_id']})")
+    print(f"run record   : {result['run_dir']}/run.json")
     print(f"wall time    : {seconds:.1f} s")
     print("\nwhere to look:")
     uri = result["mlflow"]["uri"]

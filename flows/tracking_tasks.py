@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from components.config import Config
 from components.tracking.mlflow_store import StageRun, Tracker, flatten
@@ -12,6 +13,8 @@ from components.tracking.provenance import git_commit
 class Tracking:
     tracker: Tracker
     parent: StageRun
+    run_dir: Path  # this run's own directory (named by the parent run id): PPO job, run record
+
 
     def stage(self, name: str) -> StageRun:
         return self.tracker.start_run(name, tags={"stage": name}, parent=self.parent)
@@ -21,7 +24,9 @@ def open_tracking(cfg: Config, root: str) -> Tracking:
     tracker = Tracker(cfg.tracking, root)
     parent = tracker.start_run(f"pipeline-{cfg.profile}", tags={"profile": cfg.profile, "seed": cfg.seed, **git_commit(root)})
     parent.log_params(flatten(cfg.model_dump(mode="json")))
-    return Tracking(tracker, parent)
+    run_dir = Path(root) / cfg.orchestration.runs_dir / parent.run_id
+    parent.set_tags({"run_dir": str(run_dir)})
+    return Tracking(tracker, parent, run_dir)
 
 
 def close_tracking(tracking: Tracking, error: BaseException | None) -> None:

@@ -2,7 +2,8 @@
 
 Every stage is a Prefect task and a nested MLflow run (params = its config section, per-step
 history with steps, final metrics, curves as PNG, the model in HF layout). Models also land in
-``artifacts_dir/<stage>`` (written atomically, with a card naming config and data version).
+``artifacts_dir/<stage>/<stage key>/`` (written once, atomically, with a card naming config and
+data version), where any later or concurrent run with the same key finds and reuses them.
 """
 from __future__ import annotations
 
@@ -17,14 +18,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components.config import Config
-from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
+from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name
 from components.data.gold_judge import gold_score
 from components.data.lexicon import VOCABULARY
 from components.evaluation.gate import decide
 from components.evaluation.report import evaluate_policies, format_table, reward_model_gold_accuracy
 from components.data.files import read_jsonl, write_json
 from components.models.builders import load_causal_lm, load_scalar_model
-from components.models.saving import read_card, save_model, stage_key
+from components.models.saving import CARD, save_model, stage_key
+from components.models.stage_store import StageStore
 from components.tracking import plots
 from components.tracking.mlflow_store import CHALLENGER, CHAMPION, StageRun, flatten
 from components.training import ppo_worker, recipe
@@ -64,16 +66,22 @@ def record_stage(run: StageRun, section, result: recipe.StageResult, step_key: s
         run.log_figure(plots.curves(result.history, LOSS_CURVES, x=step_key), "plots/curves.png")
 
 
-def keep_model(cfg: Config, root: str, run: StageRun, name: str, result: recipe.StageResult, tokenizer, data: dict) -> None:
-    directory = Path(root) / cfg.artifacts_dir / name
-    if not result.reused:
-        card = {
-            "stage": name, "stage_key": result.key, "config": cfg.model_dump(mode="json"), "data_version": data["version"],
-            "metrics": result.metrics, "history": result.history, "seconds": result.seconds,
-        }
-        save_model(result.model, tokenizer, directory, card)
+def save_stage_model(cfg: Config, directory: Path, name: str, result: recipe.StageResult, tokenizer, data: dict) -> None:
+    card = {
+        "stage": name, "stage_key": result.key, "config": cfg.model_dump(mode="json"), "data_version": data["version"],
+        "metrics": result.metrics, "history": result.history, "seconds": result.seconds,
+    }
+    save_model(result.model, tokenizer, directory, card)
+
+
+def log_stage_model(cfg: Config, root: str, run: StageRun, name: str, result: recipe.StageResult) -> None:
     if cfg.tracking.log_models:
-        run.log_artifacts(directory, f"model/{name}")
+        run.log_artifacts(StageStore(root).path(stage_home(cfg, name), result.key), f"model/{name}")
+
+
+def stage_home(cfg: Config, name: str) -> str:
+    """Where a stage's outputs live, one directory per key under it."""
+    return f"{cfg.artifacts_dir}/{name}"
 
 
 def key_for(cfg: Config, data: dict, name: str, section, *upstream: str) -> str:
@@ -81,25 +89,28 @@ def key_for(cfg: Config, data: dict, name: str, section, *upstream: str) -> str:
                      model=cfg.model.model_dump(mode="json"), seed=cfg.seed, upstream=list(upstream))
 
 
-def reuse(cfg: Config, root: str, run: StageRun, name: str, key: str, loader) -> recipe.StageResult | None:
-    """The stage's saved output when its key matches: data, config section and upstream stages unchanged."""
-    if not cfg.orchestration.reuse_finished_stages:
-        return None
-    directory = Path(root) / cfg.artifacts_dir / name
-    card = read_card(directory)
-    if not card or card.get("stage_key") != key:
-        return None
-    get_run_logger().info("%s: reusing the finished stage in %s (key %s)", name, directory, key)
-    run.set_tags({"reused": "true", "stage_key": key})
-    return recipe.StageResult(loader(directory), card["metrics"], card.get("history", []), 0.0, key, reused=True)
+def waiting_for(name: str, key: str):
+    return lambda: get_run_logger().info("%s: another run is computing key %s; waiting to reuse its result", name, key)
 
 
-def train_or_reuse(cfg, root, run, name, key, loader, train) -> recipe.StageResult:
-    result = reuse(cfg, root, run, name, key, loader)
-    if result is None:
+def train_or_reuse(cfg: Config, root: str, run: StageRun, name: str, key: str, loader, train, tokenizer, data: dict,
+                   finished=None) -> recipe.StageResult:
+    """Reuse the stage's saved output when its key matches (data, config section and upstream stages
+    unchanged), else train and save it. The key is held meanwhile, so a concurrent run with the same
+    key waits and reuses; ``finished`` runs while it is still held, after the save."""
+    store = StageStore(root)
+    with store.claim(stage_home(cfg, name), key, waiting_for(name, key)) as directory:
+        card = store.finished(stage_home(cfg, name), key) if cfg.orchestration.reuse_finished_stages else None
+        if card:
+            get_run_logger().info("%s: reusing the finished stage in %s", name, directory)
+            run.set_tags({"reused": "true", "stage_key": key})
+            return recipe.StageResult(loader(directory), card["metrics"], card.get("history", []), 0.0, key, reused=True)
         result = train()
         result.key = key
         run.set_tags({"reused": "false", "stage_key": key})
+        save_stage_model(cfg, directory, name, result, tokenizer, data)
+        if finished is not None:
+            finished()
     return result
 
 
@@ -107,9 +118,10 @@ def train_or_reuse(cfg, root, run, name, key, loader, train) -> recipe.StageResu
 def sft_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer) -> recipe.StageResult:
     with recorded(tracking.stage("sft")) as run:
         key = key_for(cfg, data, "sft", cfg.sft)
-        result = train_or_reuse(cfg, root, run, "sft", key, load_causal_lm, lambda: recipe.sft_stage(cfg, tokenizer, data["rows"][DEMONSTRATIONS], log=_progress("sft", 10 * cfg.sft.log_every)))
+        result = train_or_reuse(cfg, root, run, "sft", key, load_causal_lm, lambda: recipe.sft_stage(cfg, tokenizer, data["rows"][DEMONSTRATIONS], log=_progress("sft", 10 * cfg.sft.log_every)),
+                                tokenizer, data)
         record_stage(run, cfg.sft, result)
-        keep_model(cfg, root, run, "sft", result, tokenizer, data)
+        log_stage_model(cfg, root, run, "sft", result)
     return result
 
 
@@ -119,14 +131,16 @@ def comparisons_task(cfg: Config, root: str, tracking: Tracking, data: dict, tok
     if cfg.comparisons.source == "static":
         rows = data["rows"][PREFERENCES]
         return recipe.StageResult(rows, {"pairs": len(rows)}, key=key_for(cfg, data, "comparisons", cfg.comparisons))
-    directory = Path(root) / cfg.comparisons.dir
     key = key_for(cfg, data, "comparisons", cfg.comparisons, cfg.validation.model_dump_json(), sft.key)
-    with recorded(tracking.stage("comparisons")) as run:
-        card = read_card(directory)
-        if cfg.orchestration.reuse_finished_stages and card and card.get("stage_key") == key:
-            rows = [r.data for r in read_jsonl(directory / "preferences.jsonl", "preferences")]
+    store = StageStore(root)
+    with recorded(tracking.stage("comparisons")) as run, store.claim(cfg.comparisons.dir, key, waiting_for("comparisons", key)) as directory:
+        card = store.finished(cfg.comparisons.dir, key) if cfg.orchestration.reuse_finished_stages else None
+        if card:
+            rows = [r.data for r in read_jsonl(directory / file_name(PREFERENCES), PREFERENCES)]
             run.set_tags({"reused": "true", "stage_key": key})
+            run.log_params(flatten(cfg.comparisons.model_dump(mode="json")))
             run.log_metrics(card["metrics"])
+            run.log_artifacts(directory, "comparisons")
             return recipe.StageResult(rows, card["metrics"], key=key, reused=True)
         train_prompts = sorted({r["prompt"] for r in data["rows"][DEMONSTRATIONS]})
         result = recipe.comparisons_stage(cfg, tokenizer, sft.model, train_prompts, recipe.labeler_ranker(cfg))
@@ -134,10 +148,9 @@ def comparisons_task(cfg: Config, root: str, tracking: Tracking, data: dict, tok
         eval_prompts = frozenset(r["prompt"] for r in data["rows"][EVAL_PROMPTS])
         vocabulary = VOCABULARY if cfg.validation.check_vocabulary else None
         report = save_comparisons(
-            rows, Path(root) / cfg.comparisons.dir, cfg.validation, vocabulary,
-            Path(root) / cfg.validation.report_dir / "comparisons", eval_prompts,
+            rows, directory, cfg.validation, vocabulary, Path(root) / cfg.validation.report_dir / "comparisons" / key, eval_prompts,
         )
-        write_json(directory / "rlhf_card.json", {"stage": "comparisons", "stage_key": key, "metrics": result.metrics})
+        write_json(directory / CARD, {"stage": "comparisons", "stage_key": key, "metrics": result.metrics})
         run.set_tags({"reused": "false", "stage_key": key})
         run.log_params(flatten(cfg.comparisons.model_dump(mode="json")))
         run.log_metrics({**result.metrics, "seconds": result.seconds})
@@ -152,13 +165,17 @@ def reward_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenize
     with recorded(tracking.stage("reward_model")) as run:
         train_prompts = sorted({r["prompt"] for r in data["rows"][DEMONSTRATIONS]})
         key = key_for(cfg, data, "reward_model", cfg.reward, sft.key, comparisons.key)
-        result = train_or_reuse(cfg, root, run, "reward_model", key, load_scalar_model,
-                                lambda: recipe.reward_stage(cfg, tokenizer, sft.model, comparisons.model, train_prompts, log=_progress("reward model", 10 * cfg.reward.log_every)))
         valid = recipe.reward_valid_rows(cfg, comparisons.model)
-        if valid and cfg.data.source == "synthetic" and not result.reused:
-            result.metrics["accuracy_gold"] = reward_model_gold_accuracy(result.model, tokenizer, valid, cfg.model, gold_score)
+
+        def train():
+            result = recipe.reward_stage(cfg, tokenizer, sft.model, comparisons.model, train_prompts, log=_progress("reward model", 10 * cfg.reward.log_every))
+            if valid and cfg.data.source == "synthetic":
+                result.metrics["accuracy_gold"] = reward_model_gold_accuracy(result.model, tokenizer, valid, cfg.model, gold_score)
+            return result
+
+        result = train_or_reuse(cfg, root, run, "reward_model", key, load_scalar_model, train, tokenizer, data)
         record_stage(run, cfg.reward, result)
-        keep_model(cfg, root, run, "reward_model", result, tokenizer, data)
+        log_stage_model(cfg, root, run, "reward_model", result)
     return result
 
 
@@ -168,9 +185,10 @@ def baseline_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokeni
     with recorded(tracking.stage(f"baseline_{name}")) as run:
         key = key_for(cfg, data, name, section, sft.key, comparisons.key)
         result = train_or_reuse(cfg, root, run, name, key, load_causal_lm,
-                                lambda: recipe.baseline_stage(cfg, name, tokenizer, sft.model, comparisons.model, log=_progress(name, 10 * section.log_every)))
+                                lambda: recipe.baseline_stage(cfg, name, tokenizer, sft.model, comparisons.model, log=_progress(name, 10 * section.log_every)),
+                                tokenizer, data)
         record_stage(run, section, result)
-        keep_model(cfg, root, run, name, result, tokenizer, data)
+        log_stage_model(cfg, root, run, name, result)
     return result
 
 
@@ -199,15 +217,18 @@ def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, 
         # a killed run's re-run continues from the last checkpoint of the same key
         checkpoints = Path(root) / cfg.artifacts_dir / ".checkpoints" / f"ppo-{key}"
         run.set_tags({"accelerate_config": cfg.distributed.accelerate_config, "processes": processes})
-        result = train_or_reuse(cfg, root, run, "ppo", key, load_causal_lm, lambda: launched_ppo(
-            cfg, root, tracking, run, profile, key, train_prompts, demonstrations, checkpoints,
-        ))
+        store = StageStore(root)
+        inputs = {"sft": store.path(stage_home(cfg, "sft"), sft.key), "reward_model": store.path(stage_home(cfg, "reward_model"), reward.key)}
+        result = train_or_reuse(
+            cfg, root, run, "ppo", key, load_causal_lm,
+            lambda: launched_ppo(cfg, tracking, run, profile, inputs, train_prompts, demonstrations, checkpoints),
+            tokenizer, data, finished=lambda: shutil.rmtree(checkpoints, ignore_errors=True),  # the saved model supersedes them
+        )
         record_stage(run, cfg.ppo, result, step_key="iteration", history_logged=not result.reused)
         run.log_figure(plots.ppo_curves(result.history), "plots/ppo_curves.png")
         if cfg.data.source == "synthetic":
             run.log_figure(plots.overoptimisation(result.history), "plots/overoptimisation.png")
-        keep_model(cfg, root, run, "ppo", result, tokenizer, data)
-        shutil.rmtree(checkpoints, ignore_errors=True)  # the finished model supersedes them
+        log_stage_model(cfg, root, run, "ppo", result)
     return result
 
 
@@ -216,12 +237,12 @@ def code_path(path: str) -> Path:
     return Path(path) if Path(path).is_absolute() else CODE_ROOT / path
 
 
-def launched_ppo(cfg: Config, root: str, tracking: Tracking, run: StageRun, profile: AccelerateProfile, key: str,
+def launched_ppo(cfg: Config, tracking: Tracking, run: StageRun, profile: AccelerateProfile, inputs: dict[str, Path],
                  prompts: list[str], demonstrations: list[dict], checkpoints: Path) -> recipe.StageResult:
-    models = Path(root) / cfg.artifacts_dir
-    job_dir = models / ".jobs" / f"ppo-{key}"
+    """``inputs``: the SFT and reward model directories (finished stage outputs, never rewritten)."""
+    job_dir = tracking.run_dir / "ppo-job"
     shutil.rmtree(job_dir, ignore_errors=True)
-    write_job(job_dir, cfg, models / "sft", models / "reward_model", prompts, demonstrations, checkpoints,
+    write_job(job_dir, cfg, inputs["sft"], inputs["reward_model"], prompts, demonstrations, checkpoints,
               mlflow={"uri": tracking.tracker.uri, "run_id": run.run_id})
     command, env = accelerate_command(profile, ppo_worker.__name__, ["--job", str(job_dir)],
                                       cfg.distributed.num_processes, cfg.distributed.main_process_port)
@@ -362,7 +383,8 @@ def gate(cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluation:
         run.log_params(flatten(cfg.gate.model_dump(mode="json")))
         run.log_dict(decision.as_dict(), "gate/decision.json")
         run.set_tags({"gate.decision": decision.label})
-        run.log_metrics({"promote": float(decision.promote), "failed_rules": float(len(decision.failures))})
+        run.log_metrics({"promote": float(decision.promote), "failed_rules": float(len(decision.failures)),
+                         **({"score": decision.score} if decision.score is not None else {})})
     tracking.parent.set_tags({"gate.decision": decision.label})
     create_markdown_artifact(key="gate", markdown=f"```\n{decision.summary()}\n```")
     get_run_logger().info(decision.summary())
@@ -385,7 +407,8 @@ def register(cfg: Config, root: str, tracking: Tracking, data: dict, trained: di
         "seed": cfg.seed,
         **{k.replace(" ", "_"): v[:5000] for k, v in evaluation_tags.items()},
     })
-    tracking.tracker.record_decision(version, decision["decision"], decision["reasons_text"])
+    champion_note = tracking.tracker.record_decision(version, decision["decision"], decision["reasons_text"], decision["score"])
+    get_run_logger().info("registry: %s", champion_note)
     return {
         "name": cfg.tracking.registered_model,
         "version": version,
@@ -393,4 +416,5 @@ def register(cfg: Config, root: str, tracking: Tracking, data: dict, trained: di
         "model_uri": model_uri,
         "champion": tracking.tracker.alias_version(CHAMPION),
         "challenger": tracking.tracker.alias_version(CHALLENGER),
+        "champion_note": champion_note,
     }

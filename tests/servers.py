@@ -34,8 +34,9 @@ def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float
 
 
 @contextmanager
-def running(command: list[str], health_url: str, log: Path, env: dict[str, str] | None = None):
-    with open(log, "w") as out:
+def running(command: list[str], health_url: str, log: Path, env: dict[str, str] | None = None, append: bool = False):
+    """``append``: keep the log of an earlier start of the same server (a restart)."""
+    with open(log, "a" if append else "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
     try:
         wait_until_up(health_url, process, log)
@@ -48,6 +49,7 @@ def running(command: list[str], health_url: str, log: Path, env: dict[str, str] 
             pass
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, 9)
+            process.wait()
 
 
 @contextmanager
@@ -71,14 +73,17 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(home: Path):
-    """Yields the API URL of a Prefect server whose database lives in ``home`` (its PREFECT_HOME)."""
-    port = free_port()
+def prefect_server(home: Path, port: int | None = None):
+    """Yields the API URL of a Prefect server whose database lives in ``home`` (its PREFECT_HOME).
+
+    ``port``: a fixed port (default: a free one); a test that stops the server and starts it again
+    with the same ``home`` and ``port`` gets the same API URL and the same database back."""
+    port = port or free_port()
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"]
     api = f"http://127.0.0.1:{port}/api"
     env = {
         **prefect_env(home), "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_UI_API_URL": api,
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",  # scheduled runs appear within seconds
     }
-    with running(command, f"{api}/health", home / "prefect-server.log", env):
+    with running(command, f"{api}/health", home / "prefect-server.log", env, append=True):
         yield api

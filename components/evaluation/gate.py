@@ -40,6 +40,7 @@ class Reason:
 class Decision:
     promote: bool
     reasons: list[Reason] = field(default_factory=list)
+    score: float | None = None  # how clearly PPO won; ranks promoted versions evaluated on the same data
 
     @property
     def label(self) -> str:
@@ -53,7 +54,7 @@ class Decision:
         return "\n".join([f"decision: {self.label}", *(f"  {r}" for r in self.reasons)])
 
     def as_dict(self) -> dict:
-        return {"decision": self.label, "reasons": [asdict(r) for r in self.reasons]}
+        return {"decision": self.label, "score": self.score, "reasons": [asdict(r) for r in self.reasons]}
 
 
 class _Missing(LookupError):
@@ -171,4 +172,13 @@ def decide(report: dict, cfg: GateConfig) -> Decision:
     ]
     for mode in cfg.modes:
         reasons += _rules_for_mode(report, cfg, mode)
-    return Decision(promote=all(r.passed for r in reasons), reasons=reasons)
+    return Decision(promote=all(r.passed for r in reasons), reasons=reasons, score=gate_score(report, cfg))
+
+
+def gate_score(report: dict, cfg: GateConfig) -> float | None:
+    """The smallest lower CI bound of PPO's gold win rate against the best baseline over the gate's modes."""
+    try:
+        bounds = [_get(report, "modes", mode, "ppo_win_rate", best_baseline(report, mode, cfg.baselines), "ci")[0] for mode in cfg.modes]
+        return float(min(bounds)) if bounds else None
+    except (_Missing, TypeError, ValueError, KeyError, IndexError, AttributeError):
+        return None

@@ -23,6 +23,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from components import locks
 from components.config import TrackingConfig
 from components.tracking import plots
 
@@ -207,19 +208,52 @@ class Tracker:
         try:
             self.client.get_registered_model(name)
         except mlflow.exceptions.MlflowException:
-            self.client.create_registered_model(name, description="PPO policies of the RLHF pipeline; `champion` = the last one the gate promoted")
+            self.client.create_registered_model(name, description="PPO policies of the RLHF pipeline; `champion` = the best-gated version the gate promoted on the newest data")
         # register_model (not create_model_version) resolves a logged model's models:/m-... URI on any store
         version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
         return str(version.version)
 
-    def record_decision(self, version: str, decision: str, reasons: Iterable[str]) -> None:
-        """Tag the version with the gate's decision, then move the aliases: last, after everything else."""
+    def record_decision(self, version: str, decision: str, reasons: Iterable[str], score: float | None) -> str:
+        """Tag the version with the gate's decision, then move the aliases: last, after everything else.
+
+        Runs that finish at the same time move the aliases one at a time (a lock per store and model
+        on this machine): `challenger` goes to the newest decided version, `champion` to a promoted
+        version unless the champion outranks it (same data: a higher gate score; other data: a
+        newer version). Returns why the champion is what it is.
+        """
         name = self.cfg.registered_model
         self.client.set_model_version_tag(name, version, "gate.decision", decision)
         self.client.set_model_version_tag(name, version, "gate.reasons", "\n".join(reasons)[:5000])
-        self.client.set_registered_model_alias(name, CHALLENGER, version)
-        if decision == "promote":
-            self.client.set_registered_model_alias(name, CHAMPION, version)
+        if score is not None:
+            self.client.set_model_version_tag(name, version, "gate.score", f"{score:.6f}")
+        with locks.exclusive(locks.machine_lock_path(self.uri, name)):
+            challenger = self.alias_version(CHALLENGER)
+            if challenger is None or int(challenger) < int(version):
+                self.client.set_registered_model_alias(name, CHALLENGER, version)
+            if decision != "promote":
+                return f"not promoted; champion stays {self.alias_version(CHAMPION) or 'unset'}"
+            champion = self.alias_version(CHAMPION)
+            held = self._better_gated(champion, version) if champion else None
+            if held:
+                why = f"version {champion} stays champion: {held}"
+            else:
+                self.client.set_registered_model_alias(name, CHAMPION, version)
+                why = f"version {version} is champion"
+        self.client.set_model_version_tag(name, version, "gate.champion", why)
+        return why
+
+    def _better_gated(self, champion: str, candidate: str) -> str | None:
+        """Why ``champion`` outranks ``candidate``, or None: on the same data the higher gate score
+        wins; otherwise (scores not comparable) the newer version does."""
+        name = self.cfg.registered_model
+        held, new = (self.client.get_model_version(name, v).tags for v in (champion, candidate))
+        if held.get("data.md5") == new.get("data.md5") and "gate.score" in held and "gate.score" in new:
+            if float(held["gate.score"]) > float(new["gate.score"]):
+                return f"gate score {float(held['gate.score']):.3f} > {float(new['gate.score']):.3f} on the same data"
+            return None
+        if int(champion) > int(candidate):
+            return "it is the newer version and was gated on other data"
+        return None
 
     def alias_version(self, alias: str) -> str | None:
         try:

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import git
+from tests.layout import run_records, stage_dir, stage_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,10 +20,23 @@ def run(args, cwd, tmp_path):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_main_job_runs_every_stage_and_ends_with_the_decision(git_repo, tmp_path):
-    done = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo)], REPO, tmp_path)
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    """One run of the main command on a fresh project: (root, temp dir, the finished process, its run record)."""
+    tmp = tmp_path_factory.mktemp("main-job")
+    root = tmp / "repo"
+    root.mkdir()
+    for args in (["init", "-q"], ["config", "user.name", "test"], ["config", "user.email", "test@example.com"]):
+        git(root, *args)
+    done = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(root)], REPO, tmp)
     assert done.returncode == 0, done.stderr[-3000:]
-    md5 = yaml.safe_load((git_repo / "data.dvc").read_text())["outs"][0]["md5"].removesuffix(".dir")
+    return root, tmp, done, run_records(root)[0]
+
+
+def test_main_job_runs_every_stage_and_ends_with_the_decision(main_job):
+    git_repo, _, done, record = main_job
+    md5 = record["data_version"]["md5"]
+    assert md5 == yaml.safe_load((git_repo / "data.dvc").read_text())["outs"][0]["md5"].removesuffix(".dir")
     assert f"data version : {md5} (new version" in done.stdout
     assert "agree with the gold judge" in done.stdout
     docs = done.stdout.split("Data Docs at ")[1].split()[0]
@@ -29,9 +44,12 @@ def test_main_job_runs_every_stage_and_ends_with_the_decision(git_repo, tmp_path
     version = json.loads((git_repo / "artifacts/prepared/data_version.json").read_text())
     assert version["md5"] == md5 and version["rows"]["rm_valid"] > 0
     # the training stages ran and left their models, the comparisons were collected and validated
+    assert record["status"] == "completed" and record["decision"]["decision"] == "reject"
     for stage in ("sft", "reward_model", "chosen", "combined", "dpo", "ppo"):
-        assert (git_repo / "artifacts/models" / stage / "model.safetensors").is_file(), stage
-    assert (git_repo / "artifacts/comparisons/preferences.jsonl").stat().st_size > 0
+        directory = Path(record["stages"][stage]["directory"])
+        assert directory.parent == git_repo / "artifacts/models" / stage and not record["stages"][stage]["reused"], stage
+        assert (directory / "model.safetensors").is_file(), stage
+    assert (stage_dir(git_repo, "comparisons", "artifacts") / "preferences.jsonl").stat().st_size > 0
     assert "== sample decoding, held-out prompts ==" in done.stdout and "== greedy decoding, held-out prompts ==" in done.stdout
     # the smoke models learn next to nothing: the gate must say so, and nothing becomes champion
     assert "decision: reject" in done.stdout
@@ -92,21 +110,23 @@ def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(git_repo,
     assert git(clone, "status", "--porcelain", "data.dvc", "dvc.lock") == ""  # every hash as recorded
 
 
-def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(git_repo, tmp_path):
+def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job):
+    git_repo, tmp_path, _, first = main_job
     args = ["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo)]
-    assert run(args, REPO, tmp_path).returncode == 0
-    models = git_repo / "artifacts/models"
-    before = {stage: (models / stage / "model.safetensors").stat().st_mtime_ns for stage in ("sft", "reward_model", "dpo", "ppo")}
-    keys = {stage: json.loads((models / stage / "rlhf_card.json").read_text())["stage_key"] for stage in before}
+    before = {stage: (stage_dir(git_repo, stage) / "model.safetensors").stat().st_mtime_ns for stage in ("sft", "reward_model", "dpo", "ppo")}
 
     # only PPO's section and its launch changed: now 2 data-parallel CPU processes under `accelerate launch`
     again = run([*args, "--set", "ppo.cliprange=0.3", "--set", "distributed.accelerate_config=infra/accelerate/cpu-2proc.yaml"], REPO, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
     assert "rank 0/2" in log and "rank 1/2" in log and "ppo done: 2 process(es)" in log  # the ranks' lines reached the flow's log
-    after = {stage: (models / stage / "model.safetensors").stat().st_mtime_ns for stage in before}
-    assert {s for s in before if before[s] == after[s]} == {"sft", "reward_model", "dpo"}
-    assert json.loads((models / "ppo" / "rlhf_card.json").read_text())["stage_key"] != keys["ppo"]
+    second = run_records(git_repo)[1]["stages"]
+    assert {s for s in before if second[s]["reused"]} == {"sft", "reward_model", "dpo"}
+    assert all(second[s]["key"] == first["stages"][s]["key"] for s in ("sft", "reward_model", "dpo"))
+    assert second["ppo"]["key"] != first["stages"]["ppo"]["key"]
+    # finished outputs are never rewritten: the reused ones are untouched, the first PPO policy is still there
+    assert all((stage_dir(git_repo, s) / "model.safetensors").stat().st_mtime_ns == before[s] for s in ("sft", "reward_model", "dpo"))
+    assert len(stage_dirs(git_repo, "ppo")) == 2
     assert "reusing the finished stage" in log
-    card = json.loads((models / "ppo" / "rlhf_card.json").read_text())
+    card = json.loads((Path(second["ppo"]["directory"]) / "rlhf_card.json").read_text())
     assert card["config"]["distributed"]["accelerate_config"].endswith("cpu-2proc.yaml")

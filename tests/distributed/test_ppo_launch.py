@@ -163,7 +163,7 @@ def test_the_throughput_benchmark_measures_one_and_two_processes(tmp_path):
     out = tmp_path / "ppo_throughput.json"
     done = subprocess.run(
         [sys.executable, "benchmarks/ppo_throughput.py", "--profile", "smoke", "--iterations", "3", "--processes", "1", "2",
-         "--models", str(tmp_path / "none"), "--out", str(out)],
+         "--runs", str(tmp_path / "none"), "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]

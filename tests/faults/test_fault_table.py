@@ -24,6 +24,7 @@ from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, fil
 from components.training.launcher import free_port
 from tests.conftest import git
 from tests.data.test_validation import DEFECTS, write_good_dir
+from tests.layout import stage_dir
 
 pytestmark = pytest.mark.faults
 
@@ -110,7 +111,7 @@ def test_nan_mid_ppo_fails_naming_stage_and_step_and_registers_nothing(mlflow_se
     assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-3000:]
     assert "ppo: non-finite policy_loss at step 0" in done.stderr and "nothing was registered" in done.stderr
     assert registry_state(mlflow_server) == before and before[1] == champion
-    assert (root / "artifacts/models/reward_model/model.safetensors").is_file()  # the stages before PPO finished
+    assert (stage_dir(root, "reward_model") / "model.safetensors").is_file()  # the stages before PPO finished
     assert not (root / "artifacts/models/ppo").exists()
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("rlhf-pipeline")

@@ -1,21 +1,27 @@
-"""The whole pipeline against a real MLflow server: nested runs, metrics with steps, artefacts,
-registered versions, and the `champion` alias moved by the gate alone.
+"""The whole pipeline against a real MLflow server and a real Prefect server: nested runs, metrics
+with steps, artefacts, registered versions, the `champion` alias moved by the gate alone, and two
+runs at once on one project root and one registry.
 
 Three runs of the `tiny` profile (a model small enough to train in about a minute that still
-learns) share one server, in order:
-  1. a gate every honest run passes (thresholds at their loosest)   -> promoted, champion = v1
-  2. a win-rate threshold no model can meet (0.99)                   -> rejected, champion stays v1
-  3. the negative control: the reward model learns from shuffled labels, under the loose gate of
-     run 1 except the reward-model accuracy floor                    -> rejected, champion stays v1
+learns) share the servers and the project root:
+  1. two at once: a gate every honest run passes (thresholds at their loosest), and a rival with
+     another PPO learning rate (same data, SFT, comparisons, RM and baselines; its own PPO)
+     -> both promoted; champion = the one with the higher gate score, whatever order they finished in
+  2. then the negative control: the reward model learns from shuffled labels, under the loose gate
+     except the reward-model accuracy floor -> rejected; the champion stays where step 1 left it.
+Every run has secrets planted in its environment; none may reach any output, file or store.
 """
 import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+
+from tests.layout import run_records, stage_dirs
 
 pytestmark = pytest.mark.integration
 
@@ -29,16 +35,30 @@ LOOSE_GATE = [
     "gate.overoptimisation.max_gold_drop=100",
     "gate.overoptimisation.max_proxy_gold_gap=1.0",
 ]
+RIVAL_PPO = "ppo.lr=2.0e-4"
+SECRETS = {
+    "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-5f1c9e",
+    "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-password-77ab",
+    "MLFLOW_TRACKING_TOKEN": "planted-mlflow-token-c0ffee",
+}
+SHARED_STAGES = ("sft", "reward_model", "chosen", "combined", "dpo")
 
 
-def run_pipeline(root: Path, uri: str, home: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PREFECT_HOME": str(home / "prefect-home")}
+def run_pipeline(root: Path, servers: dict, overrides: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": servers["mlflow"], "PREFECT_API_URL": servers["prefect"],
+           "PREFECT_HOME": str(servers["prefect_home"]), **SECRETS}
     args = [sys.executable, "-m", "flows.pipeline", "--profile", "tiny", "--root", str(root)]
     for item in overrides:
         args += ["--set", item]
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
+
+
+def at_once(root: Path, servers: dict, **overrides: list[str]) -> dict[str, subprocess.CompletedProcess]:
+    with ThreadPoolExecutor(len(overrides)) as pool:
+        started = {name: pool.submit(run_pipeline, root, servers, items) for name, items in overrides.items()}
+        return {name: future.result() for name, future in started.items()}
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +70,24 @@ def project(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(project, mlflow_server, tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    promoted = run_pipeline(project, mlflow_server, home, LOOSE_GATE)
-    rejected = run_pipeline(project, mlflow_server, home, [*LOOSE_GATE, "gate.min_win_rate_lower=0.99"])
-    control = run_pipeline(project, mlflow_server, home, [*LOOSE_GATE, "reward.shuffle_labels=true"])
-    return {"promoted": promoted, "rejected": rejected, "control": control}
+def mlflow_home(tmp_path_factory):
+    from tests.servers import mlflow_server
+
+    home = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_server(home) as uri:
+        yield uri, home
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(mlflow_home):
+    return mlflow_home[0]
+
+
+@pytest.fixture(scope="module")
+def runs(project, mlflow_home, prefect_server):
+    servers = {"mlflow": mlflow_home[0], "prefect": prefect_server[0], "prefect_home": prefect_server[1]}
+    first = at_once(project, servers, promoted=LOOSE_GATE, rival=[*LOOSE_GATE, RIVAL_PPO])
+    return {**first, "control": run_pipeline(project, servers, [*LOOSE_GATE, "reward.shuffle_labels=true"])}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +96,7 @@ def client(mlflow_server):
 
 
 def parent_run_id(done: subprocess.CompletedProcess) -> str:
+    assert "(run " in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout.split("(run ")[1].split(")")[0]
 
 
@@ -121,22 +154,75 @@ def test_plots_tables_models_and_validation_are_artefacts(runs, client):
     assert "comparisons/preferences.jsonl" in artifact_paths(client, stage(client, runs, "comparisons").info.run_id)
 
 
+def versions_by_run(runs, client) -> dict:
+    """The registry version each run registered (exactly one each)."""
+    by_run_id = {}
+    for version in client.search_model_versions(f"name = '{MODEL}'"):
+        by_run_id.setdefault(version.run_id, []).append(client.get_model_version(MODEL, version.version))
+    found = {name: by_run_id.get(parent_run_id(done), []) for name, done in runs.items()}
+    assert all(len(versions) == 1 for versions in found.values()), found
+    assert len(by_run_id) == len(runs)
+    return {name: versions[0] for name, versions in found.items()}
+
+
 def test_every_policy_is_a_registered_version_tagged_with_the_gate(runs, client):
-    versions = {v.version: v for v in client.search_model_versions(f"name = '{MODEL}'")}
-    assert set(map(str, versions)) == {"1", "2", "3"}
-    v1, v2, v3 = (client.get_model_version(MODEL, str(n)) for n in (1, 2, 3))
-    assert v1.tags["gate.decision"] == "promote" and "PASS" in v1.tags["gate.reasons"]
-    assert v2.tags["gate.decision"] == "reject" and "FAIL [sample] beats the best supervised baseline" in v2.tags["gate.reasons"]
-    assert v3.tags["gate.decision"] == "reject" and "FAIL reward model accuracy" in v3.tags["gate.reasons"]
-    for v in (v1, v2, v3):
-        assert len(v.tags["data.md5"]) == 32
+    versions = versions_by_run(runs, client)
+    assert sorted(int(v.version) for v in versions.values()) == [1, 2, 3]
+    for name in ("promoted", "rival"):
+        assert versions[name].tags["gate.decision"] == "promote" and "PASS" in versions[name].tags["gate.reasons"]
+        assert 0.0 < float(versions[name].tags["gate.score"]) < 1.0
+    assert versions["control"].tags["gate.decision"] == "reject" and "FAIL reward model accuracy" in versions["control"].tags["gate.reasons"]
+    for v in versions.values():
+        assert len(v.tags["data.md5"]) == 32 and v.status == "READY"
 
 
 def test_only_the_gate_moves_champion(runs, client):
-    assert client.get_model_version_by_alias(MODEL, "champion").version in (1, "1")
-    assert client.get_model_version_by_alias(MODEL, "challenger").version in (3, "3")
-    assert "champion = 1, challenger = 3" in runs["control"].stdout
-    assert "decision: reject" in runs["rejected"].stdout and "decision: reject" in runs["control"].stdout
+    versions = versions_by_run(runs, client)
+    best = max(("promoted", "rival"), key=lambda name: float(versions[name].tags["gate.score"]))
+    assert client.get_model_version_by_alias(MODEL, "champion").version == versions[best].version
+    assert client.get_model_version_by_alias(MODEL, "challenger").version == versions["control"].version == "3"
+    assert "decision: reject" in runs["control"].stdout
+    assert f"champion stays {versions[best].version}" in runs["control"].stdout
+
+
+@pytest.mark.faults
+def test_two_runs_at_once_share_the_root_and_the_registry_safely(runs, client, project):
+    """Fault table: two flow runs at once on one machine, one project root, one store."""
+    versions = versions_by_run(runs, client)
+    records = {r["mlflow"]["run_id"]: r for r in run_records(project)}
+    first = {name: records[parent_run_id(runs[name])] for name in ("promoted", "rival")}
+    # each run has its own run directory and record, and finished
+    assert len({r["mlflow"]["run_id"] for r in first.values()}) == 2 and all(r["status"] == "completed" for r in first.values())
+    assert first["promoted"]["data_version"]["md5"] == first["rival"]["data_version"]["md5"]
+    # every shared stage was computed once: one run trained it, the other waited and reused the same directory
+    for name in SHARED_STAGES:
+        stages = [r["stages"][name] for r in first.values()]
+        assert stages[0]["directory"] == stages[1]["directory"] and sorted(s["reused"] for s in stages) == [False, True], name
+        assert len(stage_dirs(project, name)) == (2 if name == "reward_model" else 1)  # + the control's RM
+    assert "waiting to reuse its result" in runs["promoted"].stdout + runs["promoted"].stderr + runs["rival"].stdout + runs["rival"].stderr
+    # each trained its own PPO into its own directory
+    assert first["promoted"]["stages"]["ppo"]["directory"] != first["rival"]["stages"]["ppo"]["directory"]
+    assert not any(s["reused"] for s in (first["promoted"]["stages"]["ppo"], first["rival"]["stages"]["ppo"]))
+    # the champion is the better-gated of the two, never a version without its decision
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    scores = {float(versions[name].tags["gate.score"]): versions[name].version for name in ("promoted", "rival")}
+    assert champion.version == scores[max(scores)] and champion.tags["gate.decision"] == "promote"
+    assert "gate.champion" in champion.tags
+
+
+@pytest.mark.faults
+def test_planted_secrets_never_reach_outputs_files_or_stores(runs, project, mlflow_home, prefect_server):
+    """Fault table / security: credentials in the environment of all three runs appear nowhere."""
+    places = {f"{name}.{stream}": getattr(done, stream).encode() for name, done in runs.items() for stream in ("stdout", "stderr")}
+    for base in (project, mlflow_home[1], prefect_server[1]):
+        for path in base.rglob("*"):
+            if path.is_file():
+                places[str(path)] = path.read_bytes()
+    assert len(places) > 100  # models, reports, run records, the Prefect database, the MLflow store
+    assert any("prefect.db" in where for where in places) and any("mlflow.db" in where for where in places)
+    for name, secret in SECRETS.items():
+        leaks = [where for where, content in places.items() if secret.encode() in content]
+        assert not leaks, f"{name} found in {leaks}"
 
 
 def test_the_champion_loads_back_and_generates(runs, mlflow_server, monkeypatch):

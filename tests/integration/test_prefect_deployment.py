@@ -1,6 +1,7 @@
 """The scheduled deployment on a real Prefect server: registered on a process work pool, its
-schedule creates scheduled runs, a worker executes a triggered run of the `smoke` pipeline, and a
-run with bad data ends Failed with the validation artifact and no training task started."""
+schedule creates scheduled runs, a worker executes a triggered run of the `smoke` pipeline (and
+the Prefect server is restarted while that run trains: a fault-table row), and a run with bad data
+ends Failed with the validation artifact and no training task started."""
 import json
 import os
 import subprocess
@@ -8,51 +9,133 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
+from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.servers import BIN, prefect_env
+from tests.layout import stage_dir
+from tests.servers import BIN, free_port, prefect_env, prefect_server
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "rlhf-pipeline/nightly-smoke"
+MODEL = "rlhf-policy"
 TRAINING_TASKS = ("SFT", "collect comparisons", "reward model", "PPO", "evaluate", "gate", "register")
+OUTAGE_SECONDS = 8  # the server is down this long, plus its own start-up
+TRAINING_STARTED = ("SFT", "reward model", "PPO")
+
+
+class RestartableServer:
+    """A Prefect server on one fixed port and one database, stopped and started again by a test."""
+
+    def __init__(self, home: Path):
+        self.home, self.port = home, free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self._running = None
+
+    def start(self) -> None:
+        running = prefect_server(self.home, self.port)
+        assert running.__enter__() == self.api
+        self._running = running
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group; returns once it has exited."""
+        running, self._running = self._running, None
+        if running is not None:
+            running.__exit__(None, None, None)
+
+
+def stop_tree(process: subprocess.Popen) -> None:
+    """The worker and what it started (a flow run runs in a session of its own): SIGTERM, then SIGKILL."""
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    try:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=60)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.wait()
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for child in alive:
+        child.kill()
 
 
 @pytest.fixture(scope="module")
-def server(prefect_server, tmp_path_factory):
-    api, home = prefect_server
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    prefect = RestartableServer(home)
+    prefect.start()
     root = tmp_path_factory.mktemp("project")
     for args in (["init", "-q"], ["config", "user.name", "test"], ["config", "user.email", "test@example.com"]):
         subprocess.run(["git", *args], cwd=root, check=True)
-    env = {**os.environ, **prefect_env(home, api), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    env = {**os.environ, **prefect_env(home, prefect.api), "PREFECT_WORKER_QUERY_SECONDS": "2"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the runs track into the project's own store
-    done = subprocess.run([sys.executable, "-m", "flows.deploy", "apply", "--profile", "smoke", "--root", str(root)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"deployment: {DEPLOYMENT} on work pool rlhf-process" in done.stdout
-    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "rlhf-process", "--type", "process"],
-                              cwd=REPO, env=env, stdout=open(root.parent / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    with temporary_settings({PREFECT_API_URL: api}):
-        yield {"api": api, "root": root, "env": env}
-    os.killpg(worker.pid, 15)
-    worker.wait(timeout=60)
+    try:
+        done = subprocess.run([sys.executable, "-m", "flows.deploy", "apply", "--profile", "smoke", "--root", str(root)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"deployment: {DEPLOYMENT} on work pool rlhf-process" in done.stdout
+        log = root.parent / "worker.log"
+        with open(log, "w") as out:
+            worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "rlhf-process", "--type", "process"],
+                                      cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            with temporary_settings({PREFECT_API_URL: prefect.api}):
+                yield {"prefect": prefect, "root": root, "env": env, "worker_log": log}
+        finally:
+            stop_tree(worker)
+    finally:
+        prefect.stop()
 
 
-def run_deployment(parameters: dict | None = None, timeout: float = 900):
+def wait_for(what: str, condition, timeout: float, every: float, log: Path):
+    """Poll ``condition`` until it is truthy; an HTTP error (the server still starting) counts as 'not yet'."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except httpx.HTTPError as error:
+            last_error = error
+        time.sleep(every)
+    raise TimeoutError(f"{what}: not after {timeout} s (last error: {last_error!r}); worker log:\n{log.read_text()[-6000:]}")
+
+
+def start_deployment(parameters: dict | None = None):
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(DEPLOYMENT)
-        flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters or {})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            flow_run = client.read_flow_run(flow_run.id)
-            if flow_run.state and flow_run.state.is_final():
-                return flow_run
-            time.sleep(3)
-    raise TimeoutError(f"flow run {flow_run.id} still {flow_run.state.name} after {timeout} s")
+        return client.create_flow_run_from_deployment(deployment.id, parameters=parameters or {}).id
+
+
+def final_state(flow_run_id, log: Path, timeout: float = 900):
+    with get_client(sync_client=True) as client:
+        def final():
+            flow_run = client.read_flow_run(flow_run_id)
+            return flow_run if flow_run.state and flow_run.state.is_final() else None
+
+        flow_run = wait_for("the flow run final", final, timeout, 2, log)
+
+        def tasks_final():  # task run states reach the server as events, a moment after the flow's own state
+            runs = task_runs(flow_run_id)
+            return runs if all(r.state and r.state.is_final() for r in runs) else None
+
+        return flow_run, wait_for("every task run final", tasks_final, 60, 2, log)
 
 
 def task_runs(flow_run_id):
@@ -79,18 +162,49 @@ def test_the_schedule_creates_scheduled_runs(server):
     assert scheduled, "the cron schedule created no scheduled runs"
 
 
-def test_a_worker_runs_the_deployment_through_every_stage(server):
-    flow_run = run_deployment()
-    assert flow_run.state.is_completed(), flow_run.state
+@pytest.mark.faults
+def test_a_worker_runs_the_deployment_through_every_stage_across_a_server_restart(server):
+    """Fault table: the Prefect server restarts while the run trains. The flow run rides out the
+    outage (the client retries its API calls; the events client resends what the server did not
+    confirm) and ends Completed, every task Completed, with one registry version."""
+    log, prefect = server["worker_log"], server["prefect"]
+    flow_run_id = start_deployment()
+
+    def training():
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+        if state and state.is_final():
+            pytest.fail(f"the flow run ended before any training task was seen Running: {state!r}\n{log.read_text()[-6000:]}")
+        return state and state.is_running() and [
+            r.name for r in task_runs(flow_run_id) if r.name.rsplit("-", 1)[0] in TRAINING_STARTED and r.state and r.state.is_running()
+        ]
+
+    started = wait_for("a training task Running", training, 300, 0.5, log)
+    prefect.stop()
+    down = time.monotonic()
+    time.sleep(OUTAGE_SECONDS)
+    prefect.start()
+    outage = time.monotonic() - down
+    flow_run, runs = final_state(flow_run_id, log)
+
+    context = f"restarted during {started}; outage {outage:.1f} s; worker log:\n{log.read_text()[-6000:]}"
+    assert flow_run.state.is_completed(), f"{flow_run.state!r}\n{context}"
+    assert flow_run.run_count == 1  # Prefect did not run it a second time
     assert flow_run.name.startswith("smoke-data-")  # renamed once the data hash is known
-    runs = task_runs(flow_run.id)
     names = {r.name.split("-")[0] if not r.name.startswith("baseline") else r.name for r in runs}
     assert set(TRAINING_TASKS) <= names and {"baseline chosen", "baseline combined", "baseline dpo"} <= names
-    assert all(r.state.is_completed() for r in runs)
-    found = artifacts(flow_run.id)
+    assert all(r.state.is_completed() for r in runs), {r.name: r.state.name for r in runs}
+    found = artifacts(flow_run_id)
     assert {"data-validation", "evaluation", "gate", "pipeline-report", "pipeline-metrics"} <= set(found)
     assert "decision:" in found["pipeline-report"].data and "## MLflow" in found["pipeline-report"].data
-    assert (server["root"] / "artifacts/models/ppo/model.safetensors").is_file()
+    assert (stage_dir(server["root"], "ppo") / "model.safetensors").is_file()
+
+    registry = MlflowClient(f"sqlite:///{server['root'] / 'mlruns' / 'mlflow.db'}")
+    (parent,) = registry.search_runs([registry.get_experiment_by_name("rlhf-pipeline").experiment_id], "tags.mlflow.runName = 'pipeline-smoke'")
+    assert parent.info.status == "FINISHED"  # one pipeline run, finished, not a second attempt
+    (version,) = registry.search_model_versions(f"name='{MODEL}'")  # no duplicate registry version
+    assert version.run_id == parent.info.run_id and version.tags["gate.decision"] == parent.data.tags["gate.decision"]
+    assert registry.get_model_version_by_alias(MODEL, "challenger").version == version.version
 
 
 def test_bad_data_fails_the_run_before_any_training(server, tmp_path):
@@ -105,10 +219,9 @@ def test_bad_data_fails_the_run_before_any_training(server, tmp_path):
         f"data.files={{demonstrations: {bad / 'd.jsonl'}, preferences: {bad / 'p.jsonl'}, eval_prompts: {bad / 'e.jsonl'}}}",
         "validation.check_vocabulary=false",
     ]
-    flow_run = run_deployment({"overrides": overrides})
+    flow_run, runs = final_state(start_deployment({"overrides": overrides}), server["worker_log"])
     assert flow_run.state.is_failed(), flow_run.state
     found = artifacts(flow_run.id)
     assert "Data validation FAILED" in found["data-validation"].data
-    started = {r.name.split("-")[0] for r in task_runs(flow_run.id)}
-    assert not started & set(TRAINING_TASKS)
+    assert not {r.name.split("-")[0] for r in runs} & set(TRAINING_TASKS)
     assert (server["root"] / "data.dvc").read_text() == data_dvc  # the data version did not move

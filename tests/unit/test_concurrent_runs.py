@@ -1,0 +1,124 @@
+"""What lets two runs share one project root and one registry: per-key locks on finished stage
+outputs, and champion arbitration by gate score (a real MLflow SQLite store, no server)."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from components import locks
+from components.config import load_config
+from components.data.files import write_json
+from components.evaluation.gate import decide, gate_score
+from components.models.stage_store import StageStore
+from components.tracking.mlflow_store import CHALLENGER, CHAMPION, Tracker
+
+
+def test_a_second_claim_of_a_key_waits_for_the_first_and_then_finds_its_output(tmp_path):
+    store = StageStore(tmp_path)
+    events = []
+
+    def first():
+        with store.claim("artifacts/models/sft", "k1") as directory:
+            events.append("first holds")
+            time.sleep(0.5)
+            directory.mkdir(parents=True)
+            write_json(directory / "rlhf_card.json", {"stage_key": "k1", "metrics": {}})
+            events.append("first saved")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    while not events:
+        time.sleep(0.01)
+    with store.claim("artifacts/models/sft", "k1", on_wait=lambda: events.append("second waits")):
+        events.append("second holds")
+        assert store.finished("artifacts/models/sft", "k1") == {"stage_key": "k1", "metrics": {}}
+    thread.join()
+    assert events == ["first holds", "second waits", "first saved", "second holds"]
+    with store.claim("artifacts/models/sft", "k2", on_wait=lambda: events.append("never")):
+        assert store.finished("artifacts/models/sft", "k2") is None  # another key: no wait, nothing there
+    assert "never" not in events
+
+
+def test_a_killed_holder_releases_its_lock(tmp_path):
+    lock = tmp_path / "data.lock"
+    code = f"from components import locks; import time\nwith locks.exclusive({str(lock)!r}):\n    print('held', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    waited = []
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    with locks.exclusive(lock, on_wait=lambda: waited.append(True)):
+        pass  # would block forever if the dead process still held it
+    assert len(waited) <= 1
+
+
+def report(lower_bounds: dict[str, float]) -> dict:
+    """An evaluation report where PPO beats every baseline, with the given win-rate lower bound per mode."""
+    policies = {name: {"gold": {"value": gold}} for name, gold in (("sft", 1.0), ("chosen", 1.5), ("combined", 1.4), ("dpo", 2.0))}
+    return {"modes": {mode: {"policies": policies, "ppo_win_rate": {"dpo": {"value": lo + 0.05, "ci": [lo, lo + 0.1]}}}
+                      for mode, lo in lower_bounds.items()}}
+
+
+def test_the_gate_score_is_the_weakest_mode_lower_bound():
+    cfg = load_config("default").gate
+    assert gate_score(report({"sample": 0.61, "greedy": 0.57}), cfg) == pytest.approx(0.57)
+    assert gate_score({"modes": {}}, cfg) is None
+    assert decide(report({"sample": 0.61, "greedy": 0.57}), cfg).score == pytest.approx(0.57)
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    cfg = load_config("default", [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]).tracking
+    return Tracker(cfg, tmp_path)
+
+
+def new_version(tracker: Tracker, data_md5: str) -> str:
+    """A registered version as `register` leaves it (tagged with its data), before the gate's decision is recorded."""
+    run = tracker.start_run("pipeline")
+    tracker.client.log_text(run.run_id, "a policy", "policy/README.txt")
+    name = tracker.cfg.registered_model
+    if not tracker.client.search_registered_models(f"name='{name}'"):
+        tracker.client.create_registered_model(name)
+    return str(tracker.client.create_model_version(name, f"runs:/{run.run_id}/policy", run.run_id, tags={"data.md5": data_md5}).version)
+
+
+def test_champion_goes_to_the_better_gated_version_on_the_same_data(tracker):
+    v1, v2, v3 = (new_version(tracker, "aaa") for _ in range(3))
+    assert tracker.record_decision(v1, "promote", ["ok"], 0.60) == f"version {v1} is champion"
+    why = tracker.record_decision(v2, "promote", ["ok"], 0.55)
+    assert why == f"version {v1} stays champion: gate score 0.600 > 0.550 on the same data"
+    assert tracker.record_decision(v3, "reject", ["no"], 0.70).startswith("not promoted")
+    assert (tracker.alias_version(CHAMPION), tracker.alias_version(CHALLENGER)) == (v1, v3)
+    tags = MlflowClient(tracker.uri).get_model_version(tracker.cfg.registered_model, v2).tags
+    assert tags["gate.score"] == "0.550000" and tags["gate.champion"] == why
+
+    v4 = new_version(tracker, "bbb")  # other data: scores not comparable, the newer version wins
+    assert tracker.record_decision(v4, "promote", ["ok"], 0.30) == f"version {v4} is champion"
+    v5 = new_version(tracker, "ccc")
+    # a slow run (v2) deciding late moves neither alias back
+    assert tracker.record_decision(v2, "promote", ["ok"], 0.55) == f"version {v4} stays champion: it is the newer version and was gated on other data"
+    assert (tracker.alias_version(CHAMPION), tracker.alias_version(CHALLENGER)) == (v4, v4)
+    assert tracker.record_decision(v5, "promote", ["ok"], 0.10) == f"version {v5} is champion"
+
+
+def test_runs_deciding_at_the_same_moment_leave_champion_at_the_better_one(tracker):
+    weaker, stronger = new_version(tracker, "aaa"), new_version(tracker, "aaa")
+    barrier = threading.Barrier(2)
+
+    def decide_now(version, score):
+        barrier.wait()
+        tracker.record_decision(version, "promote", ["ok"], score)
+
+    threads = [threading.Thread(target=decide_now, args=(stronger, 0.62)), threading.Thread(target=decide_now, args=(weaker, 0.51))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert tracker.alias_version(CHAMPION) == stronger
+    assert tracker.alias_version(CHALLENGER) == max(weaker, stronger, key=int)
