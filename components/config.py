@@ -265,6 +265,7 @@ class OrchestrationConfig(Section):
     schedule_cron: str = Field("0 2 * * *", description="cron schedule of the deployment")
     schedule_timezone: str = Field("UTC", description="time zone of the cron schedule")
     work_pool: str = Field("rlhf-process", description="the process work pool the deployment runs on")
+    keep_stage_outputs: int | None = Field(3, ge=1, description="finished outputs kept per stage, the most recently used first; null: keep all")
     runs_dir: str = Field("artifacts/runs", description="each run's own directory, named by its MLflow run id: run record, PPO job")
 
 

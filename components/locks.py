@@ -30,6 +30,23 @@ def exclusive(path: str | Path, on_wait: Callable[[], None] | None = None) -> It
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def exclusive_if_free(path: str | Path) -> Iterator[bool]:
+    """Hold ``path`` if nobody does; yields whether it is held (never waits)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def machine_lock_path(*names: str) -> Path:
     """A lock every process on this machine finds from the same names (a tracking URI and a model name)."""
     digest = hashlib.sha256("\0".join(names).encode()).hexdigest()[:16]

@@ -71,6 +71,7 @@ def rlhf_pipeline(
         decision = training_tasks.gate(cfg, tracking, data, trained, evaluation)
         registry = training_tasks.register_with_retries(cfg, root, tracking, data, trained, decision)
         training_tasks.report_with_retries(cfg, tracking, data, trained, evaluation, decision, registry)
+        training_tasks.prune_stage_outputs(cfg, root, trained)
     except BaseException as error:
         if data is not None:  # a run refused before training leaves nothing in the project root
             write_run_record(cfg, root, tracking, started, data, trained, decision, registry, error)
@@ -98,10 +99,9 @@ def write_run_record(cfg, root: str, tracking, started: float, data: dict, train
     """``<run dir>/run.json``: what this run used and decided, so concurrent runs on one root stay tellable apart."""
     stage_dirs = {}
     if trained is not None:
-        results = {"sft": trained["sft"], "reward_model": trained["reward"], "ppo": trained["ppo"], **trained["baselines"]}
         store = StageStore(root)
         stage_dirs = {name: {"key": r.key, "directory": str(store.path(training_tasks.stage_home(cfg, name), r.key)), "reused": r.reused}
-                  for name, r in results.items()}
+                      for name, r in training_tasks.trained_stages(trained).items()}
     write_json(tracking.run_dir / "run.json", {
         "status": "failed" if error else "completed",
         "error": f"{type(error).__name__}: {error}"[:2000] if error else None,

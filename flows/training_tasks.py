@@ -103,6 +103,7 @@ def train_or_reuse(cfg: Config, root: str, run: StageRun, name: str, key: str, l
         card = store.finished(stage_home(cfg, name), key) if cfg.orchestration.reuse_finished_stages else None
         if card:
             get_run_logger().info("%s: reusing the finished stage in %s", name, directory)
+            store.touch(stage_home(cfg, name), key)
             run.set_tags({"reused": "true", "stage_key": key})
             return recipe.StageResult(loader(directory), card["metrics"], card.get("history", []), 0.0, key, reused=True)
         result = train()
@@ -136,6 +137,7 @@ def comparisons_task(cfg: Config, root: str, tracking: Tracking, data: dict, tok
     with recorded(tracking.stage("comparisons")) as run, store.claim(cfg.comparisons.dir, key, waiting_for("comparisons", key)) as directory:
         card = store.finished(cfg.comparisons.dir, key) if cfg.orchestration.reuse_finished_stages else None
         if card:
+            store.touch(cfg.comparisons.dir, key)
             rows = [r.data for r in read_jsonl(directory / file_name(PREFERENCES), PREFERENCES)]
             run.set_tags({"reused": "true", "stage_key": key})
             run.log_params(flatten(cfg.comparisons.model_dump(mode="json")))
@@ -293,7 +295,7 @@ def mlflow_links(tracking: Tracking, registry: dict) -> dict[str, str]:
 def report(cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluation: dict, decision: dict, registry: dict) -> str:
     """The flow run's report: evaluation table, decision with reasons, links; and a metrics table."""
     links = mlflow_links(tracking, registry)
-    stage_times = {name: r.seconds for name, r in [("sft", trained["sft"]), ("reward_model", trained["reward"]), ("ppo", trained["ppo"]), *trained["baselines"].items()]}
+    stage_times = {name: r.seconds for name, r in trained_stages(trained).items()}
     markdown = "\n".join([
         f"# RLHF pipeline: {decision['decision'].upper()}",
         f"profile `{cfg.profile}`, seed {cfg.seed}, data `{data['version']['md5']}`",
@@ -337,12 +339,30 @@ def train_all(cfg: Config, root: str, tracking: Tracking, data: dict) -> dict:
     reward = reward_task(cfg, root, tracking, data, tokenizer, sft, comparisons)
     baselines = {name: baseline_task(cfg, root, tracking, data, tokenizer, sft, comparisons, name) for name in recipe.SUPERVISED_BASELINES}
     ppo = ppo_task(cfg, root, tracking, data, tokenizer, sft, reward)
-    return {"tokenizer": tokenizer, "sft": sft, "reward": reward, "baselines": baselines, "ppo": ppo}
+    return {"tokenizer": tokenizer, "sft": sft, "comparisons": comparisons, "reward": reward, "baselines": baselines, "ppo": ppo}
+
+
+@task(name="prune stage outputs", cache_policy=NO_CACHE)
+def prune_stage_outputs(cfg: Config, root: str, trained: dict) -> list[str]:
+    """Keep each stage's ``orchestration.keep_stage_outputs`` most recently used outputs; never this run's."""
+    if cfg.orchestration.keep_stage_outputs is None:
+        return []
+    store = StageStore(root)
+    homes = {stage_home(cfg, name): {result.key} for name, result in trained_stages(trained).items()}
+    homes[cfg.comparisons.dir] = {trained["comparisons"].key}
+    removed = [str(path) for home, keys in homes.items() for path in store.prune(home, cfg.orchestration.keep_stage_outputs, keys)]
+    if removed:
+        get_run_logger().info("pruned %d old stage output(s): %s", len(removed), ", ".join(removed))
+    return removed
+
+
+def trained_stages(trained: dict) -> dict[str, recipe.StageResult]:
+    """Every stage that saves a model, by its name under ``artifacts_dir``."""
+    return {"sft": trained["sft"], "reward_model": trained["reward"], "ppo": trained["ppo"], **trained["baselines"]}
 
 
 def _stage_metrics(trained: dict) -> dict[str, dict]:
-    stages = {"sft": trained["sft"], "reward_model": trained["reward"], "ppo": trained["ppo"], **trained["baselines"]}
-    return {name: result.metrics for name, result in stages.items()}
+    return {name: result.metrics for name, result in trained_stages(trained).items()}
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

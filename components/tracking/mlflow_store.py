@@ -177,14 +177,22 @@ class Tracker:
         check_reachable(self.uri, cfg.connect_timeout_seconds)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
-        experiment = self.client.get_experiment_by_name(cfg.experiment)
-        if experiment is None:
-            artifact_location = None
-            if self.uri == local_store_uri(root):
-                artifact_location = (Path(root) / STORE_DIR / "artifacts").resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(cfg.experiment, artifact_location=artifact_location)
-        else:
-            self.experiment_id = experiment.experiment_id
+        self.experiment_id = self._experiment_id(root)
+
+    def _experiment_id(self, root: str | Path) -> str:
+        """The pipeline's experiment, created on first use (another run may be creating it this moment)."""
+        experiment = self.client.get_experiment_by_name(self.cfg.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        artifact_location = None
+        if self.uri == local_store_uri(root):
+            artifact_location = (Path(root) / STORE_DIR / "artifacts").resolve().as_uri()
+        try:
+            return self.client.create_experiment(self.cfg.experiment, artifact_location=artifact_location)
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.client.get_experiment_by_name(self.cfg.experiment).experiment_id
 
     def start_run(self, name: str, tags: dict[str, Any] | None = None, parent: StageRun | None = None) -> StageRun:
         all_tags = {k: str(v) for k, v in (tags or {}).items()}
@@ -205,13 +213,21 @@ class Tracker:
         for existing in self.client.search_model_versions(f"name = '{name}'"):
             if existing.run_id == run.run_id:
                 return str(existing.version)
-        try:
-            self.client.get_registered_model(name)
-        except mlflow.exceptions.MlflowException:
-            self.client.create_registered_model(name, description="PPO policies of the RLHF pipeline; `champion` = the best-gated version the gate promoted on the newest data")
+        self.ensure_registered_model()
         # register_model (not create_model_version) resolves a logged model's models:/m-... URI on any store
         version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
         return str(version.version)
+
+    def ensure_registered_model(self) -> None:
+        """Create the registered model unless it exists (another run may be creating it this moment)."""
+        try:
+            self.client.create_registered_model(
+                self.cfg.registered_model,
+                description="PPO policies of the RLHF pipeline; `champion` = the best-gated version the gate promoted on the newest data",
+            )
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
 
     def record_decision(self, version: str, decision: str, reasons: Iterable[str], score: float | None) -> str:
         """Tag the version with the gate's decision, then move the aliases: last, after everything else.

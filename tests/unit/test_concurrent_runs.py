@@ -45,6 +45,41 @@ def test_a_second_claim_of_a_key_waits_for_the_first_and_then_finds_its_output(t
     assert "never" not in events
 
 
+def finished_output(store: StageStore, key: str, used_at: float) -> Path:
+    directory = store.path("artifacts/models/ppo", key)
+    directory.mkdir(parents=True)
+    write_json(directory / "rlhf_card.json", {"stage_key": key, "metrics": {}})
+    os.utime(directory / "rlhf_card.json", (used_at, used_at))
+    return directory
+
+
+def test_pruning_keeps_the_most_recently_used_outputs_and_any_in_use_or_claimed(tmp_path):
+    store = StageStore(tmp_path)
+    outputs = {key: finished_output(store, key, 1000.0 + i) for i, key in enumerate(["k0", "k1", "k2", "k3", "k4", "k5"])}
+    store.touch("artifacts/models/ppo", "k0")  # reused just now: the most recent
+    held = threading.Event()
+    release = threading.Event()
+
+    def another_run_claims_k2():
+        with store.claim("artifacts/models/ppo", "k2"):
+            held.set()
+            release.wait(30)
+
+    claimer = threading.Thread(target=another_run_claims_k2)
+    claimer.start()
+    held.wait(30)
+    try:
+        removed = store.prune("artifacts/models/ppo", keep=2, in_use={"k1"})
+    finally:
+        release.set()
+        claimer.join()
+    # kept: the 2 most recent (k0 touched, k5), k1 (this run's), k2 (claimed by a live run); removed: k3, k4
+    assert sorted(p.name for p in removed) == ["k3", "k4"]
+    assert sorted(p.name for p in (tmp_path / "artifacts/models/ppo").iterdir()) == ["k0", "k1", "k2", "k5"]
+    assert all(outputs[k].is_dir() for k in ("k0", "k1", "k2", "k5"))
+    assert store.prune("artifacts/models/sft", keep=1, in_use=set()) == []  # a stage that never ran
+
+
 def test_a_killed_holder_releases_its_lock(tmp_path):
     lock = tmp_path / "data.lock"
     code = f"from components import locks; import time\nwith locks.exclusive({str(lock)!r}):\n    print('held', flush=True); time.sleep(60)"
@@ -78,13 +113,34 @@ def tracker(tmp_path):
     return Tracker(cfg, tmp_path)
 
 
+def test_a_run_finding_the_registered_model_just_created_by_another_goes_on(tracker, tmp_path):
+    """Two first runs on a store used to race between "does the model exist?" and "create it"; the loser
+    failed with RESOURCE_ALREADY_EXISTS. Now each creates and takes "already exists" as done."""
+    other = Tracker(tracker.cfg, tmp_path)  # another run on the same store, first to register
+    other.ensure_registered_model()
+    tracker.ensure_registered_model()
+    assert [m.name for m in tracker.client.search_registered_models()] == [tracker.cfg.registered_model]
+
+
+def test_a_run_losing_the_race_to_create_the_experiment_uses_the_winners(tracker, tmp_path, monkeypatch):
+    """The window between "no such experiment" and "create it", forced: another run created it in between."""
+    real, lookups = MlflowClient.get_experiment_by_name, []
+
+    def stale_first(self, name):
+        lookups.append(name)
+        return None if len(lookups) == 1 else real(self, name)  # the first lookup still sees no experiment
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", stale_first)
+    assert Tracker(tracker.cfg, tmp_path).experiment_id == tracker.experiment_id
+    assert len(lookups) == 2  # it tried to create, found it taken, and looked again
+
+
 def new_version(tracker: Tracker, data_md5: str) -> str:
     """A registered version as `register` leaves it (tagged with its data), before the gate's decision is recorded."""
     run = tracker.start_run("pipeline")
     tracker.client.log_text(run.run_id, "a policy", "policy/README.txt")
     name = tracker.cfg.registered_model
-    if not tracker.client.search_registered_models(f"name='{name}'"):
-        tracker.client.create_registered_model(name)
+    tracker.ensure_registered_model()
     return str(tracker.client.create_model_version(name, f"runs:/{run.run_id}/policy", run.run_id, tags={"data.md5": data_md5}).version)
 
 
