@@ -1,18 +1,20 @@
 """PPO throughput for 1 and N data-parallel processes: where an iteration's time goes and tokens per second.
 
     python benchmarks/ppo_throughput.py [--profile default] [--iterations 10] [--processes 1 2]
-                                        [--accelerate-config infra/accelerate/single-gpu.yaml]
+    python benchmarks/ppo_throughput.py --accelerate-config infra/accelerate/cpu-1proc.yaml infra/accelerate/single-gpu.yaml
 
 Uses the SFT policy and reward model of the newest completed main-job run of the profile (its
 ``artifacts/runs/<id>/run.json`` names them; ``--runs`` to look elsewhere) when there is one, else
 trains them with the profile first (not timed).
 Each process count runs ``--iterations`` PPO iterations of the profile exactly as the pipeline
-runs them: `accelerate launch` of the PPO worker (cpu-1proc / cpu-2proc profiles, or the one
-given). Reported per iteration, after the first (warm-up): seconds, split into generation
+runs them: `accelerate launch` of the PPO worker (cpu-1proc / cpu-2proc profiles); or each profile
+given with ``--accelerate-config`` runs them with its own process count (CPU against GPU on one
+machine, from the same SFT and RM). Reported per iteration, after the first (warm-up): seconds, split into generation
 (sampling the rollouts), scoring (policy, reference, critic and reward model forward passes, GAE,
 whitening) and update (the PPO epochs, gradient all-reduce included), measured on rank 0; rollout
 tokens/s = all ranks' response tokens / generation seconds; update tokens/s = all ranks' response
-tokens x ppo_epochs / update seconds; launch seconds = the whole launch, start-up included.
+tokens x ppo_epochs / update seconds; launch seconds = the whole launch, start-up included; the
+last iteration's RM score, KL and gold score show that each setting learned alike.
 Writes benchmarks/results/ppo_throughput.json.
 """
 from __future__ import annotations
@@ -72,6 +74,7 @@ def measure(cfg, profile: Path, processes: int, sft: Path, reward_model: Path, p
     mean = lambda key: statistics.fmean(h[key] for h in steady)  # noqa: E731
     generation, scoring, update = mean("generation_seconds"), mean("scoring_seconds"), mean("update_seconds")
     tokens = mean("response_tokens")
+    last = history[-1]
     return {
         "processes": outcome["world_size"],
         "accelerate_config": str(profile.relative_to(REPO)) if profile.is_relative_to(REPO) else str(profile),
@@ -87,6 +90,7 @@ def measure(cfg, profile: Path, processes: int, sft: Path, reward_model: Path, p
         "rollout_tokens_per_second": tokens / generation,
         "update_tokens_per_second": tokens * cfg.ppo.ppo_epochs / update,
         "launch_seconds": launch_seconds,
+        **{f"last_{key}": last[key] for key in ("rm_score", "kl", "gold") if key in last},
     }
 
 
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--accelerate-config", type=Path, default=None, help="one profile for every count (default: cpu-1proc / cpu-2proc)")
+    parser.add_argument("--accelerate-config", type=Path, nargs="+", default=None,
+                        help="profiles to measure, each at its own process count (default: cpu-1proc / cpu-2proc per --processes)")
     parser.add_argument("--runs", type=Path, default=REPO / "artifacts" / "runs", help="run records of the main job, whose SFT and RM are reused")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -107,20 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
     with tempfile.TemporaryDirectory() as scratch:
         sft, reward_model, origin = sft_and_reward_model(cfg, args.runs, Path(scratch), tokenizer, rows)
-        runs = []
-        for processes in args.processes:
-            profile = args.accelerate_config or REPO / "infra" / "accelerate" / ("cpu-1proc.yaml" if processes == 1 else "cpu-2proc.yaml")
-            runs.append(measure(cfg, profile.resolve(), processes, sft, reward_model, prompts, rows, Path(scratch) / f"job-{processes}"))
+        if args.accelerate_config:
+            settings = [(path, AccelerateProfile.read(path).num_processes) for path in args.accelerate_config]
+        else:
+            settings = [(REPO / "infra" / "accelerate" / ("cpu-1proc.yaml" if n == 1 else "cpu-2proc.yaml"), n) for n in args.processes]
+        runs = [measure(cfg, profile.resolve(), processes, sft, reward_model, prompts, rows, Path(scratch) / f"job-{i}")
+                for i, (profile, processes) in enumerate(settings)]
 
     result = {"profile": cfg.profile, "cpu_count": os.cpu_count(), "models": origin, "rollout_batch_size": cfg.ppo.rollout_batch_size,
               "ppo_epochs": cfg.ppo.ppo_epochs, "runs": runs}
     print(f"PPO throughput, profile {cfg.profile}, {cfg.ppo.rollout_batch_size} rollouts per iteration, mean of {runs[0]['iterations_measured']} iterations after warm-up")
-    columns = [("processes", "{:d}"), ("torch_threads_per_process", "{:d}"), ("seconds_per_iteration", "{:.2f}"), ("generation_seconds", "{:.2f}"),
+    columns = [("accelerate_config", "{}"), ("device", "{}"), ("mixed_precision", "{}"), ("processes", "{:d}"), ("torch_threads_per_process", "{:d}"), ("seconds_per_iteration", "{:.2f}"), ("generation_seconds", "{:.2f}"),
                ("scoring_seconds", "{:.2f}"), ("update_seconds", "{:.2f}"), ("rollout_tokens_per_second", "{:.0f}"),
-               ("update_tokens_per_second", "{:.0f}"), ("launch_seconds", "{:.1f}")]
+               ("update_tokens_per_second", "{:.0f}"), ("launch_seconds", "{:.1f}"),
+               ("last_rm_score", "{:.3f}"), ("last_kl", "{:.2f}"), ("last_gold", "{:.3f}")]
     print(" | ".join(name.replace("_per_", "/").replace("_seconds", " s").replace("_", " ") for name, _ in columns))
     for run in runs:
-        print(" | ".join(fmt.format(run[name]) for name, fmt in columns))
+        print(" | ".join(fmt.format(run[name]) if name in run else "-" for name, fmt in columns))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"written: {args.out}")
