@@ -260,8 +260,8 @@ class OrchestrationConfig(Section):
     """How Prefect runs the pipeline: reuse, retries and the deployment's schedule."""
 
     reuse_finished_stages: bool = Field(True, description="reuse a stage's saved model when data hash, its config section and its upstream stages are unchanged")
-    tracking_retries: int = Field(2, ge=0, description="Prefect retries of the tasks that only talk to MLflow (a tracking server hiccup)")
-    tracking_retry_delays: list[float] = Field([5.0, 30.0], description="seconds before each retry (backoff)")
+    tracking_retries: int = Field(3, ge=0, description="Prefect retries of the tasks that only talk to MLflow (a tracking server hiccup)")
+    tracking_retry_delays: list[float] = Field([10.0, 30.0, 90.0], description="seconds before each retry (backoff; the last repeats)")
     schedule_cron: str = Field("0 2 * * *", description="cron schedule of the deployment")
     schedule_timezone: str = Field("UTC", description="time zone of the cron schedule")
     work_pool: str = Field("rlhf-process", description="the process work pool the deployment runs on")

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefect import get_run_logger
+
 from components.config import Config
 from components.tracking.mlflow_store import StageRun, Tracker, flatten
 from components.tracking.provenance import git_commit
@@ -30,8 +32,14 @@ def open_tracking(cfg: Config, root: str) -> Tracking:
 
 
 def close_tracking(tracking: Tracking, error: BaseException | None) -> None:
+    """Finish the parent run. After a failure this must not replace the run's own error: when the
+    tracking server cannot be told (it may be what failed), say so and let the first error stand."""
     if error is None:
         tracking.parent.finish("FINISHED")
-    else:
+        return
+    try:
         tracking.parent.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
         tracking.parent.finish("FAILED")
+    except Exception as closing:  # noqa: BLE001 - reported, and the original error is re-raised by the caller
+        get_run_logger().error("could not mark MLflow run %s FAILED at %s (%s: %s); it stays RUNNING there",
+                               tracking.parent.run_id, tracking.tracker.uri, type(closing).__name__, str(closing)[:300])

@@ -99,6 +99,37 @@ def test_an_unreachable_tracking_server_stops_the_run_before_any_training(tmp_pa
     assert not (root / "data").exists() and not (root / "artifacts").exists()
 
 
+def test_a_run_failing_while_the_tracking_server_is_gone_keeps_its_own_error(prefect_server, tmp_path, monkeypatch, caplog):
+    """Closing the MLflow run of a failed pipeline run must not replace the run's error with its own
+    (the server may be what failed): the first error stands and the log says the run stays RUNNING."""
+    from types import SimpleNamespace
+
+    from prefect import flow
+
+    from components.tracking.mlflow_store import StageRun
+    from flows.tracking_tasks import Tracking, close_tracking
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{free_port()}"  # the tracking server is gone
+    tracking = Tracking(SimpleNamespace(uri=uri), StageRun(MlflowClient(uri), "0" * 32), tmp_path)
+
+    @flow(name="closing-after-a-failure")
+    def failing_run():
+        try:
+            raise RuntimeError("register: the stage's own failure")
+        except RuntimeError as error:
+            close_tracking(tracking, error)
+            raise
+
+    with temporary_settings({PREFECT_API_URL: prefect_server[0]}):
+        with pytest.raises(RuntimeError, match="the stage's own failure"):
+            failing_run()
+        flow_run, _, _ = latest_flow_run()
+    assert flow_run.state.is_failed() and "the stage's own failure" in flow_run.state.message
+    logs = [record.getMessage() for record in caplog.records if record.name == "prefect.flow_runs"]
+    assert any(f"could not mark MLflow run {'0' * 32} FAILED at {uri}" in line and "stays RUNNING" in line for line in logs), logs
+
+
 # --- NaN mid-training -----------------------------------------------------------------------------
 
 
