@@ -7,6 +7,8 @@ from components.offline import stay_offline
 
 stay_offline()  # nothing in the test suite may phone home
 
+pytest_plugins = ["tests.pipeline_runs"]  # the session's shared pipeline runs (integration and browser tests)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _dvc_site_cache(tmp_path_factory):
@@ -31,18 +33,20 @@ def git_repo(tmp_path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """The tracking URI of a fresh MLflow server (SQLite backend, artefacts in a temp dir)."""
+    """The tracking URI of the session's MLflow server (SQLite backend, artefacts in a temp dir).
+    Tests that count registry versions or aliases record the state they start from."""
     from tests.servers import mlflow_server as start
 
     with start(tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
-    """(api_url, prefect_home) of a fresh Prefect server with its own SQLite database."""
+    """(api_url, prefect_home) of the session's Prefect server with its own SQLite database
+    (tests/integration/test_prefect_deployment.py starts its own: it restarts it)."""
     from tests.servers import prefect_server as start
 
     home = tmp_path_factory.mktemp("prefect-home")

@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run(args, cwd, tmp_path):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    """As a user runs it: ephemeral Prefect, the project's own MLflow store (whatever servers earlier tests pointed this process at)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    env = {**base, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -42,13 +42,22 @@ def new_project(base: Path) -> Path:
     return root
 
 
-def run_main(root: Path, tmp_path: Path, overrides=(), env=None, timeout=600) -> subprocess.CompletedProcess:
+def main_command(root: Path, overrides=()) -> list[str]:
     args = [sys.executable, "-m", "flows.pipeline", "--profile", "smoke", "--root", str(root)]
     for item in overrides:
         args += ["--set", item]
+    return args
+
+
+def main_env(tmp_path: Path, prefect_api: str, env=None) -> dict[str, str]:
+    """The environment of a main-job run against the session's Prefect server (the project's own MLflow store unless ``env`` names one)."""
     base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    full_env = {**base, "PREFECT_HOME": str(tmp_path / "prefect-home"), **(env or {})}
-    return subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return {**base, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": prefect_api, **(env or {})}
+
+
+def run_main(root: Path, tmp_path: Path, prefect_api: str, overrides=(), env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(main_command(root, overrides), cwd=REPO, env=main_env(tmp_path, prefect_api, env),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def seed_champion(uri: str) -> str:
@@ -80,19 +89,23 @@ def registry_state(uri: str) -> tuple[list[str], str]:
     ("ppo.lr=-0.1", "ppo.lr"),
     ("sft.batch_size=0", "sft.batch_size"),
 ])
-def test_a_bad_config_is_rejected_before_any_work_naming_the_key(override, key, tmp_path):
+def test_a_bad_config_is_rejected_before_any_work_naming_the_key(override, key, tmp_path, capsys):
+    """The main command's own entry point, in this process (tests/data/test_main_job.py runs it as a program)."""
+    from flows.pipeline import main
+
     root = new_project(tmp_path)
-    done = run_main(root, tmp_path, [override])
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert key in done.stderr
+    code = main(["--profile", "smoke", "--root", str(root), "--set", override])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr[-2000:]
+    assert key in stderr
     assert sorted(p.name for p in root.iterdir()) == [".git"]  # no data, no models, no tracking store
 
 
-def test_an_unreachable_tracking_server_stops_the_run_before_any_training(tmp_path):
+def test_an_unreachable_tracking_server_stops_the_run_before_any_training(prefect_server, tmp_path):
     root = new_project(tmp_path)
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
-    done = run_main(root, tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    done = run_main(root, tmp_path, prefect_server[0], env={"MLFLOW_TRACKING_URI": uri})
     assert done.returncode == 4, done.stderr[-3000:]
     assert f"the MLflow tracking server at {uri} is unreachable" in done.stderr
     assert time.monotonic() - started < 120  # the health check, not MLflow's minutes of retries
@@ -133,12 +146,12 @@ def test_a_run_failing_while_the_tracking_server_is_gone_keeps_its_own_error(pre
 # --- NaN mid-training -----------------------------------------------------------------------------
 
 
-def test_nan_mid_ppo_fails_naming_stage_and_step_and_registers_nothing(mlflow_server, tmp_path):
+def test_nan_mid_ppo_fails_naming_stage_and_step_and_registers_nothing(mlflow_server, prefect_server, tmp_path):
     champion = seed_champion(mlflow_server)
     before = registry_state(mlflow_server)
     root = new_project(tmp_path)
     # a learning rate of 1e10 blows the policy up after its first PPO minibatch: a real NaN, not an injected one
-    done = run_main(root, tmp_path, ["ppo.lr=1e10"], env={"MLFLOW_TRACKING_URI": mlflow_server})
+    done = run_main(root, tmp_path, prefect_server[0], ["ppo.lr=1e10"], env={"MLFLOW_TRACKING_URI": mlflow_server})
     assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-3000:]
     assert "ppo: non-finite policy_loss at step 0" in done.stderr and "nothing was registered" in done.stderr
     assert registry_state(mlflow_server) == before and before[1] == champion

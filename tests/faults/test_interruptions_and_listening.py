@@ -4,7 +4,6 @@ tests/integration/test_mlflow_pipeline.py.)"""
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from components.config import load_config
 from components.data.files import DEMONSTRATIONS, read_jsonl, file_name
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.training import recipe
-from tests.faults.test_fault_table import new_project, run_main
+from tests.faults.test_fault_table import main_command, main_env, new_project, run_main
 from tests.layout import stage_dir
 
 pytestmark = pytest.mark.faults
@@ -25,13 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 PPO_LONGER = ["ppo.iterations=40", "ppo.checkpoint_every=4"]
 
 
-def kill_during_ppo(root: Path, tmp_path: Path) -> str:
+def kill_during_ppo(root: Path, tmp_path: Path, prefect_api: str) -> str:
     """Start the main job and SIGKILL everything it started (flow, launcher, ranks) once PPO is past a checkpoint."""
-    args = [sys.executable, "-m", "flows.pipeline", "--profile", "smoke", "--root", str(root)]
-    for item in PPO_LONGER:
-        args += ["--set", item]
-    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    flow = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    flow = subprocess.Popen(main_command(root, PPO_LONGER), cwd=REPO, env=main_env(tmp_path, prefect_api),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     timer = threading.Timer(600, lambda: os.killpg(flow.pid, signal.SIGKILL))
     timer.start()
     seen, rank_pid = [], None
@@ -50,14 +46,14 @@ def kill_during_ppo(root: Path, tmp_path: Path) -> str:
     return "".join(seen)
 
 
-def test_a_job_killed_mid_ppo_resumes_from_its_checkpoint_and_ends_as_if_never_stopped(tmp_path):
+def test_a_job_killed_mid_ppo_resumes_from_its_checkpoint_and_ends_as_if_never_stopped(prefect_server, tmp_path):
     root = new_project(tmp_path)
-    log = kill_during_ppo(root, tmp_path)
+    log = kill_during_ppo(root, tmp_path, prefect_server[0])
     assert "ppo iteration 13/40" in log, log[-3000:]
     checkpoints = list((root / "artifacts/models/.checkpoints").glob("ppo-*/iteration-*"))
     assert checkpoints and not (root / "artifacts/models/ppo").exists()
 
-    again = run_main(root, tmp_path, PPO_LONGER)
+    again = run_main(root, tmp_path, prefect_server[0], PPO_LONGER)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
     output = again.stdout + again.stderr
     assert "ppo resumes from the checkpoint after iteration 12" in output

@@ -43,11 +43,11 @@ class Server:
         self.process.wait()
 
 
-def test_tracking_server_outage_after_the_gate_is_ridden_out_by_retries(tmp_path):
+def test_tracking_server_outage_after_the_gate_is_ridden_out_by_retries(prefect_server, tmp_path):
     server = Server(tmp_path)
     server.start()
     root = new_project(tmp_path / "p")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": prefect_server[0],
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     args = [sys.executable, "-m", "flows.pipeline", "--profile", "smoke", "--root", str(root),
             "--set", f"orchestration.tracking_retries={len(RETRY_DELAYS)}", "--set", f"orchestration.tracking_retry_delays={RETRY_DELAYS}"]

@@ -2,102 +2,45 @@
 with steps, artefacts, registered versions, the `champion` alias moved by the gate alone, and two
 runs at once on one project root and one registry.
 
-Three runs of the `tiny` profile (a model small enough to train in about a minute that still
-learns) share the servers and the project root:
-  1. two at once: a gate every honest run passes (thresholds at their loosest), and a rival with
-     another PPO learning rate (same data, SFT, comparisons, RM and baselines; its own PPO)
-     -> both promoted; champion = the one with the higher gate score, whatever order they finished in
-  2. then the negative control: the reward model learns from shuffled labels, under the loose gate
-     except the reward-model accuracy floor -> rejected; the champion stays where step 1 left it.
-Every run has secrets planted in its environment; none may reach any output, file or store.
+The three runs of the `tiny` profile are the session's (tests/pipeline_runs.py), all at once:
+`promoted` and `rival`, both under a loose gate, and a negative control whose reward model learns
+from shuffled labels. Every run has secrets planted in its environment; none may reach any
+output, file or store.
 """
 import json
-import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from tests.layout import run_records, stage_dirs
+from tests.pipeline_runs import SECRETS, parent_run_id
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 MODEL = "rlhf-policy"
-# every rule but the RM accuracy floor opened as wide as the config allows
-LOOSE_GATE = [
-    "gate.min_win_rate_lower=0.0",
-    "gate.max_kl=1000",
-    "gate.sft_tolerance=100",
-    "gate.overoptimisation.max_gold_drop=100",
-    "gate.overoptimisation.max_proxy_gold_gap=1.0",
-]
-RIVAL_PPO = "ppo.lr=2.0e-4"
-SECRETS = {
-    "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-5f1c9e",
-    "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-password-77ab",
-    "MLFLOW_TRACKING_TOKEN": "planted-mlflow-token-c0ffee",
-}
 SHARED_STAGES = ("sft", "reward_model", "chosen", "combined", "dpo")
 
 
-def run_pipeline(root: Path, servers: dict, overrides: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": servers["mlflow"], "PREFECT_API_URL": servers["prefect"],
-           "PREFECT_HOME": str(servers["prefect_home"]), **SECRETS}
-    args = [sys.executable, "-m", "flows.pipeline", "--profile", "tiny", "--root", str(root)]
-    for item in overrides:
-        args += ["--set", item]
-    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
-def at_once(root: Path, servers: dict, **overrides: list[str]) -> dict[str, subprocess.CompletedProcess]:
-    with ThreadPoolExecutor(len(overrides)) as pool:
-        started = {name: pool.submit(run_pipeline, root, servers, items) for name, items in overrides.items()}
-        return {name: future.result() for name, future in started.items()}
+@pytest.fixture(scope="module")
+def runs(pipeline_runs):
+    return pipeline_runs.done
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    for args in (["init", "-q"], ["config", "user.name", "test"], ["config", "user.email", "test@example.com"]):
-        subprocess.run(["git", *args], cwd=root, check=True)
-    return root
+def project(pipeline_runs):
+    return pipeline_runs.root
 
 
 @pytest.fixture(scope="module")
-def mlflow_home(tmp_path_factory):
-    from tests.servers import mlflow_server
-
-    home = tmp_path_factory.mktemp("mlflow-server")
-    with mlflow_server(home) as uri:
-        yield uri, home
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(mlflow_home):
-    return mlflow_home[0]
-
-
-@pytest.fixture(scope="module")
-def runs(project, mlflow_home, prefect_server):
-    servers = {"mlflow": mlflow_home[0], "prefect": prefect_server[0], "prefect_home": prefect_server[1]}
-    first = at_once(project, servers, promoted=LOOSE_GATE, rival=[*LOOSE_GATE, RIVAL_PPO])
-    return {**first, "control": run_pipeline(project, servers, [*LOOSE_GATE, "reward.shuffle_labels=true"])}
+def mlflow_server(pipeline_runs):
+    """The runs' own MLflow server (this module's registry assertions count its versions)."""
+    return pipeline_runs.mlflow_uri
 
 
 @pytest.fixture(scope="module")
 def client(mlflow_server):
     return MlflowClient(mlflow_server)
-
-
-def parent_run_id(done: subprocess.CompletedProcess) -> str:
-    assert "(run " in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout.split("(run ")[1].split(")")[0]
 
 
 def test_each_pipeline_run_is_a_parent_with_a_nested_run_per_stage(runs, client):
@@ -180,30 +123,33 @@ def test_only_the_gate_moves_champion(runs, client):
     versions = versions_by_run(runs, client)
     best = max(("promoted", "rival"), key=lambda name: float(versions[name].tags["gate.score"]))
     assert client.get_model_version_by_alias(MODEL, "champion").version == versions[best].version
-    assert client.get_model_version_by_alias(MODEL, "challenger").version == versions["control"].version == "3"
-    assert "decision: reject" in runs["control"].stdout
-    assert f"champion stays {versions[best].version}" in runs["control"].stdout
+    # challenger: the newest decided version, whichever run registered last
+    assert client.get_model_version_by_alias(MODEL, "challenger").version == "3"
+    assert "decision: reject" in runs["control"].stdout and "registry note: not promoted; champion stays" in runs["control"].stdout
 
 
 @pytest.mark.faults
-def test_two_runs_at_once_share_the_root_and_the_registry_safely(runs, client, project):
-    """Fault table: two flow runs at once on one machine, one project root, one store."""
-    versions = versions_by_run(runs, client)
+def test_three_runs_at_once_share_the_root_and_the_registry_safely(runs, client, project):
+    """Fault table: flow runs at once on one machine, one project root, one store (three: two that
+    the gate promotes and the negative control)."""
     records = {r["mlflow"]["run_id"]: r for r in run_records(project)}
-    first = {name: records[parent_run_id(runs[name])] for name in ("promoted", "rival")}
-    # each run has its own run directory and record, and finished
-    assert len({r["mlflow"]["run_id"] for r in first.values()}) == 2 and all(r["status"] == "completed" for r in first.values())
-    assert first["promoted"]["data_version"]["md5"] == first["rival"]["data_version"]["md5"]
-    # every shared stage was computed once: one run trained it, the other waited and reused the same directory
+    at_once = {name: records[parent_run_id(done)] for name, done in runs.items()}
+    # each run has its own run directory and record, and finished, on the same data
+    assert len({r["mlflow"]["run_id"] for r in at_once.values()}) == 3 and all(r["status"] == "completed" for r in at_once.values())
+    assert len({r["data_version"]["md5"] for r in at_once.values()}) == 1
+    # every shared stage was computed once: one run trained it, the others waited and reused the same directory
     for name in SHARED_STAGES:
-        stages = [r["stages"][name] for r in first.values()]
-        assert stages[0]["directory"] == stages[1]["directory"] and sorted(s["reused"] for s in stages) == [False, True], name
-        assert len(stage_dirs(project, name)) == (2 if name == "reward_model" else 1)  # + the control's RM
-    assert "waiting to reuse its result" in runs["promoted"].stdout + runs["promoted"].stderr + runs["rival"].stdout + runs["rival"].stderr
+        sharing = ("promoted", "rival") if name == "reward_model" else tuple(at_once)  # the control trains its own RM
+        stages = [at_once[run]["stages"][name] for run in sharing]
+        assert len({s["directory"] for s in stages}) == 1 and sorted(s["reused"] for s in stages) == [False] + [True] * (len(sharing) - 1), name
+        assert len(stage_dirs(project, name)) == (2 if name == "reward_model" else 1)
+    assert not at_once["control"]["stages"]["reward_model"]["reused"]
+    assert "waiting to reuse its result" in "".join(done.stdout + done.stderr for done in runs.values())
     # each trained its own PPO into its own directory
-    assert first["promoted"]["stages"]["ppo"]["directory"] != first["rival"]["stages"]["ppo"]["directory"]
-    assert not any(s["reused"] for s in (first["promoted"]["stages"]["ppo"], first["rival"]["stages"]["ppo"]))
-    # the champion is the better-gated of the two, never a version without its decision
+    ppo = [r["stages"]["ppo"] for r in at_once.values()]
+    assert len({s["directory"] for s in ppo}) == 3 and not any(s["reused"] for s in ppo)
+    # the champion is the better-gated of the two promoted, never a version without its decision
+    versions = versions_by_run(runs, client)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     scores = {float(versions[name].tags["gate.score"]): versions[name].version for name in ("promoted", "rival")}
     assert champion.version == scores[max(scores)] and champion.tags["gate.decision"] == "promote"
@@ -211,10 +157,10 @@ def test_two_runs_at_once_share_the_root_and_the_registry_safely(runs, client, p
 
 
 @pytest.mark.faults
-def test_planted_secrets_never_reach_outputs_files_or_stores(runs, project, mlflow_home, prefect_server):
+def test_planted_secrets_never_reach_outputs_files_or_stores(runs, pipeline_runs):
     """Fault table / security: credentials in the environment of all three runs appear nowhere."""
     places = {f"{name}.{stream}": getattr(done, stream).encode() for name, done in runs.items() for stream in ("stdout", "stderr")}
-    for base in (project, mlflow_home[1], prefect_server[1]):
+    for base in (pipeline_runs.root, pipeline_runs.mlflow_home, pipeline_runs.prefect_home):
         for path in base.rglob("*"):
             if path.is_file():
                 places[str(path)] = path.read_bytes()

@@ -1,0 +1,86 @@
+"""Three runs of the `tiny` pipeline against real MLflow and Prefect servers, made once per test
+session and shared by the integration tests (what the runs recorded) and the browser tests (what a
+person sees of them). All three at once, on one project root:
+  - promoted: a gate every honest run passes (thresholds at their loosest);
+  - rival: the same with another PPO learning rate (same data, SFT, comparisons, RM and baselines;
+    its own PPO) -> both promoted; champion = the one with the higher gate score;
+  - control: the reward model learns from shuffled labels, under the loose gate except the
+    reward-model accuracy floor -> rejected; never champion.
+Every run has secrets planted in its environment. The MLflow server (and so the registry) is the
+runs' own; the Prefect server is the session's.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# every rule but the RM accuracy floor opened as wide as the config allows
+LOOSE_GATE = [
+    "gate.min_win_rate_lower=0.0",
+    "gate.max_kl=1000",
+    "gate.sft_tolerance=100",
+    "gate.overoptimisation.max_gold_drop=100",
+    "gate.overoptimisation.max_proxy_gold_gap=1.0",
+]
+RIVAL_PPO = "ppo.lr=2.0e-4"
+SECRETS = {
+    "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-5f1c9e",
+    "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-password-77ab",
+    "MLFLOW_TRACKING_TOKEN": "planted-mlflow-token-c0ffee",
+}
+
+
+@dataclass
+class PipelineRuns:
+    root: Path  # the project root all three share
+    mlflow_uri: str
+    mlflow_home: Path
+    prefect_api: str
+    prefect_home: Path
+    done: dict[str, subprocess.CompletedProcess]  # promoted, rival, control
+
+
+def parent_run_id(done: subprocess.CompletedProcess) -> str:
+    assert "(run " in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout.split("(run ")[1].split(")")[0]
+
+
+def run_pipeline(runs: PipelineRuns, overrides: list[str], threads: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": runs.mlflow_uri, "PREFECT_API_URL": runs.prefect_api,
+           "PREFECT_HOME": str(runs.prefect_home), **SECRETS, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    args = [sys.executable, "-m", "flows.pipeline", "--profile", "tiny", "--root", str(runs.root)]
+    for item in overrides:
+        args += ["--set", item]
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def at_once(runs: PipelineRuns, **overrides: list[str]) -> dict[str, subprocess.CompletedProcess]:
+    """The runs side by side, sharing the machine's cores (torch threads oversubscribed spin and slow all of them)."""
+    threads = max(1, (os.cpu_count() or 1) // len(overrides))
+    with ThreadPoolExecutor(len(overrides)) as pool:
+        started = {name: pool.submit(run_pipeline, runs, items, threads) for name, items in overrides.items()}
+        return {name: future.result() for name, future in started.items()}
+
+
+@pytest.fixture(scope="session")
+def pipeline_runs(prefect_server, tmp_path_factory):
+    from tests.servers import mlflow_server
+
+    root = tmp_path_factory.mktemp("project")
+    for args in (["init", "-q"], ["config", "user.name", "test"], ["config", "user.email", "test@example.com"]):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    home = tmp_path_factory.mktemp("pipeline-mlflow-server")
+    with mlflow_server(home) as uri:
+        runs = PipelineRuns(root, uri, home, prefect_server[0], prefect_server[1], {})
+        runs.done.update(at_once(runs, promoted=LOOSE_GATE, rival=[*LOOSE_GATE, RIVAL_PPO],
+                                 control=[*LOOSE_GATE, "reward.shuffle_labels=true"]))
+        yield runs
