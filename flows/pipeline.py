@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -23,14 +24,14 @@ from prefect.runtime import flow_run
 
 from components.config import DEFAULT_PARAMS, ConfigError, load_config
 from components.data import stages
-from components.data.files import write_json
 from components.evaluation.report import format_table
 from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
 from components.tracking.dvc_store import DataDrift
+from components.tracking import run_records
 from components.tracking.mlflow_store import TrackingUnavailable
 from flows import data_tasks, training_tasks
-from flows.tracking_tasks import open_tracking, close_tracking
+from flows.tracking_tasks import close_abandoned_runs, close_tracking, open_tracking
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,22 +64,26 @@ def rlhf_pipeline(
     cfg = load_config(profile, flow_overrides(overrides, seed, tracking_uri, registered_model), params)
     tracking = open_tracking(cfg, root)
     started, data, trained, decision, registry = time.time(), None, None, None, None
-    try:
-        data = data_tasks.data_stages(cfg, root, tracking)
-        name_flow_run(f"{profile}-data-{data['version']['md5'][:8]}")
-        trained = training_tasks.train_all(cfg, root, tracking, data)
-        evaluation = training_tasks.evaluate(cfg, root, tracking, data, trained)
-        decision = training_tasks.gate(cfg, tracking, data, trained, evaluation)
-        registry = training_tasks.register_with_retries(cfg, root, tracking, data, trained, decision)
-        training_tasks.report_with_retries(cfg, tracking, data, trained, evaluation, decision, registry)
-        training_tasks.prune_stage_outputs(cfg, root, trained)
-    except BaseException as error:
-        if data is not None:  # a run refused before training leaves nothing in the project root
-            write_run_record(cfg, root, tracking, started, data, trained, decision, registry, error)
-        close_tracking(tracking, error)
-        raise
-    write_run_record(cfg, root, tracking, started, data, trained, decision, registry, None)
-    close_tracking(tracking, None)
+    with ExitStack() as alive:
+        try:
+            data = data_tasks.data_stages(cfg, root, tracking)
+            name_flow_run(f"{profile}-data-{data['version']['md5'][:8]}")
+            alive.enter_context(run_records.alive(tracking.run_dir))  # a run refused before training leaves nothing in the root
+            write_run_record(cfg, root, tracking, started, data, None, None, None, run_records.RUNNING)
+            close_abandoned_runs(tracking)
+            trained = training_tasks.train_all(cfg, root, tracking, data)
+            evaluation = training_tasks.evaluate(cfg, root, tracking, data, trained)
+            decision = training_tasks.gate(cfg, tracking, data, trained, evaluation)
+            registry = training_tasks.register_with_retries(cfg, root, tracking, data, trained, decision)
+            training_tasks.report_with_retries(cfg, tracking, data, trained, evaluation, decision, registry)
+            training_tasks.prune_stage_outputs(cfg, root, trained)
+        except BaseException as error:
+            closed = close_tracking(tracking, error)
+            if data is not None:
+                write_run_record(cfg, root, tracking, started, data, trained, decision, registry, run_records.FAILED, error, not closed)
+            raise
+        write_run_record(cfg, root, tracking, started, data, trained, decision, registry, run_records.COMPLETED)
+        close_tracking(tracking, None)
     get_run_logger().info("gate: %s", decision["decision"])
     return {
         "data_version": data["version"],
@@ -95,20 +100,21 @@ def rlhf_pipeline(
 
 
 def write_run_record(cfg, root: str, tracking, started: float, data: dict, trained: dict | None, decision: dict | None,
-                     registry: dict | None, error: BaseException | None) -> None:
-    """``<run dir>/run.json``: what this run used and decided, so concurrent runs on one root stay tellable apart."""
+                     registry: dict | None, status: str, error: BaseException | None = None, mlflow_open: bool = False) -> None:
+    """``<run dir>/run.json``: what this run used and decided, so concurrent runs on one root stay
+    tellable apart; "running" until the run ends (a dead run's record is closed by a later run)."""
     stage_dirs = {}
     if trained is not None:
         store = StageStore(root)
         stage_dirs = {name: {"key": r.key, "directory": str(store.path(training_tasks.stage_home(cfg, name), r.key)), "reused": r.reused}
                       for name, r in training_tasks.trained_stages(trained).items()}
-    write_json(tracking.run_dir / "run.json", {
-        "status": "failed" if error else "completed",
+    run_records.write(tracking.run_dir, {
+        "status": status,
         "error": f"{type(error).__name__}: {error}"[:2000] if error else None,
-        "started": started, "finished": time.time(),
+        "started": started, "finished": None if status == run_records.RUNNING else time.time(),
         "profile": cfg.profile, "seed": cfg.seed,
         "flow_run_id": str(flow_run.id) if flow_run.id else None,
-        "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
+        "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id}, "mlflow_open": mlflow_open,
         "data_version": data["version"], "stages": stage_dirs,
         "decision": {"decision": decision["decision"], "score": decision["score"]} if decision else None,
         "registry": registry,

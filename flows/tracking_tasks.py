@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import get_run_logger
 
 from components.config import Config
+from components.tracking import run_records
 from components.tracking.mlflow_store import StageRun, Tracker, flatten
 from components.tracking.provenance import git_commit
 
@@ -31,15 +32,62 @@ def open_tracking(cfg: Config, root: str) -> Tracking:
     return Tracking(tracker, parent, run_dir)
 
 
-def close_tracking(tracking: Tracking, error: BaseException | None) -> None:
-    """Finish the parent run. After a failure this must not replace the run's own error: when the
-    tracking server cannot be told (it may be what failed), say so and let the first error stand."""
+def close_tracking(tracking: Tracking, error: BaseException | None) -> bool:
+    """Finish the parent run; returns whether MLflow was told. After a failure this must not replace
+    the run's own error: when the tracking server cannot be told (it may be what failed), say so and
+    let the first error stand (the next run on this root closes it, see ``close_abandoned_runs``)."""
     if error is None:
         tracking.parent.finish("FINISHED")
-        return
+        return True
     try:
         tracking.parent.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
         tracking.parent.finish("FAILED")
+        return True
     except Exception as closing:  # noqa: BLE001 - reported, and the original error is re-raised by the caller
-        get_run_logger().error("could not mark MLflow run %s FAILED at %s (%s: %s); it stays RUNNING there",
+        get_run_logger().error("could not mark MLflow run %s FAILED at %s (%s: %s); it stays RUNNING there until the next run",
                                tracking.parent.run_id, tracking.tracker.uri, type(closing).__name__, str(closing)[:300])
+        return False
+
+
+def close_abandoned_runs(tracking: Tracking) -> list[str]:
+    """Close what earlier runs on this root left open: a run killed mid-way (its record says
+    "running" and nobody holds its lock) becomes "abandoned", FAILED in MLflow with its stage runs,
+    and Crashed in Prefect; a run that failed while MLflow was away gets its MLflow run closed.
+    Best effort: nothing here fails this run. Returns the MLflow run ids of the runs it handled."""
+    logger = get_run_logger()
+    handled = []
+    for run_dir, record in run_records.unfinished(tracking.run_dir.parent):
+        run_id, uri = record["mlflow"]["run_id"], record["mlflow"]["uri"]
+        died = record["status"] == run_records.RUNNING
+        reason = (f"the run stopped without finishing (killed, or its machine lost); found by run {tracking.parent.run_id}"
+                  if died else record.get("error") or "failed")
+        mlflow_open = True
+        if uri == tracking.tracker.uri:
+            try:
+                tracking.tracker.fail_if_running(run_id, reason)
+                mlflow_open = False
+            except Exception as error:  # noqa: BLE001 - best effort, reported
+                logger.warning("could not close MLflow run %s at %s: %s: %s", run_id, uri, type(error).__name__, str(error)[:300])
+        if died and record.get("flow_run_id"):
+            crash_flow_run(record["flow_run_id"], reason)
+        run_records.write(run_dir, {**record, "mlflow_open": mlflow_open,
+                                    **({"status": run_records.ABANDONED, "error": reason} if died else {})})
+        logger.warning("run %s (%s) %s; its MLflow run at %s %s", run_id, run_dir,
+                       "stopped without finishing: marked abandoned" if died else "failed and could not close its MLflow run",
+                       uri, "stays RUNNING (another tracking server)" if mlflow_open else "is now FAILED")
+        handled.append(run_id)
+    return handled
+
+
+def crash_flow_run(flow_run_id: str, message: str) -> None:
+    """Set a dead run's Prefect flow run Crashed unless it already reached a final state."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+            if state is None or not state.is_final():
+                client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+    except Exception as error:  # noqa: BLE001 - another Prefect API, or none: best effort, reported
+        get_run_logger().warning("could not mark Prefect flow run %s Crashed: %s: %s", flow_run_id, type(error).__name__, str(error)[:300])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.data.files import sha256_file
 from tests.conftest import git
 from tests.layout import run_records, stage_dir, stage_dirs
 
@@ -132,3 +133,22 @@ def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job)
     assert "reusing the finished stage" in log
     card = json.loads((Path(second["ppo"]["directory"]) / "rlhf_card.json").read_text())
     assert card["config"]["distributed"]["accelerate_config"].endswith("cpu-2proc.yaml")
+
+
+def test_the_same_params_and_seed_give_the_same_data_models_and_metrics(main_job, tmp_path):
+    """Reproducible on one machine: a second project root, same profile and seed, from nothing."""
+    root, _, first, record = main_job
+    other = tmp_path / "repo"
+    other.mkdir()
+    git(other, "init", "-q")
+    again = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(other)], REPO, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = run_records(other)[0]
+    assert second["data_version"]["md5"] == record["data_version"]["md5"]
+    for stage, trained in record["stages"].items():
+        assert second["stages"][stage]["key"] == trained["key"], stage
+        weights = [Path(r["stages"][stage]["directory"]) / "model.safetensors" for r in (record, second)]
+        if weights[0].is_file():
+            assert sha256_file(weights[0]) == sha256_file(weights[1]), stage
+    table = lambda done: done.stdout.split("== sample decoding")[1].split("registry     :")[0]  # noqa: E731
+    assert "gold mean" in table(again) and table(again) == table(first)  # every metric and the decision, to the last digit

@@ -144,7 +144,9 @@ def test_three_runs_at_once_share_the_root_and_the_registry_safely(runs, client,
         assert len({s["directory"] for s in stages}) == 1 and sorted(s["reused"] for s in stages) == [False] + [True] * (len(sharing) - 1), name
         assert len(stage_dirs(project, name)) == (2 if name == "reward_model" else 1)
     assert not at_once["control"]["stages"]["reward_model"]["reused"]
-    assert "waiting to reuse its result" in "".join(done.stdout + done.stderr for done in runs.values())
+    logs = "".join(done.stdout + done.stderr for done in runs.values())
+    assert "waiting to reuse its result" in logs
+    assert "stopped without finishing" not in logs  # each found the others' records "running" under a held lock
     # each trained its own PPO into its own directory
     ppo = [r["stages"]["ppo"] for r in at_once.values()]
     assert len({s["directory"] for s in ppo}) == 3 and not any(s["reused"] for s in ppo)
