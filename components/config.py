@@ -7,11 +7,13 @@ result is validated: unknown keys and wrong types fail with the key's dotted pat
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 DEFAULT_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 DEFAULT_PROFILE = "default"
@@ -19,6 +21,24 @@ DEFAULT_PROFILE = "default"
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the offending key."""
+
+
+# scheme://user:password@host, or any user info in an http(s) URL (user:token@, token@)
+_URL_CREDENTIALS = re.compile(r"^(?:[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@|https?://[^/@\s]+@)", re.IGNORECASE)
+CREDENTIALS_ELSEWHERE = ("give them through the environment (MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
+                         "MLFLOW_TRACKING_TOKEN, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or a Prefect Secret block "
+                         "named by orchestration.credentials_block")
+
+
+def holds_credentials(url: str | None) -> bool:
+    return bool(url) and bool(_URL_CREDENTIALS.match(url))
+
+
+def no_credentials(url: str | None) -> str | None:
+    """Credentials never live in params.yaml, where every log, run record and MLflow param would copy them."""
+    if holds_credentials(url):
+        raise PydanticCustomError("credentials_in_config", f"holds credentials in the URL; {CREDENTIALS_ELSEWHERE}")
+    return url
 
 
 class Section(BaseModel):
@@ -255,6 +275,8 @@ class TrackingConfig(Section):
     log_models: bool = Field(True, description="log every trained model (HF layout) as an MLflow artefact")
     connect_timeout_seconds: float = Field(10.0, gt=0, description="a tracking server must answer its health check within this at start")
 
+    _no_credentials = field_validator("uri")(no_credentials)
+
 
 class OrchestrationConfig(Section):
     """How Prefect runs the pipeline: reuse, retries and the deployment's schedule."""
@@ -267,6 +289,7 @@ class OrchestrationConfig(Section):
     work_pool: str = Field("rlhf-process", description="the process work pool the deployment runs on")
     keep_stage_outputs: int | None = Field(3, ge=1, description="finished outputs kept per stage, the most recently used first; null: keep all")
     runs_dir: str = Field("artifacts/runs", description="each run's own directory, named by its MLflow run id: run record, PPO job")
+    credentials_block: str | None = Field(None, description="a Prefect Secret block holding {ENV_NAME: value} (tracking credentials, S3 keys) set for the run; the environment wins")
 
 
 class DistributedConfig(Section):
@@ -285,6 +308,8 @@ class VersioningConfig(Section):
     remote_name: str = Field("local", description="DVC remote that push/pull use")
     remote_url: str = Field("../dvc-remote", description="remote location; relative paths are relative to .dvc/")
     push: bool = Field(True, description="push every new data version to the remote")
+
+    _no_credentials = field_validator("remote_url")(no_credentials)
 
 
 class Config(Section):
@@ -349,6 +374,8 @@ def _describe(error: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
+        elif err["type"] == "credentials_in_config":
+            lines.append(f"  {key}: {err['msg']}")  # never echo the value
         else:
             lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)

@@ -31,6 +31,7 @@ from components.tracking.dvc_store import DataDrift
 from components.tracking import run_records
 from components.tracking.mlflow_store import TrackingUnavailable
 from flows import data_tasks, training_tasks
+from flows.credentials import export_credentials
 from flows.tracking_tasks import close_abandoned_runs, close_tracking, open_tracking
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,7 @@ def rlhf_pipeline(
 ) -> dict:
     """The whole pipeline; ``overrides`` are ``key.path=value`` strings applied over the profile."""
     cfg = load_config(profile, flow_overrides(overrides, seed, tracking_uri, registered_model), params)
+    export_credentials(cfg.orchestration)
     tracking = open_tracking(cfg, root)
     started, data, trained, decision, registry = time.time(), None, None, None, None
     with ExitStack() as alive:

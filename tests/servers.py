@@ -53,15 +53,26 @@ def running(command: list[str], health_url: str, log: Path, env: dict[str, str] 
 
 
 @contextmanager
-def mlflow_server(home: Path):
-    """Yields the tracking URI of an MLflow server with an SQLite backend and artefacts under ``home``."""
+def mlflow_server(home: Path, admin: tuple[str, str] | None = None):
+    """Yields the tracking URI of an MLflow server with an SQLite backend and artefacts under ``home``.
+
+    ``admin``: (user, password) of MLflow's basic-auth app; every request without them is refused."""
+    home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [
         str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts"),
     ]
+    env = {}
+    if admin:
+        config = home / "basic_auth.ini"
+        config.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                          f"database_uri = sqlite:///{home / 'auth.db'}\nadmin_username = {admin[0]}\nadmin_password = {admin[1]}\n"
+                          "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        command += ["--app-name", "basic-auth"]
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY=os.urandom(16).hex())  # CSRF key of the auth app
     uri = f"http://127.0.0.1:{port}"
-    with running(command, f"{uri}/health", home / "mlflow-server.log"):
+    with running(command, f"{uri}/health", home / "mlflow-server.log", env):
         yield uri
 
 

@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from components import locks
-from components.config import TrackingConfig
+from components.config import CREDENTIALS_ELSEWHERE, ConfigError, TrackingConfig, holds_credentials
 from components.tracking import plots
 
 STORE_DIR = "mlruns"
@@ -42,7 +42,12 @@ def local_store_uri(root: str | Path) -> str:
 
 
 def resolve_uri(cfg: TrackingConfig, root: str | Path) -> str:
-    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri(root)
+    """The config's URI (validated), else ``$MLFLOW_TRACKING_URI``, else the project's own store. A URI
+    is printed, recorded and handed to the PPO launch, so one holding credentials is refused."""
+    from_environment = os.environ.get("MLFLOW_TRACKING_URI")
+    if not cfg.uri and holds_credentials(from_environment):
+        raise ConfigError(f"$MLFLOW_TRACKING_URI holds credentials in the URL; {CREDENTIALS_ELSEWHERE}")
+    return cfg.uri or from_environment or local_store_uri(root)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

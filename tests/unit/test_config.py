@@ -59,3 +59,30 @@ def test_unknown_profile_lists_the_known_ones():
 def test_file_source_requires_file_paths():
     with pytest.raises(ConfigError, match="data.files must be set"):
         load_config("smoke", ["data.source=files"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("tracking.uri=http://bob:planted-pw-1@127.0.0.1:5000", "tracking.uri"),
+    ("tracking.uri=https://planted-pw-1@mlflow.example", "tracking.uri"),  # a token as user info
+    ("versioning.remote_url=s3://AKIA:planted-pw-1@bucket/data", "versioning.remote_url"),
+])
+def test_credentials_in_a_url_are_refused_naming_the_key_and_never_echoed(override, key):
+    with pytest.raises(ConfigError) as caught:
+        load_config("smoke", [override])
+    assert f"{key}: holds credentials in the URL" in str(caught.value) and "MLFLOW_TRACKING_PASSWORD" in str(caught.value)
+    assert "planted-pw-1" not in str(caught.value)
+
+
+@pytest.mark.parametrize("override", ["tracking.uri=http://127.0.0.1:5000", "versioning.remote_url=ssh://deploy@host/data",
+                                      "versioning.remote_url=s3://bucket/data", "tracking.uri=sqlite:////tmp/mlflow.db"])
+def test_urls_without_credentials_are_accepted(override):
+    load_config("smoke", [override])
+
+
+def test_a_tracking_uri_with_credentials_in_the_environment_is_refused(monkeypatch, tmp_path):
+    from components.tracking.mlflow_store import resolve_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://bob:planted-pw-1@127.0.0.1:5000")
+    with pytest.raises(ConfigError, match=r"^\$MLFLOW_TRACKING_URI holds credentials") as caught:
+        resolve_uri(load_config("smoke").tracking, tmp_path)
+    assert "planted-pw-1" not in str(caught.value)
