@@ -56,11 +56,11 @@ def recorded(run: StageRun):
     run.finish()
 
 
-def record_stage(run: StageRun, section, result: recipe.StageResult, step_key: str = "step", history_logged: bool = False) -> None:
-    """``history_logged``: the stage already logged its steps while it ran (launched PPO)."""
+def record_stage(run: StageRun, section, result: recipe.StageResult, step_key: str = "step") -> None:
+    """The steps the stage did not log itself while it ran (launched PPO logs live) are logged here."""
     run.log_params(flatten(section.model_dump(mode="json")))
-    if not history_logged:
-        run.log_history(result.history, step_key)
+    first, end = result.logged_steps
+    run.log_history([row for row in result.history if not first <= row[step_key] < end], step_key)
     run.log_metrics({**result.metrics, "seconds": result.seconds}, step=len(result.history))
     if result.history:
         run.log_figure(plots.curves(result.history, LOSS_CURVES, x=step_key), "plots/curves.png")
@@ -226,7 +226,7 @@ def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, 
             lambda: launched_ppo(cfg, tracking, run, profile, inputs, train_prompts, demonstrations, checkpoints),
             tokenizer, data, finished=lambda: shutil.rmtree(checkpoints, ignore_errors=True),  # the saved model supersedes them
         )
-        record_stage(run, cfg.ppo, result, step_key="iteration", history_logged=not result.reused)
+        record_stage(run, cfg.ppo, result, step_key="iteration")
         run.log_figure(plots.ppo_curves(result.history), "plots/ppo_curves.png")
         if cfg.data.source == "synthetic":
             run.log_figure(plots.overoptimisation(result.history), "plots/overoptimisation.png")
@@ -261,7 +261,7 @@ def launched_ppo(cfg: Config, tracking: Tracking, run: StageRun, profile: Accele
     model = load_causal_lm(job_dir / ppo_worker.POLICY)
     run.set_tags({"mixed_precision": outcome["mixed_precision"], "device": outcome["device"]})
     shutil.rmtree(job_dir, ignore_errors=True)
-    return recipe.StageResult(model, outcome["metrics"], outcome["history"], outcome["seconds"])
+    return recipe.StageResult(model, outcome["metrics"], outcome["history"], outcome["seconds"], logged_steps=tuple(outcome["live_logged"]))
 
 
 def transient(task, task_run, state) -> bool:

@@ -85,25 +85,40 @@ def make_ranks(cfg: Config) -> Ranks:
     return Ranks(Accelerator(cpu=use_cpu, mixed_precision=resolve_mixed_precision(cfg.distributed.mixed_precision, use_cpu)))
 
 
-def live_logger(cfg: Config, mlflow: dict | None):
-    """Rank 0's per-iteration callback: a progress line on stdout (streamed by the launcher), metrics to MLflow."""
-    run = None
-    if mlflow:
-        from mlflow import MlflowClient
+class LiveLog:
+    """Rank 0's per-iteration callback: a progress line on stdout (streamed by the launcher), metrics to
+    MLflow. The MLflow part is best effort: a tracking server that stays away longer than the client's
+    own retries stops it, not the training; the flow logs the iterations it missed when PPO ends."""
 
-        from components.tracking.mlflow_store import StageRun
+    def __init__(self, cfg: Config, mlflow: dict | None):
+        self.run, self.iterations = None, cfg.ppo.iterations
+        if mlflow:
+            from mlflow import MlflowClient
 
-        run = StageRun(MlflowClient(mlflow["uri"]), mlflow["run_id"])
-    every = max(1, cfg.ppo.iterations // 10)
+            from components.tracking.mlflow_store import StageRun
 
-    def log(iteration: int, entry: dict) -> None:
-        if run is not None:
-            run.log_metrics({k: v for k, v in entry.items() if k != "iteration"}, step=iteration)
-        if iteration % every == 0 or iteration == cfg.ppo.iterations - 1:
+            self.run = StageRun(MlflowClient(mlflow["uri"]), mlflow["run_id"])
+        self.every = max(1, cfg.ppo.iterations // 10)
+        self.first, self.stopped = None, None  # iterations logged to MLflow: [first, stopped)
+
+    def __call__(self, iteration: int, entry: dict) -> None:
+        if self.run is not None and self.stopped is None:
+            self.first = iteration if self.first is None else self.first
+            try:
+                self.run.log_metrics({k: v for k, v in entry.items() if k != "iteration"}, step=iteration)
+            except Exception as error:  # noqa: BLE001 - reported; the missed iterations are logged at the end
+                self.stopped = iteration
+                print(f"ppo: live MLflow logging stopped at iteration {iteration + 1} ({type(error).__name__}: {str(error)[:200]}); "
+                      "training goes on and the missed iterations are logged when PPO ends", flush=True)
+        if iteration % self.every == 0 or iteration == self.iterations - 1:
             shown = ", ".join(f"{k} {entry[k]:.3f}" for k in PROGRESS_KEYS if k in entry)
-            print(f"ppo iteration {iteration + 1}/{cfg.ppo.iterations}: {shown}", flush=True)
+            print(f"ppo iteration {iteration + 1}/{self.iterations}: {shown}", flush=True)
 
-    return log
+    def logged(self, end: int) -> list[int]:
+        """[first, last + 1) of the iterations this launch logged to MLflow, the run having ended at ``end``."""
+        if self.first is None:
+            return [0, 0]
+        return [self.first, end if self.stopped is None else self.stopped]
 
 
 def quiet_libraries() -> None:
@@ -143,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     if resumable is not None:
         print(f"ppo resumes from the checkpoint after iteration {resumable.iteration} in {job['checkpoint_dir']}", flush=True)
     started = time.perf_counter()
+    live = LiveLog(cfg, job["mlflow"]) if ranks.is_main else None
     try:
         result = recipe.ppo_stage(
             cfg, tokenizer, sft, reward_model, prompts, demonstrations, monitor=monitor,
-            log=live_logger(cfg, job["mlflow"]) if ranks.is_main else None, checkpoint_dir=job["checkpoint_dir"], ranks=ranks,
+            log=live, checkpoint_dir=job["checkpoint_dir"], ranks=ranks,
         )
     except NonFiniteError as error:  # the caller re-raises it as itself, not as a dead launch
         write_json(job_dir / f"{NON_FINITE}-rank{ranks.rank}.json", {"stage": error.stage, "step": error.step, "what": error.what})
@@ -158,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             "metrics": result.metrics, "history": result.history, "seconds": round(time.perf_counter() - started, 2),
             "world_size": ranks.world_size, "rank_weight_digests": digests, "threads_per_process": torch.get_num_threads(),
             "device": str(ranks.device), "mixed_precision": ranks.accelerator.mixed_precision,
+            "live_logged": live.logged(cfg.ppo.iterations),
         })
         print(f"ppo done: {ranks.world_size} process(es), {result.seconds:.1f} s", flush=True)
     ranks.accelerator.wait_for_everyone()

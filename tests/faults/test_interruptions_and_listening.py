@@ -78,6 +78,9 @@ def test_a_job_killed_mid_ppo_resumes_from_its_checkpoint_and_ends_as_if_never_s
     assert {run.info.status for run in (parent, *stages)} <= {"FINISHED", "FAILED"} and parent.info.status == "FAILED"
     with temporary_settings({PREFECT_API_URL: prefect_server[0]}), get_client(sync_client=True) as prefect:
         assert prefect.read_flow_run(killed["flow_run_id"]).state.type == StateType.CRASHED
+    # the re-run's PPO stage run holds all 40 iterations once: 12-39 logged live by the ranks, 0-11 (from the checkpoint) by the flow
+    [ppo] = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{records['completed']['mlflow']['run_id']}' and tags.stage = 'ppo'")
+    assert sorted(m.step for m in client.get_metric_history(ppo.info.run_id, "rm_score")) == list(range(40))
 
     # the uninterrupted run from the same SFT policy and reward model, for comparison
     cfg = load_config("smoke", PPO_LONGER)

@@ -83,3 +83,39 @@ def test_tracking_server_outage_after_the_gate_is_ridden_out_by_retries(prefect_
         if flow.poll() is None:
             os.killpg(flow.pid, 9)
         server.stop()
+
+
+def test_a_tracking_outage_during_ppo_stops_live_logging_not_training(tmp_path, monkeypatch, capsys):
+    """The PPO ranks log each iteration to MLflow while they train. A server that stays away longer than
+    the client's retries (none here) stops that logging, never the training; when the stage ends the
+    flow logs the iterations the ranks missed, so every iteration is in MLflow exactly once."""
+    from components.config import load_config
+    from components.tracking.mlflow_store import StageRun
+    from components.training.ppo_worker import LiveLog
+    from components.training.recipe import StageResult
+    from flows.training_tasks import record_stage
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    cfg = load_config("smoke", ["ppo.iterations=6"])
+    server = Server(tmp_path)
+    server.start()
+    try:
+        client = MlflowClient(server.uri)
+        run_id = client.create_run(client.create_experiment("ppo-outage")).info.run_id
+        history = [{"iteration": i, "rm_score": 0.1 * i, "kl": 0.01 * i} for i in range(6)]
+        live = LiveLog(cfg, {"uri": server.uri, "run_id": run_id})
+        for entry in history[:3]:
+            live(entry["iteration"], entry)
+        server.stop()
+        for entry in history[3:]:
+            live(entry["iteration"], entry)  # training goes on: no exception
+        assert live.logged(6) == [0, 3]
+        printed = capsys.readouterr().out
+        assert printed.count("live MLflow logging stopped at iteration 4") == 1 and "ppo iteration 6/6" in printed
+
+        server.start()  # back before the stage ends
+        record_stage(StageRun(client, run_id), cfg.ppo, StageResult(None, {"rm_score": 0.5}, history, 1.0, logged_steps=(0, 3)), step_key="iteration")
+        steps = sorted(m.step for m in client.get_metric_history(run_id, "rm_score"))
+        assert steps == [0, 1, 2, 3, 4, 5, 6]  # every iteration once (and the final metric at step 6)
+    finally:
+        server.stop()
