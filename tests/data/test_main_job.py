@@ -16,10 +16,13 @@ from tests.layout import run_records, stage_dir, stage_dirs
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run(args, cwd, tmp_path):
-    """As a user runs it: ephemeral Prefect, the project's own MLflow store (whatever servers earlier tests pointed this process at)."""
+def run(args, cwd, tmp_path, prefect_api: str | None = None):
+    """As a user runs it: ephemeral Prefect (or the session's server, ``prefect_api``, which saves
+    starting one), the project's own MLflow store (whatever servers earlier tests pointed this process at)."""
     base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
     env = {**base, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    if prefect_api:
+        env["PREFECT_API_URL"] = prefect_api
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -60,7 +63,7 @@ def test_main_job_runs_every_stage_and_ends_with_the_decision(main_job):
     assert (git_repo / "mlruns/mlflow.db").is_file()
 
 
-def test_main_job_stops_at_bad_data_and_touches_nothing(git_repo, tmp_path):
+def test_main_job_stops_at_bad_data_and_touches_nothing(git_repo, tmp_path, prefect_server):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "d.jsonl").write_text('{"prompt": "say hi", "response": "hi there, friend."}\n')
@@ -74,7 +77,7 @@ def test_main_job_stops_at_bad_data_and_touches_nothing(git_repo, tmp_path):
     args = ["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo)]
     for item in overrides:
         args += ["--set", item]
-    done = run(args, REPO, tmp_path)
+    done = run(args, REPO, tmp_path, prefect_server[0])
     assert done.returncode == 2
     assert f"{mine / 'p.jsonl'}: field 'chosen' is a string [parse]" in done.stderr
     assert "line 2" in done.stderr and "Data Docs:" in done.stderr
@@ -113,13 +116,13 @@ def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(git_repo,
     assert git(clone, "status", "--porcelain", "data.dvc", "dvc.lock") == ""  # every hash as recorded
 
 
-def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job):
+def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job, prefect_server):
     git_repo, tmp_path, _, first = main_job
     args = ["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo)]
     before = {stage: (stage_dir(git_repo, stage) / "model.safetensors").stat().st_mtime_ns for stage in ("sft", "reward_model", "dpo", "ppo")}
 
     # only PPO's section and its launch changed: now 2 data-parallel CPU processes under `accelerate launch`
-    again = run([*args, "--set", "ppo.cliprange=0.3", "--set", "distributed.accelerate_config=infra/accelerate/cpu-2proc.yaml"], REPO, tmp_path)
+    again = run([*args, "--set", "ppo.cliprange=0.3", "--set", "distributed.accelerate_config=infra/accelerate/cpu-2proc.yaml"], REPO, tmp_path, prefect_server[0])
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
     assert "rank 0/2" in log and "rank 1/2" in log and "ppo done: 2 process(es)" in log  # the ranks' lines reached the flow's log
@@ -135,13 +138,13 @@ def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job)
     assert card["config"]["distributed"]["accelerate_config"].endswith("cpu-2proc.yaml")
 
 
-def test_the_same_params_and_seed_give_the_same_data_models_and_metrics(main_job, tmp_path):
+def test_the_same_params_and_seed_give_the_same_data_models_and_metrics(main_job, tmp_path, prefect_server):
     """Reproducible on one machine: a second project root, same profile and seed, from nothing."""
     root, _, first, record = main_job
     other = tmp_path / "repo"
     other.mkdir()
     git(other, "init", "-q")
-    again = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(other)], REPO, tmp_path)
+    again = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(other)], REPO, tmp_path, prefect_server[0])
     assert again.returncode == 0, again.stderr[-3000:]
     second = run_records(other)[0]
     assert second["data_version"]["md5"] == record["data_version"]["md5"]
