@@ -22,15 +22,18 @@ def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 
 
-@pytest.fixture
-def git_repo(tmp_path) -> Path:
-    """An empty git repository with a local identity, for DVC to live in."""
-    root = tmp_path / "repo"
-    root.mkdir()
+def new_repo(root: Path) -> Path:
+    """An empty git repository at ``root`` with a local identity, for DVC to live in."""
+    root.mkdir(parents=True, exist_ok=True)
     git(root, "init", "-q")
     git(root, "config", "user.name", "test")
     git(root, "config", "user.email", "test@example.com")
     return root
+
+
+@pytest.fixture
+def git_repo(tmp_path) -> Path:
+    return new_repo(tmp_path / "repo")
 
 
 @pytest.fixture(scope="session")

@@ -75,9 +75,9 @@ def at_once(runs: PipelineRuns, **overrides: list[str]) -> dict[str, subprocess.
 def pipeline_runs(prefect_server, tmp_path_factory):
     from tests.servers import mlflow_server
 
-    root = tmp_path_factory.mktemp("project")
-    for args in (["init", "-q"], ["config", "user.name", "test"], ["config", "user.email", "test@example.com"]):
-        subprocess.run(["git", *args], cwd=root, check=True)
+    from tests.conftest import new_repo
+
+    root = new_repo(tmp_path_factory.mktemp("project"))
     home = tmp_path_factory.mktemp("pipeline-mlflow-server")
     with mlflow_server(home) as uri:
         runs = PipelineRuns(root, uri, home, prefect_server[0], prefect_server[1], {})

@@ -206,18 +206,15 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         return StageRun(self.client, run.info.run_id)
 
-    def fail_if_running(self, parent_run_id: str, reason: str) -> list[str]:
+    def fail_if_running(self, parent_run_id: str, reason: str) -> None:
         """Mark a pipeline run and its stage runs FAILED where MLflow still has them RUNNING (their
-        process died without closing them); returns the run ids it closed."""
+        process died without closing them)."""
         parent = self.client.get_run(parent_run_id)
         children = self.client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
-        closed = []
         for run in (parent, *children):
             if run.info.status == "RUNNING":
                 self.client.set_tag(run.info.run_id, "error", reason[:5000])
                 self.client.set_terminated(run.info.run_id, "FAILED")
-                closed.append(run.info.run_id)
-        return closed
 
     # --- registry ---------------------------------------------------------------------
 

@@ -114,11 +114,11 @@ class LiveLog:
             shown = ", ".join(f"{k} {entry[k]:.3f}" for k in PROGRESS_KEYS if k in entry)
             print(f"ppo iteration {iteration + 1}/{self.iterations}: {shown}", flush=True)
 
-    def logged(self, end: int) -> list[int]:
-        """[first, last + 1) of the iterations this launch logged to MLflow, the run having ended at ``end``."""
+    def logged(self) -> list[int]:
+        """[first, last + 1) of the iterations this launch logged to MLflow."""
         if self.first is None:
             return [0, 0]
-        return [self.first, end if self.stopped is None else self.stopped]
+        return [self.first, self.iterations if self.stopped is None else self.stopped]
 
 
 def quiet_libraries() -> None:
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             "metrics": result.metrics, "history": result.history, "seconds": round(time.perf_counter() - started, 2),
             "world_size": ranks.world_size, "rank_weight_digests": digests, "threads_per_process": torch.get_num_threads(),
             "device": str(ranks.device), "mixed_precision": ranks.accelerator.mixed_precision,
-            "live_logged": live.logged(cfg.ppo.iterations),
+            "live_logged": live.logged(),
         })
         print(f"ppo done: {ranks.world_size} process(es), {result.seconds:.1f} s", flush=True)
     ranks.accelerator.wait_for_everyone()

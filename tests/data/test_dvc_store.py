@@ -24,6 +24,7 @@ from components.tracking.dvc_store import (
     track,
     workspace_version,
 )
+from tests.conftest import git, new_repo
 
 CFG = VersioningConfig()
 META = {"source": "synthetic", "seed": 0}
@@ -45,17 +46,6 @@ def dvc(root: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def git(root: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
-
-
-def init_git(root: Path) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    git(root, "init", "-q")
-    git(root, "config", "user.name", "test")
-    git(root, "config", "user.email", "test@example.com")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def dvc_env(tmp_path_factory):
     """No analytics, and DVC's per-repo site cache in a temp dir instead of /var/tmp/dvc."""
@@ -70,7 +60,7 @@ def dvc_env(tmp_path_factory):
 def template(dvc_env, tmp_path_factory) -> Path:
     """A git + DVC repository whose data/ is tracked; each test works on a copy."""
     root = tmp_path_factory.mktemp("template") / "repo"
-    init_git(root)
+    new_repo(root)
     (root / "data").mkdir()
     for name, text in FILES.items():
         (root / "data" / name).write_text(text)
@@ -88,7 +78,7 @@ def repo(template: Path, tmp_path: Path) -> Path:
 
 def test_ensure_repo_is_idempotent_and_sets_analytics_off_and_local_remote(tmp_path):
     root = tmp_path / "repo"
-    init_git(root)
+    new_repo(root)
     ensure_repo(root, CFG)
     config_before = (root / ".dvc" / "config").read_text()
     ensure_repo(root, CFG)

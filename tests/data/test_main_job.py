@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from components.data.files import sha256_file
-from tests.conftest import git
+from tests.conftest import git, new_repo
 from tests.layout import run_records, stage_dir, stage_dirs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,10 +30,7 @@ def run(args, cwd, tmp_path, prefect_api: str | None = None):
 def main_job(tmp_path_factory):
     """One run of the main command on a fresh project: (root, temp dir, the finished process, its run record)."""
     tmp = tmp_path_factory.mktemp("main-job")
-    root = tmp / "repo"
-    root.mkdir()
-    for args in (["init", "-q"], ["config", "user.name", "test"], ["config", "user.email", "test@example.com"]):
-        git(root, *args)
+    root = new_repo(tmp / "repo")
     done = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(root)], REPO, tmp)
     assert done.returncode == 0, done.stderr[-3000:]
     return root, tmp, done, run_records(root)[0]
@@ -141,9 +138,7 @@ def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job,
 def test_the_same_params_and_seed_give_the_same_data_models_and_metrics(main_job, tmp_path, prefect_server):
     """Reproducible on one machine: a second project root, same profile and seed, from nothing."""
     root, _, first, record = main_job
-    other = tmp_path / "repo"
-    other.mkdir()
-    git(other, "init", "-q")
+    other = new_repo(tmp_path / "repo")
     again = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(other)], REPO, tmp_path, prefect_server[0])
     assert again.returncode == 0, again.stderr[-3000:]
     second = run_records(other)[0]

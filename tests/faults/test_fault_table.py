@@ -22,7 +22,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name
 from components.training.launcher import free_port
-from tests.conftest import git
+from tests.conftest import new_repo
 from tests.data.test_validation import DEFECTS, write_good_dir
 from tests.layout import stage_dir
 
@@ -34,12 +34,7 @@ TRAINING_TASKS = {"SFT", "collect comparisons", "reward model", "PPO", "evaluate
 
 
 def new_project(base: Path) -> Path:
-    root = base / "project"
-    root.mkdir(parents=True)
-    git(root, "init", "-q")
-    git(root, "config", "user.name", "test")
-    git(root, "config", "user.email", "test@example.com")
-    return root
+    return new_repo(base / "project")
 
 
 def main_command(root: Path, overrides=()) -> list[str]:

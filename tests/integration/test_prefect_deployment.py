@@ -17,6 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from tests.conftest import new_repo
 from tests.layout import stage_dir
 from tests.servers import BIN, free_port, prefect_env, prefect_server
 
@@ -79,9 +80,7 @@ def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     prefect = RestartableServer(home)
     prefect.start()
-    root = tmp_path_factory.mktemp("project")
-    for args in (["init", "-q"], ["config", "user.name", "test"], ["config", "user.email", "test@example.com"]):
-        subprocess.run(["git", *args], cwd=root, check=True)
+    root = new_repo(tmp_path_factory.mktemp("project"))
     env = {**os.environ, **prefect_env(home, prefect.api), "PREFECT_WORKER_QUERY_SECONDS": "2"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the runs track into the project's own store
     try:
