@@ -55,7 +55,7 @@ def sample_responses(
         chunk = expanded[start : start + batch_size]
         ids, mask = encode_prompts(tokenizer, chunk, model_cfg.max_prompt_tokens)
         rollout = generate(policy, ids, mask, model_cfg.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, mode.temperature, mode.greedy)
-        out.texts += decode_responses(tokenizer, rollout)
+        out.texts += decode_responses(tokenizer, rollout.batch)
         out.ended += rollout.ended.tolist()
         if reward_model is not None:
             out.rm_scores += sequence_scores(reward_model, rollout.batch).tolist()

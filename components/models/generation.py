@@ -51,10 +51,10 @@ def generate(
     return Rollout(join(prompt_ids, prompt_mask, response_ids.clone(), response_mask), ended)
 
 
-def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
+def decode_responses(tokenizer, batch: Batch) -> list[str]:
     """Response texts without EOS and padding."""
     texts = []
-    for ids, mask in zip(rollout.batch.response_ids, rollout.batch.response_mask):
+    for ids, mask in zip(batch.response_ids, batch.response_mask):
         tokens = [t for t, m in zip(ids.tolist(), mask.tolist()) if m and t != tokenizer.eos_token_id]
         texts.append(tokenizer.decode(tokens, skip_special_tokens=True))
     return texts

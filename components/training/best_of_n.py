@@ -53,7 +53,7 @@ def best_of_n(
             )
             sample_scores = sequence_scores(reward_model, rollout.batch) - missing_eos_penalty * (~rollout.ended).float()  # (len(chunk) * n,)
             best = sample_scores.view(len(chunk), n).argmax(dim=1) + torch.arange(len(chunk)) * n  # (len(chunk),)
-            texts = decode_responses(tokenizer, rollout)
+            texts = decode_responses(tokenizer, rollout.batch)
             responses += [texts[i] for i in best.tolist()]
             ended += rollout.ended[best].tolist()
             scores += sample_scores[best].tolist()

@@ -64,7 +64,7 @@ def sample_responses(
             policy, prompt_ids, prompt_mask, model_cfg.max_response_tokens,
             tokenizer.eos_token_id, tokenizer.pad_token_id, temperature,
         )
-        samples = list(zip(decode_responses(tokenizer, rollout), rollout.ended.tolist()))
+        samples = list(zip(decode_responses(tokenizer, rollout.batch), rollout.ended.tolist()))
         groups += [samples[i : i + k] for i in range(0, len(samples), k)]
     return groups
 

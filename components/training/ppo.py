@@ -1,14 +1,18 @@
 """PPO against a reward model: InstructGPT step 3 (Ouyang et al. 2022), with the details of
 Ziegler et al. 2019, Stiennon et al. 2020 and Huang et al. 2024 ("N+ implementation details").
 
-Each iteration: sample responses from the policy (temperature 1) -> score them with the reward
-model and the frozen reference -> per-token rewards (KL penalty on every token, RM score on the
-last) -> GAE advantages and returns -> several epochs of clipped policy and value updates over
-minibatches -> update the KL coefficient.
+Each iteration reads like CleanRL's loop:
+
+    rollouts = collect_rollouts(...)        # sample responses; score them: RM, reference, critic
+    advantages, returns = compute_advantages(rollouts, kl_coef, ...)   # KL-penalised rewards -> GAE
+    stats = ppo_update(...)                 # epochs of clipped policy and value steps over minibatches
+    kl_ctl.update(...)                      # the KL coefficient follows the measured KL (if adaptive)
+
+The data-parallel plumbing (sharding, global means, gradient sync) lives in ``Ranks``; the loss
+functions only take the averaging function they are handed.
 """
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -26,7 +30,6 @@ from components.models.batching import (
     last_index,
     masked_mean,
     response_logits,
-    response_logprobs,
     sequence_scores,
 )
 from components.models.generation import decode_responses, generate
@@ -39,6 +42,9 @@ SINGLE = Ranks()
 
 # (prompts, responses, ended) -> metrics: watches rollouts (e.g. the gold judge); never feeds training.
 Monitor = Callable[[list[str], list[str], list[bool]], dict[str, float]]
+
+# how a loss averages its per-token terms: masked_mean, or (data parallel) this rank's share of the global mean
+TokenMean = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # --- the math -----------------------------------------------------------------------------
@@ -77,8 +83,9 @@ def compute_gae(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016) over response tokens.
 
-    ``bootstrap_values`` (B,) is V(s) after the last position, for responses cut off there by the
-    length limit (0 for rows that ended); None treats the end of every response as terminal.
+    ``values[:, t]`` is V(s_t), the state before response token t. ``bootstrap_values`` (B,) is V(s)
+    after the last position, for responses cut off there by the length limit (0 for rows that
+    ended); None treats the end of every response as terminal.
     Returns (advantages, returns), both (B, R) and zero past EOS.
     """
     mask = response_mask.float()
@@ -96,10 +103,6 @@ def compute_gae(
     advantages = torch.stack(advantages_reversed[::-1], dim=1)
     returns = advantages + values
     return advantages, returns
-
-
-# how a loss averages its per-token terms: masked_mean, or (data parallel) this rank's share of the global mean
-TokenMean = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def clipped_policy_loss(
@@ -155,7 +158,13 @@ class KLController:
         self.value *= 1 + proportional_error * n_steps / self.cfg.horizon
 
 
-# --- the loop -----------------------------------------------------------------------------
+# --- reading the models -------------------------------------------------------------------
+
+
+def policy_logprobs(policy: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logprobs, logits) of the response tokens: (B, R), (B, R, V)."""
+    logits = response_logits(policy, batch)
+    return gather_logprobs(logits, batch.response_ids), logits
 
 
 class TokenValues(torch.nn.Module):
@@ -174,14 +183,164 @@ def token_values(values_model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return values_model(batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width)
 
 
+# --- one iteration: rollouts -> advantages -> update -----------------------------------------
+
+
 @dataclass
-class RolloutBatch:
+class Rollouts:
+    """One rank's share of an iteration's samples and what the frozen and trained models said of them."""
+
+    prompts: list[str]
     batch: Batch
     ended: torch.Tensor  # (B,)
-    old_logprobs: torch.Tensor  # (B, R)
-    old_values: torch.Tensor  # (B, R)
-    advantages: torch.Tensor  # (B, R)
-    returns: torch.Tensor  # (B, R)
+    logprobs: torch.Tensor  # (B, R) of the sampling policy
+    ref_logprobs: torch.Tensor  # (B, R)
+    values: torch.Tensor  # (B, R) V(s_t) before each response token
+    rm_scores: torch.Tensor  # (B,) the reward model's score
+    scores: torch.Tensor  # (B,) the score PPO optimises: RM score less the missing-EOS penalty
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.batch.response_mask.float()
+
+
+@dataclass
+class Advantages:
+    rewards: torch.Tensor  # (B, R) KL-penalised per-token rewards
+    kl: torch.Tensor  # (B, R) log pi - log pi_ref
+    advantages: torch.Tensor  # (B, R) whitened
+    returns: torch.Tensor  # (B, R) the critic's targets
+
+
+@dataclass
+class PPOModels:
+    """What PPO trains (policy, critic) and what it only reads (reference, reward model)."""
+
+    policy: torch.nn.Module  # DDP-wrapped when data parallel
+    values_model: torch.nn.Module  # TokenValues(critic), DDP-wrapped when data parallel
+    reference: PreTrainedModel
+    reward_model: PreTrainedModel
+    policy_opt: torch.optim.Optimizer
+    critic_opt: torch.optim.Optimizer
+    ranks: Ranks
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """The policy without its DDP wrapper: the no-grad passes (generation, scoring) skip DDP."""
+        return self.ranks.unwrap(self.policy)
+
+    @property
+    def critic(self) -> torch.nn.Module:
+        return self.ranks.unwrap(self.values_model)
+
+
+@torch.no_grad()
+def collect_rollouts(
+    models: PPOModels, prompts: list[str], tokenizer: PreTrainedTokenizerBase, cfg: PPOConfig, model_cfg: ModelConfig
+) -> Rollouts:
+    """Sample one response per prompt from the policy and score it: RM score, reference log-probs, values."""
+    device = models.ranks.device
+    prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts(tokenizer, prompts, model_cfg.max_prompt_tokens))
+    sampled = generate(models.sampler, prompt_ids, prompt_mask, model_cfg.max_response_tokens, tokenizer.eos_token_id,
+                       tokenizer.pad_token_id, cfg.temperature)
+    batch = sampled.batch
+    logprobs, _ = policy_logprobs(models.sampler, batch)
+    ref_logprobs, _ = policy_logprobs(models.reference, batch)
+    values = token_values(models.critic, batch) * batch.response_mask.float()
+    rm_scores = sequence_scores(models.reward_model, batch)
+    scores = rm_scores - cfg.missing_eos_penalty * (~sampled.ended).float()
+    return Rollouts(prompts, batch, sampled.ended, logprobs, ref_logprobs, values, rm_scores, scores)
+
+
+@torch.no_grad()
+def compute_advantages(rollouts: Rollouts, kl_coef: float, cfg: PPOConfig, ranks: Ranks = SINGLE) -> Advantages:
+    """KL-penalised per-token rewards, then GAE; whitening uses every rank's tokens."""
+    rewards, kl = kl_penalised_rewards(rollouts.scores, rollouts.logprobs, rollouts.ref_logprobs, rollouts.batch.response_mask, kl_coef)
+    if cfg.whiten_rewards:
+        rewards = whiten(rewards, rollouts.mask, shift_mean=False, ranks=ranks)
+    advantages, returns = compute_gae(rewards, rollouts.values, rollouts.batch.response_mask, cfg.gamma, cfg.lam)
+    return Advantages(rewards, kl, whiten(advantages, rollouts.mask, ranks=ranks), returns)
+
+
+def ppo_update(
+    models: PPOModels,
+    rollouts: Rollouts,
+    advantages: Advantages,
+    cfg: PPOConfig,
+    iteration: int,
+    ptx: Callable[[], Batch] | None = None,
+) -> dict[str, float]:
+    """``cfg.ppo_epochs`` passes over the rollouts in minibatches: clipped policy and value losses.
+
+    ``ptx`` draws this rank's share of demonstrations for PPO-ptx (InstructGPT's pretraining mix).
+    Returns the mean of each loss statistic over all minibatch steps (and all ranks).
+    """
+    ranks = models.ranks
+    sums: dict[str, float] = {}
+    steps = 0
+    size = rollouts.batch.input_ids.shape[0]  # this rank's share
+    minibatch = cfg.minibatch_size // ranks.world_size
+    micro = minibatch // cfg.gradient_accumulation_steps
+    for _ in range(cfg.ppo_epochs):
+        permutation = torch.randperm(size)
+        for start in range(0, size, minibatch):
+            index = permutation[start : start + minibatch]
+            share = ranks.token_share(rollouts.batch.response_mask[index])
+
+            if ptx is not None:
+                ptx_loss = cfg.ptx_coef * sft_loss(models.policy, ptx())
+                check_finite("ppo", iteration, ptx_loss=ptx_loss.item())
+                with ranks.no_sync(models.policy):
+                    ranks.backward(ptx_loss)
+
+            for micro_start in range(0, len(index), micro):
+                rows = index[micro_start : micro_start + micro]
+                synced = micro_start + micro >= len(index)  # the last micro-batch's backward all-reduces the gradients
+                mb = rollouts.batch.select(rows)
+                mask = mb.response_mask.float()
+
+                with ranks.accumulating(models.policy, synced):
+                    logprobs, logits = policy_logprobs(models.policy, mb)
+                    pg_loss, pg_stats = clipped_policy_loss(logprobs, rollouts.logprobs[rows], advantages.advantages[rows], mask, cfg.cliprange, share)
+                    check_finite("ppo", iteration, policy_loss=pg_loss.item())
+                    ranks.backward_share(pg_loss)
+
+                with ranks.accumulating(models.values_model, synced):
+                    values = token_values(models.values_model, mb)
+                    vf_loss, vf_stats = clipped_value_loss(values, rollouts.values[rows], advantages.returns[rows], mask, cfg.cliprange_value, share)
+                    check_finite("ppo", iteration, value_loss=vf_loss.item())
+                    ranks.backward_share(vf_loss)
+
+                with torch.no_grad():
+                    entropy = share(entropy_from_logits(logits), mask).item()
+                for key, value in {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": entropy, **pg_stats, **vf_stats}.items():
+                    sums[key] = sums.get(key, 0.0) + value
+
+            for model, optimizer in ((models.policy, models.policy_opt), (models.values_model, models.critic_opt)):
+                ranks.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            steps += 1
+    totals = ranks.sum(torch.tensor(list(sums.values()), dtype=torch.float64, device=ranks.device))
+    return {key: total / steps for key, total in zip(sums, totals.tolist())}
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+
+class PromptQueue:
+    """One global prompt order (the same on every rank): shuffled passes over the prompts, drawn a batch at a time."""
+
+    def __init__(self, prompts: list[str], rng: random.Random):
+        self.prompts, self.rng, self.order = list(prompts), rng, []
+
+    def next_batch(self, size: int) -> list[str]:
+        while len(self.order) < size:
+            fresh = list(self.prompts)
+            self.rng.shuffle(fresh)
+            self.order += fresh
+        batch, self.order = self.order[:size], self.order[size:]
+        return batch
 
 
 def check_shardable(cfg: PPOConfig, world_size: int) -> None:
@@ -192,6 +351,18 @@ def check_shardable(cfg: PPOConfig, world_size: int) -> None:
             f"ppo.rollout_batch_size ({cfg.rollout_batch_size}) and ppo.minibatch_size ({cfg.minibatch_size}) must be multiples of "
             f"the number of processes ({world_size}), and minibatch_size / processes of ppo.gradient_accumulation_steps ({cfg.gradient_accumulation_steps})"
         )
+
+
+def ptx_sampler(examples: list[dict], tokenizer, cfg: PPOConfig, model_cfg: ModelConfig, rng: random.Random, ranks: Ranks) -> Callable[[], Batch]:
+    """Draws ``cfg.minibatch_size`` demonstrations per call (the same draw on every rank) and returns this rank's share."""
+
+    def draw() -> Batch:
+        rows = rng.sample(examples, min(cfg.minibatch_size, len(examples)))
+        rows = ranks.shard(rows)
+        batch = encode_examples(tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows], model_cfg.max_prompt_tokens, model_cfg.max_response_tokens)
+        return batch.to(ranks.device)
+
+    return draw
 
 
 def train_ppo(
@@ -220,7 +391,7 @@ def train_ppo(
     """
     check_shardable(cfg, ranks.world_size)
     torch.manual_seed(seed + ranks.rank)  # each rank samples different responses
-    rng = random.Random(f"{seed}/ppo")  # the same on every rank: one global prompt order
+    rng = random.Random(f"{seed}/ppo")  # the same on every rank: one global prompt order, one PPO-ptx draw
     for frozen in (ref_policy, reward_model):
         frozen.eval()
         frozen.requires_grad_(False)
@@ -232,8 +403,8 @@ def train_ppo(
     policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = KLController(cfg.kl)
+    queue = PromptQueue(prompts, rng)
     history: list[dict[str, float]] = []
-    order: list[str] = []
     start = 0
     resumed = latest_checkpoint(checkpoint_dir)
     if resumed is not None:
@@ -244,55 +415,30 @@ def train_ppo(
         critic_opt.load_state_dict(resumed.tensors["critic_opt"])
         torch.set_rng_state(torch_rng)
         restore_python_rng(rng, resumed.python_rng)
-        kl_ctl.value, order, history, start = resumed.kl_coef, resumed.order, resumed.history, resumed.iteration
+        kl_ctl.value, queue.order, history, start = resumed.kl_coef, resumed.order, resumed.history, resumed.iteration
     policy, values_model, policy_opt, critic_opt = ranks.prepare(policy, values_model, policy_opt, critic_opt)
-    sampler, values_reader = ranks.unwrap(policy), ranks.unwrap(values_model)  # the no-grad passes skip DDP
+    models = PPOModels(policy, values_model, ref_policy, reward_model, policy_opt, critic_opt, ranks)
+    ptx = ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, ranks) if cfg.ptx_coef > 0 and ptx_examples else None
 
     for iteration in range(start, cfg.iterations):
-        if len(order) < cfg.rollout_batch_size:
-            fresh = list(prompts)
-            rng.shuffle(fresh)
-            order += fresh
-        batch_prompts, order = order[: cfg.rollout_batch_size], order[cfg.rollout_batch_size :]
-        batch_prompts = batch_prompts[ranks.rank :: ranks.world_size]  # this rank's shard
+        batch_prompts = ranks.shard(queue.next_batch(cfg.rollout_batch_size))
 
-        # 1. rollout
         started = time.perf_counter()
-        prompt_ids, prompt_mask = (t.to(ranks.device) for t in encode_prompts(tokenizer, batch_prompts, model_cfg.max_prompt_tokens))
-        rollout = generate(sampler, prompt_ids, prompt_mask, model_cfg.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.temperature)
-        batch, mask = rollout.batch, rollout.batch.response_mask.float()
+        rollouts = collect_rollouts(models, batch_prompts, tokenizer, cfg, model_cfg)
         generated = time.perf_counter()
-
-        # 2. score: reward model, reference and value estimates of the sampled responses
-        with torch.no_grad():
-            old_logprobs = response_logprobs(sampler, batch)
-            ref_logprobs = response_logprobs(ref_policy, batch)
-            old_values = token_values(values_reader, batch) * mask
-            rm_scores = sequence_scores(reward_model, batch)
-            scores = rm_scores - cfg.missing_eos_penalty * (~rollout.ended).float()
-
-            # 3. rewards and advantages (whitened over every rank's rollouts)
-            rewards, kl = kl_penalised_rewards(scores, old_logprobs, ref_logprobs, batch.response_mask, kl_ctl.value)
-            if cfg.whiten_rewards:
-                rewards = whiten(rewards, mask, shift_mean=False, ranks=ranks)
-            advantages, returns = compute_gae(rewards, old_values, batch.response_mask, cfg.gamma, cfg.lam)
-            advantages = whiten(advantages, mask, ranks=ranks)
-        check_finite("ppo", iteration, rm_score=rm_scores.mean().item(), kl=kl.sum(1).mean().item())
-        data = RolloutBatch(batch, rollout.ended, old_logprobs, old_values, advantages, returns)
+        advantages = compute_advantages(rollouts, kl_ctl.value, cfg, ranks)
+        check_finite("ppo", iteration, rm_score=rollouts.rm_scores.mean().item(), kl=advantages.kl.sum(1).mean().item())
         scored = time.perf_counter()
-
-        # 4. several epochs of minibatch updates over the rollout batch
-        update_stats = _update(policy, values_model, policy_opt, critic_opt, data, cfg, tokenizer, model_cfg, ptx_examples, rng, iteration, ranks)
+        update_stats = ppo_update(models, rollouts, advantages, cfg, iteration, ptx)
         updated = time.perf_counter()
 
-        # 5. the KL controller sees the mean KL per response of the whole (all ranks') batch
-        rollout_sums = ranks.sum(torch.stack([rm_scores.sum(), kl.sum(), mask.sum(), rollout.ended.float().sum()]).double())
+        # the KL controller sees the mean KL per response of the whole (all ranks') batch
+        rollout_sums = ranks.sum(torch.stack([rollouts.rm_scores.sum(), advantages.kl.sum(), rollouts.mask.sum(), rollouts.ended.float().sum()]).double())
         rm_score, mean_kl, response_length, ended = (rollout_sums / cfg.rollout_batch_size).tolist()
         kl_ctl.update(mean_kl, cfg.rollout_batch_size)
-        variance_explained = explained_variance(old_values, returns, mask, ranks)
-        watched = ranks.mean_of_floats(monitor(batch_prompts, decode_responses(tokenizer, rollout), rollout.ended.tolist())) if monitor else {}
 
         if iteration % cfg.log_every == 0 or iteration == cfg.iterations - 1:
+            watched = monitor(batch_prompts, decode_responses(tokenizer, rollouts.batch), rollouts.ended.tolist()) if monitor else {}
             entry = {
                 "iteration": iteration,
                 "rm_score": rm_score,
@@ -301,30 +447,35 @@ def train_ppo(
                 "non_score_reward": -kl_ctl.value * mean_kl,
                 "response_length": response_length,
                 "ended": ended,
-                "explained_variance": variance_explained,
+                "explained_variance": explained_variance(rollouts.values, advantages.returns, rollouts.mask, ranks),
                 "response_tokens": response_length * cfg.rollout_batch_size,
                 "generation_seconds": generated - started,
                 "scoring_seconds": scored - generated,
                 "update_seconds": updated - scored,
                 **update_stats,
-                **watched,
+                **ranks.mean_of_floats(watched),
             }
             history.append(entry)
             if log:
                 log(iteration, entry)
 
         if checkpoint_dir and cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0:
-            rng_states = torch.stack(ranks.gather_objects(torch.get_rng_state()))
-            if ranks.is_main:  # one writer; the other ranks' RNG states travel in the same file
-                save_checkpoint(checkpoint_dir, PPOState(
-                    iteration + 1, kl_ctl.value, python_rng_state(rng), order, history,
-                    {"policy": sampler.state_dict(), "critic": critic.state_dict(), "policy_opt": policy_opt.state_dict(),
-                     "critic_opt": critic_opt.state_dict(), "torch_rng": rng_states},
-                ))
+            _save_checkpoint(checkpoint_dir, iteration + 1, models, kl_ctl, rng, queue, history)
 
     last = history[-1]
     metrics = {"final_rm_score": last["rm_score"], "final_kl": last["kl"], "final_kl_coef": kl_ctl.value, "iterations": cfg.iterations}
-    return sampler, metrics, history
+    return models.sampler, metrics, history
+
+
+def _save_checkpoint(directory: str, iteration: int, models: PPOModels, kl_ctl: KLController, rng: random.Random,
+                     queue: PromptQueue, history: list[dict]) -> None:
+    rng_states = torch.stack(models.ranks.gather_objects(torch.get_rng_state()))
+    if models.ranks.is_main:  # one writer; the other ranks' RNG states travel in the same file
+        save_checkpoint(directory, PPOState(
+            iteration, kl_ctl.value, python_rng_state(rng), queue.order, history,
+            {"policy": models.sampler.state_dict(), "critic": models.critic.critic.state_dict(), "policy_opt": models.policy_opt.state_dict(),
+             "critic_opt": models.critic_opt.state_dict(), "torch_rng": rng_states},
+        ))
 
 
 def _rank_rng_state(saved: torch.Tensor, ranks: Ranks) -> torch.Tensor:
@@ -332,61 +483,3 @@ def _rank_rng_state(saved: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     if len(states) != ranks.world_size:
         raise ValueError(f"the PPO checkpoint was written by {len(states)} process(es); resume it with {len(states)}, not {ranks.world_size}")
     return states[ranks.rank].clone()  # set_rng_state needs its own storage, not a row view
-
-
-def _update(policy, values_model, policy_opt, critic_opt, data: RolloutBatch, cfg: PPOConfig, tokenizer, model_cfg, ptx_examples, rng, iteration, ranks: Ranks) -> dict[str, float]:
-    sums: dict[str, float] = {}
-    n = 0
-    size = data.batch.input_ids.shape[0]  # this rank's shard
-    minibatch = cfg.minibatch_size // ranks.world_size
-    micro = minibatch // cfg.gradient_accumulation_steps
-    for _ in range(cfg.ppo_epochs):
-        permutation = torch.randperm(size)
-        for start in range(0, size, minibatch):
-            index = permutation[start : start + minibatch]
-            count = ranks.sum(data.batch.response_mask[index].float().sum())  # response tokens of this minibatch, all ranks
-
-            def share(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-                """This micro-batch's part of the minibatch's token mean (summed over micro-batches and ranks: the mean)."""
-                return (values * mask.float()).sum() / count.clamp(min=1.0)
-
-            if cfg.ptx_coef > 0 and ptx_examples:
-                # PPO-ptx: keep the likelihood of the demonstrations (InstructGPT's pretraining mix)
-                rows = rng.sample(ptx_examples, min(cfg.minibatch_size, len(ptx_examples)))
-                ptx = encode_examples(tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows], model_cfg.max_prompt_tokens, model_cfg.max_response_tokens)
-                ptx_loss = cfg.ptx_coef * sft_loss(policy, ptx.to(ranks.device))
-                check_finite("ppo", iteration, ptx_loss=ptx_loss.item())
-                with ranks.no_sync(policy):
-                    ranks.backward(ptx_loss)
-
-            for micro_start in range(0, len(index), micro):
-                rows_index = index[micro_start : micro_start + micro]
-                synced = micro_start + micro >= len(index)  # the last micro-batch's backward all-reduces the gradients
-                mb = data.batch.select(rows_index)
-                mask = mb.response_mask.float()
-
-                with contextlib.nullcontext() if synced else ranks.no_sync(policy):
-                    logits = response_logits(policy, mb)
-                    logprobs = gather_logprobs(logits, mb.response_ids)
-                    pg_loss, pg_stats = clipped_policy_loss(logprobs, data.old_logprobs[rows_index], data.advantages[rows_index], mask, cfg.cliprange, share)
-                    check_finite("ppo", iteration, policy_loss=pg_loss.item())
-                    ranks.backward(pg_loss * ranks.world_size)  # DDP averages over ranks; the shares add up
-
-                with contextlib.nullcontext() if synced else ranks.no_sync(values_model):
-                    values = token_values(values_model, mb)
-                    vf_loss, vf_stats = clipped_value_loss(values, data.old_values[rows_index], data.returns[rows_index], mask, cfg.cliprange_value, share)
-                    check_finite("ppo", iteration, value_loss=vf_loss.item())
-                    ranks.backward(vf_loss * ranks.world_size)
-
-                with torch.no_grad():
-                    entropy = share(entropy_from_logits(logits), mask).item()
-                for key, value in {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": entropy, **pg_stats, **vf_stats}.items():
-                    sums[key] = sums.get(key, 0.0) + value
-
-            for model, optimizer in ((policy, policy_opt), (values_model, critic_opt)):
-                ranks.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            n += 1
-    totals = ranks.sum(torch.tensor(list(sums.values()), dtype=torch.float64, device=ranks.device))
-    return {key: total / n for key, total in zip(sums, totals.tolist())}

@@ -64,6 +64,19 @@ class Ranks:
         torch.distributed.all_gather_object(gathered, value)
         return gathered
 
+    def shard(self, items: list) -> list:
+        """This rank's share of a list every rank holds in the same order."""
+        return items[self.rank :: self.world_size]
+
+    def token_share(self, mask: torch.Tensor):
+        """A token mean whose per-rank (and per-micro-batch) parts add up to the mean over every rank's ``mask``."""
+        count = self.sum(mask.float().sum())
+
+        def share(values: torch.Tensor, part_mask: torch.Tensor) -> torch.Tensor:
+            return (values * part_mask.float()).sum() / count.clamp(min=1.0)
+
+        return share
+
     # --- models ---------------------------------------------------------------------------
 
     def prepare(self, *objects):
@@ -83,6 +96,14 @@ class Ranks:
             loss.backward()
         else:
             self.accelerator.backward(loss)
+
+    def backward_share(self, loss: torch.Tensor) -> None:
+        """Backward of this rank's share of a global mean: DDP averages gradients over ranks, so scale back up."""
+        self.backward(loss * self.world_size)
+
+    def accumulating(self, model: torch.nn.Module, synced: bool):
+        """The last micro-batch of a step all-reduces the gradients; the ones before accumulate locally."""
+        return contextlib.nullcontext() if synced else self.no_sync(model)
 
     def no_sync(self, model: torch.nn.Module):
         """Accumulate this backward's gradients locally; the next synced backward all-reduces them."""
