@@ -164,7 +164,7 @@ class RewardConfig(OptimConfig):
     """The reward model: -log sigmoid(r(chosen) - r(rejected)), read at the last response token."""
 
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of comparisons held out for accuracy")
-    reference_samples: int = Field(512, ge=0, description="SFT samples on training prompts whose mean reward is set to 0 (0: not normalised)")
+    reference_samples: int = Field(512, ge=0, description="SFT samples on training prompts on which the reward is normalised to mean 0, std 1 (0: not normalised)")
     shuffle_labels: bool = Field(False, description="negative control: swap chosen/rejected at random, so the RM learns nothing real")
 
 
@@ -184,12 +184,13 @@ class PPOConfig(Section):
     ppo_epochs: int = Field(4, ge=1, description="passes over each rollout batch")
     lr: float = Field(3e-4, gt=0, description="policy learning rate")
     critic_lr: float = Field(1e-3, gt=0, description="value model learning rate")
+    anneal_lr: bool = Field(True, description="decay both learning rates linearly to 0 over the iterations")
     kl: KLControlConfig = KLControlConfig()
     cliprange: float = Field(0.2, gt=0, description="policy ratio clip epsilon")
     cliprange_value: float = Field(0.2, gt=0, description="value clip around the rollout's values")
     gamma: float = Field(1.0, gt=0, le=1, description="discount")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
-    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
+    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature; log-probs, KL and entropy are of softmax(logits / temperature)")
     missing_eos_penalty: float = Field(1.0, ge=0, description="subtracted from the RM score of responses that never end")
     whiten_rewards: bool = Field(False, description="whiten the per-token rewards before GAE")
     ptx_coef: float = Field(0.0, ge=0, description="PPO-ptx: weight of the demonstrations' LM loss")

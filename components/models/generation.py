@@ -1,6 +1,7 @@
 """Sampling responses from a policy: batched, KV-cached, stopping when every row has emitted EOS."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,40 @@ class Rollout:
     ended: torch.Tensor  # (B,) bool: the response emitted EOS within the length limit
 
 
+def sampling_config(max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float, greedy: bool) -> GenerationConfig:
+    """Exactly softmax(logits / temperature) (or its argmax): every other logits processor off, said explicitly."""
+    sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+    return GenerationConfig(
+        do_sample=not greedy,
+        **sampling,
+        repetition_penalty=1.0,
+        encoder_repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0,
+        length_penalty=1.0,
+        min_new_tokens=0,
+        max_new_tokens=max_new_tokens,
+        num_beams=1,
+        num_return_sequences=1,
+        renormalize_logits=False,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        bos_token_id=None,
+    )
+
+
+@contextmanager
+def _without_model_defaults(policy: PreTrainedModel):
+    """transformers fills every field the call leaves unset from the model's own generation_config
+    (``bad_words_ids``, ``suppress_tokens``, ``sequence_bias``, ...): hand it a blank one meanwhile."""
+    own = policy.generation_config
+    policy.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        policy.generation_config = own
+
+
 @torch.inference_mode()
 def generate(
     policy: PreTrainedModel,
@@ -26,19 +61,15 @@ def generate(
     temperature: float = 1.0,
     greedy: bool = False,
 ) -> Rollout:
-    """Sample (or decode greedily) one response per prompt. Uses torch's global RNG: seed it first."""
+    """Sample (or decode greedily) one response per prompt. Uses torch's global RNG: seed it first.
+
+    The distribution is softmax(logits / temperature) and nothing else, whatever the model directory's
+    generation_config.json asks for (repetition penalties, top-k, banned words would sample off-policy)."""
     was_training = policy.training
     policy.eval()
-    config = GenerationConfig(
-        do_sample=not greedy,
-        temperature=temperature if not greedy else None,
-        top_k=0 if not greedy else None,
-        top_p=1.0 if not greedy else None,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-    )
-    sequences = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    config = sampling_config(max_new_tokens, eos_token_id, pad_token_id, temperature, greedy)
+    with _without_model_defaults(policy):
+        sequences = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     policy.train(was_training)
     response_ids = sequences[:, prompt_ids.shape[1] :]
     is_eos = response_ids == eos_token_id

@@ -161,14 +161,15 @@ class KLController:
 # --- reading the models -------------------------------------------------------------------
 
 
-def policy_logprobs(policy: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logprobs, logits) of the response tokens: (B, R), (B, R, V)."""
-    logits = response_logits(policy, batch)
+def policy_logprobs(policy: torch.nn.Module, batch: Batch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logprobs, logits) of the response tokens under the sampling distribution softmax(logits / temperature):
+    (B, R), (B, R, V). The ratio, the KL and the entropy are all of the distribution the tokens came from."""
+    logits = response_logits(policy, batch) / temperature
     return gather_logprobs(logits, batch.response_ids), logits
 
 
 class TokenValues(torch.nn.Module):
-    """The critic (a scalar-head model) read at every response token, as one forward pass DDP can wrap."""
+    """The critic (a scalar-head model) read before every response token, as one forward pass DDP can wrap."""
 
     def __init__(self, critic: PreTrainedModel):
         super().__init__()
@@ -176,7 +177,9 @@ class TokenValues(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, prompt_width: int) -> torch.Tensor:
         hidden = self.critic.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-        return self.critic.score(hidden[:, prompt_width:]).squeeze(-1).float()
+        # V(s_t) is read where the policy's logits for token t are: at the position before it (P-1 : -1),
+        # so the value of a token never sees the token itself (reading P: would estimate Q(s_t, a_t))
+        return self.critic.score(hidden[:, prompt_width - 1 : -1]).squeeze(-1).float()
 
 
 def token_values(values_model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -244,10 +247,11 @@ def collect_rollouts(
     sampled = generate(models.sampler, prompt_ids, prompt_mask, model_cfg.max_response_tokens, tokenizer.eos_token_id,
                        tokenizer.pad_token_id, cfg.temperature)
     batch = sampled.batch
-    logprobs, _ = policy_logprobs(models.sampler, batch)
-    ref_logprobs, _ = policy_logprobs(models.reference, batch)
+    logprobs, _ = policy_logprobs(models.sampler, batch, cfg.temperature)
     values = token_values(models.critic, batch) * batch.response_mask.float()
-    rm_scores = sequence_scores(models.reward_model, batch)
+    with models.ranks.autocast():  # the frozen models in the trained ones' precision: KL 0 at the start
+        ref_logprobs, _ = policy_logprobs(models.reference, batch, cfg.temperature)
+        rm_scores = sequence_scores(models.reward_model, batch)
     scores = rm_scores - cfg.missing_eos_penalty * (~sampled.ended).float()
     return Rollouts(prompts, batch, sampled.ended, logprobs, ref_logprobs, values, rm_scores, scores)
 
@@ -300,7 +304,7 @@ def ppo_update(
                 mask = mb.response_mask.float()
 
                 with ranks.accumulating(models.policy, synced):
-                    logprobs, logits = policy_logprobs(models.policy, mb)
+                    logprobs, logits = policy_logprobs(models.policy, mb, cfg.temperature)
                     pg_loss, pg_stats = clipped_policy_loss(logprobs, rollouts.logprobs[rows], advantages.advantages[rows], mask, cfg.cliprange, share)
                     check_finite("ppo", iteration, policy_loss=pg_loss.item())
                     ranks.backward_share(pg_loss)
@@ -353,12 +357,16 @@ def check_shardable(cfg: PPOConfig, world_size: int) -> None:
         )
 
 
+def ptx_rows(examples: list[dict], minibatch_size: int, rng: random.Random, ranks: Ranks) -> list[dict]:
+    """This rank's share of one global draw of ``minibatch_size`` demonstrations (the same draw on every rank)."""
+    return ranks.shard(rng.sample(examples, min(minibatch_size, len(examples))))
+
+
 def ptx_sampler(examples: list[dict], tokenizer, cfg: PPOConfig, model_cfg: ModelConfig, rng: random.Random, ranks: Ranks) -> Callable[[], Batch]:
-    """Draws ``cfg.minibatch_size`` demonstrations per call (the same draw on every rank) and returns this rank's share."""
+    """PPO-ptx's demonstrations, one batch per minibatch step: this rank's share, encoded, on its device."""
 
     def draw() -> Batch:
-        rows = rng.sample(examples, min(cfg.minibatch_size, len(examples)))
-        rows = ranks.shard(rows)
+        rows = ptx_rows(examples, cfg.minibatch_size, rng, ranks)
         batch = encode_examples(tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows], model_cfg.max_prompt_tokens, model_cfg.max_response_tokens)
         return batch.to(ranks.device)
 
@@ -421,6 +429,11 @@ def train_ppo(
     ptx = ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, ranks) if cfg.ptx_coef > 0 and ptx_examples else None
 
     for iteration in range(start, cfg.iterations):
+        if cfg.anneal_lr:  # linearly to 0 over the run (a function of the iteration alone, so a resumed run agrees)
+            fraction = 1.0 - iteration / cfg.iterations
+            for optimizer, lr in ((models.policy_opt, cfg.lr), (models.critic_opt, cfg.critic_lr)):
+                for group in optimizer.param_groups:
+                    group["lr"] = fraction * lr
         batch_prompts = ranks.shard(queue.next_batch(cfg.rollout_batch_size))
 
         started = time.perf_counter()
@@ -444,6 +457,7 @@ def train_ppo(
                 "rm_score": rm_score,
                 "kl": mean_kl,
                 "kl_coef": kl_ctl.value,
+                "lr": models.policy_opt.param_groups[0]["lr"],
                 "non_score_reward": -kl_ctl.value * mean_kl,
                 "response_length": response_length,
                 "ended": ended,

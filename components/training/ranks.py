@@ -97,6 +97,10 @@ class Ranks:
         else:
             self.accelerator.backward(loss)
 
+    def autocast(self):
+        """The mixed precision the prepared (trained) models run in, for passes through models that were not prepared."""
+        return self.accelerator.autocast() if self.accelerator is not None else contextlib.nullcontext()
+
     def backward_share(self, loss: torch.Tensor) -> None:
         """Backward of this rank's share of a global mean: DDP averages gradients over ranks, so scale back up."""
         self.backward(loss * self.world_size)

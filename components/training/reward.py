@@ -8,10 +8,11 @@ once, chosen and rejected together in one forward pass, and the loss averages ov
 A share of comparisons is held out, whole groups at a time (pairs of a group share responses,
 so splitting pairs would leak them).
 
-After training the reward is normalised: its mean on samples from the SFT policy is subtracted
-inside the model, so the saved model scores SFT samples at 0 on average (InstructGPT normalises
-the RM "so that the labeler demonstrations achieve a mean score of 0"; here, as in Ziegler et
-al., the reference is the SFT policy's own samples, which is where PPO starts).
+After training the reward is normalised inside the model to mean 0 and standard deviation 1 on
+samples from the SFT policy, so the saved model scores SFT samples at 0 on average with unit spread
+(InstructGPT normalises the RM "so that the labeler demonstrations achieve a mean score of 0"; here,
+as in Ziegler et al., the reference is the SFT policy's own samples, which is where PPO starts, and
+the unit scale keeps PPO's kl_coef, value clip and missing-EOS penalty meaningful across reward models).
 
 This module never calls the gold judge: ``gold_accuracy`` takes gold scores the caller computed.
 """
@@ -166,13 +167,31 @@ def shift_rewards(model: PreTrainedModel, delta: float) -> str:
     return "score.bias (added)"
 
 
+@torch.no_grad()
+def scale_rewards(model: PreTrainedModel, factor: float) -> None:
+    """Multiply every score the model outputs by ``factor`` (the head is linear: scale its weight and bias)."""
+    model.score.weight.mul_(factor)
+    if model.score.bias is not None:
+        model.score.bias.mul_(factor)
+
+
 def normalise_rewards(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference_samples: Sequence[tuple[str, str]], model_cfg: ModelConfig
-) -> float:
-    """Shift the model's output so its mean on ``reference_samples`` is 0; returns the mean subtracted."""
-    offset = score_samples(model, tokenizer, reference_samples, model_cfg).double().mean().item()
-    shift_rewards(model, -offset)
-    return offset
+) -> tuple[float, float]:
+    """Rescale and shift the model's output to mean 0 and standard deviation 1 on ``reference_samples``.
+
+    Returns (offset, scale): the mean and standard deviation removed. The KL coefficient, the value
+    clip range and the missing-EOS penalty are then in units of the SFT samples' reward spread,
+    whatever the reward model.
+    """
+    scores = score_samples(model, tokenizer, reference_samples, model_cfg).double()
+    offset = scores.mean().item()
+    scale = scores.std().item() if len(scores) > 1 else 1.0
+    if not scale > 0:
+        scale = 1.0  # a constant reward model (e.g. the shuffled-label control) is only shifted
+    scale_rewards(model, 1.0 / scale)
+    shift_rewards(model, -offset / scale)
+    return offset, scale
 
 
 def train_reward_model(
@@ -191,7 +210,8 @@ def train_reward_model(
     groups per step, ``cfg.epochs`` passes over the groups. ``cfg.valid_fraction`` of the groups
     is held out (``split_comparisons``, same seed) and the pairwise accuracy on them reported.
     With ``reference_samples`` ((prompt, response) pairs sampled from the SFT policy) the returned
-    model scores them at 0 on average; the mean removed is ``metrics["reward_offset"]``.
+    model scores them with mean 0 and standard deviation 1; the mean and the standard deviation
+    removed are ``metrics["reward_offset"]`` and ``metrics["reward_scale"]``.
     Returns (reward_model, metrics, history).
     """
     train, valid = split_comparisons(comparisons, cfg.valid_fraction, seed)
@@ -221,11 +241,11 @@ def train_reward_model(
         metrics["valid_accuracy"] = pairwise_accuracy(chosen_rewards, rejected_rewards)
         metrics["valid_margin"] = (chosen_rewards - rejected_rewards).mean().item()
     if reference_samples:
-        metrics["reward_offset"] = normalise_rewards(model, tokenizer, reference_samples, model_cfg)
+        metrics["reward_offset"], metrics["reward_scale"] = normalise_rewards(model, tokenizer, reference_samples, model_cfg)
         after = score_samples(model, tokenizer, reference_samples, model_cfg)
         metrics["reference_mean"] = after.double().mean().item()
         metrics["reference_std"] = after.double().std().item() if len(after) > 1 else 0.0
     else:
-        metrics["reward_offset"] = 0.0
+        metrics["reward_offset"], metrics["reward_scale"] = 0.0, 1.0
     model.eval()
     return model, metrics, history

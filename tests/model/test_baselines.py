@@ -118,7 +118,7 @@ def test_best_of_n_returns_the_reward_models_favourite_of_n_samples(sft_policy, 
         rollout = generate(sft_policy, prompt_ids, prompt_mask, TINY.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
     with torch.no_grad():
         all_scores = sequence_scores(reward_model, rollout.batch).view(len(prompts), n)
-    texts = decode_responses(tokenizer, rollout)
+    texts = decode_responses(tokenizer, rollout.batch)
     best = all_scores.argmax(dim=1)
     assert scores == pytest.approx(all_scores.max(dim=1).values.tolist(), abs=1e-5)
     assert responses == [texts[i * n + b] for i, b in enumerate(best.tolist())]

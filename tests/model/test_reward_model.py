@@ -94,8 +94,9 @@ def test_reward_model_orders_held_out_pairs_like_the_gold_judge(sft_policy, toke
     assert gold_accuracy(chosen_rewards, rejected_rewards, *gold_scores(valid)) > 0.65
     assert metrics["valid_accuracy"] > 0.6
     assert metrics["valid_loss"] < metrics["first_loss"] - 0.02 and history[-1]["step"] + 1 == metrics["steps"]
-    # normalised: the returned model scores the SFT policy's own samples at 0 on average
+    # normalised: the returned model scores the SFT policy's own samples with mean 0 and spread 1
     assert abs(metrics["reference_mean"]) < 1e-5 and metrics["reward_offset"] != 0.0
+    assert metrics["reference_std"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_collection_gives_every_pair_of_k_samples_and_passes_the_data_gate(sft_policy, tokenizer, config, dataset, tmp_path: Path):

@@ -145,18 +145,18 @@ def test_a_group_s_pairs_score_each_distinct_response_once(reward_model, tokeniz
 # --- normalisation ----------------------------------------------------------------------------
 
 
-def test_normalisation_makes_the_mean_on_reference_samples_zero_and_survives_reload(reward_model, tokenizer, tmp_path):
-    before = score_samples(reward_model, tokenizer, SAMPLES, MODEL_CFG)
-    assert abs(before.mean().item()) > 0.1  # the test means something: the mean starts far from 0
-    offset = normalise_rewards(reward_model, tokenizer, SAMPLES, MODEL_CFG)
-    after = score_samples(reward_model, tokenizer, SAMPLES, MODEL_CFG)
-    assert offset == pytest.approx(before.mean().item(), abs=1e-5)
-    assert abs(after.mean().item()) < 1e-5
-    assert torch.allclose(after, before - offset, atol=1e-5)  # a constant shift: every ordering is unchanged
+def test_normalisation_gives_mean_zero_and_unit_spread_on_reference_samples_and_survives_reload(reward_model, tokenizer, tmp_path):
+    before = score_samples(reward_model, tokenizer, SAMPLES, MODEL_CFG).double()
+    assert abs(before.mean().item()) > 0.1 and abs(before.std().item() - 1) > 0.1  # the test means something
+    offset, scale = normalise_rewards(reward_model, tokenizer, SAMPLES, MODEL_CFG)
+    after = score_samples(reward_model, tokenizer, SAMPLES, MODEL_CFG).double()
+    assert offset == pytest.approx(before.mean().item(), abs=1e-5) and scale == pytest.approx(before.std().item(), rel=1e-5)
+    assert abs(after.mean().item()) < 1e-5 and after.std().item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(after, (before - offset) / scale, atol=1e-5)  # an affine map: every ordering is unchanged
     # GPT-2's head has no bias and its class rebuilds it without one: the shift must live in a kept parameter
     save_model(reward_model, tokenizer, tmp_path / "rm", card={})
-    reloaded = load_scalar_model(tmp_path / "rm").eval()
-    assert abs(score_samples(reloaded, tokenizer, SAMPLES, MODEL_CFG).mean().item()) < 1e-5
+    reloaded = score_samples(load_scalar_model(tmp_path / "rm").eval(), tokenizer, SAMPLES, MODEL_CFG).double()
+    assert torch.allclose(reloaded, after, atol=1e-5)
 
 
 def test_normalisation_uses_the_head_bias_when_there_is_one(reward_model, tokenizer):
@@ -166,19 +166,20 @@ def test_normalisation_uses_the_head_bias_when_there_is_one(reward_model, tokeni
         biased.bias.fill_(2.0)
     reward_model.score = biased
     ln_f_bias = reward_model.base_model.ln_f.bias.clone()
-    offset = normalise_rewards(reward_model, tokenizer, SAMPLES, MODEL_CFG)
+    offset, scale = normalise_rewards(reward_model, tokenizer, SAMPLES, MODEL_CFG)
     assert abs(score_samples(reward_model, tokenizer, SAMPLES, MODEL_CFG).mean().item()) < 1e-5
-    assert biased.bias.item() == pytest.approx(2.0 - offset, abs=1e-5)
+    assert biased.bias.item() == pytest.approx((2.0 - offset) / scale, abs=1e-5)
     assert torch.equal(reward_model.base_model.ln_f.bias, ln_f_bias)
 
 
-def test_training_reports_the_offset_and_returns_a_model_with_mean_zero_on_reference(tokenizer):
+def test_training_reports_offset_and_scale_and_returns_a_model_normalised_on_reference(tokenizer):
     policy = build_policy(MODEL_CFG, tokenizer, seed=0)
     rows = [{"prompt": PROMPT, "chosen": "the battery is great.", "rejected": "the the the."}] * 8
     cfg = RewardConfig(epochs=1.0, batch_size=4, lr=1e-2, warmup_steps=0, valid_fraction=0.25)
     model, metrics, history = train_reward_model(policy, tokenizer, rows, cfg, MODEL_CFG, seed=0, reference_samples=SAMPLES)
     assert metrics["train_pairs"] == 6 and metrics["valid_pairs"] == 2 and len(history) == 2
     assert metrics["reward_offset"] != 0.0 and abs(metrics["reference_mean"]) < 1e-5
+    assert metrics["reward_scale"] > 0 and metrics["reference_std"] == pytest.approx(1.0, abs=1e-5)
     assert abs(score_samples(model, tokenizer, SAMPLES, MODEL_CFG).mean().item()) < 1e-5
     # the policy is untouched: the RM trained a copy of its transformer
     assert torch.equal(policy.base_model.ln_f.bias, build_policy(MODEL_CFG, tokenizer, seed=0).base_model.ln_f.bias)
