@@ -52,7 +52,7 @@ def train_everything(cfg, watch: Stopwatch):
     else:
         comparisons = rows[PREFERENCES]
     reward = watch("reward", recipe.reward_stage, cfg, tokenizer, sft, comparisons, train_prompts)
-    valid = recipe.reward_valid_rows(cfg, comparisons)
+    _, valid = recipe.labelled_split(cfg, comparisons)
     reward.metrics["accuracy_gold"] = reward_model_gold_accuracy(reward.model, tokenizer, valid, cfg.model, gold_score)
 
     policies = {"sft": sft}

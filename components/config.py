@@ -55,6 +55,11 @@ class SyntheticDataConfig(Section):
     labeler_temperature: float = Field(0.6, gt=0, description="Bradley-Terry noise temperature of the simulated labeler")
     carelessness_alpha: float = Field(1.0, gt=0, description="Beta(alpha, beta) of each demonstration's carelessness")
     carelessness_beta: float = Field(1.5, gt=0, description="Beta(alpha, beta) of each demonstration's carelessness")
+    stock_closing_rate: float = Field(
+        0.0, ge=0, le=1,
+        description="share of demonstrations ending with a stock line the gold judge penalises (a habit: above 0.5 it is the mode, "
+                    "so greedy SFT keeps it); 0 gives the habit-free task",
+    )
 
 
 class UserFilesConfig(Section):
@@ -231,7 +236,10 @@ class BestOfNConfig(Section):
 
 
 class BaselinesConfig(Section):
-    chosen: SFTConfig = SFTConfig()
+    """The supervised baselines: each trains on the same comparisons as the reward model (its held-out slice too is held out)."""
+
+    chosen: SFTConfig = Field(SFTConfig(), description="SFT on every pair's chosen response")
+    top_ranked: SFTConfig = Field(SFTConfig(), description="SFT on each ranked group's best response (rejection-sampling fine-tuning)")
     combined: CombinedLossConfig = CombinedLossConfig()
     dpo: DPOConfig = DPOConfig()
     best_of_n: BestOfNConfig = BestOfNConfig()
@@ -252,15 +260,15 @@ class OveroptimisationConfig(Section):
 
     tail_fraction: float = Field(0.3, gt=0, le=1, description="last share of PPO iterations whose trend is checked")
     max_gold_drop: float = Field(0.05, ge=0, description="largest gold fall over the tail tolerated while the RM score rises")
-    max_proxy_gold_gap: float = Field(0.15, ge=0, description="largest excess of PPO's RM win rate over its gold win rate against the best baseline")
+    max_proxy_gold_gap: float = Field(0.15, ge=0, description="largest excess of PPO's RM win rate over its gold win rate against any gated baseline")
 
 
 class GateConfig(Section):
     """When the PPO policy is promoted to the registry alias `champion`: every rule, in every mode."""
 
     modes: list[Literal["sample", "greedy"]] = Field(["sample", "greedy"], min_length=1, description="decoding modes every rule must hold under")
-    baselines: list[str] = Field(["sft", "chosen", "combined", "dpo"], min_length=1, description="supervised policies PPO must beat (the best of them)")
-    min_win_rate_lower: float = Field(0.5, ge=0, le=1, description="PPO's gold win rate against the best baseline: the CI's lower bound must exceed this")
+    baselines: list[str] = Field(["sft", "chosen", "top_ranked", "combined", "dpo"], min_length=1, description="supervised policies PPO must beat, every one of them")
+    min_win_rate_lower: float = Field(0.5, ge=0, le=1, description="PPO's gold win rate against each gated baseline: its CI's lower bound must exceed this")
     min_rm_accuracy: float = Field(0.6, ge=0, le=1, description="floor of the reward model's held-out pairwise accuracy")
     max_kl: float = Field(20.0, gt=0, description="KL budget (nats per response) of PPO from the SFT reference")
     sft_tolerance: float = Field(0.0, ge=0, description="how far PPO's mean gold score may fall below SFT's")

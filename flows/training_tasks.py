@@ -167,7 +167,7 @@ def reward_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenize
     with recorded(tracking.stage("reward_model")) as run:
         train_prompts = sorted({r["prompt"] for r in data["rows"][DEMONSTRATIONS]})
         key = key_for(cfg, data, "reward_model", cfg.reward, sft.key, comparisons.key)
-        valid = recipe.reward_valid_rows(cfg, comparisons.model)
+        _, valid = recipe.labelled_split(cfg, comparisons.model)
 
         def train():
             result = recipe.reward_stage(cfg, tokenizer, sft.model, comparisons.model, train_prompts, log=_progress("reward model", 10 * cfg.reward.log_every))
@@ -185,7 +185,8 @@ def reward_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenize
 def baseline_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult, comparisons: recipe.StageResult, name: str) -> recipe.StageResult:
     section = getattr(cfg.baselines, name)
     with recorded(tracking.stage(f"baseline_{name}")) as run:
-        key = key_for(cfg, data, name, section, sft.key, comparisons.key)
+        # the baselines train on the reward model's training split: its held-out share is part of what they depend on
+        key = key_for(cfg, data, name, section, sft.key, comparisons.key, f"held_out={cfg.reward.valid_fraction}")
         result = train_or_reuse(cfg, root, run, name, key, load_causal_lm,
                                 lambda: recipe.baseline_stage(cfg, name, tokenizer, sft.model, comparisons.model, log=_progress(name, 10 * section.log_every)),
                                 tokenizer, data)

@@ -3,6 +3,11 @@
 Each demonstration draws its own carelessness c in [0, 1]; every kind of mistake the gold
 judge punishes happens with a probability proportional to c. Token-level imitation of these
 demonstrations reproduces the average carelessness; only a sequence-level signal can remove it.
+
+Apart from the random slips, the demonstrators share one habit whatever their care: with probability
+``stock_closing`` a review ends with a stock line ("i hope this review helps."), which says nothing
+about the product and which the gold judge penalises. Above 0.5 it is the demonstrations' mode, so
+imitation (and greedy decoding of it) keeps it: a systematic gap that labellers' rankings can close.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from components.data.lexicon import (
     OVERALL_POSITIVE,
     POSITIVE,
     PRODUCTS,
+    STOCK_CLOSING,
 )
 from components.data.task import Prompt
 from components.data.text import END_OF_SENTENCE, join_words
@@ -66,7 +72,9 @@ def _grammar_slip(sentence: list[str], rng: random.Random) -> list[str]:
     return sentence
 
 
-def write_demonstration(prompt: Prompt, carelessness: float, rng: random.Random, style: DemonstratorStyle = STYLE) -> str:
+def write_demonstration(
+    prompt: Prompt, carelessness: float, rng: random.Random, style: DemonstratorStyle = STYLE, stock_closing: float = 0.0
+) -> str:
     c = carelessness
     polarity = prompt.polarity
     product = PRODUCTS[prompt.product]
@@ -99,6 +107,8 @@ def write_demonstration(prompt: Prompt, carelessness: float, rng: random.Random,
     if slip(style.repeat_sentence):
         i = rng.randrange(len(sentences))
         sentences.insert(i + 1, sentences[i])
+    if stock_closing > 0 and rng.random() < stock_closing:  # no draw at 0: the data of a habit-free task stay as they were
+        sentences.append(STOCK_CLOSING)
 
     tokens_per_sentence = [s.split() for s in sentences]
     if slip(style.grammar_slip):

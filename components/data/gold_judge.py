@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.data.grammar import ASPECT, parse_sentence, split_sentences
+from components.data.grammar import ASPECT, STOCK, parse_sentence, split_sentences
 from components.data.lexicon import NEUTRAL, PRODUCTS
 from components.data.task import Prompt, parse_prompt
 from components.data.text import words
@@ -24,6 +24,7 @@ class JudgeWeights:
     per_repetition: float = 0.75  # a clause or sentence said again
     per_off_topic: float = 0.75  # a clause about another product or an aspect it lacks
     per_stutter: float = 0.25  # a word right after itself ("the the")
+    per_stock_phrase: float = 1.0  # a stock closing line that says nothing about the product
     unterminated: float = 1.5  # no final period, or generation never ended
     per_word_outside_length: float = 0.1
     min_words: int = 10
@@ -46,6 +47,7 @@ class Judgement:
     repetitions: int
     off_topic: int
     stutters: int
+    stock_phrases: int
     terminated: bool
 
 
@@ -66,7 +68,7 @@ def judge(prompt: Prompt | str, response: str, ended: bool = True, weights: Judg
     n_grammatical = 0
     seen_clauses: set = set()
     seen_ungrammatical: set[tuple[str, ...]] = set()
-    repetitions = off_topic = on_sentiment = polar = 0
+    repetitions = off_topic = on_sentiment = polar = stock_phrases = 0
     polarities: dict[tuple[str, str], set[int]] = {}
     covered: set[str] = set()
     verdict = False
@@ -81,6 +83,9 @@ def judge(prompt: Prompt | str, response: str, ended: bool = True, weights: Judg
         for clause in clauses:
             repetitions += clause in seen_clauses
             seen_clauses.add(clause)
+            if clause.kind == STOCK:
+                stock_phrases += 1
+                continue
             about_product = clause.subject in product.aspects if clause.kind == ASPECT else clause.subject == product.name
             if not about_product:
                 off_topic += 1
@@ -111,6 +116,7 @@ def judge(prompt: Prompt | str, response: str, ended: bool = True, weights: Judg
         - weights.per_repetition * repetitions
         - weights.per_off_topic * off_topic
         - weights.per_stutter * stutters
+        - weights.per_stock_phrase * stock_phrases
         - weights.unterminated * (not terminated)
         - weights.per_word_outside_length * outside
     )
@@ -126,6 +132,7 @@ def judge(prompt: Prompt | str, response: str, ended: bool = True, weights: Judg
         repetitions=repetitions,
         off_topic=off_topic,
         stutters=stutters,
+        stock_phrases=stock_phrases,
         terminated=terminated,
     )
 

@@ -19,18 +19,19 @@ from components.data.lexicon import (
     OVERALL_POSITIVE,
     POSITIVE,
     PRODUCTS,
+    STOCK_CLOSING,
     VERB_PHRASES,
     Product,
 )
 from components.data.text import END_OF_SENTENCE
 
-ASPECT, OVERALL, NEUTRAL_KIND = "aspect", "overall", "neutral"
+ASPECT, OVERALL, NEUTRAL_KIND, STOCK = "aspect", "overall", "neutral", "stock"
 
 
 @dataclass(frozen=True)
 class Clause:
-    kind: str  # aspect | overall | neutral
-    subject: str  # the aspect, or the product for overall/neutral clauses
+    kind: str  # aspect | overall | neutral | stock
+    subject: str  # the aspect, or the product for overall/neutral clauses ("" for the stock closing)
     polarity: int  # POSITIVE, NEGATIVE or NEUTRAL
 
 
@@ -69,6 +70,7 @@ def clause_table() -> dict[tuple[str, ...], Clause]:
         ):
             for text in product_clauses(product, templates):
                 table[tuple(text.split())] = Clause(kind, product.name, polarity)
+    table[tuple(STOCK_CLOSING.split())] = Clause(STOCK, "", NEUTRAL)
     return table
 
 

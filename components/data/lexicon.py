@@ -122,6 +122,9 @@ NEUTRAL_CLAUSES = (
     "i took {this} {p} on a trip",
     "i compared {this} {p} with two others",
 )
+# A stock closing line that says nothing about the product: a demonstrator habit (data.synthetic.stock_closing_rate)
+# that the gold judge penalises, so the labellers disprefer it, but that imitation copies wherever it is the mode.
+STOCK_CLOSING = "i hope this review helps"
 CONJUNCTION = "and"
 PROMPT_TEMPLATE = "write a {sentiment} review of the {product} that mentions the {first} and the {second}."
 
@@ -142,6 +145,7 @@ def _vocabulary() -> frozenset[str]:
         words.add(product.name)
     for template in OVERALL_POSITIVE + OVERALL_NEGATIVE + NEUTRAL_CLAUSES:
         words.update(w for w in template.split() if not w.startswith("{"))
+    words.update(STOCK_CLOSING.split())
     return frozenset(words)
 
 

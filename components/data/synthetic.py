@@ -12,7 +12,7 @@ from components.data.gold_judge import gold_score
 from components.data.labeler import SimulatedLabeler, collect_comparisons, label_agreement
 from components.data.task import Prompt, all_prompts
 
-GENERATOR_VERSION = "reviews-v3"  # bump whenever the generator's output changes for the same params
+GENERATOR_VERSION = "reviews-v4"  # bump whenever the generator's output changes for the same params
 
 
 @dataclass
@@ -62,7 +62,7 @@ def generate_synthetic(cfg: Config) -> Dataset:
             {
                 "prompt_id": prompt.prompt_id,
                 "prompt": prompt.text,
-                "response": write_demonstration(prompt, carelessness, demo_rng),
+                "response": write_demonstration(prompt, carelessness, demo_rng, stock_closing=spec.stock_closing_rate),
                 "carelessness": carelessness,
             }
         )
@@ -75,7 +75,8 @@ def generate_synthetic(cfg: Config) -> Dataset:
     def sample(prompt_text: str) -> list[str]:
         prompt = by_text[prompt_text]
         return [
-            write_demonstration(prompt, draw_carelessness(pref_rng, spec.carelessness_alpha, spec.carelessness_beta), pref_rng)
+            write_demonstration(prompt, draw_carelessness(pref_rng, spec.carelessness_alpha, spec.carelessness_beta), pref_rng,
+                                stock_closing=spec.stock_closing_rate)
             for _ in range(spec.responses_per_comparison)
         ]
 

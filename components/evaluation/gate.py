@@ -11,7 +11,8 @@ The report is a plain dict (as the pipeline writes it to MLflow):
     reward_model.accuracy            held-out pairwise accuracy against the labels
     ppo_history                      [{iteration, rm_score, gold, ...}] (gold: logged, never trained on)
     modes.<mode>.policies.<name>     {gold: {value, ci}, rm: {value, ci}, kl, ...}
-    modes.<mode>.ppo_win_rate.<name> {value, ci: [lo, hi], n}  gold win rate of PPO, ties half
+    modes.<mode>.ppo_win_rate.<name> {value, ci: [lo, hi], n}  gold win rate of PPO, ties half; PPO must beat
+                                     every baseline the gate names, each head to head
     modes.<mode>.ppo_rm_win_rate.<name>  the same, judged by the reward model
 """
 from __future__ import annotations
@@ -83,13 +84,18 @@ def trend_change(history: list[dict], key: str, tail_fraction: float) -> float:
     return _linear_slope(xs, [float(h[key]) for h in tail]) * (xs[-1] - xs[0])
 
 
-def best_baseline(report: dict, mode: str, baselines: list[str]) -> str:
-    """The supervised policy with the highest mean gold score under ``mode``."""
+def gated_baselines(report: dict, mode: str, baselines: list[str]) -> list[str]:
+    """The supervised policies PPO must beat under ``mode``; every one must be in the report."""
     policies = _get(report, "modes", mode, "policies")
-    present = [name for name in baselines if name in policies]
-    if len(present) < len(baselines):
-        raise _Missing(f"modes.{mode}.policies.{sorted(set(baselines) - set(present))}")
-    return max(present, key=lambda name: _get(policies, name, "gold", "value"))
+    missing = sorted(set(baselines) - set(policies))
+    if missing:
+        raise _Missing(f"modes.{mode}.policies.{missing}")
+    return list(baselines)
+
+
+def win_lower_bounds(report: dict, mode: str, baselines: list[str]) -> dict[str, float]:
+    """The CI lower bound of PPO's gold win rate against each gated baseline under ``mode``."""
+    return {name: _get(report, "modes", mode, "ppo_win_rate", name, "ci")[0] for name in gated_baselines(report, mode, baselines)}
 
 
 def _check(rule: str, test, mode: str | None = None) -> Reason:
@@ -104,13 +110,14 @@ def _check(rule: str, test, mode: str | None = None) -> Reason:
 
 
 def _rules_for_mode(report: dict, cfg: GateConfig, mode: str) -> list[Reason]:
-    def beats_best_baseline():
-        best = best_baseline(report, mode, cfg.baselines)
-        win = _get(report, "modes", mode, "ppo_win_rate", best)
-        lo, hi = win["ci"]
-        return lo > cfg.min_win_rate_lower, (
-            f"gold win rate vs the best baseline '{best}' {win['value']:.3f} [{lo:.3f}, {hi:.3f}]; lower bound must exceed {cfg.min_win_rate_lower}"
-        )
+    def beats_every_baseline():
+        # head to head against each baseline, not against the best by mean: a mean can hide a baseline
+        # that beats PPO on most prompts (and means can tie)
+        wins = {name: _get(report, "modes", mode, "ppo_win_rate", name) for name in gated_baselines(report, mode, cfg.baselines)}
+        beaten = {name: win["ci"][0] > cfg.min_win_rate_lower for name, win in wins.items()}
+        shown = "; ".join(f"{name} {w['value']:.3f} [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}]{'' if beaten[name] else ' (not beaten)'}"
+                          for name, w in wins.items())
+        return all(beaten.values()), f"gold win rate vs {shown}; every lower bound must exceed {cfg.min_win_rate_lower}"
 
     def kl_within_budget():
         kl = _get(report, "modes", mode, "policies", PPO, "kl")
@@ -122,15 +129,18 @@ def _rules_for_mode(report: dict, cfg: GateConfig, mode: str) -> list[Reason]:
         return ppo >= sft - cfg.sft_tolerance, f"gold {ppo:.3f} vs SFT {sft:.3f} (tolerance {cfg.sft_tolerance})"
 
     def proxy_agrees_with_gold():
-        best = best_baseline(report, mode, cfg.baselines)
-        gold = _get(report, "modes", mode, "ppo_win_rate", best, "value")
-        proxy = _get(report, "modes", mode, "ppo_rm_win_rate", best, "value")
-        gap = proxy - gold
+        gaps = {}
+        for name in gated_baselines(report, mode, cfg.baselines):
+            gold = _get(report, "modes", mode, "ppo_win_rate", name, "value")
+            proxy = _get(report, "modes", mode, "ppo_rm_win_rate", name, "value")
+            gaps[name] = (proxy - gold, proxy, gold)
+        worst = max(gaps, key=lambda name: gaps[name][0])
+        gap, proxy, gold = gaps[worst]
         limit = cfg.overoptimisation.max_proxy_gold_gap
-        return gap <= limit, f"vs '{best}': RM win rate {proxy:.3f}, gold win rate {gold:.3f}, gap {gap:+.3f} (max {limit})"
+        return gap <= limit, f"largest gap vs '{worst}': RM win rate {proxy:.3f}, gold win rate {gold:.3f}, gap {gap:+.3f} (max {limit})"
 
     return [
-        _check("beats the best supervised baseline", beats_best_baseline, mode),
+        _check("beats every supervised baseline", beats_every_baseline, mode),
         _check("KL within budget", kl_within_budget, mode),
         _check("not worse than SFT", not_below_sft, mode),
         _check("reward model agrees with gold", proxy_agrees_with_gold, mode),
@@ -176,9 +186,9 @@ def decide(report: dict, cfg: GateConfig) -> Decision:
 
 
 def gate_score(report: dict, cfg: GateConfig) -> float | None:
-    """The smallest lower CI bound of PPO's gold win rate against the best baseline over the gate's modes."""
+    """The smallest CI lower bound of PPO's gold win rate over every gated baseline and every gated mode."""
     try:
-        bounds = [_get(report, "modes", mode, "ppo_win_rate", best_baseline(report, mode, cfg.baselines), "ci")[0] for mode in cfg.modes]
+        bounds = [bound for mode in cfg.modes for bound in win_lower_bounds(report, mode, cfg.baselines).values()]
         return float(min(bounds)) if bounds else None
     except (_Missing, TypeError, ValueError, KeyError, IndexError, AttributeError):
         return None

@@ -36,8 +36,9 @@ def win_rates(mode_report: dict, mode: str, judge: str = "ppo_win_rate") -> Figu
     rates = mode_report[judge]
     names = list(rates)
     values = [rates[n]["value"] for n in names]
-    lower = [rates[n]["value"] - rates[n]["ci"][0] for n in names]
-    upper = [rates[n]["ci"][1] - rates[n]["value"] for n in names]
+    # a win rate of 0 or 1 sits a rounding error outside its own interval: error bars are never negative
+    lower = [max(0.0, rates[n]["value"] - rates[n]["ci"][0]) for n in names]
+    upper = [max(0.0, rates[n]["ci"][1] - rates[n]["value"]) for n in names]
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.2))
     ax.bar(names, values, yerr=[lower, upper], capsize=4, color="tab:blue")
     ax.axhline(0.5, color="black", linestyle="--", linewidth=1)

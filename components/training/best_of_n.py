@@ -33,7 +33,8 @@ def best_of_n(
     ``reward_model`` is any one-output AutoModelForSequenceClassification. ``missing_eos_penalty`` is
     subtracted from the score of samples that never emitted EOS (as in PPO's rewards). Each generate call
     takes ``rows_per_batch // n`` prompts (at least one): on a CPU, fewer and larger calls are faster.
-    Returns (responses, ended, scores): the picked texts, whether each ended with EOS, and its RM score.
+    Returns (responses, ended, scores): the picked texts, whether each ended with EOS, and its raw RM score
+    (without the penalty, as every other policy's RM score is recorded).
     The global torch RNG is left as it was.
     """
     was_training = reward_model.training
@@ -51,11 +52,12 @@ def best_of_n(
             rollout = generate(
                 policy, prompt_ids, prompt_mask, model_cfg.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=temperature
             )
-            sample_scores = sequence_scores(reward_model, rollout.batch) - missing_eos_penalty * (~rollout.ended).float()  # (len(chunk) * n,)
-            best = sample_scores.view(len(chunk), n).argmax(dim=1) + torch.arange(len(chunk)) * n  # (len(chunk),)
+            raw_scores = sequence_scores(reward_model, rollout.batch)  # (len(chunk) * n,)
+            penalised = raw_scores - missing_eos_penalty * (~rollout.ended).float()
+            best = penalised.view(len(chunk), n).argmax(dim=1) + torch.arange(len(chunk)) * n  # (len(chunk),)
             texts = decode_responses(tokenizer, rollout.batch)
             responses += [texts[i] for i in best.tolist()]
             ended += rollout.ended[best].tolist()
-            scores += sample_scores[best].tolist()
+            scores += raw_scores[best].tolist()
     reward_model.train(was_training)
     return responses, ended, scores

@@ -1,8 +1,12 @@
-"""Baseline: supervised fine-tuning on the chosen responses only (seed reason 1, "use these labels directly").
+"""Baselines that read the rankings as demonstrations: plain SFT (components/training/sft.py) continued
+from the SFT policy, differing from the SFT stage only in their data.
 
-The preference pairs are read as demonstrations: each ``chosen`` becomes the target response of
-its prompt and each ``rejected`` is thrown away. This is plain SFT (components/training/sft.py)
-continued from the SFT policy, so it differs from the SFT stage only in its data.
+- ``chosen`` (seed reason 1, "use these labels directly"): every pair's ``chosen`` becomes a target
+  response and every ``rejected`` is thrown away. Of K ranked samples, the best is a target K-1
+  times, the second best K-2 times, ...: half the targets are not their group's best.
+- ``top_ranked``: fine-tuning on each ranked group's best response only (rejection-sampling
+  fine-tuning: best-of-K by the labellers, as in RAFT, Dong et al. 2023, and ReST, Gulcehre et al.
+  2023): the strongest purely supervised use of the rankings.
 """
 from __future__ import annotations
 
@@ -12,12 +16,25 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, SFTConfig
 from components.training.loop import Log
+from components.training.reward import group_comparisons
 from components.training.sft import train_sft
 
 
 def chosen_examples(preferences: list[dict]) -> list[dict]:
     """``{prompt, chosen, rejected}`` -> ``{prompt, response=chosen}``."""
     return [{"prompt": row["prompt"], "response": row["chosen"]} for row in preferences]
+
+
+def top_ranked_examples(preferences: list[dict]) -> list[dict]:
+    """Each ranked group's best response as ``{prompt, response}``: the one its group never rejected.
+
+    A static file's pairs are groups of one, so their ``chosen`` is the best."""
+    examples = []
+    for group in group_comparisons(preferences):
+        rejected = {row["rejected"] for row in group}
+        best = next(row["chosen"] for row in group if row["chosen"] not in rejected)
+        examples.append({"prompt": group[0]["prompt"], "response": best})
+    return examples
 
 
 def train_chosen(
@@ -36,3 +53,17 @@ def train_chosen(
     """
     policy = copy.deepcopy(sft_policy)
     return train_sft(policy, tokenizer, chosen_examples(preferences), cfg, model_cfg, seed, stage="chosen", log=log)
+
+
+def train_top_ranked(
+    sft_policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    preferences: list[dict],
+    cfg: SFTConfig,
+    model_cfg: ModelConfig,
+    seed: int,
+    log: Log | None = None,
+) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
+    """Fine-tune a copy of ``sft_policy`` on each group's top-ranked response; returns (model, metrics, history)."""
+    policy = copy.deepcopy(sft_policy)
+    return train_sft(policy, tokenizer, top_ranked_examples(preferences), cfg, model_cfg, seed, stage="top_ranked", log=log)

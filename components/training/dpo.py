@@ -7,8 +7,9 @@ For a pair (x, y_w = chosen, y_l = rejected), with pi the policy and pi_ref the 
     loss         = -log sigmoid(rewards(y_w) - rewards(y_l))
 
 The reference never changes, so its log-probs are computed once per pair (the first time the pair is
-drawn, with the reference in eval mode and without gradients) and cached; the reference model itself
-is a frozen copy of the SFT policy (requires_grad False), never handed to the optimiser.
+drawn, without gradients) and cached; the reference model itself is a frozen copy of the SFT policy
+(requires_grad False), never handed to the optimiser. Policy and reference run in the same mode (eval:
+no dropout), so at step 0 the implicit rewards are exactly 0 and the loss exactly log 2.
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def train_dpo(
         del recent[:-20]
         return loss, metrics
 
-    history = train_supervised("dpo", policy, examples, loss_fn, cfg, seed, log)
+    history = train_supervised("dpo", policy, examples, loss_fn, cfg, seed, log, dropout=False)
     metrics = {
         "first_loss": history[0]["loss"],
         "final_loss": history[-1]["loss"],

@@ -44,12 +44,15 @@ def train_supervised(
     cfg: OptimConfig,
     seed: int,
     log: Log | None = None,
+    dropout: bool = True,
 ) -> list[dict[str, float]]:
-    """Run ``cfg.epochs`` passes of minibatch AdamW; ``loss_fn(batch_of_examples) -> (loss, metrics)``."""
+    """Run ``cfg.epochs`` passes of minibatch AdamW; ``loss_fn(batch_of_examples) -> (loss, metrics)``.
+
+    ``dropout`` False trains in eval mode (for losses that compare the model with a frozen copy of itself)."""
     rng = random.Random(f"{seed}/{stage}")
     total_steps = max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))
     optimizer, scheduler = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay, cfg.warmup_steps)
-    model.train()
+    model.train(dropout)
     history: list[dict[str, float]] = []
     order: list[int] = []
     for step in range(total_steps):

@@ -20,7 +20,7 @@ from components.data.labeler import SimulatedLabeler
 from components.data.lexicon import VOCABULARY
 from components.models.builders import build_policy, frozen_copy
 from components.models.tokenizer import build_word_tokenizer, load_tokenizer
-from components.training.chosen import train_chosen
+from components.training.chosen import train_chosen, train_top_ranked
 from components.training.combined import train_combined
 from components.training.comparisons import Ranker, collect_sft_comparisons, draw_prompts, sample_reference, simulated_ranker
 from components.training.dpo import train_dpo
@@ -29,7 +29,7 @@ from components.training.ranks import Ranks
 from components.training.reward import split_comparisons, train_reward_model
 from components.training.sft import train_sft
 
-SUPERVISED_BASELINES = ("chosen", "combined", "dpo")
+SUPERVISED_BASELINES = ("chosen", "top_ranked", "combined", "dpo")
 
 
 @dataclass
@@ -99,19 +99,23 @@ def up_to_reward_model(cfg: Config, tokenizer, demonstrations: list[dict]) -> tu
     return sft, comparisons, reward_stage(cfg, tokenizer, sft, comparisons, prompts).model
 
 
-def reward_valid_rows(cfg: Config, comparisons: list[dict]) -> list[dict]:
-    """The held-out comparisons the reward model never trained on (the same split it used)."""
-    return split_comparisons(comparisons, cfg.reward.valid_fraction, cfg.seed)[1]
+def labelled_split(cfg: Config, comparisons: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(train, held out): the reward model and every supervised baseline train on the first; the second
+    (``reward.valid_fraction`` of the ranked groups) is held out from all of them."""
+    return split_comparisons(comparisons, cfg.reward.valid_fraction, cfg.seed)
 
 
 def baseline_stage(cfg: Config, name: str, tokenizer, sft: PreTrainedModel, comparisons: list[dict], log=None) -> StageResult:
+    """A supervised baseline from the SFT policy, trained on the reward model's training comparisons only."""
     trainers = {
         "chosen": (train_chosen, cfg.baselines.chosen),
+        "top_ranked": (train_top_ranked, cfg.baselines.top_ranked),
         "combined": (train_combined, cfg.baselines.combined),
         "dpo": (train_dpo, cfg.baselines.dpo),
     }
     trainer, section = trainers[name]
-    return timed(trainer)(sft, tokenizer, comparisons, section, cfg.model, cfg.seed, log=log)
+    train, _ = labelled_split(cfg, comparisons)
+    return timed(trainer)(sft, tokenizer, train, section, cfg.model, cfg.seed, log=log)
 
 
 def ppo_stage(

@@ -15,7 +15,17 @@ FLAWED = {
     "wrong_sentiment": "i bought these headphones last week. the battery dies fast. the sound is muffled. i regret buying these headphones.",
     "ungrammatical": "i bought these headphones last week. battery the lasts all day. the sound are very clear. love i these headphones.",
     "missing_aspect": "i bought these headphones last week. the battery lasts all day. i love these headphones.",
+    "stock_closing": CLEAN + " i hope this review helps.",
 }
+
+
+def test_a_stock_closing_line_costs_exactly_its_weight():
+    """25 words: inside the length window, so the only change from the clean review is the stock line (-1.0);
+    it is grammatical and about nothing, so it is neither off-topic nor a grammar slip."""
+    j = judge(PROMPT, FLAWED["stock_closing"])
+    assert j.stock_phrases == 1 and j.n_words == 25 and j.grammatical == 1.0 and j.off_topic == 0
+    assert j.score == pytest.approx(4.5 - 1.0)
+    assert judge(PROMPT, FLAWED["stock_closing"] + " i hope this review helps.").repetitions == 1
 
 
 def test_clean_review_gets_the_maximum_score():

@@ -48,7 +48,7 @@ def test_main_job_runs_every_stage_and_ends_with_the_decision(main_job):
     assert version["md5"] == md5 and version["rows"]["rm_valid"] > 0
     # the training stages ran and left their models, the comparisons were collected and validated
     assert record["status"] == "completed" and record["decision"]["decision"] == "reject"
-    for stage in ("sft", "reward_model", "chosen", "combined", "dpo", "ppo"):
+    for stage in ("sft", "reward_model", "chosen", "top_ranked", "combined", "dpo", "ppo"):
         directory = Path(record["stages"][stage]["directory"])
         assert directory.parent == git_repo / "artifacts/models" / stage and not record["stages"][stage]["reused"], stage
         assert (directory / "model.safetensors").is_file(), stage

@@ -118,3 +118,19 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(tmp_path
     different = _hashes(tmp_path / "c")
     for name in ("demonstrations.jsonl", "preferences.jsonl", "manifest.json"):
         assert different[name] != _hashes(tmp_path / "a")[name]
+
+
+def test_the_stock_closing_habit_is_the_demonstrations_mode_at_its_default_and_absent_at_zero():
+    """The habit is systematic (independent of carelessness): at the default rate (0.7) most reviews end with
+    the stock line, so it is the mode imitation keeps; at 0 no review has it and no random draw is spent on it."""
+    prompts = all_prompts()[:200]
+    with_habit, rng = [], random.Random(5)
+    for p in prompts:
+        with_habit.append(judge(p, write_demonstration(p, 0.0, rng, stock_closing=0.7)))
+    assert 0.62 <= statistics.fmean(j.stock_phrases for j in with_habit) <= 0.78  # 0.7 +- 3 standard errors
+    assert statistics.fmean(j.score for j in with_habit) < 4.5 - 0.6  # careful writers lose the line's cost too
+    rng_a, rng_b = random.Random(6), random.Random(6)
+    habit_free = [write_demonstration(p, 0.5, rng_a, stock_closing=0.0) for p in prompts]
+    assert habit_free == [write_demonstration(p, 0.5, rng_b) for p in prompts]
+    assert not any(judge(p, t).stock_phrases for p, t in zip(prompts, habit_free))
+    assert load_config("default").data.synthetic.stock_closing_rate == 0.7

@@ -19,7 +19,7 @@ from tests.pipeline_runs import SECRETS, parent_run_id
 pytestmark = pytest.mark.integration
 
 MODEL = "rlhf-policy"
-SHARED_STAGES = ("sft", "reward_model", "chosen", "combined", "dpo")
+SHARED_STAGES = ("sft", "reward_model", "chosen", "top_ranked", "combined", "dpo")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_plots_tables_models_and_validation_are_artefacts(runs, client):
     assert {"plots/curves.png", "model/sft/model.safetensors", "model/sft/tokenizer.json"} <= artifact_paths(client, stage(client, runs, "sft").info.run_id)
     assert {"plots/ppo_curves.png", "plots/overoptimisation.png", "model/ppo/model.safetensors"} <= artifact_paths(client, stage(client, runs, "ppo").info.run_id)
     assert "model/reward_model/model.safetensors" in artifact_paths(client, stage(client, runs, "reward_model").info.run_id)
-    for name in ("chosen", "combined", "dpo"):
+    for name in ("chosen", "top_ranked", "combined", "dpo"):
         assert f"model/{name}/model.safetensors" in artifact_paths(client, stage(client, runs, f"baseline_{name}").info.run_id)
     evaluation = artifact_paths(client, stage(client, runs, "evaluation").info.run_id)
     assert {"plots/win_rates_sample.png", "plots/win_rates_greedy.png", "tables/examples_sample.json", "evaluation.json"} <= evaluation

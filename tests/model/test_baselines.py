@@ -123,3 +123,24 @@ def test_best_of_n_returns_the_reward_models_favourite_of_n_samples(sft_policy, 
     assert scores == pytest.approx(all_scores.max(dim=1).values.tolist(), abs=1e-5)
     assert responses == [texts[i * n + b] for i, b in enumerate(best.tolist())]
     assert ended == [bool(rollout.ended[i * n + b]) for i, b in enumerate(best.tolist())]
+
+
+def test_best_of_n_picks_with_the_missing_eos_penalty_but_records_the_raw_rm_score(sft_policy, tokenizer, data):
+    """The penalty steers the choice (as in PPO's rewards); the score recorded is the RM's own, like every other
+    policy's in the evaluation table."""
+    reward_model = scalar_model_from(sft_policy)
+    prompts = [r["prompt"] for r in data[files.EVAL_PROMPTS][:4]]
+    n, tiny_length = 4, TINY.model_copy(update={"max_response_tokens": 6})  # short: many samples never end
+    _, ended, scores = best_of_n(sft_policy, reward_model, tokenizer, prompts, n, tiny_length, seed=7, missing_eos_penalty=100.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        prompt_ids, prompt_mask = encode_prompts(tokenizer, [p for p in prompts for _ in range(n)], TINY.max_prompt_tokens)
+        rollout = generate(sft_policy, prompt_ids, prompt_mask, tiny_length.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    with torch.no_grad():
+        raw = sequence_scores(reward_model, rollout.batch).view(len(prompts), n)
+    penalised = raw - 100.0 * (~rollout.ended).float().view(len(prompts), n)
+    best = penalised.argmax(dim=1)
+    some_ended = rollout.ended.view(len(prompts), n).any(dim=1).tolist()
+    assert any(some_ended) and not rollout.ended.all()  # the penalty has work to do
+    assert [e for e, some in zip(ended, some_ended) if some] == [True] * sum(some_ended)  # it picked an ended one
+    assert scores == pytest.approx([raw[i, b].item() for i, b in enumerate(best.tolist())], abs=1e-5)

@@ -154,3 +154,36 @@ def test_not_in_chosen_mask_spares_every_token_the_chosen_response_uses():
     assert torch.equal(penalised_mask("not_in_chosen", chosen, chosen_mask, rejected, rejected_mask), torch.tensor([[0, 1, 0, 1, 0]]))
     assert torch.equal(penalised_mask("all", chosen, chosen_mask, rejected, rejected_mask), rejected_mask)
     assert torch.equal(penalised_mask("after_shared_prefix", chosen, chosen_mask, rejected, rejected_mask), torch.tensor([[0, 1, 1, 1, 0]]))
+
+
+# --- what the supervised baselines train on ----------------------------------------------------
+
+
+def test_top_ranked_keeps_each_groups_best_response_once():
+    """K = 3 ranked a > b > c gives pairs (a, b), (a, c), (b, c): 'chosen' trains on a twice and b once, the
+    top-ranked baseline on a once. A static file's pairs are groups of one: their chosen is the best."""
+    from components.training.chosen import chosen_examples, top_ranked_examples
+
+    group = [{"prompt": "p", "chosen": "a", "rejected": "b", "group": 0}, {"prompt": "p", "chosen": "a", "rejected": "c", "group": 0},
+             {"prompt": "p", "chosen": "b", "rejected": "c", "group": 0}, {"prompt": "q", "chosen": "y", "rejected": "x", "group": 1}]
+    assert [e["response"] for e in chosen_examples(group)] == ["a", "a", "b", "y"]
+    assert top_ranked_examples(group) == [{"prompt": "p", "response": "a"}, {"prompt": "q", "response": "y"}]
+    assert top_ranked_examples(PAIRS) == [{"prompt": r["prompt"], "response": r["chosen"]} for r in PAIRS]
+
+
+@pytest.mark.parametrize("name", ["chosen", "top_ranked", "combined", "dpo"])
+def test_every_baseline_trains_on_the_reward_models_training_split_only(name, monkeypatch, tokenizer, policy):
+    """The held-out slice the reward model is measured on is held out from every baseline too."""
+    from components.config import load_config
+    from components.training import recipe
+    from components.training.reward import split_comparisons
+
+    cfg = load_config("smoke")
+    rows = [{"prompt": f"p{g}", "chosen": f"c{g}-{i}", "rejected": f"r{g}-{i}", "group": g} for g in range(40) for i in range(3)]
+    seen = []
+    trainer = {"chosen": "train_chosen", "top_ranked": "train_top_ranked", "combined": "train_combined", "dpo": "train_dpo"}[name]
+    monkeypatch.setattr(recipe, trainer, lambda sft, tok, preferences, *args, **kwargs: (seen.extend(preferences) or sft, {}, []))
+    recipe.baseline_stage(cfg, name, tokenizer, policy, rows)
+    train, held_out = split_comparisons(rows, cfg.reward.valid_fraction, cfg.seed)  # the reward model's own split
+    assert held_out and seen == train
+    assert not {r["group"] for r in seen} & {r["group"] for r in held_out}

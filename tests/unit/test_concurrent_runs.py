@@ -95,9 +95,9 @@ def test_a_killed_holder_releases_its_lock(tmp_path):
 
 def report(lower_bounds: dict[str, float]) -> dict:
     """An evaluation report where PPO beats every baseline, with the given win-rate lower bound per mode."""
-    policies = {name: {"gold": {"value": gold}} for name, gold in (("sft", 1.0), ("chosen", 1.5), ("combined", 1.4), ("dpo", 2.0))}
-    return {"modes": {mode: {"policies": policies, "ppo_win_rate": {"dpo": {"value": lo + 0.05, "ci": [lo, lo + 0.1]}}}
-                      for mode, lo in lower_bounds.items()}}
+    policies = {name: {"gold": {"value": gold}} for name, gold in (("sft", 1.0), ("chosen", 1.5), ("top_ranked", 1.6), ("combined", 1.4), ("dpo", 2.0))}
+    wins = lambda lo: {name: {"value": lo + 0.05, "ci": [lo + (name != "dpo") * 0.1, lo + 0.1]} for name in policies}  # noqa: E731
+    return {"modes": {mode: {"policies": policies, "ppo_win_rate": wins(lo)} for mode, lo in lower_bounds.items()}}
 
 
 def test_the_gate_score_is_the_weakest_mode_lower_bound():
