@@ -1,16 +1,24 @@
-"""Does RLHF beat supervised learning? The whole default recipe on CPU, measured against the gold judge.
+"""Does RLHF beat supervised learning? The whole default recipe on CPU, on one or more seeds, judged by gold.
 
-    python benchmarks/rlhf_vs_sl.py [--profile default] [--seed N] [--set key=value ...]
+    python benchmarks/rlhf_vs_sl.py [--profile default] [--seeds N] [--seed FIRST] [--set key=value ...]
 
-Trains SFT, collects comparisons from SFT samples, trains the reward model, the supervised
-baselines (SFT on chosen, combined likelihood/unlikelihood loss, DPO) and PPO, adds best-of-n
-as a non-training reference, then decodes every policy on the held-out prompts under each
-configured decoding mode. Prints a table and writes benchmarks/results/rlhf_vs_sl.json.
+For each seed (FIRST, FIRST + 1, ...; FIRST defaults to the profile's seed): trains SFT, collects comparisons
+from SFT samples, trains the reward model (ensemble), the supervised baselines (SFT on chosen, SFT on each
+group's top-ranked response, the combined likelihood/unlikelihood loss, DPO) and PPO, ships each trained
+policy's snapshot the labeller prefers on the held-out slice, adds best-of-n as a non-training reference, and
+decodes every policy on the held-out prompts under each configured decoding mode. Prints a table per seed and
+pooled, and writes benchmarks/results/rlhf_vs_sl.json:
+
+    baselines              the supervised baselines the gate faces
+    runs[i]                one seed: seed, evaluation.<mode>.ppo_win_rate.<policy>.{rate, ci}, policies' gold,
+                           the RM's accuracy and gold agreement, label budgets, stage seconds, PPO history
+    pooled                 the same win rates and gold means over every seed's responses
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import sys
 import time
@@ -21,9 +29,11 @@ from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.data.gold_judge import gold_score
 from components.data.synthetic import generate_synthetic
+from components.evaluation.intervals import Z95, wilson
 from components.evaluation.report import evaluate_policies, format_table, gold_monitor, reward_model_gold_accuracy
 from components.offline import stay_offline
 from components.training import recipe
+from components.training.loop import Snapshots
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rlhf_vs_sl.json"
 
@@ -40,7 +50,7 @@ class Stopwatch:
         return result
 
 
-def train_everything(cfg, watch: Stopwatch):
+def train_everything(cfg, watch: Stopwatch) -> dict:
     """The same stage functions the pipeline's flow calls, timed one by one."""
     rows = generate_synthetic(cfg).rows
     tokenizer = recipe.make_tokenizer(cfg)
@@ -52,66 +62,121 @@ def train_everything(cfg, watch: Stopwatch):
     else:
         comparisons = rows[PREFERENCES]
     reward = watch("reward", recipe.reward_stage, cfg, tokenizer, sft, comparisons, train_prompts)
-    _, valid = recipe.labelled_split(cfg, comparisons)
-    reward.metrics["accuracy_gold"] = reward_model_gold_accuracy(reward.model, tokenizer, valid, cfg.model, gold_score)
+    _, held_out = recipe.labelled_split(cfg, comparisons)
+    reward.metrics["accuracy_gold"] = reward_model_gold_accuracy(reward.model, tokenizer, held_out, cfg.model, gold_score)
 
-    policies = {"sft": sft}
+    policies, metrics = {"sft": sft}, {"reward_model": reward.metrics}
     for name in recipe.SUPERVISED_BASELINES:
-        policies[name] = watch(name, recipe.baseline_stage, cfg, name, tokenizer, sft, comparisons).model
-    ppo = watch("ppo", recipe.ppo_stage, cfg, tokenizer, sft, reward.model, train_prompts, rows[DEMONSTRATIONS], monitor=gold_monitor(gold_score))
-    policies["ppo"] = ppo.model
-    return rows, tokenizer, policies, reward.model, reward.metrics, ppo.history
+        result = watch(name, recipe.baseline_stage, cfg, name, tokenizer, sft, comparisons, make_ranker=recipe.selection_ranker(cfg))
+        policies[name], metrics[name] = result.model, result.metrics
+    snapshots = Snapshots(cfg.selection.candidates)
+
+    def ppo():
+        result = recipe.ppo_stage(cfg, tokenizer, sft, reward.model, train_prompts, rows[DEMONSTRATIONS], monitor=gold_monitor(gold_score),
+                                  snapshots=snapshots)
+        return recipe.select_candidate(cfg, result, snapshots.taken, tokenizer, comparisons, recipe.selection_ranker(cfg), unit="iteration")
+
+    ppo_result = watch("ppo", ppo)
+    policies["ppo"], metrics["ppo"] = ppo_result.model, ppo_result.metrics
+    return {"rows": rows, "tokenizer": tokenizer, "policies": policies, "reward": reward, "metrics": metrics,
+            "ppo_history": ppo_result.history, "comparisons": comparisons}
 
 
-def evaluate_everything(cfg, rows, tokenizer, policies, rm) -> dict:
-    eval_prompts = [r["prompt"] for r in rows[EVAL_PROMPTS]]
-    return evaluate_policies(policies, tokenizer, eval_prompts, cfg.evaluation, cfg.model, cfg.seed, rm, gold_score, cfg.baselines.best_of_n)
+def run_seed(cfg) -> dict:
+    watch = Stopwatch()
+    trained = train_everything(cfg, watch)
+    eval_prompts = [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]]
+    evaluation = watch("evaluation", evaluate_policies, trained["policies"], trained["tokenizer"], eval_prompts, cfg.evaluation, cfg.model,
+                       cfg.seed, trained["reward"].model, gold_score, cfg.baselines.best_of_n)
+    for block in evaluation.values():
+        for win in [*block["ppo_win_rate"].values(), *block["ppo_rm_win_rate"].values()]:
+            win["rate"] = win["value"]
+    rm = trained["reward"].metrics
+    return {
+        "seed": cfg.seed,
+        "evaluation": evaluation,
+        "reward_model": {key: rm.get(key) for key in ("valid_accuracy", "accuracy_gold", "ensemble_size", "member_agreement",
+                                                      "reward_offset", "reward_scale") if rm.get(key) is not None},
+        "selection": {name: {k: v for k, v in m.items() if k.startswith("selection.")} for name, m in trained["metrics"].items()
+                      if name != "reward_model"},
+        "label_budgets": recipe.label_budgets(cfg, trained["comparisons"], trained["metrics"]),
+        "stage_seconds": watch.seconds,
+        "ppo_history": trained["ppo_history"],
+    }
 
 
-def print_table(result: dict) -> None:
-    print(format_table(result["evaluation"]))
-    print(f"\nRM held-out accuracy: {result['rm_accuracy']:.3f} vs labels, {result['rm_accuracy_gold']:.3f} vs gold")
-    print("stage seconds:", result["stage_seconds"], f"(training total {sum(v for k, v in result['stage_seconds'].items() if k != 'evaluation'):.0f} s)")
-    print(f"peak RSS: {result['peak_rss_mb']:.0f} MB")
+def pooled(runs: list[dict]) -> dict:
+    """Every seed's responses together: win rates from the summed wins (Wilson), gold means from the summed moments."""
+    out: dict = {}
+    for mode in runs[0]["evaluation"]:
+        blocks = [run["evaluation"][mode] for run in runs]
+        wins = {}
+        for name in blocks[0]["ppo_win_rate"]:
+            n = sum(b["ppo_win_rate"][name]["n"] for b in blocks)
+            estimate = wilson(sum(b["ppo_win_rate"][name]["value"] * b["ppo_win_rate"][name]["n"] for b in blocks), n)
+            wins[name] = {"rate": estimate.value, "ci": [estimate.lo, estimate.hi], "n": n}
+        gold = {}
+        for name in blocks[0]["policies"]:
+            parts = [b["policies"][name]["gold"] for b in blocks]
+            n = sum(p["n"] for p in parts)
+            mean = sum(p["value"] * p["n"] for p in parts) / n
+            # each seed's sd from its CI half-width; pooled variance around the pooled mean
+            sds = [(p["ci"][1] - p["value"]) * math.sqrt(p["n"]) / Z95 for p in parts]
+            variance = sum((p["n"] - 1) * sd**2 + p["n"] * (p["value"] - mean) ** 2 for p, sd in zip(parts, sds)) / (n - 1)
+            half = Z95 * math.sqrt(variance / n)
+            gold[name] = {"value": mean, "ci": [mean - half, mean + half], "n": n}
+        out[mode] = {"ppo_win_rate": wins, "gold": gold}
+    return {"seeds": [run["seed"] for run in runs], "evaluation": out}
+
+
+def print_run(run: dict) -> None:
+    print(f"\n######## seed {run['seed']} ########")
+    print(format_table(run["evaluation"]))
+    rm = run["reward_model"]
+    print(f"\nRM held-out accuracy {rm.get('valid_accuracy', float('nan')):.3f} vs labels, {rm.get('accuracy_gold', float('nan')):.3f} vs gold"
+          + (f"; ensemble of {rm['ensemble_size']}, members agree on {rm['member_agreement']:.3f}" if rm.get("member_agreement") else ""))
+    print("selection:", {name: s.get("selection.chosen_step", s.get("selection.chosen_iteration")) for name, s in run["selection"].items()})
+    print("stage seconds:", run["stage_seconds"])
+
+
+def print_pooled(pool: dict, baselines: list[str]) -> None:
+    print(f"\n######## pooled over seeds {pool['seeds']} ########")
+    for mode, block in pool["evaluation"].items():
+        print(f"== {mode} ==")
+        for name, g in block["gold"].items():
+            win = block["ppo_win_rate"].get(name)
+            shown = f"PPO wins {win['rate']:.3f} [{win['ci'][0]:.3f}, {win['ci'][1]:.3f}]" if win else ""
+            print(f"{name:<11} gold {g['value']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]  {shown}{' (gated)' if name in baselines else ''}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seeds", type=int, default=1, help="how many seeds, from --seed on")
+    parser.add_argument("--seed", type=int, help="the first seed (default: the profile's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     stay_offline()
     warnings.filterwarnings("ignore")
-    overrides = args.overrides + ([f"seed={args.seed}"] if args.seed is not None else [])
-    cfg = load_config(args.profile, overrides)
-    watch = Stopwatch()
-    rows, tokenizer, policies, rm, rm_metrics, ppo_history = train_everything(cfg, watch)
-    evaluation = watch("evaluation", evaluate_everything, cfg, rows, tokenizer, policies, rm)
-
+    first = args.seed if args.seed is not None else load_config(args.profile, args.overrides).seed
+    runs = []
+    for seed in range(first, first + args.seeds):
+        cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
+        runs.append(run_seed(cfg))
+        print_run(runs[-1])
     result = {
         "profile": cfg.profile,
-        "seed": cfg.seed,
-        "overrides": overrides,
-        "evaluation": evaluation,
-        "rm_accuracy": rm_metrics.get("valid_accuracy"),
-        "rm_accuracy_gold": rm_metrics["accuracy_gold"],
-        "rm_offset": rm_metrics.get("reward_offset"),
-        "stage_seconds": watch.seconds,
+        "overrides": args.overrides,
+        "baselines": list(cfg.gate.baselines),
+        "runs": runs,
+        "pooled": pooled(runs),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "ppo_history": ppo_history,
     }
-    # the headline fields, under the first configured decoding mode (sampling by default)
-    headline = evaluation[cfg.evaluation.modes[0]]
-    result["policies"] = {
-        name: {"gold_mean": s["gold"]["value"], "gold_ci": s["gold"]["ci"], "kl": s.get("kl")} for name, s in headline["policies"].items()
-    }
-    result["ppo_win_rate"] = {name: {"rate": w["value"], "ci": w["ci"]} for name, w in headline["ppo_win_rate"].items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print_table(result)
-    print(f"\nwritten: {args.out}")
+    print_pooled(result["pooled"], result["baselines"])
+    print(f"\npeak RSS {result['peak_rss_mb']:.0f} MB; written: {args.out}")
     return 0
 
 

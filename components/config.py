@@ -171,6 +171,7 @@ class RewardConfig(OptimConfig):
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of comparisons held out for accuracy")
     reference_samples: int = Field(512, ge=0, description="SFT samples on training prompts on which the reward is normalised to mean 0, std 1 (0: not normalised)")
     shuffle_labels: bool = Field(False, description="negative control: swap chosen/rejected at random, so the RM learns nothing real")
+    ensemble_size: int = Field(1, ge=1, description="reward models trained from independent initialisations (Coste et al. 2023); PPO reads them together")
 
 
 class KLControlConfig(Section):
@@ -197,6 +198,10 @@ class PPOConfig(Section):
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature; log-probs, KL and entropy are of softmax(logits / temperature)")
     missing_eos_penalty: float = Field(1.0, ge=0, description="subtracted from the RM score of responses that never end")
+    ensemble_reward: Literal["mean", "mean_minus_std", "min"] = Field(
+        "mean_minus_std", description="how a reward ensemble's members make the reward PPO optimises (one member: its score)"
+    )
+    uncertainty_coef: float = Field(1.0, ge=0, description="lambda of mean - lambda * std over the ensemble's members")
     whiten_rewards: bool = Field(False, description="whiten the per-token rewards before GAE")
     ptx_coef: float = Field(0.0, ge=0, description="PPO-ptx: weight of the demonstrations' LM loss")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
@@ -245,6 +250,15 @@ class BaselinesConfig(Section):
     best_of_n: BestOfNConfig = BestOfNConfig()
 
 
+class SelectionConfig(Section):
+    """Which snapshot of each trained policy ships: the one the labeller prefers on the held-out slice, never by gold."""
+
+    candidates: int = Field(4, ge=1, description="snapshots per trained policy (PPO and each preference baseline), evenly spaced; 1: the last")
+    prompts: int = Field(200, ge=0, description="held-out ranked groups each snapshot answers (one fresh label each); 0: no selection")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the snapshots' answers")
+    batch_size: int = Field(256, ge=1, description="prompts per generation batch")
+
+
 class EvaluationConfig(Section):
     """Held-out evaluation: every policy decoded the same way, seeded."""
 
@@ -270,9 +284,19 @@ class GateConfig(Section):
     baselines: list[str] = Field(["sft", "chosen", "top_ranked", "combined", "dpo"], min_length=1, description="supervised policies PPO must beat, every one of them")
     min_win_rate_lower: float = Field(0.5, ge=0, le=1, description="PPO's gold win rate against each gated baseline: its CI's lower bound must exceed this")
     min_rm_accuracy: float = Field(0.6, ge=0, le=1, description="floor of the reward model's held-out pairwise accuracy")
+    min_rm_member_agreement: float = Field(
+        0.7, ge=0, le=1, description="a reward ensemble's members must order at least this share of the held-out pairs alike")
     max_kl: float = Field(20.0, gt=0, description="KL budget (nats per response) of PPO from the SFT reference")
     sft_tolerance: float = Field(0.0, ge=0, description="how far PPO's mean gold score may fall below SFT's")
     overoptimisation: OveroptimisationConfig = OveroptimisationConfig()
+
+
+class TuningConfig(Section):
+    """How the recipe's settings were chosen (benchmarks/tune.py): recorded as every policy's tuning budget."""
+
+    seed: int = Field(7, description="the tuning seed: none of the evaluation seeds")
+    configurations_per_method: int = Field(4, ge=1, description="configurations tried for PPO and for each supervised baseline alike")
+    results: str = Field("benchmarks/results/tuning.json", description="the sweep's table")
 
 
 class TrackingConfig(Section):
@@ -334,8 +358,10 @@ class Config(Section):
     reward: RewardConfig = RewardConfig()
     ppo: PPOConfig = PPOConfig()
     baselines: BaselinesConfig = BaselinesConfig()
+    selection: SelectionConfig = SelectionConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     gate: GateConfig = GateConfig()
+    tuning: TuningConfig = TuningConfig()
     tracking: TrackingConfig = TrackingConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     distributed: DistributedConfig = DistributedConfig()

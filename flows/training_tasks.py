@@ -22,9 +22,11 @@ from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, fil
 from components.data.gold_judge import gold_score
 from components.data.lexicon import VOCABULARY
 from components.evaluation.gate import decide
+from components.evaluation.overoptimisation import overoptimisation_fit
 from components.evaluation.report import evaluate_policies, format_table, reward_model_gold_accuracy
 from components.data.files import read_jsonl, write_json
-from components.models.builders import load_causal_lm, load_scalar_model
+from components.models.builders import load_causal_lm
+from components.models.ensemble import load_reward_model
 from components.models.saving import CARD, save_model, stage_key
 from components.models.stage_store import StageStore
 from components.tracking import plots
@@ -175,7 +177,7 @@ def reward_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenize
                 result.metrics["accuracy_gold"] = reward_model_gold_accuracy(result.model, tokenizer, valid, cfg.model, gold_score)
             return result
 
-        result = train_or_reuse(cfg, root, run, "reward_model", key, load_scalar_model, train, tokenizer, data)
+        result = train_or_reuse(cfg, root, run, "reward_model", key, load_reward_model, train, tokenizer, data)
         record_stage(run, cfg.reward, result)
         log_stage_model(cfg, root, run, "reward_model", result)
     return result
@@ -185,10 +187,11 @@ def reward_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenize
 def baseline_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult, comparisons: recipe.StageResult, name: str) -> recipe.StageResult:
     section = getattr(cfg.baselines, name)
     with recorded(tracking.stage(f"baseline_{name}")) as run:
-        # the baselines train on the reward model's training split: its held-out share is part of what they depend on
-        key = key_for(cfg, data, name, section, sft.key, comparisons.key, f"held_out={cfg.reward.valid_fraction}")
+        # the baselines train on the reward model's training split and ship their labeller-selected snapshot
+        key = key_for(cfg, data, name, section, sft.key, comparisons.key, *selection_depends_on(cfg))
         result = train_or_reuse(cfg, root, run, name, key, load_causal_lm,
-                                lambda: recipe.baseline_stage(cfg, name, tokenizer, sft.model, comparisons.model, log=_progress(name, 10 * section.log_every)),
+                                lambda: recipe.baseline_stage(cfg, name, tokenizer, sft.model, comparisons.model, log=_progress(name, 10 * section.log_every),
+                                                              make_ranker=selection_ranker(cfg)),
                                 tokenizer, data)
         record_stage(run, section, result)
         log_stage_model(cfg, root, run, name, result)
@@ -208,15 +211,17 @@ def _progress(stage: str, every: int, total: int | None = None):
 
 
 @task(name="PPO", cache_policy=NO_CACHE)
-def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult, reward: recipe.StageResult) -> recipe.StageResult:
-    """PPO under `accelerate launch` with the configured profile; the ranks' logs stream into this task's log."""
+def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult, reward: recipe.StageResult,
+             comparisons: recipe.StageResult) -> recipe.StageResult:
+    """PPO under `accelerate launch` with the configured profile; the ranks' logs stream into this task's log.
+    The snapshot the labeller prefers on the held-out slice ships."""
     with recorded(tracking.stage("ppo")) as run:
         demonstrations = data["rows"][DEMONSTRATIONS]
         train_prompts = sorted({r["prompt"] for r in demonstrations})
         profile = AccelerateProfile.read(code_path(cfg.distributed.accelerate_config))
         processes = cfg.distributed.num_processes or profile.num_processes
         # each rank samples its own rollouts, so the process count is part of what the policy depends on
-        key = key_for(cfg, data, "ppo", cfg.ppo, sft.key, reward.key, f"processes={processes}")
+        key = key_for(cfg, data, "ppo", cfg.ppo, sft.key, reward.key, f"processes={processes}", *selection_depends_on(cfg))
         # a killed run's re-run continues from the last checkpoint of the same key
         checkpoints = Path(root) / cfg.artifacts_dir / ".checkpoints" / f"ppo-{key}"
         run.set_tags({"accelerate_config": cfg.distributed.accelerate_config, "processes": processes})
@@ -224,15 +229,56 @@ def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, 
         inputs = {"sft": store.path(stage_home(cfg, "sft"), sft.key), "reward_model": store.path(stage_home(cfg, "reward_model"), reward.key)}
         result = train_or_reuse(
             cfg, root, run, "ppo", key, load_causal_lm,
-            lambda: launched_ppo(cfg, tracking, run, profile, inputs, train_prompts, demonstrations, checkpoints),
+            lambda: recipe.select_candidate(
+                cfg, launched_ppo(cfg, tracking, run, profile, inputs, train_prompts, demonstrations, checkpoints),
+                ppo_worker.read_snapshots(ppo_worker.snapshot_dir(None, checkpoints)), tokenizer, comparisons.model,
+                selection_ranker(cfg), unit="iteration"),
             tokenizer, data, finished=lambda: shutil.rmtree(checkpoints, ignore_errors=True),  # the saved model supersedes them
         )
         record_stage(run, cfg.ppo, result, step_key="iteration")
         run.log_figure(plots.ppo_curves(result.history), "plots/ppo_curves.png")
-        if cfg.data.source == "synthetic":
-            run.log_figure(plots.overoptimisation(result.history), "plots/overoptimisation.png")
+        if cfg.data.source == "synthetic":  # the gold monitor's points: Gao et al.'s curves, for the record
+            shipped = shipped_iteration(result)
+            fit = overoptimisation_fit(result.history)
+            run.log_metrics(curve_metrics(fit, result.history, shipped))
+            run.log_figure(plots.overoptimisation(result.history, fit, shipped), "plots/overoptimisation.png")
         log_stage_model(cfg, root, run, "ppo", result)
     return result
+
+
+def shipped_iteration(result: recipe.StageResult) -> int | None:
+    """The iteration whose rollouts the shipped policy sampled: the one after its snapshot (the last if none)."""
+    if not result.history:
+        return None
+    last = result.history[-1]["iteration"]
+    chosen = int(result.metrics.get("selection.chosen_iteration", -1))
+    return last if chosen < 0 else min(chosen + 1, last)
+
+
+def selection_depends_on(cfg: Config) -> list[str]:
+    """What a stage that ships its labeller-selected snapshot depends on besides its own section."""
+    return [cfg.selection.model_dump_json(), f"held_out={cfg.reward.valid_fraction}"]
+
+
+def selection_ranker(cfg: Config):
+    """The labeller that picks the shipped snapshots: the embedded task's simulated one; none for user data."""
+    return recipe.selection_ranker(cfg) if cfg.data.source == "synthetic" else None
+
+
+def curve_metrics(fit: dict, history: list[dict], shipped_iteration: int | None) -> dict[str, float]:
+    """The fitted curves' coefficients and peaks, and where the shipped policy sits, as MLflow metrics."""
+    metrics: dict[str, float] = {}
+    for name in ("gold", "proxy"):
+        curve = fit.get(name)
+        if curve is None:
+            continue
+        metrics.update({f"gao.{name}.alpha": curve.alpha, f"gao.{name}.beta": curve.beta, f"gao.{name}.r2": curve.r2})
+        if curve.peak_kl is not None:
+            metrics.update({f"gao.{name}.peak_kl": curve.peak_kl, f"gao.{name}.peak_change": curve.peak_value})
+    shipped = next((h for h in history if h["iteration"] == shipped_iteration), None)
+    if shipped is not None:
+        metrics.update({"gao.shipped_iteration": float(shipped_iteration), "gao.shipped_kl": shipped["kl"]})
+    return metrics
 
 
 def code_path(path: str) -> Path:
@@ -339,7 +385,7 @@ def train_all(cfg: Config, root: str, tracking: Tracking, data: dict) -> dict:
     comparisons = comparisons_task(cfg, root, tracking, data, tokenizer, sft)
     reward = reward_task(cfg, root, tracking, data, tokenizer, sft, comparisons)
     baselines = {name: baseline_task(cfg, root, tracking, data, tokenizer, sft, comparisons, name) for name in recipe.SUPERVISED_BASELINES}
-    ppo = ppo_task(cfg, root, tracking, data, tokenizer, sft, reward)
+    ppo = ppo_task(cfg, root, tracking, data, tokenizer, sft, reward, comparisons)
     return {"tokenizer": tokenizer, "sft": sft, "comparisons": comparisons, "reward": reward, "baselines": baselines, "ppo": ppo}
 
 
@@ -395,7 +441,8 @@ def gate(cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluation:
     report = {
         "data_validation": {"success": data["validation"]["success"]},
         "non_finite_stages": sorted(name for name, metrics in stage_metrics.items() if _has_non_finite(metrics)),
-        "reward_model": {"accuracy": trained["reward"].metrics.get("valid_accuracy")},
+        "reward_model": {key: trained["reward"].metrics.get(name) for key, name in
+                         (("accuracy", "valid_accuracy"), ("ensemble_size", "ensemble_size"), ("member_agreement", "member_agreement"))},
         "ppo_history": trained["ppo"].history,
         "modes": evaluation,
     }

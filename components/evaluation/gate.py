@@ -8,7 +8,9 @@ The report is a plain dict (as the pipeline writes it to MLflow):
 
     data_validation.success          bool
     non_finite_stages                list of stage names that produced NaN/inf
-    reward_model.accuracy            held-out pairwise accuracy against the labels
+    reward_model.accuracy            held-out pairwise accuracy against the labels (an ensemble's: its members' mean)
+    reward_model.ensemble_size       reward models in the ensemble PPO optimised (1: a single reward model)
+    reward_model.member_agreement    share of held-out pairs every member orders alike (ensembles only)
     ppo_history                      [{iteration, rm_score, gold, ...}] (gold: logged, never trained on)
     modes.<mode>.policies.<name>     {gold: {value, ci}, rm: {value, ci}, kl, ...}
     modes.<mode>.ppo_win_rate.<name> {value, ci: [lo, hi], n}  gold win rate of PPO, ties half; PPO must beat
@@ -162,6 +164,14 @@ def decide(report: dict, cfg: GateConfig) -> Decision:
         accuracy = _get(report, "reward_model", "accuracy")
         return accuracy >= cfg.min_rm_accuracy, f"held-out accuracy {accuracy:.3f} (floor {cfg.min_rm_accuracy})"
 
+    def members_agree():
+        size = _get(report, "reward_model", "ensemble_size")
+        if size == 1:
+            return True, "a single reward model"
+        agreement = _get(report, "reward_model", "member_agreement")
+        return agreement >= cfg.min_rm_member_agreement, (
+            f"the {size} members order {agreement:.3f} of the held-out pairs alike (floor {cfg.min_rm_member_agreement})")
+
     def no_overoptimisation_trend():
         history = _get(report, "ppo_history")
         if len(history) < 2 or any("gold" not in h or "rm_score" not in h for h in history):
@@ -178,6 +188,7 @@ def decide(report: dict, cfg: GateConfig) -> Decision:
         _check("data validation passed", data_valid),
         _check("no NaN/inf", all_finite),
         _check("reward model accuracy", rm_accurate),
+        _check("reward ensemble members agree", members_agree),
         _check("no over-optimisation trend", no_overoptimisation_trend),
     ]
     for mode in cfg.modes:

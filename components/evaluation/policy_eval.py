@@ -10,7 +10,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig
 from components.evaluation.intervals import mean_ci
-from components.models.batching import encode_prompts, response_logprobs, sequence_scores
+from components.models.batching import encode_prompts, response_logprobs
+from components.models.ensemble import reward_scores
 from components.models.generation import decode_responses, generate
 from components.data.text import words
 
@@ -58,7 +59,7 @@ def sample_responses(
         out.texts += decode_responses(tokenizer, rollout.batch)
         out.ended += rollout.ended.tolist()
         if reward_model is not None:
-            out.rm_scores += sequence_scores(reward_model, rollout.batch).tolist()
+            out.rm_scores += reward_scores(reward_model, rollout.batch).tolist()
         if reference is not None:
             response_mask = rollout.batch.response_mask.float()
             log_ratio = response_logprobs(policy, rollout.batch) - response_logprobs(reference, rollout.batch)

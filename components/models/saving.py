@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.data.dataset import replace_directory
 from components.data.files import write_json
+from components.models.ensemble import RewardEnsemble, save_members
 
 CARD = "rlhf_card.json"  # the resolved config, data version and metrics the model came from
 
@@ -21,7 +22,10 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, direc
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
+        if isinstance(model, RewardEnsemble):
+            save_members(model, staging)
+        else:
+            model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         write_json(staging / CARD, card)
         replace_directory(staging, directory)

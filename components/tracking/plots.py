@@ -49,17 +49,44 @@ def win_rates(mode_report: dict, mode: str, judge: str = "ppo_win_rate") -> Figu
     return fig
 
 
-def overoptimisation(history: list[dict]) -> Figure:
-    """Gold score and RM (proxy) score of the PPO rollouts against their KL from the reference (Gao et al. 2022)."""
-    points = [h for h in history if "gold" in h]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    kl = [h["kl"] for h in points]
-    ax.plot(kl, [h["rm_score"] for h in points], label="reward model (proxy)", color="tab:orange")
-    ax.plot(kl, [h["gold"] for h in points], label="gold judge", color="tab:green")
-    ax.set_xlabel("KL(policy || SFT) per response, nats")
-    ax.set_ylabel("score")
-    ax.set_title("Over-optimisation view")
-    ax.legend()
+def overoptimisation(history: list[dict], fit: dict, shipped_iteration: int | None = None) -> Figure:
+    """Gao et al. (2022)'s view: gold and proxy (RM) score of the PPO rollouts against sqrt(KL), as points coloured
+    by iteration (KL goes up and down, so lines through the iterations in order would tangle), the fitted
+    R(d) = d (alpha - beta log d) of each over them, the gold curve's peak and the shipped checkpoint marked.
+
+    ``fit`` is ``overoptimisation_fit(history)``: scores are drawn as changes from the first iteration."""
+    points = [h for h in history if "gold" in h and "rm_score" in h]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    if not points:
+        ax.text(0.5, 0.5, "no gold monitor points", ha="center", va="center", transform=ax.transAxes)
+        fig.tight_layout()
+        return fig
+    start = fit["start"]
+    d = [max(h["kl"], 0.0) ** 0.5 for h in points]
+    iterations = [h["iteration"] for h in points]
+    gold = ax.scatter(d, [h["gold"] - start["gold"] for h in points], c=iterations, cmap="viridis", marker="o", s=18, label="gold (judge)")
+    ax.scatter(d, [h["rm_score"] - start["proxy"] for h in points], c=iterations, cmap="viridis", marker="^", s=18, label="proxy (reward model)")
+    grid = [max(d) * i / 200 for i in range(1, 201)]
+    for name, style, colour in (("gold", "-", "tab:green"), ("proxy", "--", "tab:orange")):
+        curve = fit.get(name)
+        if curve is not None:
+            ax.plot(grid, [curve(x) for x in grid], style, color=colour,
+                    label=f"{name} fit: d({curve.alpha:.2f} - {curve.beta:.2f} log d), R2 {curve.r2:.2f}")
+    peak = fit.get("gold")
+    if peak is not None and peak.peak_d is not None and peak.peak_d <= 2 * max(d):
+        ax.axvline(peak.peak_d, color="tab:green", linestyle=":", linewidth=1)
+        ax.plot([peak.peak_d], [peak.peak_value], marker="*", color="tab:green", markersize=14, linestyle="none",
+                label=f"gold peak: KL {peak.peak_kl:.2f}")
+    shipped = next((h for h in points if h["iteration"] == shipped_iteration), None)
+    if shipped is not None:
+        ax.plot([max(shipped["kl"], 0.0) ** 0.5], [shipped["gold"] - start["gold"]], marker="D", markersize=10, markerfacecolor="none",
+                markeredgecolor="tab:red", markeredgewidth=2, linestyle="none", label=f"shipped: iteration {shipped_iteration + 1}")
+    fig.colorbar(gold, ax=ax, label="PPO iteration")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xlabel("sqrt(KL(policy || SFT)), nats^0.5 per response")
+    ax.set_ylabel("score change from the SFT policy")
+    ax.set_title("Over-optimisation (Gao et al. 2022)")
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -11,7 +11,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig
-from components.models.batching import encode_prompts, sequence_scores
+from components.models.batching import encode_prompts
+from components.models.ensemble import reward_scores
 from components.models.generation import decode_responses, generate
 
 
@@ -52,7 +53,7 @@ def best_of_n(
             rollout = generate(
                 policy, prompt_ids, prompt_mask, model_cfg.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=temperature
             )
-            raw_scores = sequence_scores(reward_model, rollout.batch)  # (len(chunk) * n,)
+            raw_scores = reward_scores(reward_model, rollout.batch)  # (len(chunk) * n,)
             penalised = raw_scores - missing_eos_penalty * (~rollout.ended).float()
             best = penalised.view(len(chunk), n).argmax(dim=1) + torch.arange(len(chunk)) * n  # (len(chunk),)
             texts = decode_responses(tokenizer, rollout.batch)

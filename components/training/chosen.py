@@ -15,7 +15,7 @@ import copy
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, SFTConfig
-from components.training.loop import Log
+from components.training.loop import Log, Snapshots
 from components.training.reward import group_comparisons
 from components.training.sft import train_sft
 
@@ -45,6 +45,7 @@ def train_chosen(
     model_cfg: ModelConfig,
     seed: int,
     log: Log | None = None,
+    snapshots: Snapshots | None = None,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Fine-tune a copy of ``sft_policy`` (left untouched) on the chosen responses; returns (model, metrics, history).
 
@@ -52,7 +53,7 @@ def train_chosen(
     metrics: first_loss, final_loss, steps.
     """
     policy = copy.deepcopy(sft_policy)
-    return train_sft(policy, tokenizer, chosen_examples(preferences), cfg, model_cfg, seed, stage="chosen", log=log)
+    return train_sft(policy, tokenizer, chosen_examples(preferences), cfg, model_cfg, seed, stage="chosen", log=log, snapshots=snapshots)
 
 
 def train_top_ranked(
@@ -63,7 +64,8 @@ def train_top_ranked(
     model_cfg: ModelConfig,
     seed: int,
     log: Log | None = None,
+    snapshots: Snapshots | None = None,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Fine-tune a copy of ``sft_policy`` on each group's top-ranked response; returns (model, metrics, history)."""
     policy = copy.deepcopy(sft_policy)
-    return train_sft(policy, tokenizer, top_ranked_examples(preferences), cfg, model_cfg, seed, stage="top_ranked", log=log)
+    return train_sft(policy, tokenizer, top_ranked_examples(preferences), cfg, model_cfg, seed, stage="top_ranked", log=log, snapshots=snapshots)

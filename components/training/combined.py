@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import CombinedLossConfig, ModelConfig
 from components.models.batching import encode_examples, gather_logprobs, masked_mean, response_logits
-from components.training.loop import Log, train_supervised
+from components.training.loop import Log, Snapshots, train_supervised
 
 
 def unlikelihood(logprobs: torch.Tensor, min_one_minus_p: float = 1e-5) -> torch.Tensor:
@@ -92,6 +92,7 @@ def train_combined(
     model_cfg: ModelConfig,
     seed: int,
     log: Log | None = None,
+    snapshots: Snapshots | None = None,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Train a copy of ``sft_policy`` (left untouched) on ``{prompt, chosen, rejected}``; returns (model, metrics, history).
 
@@ -113,7 +114,7 @@ def train_combined(
         penalised = penalised_mask(cfg.unlikelihood_tokens, ids[:n], mask[:n], ids[n:], mask[n:])
         return combined_loss(logits[:n], ids[:n], mask[:n], logits[n:], ids[n:], penalised, cfg.unlikelihood_coef, cfg.min_one_minus_p)
 
-    history = train_supervised("combined", policy, preferences, loss_fn, cfg, seed, log)
+    history = train_supervised("combined", policy, preferences, loss_fn, cfg, seed, log, snapshots=snapshots)
     last = history[-1]
     metrics = {
         "first_loss": history[0]["loss"],

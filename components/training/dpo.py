@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.config import DPOConfig, ModelConfig
 from components.models.builders import frozen_copy
 from components.models.batching import Batch, encode_examples, response_logprobs
-from components.training.loop import Log, train_supervised
+from components.training.loop import Log, Snapshots, train_supervised
 
 
 def sequence_logprobs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
@@ -76,6 +76,7 @@ def train_dpo(
     seed: int,
     log: Log | None = None,
     reference: PreTrainedModel | None = None,
+    snapshots: Snapshots | None = None,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Train a copy of ``sft_policy`` (left untouched) with DPO; returns (model, metrics, history).
 
@@ -112,7 +113,7 @@ def train_dpo(
         del recent[:-20]
         return loss, metrics
 
-    history = train_supervised("dpo", policy, examples, loss_fn, cfg, seed, log, dropout=False)
+    history = train_supervised("dpo", policy, examples, loss_fn, cfg, seed, log, dropout=False, snapshots=snapshots)
     metrics = {
         "first_loss": history[0]["loss"],
         "final_loss": history[-1]["loss"],

@@ -30,11 +30,11 @@ from components.models.batching import (
     last_index,
     masked_mean,
     response_logits,
-    sequence_scores,
 )
+from components.models.ensemble import member_scores
 from components.models.generation import decode_responses, generate
 from components.training.checkpoints import PPOState, latest_checkpoint, python_rng_state, restore_python_rng, save_checkpoint
-from components.training.loop import Log, check_finite
+from components.training.loop import Log, Snapshots, check_finite
 from components.training.ranks import Ranks
 from components.training.sft import sft_loss
 
@@ -71,6 +71,22 @@ def kl_penalised_rewards(
     rewards = -kl_coef * kl
     rewards[torch.arange(len(scores), device=scores.device), last_index(response_mask)] += scores
     return rewards * mask, kl
+
+
+def ensemble_reward(member_scores: torch.Tensor, objective: str, uncertainty_coef: float) -> torch.Tensor:
+    """The reward of a reward ensemble (Coste et al. 2023): (B, M) members' scores -> (B,).
+
+    "mean" trusts the members' average; "mean_minus_std" subtracts ``uncertainty_coef`` times their spread, so a
+    response the members disagree on (what the proxy has not learnt) is worth less; "min" takes the most
+    pessimistic member. One member's score is returned as it is.
+    """
+    if member_scores.shape[-1] == 1:
+        return member_scores[:, 0]
+    if objective == "min":
+        return member_scores.min(dim=-1).values
+    if objective == "mean_minus_std":
+        return member_scores.mean(dim=-1) - uncertainty_coef * member_scores.std(dim=-1)
+    return member_scores.mean(dim=-1)
 
 
 def compute_gae(
@@ -199,8 +215,9 @@ class Rollouts:
     logprobs: torch.Tensor  # (B, R) of the sampling policy
     ref_logprobs: torch.Tensor  # (B, R)
     values: torch.Tensor  # (B, R) V(s_t) before each response token
-    rm_scores: torch.Tensor  # (B,) the reward model's score
-    scores: torch.Tensor  # (B,) the score PPO optimises: RM score less the missing-EOS penalty
+    rm_scores: torch.Tensor  # (B,) the reward model's score (an ensemble's: its members' mean)
+    rm_disagreement: torch.Tensor  # (B,) the standard deviation of the ensemble members' scores (0 for one model)
+    scores: torch.Tensor  # (B,) the score PPO optimises: the ensemble reward less the missing-EOS penalty
 
     @property
     def mask(self) -> torch.Tensor:
@@ -251,9 +268,10 @@ def collect_rollouts(
     values = token_values(models.critic, batch) * batch.response_mask.float()
     with models.ranks.autocast():  # the frozen models in the trained ones' precision: KL 0 at the start
         ref_logprobs, _ = policy_logprobs(models.reference, batch, cfg.temperature)
-        rm_scores = sequence_scores(models.reward_model, batch)
-    scores = rm_scores - cfg.missing_eos_penalty * (~sampled.ended).float()
-    return Rollouts(prompts, batch, sampled.ended, logprobs, ref_logprobs, values, rm_scores, scores)
+        by_member = member_scores(models.reward_model, batch)  # (B, M)
+    disagreement = by_member.std(dim=-1) if by_member.shape[-1] > 1 else torch.zeros_like(by_member[:, 0])
+    scores = ensemble_reward(by_member, cfg.ensemble_reward, cfg.uncertainty_coef) - cfg.missing_eos_penalty * (~sampled.ended).float()
+    return Rollouts(prompts, batch, sampled.ended, logprobs, ref_logprobs, values, by_member.mean(dim=-1), disagreement, scores)
 
 
 @torch.no_grad()
@@ -388,8 +406,12 @@ def train_ppo(
     log: Log | None = None,
     checkpoint_dir: str | None = None,
     ranks: Ranks = SINGLE,
+    snapshots: Snapshots | None = None,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Optimise ``policy`` in place; ``ref_policy`` and ``reward_model`` stay frozen. Returns (policy, metrics, history).
+
+    ``snapshots`` receives the policy after each of its evenly spaced iterations (rank 0 only), the candidates
+    that selection chooses from.
 
     With ``checkpoint_dir``, the full state is saved every ``cfg.checkpoint_every`` iterations and
     a run that finds a checkpoint there continues from it: same result as never stopping.
@@ -427,6 +449,7 @@ def train_ppo(
     policy, values_model, policy_opt, critic_opt = ranks.prepare(policy, values_model, policy_opt, critic_opt)
     models = PPOModels(policy, values_model, ref_policy, reward_model, policy_opt, critic_opt, ranks)
     ptx = ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, ranks) if cfg.ptx_coef > 0 and ptx_examples else None
+    snapshot_iterations = snapshots.steps(cfg.iterations) if snapshots is not None and ranks.is_main else set()
 
     for iteration in range(start, cfg.iterations):
         if cfg.anneal_lr:  # linearly to 0 over the run (a function of the iteration alone, so a resumed run agrees)
@@ -446,8 +469,9 @@ def train_ppo(
         updated = time.perf_counter()
 
         # the KL controller sees the mean KL per response of the whole (all ranks') batch
-        rollout_sums = ranks.sum(torch.stack([rollouts.rm_scores.sum(), advantages.kl.sum(), rollouts.mask.sum(), rollouts.ended.float().sum()]).double())
-        rm_score, mean_kl, response_length, ended = (rollout_sums / cfg.rollout_batch_size).tolist()
+        rollout_sums = ranks.sum(torch.stack([rollouts.rm_scores.sum(), advantages.kl.sum(), rollouts.mask.sum(), rollouts.ended.float().sum(),
+                                              rollouts.rm_disagreement.sum()]).double())
+        rm_score, mean_kl, response_length, ended, rm_disagreement = (rollout_sums / cfg.rollout_batch_size).tolist()
         kl_ctl.update(mean_kl, cfg.rollout_batch_size)
 
         if iteration % cfg.log_every == 0 or iteration == cfg.iterations - 1:
@@ -455,6 +479,7 @@ def train_ppo(
             entry = {
                 "iteration": iteration,
                 "rm_score": rm_score,
+                "rm_disagreement": rm_disagreement,
                 "kl": mean_kl,
                 "kl_coef": kl_ctl.value,
                 "lr": models.policy_opt.param_groups[0]["lr"],
@@ -473,6 +498,8 @@ def train_ppo(
             if log:
                 log(iteration, entry)
 
+        if iteration in snapshot_iterations:
+            snapshots.take(iteration, models.sampler)
         if checkpoint_dir and cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0:
             _save_checkpoint(checkpoint_dir, iteration + 1, models, kl_ctl, rng, queue, history)
 

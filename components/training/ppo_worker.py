@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,10 +24,10 @@ from components.config import Config
 from components.data.files import write_json
 from components.training.checkpoints import latest_checkpoint
 from components.training.launcher import die_with_parent
-from components.training.loop import NonFiniteError
+from components.training.loop import NonFiniteError, Snapshots
 from components.training.ranks import Ranks
 
-JOB, RESULT, POLICY, NON_FINITE = "job.json", "result.json", "policy", "non-finite"
+JOB, RESULT, POLICY, NON_FINITE, SNAPSHOTS = "job.json", "result.json", "policy", "non-finite", "snapshots"
 PROGRESS_KEYS = ("rm_score", "kl", "gold", "policy_loss")
 
 
@@ -42,9 +43,36 @@ def write_job(job_dir: str | Path, cfg: Config, sft_dir: str | Path, reward_mode
         "sft_dir": str(sft_dir),
         "reward_model_dir": str(reward_model_dir),
         "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+        # beside the checkpoints, so a resumed run keeps the snapshots taken before it stopped
+        "snapshot_dir": str(snapshot_dir(job_dir, checkpoint_dir)),
         "mlflow": mlflow,  # {"uri": ..., "run_id": ...}: rank 0 logs each iteration there while training
     })
     return job_dir
+
+
+def snapshot_dir(job_dir: str | Path, checkpoint_dir: str | Path | None) -> Path:
+    return Path(checkpoint_dir if checkpoint_dir else job_dir) / SNAPSHOTS
+
+
+@dataclass
+class SavedSnapshots(Snapshots):
+    """The selection candidates written as model directories ``iteration-NNNNNN`` (rank 0 takes them)."""
+
+    directory: Path = Path(SNAPSHOTS)
+    tokenizer: object = None
+
+    def take(self, step: int, model) -> None:
+        from components.models.saving import save_model
+
+        save_model(model, self.tokenizer, self.directory / f"iteration-{step:06d}", {"stage": "ppo", "iteration": step})
+
+
+def read_snapshots(directory: str | Path) -> list[tuple[int, dict]]:
+    """(iteration, state dict) of every saved snapshot, in order."""
+    from components.models.builders import load_causal_lm
+
+    paths = sorted(Path(directory).glob("iteration-*")) if Path(directory).is_dir() else []
+    return [(int(path.name.split("-")[1]), load_causal_lm(path).state_dict()) for path in paths]
 
 
 def raise_recorded_non_finite(job_dir: str | Path) -> None:
@@ -145,12 +173,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.data.gold_judge import gold_score
     from components.evaluation.report import gold_monitor
-    from components.models.builders import load_causal_lm, load_scalar_model
+    from components.models.builders import load_causal_lm
+    from components.models.ensemble import load_reward_model
     from components.models.saving import save_model
     from components.training import recipe
 
     tokenizer = recipe.make_tokenizer(cfg)
-    sft, reward_model = load_causal_lm(job["sft_dir"]), load_scalar_model(job["reward_model_dir"])
+    sft, reward_model = load_causal_lm(job["sft_dir"]), load_reward_model(job["reward_model_dir"])
     prompts = json.loads((job_dir / "prompts.json").read_text(encoding="utf-8"))
     demonstrations = json.loads((job_dir / "demonstrations.json").read_text(encoding="utf-8"))
     monitor = gold_monitor(gold_score) if cfg.data.source == "synthetic" else None
@@ -163,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         result = recipe.ppo_stage(
             cfg, tokenizer, sft, reward_model, prompts, demonstrations, monitor=monitor,
             log=live, checkpoint_dir=job["checkpoint_dir"], ranks=ranks,
+            snapshots=SavedSnapshots(cfg.selection.candidates, Path(job["snapshot_dir"]), tokenizer) if cfg.selection.candidates > 1 else None,
         )
     except NonFiniteError as error:  # the caller re-raises it as itself, not as a dead launch
         write_json(job_dir / f"{NON_FINITE}-rank{ranks.rank}.json", {"stage": error.stage, "step": error.step, "what": error.what})

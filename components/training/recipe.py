@@ -19,14 +19,17 @@ from components.config import Config
 from components.data.labeler import SimulatedLabeler
 from components.data.lexicon import VOCABULARY
 from components.models.builders import build_policy, frozen_copy
+from components.models.ensemble import members_of
 from components.models.tokenizer import build_word_tokenizer, load_tokenizer
 from components.training.chosen import train_chosen, train_top_ranked
 from components.training.combined import train_combined
 from components.training.comparisons import Ranker, collect_sft_comparisons, draw_prompts, sample_reference, simulated_ranker
 from components.training.dpo import train_dpo
+from components.training.loop import Snapshots
 from components.training.ppo import SINGLE, Monitor, train_ppo
 from components.training.ranks import Ranks
-from components.training.reward import split_comparisons, train_reward_model
+from components.training.reward import split_comparisons, train_reward_ensemble
+from components.training.selection import held_out_slice, select_snapshot
 from components.training.sft import train_sft
 
 SUPERVISED_BASELINES = ("chosen", "top_ranked", "combined", "dpo")
@@ -56,9 +59,15 @@ def make_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
     return load_tokenizer(cfg.model.local_dir) if cfg.model.source == "local" else build_word_tokenizer(VOCABULARY)
 
 
-def labeler_ranker(cfg: Config) -> Ranker:
-    """The simulated human labeler of the embedded task (it reads the hidden gold judge)."""
-    return simulated_ranker(SimulatedLabeler(cfg.data.synthetic.labeler_temperature, random.Random(f"{cfg.seed}/labeler")))
+def labeler_ranker(cfg: Config, purpose: str = "labeler") -> Ranker:
+    """The simulated human labeler of the embedded task (it reads the hidden gold judge); each ``purpose``
+    draws its noise from its own stream."""
+    return simulated_ranker(SimulatedLabeler(cfg.data.synthetic.labeler_temperature, random.Random(f"{cfg.seed}/{purpose}")))
+
+
+def selection_ranker(cfg: Config) -> Callable[[], Ranker]:
+    """A fresh labeller per candidate, every one with the same noise stream (common random numbers)."""
+    return lambda: labeler_ranker(cfg, "selection")
 
 
 def sft_stage(cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: list[dict], log=None) -> StageResult:
@@ -88,7 +97,7 @@ def reward_stage(cfg: Config, tokenizer, sft: PreTrainedModel, comparisons: list
         ]
     reference_prompts = draw_prompts(train_prompts, cfg.reward.reference_samples, cfg.seed + 1)
     reference = sample_reference(sft, tokenizer, reference_prompts, cfg.model, cfg.comparisons.temperature, cfg.comparisons.batch_size, cfg.seed)
-    return timed(train_reward_model)(sft, tokenizer, comparisons, cfg.reward, cfg.model, cfg.seed, log=log, reference_samples=reference)
+    return timed(train_reward_ensemble)(sft, tokenizer, comparisons, cfg.reward, cfg.model, cfg.seed, log=log, reference_samples=reference)
 
 
 def up_to_reward_model(cfg: Config, tokenizer, demonstrations: list[dict]) -> tuple[PreTrainedModel, list[dict], PreTrainedModel]:
@@ -105,8 +114,20 @@ def labelled_split(cfg: Config, comparisons: list[dict]) -> tuple[list[dict], li
     return split_comparisons(comparisons, cfg.reward.valid_fraction, cfg.seed)
 
 
-def baseline_stage(cfg: Config, name: str, tokenizer, sft: PreTrainedModel, comparisons: list[dict], log=None) -> StageResult:
-    """A supervised baseline from the SFT policy, trained on the reward model's training comparisons only."""
+def select_candidate(cfg: Config, result: StageResult, snapshots: list[tuple[int, dict]], tokenizer, comparisons: list[dict],
+                     make_ranker: Callable[[], Ranker] | None, unit: str = "step") -> StageResult:
+    """Ship the snapshot the labeller prefers on the held-out slice (``selection``); without a labeller, the last."""
+    items = held_out_slice(labelled_split(cfg, comparisons)[1], cfg.selection.prompts) if make_ranker is not None else []
+    started = time.perf_counter()
+    result.model, selection = select_snapshot(result.model, snapshots, tokenizer, items, make_ranker, cfg.selection, cfg.model, cfg.seed)
+    result.metrics.update({**selection.metrics(unit), "selection.seconds": round(time.perf_counter() - started, 2)})
+    return result
+
+
+def baseline_stage(cfg: Config, name: str, tokenizer, sft: PreTrainedModel, comparisons: list[dict], log=None,
+                   make_ranker: Callable[[], Ranker] | None = None) -> StageResult:
+    """A supervised baseline from the SFT policy, trained on the reward model's training comparisons only;
+    with ``make_ranker``, the snapshot the labeller prefers on the held-out slice ships (see ``select_candidate``)."""
     trainers = {
         "chosen": (train_chosen, cfg.baselines.chosen),
         "top_ranked": (train_top_ranked, cfg.baselines.top_ranked),
@@ -115,7 +136,9 @@ def baseline_stage(cfg: Config, name: str, tokenizer, sft: PreTrainedModel, comp
     }
     trainer, section = trainers[name]
     train, _ = labelled_split(cfg, comparisons)
-    return timed(trainer)(sft, tokenizer, train, section, cfg.model, cfg.seed, log=log)
+    snapshots = Snapshots(cfg.selection.candidates)
+    result = timed(trainer)(sft, tokenizer, train, section, cfg.model, cfg.seed, log=log, snapshots=snapshots)
+    return select_candidate(cfg, result, snapshots.taken, tokenizer, comparisons, make_ranker)
 
 
 def ppo_stage(
@@ -129,12 +152,30 @@ def ppo_stage(
     log=None,
     checkpoint_dir: str | None = None,
     ranks: Ranks = SINGLE,
+    snapshots: Snapshots | None = None,
 ) -> StageResult:
-    """InstructGPT step 3: policy from SFT, reference = frozen SFT, critic from the RM; resumes from ``checkpoint_dir``.
+    """InstructGPT step 3: policy from SFT, reference = frozen SFT, critic from the RM (an ensemble's first member);
+    resumes from ``checkpoint_dir``.
 
     ``ranks``: the data-parallel process group when launched with accelerate (see ppo_worker)."""
-    policy, reference, critic = copy.deepcopy(sft), frozen_copy(sft), copy.deepcopy(reward_model)
+    policy, reference, critic = copy.deepcopy(sft), frozen_copy(sft), copy.deepcopy(members_of(reward_model)[0])
     return timed(train_ppo)(
         policy, reference, critic, frozen_copy(reward_model), tokenizer, train_prompts, cfg.ppo, cfg.model, cfg.seed,
-        ptx_examples=demonstrations, monitor=monitor, log=log, checkpoint_dir=checkpoint_dir, ranks=ranks,
+        ptx_examples=demonstrations, monitor=monitor, log=log, checkpoint_dir=checkpoint_dir, ranks=ranks, snapshots=snapshots,
     )
+
+
+def label_budgets(cfg: Config, comparisons: list[dict], metrics: dict[str, dict]) -> dict[str, dict]:
+    """What each policy's training saw of the labels: the comparisons it trained on, the held-out slice its
+    selection (or the reward model's accuracy check) read, and the fresh labels its selection spent.
+
+    ``metrics``: each trained stage's metrics by policy name ("reward_model", "ppo", the baselines).
+    SFT sees no comparison; PPO and best-of-n see the reward model's; every policy starts from the same SFT.
+    """
+    train, held_out = labelled_split(cfg, comparisons)
+    base = {"train_pairs": len(train), "held_out_pairs": len(held_out)}
+    budgets = {"sft": {"train_pairs": 0, "held_out_pairs": 0, "selection_labels": 0, "total": 0}}
+    for name in ("ppo", "best_of_n", *SUPERVISED_BASELINES):
+        labels = int(metrics.get(name, {}).get("selection.labels", 0))
+        budgets[name] = {**base, "selection_labels": labels, "total": base["train_pairs"] + base["held_out_pairs"] + labels}
+    return budgets

@@ -29,6 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.config import ModelConfig, RewardConfig
 from components.models.batching import encode_examples, sequence_scores
 from components.models.builders import scalar_model_from
+from components.models.ensemble import RewardEnsemble, member_scores, reward_scores
 from components.training.loop import Log, train_supervised
 
 SCORE_BATCH = 256  # sequences per forward pass when only scoring
@@ -111,16 +112,24 @@ def pair_rewards(
 def score_samples(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, samples: Sequence[tuple[str, str]], model_cfg: ModelConfig
 ) -> torch.Tensor:
-    """The reward of each (prompt, response): (N,)."""
+    """The reward of each (prompt, response): (N,); an ensemble's is its members' mean."""
+    return score_samples_by_member(model, tokenizer, samples, model_cfg).mean(dim=-1)
+
+
+@torch.inference_mode()
+def score_samples_by_member(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, samples: Sequence[tuple[str, str]], model_cfg: ModelConfig
+) -> torch.Tensor:
+    """Each ensemble member's reward of each (prompt, response): (N, M); M = 1 for a single reward model."""
     was_training = model.training
     model.eval()
     scores = []
     for start in range(0, len(samples), SCORE_BATCH):
         chunk = samples[start : start + SCORE_BATCH]
         batch = encode_examples(tokenizer, [p for p, _ in chunk], [r for _, r in chunk], model_cfg.max_prompt_tokens, model_cfg.max_response_tokens)
-        scores.append(sequence_scores(model, batch))
+        scores.append(member_scores(model, batch))
     model.train(was_training)
-    return torch.cat(scores) if scores else torch.zeros(0)
+    return torch.cat(scores) if scores else torch.zeros(0, 1)
 
 
 def score_comparisons(
@@ -203,6 +212,7 @@ def train_reward_model(
     seed: int,
     log: Log | None = None,
     reference_samples: list[tuple[str, str]] | None = None,
+    member: int = 0,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Train a reward model from the SFT ``policy`` on ``{prompt, chosen, rejected}`` comparisons.
 
@@ -212,10 +222,11 @@ def train_reward_model(
     With ``reference_samples`` ((prompt, response) pairs sampled from the SFT policy) the returned
     model scores them with mean 0 and standard deviation 1; the mean and the standard deviation
     removed are ``metrics["reward_offset"]`` and ``metrics["reward_scale"]``.
-    Returns (reward_model, metrics, history).
+    ``member`` k of an ensemble draws its head's initialisation and its data order from seed + k;
+    the held-out split is the same for every member. Returns (reward_model, metrics, history).
     """
     train, valid = split_comparisons(comparisons, cfg.valid_fraction, seed)
-    torch.manual_seed(seed)  # the fresh head's initialisation
+    torch.manual_seed(seed + member)  # the fresh head's initialisation
     model = scalar_model_from(policy)
 
     def loss_fn(groups: list[list[dict]]):
@@ -225,7 +236,7 @@ def train_reward_model(
         margin = (chosen_rewards - rejected_rewards).detach()
         return loss, {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item()}
 
-    history = train_supervised("reward", model, group_comparisons(train), loss_fn, cfg, seed, log)
+    history = train_supervised("reward", model, group_comparisons(train), loss_fn, cfg, seed + member, log)
 
     metrics: dict[str, float] = {
         "train_pairs": len(train),
@@ -249,3 +260,52 @@ def train_reward_model(
         metrics["reward_offset"], metrics["reward_scale"] = 0.0, 1.0
     model.eval()
     return model, metrics, history
+
+
+def ensemble_agreement(by_member: torch.Tensor) -> float:
+    """Share of pairs every member orders the same way; ``by_member`` (pairs, M) is r(chosen) - r(rejected)."""
+    signs = by_member > 0
+    return (signs.all(dim=-1) | (~signs).all(dim=-1)).float().mean().item()
+
+
+def train_reward_ensemble(
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    comparisons: list[dict],
+    cfg: RewardConfig,
+    model_cfg: ModelConfig,
+    seed: int,
+    log: Log | None = None,
+    reference_samples: list[tuple[str, str]] | None = None,
+) -> tuple[PreTrainedModel | RewardEnsemble, dict[str, float], list[dict[str, float]]]:
+    """``cfg.ensemble_size`` reward models (``train_reward_model`` with member = 0, 1, ...), each normalised on
+    its own. One member is returned as itself (the same model ``train_reward_model`` gives).
+
+    Metrics: member 0's under their usual names, then the ensemble's: ``valid_accuracy`` of the members'
+    mean, each ``member<k>_valid_accuracy``, and ``member_agreement``, the share of held-out pairs all
+    members order alike. History: member 0's steps, then the next member's, with ``member`` set.
+    """
+    members, histories, member_metrics = [], [], []
+    for k in range(cfg.ensemble_size):
+        model, metrics, history = train_reward_model(
+            policy, tokenizer, comparisons, cfg, model_cfg, seed, log=log, reference_samples=reference_samples, member=k
+        )
+        members.append(model)
+        member_metrics.append(metrics)
+        offset = histories[-1]["step"] + 1 if histories else 0  # one step axis: member k's steps follow member k-1's
+        histories += [{**row, "step": row["step"] + offset, "member": k} for row in history] if cfg.ensemble_size > 1 else history
+    if len(members) == 1:
+        return members[0], {**member_metrics[0], "ensemble_size": 1}, histories
+    ensemble = RewardEnsemble(members)
+    metrics = {**member_metrics[0]}
+    for k, m in enumerate(member_metrics):
+        metrics.update({f"member{k}_{name}": m[name] for name in ("valid_accuracy", "reward_offset", "reward_scale") if name in m})
+    _, valid = split_comparisons(comparisons, cfg.valid_fraction, seed)
+    if valid:
+        chosen = score_samples_by_member(ensemble, tokenizer, [(r["prompt"], r["chosen"]) for r in valid], model_cfg)
+        rejected = score_samples_by_member(ensemble, tokenizer, [(r["prompt"], r["rejected"]) for r in valid], model_cfg)
+        metrics["valid_accuracy"] = pairwise_accuracy(chosen.mean(-1), rejected.mean(-1))
+        metrics["valid_loss"] = reward_loss(chosen.mean(-1), rejected.mean(-1)).item()
+        metrics["member_agreement"] = ensemble_agreement(chosen - rejected)
+    metrics["ensemble_size"] = len(members)
+    return ensemble, metrics, histories

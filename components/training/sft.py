@@ -6,7 +6,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, OptimConfig
 from components.models.batching import Batch, encode_examples, response_logits
-from components.training.loop import Log, train_supervised
+from components.training.loop import Log, Snapshots, train_supervised
 
 
 def sft_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
@@ -26,6 +26,7 @@ def train_sft(
     seed: int,
     stage: str = "sft",
     log: Log | None = None,
+    snapshots: Snapshots | None = None,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Fine-tune ``model`` in place on ``{prompt, response}`` examples; returns (model, metrics, history)."""
     torch.manual_seed(seed)
@@ -35,6 +36,6 @@ def train_sft(
         loss = sft_loss(model, batch)
         return loss, {}
 
-    history = train_supervised(stage, model, examples, loss_fn, cfg, seed, log)
+    history = train_supervised(stage, model, examples, loss_fn, cfg, seed, log, snapshots=snapshots)
     metrics = {"final_loss": history[-1]["loss"], "first_loss": history[0]["loss"], "steps": history[-1]["step"] + 1}
     return model, metrics, history

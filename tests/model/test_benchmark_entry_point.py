@@ -4,28 +4,39 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
+POLICIES = ("sft", "chosen", "top_ranked", "combined", "dpo")
 
 
 def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
     out = tmp_path / "rlhf_vs_sl.json"
     done = subprocess.run(
-        [sys.executable, "benchmarks/rlhf_vs_sl.py", "--profile", "smoke", "--seed", "3", "--out", str(out)],
+        [sys.executable, "benchmarks/rlhf_vs_sl.py", "--profile", "smoke", "--seeds", "2", "--seed", "3", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["profile"] == "smoke" and result["seed"] == 3
-    for name in ("sft", "chosen", "top_ranked", "combined", "dpo", "ppo", "best_of_n"):
-        policy = result["policies"][name]
-        lo, hi = policy["gold_ci"]
-        assert lo <= policy["gold_mean"] <= hi
-    for name in ("sft", "chosen", "top_ranked", "combined", "dpo"):
-        assert isinstance(result["policies"][name]["kl"], float)
-        rate = result["ppo_win_rate"][name]
-        assert 0 <= rate["ci"][0] <= rate["rate"] <= rate["ci"][1] <= 1
-    assert set(result["evaluation"]) == {"sample", "greedy"}
-    assert 0 <= result["rm_accuracy_gold"] <= 1
-    assert {"sft", "comparisons", "reward", "chosen", "top_ranked", "combined", "dpo", "ppo", "evaluation"} <= set(result["stage_seconds"])
+    assert result["profile"] == "smoke" and result["baselines"] == list(POLICIES)
+    assert [run["seed"] for run in result["runs"]] == [3, 4] and result["pooled"]["seeds"] == [3, 4]
+    for run in result["runs"]:
+        assert set(run["evaluation"]) == {"sample", "greedy"}
+        for mode, block in run["evaluation"].items():
+            for name in (*POLICIES, *(("best_of_n",) if mode == "sample" else ())):
+                rate = block["ppo_win_rate"][name]
+                assert 0 <= rate["ci"][0] <= rate["rate"] <= rate["ci"][1] <= 1, (mode, name)
+                gold = block["policies"][name]["gold"]
+                assert gold["ci"][0] <= gold["value"] <= gold["ci"][1]
+        assert 0 <= run["reward_model"]["accuracy_gold"] <= 1
+        assert {"sft", "comparisons", "reward", *POLICIES[1:], "ppo", "evaluation"} <= set(run["stage_seconds"])
+        budgets = run["label_budgets"]
+        assert budgets["sft"]["total"] == 0 and budgets["ppo"]["train_pairs"] == budgets["dpo"]["train_pairs"] > 0
+        assert budgets["ppo"]["selection_labels"] == budgets["dpo"]["selection_labels"]  # the same budget for each method
+    for mode, block in result["pooled"]["evaluation"].items():
+        for name, rate in block["ppo_win_rate"].items():
+            per_seed = [run["evaluation"][mode]["ppo_win_rate"][name] for run in result["runs"]]
+            assert rate["n"] == sum(r["n"] for r in per_seed)
+            assert rate["rate"] == pytest.approx(sum(r["rate"] * r["n"] for r in per_seed) / rate["n"])
     assert result["peak_rss_mb"] > 0
-    assert "gold mean [95% CI]" in done.stdout
+    assert "gold mean [95% CI]" in done.stdout and "pooled over seeds [3, 4]" in done.stdout

@@ -174,3 +174,28 @@ def test_simulated_labeler_ranks_a_sample_that_never_ended_below_the_same_text_t
     rank = simulated_ranker(SimulatedLabeler(0.01, random.Random(0)))
     assert gold_score(prompt, text, ended=False) == pytest.approx(gold_score(prompt, text) - 1.5)
     assert all(rank(prompt, [text, text], [False, True]) == [1, 0] for _ in range(20))
+
+
+def test_an_ensemble_has_independent_normalised_members_and_round_trips(sft_policy, tokenizer, dataset, tmp_path):
+    """Two members from independent heads and data orders: different scores, each with mean 0 and std 1 on the
+    SFT samples, one held-out split; saved and loaded back as an ensemble that scores the same."""
+    from components.models.ensemble import RewardEnsemble, load_reward_model, members_of
+    from components.models.saving import save_model
+    from components.training.reward import score_samples, score_samples_by_member, train_reward_ensemble
+
+    comparisons = dataset[PREFERENCES][:1200]
+    reference = sample_reference(sft_policy, tokenizer, [r["prompt"] for r in comparisons[:128]], MODEL_CFG, 1.0, 64, SEED)
+    cfg = REWARD_CFG.model_copy(update={"epochs": 0.5, "ensemble_size": 2})
+    ensemble, metrics, history = train_reward_ensemble(sft_policy, tokenizer, comparisons, cfg, MODEL_CFG, SEED, reference_samples=reference)
+    assert isinstance(ensemble, RewardEnsemble) and len(ensemble) == 2 and metrics["ensemble_size"] == 2
+    by_member = score_samples_by_member(ensemble, tokenizer, reference, MODEL_CFG).double()
+    assert by_member.mean(0).abs().max() < 1e-4 and (by_member.std(0) - 1).abs().max() < 1e-4
+    assert (by_member[:, 0] - by_member[:, 1]).abs().mean() > 0.05  # the members differ
+    assert 0 < metrics["member_agreement"] < 1 and {"member0_valid_accuracy", "member1_valid_accuracy"} <= set(metrics)
+    steps = [h["step"] for h in history]
+    assert steps == sorted(set(steps)) and {h["member"] for h in history} == {0, 1}  # one step axis, member after member
+    save_model(ensemble, tokenizer, tmp_path / "rm", card={})
+    assert sorted(p.name for p in (tmp_path / "rm").iterdir() if p.is_dir()) == ["member-0", "member-1"]
+    loaded = load_reward_model(tmp_path / "rm")
+    assert len(members_of(loaded)) == 2
+    assert torch.allclose(score_samples(loaded, tokenizer, reference, MODEL_CFG), by_member.mean(-1).float(), atol=1e-5)

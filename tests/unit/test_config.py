@@ -86,3 +86,19 @@ def test_a_tracking_uri_with_credentials_in_the_environment_is_refused(monkeypat
     with pytest.raises(ConfigError, match=r"^\$MLFLOW_TRACKING_URI holds credentials") as caught:
         resolve_uri(load_config("smoke").tracking, tmp_path)
     assert "planted-pw-1" not in str(caught.value)
+
+
+def test_the_tuning_sweep_gives_every_method_the_same_budget_of_valid_configurations():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("tune", Path(__file__).resolve().parents[2] / "benchmarks" / "tune.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    cfg = load_config("default")
+    assert set(tune.GRID) == {"ppo", *cfg.gate.baselines} - {"sft"}
+    for method, configs in tune.GRID.items():
+        assert len(configs) == cfg.tuning.configurations_per_method, method
+        assert len({str(c) for c in configs}) == len(configs), method
+        for config in configs:
+            load_config("default", tune.overrides_of(config))  # every key exists and every value is valid

@@ -37,7 +37,7 @@ def passing_report():
     return {
         "data_validation": {"success": True},
         "non_finite_stages": [],
-        "reward_model": {"accuracy": 0.72},
+        "reward_model": {"accuracy": 0.72, "ensemble_size": 3, "member_agreement": 0.85},
         "ppo_history": history,
         "modes": {"sample": mode_block(), "greedy": mode_block()},
     }
@@ -52,7 +52,7 @@ def test_a_report_where_ppo_beats_every_baseline_promotes():
     assert decision.promote and decision.label == "promote"
     assert not decision.failures
     # every rule was checked once globally or once per mode
-    assert len(decision.reasons) == 4 + 4 * len(CFG.modes)
+    assert len(decision.reasons) == 5 + 4 * len(CFG.modes)
     assert "decision: promote" in decision.summary()
 
 
@@ -92,6 +92,7 @@ def test_a_baseline_that_wins_head_to_head_is_caught_even_when_its_mean_is_lower
         (lambda r: r["data_validation"].update(success=False), "data validation passed", None),
         (lambda r: r.update(non_finite_stages=["ppo"]), "no NaN/inf", None),
         (lambda r: r["reward_model"].update(accuracy=0.55), "reward model accuracy", None),
+        (lambda r: r["reward_model"].update(member_agreement=0.6), "reward ensemble members agree", None),
         # not beating any one baseline is enough to refuse
         (lambda r: r["modes"]["sample"]["ppo_win_rate"].update(dpo=win(0.52, 0.48, 0.55)), "beats every supervised baseline", "sample"),
         (lambda r: (r["modes"]["sample"]["ppo_win_rate"].update(sft=win(0.52, 0.48, 0.55)),
@@ -139,6 +140,7 @@ def test_trend_change_reads_a_least_squares_line():
         lambda r: r.pop("data_validation"),
         lambda r: r.pop("non_finite_stages"),
         lambda r: r["reward_model"].update(accuracy=None),
+        lambda r: r["reward_model"].update(member_agreement=None),
         lambda r: r.update(ppo_history=[]),
         lambda r: [h.pop("gold") for h in r["ppo_history"]],
         lambda r: r["modes"].pop("greedy"),
@@ -175,3 +177,9 @@ def test_the_gate_does_not_mutate_the_report():
     before = copy.deepcopy(report)
     decide(report, CFG)
     assert report == before
+
+
+def test_a_single_reward_model_has_no_members_to_disagree():
+    report = passing_report()
+    report["reward_model"] = {"accuracy": 0.72, "ensemble_size": 1, "member_agreement": None}
+    assert decide(report, CFG).promote

@@ -116,3 +116,21 @@ def test_explained_variance_is_one_for_perfect_values_and_zero_for_the_mean():
     returns, mask = torch.tensor([[1.0, 2.0, 3.0]]), torch.ones(1, 3)
     assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
     assert explained_variance(torch.full((1, 3), 2.0), returns, mask) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ensemble_reward_by_hand():
+    from components.training.ppo import ensemble_reward
+
+    scores = torch.tensor([[1.0, 3.0, 2.0], [2.0, 2.0, 2.0]])  # two responses, three members
+    assert ensemble_reward(scores, "mean", 1.0).tolist() == [2.0, 2.0]
+    assert ensemble_reward(scores, "min", 1.0).tolist() == [1.0, 2.0]
+    # mean - 0.5 * sample std: std of (1, 3, 2) is 1, of (2, 2, 2) is 0
+    assert ensemble_reward(scores, "mean_minus_std", 0.5).tolist() == pytest.approx([1.5, 2.0])
+    assert ensemble_reward(scores[:, :1], "mean_minus_std", 0.5).tolist() == [1.0, 2.0]  # one member: its score
+
+
+def test_ensemble_agreement_counts_pairs_every_member_orders_alike():
+    from components.training.reward import ensemble_agreement
+
+    margins = torch.tensor([[0.5, 0.2], [-0.1, -0.3], [0.4, -0.2], [0.0, 0.1]])  # r(chosen) - r(rejected), two members
+    assert ensemble_agreement(margins) == pytest.approx(0.5)  # rows 0 and 1 agree; a tie is not a win

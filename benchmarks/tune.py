@@ -1,0 +1,148 @@
+"""The tuning sweep: PPO and every supervised baseline get the same number of configurations, on a tuning seed
+that is none of the evaluation seeds, and each is judged by held-out preference labels, never by gold.
+
+    python benchmarks/tune.py [--profile default] [--seed TUNING_SEED] [--only ppo dpo ...] [--set key=value ...]
+
+SFT, the comparisons and the reward model are trained once on the tuning seed (the shared start). Then every
+configuration of every method trains from that start, ships its labeller-selected snapshot (see
+components/training/selection.py), and is scored by that snapshot's label win rate on the held-out slice: the
+share of held-out prompts on which the labeller prefers its answer to the response the group's labellers
+ranked first. The best configuration per method is the one params.yaml carries. A gold column is printed for
+the record (sampling, one answer per held-out evaluation prompt of the tuning seed); nothing reads it.
+
+Writes benchmarks/results/tuning.json and prints the table (also written as tuning.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from components.config import load_config
+from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
+from components.data.gold_judge import gold_score
+from components.data.synthetic import generate_synthetic
+from components.evaluation.policy_eval import DecodingMode, sample_responses
+from components.offline import stay_offline
+from components.training import recipe
+from components.training.loop import Snapshots
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# the same number of configurations for every method: what each one's tuning budget is
+GRID: dict[str, list[dict[str, object]]] = {
+    "ppo": [
+        {"ppo.lr": 5.0e-5, "ppo.kl.kl_coef": 0.05},
+        {"ppo.lr": 5.0e-5, "ppo.kl.kl_coef": 0.2},
+        {"ppo.lr": 1.0e-4, "ppo.kl.kl_coef": 0.05},
+        {"ppo.lr": 1.0e-4, "ppo.kl.kl_coef": 0.2},
+    ],
+    "dpo": [
+        {"baselines.dpo.beta": 0.1, "baselines.dpo.epochs": 1.0},
+        {"baselines.dpo.beta": 0.3, "baselines.dpo.epochs": 1.0},
+        {"baselines.dpo.beta": 1.0, "baselines.dpo.epochs": 1.0},
+        {"baselines.dpo.beta": 0.3, "baselines.dpo.epochs": 2.0},
+    ],
+    "chosen": [
+        {"baselines.chosen.lr": 1.0e-4, "baselines.chosen.epochs": 1.0},
+        {"baselines.chosen.lr": 3.0e-4, "baselines.chosen.epochs": 1.0},
+        {"baselines.chosen.lr": 1.0e-4, "baselines.chosen.epochs": 2.0},
+        {"baselines.chosen.lr": 3.0e-4, "baselines.chosen.epochs": 2.0},
+    ],
+    "top_ranked": [
+        {"baselines.top_ranked.lr": 1.0e-4, "baselines.top_ranked.epochs": 2.0},
+        {"baselines.top_ranked.lr": 3.0e-4, "baselines.top_ranked.epochs": 2.0},
+        {"baselines.top_ranked.lr": 1.0e-4, "baselines.top_ranked.epochs": 4.0},
+        {"baselines.top_ranked.lr": 3.0e-4, "baselines.top_ranked.epochs": 4.0},
+    ],
+    "combined": [
+        {"baselines.combined.unlikelihood_coef": 0.05, "baselines.combined.lr": 1.0e-4},
+        {"baselines.combined.unlikelihood_coef": 0.05, "baselines.combined.lr": 3.0e-4},
+        {"baselines.combined.unlikelihood_coef": 0.5, "baselines.combined.lr": 1.0e-4},
+        {"baselines.combined.unlikelihood_coef": 0.5, "baselines.combined.lr": 3.0e-4},
+    ],
+}
+
+
+def overrides_of(config: dict[str, object]) -> list[str]:
+    return [f"{key}={value}" for key, value in config.items()]
+
+
+def diagnostic_gold(cfg, policy, tokenizer, eval_prompts: list[str]) -> float:
+    """Mean gold of one sampled answer per held-out evaluation prompt: printed, never used to choose."""
+    out = sample_responses(policy, tokenizer, eval_prompts, DecodingMode("sample", False, 1, 1.0), cfg.model, cfg.seed, cfg.evaluation.batch_size)
+    return statistics.fmean(gold_score(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--seed", type=int, help="the tuning seed (default: tuning.seed of the profile)")
+    parser.add_argument("--only", nargs="*", default=list(GRID), choices=list(GRID))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", type=Path, default=RESULTS / "tuning.json")
+    args = parser.parse_args(argv)
+    stay_offline()
+    warnings.filterwarnings("ignore")
+    base = load_config(args.profile, args.overrides)
+    seed = args.seed if args.seed is not None else base.tuning.seed
+    cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
+    rows = generate_synthetic(cfg).rows
+    tokenizer = recipe.make_tokenizer(cfg)
+    train_prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
+    eval_prompts = [r["prompt"] for r in rows[EVAL_PROMPTS]]
+    started = time.perf_counter()
+    sft = recipe.sft_stage(cfg, tokenizer, rows[DEMONSTRATIONS]).model
+    comparisons = recipe.comparisons_stage(cfg, tokenizer, sft, train_prompts, recipe.labeler_ranker(cfg)).model
+    reward = recipe.reward_stage(cfg, tokenizer, sft, comparisons, train_prompts)
+    print(f"shared start (SFT, comparisons, reward model) on seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+
+    results = []
+    for method in args.only:
+        for config in GRID[method]:
+            run_cfg = load_config(args.profile, [*args.overrides, f"seed={seed}", *overrides_of(config)])
+            t0 = time.perf_counter()
+            if method == "ppo":
+                snapshots = Snapshots(run_cfg.selection.candidates)
+                result = recipe.ppo_stage(run_cfg, tokenizer, sft, reward.model, train_prompts, rows[DEMONSTRATIONS], snapshots=snapshots)
+                result = recipe.select_candidate(run_cfg, result, snapshots.taken, tokenizer, comparisons, recipe.selection_ranker(run_cfg), "iteration")
+            else:
+                result = recipe.baseline_stage(run_cfg, method, tokenizer, sft, comparisons, make_ranker=recipe.selection_ranker(run_cfg))
+            row = {
+                "method": method,
+                "config": config,
+                "label_win_rate": result.metrics["selection.chosen_win_rate"],
+                "chosen_snapshot": result.metrics.get("selection.chosen_step", result.metrics.get("selection.chosen_iteration")),
+                "snapshot_win_rates": {k: v for k, v in result.metrics.items() if k.startswith("selection.win_rate.")},
+                "seconds": round(time.perf_counter() - t0, 1),
+                "diagnostic_gold": diagnostic_gold(run_cfg, result.model, tokenizer, eval_prompts),
+            }
+            results.append(row)
+            print(f"{method:<11} {json.dumps(config):<70} label win {row['label_win_rate']:.3f} (snapshot {row['chosen_snapshot']:.0f})"
+                  f"  gold {row['diagnostic_gold']:.3f}  {row['seconds']:.0f} s", flush=True)
+
+    best = {method: max((r for r in results if r["method"] == method), key=lambda r: r["label_win_rate"]) for method in args.only}
+    table = ["| method | configuration | label win rate (selects) | snapshot | gold (not used) | seconds |", "|---|---|---|---|---|---|"]
+    for r in results:
+        mark = " **best**" if best[r["method"]] is r else ""
+        table.append(f"| {r['method']} | `{json.dumps(r['config'])}` | {r['label_win_rate']:.3f}{mark} | {r['chosen_snapshot']:.0f} | "
+                     f"{r['diagnostic_gold']:.3f} | {r['seconds']:.0f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "profile": args.profile, "tuning_seed": seed, "overrides": args.overrides,
+        "configurations_per_method": {m: len(GRID[m]) for m in args.only},
+        "selection": cfg.selection.model_dump(), "results": results,
+        "best": {m: r["config"] for m, r in best.items()},
+    }, indent=2))
+    args.out.with_suffix(".md").write_text("\n".join(table) + "\n")
+    print("\n" + "\n".join(table))
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
