@@ -27,6 +27,7 @@ from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
 from components.data.gold_judge import gold_score
 from components.data.synthetic import generate_synthetic
 from components.evaluation.policy_eval import DecodingMode, sample_responses
+from components.models.ensemble import RewardEnsemble, members_of
 from components.offline import stay_offline
 from components.training import recipe
 from components.training.loop import Snapshots
@@ -35,35 +36,26 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # the same number of configurations for every method: what each one's tuning budget is
 GRID: dict[str, list[dict[str, object]]] = {
+    # PPO's reward signal is part of its configuration: one reward model, or an ensemble of three read as mean - std
     "ppo": [
-        {"ppo.lr": 5.0e-5, "ppo.kl.kl_coef": 0.05},
-        {"ppo.lr": 5.0e-5, "ppo.kl.kl_coef": 0.2},
-        {"ppo.lr": 1.0e-4, "ppo.kl.kl_coef": 0.05},
-        {"ppo.lr": 1.0e-4, "ppo.kl.kl_coef": 0.2},
+        {"ppo.lr": 5.0e-5, "ppo.kl.kl_coef": 0.1, "reward.ensemble_size": 1},
+        {"ppo.lr": 1.0e-4, "ppo.kl.kl_coef": 0.05, "reward.ensemble_size": 1},
+        {"ppo.lr": 2.0e-4, "ppo.kl.kl_coef": 0.05, "reward.ensemble_size": 1},
+        {"ppo.lr": 1.0e-4, "ppo.kl.kl_coef": 0.02, "reward.ensemble_size": 1},
+        {"ppo.lr": 1.0e-4, "ppo.kl.kl_coef": 0.05, "reward.ensemble_size": 3},
+        {"ppo.lr": 2.0e-4, "ppo.kl.kl_coef": 0.05, "reward.ensemble_size": 3},
     ],
     "dpo": [
-        {"baselines.dpo.beta": 0.1, "baselines.dpo.epochs": 1.0},
-        {"baselines.dpo.beta": 0.3, "baselines.dpo.epochs": 1.0},
-        {"baselines.dpo.beta": 1.0, "baselines.dpo.epochs": 1.0},
-        {"baselines.dpo.beta": 0.3, "baselines.dpo.epochs": 2.0},
+        {"baselines.dpo.beta": beta, "baselines.dpo.epochs": epochs} for beta in (0.1, 0.3, 1.0) for epochs in (1.0, 2.0)
     ],
     "chosen": [
-        {"baselines.chosen.lr": 1.0e-4, "baselines.chosen.epochs": 1.0},
-        {"baselines.chosen.lr": 3.0e-4, "baselines.chosen.epochs": 1.0},
-        {"baselines.chosen.lr": 1.0e-4, "baselines.chosen.epochs": 2.0},
-        {"baselines.chosen.lr": 3.0e-4, "baselines.chosen.epochs": 2.0},
+        {"baselines.chosen.lr": lr, "baselines.chosen.epochs": epochs} for lr in (1.0e-4, 3.0e-4, 1.0e-3) for epochs in (1.0, 2.0)
     ],
     "top_ranked": [
-        {"baselines.top_ranked.lr": 1.0e-4, "baselines.top_ranked.epochs": 2.0},
-        {"baselines.top_ranked.lr": 3.0e-4, "baselines.top_ranked.epochs": 2.0},
-        {"baselines.top_ranked.lr": 1.0e-4, "baselines.top_ranked.epochs": 4.0},
-        {"baselines.top_ranked.lr": 3.0e-4, "baselines.top_ranked.epochs": 4.0},
+        {"baselines.top_ranked.lr": lr, "baselines.top_ranked.epochs": epochs} for lr in (1.0e-4, 3.0e-4, 1.0e-3) for epochs in (2.0, 4.0)
     ],
     "combined": [
-        {"baselines.combined.unlikelihood_coef": 0.05, "baselines.combined.lr": 1.0e-4},
-        {"baselines.combined.unlikelihood_coef": 0.05, "baselines.combined.lr": 3.0e-4},
-        {"baselines.combined.unlikelihood_coef": 0.5, "baselines.combined.lr": 1.0e-4},
-        {"baselines.combined.unlikelihood_coef": 0.5, "baselines.combined.lr": 3.0e-4},
+        {"baselines.combined.unlikelihood_coef": coef, "baselines.combined.lr": lr} for coef in (0.05, 0.5) for lr in (1.0e-4, 3.0e-4, 1.0e-3)
     ],
 }
 
@@ -98,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     sft = recipe.sft_stage(cfg, tokenizer, rows[DEMONSTRATIONS]).model
     comparisons = recipe.comparisons_stage(cfg, tokenizer, sft, train_prompts, recipe.labeler_ranker(cfg)).model
-    reward = recipe.reward_stage(cfg, tokenizer, sft, comparisons, train_prompts)
-    print(f"shared start (SFT, comparisons, reward model) on seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+    # the shared reward models: as many members as any PPO configuration reads; member k is the same model whatever
+    # the ensemble's size (its seed is seed + k), so a configuration with fewer members reads the first ones
+    members = max(int(c.get("reward.ensemble_size", cfg.reward.ensemble_size)) for c in GRID["ppo"])
+    reward = recipe.reward_stage(load_config(args.profile, [*args.overrides, f"seed={seed}", f"reward.ensemble_size={members}"]),
+                                 tokenizer, sft, comparisons, train_prompts)
+    print(f"shared start (SFT, comparisons, {members} reward model(s)) on seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
 
     results = []
     for method in args.only:
@@ -108,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             if method == "ppo":
                 snapshots = Snapshots(run_cfg.selection.candidates)
-                result = recipe.ppo_stage(run_cfg, tokenizer, sft, reward.model, train_prompts, rows[DEMONSTRATIONS], snapshots=snapshots)
+                first = members_of(reward.model)[: run_cfg.reward.ensemble_size]
+                reward_model = first[0] if len(first) == 1 else RewardEnsemble(first)
+                result = recipe.ppo_stage(run_cfg, tokenizer, sft, reward_model, train_prompts, rows[DEMONSTRATIONS], snapshots=snapshots)
                 result = recipe.select_candidate(run_cfg, result, snapshots.taken, tokenizer, comparisons, recipe.selection_ranker(run_cfg), "iteration")
             else:
                 result = recipe.baseline_stage(run_cfg, method, tokenizer, sft, comparisons, make_ranker=recipe.selection_ranker(run_cfg))

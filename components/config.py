@@ -295,7 +295,7 @@ class TuningConfig(Section):
     """How the recipe's settings were chosen (benchmarks/tune.py): recorded as every policy's tuning budget."""
 
     seed: int = Field(7, description="the tuning seed: none of the evaluation seeds")
-    configurations_per_method: int = Field(4, ge=1, description="configurations tried for PPO and for each supervised baseline alike")
+    configurations_per_method: int = Field(6, ge=1, description="configurations tried for PPO and for each supervised baseline alike")
     results: str = Field("benchmarks/results/tuning.json", description="the sweep's table")
 
 

@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 
 from components.config import DEFAULT_PARAMS, ConfigError, load_config
 from components.data import stages
-from components.evaluation.report import format_table
+from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
 from components.tracking.dvc_store import DataDrift
@@ -93,6 +93,7 @@ def rlhf_pipeline(
         "prepared": data["prepared"],
         "data": data["summary"],
         "evaluation": evaluation,
+        "budgets": training_tasks.comparison_terms(cfg, data, trained),
         "decision": decision,
         "registry": registry,
         "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
@@ -136,6 +137,7 @@ def _print_summary(result: dict, seconds: float) -> None:
     print(f"validation   : passed; Data Docs at {result['validation']['data_docs']}")
     print(f"prepared     : {result['prepared']}")
     print(format_table(result["evaluation"]))
+    print(format_budgets(result["budgets"]))
     print(f"\n{result['decision']['summary']}")
     registry = result["registry"]
     print(f"\nregistry     : {registry['name']} version {registry['version']} ({registry['decision']}); "

@@ -7,6 +7,7 @@ data version), where any later or concurrent run with the same key finds and reu
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -23,7 +24,7 @@ from components.data.gold_judge import gold_score
 from components.data.lexicon import VOCABULARY
 from components.evaluation.gate import decide
 from components.evaluation.overoptimisation import overoptimisation_fit
-from components.evaluation.report import evaluate_policies, format_table, reward_model_gold_accuracy
+from components.evaluation.report import evaluate_policies, format_budgets, format_table, reward_model_gold_accuracy
 from components.data.files import read_jsonl, write_json
 from components.models.builders import load_causal_lm
 from components.models.ensemble import load_reward_model
@@ -347,6 +348,7 @@ def report(cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluatio
         f"# RLHF pipeline: {decision['decision'].upper()}",
         f"profile `{cfg.profile}`, seed {cfg.seed}, data `{data['version']['md5']}`",
         "", "## Evaluation", "```", format_table(evaluation).strip(), "```",
+        "", "## What each policy used", "```", format_budgets(comparison_terms(cfg, data, trained)).strip(), "```",
         "", "## Gate", "```", decision["summary"], "```",
         "", "## Registry",
         f"`{registry['name']}` version {registry['version']} ({registry['decision']}); champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}",
@@ -408,6 +410,20 @@ def trained_stages(trained: dict) -> dict[str, recipe.StageResult]:
     return {"sft": trained["sft"], "reward_model": trained["reward"], "ppo": trained["ppo"], **trained["baselines"]}
 
 
+def comparison_terms(cfg: Config, data: dict, trained: dict) -> dict:
+    """What makes the comparison fair, for the record: one SFT start and one set of held-out prompts for every
+    policy, and each policy's label budget (validation slices and selection labels included) and tuning budget."""
+    eval_prompts = sorted(r["prompt"] for r in data["rows"][EVAL_PROMPTS])
+    tuned = {name: cfg.tuning.configurations_per_method for name in ("ppo", *recipe.SUPERVISED_BASELINES)}
+    return {
+        "sft_start": trained["sft"].key,
+        "eval_prompts": {"count": len(eval_prompts), "md5": hashlib.md5("\n".join(eval_prompts).encode()).hexdigest()},
+        "label_budgets": recipe.label_budgets(cfg, trained["comparisons"].model, _stage_metrics(trained)),
+        "tuning_budgets": {"sft": 0, "best_of_n": 0, **tuned},
+        "tuning": cfg.tuning.model_dump(mode="json"),
+    }
+
+
 def _stage_metrics(trained: dict) -> dict[str, dict]:
     return {name: result.metrics for name, result in trained_stages(trained).items()}
 
@@ -431,6 +447,7 @@ def evaluate(cfg: Config, root: str, tracking: Tracking, data: dict, trained: di
             run.log_table(block["examples"], f"tables/examples_{mode}.json")
             create_table_artifact(key=f"examples-{mode}", table=block["examples"][: 4 * len(block["policies"])], description=f"example responses, {mode} decoding")
         run.log_dict(report, "evaluation.json")
+        run.log_dict(comparison_terms(cfg, data, trained), "budgets.json")
         create_markdown_artifact(key="evaluation", markdown=f"```\n{format_table(report)}\n```")
     return report
 
@@ -439,7 +456,7 @@ def evaluate(cfg: Config, root: str, tracking: Tracking, data: dict, trained: di
 def gate(cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluation: dict) -> dict:
     stage_metrics = _stage_metrics(trained)
     report = {
-        "data_validation": {"success": data["validation"]["success"]},
+        "data_validation": {"success": data["validation"]["success"], "eval_prompts_in_training": eval_prompts_in_training(data, trained)},
         "non_finite_stages": sorted(name for name, metrics in stage_metrics.items() if _has_non_finite(metrics)),
         "reward_model": {key: trained["reward"].metrics.get(name) for key, name in
                          (("accuracy", "valid_accuracy"), ("ensemble_size", "ensemble_size"), ("member_agreement", "member_agreement"))},
@@ -457,6 +474,13 @@ def gate(cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluation:
     create_markdown_artifact(key="gate", markdown=f"```\n{decision.summary()}\n```")
     get_run_logger().info(decision.summary())
     return {**decision.as_dict(), "summary": decision.summary(), "promote": decision.promote, "reasons_text": [str(r) for r in decision.reasons]}
+
+
+def eval_prompts_in_training(data: dict, trained: dict) -> int:
+    """Held-out prompts among the prompts of the demonstrations and the comparisons (validation refuses such data;
+    the gate counts again, on what the stages actually trained on)."""
+    trained_on = {r["prompt"] for r in data["rows"][DEMONSTRATIONS]} | {r["prompt"] for r in trained["comparisons"].model}
+    return len({r["prompt"] for r in data["rows"][EVAL_PROMPTS]} & trained_on)
 
 
 def _has_non_finite(metrics: dict) -> bool:

@@ -7,6 +7,7 @@ counts as a failed rule, so a partial report can never promote.
 The report is a plain dict (as the pipeline writes it to MLflow):
 
     data_validation.success          bool
+    data_validation.eval_prompts_in_training  held-out prompts that some stage trained on (must be 0)
     non_finite_stages                list of stage names that produced NaN/inf
     reward_model.accuracy            held-out pairwise accuracy against the labels (an ensemble's: its members' mean)
     reward_model.ensemble_size       reward models in the ensemble PPO optimised (1: a single reward model)
@@ -156,6 +157,10 @@ def decide(report: dict, cfg: GateConfig) -> Decision:
         success = _get(report, "data_validation", "success")
         return success is True, "Great Expectations passed" if success is True else "Great Expectations failed"
 
+    def eval_prompts_unseen():
+        leaked = _get(report, "data_validation", "eval_prompts_in_training")
+        return leaked == 0, "no held-out prompt was trained on" if leaked == 0 else f"{leaked} held-out prompt(s) were trained on"
+
     def all_finite():
         bad = _get(report, "non_finite_stages")
         return not bad, "no NaN/inf in any stage" if not bad else f"NaN/inf in: {', '.join(bad)}"
@@ -186,6 +191,7 @@ def decide(report: dict, cfg: GateConfig) -> Decision:
 
     reasons = [
         _check("data validation passed", data_valid),
+        _check("held-out prompts unseen in training", eval_prompts_unseen),
         _check("no NaN/inf", all_finite),
         _check("reward model accuracy", rm_accurate),
         _check("reward ensemble members agree", members_agree),

@@ -116,3 +116,18 @@ def format_table(report: dict) -> str:
             kl = f"{s['kl']:7.2f}" if "kl" in s else "      -"
             lines.append(f"{name:<10} {g['value']:6.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]{'':<4} {s['rm']['value']:7.3f} {kl} {s['length']:5.1f} {s['unterminated']:6.3f}  {wins}")
     return "\n".join(lines)
+
+
+def format_budgets(terms: dict) -> str:
+    """What each policy used: one SFT start and one prompt set for all, each policy's labels and configurations tried."""
+    prompts = terms["eval_prompts"]
+    lines = [
+        f"\n== what each policy used (one SFT start {terms['sft_start']}, the same {prompts['count']} held-out prompts) ==",
+        f"{'policy':<11} {'train pairs':>11} {'held-out':>9} {'selection':>10} {'all labels':>10} {'configs tried':>13}",
+    ]
+    for name, budget in terms["label_budgets"].items():
+        lines.append(f"{name:<11} {budget['train_pairs']:>11} {budget['held_out_pairs']:>9} {budget['selection_labels']:>10} "
+                     f"{budget['total']:>10} {terms['tuning_budgets'].get(name, 0):>13}")
+    tuning = terms["tuning"]
+    lines.append(f"(configurations tried on tuning seed {tuning['seed']}, selected by held-out labels: {tuning['results']})")
+    return "\n".join(lines)

@@ -103,3 +103,18 @@ def test_mlflow_ui_shows_the_runs_and_the_champion(pipeline, pipeline_runs, page
     version = page.get_by_role("row").filter(has=page.get_by_text(f"Version {pipeline['version']}", exact=True))
     expect(version).to_contain_text(re.compile(r"@\s*champion"), timeout=WAIT)
     screenshot(page, tmp_path / "mlflow-model.png")
+
+
+def test_mlflow_ui_shows_the_overoptimisation_plot_of_the_ppo_run(pipeline, pipeline_runs, page, tmp_path):
+    """Gao et al.'s view of the PPO run: the PNG opens in the MLflow UI's artifact viewer and has pixels."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(pipeline_runs.mlflow_uri)
+    parent = client.get_run(pipeline["mlflow_run_id"])
+    ppo = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.mlflow.runName = 'ppo'")[0]
+    assert {"gao.shipped_iteration", "gao.shipped_kl"} <= set(ppo.data.metrics)
+    page.goto(f"{pipeline_runs.mlflow_uri}/#/experiments/{parent.info.experiment_id}/runs/{ppo.info.run_id}/artifacts/plots/overoptimisation.png")
+    image = page.locator("img[src*='overoptimisation.png']").first
+    expect(image).to_be_visible(timeout=WAIT)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 300", arg=image.element_handle(), timeout=WAIT)
+    screenshot(page, tmp_path / "mlflow-overoptimisation.png")

@@ -35,7 +35,7 @@ def mode_block():
 def passing_report():
     history = [{"iteration": i, "rm_score": 0.01 * i, "gold": 2.3 + 0.01 * i} for i in range(50)]
     return {
-        "data_validation": {"success": True},
+        "data_validation": {"success": True, "eval_prompts_in_training": 0},
         "non_finite_stages": [],
         "reward_model": {"accuracy": 0.72, "ensemble_size": 3, "member_agreement": 0.85},
         "ppo_history": history,
@@ -52,7 +52,7 @@ def test_a_report_where_ppo_beats_every_baseline_promotes():
     assert decision.promote and decision.label == "promote"
     assert not decision.failures
     # every rule was checked once globally or once per mode
-    assert len(decision.reasons) == 5 + 4 * len(CFG.modes)
+    assert len(decision.reasons) == 6 + 4 * len(CFG.modes)
     assert "decision: promote" in decision.summary()
 
 
@@ -90,6 +90,7 @@ def test_a_baseline_that_wins_head_to_head_is_caught_even_when_its_mean_is_lower
     "mutate, rule, mode",
     [
         (lambda r: r["data_validation"].update(success=False), "data validation passed", None),
+        (lambda r: r["data_validation"].update(eval_prompts_in_training=3), "held-out prompts unseen in training", None),
         (lambda r: r.update(non_finite_stages=["ppo"]), "no NaN/inf", None),
         (lambda r: r["reward_model"].update(accuracy=0.55), "reward model accuracy", None),
         (lambda r: r["reward_model"].update(member_agreement=0.6), "reward ensemble members agree", None),
