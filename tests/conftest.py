@@ -55,3 +55,16 @@ def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     with start(home) as api:
         yield api, home
+
+
+@pytest.fixture(scope="module")
+def in_process_flow(prefect_server, mlflow_server):
+    """Run the flow (smoke profile) in this process against the session's servers; MLflow's URI is restored after."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.pipeline import rlhf_pipeline
+
+    api, _ = prefect_server
+    with pytest.MonkeyPatch.context() as patch, temporary_settings({PREFECT_API_URL: api}):
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        yield lambda root, overrides: rlhf_pipeline(profile="smoke", overrides=overrides, root=str(root), tracking_uri=mlflow_server)

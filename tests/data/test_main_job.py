@@ -54,6 +54,10 @@ def test_main_job_runs_every_stage_and_ends_with_the_decision(main_job):
         assert (directory / "model.safetensors").is_file(), stage
     assert (stage_dir(git_repo, "comparisons", "artifacts") / "preferences.jsonl").stat().st_size > 0
     assert "== sample decoding, held-out prompts ==" in done.stdout and "== greedy decoding, held-out prompts ==" in done.stdout
+    # the terms of the comparison: one SFT start, one prompt set, each policy's labels and configurations tried
+    assert f"one SFT start {record['stages']['sft']['key']}" in done.stdout
+    budgets = done.stdout.split("== what each policy used")[1].split("decision:")[0]
+    assert [line.split()[0] for line in budgets.splitlines()[2:9]] == ["sft", "ppo", "best_of_n", "chosen", "top_ranked", "combined", "dpo"]
     # the smoke models learn next to nothing: the gate must say so, and nothing becomes champion
     assert "decision: reject" in done.stdout
     assert "rlhf-policy version 1 (reject); champion = none, challenger = 1" in done.stdout

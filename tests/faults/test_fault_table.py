@@ -181,17 +181,6 @@ def latest_flow_run():
     return flow_run, {t.name.split("-")[0] for t in tasks}, {a.key: a for a in found}
 
 
-@pytest.fixture(scope="module")
-def in_process_flow(prefect_server, mlflow_server):
-    """Run the flow in this process against the real servers; MLflow's global URI is restored after."""
-    from flows.pipeline import rlhf_pipeline
-
-    api, _ = prefect_server
-    with pytest.MonkeyPatch.context() as patch, temporary_settings({PREFECT_API_URL: api}):
-        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-        yield lambda root, overrides: rlhf_pipeline(profile="smoke", overrides=overrides, root=str(root), tracking_uri=mlflow_server)
-
-
 # the vocabulary and its character set are rules of the embedded task, off for user files (check_vocabulary=false)
 FLOW_DEFECTS = sorted(name for name in DEFECTS if name not in ("out_of_vocabulary", "unknown_character"))
 
