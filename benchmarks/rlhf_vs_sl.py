@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import resource
+import statistics
 import sys
 import time
 import warnings
@@ -30,12 +31,14 @@ from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.data.gold_judge import gold_score
 from components.data.synthetic import generate_synthetic
 from components.evaluation.intervals import Z95, wilson
+from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.evaluation.report import evaluate_policies, format_table, gold_monitor, reward_model_gold_accuracy
 from components.offline import stay_offline
 from components.training import recipe
 from components.training.loop import Snapshots
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rlhf_vs_sl.json"
+HEADROOM_N = (1, 2, 4, 8, 16, 32, 64)
 
 
 class Stopwatch:
@@ -82,6 +85,51 @@ def train_everything(cfg, watch: Stopwatch) -> dict:
             "ppo_history": ppo_result.history, "comparisons": comparisons}
 
 
+def best_of_n_headroom(cfg, sft, reward_model, tokenizer, eval_prompts: list[str]) -> dict:
+    """Mean gold of best-of-N over SFT samples on the held-out prompts, for N in HEADROOM_N: the N picked by the gold
+    judge (how much better the SFT policy's own tail is: the headroom) and by the reward model (what the RM can
+    extract from it without any training). A diagnostic: nothing trains or selects on it."""
+    n_max = max(HEADROOM_N)
+    out = sample_responses(sft, tokenizer, eval_prompts, DecodingMode("sample", False, n_max, 1.0), cfg.model, cfg.seed,
+                           cfg.evaluation.batch_size, reward_model=reward_model)
+    gold = [gold_score(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended)]
+    rm = [s - (0 if e else cfg.baselines.best_of_n.missing_eos_penalty) for s, e in zip(out.rm_scores, out.ended)]
+    curves = {"n": list(HEADROOM_N), "gold_picks": [], "rm_picks": []}
+    for n in HEADROOM_N:
+        by_gold, by_rm = [], []
+        for start in range(0, len(gold), n_max):
+            g, r = gold[start : start + n], rm[start : start + n]
+            by_gold.append(max(g))
+            by_rm.append(g[max(range(n), key=r.__getitem__)])
+        curves["gold_picks"].append(statistics.fmean(by_gold))
+        curves["rm_picks"].append(statistics.fmean(by_rm))
+    return curves
+
+
+def plot_headroom(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run, colour in zip(runs, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")):
+        curve, sample = run["best_of_n_headroom"], run["evaluation"]["sample"]["policies"]
+        ax.plot(curve["n"], curve["gold_picks"], "-o", color=colour, label=f"seed {run['seed']}: gold picks (headroom)")
+        ax.plot(curve["n"], curve["rm_picks"], "--^", color=colour, label=f"seed {run['seed']}: RM picks")
+        for name, style in (("ppo", "-"), ("dpo", ":")):
+            ax.axhline(sample[name]["gold"]["value"], color=colour, linestyle=style, linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (SFT samples per held-out prompt)")
+    ax.set_ylabel("mean gold of the pick")
+    ax.set_title("Best-of-N over SFT samples (lines: PPO solid, DPO dotted, sampled)")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def run_seed(cfg) -> dict:
     watch = Stopwatch()
     trained = train_everything(cfg, watch)
@@ -92,6 +140,8 @@ def run_seed(cfg) -> dict:
         for win in [*block["ppo_win_rate"].values(), *block["ppo_rm_win_rate"].values()]:
             win["rate"] = win["value"]
     rm = trained["reward"].metrics
+    headroom = watch("best_of_n_headroom", best_of_n_headroom, cfg, trained["policies"]["sft"], trained["reward"].model,
+                     trained["tokenizer"], eval_prompts)
     return {
         "seed": cfg.seed,
         "evaluation": evaluation,
@@ -101,6 +151,7 @@ def run_seed(cfg) -> dict:
                       if name != "reward_model"},
         "label_budgets": recipe.label_budgets(cfg, trained["comparisons"], trained["metrics"]),
         "stage_seconds": watch.seconds,
+        "best_of_n_headroom": headroom,
         "ppo_history": trained["ppo_history"],
     }
 
@@ -136,6 +187,9 @@ def print_run(run: dict) -> None:
     print(f"\nRM held-out accuracy {rm.get('valid_accuracy', float('nan')):.3f} vs labels, {rm.get('accuracy_gold', float('nan')):.3f} vs gold"
           + (f"; ensemble of {rm['ensemble_size']}, members agree on {rm['member_agreement']:.3f}" if rm.get("member_agreement") else ""))
     print("selection:", {name: s.get("selection.chosen_step", s.get("selection.chosen_iteration")) for name, s in run["selection"].items()})
+    curve = run["best_of_n_headroom"]
+    print("best-of-N over SFT samples, gold of the pick (N: gold picks / RM picks):",
+          ", ".join(f"{n}: {g:.2f}/{r:.2f}" for n, g, r in zip(curve["n"], curve["gold_picks"], curve["rm_picks"])))
     print("stage seconds:", run["stage_seconds"])
 
 
@@ -175,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+    plot_headroom(runs, args.out.with_name(args.out.stem + "_headroom.png"))
     print_pooled(result["pooled"], result["baselines"])
     print(f"\npeak RSS {result['peak_rss_mb']:.0f} MB; written: {args.out}")
     return 0

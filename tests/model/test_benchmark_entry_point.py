@@ -38,5 +38,11 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
             per_seed = [run["evaluation"][mode]["ppo_win_rate"][name] for run in result["runs"]]
             assert rate["n"] == sum(r["n"] for r in per_seed)
             assert rate["rate"] == pytest.approx(sum(r["rate"] * r["n"] for r in per_seed) / rate["n"])
+    for run in result["runs"]:
+        curve = run["best_of_n_headroom"]
+        assert curve["n"][0] == 1 and curve["gold_picks"][0] == pytest.approx(curve["rm_picks"][0])  # N = 1: nothing to pick
+        assert curve["gold_picks"] == sorted(curve["gold_picks"])  # the oracle's pick never gets worse with more samples
+        assert all(r <= g + 1e-9 for g, r in zip(curve["gold_picks"], curve["rm_picks"]))
+    assert (tmp_path / "rlhf_vs_sl_headroom.png").stat().st_size > 0
     assert result["peak_rss_mb"] > 0
     assert "gold mean [95% CI]" in done.stdout and "pooled over seeds [3, 4]" in done.stdout
