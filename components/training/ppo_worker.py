@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         result = recipe.ppo_stage(
             cfg, tokenizer, sft, reward_model, prompts, demonstrations, monitor=monitor,
             log=live, checkpoint_dir=job["checkpoint_dir"], ranks=ranks,
-            snapshots=SavedSnapshots(cfg.selection.candidates, Path(job["snapshot_dir"]), tokenizer) if cfg.selection.candidates > 1 else None,
+            snapshots=SavedSnapshots(cfg.selection.candidates, directory=Path(job["snapshot_dir"]), tokenizer=tokenizer)
+            if cfg.selection.candidates > 1 else None,
         )
     except NonFiniteError as error:  # the caller re-raises it as itself, not as a dead launch
         write_json(job_dir / f"{NON_FINITE}-rank{ranks.rank}.json", {"stage": error.stage, "step": error.step, "what": error.what})
