@@ -7,15 +7,24 @@ SFT, the comparisons and the reward model are trained once on the tuning seed (t
 configuration of every method trains from that start, ships its labeller-selected snapshot (see
 components/training/selection.py), and is scored by that snapshot's label win rate on the held-out slice: the
 share of held-out prompts on which the labeller prefers its answer to the response the group's labellers
-ranked first. The best configuration per method is the one params.yaml carries. A gold column is printed for
-the record (sampling, one answer per held-out evaluation prompt of the tuning seed); nothing reads it.
+ranked first. A gold column is printed for the record (sampling, one answer per held-out evaluation prompt of
+the tuning seed); nothing reads it.
+
+The configuration params.yaml carries, per method, follows the one-standard-error rule (Breiman et al. 1984):
+of the configurations whose label win rate is within one standard error of the method's best (the binomial
+error of the best rate on the slice's prompts), the cheapest in training passes (epochs; for PPO, the reward
+models it needs), then the higher win rate. The same rule for every method; it keeps a configuration that costs
+more only when the labels can tell that it is better.
 
 Writes benchmarks/results/tuning.json and prints the table (also written as tuning.md).
+
+    python benchmarks/tune.py --from-results benchmarks/results/tuning.json   # re-apply the rule, no training
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -64,6 +73,41 @@ def overrides_of(config: dict[str, object]) -> list[str]:
     return [f"{key}={value}" for key, value in config.items()]
 
 
+def training_passes(method: str, config: dict[str, object], base) -> float:
+    """What a configuration costs to train, in passes: epochs for a supervised baseline; for PPO (same iterations
+    in every configuration) the reward models it needs trained."""
+    if method == "ppo":
+        return float(config.get("reward.ensemble_size", base.reward.ensemble_size))
+    return float(config.get(f"baselines.{method}.epochs", getattr(base.baselines, method).epochs))
+
+
+def choose(results: list[dict], prompts: int, base) -> dict[str, dict]:
+    """Per method, the one-standard-error rule: the cheapest configuration within one standard error of the best
+    label win rate, the higher win rate among equally cheap ones. Returns {method: the chosen row}."""
+    chosen = {}
+    for method in dict.fromkeys(r["method"] for r in results):
+        rows = [r for r in results if r["method"] == method]
+        best = max(r["label_win_rate"] for r in rows)
+        standard_error = math.sqrt(best * (1 - best) / prompts)
+        close = [r for r in rows if r["label_win_rate"] >= best - standard_error - 1e-12]
+        chosen[method] = min(close, key=lambda r: (training_passes(method, r["config"], base), -r["label_win_rate"]))
+    return chosen
+
+
+def write_table(results: list[dict], chosen: dict[str, dict], out: Path, record: dict) -> str:
+    table = ["| method | configuration | label win rate (selects) | snapshot | training passes | gold (not used) | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    best = {m: max(r["label_win_rate"] for r in results if r["method"] == m) for m in chosen}
+    for r in results:
+        mark = " **chosen**" if chosen[r["method"]] is r else (" (best)" if r["label_win_rate"] == best[r["method"]] else "")
+        table.append(f"| {r['method']} | `{json.dumps(r['config'])}` | {r['label_win_rate']:.3f}{mark} | {r['chosen_snapshot']:.0f} | "
+                     f"{r['passes']:g} | {r['diagnostic_gold']:.3f} | {r['seconds']:.0f} |")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**record, "results": results, "chosen": {m: r["config"] for m, r in chosen.items()}}, indent=2))
+    out.with_suffix(".md").write_text("\n".join(table) + "\n")
+    return "\n".join(table)
+
+
 def diagnostic_gold(cfg, policy, tokenizer, eval_prompts: list[str]) -> float:
     """Mean gold of one sampled answer per held-out evaluation prompt: printed, never used to choose."""
     out = sample_responses(policy, tokenizer, eval_prompts, DecodingMode("sample", False, 1, 1.0), cfg.model, cfg.seed, cfg.evaluation.batch_size)
@@ -77,10 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=list(GRID), choices=list(GRID))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=RESULTS / "tuning.json")
+    parser.add_argument("--from-results", type=Path, help="re-apply the choice rule to a results file; no training")
     args = parser.parse_args(argv)
     stay_offline()
     warnings.filterwarnings("ignore")
     base = load_config(args.profile, args.overrides)
+    if args.from_results:
+        record = json.loads(args.from_results.read_text())
+        results = record.pop("results")
+        for row in results:
+            row["passes"] = training_passes(row["method"], row["config"], base)
+        record.pop("best", None), record.pop("chosen", None)
+        record["rule"] = "one standard error: the cheapest in training passes within one standard error of the best label win rate"
+        print(write_table(results, choose(results, record["selection"]["prompts"], base), args.out, record))
+        return 0
     seed = args.seed if args.seed is not None else base.tuning.seed
     cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
     rows = generate_synthetic(cfg).rows
@@ -119,25 +173,15 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(time.perf_counter() - t0, 1),
                 "diagnostic_gold": diagnostic_gold(run_cfg, result.model, tokenizer, eval_prompts),
             }
+            row["passes"] = training_passes(method, config, base)
             results.append(row)
             print(f"{method:<11} {json.dumps(config):<70} label win {row['label_win_rate']:.3f} (snapshot {row['chosen_snapshot']:.0f})"
                   f"  gold {row['diagnostic_gold']:.3f}  {row['seconds']:.0f} s", flush=True)
 
-    best = {method: max((r for r in results if r["method"] == method), key=lambda r: r["label_win_rate"]) for method in args.only}
-    table = ["| method | configuration | label win rate (selects) | snapshot | gold (not used) | seconds |", "|---|---|---|---|---|---|"]
-    for r in results:
-        mark = " **best**" if best[r["method"]] is r else ""
-        table.append(f"| {r['method']} | `{json.dumps(r['config'])}` | {r['label_win_rate']:.3f}{mark} | {r['chosen_snapshot']:.0f} | "
-                     f"{r['diagnostic_gold']:.3f} | {r['seconds']:.0f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "profile": args.profile, "tuning_seed": seed, "overrides": args.overrides,
-        "configurations_per_method": {m: len(GRID[m]) for m in args.only},
-        "selection": cfg.selection.model_dump(), "results": results,
-        "best": {m: r["config"] for m, r in best.items()},
-    }, indent=2))
-    args.out.with_suffix(".md").write_text("\n".join(table) + "\n")
-    print("\n" + "\n".join(table))
+    record = {"profile": args.profile, "tuning_seed": seed, "overrides": args.overrides,
+              "configurations_per_method": {m: len(GRID[m]) for m in args.only}, "selection": cfg.selection.model_dump(),
+              "rule": "one standard error: the cheapest in training passes within one standard error of the best label win rate"}
+    print("\n" + write_table(results, choose(results, cfg.selection.prompts, base), args.out, record))
     print(f"\nwritten: {args.out}")
     return 0
 
