@@ -31,6 +31,7 @@ from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.data.gold_judge import gold_score
 from components.data.synthetic import generate_synthetic
 from components.evaluation.intervals import Z95, wilson
+from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.evaluation.report import evaluate_policies, format_table, gold_monitor, reward_model_gold_accuracy
 from components.offline import stay_offline
@@ -130,6 +131,15 @@ def plot_headroom(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def overoptimisation_record(history: list[dict], ppo_metrics: dict) -> dict:
+    """Gao et al.'s curves fitted to the PPO run's gold monitor, and the iteration the shipped snapshot sampled next."""
+    fit = overoptimisation_fit(history)
+    iteration = shipped_iteration(history, int(ppo_metrics.get("selection.chosen_iteration", -1)))
+    shipped = next(h for h in history if h["iteration"] == iteration)
+    return {**{name: fit[name].as_dict() if fit[name] else None for name in ("gold", "proxy")},
+            "shipped": {"iteration": shipped["iteration"], "kl": shipped["kl"], "gold": shipped["gold"], "rm_score": shipped["rm_score"]}}
+
+
 def run_seed(cfg) -> dict:
     watch = Stopwatch()
     trained = train_everything(cfg, watch)
@@ -152,6 +162,7 @@ def run_seed(cfg) -> dict:
         "label_budgets": recipe.label_budgets(cfg, trained["comparisons"], trained["metrics"]),
         "stage_seconds": watch.seconds,
         "best_of_n_headroom": headroom,
+        "overoptimisation": overoptimisation_record(trained["ppo_history"], trained["metrics"]["ppo"]),
         "ppo_history": trained["ppo_history"],
     }
 
@@ -190,6 +201,11 @@ def print_run(run: dict) -> None:
     curve = run["best_of_n_headroom"]
     print("best-of-N over SFT samples, gold of the pick (N: gold picks / RM picks):",
           ", ".join(f"{n}: {g:.2f}/{r:.2f}" for n, g, r in zip(curve["n"], curve["gold_picks"], curve["rm_picks"])))
+    gold = run["overoptimisation"]["gold"]
+    if gold:
+        print(f"Gao fit of PPO's gold: alpha {gold['alpha']:.2f}, beta {gold['beta']:.2f}, R2 {gold['r2']:.2f}, "
+              f"peak at KL {gold['peak_kl'] if gold['peak_kl'] is None else round(gold['peak_kl'], 2)}; "
+              f"shipped snapshot sampled at KL {run['overoptimisation']['shipped']['kl']:.2f}")
     print("stage seconds:", run["stage_seconds"])
 
 

@@ -23,7 +23,7 @@ from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, fil
 from components.data.gold_judge import gold_score
 from components.data.lexicon import VOCABULARY
 from components.evaluation.gate import decide
-from components.evaluation.overoptimisation import overoptimisation_fit
+from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.report import evaluate_policies, format_budgets, format_table, reward_model_gold_accuracy
 from components.data.files import read_jsonl, write_json
 from components.models.builders import load_causal_lm
@@ -239,21 +239,12 @@ def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, 
         record_stage(run, cfg.ppo, result, step_key="iteration")
         run.log_figure(plots.ppo_curves(result.history), "plots/ppo_curves.png")
         if cfg.data.source == "synthetic":  # the gold monitor's points: Gao et al.'s curves, for the record
-            shipped = shipped_iteration(result)
+            shipped = shipped_iteration(result.history, int(result.metrics.get("selection.chosen_iteration", -1)))
             fit = overoptimisation_fit(result.history)
             run.log_metrics(curve_metrics(fit, result.history, shipped))
             run.log_figure(plots.overoptimisation(result.history, fit, shipped), "plots/overoptimisation.png")
         log_stage_model(cfg, root, run, "ppo", result)
     return result
-
-
-def shipped_iteration(result: recipe.StageResult) -> int | None:
-    """The iteration whose rollouts the shipped policy sampled: the one after its snapshot (the last if none)."""
-    if not result.history:
-        return None
-    last = result.history[-1]["iteration"]
-    chosen = int(result.metrics.get("selection.chosen_iteration", -1))
-    return last if chosen < 0 else min(chosen + 1, last)
 
 
 def selection_depends_on(cfg: Config) -> list[str]:

@@ -92,3 +92,12 @@ def overoptimisation_fit(history: list[dict], gold_key: str = "gold", proxy_key:
         "proxy": fit_rl_curve(kl, [h[proxy_key] - start["proxy"] for h in points]),
         "start": start,
     }
+
+
+def shipped_iteration(history: list[dict], chosen_snapshot: int) -> int | None:
+    """The iteration whose rollouts the shipped policy sampled: the snapshot taken after iteration i's update samples
+    iteration i + 1 (the last iteration when there is none after it, or when nothing was selected: -1)."""
+    if not history:
+        return None
+    last = history[-1]["iteration"]
+    return last if chosen_snapshot < 0 else min(chosen_snapshot + 1, last)

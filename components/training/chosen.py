@@ -11,6 +11,7 @@ from the SFT policy, differing from the SFT stage only in their data.
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -37,35 +38,30 @@ def top_ranked_examples(preferences: list[dict]) -> list[dict]:
     return examples
 
 
-def train_chosen(
-    sft_policy: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    preferences: list[dict],
-    cfg: SFTConfig,
-    model_cfg: ModelConfig,
-    seed: int,
-    log: Log | None = None,
-    snapshots: Snapshots | None = None,
-) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
-    """Fine-tune a copy of ``sft_policy`` (left untouched) on the chosen responses; returns (model, metrics, history).
-
-    history entries: step, loss (token cross-entropy on chosen), grad_norm, lr.
-    metrics: first_loss, final_loss, steps.
-    """
-    policy = copy.deepcopy(sft_policy)
-    return train_sft(policy, tokenizer, chosen_examples(preferences), cfg, model_cfg, seed, stage="chosen", log=log, snapshots=snapshots)
+Trainer = Callable[..., tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]]
 
 
-def train_top_ranked(
-    sft_policy: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    preferences: list[dict],
-    cfg: SFTConfig,
-    model_cfg: ModelConfig,
-    seed: int,
-    log: Log | None = None,
-    snapshots: Snapshots | None = None,
-) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
-    """Fine-tune a copy of ``sft_policy`` on each group's top-ranked response; returns (model, metrics, history)."""
-    policy = copy.deepcopy(sft_policy)
-    return train_sft(policy, tokenizer, top_ranked_examples(preferences), cfg, model_cfg, seed, stage="top_ranked", log=log, snapshots=snapshots)
+def sft_on(stage: str, to_examples: Callable[[list[dict]], list[dict]]) -> Trainer:
+    """A baseline trainer that fine-tunes a copy of the SFT policy (left untouched) on ``to_examples(preferences)``.
+
+    It returns (model, metrics, history): history entries step, loss (token cross-entropy), grad_norm, lr;
+    metrics first_loss, final_loss, steps."""
+
+    def train(
+        sft_policy: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        preferences: list[dict],
+        cfg: SFTConfig,
+        model_cfg: ModelConfig,
+        seed: int,
+        log: Log | None = None,
+        snapshots: Snapshots | None = None,
+    ):
+        policy = copy.deepcopy(sft_policy)
+        return train_sft(policy, tokenizer, to_examples(preferences), cfg, model_cfg, seed, stage=stage, log=log, snapshots=snapshots)
+
+    return train
+
+
+train_chosen = sft_on("chosen", chosen_examples)
+train_top_ranked = sft_on("top_ranked", top_ranked_examples)

@@ -104,6 +104,16 @@ def test_dpo_ranks_its_training_pairs_above_chance(sft_policy, tokenizer, pairs)
     assert after["margin"] > 0 and metrics["final_loss"] < math.log(2)
 
 
+def same_samples(policy, reward_model, tokenizer, prompts, n, model_cfg, seed=7):
+    """The n samples per prompt that best_of_n draws with ``seed``, and their RM scores: (rollout, (prompts, n))."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        prompt_ids, prompt_mask = encode_prompts(tokenizer, [p for p in prompts for _ in range(n)], model_cfg.max_prompt_tokens)
+        rollout = generate(policy, prompt_ids, prompt_mask, model_cfg.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    with torch.no_grad():
+        return rollout, sequence_scores(reward_model, rollout.batch).view(len(prompts), n)
+
+
 def test_best_of_n_returns_the_reward_models_favourite_of_n_samples(sft_policy, tokenizer, data):
     reward_model = scalar_model_from(sft_policy)
     prompts = [r["prompt"] for r in data[files.EVAL_PROMPTS][:3]]
@@ -112,12 +122,7 @@ def test_best_of_n_returns_the_reward_models_favourite_of_n_samples(sft_policy, 
     assert len(responses) == len(ended) == len(scores) == len(prompts)
 
     # the same seed draws the same n samples per prompt; best-of-n must return the top-scored one
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, [p for p in prompts for _ in range(n)], TINY.max_prompt_tokens)
-        rollout = generate(sft_policy, prompt_ids, prompt_mask, TINY.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    with torch.no_grad():
-        all_scores = sequence_scores(reward_model, rollout.batch).view(len(prompts), n)
+    rollout, all_scores = same_samples(sft_policy, reward_model, tokenizer, prompts, n, TINY)
     texts = decode_responses(tokenizer, rollout.batch)
     best = all_scores.argmax(dim=1)
     assert scores == pytest.approx(all_scores.max(dim=1).values.tolist(), abs=1e-5)
@@ -132,12 +137,7 @@ def test_best_of_n_picks_with_the_missing_eos_penalty_but_records_the_raw_rm_sco
     prompts = [r["prompt"] for r in data[files.EVAL_PROMPTS][:4]]
     n, tiny_length = 4, TINY.model_copy(update={"max_response_tokens": 6})  # short: many samples never end
     _, ended, scores = best_of_n(sft_policy, reward_model, tokenizer, prompts, n, tiny_length, seed=7, missing_eos_penalty=100.0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, [p for p in prompts for _ in range(n)], TINY.max_prompt_tokens)
-        rollout = generate(sft_policy, prompt_ids, prompt_mask, tiny_length.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    with torch.no_grad():
-        raw = sequence_scores(reward_model, rollout.batch).view(len(prompts), n)
+    rollout, raw = same_samples(sft_policy, reward_model, tokenizer, prompts, n, tiny_length)
     penalised = raw - 100.0 * (~rollout.ended).float().view(len(prompts), n)
     best = penalised.argmax(dim=1)
     some_ended = rollout.ended.view(len(prompts), n).any(dim=1).tolist()

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from components.evaluation.overoptimisation import fit_rl_curve, overoptimisation_fit
+from components.evaluation.overoptimisation import fit_rl_curve, overoptimisation_fit, shipped_iteration
 from components.tracking import plots
 
 
@@ -42,3 +42,9 @@ def test_a_run_is_fitted_from_its_history_as_changes_from_the_start_and_drawn(tm
     plots.close(figure)
     empty = plots.overoptimisation([], overoptimisation_fit([]))
     plots.close(empty)
+
+
+def test_the_shipped_snapshot_is_drawn_at_the_iteration_it_sampled():
+    history = [{"iteration": i} for i in range(10)]
+    assert shipped_iteration(history, 4) == 5  # taken after iteration 4's update: iteration 5's rollouts are its samples
+    assert shipped_iteration(history, 9) == 9 and shipped_iteration(history, -1) == 9 and shipped_iteration([], 3) is None
