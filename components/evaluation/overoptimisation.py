@@ -17,6 +17,7 @@ import math
 from dataclasses import asdict, dataclass
 
 MIN_POINTS = 3
+REACH = 2.0  # a peak is reported only up to this multiple of the largest sqrt(KL) observed: further is extrapolation
 
 
 @dataclass(frozen=True)
@@ -25,17 +26,19 @@ class RLCurve:
     beta: float
     points: int
     r2: float  # share of the points' variance (around 0, as R(0) = 0) the curve explains
+    d_max: float  # the largest sqrt(KL) among the points
 
     def __call__(self, d: float) -> float:
         return d * (self.alpha - self.beta * math.log(d)) if d > 0 else 0.0
 
     @property
     def peak_d(self) -> float | None:
-        """sqrt(KL) where the curve peaks; None when it never turns down (beta <= 0)."""
+        """sqrt(KL) where the curve peaks; None when it never turns down (beta <= 0) or only beyond REACH times
+        the data's largest sqrt(KL) (the points cannot tell where, if anywhere, gold turns down)."""
         if self.beta <= 0:
             return None
         exponent = self.alpha / self.beta - 1
-        return math.exp(exponent) if exponent < 700 else None
+        return math.exp(exponent) if exponent < math.log(REACH * self.d_max) else None
 
     @property
     def peak_kl(self) -> float | None:
@@ -71,9 +74,10 @@ def fit_rl_curve(kl: list[float], score: list[float]) -> RLCurve | None:
         return None
     alpha = (s1y * s22 - s2y * s12) / determinant
     beta = (s2y * s11 - s1y * s12) / determinant
-    curve = RLCurve(alpha, beta, len(rows), 0.0)
+    d_max = max(d for d, _ in rows)
+    curve = RLCurve(alpha, beta, len(rows), 0.0, d_max)
     residual = sum((y - curve(d)) ** 2 for d, y in rows)
-    return RLCurve(alpha, beta, len(rows), 1 - residual / syy if syy > 0 else 0.0)
+    return RLCurve(alpha, beta, len(rows), 1 - residual / syy if syy > 0 else 0.0, d_max)
 
 
 def overoptimisation_fit(history: list[dict], gold_key: str = "gold", proxy_key: str = "rm_score") -> dict:

@@ -73,7 +73,7 @@ def overoptimisation(history: list[dict], fit: dict, shipped_iteration: int | No
             ax.plot(grid, [curve(x) for x in grid], style, color=colour,
                     label=f"{name} fit: d({curve.alpha:.2f} - {curve.beta:.2f} log d), R2 {curve.r2:.2f}")
     peak = fit.get("gold")
-    if peak is not None and peak.peak_d is not None and peak.peak_d <= 2 * max(d):
+    if peak is not None and peak.peak_d is not None:
         ax.axvline(peak.peak_d, color="tab:green", linestyle=":", linewidth=1)
         ax.plot([peak.peak_d], [peak.peak_value], marker="*", color="tab:green", markersize=14, linestyle="none",
                 label=f"gold peak: KL {peak.peak_kl:.2f}")

@@ -20,6 +20,14 @@ def test_the_fit_recovers_a_known_curve_and_its_peak():
     assert curve.peak_kl == pytest.approx(math.exp(3.0)) and curve.peak_value == pytest.approx(beta * math.exp(1.5))
 
 
+def test_a_peak_far_beyond_the_data_is_not_reported():
+    """beta 0.01: the fitted peak is at sqrt(KL) = exp(99); the points reach 3. Nothing says gold turns down there."""
+    d = [0.1 * i for i in range(1, 31)]
+    curve = fit_rl_curve([x * x for x in d], [x * (1.0 - 0.01 * math.log(x)) for x in d])
+    assert curve.beta == pytest.approx(0.01) and curve.d_max == pytest.approx(3.0)
+    assert curve.peak_d is None and curve.peak_kl is None and curve.peak_value is None
+
+
 def test_a_curve_that_never_turns_down_has_no_peak_and_too_few_points_no_fit():
     rising = fit_rl_curve([1.0, 4.0, 9.0, 16.0], [1.0, 2.0 + 2 * 0.3 * math.log(2), 3 + 3 * 0.3 * math.log(3), 4 + 4 * 0.3 * math.log(4)])
     assert rising.beta == pytest.approx(-0.3) and rising.peak_d is None
