@@ -114,7 +114,7 @@ def test_mlflow_ui_shows_the_overoptimisation_plot_of_the_ppo_run(pipeline, pipe
     ppo = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.mlflow.runName = 'ppo'")[0]
     assert {"gao.shipped_iteration", "gao.shipped_kl"} <= set(ppo.data.metrics)
     page.goto(f"{pipeline_runs.mlflow_uri}/#/experiments/{parent.info.experiment_id}/runs/{ppo.info.run_id}/artifacts/plots/overoptimisation.png")
-    image = page.locator("img[src*='overoptimisation.png']").first
+    image = page.locator("img[alt='plots/overoptimisation.png']").first  # its src is a blob: URL
     expect(image).to_be_visible(timeout=WAIT)
     page.wait_for_function("img => img.complete && img.naturalWidth > 300", arg=image.element_handle(), timeout=WAIT)
     screenshot(page, tmp_path / "mlflow-overoptimisation.png")

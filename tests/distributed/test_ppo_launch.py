@@ -62,9 +62,13 @@ def launch(inputs, job_dir, overrides, checkpoint_dir=None, on_line=lambda line:
 # Near-greedy rollouts from the same starting weights make the ranks' two shards together exactly the batch one
 # process samples; one minibatch per epoch makes the updates the same steps. One iteration only: after an update,
 # weights that differ by float noise (~1e-8) can flip a near-tied token, and the trajectories part (measured).
-SAME_BATCH = ["ppo.iterations=1", "ppo.rollout_batch_size=16", "ppo.minibatch_size=16", "ppo.ppo_epochs=3", "ppo.temperature=0.001"]
+# The log-probs of softmax(logits / 0.001) of a near-greedy policy have gradients ~1e-10, which Adam (eps 1e-8) turns
+# into steps ~lr/100: lr 1e-2 moves the weights by ~4e-4 (at 1e-3 by 4e-5, too close to the 1e-6 agreement bound).
+SAME_BATCH = ["ppo.iterations=1", "ppo.rollout_batch_size=16", "ppo.minibatch_size=16", "ppo.ppo_epochs=3", "ppo.temperature=0.001", "ppo.lr=1e-2"]
 COMPARED = ("rm_score", "kl", "response_length", "ended", "explained_variance", "entropy", "clipfrac", "gold")
-# relative: the losses, and approx_kl, whose log-probs are of softmax(logits / 0.001) and carry 1000x the float noise
+# relative: the losses, and approx_kl, whose log-probs are of softmax(logits / 0.001) and carry 1000x the float noise;
+# absolute 1e-6 besides: the policy loss of whitened advantages at ratio ~1 is itself ~1e-8 (measured 1.5e-8 in one
+# process, 4.6e-8 in two), pure float noise on terms of size ~1
 LOSSES = ("policy_loss", "value_loss", "approx_kl")
 
 
@@ -81,12 +85,12 @@ def test_two_ranks_end_bit_identical_and_match_one_process_on_the_same_global_ba
         for key in COMPARED:
             assert distributed[key] == pytest.approx(single[key], abs=1e-5), key
         for key in LOSSES:
-            assert distributed[key] == pytest.approx(single[key], rel=1e-4, abs=1e-8), key
+            assert distributed[key] == pytest.approx(single[key], rel=1e-4, abs=1e-6), key
     launched = load_causal_lm(tmp_path / "job" / POLICY)
     assert weights_digest(launched) == two["rank_weight_digests"][0]
     assert max((a - b).abs().max().item() for a, b in zip(launched.parameters(), one.model.parameters())) < 1e-6
     sft = load_causal_lm(models / "sft")
-    assert max((a - b).abs().max().item() for a, b in zip(launched.parameters(), sft.parameters())) > 1e-4  # and it trained
+    assert max((a - b).abs().max().item() for a, b in zip(launched.parameters(), sft.parameters())) > 1e-4, "did not train"  # and it trained
 
 
 def rank_pids(line: str) -> dict[int, int]:
