@@ -9,6 +9,7 @@ store) and the registry, in a fresh project directory, as a subprocess, so its w
 interpreter start and the temporary Prefect server. Stage reuse is off in (2), so both train
 everything. Prints both times and the ratio; writes benchmarks/results/orchestration_overhead.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,22 @@ def direct(profile: str) -> float:
     tokenizer = recipe.make_tokenizer(cfg)
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
     sft, comparisons, reward = recipe.up_to_reward_model(cfg, tokenizer, rows[DEMONSTRATIONS])
-    policies = {"sft": sft, **{n: recipe.baseline_stage(cfg, n, tokenizer, sft, comparisons).model for n in recipe.SUPERVISED_BASELINES}}
+    policies = {
+        "sft": sft,
+        **{n: recipe.baseline_stage(cfg, n, tokenizer, sft, comparisons).model for n in recipe.SUPERVISED_BASELINES},
+    }
     policies["ppo"] = recipe.ppo_stage(cfg, tokenizer, sft, reward, prompts, rows[DEMONSTRATIONS]).model
-    evaluate_policies(policies, tokenizer, [r["prompt"] for r in rows[EVAL_PROMPTS]], cfg.evaluation, cfg.model, cfg.seed, reward, gold_score, cfg.baselines.best_of_n)
+    evaluate_policies(
+        policies,
+        tokenizer,
+        [r["prompt"] for r in rows[EVAL_PROMPTS]],
+        cfg.evaluation,
+        cfg.model,
+        cfg.seed,
+        reward,
+        gold_score,
+        cfg.baselines.best_of_n,
+    )
     return time.perf_counter() - started
 
 
@@ -55,8 +69,21 @@ def orchestrated(profile: str) -> float:
         env.pop("MLFLOW_TRACKING_URI", None)
         started = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "flows.pipeline", "--profile", profile, "--root", str(root), "--set", "orchestration.reuse_finished_stages=false"],
-            cwd=REPO, env=env, check=True, capture_output=True,
+            [
+                sys.executable,
+                "-m",
+                "flows.pipeline",
+                "--profile",
+                profile,
+                "--root",
+                str(root),
+                "--set",
+                "orchestration.reuse_finished_stages=false",
+            ],
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
         )
         return time.perf_counter() - started
 

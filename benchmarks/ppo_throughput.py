@@ -1,7 +1,8 @@
 """PPO throughput for 1 and N data-parallel processes: where an iteration's time goes and tokens per second.
 
     python benchmarks/ppo_throughput.py [--profile default] [--iterations 10] [--processes 1 2]
-    python benchmarks/ppo_throughput.py --accelerate-config infra/accelerate/cpu-1proc.yaml infra/accelerate/single-gpu.yaml
+    python benchmarks/ppo_throughput.py --accelerate-config \\
+        infra/accelerate/cpu-1proc.yaml infra/accelerate/single-gpu.yaml
 
 Uses the SFT policy and reward model of the newest completed main-job run of the profile (its
 ``artifacts/runs/<id>/run.json`` names them; ``--runs`` to look elsewhere) when there is one, else
@@ -17,6 +18,7 @@ tokens x ppo_epochs / update seconds; launch seconds = the whole launch, start-u
 last iteration's RM score, KL and gold score show that each setting learned alike.
 Writes benchmarks/results/ppo_throughput.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +66,9 @@ def sft_and_reward_model(cfg, runs: Path, scratch: Path, tokenizer, rows) -> tup
 
 def measure(cfg, profile: Path, processes: int, sft: Path, reward_model: Path, prompts, rows, job_dir: Path) -> dict:
     write_job(job_dir, cfg, sft, reward_model, prompts, rows[DEMONSTRATIONS], checkpoint_dir=None)
-    command, env = accelerate_command(AccelerateProfile.read(profile), ppo_worker.__name__, ["--job", str(job_dir)], processes)
+    command, env = accelerate_command(
+        AccelerateProfile.read(profile), ppo_worker.__name__, ["--job", str(job_dir)], processes
+    )
     started = time.perf_counter()
     run_logged(command, cfg.distributed.timeout_seconds, env=env, cwd=REPO)
     launch_seconds = time.perf_counter() - started
@@ -99,9 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--accelerate-config", type=Path, nargs="+", default=None,
-                        help="profiles to measure, each at its own process count (default: cpu-1proc / cpu-2proc per --processes)")
-    parser.add_argument("--runs", type=Path, default=REPO / "artifacts" / "runs", help="run records of the main job, whose SFT and RM are reused")
+    parser.add_argument(
+        "--accelerate-config",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="profiles to measure, each at its own process count (default: cpu-1proc / cpu-2proc per --processes)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=REPO / "artifacts" / "runs",
+        help="run records of the main job, whose SFT and RM are reused",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     stay_offline()
@@ -115,17 +129,44 @@ def main(argv: list[str] | None = None) -> int:
         if args.accelerate_config:
             settings = [(path, AccelerateProfile.read(path).num_processes) for path in args.accelerate_config]
         else:
-            settings = [(REPO / "infra" / "accelerate" / ("cpu-1proc.yaml" if n == 1 else "cpu-2proc.yaml"), n) for n in args.processes]
-        runs = [measure(cfg, profile.resolve(), processes, sft, reward_model, prompts, rows, Path(scratch) / f"job-{i}")
-                for i, (profile, processes) in enumerate(settings)]
+            settings = [
+                (REPO / "infra" / "accelerate" / ("cpu-1proc.yaml" if n == 1 else "cpu-2proc.yaml"), n)
+                for n in args.processes
+            ]
+        runs = [
+            measure(cfg, profile.resolve(), processes, sft, reward_model, prompts, rows, Path(scratch) / f"job-{i}")
+            for i, (profile, processes) in enumerate(settings)
+        ]
 
-    result = {"profile": cfg.profile, "cpu_count": os.cpu_count(), "models": origin, "rollout_batch_size": cfg.ppo.rollout_batch_size,
-              "ppo_epochs": cfg.ppo.ppo_epochs, "runs": runs}
-    print(f"PPO throughput, profile {cfg.profile}, {cfg.ppo.rollout_batch_size} rollouts per iteration, mean of {runs[0]['iterations_measured']} iterations after warm-up")
-    columns = [("accelerate_config", "{}"), ("device", "{}"), ("mixed_precision", "{}"), ("processes", "{:d}"), ("torch_threads_per_process", "{:d}"), ("seconds_per_iteration", "{:.2f}"), ("generation_seconds", "{:.2f}"),
-               ("scoring_seconds", "{:.2f}"), ("update_seconds", "{:.2f}"), ("rollout_tokens_per_second", "{:.0f}"),
-               ("update_tokens_per_second", "{:.0f}"), ("launch_seconds", "{:.1f}"),
-               ("last_rm_score", "{:.3f}"), ("last_kl", "{:.2f}"), ("last_gold", "{:.3f}")]
+    result = {
+        "profile": cfg.profile,
+        "cpu_count": os.cpu_count(),
+        "models": origin,
+        "rollout_batch_size": cfg.ppo.rollout_batch_size,
+        "ppo_epochs": cfg.ppo.ppo_epochs,
+        "runs": runs,
+    }
+    print(
+        f"PPO throughput, profile {cfg.profile}, {cfg.ppo.rollout_batch_size} rollouts per iteration, "
+        f"mean of {runs[0]['iterations_measured']} iterations after warm-up"
+    )
+    columns = [
+        ("accelerate_config", "{}"),
+        ("device", "{}"),
+        ("mixed_precision", "{}"),
+        ("processes", "{:d}"),
+        ("torch_threads_per_process", "{:d}"),
+        ("seconds_per_iteration", "{:.2f}"),
+        ("generation_seconds", "{:.2f}"),
+        ("scoring_seconds", "{:.2f}"),
+        ("update_seconds", "{:.2f}"),
+        ("rollout_tokens_per_second", "{:.0f}"),
+        ("update_tokens_per_second", "{:.0f}"),
+        ("launch_seconds", "{:.1f}"),
+        ("last_rm_score", "{:.3f}"),
+        ("last_kl", "{:.2f}"),
+        ("last_gold", "{:.3f}"),
+    ]
     print(" | ".join(name.replace("_per_", "/").replace("_seconds", " s").replace("_", " ") for name, _ in columns))
     for run in runs:
         print(" | ".join(fmt.format(run[name]) if name in run else "-" for name, fmt in columns))

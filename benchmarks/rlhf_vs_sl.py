@@ -14,6 +14,7 @@ pooled, and writes benchmarks/results/rlhf_vs_sl.json:
                            the RM's accuracy and gold agreement, label budgets, stage seconds, PPO history
     pooled                 the same win rates and gold means over every seed's responses
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,28 +63,58 @@ def train_everything(cfg, watch: Stopwatch) -> dict:
 
     sft = watch("sft", recipe.sft_stage, cfg, tokenizer, rows[DEMONSTRATIONS]).model
     if cfg.comparisons.source == "sft_samples":
-        comparisons = watch("comparisons", recipe.comparisons_stage, cfg, tokenizer, sft, train_prompts, recipe.labeler_ranker(cfg)).model
+        comparisons = watch(
+            "comparisons", recipe.comparisons_stage, cfg, tokenizer, sft, train_prompts, recipe.labeler_ranker(cfg)
+        ).model
     else:
         comparisons = rows[PREFERENCES]
     reward = watch("reward", recipe.reward_stage, cfg, tokenizer, sft, comparisons, train_prompts)
     _, held_out = recipe.labelled_split(cfg, comparisons)
-    reward.metrics["accuracy_gold"] = reward_model_gold_accuracy(reward.model, tokenizer, held_out, cfg.model, gold_score)
+    reward.metrics["accuracy_gold"] = reward_model_gold_accuracy(
+        reward.model, tokenizer, held_out, cfg.model, gold_score
+    )
 
     policies, metrics = {"sft": sft}, {"reward_model": reward.metrics}
     for name in recipe.SUPERVISED_BASELINES:
-        result = watch(name, recipe.baseline_stage, cfg, name, tokenizer, sft, comparisons, make_ranker=recipe.selection_ranker(cfg))
+        result = watch(
+            name,
+            recipe.baseline_stage,
+            cfg,
+            name,
+            tokenizer,
+            sft,
+            comparisons,
+            make_ranker=recipe.selection_ranker(cfg),
+        )
         policies[name], metrics[name] = result.model, result.metrics
     snapshots = Snapshots(cfg.selection.candidates)
 
     def ppo():
-        result = recipe.ppo_stage(cfg, tokenizer, sft, reward.model, train_prompts, rows[DEMONSTRATIONS], monitor=gold_monitor(gold_score),
-                                  snapshots=snapshots)
-        return recipe.select_candidate(cfg, result, snapshots.taken, tokenizer, comparisons, recipe.selection_ranker(cfg), unit="iteration")
+        result = recipe.ppo_stage(
+            cfg,
+            tokenizer,
+            sft,
+            reward.model,
+            train_prompts,
+            rows[DEMONSTRATIONS],
+            monitor=gold_monitor(gold_score),
+            snapshots=snapshots,
+        )
+        return recipe.select_candidate(
+            cfg, result, snapshots.taken, tokenizer, comparisons, recipe.selection_ranker(cfg), unit="iteration"
+        )
 
     ppo_result = watch("ppo", ppo)
     policies["ppo"], metrics["ppo"] = ppo_result.model, ppo_result.metrics
-    return {"rows": rows, "tokenizer": tokenizer, "policies": policies, "reward": reward, "metrics": metrics,
-            "ppo_history": ppo_result.history, "comparisons": comparisons}
+    return {
+        "rows": rows,
+        "tokenizer": tokenizer,
+        "policies": policies,
+        "reward": reward,
+        "metrics": metrics,
+        "ppo_history": ppo_result.history,
+        "comparisons": comparisons,
+    }
 
 
 def best_of_n_headroom(cfg, sft, reward_model, tokenizer, eval_prompts: list[str]) -> dict:
@@ -91,8 +122,16 @@ def best_of_n_headroom(cfg, sft, reward_model, tokenizer, eval_prompts: list[str
     judge (how much better the SFT policy's own tail is: the headroom) and by the reward model (what the RM can
     extract from it without any training). A diagnostic: nothing trains or selects on it."""
     n_max = max(HEADROOM_N)
-    out = sample_responses(sft, tokenizer, eval_prompts, DecodingMode("sample", False, n_max, 1.0), cfg.model, cfg.seed,
-                           cfg.evaluation.batch_size, reward_model=reward_model)
+    out = sample_responses(
+        sft,
+        tokenizer,
+        eval_prompts,
+        DecodingMode("sample", False, n_max, 1.0),
+        cfg.model,
+        cfg.seed,
+        cfg.evaluation.batch_size,
+        reward_model=reward_model,
+    )
     gold = [gold_score(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended)]
     rm = [s - (0 if e else cfg.baselines.best_of_n.missing_eos_penalty) for s, e in zip(out.rm_scores, out.ended)]
     curves = {"n": list(HEADROOM_N), "gold_picks": [], "rm_picks": []}
@@ -136,29 +175,67 @@ def overoptimisation_record(history: list[dict], ppo_metrics: dict) -> dict:
     fit = overoptimisation_fit(history)
     iteration = shipped_iteration(history, int(ppo_metrics.get("selection.chosen_iteration", -1)))
     shipped = next(h for h in history if h["iteration"] == iteration)
-    return {**{name: fit[name].as_dict() if fit[name] else None for name in ("gold", "proxy")},
-            "shipped": {"iteration": shipped["iteration"], "kl": shipped["kl"], "gold": shipped["gold"], "rm_score": shipped["rm_score"]}}
+    return {
+        **{name: fit[name].as_dict() if fit[name] else None for name in ("gold", "proxy")},
+        "shipped": {
+            "iteration": shipped["iteration"],
+            "kl": shipped["kl"],
+            "gold": shipped["gold"],
+            "rm_score": shipped["rm_score"],
+        },
+    }
 
 
 def run_seed(cfg) -> dict:
     watch = Stopwatch()
     trained = train_everything(cfg, watch)
     eval_prompts = [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]]
-    evaluation = watch("evaluation", evaluate_policies, trained["policies"], trained["tokenizer"], eval_prompts, cfg.evaluation, cfg.model,
-                       cfg.seed, trained["reward"].model, gold_score, cfg.baselines.best_of_n)
+    evaluation = watch(
+        "evaluation",
+        evaluate_policies,
+        trained["policies"],
+        trained["tokenizer"],
+        eval_prompts,
+        cfg.evaluation,
+        cfg.model,
+        cfg.seed,
+        trained["reward"].model,
+        gold_score,
+        cfg.baselines.best_of_n,
+    )
     for block in evaluation.values():
         for win in [*block["ppo_win_rate"].values(), *block["ppo_rm_win_rate"].values()]:
             win["rate"] = win["value"]
     rm = trained["reward"].metrics
-    headroom = watch("best_of_n_headroom", best_of_n_headroom, cfg, trained["policies"]["sft"], trained["reward"].model,
-                     trained["tokenizer"], eval_prompts)
+    headroom = watch(
+        "best_of_n_headroom",
+        best_of_n_headroom,
+        cfg,
+        trained["policies"]["sft"],
+        trained["reward"].model,
+        trained["tokenizer"],
+        eval_prompts,
+    )
     return {
         "seed": cfg.seed,
         "evaluation": evaluation,
-        "reward_model": {key: rm.get(key) for key in ("valid_accuracy", "accuracy_gold", "ensemble_size", "member_agreement",
-                                                      "reward_offset", "reward_scale") if rm.get(key) is not None},
-        "selection": {name: {k: v for k, v in m.items() if k.startswith("selection.")} for name, m in trained["metrics"].items()
-                      if name != "reward_model"},
+        "reward_model": {
+            key: rm.get(key)
+            for key in (
+                "valid_accuracy",
+                "accuracy_gold",
+                "ensemble_size",
+                "member_agreement",
+                "reward_offset",
+                "reward_scale",
+            )
+            if rm.get(key) is not None
+        },
+        "selection": {
+            name: {k: v for k, v in m.items() if k.startswith("selection.")}
+            for name, m in trained["metrics"].items()
+            if name != "reward_model"
+        },
         "label_budgets": recipe.label_budgets(cfg, trained["comparisons"], trained["metrics"]),
         "stage_seconds": watch.seconds,
         "best_of_n_headroom": headroom,
@@ -184,7 +261,9 @@ def pooled(runs: list[dict]) -> dict:
             mean = sum(p["value"] * p["n"] for p in parts) / n
             # each seed's sd from its CI half-width; pooled variance around the pooled mean
             sds = [(p["ci"][1] - p["value"]) * math.sqrt(p["n"]) / Z95 for p in parts]
-            variance = sum((p["n"] - 1) * sd**2 + p["n"] * (p["value"] - mean) ** 2 for p, sd in zip(parts, sds)) / (n - 1)
+            variance = sum((p["n"] - 1) * sd**2 + p["n"] * (p["value"] - mean) ** 2 for p, sd in zip(parts, sds)) / (
+                n - 1
+            )
             half = Z95 * math.sqrt(variance / n)
             gold[name] = {"value": mean, "ci": [mean - half, mean + half], "n": n}
         out[mode] = {"ppo_win_rate": wins, "gold": gold}
@@ -195,17 +274,34 @@ def print_run(run: dict) -> None:
     print(f"\n######## seed {run['seed']} ########")
     print(format_table(run["evaluation"]))
     rm = run["reward_model"]
-    print(f"\nRM held-out accuracy {rm.get('valid_accuracy', float('nan')):.3f} vs labels, {rm.get('accuracy_gold', float('nan')):.3f} vs gold"
-          + (f"; ensemble of {rm['ensemble_size']}, members agree on {rm['member_agreement']:.3f}" if rm.get("member_agreement") else ""))
-    print("selection:", {name: s.get("selection.chosen_step", s.get("selection.chosen_iteration")) for name, s in run["selection"].items()})
+    print(
+        f"\nRM held-out accuracy {rm.get('valid_accuracy', float('nan')):.3f} vs labels, "
+        f"{rm.get('accuracy_gold', float('nan')):.3f} vs gold"
+        + (
+            f"; ensemble of {rm['ensemble_size']}, members agree on {rm['member_agreement']:.3f}"
+            if rm.get("member_agreement")
+            else ""
+        )
+    )
+    print(
+        "selection:",
+        {
+            name: s.get("selection.chosen_step", s.get("selection.chosen_iteration"))
+            for name, s in run["selection"].items()
+        },
+    )
     curve = run["best_of_n_headroom"]
-    print("best-of-N over SFT samples, gold of the pick (N: gold picks / RM picks):",
-          ", ".join(f"{n}: {g:.2f}/{r:.2f}" for n, g, r in zip(curve["n"], curve["gold_picks"], curve["rm_picks"])))
+    print(
+        "best-of-N over SFT samples, gold of the pick (N: gold picks / RM picks):",
+        ", ".join(f"{n}: {g:.2f}/{r:.2f}" for n, g, r in zip(curve["n"], curve["gold_picks"], curve["rm_picks"])),
+    )
     gold = run["overoptimisation"]["gold"]
     if gold:
-        print(f"Gao fit of PPO's gold: alpha {gold['alpha']:.2f}, beta {gold['beta']:.2f}, R2 {gold['r2']:.2f}, "
-              f"peak at KL {gold['peak_kl'] if gold['peak_kl'] is None else round(gold['peak_kl'], 2)}; "
-              f"shipped snapshot sampled at KL {run['overoptimisation']['shipped']['kl']:.2f}")
+        print(
+            f"Gao fit of PPO's gold: alpha {gold['alpha']:.2f}, beta {gold['beta']:.2f}, R2 {gold['r2']:.2f}, "
+            f"peak at KL {gold['peak_kl'] if gold['peak_kl'] is None else round(gold['peak_kl'], 2)}; "
+            f"shipped snapshot sampled at KL {run['overoptimisation']['shipped']['kl']:.2f}"
+        )
     print("stage seconds:", run["stage_seconds"])
 
 
@@ -216,7 +312,10 @@ def print_pooled(pool: dict, baselines: list[str]) -> None:
         for name, g in block["gold"].items():
             win = block["ppo_win_rate"].get(name)
             shown = f"PPO wins {win['rate']:.3f} [{win['ci'][0]:.3f}, {win['ci'][1]:.3f}]" if win else ""
-            print(f"{name:<11} gold {g['value']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]  {shown}{' (gated)' if name in baselines else ''}")
+            print(
+                f"{name:<11} gold {g['value']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]  "
+                f"{shown}{' (gated)' if name in baselines else ''}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

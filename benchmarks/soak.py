@@ -10,9 +10,11 @@ the end). Reports per run: exit code, wall seconds, peak RSS of the run's whole 
 squares slope of peak RSS per run; growth = a leak that a nightly schedule would accumulate only
 if state lived across runs, e.g. in the servers). Writes benchmarks/results/soak.json.
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -35,10 +37,8 @@ from tests.servers import mlflow_server, prefect_env, prefect_server  # noqa: E4
 def tree_rss(process: psutil.Process) -> int:
     total = 0
     for member in [process, *process.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += member.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -47,8 +47,7 @@ def one_run(profile: str, root: Path, env: dict[str, str], reuse: bool) -> dict:
     command = [sys.executable, "-m", "flows.pipeline", "--profile", profile, "--root", str(root)]
     if not reuse:
         command += ["--set", "orchestration.reuse_finished_stages=false"]
-    child = subprocess.Popen(command, cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak, watched = 0, psutil.Process(child.pid)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(child.stdout), daemon=True)
@@ -57,8 +56,12 @@ def one_run(profile: str, root: Path, env: dict[str, str], reuse: bool) -> dict:
         peak = max(peak, tree_rss(watched))
         time.sleep(0.2)
     reader.join()
-    return {"exit_code": child.returncode, "seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak / 2**20, 1),
-            "tail": "".join(output[-5:]) if child.returncode else ""}
+    return {
+        "exit_code": child.returncode,
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": round(peak / 2**20, 1),
+        "tail": "".join(output[-5:]) if child.returncode else "",
+    }
 
 
 def slope(values: list[float]) -> float:
@@ -90,13 +93,24 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for index in range(args.runs):
                 runs.append(one_run(args.profile, root, env, args.reuse))
-                print(f"run {index + 1}/{args.runs}: exit {runs[-1]['exit_code']}, {runs[-1]['seconds']} s, peak RSS {runs[-1]['peak_rss_mb']} MB", flush=True)
+                print(
+                    f"run {index + 1}/{args.runs}: exit {runs[-1]['exit_code']}, {runs[-1]['seconds']} s, "
+                    f"peak RSS {runs[-1]['peak_rss_mb']} MB",
+                    flush=True,
+                )
     peaks = [r["peak_rss_mb"] for r in runs]
     result = {
-        "profile": args.profile, "reuse": args.reuse, "runs": runs, "failures": sum(r["exit_code"] != 0 for r in runs),
-        "peak_rss_mb": {"min": min(peaks), "max": max(peaks)}, "peak_rss_slope_mb_per_run": round(slope(peaks), 2),
+        "profile": args.profile,
+        "reuse": args.reuse,
+        "runs": runs,
+        "failures": sum(r["exit_code"] != 0 for r in runs),
+        "peak_rss_mb": {"min": min(peaks), "max": max(peaks)},
+        "peak_rss_slope_mb_per_run": round(slope(peaks), 2),
     }
-    print(f"failures {result['failures']}/{args.runs}; peak RSS {min(peaks)}-{max(peaks)} MB; trend {result['peak_rss_slope_mb_per_run']:+.2f} MB per run")
+    print(
+        f"failures {result['failures']}/{args.runs}; peak RSS {min(peaks)}-{max(peaks)} MB; "
+        f"trend {result['peak_rss_slope_mb_per_run']:+.2f} MB per run"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"written: {args.out}")

@@ -20,6 +20,7 @@ Writes benchmarks/results/tuning.json and prints the table (also written as tuni
 
     python benchmarks/tune.py --from-results benchmarks/results/tuning.json   # re-apply the rule, no training
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,16 +56,24 @@ GRID: dict[str, list[dict[str, object]]] = {
         {"ppo.lr": 2.0e-4, "ppo.kl.kl_coef": 0.05, "reward.ensemble_size": 3},
     ],
     "dpo": [
-        {"baselines.dpo.beta": beta, "baselines.dpo.epochs": epochs} for beta in (0.1, 0.3, 1.0) for epochs in (1.0, 2.0)
+        {"baselines.dpo.beta": beta, "baselines.dpo.epochs": epochs}
+        for beta in (0.1, 0.3, 1.0)
+        for epochs in (1.0, 2.0)
     ],
     "chosen": [
-        {"baselines.chosen.lr": lr, "baselines.chosen.epochs": epochs} for lr in (1.0e-4, 3.0e-4, 1.0e-3) for epochs in (1.0, 2.0)
+        {"baselines.chosen.lr": lr, "baselines.chosen.epochs": epochs}
+        for lr in (1.0e-4, 3.0e-4, 1.0e-3)
+        for epochs in (1.0, 2.0)
     ],
     "top_ranked": [
-        {"baselines.top_ranked.lr": lr, "baselines.top_ranked.epochs": epochs} for lr in (1.0e-4, 3.0e-4, 1.0e-3) for epochs in (2.0, 4.0)
+        {"baselines.top_ranked.lr": lr, "baselines.top_ranked.epochs": epochs}
+        for lr in (1.0e-4, 3.0e-4, 1.0e-3)
+        for epochs in (2.0, 4.0)
     ],
     "combined": [
-        {"baselines.combined.unlikelihood_coef": coef, "baselines.combined.lr": lr} for coef in (0.05, 0.5) for lr in (1.0e-4, 3.0e-4, 1.0e-3)
+        {"baselines.combined.unlikelihood_coef": coef, "baselines.combined.lr": lr}
+        for coef in (0.05, 0.5)
+        for lr in (1.0e-4, 3.0e-4, 1.0e-3)
     ],
 }
 
@@ -95,22 +104,41 @@ def choose(results: list[dict], prompts: int, base) -> dict[str, dict]:
 
 
 def write_table(results: list[dict], chosen: dict[str, dict], out: Path, record: dict) -> str:
-    table = ["| method | configuration | label win rate (selects) | snapshot | training passes | gold (not used) | seconds |",
-             "|---|---|---|---|---|---|---|"]
+    table = [
+        "| method | configuration | label win rate (selects) | snapshot | training passes "
+        "| gold (not used) | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     best = {m: max(r["label_win_rate"] for r in results if r["method"] == m) for m in chosen}
     for r in results:
-        mark = " **chosen**" if chosen[r["method"]] is r else (" (best)" if r["label_win_rate"] == best[r["method"]] else "")
-        table.append(f"| {r['method']} | `{json.dumps(r['config'])}` | {r['label_win_rate']:.3f}{mark} | {r['chosen_snapshot']:.0f} | "
-                     f"{r['passes']:g} | {r['diagnostic_gold']:.3f} | {r['seconds']:.0f} |")
+        mark = (
+            " **chosen**"
+            if chosen[r["method"]] is r
+            else (" (best)" if r["label_win_rate"] == best[r["method"]] else "")
+        )
+        table.append(
+            f"| {r['method']} | `{json.dumps(r['config'])}` | {r['label_win_rate']:.3f}{mark} | "
+            f"{r['chosen_snapshot']:.0f} | {r['passes']:g} | {r['diagnostic_gold']:.3f} | {r['seconds']:.0f} |"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**record, "results": results, "chosen": {m: r["config"] for m, r in chosen.items()}}, indent=2))
+    out.write_text(
+        json.dumps({**record, "results": results, "chosen": {m: r["config"] for m, r in chosen.items()}}, indent=2)
+    )
     out.with_suffix(".md").write_text("\n".join(table) + "\n")
     return "\n".join(table)
 
 
 def diagnostic_gold(cfg, policy, tokenizer, eval_prompts: list[str]) -> float:
     """Mean gold of one sampled answer per held-out evaluation prompt: printed, never used to choose."""
-    out = sample_responses(policy, tokenizer, eval_prompts, DecodingMode("sample", False, 1, 1.0), cfg.model, cfg.seed, cfg.evaluation.batch_size)
+    out = sample_responses(
+        policy,
+        tokenizer,
+        eval_prompts,
+        DecodingMode("sample", False, 1, 1.0),
+        cfg.model,
+        cfg.seed,
+        cfg.evaluation.batch_size,
+    )
     return statistics.fmean(gold_score(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended))
 
 
@@ -132,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         for row in results:
             row["passes"] = training_passes(row["method"], row["config"], base)
         record.pop("best", None), record.pop("chosen", None)
-        record["rule"] = "one standard error: the cheapest in training passes within one standard error of the best label win rate"
+        record["rule"] = (
+            "one standard error: the cheapest in training passes within one standard error of the best label win rate"
+        )
         print(write_table(results, choose(results, record["selection"]["prompts"], base), args.out, record))
         return 0
     seed = args.seed if args.seed is not None else base.tuning.seed
@@ -147,9 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     # the shared reward models: as many members as any PPO configuration reads; member k is the same model whatever
     # the ensemble's size (its seed is seed + k), so a configuration with fewer members reads the first ones
     members = max(int(c.get("reward.ensemble_size", cfg.reward.ensemble_size)) for c in GRID["ppo"])
-    reward = recipe.reward_stage(load_config(args.profile, [*args.overrides, f"seed={seed}", f"reward.ensemble_size={members}"]),
-                                 tokenizer, sft, comparisons, train_prompts)
-    print(f"shared start (SFT, comparisons, {members} reward model(s)) on seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+    reward = recipe.reward_stage(
+        load_config(args.profile, [*args.overrides, f"seed={seed}", f"reward.ensemble_size={members}"]),
+        tokenizer,
+        sft,
+        comparisons,
+        train_prompts,
+    )
+    print(
+        f"shared start (SFT, comparisons, {members} reward model(s)) on seed {seed}: "
+        f"{time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
 
     results = []
     for method in args.only:
@@ -160,27 +199,51 @@ def main(argv: list[str] | None = None) -> int:
                 snapshots = Snapshots(run_cfg.selection.candidates)
                 first = members_of(reward.model)[: run_cfg.reward.ensemble_size]
                 reward_model = first[0] if len(first) == 1 else RewardEnsemble(first)
-                result = recipe.ppo_stage(run_cfg, tokenizer, sft, reward_model, train_prompts, rows[DEMONSTRATIONS], snapshots=snapshots)
-                result = recipe.select_candidate(run_cfg, result, snapshots.taken, tokenizer, comparisons, recipe.selection_ranker(run_cfg), "iteration")
+                result = recipe.ppo_stage(
+                    run_cfg, tokenizer, sft, reward_model, train_prompts, rows[DEMONSTRATIONS], snapshots=snapshots
+                )
+                result = recipe.select_candidate(
+                    run_cfg,
+                    result,
+                    snapshots.taken,
+                    tokenizer,
+                    comparisons,
+                    recipe.selection_ranker(run_cfg),
+                    "iteration",
+                )
             else:
-                result = recipe.baseline_stage(run_cfg, method, tokenizer, sft, comparisons, make_ranker=recipe.selection_ranker(run_cfg))
+                result = recipe.baseline_stage(
+                    run_cfg, method, tokenizer, sft, comparisons, make_ranker=recipe.selection_ranker(run_cfg)
+                )
             row = {
                 "method": method,
                 "config": config,
                 "label_win_rate": result.metrics["selection.chosen_win_rate"],
-                "chosen_snapshot": result.metrics.get("selection.chosen_step", result.metrics.get("selection.chosen_iteration")),
+                "chosen_snapshot": result.metrics.get(
+                    "selection.chosen_step", result.metrics.get("selection.chosen_iteration")
+                ),
                 "snapshot_win_rates": {k: v for k, v in result.metrics.items() if k.startswith("selection.win_rate.")},
                 "seconds": round(time.perf_counter() - t0, 1),
                 "diagnostic_gold": diagnostic_gold(run_cfg, result.model, tokenizer, eval_prompts),
             }
             row["passes"] = training_passes(method, config, base)
             results.append(row)
-            print(f"{method:<11} {json.dumps(config):<70} label win {row['label_win_rate']:.3f} (snapshot {row['chosen_snapshot']:.0f})"
-                  f"  gold {row['diagnostic_gold']:.3f}  {row['seconds']:.0f} s", flush=True)
+            print(
+                f"{method:<11} {json.dumps(config):<70} label win {row['label_win_rate']:.3f} "
+                f"(snapshot {row['chosen_snapshot']:.0f})  gold {row['diagnostic_gold']:.3f}  {row['seconds']:.0f} s",
+                flush=True,
+            )
 
-    record = {"profile": args.profile, "tuning_seed": seed, "overrides": args.overrides,
-              "configurations_per_method": {m: len(GRID[m]) for m in args.only}, "selection": cfg.selection.model_dump(),
-              "rule": "one standard error: the cheapest in training passes within one standard error of the best label win rate"}
+    record = {
+        "profile": args.profile,
+        "tuning_seed": seed,
+        "overrides": args.overrides,
+        "configurations_per_method": {m: len(GRID[m]) for m in args.only},
+        "selection": cfg.selection.model_dump(),
+        "rule": (
+            "one standard error: the cheapest in training passes within one standard error of the best label win rate"
+        ),
+    }
     print("\n" + write_table(results, choose(results, cfg.selection.prompts, base), args.out, record))
     print(f"\nwritten: {args.out}")
     return 0

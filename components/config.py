@@ -4,6 +4,7 @@
 named partial overrides (``smoke``, ...). A profile is deep-merged onto the defaults and the
 result is validated: unknown keys and wrong types fail with the key's dotted path.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,9 +26,11 @@ class ConfigError(ValueError):
 
 # scheme://user:password@host, or any user info in an http(s) URL (user:token@, token@)
 _URL_CREDENTIALS = re.compile(r"^(?:[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@|https?://[^/@\s]+@)", re.IGNORECASE)
-CREDENTIALS_ELSEWHERE = ("give them through the environment (MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
-                         "MLFLOW_TRACKING_TOKEN, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or a Prefect Secret block "
-                         "named by orchestration.credentials_block")
+CREDENTIALS_ELSEWHERE = (
+    "give them through the environment (MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
+    "MLFLOW_TRACKING_TOKEN, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or a Prefect Secret block "
+    "named by orchestration.credentials_block"
+)
 
 
 def holds_credentials(url: str | None) -> bool:
@@ -48,17 +51,25 @@ class Section(BaseModel):
 class SyntheticDataConfig(Section):
     """The embedded synthetic review task (see components/data/)."""
 
-    eval_prompt_fraction: float = Field(0.2, gt=0, lt=1, description="share of distinct prompts held out for evaluation")
+    eval_prompt_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of distinct prompts held out for evaluation"
+    )
     n_demonstrations: int = Field(20000, ge=1, description="demonstrations written by the noisy demonstrator")
     n_comparison_prompts: int = Field(10000, ge=1, description="training prompts for the static comparison file")
-    responses_per_comparison: int = Field(2, ge=2, le=9, description="K responses ranked per prompt; gives K*(K-1)/2 pairs")
-    labeler_temperature: float = Field(0.6, gt=0, description="Bradley-Terry noise temperature of the simulated labeler")
+    responses_per_comparison: int = Field(
+        2, ge=2, le=9, description="K responses ranked per prompt; gives K*(K-1)/2 pairs"
+    )
+    labeler_temperature: float = Field(
+        0.6, gt=0, description="Bradley-Terry noise temperature of the simulated labeler"
+    )
     carelessness_alpha: float = Field(1.0, gt=0, description="Beta(alpha, beta) of each demonstration's carelessness")
     carelessness_beta: float = Field(1.5, gt=0, description="Beta(alpha, beta) of each demonstration's carelessness")
     stock_closing_rate: float = Field(
-        0.0, ge=0, le=1,
-        description="share of demonstrations ending with a stock line the gold judge penalises (a habit: above 0.5 it is the mode, "
-                    "so greedy SFT keeps it); 0 gives the habit-free task",
+        0.0,
+        ge=0,
+        le=1,
+        description="share of demonstrations ending with a stock line the gold judge penalises "
+        "(a habit: above 0.5 it is the mode, so greedy SFT keeps it); 0 gives the habit-free task",
     )
 
 
@@ -71,13 +82,15 @@ class UserFilesConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["synthetic", "files"] = Field("synthetic", description="generate the embedded task or import user files")
+    source: Literal["synthetic", "files"] = Field(
+        "synthetic", description="generate the embedded task or import user files"
+    )
     dir: str = Field("data", description="the raw data directory, versioned by data.dvc")
     synthetic: SyntheticDataConfig = SyntheticDataConfig()
     files: UserFilesConfig | None = Field(None, description="required when source is 'files'")
 
     @model_validator(mode="after")
-    def _files_given_for_file_source(self) -> "DataConfig":
+    def _files_given_for_file_source(self) -> DataConfig:
         if self.source == "files" and self.files is None:
             raise ValueError("data.files must be set when data.source is 'files'")
         return self
@@ -88,7 +101,7 @@ class RowBounds(Section):
     max: int = Field(ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "RowBounds":
+    def _ordered(self) -> RowBounds:
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) exceeds max ({self.max})")
         return self
@@ -101,8 +114,18 @@ class ValidationConfig(Section):
     max_response_words: int = Field(60, ge=1, description="longest acceptable response")
     max_prompt_words: int = Field(40, ge=1, description="longest acceptable prompt")
     check_vocabulary: bool = Field(True, description="every word must be in the embedded task's vocabulary")
-    chosen_position_min: float = Field(0.35, ge=0, le=1, description="lowest mean of chosen_position (share of pairs whose chosen response was shown second)")
-    chosen_position_max: float = Field(0.65, ge=0, le=1, description="highest mean of chosen_position (share of pairs whose chosen response was shown second)")
+    chosen_position_min: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description="lowest mean of chosen_position (share of pairs whose chosen response was shown second)",
+    )
+    chosen_position_max: float = Field(
+        0.65,
+        ge=0,
+        le=1,
+        description="highest mean of chosen_position (share of pairs whose chosen response was shown second)",
+    )
     demonstrations_rows: RowBounds = RowBounds(min=1000, max=1_000_000)
     preferences_rows: RowBounds = RowBounds(min=1000, max=1_000_000)
     eval_prompts_rows: RowBounds = RowBounds(min=20, max=100_000)
@@ -114,13 +137,17 @@ class PrepareConfig(Section):
     """Turns the validated raw data into the exact inputs of the training stages."""
 
     dir: str = Field("artifacts/prepared", description="where the prepared files go")
-    rm_valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of preference pairs held out to measure the reward model")
+    rm_valid_fraction: float = Field(
+        0.1, gt=0, lt=1, description="share of preference pairs held out to measure the reward model"
+    )
 
 
 class ModelConfig(Section):
     """The policy architecture (trained from scratch) or a local Hugging Face model directory."""
 
-    source: Literal["scratch", "local"] = Field("scratch", description="a small GPT-2 from scratch, or a local HF model")
+    source: Literal["scratch", "local"] = Field(
+        "scratch", description="a small GPT-2 from scratch, or a local HF model"
+    )
     local_dir: str | None = Field(None, description="HF model directory (safetensors only) when source is 'local'")
     n_layer: int = Field(3, ge=1, description="transformer blocks")
     n_embd: int = Field(128, ge=8, description="hidden width")
@@ -130,7 +157,7 @@ class ModelConfig(Section):
     max_response_tokens: int = Field(40, ge=2, description="longest response, EOS included")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModelConfig":
+    def _consistent(self) -> ModelConfig:
         if self.source == "local" and not self.local_dir:
             raise ValueError("model.local_dir must be set when model.source is 'local'")
         if self.n_embd % self.n_head:
@@ -157,7 +184,9 @@ class SFTConfig(OptimConfig):
 class ComparisonsConfig(Section):
     """InstructGPT's comparison collection: K samples per training prompt from the SFT policy, ranked."""
 
-    source: Literal["sft_samples", "static"] = Field("sft_samples", description="label SFT samples, or use the static preference file")
+    source: Literal["sft_samples", "static"] = Field(
+        "sft_samples", description="label SFT samples, or use the static preference file"
+    )
     n_prompts: int = Field(4000, ge=1, description="training prompts to sample for")
     responses_per_prompt: int = Field(4, ge=2, le=9, description="K; each prompt gives K*(K-1)/2 pairs")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
@@ -169,9 +198,23 @@ class RewardConfig(OptimConfig):
     """The reward model: -log sigmoid(r(chosen) - r(rejected)), read at the last response token."""
 
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of comparisons held out for accuracy")
-    reference_samples: int = Field(512, ge=0, description="SFT samples on training prompts on which the reward is normalised to mean 0, std 1 (0: not normalised)")
-    shuffle_labels: bool = Field(False, description="negative control: swap chosen/rejected at random, so the RM learns nothing real")
-    ensemble_size: int = Field(1, ge=1, description="reward models trained from independent initialisations (Coste et al. 2023); PPO reads them together")
+    reference_samples: int = Field(
+        512,
+        ge=0,
+        description=(
+            "SFT samples on training prompts on which the reward is normalised to mean 0, std 1 (0: not normalised)"
+        ),
+    )
+    shuffle_labels: bool = Field(
+        False, description="negative control: swap chosen/rejected at random, so the RM learns nothing real"
+    )
+    ensemble_size: int = Field(
+        1,
+        ge=1,
+        description=(
+            "reward models trained from independent initialisations (Coste et al. 2023); PPO reads them together"
+        ),
+    )
 
 
 class KLControlConfig(Section):
@@ -196,10 +239,17 @@ class PPOConfig(Section):
     cliprange_value: float = Field(0.2, gt=0, description="value clip around the rollout's values")
     gamma: float = Field(1.0, gt=0, le=1, description="discount")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
-    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature; log-probs, KL and entropy are of softmax(logits / temperature)")
-    missing_eos_penalty: float = Field(1.0, ge=0, description="subtracted from the RM score of responses that never end")
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        description="rollout sampling temperature; log-probs, KL and entropy are of softmax(logits / temperature)",
+    )
+    missing_eos_penalty: float = Field(
+        1.0, ge=0, description="subtracted from the RM score of responses that never end"
+    )
     ensemble_reward: Literal["mean", "mean_minus_std", "min"] = Field(
-        "mean_minus_std", description="how a reward ensemble's members make the reward PPO optimises (one member: its score)"
+        "mean_minus_std",
+        description="how a reward ensemble's members make the reward PPO optimises (one member: its score)",
     )
     uncertainty_coef: float = Field(1.0, ge=0, description="lambda of mean - lambda * std over the ensemble's members")
     whiten_rewards: bool = Field(False, description="whiten the per-token rewards before GAE")
@@ -207,12 +257,17 @@ class PPOConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     log_every: int = Field(1, ge=1, description="iterations between history entries")
     checkpoint_every: int = Field(10, ge=0, description="iterations between resumable checkpoints (0: none)")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per minibatch (same gradient, less memory)")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="micro-batches per minibatch (same gradient, less memory)"
+    )
 
     @model_validator(mode="after")
-    def _divisible(self) -> "PPOConfig":
+    def _divisible(self) -> PPOConfig:
         if self.rollout_batch_size % self.minibatch_size:
-            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of minibatch_size ({self.minibatch_size})")
+            raise ValueError(
+                f"rollout_batch_size ({self.rollout_batch_size}) "
+                f"must be a multiple of minibatch_size ({self.minibatch_size})"
+            )
         return self
 
 
@@ -221,9 +276,14 @@ class CombinedLossConfig(OptimConfig):
 
     unlikelihood_coef: float = Field(0.5, ge=0, description="weight of the unlikelihood term on rejected tokens")
     unlikelihood_tokens: Literal["all", "after_shared_prefix", "not_in_chosen"] = Field(
-        "not_in_chosen", description="rejected tokens penalised: all, all but the opening shared with chosen, or those absent from chosen"
+        "not_in_chosen",
+        description=(
+            "rejected tokens penalised: all, all but the opening shared with chosen, or those absent from chosen"
+        ),
     )
-    min_one_minus_p: float = Field(1e-5, gt=0, lt=1, description="clamp of 1 - p in -log(1 - p): caps one token's unlikelihood")
+    min_one_minus_p: float = Field(
+        1e-5, gt=0, lt=1, description="clamp of 1 - p in -log(1 - p): caps one token's unlikelihood"
+    )
 
 
 class DPOConfig(OptimConfig):
@@ -237,24 +297,36 @@ class BestOfNConfig(Section):
 
     n: int = Field(8, ge=1, description="samples per prompt; the RM picks one")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the n samples")
-    missing_eos_penalty: float = Field(1.0, ge=0, description="subtracted from the RM score of samples that never end (as in PPO)")
+    missing_eos_penalty: float = Field(
+        1.0, ge=0, description="subtracted from the RM score of samples that never end (as in PPO)"
+    )
 
 
 class BaselinesConfig(Section):
-    """The supervised baselines: each trains on the same comparisons as the reward model (its held-out slice too is held out)."""
+    """The supervised baselines: each trains on the same comparisons as the reward model
+    (its held-out slice too is held out)."""
 
     chosen: SFTConfig = Field(SFTConfig(), description="SFT on every pair's chosen response")
-    top_ranked: SFTConfig = Field(SFTConfig(), description="SFT on each ranked group's best response (rejection-sampling fine-tuning)")
+    top_ranked: SFTConfig = Field(
+        SFTConfig(), description="SFT on each ranked group's best response (rejection-sampling fine-tuning)"
+    )
     combined: CombinedLossConfig = CombinedLossConfig()
     dpo: DPOConfig = DPOConfig()
     best_of_n: BestOfNConfig = BestOfNConfig()
 
 
 class SelectionConfig(Section):
-    """Which snapshot of each trained policy ships: the one the labeller prefers on the held-out slice, never by gold."""
+    """Which snapshot of each trained policy ships: the one the labeller prefers on the held-out slice,
+    never by gold."""
 
-    candidates: int = Field(4, ge=1, description="snapshots per trained policy (PPO and each preference baseline), evenly spaced; 1: the last")
-    prompts: int = Field(200, ge=0, description="held-out ranked groups each snapshot answers (one fresh label each); 0: no selection")
+    candidates: int = Field(
+        4,
+        ge=1,
+        description="snapshots per trained policy (PPO and each preference baseline), evenly spaced; 1: the last",
+    )
+    prompts: int = Field(
+        200, ge=0, description="held-out ranked groups each snapshot answers (one fresh label each); 0: no selection"
+    )
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the snapshots' answers")
     batch_size: int = Field(256, ge=1, description="prompts per generation batch")
 
@@ -262,30 +334,55 @@ class SelectionConfig(Section):
 class EvaluationConfig(Section):
     """Held-out evaluation: every policy decoded the same way, seeded."""
 
-    modes: list[Literal["sample", "greedy"]] = Field(["sample", "greedy"], min_length=1, description="decoding modes to evaluate under")
+    modes: list[Literal["sample", "greedy"]] = Field(
+        ["sample", "greedy"], min_length=1, description="decoding modes to evaluate under"
+    )
     samples_per_prompt: int = Field(8, ge=1, description="samples per eval prompt in 'sample' mode (greedy: 1)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature in 'sample' mode")
     batch_size: int = Field(256, ge=1, description="responses per generation batch")
-    n_examples: int = Field(8, ge=0, description="held-out prompts shown with every policy's response in the example table")
+    n_examples: int = Field(
+        8, ge=0, description="held-out prompts shown with every policy's response in the example table"
+    )
 
 
 class OveroptimisationConfig(Section):
     """Signs that PPO exploits the reward model (Gao et al. 2022)."""
 
     tail_fraction: float = Field(0.3, gt=0, le=1, description="last share of PPO iterations whose trend is checked")
-    max_gold_drop: float = Field(0.05, ge=0, description="largest gold fall over the tail tolerated while the RM score rises")
-    max_proxy_gold_gap: float = Field(0.15, ge=0, description="largest excess of PPO's RM win rate over its gold win rate against any gated baseline")
+    max_gold_drop: float = Field(
+        0.05, ge=0, description="largest gold fall over the tail tolerated while the RM score rises"
+    )
+    max_proxy_gold_gap: float = Field(
+        0.15, ge=0, description="largest excess of PPO's RM win rate over its gold win rate against any gated baseline"
+    )
 
 
 class GateConfig(Section):
     """When the PPO policy is promoted to the registry alias `champion`: every rule, in every mode."""
 
-    modes: list[Literal["sample", "greedy"]] = Field(["sample", "greedy"], min_length=1, description="decoding modes every rule must hold under")
-    baselines: list[str] = Field(["sft", "chosen", "top_ranked", "combined", "dpo"], min_length=1, description="supervised policies PPO must beat, every one of them")
-    min_win_rate_lower: float = Field(0.5, ge=0, le=1, description="PPO's gold win rate against each gated baseline: its CI's lower bound must exceed this")
-    min_rm_accuracy: float = Field(0.6, ge=0, le=1, description="floor of the reward model's held-out pairwise accuracy")
+    modes: list[Literal["sample", "greedy"]] = Field(
+        ["sample", "greedy"], min_length=1, description="decoding modes every rule must hold under"
+    )
+    baselines: list[str] = Field(
+        ["sft", "chosen", "top_ranked", "combined", "dpo"],
+        min_length=1,
+        description="supervised policies PPO must beat, every one of them",
+    )
+    min_win_rate_lower: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="PPO's gold win rate against each gated baseline: its CI's lower bound must exceed this",
+    )
+    min_rm_accuracy: float = Field(
+        0.6, ge=0, le=1, description="floor of the reward model's held-out pairwise accuracy"
+    )
     min_rm_member_agreement: float = Field(
-        0.7, ge=0, le=1, description="a reward ensemble's members must order at least this share of the held-out pairs alike")
+        0.7,
+        ge=0,
+        le=1,
+        description="a reward ensemble's members must order at least this share of the held-out pairs alike",
+    )
     max_kl: float = Field(20.0, gt=0, description="KL budget (nats per response) of PPO from the SFT reference")
     sft_tolerance: float = Field(0.0, ge=0, description="how far PPO's mean gold score may fall below SFT's")
     overoptimisation: OveroptimisationConfig = OveroptimisationConfig()
@@ -295,18 +392,24 @@ class TuningConfig(Section):
     """How the recipe's settings were chosen (benchmarks/tune.py): recorded as every policy's tuning budget."""
 
     seed: int = Field(7, description="the tuning seed: none of the evaluation seeds")
-    configurations_per_method: int = Field(6, ge=1, description="configurations tried for PPO and for each supervised baseline alike")
+    configurations_per_method: int = Field(
+        6, ge=1, description="configurations tried for PPO and for each supervised baseline alike"
+    )
     results: str = Field("benchmarks/results/tuning.json", description="the sweep's table")
 
 
 class TrackingConfig(Section):
     """MLflow: where runs and the model registry live."""
 
-    uri: str | None = Field(None, description="tracking URI; null: $MLFLOW_TRACKING_URI, else the project's mlruns/ store")
+    uri: str | None = Field(
+        None, description="tracking URI; null: $MLFLOW_TRACKING_URI, else the project's mlruns/ store"
+    )
     experiment: str = Field("rlhf-pipeline", description="MLflow experiment of the pipeline runs")
     registered_model: str = Field("rlhf-policy", description="registry name of the PPO policies")
     log_models: bool = Field(True, description="log every trained model (HF layout) as an MLflow artefact")
-    connect_timeout_seconds: float = Field(10.0, gt=0, description="a tracking server must answer its health check within this at start")
+    connect_timeout_seconds: float = Field(
+        10.0, gt=0, description="a tracking server must answer its health check within this at start"
+    )
 
     _no_credentials = field_validator("uri")(no_credentials)
 
@@ -314,26 +417,55 @@ class TrackingConfig(Section):
 class OrchestrationConfig(Section):
     """How Prefect runs the pipeline: reuse, retries and the deployment's schedule."""
 
-    reuse_finished_stages: bool = Field(True, description="reuse a stage's saved model when data hash, its config section and its upstream stages are unchanged")
-    tracking_retries: int = Field(3, ge=0, description="Prefect retries of the tasks that only talk to MLflow (a tracking server hiccup)")
-    tracking_retry_delays: list[float] = Field([10.0, 30.0, 90.0], description="seconds before each retry (backoff; the last repeats)")
+    reuse_finished_stages: bool = Field(
+        True,
+        description=(
+            "reuse a stage's saved model when data hash, its config section and its upstream stages are unchanged"
+        ),
+    )
+    tracking_retries: int = Field(
+        3, ge=0, description="Prefect retries of the tasks that only talk to MLflow (a tracking server hiccup)"
+    )
+    tracking_retry_delays: list[float] = Field(
+        [10.0, 30.0, 90.0], description="seconds before each retry (backoff; the last repeats)"
+    )
     schedule_cron: str = Field("0 2 * * *", description="cron schedule of the deployment")
     schedule_timezone: str = Field("UTC", description="time zone of the cron schedule")
     work_pool: str = Field("rlhf-process", description="the process work pool the deployment runs on")
-    keep_stage_outputs: int | None = Field(3, ge=1, description="finished outputs kept per stage, the most recently used first; null: keep all")
-    runs_dir: str = Field("artifacts/runs", description="each run's own directory, named by its MLflow run id: run record, PPO job")
-    credentials_block: str | None = Field(None, description="a Prefect Secret block holding {ENV_NAME: value} (tracking credentials, S3 keys) set for the run; the environment wins")
+    keep_stage_outputs: int | None = Field(
+        3, ge=1, description="finished outputs kept per stage, the most recently used first; null: keep all"
+    )
+    runs_dir: str = Field(
+        "artifacts/runs", description="each run's own directory, named by its MLflow run id: run record, PPO job"
+    )
+    credentials_block: str | None = Field(
+        None,
+        description=(
+            "a Prefect Secret block holding {ENV_NAME: value} (tracking credentials, S3 keys) set for the run; "
+            "the environment wins"
+        ),
+    )
 
 
 class DistributedConfig(Section):
     """How the PPO stage is launched: `accelerate launch` with a profile from infra/accelerate/."""
 
-    accelerate_config: str = Field("infra/accelerate/cpu-1proc.yaml", description="accelerate config file (relative to the project root)")
+    accelerate_config: str = Field(
+        "infra/accelerate/cpu-1proc.yaml", description="accelerate config file (relative to the project root)"
+    )
     num_processes: int | None = Field(None, ge=1, description="override the profile's process count")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that supports it, fp32 on CPU")
-    timeout_seconds: float = Field(7200.0, gt=0, description="the whole launch; a hung job is killed and the task fails after this")
-    kill_grace_seconds: float = Field(10.0, gt=0, description="SIGTERM, then SIGKILL after this, when a launch is stopped")
-    main_process_port: int | None = Field(None, ge=1, le=65535, description="rendezvous port on one machine; null: a free port")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, fp32 on CPU"
+    )
+    timeout_seconds: float = Field(
+        7200.0, gt=0, description="the whole launch; a hung job is killed and the task fails after this"
+    )
+    kill_grace_seconds: float = Field(
+        10.0, gt=0, description="SIGTERM, then SIGKILL after this, when a launch is stopped"
+    )
+    main_process_port: int | None = Field(
+        None, ge=1, le=65535, description="rendezvous port on one machine; null: a free port"
+    )
     log_tail_lines: int = Field(60, ge=1, description="last log lines quoted when a launch fails")
 
 

@@ -1,12 +1,13 @@
 """Exclusive file locks for runs that share a machine: the operating system drops a lock when its holder dies."""
+
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 MACHINE_LOCKS = Path(tempfile.gettempdir()) / "rlhf-pipeline-locks"
 PROJECT_LOCKS = ".locks"

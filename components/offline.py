@@ -1,4 +1,5 @@
 """Keeps every tool that phones home quiet. Called by entry points, never at import time."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Credentials from a Prefect Secret block: for deployments whose workers hold no secrets in their
 environment. Names are logged, values never."""
+
 from __future__ import annotations
 
 import os
@@ -24,14 +25,24 @@ def export_credentials(cfg: OrchestrationConfig) -> list[str]:
     try:
         values = Secret.load(name).get()
     except ValueError:
-        raise ConfigError(f"orchestration.credentials_block: no Prefect Secret block named {name!r} "
-                          "(create it with prefect.blocks.system.Secret(value={...}).save(name))") from None
-    if not isinstance(values, dict) or not all(isinstance(k, str) and ENVIRONMENT_NAME.match(k) and isinstance(v, str) for k, v in values.items()):
-        raise ConfigError(f"orchestration.credentials_block: the Secret block {name!r} must hold a JSON object "
-                          "of environment variable names to string values")
+        raise ConfigError(
+            f"orchestration.credentials_block: no Prefect Secret block named {name!r} "
+            "(create it with prefect.blocks.system.Secret(value={...}).save(name))"
+        ) from None
+    if not isinstance(values, dict) or not all(
+        isinstance(k, str) and ENVIRONMENT_NAME.match(k) and isinstance(v, str) for k, v in values.items()
+    ):
+        raise ConfigError(
+            f"orchestration.credentials_block: the Secret block {name!r} must hold a JSON object "
+            "of environment variable names to string values"
+        )
     exported = sorted(key for key in values if key not in os.environ)
     os.environ.update({key: values[key] for key in exported})
     kept = sorted(set(values) - set(exported))
-    get_run_logger().info("credentials from the Prefect Secret block %r: %s%s", name, ", ".join(exported) or "none",
-                          f" (already in the environment, kept: {', '.join(kept)})" if kept else "")
+    get_run_logger().info(
+        "credentials from the Prefect Secret block %r: %s%s",
+        name,
+        ", ".join(exported) or "none",
+        f" (already in the environment, kept: {', '.join(kept)})" if kept else "",
+    )
     return exported

@@ -1,4 +1,5 @@
 """Data tasks: stage -> validate (Great Expectations) -> version (DVC) -> prepare -> describe."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,12 +9,16 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import locks
-from components.config import Config
+from components.config import Config, load_config
 from components.data import stages, versioned
+from components.data.cli import write_rebuild_report
 from components.data.dataset import load_rows
+from components.tracking import dvc_store
 from flows.tracking_tasks import Tracking
 
 VALIDATION_ARTIFACT = "data-validation"
+DVC_STAGES = ("generate", "validate", "prepare")  # dvc.yaml's data stages, which this flow runs as tasks
+DVC_PARAMS = ("seed", "data", "validation", "prepare")  # the params.yaml sections those stages read
 
 
 @task(name="stage data", cache_policy=NO_CACHE)
@@ -31,12 +36,16 @@ def validate_data(cfg: Config, root: str, candidate: versioned.Candidate, tracki
         report = stages.validate(cfg, root, candidate.directory, candidate.file_labels())
     except stages.DataValidationFailed as failed:
         versioned.discard(candidate)
-        create_markdown_artifact(key=VALIDATION_ARTIFACT, markdown=f"# Data validation FAILED\n\n```\n{failed.report.summary()}\n```")
+        create_markdown_artifact(
+            key=VALIDATION_ARTIFACT, markdown=f"# Data validation FAILED\n\n```\n{failed.report.summary()}\n```"
+        )
         run.log_text(failed.report.summary(), "validation/summary.txt")
         run.set_tags({"validation.success": "false"})
         run.finish("FAILED")
         raise
-    create_markdown_artifact(key=VALIDATION_ARTIFACT, markdown=f"# Data validation passed\n\n```\n{report.summary()}\n```")
+    create_markdown_artifact(
+        key=VALIDATION_ARTIFACT, markdown=f"# Data validation passed\n\n```\n{report.summary()}\n```"
+    )
     run.log_text(report.summary(), "validation/summary.txt")
     if report.data_docs_index:
         run.log_artifacts(Path(report.data_docs_index).parent, "validation/data_docs")
@@ -58,6 +67,25 @@ def prepare_data(cfg: Config, root: str, data_version: dict) -> dict:
     return stages.prepare_training_inputs(cfg, root, data_version)
 
 
+@task(name="lock data stages", cache_policy=NO_CACHE)
+def lock_data_stages(cfg: Config, root: str, data_version: dict) -> bool:
+    """Record in dvc.lock that dvc.yaml's data stages ran, as this flow just ran them, so `dvc status` is clean.
+
+    Only when the run read params.yaml's own values for those stages: dvc.lock names the params.yaml values a
+    stage ran with, and a run with another profile or overrides did not run with them.
+    """
+    root_path = Path(root)
+    if not (root_path / "dvc.yaml").is_file() or not (root_path / "params.yaml").is_file():
+        return False
+    declared = load_config("default", [], root_path / "params.yaml")
+    if any(getattr(cfg, section) != getattr(declared, section) for section in DVC_PARAMS):
+        get_run_logger().info("dvc.lock left as it is: this run's data settings are not params.yaml's defaults")
+        return False
+    write_rebuild_report(root_path, data_version["md5"], data_version["md5"])  # the staged rebuild matched it
+    dvc_store.lock_stages(root_path, DVC_STAGES)
+    return True
+
+
 @task(name="describe data", cache_policy=NO_CACHE)
 def describe_data(cfg: Config, root: str) -> dict:
     return stages.data_summary(cfg, root)
@@ -69,6 +97,7 @@ def data_stages(cfg: Config, root: str, tracking: Tracking) -> dict:
     One run at a time per project root stages, validates, versions and reads the data (runs at
     once would otherwise write the same data directory and data.dvc); the rows are then in memory.
     """
+
     def waiting() -> None:
         get_run_logger().info("data: another run on %s is versioning its data; waiting", root)
 
@@ -78,6 +107,7 @@ def data_stages(cfg: Config, root: str, tracking: Tracking) -> dict:
         version = version_data(cfg, root, candidate)
         tracking.parent.set_tags({"data.md5": version["md5"], "data.action": version["action"]})
         prepared = prepare_data(cfg, root, version)
+        lock_data_stages(cfg, root, version)
         summary = describe_data(cfg, root)
         rows = load_rows(Path(root) / cfg.data.dir)
     tracking.parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, prefix="data.")

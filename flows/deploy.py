@@ -8,6 +8,7 @@ Both need a Prefect server (PREFECT_API_URL); `bash infra/start_servers.sh` star
 MLflow server on 127.0.0.1. The schedule, work pool and time zone come from `orchestration:` in
 params.yaml. `prefect.yaml` declares the same deployment for `prefect deploy`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,11 @@ def deployment_name(profile: str) -> str:
 def schedule_kwargs(cfg: Config, cron: str | None) -> dict:
     from prefect.client.schemas.schedules import CronSchedule
 
-    return {"schedules": [CronSchedule(cron=cron or cfg.orchestration.schedule_cron, timezone=cfg.orchestration.schedule_timezone)]}
+    return {
+        "schedules": [
+            CronSchedule(cron=cron or cfg.orchestration.schedule_cron, timezone=cfg.orchestration.schedule_timezone)
+        ]
+    }
 
 
 def parameters(profile: str, root: str, overrides: list[str]) -> dict:
@@ -44,7 +49,9 @@ def ensure_work_pool(name: str) -> None:
         try:
             client.read_work_pool(name)
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(name=name, type="process", description="runs the RLHF pipeline as local processes"))
+            client.create_work_pool(
+                WorkPoolCreate(name=name, type="process", description="runs the RLHF pipeline as local processes")
+            )
 
 
 def apply(cfg: Config, root: str, overrides: list[str], cron: str | None) -> str:
@@ -69,9 +76,14 @@ def serve(cfg: Config, root: str, overrides: list[str], cron: str | None) -> Non
     """Schedule and execute in this process (no work pool, no worker)."""
     from prefect import serve as prefect_serve
 
-    prefect_serve(rlhf_pipeline.to_deployment(
-        name=deployment_name(cfg.profile), parameters=parameters(cfg.profile, root, overrides), tags=["rlhf", cfg.profile], **schedule_kwargs(cfg, cron)
-    ))
+    prefect_serve(
+        rlhf_pipeline.to_deployment(
+            name=deployment_name(cfg.profile),
+            parameters=parameters(cfg.profile, root, overrides),
+            tags=["rlhf", cfg.profile],
+            **schedule_kwargs(cfg, cron),
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     stay_offline()
     cfg = load_config(args.profile, args.overrides, args.params)
     if args.action == "apply":
-        print(f"deployment: {apply(cfg, args.root, args.overrides, args.cron)} on work pool {cfg.orchestration.work_pool}")
+        print(
+            f"deployment: {apply(cfg, args.root, args.overrides, args.cron)} on work pool {cfg.orchestration.work_pool}"
+        )
         print(f"run it now : prefect deployment run '{rlhf_pipeline.name}/{deployment_name(cfg.profile)}'")
         print(f"execute    : prefect worker start --pool {cfg.orchestration.work_pool}")
     else:

@@ -10,6 +10,7 @@ only when the gate says RLHF beat every supervised baseline.
 Exit codes: 0 done (promoted or not), 2 refused (bad config, data drift, failed validation),
 3 a NaN/inf in training (nothing registered), 4 the tracking server is unreachable (nothing run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,10 @@ from components.config import DEFAULT_PARAMS, ConfigError, load_config
 from components.data import stages
 from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
-from components.training.loop import NonFiniteError
-from components.tracking.dvc_store import DataDrift
 from components.tracking import run_records
+from components.tracking.dvc_store import DataDrift
 from components.tracking.mlflow_store import TrackingUnavailable
+from components.training.loop import NonFiniteError
 from flows import data_tasks, training_tasks
 from flows.credentials import export_credentials
 from flows.tracking_tasks import close_abandoned_runs, close_tracking, open_tracking
@@ -37,7 +38,9 @@ from flows.tracking_tasks import close_abandoned_runs, close_tracking, open_trac
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def flow_overrides(overrides: list[str] | None, seed: int | None, tracking_uri: str | None, registered_model: str | None) -> list[str]:
+def flow_overrides(
+    overrides: list[str] | None, seed: int | None, tracking_uri: str | None, registered_model: str | None
+) -> list[str]:
     extra = {"seed": seed, "tracking.uri": tracking_uri, "tracking.registered_model": registered_model}
     return [*(overrides or []), *(f"{key}={value}" for key, value in extra.items() if value is not None)]
 
@@ -70,7 +73,9 @@ def rlhf_pipeline(
         try:
             data = data_tasks.data_stages(cfg, root, tracking)
             name_flow_run(f"{profile}-data-{data['version']['md5'][:8]}")
-            alive.enter_context(run_records.alive(tracking.run_dir))  # a run refused before training leaves nothing in the root
+            alive.enter_context(
+                run_records.alive(tracking.run_dir)
+            )  # a run refused before training leaves nothing in the root
             write_run_record(cfg, root, tracking, started, data, None, None, None, run_records.RUNNING)
             close_abandoned_runs(tracking)
             trained = training_tasks.train_all(cfg, root, tracking, data)
@@ -82,7 +87,19 @@ def rlhf_pipeline(
         except BaseException as error:
             closed = close_tracking(tracking, error)
             if data is not None:
-                write_run_record(cfg, root, tracking, started, data, trained, decision, registry, run_records.FAILED, error, not closed)
+                write_run_record(
+                    cfg,
+                    root,
+                    tracking,
+                    started,
+                    data,
+                    trained,
+                    decision,
+                    registry,
+                    run_records.FAILED,
+                    error,
+                    not closed,
+                )
             raise
         write_run_record(cfg, root, tracking, started, data, trained, decision, registry, run_records.COMPLETED)
         close_tracking(tracking, None)
@@ -102,26 +119,50 @@ def rlhf_pipeline(
     }
 
 
-def write_run_record(cfg, root: str, tracking, started: float, data: dict, trained: dict | None, decision: dict | None,
-                     registry: dict | None, status: str, error: BaseException | None = None, mlflow_open: bool = False) -> None:
+def write_run_record(
+    cfg,
+    root: str,
+    tracking,
+    started: float,
+    data: dict,
+    trained: dict | None,
+    decision: dict | None,
+    registry: dict | None,
+    status: str,
+    error: BaseException | None = None,
+    mlflow_open: bool = False,
+) -> None:
     """``<run dir>/run.json``: what this run used and decided, so concurrent runs on one root stay
     tellable apart; "running" until the run ends (a dead run's record is closed by a later run)."""
     stage_dirs = {}
     if trained is not None:
         store = StageStore(root)
-        stage_dirs = {name: {"key": r.key, "directory": str(store.path(training_tasks.stage_home(cfg, name), r.key)), "reused": r.reused}
-                      for name, r in training_tasks.trained_stages(trained).items()}
-    run_records.write(tracking.run_dir, {
-        "status": status,
-        "error": f"{type(error).__name__}: {error}"[:2000] if error else None,
-        "started": started, "finished": None if status == run_records.RUNNING else time.time(),
-        "profile": cfg.profile, "seed": cfg.seed,
-        "flow_run_id": str(flow_run.id) if flow_run.id else None,
-        "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id}, "mlflow_open": mlflow_open,
-        "data_version": data["version"], "stages": stage_dirs,
-        "decision": {"decision": decision["decision"], "score": decision["score"]} if decision else None,
-        "registry": registry,
-    })
+        stage_dirs = {
+            name: {
+                "key": r.key,
+                "directory": str(store.path(training_tasks.stage_home(cfg, name), r.key)),
+                "reused": r.reused,
+            }
+            for name, r in training_tasks.trained_stages(trained).items()
+        }
+    run_records.write(
+        tracking.run_dir,
+        {
+            "status": status,
+            "error": f"{type(error).__name__}: {error}"[:2000] if error else None,
+            "started": started,
+            "finished": None if status == run_records.RUNNING else time.time(),
+            "profile": cfg.profile,
+            "seed": cfg.seed,
+            "flow_run_id": str(flow_run.id) if flow_run.id else None,
+            "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
+            "mlflow_open": mlflow_open,
+            "data_version": data["version"],
+            "stages": stage_dirs,
+            "decision": {"decision": decision["decision"], "score": decision["score"]} if decision else None,
+            "registry": registry,
+        },
+    )
 
 
 def _print_summary(result: dict, seconds: float) -> None:
@@ -131,17 +172,24 @@ def _print_summary(result: dict, seconds: float) -> None:
     for name, count in data["rows"].items():
         print(f"rows         : {name:<15} {count}")
     if "label_accuracy_vs_gold" in data:
-        print(f"labels       : {data['label_accuracy_vs_gold']:.3f} agree with the gold judge "
-              f"(Bradley-Terry predicts {data['label_accuracy_expected']:.3f})")
-        print(f"demos gold   : mean {data['demonstrations_gold_mean']:.2f}, sd {data['demonstrations_gold_std']:.2f} (max 4.5)")
+        print(
+            f"labels       : {data['label_accuracy_vs_gold']:.3f} agree with the gold judge "
+            f"(Bradley-Terry predicts {data['label_accuracy_expected']:.3f})"
+        )
+        print(
+            f"demos gold   : mean {data['demonstrations_gold_mean']:.2f}, "
+            f"sd {data['demonstrations_gold_std']:.2f} (max 4.5)"
+        )
     print(f"validation   : passed; Data Docs at {result['validation']['data_docs']}")
     print(f"prepared     : {result['prepared']}")
     print(format_table(result["evaluation"]))
     print(format_budgets(result["budgets"]))
     print(f"\n{result['decision']['summary']}")
     registry = result["registry"]
-    print(f"\nregistry     : {registry['name']} version {registry['version']} ({registry['decision']}); "
-          f"champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}")
+    print(
+        f"\nregistry     : {registry['name']} version {registry['version']} ({registry['decision']}); "
+        f"champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}"
+    )
     print(f"registry note: {registry['champion_note']}")
     print(f"mlflow       : {result['mlflow']['uri']} (run {result['mlflow']['run_id']})")
     print(f"run record   : {result['run_dir']}/run.json")
@@ -151,13 +199,17 @@ def _print_summary(result: dict, seconds: float) -> None:
     if uri.startswith("http"):
         print(f"  MLflow UI  : {uri}")
     else:
-        print(f"  MLflow UI  : .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (then http://127.0.0.1:5000)")
+        print(
+            f"  MLflow UI  : .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (then http://127.0.0.1:5000)"
+        )
     api = os.environ.get("PREFECT_API_URL")
     run_page = f"runs/flow-run/{result['flow_run_id']}"
     if api:
         print(f"  Prefect UI : {api.removesuffix('/api')}/{run_page}")
     else:
-        print(f"  Prefect UI : .venv/bin/prefect server start --host 127.0.0.1   (then http://127.0.0.1:4200/{run_page})")
+        print(
+            f"  Prefect UI : .venv/bin/prefect server start --host 127.0.0.1   (then http://127.0.0.1:4200/{run_page})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,10 +217,16 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default", help="profile from params.yaml (default, smoke, ...)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one config key")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one config key"
+    )
     parser.add_argument("--seed", type=int, help="shorthand for --set seed=N")
-    parser.add_argument("--root", default=str(REPO_ROOT), help="repository root that the config's data paths are relative to")
-    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="the params file (default: this repository's params.yaml)")
+    parser.add_argument(
+        "--root", default=str(REPO_ROOT), help="repository root that the config's data paths are relative to"
+    )
+    parser.add_argument(
+        "--params", default=str(DEFAULT_PARAMS), help="the params file (default: this repository's params.yaml)"
+    )
     args = parser.parse_args(argv)
     stay_offline()
     overrides = args.overrides + ([f"seed={args.seed}"] if args.seed is not None else [])

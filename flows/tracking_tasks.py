@@ -1,4 +1,5 @@
 """The pipeline's MLflow session: one parent run per pipeline run, opened first and closed last."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,14 +19,15 @@ class Tracking:
     parent: StageRun
     run_dir: Path  # this run's own directory (named by the parent run id): PPO job, run record
 
-
     def stage(self, name: str) -> StageRun:
         return self.tracker.start_run(name, tags={"stage": name}, parent=self.parent)
 
 
 def open_tracking(cfg: Config, root: str) -> Tracking:
     tracker = Tracker(cfg.tracking, root)
-    parent = tracker.start_run(f"pipeline-{cfg.profile}", tags={"profile": cfg.profile, "seed": cfg.seed, **git_commit(root)})
+    parent = tracker.start_run(
+        f"pipeline-{cfg.profile}", tags={"profile": cfg.profile, "seed": cfg.seed, **git_commit(root)}
+    )
     parent.log_params(flatten(cfg.model_dump(mode="json")))
     run_dir = Path(root) / cfg.orchestration.runs_dir / parent.run_id
     parent.set_tags({"run_dir": str(run_dir)})
@@ -43,9 +45,14 @@ def close_tracking(tracking: Tracking, error: BaseException | None) -> bool:
         tracking.parent.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
         tracking.parent.finish("FAILED")
         return True
-    except Exception as closing:  # noqa: BLE001 - reported, and the original error is re-raised by the caller
-        get_run_logger().error("could not mark MLflow run %s FAILED at %s (%s: %s); it stays RUNNING there until the next run",
-                               tracking.parent.run_id, tracking.tracker.uri, type(closing).__name__, str(closing)[:300])
+    except Exception as closing:
+        get_run_logger().error(
+            "could not mark MLflow run %s FAILED at %s (%s: %s); it stays RUNNING there until the next run",
+            tracking.parent.run_id,
+            tracking.tracker.uri,
+            type(closing).__name__,
+            str(closing)[:300],
+        )
         return False
 
 
@@ -59,22 +66,38 @@ def close_abandoned_runs(tracking: Tracking) -> list[str]:
     for run_dir, record in run_records.unfinished(tracking.run_dir.parent):
         run_id, uri = record["mlflow"]["run_id"], record["mlflow"]["uri"]
         died = record["status"] == run_records.RUNNING
-        reason = (f"the run stopped without finishing (killed, or its machine lost); found by run {tracking.parent.run_id}"
-                  if died else record.get("error") or "failed")
+        reason = (
+            f"the run stopped without finishing (killed, or its machine lost); found by run {tracking.parent.run_id}"
+            if died
+            else record.get("error") or "failed"
+        )
         mlflow_open = True
         if uri == tracking.tracker.uri:
             try:
                 tracking.tracker.fail_if_running(run_id, reason)
                 mlflow_open = False
-            except Exception as error:  # noqa: BLE001 - best effort, reported
-                logger.warning("could not close MLflow run %s at %s: %s: %s", run_id, uri, type(error).__name__, str(error)[:300])
+            except Exception as error:
+                logger.warning(
+                    "could not close MLflow run %s at %s: %s: %s", run_id, uri, type(error).__name__, str(error)[:300]
+                )
         if died and record.get("flow_run_id"):
             crash_flow_run(record["flow_run_id"], reason)
-        run_records.write(run_dir, {**record, "mlflow_open": mlflow_open,
-                                    **({"status": run_records.ABANDONED, "error": reason} if died else {})})
-        logger.warning("run %s (%s) %s; its MLflow run at %s %s", run_id, run_dir,
-                       "stopped without finishing: marked abandoned" if died else "failed and could not close its MLflow run",
-                       uri, "stays RUNNING (another tracking server)" if mlflow_open else "is now FAILED")
+        run_records.write(
+            run_dir,
+            {
+                **record,
+                "mlflow_open": mlflow_open,
+                **({"status": run_records.ABANDONED, "error": reason} if died else {}),
+            },
+        )
+        logger.warning(
+            "run %s (%s) %s; its MLflow run at %s %s",
+            run_id,
+            run_dir,
+            "stopped without finishing: marked abandoned" if died else "failed and could not close its MLflow run",
+            uri,
+            "stays RUNNING (another tracking server)" if mlflow_open else "is now FAILED",
+        )
         handled.append(run_id)
     return handled
 
@@ -89,5 +112,7 @@ def crash_flow_run(flow_run_id: str, message: str) -> None:
             state = client.read_flow_run(flow_run_id).state
             if state is None or not state.is_final():
                 client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
-    except Exception as error:  # noqa: BLE001 - another Prefect API, or none: best effort, reported
-        get_run_logger().warning("could not mark Prefect flow run %s Crashed: %s: %s", flow_run_id, type(error).__name__, str(error)[:300])
+    except Exception as error:
+        get_run_logger().warning(
+            "could not mark Prefect flow run %s Crashed: %s: %s", flow_run_id, type(error).__name__, str(error)[:300]
+        )

@@ -5,6 +5,7 @@ history with steps, final metrics, curves as PNG, the model in HF layout). Model
 ``artifacts_dir/<stage>/<stage key>/`` (written once, atomically, with a card naming config and
 data version), where any later or concurrent run with the same key finds and reuses them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,13 +20,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components.config import Config
-from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name
+from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name, read_jsonl, write_json
 from components.data.gold_judge import gold_score
 from components.data.lexicon import VOCABULARY
-from components.evaluation.gate import decide
+from components.evaluation.gate import decide_report
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.report import evaluate_policies, format_budgets, format_table, reward_model_gold_accuracy
-from components.data.files import read_jsonl, write_json
 from components.models.builders import load_causal_lm
 from components.models.ensemble import load_reward_model
 from components.models.saving import CARD, save_model, stage_key
@@ -33,10 +33,10 @@ from components.models.stage_store import StageStore
 from components.tracking import plots
 from components.tracking.mlflow_store import CHALLENGER, CHAMPION, StageRun, flatten
 from components.training import ppo_worker, recipe
-from components.training.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
-from components.training.ppo_worker import read_result, write_job
 from components.training.comparisons import save_comparisons
+from components.training.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
 from components.training.loop import NonFiniteError
+from components.training.ppo_worker import read_result, write_job
 from flows.tracking_tasks import Tracking
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
@@ -69,10 +69,17 @@ def record_stage(run: StageRun, section, result: recipe.StageResult, step_key: s
         run.log_figure(plots.curves(result.history, LOSS_CURVES, x=step_key), "plots/curves.png")
 
 
-def save_stage_model(cfg: Config, directory: Path, name: str, result: recipe.StageResult, tokenizer, data: dict) -> None:
+def save_stage_model(
+    cfg: Config, directory: Path, name: str, result: recipe.StageResult, tokenizer, data: dict
+) -> None:
     card = {
-        "stage": name, "stage_key": result.key, "config": cfg.model_dump(mode="json"), "data_version": data["version"],
-        "metrics": result.metrics, "history": result.history, "seconds": result.seconds,
+        "stage": name,
+        "stage_key": result.key,
+        "config": cfg.model_dump(mode="json"),
+        "data_version": data["version"],
+        "metrics": result.metrics,
+        "history": result.history,
+        "seconds": result.seconds,
     }
     save_model(result.model, tokenizer, directory, card)
 
@@ -88,16 +95,23 @@ def stage_home(cfg: Config, name: str) -> str:
 
 
 def key_for(cfg: Config, data: dict, name: str, section, *upstream: str) -> str:
-    return stage_key(stage=name, data=data["version"]["md5"], section=section.model_dump(mode="json"),
-                     model=cfg.model.model_dump(mode="json"), seed=cfg.seed, upstream=list(upstream))
+    return stage_key(
+        stage=name,
+        data=data["version"]["md5"],
+        section=section.model_dump(mode="json"),
+        model=cfg.model.model_dump(mode="json"),
+        seed=cfg.seed,
+        upstream=list(upstream),
+    )
 
 
 def waiting_for(name: str, key: str):
     return lambda: get_run_logger().info("%s: another run is computing key %s; waiting to reuse its result", name, key)
 
 
-def train_or_reuse(cfg: Config, root: str, run: StageRun, name: str, key: str, loader, train, tokenizer, data: dict,
-                   finished=None) -> recipe.StageResult:
+def train_or_reuse(
+    cfg: Config, root: str, run: StageRun, name: str, key: str, loader, train, tokenizer, data: dict, finished=None
+) -> recipe.StageResult:
     """Reuse the stage's saved output when its key matches (data, config section and upstream stages
     unchanged), else train and save it. The key is held meanwhile, so a concurrent run with the same
     key waits and reuses; ``finished`` runs while it is still held, after the save."""
@@ -108,7 +122,9 @@ def train_or_reuse(cfg: Config, root: str, run: StageRun, name: str, key: str, l
             get_run_logger().info("%s: reusing the finished stage in %s", name, directory)
             store.touch(stage_home(cfg, name), key)
             run.set_tags({"reused": "true", "stage_key": key})
-            return recipe.StageResult(loader(directory), card["metrics"], card.get("history", []), 0.0, key, reused=True)
+            return recipe.StageResult(
+                loader(directory), card["metrics"], card.get("history", []), 0.0, key, reused=True
+            )
         result = train()
         result.key = key
         run.set_tags({"reused": "false", "stage_key": key})
@@ -122,22 +138,38 @@ def train_or_reuse(cfg: Config, root: str, run: StageRun, name: str, key: str, l
 def sft_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer) -> recipe.StageResult:
     with recorded(tracking.stage("sft")) as run:
         key = key_for(cfg, data, "sft", cfg.sft)
-        result = train_or_reuse(cfg, root, run, "sft", key, load_causal_lm, lambda: recipe.sft_stage(cfg, tokenizer, data["rows"][DEMONSTRATIONS], log=_progress("sft", 10 * cfg.sft.log_every)),
-                                tokenizer, data)
+        result = train_or_reuse(
+            cfg,
+            root,
+            run,
+            "sft",
+            key,
+            load_causal_lm,
+            lambda: recipe.sft_stage(
+                cfg, tokenizer, data["rows"][DEMONSTRATIONS], log=_progress("sft", 10 * cfg.sft.log_every)
+            ),
+            tokenizer,
+            data,
+        )
         record_stage(run, cfg.sft, result)
         log_stage_model(cfg, root, run, "sft", result)
     return result
 
 
 @task(name="collect comparisons", cache_policy=NO_CACHE)
-def comparisons_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult) -> recipe.StageResult:
+def comparisons_task(
+    cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult
+) -> recipe.StageResult:
     """InstructGPT's comparisons from SFT samples (validated by GE before use), or the static file."""
     if cfg.comparisons.source == "static":
         rows = data["rows"][PREFERENCES]
         return recipe.StageResult(rows, {"pairs": len(rows)}, key=key_for(cfg, data, "comparisons", cfg.comparisons))
     key = key_for(cfg, data, "comparisons", cfg.comparisons, cfg.validation.model_dump_json(), sft.key)
     store = StageStore(root)
-    with recorded(tracking.stage("comparisons")) as run, store.claim(cfg.comparisons.dir, key, waiting_for("comparisons", key)) as directory:
+    with (
+        recorded(tracking.stage("comparisons")) as run,
+        store.claim(cfg.comparisons.dir, key, waiting_for("comparisons", key)) as directory,
+    ):
         card = store.finished(cfg.comparisons.dir, key) if cfg.orchestration.reuse_finished_stages else None
         if card:
             store.touch(cfg.comparisons.dir, key)
@@ -153,7 +185,12 @@ def comparisons_task(cfg: Config, root: str, tracking: Tracking, data: dict, tok
         eval_prompts = frozenset(r["prompt"] for r in data["rows"][EVAL_PROMPTS])
         vocabulary = VOCABULARY if cfg.validation.check_vocabulary else None
         report = save_comparisons(
-            rows, directory, cfg.validation, vocabulary, Path(root) / cfg.validation.report_dir / "comparisons" / key, eval_prompts,
+            rows,
+            directory,
+            cfg.validation,
+            vocabulary,
+            Path(root) / cfg.validation.report_dir / "comparisons" / key,
+            eval_prompts,
         )
         write_json(directory / CARD, {"stage": "comparisons", "stage_key": key, "metrics": result.metrics})
         run.set_tags({"reused": "false", "stage_key": key})
@@ -166,16 +203,33 @@ def comparisons_task(cfg: Config, root: str, tracking: Tracking, data: dict, tok
 
 
 @task(name="reward model", cache_policy=NO_CACHE)
-def reward_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult, comparisons: recipe.StageResult) -> recipe.StageResult:
+def reward_task(
+    cfg: Config,
+    root: str,
+    tracking: Tracking,
+    data: dict,
+    tokenizer,
+    sft: recipe.StageResult,
+    comparisons: recipe.StageResult,
+) -> recipe.StageResult:
     with recorded(tracking.stage("reward_model")) as run:
         train_prompts = sorted({r["prompt"] for r in data["rows"][DEMONSTRATIONS]})
         key = key_for(cfg, data, "reward_model", cfg.reward, sft.key, comparisons.key)
         _, valid = recipe.labelled_split(cfg, comparisons.model)
 
         def train():
-            result = recipe.reward_stage(cfg, tokenizer, sft.model, comparisons.model, train_prompts, log=_progress("reward model", 10 * cfg.reward.log_every))
+            result = recipe.reward_stage(
+                cfg,
+                tokenizer,
+                sft.model,
+                comparisons.model,
+                train_prompts,
+                log=_progress("reward model", 10 * cfg.reward.log_every),
+            )
             if valid and cfg.data.source == "synthetic":
-                result.metrics["accuracy_gold"] = reward_model_gold_accuracy(result.model, tokenizer, valid, cfg.model, gold_score)
+                result.metrics["accuracy_gold"] = reward_model_gold_accuracy(
+                    result.model, tokenizer, valid, cfg.model, gold_score
+                )
             return result
 
         result = train_or_reuse(cfg, root, run, "reward_model", key, load_reward_model, train, tokenizer, data)
@@ -185,15 +239,39 @@ def reward_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenize
 
 
 @task(name="supervised baseline", cache_policy=NO_CACHE, task_run_name="baseline {name}")
-def baseline_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult, comparisons: recipe.StageResult, name: str) -> recipe.StageResult:
+def baseline_task(
+    cfg: Config,
+    root: str,
+    tracking: Tracking,
+    data: dict,
+    tokenizer,
+    sft: recipe.StageResult,
+    comparisons: recipe.StageResult,
+    name: str,
+) -> recipe.StageResult:
     section = getattr(cfg.baselines, name)
     with recorded(tracking.stage(f"baseline_{name}")) as run:
         # the baselines train on the reward model's training split and ship their labeller-selected snapshot
         key = key_for(cfg, data, name, section, sft.key, comparisons.key, *selection_depends_on(cfg))
-        result = train_or_reuse(cfg, root, run, name, key, load_causal_lm,
-                                lambda: recipe.baseline_stage(cfg, name, tokenizer, sft.model, comparisons.model, log=_progress(name, 10 * section.log_every),
-                                                              make_ranker=selection_ranker(cfg)),
-                                tokenizer, data)
+        result = train_or_reuse(
+            cfg,
+            root,
+            run,
+            name,
+            key,
+            load_causal_lm,
+            lambda: recipe.baseline_stage(
+                cfg,
+                name,
+                tokenizer,
+                sft.model,
+                comparisons.model,
+                log=_progress(name, 10 * section.log_every),
+                make_ranker=selection_ranker(cfg),
+            ),
+            tokenizer,
+            data,
+        )
         record_stage(run, section, result)
         log_stage_model(cfg, root, run, name, result)
     return result
@@ -205,15 +283,27 @@ def _progress(stage: str, every: int, total: int | None = None):
 
     def log(step: int, entry: dict) -> None:
         if step % every == 0 or (total is not None and step == total - 1):
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in entry.items() if k in ("rm_score", "kl", "gold", "loss", "accuracy") and isinstance(v, float))
+            shown = ", ".join(
+                f"{k} {v:.3f}"
+                for k, v in entry.items()
+                if k in ("rm_score", "kl", "gold", "loss", "accuracy") and isinstance(v, float)
+            )
             logger.info("%s step %d%s: %s", stage, step + 1, f"/{total}" if total else "", shown)
 
     return log
 
 
 @task(name="PPO", cache_policy=NO_CACHE)
-def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult, reward: recipe.StageResult,
-             comparisons: recipe.StageResult) -> recipe.StageResult:
+def ppo_task(
+    cfg: Config,
+    root: str,
+    tracking: Tracking,
+    data: dict,
+    tokenizer,
+    sft: recipe.StageResult,
+    reward: recipe.StageResult,
+    comparisons: recipe.StageResult,
+) -> recipe.StageResult:
     """PPO under `accelerate launch` with the configured profile; the ranks' logs stream into this task's log.
     The snapshot the labeller prefers on the held-out slice ships."""
     with recorded(tracking.stage("ppo")) as run:
@@ -222,19 +312,36 @@ def ppo_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, 
         profile = AccelerateProfile.read(code_path(cfg.distributed.accelerate_config))
         processes = cfg.distributed.num_processes or profile.num_processes
         # each rank samples its own rollouts, so the process count is part of what the policy depends on
-        key = key_for(cfg, data, "ppo", cfg.ppo, sft.key, reward.key, f"processes={processes}", *selection_depends_on(cfg))
+        key = key_for(
+            cfg, data, "ppo", cfg.ppo, sft.key, reward.key, f"processes={processes}", *selection_depends_on(cfg)
+        )
         # a killed run's re-run continues from the last checkpoint of the same key
         checkpoints = Path(root) / cfg.artifacts_dir / ".checkpoints" / f"ppo-{key}"
         run.set_tags({"accelerate_config": cfg.distributed.accelerate_config, "processes": processes})
         store = StageStore(root)
-        inputs = {"sft": store.path(stage_home(cfg, "sft"), sft.key), "reward_model": store.path(stage_home(cfg, "reward_model"), reward.key)}
+        inputs = {
+            "sft": store.path(stage_home(cfg, "sft"), sft.key),
+            "reward_model": store.path(stage_home(cfg, "reward_model"), reward.key),
+        }
         result = train_or_reuse(
-            cfg, root, run, "ppo", key, load_causal_lm,
+            cfg,
+            root,
+            run,
+            "ppo",
+            key,
+            load_causal_lm,
             lambda: recipe.select_candidate(
-                cfg, launched_ppo(cfg, tracking, run, profile, inputs, train_prompts, demonstrations, checkpoints),
-                ppo_worker.read_snapshots(ppo_worker.snapshot_dir(None, checkpoints)), tokenizer, comparisons.model,
-                selection_ranker(cfg), unit="iteration"),
-            tokenizer, data, finished=lambda: shutil.rmtree(checkpoints, ignore_errors=True),  # the saved model supersedes them
+                cfg,
+                launched_ppo(cfg, tracking, run, profile, inputs, train_prompts, demonstrations, checkpoints),
+                ppo_worker.read_snapshots(ppo_worker.snapshot_dir(None, checkpoints)),
+                tokenizer,
+                comparisons.model,
+                selection_ranker(cfg),
+                unit="iteration",
+            ),
+            tokenizer,
+            data,
+            finished=lambda: shutil.rmtree(checkpoints, ignore_errors=True),  # the saved model supersedes them
         )
         record_stage(run, cfg.ppo, result, step_key="iteration")
         run.log_figure(plots.ppo_curves(result.history), "plots/ppo_curves.png")
@@ -278,21 +385,49 @@ def code_path(path: str) -> Path:
     return Path(path) if Path(path).is_absolute() else CODE_ROOT / path
 
 
-def launched_ppo(cfg: Config, tracking: Tracking, run: StageRun, profile: AccelerateProfile, inputs: dict[str, Path],
-                 prompts: list[str], demonstrations: list[dict], checkpoints: Path) -> recipe.StageResult:
+def launched_ppo(
+    cfg: Config,
+    tracking: Tracking,
+    run: StageRun,
+    profile: AccelerateProfile,
+    inputs: dict[str, Path],
+    prompts: list[str],
+    demonstrations: list[dict],
+    checkpoints: Path,
+) -> recipe.StageResult:
     """``inputs``: the SFT and reward model directories (finished stage outputs, never rewritten)."""
     job_dir = tracking.run_dir / "ppo-job"
     shutil.rmtree(job_dir, ignore_errors=True)
-    write_job(job_dir, cfg, inputs["sft"], inputs["reward_model"], prompts, demonstrations, checkpoints,
-              mlflow={"uri": tracking.tracker.uri, "run_id": run.run_id})
-    command, env = accelerate_command(profile, ppo_worker.__name__, ["--job", str(job_dir)],
-                                      cfg.distributed.num_processes, cfg.distributed.main_process_port)
+    write_job(
+        job_dir,
+        cfg,
+        inputs["sft"],
+        inputs["reward_model"],
+        prompts,
+        demonstrations,
+        checkpoints,
+        mlflow={"uri": tracking.tracker.uri, "run_id": run.run_id},
+    )
+    command, env = accelerate_command(
+        profile,
+        ppo_worker.__name__,
+        ["--job", str(job_dir)],
+        cfg.distributed.num_processes,
+        cfg.distributed.main_process_port,
+    )
     logger = get_run_logger()
     logger.info("PPO: %s", " ".join(command))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))
     try:
-        run_logged(command, cfg.distributed.timeout_seconds, logger.info, env=env, cwd=CODE_ROOT,
-                   grace=cfg.distributed.kill_grace_seconds, tail_lines=cfg.distributed.log_tail_lines)
+        run_logged(
+            command,
+            cfg.distributed.timeout_seconds,
+            logger.info,
+            env=env,
+            cwd=CODE_ROOT,
+            grace=cfg.distributed.kill_grace_seconds,
+            tail_lines=cfg.distributed.log_tail_lines,
+        )
     except LaunchError as error:
         ppo_worker.raise_recorded_non_finite(job_dir)
         raise LaunchError(f"the PPO launch ({profile.path.name}) failed: {error}") from None
@@ -300,7 +435,9 @@ def launched_ppo(cfg: Config, tracking: Tracking, run: StageRun, profile: Accele
     model = load_causal_lm(job_dir / ppo_worker.POLICY)
     run.set_tags({"mixed_precision": outcome["mixed_precision"], "device": outcome["device"]})
     shutil.rmtree(job_dir, ignore_errors=True)
-    return recipe.StageResult(model, outcome["metrics"], outcome["history"], outcome["seconds"], logged_steps=tuple(outcome["live_logged"]))
+    return recipe.StageResult(
+        model, outcome["metrics"], outcome["history"], outcome["seconds"], logged_steps=tuple(outcome["live_logged"])
+    )
 
 
 def transient(task, task_run, state) -> bool:
@@ -327,48 +464,85 @@ def mlflow_links(tracking: Tracking, registry: dict) -> dict[str, str]:
             "pipeline run": f"{uri}/#/experiments/{experiment}/runs/{run_id}",
             "model version": f"{uri}/#/models/{registry['name']}/versions/{registry['version']}",
         }
-    return {"tracking store": uri, "pipeline run": run_id, "model version": f"models:/{registry['name']}/{registry['version']}"}
+    return {
+        "tracking store": uri,
+        "pipeline run": run_id,
+        "model version": f"models:/{registry['name']}/{registry['version']}",
+    }
 
 
 @task(name="report", cache_policy=NO_CACHE, retry_condition_fn=transient)
-def report(cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluation: dict, decision: dict, registry: dict) -> str:
+def report(
+    cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluation: dict, decision: dict, registry: dict
+) -> str:
     """The flow run's report: evaluation table, decision with reasons, links; and a metrics table."""
     links = mlflow_links(tracking, registry)
     stage_times = {name: r.seconds for name, r in trained_stages(trained).items()}
-    markdown = "\n".join([
-        f"# RLHF pipeline: {decision['decision'].upper()}",
-        f"profile `{cfg.profile}`, seed {cfg.seed}, data `{data['version']['md5']}`",
-        "", "## Evaluation", "```", format_table(evaluation).strip(), "```",
-        "", "## What each policy used", "```", format_budgets(comparison_terms(cfg, data, trained)).strip(), "```",
-        "", "## Gate", "```", decision["summary"], "```",
-        "", "## Registry",
-        f"`{registry['name']}` version {registry['version']} ({registry['decision']}); champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}",
-        "", "## MLflow", *(f"- {k}: {v}" for k, v in links.items()),
-        "", "## Stage seconds (0 = reused)", *(f"- {k}: {v:.1f}" for k, v in stage_times.items()),
-    ])
-    create_markdown_artifact(key="pipeline-report", markdown=markdown, description="evaluation, gate decision and where the runs are")
+    markdown = "\n".join(
+        [
+            f"# RLHF pipeline: {decision['decision'].upper()}",
+            f"profile `{cfg.profile}`, seed {cfg.seed}, data `{data['version']['md5']}`",
+            "",
+            "## Evaluation",
+            "```",
+            format_table(evaluation).strip(),
+            "```",
+            "",
+            "## What each policy used",
+            "```",
+            format_budgets(comparison_terms(cfg, data, trained)).strip(),
+            "```",
+            "",
+            "## Gate",
+            "```",
+            decision["summary"],
+            "```",
+            "",
+            "## Registry",
+            f"`{registry['name']}` version {registry['version']} ({registry['decision']}); "
+            f"champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}",
+            "",
+            "## MLflow",
+            *(f"- {k}: {v}" for k, v in links.items()),
+            "",
+            "## Stage seconds (0 = reused)",
+            *(f"- {k}: {v:.1f}" for k, v in stage_times.items()),
+        ]
+    )
+    create_markdown_artifact(
+        key="pipeline-report", markdown=markdown, description="evaluation, gate decision and where the runs are"
+    )
     rows = []
     for mode, block in evaluation.items():
         for name, summary in block["policies"].items():
             win = block["ppo_win_rate"].get(name)
-            rows.append({
-                "mode": mode, "policy": name, "gold": round(summary["gold"]["value"], 4),
-                "gold_ci": f"[{summary['gold']['ci'][0]:.3f}, {summary['gold']['ci'][1]:.3f}]",
-                "rm": round(summary["rm"]["value"], 4), "kl": round(summary["kl"], 4) if "kl" in summary else None,
-                "ppo_win_rate": round(win["value"], 4) if win else None,
-                "ppo_win_rate_ci": f"[{win['ci'][0]:.3f}, {win['ci'][1]:.3f}]" if win else None,
-            })
+            rows.append(
+                {
+                    "mode": mode,
+                    "policy": name,
+                    "gold": round(summary["gold"]["value"], 4),
+                    "gold_ci": f"[{summary['gold']['ci'][0]:.3f}, {summary['gold']['ci'][1]:.3f}]",
+                    "rm": round(summary["rm"]["value"], 4),
+                    "kl": round(summary["kl"], 4) if "kl" in summary else None,
+                    "ppo_win_rate": round(win["value"], 4) if win else None,
+                    "ppo_win_rate_ci": f"[{win['ci'][0]:.3f}, {win['ci'][1]:.3f}]" if win else None,
+                }
+            )
     create_table_artifact(key="pipeline-metrics", table=rows, description="every policy under every decoding mode")
     return markdown
 
 
 def report_with_retries(cfg: Config, *args) -> str:
-    retrying = report.with_options(retries=cfg.orchestration.tracking_retries, retry_delay_seconds=cfg.orchestration.tracking_retry_delays)
+    retrying = report.with_options(
+        retries=cfg.orchestration.tracking_retries, retry_delay_seconds=cfg.orchestration.tracking_retry_delays
+    )
     return retrying(cfg, *args)
 
 
 def register_with_retries(cfg: Config, *args) -> dict:
-    retrying = register.with_options(retries=cfg.orchestration.tracking_retries, retry_delay_seconds=cfg.orchestration.tracking_retry_delays)
+    retrying = register.with_options(
+        retries=cfg.orchestration.tracking_retries, retry_delay_seconds=cfg.orchestration.tracking_retry_delays
+    )
     return retrying(cfg, *args)
 
 
@@ -377,9 +551,19 @@ def train_all(cfg: Config, root: str, tracking: Tracking, data: dict) -> dict:
     sft = sft_task(cfg, root, tracking, data, tokenizer)
     comparisons = comparisons_task(cfg, root, tracking, data, tokenizer, sft)
     reward = reward_task(cfg, root, tracking, data, tokenizer, sft, comparisons)
-    baselines = {name: baseline_task(cfg, root, tracking, data, tokenizer, sft, comparisons, name) for name in recipe.SUPERVISED_BASELINES}
+    baselines = {
+        name: baseline_task(cfg, root, tracking, data, tokenizer, sft, comparisons, name)
+        for name in recipe.SUPERVISED_BASELINES
+    }
     ppo = ppo_task(cfg, root, tracking, data, tokenizer, sft, reward, comparisons)
-    return {"tokenizer": tokenizer, "sft": sft, "comparisons": comparisons, "reward": reward, "baselines": baselines, "ppo": ppo}
+    return {
+        "tokenizer": tokenizer,
+        "sft": sft,
+        "comparisons": comparisons,
+        "reward": reward,
+        "baselines": baselines,
+        "ppo": ppo,
+    }
 
 
 @task(name="prune stage outputs", cache_policy=NO_CACHE)
@@ -390,7 +574,11 @@ def prune_stage_outputs(cfg: Config, root: str, trained: dict) -> list[str]:
     store = StageStore(root)
     homes = {stage_home(cfg, name): {result.key} for name, result in trained_stages(trained).items()}
     homes[cfg.comparisons.dir] = {trained["comparisons"].key}
-    removed = [str(path) for home, keys in homes.items() for path in store.prune(home, cfg.orchestration.keep_stage_outputs, keys)]
+    removed = [
+        str(path)
+        for home, keys in homes.items()
+        for path in store.prune(home, cfg.orchestration.keep_stage_outputs, keys)
+    ]
     if removed:
         get_run_logger().info("pruned %d old stage output(s): %s", len(removed), ", ".join(removed))
     return removed
@@ -422,21 +610,39 @@ def _stage_metrics(trained: dict) -> dict[str, dict]:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(cfg: Config, root: str, tracking: Tracking, data: dict, trained: dict) -> dict:
     with recorded(tracking.stage("evaluation")) as run:
-        policies = {"sft": trained["sft"].model, **{n: r.model for n, r in trained["baselines"].items()}, "ppo": trained["ppo"].model}
+        policies = {
+            "sft": trained["sft"].model,
+            **{n: r.model for n, r in trained["baselines"].items()},
+            "ppo": trained["ppo"].model,
+        }
         eval_prompts = [r["prompt"] for r in data["rows"][EVAL_PROMPTS]]
         report = evaluate_policies(
-            policies, trained["tokenizer"], eval_prompts, cfg.evaluation, cfg.model, cfg.seed,
-            trained["reward"].model, gold_score, cfg.baselines.best_of_n,
+            policies,
+            trained["tokenizer"],
+            eval_prompts,
+            cfg.evaluation,
+            cfg.model,
+            cfg.seed,
+            trained["reward"].model,
+            gold_score,
+            cfg.baselines.best_of_n,
         )
         run.log_params(flatten(cfg.evaluation.model_dump(mode="json")))
         for mode, block in report.items():
             for name, summary in block["policies"].items():
                 run.log_metrics(flatten(summary), prefix=f"{mode}.{name}.")
             for name, win in block["ppo_win_rate"].items():
-                run.log_metrics({"value": win["value"], "ci_lo": win["ci"][0], "ci_hi": win["ci"][1]}, prefix=f"{mode}.ppo_win_rate.{name}.")
+                run.log_metrics(
+                    {"value": win["value"], "ci_lo": win["ci"][0], "ci_hi": win["ci"][1]},
+                    prefix=f"{mode}.ppo_win_rate.{name}.",
+                )
             run.log_figure(plots.win_rates(block, mode), f"plots/win_rates_{mode}.png")
             run.log_table(block["examples"], f"tables/examples_{mode}.json")
-            create_table_artifact(key=f"examples-{mode}", table=block["examples"][: 4 * len(block["policies"])], description=f"example responses, {mode} decoding")
+            create_table_artifact(
+                key=f"examples-{mode}",
+                table=block["examples"][: 4 * len(block["policies"])],
+                description=f"example responses, {mode} decoding",
+            )
         run.log_dict(report, "evaluation.json")
         run.log_dict(comparison_terms(cfg, data, trained), "budgets.json")
         create_markdown_artifact(key="evaluation", markdown=f"```\n{format_table(report)}\n```")
@@ -447,30 +653,51 @@ def evaluate(cfg: Config, root: str, tracking: Tracking, data: dict, trained: di
 def gate(cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluation: dict) -> dict:
     stage_metrics = _stage_metrics(trained)
     report = {
-        "data_validation": {"success": data["validation"]["success"], "eval_prompts_in_training": eval_prompts_in_training(data, trained)},
+        "data_validation": {
+            "success": data["validation"]["success"],
+            "eval_prompts_in_training": eval_prompts_in_training(data, trained),
+        },
         "non_finite_stages": sorted(name for name, metrics in stage_metrics.items() if _has_non_finite(metrics)),
-        "reward_model": {key: trained["reward"].metrics.get(name) for key, name in
-                         (("accuracy", "valid_accuracy"), ("ensemble_size", "ensemble_size"), ("member_agreement", "member_agreement"))},
+        "reward_model": {
+            key: trained["reward"].metrics.get(name)
+            for key, name in (
+                ("accuracy", "valid_accuracy"),
+                ("ensemble_size", "ensemble_size"),
+                ("member_agreement", "member_agreement"),
+            )
+        },
         "ppo_history": trained["ppo"].history,
         "modes": evaluation,
     }
-    decision = decide(report, cfg.gate)
+    decision = decide_report(report, cfg.gate)  # a malformed report is a rejection that says why
     with recorded(tracking.stage("gate")) as run:
         run.log_params(flatten(cfg.gate.model_dump(mode="json")))
         run.log_dict(decision.as_dict(), "gate/decision.json")
         run.set_tags({"gate.decision": decision.label})
-        run.log_metrics({"promote": float(decision.promote), "failed_rules": float(len(decision.failures)),
-                         **({"score": decision.score} if decision.score is not None else {})})
+        run.log_metrics(
+            {
+                "promote": float(decision.promote),
+                "failed_rules": float(len(decision.failures)),
+                **({"score": decision.score} if decision.score is not None else {}),
+            }
+        )
     tracking.parent.set_tags({"gate.decision": decision.label})
     create_markdown_artifact(key="gate", markdown=f"```\n{decision.summary()}\n```")
     get_run_logger().info(decision.summary())
-    return {**decision.as_dict(), "summary": decision.summary(), "promote": decision.promote, "reasons_text": [str(r) for r in decision.reasons]}
+    return {
+        **decision.as_dict(),
+        "summary": decision.summary(),
+        "promote": decision.promote,
+        "reasons_text": [str(r) for r in decision.reasons],
+    }
 
 
 def eval_prompts_in_training(data: dict, trained: dict) -> int:
     """Held-out prompts among the prompts of the demonstrations and the comparisons (validation refuses such data;
     the gate counts again, on what the stages actually trained on)."""
-    trained_on = {r["prompt"] for r in data["rows"][DEMONSTRATIONS]} | {r["prompt"] for r in trained["comparisons"].model}
+    trained_on = {r["prompt"] for r in data["rows"][DEMONSTRATIONS]} | {
+        r["prompt"] for r in trained["comparisons"].model
+    }
     return len({r["prompt"] for r in data["rows"][EVAL_PROMPTS]} & trained_on)
 
 
@@ -483,14 +710,22 @@ def register(cfg: Config, root: str, tracking: Tracking, data: dict, trained: di
     """The PPO policy becomes a new registry version, tagged; the aliases move last."""
     run = tracking.parent
     model_uri = run.log_policy(trained["ppo"].model, trained["tokenizer"], "policy")
-    evaluation_tags = {f"gate.{r['mode']}.{r['rule']}" if r["mode"] else f"gate.{r['rule']}": r["detail"] for r in decision["reasons"]}
-    version = tracking.tracker.register(model_uri, run, {
-        "data.md5": data["version"]["md5"],
-        "profile": cfg.profile,
-        "seed": cfg.seed,
-        **{k.replace(" ", "_"): v[:5000] for k, v in evaluation_tags.items()},
-    })
-    champion_note = tracking.tracker.record_decision(version, decision["decision"], decision["reasons_text"], decision["score"])
+    evaluation_tags = {
+        f"gate.{r['mode']}.{r['rule']}" if r["mode"] else f"gate.{r['rule']}": r["detail"] for r in decision["reasons"]
+    }
+    version = tracking.tracker.register(
+        model_uri,
+        run,
+        {
+            "data.md5": data["version"]["md5"],
+            "profile": cfg.profile,
+            "seed": cfg.seed,
+            **{k.replace(" ", "_"): v[:5000] for k, v in evaluation_tags.items()},
+        },
+    )
+    champion_note = tracking.tracker.record_decision(
+        version, decision["decision"], decision["reasons_text"], decision["score"]
+    )
     get_run_logger().info("registry: %s", champion_note)
     return {
         "name": cfg.tracking.registered_model,

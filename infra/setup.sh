@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Creates .venv/ in the repository root and installs the project with its dev extra.
-# Idempotent: a stamp keyed on the dependency files skips pip when nothing changed.
+# Creates .venv/ in the repository root and installs the project.
+#   bash infra/setup.sh         what the main job needs (the project and its runtime dependencies)
+#   bash infra/setup.sh --dev   and what the tests need: the dev extra, and Debian's chromium for the browser tests
+# Idempotent: a stamp keyed on the dependency files and the mode skips pip when nothing changed
+# (a --dev install also satisfies the plain one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+mode="runtime"
+case "${1:-}" in
+  --dev) mode="dev" ;;
+  "") ;;
+  *) echo "usage: bash infra/setup.sh [--dev]" >&2; exit 2 ;;
+esac
+
 # The browser tests (pytest -m browser) drive the system Chromium through Playwright;
 # `playwright install` is never used. Install Debian's chromium + chromium-driver if missing.
-if [ ! -x /usr/bin/chromium ]; then
+if [ "$mode" = "dev" ] && [ ! -x /usr/bin/chromium ]; then
   if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1; }; then
     as_root=""; [ "$(id -u)" -eq 0 ] || as_root="sudo"
     echo "setup: installing chromium and chromium-driver (Debian packages)"
@@ -25,12 +35,14 @@ if [ ! -x .venv/bin/python ]; then
   "$python_bin" -m venv .venv
 fi
 
-stamp=".venv/.installed-$(cat pyproject.toml "$constraints" | sha256sum | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
-  echo "setup: installing the project into .venv (constraints: $constraints)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c "$constraints" -e ".[dev]"
-  rm -f .venv/.installed-*
-  touch "$stamp"
-else
+key="$(cat pyproject.toml "$constraints" | sha256sum | cut -c1-16)"
+if [ -f ".venv/.installed-$key-dev" ] || [ -f ".venv/.installed-$key-$mode" ]; then
   echo "setup: .venv is up to date"
+  exit 0
 fi
+target="."
+[ "$mode" = "dev" ] && target=".[dev]"
+echo "setup: installing the project ($mode) into .venv (constraints: $constraints)"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c "$constraints" -e "$target"
+rm -f .venv/.installed-*
+touch ".venv/.installed-$key-$mode"

@@ -9,6 +9,21 @@ stay_offline()  # nothing in the test suite may phone home
 
 pytest_plugins = ["tests.pipeline_runs"]  # the session's shared pipeline runs (integration and browser tests)
 
+# `pytest --quick`: the inner loop, without the groups that start servers, browsers or processes and without `slow`
+NOT_QUICK = ("integration", "browser", "distributed", "faults", "slow")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--quick", action="store_true", help=f"the inner loop: deselect {', '.join(NOT_QUICK)}")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--quick"):
+        return
+    kept = [item for item in items if not any(item.get_closest_marker(name) for name in NOT_QUICK)]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _dvc_site_cache(tmp_path_factory):
@@ -67,4 +82,6 @@ def in_process_flow(prefect_server, mlflow_server):
     api, _ = prefect_server
     with pytest.MonkeyPatch.context() as patch, temporary_settings({PREFECT_API_URL: api}):
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-        yield lambda root, overrides: rlhf_pipeline(profile="smoke", overrides=overrides, root=str(root), tracking_uri=mlflow_server)
+        yield lambda root, overrides: rlhf_pipeline(
+            profile="smoke", overrides=overrides, root=str(root), tracking_uri=mlflow_server
+        )

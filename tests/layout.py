@@ -1,4 +1,5 @@
 """Where a pipeline run leaves things in a project root (see components/models/stage_store.py)."""
+
 import json
 from pathlib import Path
 

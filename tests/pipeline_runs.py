@@ -9,6 +9,7 @@ person sees of them). All three at once, on one project root:
 Every run has secrets planted in its environment. The MLflow server (and so the registry) is the
 runs' own; the Prefect server is the session's.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,14 @@ def parent_run_id(done: subprocess.CompletedProcess) -> str:
 
 
 def run_pipeline(runs: PipelineRuns, overrides: list[str], threads: int | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": runs.mlflow_uri, "PREFECT_API_URL": runs.prefect_api,
-           "PREFECT_HOME": str(runs.prefect_home), **SECRETS, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": runs.mlflow_uri,
+        "PREFECT_API_URL": runs.prefect_api,
+        "PREFECT_HOME": str(runs.prefect_home),
+        **SECRETS,
+        **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+    }
     args = [sys.executable, "-m", "flows.pipeline", "--profile", "tiny", "--root", str(runs.root)]
     for item in overrides:
         args += ["--set", item]
@@ -73,14 +80,19 @@ def at_once(runs: PipelineRuns, **overrides: list[str]) -> dict[str, subprocess.
 
 @pytest.fixture(scope="session")
 def pipeline_runs(prefect_server, tmp_path_factory):
-    from tests.servers import mlflow_server
-
     from tests.conftest import new_repo
+    from tests.servers import mlflow_server
 
     root = new_repo(tmp_path_factory.mktemp("project"))
     home = tmp_path_factory.mktemp("pipeline-mlflow-server")
     with mlflow_server(home) as uri:
         runs = PipelineRuns(root, uri, home, prefect_server[0], prefect_server[1], {})
-        runs.done.update(at_once(runs, promoted=LOOSE_GATE, rival=[*LOOSE_GATE, RIVAL_PPO],
-                                 control=[*LOOSE_GATE, "reward.shuffle_labels=true"]))
+        runs.done.update(
+            at_once(
+                runs,
+                promoted=LOOSE_GATE,
+                rival=[*LOOSE_GATE, RIVAL_PPO],
+                control=[*LOOSE_GATE, "reward.shuffle_labels=true"],
+            )
+        )
         yield runs

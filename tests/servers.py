@@ -1,4 +1,5 @@
 """Real servers for the tests, on 127.0.0.1 and free ports, stopped by the fixtures that start them."""
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,9 @@ def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float
 def running(command: list[str], health_url: str, log: Path, env: dict[str, str] | None = None, append: bool = False):
     """``append``: keep the log of an earlier start of the same server (a restart)."""
     with open(log, "a" if append else "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
     try:
         wait_until_up(health_url, process, log)
         yield process
@@ -60,17 +63,31 @@ def mlflow_server(home: Path, admin: tuple[str, str] | None = None):
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts"),
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(home / "artifacts"),
     ]
     env = {}
     if admin:
         config = home / "basic_auth.ini"
-        config.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
-                          f"database_uri = sqlite:///{home / 'auth.db'}\nadmin_username = {admin[0]}\nadmin_password = {admin[1]}\n"
-                          "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        config.write_text(
+            "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+            f"database_uri = sqlite:///{home / 'auth.db'}\nadmin_username = {admin[0]}\nadmin_password = {admin[1]}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
         command += ["--app-name", "basic-auth"]
-        env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY=os.urandom(16).hex())  # CSRF key of the auth app
+        env.update(
+            MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY=os.urandom(16).hex()
+        )  # CSRF key of the auth app
     uri = f"http://127.0.0.1:{port}"
     with running(command, f"{uri}/health", home / "mlflow-server.log", env):
         yield uri
@@ -93,7 +110,9 @@ def prefect_server(home: Path, port: int | None = None):
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"]
     api = f"http://127.0.0.1:{port}/api"
     env = {
-        **prefect_env(home), "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_UI_API_URL": api,
+        **prefect_env(home),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_UI_API_URL": api,
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",  # scheduled runs appear within seconds
     }
     with running(command, f"{api}/health", home / "prefect-server.log", env, append=True):

@@ -21,14 +21,20 @@ from components.tracking import dvc_store
 REBUILD_REPORT = Path("reports/data/rebuild.json")
 
 
+def write_rebuild_report(root: Path, recorded: str | None, rebuilt: str) -> bool:
+    """The ``generate`` stage's output: what data.dvc records, what the params rebuild to, and whether they match."""
+    match = recorded is not None and recorded == rebuilt
+    files.write_json(Path(root) / REBUILD_REPORT, {"recorded": recorded, "rebuilt": rebuilt, "match": match})
+    return match
+
+
 def rebuild_check(cfg, root: Path) -> int:
     """Rebuild the data from params in a scratch dir; it must hash to what data.dvc records."""
     recorded = dvc_store.recorded_version(root, cfg.data.dir)
     with tempfile.TemporaryDirectory() as scratch:
         write_candidate(cfg, Path(scratch) / "data")
         rebuilt = dvc_store.directory_md5(Path(scratch) / "data")
-    match = recorded is not None and recorded.md5 == rebuilt
-    files.write_json(root / REBUILD_REPORT, {"recorded": recorded.md5 if recorded else None, "rebuilt": rebuilt, "match": match})
+    match = write_rebuild_report(root, recorded.md5 if recorded else None, rebuilt)
     if not match:
         print(f"drift: rebuilt {cfg.data.dir}/ hashes to {rebuilt}, {cfg.data.dir}.dvc records "
               f"{recorded.md5 if recorded else 'nothing'}", file=sys.stderr)

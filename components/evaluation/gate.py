@@ -4,28 +4,122 @@ A pure function of the evaluation report and the gate config. Every rule is chec
 decoding mode the gate names; each check becomes a spelled-out reason. Anything the report lacks
 counts as a failed rule, so a partial report can never promote.
 
-The report is a plain dict (as the pipeline writes it to MLflow):
-
-    data_validation.success          bool
-    data_validation.eval_prompts_in_training  held-out prompts that some stage trained on (must be 0)
-    non_finite_stages                list of stage names that produced NaN/inf
-    reward_model.accuracy            held-out pairwise accuracy against the labels (an ensemble's: its members' mean)
-    reward_model.ensemble_size       reward models in the ensemble PPO optimised (1: a single reward model)
-    reward_model.member_agreement    share of held-out pairs every member orders alike (ensembles only)
-    ppo_history                      [{iteration, rm_score, gold, ...}] (gold: logged, never trained on)
-    modes.<mode>.policies.<name>     {gold: {value, ci}, rm: {value, ci}, kl, ...}
-    modes.<mode>.ppo_win_rate.<name> {value, ci: [lo, hi], n}  gold win rate of PPO, ties half; PPO must beat
-                                     every baseline the gate names, each head to head
-    modes.<mode>.ppo_rm_win_rate.<name>  the same, judged by the reward model
+The schema is the pydantic models below: ``GateInput`` and its parts hold exactly what the rules read, and
+``gate_input`` is the one way to build it from the pipeline's report dict (keys the gate does not read are
+ignored; a piece a run can lack is ``None`` or absent, and fails the rules that need it).
+Malformed input (wrong type, NaN/inf, a CI not a pair, a negative count) is refused when built; a rule's own bug raises.
+``decide_report``, the pipeline's entry point, records refused input as a rejection that names the bad fields.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from components.config import GateConfig
 
 PPO = "ppo"
+
+# how far a CI bound may sit on the wrong side of its estimate: a Wilson interval around a win rate of 0 or 1
+# puts the bound ~1e-16 past the value
+CI_TOLERANCE = 1e-9
+
+Number = Annotated[float, Strict()]  # finite (see allow_inf_nan below); an int is a number, a str or bool is not
+Share = Annotated[float, Strict(), Field(ge=0, le=1)]
+Count = Annotated[int, Strict(), Field(ge=0)]
+
+
+class _Facts(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+
+class WinRate(_Facts):
+    """``modes.<mode>.ppo_win_rate.<name>``: PPO's win rate head to head (ties half), with its CI."""
+
+    value: Share
+    ci: tuple[Number, Number]
+    n: Count | None = None
+
+    @model_validator(mode="after")
+    def _ci_around_value(self) -> WinRate:
+        lo, hi = self.ci
+        if not lo - CI_TOLERANCE <= self.value <= hi + CI_TOLERANCE:
+            raise ValueError(f"the CI [{lo}, {hi}] does not hold the value {self.value}")
+        return self
+
+
+class Score(_Facts):
+    """A policy's mean score (``modes.<mode>.policies.<name>.gold``); the gate reads the mean only."""
+
+    value: Number
+
+
+class PolicyScores(_Facts):
+    """``modes.<mode>.policies.<name>``: what the rules read of one policy's evaluation."""
+
+    gold: Score | None = None
+    kl: Number | None = None  # from the SFT reference, nats per response
+
+
+class ModeReport(_Facts):
+    """``modes.<mode>``: the policies' scores and PPO's win rates against each, under one decoding mode."""
+
+    policies: dict[str, PolicyScores | None] | None = None
+    ppo_win_rate: dict[str, WinRate | None] | None = None  # judged by the gold scorer
+    ppo_rm_win_rate: dict[str, WinRate | None] | None = None  # judged by the reward model
+
+
+class RewardModelFacts(_Facts):
+    """``reward_model``: the reward model (or ensemble) PPO optimised, on held-out pairs."""
+
+    accuracy: Share | None = None  # pairwise accuracy against the labels (an ensemble's: its members' mean)
+    ensemble_size: Annotated[int, Strict(), Field(ge=1)] | None = None  # 1: a single reward model
+    member_agreement: Share | None = None  # share of pairs every member orders alike (ensembles only)
+
+
+class DataValidation(_Facts):
+    """``data_validation``: the data checks."""
+
+    success: Annotated[bool, Strict()] | None = None
+    eval_prompts_in_training: Count | None = None  # held-out prompts some stage trained on (must be 0)
+
+
+class HistoryPoint(_Facts):
+    """``ppo_history[i]``: one logged PPO iteration (gold: logged, never trained on)."""
+
+    iteration: Number
+    rm_score: Number | None = None
+    gold: Number | None = None
+
+
+class GateInput(_Facts):
+    """Everything the gate reads; ``None`` (or an absent mode, policy or win rate) is a missing piece."""
+
+    data_validation: DataValidation | None = None
+    non_finite_stages: list[str] | None = None  # stages that produced NaN/inf
+    reward_model: RewardModelFacts | None = None
+    ppo_history: list[HistoryPoint] | None = None
+    modes: dict[str, ModeReport | None] | None = None
+
+
+class GateInputError(ValueError):
+    """The report cannot be read as a ``GateInput``; ``paths`` names each bad field."""
+
+    def __init__(self, error: ValidationError):
+        self.paths = [".".join(str(part) for part in e["loc"]) or "report" for e in error.errors()]
+        problems = "; ".join(f"{path}: {e['msg']}" for path, e in zip(self.paths, error.errors()))
+        super().__init__(f"malformed gate input: {problems}")
+
+
+def gate_input(report: Mapping[str, Any]) -> GateInput:
+    """THE way to build the gate's input from the pipeline's report dict; malformed input raises GateInputError."""
+    try:
+        return GateInput.model_validate(report)
+    except ValidationError as error:
+        raise GateInputError(error) from None
 
 
 @dataclass(frozen=True)
@@ -62,16 +156,31 @@ class Decision:
 
 
 class _Missing(LookupError):
-    pass
+    """A piece of the input a rule needs is absent: the rule fails, saying which."""
 
 
-def _get(report: dict, *path: str) -> Any:
-    node: Any = report
-    for key in path:
-        if not isinstance(node, dict) or key not in node or node[key] is None:
-            raise _Missing(".".join(path))
-        node = node[key]
-    return node
+T = TypeVar("T")
+
+
+def _need(value: T | None, path: str) -> T:
+    if value is None:
+        raise _Missing(path)
+    return value
+
+
+def _mode(gi: GateInput, mode: str) -> ModeReport:
+    return _need(_need(gi.modes, "modes").get(mode), f"modes.{mode}")
+
+
+def _policy(gi: GateInput, mode: str, name: str) -> PolicyScores:
+    policies = _need(_mode(gi, mode).policies, f"modes.{mode}.policies")
+    return _need(policies.get(name), f"modes.{mode}.policies.{name}")
+
+
+def _win(gi: GateInput, mode: str, judge: str, name: str) -> WinRate:
+    """PPO's win rate against ``name``; ``judge`` is ``ppo_win_rate`` (gold) or ``ppo_rm_win_rate``."""
+    rates = _need(getattr(_mode(gi, mode), judge), f"modes.{mode}.{judge}")
+    return _need(rates.get(name), f"modes.{mode}.{judge}.{name}")
 
 
 def _linear_slope(xs: list[float], ys: list[float]) -> float:
@@ -80,67 +189,75 @@ def _linear_slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var_x if var_x else 0.0
 
 
-def trend_change(history: list[dict], key: str, tail_fraction: float) -> float:
+def _tail_change(xs: Sequence[float], ys: Sequence[float], tail_fraction: float) -> float:
+    keep = max(2, round(len(xs) * tail_fraction))
+    xs, ys = [float(x) for x in xs[-keep:]], [float(y) for y in ys[-keep:]]
+    return _linear_slope(xs, ys) * (xs[-1] - xs[0])
+
+
+def trend_change(history: Sequence[Mapping[str, float]], key: str, tail_fraction: float) -> float:
     """Change of ``key`` over the last ``tail_fraction`` of ``history``, read off a least-squares line."""
-    tail = history[-max(2, round(len(history) * tail_fraction)) :]
-    xs = [float(h["iteration"]) for h in tail]
-    return _linear_slope(xs, [float(h[key]) for h in tail]) * (xs[-1] - xs[0])
+    return _tail_change([h["iteration"] for h in history], [h[key] for h in history], tail_fraction)
 
 
-def gated_baselines(report: dict, mode: str, baselines: list[str]) -> list[str]:
+def gated_baselines(gi: GateInput, mode: str, baselines: list[str]) -> list[str]:
     """The supervised policies PPO must beat under ``mode``; every one must be in the report."""
-    policies = _get(report, "modes", mode, "policies")
+    policies = _need(_mode(gi, mode).policies, f"modes.{mode}.policies")
     missing = sorted(set(baselines) - set(policies))
     if missing:
         raise _Missing(f"modes.{mode}.policies.{missing}")
     return list(baselines)
 
 
-def win_lower_bounds(report: dict, mode: str, baselines: list[str]) -> dict[str, float]:
+def win_lower_bounds(gi: GateInput, mode: str, baselines: list[str]) -> dict[str, float]:
     """The CI lower bound of PPO's gold win rate against each gated baseline under ``mode``."""
-    return {name: _get(report, "modes", mode, "ppo_win_rate", name, "ci")[0] for name in gated_baselines(report, mode, baselines)}
+    return {name: _win(gi, mode, "ppo_win_rate", name).ci[0] for name in gated_baselines(gi, mode, baselines)}
 
 
 def _check(rule: str, test, mode: str | None = None) -> Reason:
-    """Run one rule; a rule whose inputs are missing or malformed fails, saying what is wrong."""
+    """Run one rule; a rule whose inputs are missing fails, saying what is missing (any other error raises)."""
     try:
         passed, detail = test()
     except _Missing as missing:
         passed, detail = False, f"missing from the report: {missing}"
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as malformed:
-        passed, detail = False, f"malformed report input: {type(malformed).__name__}: {malformed}"
     return Reason(rule, bool(passed), detail, mode)
 
 
-def _rules_for_mode(report: dict, cfg: GateConfig, mode: str) -> list[Reason]:
+def _rules_for_mode(gi: GateInput, cfg: GateConfig, mode: str) -> list[Reason]:
     def beats_every_baseline():
         # head to head against each baseline, not against the best by mean: a mean can hide a baseline
         # that beats PPO on most prompts (and means can tie)
-        wins = {name: _get(report, "modes", mode, "ppo_win_rate", name) for name in gated_baselines(report, mode, cfg.baselines)}
-        beaten = {name: win["ci"][0] > cfg.min_win_rate_lower for name, win in wins.items()}
-        shown = "; ".join(f"{name} {w['value']:.3f} [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}]{'' if beaten[name] else ' (not beaten)'}"
-                          for name, w in wins.items())
+        wins = {name: _win(gi, mode, "ppo_win_rate", name) for name in gated_baselines(gi, mode, cfg.baselines)}
+        beaten = {name: win.ci[0] > cfg.min_win_rate_lower for name, win in wins.items()}
+        shown = "; ".join(
+            f"{name} {w.value:.3f} [{w.ci[0]:.3f}, {w.ci[1]:.3f}]{'' if beaten[name] else ' (not beaten)'}"
+            for name, w in wins.items()
+        )
         return all(beaten.values()), f"gold win rate vs {shown}; every lower bound must exceed {cfg.min_win_rate_lower}"
 
     def kl_within_budget():
-        kl = _get(report, "modes", mode, "policies", PPO, "kl")
+        kl = _need(_policy(gi, mode, PPO).kl, f"modes.{mode}.policies.{PPO}.kl")
         return kl <= cfg.max_kl, f"KL from the SFT reference {kl:.2f} nats (budget {cfg.max_kl})"
 
     def not_below_sft():
-        ppo = _get(report, "modes", mode, "policies", PPO, "gold", "value")
-        sft = _get(report, "modes", mode, "policies", "sft", "gold", "value")
+        ppo = _need(_policy(gi, mode, PPO).gold, f"modes.{mode}.policies.{PPO}.gold").value
+        sft = _need(_policy(gi, mode, "sft").gold, f"modes.{mode}.policies.sft.gold").value
         return ppo >= sft - cfg.sft_tolerance, f"gold {ppo:.3f} vs SFT {sft:.3f} (tolerance {cfg.sft_tolerance})"
 
     def proxy_agrees_with_gold():
         gaps = {}
-        for name in gated_baselines(report, mode, cfg.baselines):
-            gold = _get(report, "modes", mode, "ppo_win_rate", name, "value")
-            proxy = _get(report, "modes", mode, "ppo_rm_win_rate", name, "value")
+        for name in gated_baselines(gi, mode, cfg.baselines):
+            gold = _win(gi, mode, "ppo_win_rate", name).value
+            proxy = _win(gi, mode, "ppo_rm_win_rate", name).value
             gaps[name] = (proxy - gold, proxy, gold)
         worst = max(gaps, key=lambda name: gaps[name][0])
         gap, proxy, gold = gaps[worst]
         limit = cfg.overoptimisation.max_proxy_gold_gap
-        return gap <= limit, f"largest gap vs '{worst}': RM win rate {proxy:.3f}, gold win rate {gold:.3f}, gap {gap:+.3f} (max {limit})"
+        return (
+            gap <= limit,
+            f"largest gap vs '{worst}': RM win rate {proxy:.3f}, gold win rate {gold:.3f}, "
+            f"gap {gap:+.3f} (max {limit})",
+        )
 
     return [
         _check("beats every supervised baseline", beats_every_baseline, mode),
@@ -150,42 +267,54 @@ def _rules_for_mode(report: dict, cfg: GateConfig, mode: str) -> list[Reason]:
     ]
 
 
-def decide(report: dict, cfg: GateConfig) -> Decision:
+def decide(gi: GateInput, cfg: GateConfig) -> Decision:
     """Promote only if every rule holds in every configured mode; every check is one reason."""
 
     def data_valid():
-        success = _get(report, "data_validation", "success")
+        success = _need(_need(gi.data_validation, "data_validation").success, "data_validation.success")
         return success is True, "Great Expectations passed" if success is True else "Great Expectations failed"
 
     def eval_prompts_unseen():
-        leaked = _get(report, "data_validation", "eval_prompts_in_training")
-        return leaked == 0, "no held-out prompt was trained on" if leaked == 0 else f"{leaked} held-out prompt(s) were trained on"
+        leaked = _need(
+            _need(gi.data_validation, "data_validation").eval_prompts_in_training,
+            "data_validation.eval_prompts_in_training",
+        )
+        return (
+            leaked == 0,
+            "no held-out prompt was trained on" if leaked == 0 else f"{leaked} held-out prompt(s) were trained on",
+        )
 
     def all_finite():
-        bad = _get(report, "non_finite_stages")
+        bad = _need(gi.non_finite_stages, "non_finite_stages")
         return not bad, "no NaN/inf in any stage" if not bad else f"NaN/inf in: {', '.join(bad)}"
 
     def rm_accurate():
-        accuracy = _get(report, "reward_model", "accuracy")
+        accuracy = _need(_need(gi.reward_model, "reward_model").accuracy, "reward_model.accuracy")
         return accuracy >= cfg.min_rm_accuracy, f"held-out accuracy {accuracy:.3f} (floor {cfg.min_rm_accuracy})"
 
     def members_agree():
-        size = _get(report, "reward_model", "ensemble_size")
+        reward_model = _need(gi.reward_model, "reward_model")
+        size = _need(reward_model.ensemble_size, "reward_model.ensemble_size")
         if size == 1:
             return True, "a single reward model"
-        agreement = _get(report, "reward_model", "member_agreement")
+        agreement = _need(reward_model.member_agreement, "reward_model.member_agreement")
         return agreement >= cfg.min_rm_member_agreement, (
-            f"the {size} members order {agreement:.3f} of the held-out pairs alike (floor {cfg.min_rm_member_agreement})")
+            f"the {size} members order {agreement:.3f} of the held-out pairs alike "
+            f"(floor {cfg.min_rm_member_agreement})"
+        )
 
     def no_overoptimisation_trend():
-        history = _get(report, "ppo_history")
-        if len(history) < 2 or any("gold" not in h or "rm_score" not in h for h in history):
+        history = _need(gi.ppo_history, "ppo_history")
+        if len(history) < 2 or any(h.gold is None or h.rm_score is None for h in history):
             raise _Missing("ppo_history (rm_score and gold per iteration)")
-        rm_change = trend_change(history, "rm_score", cfg.overoptimisation.tail_fraction)
-        gold_change = trend_change(history, "gold", cfg.overoptimisation.tail_fraction)
+        tail = cfg.overoptimisation.tail_fraction
+        iterations = [h.iteration for h in history]
+        rm_change = _tail_change(iterations, [h.rm_score for h in history], tail)
+        gold_change = _tail_change(iterations, [h.gold for h in history], tail)
         diverging = rm_change > 0 and gold_change < -cfg.overoptimisation.max_gold_drop
         return not diverging, (
-            f"over the last {cfg.overoptimisation.tail_fraction:.0%} of PPO: RM {rm_change:+.3f}, gold {gold_change:+.3f} "
+            f"over the last {tail:.0%} of PPO: "
+            f"RM {rm_change:+.3f}, gold {gold_change:+.3f} "
             f"(fails if RM rises while gold falls by more than {cfg.overoptimisation.max_gold_drop})"
         )
 
@@ -198,14 +327,24 @@ def decide(report: dict, cfg: GateConfig) -> Decision:
         _check("no over-optimisation trend", no_overoptimisation_trend),
     ]
     for mode in cfg.modes:
-        reasons += _rules_for_mode(report, cfg, mode)
-    return Decision(promote=all(r.passed for r in reasons), reasons=reasons, score=gate_score(report, cfg))
+        reasons += _rules_for_mode(gi, cfg, mode)
+    return Decision(promote=all(r.passed for r in reasons), reasons=reasons, score=gate_score(gi, cfg))
 
 
-def gate_score(report: dict, cfg: GateConfig) -> float | None:
-    """The smallest CI lower bound of PPO's gold win rate over every gated baseline and every gated mode."""
+def decide_report(report: Mapping[str, Any], cfg: GateConfig) -> Decision:
+    """``decide`` on the pipeline's report dict; a malformed report is a rejection that says why, never a crash."""
     try:
-        bounds = [bound for mode in cfg.modes for bound in win_lower_bounds(report, mode, cfg.baselines).values()]
-        return float(min(bounds)) if bounds else None
-    except (_Missing, TypeError, ValueError, KeyError, IndexError, AttributeError):
+        gi = gate_input(report)
+    except GateInputError as error:
+        return Decision(promote=False, reasons=[Reason("gate input well-formed", False, str(error))], score=None)
+    return decide(gi, cfg)
+
+
+def gate_score(gi: GateInput, cfg: GateConfig) -> float | None:
+    """The smallest CI lower bound of PPO's gold win rate over every gated baseline and every gated mode
+    (None when one is missing)."""
+    try:
+        bounds = [bound for mode in cfg.modes for bound in win_lower_bounds(gi, mode, cfg.baselines).values()]
+    except _Missing:
         return None
+    return float(min(bounds)) if bounds else None

@@ -1,4 +1,5 @@
 """Confidence intervals for means and win rates."""
+
 from __future__ import annotations
 
 import math

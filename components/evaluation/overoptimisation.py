@@ -11,6 +11,7 @@ fitted to the proxy (the reward model's own score) usually has a much smaller be
 The fit is linear least squares in (alpha, beta) on the features (d, -d log d), with no intercept (R(0) = 0).
 It reads the PPO gold monitor's points: evaluation only, never fed back into training or selection.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,7 +61,9 @@ def fit_rl_curve(kl: list[float], score: list[float]) -> RLCurve | None:
     ``score`` is measured from the start (score - score at KL 0). Points with KL <= 0 carry no information
     about alpha and beta (both features are 0 there) and are skipped.
     """
-    rows = [(math.sqrt(k), s) for k, s in zip(kl, score, strict=True) if k > 0 and math.isfinite(k) and math.isfinite(s)]
+    rows = [
+        (math.sqrt(k), s) for k, s in zip(kl, score, strict=True) if k > 0 and math.isfinite(k) and math.isfinite(s)
+    ]
     if len(rows) < MIN_POINTS:
         return None
     # normal equations of y = alpha * x1 + beta * x2 with x1 = d, x2 = -d log d

@@ -1,19 +1,20 @@
 """Sampling a policy on held-out prompts and measuring what came out: gold, proxy, KL, length, diversity."""
+
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig
+from components.data.text import words
 from components.evaluation.intervals import mean_ci
 from components.models.batching import encode_prompts, response_logprobs
 from components.models.ensemble import reward_scores
 from components.models.generation import decode_responses, generate
-from components.data.text import words
 
 GoldFn = Callable[[str, str, bool], float]  # (prompt, response, ended) -> score; evaluation only
 
@@ -55,7 +56,16 @@ def sample_responses(
     for start in range(0, len(expanded), batch_size):
         chunk = expanded[start : start + batch_size]
         ids, mask = encode_prompts(tokenizer, chunk, model_cfg.max_prompt_tokens)
-        rollout = generate(policy, ids, mask, model_cfg.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, mode.temperature, mode.greedy)
+        rollout = generate(
+            policy,
+            ids,
+            mask,
+            model_cfg.max_response_tokens,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            mode.temperature,
+            mode.greedy,
+        )
         out.texts += decode_responses(tokenizer, rollout.batch)
         out.ended += rollout.ended.tolist()
         if reward_model is not None:

@@ -5,6 +5,7 @@ distinct-1/2, unterminated share), PPO's paired win rate against every other pol
 and by the reward model (ties count half, Wilson CI), and an example table for a person to read.
 Best-of-n over the SFT policy joins sampling mode as a non-training reference point.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -36,14 +37,16 @@ def example_rows(responses: dict[str, Responses], mode: DecodingMode, n_examples
     for p in range(min(n_examples, len(first.prompts) // mode.samples_per_prompt)):
         i = p * mode.samples_per_prompt
         for name, out in responses.items():
-            rows.append({
-                "mode": mode.name,
-                "prompt": out.prompts[i],
-                "policy": name,
-                "response": out.texts[i],
-                "gold": out.gold[i],
-                "rm": out.rm_scores[i] if out.rm_scores else None,
-            })
+            rows.append(
+                {
+                    "mode": mode.name,
+                    "prompt": out.prompts[i],
+                    "policy": name,
+                    "response": out.texts[i],
+                    "gold": out.gold[i],
+                    "rm": out.rm_scores[i] if out.rm_scores else None,
+                }
+            )
     return rows
 
 
@@ -64,21 +67,45 @@ def evaluate_policies(
     for mode in decoding_modes(cfg):
         responses: dict[str, Responses] = {}
         for name, policy in policies.items():
-            out = sample_responses(policy, tokenizer, eval_prompts, mode, model_cfg, seed, cfg.batch_size, reference=reference, reward_model=reward_model)
+            out = sample_responses(
+                policy,
+                tokenizer,
+                eval_prompts,
+                mode,
+                model_cfg,
+                seed,
+                cfg.batch_size,
+                reference=reference,
+                reward_model=reward_model,
+            )
             out.gold = [gold(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended)]
             responses[name] = out
         if best_of_n_cfg is not None and not mode.greedy:
             expanded = [p for p in eval_prompts for _ in range(mode.samples_per_prompt)]
             texts, ended, scores = best_of_n(
-                reference, reward_model, tokenizer, expanded, best_of_n_cfg.n, model_cfg, best_of_n_cfg.temperature, seed, best_of_n_cfg.missing_eos_penalty
+                reference,
+                reward_model,
+                tokenizer,
+                expanded,
+                best_of_n_cfg.n,
+                model_cfg,
+                best_of_n_cfg.temperature,
+                seed,
+                best_of_n_cfg.missing_eos_penalty,
             )
-            responses["best_of_n"] = Responses(expanded, texts, ended, scores, [], [gold(p, t, e) for p, t, e in zip(expanded, texts, ended)])
+            responses["best_of_n"] = Responses(
+                expanded, texts, ended, scores, [], [gold(p, t, e) for p, t, e in zip(expanded, texts, ended)]
+            )
         ppo = responses[PPO]
         report[mode.name] = {
             "policies": {name: summarise(out) for name, out in responses.items()},
-            "ppo_win_rate": {name: win_rate(ppo.gold, out.gold).as_dict() for name, out in responses.items() if name != PPO},
+            "ppo_win_rate": {
+                name: win_rate(ppo.gold, out.gold).as_dict() for name, out in responses.items() if name != PPO
+            },
             "ppo_rm_win_rate": {
-                name: win_rate(ppo.rm_scores, out.rm_scores).as_dict() for name, out in responses.items() if name != PPO and out.rm_scores
+                name: win_rate(ppo.rm_scores, out.rm_scores).as_dict()
+                for name, out in responses.items()
+                if name != PPO and out.rm_scores
             },
             "examples": example_rows(responses, mode, cfg.n_examples),
         }
@@ -94,11 +121,14 @@ def gold_monitor(gold: GoldFn) -> Monitor:
     return monitor
 
 
-def reward_model_gold_accuracy(reward_model: PreTrainedModel, tokenizer, rows: list[dict], model_cfg: ModelConfig, gold: GoldFn) -> float:
+def reward_model_gold_accuracy(
+    reward_model: PreTrainedModel, tokenizer, rows: list[dict], model_cfg: ModelConfig, gold: GoldFn
+) -> float:
     """Share of held-out comparison pairs the reward model orders as the gold judge does."""
     chosen, rejected = score_comparisons(reward_model, tokenizer, rows, model_cfg)
     return gold_accuracy(
-        chosen, rejected,
+        chosen,
+        rejected,
         [gold(r["prompt"], r["chosen"], r.get("chosen_ended", True)) for r in rows],
         [gold(r["prompt"], r["rejected"], r.get("rejected_ended", True)) for r in rows],
     )
@@ -109,25 +139,38 @@ def format_table(report: dict) -> str:
     lines = []
     for mode, block in report.items():
         lines.append(f"\n== {mode} decoding, held-out prompts ==")
-        lines.append(f"{'policy':<10} {'gold mean [95% CI]':<24} {'RM':>7} {'KL':>7} {'len':>5} {'unterm':>6}  PPO gold win rate [95% CI]")
+        lines.append(
+            f"{'policy':<10} {'gold mean [95% CI]':<24} {'RM':>7} {'KL':>7} {'len':>5} {'unterm':>6}  "
+            "PPO gold win rate [95% CI]"
+        )
         for name, s in block["policies"].items():
             g, wr = s["gold"], block["ppo_win_rate"].get(name)
             wins = f"{wr['value']:.3f} [{wr['ci'][0]:.3f}, {wr['ci'][1]:.3f}]" if wr else "-"
             kl = f"{s['kl']:7.2f}" if "kl" in s else "      -"
-            lines.append(f"{name:<10} {g['value']:6.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]{'':<4} {s['rm']['value']:7.3f} {kl} {s['length']:5.1f} {s['unterminated']:6.3f}  {wins}")
+            lines.append(
+                f"{name:<10} {g['value']:6.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]{'':<4} "
+                f"{s['rm']['value']:7.3f} {kl} {s['length']:5.1f} {s['unterminated']:6.3f}  {wins}"
+            )
     return "\n".join(lines)
 
 
 def format_budgets(terms: dict) -> str:
-    """What each policy used: one SFT start and one prompt set for all, each policy's labels and configurations tried."""
+    """What each policy used: one SFT start and one prompt set for all, each policy's labels
+    and configurations tried."""
     prompts = terms["eval_prompts"]
     lines = [
-        f"\n== what each policy used (one SFT start {terms['sft_start']}, the same {prompts['count']} held-out prompts) ==",
-        f"{'policy':<11} {'train pairs':>11} {'held-out':>9} {'selection':>10} {'all labels':>10} {'configs tried':>13}",
+        f"\n== what each policy used (one SFT start {terms['sft_start']}, "
+        f"the same {prompts['count']} held-out prompts) ==",
+        f"{'policy':<11} {'train pairs':>11} {'held-out':>9} {'selection':>10} "
+        f"{'all labels':>10} {'configs tried':>13}",
     ]
     for name, budget in terms["label_budgets"].items():
-        lines.append(f"{name:<11} {budget['train_pairs']:>11} {budget['held_out_pairs']:>9} {budget['selection_labels']:>10} "
-                     f"{budget['total']:>10} {terms['tuning_budgets'].get(name, 0):>13}")
+        lines.append(
+            f"{name:<11} {budget['train_pairs']:>11} {budget['held_out_pairs']:>9} {budget['selection_labels']:>10} "
+            f"{budget['total']:>10} {terms['tuning_budgets'].get(name, 0):>13}"
+        )
     tuning = terms["tuning"]
-    lines.append(f"(configurations tried on tuning seed {tuning['seed']}, selected by held-out labels: {tuning['results']})")
+    lines.append(
+        f"(configurations tried on tuning seed {tuning['seed']}, selected by held-out labels: {tuning['results']})"
+    )
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 Layout of every batch: ``[left-padded prompt (P) | right-padded response (R)]``. Position ids
 count only real tokens, so left padding does not shift positions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,11 +28,13 @@ class Batch:
     def position_ids(self) -> torch.Tensor:
         return position_ids(self.attention_mask)
 
-    def select(self, index: torch.Tensor) -> "Batch":
+    def select(self, index: torch.Tensor) -> Batch:
         return Batch(self.input_ids[index], self.attention_mask[index], self.response_mask[index], self.prompt_width)
 
-    def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device), self.prompt_width)
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device), self.prompt_width
+        )
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -44,7 +47,9 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids and mask; long prompts keep their end (where the request is)."""
     rows = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_tokens:] for p in prompts]
     width = max(len(r) for r in rows)
@@ -57,9 +62,13 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_t
     return ids, mask
 
 
-def encode_responses(tokenizer: PreTrainedTokenizerBase, responses: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_responses(
+    tokenizer: PreTrainedTokenizerBase, responses: list[str], max_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded response ids ending in EOS (dropped only when the response fills ``max_tokens``)."""
-    rows = [(tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_tokens] for r in responses]
+    rows = [
+        (tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_tokens] for r in responses
+    ]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -69,7 +78,9 @@ def encode_responses(tokenizer: PreTrainedTokenizerBase, responses: list[str], m
     return ids, mask
 
 
-def join(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor) -> Batch:
+def join(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
+) -> Batch:
     return Batch(
         torch.cat([prompt_ids, response_ids], dim=1),
         torch.cat([prompt_mask, response_mask], dim=1),
@@ -79,14 +90,23 @@ def join(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torc
 
 
 def encode_examples(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str], max_prompt_tokens: int, max_response_tokens: int
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    responses: list[str],
+    max_prompt_tokens: int,
+    max_response_tokens: int,
 ) -> Batch:
-    return join(*encode_prompts(tokenizer, prompts, max_prompt_tokens), *encode_responses(tokenizer, responses, max_response_tokens))
+    return join(
+        *encode_prompts(tokenizer, prompts, max_prompt_tokens),
+        *encode_responses(tokenizer, responses, max_response_tokens),
+    )
 
 
 def response_logits(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
     """Logits that predict each response token: (B, R, V)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+    logits = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    ).logits
     return logits[:, batch.prompt_width - 1 : -1]
 
 
@@ -101,7 +121,9 @@ def response_logprobs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
 
 def token_scores(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
     """A one-output sequence classifier's score at every response position: (B, R)."""
-    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).last_hidden_state
+    hidden = model.base_model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    ).last_hidden_state
     return model.score(hidden[:, batch.prompt_width :]).squeeze(-1).float()
 
 

@@ -5,6 +5,7 @@ The reward model and the critic are sequence-classification models with one outp
 Both start from the SFT policy's transformer (InstructGPT initialises the RM from the SFT model
 and the value function from the RM).
 """
+
 from __future__ import annotations
 
 import copy
@@ -74,15 +75,21 @@ def check_safe_model_dir(directory: str | Path) -> None:
         raise UnsafeModelError(f"{directory}: no config.json, not a Hugging Face model directory")
     config = json.loads((directory / "config.json").read_text())
     if "auto_map" in config:
-        raise UnsafeModelError(f"{directory}: config.json has auto_map (custom code needing trust_remote_code); refused")
+        raise UnsafeModelError(
+            f"{directory}: config.json has auto_map (custom code needing trust_remote_code); refused"
+        )
     if not list(directory.glob("*.safetensors")):
         pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
-        raise UnsafeModelError(f"{directory}: no .safetensors weights (found {pickled or 'none'}); pickle weights are refused")
+        raise UnsafeModelError(
+            f"{directory}: no .safetensors weights (found {pickled or 'none'}); pickle weights are refused"
+        )
 
 
 def load_causal_lm(directory: str | Path) -> PreTrainedModel:
     check_safe_model_dir(directory)
-    return AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True, trust_remote_code=False, local_files_only=True)
+    return AutoModelForCausalLM.from_pretrained(
+        str(directory), use_safetensors=True, trust_remote_code=False, local_files_only=True
+    )
 
 
 def load_scalar_model(directory: str | Path) -> PreTrainedModel:

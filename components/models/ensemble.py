@@ -5,6 +5,7 @@ Every function here takes either one scalar-head model or a ``RewardEnsemble``: 
 is an ensemble of one. Saved, an ensemble is a directory of ``member-<k>`` model directories; an
 ensemble of one is saved as the plain model directory it is, so plain transformers loads it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

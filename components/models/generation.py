@@ -1,4 +1,5 @@
 """Sampling responses from a policy: batched, KV-cached, stopping when every row has emitted EOS."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -16,9 +17,22 @@ class Rollout:
     ended: torch.Tensor  # (B,) bool: the response emitted EOS within the length limit
 
 
-def sampling_config(max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float, greedy: bool) -> GenerationConfig:
+def sampling_config(
+    max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float, greedy: bool
+) -> GenerationConfig:
     """Exactly softmax(logits / temperature) (or its argmax): every other logits processor off, said explicitly."""
-    sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+    sampling = (
+        {}
+        if greedy
+        else {
+            "temperature": temperature,
+            "top_k": 0,
+            "top_p": 1.0,
+            "typical_p": 1.0,
+            "epsilon_cutoff": 0.0,
+            "eta_cutoff": 0.0,
+        }
+    )
     return GenerationConfig(
         do_sample=not greedy,
         **sampling,
@@ -75,7 +89,9 @@ def generate(
     is_eos = response_ids == eos_token_id
     ended = is_eos.any(dim=1)
     # mask: every token up to and including the first EOS
-    first_eos = torch.where(ended, is_eos.float().argmax(dim=1), torch.full_like(ended, response_ids.shape[1], dtype=torch.long))
+    first_eos = torch.where(
+        ended, is_eos.float().argmax(dim=1), torch.full_like(ended, response_ids.shape[1], dtype=torch.long)
+    )
     positions = torch.arange(response_ids.shape[1], device=response_ids.device).unsqueeze(0)
     response_mask = (positions <= first_eos.unsqueeze(1)).long() & (positions < response_ids.shape[1]).long()
     response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, pad_token_id))

@@ -1,4 +1,5 @@
 """Saving models in the Hugging Face layout (safetensors), atomically, with the config and data version beside them."""
+
 from __future__ import annotations
 
 import hashlib

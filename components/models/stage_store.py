@@ -7,13 +7,14 @@ A run that needs a key another live run is computing waits for it and then reuse
 different keys never touch each other's directories, so a model cannot change under a reader.
 Old keys are pruned: each stage keeps its most recently used outputs (reuse counts as use).
 """
+
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from components import locks
 from components.models.saving import CARD, read_card
@@ -49,7 +50,9 @@ class StageStore:
         base = self.root / home
         if not base.is_dir():
             return []
-        outputs = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")), key=last_used, reverse=True)
+        outputs = sorted(
+            (p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")), key=last_used, reverse=True
+        )
         removed = []
         for directory in outputs[keep:]:
             if directory.name in in_use:
@@ -57,7 +60,9 @@ class StageStore:
             with locks.exclusive_if_free(locks.project_lock(self.root, directory.name)) as free:
                 if free:
                     retired = directory.with_name(f".{directory.name}.pruned")
-                    os.replace(directory, retired)  # out of sight at once; a crash mid-delete leaves only a hidden directory
+                    os.replace(
+                        directory, retired
+                    )  # out of sight at once; a crash mid-delete leaves only a hidden directory
                     shutil.rmtree(retired, ignore_errors=True)
                     removed.append(directory)
         return removed

@@ -10,12 +10,14 @@ meta and ``files``: the md5 of every file. A clone without the DVC cache can the
 which file changed, and ``recorded_version`` refuses a ``files`` list that does not add up to the
 recorded directory hash (left stale by a hand-run ``dvc add``, which keeps the old ``meta``).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -207,6 +209,12 @@ def push(root: Path, cfg: VersioningConfig) -> None:
 def pull(root: Path, cfg: VersioningConfig) -> None:
     """Download every tracked output from ``cfg``'s remote and check it out into the workspace."""
     _dvc(root, "pull", "--remote", cfg.remote_name)
+
+
+def lock_stages(root: Path, stages: Sequence[str]) -> None:
+    """Record ``stages`` of dvc.yaml as done with what is on disk now (``dvc commit``): their deps, params and outs
+    go into dvc.lock, so ``dvc status`` finds them up to date."""
+    _dvc(Path(root), "commit", "--force", *stages)
 
 
 def dvc_status(root: Path, cfg: VersioningConfig | None = None) -> dict[str, Any]:

@@ -4,10 +4,12 @@ The only module that imports great_expectations. One file-mode Data Context live
 ``<report_dir>/gx``; every data file is a dataframe asset validated by its own checkpoint, whose
 UpdateDataDocsAction writes the Data Docs. Nothing is ever written into the data directory.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import great_expectations as gx
@@ -54,7 +56,9 @@ def validate_data_dir(
     labels = {d: (file_labels or {}).get(d, str(data_dir / file_name(d))) for d in datasets}
     report_dir = Path(report_dir if report_dir is not None else cfg.report_dir)
     if report_dir.resolve().is_relative_to(data_dir.resolve()):
-        raise ValueError(f"report_dir {report_dir} is inside the data directory {data_dir}: validation never writes there")
+        raise ValueError(
+            f"report_dir {report_dir} is inside the data directory {data_dir}: validation never writes there"
+        )
 
     failures: list[Failure] = []
     records = {}
@@ -117,7 +121,9 @@ def _context(report_dir: Path) -> Any:
 def _checkpoint(context: Any, source: Any, dataset: str, rules: list[Expectation]) -> gx.Checkpoint:
     batches = source.add_dataframe_asset(dataset).add_batch_definition_whole_dataframe("all rows")
     suite = context.suites.add_or_update(gx.ExpectationSuite(name=dataset, expectations=[_gx(rule) for rule in rules]))
-    validation = context.validation_definitions.add_or_update(gx.ValidationDefinition(name=dataset, data=batches, suite=suite))
+    validation = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=dataset, data=batches, suite=suite)
+    )
     return context.checkpoints.add_or_update(
         gx.Checkpoint(
             name=dataset,

@@ -9,15 +9,17 @@ Store: ``tracking.uri`` from the config, else ``$MLFLOW_TRACKING_URI``, else the
 (MLflow 3 retired the plain-file store). ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``
 shows it; ``infra/mlflow_server.sh`` serves the same store over HTTP on 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -238,7 +240,10 @@ class Tracker:
         try:
             self.client.create_registered_model(
                 self.cfg.registered_model,
-                description="PPO policies of the RLHF pipeline; `champion` = the best-gated version the gate promoted on the newest data",
+                description=(
+                    "PPO policies of the RLHF pipeline; "
+                    "`champion` = the best-gated version the gate promoted on the newest data"
+                ),
             )
         except mlflow.exceptions.MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":

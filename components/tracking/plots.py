@@ -3,13 +3,14 @@
 Each function takes plain data (histories, the evaluation report) and returns a matplotlib Figure;
 the MLflow adapter logs them as PNG. The non-interactive Agg backend is used: no display needed.
 """
+
 from __future__ import annotations
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 
 def curves(history: list[dict], keys: list[str], x: str = "step", title: str = "") -> Figure:
@@ -28,7 +29,12 @@ def curves(history: list[dict], keys: list[str], x: str = "step", title: str = "
 
 
 def ppo_curves(history: list[dict]) -> Figure:
-    return curves(history, ["rm_score", "gold", "kl", "entropy", "response_length"], x="iteration", title="PPO: reward, gold and KL per iteration")
+    return curves(
+        history,
+        ["rm_score", "gold", "kl", "entropy", "response_length"],
+        x="iteration",
+        title="PPO: reward, gold and KL per iteration",
+    )
 
 
 def win_rates(mode_report: dict, mode: str, judge: str = "ppo_win_rate") -> Figure:
@@ -64,23 +70,60 @@ def overoptimisation(history: list[dict], fit: dict, shipped_iteration: int | No
     start = fit["start"]
     d = [max(h["kl"], 0.0) ** 0.5 for h in points]
     iterations = [h["iteration"] for h in points]
-    gold = ax.scatter(d, [h["gold"] - start["gold"] for h in points], c=iterations, cmap="viridis", marker="o", s=18, label="gold (judge)")
-    ax.scatter(d, [h["rm_score"] - start["proxy"] for h in points], c=iterations, cmap="viridis", marker="^", s=18, label="proxy (reward model)")
+    gold = ax.scatter(
+        d,
+        [h["gold"] - start["gold"] for h in points],
+        c=iterations,
+        cmap="viridis",
+        marker="o",
+        s=18,
+        label="gold (judge)",
+    )
+    ax.scatter(
+        d,
+        [h["rm_score"] - start["proxy"] for h in points],
+        c=iterations,
+        cmap="viridis",
+        marker="^",
+        s=18,
+        label="proxy (reward model)",
+    )
     grid = [max(d) * i / 200 for i in range(1, 201)]
     for name, style, colour in (("gold", "-", "tab:green"), ("proxy", "--", "tab:orange")):
         curve = fit.get(name)
         if curve is not None:
-            ax.plot(grid, [curve(x) for x in grid], style, color=colour,
-                    label=f"{name} fit: d({curve.alpha:.2f} - {curve.beta:.2f} log d), R2 {curve.r2:.2f}")
+            ax.plot(
+                grid,
+                [curve(x) for x in grid],
+                style,
+                color=colour,
+                label=f"{name} fit: d({curve.alpha:.2f} - {curve.beta:.2f} log d), R2 {curve.r2:.2f}",
+            )
     peak = fit.get("gold")
     if peak is not None and peak.peak_d is not None:
         ax.axvline(peak.peak_d, color="tab:green", linestyle=":", linewidth=1)
-        ax.plot([peak.peak_d], [peak.peak_value], marker="*", color="tab:green", markersize=14, linestyle="none",
-                label=f"gold peak: KL {peak.peak_kl:.2f}")
+        ax.plot(
+            [peak.peak_d],
+            [peak.peak_value],
+            marker="*",
+            color="tab:green",
+            markersize=14,
+            linestyle="none",
+            label=f"gold peak: KL {peak.peak_kl:.2f}",
+        )
     shipped = next((h for h in points if h["iteration"] == shipped_iteration), None)
     if shipped is not None:
-        ax.plot([max(shipped["kl"], 0.0) ** 0.5], [shipped["gold"] - start["gold"]], marker="D", markersize=10, markerfacecolor="none",
-                markeredgecolor="tab:red", markeredgewidth=2, linestyle="none", label=f"shipped: iteration {shipped_iteration + 1}")
+        ax.plot(
+            [max(shipped["kl"], 0.0) ** 0.5],
+            [shipped["gold"] - start["gold"]],
+            marker="D",
+            markersize=10,
+            markerfacecolor="none",
+            markeredgecolor="tab:red",
+            markeredgewidth=2,
+            linestyle="none",
+            label=f"shipped: iteration {shipped_iteration + 1}",
+        )
     fig.colorbar(gold, ax=ax, label="PPO iteration")
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_xlabel("sqrt(KL(policy || SFT)), nats^0.5 per response")

@@ -1,4 +1,5 @@
 """Where a run came from: the git commit of the code (and whether the work tree was dirty)."""
+
 from __future__ import annotations
 
 import subprocess

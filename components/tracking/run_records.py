@@ -5,12 +5,14 @@ run ended. The operating system drops a lock when its holder dies, so a "running
 free lock belongs to a run that was killed (SIGKILL, the OOM killer, a lost machine) and will never
 finish: later runs find it and close what it left open.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from components import locks
 from components.data.files import write_json

@@ -5,6 +5,7 @@ the last response token, as the RM is trained), and return the argmax. It spends
 at inference time instead of in a PPO update, so it shows how much of the RM's signal a policy
 could extract without moving far from the SFT policy (Stiennon et al. 2020; Gao et al. 2022).
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,7 +52,13 @@ def best_of_n(
             repeated = [p for p in chunk for _ in range(n)]  # prompt i's samples are rows [i*n, (i+1)*n)
             prompt_ids, prompt_mask = encode_prompts(tokenizer, repeated, model_cfg.max_prompt_tokens)
             rollout = generate(
-                policy, prompt_ids, prompt_mask, model_cfg.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=temperature
+                policy,
+                prompt_ids,
+                prompt_mask,
+                model_cfg.max_response_tokens,
+                tokenizer.eos_token_id,
+                tokenizer.pad_token_id,
+                temperature=temperature,
             )
             raw_scores = reward_scores(reward_model, rollout.batch)  # (len(chunk) * n,)
             penalised = raw_scores - missing_eos_penalty * (~rollout.ended).float()

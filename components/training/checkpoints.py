@@ -6,6 +6,7 @@ optimisers' state dicts and torch's RNG state: tensors and plain numbers only, l
 prompt queue, the history so far). It is written to a temporary directory and renamed into
 place, so a crash mid-write leaves the previous checkpoint as the latest one.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,13 @@ def save_checkpoint(directory: str | Path, state: PPOState, keep: int = 2) -> Pa
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=directory))
     try:
         torch.save(state.tensors, staging / "state.pt")
-        meta = {"iteration": state.iteration, "kl_coef": state.kl_coef, "python_rng": state.python_rng, "order": state.order, "history": state.history}
+        meta = {
+            "iteration": state.iteration,
+            "kl_coef": state.kl_coef,
+            "python_rng": state.python_rng,
+            "order": state.order,
+            "history": state.history,
+        }
         (staging / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)

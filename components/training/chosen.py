@@ -8,10 +8,11 @@ from the SFT policy, differing from the SFT stage only in their data.
   fine-tuning: best-of-K by the labellers, as in RAFT, Dong et al. 2023, and ReST, Gulcehre et al.
   2023): the strongest purely supervised use of the rankings.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -58,7 +59,9 @@ def sft_on(stage: str, to_examples: Callable[[list[dict]], list[dict]]) -> Train
         snapshots: Snapshots | None = None,
     ):
         policy = copy.deepcopy(sft_policy)
-        return train_sft(policy, tokenizer, to_examples(preferences), cfg, model_cfg, seed, stage=stage, log=log, snapshots=snapshots)
+        return train_sft(
+            policy, tokenizer, to_examples(preferences), cfg, model_cfg, seed, stage=stage, log=log, snapshots=snapshots
+        )
 
     return train
 

@@ -23,6 +23,7 @@ Choices, for a reader comparing with the paper:
   wrong sentiment word, the off-topic aspect, the agreement error), so EOS and the words every
   review needs are never pushed down.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,7 +41,9 @@ def unlikelihood(logprobs: torch.Tensor, min_one_minus_p: float = 1e-5) -> torch
     return -torch.log1p(-logprobs.exp().clamp(max=1.0 - min_one_minus_p))
 
 
-def shared_prefix_mask(chosen_ids: torch.Tensor, chosen_mask: torch.Tensor, rejected_ids: torch.Tensor, rejected_mask: torch.Tensor) -> torch.Tensor:
+def shared_prefix_mask(
+    chosen_ids: torch.Tensor, chosen_mask: torch.Tensor, rejected_ids: torch.Tensor, rejected_mask: torch.Tensor
+) -> torch.Tensor:
     """1 on the rejected tokens that open the rejected response exactly as the chosen one opens: (B, R)."""
     same = (chosen_ids == rejected_ids) & chosen_mask.bool() & rejected_mask.bool()
     return same.long().cumprod(dim=1)
@@ -48,11 +51,19 @@ def shared_prefix_mask(chosen_ids: torch.Tensor, chosen_mask: torch.Tensor, reje
 
 def not_in_chosen_mask(chosen_ids: torch.Tensor, chosen_mask: torch.Tensor, rejected_ids: torch.Tensor) -> torch.Tensor:
     """1 on the rejected tokens whose id occurs nowhere in the same row's chosen response: (B, R)."""
-    occurs = (rejected_ids.unsqueeze(2) == chosen_ids.unsqueeze(1)) & chosen_mask.bool().unsqueeze(1)  # (B, R_rejected, R_chosen)
+    occurs = (rejected_ids.unsqueeze(2) == chosen_ids.unsqueeze(1)) & chosen_mask.bool().unsqueeze(
+        1
+    )  # (B, R_rejected, R_chosen)
     return (~occurs.any(dim=2)).long()
 
 
-def penalised_mask(mode: str, chosen_ids: torch.Tensor, chosen_mask: torch.Tensor, rejected_ids: torch.Tensor, rejected_mask: torch.Tensor) -> torch.Tensor:
+def penalised_mask(
+    mode: str,
+    chosen_ids: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_ids: torch.Tensor,
+    rejected_mask: torch.Tensor,
+) -> torch.Tensor:
     """The rejected tokens the unlikelihood term applies to, by ``CombinedLossConfig.unlikelihood_tokens``: (B, R)."""
     if mode == "all":
         return rejected_mask
@@ -81,7 +92,11 @@ def combined_loss(
     loss = likelihood + unlikelihood_coef * unlikely
     with torch.no_grad():
         rejected_p = masked_mean(rejected_logprobs.exp(), rejected_mask)
-    return loss, {"likelihood": likelihood.item(), "unlikelihood": unlikely.item(), "rejected_token_p": rejected_p.item()}
+    return loss, {
+        "likelihood": likelihood.item(),
+        "unlikelihood": unlikely.item(),
+        "rejected_token_p": rejected_p.item(),
+    }
 
 
 def train_combined(
@@ -94,7 +109,8 @@ def train_combined(
     log: Log | None = None,
     snapshots: Snapshots | None = None,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
-    """Train a copy of ``sft_policy`` (left untouched) on ``{prompt, chosen, rejected}``; returns (model, metrics, history).
+    """Train a copy of ``sft_policy`` (left untouched) on ``{prompt, chosen, rejected}``;
+    returns (model, metrics, history).
 
     history entries: step, loss, grad_norm, lr, likelihood, unlikelihood, rejected_token_p
     (mean probability of the penalised rejected tokens).
@@ -107,12 +123,16 @@ def train_combined(
         prompts = [r["prompt"] for r in rows]
         # chosen and rejected in one forward pass: rows [0, B) are chosen, [B, 2B) rejected
         responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
-        batch = encode_examples(tokenizer, prompts + prompts, responses, model_cfg.max_prompt_tokens, model_cfg.max_response_tokens)
+        batch = encode_examples(
+            tokenizer, prompts + prompts, responses, model_cfg.max_prompt_tokens, model_cfg.max_response_tokens
+        )
         logits = response_logits(policy, batch)  # (2B, R, V)
         n = len(rows)
         ids, mask = batch.response_ids, batch.response_mask
         penalised = penalised_mask(cfg.unlikelihood_tokens, ids[:n], mask[:n], ids[n:], mask[n:])
-        return combined_loss(logits[:n], ids[:n], mask[:n], logits[n:], ids[n:], penalised, cfg.unlikelihood_coef, cfg.min_one_minus_p)
+        return combined_loss(
+            logits[:n], ids[:n], mask[:n], logits[n:], ids[n:], penalised, cfg.unlikelihood_coef, cfg.min_one_minus_p
+        )
 
     history = train_supervised("combined", policy, preferences, loss_fn, cfg, seed, log, snapshots=snapshots)
     last = history[-1]

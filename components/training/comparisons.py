@@ -10,14 +10,15 @@ A response that hit the length limit without emitting EOS is kept and marked: th
 (``chosen_ended`` / ``rejected_ended``) so the reward model's accuracy can be checked against the
 gold judge later. No gold score is ever written into the rows.
 """
+
 from __future__ import annotations
 
 import math
 import random
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -61,8 +62,13 @@ def sample_responses(
         repeated = [p for p in prompts[start : start + batch_size] for _ in range(k)]
         prompt_ids, prompt_mask = encode_prompts(tokenizer, repeated, model_cfg.max_prompt_tokens)
         rollout = generate(
-            policy, prompt_ids, prompt_mask, model_cfg.max_response_tokens,
-            tokenizer.eos_token_id, tokenizer.pad_token_id, temperature,
+            policy,
+            prompt_ids,
+            prompt_mask,
+            model_cfg.max_response_tokens,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            temperature,
         )
         samples = list(zip(decode_responses(tokenizer, rollout.batch), rollout.ended.tolist()))
         groups += [samples[i : i + k] for i in range(0, len(samples), k)]
@@ -129,7 +135,9 @@ def _rank_group(prompt: str, samples: list[tuple[str, bool]], ranker: Ranker) ->
     def rank(p: str, responses: list[str]) -> list[int]:
         return ranker(p, responses, [ended[r] for r in responses])
 
-    return [(pair, ended[pair["chosen"]], ended[pair["rejected"]]) for pair in collect_comparisons([prompt], sample, rank)]
+    return [
+        (pair, ended[pair["chosen"]], ended[pair["rejected"]]) for pair in collect_comparisons([prompt], sample, rank)
+    ]
 
 
 def collect_sft_comparisons(
@@ -148,7 +156,9 @@ def collect_sft_comparisons(
     chosen_ended, rejected_ended}``: up to K*(K-1)/2 per prompt (fewer when samples repeat or are
     shorter than ``min_words``; pass ``validation.min_response_words`` to meet the data contract).
     """
-    groups = sample_responses(policy, tokenizer, prompts, cfg.responses_per_prompt, cfg.temperature, cfg.batch_size, model_cfg, seed)
+    groups = sample_responses(
+        policy, tokenizer, prompts, cfg.responses_per_prompt, cfg.temperature, cfg.batch_size, model_cfg, seed
+    )
     return rank_sampled(prompts, groups, ranker, min_words)
 
 

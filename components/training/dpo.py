@@ -11,6 +11,7 @@ drawn, without gradients) and cached; the reference model itself is a frozen cop
 (requires_grad False), never handed to the optimiser. Policy and reference run in the same mode (eval:
 no dropout), so at step 0 the implicit rewards are exactly 0 and the loss exactly log 2.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import DPOConfig, ModelConfig
-from components.models.builders import frozen_copy
 from components.models.batching import Batch, encode_examples, response_logprobs
+from components.models.builders import frozen_copy
 from components.training.loop import Log, Snapshots, train_supervised
 
 
@@ -57,7 +58,9 @@ def encode_pairs(tokenizer: PreTrainedTokenizerBase, rows: list[dict], model_cfg
     """Chosen in rows [0, B), rejected in rows [B, 2B): one forward pass scores both."""
     prompts = [r["prompt"] for r in rows]
     responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
-    return encode_examples(tokenizer, prompts + prompts, responses, model_cfg.max_prompt_tokens, model_cfg.max_response_tokens)
+    return encode_examples(
+        tokenizer, prompts + prompts, responses, model_cfg.max_prompt_tokens, model_cfg.max_response_tokens
+    )
 
 
 def pair_logprobs(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,12 +105,16 @@ def train_dpo(
         if missing:
             reference.eval()
             with torch.no_grad():
-                ref_chosen, ref_rejected = pair_logprobs(reference, encode_pairs(tokenizer, [rows[k] for k in missing], model_cfg))
+                ref_chosen, ref_rejected = pair_logprobs(
+                    reference, encode_pairs(tokenizer, [rows[k] for k in missing], model_cfg)
+                )
             for k, c, r in zip(missing, ref_chosen.tolist(), ref_rejected.tolist()):
                 ref_cache[rows[k]["index"]] = (c, r)
         ref_logprobs = torch.tensor([ref_cache[r["index"]] for r in rows])  # (B, 2)
         logprobs_chosen, logprobs_rejected = pair_logprobs(policy, batch)
-        loss, rewards_chosen, rewards_rejected = dpo_loss(logprobs_chosen, logprobs_rejected, ref_logprobs[:, 0], ref_logprobs[:, 1], cfg.beta)
+        loss, rewards_chosen, rewards_rejected = dpo_loss(
+            logprobs_chosen, logprobs_rejected, ref_logprobs[:, 0], ref_logprobs[:, 1], cfg.beta
+        )
         metrics = reward_metrics(rewards_chosen, rewards_rejected)
         recent.append(metrics)
         del recent[:-20]

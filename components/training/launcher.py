@@ -5,9 +5,11 @@ torchrun (what accelerate uses to spawn ranks) stops the surviving ranks when on
 non-zero; the deadline covers the case where nothing exits (a rank stuck in a collective). Stopping
 always takes down the whole process group: SIGTERM, then SIGKILL after a grace period.
 """
+
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import queue
@@ -17,9 +19,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -39,13 +41,18 @@ class AccelerateProfile:
     use_cpu: bool
 
     @classmethod
-    def read(cls, path: str | Path) -> "AccelerateProfile":
+    def read(cls, path: str | Path) -> AccelerateProfile:
         path = Path(path)
         if not path.is_file():
             raise LaunchError(f"accelerate config {path} does not exist (profiles live in infra/accelerate/)")
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return cls(path, str(raw.get("distributed_type", "NO")), int(raw.get("num_processes", 1)),
-                   int(raw.get("num_machines", 1)), bool(raw.get("use_cpu", False)))
+        return cls(
+            path,
+            str(raw.get("distributed_type", "NO")),
+            int(raw.get("num_processes", 1)),
+            int(raw.get("num_machines", 1)),
+            bool(raw.get("use_cpu", False)),
+        )
 
 
 def free_port() -> int:
@@ -54,10 +61,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def accelerate_command(profile: AccelerateProfile, module: str, args: list[str], num_processes: int | None = None,
-                       port: int | None = None) -> tuple[list[str], dict[str, str]]:
+def accelerate_command(
+    profile: AccelerateProfile, module: str, args: list[str], num_processes: int | None = None, port: int | None = None
+) -> tuple[list[str], dict[str, str]]:
     """The `accelerate launch` command line and the environment additions for ``profile``."""
-    command = ACCELERATE + ["--config_file", str(profile.path)]
+    command = [*ACCELERATE, "--config_file", str(profile.path)]
     env: dict[str, str] = {}
     processes = num_processes or profile.num_processes
     if num_processes:
@@ -68,7 +76,7 @@ def accelerate_command(profile: AccelerateProfile, module: str, args: list[str],
             command += ["--multi_gpu"]  # torchrun spawns the CPU ranks (accelerate's CPU launcher needs MPI for that)
     if profile.num_machines == 1 and processes > 1:
         command += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port or free_port())]
-    return command + ["-m", module, *args], env
+    return [*command, "-m", module, *args], env
 
 
 def run_logged(
@@ -87,8 +95,15 @@ def run_logged(
     """
     started = time.monotonic()
     process = subprocess.Popen(
-        command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, bufsize=1, start_new_session=True, preexec_fn=die_with_parent,
+        command,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     lines: queue.Queue[str | None] = queue.Queue()
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
@@ -139,16 +154,12 @@ def die_with_parent() -> None:
 def stop(process: subprocess.Popen, grace: float) -> None:
     """SIGTERM to the whole process group (launcher and every rank); SIGKILL to whatever is left after ``grace``."""
     _signal_group(process, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
     _signal_group(process, signal.SIGKILL)  # ranks can outlive their launcher
     process.wait()
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

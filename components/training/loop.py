@@ -3,12 +3,13 @@
 A stage supplies its examples and a loss function; the loop shuffles, batches, steps AdamW with
 linear warm-up, clips gradients, records history and stops at the first non-finite loss.
 """
+
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -47,7 +48,9 @@ class Snapshots:
         self.taken.append((step, {name: t.detach().clone() for name, t in model.state_dict().items()}))
 
 
-def make_optimizer(params, lr: float, weight_decay: float, warmup_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(
+    params, lr: float, weight_decay: float, warmup_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
     return optimizer, scheduler
@@ -70,7 +73,9 @@ def train_supervised(
     ``snapshots`` receives the weights after each of its evenly spaced steps."""
     rng = random.Random(f"{seed}/{stage}")
     total_steps = max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))
-    optimizer, scheduler = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay, cfg.warmup_steps)
+    optimizer, scheduler = make_optimizer(
+        [p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay, cfg.warmup_steps
+    )
     model.train(dropout)
     history: list[dict[str, float]] = []
     order: list[int] = []
@@ -93,7 +98,13 @@ def train_supervised(
         if step in snapshot_steps:
             snapshots.take(step, model)
         if step % cfg.log_every == 0 or step == total_steps - 1:
-            entry = {"step": step, "loss": loss.item(), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], **metrics}
+            entry = {
+                "step": step,
+                "loss": loss.item(),
+                "grad_norm": grad_norm,
+                "lr": scheduler.get_last_lr()[0],
+                **metrics,
+            }
             history.append(entry)
             if log:
                 log(step, entry)

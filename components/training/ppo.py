@@ -11,12 +11,13 @@ Each iteration reads like CleanRL's loop:
 The data-parallel plumbing (sharding, global means, gradient sync) lives in ``Ranks``; the loss
 functions only take the averaging function they are handed.
 """
+
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -33,7 +34,13 @@ from components.models.batching import (
 )
 from components.models.ensemble import member_scores
 from components.models.generation import decode_responses, generate
-from components.training.checkpoints import PPOState, latest_checkpoint, python_rng_state, restore_python_rng, save_checkpoint
+from components.training.checkpoints import (
+    PPOState,
+    latest_checkpoint,
+    python_rng_state,
+    restore_python_rng,
+    save_checkpoint,
+)
 from components.training.loop import Log, Snapshots, check_finite
 from components.training.ranks import Ranks
 from components.training.sft import sft_loss
@@ -51,7 +58,8 @@ TokenMean = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, ranks: Ranks = SINGLE) -> torch.Tensor:
-    """Normalise to unit variance over the masked entries (of every rank); keep the mean when ``shift_mean`` is False."""
+    """Normalise to unit variance over the masked entries (of every rank);
+    keep the mean when ``shift_mean`` is False."""
     mean, var = ranks.masked_mean(x, mask), ranks.masked_var(x, mask)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
@@ -60,7 +68,11 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, ranks: 
 
 
 def kl_penalised_rewards(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor, kl_coef: float
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    kl_coef: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards: -kl_coef * (log pi - log pi_ref) on every token, plus the RM score on the last one.
 
@@ -122,7 +134,11 @@ def compute_gae(
 
 
 def clipped_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float,
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
     mean: TokenMean = masked_mean,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped surrogate; a ratio outside 1 +- cliprange on the pessimistic side gets no gradient."""
@@ -140,7 +156,11 @@ def clipped_policy_loss(
 
 
 def clipped_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float,
     mean: TokenMean = masked_mean,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
@@ -192,7 +212,9 @@ class TokenValues(torch.nn.Module):
         self.critic = critic
 
     def forward(self, input_ids, attention_mask, position_ids, prompt_width: int) -> torch.Tensor:
-        hidden = self.critic.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        hidden = self.critic.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
         # V(s_t) is read where the policy's logits for token t are: at the position before it (P-1 : -1),
         # so the value of a token never sees the token itself (reading P: would estimate Q(s_t, a_t))
         return self.critic.score(hidden[:, prompt_width - 1 : -1]).squeeze(-1).float()
@@ -261,8 +283,15 @@ def collect_rollouts(
     """Sample one response per prompt from the policy and score it: RM score, reference log-probs, values."""
     device = models.ranks.device
     prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts(tokenizer, prompts, model_cfg.max_prompt_tokens))
-    sampled = generate(models.sampler, prompt_ids, prompt_mask, model_cfg.max_response_tokens, tokenizer.eos_token_id,
-                       tokenizer.pad_token_id, cfg.temperature)
+    sampled = generate(
+        models.sampler,
+        prompt_ids,
+        prompt_mask,
+        model_cfg.max_response_tokens,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        cfg.temperature,
+    )
     batch = sampled.batch
     logprobs, _ = policy_logprobs(models.sampler, batch, cfg.temperature)
     values = token_values(models.critic, batch) * batch.response_mask.float()
@@ -270,14 +299,21 @@ def collect_rollouts(
         ref_logprobs, _ = policy_logprobs(models.reference, batch, cfg.temperature)
         by_member = member_scores(models.reward_model, batch)  # (B, M)
     disagreement = by_member.std(dim=-1) if by_member.shape[-1] > 1 else torch.zeros_like(by_member[:, 0])
-    scores = ensemble_reward(by_member, cfg.ensemble_reward, cfg.uncertainty_coef) - cfg.missing_eos_penalty * (~sampled.ended).float()
-    return Rollouts(prompts, batch, sampled.ended, logprobs, ref_logprobs, values, by_member.mean(dim=-1), disagreement, scores)
+    scores = (
+        ensemble_reward(by_member, cfg.ensemble_reward, cfg.uncertainty_coef)
+        - cfg.missing_eos_penalty * (~sampled.ended).float()
+    )
+    return Rollouts(
+        prompts, batch, sampled.ended, logprobs, ref_logprobs, values, by_member.mean(dim=-1), disagreement, scores
+    )
 
 
 @torch.no_grad()
 def compute_advantages(rollouts: Rollouts, kl_coef: float, cfg: PPOConfig, ranks: Ranks = SINGLE) -> Advantages:
     """KL-penalised per-token rewards, then GAE; whitening uses every rank's tokens."""
-    rewards, kl = kl_penalised_rewards(rollouts.scores, rollouts.logprobs, rollouts.ref_logprobs, rollouts.batch.response_mask, kl_coef)
+    rewards, kl = kl_penalised_rewards(
+        rollouts.scores, rollouts.logprobs, rollouts.ref_logprobs, rollouts.batch.response_mask, kl_coef
+    )
     if cfg.whiten_rewards:
         rewards = whiten(rewards, rollouts.mask, shift_mean=False, ranks=ranks)
     advantages, returns = compute_gae(rewards, rollouts.values, rollouts.batch.response_mask, cfg.gamma, cfg.lam)
@@ -323,19 +359,29 @@ def ppo_update(
 
                 with ranks.accumulating(models.policy, synced):
                     logprobs, logits = policy_logprobs(models.policy, mb, cfg.temperature)
-                    pg_loss, pg_stats = clipped_policy_loss(logprobs, rollouts.logprobs[rows], advantages.advantages[rows], mask, cfg.cliprange, share)
+                    pg_loss, pg_stats = clipped_policy_loss(
+                        logprobs, rollouts.logprobs[rows], advantages.advantages[rows], mask, cfg.cliprange, share
+                    )
                     check_finite("ppo", iteration, policy_loss=pg_loss.item())
                     ranks.backward_share(pg_loss)
 
                 with ranks.accumulating(models.values_model, synced):
                     values = token_values(models.values_model, mb)
-                    vf_loss, vf_stats = clipped_value_loss(values, rollouts.values[rows], advantages.returns[rows], mask, cfg.cliprange_value, share)
+                    vf_loss, vf_stats = clipped_value_loss(
+                        values, rollouts.values[rows], advantages.returns[rows], mask, cfg.cliprange_value, share
+                    )
                     check_finite("ppo", iteration, value_loss=vf_loss.item())
                     ranks.backward_share(vf_loss)
 
                 with torch.no_grad():
                     entropy = share(entropy_from_logits(logits), mask).item()
-                for key, value in {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": entropy, **pg_stats, **vf_stats}.items():
+                for key, value in {
+                    "policy_loss": pg_loss.item(),
+                    "value_loss": vf_loss.item(),
+                    "entropy": entropy,
+                    **pg_stats,
+                    **vf_stats,
+                }.items():
                     sums[key] = sums.get(key, 0.0) + value
 
             for model, optimizer in ((models.policy, models.policy_opt), (models.values_model, models.critic_opt)):
@@ -368,10 +414,15 @@ class PromptQueue:
 def check_shardable(cfg: PPOConfig, world_size: int) -> None:
     """Every rank gets an equal shard of each rollout batch and of each minibatch (split into micro-batches)."""
     per_rank = cfg.minibatch_size // world_size
-    if cfg.rollout_batch_size % world_size or cfg.minibatch_size % world_size or per_rank % cfg.gradient_accumulation_steps:
+    if (
+        cfg.rollout_batch_size % world_size
+        or cfg.minibatch_size % world_size
+        or per_rank % cfg.gradient_accumulation_steps
+    ):
         raise ValueError(
-            f"ppo.rollout_batch_size ({cfg.rollout_batch_size}) and ppo.minibatch_size ({cfg.minibatch_size}) must be multiples of "
-            f"the number of processes ({world_size}), and minibatch_size / processes of ppo.gradient_accumulation_steps ({cfg.gradient_accumulation_steps})"
+            f"ppo.rollout_batch_size ({cfg.rollout_batch_size}) and ppo.minibatch_size ({cfg.minibatch_size}) "
+            f"must be multiples of the number of processes ({world_size}), and minibatch_size / processes "
+            f"of ppo.gradient_accumulation_steps ({cfg.gradient_accumulation_steps})"
         )
 
 
@@ -380,12 +431,20 @@ def ptx_rows(examples: list[dict], minibatch_size: int, rng: random.Random, rank
     return ranks.shard(rng.sample(examples, min(minibatch_size, len(examples))))
 
 
-def ptx_sampler(examples: list[dict], tokenizer, cfg: PPOConfig, model_cfg: ModelConfig, rng: random.Random, ranks: Ranks) -> Callable[[], Batch]:
+def ptx_sampler(
+    examples: list[dict], tokenizer, cfg: PPOConfig, model_cfg: ModelConfig, rng: random.Random, ranks: Ranks
+) -> Callable[[], Batch]:
     """PPO-ptx's demonstrations, one batch per minibatch step: this rank's share, encoded, on its device."""
 
     def draw() -> Batch:
         rows = ptx_rows(examples, cfg.minibatch_size, rng, ranks)
-        batch = encode_examples(tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows], model_cfg.max_prompt_tokens, model_cfg.max_response_tokens)
+        batch = encode_examples(
+            tokenizer,
+            [r["prompt"] for r in rows],
+            [r["response"] for r in rows],
+            model_cfg.max_prompt_tokens,
+            model_cfg.max_response_tokens,
+        )
         return batch.to(ranks.device)
 
     return draw
@@ -408,7 +467,8 @@ def train_ppo(
     ranks: Ranks = SINGLE,
     snapshots: Snapshots | None = None,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
-    """Optimise ``policy`` in place; ``ref_policy`` and ``reward_model`` stay frozen. Returns (policy, metrics, history).
+    """Optimise ``policy`` in place; ``ref_policy`` and ``reward_model`` stay frozen.
+    Returns (policy, metrics, history).
 
     ``snapshots`` receives the policy after each of its evenly spaced iterations (rank 0 only), the candidates
     that selection chooses from.
@@ -448,7 +508,9 @@ def train_ppo(
         kl_ctl.value, queue.order, history, start = resumed.kl_coef, resumed.order, resumed.history, resumed.iteration
     policy, values_model, policy_opt, critic_opt = ranks.prepare(policy, values_model, policy_opt, critic_opt)
     models = PPOModels(policy, values_model, ref_policy, reward_model, policy_opt, critic_opt, ranks)
-    ptx = ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, ranks) if cfg.ptx_coef > 0 and ptx_examples else None
+    ptx = (
+        ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, ranks) if cfg.ptx_coef > 0 and ptx_examples else None
+    )
     snapshot_iterations = snapshots.steps(cfg.iterations) if snapshots is not None and ranks.is_main else set()
 
     for iteration in range(start, cfg.iterations):
@@ -469,13 +531,26 @@ def train_ppo(
         updated = time.perf_counter()
 
         # the KL controller sees the mean KL per response of the whole (all ranks') batch
-        rollout_sums = ranks.sum(torch.stack([rollouts.rm_scores.sum(), advantages.kl.sum(), rollouts.mask.sum(), rollouts.ended.float().sum(),
-                                              rollouts.rm_disagreement.sum()]).double())
+        rollout_sums = ranks.sum(
+            torch.stack(
+                [
+                    rollouts.rm_scores.sum(),
+                    advantages.kl.sum(),
+                    rollouts.mask.sum(),
+                    rollouts.ended.float().sum(),
+                    rollouts.rm_disagreement.sum(),
+                ]
+            ).double()
+        )
         rm_score, mean_kl, response_length, ended, rm_disagreement = (rollout_sums / cfg.rollout_batch_size).tolist()
         kl_ctl.update(mean_kl, cfg.rollout_batch_size)
 
         if iteration % cfg.log_every == 0 or iteration == cfg.iterations - 1:
-            watched = monitor(batch_prompts, decode_responses(tokenizer, rollouts.batch), rollouts.ended.tolist()) if monitor else {}
+            watched = (
+                monitor(batch_prompts, decode_responses(tokenizer, rollouts.batch), rollouts.ended.tolist())
+                if monitor
+                else {}
+            )
             entry = {
                 "iteration": iteration,
                 "rm_score": rm_score,
@@ -504,23 +579,50 @@ def train_ppo(
             _save_checkpoint(checkpoint_dir, iteration + 1, models, kl_ctl, rng, queue, history)
 
     last = history[-1]
-    metrics = {"final_rm_score": last["rm_score"], "final_kl": last["kl"], "final_kl_coef": kl_ctl.value, "iterations": cfg.iterations}
+    metrics = {
+        "final_rm_score": last["rm_score"],
+        "final_kl": last["kl"],
+        "final_kl_coef": kl_ctl.value,
+        "iterations": cfg.iterations,
+    }
     return models.sampler, metrics, history
 
 
-def _save_checkpoint(directory: str, iteration: int, models: PPOModels, kl_ctl: KLController, rng: random.Random,
-                     queue: PromptQueue, history: list[dict]) -> None:
+def _save_checkpoint(
+    directory: str,
+    iteration: int,
+    models: PPOModels,
+    kl_ctl: KLController,
+    rng: random.Random,
+    queue: PromptQueue,
+    history: list[dict],
+) -> None:
     rng_states = torch.stack(models.ranks.gather_objects(torch.get_rng_state()))
     if models.ranks.is_main:  # one writer; the other ranks' RNG states travel in the same file
-        save_checkpoint(directory, PPOState(
-            iteration, kl_ctl.value, python_rng_state(rng), queue.order, history,
-            {"policy": models.sampler.state_dict(), "critic": models.critic.critic.state_dict(), "policy_opt": models.policy_opt.state_dict(),
-             "critic_opt": models.critic_opt.state_dict(), "torch_rng": rng_states},
-        ))
+        save_checkpoint(
+            directory,
+            PPOState(
+                iteration,
+                kl_ctl.value,
+                python_rng_state(rng),
+                queue.order,
+                history,
+                {
+                    "policy": models.sampler.state_dict(),
+                    "critic": models.critic.critic.state_dict(),
+                    "policy_opt": models.policy_opt.state_dict(),
+                    "critic_opt": models.critic_opt.state_dict(),
+                    "torch_rng": rng_states,
+                },
+            ),
+        )
 
 
 def _rank_rng_state(saved: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     states = saved.unsqueeze(0) if saved.dim() == 1 else saved
     if len(states) != ranks.world_size:
-        raise ValueError(f"the PPO checkpoint was written by {len(states)} process(es); resume it with {len(states)}, not {ranks.world_size}")
+        raise ValueError(
+            f"the PPO checkpoint was written by {len(states)} process(es); "
+            f"resume it with {len(states)}, not {ranks.world_size}"
+        )
     return states[ranks.rank].clone()  # set_rng_state needs its own storage, not a row view

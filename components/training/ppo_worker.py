@@ -8,6 +8,7 @@ MLflow run to log live to. Every rank trains; rank 0 alone prints progress, logs
 writes ``JOB_DIR/policy`` (HF layout, atomic) and ``JOB_DIR/result.json`` (metrics, history,
 every rank's weight digest). Checkpoints are written by rank 0 inside ``train_ppo``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,22 +32,33 @@ JOB, RESULT, POLICY, NON_FINITE, SNAPSHOTS = "job.json", "result.json", "policy"
 PROGRESS_KEYS = ("rm_score", "kl", "gold", "policy_loss")
 
 
-def write_job(job_dir: str | Path, cfg: Config, sft_dir: str | Path, reward_model_dir: str | Path, prompts: list[str],
-              demonstrations: list[dict], checkpoint_dir: str | Path | None, mlflow: dict | None = None) -> Path:
+def write_job(
+    job_dir: str | Path,
+    cfg: Config,
+    sft_dir: str | Path,
+    reward_model_dir: str | Path,
+    prompts: list[str],
+    demonstrations: list[dict],
+    checkpoint_dir: str | Path | None,
+    mlflow: dict | None = None,
+) -> Path:
     """Everything a launched PPO run reads, in one directory the ranks (on every machine) can see."""
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     write_json(job_dir / "prompts.json", prompts)
     write_json(job_dir / "demonstrations.json", demonstrations)
-    write_json(job_dir / JOB, {
-        "config": cfg.model_dump(mode="json"),
-        "sft_dir": str(sft_dir),
-        "reward_model_dir": str(reward_model_dir),
-        "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
-        # beside the checkpoints, so a resumed run keeps the snapshots taken before it stopped
-        "snapshot_dir": str(snapshot_dir(job_dir, checkpoint_dir)),
-        "mlflow": mlflow,  # {"uri": ..., "run_id": ...}: rank 0 logs each iteration there while training
-    })
+    write_json(
+        job_dir / JOB,
+        {
+            "config": cfg.model_dump(mode="json"),
+            "sft_dir": str(sft_dir),
+            "reward_model_dir": str(reward_model_dir),
+            "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+            # beside the checkpoints, so a resumed run keeps the snapshots taken before it stopped
+            "snapshot_dir": str(snapshot_dir(job_dir, checkpoint_dir)),
+            "mlflow": mlflow,  # {"uri": ..., "run_id": ...}: rank 0 logs each iteration there while training
+        },
+    )
     return job_dir
 
 
@@ -110,7 +122,9 @@ def make_ranks(cfg: Config) -> Ranks:
     from accelerate import Accelerator
 
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
-    return Ranks(Accelerator(cpu=use_cpu, mixed_precision=resolve_mixed_precision(cfg.distributed.mixed_precision, use_cpu)))
+    return Ranks(
+        Accelerator(cpu=use_cpu, mixed_precision=resolve_mixed_precision(cfg.distributed.mixed_precision, use_cpu))
+    )
 
 
 class LiveLog:
@@ -134,10 +148,14 @@ class LiveLog:
             self.first = iteration if self.first is None else self.first
             try:
                 self.run.log_metrics({k: v for k, v in entry.items() if k != "iteration"}, step=iteration)
-            except Exception as error:  # noqa: BLE001 - reported; the missed iterations are logged at the end
+            except Exception as error:
                 self.stopped = iteration
-                print(f"ppo: live MLflow logging stopped at iteration {iteration + 1} ({type(error).__name__}: {str(error)[:200]}); "
-                      "training goes on and the missed iterations are logged when PPO ends", flush=True)
+                print(
+                    f"ppo: live MLflow logging stopped at iteration {iteration + 1} "
+                    f"({type(error).__name__}: {str(error)[:200]}); "
+                    "training goes on and the missed iterations are logged when PPO ends",
+                    flush=True,
+                )
         if iteration % self.every == 0 or iteration == self.iterations - 1:
             shown = ", ".join(f"{k} {entry[k]:.3f}" for k in PROGRESS_KEYS if k in entry)
             print(f"ppo iteration {iteration + 1}/{self.iterations}: {shown}", flush=True)
@@ -169,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     cfg = Config.model_validate(job["config"])
     ranks = make_ranks(cfg)
-    print(f"rank {ranks.rank}/{ranks.world_size} pid {os.getpid()} device {ranks.device} threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"rank {ranks.rank}/{ranks.world_size} pid {os.getpid()} device {ranks.device} "
+        f"threads {torch.get_num_threads()}",
+        flush=True,
+    )
 
     from components.data.gold_judge import gold_score
     from components.evaluation.report import gold_monitor
@@ -185,28 +207,51 @@ def main(argv: list[str] | None = None) -> int:
     monitor = gold_monitor(gold_score) if cfg.data.source == "synthetic" else None
     resumable = latest_checkpoint(job["checkpoint_dir"]) if ranks.is_main else None
     if resumable is not None:
-        print(f"ppo resumes from the checkpoint after iteration {resumable.iteration} in {job['checkpoint_dir']}", flush=True)
+        print(
+            f"ppo resumes from the checkpoint after iteration {resumable.iteration} in {job['checkpoint_dir']}",
+            flush=True,
+        )
     started = time.perf_counter()
     live = LiveLog(cfg, job["mlflow"]) if ranks.is_main else None
     try:
         result = recipe.ppo_stage(
-            cfg, tokenizer, sft, reward_model, prompts, demonstrations, monitor=monitor,
-            log=live, checkpoint_dir=job["checkpoint_dir"], ranks=ranks,
+            cfg,
+            tokenizer,
+            sft,
+            reward_model,
+            prompts,
+            demonstrations,
+            monitor=monitor,
+            log=live,
+            checkpoint_dir=job["checkpoint_dir"],
+            ranks=ranks,
             snapshots=SavedSnapshots(cfg.selection.candidates, directory=Path(job["snapshot_dir"]), tokenizer=tokenizer)
-            if cfg.selection.candidates > 1 else None,
+            if cfg.selection.candidates > 1
+            else None,
         )
     except NonFiniteError as error:  # the caller re-raises it as itself, not as a dead launch
-        write_json(job_dir / f"{NON_FINITE}-rank{ranks.rank}.json", {"stage": error.stage, "step": error.step, "what": error.what})
+        write_json(
+            job_dir / f"{NON_FINITE}-rank{ranks.rank}.json",
+            {"stage": error.stage, "step": error.step, "what": error.what},
+        )
         raise
     digests = ranks.gather_objects(weights_digest(result.model))
     if ranks.is_main:
         save_model(result.model, tokenizer, job_dir / POLICY, {"stage": "ppo", "metrics": result.metrics})
-        write_json(job_dir / RESULT, {
-            "metrics": result.metrics, "history": result.history, "seconds": round(time.perf_counter() - started, 2),
-            "world_size": ranks.world_size, "rank_weight_digests": digests, "threads_per_process": torch.get_num_threads(),
-            "device": str(ranks.device), "mixed_precision": ranks.accelerator.mixed_precision,
-            "live_logged": live.logged(),
-        })
+        write_json(
+            job_dir / RESULT,
+            {
+                "metrics": result.metrics,
+                "history": result.history,
+                "seconds": round(time.perf_counter() - started, 2),
+                "world_size": ranks.world_size,
+                "rank_weight_digests": digests,
+                "threads_per_process": torch.get_num_threads(),
+                "device": str(ranks.device),
+                "mixed_precision": ranks.accelerator.mixed_precision,
+                "live_logged": live.logged(),
+            },
+        )
         print(f"ppo done: {ranks.world_size} process(es), {result.seconds:.1f} s", flush=True)
     ranks.accelerator.wait_for_everyone()
     ranks.accelerator.end_training()

@@ -6,6 +6,7 @@ computes exactly what it computed before data parallelism existed. ``Ranks(accel
 models are wrapped in DistributedDataParallel (gradients averaged over ranks on backward), and
 ``is_main`` picks the one rank that writes files and talks to the tracking server.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -98,7 +99,8 @@ class Ranks:
             self.accelerator.backward(loss)
 
     def autocast(self):
-        """The mixed precision the prepared (trained) models run in, for passes through models that were not prepared."""
+        """The mixed precision the prepared (trained) models run in,
+        for passes through models that were not prepared."""
         return self.accelerator.autocast() if self.accelerator is not None else contextlib.nullcontext()
 
     def backward_share(self, loss: torch.Tensor) -> None:

@@ -5,13 +5,15 @@ these, so what is measured is what is shipped.
 No gold judge in here: the comparison ranker (the simulated labeler, or a user's own labels) and the
 PPO monitor are handed in by the caller.
 """
+
 from __future__ import annotations
 
 import copy
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -23,7 +25,13 @@ from components.models.ensemble import members_of
 from components.models.tokenizer import build_word_tokenizer, load_tokenizer
 from components.training.chosen import train_chosen, train_top_ranked
 from components.training.combined import train_combined
-from components.training.comparisons import Ranker, collect_sft_comparisons, draw_prompts, sample_reference, simulated_ranker
+from components.training.comparisons import (
+    Ranker,
+    collect_sft_comparisons,
+    draw_prompts,
+    sample_reference,
+    simulated_ranker,
+)
 from components.training.dpo import train_dpo
 from components.training.loop import Snapshots
 from components.training.ppo import SINGLE, Monitor, train_ppo
@@ -43,7 +51,10 @@ class StageResult:
     seconds: float = 0.0
     key: str = ""  # what the output depends on, hashed (set by the caller that caches stages)
     reused: bool = False  # loaded from a finished earlier run instead of trained
-    logged_steps: tuple[int, int] = (0, 0)  # [first, last + 1) of the steps the stage sent to tracking itself while it ran
+    logged_steps: tuple[int, int] = (
+        0,
+        0,
+    )  # [first, last + 1) of the steps the stage sent to tracking itself while it ran
 
 
 def timed(fn: Callable[..., tuple]) -> Callable[..., StageResult]:
@@ -62,7 +73,9 @@ def make_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
 def labeler_ranker(cfg: Config, purpose: str = "labeler") -> Ranker:
     """The simulated human labeler of the embedded task (it reads the hidden gold judge); each ``purpose``
     draws its noise from its own stream."""
-    return simulated_ranker(SimulatedLabeler(cfg.data.synthetic.labeler_temperature, random.Random(f"{cfg.seed}/{purpose}")))
+    return simulated_ranker(
+        SimulatedLabeler(cfg.data.synthetic.labeler_temperature, random.Random(f"{cfg.seed}/{purpose}"))
+    )
 
 
 def selection_ranker(cfg: Config) -> Callable[[], Ranker]:
@@ -75,32 +88,50 @@ def sft_stage(cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: l
     return timed(train_sft)(policy, tokenizer, demonstrations, cfg.sft, cfg.model, cfg.seed, log=log)
 
 
-def comparisons_stage(cfg: Config, tokenizer, sft: PreTrainedModel, train_prompts: list[str], ranker: Ranker) -> StageResult:
+def comparisons_stage(
+    cfg: Config, tokenizer, sft: PreTrainedModel, train_prompts: list[str], ranker: Ranker
+) -> StageResult:
     """InstructGPT step 2: K SFT samples per drawn training prompt, ranked; every pair becomes a row."""
 
     def collect():
         prompts = draw_prompts(train_prompts, cfg.comparisons.n_prompts, cfg.seed)
         rows = collect_sft_comparisons(
-            sft, tokenizer, prompts, cfg.comparisons, cfg.model, ranker, cfg.seed, min_words=cfg.validation.min_response_words
+            sft,
+            tokenizer,
+            prompts,
+            cfg.comparisons,
+            cfg.model,
+            ranker,
+            cfg.seed,
+            min_words=cfg.validation.min_response_words,
         )
         return rows, {"pairs": len(rows), "prompts": len(prompts)}, []
 
     return timed(collect)()
 
 
-def reward_stage(cfg: Config, tokenizer, sft: PreTrainedModel, comparisons: list[dict], train_prompts: list[str], log=None) -> StageResult:
+def reward_stage(
+    cfg: Config, tokenizer, sft: PreTrainedModel, comparisons: list[dict], train_prompts: list[str], log=None
+) -> StageResult:
     """InstructGPT step 2b; ``reward.shuffle_labels`` swaps chosen/rejected at random: the negative control."""
     if cfg.reward.shuffle_labels:
         rng = random.Random(f"{cfg.seed}/shuffled-labels")
         comparisons = [
-            {**row, "chosen": row["rejected"], "rejected": row["chosen"]} if rng.random() < 0.5 else row for row in comparisons
+            {**row, "chosen": row["rejected"], "rejected": row["chosen"]} if rng.random() < 0.5 else row
+            for row in comparisons
         ]
     reference_prompts = draw_prompts(train_prompts, cfg.reward.reference_samples, cfg.seed + 1)
-    reference = sample_reference(sft, tokenizer, reference_prompts, cfg.model, cfg.comparisons.temperature, cfg.comparisons.batch_size, cfg.seed)
-    return timed(train_reward_ensemble)(sft, tokenizer, comparisons, cfg.reward, cfg.model, cfg.seed, log=log, reference_samples=reference)
+    reference = sample_reference(
+        sft, tokenizer, reference_prompts, cfg.model, cfg.comparisons.temperature, cfg.comparisons.batch_size, cfg.seed
+    )
+    return timed(train_reward_ensemble)(
+        sft, tokenizer, comparisons, cfg.reward, cfg.model, cfg.seed, log=log, reference_samples=reference
+    )
 
 
-def up_to_reward_model(cfg: Config, tokenizer, demonstrations: list[dict]) -> tuple[PreTrainedModel, list[dict], PreTrainedModel]:
+def up_to_reward_model(
+    cfg: Config, tokenizer, demonstrations: list[dict]
+) -> tuple[PreTrainedModel, list[dict], PreTrainedModel]:
     """SFT, its ranked comparisons and the reward model: what PPO starts from, in one call (benchmarks, tests)."""
     prompts = sorted({r["prompt"] for r in demonstrations})
     sft = sft_stage(cfg, tokenizer, demonstrations).model
@@ -114,18 +145,36 @@ def labelled_split(cfg: Config, comparisons: list[dict]) -> tuple[list[dict], li
     return split_comparisons(comparisons, cfg.reward.valid_fraction, cfg.seed)
 
 
-def select_candidate(cfg: Config, result: StageResult, snapshots: list[tuple[int, dict]], tokenizer, comparisons: list[dict],
-                     make_ranker: Callable[[], Ranker] | None, unit: str = "step") -> StageResult:
+def select_candidate(
+    cfg: Config,
+    result: StageResult,
+    snapshots: list[tuple[int, dict]],
+    tokenizer,
+    comparisons: list[dict],
+    make_ranker: Callable[[], Ranker] | None,
+    unit: str = "step",
+) -> StageResult:
     """Ship the snapshot the labeller prefers on the held-out slice (``selection``); without a labeller, the last."""
-    items = held_out_slice(labelled_split(cfg, comparisons)[1], cfg.selection.prompts) if make_ranker is not None else []
+    items = (
+        held_out_slice(labelled_split(cfg, comparisons)[1], cfg.selection.prompts) if make_ranker is not None else []
+    )
     started = time.perf_counter()
-    result.model, selection = select_snapshot(result.model, snapshots, tokenizer, items, make_ranker, cfg.selection, cfg.model, cfg.seed)
+    result.model, selection = select_snapshot(
+        result.model, snapshots, tokenizer, items, make_ranker, cfg.selection, cfg.model, cfg.seed
+    )
     result.metrics.update({**selection.metrics(unit), "selection.seconds": round(time.perf_counter() - started, 2)})
     return result
 
 
-def baseline_stage(cfg: Config, name: str, tokenizer, sft: PreTrainedModel, comparisons: list[dict], log=None,
-                   make_ranker: Callable[[], Ranker] | None = None) -> StageResult:
+def baseline_stage(
+    cfg: Config,
+    name: str,
+    tokenizer,
+    sft: PreTrainedModel,
+    comparisons: list[dict],
+    log=None,
+    make_ranker: Callable[[], Ranker] | None = None,
+) -> StageResult:
     """A supervised baseline from the SFT policy, trained on the reward model's training comparisons only;
     with ``make_ranker``, the snapshot the labeller prefers on the held-out slice ships (see ``select_candidate``)."""
     trainers = {
@@ -160,8 +209,21 @@ def ppo_stage(
     ``ranks``: the data-parallel process group when launched with accelerate (see ppo_worker)."""
     policy, reference, critic = copy.deepcopy(sft), frozen_copy(sft), copy.deepcopy(members_of(reward_model)[0])
     return timed(train_ppo)(
-        policy, reference, critic, frozen_copy(reward_model), tokenizer, train_prompts, cfg.ppo, cfg.model, cfg.seed,
-        ptx_examples=demonstrations, monitor=monitor, log=log, checkpoint_dir=checkpoint_dir, ranks=ranks, snapshots=snapshots,
+        policy,
+        reference,
+        critic,
+        frozen_copy(reward_model),
+        tokenizer,
+        train_prompts,
+        cfg.ppo,
+        cfg.model,
+        cfg.seed,
+        ptx_examples=demonstrations,
+        monitor=monitor,
+        log=log,
+        checkpoint_dir=checkpoint_dir,
+        ranks=ranks,
+        snapshots=snapshots,
     )
 
 
@@ -177,5 +239,9 @@ def label_budgets(cfg: Config, comparisons: list[dict], metrics: dict[str, dict]
     budgets = {"sft": {"train_pairs": 0, "held_out_pairs": 0, "selection_labels": 0, "total": 0}}
     for name in ("ppo", "best_of_n", *SUPERVISED_BASELINES):
         labels = int(metrics.get(name, {}).get("selection.labels", 0))
-        budgets[name] = {**base, "selection_labels": labels, "total": base["train_pairs"] + base["held_out_pairs"] + labels}
+        budgets[name] = {
+            **base,
+            "selection_labels": labels,
+            "total": base["train_pairs"] + base["held_out_pairs"] + labels,
+        }
     return budgets

@@ -16,11 +16,12 @@ the unit scale keeps PPO's kl_coef, value clip and missing-EOS penalty meaningfu
 
 This module never calls the gold judge: ``gold_accuracy`` takes gold scores the caller computed.
 """
+
 from __future__ import annotations
 
 import random
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.config import ModelConfig, RewardConfig
 from components.models.batching import encode_examples, sequence_scores
 from components.models.builders import scalar_model_from
-from components.models.ensemble import RewardEnsemble, member_scores, reward_scores
+from components.models.ensemble import RewardEnsemble, member_scores
 from components.training.loop import Log, train_supervised
 
 SCORE_BATCH = 256  # sequences per forward pass when only scoring
@@ -56,7 +57,9 @@ def gold_accuracy(
     The gold scores are the caller's (evaluation's) business: training never computes them.
     """
     agree = decided = 0
-    for rc, rr, gc, gr in zip(_floats(chosen_rewards), _floats(rejected_rewards), chosen_gold, rejected_gold, strict=True):
+    for rc, rr, gc, gr in zip(
+        _floats(chosen_rewards), _floats(rejected_rewards), chosen_gold, rejected_gold, strict=True
+    ):
         if gc == gr:
             continue
         decided += 1
@@ -100,7 +103,11 @@ def pair_rewards(
             index.setdefault((row["prompt"], row[side]), len(index))
     samples = list(index)
     batch = encode_examples(
-        tokenizer, [p for p, _ in samples], [r for _, r in samples], model_cfg.max_prompt_tokens, model_cfg.max_response_tokens
+        tokenizer,
+        [p for p, _ in samples],
+        [r for _, r in samples],
+        model_cfg.max_prompt_tokens,
+        model_cfg.max_response_tokens,
     )
     rewards = sequence_scores(model, batch)  # (distinct responses,)
     chosen = torch.tensor([index[(row["prompt"], row["chosen"])] for row in rows])
@@ -110,7 +117,10 @@ def pair_rewards(
 
 @torch.inference_mode()
 def score_samples(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, samples: Sequence[tuple[str, str]], model_cfg: ModelConfig
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    samples: Sequence[tuple[str, str]],
+    model_cfg: ModelConfig,
 ) -> torch.Tensor:
     """The reward of each (prompt, response): (N,); an ensemble's is its members' mean."""
     return score_samples_by_member(model, tokenizer, samples, model_cfg).mean(dim=-1)
@@ -118,7 +128,10 @@ def score_samples(
 
 @torch.inference_mode()
 def score_samples_by_member(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, samples: Sequence[tuple[str, str]], model_cfg: ModelConfig
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    samples: Sequence[tuple[str, str]],
+    model_cfg: ModelConfig,
 ) -> torch.Tensor:
     """Each ensemble member's reward of each (prompt, response): (N, M); M = 1 for a single reward model."""
     was_training = model.training
@@ -126,7 +139,13 @@ def score_samples_by_member(
     scores = []
     for start in range(0, len(samples), SCORE_BATCH):
         chunk = samples[start : start + SCORE_BATCH]
-        batch = encode_examples(tokenizer, [p for p, _ in chunk], [r for _, r in chunk], model_cfg.max_prompt_tokens, model_cfg.max_response_tokens)
+        batch = encode_examples(
+            tokenizer,
+            [p for p, _ in chunk],
+            [r for _, r in chunk],
+            model_cfg.max_prompt_tokens,
+            model_cfg.max_response_tokens,
+        )
         scores.append(member_scores(model, batch))
     model.train(was_training)
     return torch.cat(scores) if scores else torch.zeros(0, 1)
@@ -137,7 +156,10 @@ def score_comparisons(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """r(chosen), r(rejected) of every row, in eval mode and without gradients: (B,), (B,)."""
     rewards = score_samples(
-        model, tokenizer, [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows], model_cfg
+        model,
+        tokenizer,
+        [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows],
+        model_cfg,
     )
     return rewards[: len(rows)], rewards[len(rows) :]
 
@@ -185,7 +207,10 @@ def scale_rewards(model: PreTrainedModel, factor: float) -> None:
 
 
 def normalise_rewards(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference_samples: Sequence[tuple[str, str]], model_cfg: ModelConfig
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reference_samples: Sequence[tuple[str, str]],
+    model_cfg: ModelConfig,
 ) -> tuple[float, float]:
     """Rescale and shift the model's output to mean 0 and standard deviation 1 on ``reference_samples``.
 
@@ -252,7 +277,9 @@ def train_reward_model(
         metrics["valid_accuracy"] = pairwise_accuracy(chosen_rewards, rejected_rewards)
         metrics["valid_margin"] = (chosen_rewards - rejected_rewards).mean().item()
     if reference_samples:
-        metrics["reward_offset"], metrics["reward_scale"] = normalise_rewards(model, tokenizer, reference_samples, model_cfg)
+        metrics["reward_offset"], metrics["reward_scale"] = normalise_rewards(
+            model, tokenizer, reference_samples, model_cfg
+        )
         after = score_samples(model, tokenizer, reference_samples, model_cfg)
         metrics["reference_mean"] = after.double().mean().item()
         metrics["reference_std"] = after.double().std().item() if len(after) > 1 else 0.0
@@ -293,17 +320,25 @@ def train_reward_ensemble(
         members.append(model)
         member_metrics.append(metrics)
         offset = histories[-1]["step"] + 1 if histories else 0  # one step axis: member k's steps follow member k-1's
-        histories += [{**row, "step": row["step"] + offset, "member": k} for row in history] if cfg.ensemble_size > 1 else history
+        histories += (
+            [{**row, "step": row["step"] + offset, "member": k} for row in history]
+            if cfg.ensemble_size > 1
+            else history
+        )
     if len(members) == 1:
         return members[0], {**member_metrics[0], "ensemble_size": 1}, histories
     ensemble = RewardEnsemble(members)
     metrics = {**member_metrics[0]}
     for k, m in enumerate(member_metrics):
-        metrics.update({f"member{k}_{name}": m[name] for name in ("valid_accuracy", "reward_offset", "reward_scale") if name in m})
+        metrics.update(
+            {f"member{k}_{name}": m[name] for name in ("valid_accuracy", "reward_offset", "reward_scale") if name in m}
+        )
     _, valid = split_comparisons(comparisons, cfg.valid_fraction, seed)
     if valid:
         chosen = score_samples_by_member(ensemble, tokenizer, [(r["prompt"], r["chosen"]) for r in valid], model_cfg)
-        rejected = score_samples_by_member(ensemble, tokenizer, [(r["prompt"], r["rejected"]) for r in valid], model_cfg)
+        rejected = score_samples_by_member(
+            ensemble, tokenizer, [(r["prompt"], r["rejected"]) for r in valid], model_cfg
+        )
         metrics["valid_accuracy"] = pairwise_accuracy(chosen.mean(-1), rejected.mean(-1))
         metrics["valid_loss"] = reward_loss(chosen.mean(-1), rejected.mean(-1)).item()
         metrics["member_agreement"] = ensemble_agreement(chosen - rejected)

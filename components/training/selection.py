@@ -8,11 +8,12 @@ win rate (ties count half) ships. Those comparisons are fresh labels: they count
 budget, the same number for every method. Every snapshot meets the same prompts, the same reference
 responses and, for a simulated labeller, the same noise (common random numbers).
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -30,7 +31,8 @@ class SliceItem:
 
 
 def held_out_slice(held_out: list[dict], n_prompts: int) -> list[SliceItem]:
-    """One item per held-out ranked group (at most ``n_prompts``), in the split's order: its prompt and best response."""
+    """One item per held-out ranked group (at most ``n_prompts``), in the split's order:
+    its prompt and best response."""
     items = []
     for group in group_comparisons(held_out)[:n_prompts]:
         rejected = {row["rejected"] for row in group}

@@ -1,4 +1,5 @@
 """Supervised fine-tuning (InstructGPT step 1): cross-entropy on response tokens only."""
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,9 @@ def sft_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
     """Mean token cross-entropy over response tokens (EOS included); prompt and padding are masked out."""
     logits = response_logits(model, batch)
     mask = batch.response_mask.float()
-    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch.response_ids.flatten(), reduction="none").view_as(mask)
+    nll = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), batch.response_ids.flatten(), reduction="none"
+    ).view_as(mask)
     return (nll * mask).sum() / mask.sum()
 
 
@@ -32,7 +35,13 @@ def train_sft(
     torch.manual_seed(seed)
 
     def loss_fn(rows: list[dict]):
-        batch = encode_examples(tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows], model_cfg.max_prompt_tokens, model_cfg.max_response_tokens)
+        batch = encode_examples(
+            tokenizer,
+            [r["prompt"] for r in rows],
+            [r["response"] for r in rows],
+            model_cfg.max_prompt_tokens,
+            model_cfg.max_response_tokens,
+        )
         loss = sft_loss(model, batch)
         return loss, {}
 

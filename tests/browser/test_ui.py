@@ -9,6 +9,7 @@ negative control) against real Prefect and MLflow servers on 127.0.0.1; then
     on the version the registry says holds it.
 Assertions are on page text; each page is also screenshotted. The browser may reach 127.0.0.1 only.
 """
+
 import json
 import re
 import urllib.request
@@ -38,15 +39,19 @@ def pipeline(pipeline_runs):
     done = pipeline_runs.done["promoted"]
     flow_run_id = re.search(r"Prefect UI : \S+/runs/flow-run/([0-9a-f-]+)", done.stdout).group(1)
     champion = MlflowClient(pipeline_runs.mlflow_uri).get_model_version_by_alias("rlhf-policy", "champion")
-    return {"flow_run": get_json(f"{pipeline_runs.prefect_api}/flow_runs/{flow_run_id}"), "mlflow_run_id": parent_run_id(done),
-            "version": champion.version}
+    return {
+        "flow_run": get_json(f"{pipeline_runs.prefect_api}/flow_runs/{flow_run_id}"),
+        "mlflow_run_id": parent_run_id(done),
+        "version": champion.version,
+    }
 
 
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
+            executable_path=CHROMIUM,
+            headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
         )
         yield browser
@@ -111,9 +116,13 @@ def test_mlflow_ui_shows_the_overoptimisation_plot_of_the_ppo_run(pipeline, pipe
 
     client = MlflowClient(pipeline_runs.mlflow_uri)
     parent = client.get_run(pipeline["mlflow_run_id"])
-    ppo = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.mlflow.runName = 'ppo'")[0]
+    ppo = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.mlflow.runName = 'ppo'"
+    )[0]
     assert {"gao.shipped_iteration", "gao.shipped_kl"} <= set(ppo.data.metrics)
-    page.goto(f"{pipeline_runs.mlflow_uri}/#/experiments/{parent.info.experiment_id}/runs/{ppo.info.run_id}/artifacts/plots/overoptimisation.png")
+    page.goto(
+        f"{pipeline_runs.mlflow_uri}/#/experiments/{parent.info.experiment_id}/runs/{ppo.info.run_id}/artifacts/plots/overoptimisation.png"
+    )
     image = page.locator("img[alt='plots/overoptimisation.png']").first  # its src is a blob: URL
     expect(image).to_be_visible(timeout=WAIT)
     page.wait_for_function("img => img.complete && img.naturalWidth > 300", arg=image.element_handle(), timeout=WAIT)

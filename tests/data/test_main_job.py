@@ -1,4 +1,5 @@
 """The README's main command, run for real (Prefect in ephemeral mode, real DVC and Great Expectations)."""
+
 import json
 import os
 import shutil
@@ -20,7 +21,11 @@ def run(args, cwd, tmp_path, prefect_api: str | None = None):
     """As a user runs it: ephemeral Prefect (or the session's server, ``prefect_api``, which saves
     starting one), the project's own MLflow store (whatever servers earlier tests pointed this process at)."""
     base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
-    env = {**base, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {
+        **base,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     if prefect_api:
         env["PREFECT_API_URL"] = prefect_api
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -50,14 +55,27 @@ def test_main_job_runs_every_stage_and_ends_with_the_decision(main_job):
     assert record["status"] == "completed" and record["decision"]["decision"] == "reject"
     for stage in ("sft", "reward_model", "chosen", "top_ranked", "combined", "dpo", "ppo"):
         directory = Path(record["stages"][stage]["directory"])
-        assert directory.parent == git_repo / "artifacts/models" / stage and not record["stages"][stage]["reused"], stage
+        assert directory.parent == git_repo / "artifacts/models" / stage and not record["stages"][stage]["reused"], (
+            stage
+        )
         assert (directory / "model.safetensors").is_file(), stage
     assert (stage_dir(git_repo, "comparisons", "artifacts") / "preferences.jsonl").stat().st_size > 0
-    assert "== sample decoding, held-out prompts ==" in done.stdout and "== greedy decoding, held-out prompts ==" in done.stdout
+    assert (
+        "== sample decoding, held-out prompts ==" in done.stdout
+        and "== greedy decoding, held-out prompts ==" in done.stdout
+    )
     # the terms of the comparison: one SFT start, one prompt set, each policy's labels and configurations tried
     assert f"one SFT start {record['stages']['sft']['key']}" in done.stdout
     budgets = done.stdout.split("== what each policy used")[1].split("decision:")[0]
-    assert [line.split()[0] for line in budgets.splitlines()[2:9]] == ["sft", "ppo", "best_of_n", "chosen", "top_ranked", "combined", "dpo"]
+    assert [line.split()[0] for line in budgets.splitlines()[2:9]] == [
+        "sft",
+        "ppo",
+        "best_of_n",
+        "chosen",
+        "top_ranked",
+        "combined",
+        "dpo",
+    ]
     # the smoke models learn next to nothing: the gate must say so, and nothing becomes champion
     assert "decision: reject" in done.stdout
     assert "rlhf-policy version 1 (reject); champion = none, challenger = 1" in done.stdout
@@ -68,11 +86,15 @@ def test_main_job_stops_at_bad_data_and_touches_nothing(git_repo, tmp_path, pref
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "d.jsonl").write_text('{"prompt": "say hi", "response": "hi there, friend."}\n')
-    (mine / "p.jsonl").write_text('{"prompt": "say hi", "chosen": "hi there, friend.", "rejected": "go away now."}\n{"prompt": "say hi", "chosen": 5}\n')
+    (mine / "p.jsonl").write_text(
+        '{"prompt": "say hi", "chosen": "hi there, friend.", "rejected": "go away now."}\n'
+        '{"prompt": "say hi", "chosen": 5}\n'
+    )
     (mine / "e.jsonl").write_text('{"prompt": "say bye"}\n')
     overrides = [
         "data.source=files",
-        f"data.files={{demonstrations: {mine / 'd.jsonl'}, preferences: {mine / 'p.jsonl'}, eval_prompts: {mine / 'e.jsonl'}}}",
+        f"data.files={{demonstrations: {mine / 'd.jsonl'}, preferences: {mine / 'p.jsonl'}, "
+        f"eval_prompts: {mine / 'e.jsonl'}}}",
         "validation.check_vocabulary=false",
     ]
     args = ["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo)]
@@ -87,16 +109,24 @@ def test_main_job_stops_at_bad_data_and_touches_nothing(git_repo, tmp_path, pref
 
 
 def test_bad_config_is_refused_before_any_work(git_repo, tmp_path):
-    done = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo), "--set", "prepare.rm_valid_fraction=2"], REPO, tmp_path)
+    done = run(
+        ["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo), "--set", "prepare.rm_valid_fraction=2"],
+        REPO,
+        tmp_path,
+    )
     assert done.returncode == 2 and "prepare.rm_valid_fraction" in done.stderr
     assert not (git_repo / ".dvc").exists()
 
 
-def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(git_repo, tmp_path):
-    """Build and commit a small project, clone it, rebuild with DVC: same hashes as data.dvc and dvc.lock."""
+def small_project(git_repo: Path, tmp_path: Path) -> Path:
+    """A committed project whose default profile is small (smoke-sized, 300 rows), its data built and locked by
+    `dvc repro`, cloned: the clone, as a user gets it."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params = {**params, **params["profiles"]["smoke"]}  # a small default profile for this project
-    params["data"] = {**yaml.safe_load((REPO / "params.yaml").read_text())["data"], "synthetic": {"n_demonstrations": 300, "n_comparison_prompts": 300}}
+    params["data"] = {
+        **yaml.safe_load((REPO / "params.yaml").read_text())["data"],
+        "synthetic": {"n_demonstrations": 300, "n_comparison_prompts": 300},
+    }
     (git_repo / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(REPO / "dvc.yaml", git_repo / "dvc.yaml")
     shutil.copytree(REPO / "components", git_repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
@@ -107,6 +137,12 @@ def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(git_repo,
     git(git_repo, "commit", "-qm", "project")
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(git_repo), str(clone))
+    return clone
+
+
+def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(git_repo, tmp_path):
+    """Build and commit a small project, clone it, rebuild with DVC: same hashes as data.dvc and dvc.lock."""
+    clone = small_project(git_repo, tmp_path)
 
     rebuilt = run(["-m", "dvc", "repro", "generate"], clone, tmp_path)  # needs no data on disk
     assert rebuilt.returncode == 0, rebuilt.stderr
@@ -117,22 +153,52 @@ def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(git_repo,
     assert git(clone, "status", "--porcelain", "data.dvc", "dvc.lock") == ""  # every hash as recorded
 
 
+def test_dvc_status_is_clean_after_the_main_job_on_a_fresh_clone(git_repo, tmp_path, prefect_server):
+    """The main job runs dvc.yaml's data stages as tasks and records them in dvc.lock: a DVC user sees a clean
+    pipeline after it, and the same data.dvc and dvc.lock as committed (the data rebuilt to the same hashes)."""
+    clone = small_project(git_repo, tmp_path)
+    done = run(
+        ["-m", "flows.pipeline", "--root", str(clone), "--params", str(clone / "params.yaml")],
+        REPO,
+        tmp_path,
+        prefect_server[0],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = run(["-m", "dvc", "status", "--json"], clone, tmp_path)
+    assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout
+    assert json.loads((clone / "reports/data/rebuild.json").read_text())["match"] is True
+    assert git(clone, "status", "--porcelain", "data.dvc", "dvc.lock") == ""
+
+
 def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job, prefect_server):
     git_repo, tmp_path, _, first = main_job
     args = ["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo)]
-    before = {stage: (stage_dir(git_repo, stage) / "model.safetensors").stat().st_mtime_ns for stage in ("sft", "reward_model", "dpo", "ppo")}
+    before = {
+        stage: (stage_dir(git_repo, stage) / "model.safetensors").stat().st_mtime_ns
+        for stage in ("sft", "reward_model", "dpo", "ppo")
+    }
 
     # only PPO's section and its launch changed: now 2 data-parallel CPU processes under `accelerate launch`
-    again = run([*args, "--set", "ppo.cliprange=0.3", "--set", "distributed.accelerate_config=infra/accelerate/cpu-2proc.yaml"], REPO, tmp_path, prefect_server[0])
+    again = run(
+        [*args, "--set", "ppo.cliprange=0.3", "--set", "distributed.accelerate_config=infra/accelerate/cpu-2proc.yaml"],
+        REPO,
+        tmp_path,
+        prefect_server[0],
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
-    assert "rank 0/2" in log and "rank 1/2" in log and "ppo done: 2 process(es)" in log  # the ranks' lines reached the flow's log
+    assert (
+        "rank 0/2" in log and "rank 1/2" in log and "ppo done: 2 process(es)" in log
+    )  # the ranks' lines reached the flow's log
     second = run_records(git_repo)[1]["stages"]
     assert {s for s in before if second[s]["reused"]} == {"sft", "reward_model", "dpo"}
     assert all(second[s]["key"] == first["stages"][s]["key"] for s in ("sft", "reward_model", "dpo"))
     assert second["ppo"]["key"] != first["stages"]["ppo"]["key"]
     # finished outputs are never rewritten: the reused ones are untouched, the first PPO policy is still there
-    assert all((stage_dir(git_repo, s) / "model.safetensors").stat().st_mtime_ns == before[s] for s in ("sft", "reward_model", "dpo"))
+    assert all(
+        (stage_dir(git_repo, s) / "model.safetensors").stat().st_mtime_ns == before[s]
+        for s in ("sft", "reward_model", "dpo")
+    )
     assert len(stage_dirs(git_repo, "ppo")) == 2
     assert "reusing the finished stage" in log
     card = json.loads((Path(second["ppo"]["directory"]) / "rlhf_card.json").read_text())
@@ -141,7 +207,7 @@ def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job,
 
 def test_the_same_params_and_seed_give_the_same_data_models_and_metrics(main_job, tmp_path, prefect_server):
     """Reproducible on one machine: a second project root, same profile and seed, from nothing."""
-    root, _, first, record = main_job
+    _, _, first, record = main_job
     other = new_repo(tmp_path / "repo")
     again = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(other)], REPO, tmp_path, prefect_server[0])
     assert again.returncode == 0, again.stderr[-3000:]
@@ -153,4 +219,6 @@ def test_the_same_params_and_seed_give_the_same_data_models_and_metrics(main_job
         if weights[0].is_file():
             assert sha256_file(weights[0]) == sha256_file(weights[1]), stage
     table = lambda done: done.stdout.split("== sample decoding")[1].split("registry     :")[0]  # noqa: E731
-    assert "gold mean" in table(again) and table(again) == table(first)  # every metric and the decision, to the last digit
+    assert "gold mean" in table(again) and table(again) == table(
+        first
+    )  # every metric and the decision, to the last digit

@@ -5,6 +5,7 @@ batch the 2-process run's global metrics equal one process's within 1e-5 absolut
 losses) and the updated weights within 1e-6 (measured: 8e-9; only the order of float sums differs); a
 resumed 2-process run equals an uninterrupted one bit for bit (every rank's RNG state is in the checkpoint).
 """
+
 import os
 import re
 import signal
@@ -53,7 +54,15 @@ def inputs(tmp_path_factory):
 
 def launch(inputs, job_dir, overrides, checkpoint_dir=None, on_line=lambda line: None, timeout=TIMEOUT):
     cfg = load_config("smoke", [*SFT_LONGER, *overrides])
-    write_job(job_dir, cfg, inputs["models"] / "sft", inputs["models"] / "reward_model", inputs["prompts"], inputs["demonstrations"], checkpoint_dir)
+    write_job(
+        job_dir,
+        cfg,
+        inputs["models"] / "sft",
+        inputs["models"] / "reward_model",
+        inputs["prompts"],
+        inputs["demonstrations"],
+        checkpoint_dir,
+    )
     command, env = accelerate_command(AccelerateProfile.read(TWO_PROCESSES), WORKER, ["--job", str(job_dir)])
     run_logged(command, timeout, on_line, env=env, cwd=REPO, grace=5)
     return cfg, read_result(job_dir)
@@ -64,7 +73,14 @@ def launch(inputs, job_dir, overrides, checkpoint_dir=None, on_line=lambda line:
 # weights that differ by float noise (~1e-8) can flip a near-tied token, and the trajectories part (measured).
 # The log-probs of softmax(logits / 0.001) of a near-greedy policy have gradients ~1e-10, which Adam (eps 1e-8) turns
 # into steps ~lr/100: lr 1e-2 moves the weights by ~4e-4 (at 1e-3 by 4e-5, too close to the 1e-6 agreement bound).
-SAME_BATCH = ["ppo.iterations=1", "ppo.rollout_batch_size=16", "ppo.minibatch_size=16", "ppo.ppo_epochs=3", "ppo.temperature=0.001", "ppo.lr=1e-2"]
+SAME_BATCH = [
+    "ppo.iterations=1",
+    "ppo.rollout_batch_size=16",
+    "ppo.minibatch_size=16",
+    "ppo.ppo_epochs=3",
+    "ppo.temperature=0.001",
+    "ppo.lr=1e-2",
+]
 COMPARED = ("rm_score", "kl", "response_length", "ended", "explained_variance", "entropy", "clipfrac", "gold")
 # relative: the losses, and approx_kl, whose log-probs are of softmax(logits / 0.001) and carry 1000x the float noise;
 # absolute 1e-6 besides: the policy loss of whitened advantages at ratio ~1 is itself ~1e-8 (measured 1.5e-8 in one
@@ -78,8 +94,15 @@ def test_two_ranks_end_bit_identical_and_match_one_process_on_the_same_global_ba
     assert len(set(two["rank_weight_digests"])) == 1  # DDP kept both ranks' weights bit-identical
 
     models = inputs["models"]
-    one = recipe.ppo_stage(cfg, inputs["tokenizer"], load_causal_lm(models / "sft"), load_scalar_model(models / "reward_model"),
-                           inputs["prompts"], inputs["demonstrations"], monitor=gold_monitor(gold_score))
+    one = recipe.ppo_stage(
+        cfg,
+        inputs["tokenizer"],
+        load_causal_lm(models / "sft"),
+        load_scalar_model(models / "reward_model"),
+        inputs["prompts"],
+        inputs["demonstrations"],
+        monitor=gold_monitor(gold_score),
+    )
     assert len(two["history"]) == len(one.history) == 1
     for distributed, single in zip(two["history"], one.history):
         for key in COMPARED:
@@ -90,7 +113,9 @@ def test_two_ranks_end_bit_identical_and_match_one_process_on_the_same_global_ba
     assert weights_digest(launched) == two["rank_weight_digests"][0]
     assert max((a - b).abs().max().item() for a, b in zip(launched.parameters(), one.model.parameters())) < 1e-6
     sft = load_causal_lm(models / "sft")
-    assert max((a - b).abs().max().item() for a, b in zip(launched.parameters(), sft.parameters())) > 1e-4, "did not train"  # and it trained
+    assert max((a - b).abs().max().item() for a, b in zip(launched.parameters(), sft.parameters())) > 1e-4, (
+        "did not train"
+    )  # and it trained
 
 
 def rank_pids(line: str) -> dict[int, int]:
@@ -137,7 +162,9 @@ def test_an_interrupted_two_process_run_resumes_to_the_same_weights(inputs, tmp_
     with pytest.raises(Interrupt):
         launch(inputs, tmp_path / "interrupted", overrides, checkpoint_dir=checkpoints, on_line=crash_after_iteration_4)
     saved = latest_checkpoint(checkpoints)
-    assert saved is not None and 2 <= saved.iteration < 6 and saved.tensors["torch_rng"].shape[0] == 2  # both ranks' RNG states
+    assert (
+        saved is not None and 2 <= saved.iteration < 6 and saved.tensors["torch_rng"].shape[0] == 2
+    )  # both ranks' RNG states
 
     _, resumed = launch(inputs, tmp_path / "interrupted", overrides, checkpoint_dir=checkpoints)
     assert len(set(resumed["rank_weight_digests"])) == 1
@@ -156,8 +183,18 @@ def test_resuming_with_a_different_process_count_is_refused(inputs, tmp_path):
     models = inputs["models"]
     policy = load_causal_lm(models / "sft")
     with pytest.raises(ValueError, match="written by 2 process"):
-        train_ppo(policy, load_causal_lm(models / "sft"), load_scalar_model(models / "reward_model"), load_scalar_model(models / "reward_model"),
-                  inputs["tokenizer"], inputs["prompts"], cfg.ppo, cfg.model, cfg.seed, checkpoint_dir=str(checkpoints))
+        train_ppo(
+            policy,
+            load_causal_lm(models / "sft"),
+            load_scalar_model(models / "reward_model"),
+            load_scalar_model(models / "reward_model"),
+            inputs["tokenizer"],
+            inputs["prompts"],
+            cfg.ppo,
+            cfg.model,
+            cfg.seed,
+            checkpoint_dir=str(checkpoints),
+        )
 
 
 def test_the_throughput_benchmark_measures_one_and_two_processes(tmp_path):
@@ -167,9 +204,25 @@ def test_the_throughput_benchmark_measures_one_and_two_processes(tmp_path):
 
     out = tmp_path / "ppo_throughput.json"
     done = subprocess.run(
-        [sys.executable, "benchmarks/ppo_throughput.py", "--profile", "smoke", "--iterations", "3", "--processes", "1", "2",
-         "--runs", str(tmp_path / "none"), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "benchmarks/ppo_throughput.py",
+            "--profile",
+            "smoke",
+            "--iterations",
+            "3",
+            "--processes",
+            "1",
+            "2",
+            "--runs",
+            str(tmp_path / "none"),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -193,13 +246,15 @@ sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
 from tests.distributed.test_ppo_launch import launch
 import pickle
-inputs = pickle.loads(Path({str(tmp_path / 'inputs.pkl')!r}).read_bytes())
-launch(inputs, Path({str(tmp_path / 'job')!r}), ["ppo.iterations=100000"], on_line=lambda line: print(line, flush=True))
+inputs = pickle.loads(Path({str(tmp_path / "inputs.pkl")!r}).read_bytes())
+launch(inputs, Path({str(tmp_path / "job")!r}), ["ppo.iterations=100000"], on_line=lambda line: print(line, flush=True))
 """
     import pickle
 
     (tmp_path / "inputs.pkl").write_bytes(pickle.dumps({k: v for k, v in inputs.items()}))
-    flow = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    flow = subprocess.Popen(
+        [sys.executable, "-c", driver], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     pids = {}
     for line in flow.stdout:
         pids.update(rank_pids(line))

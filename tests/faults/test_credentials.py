@@ -1,7 +1,9 @@
 """Security defaults: credentials come from the environment or a Prefect Secret block, never from
 params.yaml, and no log carries them. A real MLflow server running its basic-auth app shows that
 the block's credentials are the ones that reach it."""
+
 import os
+import re
 import time
 
 import mlflow
@@ -22,7 +24,13 @@ from tests.servers import mlflow_server
 pytestmark = pytest.mark.faults
 
 ADMIN, PASSWORD = "pipeline-admin", "planted-admin-password-9d2e"
-CREDENTIAL_NAMES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+CREDENTIAL_NAMES = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+)
 
 
 @pytest.fixture
@@ -38,24 +46,37 @@ def clean_environment(monkeypatch):
 
 
 def flow_run_logs(flow_run_id: str, containing: str, timeout: float = 30.0) -> list[str]:
-    """The flow run's log lines on the server, once one containing ``containing`` has arrived (logs are shipped in batches)."""
+    """The flow run's log lines on the server, once one containing ``containing`` has arrived
+    (logs are shipped in batches)."""
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:
-            logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+            logs = [
+                log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            ]
             if any(containing in line for line in logs) or time.monotonic() > deadline:
                 return logs
             time.sleep(0.5)
 
 
-def test_tracking_credentials_from_a_prefect_secret_block_reach_an_auth_server_and_no_log(prefect_server, tmp_path, clean_environment):
+def test_tracking_credentials_from_a_prefect_secret_block_reach_an_auth_server_and_no_log(
+    prefect_server, tmp_path, clean_environment
+):
     clean_environment.setenv("AWS_ACCESS_KEY_ID", "from-the-environment")
-    with mlflow_server(tmp_path / "mlflow", (ADMIN, PASSWORD)) as uri, temporary_settings({PREFECT_API_URL: prefect_server[0]}):
+    with (
+        mlflow_server(tmp_path / "mlflow", (ADMIN, PASSWORD)) as uri,
+        temporary_settings({PREFECT_API_URL: prefect_server[0]}),
+    ):
         cfg = load_config("smoke", [f"tracking.uri={uri}", "orchestration.credentials_block=rlhf-test-credentials"])
         with pytest.raises(MlflowException, match="401"):
             Tracker(cfg.tracking, tmp_path)  # the server refuses a client without credentials
-        Secret(value={"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD,
-                      "AWS_ACCESS_KEY_ID": "from-the-block"}).save("rlhf-test-credentials", overwrite=True)
+        Secret(
+            value={
+                "MLFLOW_TRACKING_USERNAME": ADMIN,
+                "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+                "AWS_ACCESS_KEY_ID": "from-the-block",
+            }
+        ).save("rlhf-test-credentials", overwrite=True)
 
         @flow(name="credentials-from-a-block")
         def a_run():
@@ -82,5 +103,11 @@ def test_a_missing_credentials_block_stops_the_run_naming_the_key(prefect_server
     def a_run():
         export_credentials(cfg.orchestration)
 
-    with temporary_settings({PREFECT_API_URL: prefect_server[0]}), pytest.raises(ConfigError, match="orchestration.credentials_block: no Prefect Secret block named 'no-such-block'"):
+    with (
+        temporary_settings({PREFECT_API_URL: prefect_server[0]}),
+        pytest.raises(
+            ConfigError,
+            match=re.escape("orchestration.credentials_block: no Prefect Secret block named 'no-such-block'"),
+        ),
+    ):
         a_run()

@@ -3,6 +3,7 @@
 Real servers where a server is involved (MLflow and Prefect started on 127.0.0.1 by the fixtures);
 a patched writer only for the one fault that cannot be caused otherwise here (a full disk).
 """
+
 import errno
 import json
 import os
@@ -45,14 +46,23 @@ def main_command(root: Path, overrides=()) -> list[str]:
 
 
 def main_env(tmp_path: Path, prefect_api: str, env=None) -> dict[str, str]:
-    """The environment of a main-job run against the session's Prefect server (the project's own MLflow store unless ``env`` names one)."""
+    """The environment of a main-job run against the session's Prefect server
+    (the project's own MLflow store unless ``env`` names one)."""
     base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return {**base, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": prefect_api, **(env or {})}
 
 
-def run_main(root: Path, tmp_path: Path, prefect_api: str, overrides=(), env=None, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run(main_command(root, overrides), cwd=REPO, env=main_env(tmp_path, prefect_api, env),
-                          capture_output=True, text=True, timeout=timeout)
+def run_main(
+    root: Path, tmp_path: Path, prefect_api: str, overrides=(), env=None, timeout=600
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        main_command(root, overrides),
+        cwd=REPO,
+        env=main_env(tmp_path, prefect_api, env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def seed_champion(uri: str) -> str:
@@ -78,12 +88,15 @@ def registry_state(uri: str) -> tuple[list[str], str]:
 # --- config, tracking server ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override, key", [
-    ("ppo.bogus=1", "ppo.bogus"),
-    ("sft.batch_size=abc", "sft.batch_size"),
-    ("ppo.lr=-0.1", "ppo.lr"),
-    ("sft.batch_size=0", "sft.batch_size"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("ppo.bogus=1", "ppo.bogus"),
+        ("sft.batch_size=abc", "sft.batch_size"),
+        ("ppo.lr=-0.1", "ppo.lr"),
+        ("sft.batch_size=0", "sft.batch_size"),
+    ],
+)
 def test_a_bad_config_is_rejected_before_any_work_naming_the_key(override, key, tmp_path, capsys):
     """The main command's own entry point, in this process (tests/data/test_main_job.py runs it as a program)."""
     from flows.pipeline import main
@@ -107,7 +120,9 @@ def test_an_unreachable_tracking_server_stops_the_run_before_any_training(prefec
     assert not (root / "data").exists() and not (root / "artifacts").exists()
 
 
-def test_a_run_failing_while_the_tracking_server_is_gone_keeps_its_own_error(prefect_server, tmp_path, monkeypatch, caplog):
+def test_a_run_failing_while_the_tracking_server_is_gone_keeps_its_own_error(
+    prefect_server, tmp_path, monkeypatch, caplog
+):
     """Closing the MLflow run of a failed pipeline run must not replace the run's error with its own
     (the server may be what failed): the first error stands and the log says the run stays RUNNING."""
     from types import SimpleNamespace
@@ -135,7 +150,9 @@ def test_a_run_failing_while_the_tracking_server_is_gone_keeps_its_own_error(pre
         flow_run, _, _ = latest_flow_run()
     assert flow_run.state.is_failed() and "the stage's own failure" in flow_run.state.message
     logs = [record.getMessage() for record in caplog.records if record.name == "prefect.flow_runs"]
-    assert any(f"could not mark MLflow run {'0' * 32} FAILED at {uri}" in line and "stays RUNNING" in line for line in logs), logs
+    assert any(
+        f"could not mark MLflow run {'0' * 32} FAILED at {uri}" in line and "stays RUNNING" in line for line in logs
+    ), logs
 
 
 # --- NaN mid-training -----------------------------------------------------------------------------
@@ -166,8 +183,11 @@ def flow_overrides(data_dir: Path) -> list[str]:
     return [
         "data.source=files",
         f"data.files={json.dumps(files)}",
-        "validation.min_response_words=3", "validation.max_response_words=12", "validation.max_prompt_words=10",
-        "validation.demonstrations_rows={min: 4, max: 1000}", "validation.preferences_rows={min: 4, max: 1000}",
+        "validation.min_response_words=3",
+        "validation.max_response_words=12",
+        "validation.max_prompt_words=10",
+        "validation.demonstrations_rows={min: 4, max: 1000}",
+        "validation.preferences_rows={min: 4, max: 1000}",
         "validation.eval_prompts_rows={min: 2, max: 1000}",
         "validation.check_vocabulary=false",  # the test rows use their own words
     ]
@@ -177,7 +197,9 @@ def latest_flow_run():
     with get_client(sync_client=True) as client:
         [flow_run] = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
     return flow_run, {t.name.split("-")[0] for t in tasks}, {a.key: a for a in found}
 
 
@@ -185,7 +207,9 @@ def latest_flow_run():
 FLOW_DEFECTS = sorted(name for name in DEFECTS if name not in ("out_of_vocabulary", "unknown_character"))
 
 
-def test_every_corrupt_data_case_fails_the_flow_at_validation_and_touches_nothing(in_process_flow, mlflow_server, tmp_path):
+def test_every_corrupt_data_case_fails_the_flow_at_validation_and_touches_nothing(
+    in_process_flow, mlflow_server, tmp_path
+):
     from components.data.stages import DataValidationFailed
 
     seed_champion(mlflow_server)
@@ -202,7 +226,10 @@ def test_every_corrupt_data_case_fails_the_flow_at_validation_and_touches_nothin
         assert file_name(defect.dataset) in str(failure.value), name
         flow_run, tasks, artifacts = latest_flow_run()
         assert flow_run.state.is_failed(), (name, flow_run.state)
-        assert "FAILED" in artifacts["data-validation"].data and file_name(defect.dataset) in artifacts["data-validation"].data, name
+        assert (
+            "FAILED" in artifacts["data-validation"].data
+            and file_name(defect.dataset) in artifacts["data-validation"].data
+        ), name
         assert not tasks & TRAINING_TASKS, (name, tasks)
         assert not (root / "data.dvc").exists() and not (root / "artifacts").exists(), name
     assert registry_state(mlflow_server) == before
@@ -232,29 +259,87 @@ def test_a_data_file_changed_after_data_dvc_is_refused_naming_the_file_and_both_
 # --- gate inputs ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("report", [
-    None,
-    {},
-    {"data_validation": {"success": True}},
-    {"data_validation": "yes", "non_finite_stages": [], "reward_model": {"accuracy": 0.9}, "ppo_history": [], "modes": {}},
-    {"data_validation": {"success": True}, "non_finite_stages": [], "reward_model": {"accuracy": "high"}, "ppo_history": [], "modes": {"sample": None}},
-    {"data_validation": {"success": True}, "non_finite_stages": [], "reward_model": {"accuracy": float("nan")}, "ppo_history": None, "modes": []},
-])
-def test_missing_or_malformed_gate_inputs_mean_do_not_promote_with_the_reason(report):
-    from components.evaluation.gate import decide
+MALFORMED, MISSING = "malformed", "missing"
 
-    decision = decide(report, load_config().gate)
+
+@pytest.mark.parametrize(
+    "report, kind, bad",
+    [
+        (None, MALFORMED, "report"),
+        ({}, MISSING, None),
+        ({"data_validation": {"success": True}}, MISSING, None),
+        (
+            {
+                "data_validation": {"success": True},
+                "non_finite_stages": [],
+                "reward_model": {"accuracy": 0.9},
+                "ppo_history": [],
+                "modes": {"sample": None},
+            },
+            MISSING,
+            None,
+        ),
+        (
+            {
+                "data_validation": "yes",
+                "non_finite_stages": [],
+                "reward_model": {"accuracy": 0.9},
+                "ppo_history": [],
+                "modes": {},
+            },
+            MALFORMED,
+            "data_validation",
+        ),
+        (
+            {
+                "data_validation": {"success": True},
+                "non_finite_stages": [],
+                "reward_model": {"accuracy": "high"},
+                "ppo_history": [],
+                "modes": {"sample": None},
+            },
+            MALFORMED,
+            "reward_model.accuracy",
+        ),
+        (
+            {
+                "data_validation": {"success": True},
+                "non_finite_stages": [],
+                "reward_model": {"accuracy": float("nan")},
+                "ppo_history": None,
+                "modes": [],
+            },
+            MALFORMED,
+            "reward_model.accuracy",
+        ),
+    ],
+)
+def test_missing_or_malformed_gate_inputs_mean_do_not_promote_with_the_reason(report, kind, bad):
+    """A report lacking pieces is read, and each rule needing a missing piece fails with "missing from the
+    report: <path>"; a malformed report (wrong type, NaN) is refused when the gate input is built, and the
+    pipeline records one failed reason, "gate input well-formed", naming the bad field. Neither promotes."""
+    from components.evaluation.gate import decide_report
+
+    decision = decide_report(report, load_config().gate)
     assert not decision.promote
     assert decision.failures and all(str(reason).strip() for reason in decision.failures)
+    if kind == MISSING:
+        assert len(decision.failures) > 1
+        assert all("missing from the report" in reason.detail for reason in decision.failures)
+        assert "gate input well-formed" not in {reason.rule for reason in decision.reasons}
+    else:
+        [reason] = decision.reasons
+        assert reason.rule == "gate input well-formed" and not reason.passed and decision.score is None
+        assert f"{bad}:" in reason.detail
 
 
 # --- unsafe model directories --------------------------------------------------------------------
 
 
 def test_model_directories_needing_remote_code_or_pickle_are_refused(tmp_path):
+    from components.data.lexicon import VOCABULARY
     from components.models.builders import UnsafeModelError, build_policy, load_causal_lm
     from components.models.tokenizer import build_word_tokenizer
-    from components.data.lexicon import VOCABULARY
 
     cfg = load_config("smoke")
     tokenizer = build_word_tokenizer(VOCABULARY)
@@ -262,7 +347,9 @@ def test_model_directories_needing_remote_code_or_pickle_are_refused(tmp_path):
     remote = tmp_path / "remote-code"
     policy.save_pretrained(remote, safe_serialization=True)
     config = json.loads((remote / "config.json").read_text())
-    (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "modeling_evil.EvilModel"}}))
+    (remote / "config.json").write_text(
+        json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "modeling_evil.EvilModel"}})
+    )
     (remote / "modeling_evil.py").write_text("raise SystemExit('remote code ran')\n")
     with pytest.raises(UnsafeModelError, match="auto_map"):
         load_causal_lm(remote)

@@ -1,6 +1,7 @@
 """Fault table, continued: the whole job killed mid-PPO and re-run; what killed runs leave open is
 closed by the next run; every server the project starts listens on 127.0.0.1 only. (Planted secrets
 are checked on the three concurrent runs of tests/integration/test_mlflow_pipeline.py.)"""
+
 import json
 import os
 import signal
@@ -17,11 +18,12 @@ from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components.config import load_config
-from components.data.files import DEMONSTRATIONS, read_jsonl, file_name
+from components.data.files import DEMONSTRATIONS, file_name, read_jsonl
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.training import recipe
 from tests.faults.test_fault_table import main_command, main_env, new_project, run_main
-from tests.layout import run_records as records_in, stage_dir
+from tests.layout import run_records as records_in
+from tests.layout import stage_dir
 
 pytestmark = pytest.mark.faults
 
@@ -32,8 +34,15 @@ PPO_LONGER = ["ppo.iterations=40", "ppo.checkpoint_every=4"]
 
 def kill_during_ppo(root: Path, tmp_path: Path, prefect_api: str) -> str:
     """Start the main job and SIGKILL everything it started (flow, launcher, ranks) once PPO is past a checkpoint."""
-    flow = subprocess.Popen(main_command(root, PPO_LONGER), cwd=REPO, env=main_env(tmp_path, prefect_api),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    flow = subprocess.Popen(
+        main_command(root, PPO_LONGER),
+        cwd=REPO,
+        env=main_env(tmp_path, prefect_api),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     timer = threading.Timer(600, lambda: os.killpg(flow.pid, signal.SIGKILL))
     timer.start()
     seen, rank_pid = [], None
@@ -78,16 +87,26 @@ def test_a_job_killed_mid_ppo_resumes_from_its_checkpoint_and_ends_as_if_never_s
     assert {run.info.status for run in (parent, *stages)} <= {"FINISHED", "FAILED"} and parent.info.status == "FAILED"
     with temporary_settings({PREFECT_API_URL: prefect_server[0]}), get_client(sync_client=True) as prefect:
         assert prefect.read_flow_run(killed["flow_run_id"]).state.type == StateType.CRASHED
-    # the re-run's PPO stage run holds all 40 iterations once: 12-39 logged live by the ranks, 0-11 (from the checkpoint) by the flow
-    [ppo] = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{records['completed']['mlflow']['run_id']}' and tags.stage = 'ppo'")
+    # the re-run's PPO stage run holds all 40 iterations once: 12-39 logged live by the ranks,
+    # 0-11 (from the checkpoint) by the flow
+    [ppo] = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{records['completed']['mlflow']['run_id']}' and tags.stage = 'ppo'",
+    )
     assert sorted(m.step for m in client.get_metric_history(ppo.info.run_id, "rm_score")) == list(range(40))
 
     # the uninterrupted run from the same SFT policy and reward model, for comparison
     cfg = load_config("smoke", PPO_LONGER)
     demonstrations = [r.data for r in read_jsonl(root / "data" / file_name(DEMONSTRATIONS), DEMONSTRATIONS)]
     prompts = sorted({r["prompt"] for r in demonstrations})
-    never_stopped = recipe.ppo_stage(cfg, recipe.make_tokenizer(cfg), load_causal_lm(stage_dir(root, "sft")), load_scalar_model(stage_dir(root, "reward_model")),
-                                     prompts, demonstrations).model
+    never_stopped = recipe.ppo_stage(
+        cfg,
+        recipe.make_tokenizer(cfg),
+        load_causal_lm(stage_dir(root, "sft")),
+        load_scalar_model(stage_dir(root, "reward_model")),
+        prompts,
+        demonstrations,
+    ).model
     resumed = load_causal_lm(stage_dir(root, "ppo"))
     for (name, a), b in zip(never_stopped.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), name  # single process on CPU: bit-identical
@@ -114,7 +133,9 @@ def test_the_servers_the_project_starts_listen_on_localhost_only(mlflow_server, 
         assert "--host 127.0.0.1" in text and "0.0.0.0" not in text, script
     for profile in (REPO / "infra/accelerate").glob("*.yaml"):
         if "multi-node" not in profile.name:
-            assert "main_process_ip: 127.0.0.1" in profile.read_text() or "num_processes: 1" in profile.read_text(), profile.name
+            assert "main_process_ip: 127.0.0.1" in profile.read_text() or "num_processes: 1" in profile.read_text(), (
+                profile.name
+            )
 
 
 # --- what dead runs leave open -------------------------------------------------------------------
@@ -148,11 +169,21 @@ def test_a_later_run_closes_what_killed_or_cut_off_runs_left_open(prefect_server
     def never_finishes():
         pass
 
-    def earlier_run(name: str, status: str, mlflow_open: bool = False, flow_run_id: str | None = None) -> tuple[str, str]:
+    def earlier_run(
+        name: str, status: str, mlflow_open: bool = False, flow_run_id: str | None = None
+    ) -> tuple[str, str]:
         parent = tracker.start_run(f"pipeline-{name}")
         stage = tracker.start_run("ppo", parent=parent)
-        run_records.write(runs_dir / parent.run_id, {"status": status, "mlflow": {"uri": uri, "run_id": parent.run_id},
-                                                     "mlflow_open": mlflow_open, "flow_run_id": flow_run_id, "error": None})
+        run_records.write(
+            runs_dir / parent.run_id,
+            {
+                "status": status,
+                "mlflow": {"uri": uri, "run_id": parent.run_id},
+                "mlflow_open": mlflow_open,
+                "flow_run_id": flow_run_id,
+                "error": None,
+            },
+        )
         return parent.run_id, stage.run_id
 
     with temporary_settings({PREFECT_API_URL: prefect_server[0]}), get_client(sync_client=True) as client:
@@ -161,7 +192,9 @@ def test_a_later_run_closes_what_killed_or_cut_off_runs_left_open(prefect_server
         cut_off = earlier_run("cut-off", run_records.FAILED, mlflow_open=True)
         live = earlier_run("alive", run_records.RUNNING)
         ended = earlier_run("ended", run_records.COMPLETED)
-        holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_DIE, str(runs_dir / live[0])], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_AND_DIE, str(runs_dir / live[0])], cwd=REPO, stdout=subprocess.PIPE, text=True
+        )
         try:
             assert holder.stdout.readline().strip() == "holding"
             this_run = tracker.start_run("pipeline-now")
@@ -177,9 +210,13 @@ def test_a_later_run_closes_what_killed_or_cut_off_runs_left_open(prefect_server
             holder.wait()
         crashed = client.read_flow_run(killed_flow_run.id).state
 
-    status = {run_id: tracker.client.get_run(run_id).info.status for pair in (killed, cut_off, live, ended) for run_id in pair}
+    status = {
+        run_id: tracker.client.get_run(run_id).info.status for pair in (killed, cut_off, live, ended) for run_id in pair
+    }
     assert [status[run_id] for run_id in (*killed, *cut_off)] == ["FAILED"] * 4
-    assert [status[run_id] for run_id in (*live, *ended)] == ["RUNNING"] * 4  # alive: its holder's lock; ended: its record
+    assert [status[run_id] for run_id in (*live, *ended)] == [
+        "RUNNING"
+    ] * 4  # alive: its holder's lock; ended: its record
     assert "found by run " + this_run.run_id in tracker.client.get_run(killed[1]).data.tags["error"]
     assert crashed.type == StateType.CRASHED and "stopped without finishing" in crashed.message
     record = lambda pair: json.loads((runs_dir / pair[0] / run_records.RECORD).read_text())  # noqa: E731

@@ -2,6 +2,7 @@
 with backoff (MLflow's own HTTP retries are switched off here so that the pipeline's retries are what
 is tested); the run completes, with one registry version, and no version carries an alias without
 its gate decision."""
+
 import os
 import re
 import subprocess
@@ -32,10 +33,23 @@ class Server:
         self.process = None
 
     def start(self):
-        command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                   "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}", "--artifacts-destination", str(self.home / "artifacts")]
+        command = [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.home / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.home / "artifacts"),
+        ]
         log = self.home / "server.log"
-        self.process = subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log, "a") as output:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until_up(f"{self.uri}/health", self.process, log)
 
     def stop(self):
@@ -47,11 +61,30 @@ def test_tracking_server_outage_after_the_gate_is_ridden_out_by_retries(prefect_
     server = Server(tmp_path)
     server.start()
     root = new_project(tmp_path / "p")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": prefect_server[0],
-           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    args = [sys.executable, "-m", "flows.pipeline", "--profile", "smoke", "--root", str(root),
-            "--set", f"orchestration.tracking_retries={len(RETRY_DELAYS)}", "--set", f"orchestration.tracking_retry_delays={RETRY_DELAYS}"]
-    flow = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": server.uri,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": prefect_server[0],
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "flows.pipeline",
+        "--profile",
+        "smoke",
+        "--root",
+        str(root),
+        "--set",
+        f"orchestration.tracking_retries={len(RETRY_DELAYS)}",
+        "--set",
+        f"orchestration.tracking_retry_delays={RETRY_DELAYS}",
+    ]
+    flow = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     output, outage = [], {}
 
     def comes_back():
@@ -71,7 +104,9 @@ def test_tracking_server_outage_after_the_gate_is_ridden_out_by_retries(prefect_
         assert outage, "the gate never finished:\n" + log[-3000:]
         outage_seconds = outage.get("back", float("nan")) - outage["down"]
         assert flow.returncode == 0, f"server down for {outage_seconds:.1f} s\n" + log[-5000:]
-        assert re.search(rf"Task run 'register-.*Retry 1/{len(RETRY_DELAYS)} will start 3(\.0)? second", log)  # the register task retried with backoff
+        assert re.search(
+            rf"Task run 'register-.*Retry 1/{len(RETRY_DELAYS)} will start 3(\.0)? second", log
+        )  # the register task retried with backoff
         client = MlflowClient(server.uri)
         versions = client.search_model_versions(f"name='{MODEL}'")
         assert len(versions) == 1  # the retried registration did not add a second version
@@ -114,7 +149,12 @@ def test_a_tracking_outage_during_ppo_stops_live_logging_not_training(tmp_path, 
         assert printed.count("live MLflow logging stopped at iteration 4") == 1 and "ppo iteration 6/6" in printed
 
         server.start()  # back before the stage ends
-        record_stage(StageRun(client, run_id), cfg.ppo, StageResult(None, {"rm_score": 0.5}, history, 1.0, logged_steps=(0, 3)), step_key="iteration")
+        record_stage(
+            StageRun(client, run_id),
+            cfg.ppo,
+            StageResult(None, {"rm_score": 0.5}, history, 1.0, logged_steps=(0, 3)),
+            step_key="iteration",
+        )
         steps = sorted(m.step for m in client.get_metric_history(run_id, "rm_score"))
         assert steps == [0, 1, 2, 3, 4, 5, 6]  # every iteration once (and the final metric at step 6)
     finally:

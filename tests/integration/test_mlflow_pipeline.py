@@ -7,6 +7,7 @@ The three runs of the `tiny` profile are the session's (tests/pipeline_runs.py),
 from shuffled labels. Every run has secrets planted in its environment; none may reach any
 output, file or store.
 """
+
 import json
 from pathlib import Path
 
@@ -51,14 +52,26 @@ def test_each_pipeline_run_is_a_parent_with_a_nested_run_per_stage(runs, client)
     assert parent.data.params["ppo.kl.kl_coef"] and parent.data.params["profile"] == "tiny"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     names = {run.info.run_name for run in children}
-    assert {"data-validation", "sft", "comparisons", "reward_model", "baseline_chosen", "baseline_combined", "baseline_dpo", "ppo", "evaluation", "gate"} <= names
+    assert {
+        "data-validation",
+        "sft",
+        "comparisons",
+        "reward_model",
+        "baseline_chosen",
+        "baseline_combined",
+        "baseline_dpo",
+        "ppo",
+        "evaluation",
+        "gate",
+    } <= names
     assert all(run.info.status == "FINISHED" for run in children)
 
 
 def stage(client, runs, name, which="promoted"):
     parent = client.get_run(parent_run_id(runs[which]))
     (run,) = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.run_name = '{name}'"
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.run_name = '{name}'",
     )
     return run
 
@@ -76,22 +89,50 @@ def test_metrics_are_logged_per_step_and_final(runs, client):
     assert len(losses) >= 3 and [m.step for m in losses] == sorted(m.step for m in losses)
     assert losses[-1].value < losses[0].value
     ppo = stage(client, runs, "ppo")
-    for key in ("rm_score", "kl", "gold", "entropy", "clipfrac", "approx_kl", "value_loss", "explained_variance", "response_length"):
+    for key in (
+        "rm_score",
+        "kl",
+        "gold",
+        "entropy",
+        "clipfrac",
+        "approx_kl",
+        "value_loss",
+        "explained_variance",
+        "response_length",
+    ):
         assert len(client.get_metric_history(ppo.info.run_id, key)) >= 2, key
     assert stage(client, runs, "reward_model").data.metrics["valid_accuracy"] > 0
     evaluation = stage(client, runs, "evaluation").data.metrics
     for mode in ("sample", "greedy"):
-        assert {f"{mode}.ppo.gold.value", f"{mode}.ppo.kl", f"{mode}.dpo.distinct_2", f"{mode}.ppo_win_rate.dpo.ci_lo"} <= set(evaluation)
+        assert {
+            f"{mode}.ppo.gold.value",
+            f"{mode}.ppo.kl",
+            f"{mode}.dpo.distinct_2",
+            f"{mode}.ppo_win_rate.dpo.ci_lo",
+        } <= set(evaluation)
 
 
 def test_plots_tables_models_and_validation_are_artefacts(runs, client):
-    assert {"plots/curves.png", "model/sft/model.safetensors", "model/sft/tokenizer.json"} <= artifact_paths(client, stage(client, runs, "sft").info.run_id)
-    assert {"plots/ppo_curves.png", "plots/overoptimisation.png", "model/ppo/model.safetensors"} <= artifact_paths(client, stage(client, runs, "ppo").info.run_id)
-    assert "model/reward_model/model.safetensors" in artifact_paths(client, stage(client, runs, "reward_model").info.run_id)
+    assert {"plots/curves.png", "model/sft/model.safetensors", "model/sft/tokenizer.json"} <= artifact_paths(
+        client, stage(client, runs, "sft").info.run_id
+    )
+    assert {"plots/ppo_curves.png", "plots/overoptimisation.png", "model/ppo/model.safetensors"} <= artifact_paths(
+        client, stage(client, runs, "ppo").info.run_id
+    )
+    assert "model/reward_model/model.safetensors" in artifact_paths(
+        client, stage(client, runs, "reward_model").info.run_id
+    )
     for name in ("chosen", "top_ranked", "combined", "dpo"):
-        assert f"model/{name}/model.safetensors" in artifact_paths(client, stage(client, runs, f"baseline_{name}").info.run_id)
+        assert f"model/{name}/model.safetensors" in artifact_paths(
+            client, stage(client, runs, f"baseline_{name}").info.run_id
+        )
     evaluation = artifact_paths(client, stage(client, runs, "evaluation").info.run_id)
-    assert {"plots/win_rates_sample.png", "plots/win_rates_greedy.png", "tables/examples_sample.json", "evaluation.json"} <= evaluation
+    assert {
+        "plots/win_rates_sample.png",
+        "plots/win_rates_greedy.png",
+        "tables/examples_sample.json",
+        "evaluation.json",
+    } <= evaluation
     validation = artifact_paths(client, stage(client, runs, "data-validation").info.run_id)
     assert "validation/summary.txt" in validation and any(p.endswith("index.html") for p in validation)
     assert "comparisons/preferences.jsonl" in artifact_paths(client, stage(client, runs, "comparisons").info.run_id)
@@ -114,7 +155,10 @@ def test_every_policy_is_a_registered_version_tagged_with_the_gate(runs, client)
     for name in ("promoted", "rival"):
         assert versions[name].tags["gate.decision"] == "promote" and "PASS" in versions[name].tags["gate.reasons"]
         assert 0.0 < float(versions[name].tags["gate.score"]) < 1.0
-    assert versions["control"].tags["gate.decision"] == "reject" and "FAIL reward model accuracy" in versions["control"].tags["gate.reasons"]
+    assert (
+        versions["control"].tags["gate.decision"] == "reject"
+        and "FAIL reward model accuracy" in versions["control"].tags["gate.reasons"]
+    )
     for v in versions.values():
         assert len(v.tags["data.md5"]) == 32 and v.status == "READY"
 
@@ -125,7 +169,10 @@ def test_only_the_gate_moves_champion(runs, client):
     assert client.get_model_version_by_alias(MODEL, "champion").version == versions[best].version
     # challenger: the newest decided version, whichever run registered last
     assert client.get_model_version_by_alias(MODEL, "challenger").version == "3"
-    assert "decision: reject" in runs["control"].stdout and "registry note: not promoted; champion stays" in runs["control"].stdout
+    assert (
+        "decision: reject" in runs["control"].stdout
+        and "registry note: not promoted; champion stays" in runs["control"].stdout
+    )
 
 
 @pytest.mark.faults
@@ -135,13 +182,17 @@ def test_three_runs_at_once_share_the_root_and_the_registry_safely(runs, client,
     records = {r["mlflow"]["run_id"]: r for r in run_records(project)}
     at_once = {name: records[parent_run_id(done)] for name, done in runs.items()}
     # each run has its own run directory and record, and finished, on the same data
-    assert len({r["mlflow"]["run_id"] for r in at_once.values()}) == 3 and all(r["status"] == "completed" for r in at_once.values())
+    assert len({r["mlflow"]["run_id"] for r in at_once.values()}) == 3 and all(
+        r["status"] == "completed" for r in at_once.values()
+    )
     assert len({r["data_version"]["md5"] for r in at_once.values()}) == 1
     # every shared stage was computed once: one run trained it, the others waited and reused the same directory
     for name in SHARED_STAGES:
         sharing = ("promoted", "rival") if name == "reward_model" else tuple(at_once)  # the control trains its own RM
         stages = [at_once[run]["stages"][name] for run in sharing]
-        assert len({s["directory"] for s in stages}) == 1 and sorted(s["reused"] for s in stages) == [False] + [True] * (len(sharing) - 1), name
+        assert len({s["directory"] for s in stages}) == 1 and sorted(s["reused"] for s in stages) == [False] + [
+            True
+        ] * (len(sharing) - 1), name
         assert len(stage_dirs(project, name)) == (2 if name == "reward_model" else 1)
     assert not at_once["control"]["stages"]["reward_model"]["reused"]
     logs = "".join(done.stdout + done.stderr for done in runs.values())
@@ -161,7 +212,11 @@ def test_three_runs_at_once_share_the_root_and_the_registry_safely(runs, client,
 @pytest.mark.faults
 def test_planted_secrets_never_reach_outputs_files_or_stores(runs, pipeline_runs):
     """Fault table / security: credentials in the environment of all three runs appear nowhere."""
-    places = {f"{name}.{stream}": getattr(done, stream).encode() for name, done in runs.items() for stream in ("stdout", "stderr")}
+    places = {
+        f"{name}.{stream}": getattr(done, stream).encode()
+        for name, done in runs.items()
+        for stream in ("stdout", "stderr")
+    }
     for base in (pipeline_runs.root, pipeline_runs.mlflow_home, pipeline_runs.prefect_home):
         for path in base.rglob("*"):
             if path.is_file():
@@ -185,8 +240,12 @@ def test_the_champion_loads_back_and_generates(runs, mlflow_server, monkeypatch)
     finally:
         mlflow.set_tracking_uri(previous)
     model, tokenizer = parts["model"], parts["tokenizer"]
-    prompt = json.loads((Path(runs["promoted"].stdout.split("Data Docs at ")[1].split("/reports/")[0]) / "data" / "eval_prompts.jsonl").read_text().splitlines()[0])["prompt"]
+    prompt = json.loads(
+        (Path(runs["promoted"].stdout.split("Data Docs at ")[1].split("/reports/")[0]) / "data" / "eval_prompts.jsonl")
+        .read_text()
+        .splitlines()[0]
+    )["prompt"]
     encoded = tokenizer([prompt], return_tensors="pt")
     out = model.generate(**encoded, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] > encoded["input_ids"].shape[1]
-    assert tokenizer.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert tokenizer.decode(out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True).strip()

@@ -10,6 +10,7 @@ Each control runs the `tiny` profile on the project root of the session's pipeli
 with them (SFT, comparisons, baselines) are reused and only what the control changes is trained. Every rule but
 the one under test is opened as wide as the config allows, so the refusal is that rule's alone.
 """
+
 import subprocess
 
 import pytest
@@ -43,8 +44,10 @@ def decision_of(done: subprocess.CompletedProcess) -> dict[str, bool]:
 def controls(pipeline_runs):
     client = MlflowClient(pipeline_runs.mlflow_uri)
     champion = client.get_model_version_by_alias(MODEL, "champion").version
-    done = {name: run_pipeline(pipeline_runs, [*WIDE_OPEN, *overrides]) for name, overrides in
-            (("hacked", HACKED), ("disagreeing", DISAGREEING))}
+    done = {
+        name: run_pipeline(pipeline_runs, [*WIDE_OPEN, *overrides])
+        for name, overrides in (("hacked", HACKED), ("disagreeing", DISAGREEING))
+    }
     return done, champion, client
 
 
@@ -52,7 +55,10 @@ def test_ppo_without_a_kl_penalty_hacks_the_reward_model_and_is_refused_by_the_k
     done, champion, client = controls
     assert "decision: reject" in done["hacked"].stdout
     rules = decision_of(done["hacked"])
-    assert {rule for rule, passed in rules.items() if not passed} <= {"[sample] KL within budget", "[greedy] KL within budget"}
+    assert {rule for rule, passed in rules.items() if not passed} <= {
+        "[sample] KL within budget",
+        "[greedy] KL within budget",
+    }
     assert not rules["[sample] KL within budget"], done["hacked"].stdout[-4000:]
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion  # never promoted
 
@@ -65,24 +71,36 @@ def test_a_reward_ensemble_whose_members_disagree_is_refused(controls):
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion
 
 
-def test_an_evaluation_set_that_shares_prompts_with_training_is_refused_before_training(in_process_flow, mlflow_server, tmp_path):
+def test_an_evaluation_set_that_shares_prompts_with_training_is_refused_before_training(
+    in_process_flow, mlflow_server, tmp_path
+):
     """Every held-out prompt is also a demonstration prompt: the data contract refuses the run before any stage
     trains, naming the file and the rule; nothing reaches the registry."""
     from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, file_name, read_jsonl, write_jsonl
     from components.data.stages import DataValidationFailed
     from tests.conftest import new_repo
     from tests.data.test_validation import write_good_dir
-    from tests.faults.test_fault_table import TRAINING_TASKS, flow_overrides, latest_flow_run, registry_state, seed_champion
+    from tests.faults.test_fault_table import (
+        TRAINING_TASKS,
+        flow_overrides,
+        latest_flow_run,
+        registry_state,
+        seed_champion,
+    )
 
     seed_champion(mlflow_server)
     before = registry_state(mlflow_server)
     data_dir = write_good_dir(tmp_path / "data")
-    trained_on = sorted({row.data["prompt"] for row in read_jsonl(data_dir / file_name(DEMONSTRATIONS), DEMONSTRATIONS)})
+    trained_on = sorted(
+        {row.data["prompt"] for row in read_jsonl(data_dir / file_name(DEMONSTRATIONS), DEMONSTRATIONS)}
+    )
     write_jsonl(data_dir / file_name(EVAL_PROMPTS), [{"prompt": p} for p in trained_on[:4]])
     root = new_repo(tmp_path / "project")
     with pytest.raises(DataValidationFailed) as refused:
         in_process_flow(root, flow_overrides(data_dir))
-    assert file_name(DEMONSTRATIONS) in str(refused.value) and "no eval prompt among the training prompts" in str(refused.value)
+    assert file_name(DEMONSTRATIONS) in str(refused.value) and "no eval prompt among the training prompts" in str(
+        refused.value
+    )
     flow_run, tasks, _ = latest_flow_run()
     assert flow_run.state.is_failed() and not tasks & TRAINING_TASKS
     assert registry_state(mlflow_server) == before

@@ -2,6 +2,8 @@
 schedule creates scheduled runs, a worker executes a triggered run of the `smoke` pipeline (and
 the Prefect server is restarted while that run trains: a fault-table row), and a run with bad data
 ends Failed with the validation artifact and no training task started."""
+
+import contextlib
 import json
 import os
 import subprocess
@@ -14,7 +16,14 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.conftest import new_repo
@@ -66,10 +75,8 @@ def stop_tree(process: subprocess.Popen) -> None:
         os.killpg(process.pid, 9)
         process.wait()
     for child in children:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             child.terminate()
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(children, timeout=30)
     for child in alive:
         child.kill()
@@ -84,14 +91,26 @@ def server(tmp_path_factory):
     env = {**os.environ, **prefect_env(home, prefect.api), "PREFECT_WORKER_QUERY_SECONDS": "2"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the runs track into the project's own store
     try:
-        done = subprocess.run([sys.executable, "-m", "flows.deploy", "apply", "--profile", "smoke", "--root", str(root)],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.deploy", "apply", "--profile", "smoke", "--root", str(root)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"deployment: {DEPLOYMENT} on work pool rlhf-process" in done.stdout
         log = root.parent / "worker.log"
         with open(log, "w") as out:
-            worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "rlhf-process", "--type", "process"],
-                                      cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            worker = subprocess.Popen(
+                [str(BIN / "prefect"), "worker", "start", "--pool", "rlhf-process", "--type", "process"],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             with temporary_settings({PREFECT_API_URL: prefect.api}):
                 yield {"prefect": prefect, "root": root, "env": env, "worker_log": log}
@@ -113,7 +132,9 @@ def wait_for(what: str, condition, timeout: float, every: float, log: Path):
         except httpx.HTTPError as error:
             last_error = error
         time.sleep(every)
-    raise TimeoutError(f"{what}: not after {timeout} s (last error: {last_error!r}); worker log:\n{log.read_text()[-6000:]}")
+    raise TimeoutError(
+        f"{what}: not after {timeout} s (last error: {last_error!r}); worker log:\n{log.read_text()[-6000:]}"
+    )
 
 
 def start_deployment(parameters: dict | None = None):
@@ -124,6 +145,7 @@ def start_deployment(parameters: dict | None = None):
 
 def final_state(flow_run_id, log: Path, timeout: float = 900):
     with get_client(sync_client=True) as client:
+
         def final():
             flow_run = client.read_flow_run(flow_run_id)
             return flow_run if flow_run.state and flow_run.state.is_final() else None
@@ -144,7 +166,12 @@ def task_runs(flow_run_id):
 
 def artifacts(flow_run_id):
     with get_client(sync_client=True) as client:
-        return {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))}
+        return {
+            a.key: a
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+        }
 
 
 def test_the_schedule_creates_scheduled_runs(server):
@@ -155,7 +182,9 @@ def test_the_schedule_creates_scheduled_runs(server):
         deadline = time.monotonic() + 120
         scheduled = []
         while time.monotonic() < deadline and not scheduled:
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+            )
             scheduled = [r for r in runs if r.state and r.state.is_scheduled() and r.expected_start_time.hour == 2]
             time.sleep(2)
     assert scheduled, "the cron schedule created no scheduled runs"
@@ -173,10 +202,18 @@ def test_a_worker_runs_the_deployment_through_every_stage_across_a_server_restar
         with get_client(sync_client=True) as client:
             state = client.read_flow_run(flow_run_id).state
         if state and state.is_final():
-            pytest.fail(f"the flow run ended before any training task was seen Running: {state!r}\n{log.read_text()[-6000:]}")
-        return state and state.is_running() and [
-            r.name for r in task_runs(flow_run_id) if r.name.rsplit("-", 1)[0] in TRAINING_STARTED and r.state and r.state.is_running()
-        ]
+            pytest.fail(
+                f"the flow run ended before any training task was seen Running: {state!r}\n{log.read_text()[-6000:]}"
+            )
+        return (
+            state
+            and state.is_running()
+            and [
+                r.name
+                for r in task_runs(flow_run_id)
+                if r.name.rsplit("-", 1)[0] in TRAINING_STARTED and r.state and r.state.is_running()
+            ]
+        )
 
     started = wait_for("a training task Running", training, 300, 0.5, log)
     prefect.stop()
@@ -199,7 +236,9 @@ def test_a_worker_runs_the_deployment_through_every_stage_across_a_server_restar
     assert (stage_dir(server["root"], "ppo") / "model.safetensors").is_file()
 
     registry = MlflowClient(f"sqlite:///{server['root'] / 'mlruns' / 'mlflow.db'}")
-    (parent,) = registry.search_runs([registry.get_experiment_by_name("rlhf-pipeline").experiment_id], "tags.mlflow.runName = 'pipeline-smoke'")
+    (parent,) = registry.search_runs(
+        [registry.get_experiment_by_name("rlhf-pipeline").experiment_id], "tags.mlflow.runName = 'pipeline-smoke'"
+    )
     assert parent.info.status == "FINISHED"  # one pipeline run, finished, not a second attempt
     (version,) = registry.search_model_versions(f"name='{MODEL}'")  # no duplicate registry version
     assert version.run_id == parent.info.run_id and version.tags["gate.decision"] == parent.data.tags["gate.decision"]
@@ -215,7 +254,10 @@ def test_bad_data_fails_the_run_before_any_training(server, tmp_path):
     (bad / "e.jsonl").write_text(json.dumps({"prompt": "say bye"}) + "\n")
     overrides = [
         "data.source=files",
-        f"data.files={{demonstrations: {bad / 'd.jsonl'}, preferences: {bad / 'p.jsonl'}, eval_prompts: {bad / 'e.jsonl'}}}",
+        (
+            f"data.files={{demonstrations: {bad / 'd.jsonl'}, preferences: {bad / 'p.jsonl'}, "
+            f"eval_prompts: {bad / 'e.jsonl'}}}"
+        ),
         "validation.check_vocabulary=false",
     ]
     flow_run, runs = final_state(start_deployment({"overrides": overrides}), server["worker_log"])

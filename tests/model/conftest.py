@@ -1,4 +1,5 @@
 """A tiny SFT policy and reward model trained once per session on the smoke data (seconds on 2 cores)."""
+
 import copy
 
 import pytest
@@ -40,5 +41,7 @@ def tiny_reward_model(smoke_rows, tokenizer, tiny_sft):
     from components.config import RewardConfig
 
     cfg = RewardConfig(epochs=6, batch_size=32, lr=1e-3, warmup_steps=5, log_every=5)
-    model, metrics, _ = train_reward_model(copy.deepcopy(tiny_sft[0]), tokenizer, smoke_rows[PREFERENCES], cfg, TINY, SEED)
+    model, metrics, _ = train_reward_model(
+        copy.deepcopy(tiny_sft[0]), tokenizer, smoke_rows[PREFERENCES], cfg, TINY, SEED
+    )
     return model, metrics

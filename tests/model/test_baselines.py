@@ -1,6 +1,7 @@
 """Each supervised baseline learns from the preference pairs: a few steps from a tiny SFT model, no NaN,
 the documented history and metrics; DPO ranks its training pairs better than chance; best-of-n returns
 the reward model's favourite sample. Tiny models from scratch on the smoke data: well under a minute."""
+
 import math
 
 import pytest
@@ -11,13 +12,12 @@ from components.data import files
 from components.data.lexicon import VOCABULARY
 from components.data.synthetic import generate_synthetic
 from components.models.batching import encode_prompts, sequence_scores
-from components.models.builders import build_policy, scalar_model_from
+from components.models.builders import build_policy, frozen_copy, scalar_model_from
 from components.models.generation import decode_responses, generate
 from components.models.tokenizer import build_word_tokenizer
 from components.training.best_of_n import best_of_n
 from components.training.chosen import train_chosen
 from components.training.combined import train_combined
-from components.models.builders import frozen_copy
 from components.training.dpo import evaluate_dpo, train_dpo
 from components.training.sft import train_sft
 
@@ -62,7 +62,7 @@ def test_chosen_sft_trains_on_the_chosen_responses_and_leaves_the_sft_policy_alo
     cfg = SFTConfig(epochs=2, batch_size=16, lr=1e-3, warmup_steps=1, log_every=1)
     model, metrics, history = train_chosen(sft_policy, tokenizer, pairs, cfg, TINY, SEED)
     assert model is not sft_policy and _unchanged(sft_policy, before)
-    assert len(history) == 8 and HISTORY_KEYS <= set(history[0]) and _finite(history)
+    assert len(history) == 8 and set(history[0]) >= HISTORY_KEYS and _finite(history)
     assert {"first_loss", "final_loss", "steps"} <= set(metrics) and metrics["steps"] == 8
     assert metrics["final_loss"] < metrics["first_loss"]  # 2 passes over 64 chosen responses
 
@@ -76,10 +76,22 @@ MAX_RATIO = {"all": 0.8, "not_in_chosen": 0.95}
 def test_unlikelihood_term_keeps_rejected_tokens_less_likely_than_likelihood_alone(sft_policy, tokenizer, pairs, mode):
     runs = {}
     for coef in (0.0, 1.0):
-        cfg = CombinedLossConfig(epochs=4, batch_size=16, lr=3e-3, warmup_steps=1, log_every=1, unlikelihood_coef=coef, unlikelihood_tokens=mode)
+        cfg = CombinedLossConfig(
+            epochs=4,
+            batch_size=16,
+            lr=3e-3,
+            warmup_steps=1,
+            log_every=1,
+            unlikelihood_coef=coef,
+            unlikelihood_tokens=mode,
+        )
         model, metrics, history = train_combined(sft_policy, tokenizer, pairs, cfg, TINY, SEED)
         assert model is not sft_policy
-        assert len(history) == 16 and HISTORY_KEYS | {"likelihood", "unlikelihood", "rejected_token_p"} <= set(history[0]) and _finite(history)
+        assert (
+            len(history) == 16
+            and HISTORY_KEYS | {"likelihood", "unlikelihood", "rejected_token_p"} <= set(history[0])
+            and _finite(history)
+        )
         assert {"first_loss", "final_loss", "steps", "likelihood", "unlikelihood"} <= set(metrics)
         last = history[-1]
         assert last["loss"] == pytest.approx(last["likelihood"] + coef * last["unlikelihood"], rel=1e-5)
@@ -100,7 +112,9 @@ def test_dpo_ranks_its_training_pairs_above_chance(sft_policy, tokenizer, pairs)
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
     after = evaluate_dpo(model, reference, tokenizer, pairs, cfg.beta, TINY)
     assert before["reward_accuracy"] == 0.0  # every implicit reward is 0: no pair is ranked yet
-    assert after["reward_accuracy"] >= 0.75  # chance is 0.5; 3 passes over 64 pairs (measured 0.875 after 2, 1.0 after 6)
+    assert (
+        after["reward_accuracy"] >= 0.75
+    )  # chance is 0.5; 3 passes over 64 pairs (measured 0.875 after 2, 1.0 after 6)
     assert after["margin"] > 0 and metrics["final_loss"] < math.log(2)
 
 
@@ -108,8 +122,17 @@ def same_samples(policy, reward_model, tokenizer, prompts, n, model_cfg, seed=7)
     """The n samples per prompt that best_of_n draws with ``seed``, and their RM scores: (rollout, (prompts, n))."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, [p for p in prompts for _ in range(n)], model_cfg.max_prompt_tokens)
-        rollout = generate(policy, prompt_ids, prompt_mask, model_cfg.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        prompt_ids, prompt_mask = encode_prompts(
+            tokenizer, [p for p in prompts for _ in range(n)], model_cfg.max_prompt_tokens
+        )
+        rollout = generate(
+            policy,
+            prompt_ids,
+            prompt_mask,
+            model_cfg.max_response_tokens,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+        )
     with torch.no_grad():
         return rollout, sequence_scores(reward_model, rollout.batch).view(len(prompts), n)
 
@@ -136,7 +159,9 @@ def test_best_of_n_picks_with_the_missing_eos_penalty_but_records_the_raw_rm_sco
     reward_model = scalar_model_from(sft_policy)
     prompts = [r["prompt"] for r in data[files.EVAL_PROMPTS][:4]]
     n, tiny_length = 4, TINY.model_copy(update={"max_response_tokens": 6})  # short: many samples never end
-    _, ended, scores = best_of_n(sft_policy, reward_model, tokenizer, prompts, n, tiny_length, seed=7, missing_eos_penalty=100.0)
+    _, ended, scores = best_of_n(
+        sft_policy, reward_model, tokenizer, prompts, n, tiny_length, seed=7, missing_eos_penalty=100.0
+    )
     rollout, raw = same_samples(sft_policy, reward_model, tokenizer, prompts, n, tiny_length)
     penalised = raw - 100.0 * (~rollout.ended).float().view(len(prompts), n)
     best = penalised.argmax(dim=1)

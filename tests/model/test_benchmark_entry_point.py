@@ -1,4 +1,5 @@
 """The benchmark's real entry point runs end to end on the smoke profile and writes the documented JSON."""
+
 import json
 import subprocess
 import sys
@@ -13,8 +14,22 @@ POLICIES = ("sft", "chosen", "top_ranked", "combined", "dpo")
 def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
     out = tmp_path / "rlhf_vs_sl.json"
     done = subprocess.run(
-        [sys.executable, "benchmarks/rlhf_vs_sl.py", "--profile", "smoke", "--seeds", "2", "--seed", "3", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "benchmarks/rlhf_vs_sl.py",
+            "--profile",
+            "smoke",
+            "--seeds",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -32,7 +47,9 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
         assert {"sft", "comparisons", "reward", *POLICIES[1:], "ppo", "evaluation"} <= set(run["stage_seconds"])
         budgets = run["label_budgets"]
         assert budgets["sft"]["total"] == 0 and budgets["ppo"]["train_pairs"] == budgets["dpo"]["train_pairs"] > 0
-        assert budgets["ppo"]["selection_labels"] == budgets["dpo"]["selection_labels"]  # the same budget for each method
+        assert (
+            budgets["ppo"]["selection_labels"] == budgets["dpo"]["selection_labels"]
+        )  # the same budget for each method
     for mode, block in result["pooled"]["evaluation"].items():
         for name, rate in block["ppo_win_rate"].items():
             per_seed = [run["evaluation"][mode]["ppo_win_rate"][name] for run in result["runs"]]
@@ -40,8 +57,12 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
             assert rate["rate"] == pytest.approx(sum(r["rate"] * r["n"] for r in per_seed) / rate["n"])
     for run in result["runs"]:
         curve = run["best_of_n_headroom"]
-        assert curve["n"][0] == 1 and curve["gold_picks"][0] == pytest.approx(curve["rm_picks"][0])  # N = 1: nothing to pick
-        assert curve["gold_picks"] == sorted(curve["gold_picks"])  # the oracle's pick never gets worse with more samples
+        assert curve["n"][0] == 1 and curve["gold_picks"][0] == pytest.approx(
+            curve["rm_picks"][0]
+        )  # N = 1: nothing to pick
+        assert curve["gold_picks"] == sorted(
+            curve["gold_picks"]
+        )  # the oracle's pick never gets worse with more samples
         assert all(r <= g + 1e-9 for g, r in zip(curve["gold_picks"], curve["rm_picks"]))
     assert (tmp_path / "rlhf_vs_sl_headroom.png").stat().st_size > 0
     assert result["peak_rss_mb"] > 0

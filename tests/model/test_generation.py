@@ -1,9 +1,10 @@
 """Sampling is exactly softmax(logits / temperature), whatever a model directory's generation_config.json says."""
+
 import torch
 from transformers import GenerationConfig
 
 from components.models.batching import encode_prompts
-from components.models.builders import build_policy, load_causal_lm
+from components.models.builders import load_causal_lm
 from components.models.generation import generate
 from tests.model.conftest import TINY
 
@@ -29,12 +30,27 @@ def test_a_model_directory_generation_config_cannot_change_sampling(tmp_path, to
     loaded = load_causal_lm(tmp_path / "model")
     assert loaded.generation_config.repetition_penalty == 5.0  # the directory does ask for it
 
-    ids, mask = encode_prompts(tokenizer, ["write a positive review of the lamp that mentions the light and the cable."] * 64, TINY.max_prompt_tokens)
+    ids, mask = encode_prompts(
+        tokenizer,
+        ["write a positive review of the lamp that mentions the light and the cable."] * 64,
+        TINY.max_prompt_tokens,
+    )
     for greedy in (False, True):
         outputs = []
         for model in (policy, loaded):
             torch.manual_seed(0)
-            outputs.append(generate(model, ids, mask, TINY.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, 1.0, greedy))
+            outputs.append(
+                generate(
+                    model,
+                    ids,
+                    mask,
+                    TINY.max_response_tokens,
+                    tokenizer.eos_token_id,
+                    tokenizer.pad_token_id,
+                    1.0,
+                    greedy,
+                )
+            )
         assert torch.equal(outputs[0].batch.input_ids, outputs[1].batch.input_ids), f"greedy={greedy}"
         assert torch.equal(outputs[0].ended, outputs[1].ended)
     assert loaded.generation_config.repetition_penalty == 5.0  # and keeps it for whoever else reads it

@@ -1,4 +1,5 @@
 """PPO's behaviour on a tiny seeded setup, and the guards around it."""
+
 import copy
 
 import pytest
@@ -10,14 +11,24 @@ from components.data.files import DEMONSTRATIONS
 from components.training.ppo import train_ppo
 from tests.model.conftest import SEED, TINY
 
-PPO = PPOConfig(iterations=12, rollout_batch_size=64, minibatch_size=32, ppo_epochs=2, lr=3e-4, critic_lr=1e-3, kl=KLControlConfig(kl_coef=0.02))
+PPO = PPOConfig(
+    iterations=12,
+    rollout_batch_size=64,
+    minibatch_size=32,
+    ppo_epochs=2,
+    lr=3e-4,
+    critic_lr=1e-3,
+    kl=KLControlConfig(kl_coef=0.02),
+)
 
 
 def _run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg=PPO, monitor=None):
     sft, rm = tiny_sft[0], tiny_reward_model[0]
     policy, ref, critic = copy.deepcopy(sft), copy.deepcopy(sft), copy.deepcopy(rm)
     prompts = sorted({d["prompt"] for d in smoke_rows[DEMONSTRATIONS]})
-    policy, metrics, history = train_ppo(policy, ref, critic, copy.deepcopy(rm), tokenizer, prompts, cfg, TINY, SEED, monitor=monitor)
+    policy, _metrics, history = train_ppo(
+        policy, ref, critic, copy.deepcopy(rm), tokenizer, prompts, cfg, TINY, SEED, monitor=monitor
+    )
     return policy, ref, history
 
 
@@ -35,7 +46,18 @@ def test_ppo_raises_the_reward_model_score(ppo_run):
 
 
 def test_ppo_history_has_the_diagnostics(ppo_run):
-    keys = {"rm_score", "kl", "kl_coef", "entropy", "clipfrac", "approx_kl", "value_loss", "explained_variance", "response_length", "ended"}
+    keys = {
+        "rm_score",
+        "kl",
+        "kl_coef",
+        "entropy",
+        "clipfrac",
+        "approx_kl",
+        "value_loss",
+        "explained_variance",
+        "response_length",
+        "ended",
+    }
     assert keys <= set(ppo_run[2][-1])
 
 
@@ -46,7 +68,9 @@ def test_reference_model_is_never_updated(ppo_run, tiny_sft):
         assert not a.requires_grad
 
 
-def test_huge_kl_coefficient_keeps_the_policy_at_the_reference(ppo_run, tiny_sft, tiny_reward_model, tokenizer, smoke_rows):
+def test_huge_kl_coefficient_keeps_the_policy_at_the_reference(
+    ppo_run, tiny_sft, tiny_reward_model, tokenizer, smoke_rows
+):
     """KL is 0 at iteration 0, so the first update follows the RM alone whatever kl_coef is; after it a huge
     kl_coef pulls the policy back while the weakly penalised run (0.02) keeps drifting away."""
     cfg = PPO.model_copy(update={"iterations": 8, "kl": KLControlConfig(kl_coef=10.0)})
@@ -85,10 +109,14 @@ def test_gradient_accumulation_takes_the_same_steps(tiny_sft, tiny_reward_model,
     """4 micro-batches per minibatch give the minibatch's gradient: same weights within float noise (1e-6)."""
     cfg = PPO.model_copy(update={"iterations": 2})
     whole, _, whole_history = _run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg)
-    micro, _, micro_history = _run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg.model_copy(update={"gradient_accumulation_steps": 4}))
+    micro, _, micro_history = _run(
+        tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg.model_copy(update={"gradient_accumulation_steps": 4})
+    )
     assert max((a - b).abs().max().item() for a, b in zip(whole.parameters(), micro.parameters())) < 1e-6
     assert micro_history[-1]["policy_loss"] == pytest.approx(whole_history[-1]["policy_loss"], rel=1e-4, abs=1e-7)
-    assert max((a - b).abs().max().item() for a, b in zip(whole.parameters(), tiny_sft[0].parameters())) > 1e-4  # it did train
+    assert (
+        max((a - b).abs().max().item() for a, b in zip(whole.parameters(), tiny_sft[0].parameters())) > 1e-4
+    )  # it did train
 
 
 def test_batches_that_do_not_shard_evenly_are_refused():
@@ -128,8 +156,18 @@ def test_kl_at_the_start_under_bf16_autocast(tiny_sft, tiny_reward_model, tokeni
     sft, rm = tiny_sft[0], tiny_reward_model[0]
     prompts = sorted({d["prompt"] for d in smoke_rows[DEMONSTRATIONS]})
     cfg = PPO.model_copy(update={"iterations": 1})
-    _, _, history = train_ppo(copy.deepcopy(sft), copy.deepcopy(sft), copy.deepcopy(rm), copy.deepcopy(rm), tokenizer, prompts,
-                              cfg, TINY, SEED, ranks=bf16_ranks)
+    _, _, history = train_ppo(
+        copy.deepcopy(sft),
+        copy.deepcopy(sft),
+        copy.deepcopy(rm),
+        copy.deepcopy(rm),
+        tokenizer,
+        prompts,
+        cfg,
+        TINY,
+        SEED,
+        ranks=bf16_ranks,
+    )
     assert abs(history[0]["kl"]) <= 1e-3, history[0]["kl"]
 
 
@@ -137,7 +175,9 @@ def test_learning_rates_decay_linearly_to_zero(tiny_sft, tiny_reward_model, toke
     cfg = PPO.model_copy(update={"iterations": 4})
     _, _, history = _run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg)
     assert [h["lr"] for h in history] == pytest.approx([cfg.lr * f for f in (1.0, 0.75, 0.5, 0.25)])
-    _, _, constant = _run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg.model_copy(update={"anneal_lr": False}))
+    _, _, constant = _run(
+        tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg.model_copy(update={"anneal_lr": False})
+    )
     assert [h["lr"] for h in constant] == [cfg.lr] * 4
 
 

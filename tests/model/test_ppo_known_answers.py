@@ -4,6 +4,7 @@ known optimum, and the importance ratio at the start of an update.
 Each test says what it measured on the code before the critic fix (commit 41a4287), where the critic read
 each token's value one position late (``hidden[:, P:]``: after the token had been fed in).
 """
+
 import copy
 import itertools
 import types
@@ -14,7 +15,6 @@ import torch
 from components.config import KLControlConfig, ModelConfig, PPOConfig
 from components.models.batching import encode_prompts, response_logits
 from components.models.builders import build_policy, scalar_model_from
-from components.models.generation import generate
 from components.models.tokenizer import build_word_tokenizer
 from components.training import ppo
 from components.training.ppo import TokenValues, compute_gae, token_values, train_ppo
@@ -185,13 +185,13 @@ def expected_toy_reward(policy, tokenizer, missing_eos_penalty: float) -> float:
         following = []
         for (prefix, mass), row in zip(frontier, probs.tolist()):
             for token, p in enumerate(row):
-                words = _response_words(tokenizer, prefix[1:] + [token])
+                words = _response_words(tokenizer, [*prefix[1:], token])
                 if token == tokenizer.eos_token_id:
                     total += mass * p * toy_reward(words)
                 elif step == TOY_MODEL.max_response_tokens - 1:
                     total += mass * p * (toy_reward(words) - missing_eos_penalty)
                 elif mass * p > 1e-7:
-                    following.append((prefix + [token], mass * p))
+                    following.append(([*prefix, token], mass * p))
         frontier = following
     return total
 
@@ -212,8 +212,16 @@ def test_ppo_reaches_the_known_optimum_of_a_toy_task(toy_tokenizer):
     prompt_width = 1
     reward_model = PositionwiseScalar(lambda ids: toy_reward(_response_words(toy_tokenizer, ids[prompt_width:])))
     cfg = PPOConfig(
-        iterations=TOY_ITERATIONS, rollout_batch_size=64, minibatch_size=16, ppo_epochs=4, lr=2e-3, critic_lr=2e-3,
-        kl=KLControlConfig(kl_coef=0.0), lam=0.95, missing_eos_penalty=1.0, checkpoint_every=0,
+        iterations=TOY_ITERATIONS,
+        rollout_batch_size=64,
+        minibatch_size=16,
+        ppo_epochs=4,
+        lr=2e-3,
+        critic_lr=2e-3,
+        kl=KLControlConfig(kl_coef=0.0),
+        lam=0.95,
+        missing_eos_penalty=1.0,
+        checkpoint_every=0,
     )
     start = expected_toy_reward(policy, toy_tokenizer, cfg.missing_eos_penalty)
     trained, _, history = train_ppo(
@@ -253,17 +261,40 @@ def test_importance_ratio_is_one_on_the_first_minibatch(toy_tokenizer, monkeypat
 
     monkeypatch.setattr(ppo.Batch, "select", keep_selected)
     monkeypatch.setattr(ppo, "clipped_policy_loss", keep_first_minibatch)
-    cfg = PPOConfig(iterations=1, rollout_batch_size=32, minibatch_size=16, ppo_epochs=2, lr=1e-3, temperature=temperature,
-                    kl=KLControlConfig(kl_coef=0.1), checkpoint_every=0)
+    cfg = PPOConfig(
+        iterations=1,
+        rollout_batch_size=32,
+        minibatch_size=16,
+        ppo_epochs=2,
+        lr=1e-3,
+        temperature=temperature,
+        kl=KLControlConfig(kl_coef=0.1),
+        checkpoint_every=0,
+    )
     reward_model = PositionwiseScalar(lambda ids: float(len(ids)))
-    train_ppo(policy, copy.deepcopy(reference), scalar_model_from(reference), reward_model, toy_tokenizer, ["go"], cfg, TOY_MODEL, seed=0)
+    train_ppo(
+        policy,
+        copy.deepcopy(reference),
+        scalar_model_from(reference),
+        reward_model,
+        toy_tokenizer,
+        ["go"],
+        cfg,
+        TOY_MODEL,
+        seed=0,
+    )
 
     minibatch, logprobs, old_logprobs = seen[0]
     mask = minibatch.response_mask.bool()
     with torch.no_grad():
-        logits = reference(input_ids=minibatch.input_ids, attention_mask=minibatch.attention_mask, position_ids=minibatch.position_ids).logits
+        logits = reference(
+            input_ids=minibatch.input_ids, attention_mask=minibatch.attention_mask, position_ids=minibatch.position_ids
+        ).logits
     behaviour = torch.log_softmax(logits[:, minibatch.prompt_width - 1 : -1].float() / temperature, dim=-1)
     behaviour = behaviour.gather(2, minibatch.response_ids.unsqueeze(-1)).squeeze(-1)  # (B, R)
     ratio_to_behaviour = torch.exp(logprobs - behaviour)[mask]
-    assert ratio_to_behaviour.sub(1).abs().max().item() < 1e-5, (ratio_to_behaviour.min().item(), ratio_to_behaviour.max().item())
+    assert ratio_to_behaviour.sub(1).abs().max().item() < 1e-5, (
+        ratio_to_behaviour.min().item(),
+        ratio_to_behaviour.max().item(),
+    )
     assert torch.exp(logprobs - old_logprobs)[mask].sub(1).abs().max().item() < 1e-5

@@ -1,4 +1,5 @@
 """PPO checkpoints: a run interrupted after a checkpoint and resumed ends bit-identical to one that never stopped."""
+
 import copy
 
 import pytest
@@ -25,8 +26,19 @@ def run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, checkpoint_dir=None,
         if iteration == stop_at:
             raise Interrupted(iteration)  # a crash after iteration `stop_at` was sampled, before its checkpoint
 
-    return train_ppo(copy.deepcopy(sft), copy.deepcopy(sft), copy.deepcopy(rm), copy.deepcopy(rm), tokenizer, prompts, CFG, TINY, SEED,
-                     log=log, checkpoint_dir=checkpoint_dir)
+    return train_ppo(
+        copy.deepcopy(sft),
+        copy.deepcopy(sft),
+        copy.deepcopy(rm),
+        copy.deepcopy(rm),
+        tokenizer,
+        prompts,
+        CFG,
+        TINY,
+        SEED,
+        log=log,
+        checkpoint_dir=checkpoint_dir,
+    )
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, tmp_path):

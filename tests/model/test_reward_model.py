@@ -3,6 +3,7 @@
 Everything runs on a tiny policy trained here (2 layers, 64 wide, 2 epochs of SFT on 3,000
 demonstrations), so the file needs no artefact and runs in well under a minute on 2 cores.
 """
+
 from __future__ import annotations
 
 import random
@@ -50,7 +51,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def config():
-    return load_config("smoke", overrides={"data": {"synthetic": {"n_demonstrations": 3000, "n_comparison_prompts": 6000}}})
+    return load_config(
+        "smoke", overrides={"data": {"synthetic": {"n_demonstrations": 3000, "n_comparison_prompts": 6000}}}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,26 +102,40 @@ def test_reward_model_orders_held_out_pairs_like_the_gold_judge(sft_policy, toke
     assert metrics["reference_std"] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_collection_gives_every_pair_of_k_samples_and_passes_the_data_gate(sft_policy, tokenizer, config, dataset, tmp_path: Path):
+def test_collection_gives_every_pair_of_k_samples_and_passes_the_data_gate(
+    sft_policy, tokenizer, config, dataset, tmp_path: Path
+):
     train_prompts = [r["prompt"] for r in dataset["demonstrations"]]
     eval_prompts = frozenset(r["prompt"] for r in dataset["eval_prompts"])
     prompts = draw_prompts(train_prompts, 40, SEED)
     cfg = ComparisonsConfig(n_prompts=40, responses_per_prompt=K, temperature=1.0, batch_size=16)
     ranker = simulated_ranker(SimulatedLabeler(config.data.synthetic.labeler_temperature, random.Random(SEED)))
-    rows = collect_sft_comparisons(sft_policy, tokenizer, prompts, cfg, MODEL_CFG, ranker, SEED, config.validation.min_response_words)
+    rows = collect_sft_comparisons(
+        sft_policy, tokenizer, prompts, cfg, MODEL_CFG, ranker, SEED, config.validation.min_response_words
+    )
 
     by_group: dict[int, list[dict]] = {}
     for row in rows:
         by_group.setdefault(row["group"], []).append(row)
     for group, pairs in by_group.items():
         distinct = {r["chosen"] for r in pairs} | {r["rejected"] for r in pairs}
-        assert len(pairs) == len(distinct) * (len(distinct) - 1) // 2 and {r["prompt"] for r in pairs} == {prompts[group]}
+        assert len(pairs) == len(distinct) * (len(distinct) - 1) // 2 and {r["prompt"] for r in pairs} == {
+            prompts[group]
+        }
     # K=4 samples give 6 pairs; identical or too-short samples may remove a few, not most
     assert sum(len(p) == K * (K - 1) // 2 for p in by_group.values()) >= 0.9 * len(prompts)
     assert all(r["chosen"] != r["rejected"] and r["source"] == SOURCE for r in rows)
     # metadata only: no gold score travels with the training rows
     assert {key for r in rows for key in r} == {
-        "prompt", "chosen", "rejected", "chosen_position", "prompt_id", "source", "group", "chosen_ended", "rejected_ended",
+        "prompt",
+        "chosen",
+        "rejected",
+        "chosen_position",
+        "prompt_id",
+        "source",
+        "group",
+        "chosen_ended",
+        "rejected_ended",
     }
 
     target = tmp_path / "comparisons"
@@ -132,11 +149,18 @@ def test_collection_gives_every_pair_of_k_samples_and_passes_the_data_gate(sft_p
 def test_a_collection_that_fails_the_gate_leaves_nothing_behind(config, dataset, tmp_path: Path):
     leaked = sorted(r["prompt"] for r in dataset["eval_prompts"])[0]
     rows = [
-        {"prompt": leaked, "chosen": f"this phone is great {'and i like it ' * (i % 3)}.", "rejected": "the the the.", "chosen_position": i % 2}
+        {
+            "prompt": leaked,
+            "chosen": f"this phone is great {'and i like it ' * (i % 3)}.",
+            "rejected": "the the the.",
+            "chosen_position": i % 2,
+        }
         for i in range(config.validation.preferences_rows.min + 10)
     ]
     with pytest.raises(DataValidationFailed) as failed:
-        save_comparisons(rows, tmp_path / "comparisons", config.validation, VOCABULARY, tmp_path / "reports", frozenset([leaked]))
+        save_comparisons(
+            rows, tmp_path / "comparisons", config.validation, VOCABULARY, tmp_path / "reports", frozenset([leaked])
+        )
     rules = {f.rule for f in failed.value.report.failures}
     assert "no eval prompt among the training prompts" in rules
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]
@@ -145,7 +169,12 @@ def test_a_collection_that_fails_the_gate_leaves_nothing_behind(config, dataset,
 def test_ranker_is_told_which_samples_never_ended_and_rows_record_it():
     prompt = "write a positive review of the phone that mentions the battery and the screen."
     groups = [
-        [("the battery is great.", True), ("the screen is great and the battery", False), ("ok", True), ("the battery is great.", True)],
+        [
+            ("the battery is great.", True),
+            ("the screen is great and the battery", False),
+            ("ok", True),
+            ("the battery is great.", True),
+        ],
         [("the screen is great.", True), ("the battery is great.", True)],
     ]
     seen = []
@@ -184,16 +213,23 @@ def test_an_ensemble_has_independent_normalised_members_and_round_trips(sft_poli
     from components.training.reward import score_samples, score_samples_by_member, train_reward_ensemble
 
     comparisons = dataset[PREFERENCES][:1200]
-    reference = sample_reference(sft_policy, tokenizer, [r["prompt"] for r in comparisons[:128]], MODEL_CFG, 1.0, 64, SEED)
+    reference = sample_reference(
+        sft_policy, tokenizer, [r["prompt"] for r in comparisons[:128]], MODEL_CFG, 1.0, 64, SEED
+    )
     cfg = REWARD_CFG.model_copy(update={"epochs": 0.5, "ensemble_size": 2})
-    ensemble, metrics, history = train_reward_ensemble(sft_policy, tokenizer, comparisons, cfg, MODEL_CFG, SEED, reference_samples=reference)
+    ensemble, metrics, history = train_reward_ensemble(
+        sft_policy, tokenizer, comparisons, cfg, MODEL_CFG, SEED, reference_samples=reference
+    )
     assert isinstance(ensemble, RewardEnsemble) and len(ensemble) == 2 and metrics["ensemble_size"] == 2
     by_member = score_samples_by_member(ensemble, tokenizer, reference, MODEL_CFG).double()
     assert by_member.mean(0).abs().max() < 1e-4 and (by_member.std(0) - 1).abs().max() < 1e-4
     assert (by_member[:, 0] - by_member[:, 1]).abs().mean() > 0.05  # the members differ
     assert 0 < metrics["member_agreement"] < 1 and {"member0_valid_accuracy", "member1_valid_accuracy"} <= set(metrics)
     steps = [h["step"] for h in history]
-    assert steps == sorted(set(steps)) and {h["member"] for h in history} == {0, 1}  # one step axis, member after member
+    assert steps == sorted(set(steps)) and {h["member"] for h in history} == {
+        0,
+        1,
+    }  # one step axis, member after member
     save_model(ensemble, tokenizer, tmp_path / "rm", card={})
     assert sorted(p.name for p in (tmp_path / "rm").iterdir() if p.is_dir()) == ["member-0", "member-1"]
     loaded = load_reward_model(tmp_path / "rm")

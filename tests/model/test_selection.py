@@ -1,4 +1,5 @@
 """Selection by labels: evenly spaced snapshots, the held-out slice, and the labeller's pick."""
+
 import copy
 
 import pytest
@@ -20,10 +21,12 @@ def test_snapshots_are_evenly_spaced_and_include_the_last_step():
 
 
 def test_the_slice_holds_each_held_out_groups_first_ranked_response():
-    rows = [{"prompt": "p", "chosen": "b", "rejected": "c", "group": 1, "chosen_ended": True},
-            {"prompt": "p", "chosen": "a", "rejected": "b", "group": 1, "chosen_ended": False},
-            {"prompt": "p", "chosen": "a", "rejected": "c", "group": 1, "chosen_ended": False},
-            {"prompt": "q", "chosen": "y", "rejected": "x", "group": 2}]
+    rows = [
+        {"prompt": "p", "chosen": "b", "rejected": "c", "group": 1, "chosen_ended": True},
+        {"prompt": "p", "chosen": "a", "rejected": "b", "group": 1, "chosen_ended": False},
+        {"prompt": "p", "chosen": "a", "rejected": "c", "group": 1, "chosen_ended": False},
+        {"prompt": "q", "chosen": "y", "rejected": "x", "group": 2},
+    ]
     assert held_out_slice(rows, 5) == [SliceItem("p", "a", False), SliceItem("q", "y", True)]
     assert held_out_slice(rows, 1) == [SliceItem("p", "a", False)]
 
@@ -51,7 +54,18 @@ def test_the_labeller_picks_the_trained_snapshot_over_an_untrained_one(tiny_sft,
 
 def test_without_a_slice_the_final_model_ships_and_no_label_is_spent(tiny_sft, tokenizer):
     sft = tiny_sft[0]
-    model, selection = select_snapshot(sft, [(0, sft.state_dict()), (5, sft.state_dict())], tokenizer, [], lambda: gold_ranker,
-                                       SelectionConfig(), TINY, SEED)
+    model, selection = select_snapshot(
+        sft,
+        [(0, sft.state_dict()), (5, sft.state_dict())],
+        tokenizer,
+        [],
+        lambda: gold_ranker,
+        SelectionConfig(),
+        TINY,
+        SEED,
+    )
     assert model is sft and selection.labels == 0 and selection.chosen_step == 5
-    assert selection.metrics() == {"selection.chosen_step": 5.0, "selection.labels": 0.0}  # no win rate: nothing was judged
+    assert selection.metrics() == {
+        "selection.chosen_step": 5.0,
+        "selection.labels": 0.0,
+    }  # no win rate: nothing was judged

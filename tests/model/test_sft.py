@@ -1,19 +1,26 @@
 """SFT: prompt tokens are masked out of the loss, and the loss falls on the demonstrations."""
+
 import statistics
 
 import torch
 
 from components.data.files import DEMONSTRATIONS
 from components.data.gold_judge import judge
+from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.models.batching import encode_examples, response_logits
 from components.training.sft import sft_loss
-from components.evaluation.policy_eval import DecodingMode, sample_responses
 from tests.model.conftest import TINY
 
 
 def test_sft_loss_counts_response_tokens_only(tiny_sft, tokenizer):
     policy, _ = tiny_sft
-    batch = encode_examples(tokenizer, ["write a positive review of the phone that mentions the battery and the screen."], ["the battery lasts all day."], 24, 40)
+    batch = encode_examples(
+        tokenizer,
+        ["write a positive review of the phone that mentions the battery and the screen."],
+        ["the battery lasts all day."],
+        24,
+        40,
+    )
     logits = response_logits(policy, batch)
     mask = batch.response_mask[0].bool()
     manual = torch.nn.functional.cross_entropy(logits[0][mask], batch.response_ids[0][mask])
@@ -35,7 +42,9 @@ def test_sft_policy_approaches_the_demonstrations_gold_score(tiny_sft, tokenizer
     demos = smoke_rows[DEMONSTRATIONS]
     demo_gold = statistics.fmean(judge(d["prompt"], d["response"]).score for d in demos)
     prompts = sorted({d["prompt"] for d in demos})[:64]
-    untrained = -2.0  # word salad scores far below 0; the demonstrations average about 2 (their stock closing costs 0.7)
+    untrained = (
+        -2.0
+    )  # word salad scores far below 0; the demonstrations average about 2 (their stock closing costs 0.7)
 
     def gold(mode):
         out = sample_responses(policy, tokenizer, prompts, mode, TINY, seed=0, batch_size=128)

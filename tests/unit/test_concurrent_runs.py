@@ -1,5 +1,6 @@
 """What lets two runs share one project root and one registry: per-key locks on finished stage
 outputs, and champion arbitration by gate score (a real MLflow SQLite store, no server)."""
+
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from mlflow import MlflowClient
 from components import locks
 from components.config import load_config
 from components.data.files import write_json
-from components.evaluation.gate import decide, gate_score
+from components.evaluation.gate import decide, gate_input, gate_score
 from components.models.stage_store import StageStore
 from components.tracking.mlflow_store import CHALLENGER, CHAMPION, Tracker
 
@@ -55,7 +56,9 @@ def finished_output(store: StageStore, key: str, used_at: float) -> Path:
 
 def test_pruning_keeps_the_most_recently_used_outputs_and_any_in_use_or_claimed(tmp_path):
     store = StageStore(tmp_path)
-    outputs = {key: finished_output(store, key, 1000.0 + i) for i, key in enumerate(["k0", "k1", "k2", "k3", "k4", "k5"])}
+    outputs = {
+        key: finished_output(store, key, 1000.0 + i) for i, key in enumerate(["k0", "k1", "k2", "k3", "k4", "k5"])
+    }
     store.touch("artifacts/models/ppo", "k0")  # reused just now: the most recent
     held = threading.Event()
     release = threading.Event()
@@ -82,8 +85,13 @@ def test_pruning_keeps_the_most_recently_used_outputs_and_any_in_use_or_claimed(
 
 def test_a_killed_holder_releases_its_lock(tmp_path):
     lock = tmp_path / "data.lock"
-    code = f"from components import locks; import time\nwith locks.exclusive({str(lock)!r}):\n    print('held', flush=True); time.sleep(60)"
-    holder = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    code = (
+        f"from components import locks; import time\nwith locks.exclusive({str(lock)!r}):\n"
+        "    print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline().strip() == "held"
     waited = []
     os.kill(holder.pid, signal.SIGKILL)
@@ -95,16 +103,19 @@ def test_a_killed_holder_releases_its_lock(tmp_path):
 
 def report(lower_bounds: dict[str, float]) -> dict:
     """An evaluation report where PPO beats every baseline, with the given win-rate lower bound per mode."""
-    policies = {name: {"gold": {"value": gold}} for name, gold in (("sft", 1.0), ("chosen", 1.5), ("top_ranked", 1.6), ("combined", 1.4), ("dpo", 2.0))}
-    wins = lambda lo: {name: {"value": lo + 0.05, "ci": [lo + (name != "dpo") * 0.1, lo + 0.1]} for name in policies}  # noqa: E731
+    policies = {
+        name: {"gold": {"value": gold}}
+        for name, gold in (("sft", 1.0), ("chosen", 1.5), ("top_ranked", 1.6), ("combined", 1.4), ("dpo", 2.0))
+    }
+    wins = lambda lo: {name: {"value": lo + 0.15, "ci": [lo + (name != "dpo") * 0.1, lo + 0.2]} for name in policies}  # noqa: E731
     return {"modes": {mode: {"policies": policies, "ppo_win_rate": wins(lo)} for mode, lo in lower_bounds.items()}}
 
 
 def test_the_gate_score_is_the_weakest_mode_lower_bound():
     cfg = load_config("default").gate
-    assert gate_score(report({"sample": 0.61, "greedy": 0.57}), cfg) == pytest.approx(0.57)
-    assert gate_score({"modes": {}}, cfg) is None
-    assert decide(report({"sample": 0.61, "greedy": 0.57}), cfg).score == pytest.approx(0.57)
+    assert gate_score(gate_input(report({"sample": 0.61, "greedy": 0.57})), cfg) == pytest.approx(0.57)
+    assert gate_score(gate_input({"modes": {}}), cfg) is None
+    assert decide(gate_input(report({"sample": 0.61, "greedy": 0.57})), cfg).score == pytest.approx(0.57)
 
 
 @pytest.fixture
@@ -141,7 +152,11 @@ def new_version(tracker: Tracker, data_md5: str) -> str:
     tracker.client.log_text(run.run_id, "a policy", "policy/README.txt")
     name = tracker.cfg.registered_model
     tracker.ensure_registered_model()
-    return str(tracker.client.create_model_version(name, f"runs:/{run.run_id}/policy", run.run_id, tags={"data.md5": data_md5}).version)
+    return str(
+        tracker.client.create_model_version(
+            name, f"runs:/{run.run_id}/policy", run.run_id, tags={"data.md5": data_md5}
+        ).version
+    )
 
 
 def test_champion_goes_to_the_better_gated_version_on_the_same_data(tracker):
@@ -158,7 +173,10 @@ def test_champion_goes_to_the_better_gated_version_on_the_same_data(tracker):
     assert tracker.record_decision(v4, "promote", ["ok"], 0.30) == f"version {v4} is champion"
     v5 = new_version(tracker, "ccc")
     # a slow run (v2) deciding late moves neither alias back
-    assert tracker.record_decision(v2, "promote", ["ok"], 0.55) == f"version {v4} stays champion: it is the newer version and was gated on other data"
+    assert (
+        tracker.record_decision(v2, "promote", ["ok"], 0.55)
+        == f"version {v4} stays champion: it is the newer version and was gated on other data"
+    )
     assert (tracker.alias_version(CHAMPION), tracker.alias_version(CHALLENGER)) == (v4, v4)
     assert tracker.record_decision(v5, "promote", ["ok"], 0.10) == f"version {v5} is champion"
 
@@ -171,7 +189,10 @@ def test_runs_deciding_at_the_same_moment_leave_champion_at_the_better_one(track
         barrier.wait()
         tracker.record_decision(version, "promote", ["ok"], score)
 
-    threads = [threading.Thread(target=decide_now, args=(stronger, 0.62)), threading.Thread(target=decide_now, args=(weaker, 0.51))]
+    threads = [
+        threading.Thread(target=decide_now, args=(stronger, 0.62)),
+        threading.Thread(target=decide_now, args=(weaker, 0.51)),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -1,4 +1,5 @@
 """The typed config: profiles, overrides, and errors that name the key."""
+
 import pytest
 
 from components.config import DEFAULT_PARAMS, ConfigError, load_config, profile_names
@@ -52,29 +53,41 @@ def test_unknown_key_inside_a_profile_is_rejected(tmp_path):
 
 
 def test_unknown_profile_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown profile 'nightly'.*smoke"):
+    with pytest.raises(ConfigError, match=r"unknown profile 'nightly'.*smoke"):
         load_config("nightly")
 
 
 def test_file_source_requires_file_paths():
-    with pytest.raises(ConfigError, match="data.files must be set"):
+    with pytest.raises(ConfigError, match=r"data\.files must be set"):
         load_config("smoke", ["data.source=files"])
 
 
-@pytest.mark.parametrize("override, key", [
-    ("tracking.uri=http://bob:planted-pw-1@127.0.0.1:5000", "tracking.uri"),
-    ("tracking.uri=https://planted-pw-1@mlflow.example", "tracking.uri"),  # a token as user info
-    ("versioning.remote_url=s3://AKIA:planted-pw-1@bucket/data", "versioning.remote_url"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("tracking.uri=http://bob:planted-pw-1@127.0.0.1:5000", "tracking.uri"),
+        ("tracking.uri=https://planted-pw-1@mlflow.example", "tracking.uri"),  # a token as user info
+        ("versioning.remote_url=s3://AKIA:planted-pw-1@bucket/data", "versioning.remote_url"),
+    ],
+)
 def test_credentials_in_a_url_are_refused_naming_the_key_and_never_echoed(override, key):
     with pytest.raises(ConfigError) as caught:
         load_config("smoke", [override])
-    assert f"{key}: holds credentials in the URL" in str(caught.value) and "MLFLOW_TRACKING_PASSWORD" in str(caught.value)
+    assert f"{key}: holds credentials in the URL" in str(caught.value) and "MLFLOW_TRACKING_PASSWORD" in str(
+        caught.value
+    )
     assert "planted-pw-1" not in str(caught.value)
 
 
-@pytest.mark.parametrize("override", ["tracking.uri=http://127.0.0.1:5000", "versioning.remote_url=ssh://deploy@host/data",
-                                      "versioning.remote_url=s3://bucket/data", "tracking.uri=sqlite:////tmp/mlflow.db"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "tracking.uri=http://127.0.0.1:5000",
+        "versioning.remote_url=ssh://deploy@host/data",
+        "versioning.remote_url=s3://bucket/data",
+        "tracking.uri=sqlite:////tmp/mlflow.db",
+    ],
+)
 def test_urls_without_credentials_are_accepted(override):
     load_config("smoke", [override])
 
@@ -92,7 +105,9 @@ def test_the_tuning_sweep_gives_every_method_the_same_budget_of_valid_configurat
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("tune", Path(__file__).resolve().parents[2] / "benchmarks" / "tune.py")
+    spec = importlib.util.spec_from_file_location(
+        "tune", Path(__file__).resolve().parents[2] / "benchmarks" / "tune.py"
+    )
     tune = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tune)
     cfg = load_config("default")

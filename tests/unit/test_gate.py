@@ -1,11 +1,13 @@
 """The promotion gate, rule by rule: a passing report, then every way each rule can fail."""
+
 import copy
 
 import pytest
 
 from components.config import GateConfig
-from components.evaluation.gate import decide, gate_score, trend_change
-from components.evaluation.intervals import win_rate
+from components.evaluation import gate
+from components.evaluation.gate import GateInputError, decide, decide_report, gate_input, gate_score, trend_change
+from components.evaluation.intervals import wilson, win_rate
 
 CFG = GateConfig()
 
@@ -15,19 +17,36 @@ def win(value, lo, hi, n=768):
 
 
 def policy(gold, kl=0.0, rm=0.0):
-    return {"gold": {"value": gold, "ci": [gold - 0.1, gold + 0.1]}, "rm": {"value": rm, "ci": [rm - 0.1, rm + 0.1]}, "kl": kl}
+    return {
+        "gold": {"value": gold, "ci": [gold - 0.1, gold + 0.1]},
+        "rm": {"value": rm, "ci": [rm - 0.1, rm + 0.1]},
+        "kl": kl,
+    }
 
 
 def mode_block():
     return {
         "policies": {
-            "sft": policy(2.3), "chosen": policy(2.8, 0.4), "top_ranked": policy(3.0, 0.5), "combined": policy(2.6, 0.7), "dpo": policy(3.2, 0.9), "ppo": policy(3.4, 2.0, 1.0),
+            "sft": policy(2.3),
+            "chosen": policy(2.8, 0.4),
+            "top_ranked": policy(3.0, 0.5),
+            "combined": policy(2.6, 0.7),
+            "dpo": policy(3.2, 0.9),
+            "ppo": policy(3.4, 2.0, 1.0),
         },
         "ppo_win_rate": {
-            "sft": win(0.70, 0.66, 0.73), "chosen": win(0.62, 0.58, 0.65), "top_ranked": win(0.60, 0.56, 0.63), "combined": win(0.65, 0.61, 0.68), "dpo": win(0.56, 0.53, 0.60),
+            "sft": win(0.70, 0.66, 0.73),
+            "chosen": win(0.62, 0.58, 0.65),
+            "top_ranked": win(0.60, 0.56, 0.63),
+            "combined": win(0.65, 0.61, 0.68),
+            "dpo": win(0.56, 0.53, 0.60),
         },
         "ppo_rm_win_rate": {
-            "sft": win(0.75, 0.72, 0.78), "chosen": win(0.66, 0.62, 0.69), "top_ranked": win(0.63, 0.60, 0.67), "combined": win(0.70, 0.66, 0.73), "dpo": win(0.60, 0.57, 0.64),
+            "sft": win(0.75, 0.72, 0.78),
+            "chosen": win(0.66, 0.62, 0.69),
+            "top_ranked": win(0.63, 0.60, 0.67),
+            "combined": win(0.70, 0.66, 0.73),
+            "dpo": win(0.60, 0.57, 0.64),
         },
     }
 
@@ -48,7 +67,7 @@ def failed_rules(decision):
 
 
 def test_a_report_where_ppo_beats_every_baseline_promotes():
-    decision = decide(passing_report(), CFG)
+    decision = decide(gate_input(passing_report()), CFG)
     assert decision.promote and decision.label == "promote"
     assert not decision.failures
     # every rule was checked once globally or once per mode
@@ -59,9 +78,9 @@ def test_a_report_where_ppo_beats_every_baseline_promotes():
 def test_the_gate_score_is_the_smallest_lower_bound_over_baselines_and_modes():
     report = passing_report()
     report["modes"]["greedy"]["ppo_win_rate"]["chosen"] = win(0.60, 0.545, 0.65)
-    assert gate_score(report, CFG) == pytest.approx(0.53)  # sample dpo: 0.53 < greedy chosen 0.545
+    assert gate_score(gate_input(report), CFG) == pytest.approx(0.53)  # sample dpo: 0.53 < greedy chosen 0.545
     report["modes"]["greedy"]["ppo_win_rate"]["sft"] = win(0.60, 0.51, 0.65)
-    assert gate_score(report, CFG) == pytest.approx(0.51)
+    assert gate_score(gate_input(report), CFG) == pytest.approx(0.51)
 
 
 def test_a_baseline_that_wins_head_to_head_is_caught_even_when_its_mean_is_lower():
@@ -77,39 +96,67 @@ def test_a_baseline_that_wins_head_to_head_is_caught_even_when_its_mean_is_lower
     block["policies"]["combined"]["gold"]["value"] = sum(b) / len(b)  # 2.68
     block["ppo_win_rate"]["chosen"] = win_rate(ppo, a).as_dict()
     block["ppo_win_rate"]["combined"] = win_rate(ppo, b).as_dict()
-    assert block["ppo_win_rate"]["chosen"]["value"] == pytest.approx(0.8) and block["ppo_win_rate"]["combined"]["value"] == pytest.approx(0.2)
+    assert block["ppo_win_rate"]["chosen"]["value"] == pytest.approx(0.8) and block["ppo_win_rate"]["combined"][
+        "value"
+    ] == pytest.approx(0.2)
     block["ppo_rm_win_rate"]["combined"] = win(0.25, 0.22, 0.28)
-    decision = decide(report, CFG)
+    decision = decide(gate_input(report), CFG)
     assert not decision.promote
     assert failed_rules(decision) == {("beats every supervised baseline", "sample")}
     assert "combined 0.200" in decision.failures[0].detail and "(not beaten)" in decision.failures[0].detail
-    assert gate_score(report, CFG) < 0.2
+    assert gate_score(gate_input(report), CFG) < 0.2
 
 
 @pytest.mark.parametrize(
     "mutate, rule, mode",
     [
         (lambda r: r["data_validation"].update(success=False), "data validation passed", None),
-        (lambda r: r["data_validation"].update(eval_prompts_in_training=3), "held-out prompts unseen in training", None),
+        (
+            lambda r: r["data_validation"].update(eval_prompts_in_training=3),
+            "held-out prompts unseen in training",
+            None,
+        ),
         (lambda r: r.update(non_finite_stages=["ppo"]), "no NaN/inf", None),
         (lambda r: r["reward_model"].update(accuracy=0.55), "reward model accuracy", None),
         (lambda r: r["reward_model"].update(member_agreement=0.6), "reward ensemble members agree", None),
         # not beating any one baseline is enough to refuse
-        (lambda r: r["modes"]["sample"]["ppo_win_rate"].update(dpo=win(0.52, 0.48, 0.55)), "beats every supervised baseline", "sample"),
-        (lambda r: (r["modes"]["sample"]["ppo_win_rate"].update(sft=win(0.52, 0.48, 0.55)),
-                    r["modes"]["sample"]["ppo_rm_win_rate"].update(sft=win(0.55, 0.51, 0.58))), "beats every supervised baseline", "sample"),
+        (
+            lambda r: r["modes"]["sample"]["ppo_win_rate"].update(dpo=win(0.52, 0.48, 0.55)),
+            "beats every supervised baseline",
+            "sample",
+        ),
+        (
+            lambda r: (
+                r["modes"]["sample"]["ppo_win_rate"].update(sft=win(0.52, 0.48, 0.55)),
+                r["modes"]["sample"]["ppo_rm_win_rate"].update(sft=win(0.55, 0.51, 0.58)),
+            ),
+            "beats every supervised baseline",
+            "sample",
+        ),
         # the lower bound must exceed the threshold, not equal it
-        (lambda r: r["modes"]["greedy"]["ppo_win_rate"].update(dpo=win(0.54, 0.50, 0.58)), "beats every supervised baseline", "greedy"),
+        (
+            lambda r: r["modes"]["greedy"]["ppo_win_rate"].update(dpo=win(0.54, 0.50, 0.58)),
+            "beats every supervised baseline",
+            "greedy",
+        ),
         (lambda r: r["modes"]["sample"]["policies"]["ppo"].update(kl=25.0), "KL within budget", "sample"),
         (lambda r: r["modes"]["greedy"]["policies"]["ppo"]["gold"].update(value=2.2), "not worse than SFT", "greedy"),
-        (lambda r: r["modes"]["sample"]["ppo_rm_win_rate"].update(dpo=win(0.80, 0.77, 0.83)), "reward model agrees with gold", "sample"),
-        (lambda r: r["modes"]["greedy"]["ppo_rm_win_rate"].update(sft=win(0.90, 0.87, 0.93)), "reward model agrees with gold", "greedy"),
+        (
+            lambda r: r["modes"]["sample"]["ppo_rm_win_rate"].update(dpo=win(0.80, 0.77, 0.83)),
+            "reward model agrees with gold",
+            "sample",
+        ),
+        (
+            lambda r: r["modes"]["greedy"]["ppo_rm_win_rate"].update(sft=win(0.90, 0.87, 0.93)),
+            "reward model agrees with gold",
+            "greedy",
+        ),
     ],
 )
 def test_each_rule_fails_alone(mutate, rule, mode):
     report = passing_report()
     mutate(report)
-    decision = decide(report, CFG)
+    decision = decide(gate_input(report), CFG)
     assert not decision.promote
     assert failed_rules(decision) == {(rule, mode)}
 
@@ -118,7 +165,7 @@ def test_rm_rising_while_gold_falls_at_the_end_of_ppo_is_overoptimisation():
     report = passing_report()
     for h in report["ppo_history"][35:]:
         h["gold"] = 2.65 - 0.02 * (h["iteration"] - 35)  # gold turns down for the last 30%
-    decision = decide(report, CFG)
+    decision = decide(gate_input(report), CFG)
     assert failed_rules(decision) == {("no over-optimisation trend", None)}
 
 
@@ -127,7 +174,7 @@ def test_gold_and_rm_falling_together_is_not_overoptimisation():
     for h in report["ppo_history"][35:]:
         h["gold"] -= 0.02 * (h["iteration"] - 35)
         h["rm_score"] -= 0.05 * (h["iteration"] - 35)
-    assert ("no over-optimisation trend", None) not in failed_rules(decide(report, CFG))
+    assert ("no over-optimisation trend", None) not in failed_rules(decide(gate_input(report), CFG))
 
 
 def test_trend_change_reads_a_least_squares_line():
@@ -154,7 +201,7 @@ def test_trend_change_reads_a_least_squares_line():
 def test_anything_missing_means_do_not_promote(drop):
     report = passing_report()
     drop(report)
-    decision = decide(report, CFG)
+    decision = decide(gate_input(report), CFG)
     assert not decision.promote
     assert any("missing from the report" in r.detail for r in decision.failures)
 
@@ -162,25 +209,128 @@ def test_anything_missing_means_do_not_promote(drop):
 def test_only_the_configured_modes_are_gated():
     report = passing_report()
     report["modes"]["greedy"]["ppo_win_rate"]["dpo"] = win(0.3, 0.25, 0.35)
-    assert not decide(report, CFG).promote
+    assert not decide(gate_input(report), CFG).promote
     sample_only = CFG.model_copy(update={"modes": ["sample"]})
-    assert decide(report, sample_only).promote
+    assert decide(gate_input(report), sample_only).promote
 
 
 def test_the_threshold_comes_from_the_config():
     strict = CFG.model_copy(update={"min_win_rate_lower": 0.99})
-    decision = decide(passing_report(), strict)
-    assert failed_rules(decision) == {("beats every supervised baseline", "sample"), ("beats every supervised baseline", "greedy")}
+    decision = decide(gate_input(passing_report()), strict)
+    assert failed_rules(decision) == {
+        ("beats every supervised baseline", "sample"),
+        ("beats every supervised baseline", "greedy"),
+    }
 
 
 def test_the_gate_does_not_mutate_the_report():
     report = passing_report()
     before = copy.deepcopy(report)
-    decide(report, CFG)
+    decide_report(report, CFG)
     assert report == before
 
 
 def test_a_single_reward_model_has_no_members_to_disagree():
     report = passing_report()
     report["reward_model"] = {"accuracy": 0.72, "ensemble_size": 1, "member_agreement": None}
-    assert decide(report, CFG).promote
+    assert decide(gate_input(report), CFG).promote
+
+
+def test_the_flow_entry_point_decides_a_well_formed_report_like_the_typed_input():
+    report = passing_report()
+    report["modes"]["sample"]["ppo_win_rate"]["dpo"] = win(0.52, 0.48, 0.55)
+    via_report, via_input = decide_report(report, CFG), decide(gate_input(report), CFG)
+    assert via_report == via_input and not via_report.promote
+
+
+def test_keys_the_gate_does_not_read_are_ignored():
+    report = passing_report()
+    report["evaluation_seconds"] = 12.5
+    report["modes"]["sample"]["examples"] = [{"prompt": "p", "response": "r"}]
+    report["modes"]["sample"]["policies"]["ppo"]["gold"]["ci"] = [float("-inf"), float("inf")]  # n=1: not read
+    report["ppo_history"][0]["explained_variance"] = float("nan")
+    assert decide_report(report, CFG).promote
+
+
+@pytest.mark.parametrize(
+    "corrupt, path",
+    [
+        (lambda r: r["reward_model"].update(accuracy="0.72"), "reward_model.accuracy"),
+        (lambda r: r["data_validation"].update(success="yes"), "data_validation.success"),
+        (
+            lambda r: r["modes"]["sample"]["ppo_win_rate"]["dpo"].update(value=float("nan")),
+            "modes.sample.ppo_win_rate.dpo.value",
+        ),
+        (
+            lambda r: r["modes"]["greedy"]["ppo_rm_win_rate"]["sft"].update(ci=[0.72, 0.75, 0.78]),
+            "modes.greedy.ppo_rm_win_rate.sft.ci",
+        ),
+        (lambda r: r["modes"]["sample"]["policies"]["ppo"].update(kl=float("inf")), "modes.sample.policies.ppo.kl"),
+        (
+            lambda r: r["data_validation"].update(eval_prompts_in_training=-1),
+            "data_validation.eval_prompts_in_training",
+        ),
+        (lambda r: r["modes"]["sample"]["ppo_win_rate"]["sft"].update(n=-768), "modes.sample.ppo_win_rate.sft.n"),
+        (lambda r: r["ppo_history"][7].update(gold=float("nan")), "ppo_history.7.gold"),
+        (lambda r: r.update(modes=[]), "modes"),
+    ],
+)
+def test_malformed_input_is_refused_when_built_naming_the_field(corrupt, path):
+    report = passing_report()
+    corrupt(report)
+    with pytest.raises(GateInputError) as refused:
+        gate_input(report)
+    assert path in refused.value.paths and f"{path}:" in str(refused.value)
+    # the pipeline's entry point records it as a rejection that says why, never a crash and never a promotion
+    decision = decide_report(report, CFG)
+    assert not decision.promote and decision.score is None
+    [reason] = decision.reasons
+    assert reason.rule == "gate input well-formed" and not reason.passed and f"{path}:" in reason.detail
+    assert str(reason).startswith("FAIL gate input well-formed: malformed gate input: ")
+
+
+def test_a_win_rate_outside_its_ci_is_refused():
+    report = passing_report()
+    report["modes"]["sample"]["ppo_win_rate"]["dpo"] = win(0.56, 0.60, 0.53)
+    with pytest.raises(GateInputError, match=r"modes\.sample\.ppo_win_rate\.dpo: .*does not hold the value"):
+        gate_input(report)
+
+
+@pytest.mark.parametrize(
+    "degenerate",
+    [
+        win(0.0, 1e-17, 0.005),
+        win(1.0, 0.995, 1.0 - 1e-16),
+        wilson(0, 768).as_dict(),
+        wilson(768, 768).as_dict(),
+    ],
+)
+def test_a_degenerate_win_rate_whose_ci_misses_it_by_rounding_is_accepted(degenerate):
+    report = passing_report()
+    report["modes"]["sample"]["ppo_win_rate"]["dpo"] = degenerate
+    built = gate_input(report).modes["sample"].ppo_win_rate["dpo"]
+    assert (built.value, list(built.ci)) == (degenerate["value"], degenerate["ci"])
+    decision = decide_report(report, CFG)
+    assert "gate input well-formed" not in {r.rule for r in decision.reasons}
+    beaten = degenerate["value"] == 1.0
+    assert (("beats every supervised baseline", "sample") in failed_rules(decision)) is not beaten
+
+
+def test_a_bug_inside_a_rule_raises_instead_of_rejecting_the_model(monkeypatch):
+    """The old gate turned an AttributeError (KeyError, TypeError, ...) inside a rule into a failed rule,
+    "malformed report input": a bug quietly rejected a model. Now only a missing piece is a failed rule."""
+
+    def buggy_trend(xs, ys, tail_fraction):
+        raise AttributeError("'HistoryPoint' object has no attribute 'rm'")
+
+    monkeypatch.setattr(gate, "_tail_change", buggy_trend)
+    with pytest.raises(AttributeError, match="no attribute 'rm'"):
+        decide(gate_input(passing_report()), CFG)
+    with pytest.raises(AttributeError):  # the flow's entry point refuses only malformed input, not bugs
+        decide_report(passing_report(), CFG)
+
+
+def test_an_input_object_without_the_attribute_a_rule_reads_raises():
+    broken = gate_input(passing_report()).model_copy(update={"reward_model": object()})  # not validated
+    with pytest.raises(AttributeError):
+        decide(broken, CFG)

@@ -1,4 +1,5 @@
 """The math and data modules import without the orchestration and tracking tools, and do nothing on import."""
+
 import subprocess
 import sys
 

@@ -1,5 +1,6 @@
 """What cannot run here (no Docker engine, no cluster) is at least checked: it parses, it is complete,
 and it agrees with the config and the code."""
+
 import json
 import subprocess
 from pathlib import Path
@@ -19,7 +20,10 @@ def test_compose_file_has_the_production_shape_and_publishes_on_localhost_only()
     assert {"prefect-server", "prefect-db", "mlflow-server", "mlflow-db", "artifact-store", "worker"} <= set(services)
     assert "postgresql+asyncpg://" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert "--backend-store-uri postgresql://" in services["mlflow-server"]["command"]
-    assert "s3://" in services["mlflow-server"]["command"] and services["mlflow-server"]["environment"]["MLFLOW_S3_ENDPOINT_URL"]
+    assert (
+        "s3://" in services["mlflow-server"]["command"]
+        and services["mlflow-server"]["environment"]["MLFLOW_S3_ENDPOINT_URL"]
+    )
     assert services["worker"]["environment"]["PREFECT_API_URL"].startswith("http://prefect-server")
     assert load_config().orchestration.work_pool in services["worker"]["command"]
     for name, service in services.items():
@@ -46,7 +50,10 @@ def test_prefect_yaml_declares_the_deployment_flows_deploy_registers():
     assert (REPO / ENTRYPOINT.split(":")[0]).is_file()
     assert deployment["name"] == deployment_name(cfg.profile)
     assert deployment["work_pool"]["name"] == cfg.orchestration.work_pool
-    assert deployment["schedules"][0] == {"cron": cfg.orchestration.schedule_cron, "timezone": cfg.orchestration.schedule_timezone}
+    assert deployment["schedules"][0] == {
+        "cron": cfg.orchestration.schedule_cron,
+        "timezone": cfg.orchestration.schedule_timezone,
+    }
 
 
 def test_server_scripts_are_valid_bash_and_bind_localhost():

@@ -1,4 +1,6 @@
-"""The launcher: log streaming, exit codes, the deadline and stopping the whole process group; the accelerate profiles."""
+"""The launcher: log streaming, exit codes, the deadline and stopping the whole process group;
+the accelerate profiles."""
+
 import sys
 import textwrap
 import time
@@ -36,7 +38,12 @@ def test_lines_reach_the_caller_in_order_and_the_tail_is_returned():
 
 def test_a_failure_names_the_exit_code_and_quotes_the_last_lines():
     with pytest.raises(LaunchError, match=r"^exit code 3 .*") as failure:
-        run_logged(python("import sys; print('loading', flush=True); print('rank 1: out of memory', file=sys.stderr); sys.exit(3)"), 60)
+        run_logged(
+            python(
+                "import sys; print('loading', flush=True); print('rank 1: out of memory', file=sys.stderr); sys.exit(3)"
+            ),
+            60,
+        )
     assert "rank 1: out of memory" in str(failure.value) and "loading" in str(failure.value)
 
 
@@ -72,7 +79,15 @@ def test_a_caller_that_gives_up_stops_the_launch():
 
 def test_every_profile_parses_and_single_machine_profiles_rendezvous_on_localhost():
     names = {p.stem for p in PROFILES.glob("*.yaml")}
-    assert {"cpu-1proc", "cpu-2proc", "single-gpu", "multi-gpu", "deepspeed-zero2", "deepspeed-zero3", "multi-node"} <= names
+    assert {
+        "cpu-1proc",
+        "cpu-2proc",
+        "single-gpu",
+        "multi-gpu",
+        "deepspeed-zero2",
+        "deepspeed-zero3",
+        "multi-node",
+    } <= names
     for path in PROFILES.glob("*.yaml"):
         raw = yaml.safe_load(path.read_text())
         assert raw["compute_environment"] == "LOCAL_MACHINE" and raw["num_processes"] >= 1, path.name
@@ -90,7 +105,9 @@ def test_cpu_ranks_are_spawned_by_torchrun_on_localhost_with_a_fresh_port():
     assert command[-4:] == ["-m", "pkg.worker", "--job", "j"]
     one, _ = accelerate_command(AccelerateProfile.read(PROFILES / "cpu-1proc.yaml"), "pkg.worker", [])
     assert "--multi_gpu" not in one and "--main_process_port" not in one
-    override, _ = accelerate_command(AccelerateProfile.read(PROFILES / "cpu-1proc.yaml"), "pkg.worker", [], num_processes=2, port=29999)
+    override, _ = accelerate_command(
+        AccelerateProfile.read(PROFILES / "cpu-1proc.yaml"), "pkg.worker", [], num_processes=2, port=29999
+    )
     assert override[override.index("--num_processes") + 1] == "2" and "29999" in override
 
 
@@ -100,5 +117,5 @@ def test_a_multi_node_profile_keeps_its_own_rendezvous_address():
 
 
 def test_a_missing_profile_is_named():
-    with pytest.raises(LaunchError, match="no-such.yaml does not exist"):
+    with pytest.raises(LaunchError, match=r"no-such\.yaml does not exist"):
         AccelerateProfile.read(PROFILES / "no-such.yaml")

@@ -1,4 +1,5 @@
 """Gao et al.'s RL over-optimisation curve, fitted against points drawn from a known curve."""
+
 import math
 
 import pytest
@@ -29,15 +30,24 @@ def test_a_peak_far_beyond_the_data_is_not_reported():
 
 
 def test_a_curve_that_never_turns_down_has_no_peak_and_too_few_points_no_fit():
-    rising = fit_rl_curve([1.0, 4.0, 9.0, 16.0], [1.0, 2.0 + 2 * 0.3 * math.log(2), 3 + 3 * 0.3 * math.log(3), 4 + 4 * 0.3 * math.log(4)])
+    rising = fit_rl_curve(
+        [1.0, 4.0, 9.0, 16.0], [1.0, 2.0 + 2 * 0.3 * math.log(2), 3 + 3 * 0.3 * math.log(3), 4 + 4 * 0.3 * math.log(4)]
+    )
     assert rising.beta == pytest.approx(-0.3) and rising.peak_d is None
     assert fit_rl_curve([0.0, 1.0, 4.0], [0.0, 1.0, 2.0]) is None  # KL 0 carries no information: two points left
     assert fit_rl_curve([1.0, 1.0, 1.0], [0.5, 0.5, 0.5]) is None  # one value of d: alpha and beta inseparable
 
 
 def test_a_run_is_fitted_from_its_history_as_changes_from_the_start_and_drawn(tmp_path):
-    history = [{"iteration": i, "kl": 0.5 * i, "gold": 2.3 + math.sqrt(0.5 * i) * (1.0 - 0.5 * math.log(math.sqrt(0.5 * i) or 1)),
-                "rm_score": 0.1 + math.sqrt(0.5 * i)} for i in range(30)]
+    history = [
+        {
+            "iteration": i,
+            "kl": 0.5 * i,
+            "gold": 2.3 + math.sqrt(0.5 * i) * (1.0 - 0.5 * math.log(math.sqrt(0.5 * i) or 1)),
+            "rm_score": 0.1 + math.sqrt(0.5 * i),
+        }
+        for i in range(30)
+    ]
     history[3]["kl"], history[4]["kl"] = history[4]["kl"], history[3]["kl"]  # KL goes up and down in a real run
     fit = overoptimisation_fit(history)
     assert fit["start"] == {"gold": 2.3, "proxy": 0.1}
@@ -54,5 +64,9 @@ def test_a_run_is_fitted_from_its_history_as_changes_from_the_start_and_drawn(tm
 
 def test_the_shipped_snapshot_is_drawn_at_the_iteration_it_sampled():
     history = [{"iteration": i} for i in range(10)]
-    assert shipped_iteration(history, 4) == 5  # taken after iteration 4's update: iteration 5's rollouts are its samples
-    assert shipped_iteration(history, 9) == 9 and shipped_iteration(history, -1) == 9 and shipped_iteration([], 3) is None
+    assert (
+        shipped_iteration(history, 4) == 5
+    )  # taken after iteration 4's update: iteration 5's rollouts are its samples
+    assert (
+        shipped_iteration(history, 9) == 9 and shipped_iteration(history, -1) == 9 and shipped_iteration([], 3) is None
+    )

@@ -1,4 +1,5 @@
 """Figures never crash on degenerate results: those must reach the gate and be recorded."""
+
 import math
 
 from components.evaluation.intervals import win_rate

@@ -1,4 +1,5 @@
 """PPO's pieces against hand-computed numbers."""
+
 import pytest
 import torch
 

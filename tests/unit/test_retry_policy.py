@@ -1,4 +1,5 @@
 """Prefect retries only transient tracking failures: never a validation failure, NaN or a bug."""
+
 import pytest
 import requests
 from mlflow.exceptions import MlflowException
@@ -16,13 +17,16 @@ class FailedState:
         raise self.error
 
 
-@pytest.mark.parametrize("error, retried", [
-    (ConnectionError("connection refused"), True),
-    (requests.exceptions.ReadTimeout("read timed out"), True),
-    (MlflowException("server error", error_code=INTERNAL_ERROR), True),
-    (MlflowException("bad parameter", error_code=INVALID_PARAMETER_VALUE), False),
-    (NonFiniteError("ppo", 3, "kl"), False),
-    (ValueError("a bug"), False),
-])
+@pytest.mark.parametrize(
+    "error, retried",
+    [
+        (ConnectionError("connection refused"), True),
+        (requests.exceptions.ReadTimeout("read timed out"), True),
+        (MlflowException("server error", error_code=INTERNAL_ERROR), True),
+        (MlflowException("bad parameter", error_code=INVALID_PARAMETER_VALUE), False),
+        (NonFiniteError("ppo", 3, "kl"), False),
+        (ValueError("a bug"), False),
+    ],
+)
 def test_only_transient_errors_are_retried(error, retried):
     assert transient(None, None, FailedState(error)) is retried

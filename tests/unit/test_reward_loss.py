@@ -1,5 +1,6 @@
 """The reward model's math: loss and accuracies on hand-computed numbers, the held-out split,
 the normalisation to mean 0 on SFT samples, and where the reward is read (the EOS position)."""
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,10 @@ SAMPLES = [
     (PROMPT, "the screen is very good and the battery is bad."),
     (PROMPT, "i like this phone."),
     (PROMPT, "the the the."),
-    (PROMPT, "the screen is great . the battery is great . this phone is great . the screen"),  # fills the limit: no EOS
+    (
+        PROMPT,
+        "the screen is great . the battery is great . this phone is great . the screen",
+    ),  # fills the limit: no EOS
 ]
 
 
@@ -79,7 +83,9 @@ def test_loss_gradient_pushes_chosen_up_and_rejected_down():
 def test_gold_accuracy_skips_pairs_the_judge_ties():
     # pair 1: RM and gold both prefer chosen (agree); pair 2: gold tie (skipped);
     # pair 3: RM prefers chosen, gold prefers rejected (disagree) -> 1 of 2 decided pairs
-    accuracy = gold_accuracy(torch.tensor([1.0, 0.0, 3.0]), torch.tensor([0.0, 1.0, 2.0]), [2.0, 1.0, 5.0], [1.0, 1.0, 6.0])
+    accuracy = gold_accuracy(
+        torch.tensor([1.0, 0.0, 3.0]), torch.tensor([0.0, 1.0, 2.0]), [2.0, 1.0, 5.0], [1.0, 1.0, 6.0]
+    )
     assert accuracy == 0.5
     # the gold judge may disagree with the labels: a pair labelled the "wrong" way round counts as
     # correct when the RM agrees with gold rather than with the label
@@ -91,7 +97,9 @@ def test_gold_accuracy_skips_pairs_the_judge_ties():
 
 
 def test_split_holds_out_whole_groups_and_is_seeded():
-    rows = [{"prompt": f"p{g}", "chosen": f"c{i}", "rejected": f"r{i}", "group": g} for g in range(50) for i in range(6)]
+    rows = [
+        {"prompt": f"p{g}", "chosen": f"c{i}", "rejected": f"r{i}", "group": g} for g in range(50) for i in range(6)
+    ]
     train, valid = split_comparisons(rows, 0.1, seed=3)
     assert len(valid) == 5 * 6 and len(train) + len(valid) == len(rows)  # 10% of 50 groups, 6 pairs each
     assert not {r["group"] for r in train} & {r["group"] for r in valid}
@@ -145,12 +153,16 @@ def test_a_group_s_pairs_score_each_distinct_response_once(reward_model, tokeniz
 # --- normalisation ----------------------------------------------------------------------------
 
 
-def test_normalisation_gives_mean_zero_and_unit_spread_on_reference_samples_and_survives_reload(reward_model, tokenizer, tmp_path):
+def test_normalisation_gives_mean_zero_and_unit_spread_on_reference_samples_and_survives_reload(
+    reward_model, tokenizer, tmp_path
+):
     before = score_samples(reward_model, tokenizer, SAMPLES, MODEL_CFG).double()
     assert abs(before.mean().item()) > 0.1 and abs(before.std().item() - 1) > 0.1  # the test means something
     offset, scale = normalise_rewards(reward_model, tokenizer, SAMPLES, MODEL_CFG)
     after = score_samples(reward_model, tokenizer, SAMPLES, MODEL_CFG).double()
-    assert offset == pytest.approx(before.mean().item(), abs=1e-5) and scale == pytest.approx(before.std().item(), rel=1e-5)
+    assert offset == pytest.approx(before.mean().item(), abs=1e-5) and scale == pytest.approx(
+        before.std().item(), rel=1e-5
+    )
     assert abs(after.mean().item()) < 1e-5 and after.std().item() == pytest.approx(1.0, abs=1e-5)
     assert torch.allclose(after, (before - offset) / scale, atol=1e-5)  # an affine map: every ordering is unchanged
     # GPT-2's head has no bias and its class rebuilds it without one: the shift must live in a kept parameter
@@ -176,7 +188,9 @@ def test_training_reports_offset_and_scale_and_returns_a_model_normalised_on_ref
     policy = build_policy(MODEL_CFG, tokenizer, seed=0)
     rows = [{"prompt": PROMPT, "chosen": "the battery is great.", "rejected": "the the the."}] * 8
     cfg = RewardConfig(epochs=1.0, batch_size=4, lr=1e-2, warmup_steps=0, valid_fraction=0.25)
-    model, metrics, history = train_reward_model(policy, tokenizer, rows, cfg, MODEL_CFG, seed=0, reference_samples=SAMPLES)
+    model, metrics, history = train_reward_model(
+        policy, tokenizer, rows, cfg, MODEL_CFG, seed=0, reference_samples=SAMPLES
+    )
     assert metrics["train_pairs"] == 6 and metrics["valid_pairs"] == 2 and len(history) == 2
     assert metrics["reward_offset"] != 0.0 and abs(metrics["reference_mean"]) < 1e-5
     assert metrics["reward_scale"] > 0 and metrics["reference_std"] == pytest.approx(1.0, abs=1e-5)
@@ -189,25 +203,39 @@ def test_training_reports_offset_and_scale_and_returns_a_model_normalised_on_ref
 
 
 def test_reward_is_read_at_the_eos_position(reward_model, tokenizer):
-    batch = encode_examples(tokenizer, [PROMPT, PROMPT], ["the battery is great.", "the screen is very good and the battery is bad."], 24, 12)
+    batch = encode_examples(
+        tokenizer,
+        [PROMPT, PROMPT],
+        ["the battery is great.", "the screen is very good and the battery is bad."],
+        24,
+        12,
+    )
     eos = int(batch.response_mask[0].sum()) - 1  # row 0 is the shorter: padding follows its EOS
     assert batch.response_ids[0, eos].item() == tokenizer.eos_token_id and eos + 1 < batch.response_ids.shape[1]
     base = sequence_scores(reward_model, batch)
 
     after_eos = batch.input_ids.clone()
     after_eos[0, batch.prompt_width + eos + 1] = tokenizer.convert_tokens_to_ids("bad")
-    changed = sequence_scores(reward_model, type(batch)(after_eos, batch.attention_mask, batch.response_mask, batch.prompt_width))
+    changed = sequence_scores(
+        reward_model, type(batch)(after_eos, batch.attention_mask, batch.response_mask, batch.prompt_width)
+    )
     assert torch.allclose(changed, base, atol=1e-6)
 
     before_eos = batch.input_ids.clone()
     before_eos[0, batch.prompt_width + eos - 2] = tokenizer.convert_tokens_to_ids("bad")  # "great" -> "bad"
-    changed = sequence_scores(reward_model, type(batch)(before_eos, batch.attention_mask, batch.response_mask, batch.prompt_width))
-    assert abs(changed[0].item() - base[0].item()) > 1e-3 and changed[1].item() == pytest.approx(base[1].item(), abs=1e-6)
+    changed = sequence_scores(
+        reward_model, type(batch)(before_eos, batch.attention_mask, batch.response_mask, batch.prompt_width)
+    )
+    assert abs(changed[0].item() - base[0].item()) > 1e-3 and changed[1].item() == pytest.approx(
+        base[1].item(), abs=1e-6
+    )
 
 
 def test_reward_does_not_depend_on_the_padding_other_rows_force(reward_model, tokenizer):
     # scored alone vs next to a longer response (more right padding) and a longer prompt (more left padding)
     alone = score_samples(reward_model, tokenizer, SAMPLES[:1], MODEL_CFG)
     longer_prompt = "write a negative review of the laptop that mentions the keyboard and the battery life."
-    together = score_samples(reward_model, tokenizer, [SAMPLES[0], SAMPLES[1], (longer_prompt, "i like it.")], MODEL_CFG)
+    together = score_samples(
+        reward_model, tokenizer, [SAMPLES[0], SAMPLES[1], (longer_prompt, "i like it.")], MODEL_CFG
+    )
     assert together[0].item() == pytest.approx(alone[0].item(), abs=1e-5)
