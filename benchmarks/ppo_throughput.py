@@ -36,9 +36,10 @@ from components.data.files import DEMONSTRATIONS
 from components.data.synthetic import generate_synthetic
 from components.models.saving import save_model
 from components.offline import stay_offline
-from components.training import ppo_worker, recipe
-from components.training.launcher import AccelerateProfile, accelerate_command, run_logged
-from components.training.ppo_worker import read_result, write_job
+from components.training import recipe
+from flows import ppo_worker
+from flows.launcher import AccelerateProfile, accelerate_command, run_logged
+from flows.ppo_worker import read_result, write_job
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "ppo_throughput.json"

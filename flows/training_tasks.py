@@ -32,11 +32,12 @@ from components.models.saving import CARD, save_model, stage_key
 from components.models.stage_store import StageStore
 from components.tracking import plots
 from components.tracking.mlflow_store import CHALLENGER, CHAMPION, StageRun, flatten
-from components.training import ppo_worker, recipe
+from components.training import recipe
 from components.training.comparisons import save_comparisons
-from components.training.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
 from components.training.loop import NonFiniteError
-from components.training.ppo_worker import read_result, write_job
+from flows import ppo_worker
+from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
+from flows.ppo_worker import read_result, write_job
 from flows.tracking_tasks import Tracking
 
 CODE_ROOT = Path(__file__).resolve().parent.parent

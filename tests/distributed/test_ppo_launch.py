@@ -23,15 +23,15 @@ from components.models.builders import load_causal_lm, load_scalar_model
 from components.models.saving import save_model
 from components.training import recipe
 from components.training.checkpoints import latest_checkpoint
-from components.training.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
-from components.training.ppo_worker import POLICY, read_result, weights_digest, write_job
+from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
+from flows.ppo_worker import POLICY, read_result, weights_digest, write_job
 from tests.unit.test_launcher import running
 
 pytestmark = pytest.mark.distributed
 
 REPO = Path(__file__).resolve().parents[2]
 TWO_PROCESSES = REPO / "infra/accelerate/cpu-2proc.yaml"
-WORKER = "components.training.ppo_worker"
+WORKER = "flows.ppo_worker"
 TIMEOUT = 300
 SFT_LONGER = ["sft.epochs=20", "sft.lr=3e-3"]
 

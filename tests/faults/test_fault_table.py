@@ -22,7 +22,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name
-from components.training.launcher import free_port
+from flows.launcher import free_port
 from tests.conftest import new_repo
 from tests.data.test_validation import DEFECTS, write_good_dir
 from tests.layout import stage_dir

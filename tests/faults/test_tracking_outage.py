@@ -126,8 +126,8 @@ def test_a_tracking_outage_during_ppo_stops_live_logging_not_training(tmp_path, 
     flow logs the iterations the ranks missed, so every iteration is in MLflow exactly once."""
     from components.config import load_config
     from components.tracking.mlflow_store import StageRun
-    from components.training.ppo_worker import LiveLog
     from components.training.recipe import StageResult
+    from flows.ppo_worker import LiveLog
     from flows.training_tasks import record_stage
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

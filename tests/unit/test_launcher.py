@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from components.config import load_config
-from components.training.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
+from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "infra" / "accelerate"

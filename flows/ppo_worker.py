@@ -1,6 +1,6 @@
 """The PPO stage as its own program, for `accelerate launch` (one process, N processes, N machines).
 
-    accelerate launch --config_file infra/accelerate/<profile>.yaml -m components.training.ppo_worker --job JOB_DIR
+    accelerate launch --config_file infra/accelerate/<profile>.yaml -m flows.ppo_worker --job JOB_DIR
 
 ``JOB_DIR/job.json`` (written by ``write_job``) holds the resolved config, the input model
 directories, the prompt and demonstration files, the checkpoint directory and, optionally, the
@@ -24,9 +24,9 @@ import torch
 from components.config import Config
 from components.data.files import write_json
 from components.training.checkpoints import latest_checkpoint
-from components.training.launcher import die_with_parent
 from components.training.loop import NonFiniteError, Snapshots
 from components.training.ranks import Ranks
+from flows.launcher import die_with_parent
 
 JOB, RESULT, POLICY, NON_FINITE, SNAPSHOTS = "job.json", "result.json", "policy", "non-finite", "snapshots"
 PROGRESS_KEYS = ("rm_score", "kl", "gold", "policy_loss")
