@@ -9,11 +9,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import locks
+from components.adapters import versioning
 from components.config import Config, load_config
 from components.data import stages, versioned
 from components.data.cli import write_rebuild_report
 from components.data.dataset import load_rows
-from components.tracking import dvc_store
 from flows.tracking_tasks import Tracking
 
 VALIDATION_ARTIFACT = "data-validation"
@@ -82,7 +82,7 @@ def lock_data_stages(cfg: Config, root: str, data_version: dict) -> bool:
         get_run_logger().info("dvc.lock left as it is: this run's data settings are not params.yaml's defaults")
         return False
     write_rebuild_report(root_path, data_version["md5"], data_version["md5"])  # the staged rebuild matched it
-    dvc_store.lock_stages(root_path, DVC_STAGES)
+    versioning.lock_stages(root_path, DVC_STAGES)
     return True
 
 

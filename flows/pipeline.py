@@ -23,13 +23,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from components.adapters import run_records
+from components.adapters.tracking import TrackingUnavailable
+from components.adapters.versioning import DataDrift
 from components.config import DEFAULT_PARAMS, ConfigError, load_config
 from components.data import stages
 from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
-from components.tracking import run_records
-from components.tracking.dvc_store import DataDrift
-from components.tracking.mlflow_store import TrackingUnavailable
 from components.training.loop import NonFiniteError
 from flows import data_tasks, training_tasks
 from flows.credentials import export_credentials

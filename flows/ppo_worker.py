@@ -137,7 +137,7 @@ class LiveLog:
         if mlflow:
             from mlflow import MlflowClient
 
-            from components.tracking.mlflow_store import StageRun
+            from components.adapters.tracking import StageRun
 
             self.run = StageRun(MlflowClient(mlflow["uri"]), mlflow["run_id"])
         self.every = max(1, cfg.ppo.iterations // 10)

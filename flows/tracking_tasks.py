@@ -7,10 +7,10 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
+from components.adapters import run_records
+from components.adapters.provenance import git_commit
+from components.adapters.tracking import StageRun, Tracker, flatten
 from components.config import Config
-from components.tracking import run_records
-from components.tracking.mlflow_store import StageRun, Tracker, flatten
-from components.tracking.provenance import git_commit
 
 
 @dataclass

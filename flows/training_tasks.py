@@ -19,6 +19,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from components.adapters import plots
+from components.adapters.tracking import CHALLENGER, CHAMPION, StageRun, flatten
 from components.config import Config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name, read_jsonl, write_json
 from components.data.gold_judge import gold_score
@@ -30,8 +32,6 @@ from components.models.builders import load_causal_lm
 from components.models.ensemble import load_reward_model
 from components.models.saving import CARD, save_model, stage_key
 from components.models.stage_store import StageStore
-from components.tracking import plots
-from components.tracking.mlflow_store import CHALLENGER, CHAMPION, StageRun, flatten
 from components.training import recipe
 from components.training.comparisons import save_comparisons
 from components.training.loop import NonFiniteError

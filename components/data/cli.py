@@ -16,7 +16,7 @@ from components.config import ConfigError, load_config
 from components.data import files, stages, versioned
 from components.data.dataset import write_candidate
 from components.offline import stay_offline
-from components.tracking import dvc_store
+from components.adapters import versioning
 
 REBUILD_REPORT = Path("reports/data/rebuild.json")
 
@@ -30,10 +30,10 @@ def write_rebuild_report(root: Path, recorded: str | None, rebuilt: str) -> bool
 
 def rebuild_check(cfg, root: Path) -> int:
     """Rebuild the data from params in a scratch dir; it must hash to what data.dvc records."""
-    recorded = dvc_store.recorded_version(root, cfg.data.dir)
+    recorded = versioning.recorded_version(root, cfg.data.dir)
     with tempfile.TemporaryDirectory() as scratch:
         write_candidate(cfg, Path(scratch) / "data")
-        rebuilt = dvc_store.directory_md5(Path(scratch) / "data")
+        rebuilt = versioning.directory_md5(Path(scratch) / "data")
     match = write_rebuild_report(root, recorded.md5 if recorded else None, rebuilt)
     if not match:
         print(f"drift: rebuilt {cfg.data.dir}/ hashes to {rebuilt}, {cfg.data.dir}.dvc records "
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(report.summary())
         return 0
-    recorded = dvc_store.check_drift(args.root, cfg.data.dir)
+    recorded = versioning.check_drift(args.root, cfg.data.dir)
     counts = stages.prepare_training_inputs(cfg, args.root, {"md5": recorded.md5, **recorded.meta})
     print(f"prepared {counts} in {cfg.prepare.dir}/")
     return 0

@@ -1,6 +1,6 @@
 """The data rules, declared as plain data: one suite of expectations per data file.
 
-No Great Expectations here: ``components/tracking/great_expectations.py`` turns each
+No Great Expectations here: ``components/adapters/validation.py`` turns each
 ``Expectation`` into its GX class by name and runs it. Rules that GX cannot state on the raw
 columns (word counts, out-of-vocabulary counts, leaked eval prompts) are checked on derived
 columns that ``frame`` computes with pandas, next to the 1-based ``line`` of every row.

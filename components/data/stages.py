@@ -9,7 +9,7 @@ from components.data.dataset import load_rows
 from components.data.lexicon import VOCABULARY
 from components.data.prepare import prepare, write_prepared
 from components.data.synthetic import describe
-from components.tracking.great_expectations import ValidationReport, validate_data_dir
+from components.adapters.validation import ValidationReport, validate_data_dir
 
 
 class DataValidationFailed(RuntimeError):

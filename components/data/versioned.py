@@ -18,8 +18,8 @@ from pathlib import Path
 
 from components.config import Config
 from components.data.dataset import recipe_hash, replace_directory, source_manifest, write_candidate
-from components.tracking import dvc_store
-from components.tracking.dvc_store import DataDrift, DataVersion
+from components.adapters import versioning
+from components.adapters.versioning import DataDrift, DataVersion
 
 VERIFIED, REBUILT, NEW_VERSION = "verified", "rebuilt", "new version"
 STAGING_DIR = ".staging"  # under the repository root, git-ignored
@@ -56,11 +56,11 @@ def stage(cfg: Config, root: str | Path) -> Candidate:
     data_dir = root / cfg.data.dir
     source = source_manifest(cfg)
     recipe = recipe_hash(source)
-    dvc_store.ensure_repo(root, cfg.versioning)
-    recorded = dvc_store.recorded_version(root, cfg.data.dir)
+    versioning.ensure_repo(root, cfg.versioning)
+    recorded = versioning.recorded_version(root, cfg.data.dir)
     same_recipe = recorded is not None and recorded.meta.get("recipe") == recipe
     if same_recipe and data_dir.is_dir():
-        dvc_store.check_drift(root, cfg.data.dir)  # hand edits
+        versioning.check_drift(root, cfg.data.dir)  # hand edits
 
     (root / STAGING_DIR).mkdir(exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix="data-", dir=root / STAGING_DIR)) / Path(cfg.data.dir).name
@@ -68,7 +68,7 @@ def stage(cfg: Config, root: str | Path) -> Candidate:
     try:
         write_candidate(cfg, directory)
         if same_recipe:
-            rebuilt = dvc_store.directory_md5(directory)
+            rebuilt = versioning.directory_md5(directory)
             if rebuilt != recorded.md5:
                 raise DataDrift(
                     f"data drift: rebuilding {cfg.data.dir}/ from the recipe {cfg.data.dir}.dvc records gives md5 "
@@ -103,7 +103,7 @@ def commit(cfg: Config, root: str | Path, candidate: Candidate) -> VersionedData
     meta = {"recipe": candidate.recipe, "source": candidate.source["source"]}
     if "seed" in candidate.source:
         meta.update(seed=candidate.source["seed"], generator=candidate.source["generator"])
-    version = dvc_store.track(root, cfg.data.dir, meta)
+    version = versioning.track(root, cfg.data.dir, meta)
     if cfg.versioning.push:
-        dvc_store.push(root, cfg.versioning)
+        versioning.push(root, cfg.versioning)
     return VersionedData(version, REBUILT if rebuilding else NEW_VERSION, previous)

@@ -200,8 +200,8 @@ def save_comparisons(
     is a DVC metric.
     """
     # imported here, not at the top: the training math must import without Great Expectations
+    from components.adapters.validation import validate_data_dir
     from components.data.stages import DataValidationFailed
-    from components.tracking.great_expectations import validate_data_dir
 
     directory = Path(directory)
     report_dir = Path(report_dir) if report_dir is not None else Path(validation.report_dir) / "comparisons"

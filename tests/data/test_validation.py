@@ -17,7 +17,7 @@ import pytest
 from components.config import RowBounds, ValidationConfig
 from components.data import expectations
 from components.data.files import DATASETS, DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, Record, file_name, write_json, write_jsonl
-from components.tracking.great_expectations import SUMMARY, validate_data_dir
+from components.adapters.validation import SUMMARY, validate_data_dir
 
 VOCABULARY = frozenset(
     "write a review of the phone laptop camera screen battery keyboard is are great bad good slow fast "

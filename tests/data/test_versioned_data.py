@@ -7,7 +7,7 @@ import yaml
 from components.config import load_config
 from components.data import files, stages, versioned
 from components.data.versioned import NEW_VERSION, REBUILT, STAGING_DIR, VERIFIED
-from components.tracking.dvc_store import DataDrift, dvc_status
+from components.adapters.versioning import DataDrift, dvc_status
 from tests.conftest import git
 
 SMOKE = load_config("smoke")

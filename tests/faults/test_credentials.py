@@ -16,8 +16,8 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from components.adapters.tracking import Tracker
 from components.config import ConfigError, load_config
-from components.tracking.mlflow_store import Tracker
 from flows.credentials import export_credentials
 from tests.servers import mlflow_server
 

@@ -129,7 +129,7 @@ def test_a_run_failing_while_the_tracking_server_is_gone_keeps_its_own_error(
 
     from prefect import flow
 
-    from components.tracking.mlflow_store import StageRun
+    from components.adapters.tracking import StageRun
     from flows.tracking_tasks import Tracking, close_tracking
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -236,8 +236,8 @@ def test_every_corrupt_data_case_fails_the_flow_at_validation_and_touches_nothin
 
 
 def test_a_data_file_changed_after_data_dvc_is_refused_naming_the_file_and_both_hashes(in_process_flow, tmp_path):
+    from components.adapters.versioning import DataDrift
     from components.data import versioned
-    from components.tracking.dvc_store import DataDrift
 
     root = new_project(tmp_path)
     cfg = load_config("smoke")

@@ -142,7 +142,7 @@ def test_the_servers_the_project_starts_listen_on_localhost_only(mlflow_server, 
 
 HOLD_AND_DIE = """
 import sys, time
-from components.tracking import run_records
+from components.adapters import run_records
 with run_records.alive(sys.argv[1]):
     print("holding", flush=True)
     time.sleep(600)
@@ -156,8 +156,8 @@ def test_a_later_run_closes_what_killed_or_cut_off_runs_left_open(prefect_server
     from prefect import flow
     from prefect.states import Running
 
-    from components.tracking import run_records
-    from components.tracking.mlflow_store import Tracker
+    from components.adapters import run_records
+    from components.adapters.tracking import Tracker
     from flows.tracking_tasks import Tracking, close_abandoned_runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

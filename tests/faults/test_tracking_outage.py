@@ -124,8 +124,8 @@ def test_a_tracking_outage_during_ppo_stops_live_logging_not_training(tmp_path, 
     """The PPO ranks log each iteration to MLflow while they train. A server that stays away longer than
     the client's retries (none here) stops that logging, never the training; when the stage ends the
     flow logs the iterations the ranks missed, so every iteration is in MLflow exactly once."""
+    from components.adapters.tracking import StageRun
     from components.config import load_config
-    from components.tracking.mlflow_store import StageRun
     from components.training.recipe import StageResult
     from flows.ppo_worker import LiveLog
     from flows.training_tasks import record_stage

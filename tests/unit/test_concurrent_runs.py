@@ -13,11 +13,11 @@ import pytest
 from mlflow import MlflowClient
 
 from components import locks
+from components.adapters.tracking import CHALLENGER, CHAMPION, Tracker
 from components.config import load_config
 from components.data.files import write_json
 from components.evaluation.gate import decide, gate_input, gate_score
 from components.models.stage_store import StageStore
-from components.tracking.mlflow_store import CHALLENGER, CHAMPION, Tracker
 
 
 def test_a_second_claim_of_a_key_waits_for_the_first_and_then_finds_its_output(tmp_path):

@@ -93,7 +93,7 @@ def test_urls_without_credentials_are_accepted(override):
 
 
 def test_a_tracking_uri_with_credentials_in_the_environment_is_refused(monkeypatch, tmp_path):
-    from components.tracking.mlflow_store import resolve_uri
+    from components.adapters.tracking import resolve_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://bob:planted-pw-1@127.0.0.1:5000")
     with pytest.raises(ConfigError, match=r"^\$MLFLOW_TRACKING_URI holds credentials") as caught:

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
+from components.adapters import plots
 from components.evaluation.overoptimisation import fit_rl_curve, overoptimisation_fit, shipped_iteration
-from components.tracking import plots
 
 
 def test_the_fit_recovers_a_known_curve_and_its_peak():

@@ -2,8 +2,8 @@
 
 import math
 
+from components.adapters import plots
 from components.evaluation.intervals import win_rate
-from components.tracking import plots
 
 
 def test_win_rates_of_zero_and_one_and_nan_are_drawn():

@@ -26,8 +26,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from components import locks
+from components.adapters import plots
 from components.config import CREDENTIALS_ELSEWHERE, ConfigError, TrackingConfig, holds_credentials
-from components.tracking import plots
 
 STORE_DIR = "mlruns"
 CHAMPION, CHALLENGER = "champion", "challenger"

@@ -1,4 +1,4 @@
-"""components/tracking/dvc_store.py against real DVC in throwaway git repositories (no mocks)."""
+"""components/adapters/versioning.py against real DVC in throwaway git repositories (no mocks)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from components.config import VersioningConfig
-from components.tracking.dvc_store import (
+from components.adapters.versioning import (
     DataDrift,
     DvcError,
     check_drift,
