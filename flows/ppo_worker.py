@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from components.config import Config
-from components.data.files import write_json
+from components.io import write_json
 from components.training.checkpoints import latest_checkpoint
 from components.training.loop import NonFiniteError, Snapshots
 from components.training.ranks import Ranks

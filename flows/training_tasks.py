@@ -22,12 +22,13 @@ from prefect.cache_policies import NO_CACHE
 from components.adapters import plots
 from components.adapters.tracking import CHALLENGER, CHAMPION, StageRun, flatten
 from components.config import Config
-from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name, read_jsonl, write_json
+from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name, read_jsonl
 from components.data.gold_judge import gold_score
 from components.data.lexicon import VOCABULARY
 from components.evaluation.gate import decide_report
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.report import evaluate_policies, format_budgets, format_table, reward_model_gold_accuracy
+from components.io import write_json
 from components.models.builders import load_causal_lm
 from components.models.ensemble import load_reward_model
 from components.models.saving import CARD, save_model, stage_key

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from components import locks
-from components.data.files import write_json
+from components.io import write_json
 
 RECORD, LOCK = "run.json", "run.lock"
 RUNNING, COMPLETED, FAILED, ABANDONED = "running", "completed", "failed", "abandoned"

@@ -20,8 +20,9 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from components.config import ValidationConfig
 from components.data import expectations
 from components.data.expectations import LINE, Expectation
-from components.data.files import DATASETS, EVAL_PROMPTS, DataFileError, file_name, read_jsonl, write_json
+from components.data.files import DATASETS, EVAL_PROMPTS, DataFileError, file_name, read_jsonl
 from components.data.validation_report import PARSE, Failure, ValidationReport
+from components.io import write_json
 
 DATA_SOURCE = "data_files"
 SUMMARY = "summary.json"

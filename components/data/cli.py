@@ -12,11 +12,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from components import io
+from components.adapters import versioning
 from components.config import ConfigError, load_config
-from components.data import files, stages, versioned
+from components.data import stages, versioned
 from components.data.dataset import write_candidate
 from components.offline import stay_offline
-from components.adapters import versioning
 
 REBUILD_REPORT = Path("reports/data/rebuild.json")
 
@@ -24,7 +25,7 @@ REBUILD_REPORT = Path("reports/data/rebuild.json")
 def write_rebuild_report(root: Path, recorded: str | None, rebuilt: str) -> bool:
     """The ``generate`` stage's output: what data.dvc records, what the params rebuild to, and whether they match."""
     match = recorded is not None and recorded == rebuilt
-    files.write_json(Path(root) / REBUILD_REPORT, {"recorded": recorded, "rebuilt": rebuilt, "match": match})
+    io.write_json(Path(root) / REBUILD_REPORT, {"recorded": recorded, "rebuilt": rebuilt, "match": match})
     return match
 
 

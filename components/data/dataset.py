@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from components import io
 from components.config import Config, UserFilesConfig
 from components.data import files
 from components.data.synthetic import Dataset, generate_synthetic, synthetic_manifest
@@ -46,7 +46,7 @@ def _copy_user_files(spec: UserFilesConfig, directory: Path, manifest: dict) -> 
         if source.is_dir():  # a Hugging Face dataset saved with save_to_disk
             from datasets import load_from_disk
 
-            files.write_jsonl(target, (dict(row) for row in load_from_disk(str(source))))
+            io.write_jsonl(target, (dict(row) for row in load_from_disk(str(source))))
         elif source.is_file():
             shutil.copyfile(source, target)
     return _finish_manifest(directory, manifest)
@@ -54,10 +54,10 @@ def _copy_user_files(spec: UserFilesConfig, directory: Path, manifest: dict) -> 
 
 def _content_hash(path: Path) -> str:
     if path.is_file():
-        return files.sha256_file(path)
+        return io.sha256_file(path)
     digest = hashlib.sha256()
     for child in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(child.relative_to(path)).encode() + b"\0" + files.sha256_file(child).encode())
+        digest.update(str(child.relative_to(path)).encode() + b"\0" + io.sha256_file(child).encode())
     return digest.hexdigest()
 
 
@@ -66,8 +66,8 @@ def _finish_manifest(directory: Path, manifest: dict) -> dict:
     for dataset in files.DATASETS:
         path = directory / files.file_name(dataset)
         if path.is_file():
-            manifest["files"][path.name] = {"sha256": files.sha256_file(path)}
-    files.write_json(directory / files.MANIFEST, manifest)
+            manifest["files"][path.name] = {"sha256": io.sha256_file(path)}
+    io.write_json(directory / files.MANIFEST, manifest)
     return manifest
 
 
@@ -78,25 +78,13 @@ def write_dataset(directory: str | Path, dataset: Dataset) -> dict:
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         for name, rows in dataset.rows.items():
-            files.write_jsonl(staging / files.file_name(name), rows)
+            io.write_jsonl(staging / files.file_name(name), rows)
         manifest = _finish_manifest(staging, dataset.manifest)
-        replace_directory(staging, directory)
+        io.replace_directory(staging, directory)
         return manifest
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def replace_directory(source: Path, target: Path) -> None:
-    """Move ``source`` to ``target``, replacing what was there; the old contents are dropped only after the swap."""
-    if not target.exists():
-        os.replace(source, target)
-        return
-    retired = target.with_name(f".{target.name}.old")
-    shutil.rmtree(retired, ignore_errors=True)
-    os.replace(target, retired)
-    os.replace(source, target)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def load_rows(directory: str | Path) -> dict[str, list[dict]]:

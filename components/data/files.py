@@ -1,4 +1,4 @@
-"""The data files of the pipeline: schemas, strict JSONL reading and atomic writing.
+"""The data files of the pipeline: their schemas and strict JSONL reading (writing them: ``components.io``).
 
 Schemas (one JSON object per line, UTF-8, every line ends with a newline):
 - ``demonstrations.jsonl``: ``{prompt, response}`` plus optional metadata.
@@ -8,13 +8,10 @@ Schemas (one JSON object per line, UTF-8, every line ends with a newline):
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 DEMONSTRATIONS = "demonstrations"
 PREFERENCES = "preferences"
@@ -89,40 +86,3 @@ def _check_fields(path: Path, number: int, dataset: str, obj: dict[str, Any]) ->
             raise DataFileError(path, number, f"required field '{field}'", "missing")
         if not isinstance(obj[field], str):
             raise DataFileError(path, number, f"field '{field}' is a string", f"got {type(obj[field]).__name__}")
-
-
-def dumps(row: dict[str, Any]) -> str:
-    """Canonical JSON line: same row, same bytes."""
-    return json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-
-
-def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
-    """Write to a temp file beside ``path`` and rename it into place: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    atomic_write_bytes(path, "".join(dumps(row) + "\n" for row in rows).encode("utf-8"))
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

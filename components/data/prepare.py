@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from components import io
 from components.config import PrepareConfig
 from components.data import files
 
@@ -28,5 +29,5 @@ def write_prepared(directory: str | Path, prepared: dict[str, list[dict]], data_
     """Each file is written atomically; data_version.json ties them to the DVC version they came from."""
     directory = Path(directory)
     for name, rows in prepared.items():
-        files.write_jsonl(directory / files.file_name(name), rows)
-    files.write_json(directory / DATA_VERSION, {**data_version, "rows": {k: len(v) for k, v in prepared.items()}})
+        io.write_jsonl(directory / files.file_name(name), rows)
+    io.write_json(directory / DATA_VERSION, {**data_version, "rows": {k: len(v) for k, v in prepared.items()}})

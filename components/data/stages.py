@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from components.adapters.validation import ValidationReport, validate_data_dir
 from components.config import Config
 from components.data import files
 from components.data.dataset import load_rows
 from components.data.lexicon import VOCABULARY
 from components.data.prepare import prepare, write_prepared
 from components.data.synthetic import describe
-from components.adapters.validation import ValidationReport, validate_data_dir
 
 
 class DataValidationFailed(RuntimeError):

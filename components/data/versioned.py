@@ -16,10 +16,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import Config
-from components.data.dataset import recipe_hash, replace_directory, source_manifest, write_candidate
 from components.adapters import versioning
 from components.adapters.versioning import DataDrift, DataVersion
+from components.config import Config
+from components.data.dataset import recipe_hash, source_manifest, write_candidate
+from components.io import replace_directory
 
 VERIFIED, REBUILT, NEW_VERSION = "verified", "rebuilt", "new version"
 STAGING_DIR = ".staging"  # under the repository root, git-ignored

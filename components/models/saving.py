@@ -10,8 +10,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from components.data.dataset import replace_directory
-from components.data.files import write_json
+from components.io import replace_directory, write_json
 from components.models.ensemble import RewardEnsemble, save_members
 
 CARD = "rlhf_card.json"  # the resolved config, data version and metrics the model came from

@@ -24,12 +24,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ComparisonsConfig, ModelConfig, ValidationConfig
-from components.data.dataset import replace_directory
 from components.data.expectations import word_count
-from components.data.files import PREFERENCES, file_name, write_jsonl
+from components.data.files import PREFERENCES, file_name
 from components.data.gold_judge import gold_score
 from components.data.labeler import SimulatedLabeler, collect_comparisons
 from components.data.task import parse_prompt
+from components.io import replace_directory, write_jsonl
 from components.models.batching import encode_prompts
 from components.models.generation import decode_responses, generate
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.data.files import sha256_file
+from components.io import sha256_file
 from tests.conftest import git, new_repo
 from tests.layout import run_records, stage_dir, stage_dirs
 

@@ -14,6 +14,7 @@ from components.data.labeler import SimulatedLabeler, collect_comparisons, label
 from components.data.lexicon import VOCABULARY
 from components.data.task import all_prompts, parse_prompt
 from components.data.text import words
+from components.io import sha256_file
 
 
 def test_prompts_round_trip_through_their_text():
@@ -106,7 +107,7 @@ def test_train_and_eval_prompts_are_disjoint_and_the_split_is_recorded():
 
 
 def _hashes(directory):
-    return {p.name: files.sha256_file(p) for p in sorted(directory.iterdir())}
+    return {p.name: sha256_file(p) for p in sorted(directory.iterdir())}
 
 
 def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(tmp_path):

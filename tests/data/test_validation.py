@@ -16,7 +16,8 @@ import pytest
 
 from components.config import RowBounds, ValidationConfig
 from components.data import expectations
-from components.data.files import DATASETS, DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, Record, file_name, write_json, write_jsonl
+from components.data.files import DATASETS, DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, Record, file_name
+from components.io import write_json, write_jsonl
 from components.adapters.validation import SUMMARY, validate_data_dir
 
 VOCABULARY = frozenset(

@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 from components import locks
 from components.adapters.tracking import CHALLENGER, CHAMPION, Tracker
 from components.config import load_config
-from components.data.files import write_json
 from components.evaluation.gate import decide, gate_input, gate_score
+from components.io import write_json
 from components.models.stage_store import StageStore
 
 
