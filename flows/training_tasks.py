@@ -25,6 +25,7 @@ from components.config import Config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name, read_jsonl
 from components.data.gold_judge import gold_score
 from components.data.lexicon import VOCABULARY
+from components.data.stages import save_comparisons
 from components.evaluation.gate import decide_report
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.report import evaluate_policies, format_budgets, format_table, reward_model_gold_accuracy
@@ -34,7 +35,6 @@ from components.models.ensemble import load_reward_model
 from components.models.saving import CARD, save_model, stage_key
 from components.models.stage_store import StageStore
 from components.training import recipe
-from components.training.comparisons import save_comparisons
 from components.training.loop import NonFiniteError
 from flows import ppo_worker
 from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged

@@ -1,15 +1,19 @@
-"""The data stages as plain functions of (config, repository root): what the flow and dvc.yaml run."""
+"""The data stages as plain functions of (config, repository root): what the flow and dvc.yaml run; and landing
+the comparisons collected from the SFT policy only once Great Expectations passed them."""
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 from components.adapters.validation import ValidationReport, validate_data_dir
-from components.config import Config
+from components.config import Config, ValidationConfig
 from components.data import files
 from components.data.dataset import load_rows
 from components.data.lexicon import VOCABULARY
 from components.data.prepare import prepare, write_prepared
 from components.data.synthetic import describe
+from components.io import replace_directory, write_jsonl
 
 
 class DataValidationFailed(RuntimeError):
@@ -48,3 +52,45 @@ def data_summary(cfg: Config, root: str | Path) -> dict:
     if cfg.data.source == "synthetic":
         summary.update(describe(rows[files.DEMONSTRATIONS], rows[files.PREFERENCES], cfg.data.synthetic.labeler_temperature))
     return summary
+
+
+def save_comparisons(
+    rows: list[dict],
+    directory: str | Path,
+    validation: ValidationConfig,
+    vocabulary: frozenset[str] | None,
+    report_dir: str | Path | None = None,
+    eval_prompts: frozenset[str] | None = None,
+):
+    """Write ``directory/preferences.jsonl`` (``directory`` is ``comparisons.dir``) only if it passes
+    the preferences suite of Great Expectations; returns the ValidationReport.
+
+    The file is written into a staging directory beside ``directory`` and validated there; on
+    success it is swapped in, on failure the staging copy is removed and DataValidationFailed
+    (carrying the report) is raised, so a bad collection never lands. ``eval_prompts`` are checked
+    not to appear among the comparison prompts. ``report_dir`` defaults to
+    ``<validation.report_dir>/comparisons``: apart from the raw data's report, whose summary.json
+    is a DVC metric.
+    """
+    directory = Path(directory)
+    report_dir = Path(report_dir) if report_dir is not None else Path(validation.report_dir) / "comparisons"
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        write_jsonl(staging / files.file_name(files.PREFERENCES), rows)
+        report = validate_data_dir(
+            staging,
+            validation,
+            vocabulary,
+            report_dir,
+            file_labels={files.PREFERENCES: str(directory / files.file_name(files.PREFERENCES))},
+            datasets=(files.PREFERENCES,),
+            eval_prompts=eval_prompts,
+        )
+        if not report.success:
+            raise DataValidationFailed(report)
+        replace_directory(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report

@@ -15,21 +15,16 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from components.config import ComparisonsConfig, ModelConfig, ValidationConfig
+from components.config import ComparisonsConfig, ModelConfig
 from components.data.expectations import word_count
-from components.data.files import PREFERENCES, file_name
 from components.data.gold_judge import gold_score
 from components.data.labeler import SimulatedLabeler, collect_comparisons
 from components.data.task import parse_prompt
-from components.io import replace_directory, write_jsonl
 from components.models.batching import encode_prompts
 from components.models.generation import decode_responses, generate
 
@@ -179,49 +174,3 @@ def simulated_ranker(labeler: SimulatedLabeler) -> Ranker:
         return sorted(range(len(responses)), key=lambda i: -utilities[i])
 
     return rank
-
-
-def save_comparisons(
-    rows: list[dict],
-    directory: str | Path,
-    validation: ValidationConfig,
-    vocabulary: frozenset[str] | None,
-    report_dir: str | Path | None = None,
-    eval_prompts: frozenset[str] | None = None,
-):
-    """Write ``directory/preferences.jsonl`` (``directory`` is ``comparisons.dir``) only if it passes
-    the preferences suite of Great Expectations; returns the ValidationReport.
-
-    The file is written into a staging directory beside ``directory`` and validated there; on
-    success it is swapped in, on failure the staging copy is removed and DataValidationFailed
-    (carrying the report) is raised, so a bad collection never lands. ``eval_prompts`` are checked
-    not to appear among the comparison prompts. ``report_dir`` defaults to
-    ``<validation.report_dir>/comparisons``: apart from the raw data's report, whose summary.json
-    is a DVC metric.
-    """
-    # imported here, not at the top: the training math must import without Great Expectations
-    from components.adapters.validation import validate_data_dir
-    from components.data.stages import DataValidationFailed
-
-    directory = Path(directory)
-    report_dir = Path(report_dir) if report_dir is not None else Path(validation.report_dir) / "comparisons"
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        write_jsonl(staging / file_name(PREFERENCES), rows)
-        report = validate_data_dir(
-            staging,
-            validation,
-            vocabulary,
-            report_dir,
-            file_labels={PREFERENCES: str(directory / file_name(PREFERENCES))},
-            datasets=(PREFERENCES,),
-            eval_prompts=eval_prompts,
-        )
-        if not report.success:
-            raise DataValidationFailed(report)
-        replace_directory(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return report

@@ -17,7 +17,7 @@ from components.data.files import PREFERENCES, file_name, read_jsonl
 from components.data.gold_judge import gold_score
 from components.data.labeler import SimulatedLabeler
 from components.data.lexicon import VOCABULARY
-from components.data.stages import DataValidationFailed
+from components.data.stages import DataValidationFailed, save_comparisons
 from components.data.synthetic import generate_synthetic
 from components.models.builders import build_policy
 from components.models.tokenizer import build_word_tokenizer
@@ -27,7 +27,6 @@ from components.training.comparisons import (
     draw_prompts,
     rank_sampled,
     sample_reference,
-    save_comparisons,
     simulated_ranker,
 )
 from components.training.reward import gold_accuracy, score_comparisons, split_comparisons, train_reward_model
