@@ -23,8 +23,10 @@ import warnings
 from pathlib import Path
 
 from components.config import load_config
+from components.data import labeler
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
 from components.data.gold_judge import gold_score
+from components.data.lexicon import VOCABULARY
 from components.data.synthetic import generate_synthetic
 from components.evaluation.report import evaluate_policies
 from components.offline import stay_offline
@@ -38,9 +40,11 @@ def direct(profile: str) -> float:
     started = time.perf_counter()
     cfg = load_config(profile)
     rows = generate_synthetic(cfg).rows
-    tokenizer = recipe.make_tokenizer(cfg)
+    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
-    sft, comparisons, reward = recipe.up_to_reward_model(cfg, tokenizer, rows[DEMONSTRATIONS])
+    sft, comparisons, reward = recipe.up_to_reward_model(
+        cfg, tokenizer, rows[DEMONSTRATIONS], labeler.comparison_labeller(cfg)
+    )
     policies = {
         "sft": sft,
         **{n: recipe.baseline_stage(cfg, n, tokenizer, sft, comparisons).model for n in recipe.SUPERVISED_BASELINES},

@@ -32,7 +32,9 @@ import warnings
 from pathlib import Path
 
 from components.config import load_config
+from components.data import labeler
 from components.data.files import DEMONSTRATIONS
+from components.data.lexicon import VOCABULARY
 from components.data.synthetic import generate_synthetic
 from components.models.saving import save_model
 from components.offline import stay_offline
@@ -59,7 +61,9 @@ def sft_and_reward_model(cfg, runs: Path, scratch: Path, tokenizer, rows) -> tup
     found = main_job_models(runs, cfg.profile)
     if found and all((directory / "config.json").is_file() for directory in found):
         return *found, "loaded"
-    sft, _, reward_model = recipe.up_to_reward_model(cfg, tokenizer, rows[DEMONSTRATIONS])
+    sft, _, reward_model = recipe.up_to_reward_model(
+        cfg, tokenizer, rows[DEMONSTRATIONS], labeler.comparison_labeller(cfg)
+    )
     save_model(sft, tokenizer, scratch / "sft", {})
     save_model(reward_model, tokenizer, scratch / "reward_model", {})
     return scratch / "sft", scratch / "reward_model", "trained"
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     cfg = load_config(args.profile, [f"ppo.iterations={args.iterations}"])
     rows = generate_synthetic(cfg).rows
-    tokenizer = recipe.make_tokenizer(cfg)
+    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
     with tempfile.TemporaryDirectory() as scratch:
         sft, reward_model, origin = sft_and_reward_model(cfg, args.runs, Path(scratch), tokenizer, rows)

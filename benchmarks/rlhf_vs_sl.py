@@ -28,8 +28,10 @@ import warnings
 from pathlib import Path
 
 from components.config import load_config
+from components.data import labeler
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.data.gold_judge import gold_score
+from components.data.lexicon import VOCABULARY
 from components.data.synthetic import generate_synthetic
 from components.evaluation.intervals import Z95, wilson
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
@@ -58,13 +60,19 @@ class Stopwatch:
 def train_everything(cfg, watch: Stopwatch) -> dict:
     """The same stage functions the pipeline's flow calls, timed one by one."""
     rows = generate_synthetic(cfg).rows
-    tokenizer = recipe.make_tokenizer(cfg)
+    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
     train_prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
 
     sft = watch("sft", recipe.sft_stage, cfg, tokenizer, rows[DEMONSTRATIONS]).model
     if cfg.comparisons.source == "sft_samples":
         comparisons = watch(
-            "comparisons", recipe.comparisons_stage, cfg, tokenizer, sft, train_prompts, recipe.labeler_ranker(cfg)
+            "comparisons",
+            recipe.comparisons_stage,
+            cfg,
+            tokenizer,
+            sft,
+            train_prompts,
+            labeler.comparison_labeller(cfg),
         ).model
     else:
         comparisons = rows[PREFERENCES]
@@ -84,7 +92,7 @@ def train_everything(cfg, watch: Stopwatch) -> dict:
             tokenizer,
             sft,
             comparisons,
-            make_ranker=recipe.selection_ranker(cfg),
+            make_ranker=labeler.selection_ranker(cfg),
         )
         policies[name], metrics[name] = result.model, result.metrics
     snapshots = Snapshots(cfg.selection.candidates)
@@ -101,7 +109,7 @@ def train_everything(cfg, watch: Stopwatch) -> dict:
             snapshots=snapshots,
         )
         return recipe.select_candidate(
-            cfg, result, snapshots.taken, tokenizer, comparisons, recipe.selection_ranker(cfg), unit="iteration"
+            cfg, result, snapshots.taken, tokenizer, comparisons, labeler.selection_ranker(cfg), unit="iteration"
         )
 
     ppo_result = watch("ppo", ppo)

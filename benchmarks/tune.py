@@ -33,8 +33,10 @@ import warnings
 from pathlib import Path
 
 from components.config import load_config
+from components.data import labeler
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
 from components.data.gold_judge import gold_score
+from components.data.lexicon import VOCABULARY
 from components.data.synthetic import generate_synthetic
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.models.ensemble import RewardEnsemble, members_of
@@ -168,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else base.tuning.seed
     cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
     rows = generate_synthetic(cfg).rows
-    tokenizer = recipe.make_tokenizer(cfg)
+    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
     train_prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
     eval_prompts = [r["prompt"] for r in rows[EVAL_PROMPTS]]
     started = time.perf_counter()
     sft = recipe.sft_stage(cfg, tokenizer, rows[DEMONSTRATIONS]).model
-    comparisons = recipe.comparisons_stage(cfg, tokenizer, sft, train_prompts, recipe.labeler_ranker(cfg)).model
+    comparisons = recipe.comparisons_stage(cfg, tokenizer, sft, train_prompts, labeler.comparison_labeller(cfg)).model
     # the shared reward models: as many members as any PPO configuration reads; member k is the same model whatever
     # the ensemble's size (its seed is seed + k), so a configuration with fewer members reads the first ones
     members = max(int(c.get("reward.ensemble_size", cfg.reward.ensemble_size)) for c in GRID["ppo"])
@@ -208,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                     snapshots.taken,
                     tokenizer,
                     comparisons,
-                    recipe.selection_ranker(run_cfg),
+                    labeler.selection_ranker(run_cfg),
                     "iteration",
                 )
             else:
                 result = recipe.baseline_stage(
-                    run_cfg, method, tokenizer, sft, comparisons, make_ranker=recipe.selection_ranker(run_cfg)
+                    run_cfg, method, tokenizer, sft, comparisons, make_ranker=labeler.selection_ranker(run_cfg)
                 )
             row = {
                 "method": method,

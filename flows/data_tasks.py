@@ -11,9 +11,10 @@ from prefect.cache_policies import NO_CACHE
 from components import locks
 from components.adapters import versioning
 from components.config import Config, load_config
-from components.data import stages, versioned
-from components.data.cli import write_rebuild_report
 from components.data.dataset import load_rows
+from flows import data_versioning
+from flows.data_cli import write_rebuild_report
+from flows.data_stages import DataValidationFailed, data_summary, prepare_training_inputs, validate
 from flows.tracking_tasks import Tracking
 
 VALIDATION_ARTIFACT = "data-validation"
@@ -22,20 +23,20 @@ DVC_PARAMS = ("seed", "data", "validation", "prepare")  # the params.yaml sectio
 
 
 @task(name="stage data", cache_policy=NO_CACHE)
-def stage_data(cfg: Config, root: str) -> versioned.Candidate:
-    candidate = versioned.stage(cfg, root)
+def stage_data(cfg: Config, root: str) -> data_versioning.Candidate:
+    candidate = data_versioning.stage(cfg, root)
     where = "in place" if candidate.in_place else f"staged at {candidate.directory}"
     get_run_logger().info("data %s (recipe %s)", where, candidate.recipe[:12])
     return candidate
 
 
 @task(name="validate data", cache_policy=NO_CACHE)
-def validate_data(cfg: Config, root: str, candidate: versioned.Candidate, tracking: Tracking) -> dict:
+def validate_data(cfg: Config, root: str, candidate: data_versioning.Candidate, tracking: Tracking) -> dict:
     run = tracking.stage("data-validation")
     try:
-        report = stages.validate(cfg, root, candidate.directory, candidate.file_labels())
-    except stages.DataValidationFailed as failed:
-        versioned.discard(candidate)
+        report = validate(cfg, root, candidate.directory, candidate.file_labels())
+    except DataValidationFailed as failed:
+        data_versioning.discard(candidate)
         create_markdown_artifact(
             key=VALIDATION_ARTIFACT, markdown=f"# Data validation FAILED\n\n```\n{failed.report.summary()}\n```"
         )
@@ -56,15 +57,15 @@ def validate_data(cfg: Config, root: str, candidate: versioned.Candidate, tracki
 
 
 @task(name="version data", cache_policy=NO_CACHE)
-def version_data(cfg: Config, root: str, candidate: versioned.Candidate) -> dict:
-    result = versioned.commit(cfg, root, candidate)
+def version_data(cfg: Config, root: str, candidate: data_versioning.Candidate) -> dict:
+    result = data_versioning.commit(cfg, root, candidate)
     get_run_logger().info("data %s: md5 %s (%s.dvc)", result.action, result.version.md5, result.version.path)
     return result.as_dict()
 
 
 @task(name="prepare data", cache_policy=NO_CACHE)
 def prepare_data(cfg: Config, root: str, data_version: dict) -> dict:
-    return stages.prepare_training_inputs(cfg, root, data_version)
+    return prepare_training_inputs(cfg, root, data_version)
 
 
 @task(name="lock data stages", cache_policy=NO_CACHE)
@@ -88,7 +89,7 @@ def lock_data_stages(cfg: Config, root: str, data_version: dict) -> bool:
 
 @task(name="describe data", cache_policy=NO_CACHE)
 def describe_data(cfg: Config, root: str) -> dict:
-    return stages.data_summary(cfg, root)
+    return data_summary(cfg, root)
 
 
 def data_stages(cfg: Config, root: str, tracking: Tracking) -> dict:

@@ -27,11 +27,10 @@ from components.adapters import run_records
 from components.adapters.tracking import TrackingUnavailable
 from components.adapters.versioning import DataDrift
 from components.config import DEFAULT_PARAMS, ConfigError, load_config
-from components.data import stages
 from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
-from flows import data_tasks, training_tasks
+from flows import data_stages, data_tasks, training_tasks
 from flows.credentials import export_credentials
 from flows.tracking_tasks import close_abandoned_runs, close_tracking, open_tracking
 
@@ -234,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         load_config(args.profile, overrides, args.params)  # refuse a bad config before any work starts
         started = time.perf_counter()
         result = rlhf_pipeline(profile=args.profile, overrides=overrides, root=args.root, params=args.params)
-    except (ConfigError, DataDrift, stages.DataValidationFailed) as error:
+    except (ConfigError, DataDrift, data_stages.DataValidationFailed) as error:
         print(f"\npipeline stopped: {error}", file=sys.stderr)
         return 2
     except NonFiniteError as error:

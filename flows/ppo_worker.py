@@ -194,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     from components.data.gold_judge import gold_score
+    from components.data.lexicon import VOCABULARY
     from components.evaluation.report import gold_monitor
     from components.models.builders import load_causal_lm
     from components.models.ensemble import load_reward_model
     from components.models.saving import save_model
     from components.training import recipe
 
-    tokenizer = recipe.make_tokenizer(cfg)
+    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
     sft, reward_model = load_causal_lm(job["sft_dir"]), load_reward_model(job["reward_model_dir"])
     prompts = json.loads((job_dir / "prompts.json").read_text(encoding="utf-8"))
     demonstrations = json.loads((job_dir / "demonstrations.json").read_text(encoding="utf-8"))

@@ -22,10 +22,10 @@ from prefect.cache_policies import NO_CACHE
 from components.adapters import plots
 from components.adapters.tracking import CHALLENGER, CHAMPION, StageRun, flatten
 from components.config import Config
+from components.data import labeler
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name, read_jsonl
 from components.data.gold_judge import gold_score
 from components.data.lexicon import VOCABULARY
-from components.data.stages import save_comparisons
 from components.evaluation.gate import decide_report
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.report import evaluate_policies, format_budgets, format_table, reward_model_gold_accuracy
@@ -37,6 +37,7 @@ from components.models.stage_store import StageStore
 from components.training import recipe
 from components.training.loop import NonFiniteError
 from flows import ppo_worker
+from flows.data_stages import save_comparisons
 from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
 from flows.ppo_worker import read_result, write_job
 from flows.tracking_tasks import Tracking
@@ -182,7 +183,7 @@ def comparisons_task(
             run.log_artifacts(directory, "comparisons")
             return recipe.StageResult(rows, card["metrics"], key=key, reused=True)
         train_prompts = sorted({r["prompt"] for r in data["rows"][DEMONSTRATIONS]})
-        result = recipe.comparisons_stage(cfg, tokenizer, sft.model, train_prompts, recipe.labeler_ranker(cfg))
+        result = recipe.comparisons_stage(cfg, tokenizer, sft.model, train_prompts, labeler.comparison_labeller(cfg))
         rows = result.model
         eval_prompts = frozenset(r["prompt"] for r in data["rows"][EVAL_PROMPTS])
         vocabulary = VOCABULARY if cfg.validation.check_vocabulary else None
@@ -363,7 +364,7 @@ def selection_depends_on(cfg: Config) -> list[str]:
 
 def selection_ranker(cfg: Config):
     """The labeller that picks the shipped snapshots: the embedded task's simulated one; none for user data."""
-    return recipe.selection_ranker(cfg) if cfg.data.source == "synthetic" else None
+    return labeler.selection_ranker(cfg) if cfg.data.source == "synthetic" else None
 
 
 def curve_metrics(fit: dict, history: list[dict], shipped_iteration: int | None) -> dict[str, float]:
@@ -549,7 +550,7 @@ def register_with_retries(cfg: Config, *args) -> dict:
 
 
 def train_all(cfg: Config, root: str, tracking: Tracking, data: dict) -> dict:
-    tokenizer = recipe.make_tokenizer(cfg)
+    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
     sft = sft_task(cfg, root, tracking, data, tokenizer)
     comparisons = comparisons_task(cfg, root, tracking, data, tokenizer, sft)
     reward = reward_task(cfg, root, tracking, data, tokenizer, sft, comparisons)

@@ -2,8 +2,8 @@
 the output model, its metrics and its per-step history. The Prefect flow and the benchmark both call
 these, so what is measured is what is shipped.
 
-No gold judge in here: the comparison ranker (the simulated labeler, or a user's own labels) and the
-PPO monitor are handed in by the caller.
+No gold judge and no data-set code in here: the comparison labeller and the selection ranker (the simulated
+labeler, or a user's own labels), the PPO monitor and the word vocabulary are handed in by the caller.
 """
 
 from __future__ import annotations
@@ -18,20 +18,12 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import Config
-from components.data.labeler import SimulatedLabeler
-from components.data.lexicon import VOCABULARY
 from components.models.builders import build_policy, frozen_copy
 from components.models.ensemble import members_of
 from components.models.tokenizer import build_word_tokenizer, load_tokenizer
 from components.training.chosen import train_chosen, train_top_ranked
 from components.training.combined import train_combined
-from components.training.comparisons import (
-    Ranker,
-    collect_sft_comparisons,
-    draw_prompts,
-    sample_reference,
-    simulated_ranker,
-)
+from components.training.comparisons import Labeller, Ranker, collect_sft_comparisons, draw_prompts, sample_reference
 from components.training.dpo import train_dpo
 from components.training.loop import Snapshots
 from components.training.ppo import SINGLE, Monitor, train_ppo
@@ -66,21 +58,9 @@ def timed(fn: Callable[..., tuple]) -> Callable[..., StageResult]:
     return run
 
 
-def make_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
-    return load_tokenizer(cfg.model.local_dir) if cfg.model.source == "local" else build_word_tokenizer(VOCABULARY)
-
-
-def labeler_ranker(cfg: Config, purpose: str = "labeler") -> Ranker:
-    """The simulated human labeler of the embedded task (it reads the hidden gold judge); each ``purpose``
-    draws its noise from its own stream."""
-    return simulated_ranker(
-        SimulatedLabeler(cfg.data.synthetic.labeler_temperature, random.Random(f"{cfg.seed}/{purpose}"))
-    )
-
-
-def selection_ranker(cfg: Config) -> Callable[[], Ranker]:
-    """A fresh labeller per candidate, every one with the same noise stream (common random numbers)."""
-    return lambda: labeler_ranker(cfg, "selection")
+def make_tokenizer(cfg: Config, vocabulary: frozenset[str]) -> PreTrainedTokenizerBase:
+    """The local model's tokenizer, or a word tokenizer over ``vocabulary`` (the embedded task's lexicon)."""
+    return load_tokenizer(cfg.model.local_dir) if cfg.model.source == "local" else build_word_tokenizer(vocabulary)
 
 
 def sft_stage(cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: list[dict], log=None) -> StageResult:
@@ -89,9 +69,9 @@ def sft_stage(cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: l
 
 
 def comparisons_stage(
-    cfg: Config, tokenizer, sft: PreTrainedModel, train_prompts: list[str], ranker: Ranker
+    cfg: Config, tokenizer, sft: PreTrainedModel, train_prompts: list[str], labeller: Labeller
 ) -> StageResult:
-    """InstructGPT step 2: K SFT samples per drawn training prompt, ranked; every pair becomes a row."""
+    """InstructGPT step 2: K SFT samples per drawn training prompt, ranked by ``labeller``; every pair becomes a row."""
 
     def collect():
         prompts = draw_prompts(train_prompts, cfg.comparisons.n_prompts, cfg.seed)
@@ -101,9 +81,8 @@ def comparisons_stage(
             prompts,
             cfg.comparisons,
             cfg.model,
-            ranker,
+            labeller,
             cfg.seed,
-            min_words=cfg.validation.min_response_words,
         )
         return rows, {"pairs": len(rows), "prompts": len(prompts)}, []
 
@@ -130,12 +109,12 @@ def reward_stage(
 
 
 def up_to_reward_model(
-    cfg: Config, tokenizer, demonstrations: list[dict]
+    cfg: Config, tokenizer, demonstrations: list[dict], labeller: Labeller
 ) -> tuple[PreTrainedModel, list[dict], PreTrainedModel]:
     """SFT, its ranked comparisons and the reward model: what PPO starts from, in one call (benchmarks, tests)."""
     prompts = sorted({r["prompt"] for r in demonstrations})
     sft = sft_stage(cfg, tokenizer, demonstrations).model
-    comparisons = comparisons_stage(cfg, tokenizer, sft, prompts, labeler_ranker(cfg)).model
+    comparisons = comparisons_stage(cfg, tokenizer, sft, prompts, labeller).model
     return sft, comparisons, reward_stage(cfg, tokenizer, sft, comparisons, prompts).model
 
 

@@ -129,8 +129,9 @@ def small_project(git_repo: Path, tmp_path: Path) -> Path:
     }
     (git_repo / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(REPO / "dvc.yaml", git_repo / "dvc.yaml")
-    shutil.copytree(REPO / "components", git_repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
-    assert run(["-m", "components.data.cli", "build"], git_repo, tmp_path).returncode == 0
+    for package in ("components", "flows"):  # dvc.yaml's stages run flows/data_cli.py, which uses both
+        shutil.copytree(REPO / package, git_repo / package, ignore=shutil.ignore_patterns("__pycache__"))
+    assert run(["-m", "flows.data_cli", "build"], git_repo, tmp_path).returncode == 0
     repro = run(["-m", "dvc", "repro"], git_repo, tmp_path)
     assert repro.returncode == 0, repro.stderr
     git(git_repo, "add", "-A")
@@ -147,7 +148,7 @@ def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(git_repo,
     rebuilt = run(["-m", "dvc", "repro", "generate"], clone, tmp_path)  # needs no data on disk
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert json.loads((clone / "reports/data/rebuild.json").read_text())["match"] is True
-    assert run(["-m", "components.data.cli", "build"], clone, tmp_path).returncode == 0
+    assert run(["-m", "flows.data_cli", "build"], clone, tmp_path).returncode == 0
     repro = run(["-m", "dvc", "repro"], clone, tmp_path)
     assert repro.returncode == 0, repro.stderr
     assert git(clone, "status", "--porcelain", "data.dvc", "dvc.lock") == ""  # every hash as recorded

@@ -5,8 +5,9 @@ import pytest
 import yaml
 
 from components.config import load_config
-from components.data import files, stages, versioned
-from components.data.versioned import NEW_VERSION, REBUILT, STAGING_DIR, VERIFIED
+from components.data import files
+from flows import data_stages, data_versioning
+from flows.data_versioning import NEW_VERSION, REBUILT, STAGING_DIR, VERIFIED
 from components.adapters.versioning import DataDrift, dvc_status
 from tests.conftest import git
 
@@ -15,13 +16,13 @@ SMOKE = load_config("smoke")
 
 def materialize(cfg, root):
     """What the flow does: stage, validate, commit."""
-    candidate = versioned.stage(cfg, root)
+    candidate = data_versioning.stage(cfg, root)
     try:
-        stages.validate(cfg, root, candidate.directory, candidate.file_labels())
-    except stages.DataValidationFailed:
-        versioned.discard(candidate)
+        data_stages.validate(cfg, root, candidate.directory, candidate.file_labels())
+    except data_stages.DataValidationFailed:
+        data_versioning.discard(candidate)
         raise
-    return versioned.commit(cfg, root, candidate)
+    return data_versioning.commit(cfg, root, candidate)
 
 
 def user_files_config(directory, **names):
@@ -103,7 +104,7 @@ def test_bad_user_file_is_reported_by_its_own_path_and_lands_nothing(git_repo, t
     dvc_file = (git_repo / "data.dvc").read_bytes()
     _write_user_files(tmp_path / "mine")
     (tmp_path / "mine" / "p.jsonl").write_text('{"prompt": "say hi", "chosen": "the same answer.", "rejected": "the same answer."}\n')
-    with pytest.raises(stages.DataValidationFailed) as failed:
+    with pytest.raises(data_stages.DataValidationFailed) as failed:
         materialize(user_files_config(tmp_path / "mine"), git_repo)
     (failure,) = failed.value.report.failures
     assert failure.file == str(tmp_path / "mine" / "p.jsonl") and failure.lines == [1]
@@ -127,7 +128,7 @@ def test_hf_dataset_saved_to_disk_is_imported(git_repo, tmp_path):
 def test_generator_change_without_a_new_version_is_drift_and_lands_nothing(git_repo, monkeypatch):
     """Same recipe, different bytes: the generator changed but GENERATOR_VERSION did not."""
     version = materialize(SMOKE, git_repo).version
-    real_write = versioned.write_candidate
+    real_write = data_versioning.write_candidate
 
     def changed_generator(cfg, directory):
         manifest = real_write(cfg, directory)
@@ -135,7 +136,7 @@ def test_generator_change_without_a_new_version_is_drift_and_lands_nothing(git_r
             handle.write('{"prompt": "x", "response": "one more row."}\n')
         return manifest
 
-    monkeypatch.setattr(versioned, "write_candidate", changed_generator)
+    monkeypatch.setattr(data_versioning, "write_candidate", changed_generator)
     with pytest.raises(DataDrift, match=f"records {version.md5}.*GENERATOR_VERSION"):
         materialize(SMOKE, git_repo)
     assert yaml.safe_load((git_repo / "data.dvc").read_text())["outs"][0]["md5"] == version.dvc_md5

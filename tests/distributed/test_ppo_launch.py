@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from components.config import load_config
+from components.data import labeler
 from components.data.files import DEMONSTRATIONS
 from components.data.gold_judge import gold_score
+from components.data.lexicon import VOCABULARY
 from components.data.synthetic import generate_synthetic
 from components.evaluation.report import gold_monitor
 from components.models.builders import load_causal_lm, load_scalar_model
@@ -43,9 +45,11 @@ def inputs(tmp_path_factory):
     decoding of a near-uniform policy flips tokens on float noise.)"""
     cfg = load_config("smoke", SFT_LONGER)
     rows = generate_synthetic(cfg).rows
-    tokenizer = recipe.make_tokenizer(cfg)
+    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
-    sft, _, reward_model = recipe.up_to_reward_model(cfg, tokenizer, rows[DEMONSTRATIONS])
+    sft, _, reward_model = recipe.up_to_reward_model(
+        cfg, tokenizer, rows[DEMONSTRATIONS], labeler.comparison_labeller(cfg)
+    )
     models = tmp_path_factory.mktemp("models")
     save_model(sft, tokenizer, models / "sft", {})
     save_model(reward_model, tokenizer, models / "reward_model", {})

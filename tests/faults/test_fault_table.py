@@ -210,7 +210,7 @@ FLOW_DEFECTS = sorted(name for name in DEFECTS if name not in ("out_of_vocabular
 def test_every_corrupt_data_case_fails_the_flow_at_validation_and_touches_nothing(
     in_process_flow, mlflow_server, tmp_path
 ):
-    from components.data.stages import DataValidationFailed
+    from flows.data_stages import DataValidationFailed
 
     seed_champion(mlflow_server)
     before = registry_state(mlflow_server)
@@ -237,11 +237,13 @@ def test_every_corrupt_data_case_fails_the_flow_at_validation_and_touches_nothin
 
 def test_a_data_file_changed_after_data_dvc_is_refused_naming_the_file_and_both_hashes(in_process_flow, tmp_path):
     from components.adapters.versioning import DataDrift
-    from components.data import versioned
+    from flows import data_versioning
 
     root = new_project(tmp_path)
     cfg = load_config("smoke")
-    versioned.commit(cfg, root, versioned.stage(cfg, root))  # a recorded version, as a finished run leaves it
+    data_versioning.commit(
+        cfg, root, data_versioning.stage(cfg, root)
+    )  # a recorded version, as a finished run leaves it
     recorded = (root / "data.dvc").read_text()
     edited = root / "data" / file_name(DEMONSTRATIONS)
     edited.write_text(edited.read_text().replace("the", "a", 1))

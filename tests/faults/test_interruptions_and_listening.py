@@ -19,6 +19,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, file_name, read_jsonl
+from components.data.lexicon import VOCABULARY
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.training import recipe
 from tests.faults.test_fault_table import main_command, main_env, new_project, run_main
@@ -101,7 +102,7 @@ def test_a_job_killed_mid_ppo_resumes_from_its_checkpoint_and_ends_as_if_never_s
     prompts = sorted({r["prompt"] for r in demonstrations})
     never_stopped = recipe.ppo_stage(
         cfg,
-        recipe.make_tokenizer(cfg),
+        recipe.make_tokenizer(cfg, VOCABULARY),
         load_causal_lm(stage_dir(root, "sft")),
         load_scalar_model(stage_dir(root, "reward_model")),
         prompts,

@@ -15,22 +15,15 @@ import torch
 from components.config import ComparisonsConfig, ModelConfig, RewardConfig, SFTConfig, load_config
 from components.data.files import PREFERENCES, file_name, read_jsonl
 from components.data.gold_judge import gold_score
-from components.data.labeler import SimulatedLabeler
+from components.data.labeler import SOURCE, SimulatedLabeler, rank_sampled, sampled_labeller, simulated_ranker
 from components.data.lexicon import VOCABULARY
-from components.data.stages import DataValidationFailed, save_comparisons
 from components.data.synthetic import generate_synthetic
 from components.models.builders import build_policy
 from components.models.tokenizer import build_word_tokenizer
-from components.training.comparisons import (
-    SOURCE,
-    collect_sft_comparisons,
-    draw_prompts,
-    rank_sampled,
-    sample_reference,
-    simulated_ranker,
-)
+from components.training.comparisons import collect_sft_comparisons, draw_prompts, sample_reference
 from components.training.reward import gold_accuracy, score_comparisons, split_comparisons, train_reward_model
 from components.training.sft import train_sft
+from flows.data_stages import DataValidationFailed, save_comparisons
 
 SEED = 0
 MODEL_CFG = ModelConfig(n_layer=2, n_embd=64, n_head=4, max_prompt_tokens=24, max_response_tokens=40)
@@ -110,7 +103,13 @@ def test_collection_gives_every_pair_of_k_samples_and_passes_the_data_gate(
     cfg = ComparisonsConfig(n_prompts=40, responses_per_prompt=K, temperature=1.0, batch_size=16)
     ranker = simulated_ranker(SimulatedLabeler(config.data.synthetic.labeler_temperature, random.Random(SEED)))
     rows = collect_sft_comparisons(
-        sft_policy, tokenizer, prompts, cfg, MODEL_CFG, ranker, SEED, config.validation.min_response_words
+        sft_policy,
+        tokenizer,
+        prompts,
+        cfg,
+        MODEL_CFG,
+        sampled_labeller(ranker, config.validation.min_response_words),
+        SEED,
     )
 
     by_group: dict[int, list[dict]] = {}

@@ -1,10 +1,24 @@
-"""The math and data modules import without the orchestration and tracking tools, and do nothing on import."""
+"""Which package may import which, read from the source: every static ``import`` of every module under
+components/ and flows/ (imports inside functions included, relative imports resolved), checked against
+the rules below without importing anything. Importing the pure modules creates no file.
+"""
 
+import ast
 import subprocess
 import sys
+from collections import defaultdict
+from itertools import pairwise
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ROOTS = ("components", "flows")
+FIRST_PARTY = ("components", "flows", "tests", "benchmarks")
+TOOLS = frozenset({"mlflow", "prefect", "great_expectations", "dvc", "dvc_data"})  # only components.adapters calls them
+TRAINING_MAY_IMPORT = ("components.config", "components.models", "components.io", "components.training")
 
 PURE_MODULES = [
     "components.config",
+    "components.io",
     "components.data.task",
     "components.data.gold_judge",
     "components.data.demonstrator",
@@ -16,18 +30,193 @@ PURE_MODULES = [
     "components.data.files",
 ]
 
-BLOCKER = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {"prefect", "mlflow", "great_expectations", "dvc", "dvc_data"}:
-            raise ImportError(f"{name} must not be imported here")
-sys.meta_path.insert(0, Block())
-"""
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def test_pure_modules_import_without_prefect_mlflow_gx_or_dvc(tmp_path):
-    code = BLOCKER + "".join(f"import {m}\n" for m in PURE_MODULES)
+def source_modules() -> dict[str, Path]:
+    """Every module under components/ and flows/, by dotted name."""
+    return {module_name(path): path for root in ROOTS for path in sorted((REPO / root).rglob("*.py"))}
+
+
+MODULES = source_modules()
+
+
+def imports_in(source: str, module: str, is_package: bool = False) -> set[str]:
+    """The modules ``module`` imports: ``import a.b`` gives ``a.b``; ``from a import b`` gives ``a.b`` when that is
+    one of the project's modules, else ``a``; relative imports are resolved against ``module``'s package."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module if is_package else module.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    package = package.rpartition(".")[0]
+                base = f"{package}.{base}" if base else package
+            for alias in node.names:
+                names.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
+    return names
+
+
+def imported(module: str, path: Path) -> set[str]:
+    return imports_in(path.read_text(encoding="utf-8"), module, path.name == "__init__.py")
+
+
+EDGES: list[tuple[str, str]] = sorted(
+    (module, target) for module, path in MODULES.items() for target in imported(module, path)
+)
+
+
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def first_party(name: str) -> bool:
+    return top(name) in FIRST_PARTY
+
+
+def stdlib(name: str) -> bool:
+    return top(name) in sys.stdlib_module_names
+
+
+def listing(edges: list[tuple[str, str]]) -> str:
+    return "\n".join(f"  {module} -> {target}" for module, target in edges)
+
+
+def test_the_walk_sees_imports_inside_functions_and_resolves_relative_ones():
+    source = (
+        "import torch.nn\nfrom .files import DATASETS\ndef f():\n    from . import files\n    from ..io import dumps\n"
+    )
+    assert imports_in(source, "components.data.probe") == {
+        "torch.nn",
+        "components.data.files",
+        "components.io",
+    }
+    assert imports_in("from . import files\n", "components.data", is_package=True) == {"components.data.files"}
+    assert ("flows.ppo_worker", "components.evaluation.report") in EDGES  # imported inside main()
+    assert ("components.adapters.tracking", "mlflow") in EDGES
+
+
+def test_training_imports_only_config_models_io_and_libraries_other_than_the_tools():
+    """components.training: the standard library, third-party libraries other than mlflow, prefect,
+    great_expectations and dvc, and components.config, components.models, components.io."""
+    offending = [
+        (module, target)
+        for module, target in EDGES
+        if within(module, "components.training")
+        and (
+            top(target) in TOOLS
+            or (first_party(target) and not any(within(target, allowed) for allowed in TRAINING_MAY_IMPORT))
+        )
+    ]
+    assert not offending, "components.training may import only the standard library, libraries other than " + (
+        f"{sorted(TOOLS)} and {', '.join(TRAINING_MAY_IMPORT)}; it imports:\n{listing(offending)}"
+    )
+
+
+def test_components_never_import_flows():
+    offending = [(m, t) for m, t in EDGES if within(m, "components") and within(t, "flows")]
+    assert not offending, f"components must not import flows:\n{listing(offending)}"
+
+
+def test_only_the_adapters_import_mlflow_prefect_great_expectations_or_dvc():
+    offending = [
+        (m, t) for m, t in EDGES if within(m, "components") and not within(m, "components.adapters") and top(t) in TOOLS
+    ]
+    assert not offending, f"only components.adapters may import {sorted(TOOLS)}:\n{listing(offending)}"
+
+
+def package(name: str) -> str:
+    """The node a module belongs to: ``components.<package or top-level module>``, or ``flows``."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "components" and len(parts) > 1 else parts[0]
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's algorithm: the groups of nodes that reach each other."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_no_import_cycles_between_packages():
+    """components.data, models, training, evaluation, adapters and the top-level modules (io, config, locks,
+    offline) as nodes, flows as one more: the package graph has no cycle."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    crossing: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for module, target in EDGES:
+        if not (within(target, "components") or within(target, "flows")):
+            continue
+        source_node, target_node = package(module), package(target)
+        graph[source_node]
+        if source_node != target_node:
+            graph[source_node].add(target_node)
+            crossing[(source_node, target_node)].append((module, target))
+    cycles = [group for group in strongly_connected(graph) if len(group) > 1]
+    report = []
+    for group in cycles:
+        path = cycle_through(graph, group)
+        hops = "\n".join(f"{a} -> {b}:\n{listing(crossing[(a, b)])}" for a, b in pairwise(path))
+        report.append(f"import cycle {' -> '.join(path)} (packages on cycles: {', '.join(group)})\n{hops}")
+    assert not cycles, "\n".join(report)
+
+
+def cycle_through(graph: dict[str, set[str]], group: list[str]) -> list[str]:
+    """One shortest cycle from the first node of a strongly connected ``group`` back to it."""
+    start, members = group[0], set(group)
+    paths = {start: [start]}
+    queue = [start]
+    while queue:
+        node = queue.pop(0)
+        for nxt in sorted(graph[node] & members):
+            if nxt == start:
+                return [*paths[node], start]
+            if nxt not in paths:
+                paths[nxt] = [*paths[node], nxt]
+                queue.append(nxt)
+    raise AssertionError(f"{group} is not strongly connected")
+
+
+def test_pure_modules_import_without_creating_a_file_or_loading_the_tools(tmp_path):
+    code = "import sys\n" + "".join(f"import {m}\n" for m in PURE_MODULES)
+    code += f"loaded = sorted({{name.split('.')[0] for name in sys.modules}} & {set(TOOLS)!r})\n"
+    code += "assert not loaded, f'loaded {loaded}'\n"
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == []  # nothing created on import

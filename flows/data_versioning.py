@@ -9,6 +9,7 @@ Two steps, with validation between them:
    by ``dvc add`` (and pushed).
 A candidate that fails validation is ``discard``-ed: ``data/`` and ``data.dvc`` stay as they were.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -48,7 +49,13 @@ class VersionedData:
     previous_md5: str | None  # the version data.dvc recorded before, if any
 
     def as_dict(self) -> dict:
-        return {"md5": self.version.md5, "path": self.version.path, "action": self.action, "previous_md5": self.previous_md5, **self.version.meta}
+        return {
+            "md5": self.version.md5,
+            "path": self.version.path,
+            "action": self.action,
+            "previous_md5": self.previous_md5,
+            **self.version.meta,
+        }
 
 
 def stage(cfg: Config, root: str | Path) -> Candidate:

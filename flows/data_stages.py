@@ -1,5 +1,6 @@
 """The data stages as plain functions of (config, repository root): what the flow and dvc.yaml run; and landing
 the comparisons collected from the SFT policy only once Great Expectations passed them."""
+
 from __future__ import annotations
 
 import shutil
@@ -22,7 +23,9 @@ class DataValidationFailed(RuntimeError):
         super().__init__(report.summary())
 
 
-def validate(cfg: Config, root: str | Path, directory: str | Path | None = None, file_labels: dict[str, str] | None = None) -> ValidationReport:
+def validate(
+    cfg: Config, root: str | Path, directory: str | Path | None = None, file_labels: dict[str, str] | None = None
+) -> ValidationReport:
     """Run the expectation suites on ``directory`` (default: the raw data directory).
 
     Raises DataValidationFailed, carrying the report, on any failure.
@@ -50,7 +53,9 @@ def data_summary(cfg: Config, root: str | Path) -> dict:
     rows = load_rows(Path(root) / cfg.data.dir)
     summary: dict = {"rows": {name: len(r) for name, r in rows.items()}}
     if cfg.data.source == "synthetic":
-        summary.update(describe(rows[files.DEMONSTRATIONS], rows[files.PREFERENCES], cfg.data.synthetic.labeler_temperature))
+        summary.update(
+            describe(rows[files.DEMONSTRATIONS], rows[files.PREFERENCES], cfg.data.synthetic.labeler_temperature)
+        )
     return summary
 
 

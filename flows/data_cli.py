@@ -1,10 +1,11 @@
 """The data stages from the command line, as ``dvc.yaml`` runs them:
 
-    python -m components.data.cli build | rebuild-check | validate | prepare [--profile P] [--set k=v]
+    python -m flows.data_cli build | rebuild-check | validate | prepare [--profile P] [--set k=v]
 
 ``build`` stages, validates and versions the data (what the flow does, without Prefect); run it
 on a fresh clone before ``dvc repro``, which needs ``data/`` on disk.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,9 @@ from pathlib import Path
 from components import io
 from components.adapters import versioning
 from components.config import ConfigError, load_config
-from components.data import stages, versioned
 from components.data.dataset import write_candidate
 from components.offline import stay_offline
+from flows import data_stages, data_versioning
 
 REBUILD_REPORT = Path("reports/data/rebuild.json")
 
@@ -37,22 +38,25 @@ def rebuild_check(cfg, root: Path) -> int:
         rebuilt = versioning.directory_md5(Path(scratch) / "data")
     match = write_rebuild_report(root, recorded.md5 if recorded else None, rebuilt)
     if not match:
-        print(f"drift: rebuilt {cfg.data.dir}/ hashes to {rebuilt}, {cfg.data.dir}.dvc records "
-              f"{recorded.md5 if recorded else 'nothing'}", file=sys.stderr)
+        print(
+            f"drift: rebuilt {cfg.data.dir}/ hashes to {rebuilt}, {cfg.data.dir}.dvc records "
+            f"{recorded.md5 if recorded else 'nothing'}",
+            file=sys.stderr,
+        )
         return 1
     print(f"rebuilt {cfg.data.dir}/ hashes to {rebuilt}, as {cfg.data.dir}.dvc records")
     return 0
 
 
 def build(cfg, root: Path) -> int:
-    candidate = versioned.stage(cfg, root)
+    candidate = data_versioning.stage(cfg, root)
     try:
-        stages.validate(cfg, root, candidate.directory, candidate.file_labels())
-    except stages.DataValidationFailed as failed:
-        versioned.discard(candidate)
+        data_stages.validate(cfg, root, candidate.directory, candidate.file_labels())
+    except data_stages.DataValidationFailed as failed:
+        data_versioning.discard(candidate)
         print(failed, file=sys.stderr)
         return 1
-    result = versioned.commit(cfg, root, candidate)
+    result = data_versioning.commit(cfg, root, candidate)
     print(f"data {result.action}: md5 {result.version.md5} ({result.version.path}.dvc)")
     return 0
 
@@ -77,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         return rebuild_check(cfg, args.root)
     if args.stage == "validate":
         try:
-            report = stages.validate(cfg, args.root)
-        except stages.DataValidationFailed as failed:
+            report = data_stages.validate(cfg, args.root)
+        except data_stages.DataValidationFailed as failed:
             print(failed, file=sys.stderr)
             return 1
         print(report.summary())
         return 0
     recorded = versioning.check_drift(args.root, cfg.data.dir)
-    counts = stages.prepare_training_inputs(cfg, args.root, {"md5": recorded.md5, **recorded.meta})
+    counts = data_stages.prepare_training_inputs(cfg, args.root, {"md5": recorded.md5, **recorded.meta})
     print(f"prepared {counts} in {cfg.prepare.dir}/")
     return 0
 
