@@ -1,1 +1,2 @@
-"""Tokenizer, policy / value / reward models, batching and saving in the Hugging Face layout."""
+"""Models: tokenizer, policy / value / reward models, batching, generation, saving in the Hugging Face layout.
+May import the standard library, libraries other than the tools (mlflow, prefect, gx, dvc), config, io, locks."""

@@ -236,3 +236,14 @@ def test_stay_offline_turns_every_tool_s_telemetry_off(monkeypatch):
     assert os.environ["DVC_NO_ANALYTICS"] == "1"
     assert os.environ["DO_NOT_TRACK"] == "1"
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "false"
+
+
+def test_every_package_says_what_it_holds_and_what_it_may_import():
+    packages = ["components.data", "components.models", "components.training", "components.evaluation"]
+    packages += ["components.adapters", "flows"]
+    for name in packages:
+        docstring = ast.get_docstring(ast.parse(MODULES[name].read_text(encoding="utf-8"))) or ""
+        lines = docstring.splitlines()
+        assert len(lines) == 2 and "import" in lines[1], (
+            f"{name}/__init__.py: two lines, what it holds, what it may import"
+        )
