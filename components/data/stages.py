@@ -1,4 +1,5 @@
 """The data stages as plain functions of (config, repository root): what the flow and dvc.yaml run."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,9 @@ class DataValidationFailed(RuntimeError):
         super().__init__(report.summary())
 
 
-def validate(cfg: Config, root: str | Path, directory: str | Path | None = None, file_labels: dict[str, str] | None = None) -> ValidationReport:
+def validate(
+    cfg: Config, root: str | Path, directory: str | Path | None = None, file_labels: dict[str, str] | None = None
+) -> ValidationReport:
     """Run the expectation suites on ``directory`` (default: the raw data directory).
 
     Raises DataValidationFailed, carrying the report, on any failure.
@@ -34,10 +37,15 @@ def validate(cfg: Config, root: str | Path, directory: str | Path | None = None,
     return report
 
 
+RUN_FIELDS = ("path", "action", "previous_md5")  # what a run did to the data version, not what the data are
+
+
 def prepare_training_inputs(cfg: Config, root: str | Path, data_version: dict) -> dict[str, int]:
+    """The training inputs, tied to the data version they came from (the same files whichever run prepared them)."""
     root = Path(root)
     prepared = prepare(load_rows(root / cfg.data.dir), cfg.prepare, cfg.seed)
-    write_prepared(root / cfg.prepare.dir, prepared, data_version)
+    identity = {key: value for key, value in data_version.items() if key not in RUN_FIELDS}
+    write_prepared(root / cfg.prepare.dir, prepared, identity)
     return {name: len(rows) for name, rows in prepared.items()}
 
 
@@ -46,5 +54,7 @@ def data_summary(cfg: Config, root: str | Path) -> dict:
     rows = load_rows(Path(root) / cfg.data.dir)
     summary: dict = {"rows": {name: len(r) for name, r in rows.items()}}
     if cfg.data.source == "synthetic":
-        summary.update(describe(rows[files.DEMONSTRATIONS], rows[files.PREFERENCES], cfg.data.synthetic.labeler_temperature))
+        summary.update(
+            describe(rows[files.DEMONSTRATIONS], rows[files.PREFERENCES], cfg.data.synthetic.labeler_temperature)
+        )
     return summary
