@@ -41,10 +41,15 @@ def validate(
     return report
 
 
+RUN_FIELDS = ("path", "action", "previous_md5")  # what a run did to the data version, not what the data are
+
+
 def prepare_training_inputs(cfg: Config, root: str | Path, data_version: dict) -> dict[str, int]:
+    """The training inputs, tied to the data version they came from (the same files whichever run prepared them)."""
     root = Path(root)
     prepared = prepare(load_rows(root / cfg.data.dir), cfg.prepare, cfg.seed)
-    write_prepared(root / cfg.prepare.dir, prepared, data_version)
+    identity = {key: value for key, value in data_version.items() if key not in RUN_FIELDS}
+    write_prepared(root / cfg.prepare.dir, prepared, identity)
     return {name: len(rows) for name, rows in prepared.items()}
 
 

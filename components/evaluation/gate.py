@@ -189,15 +189,11 @@ def _linear_slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var_x if var_x else 0.0
 
 
-def _tail_change(xs: Sequence[float], ys: Sequence[float], tail_fraction: float) -> float:
+def trend_change(xs: Sequence[float], ys: Sequence[float], tail_fraction: float) -> float:
+    """Change of ``ys`` over the last ``tail_fraction`` of the points, read off a least-squares line."""
     keep = max(2, round(len(xs) * tail_fraction))
     xs, ys = [float(x) for x in xs[-keep:]], [float(y) for y in ys[-keep:]]
     return _linear_slope(xs, ys) * (xs[-1] - xs[0])
-
-
-def trend_change(history: Sequence[Mapping[str, float]], key: str, tail_fraction: float) -> float:
-    """Change of ``key`` over the last ``tail_fraction`` of ``history``, read off a least-squares line."""
-    return _tail_change([h["iteration"] for h in history], [h[key] for h in history], tail_fraction)
 
 
 def gated_baselines(gi: GateInput, mode: str, baselines: list[str]) -> list[str]:
@@ -309,8 +305,8 @@ def decide(gi: GateInput, cfg: GateConfig) -> Decision:
             raise _Missing("ppo_history (rm_score and gold per iteration)")
         tail = cfg.overoptimisation.tail_fraction
         iterations = [h.iteration for h in history]
-        rm_change = _tail_change(iterations, [h.rm_score for h in history], tail)
-        gold_change = _tail_change(iterations, [h.gold for h in history], tail)
+        rm_change = trend_change(iterations, [h.rm_score for h in history], tail)
+        gold_change = trend_change(iterations, [h.gold for h in history], tail)
         diverging = rm_change > 0 and gold_change < -cfg.overoptimisation.max_gold_drop
         return not diverging, (
             f"over the last {tail:.0%} of PPO: "

@@ -14,6 +14,8 @@ from components.io import sha256_file
 from tests.conftest import git, new_repo
 from tests.layout import run_records, stage_dir, stage_dirs
 
+pytestmark = pytest.mark.slow  # whole flows, ~6 minutes
+
 REPO = Path(__file__).resolve().parents[2]
 
 

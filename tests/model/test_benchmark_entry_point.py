@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmark end to end
+
 REPO = Path(__file__).resolve().parents[2]
 POLICIES = ("sft", "chosen", "top_ranked", "combined", "dpo")
 

@@ -178,8 +178,10 @@ def test_gold_and_rm_falling_together_is_not_overoptimisation():
 
 
 def test_trend_change_reads_a_least_squares_line():
-    history = [{"iteration": i, "x": 2.0 * i} for i in range(10)]
-    assert trend_change(history, "x", 0.5) == pytest.approx(8.0)  # last 5 points, slope 2, span 4
+    iterations = list(range(10))
+    assert trend_change(iterations, [2.0 * i for i in iterations], 0.5) == pytest.approx(
+        8.0
+    )  # last 5 points, slope 2, span 4
 
 
 @pytest.mark.parametrize(
@@ -323,7 +325,7 @@ def test_a_bug_inside_a_rule_raises_instead_of_rejecting_the_model(monkeypatch):
     def buggy_trend(xs, ys, tail_fraction):
         raise AttributeError("'HistoryPoint' object has no attribute 'rm'")
 
-    monkeypatch.setattr(gate, "_tail_change", buggy_trend)
+    monkeypatch.setattr(gate, "trend_change", buggy_trend)
     with pytest.raises(AttributeError, match="no attribute 'rm'"):
         decide(gate_input(passing_report()), CFG)
     with pytest.raises(AttributeError):  # the flow's entry point refuses only malformed input, not bugs
