@@ -23,13 +23,13 @@ import warnings
 from pathlib import Path
 
 from components.config import load_config
-from components.data import labeler
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
-from components.data.gold_judge import gold_score
-from components.data.lexicon import VOCABULARY
-from components.data.synthetic import generate_synthetic
 from components.evaluation.report import evaluate_policies
 from components.offline import stay_offline
+from components.task.environment import ReviewTask
+from components.task.generator import generate_synthetic
+from components.task.gold_judge import gold_score
+from components.task.lexicon import VOCABULARY
 from components.training import recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +43,10 @@ def direct(profile: str) -> float:
     tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
     sft, comparisons, reward = recipe.up_to_reward_model(
-        cfg, tokenizer, rows[DEMONSTRATIONS], labeler.comparison_labeller(cfg)
+        cfg,
+        tokenizer,
+        rows[DEMONSTRATIONS],
+        recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), rows[DEMONSTRATIONS]),
     )
     policies = {
         "sft": sft,

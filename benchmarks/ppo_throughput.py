@@ -32,12 +32,12 @@ import warnings
 from pathlib import Path
 
 from components.config import load_config
-from components.data import labeler
 from components.data.files import DEMONSTRATIONS
-from components.data.lexicon import VOCABULARY
-from components.data.synthetic import generate_synthetic
 from components.models.saving import save_model
 from components.offline import stay_offline
+from components.task.environment import ReviewTask
+from components.task.generator import generate_synthetic
+from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from flows import ppo_worker
 from flows.launcher import AccelerateProfile, accelerate_command, run_logged
@@ -62,7 +62,10 @@ def sft_and_reward_model(cfg, runs: Path, scratch: Path, tokenizer, rows) -> tup
     if found and all((directory / "config.json").is_file() for directory in found):
         return *found, "loaded"
     sft, _, reward_model = recipe.up_to_reward_model(
-        cfg, tokenizer, rows[DEMONSTRATIONS], labeler.comparison_labeller(cfg)
+        cfg,
+        tokenizer,
+        rows[DEMONSTRATIONS],
+        recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), rows[DEMONSTRATIONS]),
     )
     save_model(sft, tokenizer, scratch / "sft", {})
     save_model(reward_model, tokenizer, scratch / "reward_model", {})
@@ -70,7 +73,9 @@ def sft_and_reward_model(cfg, runs: Path, scratch: Path, tokenizer, rows) -> tup
 
 
 def measure(cfg, profile: Path, processes: int, sft: Path, reward_model: Path, prompts, rows, job_dir: Path) -> dict:
-    write_job(job_dir, cfg, sft, reward_model, prompts, rows[DEMONSTRATIONS], checkpoint_dir=None)
+    write_job(
+        job_dir, cfg, sft, reward_model, prompts, rows[DEMONSTRATIONS], checkpoint_dir=None, vocabulary=VOCABULARY
+    )
     command, env = accelerate_command(
         AccelerateProfile.read(profile), ppo_worker.__name__, ["--job", str(job_dir)], processes
     )

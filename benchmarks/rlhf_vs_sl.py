@@ -28,16 +28,16 @@ import warnings
 from pathlib import Path
 
 from components.config import load_config
-from components.data import labeler
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
-from components.data.gold_judge import gold_score
-from components.data.lexicon import VOCABULARY
-from components.data.synthetic import generate_synthetic
 from components.evaluation.intervals import Z95, wilson
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.evaluation.report import evaluate_policies, format_table, gold_monitor, reward_model_gold_accuracy
 from components.offline import stay_offline
+from components.task.environment import ReviewTask
+from components.task.generator import generate_synthetic
+from components.task.gold_judge import gold_score
+from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from components.training.loop import Snapshots
 
@@ -72,7 +72,7 @@ def train_everything(cfg, watch: Stopwatch) -> dict:
             tokenizer,
             sft,
             train_prompts,
-            labeler.comparison_labeller(cfg),
+            recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), rows[DEMONSTRATIONS]),
         ).model
     else:
         comparisons = rows[PREFERENCES]
@@ -92,7 +92,7 @@ def train_everything(cfg, watch: Stopwatch) -> dict:
             tokenizer,
             sft,
             comparisons,
-            make_ranker=labeler.selection_ranker(cfg),
+            make_ranker=lambda: ReviewTask(cfg).labeller("selection"),
         )
         policies[name], metrics[name] = result.model, result.metrics
     snapshots = Snapshots(cfg.selection.candidates)
@@ -109,7 +109,13 @@ def train_everything(cfg, watch: Stopwatch) -> dict:
             snapshots=snapshots,
         )
         return recipe.select_candidate(
-            cfg, result, snapshots.taken, tokenizer, comparisons, labeler.selection_ranker(cfg), unit="iteration"
+            cfg,
+            result,
+            snapshots.taken,
+            tokenizer,
+            comparisons,
+            lambda: ReviewTask(cfg).labeller("selection"),
+            unit="iteration",
         )
 
     ppo_result = watch("ppo", ppo)

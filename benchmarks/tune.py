@@ -33,14 +33,14 @@ import warnings
 from pathlib import Path
 
 from components.config import load_config
-from components.data import labeler
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
-from components.data.gold_judge import gold_score
-from components.data.lexicon import VOCABULARY
-from components.data.synthetic import generate_synthetic
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.models.ensemble import RewardEnsemble, members_of
 from components.offline import stay_offline
+from components.task.environment import ReviewTask
+from components.task.generator import generate_synthetic
+from components.task.gold_judge import gold_score
+from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from components.training.loop import Snapshots
 
@@ -175,7 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     eval_prompts = [r["prompt"] for r in rows[EVAL_PROMPTS]]
     started = time.perf_counter()
     sft = recipe.sft_stage(cfg, tokenizer, rows[DEMONSTRATIONS]).model
-    comparisons = recipe.comparisons_stage(cfg, tokenizer, sft, train_prompts, labeler.comparison_labeller(cfg)).model
+    comparisons = recipe.comparisons_stage(
+        cfg,
+        tokenizer,
+        sft,
+        train_prompts,
+        recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), rows[DEMONSTRATIONS]),
+    ).model
     # the shared reward models: as many members as any PPO configuration reads; member k is the same model whatever
     # the ensemble's size (its seed is seed + k), so a configuration with fewer members reads the first ones
     members = max(int(c.get("reward.ensemble_size", cfg.reward.ensemble_size)) for c in GRID["ppo"])
@@ -197,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         for config in GRID[method]:
             run_cfg = load_config(args.profile, [*args.overrides, f"seed={seed}", *overrides_of(config)])
             t0 = time.perf_counter()
+            task = ReviewTask(run_cfg)
+
+            def selection_labeller(task=task):
+                return task.labeller("selection")
+
             if method == "ppo":
                 snapshots = Snapshots(run_cfg.selection.candidates)
                 first = members_of(reward.model)[: run_cfg.reward.ensemble_size]
@@ -210,12 +221,17 @@ def main(argv: list[str] | None = None) -> int:
                     snapshots.taken,
                     tokenizer,
                     comparisons,
-                    labeler.selection_ranker(run_cfg),
+                    selection_labeller,
                     "iteration",
                 )
             else:
                 result = recipe.baseline_stage(
-                    run_cfg, method, tokenizer, sft, comparisons, make_ranker=labeler.selection_ranker(run_cfg)
+                    run_cfg,
+                    method,
+                    tokenizer,
+                    sft,
+                    comparisons,
+                    make_ranker=selection_labeller,
                 )
             row = {
                 "method": method,

@@ -113,7 +113,10 @@ class ValidationConfig(Section):
     min_response_words: int = Field(3, ge=1, description="shortest acceptable response")
     max_response_words: int = Field(60, ge=1, description="longest acceptable response")
     max_prompt_words: int = Field(40, ge=1, description="longest acceptable prompt")
-    check_vocabulary: bool = Field(True, description="every word must be in the embedded task's vocabulary")
+    check_vocabulary: bool = Field(
+        True,
+        description="every word must be in the embedded task's vocabulary (no effect on user files)",
+    )
     chosen_position_min: float = Field(
         0.35,
         ge=0,

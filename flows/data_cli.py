@@ -19,6 +19,7 @@ from components.config import ConfigError, load_config
 from components.data.dataset import write_candidate
 from components.offline import stay_offline
 from flows import data_stages, data_versioning
+from flows.environment import environment_for
 
 REBUILD_REPORT = Path("reports/data/rebuild.json")
 
@@ -34,7 +35,7 @@ def rebuild_check(cfg, root: Path) -> int:
     """Rebuild the data from params in a scratch dir; it must hash to what data.dvc records."""
     recorded = versioning.recorded_version(root, cfg.data.dir)
     with tempfile.TemporaryDirectory() as scratch:
-        write_candidate(cfg, Path(scratch) / "data")
+        write_candidate(cfg, Path(scratch) / "data", environment_for(cfg))
         rebuilt = versioning.directory_md5(Path(scratch) / "data")
     match = write_rebuild_report(root, recorded.md5 if recorded else None, rebuilt)
     if not match:

@@ -11,10 +11,9 @@ from components.adapters.validation import ValidationReport, validate_data_dir
 from components.config import Config, ValidationConfig
 from components.data import files
 from components.data.dataset import load_rows
-from components.data.lexicon import VOCABULARY
 from components.data.prepare import prepare, write_prepared
-from components.data.synthetic import describe
 from components.io import replace_directory, write_jsonl
+from flows.environment import environment_for
 
 
 class DataValidationFailed(RuntimeError):
@@ -31,7 +30,7 @@ def validate(
     Raises DataValidationFailed, carrying the report, on any failure.
     """
     root = Path(root)
-    vocabulary = VOCABULARY if cfg.validation.check_vocabulary else None
+    vocabulary = checked_vocabulary(cfg)
     directory = Path(directory) if directory is not None else root / cfg.data.dir
     # name files where they live (or will live) in the repository, or by the user's own paths
     file_labels = file_labels or {name: f"{cfg.data.dir}/{files.file_name(name)}" for name in files.DATASETS}
@@ -57,11 +56,16 @@ def data_summary(cfg: Config, root: str | Path) -> dict:
     """Row counts and, for the embedded task, how often the simulated labels agree with the gold judge."""
     rows = load_rows(Path(root) / cfg.data.dir)
     summary: dict = {"rows": {name: len(r) for name, r in rows.items()}}
-    if cfg.data.source == "synthetic":
-        summary.update(
-            describe(rows[files.DEMONSTRATIONS], rows[files.PREFERENCES], cfg.data.synthetic.labeler_temperature)
-        )
+    environment = environment_for(cfg)
+    if environment is not None:
+        summary.update(environment.describe(rows))
     return summary
+
+
+def checked_vocabulary(cfg: Config) -> frozenset[str] | None:
+    """The words every text must use: the embedded task's, when ``validation.check_vocabulary``; none for user files."""
+    environment = environment_for(cfg)
+    return environment.vocabulary if environment is not None and cfg.validation.check_vocabulary else None
 
 
 def save_comparisons(

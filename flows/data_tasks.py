@@ -15,6 +15,7 @@ from components.data.dataset import load_rows
 from flows import data_versioning
 from flows.data_cli import write_rebuild_report
 from flows.data_stages import DataValidationFailed, data_summary, prepare_training_inputs, validate
+from flows.run_context import PreparedData
 from flows.tracking_tasks import Tracking
 
 VALIDATION_ARTIFACT = "data-validation"
@@ -92,7 +93,7 @@ def describe_data(cfg: Config, root: str) -> dict:
     return data_summary(cfg, root)
 
 
-def data_stages(cfg: Config, root: str, tracking: Tracking) -> dict:
+def data_stages(cfg: Config, root: str, tracking: Tracking) -> PreparedData:
     """The validated, versioned data set: its rows, version, validation result and summary.
 
     One run at a time per project root stages, validates, versions and reads the data (runs at
@@ -112,4 +113,4 @@ def data_stages(cfg: Config, root: str, tracking: Tracking) -> dict:
         summary = describe_data(cfg, root)
         rows = load_rows(Path(root) / cfg.data.dir)
     tracking.parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, prefix="data.")
-    return {"rows": rows, "version": version, "validation": validation, "prepared": prepared, "summary": summary}
+    return PreparedData(rows, version, validation, prepared, summary)

@@ -22,6 +22,7 @@ from components.adapters.versioning import DataDrift, DataVersion
 from components.config import Config
 from components.data.dataset import recipe_hash, source_manifest, write_candidate
 from components.io import replace_directory
+from flows.environment import environment_for
 
 VERIFIED, REBUILT, NEW_VERSION = "verified", "rebuilt", "new version"
 STAGING_DIR = ".staging"  # under the repository root, git-ignored
@@ -62,7 +63,8 @@ def stage(cfg: Config, root: str | Path) -> Candidate:
     """Build the configured data set in a staging directory and compare it with what data.dvc records."""
     root = Path(root)
     data_dir = root / cfg.data.dir
-    source = source_manifest(cfg)
+    environment = environment_for(cfg)
+    source = source_manifest(cfg, environment)
     recipe = recipe_hash(source)
     versioning.ensure_repo(root, cfg.versioning)
     recorded = versioning.recorded_version(root, cfg.data.dir)
@@ -74,7 +76,7 @@ def stage(cfg: Config, root: str | Path) -> Candidate:
     directory = Path(tempfile.mkdtemp(prefix="data-", dir=root / STAGING_DIR)) / Path(cfg.data.dir).name
     candidate = Candidate(directory, recipe, source, recorded, in_place=False)
     try:
-        write_candidate(cfg, directory)
+        write_candidate(cfg, directory, environment)
         if same_recipe:
             rebuilt = versioning.directory_md5(directory)
             if rebuilt != recorded.md5:

@@ -32,6 +32,7 @@ from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
 from flows import data_stages, data_tasks, training_tasks
 from flows.credentials import export_credentials
+from flows.run_context import PreparedData, Trained
 from flows.tracking_tasks import close_abandoned_runs, close_tracking, open_tracking
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,18 +72,19 @@ def rlhf_pipeline(
     with ExitStack() as alive:
         try:
             data = data_tasks.data_stages(cfg, root, tracking)
-            name_flow_run(f"{profile}-data-{data['version']['md5'][:8]}")
+            name_flow_run(f"{profile}-data-{data.md5[:8]}")
             alive.enter_context(
                 run_records.alive(tracking.run_dir)
             )  # a run refused before training leaves nothing in the root
             write_run_record(cfg, root, tracking, started, data, None, None, None, run_records.RUNNING)
             close_abandoned_runs(tracking)
-            trained = training_tasks.train_all(cfg, root, tracking, data)
-            evaluation = training_tasks.evaluate(cfg, root, tracking, data, trained)
-            decision = training_tasks.gate(cfg, tracking, data, trained, evaluation)
-            registry = training_tasks.register_with_retries(cfg, root, tracking, data, trained, decision)
-            training_tasks.report_with_retries(cfg, tracking, data, trained, evaluation, decision, registry)
-            training_tasks.prune_stage_outputs(cfg, root, trained)
+            ctx = training_tasks.run_context(cfg, root, tracking, data)
+            trained = training_tasks.train_all(ctx)
+            evaluation = training_tasks.evaluate(ctx, trained)
+            decision = training_tasks.gate(ctx, trained, evaluation)
+            registry = training_tasks.register_with_retries(ctx, trained, decision)
+            training_tasks.report_with_retries(ctx, trained, evaluation, decision, registry)
+            training_tasks.prune_stage_outputs(ctx, trained)
         except BaseException as error:
             closed = close_tracking(tracking, error)
             if data is not None:
@@ -104,12 +106,12 @@ def rlhf_pipeline(
         close_tracking(tracking, None)
     get_run_logger().info("gate: %s", decision["decision"])
     return {
-        "data_version": data["version"],
-        "validation": data["validation"],
-        "prepared": data["prepared"],
-        "data": data["summary"],
+        "data_version": data.version,
+        "validation": data.validation,
+        "prepared": data.prepared,
+        "data": data.summary,
         "evaluation": evaluation,
-        "budgets": training_tasks.comparison_terms(cfg, data, trained),
+        "budgets": training_tasks.comparison_terms(ctx, trained),
         "decision": decision,
         "registry": registry,
         "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
@@ -123,8 +125,8 @@ def write_run_record(
     root: str,
     tracking,
     started: float,
-    data: dict,
-    trained: dict | None,
+    data: PreparedData,
+    trained: Trained | None,
     decision: dict | None,
     registry: dict | None,
     status: str,
@@ -142,7 +144,7 @@ def write_run_record(
                 "directory": str(store.path(training_tasks.stage_home(cfg, name), r.key)),
                 "reused": r.reused,
             }
-            for name, r in training_tasks.trained_stages(trained).items()
+            for name, r in trained.models().items()
         }
     run_records.write(
         tracking.run_dir,
@@ -156,7 +158,7 @@ def write_run_record(
             "flow_run_id": str(flow_run.id) if flow_run.id else None,
             "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
             "mlflow_open": mlflow_open,
-            "data_version": data["version"],
+            "data_version": data.version,
             "stages": stage_dirs,
             "decision": {"decision": decision["decision"], "score": decision["score"]} if decision else None,
             "registry": registry,

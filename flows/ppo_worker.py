@@ -41,6 +41,7 @@ def write_job(
     demonstrations: list[dict],
     checkpoint_dir: str | Path | None,
     mlflow: dict | None = None,
+    vocabulary: frozenset[str] | None = None,
 ) -> Path:
     """Everything a launched PPO run reads, in one directory the ranks (on every machine) can see."""
     job_dir = Path(job_dir)
@@ -57,6 +58,7 @@ def write_job(
             # beside the checkpoints, so a resumed run keeps the snapshots taken before it stopped
             "snapshot_dir": str(snapshot_dir(job_dir, checkpoint_dir)),
             "mlflow": mlflow,  # {"uri": ..., "run_id": ...}: rank 0 logs each iteration there while training
+            "vocabulary": sorted(vocabulary) if vocabulary is not None else None,  # the word tokenizer's
         },
     )
     return job_dir
@@ -193,19 +195,20 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    from components.data.gold_judge import gold_score
-    from components.data.lexicon import VOCABULARY
     from components.evaluation.report import gold_monitor
     from components.models.builders import load_causal_lm
     from components.models.ensemble import load_reward_model
     from components.models.saving import save_model
     from components.training import recipe
+    from flows.environment import environment_for
 
-    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
+    vocabulary = job.get("vocabulary")
+    tokenizer = recipe.make_tokenizer(cfg, frozenset(vocabulary) if vocabulary is not None else None)
     sft, reward_model = load_causal_lm(job["sft_dir"]), load_reward_model(job["reward_model_dir"])
     prompts = json.loads((job_dir / "prompts.json").read_text(encoding="utf-8"))
     demonstrations = json.loads((job_dir / "demonstrations.json").read_text(encoding="utf-8"))
-    monitor = gold_monitor(gold_score) if cfg.data.source == "synthetic" else None
+    environment = environment_for(cfg)
+    monitor = gold_monitor(environment.gold) if environment is not None else None
     resumable = latest_checkpoint(job["checkpoint_dir"]) if ranks.is_main else None
     if resumable is not None:
         print(

@@ -12,8 +12,10 @@ import hashlib
 import math
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -22,10 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from components.adapters import plots
 from components.adapters.tracking import CHALLENGER, CHAMPION, StageRun, flatten
 from components.config import Config
-from components.data import labeler
-from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name, read_jsonl
-from components.data.gold_judge import gold_score
-from components.data.lexicon import VOCABULARY
+from components.data.files import PREFERENCES, file_name, read_jsonl
 from components.evaluation.gate import decide_report
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.report import evaluate_policies, format_budgets, format_table, reward_model_gold_accuracy
@@ -34,12 +33,16 @@ from components.models.builders import load_causal_lm
 from components.models.ensemble import load_reward_model
 from components.models.saving import CARD, save_model, stage_key
 from components.models.stage_store import StageStore
+from components.models.tokenizer import words_of
 from components.training import recipe
+from components.training.comparisons import Ranker
 from components.training.loop import NonFiniteError
 from flows import ppo_worker
-from flows.data_stages import save_comparisons
+from flows.data_stages import checked_vocabulary, save_comparisons
+from flows.environment import environment_for
 from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
 from flows.ppo_worker import read_result, write_job
+from flows.run_context import PreparedData, RunContext, Trained
 from flows.tracking_tasks import Tracking
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
@@ -72,24 +75,22 @@ def record_stage(run: StageRun, section, result: recipe.StageResult, step_key: s
         run.log_figure(plots.curves(result.history, LOSS_CURVES, x=step_key), "plots/curves.png")
 
 
-def save_stage_model(
-    cfg: Config, directory: Path, name: str, result: recipe.StageResult, tokenizer, data: dict
-) -> None:
+def save_stage_model(ctx: RunContext, directory: Path, name: str, result: recipe.StageResult) -> None:
     card = {
         "stage": name,
         "stage_key": result.key,
-        "config": cfg.model_dump(mode="json"),
-        "data_version": data["version"],
+        "config": ctx.cfg.model_dump(mode="json"),
+        "data_version": ctx.data.version,
         "metrics": result.metrics,
         "history": result.history,
         "seconds": result.seconds,
     }
-    save_model(result.model, tokenizer, directory, card)
+    save_model(result.model, ctx.tokenizer, directory, card)
 
 
-def log_stage_model(cfg: Config, root: str, run: StageRun, name: str, result: recipe.StageResult) -> None:
-    if cfg.tracking.log_models:
-        run.log_artifacts(StageStore(root).path(stage_home(cfg, name), result.key), f"model/{name}")
+def log_stage_model(ctx: RunContext, run: StageRun, name: str, result: recipe.StageResult) -> None:
+    if ctx.cfg.tracking.log_models:
+        run.log_artifacts(StageStore(ctx.root).path(stage_home(ctx.cfg, name), result.key), f"model/{name}")
 
 
 def stage_home(cfg: Config, name: str) -> str:
@@ -97,13 +98,13 @@ def stage_home(cfg: Config, name: str) -> str:
     return f"{cfg.artifacts_dir}/{name}"
 
 
-def key_for(cfg: Config, data: dict, name: str, section, *upstream: str) -> str:
+def key_for(ctx: RunContext, name: str, section, *upstream: str) -> str:
     return stage_key(
         stage=name,
-        data=data["version"]["md5"],
+        data=ctx.data.md5,
         section=section.model_dump(mode="json"),
-        model=cfg.model.model_dump(mode="json"),
-        seed=cfg.seed,
+        model=ctx.cfg.model.model_dump(mode="json"),
+        seed=ctx.cfg.seed,
         upstream=list(upstream),
     )
 
@@ -112,153 +113,152 @@ def waiting_for(name: str, key: str):
     return lambda: get_run_logger().info("%s: another run is computing key %s; waiting to reuse its result", name, key)
 
 
-def train_or_reuse(
-    cfg: Config, root: str, run: StageRun, name: str, key: str, loader, train, tokenizer, data: dict, finished=None
+def reuse_or_compute(
+    ctx: RunContext,
+    run: StageRun,
+    name: str,
+    home: str,
+    key: str,
+    load: Callable[[Path], Any],
+    compute: Callable[[], recipe.StageResult],
+    save: Callable[[Path, recipe.StageResult], None],
+    finished: Callable[[], None] | None = None,
 ) -> recipe.StageResult:
-    """Reuse the stage's saved output when its key matches (data, config section and upstream stages
-    unchanged), else train and save it. The key is held meanwhile, so a concurrent run with the same
-    key waits and reuses; ``finished`` runs while it is still held, after the save."""
-    store = StageStore(root)
-    with store.claim(stage_home(cfg, name), key, waiting_for(name, key)) as directory:
-        card = store.finished(stage_home(cfg, name), key) if cfg.orchestration.reuse_finished_stages else None
+    """Reuse the stage's saved output when its key matches (data, config section and upstream stages unchanged),
+    else compute and ``save`` it. The key is held meanwhile, so a concurrent run with the same key waits and
+    reuses; ``finished`` runs while it is still held, after the save."""
+    store = StageStore(ctx.root)
+    with store.claim(home, key, waiting_for(name, key)) as directory:
+        card = store.finished(home, key) if ctx.cfg.orchestration.reuse_finished_stages else None
         if card:
             get_run_logger().info("%s: reusing the finished stage in %s", name, directory)
-            store.touch(stage_home(cfg, name), key)
+            store.touch(home, key)
             run.set_tags({"reused": "true", "stage_key": key})
-            return recipe.StageResult(
-                loader(directory), card["metrics"], card.get("history", []), 0.0, key, reused=True
-            )
-        result = train()
+            return recipe.StageResult(load(directory), card["metrics"], card.get("history", []), 0.0, key, reused=True)
+        result = compute()
         result.key = key
         run.set_tags({"reused": "false", "stage_key": key})
-        save_stage_model(cfg, directory, name, result, tokenizer, data)
+        save(directory, result)
         if finished is not None:
             finished()
     return result
 
 
+def train_or_reuse(
+    ctx: RunContext, run: StageRun, name: str, key: str, loader, train, finished=None
+) -> recipe.StageResult:
+    """``reuse_or_compute`` for a stage that trains a model, saved in HF layout with its card."""
+
+    def save(directory: Path, result: recipe.StageResult) -> None:
+        save_stage_model(ctx, directory, name, result)
+
+    return reuse_or_compute(ctx, run, name, stage_home(ctx.cfg, name), key, loader, train, save, finished)
+
+
 @task(name="SFT", cache_policy=NO_CACHE)
-def sft_task(cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer) -> recipe.StageResult:
-    with recorded(tracking.stage("sft")) as run:
-        key = key_for(cfg, data, "sft", cfg.sft)
+def sft_task(ctx: RunContext) -> recipe.StageResult:
+    cfg = ctx.cfg
+    with recorded(ctx.tracking.stage("sft")) as run:
         result = train_or_reuse(
-            cfg,
-            root,
+            ctx,
             run,
             "sft",
-            key,
+            key_for(ctx, "sft", cfg.sft),
             load_causal_lm,
             lambda: recipe.sft_stage(
-                cfg, tokenizer, data["rows"][DEMONSTRATIONS], log=_progress("sft", 10 * cfg.sft.log_every)
+                cfg, ctx.tokenizer, ctx.data.demonstrations, log=_progress("sft", 10 * cfg.sft.log_every)
             ),
-            tokenizer,
-            data,
         )
         record_stage(run, cfg.sft, result)
-        log_stage_model(cfg, root, run, "sft", result)
+        log_stage_model(ctx, run, "sft", result)
     return result
 
 
 @task(name="collect comparisons", cache_policy=NO_CACHE)
-def comparisons_task(
-    cfg: Config, root: str, tracking: Tracking, data: dict, tokenizer, sft: recipe.StageResult
-) -> recipe.StageResult:
-    """InstructGPT's comparisons from SFT samples (validated by GE before use), or the static file."""
+def comparisons_task(ctx: RunContext, sft: recipe.StageResult) -> recipe.StageResult:
+    """InstructGPT's comparisons from SFT samples, ranked by the labeller and validated by Great Expectations
+    before use; or the static preference file."""
+    cfg = ctx.cfg
     if cfg.comparisons.source == "static":
-        rows = data["rows"][PREFERENCES]
-        return recipe.StageResult(rows, {"pairs": len(rows)}, key=key_for(cfg, data, "comparisons", cfg.comparisons))
-    key = key_for(cfg, data, "comparisons", cfg.comparisons, cfg.validation.model_dump_json(), sft.key)
-    store = StageStore(root)
-    with (
-        recorded(tracking.stage("comparisons")) as run,
-        store.claim(cfg.comparisons.dir, key, waiting_for("comparisons", key)) as directory,
-    ):
-        card = store.finished(cfg.comparisons.dir, key) if cfg.orchestration.reuse_finished_stages else None
-        if card:
-            store.touch(cfg.comparisons.dir, key)
-            rows = [r.data for r in read_jsonl(directory / file_name(PREFERENCES), PREFERENCES)]
-            run.set_tags({"reused": "true", "stage_key": key})
-            run.log_params(flatten(cfg.comparisons.model_dump(mode="json")))
-            run.log_metrics(card["metrics"])
-            run.log_artifacts(directory, "comparisons")
-            return recipe.StageResult(rows, card["metrics"], key=key, reused=True)
-        train_prompts = sorted({r["prompt"] for r in data["rows"][DEMONSTRATIONS]})
-        result = recipe.comparisons_stage(cfg, tokenizer, sft.model, train_prompts, labeler.comparison_labeller(cfg))
-        rows = result.model
-        eval_prompts = frozenset(r["prompt"] for r in data["rows"][EVAL_PROMPTS])
-        vocabulary = VOCABULARY if cfg.validation.check_vocabulary else None
+        rows = ctx.data.preferences
+        return recipe.StageResult(rows, {"pairs": len(rows)}, key=key_for(ctx, "comparisons", cfg.comparisons))
+    rank = labeller(ctx, "labeler")
+    if rank is None:
+        raise ValueError(
+            "comparisons.source is 'sft_samples' but there is no labeller for data.source 'files': "
+            "set comparisons.source: static to train the reward model on your preference file"
+        )
+    key = key_for(ctx, "comparisons", cfg.comparisons, cfg.validation.model_dump_json(), sft.key)
+    reports = []
+
+    def collect() -> recipe.StageResult:
+        label = recipe.comparison_labeller(cfg, rank, ctx.data.demonstrations)
+        return recipe.comparisons_stage(cfg, ctx.tokenizer, sft.model, ctx.data.train_prompts, label)
+
+    def save(directory: Path, result: recipe.StageResult) -> None:
         report = save_comparisons(
-            rows,
+            result.model,
             directory,
             cfg.validation,
-            vocabulary,
-            Path(root) / cfg.validation.report_dir / "comparisons" / key,
-            eval_prompts,
+            checked_vocabulary(cfg),
+            Path(ctx.root) / cfg.validation.report_dir / "comparisons" / key,
+            frozenset(ctx.data.eval_prompts),
         )
+        reports.append(report)
         write_json(directory / CARD, {"stage": "comparisons", "stage_key": key, "metrics": result.metrics})
-        run.set_tags({"reused": "false", "stage_key": key})
+
+    def load(directory: Path) -> list[dict]:
+        return [r.data for r in read_jsonl(directory / file_name(PREFERENCES), PREFERENCES)]
+
+    with recorded(ctx.tracking.stage("comparisons")) as run:
+        result = reuse_or_compute(ctx, run, "comparisons", cfg.comparisons.dir, key, load, collect, save)
         run.log_params(flatten(cfg.comparisons.model_dump(mode="json")))
         run.log_metrics({**result.metrics, "seconds": result.seconds})
-        run.log_text(report.summary(), "validation/summary.txt")
-        run.log_artifacts(directory, "comparisons")
-    result.key = key
+        for report in reports:
+            run.log_text(report.summary(), "validation/summary.txt")
+        run.log_artifacts(StageStore(ctx.root).path(cfg.comparisons.dir, key), "comparisons")
     return result
 
 
 @task(name="reward model", cache_policy=NO_CACHE)
-def reward_task(
-    cfg: Config,
-    root: str,
-    tracking: Tracking,
-    data: dict,
-    tokenizer,
-    sft: recipe.StageResult,
-    comparisons: recipe.StageResult,
-) -> recipe.StageResult:
-    with recorded(tracking.stage("reward_model")) as run:
-        train_prompts = sorted({r["prompt"] for r in data["rows"][DEMONSTRATIONS]})
-        key = key_for(cfg, data, "reward_model", cfg.reward, sft.key, comparisons.key)
+def reward_task(ctx: RunContext, sft: recipe.StageResult, comparisons: recipe.StageResult) -> recipe.StageResult:
+    cfg = ctx.cfg
+    with recorded(ctx.tracking.stage("reward_model")) as run:
+        key = key_for(ctx, "reward_model", cfg.reward, sft.key, comparisons.key)
         _, valid = recipe.labelled_split(cfg, comparisons.model)
 
         def train():
             result = recipe.reward_stage(
                 cfg,
-                tokenizer,
+                ctx.tokenizer,
                 sft.model,
                 comparisons.model,
-                train_prompts,
+                ctx.data.train_prompts,
                 log=_progress("reward model", 10 * cfg.reward.log_every),
             )
-            if valid and cfg.data.source == "synthetic":
+            if valid and ctx.environment is not None:
                 result.metrics["accuracy_gold"] = reward_model_gold_accuracy(
-                    result.model, tokenizer, valid, cfg.model, gold_score
+                    result.model, ctx.tokenizer, valid, cfg.model, ctx.environment.gold
                 )
             return result
 
-        result = train_or_reuse(cfg, root, run, "reward_model", key, load_reward_model, train, tokenizer, data)
+        result = train_or_reuse(ctx, run, "reward_model", key, load_reward_model, train)
         record_stage(run, cfg.reward, result)
-        log_stage_model(cfg, root, run, "reward_model", result)
+        log_stage_model(ctx, run, "reward_model", result)
     return result
 
 
 @task(name="supervised baseline", cache_policy=NO_CACHE, task_run_name="baseline {name}")
 def baseline_task(
-    cfg: Config,
-    root: str,
-    tracking: Tracking,
-    data: dict,
-    tokenizer,
-    sft: recipe.StageResult,
-    comparisons: recipe.StageResult,
-    name: str,
+    ctx: RunContext, name: str, sft: recipe.StageResult, comparisons: recipe.StageResult
 ) -> recipe.StageResult:
+    cfg = ctx.cfg
     section = getattr(cfg.baselines, name)
-    with recorded(tracking.stage(f"baseline_{name}")) as run:
+    with recorded(ctx.tracking.stage(f"baseline_{name}")) as run:
         # the baselines train on the reward model's training split and ship their labeller-selected snapshot
-        key = key_for(cfg, data, name, section, sft.key, comparisons.key, *selection_depends_on(cfg))
+        key = key_for(ctx, name, section, sft.key, comparisons.key, *selection_depends_on(cfg))
         result = train_or_reuse(
-            cfg,
-            root,
+            ctx,
             run,
             name,
             key,
@@ -266,17 +266,15 @@ def baseline_task(
             lambda: recipe.baseline_stage(
                 cfg,
                 name,
-                tokenizer,
+                ctx.tokenizer,
                 sft.model,
                 comparisons.model,
                 log=_progress(name, 10 * section.log_every),
-                make_ranker=selection_ranker(cfg),
+                make_ranker=selection_labeller(ctx),
             ),
-            tokenizer,
-            data,
         )
         record_stage(run, section, result)
-        log_stage_model(cfg, root, run, name, result)
+        log_stage_model(ctx, run, name, result)
     return result
 
 
@@ -298,62 +296,51 @@ def _progress(stage: str, every: int, total: int | None = None):
 
 @task(name="PPO", cache_policy=NO_CACHE)
 def ppo_task(
-    cfg: Config,
-    root: str,
-    tracking: Tracking,
-    data: dict,
-    tokenizer,
-    sft: recipe.StageResult,
-    reward: recipe.StageResult,
-    comparisons: recipe.StageResult,
+    ctx: RunContext, sft: recipe.StageResult, reward_model: recipe.StageResult, comparisons: recipe.StageResult
 ) -> recipe.StageResult:
     """PPO under `accelerate launch` with the configured profile; the ranks' logs stream into this task's log.
     The snapshot the labeller prefers on the held-out slice ships."""
-    with recorded(tracking.stage("ppo")) as run:
-        demonstrations = data["rows"][DEMONSTRATIONS]
-        train_prompts = sorted({r["prompt"] for r in demonstrations})
+    cfg = ctx.cfg
+    with recorded(ctx.tracking.stage("ppo")) as run:
         profile = AccelerateProfile.read(code_path(cfg.distributed.accelerate_config))
         processes = cfg.distributed.num_processes or profile.num_processes
         # each rank samples its own rollouts, so the process count is part of what the policy depends on
         key = key_for(
-            cfg, data, "ppo", cfg.ppo, sft.key, reward.key, f"processes={processes}", *selection_depends_on(cfg)
+            ctx, "ppo", cfg.ppo, sft.key, reward_model.key, f"processes={processes}", *selection_depends_on(cfg)
         )
         # a killed run's re-run continues from the last checkpoint of the same key
-        checkpoints = Path(root) / cfg.artifacts_dir / ".checkpoints" / f"ppo-{key}"
+        checkpoints = Path(ctx.root) / cfg.artifacts_dir / ".checkpoints" / f"ppo-{key}"
         run.set_tags({"accelerate_config": cfg.distributed.accelerate_config, "processes": processes})
-        store = StageStore(root)
+        store = StageStore(ctx.root)
         inputs = {
             "sft": store.path(stage_home(cfg, "sft"), sft.key),
-            "reward_model": store.path(stage_home(cfg, "reward_model"), reward.key),
+            "reward_model": store.path(stage_home(cfg, "reward_model"), reward_model.key),
         }
         result = train_or_reuse(
-            cfg,
-            root,
+            ctx,
             run,
             "ppo",
             key,
             load_causal_lm,
             lambda: recipe.select_candidate(
                 cfg,
-                launched_ppo(cfg, tracking, run, profile, inputs, train_prompts, demonstrations, checkpoints),
+                launched_ppo(ctx, run, profile, inputs, checkpoints),
                 ppo_worker.read_snapshots(ppo_worker.snapshot_dir(None, checkpoints)),
-                tokenizer,
+                ctx.tokenizer,
                 comparisons.model,
-                selection_ranker(cfg),
+                selection_labeller(ctx),
                 unit="iteration",
             ),
-            tokenizer,
-            data,
             finished=lambda: shutil.rmtree(checkpoints, ignore_errors=True),  # the saved model supersedes them
         )
         record_stage(run, cfg.ppo, result, step_key="iteration")
         run.log_figure(plots.ppo_curves(result.history), "plots/ppo_curves.png")
-        if cfg.data.source == "synthetic":  # the gold monitor's points: Gao et al.'s curves, for the record
+        if ctx.environment is not None:  # the gold monitor's points: Gao et al.'s curves, for the record
             shipped = shipped_iteration(result.history, int(result.metrics.get("selection.chosen_iteration", -1)))
             fit = overoptimisation_fit(result.history)
             run.log_metrics(curve_metrics(fit, result.history, shipped))
             run.log_figure(plots.overoptimisation(result.history, fit, shipped), "plots/overoptimisation.png")
-        log_stage_model(cfg, root, run, "ppo", result)
+        log_stage_model(ctx, run, "ppo", result)
     return result
 
 
@@ -362,9 +349,17 @@ def selection_depends_on(cfg: Config) -> list[str]:
     return [cfg.selection.model_dump_json(), f"held_out={cfg.reward.valid_fraction}"]
 
 
-def selection_ranker(cfg: Config):
-    """The labeller that picks the shipped snapshots: the embedded task's simulated one; none for user data."""
-    return labeler.selection_ranker(cfg) if cfg.data.source == "synthetic" else None
+def labeller(ctx: RunContext, stream: str) -> Ranker | None:
+    """The environment's labeller on its own noise stream; none for user data."""
+    return ctx.environment.labeller(stream) if ctx.environment is not None else None
+
+
+def selection_labeller(ctx: RunContext) -> Callable[[], Ranker] | None:
+    """A fresh labeller per candidate snapshot, every one with the same noise (common random numbers); none for
+    user data, where the last snapshot ships."""
+    if ctx.environment is None:
+        return None
+    return lambda: labeller(ctx, "selection")
 
 
 def curve_metrics(fit: dict, history: list[dict], shipped_iteration: int | None) -> dict[str, float]:
@@ -389,27 +384,22 @@ def code_path(path: str) -> Path:
 
 
 def launched_ppo(
-    cfg: Config,
-    tracking: Tracking,
-    run: StageRun,
-    profile: AccelerateProfile,
-    inputs: dict[str, Path],
-    prompts: list[str],
-    demonstrations: list[dict],
-    checkpoints: Path,
+    ctx: RunContext, run: StageRun, profile: AccelerateProfile, inputs: dict[str, Path], checkpoints: Path
 ) -> recipe.StageResult:
     """``inputs``: the SFT and reward model directories (finished stage outputs, never rewritten)."""
-    job_dir = tracking.run_dir / "ppo-job"
+    cfg = ctx.cfg
+    job_dir = ctx.tracking.run_dir / "ppo-job"
     shutil.rmtree(job_dir, ignore_errors=True)
     write_job(
         job_dir,
         cfg,
         inputs["sft"],
         inputs["reward_model"],
-        prompts,
-        demonstrations,
+        ctx.data.train_prompts,
+        ctx.data.demonstrations,
         checkpoints,
-        mlflow={"uri": tracking.tracker.uri, "run_id": run.run_id},
+        mlflow={"uri": ctx.tracking.tracker.uri, "run_id": run.run_id},
+        vocabulary=ctx.vocabulary,
     )
     command, env = accelerate_command(
         profile,
@@ -475,16 +465,15 @@ def mlflow_links(tracking: Tracking, registry: dict) -> dict[str, str]:
 
 
 @task(name="report", cache_policy=NO_CACHE, retry_condition_fn=transient)
-def report(
-    cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluation: dict, decision: dict, registry: dict
-) -> str:
+def report(ctx: RunContext, trained: Trained, evaluation: dict, decision: dict, registry: dict) -> str:
     """The flow run's report: evaluation table, decision with reasons, links; and a metrics table."""
-    links = mlflow_links(tracking, registry)
-    stage_times = {name: r.seconds for name, r in trained_stages(trained).items()}
+    cfg = ctx.cfg
+    links = mlflow_links(ctx.tracking, registry)
+    stage_times = {name: r.seconds for name, r in trained.models().items()}
     markdown = "\n".join(
         [
             f"# RLHF pipeline: {decision['decision'].upper()}",
-            f"profile `{cfg.profile}`, seed {cfg.seed}, data `{data['version']['md5']}`",
+            f"profile `{cfg.profile}`, seed {cfg.seed}, data `{ctx.data.md5}`",
             "",
             "## Evaluation",
             "```",
@@ -493,7 +482,7 @@ def report(
             "",
             "## What each policy used",
             "```",
-            format_budgets(comparison_terms(cfg, data, trained)).strip(),
+            format_budgets(comparison_terms(ctx, trained)).strip(),
             "```",
             "",
             "## Gate",
@@ -535,48 +524,52 @@ def report(
     return markdown
 
 
-def report_with_retries(cfg: Config, *args) -> str:
+def report_with_retries(ctx: RunContext, *args) -> str:
+    orchestration = ctx.cfg.orchestration
     retrying = report.with_options(
-        retries=cfg.orchestration.tracking_retries, retry_delay_seconds=cfg.orchestration.tracking_retry_delays
+        retries=orchestration.tracking_retries, retry_delay_seconds=orchestration.tracking_retry_delays
     )
-    return retrying(cfg, *args)
+    return retrying(ctx, *args)
 
 
-def register_with_retries(cfg: Config, *args) -> dict:
+def register_with_retries(ctx: RunContext, *args) -> dict:
+    orchestration = ctx.cfg.orchestration
     retrying = register.with_options(
-        retries=cfg.orchestration.tracking_retries, retry_delay_seconds=cfg.orchestration.tracking_retry_delays
+        retries=orchestration.tracking_retries, retry_delay_seconds=orchestration.tracking_retry_delays
     )
-    return retrying(cfg, *args)
+    return retrying(ctx, *args)
 
 
-def train_all(cfg: Config, root: str, tracking: Tracking, data: dict) -> dict:
-    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
-    sft = sft_task(cfg, root, tracking, data, tokenizer)
-    comparisons = comparisons_task(cfg, root, tracking, data, tokenizer, sft)
-    reward = reward_task(cfg, root, tracking, data, tokenizer, sft, comparisons)
-    baselines = {
-        name: baseline_task(cfg, root, tracking, data, tokenizer, sft, comparisons, name)
-        for name in recipe.SUPERVISED_BASELINES
-    }
-    ppo = ppo_task(cfg, root, tracking, data, tokenizer, sft, reward, comparisons)
-    return {
-        "tokenizer": tokenizer,
-        "sft": sft,
-        "comparisons": comparisons,
-        "reward": reward,
-        "baselines": baselines,
-        "ppo": ppo,
-    }
+def run_context(cfg: Config, root: str, tracking: Tracking, data: PreparedData) -> RunContext:
+    """The context every training task reads; the tokenizer is the local model's, or a word tokenizer over the
+    environment's vocabulary (or, for user files and a model from scratch, the words of the data)."""
+    environment = environment_for(cfg)
+    vocabulary = None
+    if cfg.model.source == "scratch":
+        texts = (str(value) for rows in data.rows.values() for row in rows for value in row.values())
+        vocabulary = environment.vocabulary if environment is not None else words_of(texts)
+    tokenizer = recipe.make_tokenizer(cfg, vocabulary)
+    return RunContext(cfg, root, tracking, data, tokenizer, environment, vocabulary)
+
+
+def train_all(ctx: RunContext) -> Trained:
+    sft = sft_task(ctx)
+    comparisons = comparisons_task(ctx, sft)
+    reward_model = reward_task(ctx, sft, comparisons)
+    baselines = {name: baseline_task(ctx, name, sft, comparisons) for name in recipe.SUPERVISED_BASELINES}
+    ppo = ppo_task(ctx, sft, reward_model, comparisons)
+    return Trained(sft, comparisons, reward_model, ppo, baselines)
 
 
 @task(name="prune stage outputs", cache_policy=NO_CACHE)
-def prune_stage_outputs(cfg: Config, root: str, trained: dict) -> list[str]:
+def prune_stage_outputs(ctx: RunContext, trained: Trained) -> list[str]:
     """Keep each stage's ``orchestration.keep_stage_outputs`` most recently used outputs; never this run's."""
+    cfg = ctx.cfg
     if cfg.orchestration.keep_stage_outputs is None:
         return []
-    store = StageStore(root)
-    homes = {stage_home(cfg, name): {result.key} for name, result in trained_stages(trained).items()}
-    homes[cfg.comparisons.dir] = {trained["comparisons"].key}
+    store = StageStore(ctx.root)
+    homes = {stage_home(cfg, name): {result.key} for name, result in trained.models().items()}
+    homes[cfg.comparisons.dir] = {trained.comparisons.key}
     removed = [
         str(path)
         for home, keys in homes.items()
@@ -587,47 +580,41 @@ def prune_stage_outputs(cfg: Config, root: str, trained: dict) -> list[str]:
     return removed
 
 
-def trained_stages(trained: dict) -> dict[str, recipe.StageResult]:
-    """Every stage that saves a model, by its name under ``artifacts_dir``."""
-    return {"sft": trained["sft"], "reward_model": trained["reward"], "ppo": trained["ppo"], **trained["baselines"]}
-
-
-def comparison_terms(cfg: Config, data: dict, trained: dict) -> dict:
+def comparison_terms(ctx: RunContext, trained: Trained) -> dict:
     """What makes the comparison fair, for the record: one SFT start and one set of held-out prompts for every
     policy, and each policy's label budget (validation slices and selection labels included) and tuning budget."""
-    eval_prompts = sorted(r["prompt"] for r in data["rows"][EVAL_PROMPTS])
+    cfg = ctx.cfg
+    eval_prompts = sorted(ctx.data.eval_prompts)
     tuned = {name: cfg.tuning.configurations_per_method for name in ("ppo", *recipe.SUPERVISED_BASELINES)}
     return {
-        "sft_start": trained["sft"].key,
+        "sft_start": trained.sft.key,
         "eval_prompts": {"count": len(eval_prompts), "md5": hashlib.md5("\n".join(eval_prompts).encode()).hexdigest()},
-        "label_budgets": recipe.label_budgets(cfg, trained["comparisons"].model, _stage_metrics(trained)),
+        "label_budgets": recipe.label_budgets(cfg, trained.comparisons.model, trained.metrics()),
         "tuning_budgets": {"sft": 0, "best_of_n": 0, **tuned},
         "tuning": cfg.tuning.model_dump(mode="json"),
     }
 
 
-def _stage_metrics(trained: dict) -> dict[str, dict]:
-    return {name: result.metrics for name, result in trained_stages(trained).items()}
-
-
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(cfg: Config, root: str, tracking: Tracking, data: dict, trained: dict) -> dict:
-    with recorded(tracking.stage("evaluation")) as run:
-        policies = {
-            "sft": trained["sft"].model,
-            **{n: r.model for n, r in trained["baselines"].items()},
-            "ppo": trained["ppo"].model,
-        }
-        eval_prompts = [r["prompt"] for r in data["rows"][EVAL_PROMPTS]]
+def evaluate(ctx: RunContext, trained: Trained) -> dict:
+    cfg = ctx.cfg
+    if ctx.environment is None:
+        raise ValueError(
+            "evaluation needs a judge: the embedded task's gold judge reads only its own prompts, and there is no "
+            "judge for data.source 'files' yet"
+        )
+    with recorded(ctx.tracking.stage("evaluation")) as run:
+        policies = {"sft": trained.sft.model, **{n: r.model for n, r in trained.baselines.items()}}
+        policies["ppo"] = trained.ppo.model
         report = evaluate_policies(
             policies,
-            trained["tokenizer"],
-            eval_prompts,
+            ctx.tokenizer,
+            ctx.data.eval_prompts,
             cfg.evaluation,
             cfg.model,
             cfg.seed,
-            trained["reward"].model,
-            gold_score,
+            trained.reward_model.model,
+            ctx.environment.gold,
             cfg.baselines.best_of_n,
         )
         run.log_params(flatten(cfg.evaluation.model_dump(mode="json")))
@@ -647,29 +634,30 @@ def evaluate(cfg: Config, root: str, tracking: Tracking, data: dict, trained: di
                 description=f"example responses, {mode} decoding",
             )
         run.log_dict(report, "evaluation.json")
-        run.log_dict(comparison_terms(cfg, data, trained), "budgets.json")
+        run.log_dict(comparison_terms(ctx, trained), "budgets.json")
         create_markdown_artifact(key="evaluation", markdown=f"```\n{format_table(report)}\n```")
     return report
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate(cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluation: dict) -> dict:
-    stage_metrics = _stage_metrics(trained)
+def gate(ctx: RunContext, trained: Trained, evaluation: dict) -> dict:
+    cfg, tracking = ctx.cfg, ctx.tracking
+    stage_metrics = trained.metrics()
     report = {
         "data_validation": {
-            "success": data["validation"]["success"],
-            "eval_prompts_in_training": eval_prompts_in_training(data, trained),
+            "success": ctx.data.validation["success"],
+            "eval_prompts_in_training": eval_prompts_in_training(ctx.data, trained),
         },
         "non_finite_stages": sorted(name for name, metrics in stage_metrics.items() if _has_non_finite(metrics)),
         "reward_model": {
-            key: trained["reward"].metrics.get(name)
+            key: trained.reward_model.metrics.get(name)
             for key, name in (
                 ("accuracy", "valid_accuracy"),
                 ("ensemble_size", "ensemble_size"),
                 ("member_agreement", "member_agreement"),
             )
         },
-        "ppo_history": trained["ppo"].history,
+        "ppo_history": trained.ppo.history,
         "modes": evaluation,
     }
     decision = decide_report(report, cfg.gate)  # a malformed report is a rejection that says why
@@ -695,13 +683,11 @@ def gate(cfg: Config, tracking: Tracking, data: dict, trained: dict, evaluation:
     }
 
 
-def eval_prompts_in_training(data: dict, trained: dict) -> int:
+def eval_prompts_in_training(data: PreparedData, trained: Trained) -> int:
     """Held-out prompts among the prompts of the demonstrations and the comparisons (validation refuses such data;
     the gate counts again, on what the stages actually trained on)."""
-    trained_on = {r["prompt"] for r in data["rows"][DEMONSTRATIONS]} | {
-        r["prompt"] for r in trained["comparisons"].model
-    }
-    return len({r["prompt"] for r in data["rows"][EVAL_PROMPTS]} & trained_on)
+    trained_on = set(data.train_prompts) | {r["prompt"] for r in trained.comparisons.model}
+    return len(set(data.eval_prompts) & trained_on)
 
 
 def _has_non_finite(metrics: dict) -> bool:
@@ -709,10 +695,11 @@ def _has_non_finite(metrics: dict) -> bool:
 
 
 @task(name="register", cache_policy=NO_CACHE, retry_condition_fn=transient)
-def register(cfg: Config, root: str, tracking: Tracking, data: dict, trained: dict, decision: dict) -> dict:
+def register(ctx: RunContext, trained: Trained, decision: dict) -> dict:
     """The PPO policy becomes a new registry version, tagged; the aliases move last."""
+    cfg, tracking = ctx.cfg, ctx.tracking
     run = tracking.parent
-    model_uri = run.log_policy(trained["ppo"].model, trained["tokenizer"], "policy")
+    model_uri = run.log_policy(trained.ppo.model, ctx.tokenizer, "policy")
     evaluation_tags = {
         f"gate.{r['mode']}.{r['rule']}" if r["mode"] else f"gate.{r['rule']}": r["detail"] for r in decision["reasons"]
     }
@@ -720,7 +707,7 @@ def register(cfg: Config, root: str, tracking: Tracking, data: dict, trained: di
         model_uri,
         run,
         {
-            "data.md5": data["version"]["md5"],
+            "data.md5": ctx.data.md5,
             "profile": cfg.profile,
             "seed": cfg.seed,
             **{k.replace(" ", "_"): v[:5000] for k, v in evaluation_tags.items()},

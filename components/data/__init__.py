@@ -1,2 +1,2 @@
-"""Data: the embedded synthetic task (prompts, gold judge, demonstrators, simulated labeler), file schemas, rules.
-May import the standard library, libraries other than the tools (mlflow, prefect, gx, dvc), components.config, io."""
+"""Data handling for any preference task: file schemas, reading and writing data sets, expectations, preparing
+training inputs, the Environment interface. May import config, io and the libraries; never the task or the tools."""

@@ -1,4 +1,5 @@
 """The raw data directory: what it is built from (its recipe) and writing it atomically."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,13 +11,14 @@ from pathlib import Path
 from components import io
 from components.config import Config, UserFilesConfig
 from components.data import files
-from components.data.synthetic import Dataset, generate_synthetic, synthetic_manifest
+from components.data.environment import Dataset, Environment
 
 
-def source_manifest(cfg: Config) -> dict:
-    """What the data set is built from: the generator and its params, or the user's files and their hashes."""
-    if cfg.data.source == "synthetic":
-        return synthetic_manifest(cfg)
+def source_manifest(cfg: Config, environment: Environment | None) -> dict:
+    """What the data set is built from: the environment's generator and its params, or the user's files and their
+    hashes."""
+    if environment is not None:
+        return environment.manifest()
     inputs = {}
     for dataset in files.DATASETS:
         path = Path(getattr(cfg.data.files, dataset))
@@ -28,11 +30,12 @@ def recipe_hash(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
-def write_candidate(cfg: Config, directory: Path) -> dict:
-    """Write the configured data set into a new ``directory``; returns the manifest written with it."""
-    if cfg.data.source == "synthetic":
-        return write_dataset(directory, generate_synthetic(cfg))
-    return _copy_user_files(cfg.data.files, directory, source_manifest(cfg))
+def write_candidate(cfg: Config, directory: Path, environment: Environment | None) -> dict:
+    """Write the configured data set into a new ``directory``: the environment's, or a copy of the user's files;
+    returns the manifest written with it."""
+    if environment is not None:
+        return write_dataset(directory, environment.generate())
+    return _copy_user_files(cfg.data.files, directory, source_manifest(cfg, None))
 
 
 def _copy_user_files(spec: UserFilesConfig, directory: Path, manifest: dict) -> dict:
@@ -90,4 +93,6 @@ def write_dataset(directory: str | Path, dataset: Dataset) -> dict:
 def load_rows(directory: str | Path) -> dict[str, list[dict]]:
     """The validated data set, as plain rows (call only after validation passed)."""
     directory = Path(directory)
-    return {name: [r.data for r in files.read_jsonl(directory / files.file_name(name), name)] for name in files.DATASETS}
+    return {
+        name: [r.data for r in files.read_jsonl(directory / files.file_name(name), name)] for name in files.DATASETS
+    }

@@ -5,10 +5,12 @@ No Great Expectations here: ``components/adapters/validation.py`` turns each
 columns (word counts, out-of-vocabulary counts, leaked eval prompts) are checked on derived
 columns that ``frame`` computes with pandas, next to the 1-based ``line`` of every row.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -98,7 +100,12 @@ def _text_rules(column: str, cfg: ValidationConfig, vocabulary: frozenset[str] |
     rules = [
         Expectation("expect_column_to_exist", f"has a '{column}' field", {"column": column}),
         Expectation("expect_column_values_to_not_be_null", f"'{column}' is not null", {"column": column}, column),
-        Expectation("expect_column_values_to_match_regex", f"'{column}' is not empty", {"column": column, "regex": r"\S"}, column),
+        Expectation(
+            "expect_column_values_to_match_regex",
+            f"'{column}' is not empty",
+            {"column": column, "regex": r"\S"},
+            column,
+        ),
         Expectation(
             "expect_column_values_to_be_between",
             length,
@@ -189,4 +196,3 @@ def suite(
         )
     )
     return rules
-

@@ -6,6 +6,7 @@ Schemas (one JSON object per line, UTF-8, every line ends with a newline):
   (``chosen_position``: 0 if the labeler was shown the chosen response first, else 1).
 - ``eval_prompts.jsonl``: ``{prompt}`` plus optional metadata.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,7 +72,9 @@ def read_jsonl(path: str | Path, dataset: str | None = None) -> list[Record]:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataFileError(path, number, "one JSON object per line", f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+            raise DataFileError(
+                path, number, "one JSON object per line", f"malformed JSON ({exc.msg} at column {exc.colno})"
+            ) from None
         if not isinstance(obj, dict):
             raise DataFileError(path, number, "one JSON object per line", f"got {type(obj).__name__}")
         if dataset is not None:

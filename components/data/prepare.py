@@ -1,4 +1,5 @@
 """Preparation: the validated raw data split into the exact inputs of the training stages."""
+
 from __future__ import annotations
 
 import random

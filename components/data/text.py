@@ -1,4 +1,5 @@
 """Word-level text handling shared by the task, the judge and the validators."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """What a validation run found, in the words a person fixing the data needs: file, rule, lines."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
@@ -19,6 +20,12 @@ def build_word_tokenizer(vocabulary: frozenset[str]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left"
     )
+
+
+def words_of(texts: Iterable[str]) -> frozenset[str]:
+    """Every word and punctuation mark of ``texts`` as ``build_word_tokenizer`` splits them (lower-cased)."""
+    split = pre_tokenizers.Whitespace()
+    return frozenset(piece for text in texts for piece, _ in split.pre_tokenize_str(text.lower()))
 
 
 def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:

@@ -23,7 +23,14 @@ from components.models.ensemble import members_of
 from components.models.tokenizer import build_word_tokenizer, load_tokenizer
 from components.training.chosen import train_chosen, train_top_ranked
 from components.training.combined import train_combined
-from components.training.comparisons import Labeller, Ranker, collect_sft_comparisons, draw_prompts, sample_reference
+from components.training.comparisons import (
+    Labeller,
+    Ranker,
+    collect_sft_comparisons,
+    draw_prompts,
+    sample_reference,
+    sampled_labeller,
+)
 from components.training.dpo import train_dpo
 from components.training.loop import Snapshots
 from components.training.ppo import SINGLE, Monitor, train_ppo
@@ -58,9 +65,22 @@ def timed(fn: Callable[..., tuple]) -> Callable[..., StageResult]:
     return run
 
 
-def make_tokenizer(cfg: Config, vocabulary: frozenset[str]) -> PreTrainedTokenizerBase:
-    """The local model's tokenizer, or a word tokenizer over ``vocabulary`` (the embedded task's lexicon)."""
-    return load_tokenizer(cfg.model.local_dir) if cfg.model.source == "local" else build_word_tokenizer(vocabulary)
+def make_tokenizer(cfg: Config, vocabulary: frozenset[str] | None) -> PreTrainedTokenizerBase:
+    """The local model's tokenizer, or a word tokenizer over ``vocabulary`` (the embedded task's lexicon, or the
+    words of the user's data) for a model trained from scratch."""
+    if cfg.model.source == "local":
+        return load_tokenizer(cfg.model.local_dir)
+    if vocabulary is None:
+        raise ValueError("a model trained from scratch needs the vocabulary of its word tokenizer")
+    return build_word_tokenizer(vocabulary)
+
+
+def comparison_labeller(cfg: Config, rank: Ranker, demonstrations: list[dict]) -> Labeller:
+    """``rank`` turning SFT samples into preference rows: responses shorter than the data contract's
+    ``validation.min_response_words`` left out, prompts named by the demonstrations' ``prompt_id`` where they
+    have one."""
+    prompt_ids = {r["prompt"]: r["prompt_id"] for r in demonstrations if "prompt_id" in r}
+    return sampled_labeller(rank, cfg.validation.min_response_words, prompt_ids)
 
 
 def sft_stage(cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: list[dict], log=None) -> StageResult:

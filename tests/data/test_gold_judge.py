@@ -1,11 +1,14 @@
 """The gold judge prefers a clean on-request review to each kind of flawed one."""
+
 import pytest
 
-from components.data.gold_judge import judge
-from components.data.task import Prompt
+from components.task.gold_judge import judge
+from components.task.prompts import Prompt
 
 PROMPT = Prompt("headphones", "positive", ("battery", "sound"))
-CLEAN = "i bought these headphones last week. the battery lasts all day. the sound is very clear. i love these headphones."
+CLEAN = (
+    "i bought these headphones last week. the battery lasts all day. the sound is very clear. i love these headphones."
+)
 
 FLAWED = {
     "repetitive": "the battery lasts all day. the battery lasts all day. the battery lasts all day. the sound is clear.",

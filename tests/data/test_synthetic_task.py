@@ -1,4 +1,5 @@
 """The embedded task: prompts, demonstrator spread, labeler noise, split and determinism."""
+
 import random
 import statistics
 
@@ -7,14 +8,15 @@ import pytest
 from components.config import load_config
 from components.data import files
 from components.data.dataset import write_dataset
-from components.data.synthetic import generate_synthetic
-from components.data.demonstrator import draw_carelessness, write_demonstration
-from components.data.gold_judge import gold_score, judge
-from components.data.labeler import SimulatedLabeler, collect_comparisons, label_agreement
-from components.data.lexicon import VOCABULARY
-from components.data.task import all_prompts, parse_prompt
 from components.data.text import words
 from components.io import sha256_file
+from components.task.demonstrator import draw_carelessness, write_demonstration
+from components.task.generator import generate_synthetic
+from components.task.gold_judge import gold_score, judge
+from components.task.labeler import SimulatedLabeler, label_agreement
+from components.task.lexicon import VOCABULARY
+from components.task.prompts import all_prompts, parse_prompt
+from components.training.comparisons import ranked_pairs
 
 
 def test_prompts_round_trip_through_their_text():
@@ -62,10 +64,11 @@ def test_label_accuracy_matches_what_bradley_terry_predicts(temperature):
 
     def sample(text):
         p = parse_prompt(text)
-        return [write_demonstration(p, draw_carelessness(rng, 1.0, 1.5), rng) for _ in range(2)]
+        return [(write_demonstration(p, draw_carelessness(rng, 1.0, 1.5), rng), True) for _ in range(2)]
 
     labeler = SimulatedLabeler(temperature, random.Random(4))
-    pairs = collect_comparisons([rng.choice(prompts) for _ in range(3000)], sample, labeler.rank)
+    drawn = [rng.choice(prompts) for _ in range(3000)]
+    pairs = [pair for text in drawn for pair in pairs_of(text, sample(text), labeler)]
     agreement = label_agreement(pairs, temperature)
     # margin: 3000 pairs give a binomial standard error under 0.01; allow 0.03
     assert agreement.accuracy == pytest.approx(agreement.expected_accuracy, abs=0.03)
@@ -75,19 +78,26 @@ def test_label_accuracy_matches_what_bradley_terry_predicts(temperature):
 def test_lower_temperature_labels_agree_more_with_gold():
     rng = random.Random(5)
     prompts = [p.text for p in all_prompts()]
-    fixed = {t: [write_demonstration(parse_prompt(t), draw_carelessness(rng, 1, 1.5), rng) for _ in range(2)] for t in prompts}
+    fixed = {
+        t: [(write_demonstration(parse_prompt(t), draw_carelessness(rng, 1, 1.5), rng), True) for _ in range(2)]
+        for t in prompts
+    }
     accuracy = {}
     for temperature in (0.2, 2.0):
         labeler = SimulatedLabeler(temperature, random.Random(6))
-        pairs = collect_comparisons(prompts * 5, fixed.__getitem__, labeler.rank)
+        pairs = [pair for text in prompts * 5 for pair in pairs_of(text, fixed[text], labeler)]
         accuracy[temperature] = label_agreement(pairs, temperature).accuracy
     assert accuracy[0.2] > accuracy[2.0] + 0.1
 
 
-def test_collect_comparisons_takes_any_sampler_and_emits_all_k_choose_2_pairs():
+def pairs_of(prompt: str, samples: list[tuple[str, bool]], labeler: SimulatedLabeler) -> list[dict]:
+    return [pair for pair, _, _ in ranked_pairs(prompt, samples, labeler.rank)]
+
+
+def test_ranked_pairs_takes_any_ranker_and_emits_all_k_choose_2_pairs():
     prompt = all_prompts()[0].text
-    responses = ["a b c.", "d e f.", "g h i.", "d e f."]  # one duplicate, collapsed
-    pairs = collect_comparisons([prompt], lambda _: responses, lambda _, r: list(reversed(range(len(r)))))
+    responses = [(text, True) for text in ["a b c.", "d e f.", "g h i.", "d e f."]]  # one duplicate, collapsed
+    pairs = [pair for pair, _, _ in ranked_pairs(prompt, responses, lambda _, r, e: list(reversed(range(len(r)))))]
     assert len(pairs) == 3
     assert all(p["chosen"] != p["rejected"] for p in pairs)
     # the ranker put the last unique response first, so it wins every pair it is in

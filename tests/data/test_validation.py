@@ -3,26 +3,55 @@
 Every bad input is a copy of the good dir with one defect; the report must name the file, the
 rule and the line, and the data on disk must be byte-identical afterwards.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
+from components.adapters.validation import SUMMARY, validate_data_dir
 from components.config import RowBounds, ValidationConfig
 from components.data import expectations
 from components.data.files import DATASETS, DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, Record, file_name
 from components.io import write_json, write_jsonl
-from components.adapters.validation import SUMMARY, validate_data_dir
 
 VOCABULARY = frozenset(
-    "write a review of the phone laptop camera screen battery keyboard is are great bad good slow fast "
-    "and i like it do not . , ! ?".split()
+    [
+        "write",
+        "a",
+        "review",
+        "of",
+        "the",
+        "phone",
+        "laptop",
+        "camera",
+        "screen",
+        "battery",
+        "keyboard",
+        "is",
+        "are",
+        "great",
+        "bad",
+        "good",
+        "slow",
+        "fast",
+        "and",
+        "i",
+        "like",
+        "it",
+        "do",
+        "not",
+        ".",
+        ",",
+        "!",
+        "?",
+    ]
 )
 CFG = ValidationConfig(
     min_response_words=3,
@@ -41,12 +70,42 @@ DEMONSTRATIONS_ROWS = [
     {"prompt": "write a review of the phone.", "response": "i do not like the phone.", "prompt_id": "phone"},
 ]
 PREFERENCES_ROWS = [
-    {"prompt": "write a review of the phone.", "chosen": "the screen is great.", "rejected": "the screen is bad.", "chosen_position": 0},
-    {"prompt": "write a review of the phone.", "chosen": "i like the phone.", "rejected": "the phone is slow.", "chosen_position": 1},
-    {"prompt": "write a review of the laptop.", "chosen": "the keyboard is good.", "rejected": "keyboard keyboard keyboard.", "chosen_position": 0},
-    {"prompt": "write a review of the laptop.", "chosen": "the laptop is fast!", "rejected": "the laptop is bad.", "chosen_position": 1},
-    {"prompt": "write a review of the phone.", "chosen": "the battery is good.", "rejected": "the battery is slow.", "chosen_position": 0},
-    {"prompt": "write a review of the laptop.", "chosen": "i like it, it is fast.", "rejected": "slow slow slow.", "chosen_position": 1},
+    {
+        "prompt": "write a review of the phone.",
+        "chosen": "the screen is great.",
+        "rejected": "the screen is bad.",
+        "chosen_position": 0,
+    },
+    {
+        "prompt": "write a review of the phone.",
+        "chosen": "i like the phone.",
+        "rejected": "the phone is slow.",
+        "chosen_position": 1,
+    },
+    {
+        "prompt": "write a review of the laptop.",
+        "chosen": "the keyboard is good.",
+        "rejected": "keyboard keyboard keyboard.",
+        "chosen_position": 0,
+    },
+    {
+        "prompt": "write a review of the laptop.",
+        "chosen": "the laptop is fast!",
+        "rejected": "the laptop is bad.",
+        "chosen_position": 1,
+    },
+    {
+        "prompt": "write a review of the phone.",
+        "chosen": "the battery is good.",
+        "rejected": "the battery is slow.",
+        "chosen_position": 0,
+    },
+    {
+        "prompt": "write a review of the laptop.",
+        "chosen": "i like it, it is fast.",
+        "rejected": "slow slow slow.",
+        "chosen_position": 1,
+    },
 ]
 
 
@@ -59,7 +118,11 @@ def write_good_dir(path: Path) -> Path:
 
 
 def fingerprint(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -130,23 +193,89 @@ class Defect:
 
 
 DEFECTS = {
-    "malformed_json": Defect(DEMONSTRATIONS, set_line(DEMONSTRATIONS, 3, b'{"prompt": "write", "response": '), "parse", "one JSON object per line", 3),
-    "missing_field": Defect(PREFERENCES, edit_row(PREFERENCES, 2, rejected=DROP), "parse", "required field 'rejected'", 2),
-    "wrong_type": Defect(DEMONSTRATIONS, edit_row(DEMONSTRATIONS, 4, response=42), "parse", "field 'response' is a string", 4),
-    "empty_response": Defect(DEMONSTRATIONS, edit_row(DEMONSTRATIONS, 2, response=""), "expect_column_values_to_match_regex", "'response' is not empty", 2),
-    "chosen_equals_rejected": Defect(PREFERENCES, edit_row(PREFERENCES, 3, rejected="the keyboard is good."), "expect_column_values_to_be_in_set", "'chosen' differs from 'rejected'", 3),
-    "duplicated_pair": Defect(PREFERENCES, edit_row(PREFERENCES, 5, **{k: PREFERENCES_ROWS[0][k] for k in ("prompt", "chosen", "rejected")}), "expect_compound_columns_to_be_unique", "no duplicate (prompt, chosen, rejected)", 5),
-    "leaked_eval_prompt": Defect(PREFERENCES, edit_row(PREFERENCES, 4, prompt=EVAL[1]), "expect_column_values_to_be_in_set", "no eval prompt", 4),
-    "truncated_file": Defect(PREFERENCES, set_bytes(PREFERENCES, cut_last_line), "parse", "file ends with a newline", len(PREFERENCES_ROWS)),
-    "non_utf8": Defect(EVAL_PROMPTS, set_line(EVAL_PROMPTS, 2, b'{"prompt": "write a review \xff\xfe"}'), "parse", "UTF-8", 2),
+    "malformed_json": Defect(
+        DEMONSTRATIONS,
+        set_line(DEMONSTRATIONS, 3, b'{"prompt": "write", "response": '),
+        "parse",
+        "one JSON object per line",
+        3,
+    ),
+    "missing_field": Defect(
+        PREFERENCES, edit_row(PREFERENCES, 2, rejected=DROP), "parse", "required field 'rejected'", 2
+    ),
+    "wrong_type": Defect(
+        DEMONSTRATIONS, edit_row(DEMONSTRATIONS, 4, response=42), "parse", "field 'response' is a string", 4
+    ),
+    "empty_response": Defect(
+        DEMONSTRATIONS,
+        edit_row(DEMONSTRATIONS, 2, response=""),
+        "expect_column_values_to_match_regex",
+        "'response' is not empty",
+        2,
+    ),
+    "chosen_equals_rejected": Defect(
+        PREFERENCES,
+        edit_row(PREFERENCES, 3, rejected="the keyboard is good."),
+        "expect_column_values_to_be_in_set",
+        "'chosen' differs from 'rejected'",
+        3,
+    ),
+    "duplicated_pair": Defect(
+        PREFERENCES,
+        edit_row(PREFERENCES, 5, **{k: PREFERENCES_ROWS[0][k] for k in ("prompt", "chosen", "rejected")}),
+        "expect_compound_columns_to_be_unique",
+        "no duplicate (prompt, chosen, rejected)",
+        5,
+    ),
+    "leaked_eval_prompt": Defect(
+        PREFERENCES, edit_row(PREFERENCES, 4, prompt=EVAL[1]), "expect_column_values_to_be_in_set", "no eval prompt", 4
+    ),
+    "truncated_file": Defect(
+        PREFERENCES, set_bytes(PREFERENCES, cut_last_line), "parse", "file ends with a newline", len(PREFERENCES_ROWS)
+    ),
+    "non_utf8": Defect(
+        EVAL_PROMPTS, set_line(EVAL_PROMPTS, 2, b'{"prompt": "write a review \xff\xfe"}'), "parse", "UTF-8", 2
+    ),
     "empty_file": Defect(EVAL_PROMPTS, set_bytes(EVAL_PROMPTS, lambda raw: b""), "parse", "file is not empty", None),
     "missing_file": Defect(EVAL_PROMPTS, remove(EVAL_PROMPTS), "parse", "file exists", None),
-    "out_of_vocabulary": Defect(DEMONSTRATIONS, edit_row(DEMONSTRATIONS, 5, response="i do not like the zebra."), "expect_column_values_to_be_in_set", "vocabulary", 5),
-    "unknown_character": Defect(PREFERENCES, edit_row(PREFERENCES, 6, chosen="i like it 100 percent."), "expect_column_values_to_match_regex", "only letters", 6),
-    "response_too_long": Defect(DEMONSTRATIONS, edit_row(DEMONSTRATIONS, 1, response="the screen is great " * 4), "expect_column_values_to_be_between", "'response' has 3 to 12 words", 1),
-    "too_few_rows": Defect(DEMONSTRATIONS, set_bytes(DEMONSTRATIONS, first_lines(2)), "expect_table_row_count_to_be_between", "rows", None),
-    "label_imbalance": Defect(PREFERENCES, lambda d: [edit_row(PREFERENCES, n, chosen_position=0)(d) for n in (2, 4, 6)], "expect_column_mean_to_be_between", "label balance", None),
-    "duplicate_eval_prompt": Defect(EVAL_PROMPTS, set_line(EVAL_PROMPTS, 2, json.dumps({"prompt": EVAL[0]}).encode()), "expect_column_values_to_be_unique", "no duplicate eval prompt", 2),
+    "out_of_vocabulary": Defect(
+        DEMONSTRATIONS,
+        edit_row(DEMONSTRATIONS, 5, response="i do not like the zebra."),
+        "expect_column_values_to_be_in_set",
+        "vocabulary",
+        5,
+    ),
+    "unknown_character": Defect(
+        PREFERENCES,
+        edit_row(PREFERENCES, 6, chosen="i like it 100 percent."),
+        "expect_column_values_to_match_regex",
+        "only letters",
+        6,
+    ),
+    "response_too_long": Defect(
+        DEMONSTRATIONS,
+        edit_row(DEMONSTRATIONS, 1, response="the screen is great " * 4),
+        "expect_column_values_to_be_between",
+        "'response' has 3 to 12 words",
+        1,
+    ),
+    "too_few_rows": Defect(
+        DEMONSTRATIONS, set_bytes(DEMONSTRATIONS, first_lines(2)), "expect_table_row_count_to_be_between", "rows", None
+    ),
+    "label_imbalance": Defect(
+        PREFERENCES,
+        lambda d: [edit_row(PREFERENCES, n, chosen_position=0)(d) for n in (2, 4, 6)],
+        "expect_column_mean_to_be_between",
+        "label balance",
+        None,
+    ),
+    "duplicate_eval_prompt": Defect(
+        EVAL_PROMPTS,
+        set_line(EVAL_PROMPTS, 2, json.dumps({"prompt": EVAL[0]}).encode()),
+        "expect_column_values_to_be_unique",
+        "no duplicate eval prompt",
+        2,
+    ),
 }
 
 
@@ -193,7 +322,9 @@ def test_each_defect_is_reported_with_file_rule_and_line(broken) -> None:
         assert defect.line in matching[0].lines, report.summary()
     if defect.expectation == "parse":
         assert len(report.failures) == 1
-        assert file_name(defect.dataset) not in {Path(f).name for f in report.rows}, "an unparsable file is not sent to GX"
+        assert file_name(defect.dataset) not in {Path(f).name for f in report.rows}, (
+            "an unparsable file is not sent to GX"
+        )
         assert len(report.rows) == len(DATASETS) - 1, "the other files are still validated"
 
 
@@ -240,7 +371,11 @@ def test_report_dir_inside_data_dir_is_refused(good_dir: Path) -> None:
 @pytest.mark.parametrize("check_vocabulary", [True, False])
 def test_suite_rules_are_unique_and_name_existing_columns(dataset: str, check_vocabulary: bool) -> None:
     cfg = CFG.model_copy(update={"check_vocabulary": check_vocabulary})
-    rows = {DEMONSTRATIONS: DEMONSTRATIONS_ROWS, PREFERENCES: PREFERENCES_ROWS, EVAL_PROMPTS: [{"prompt": p} for p in EVAL]}[dataset]
+    rows = {
+        DEMONSTRATIONS: DEMONSTRATIONS_ROWS,
+        PREFERENCES: PREFERENCES_ROWS,
+        EVAL_PROMPTS: [{"prompt": p} for p in EVAL],
+    }[dataset]
     df = expectations.frame(dataset, [Record(i, r) for i, r in enumerate(rows, 1)], cfg, VOCABULARY, frozenset(EVAL))
     rules = expectations.suite(dataset, df.columns, cfg, VOCABULARY, frozenset(EVAL))
     assert len({r.description for r in rules}) == len(rules)

@@ -1,14 +1,15 @@
 """The data set as a DVC version: first run, verify, drift, rebuild on a fresh clone, new versions."""
+
 import json
 
 import pytest
 import yaml
 
+from components.adapters.versioning import DataDrift, dvc_status
 from components.config import load_config
 from components.data import files
 from flows import data_stages, data_versioning
 from flows.data_versioning import NEW_VERSION, REBUILT, STAGING_DIR, VERIFIED
-from components.adapters.versioning import DataDrift, dvc_status
 from tests.conftest import git
 
 SMOKE = load_config("smoke")
@@ -31,7 +32,12 @@ def user_files_config(directory, **names):
         "smoke",
         {
             "data": {"source": "files", "files": {k: str(directory / v) for k, v in paths.items()}},
-            "validation": {"check_vocabulary": False, "demonstrations_rows": {"min": 1, "max": 10}, "preferences_rows": {"min": 1, "max": 10}, "eval_prompts_rows": {"min": 1, "max": 10}},
+            "validation": {
+                "check_vocabulary": False,
+                "demonstrations_rows": {"min": 1, "max": 10},
+                "preferences_rows": {"min": 1, "max": 10},
+                "eval_prompts_rows": {"min": 1, "max": 10},
+            },
         },
     )
 
@@ -41,7 +47,12 @@ def test_first_run_records_a_version_and_second_run_verifies_it(git_repo):
     assert first.action == NEW_VERSION and first.previous_md5 is None
     recorded = yaml.safe_load((git_repo / "data.dvc").read_text())
     assert recorded["outs"][0]["md5"] == first.version.md5 + ".dir"
-    assert set(recorded["meta"]["files"]) == {"demonstrations.jsonl", "preferences.jsonl", "eval_prompts.jsonl", "manifest.json"}
+    assert set(recorded["meta"]["files"]) == {
+        "demonstrations.jsonl",
+        "preferences.jsonl",
+        "eval_prompts.jsonl",
+        "manifest.json",
+    }
     second = materialize(SMOKE, git_repo)
     assert second.action == VERIFIED and second.version.md5 == first.version.md5
     assert dvc_status(git_repo, SMOKE.versioning) == {}  # pushed: the local remote holds this version
@@ -103,7 +114,9 @@ def test_bad_user_file_is_reported_by_its_own_path_and_lands_nothing(git_repo, t
     before = {p.name: p.read_bytes() for p in (git_repo / "data").iterdir()}
     dvc_file = (git_repo / "data.dvc").read_bytes()
     _write_user_files(tmp_path / "mine")
-    (tmp_path / "mine" / "p.jsonl").write_text('{"prompt": "say hi", "chosen": "the same answer.", "rejected": "the same answer."}\n')
+    (tmp_path / "mine" / "p.jsonl").write_text(
+        '{"prompt": "say hi", "chosen": "the same answer.", "rejected": "the same answer."}\n'
+    )
     with pytest.raises(data_stages.DataValidationFailed) as failed:
         materialize(user_files_config(tmp_path / "mine"), git_repo)
     (failure,) = failed.value.report.failures
@@ -117,9 +130,13 @@ def test_hf_dataset_saved_to_disk_is_imported(git_repo, tmp_path):
     from datasets import Dataset
 
     Dataset.from_list([{"prompt": "say hi", "response": "hi there, friend."}]).save_to_disk(str(tmp_path / "demos"))
-    Dataset.from_list([{"prompt": "say hi", "chosen": "hi there, friend.", "rejected": "go away now."}]).save_to_disk(str(tmp_path / "prefs"))
+    Dataset.from_list([{"prompt": "say hi", "chosen": "hi there, friend.", "rejected": "go away now."}]).save_to_disk(
+        str(tmp_path / "prefs")
+    )
     Dataset.from_list([{"prompt": "say bye"}]).save_to_disk(str(tmp_path / "evals"))
-    materialize(user_files_config(tmp_path, demonstrations="demos", preferences="prefs", eval_prompts="evals"), git_repo)
+    materialize(
+        user_files_config(tmp_path, demonstrations="demos", preferences="prefs", eval_prompts="evals"), git_repo
+    )
     rows = files.read_jsonl(git_repo / "data" / "demonstrations.jsonl", files.DEMONSTRATIONS)
     assert [r.data for r in rows] == [{"prompt": "say hi", "response": "hi there, friend."}]
     assert (git_repo / "data.dvc").exists()
@@ -130,8 +147,8 @@ def test_generator_change_without_a_new_version_is_drift_and_lands_nothing(git_r
     version = materialize(SMOKE, git_repo).version
     real_write = data_versioning.write_candidate
 
-    def changed_generator(cfg, directory):
-        manifest = real_write(cfg, directory)
+    def changed_generator(cfg, directory, environment):
+        manifest = real_write(cfg, directory, environment)
         with open(directory / "demonstrations.jsonl", "a") as handle:
             handle.write('{"prompt": "x", "response": "one more row."}\n')
         return manifest

@@ -1,4 +1,5 @@
 """components/adapters/versioning.py against real DVC in throwaway git repositories (no mocks)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import VersioningConfig
 from components.adapters.versioning import (
     DataDrift,
     DvcError,
@@ -24,6 +24,7 @@ from components.adapters.versioning import (
     track,
     workspace_version,
 )
+from components.config import VersioningConfig
 from tests.conftest import git, new_repo
 
 CFG = VersioningConfig()

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from components.config import load_config
-from components.data import labeler
 from components.data.files import DEMONSTRATIONS
-from components.data.gold_judge import gold_score
-from components.data.lexicon import VOCABULARY
-from components.data.synthetic import generate_synthetic
 from components.evaluation.report import gold_monitor
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.models.saving import save_model
+from components.task.environment import ReviewTask
+from components.task.generator import generate_synthetic
+from components.task.gold_judge import gold_score
+from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from components.training.checkpoints import latest_checkpoint
 from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
@@ -48,7 +48,10 @@ def inputs(tmp_path_factory):
     tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
     sft, _, reward_model = recipe.up_to_reward_model(
-        cfg, tokenizer, rows[DEMONSTRATIONS], labeler.comparison_labeller(cfg)
+        cfg,
+        tokenizer,
+        rows[DEMONSTRATIONS],
+        recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), rows[DEMONSTRATIONS]),
     )
     models = tmp_path_factory.mktemp("models")
     save_model(sft, tokenizer, models / "sft", {})
@@ -66,6 +69,7 @@ def launch(inputs, job_dir, overrides, checkpoint_dir=None, on_line=lambda line:
         inputs["prompts"],
         inputs["demonstrations"],
         checkpoint_dir,
+        vocabulary=VOCABULARY,
     )
     command, env = accelerate_command(AccelerateProfile.read(TWO_PROCESSES), WORKER, ["--job", str(job_dir)])
     run_logged(command, timeout, on_line, env=env, cwd=REPO, grace=5)

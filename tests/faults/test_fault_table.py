@@ -339,9 +339,9 @@ def test_missing_or_malformed_gate_inputs_mean_do_not_promote_with_the_reason(re
 
 
 def test_model_directories_needing_remote_code_or_pickle_are_refused(tmp_path):
-    from components.data.lexicon import VOCABULARY
     from components.models.builders import UnsafeModelError, build_policy, load_causal_lm
     from components.models.tokenizer import build_word_tokenizer
+    from components.task.lexicon import VOCABULARY
 
     cfg = load_config("smoke")
     tokenizer = build_word_tokenizer(VOCABULARY)
@@ -372,10 +372,10 @@ def test_model_directories_needing_remote_code_or_pickle_are_refused(tmp_path):
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_model_and_leaves_no_partial_one(tmp_path, monkeypatch):
-    from components.data.lexicon import VOCABULARY
     from components.models.builders import build_policy, load_causal_lm
     from components.models.saving import save_model
     from components.models.tokenizer import build_word_tokenizer
+    from components.task.lexicon import VOCABULARY
 
     cfg = load_config("smoke")
     tokenizer = build_word_tokenizer(VOCABULARY)

@@ -19,8 +19,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, file_name, read_jsonl
-from components.data.lexicon import VOCABULARY
 from components.models.builders import load_causal_lm, load_scalar_model
+from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from tests.faults.test_fault_table import main_command, main_env, new_project, run_main
 from tests.layout import run_records as records_in

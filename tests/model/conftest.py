@@ -6,10 +6,10 @@ import pytest
 
 from components.config import ModelConfig, OptimConfig, load_config
 from components.data.files import DEMONSTRATIONS, PREFERENCES
-from components.data.lexicon import VOCABULARY
-from components.data.synthetic import generate_synthetic
 from components.models.builders import build_policy
 from components.models.tokenizer import build_word_tokenizer
+from components.task.generator import generate_synthetic
+from components.task.lexicon import VOCABULARY
 from components.training.reward import train_reward_model
 from components.training.sft import train_sft
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from components.config import KLControlConfig, PPOConfig
-from components.data import gold_judge
 from components.data.files import DEMONSTRATIONS
+from components.task import gold_judge
 from components.training.ppo import train_ppo
 from tests.model.conftest import SEED, TINY
 

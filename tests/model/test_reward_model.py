@@ -14,13 +14,20 @@ import torch
 
 from components.config import ComparisonsConfig, ModelConfig, RewardConfig, SFTConfig, load_config
 from components.data.files import PREFERENCES, file_name, read_jsonl
-from components.data.gold_judge import gold_score
-from components.data.labeler import SOURCE, SimulatedLabeler, rank_sampled, sampled_labeller, simulated_ranker
-from components.data.lexicon import VOCABULARY
-from components.data.synthetic import generate_synthetic
 from components.models.builders import build_policy
 from components.models.tokenizer import build_word_tokenizer
-from components.training.comparisons import collect_sft_comparisons, draw_prompts, sample_reference
+from components.task.generator import generate_synthetic
+from components.task.gold_judge import gold_score
+from components.task.labeler import SimulatedLabeler
+from components.task.lexicon import VOCABULARY
+from components.training.comparisons import (
+    SOURCE,
+    collect_sft_comparisons,
+    draw_prompts,
+    rank_sampled,
+    sample_reference,
+    sampled_labeller,
+)
 from components.training.reward import gold_accuracy, score_comparisons, split_comparisons, train_reward_model
 from components.training.sft import train_sft
 from flows.data_stages import DataValidationFailed, save_comparisons
@@ -100,15 +107,16 @@ def test_collection_gives_every_pair_of_k_samples_and_passes_the_data_gate(
     train_prompts = [r["prompt"] for r in dataset["demonstrations"]]
     eval_prompts = frozenset(r["prompt"] for r in dataset["eval_prompts"])
     prompts = draw_prompts(train_prompts, 40, SEED)
+    prompt_ids = {r["prompt"]: r["prompt_id"] for r in dataset["demonstrations"]}
     cfg = ComparisonsConfig(n_prompts=40, responses_per_prompt=K, temperature=1.0, batch_size=16)
-    ranker = simulated_ranker(SimulatedLabeler(config.data.synthetic.labeler_temperature, random.Random(SEED)))
+    ranker = SimulatedLabeler(config.data.synthetic.labeler_temperature, random.Random(SEED)).rank
     rows = collect_sft_comparisons(
         sft_policy,
         tokenizer,
         prompts,
         cfg,
         MODEL_CFG,
-        sampled_labeller(ranker, config.validation.min_response_words),
+        sampled_labeller(ranker, config.validation.min_response_words, prompt_ids),
         SEED,
     )
 
@@ -198,7 +206,7 @@ def test_simulated_labeler_ranks_a_sample_that_never_ended_below_the_same_text_t
     text = "the battery is great and the screen is great. i like this phone."
     # the gold judge takes 1.5 points off a response that never ended; at temperature 0.01 that is
     # 150 logits, against Gumbel noise of scale 1
-    rank = simulated_ranker(SimulatedLabeler(0.01, random.Random(0)))
+    rank = SimulatedLabeler(0.01, random.Random(0)).rank
     assert gold_score(prompt, text, ended=False) == pytest.approx(gold_score(prompt, text) - 1.5)
     assert all(rank(prompt, [text, text], [False, True]) == [1, 0] for _ in range(20))
 

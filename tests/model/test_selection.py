@@ -7,8 +7,8 @@ import torch
 
 from components.config import SelectionConfig
 from components.data.files import EVAL_PROMPTS
-from components.data.gold_judge import gold_score
 from components.models.builders import build_policy
+from components.task.gold_judge import gold_score
 from components.training.loop import Snapshots
 from components.training.selection import SliceItem, held_out_slice, label_win_rate, select_snapshot
 from tests.model.conftest import SEED, TINY

@@ -5,9 +5,9 @@ import statistics
 import torch
 
 from components.data.files import DEMONSTRATIONS
-from components.data.gold_judge import judge
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.models.batching import encode_examples, response_logits
+from components.task.gold_judge import judge
 from components.training.sft import sft_loss
 from tests.model.conftest import TINY
 

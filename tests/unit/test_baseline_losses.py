@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from components.config import DPOConfig, ModelConfig
-from components.data.lexicon import VOCABULARY
 from components.models.builders import build_policy, frozen_copy
 from components.models.tokenizer import build_word_tokenizer
+from components.task.lexicon import VOCABULARY
 from components.training.combined import (
     combined_loss,
     not_in_chosen_mask,

@@ -19,11 +19,13 @@ TRAINING_MAY_IMPORT = ("components.config", "components.models", "components.io"
 PURE_MODULES = [
     "components.config",
     "components.io",
-    "components.data.task",
-    "components.data.gold_judge",
-    "components.data.demonstrator",
-    "components.data.labeler",
-    "components.data.synthetic",
+    "components.task.prompts",
+    "components.task.gold_judge",
+    "components.task.demonstrator",
+    "components.task.labeler",
+    "components.task.generator",
+    "components.task.environment",
+    "components.data.environment",
     "components.data.dataset",
     "components.data.prepare",
     "components.data.expectations",
@@ -135,6 +137,58 @@ def test_only_the_adapters_import_mlflow_prefect_great_expectations_or_dvc():
     assert not offending, f"only components.adapters may import {sorted(TOOLS)}:\n{listing(offending)}"
 
 
+def test_only_flows_environment_picks_the_embedded_task():
+    """Generic code gets the task through the Environment interface that flows.environment hands it."""
+    offending = [
+        (m, t)
+        for m, t in EDGES
+        if within(t, "components.task") and not within(m, "components.task") and m != "flows.environment"
+    ]
+    assert not offending, f"only flows.environment may import components.task:\n{listing(offending)}"
+
+
+def defined_names(source: str) -> set[str]:
+    """The names a module binds at its top level: classes, functions and assigned names."""
+    names: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def test_there_is_one_ranker_type():
+    defining = [m for m, path in MODULES.items() if "Ranker" in defined_names(path.read_text(encoding="utf-8"))]
+    assert defining == ["components.training.comparisons"]
+
+
+def test_a_run_on_user_files_never_loads_the_embedded_task(tmp_path):
+    """Every module outside components.task imported, the flow's choices made for ``data.source: files`` (no
+    environment, no vocabulary check, a word tokenizer over the data's own words, no labeller): nothing of the
+    task is loaded."""
+    modules = sorted(m for m in MODULES if not within(m, "components.task"))
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules)
+    code += (
+        "from components.config import load_config\n"
+        "from components.models.tokenizer import words_of\n"
+        "from components.training import recipe\n"
+        "from flows.data_stages import checked_vocabulary\n"
+        "from flows.environment import environment_for\n"
+        "files = {'demonstrations': 'd.jsonl', 'preferences': 'p.jsonl', 'eval_prompts': 'e.jsonl'}\n"
+        "cfg = load_config('smoke', {'data': {'source': 'files', 'files': files}})\n"
+        "assert environment_for(cfg) is None and checked_vocabulary(cfg) is None\n"
+        "tokenizer = recipe.make_tokenizer(cfg, words_of(['Hello there, friend.']))\n"
+        "assert tokenizer.tokenize('hello friend.') == ['hello', 'friend', '.']\n"
+        "loaded = sorted(name for name in sys.modules if name.startswith('components.task'))\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def package(name: str) -> str:
     """The node a module belongs to: ``components.<package or top-level module>``, or ``flows``."""
     parts = name.split(".")
@@ -239,7 +293,8 @@ def test_stay_offline_turns_every_tool_s_telemetry_off(monkeypatch):
 
 
 def test_every_package_says_what_it_holds_and_what_it_may_import():
-    packages = ["components.data", "components.models", "components.training", "components.evaluation"]
+    packages = ["components.data", "components.task", "components.models", "components.training"]
+    packages += ["components.evaluation"]
     packages += ["components.adapters", "flows"]
     for name in packages:
         docstring = ast.get_docstring(ast.parse(MODULES[name].read_text(encoding="utf-8"))) or ""

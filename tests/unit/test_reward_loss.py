@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from components.config import ModelConfig, RewardConfig
-from components.data.lexicon import VOCABULARY
 from components.models.batching import encode_examples, sequence_scores
 from components.models.builders import build_policy, load_scalar_model, scalar_model_from
 from components.models.saving import save_model
 from components.models.tokenizer import build_word_tokenizer
+from components.task.lexicon import VOCABULARY
 from components.training import reward
 from components.training.reward import (
     gold_accuracy,

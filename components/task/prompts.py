@@ -1,14 +1,16 @@
 """Prompts of the embedded task: a product, a requested sentiment and two aspects to cover."""
+
 from __future__ import annotations
 
 import itertools
 import re
 from dataclasses import dataclass
 
-from components.data.lexicon import PRODUCTS, PROMPT_TEMPLATE, SENTIMENTS
+from components.task.lexicon import PRODUCTS, PROMPT_TEMPLATE, SENTIMENTS
 
 _PROMPT_RE = re.compile(
-    r"^write a (?P<sentiment>\w+) review of the (?P<product>\w+) that mentions the (?P<first>\w+) and the (?P<second>\w+)\.$"
+    r"^write a (?P<sentiment>\w+) review of the (?P<product>\w+) "
+    r"that mentions the (?P<first>\w+) and the (?P<second>\w+)\.$"
 )
 
 

@@ -1,24 +1,18 @@
 """Builds the embedded data set from the config: same params and seed, same bytes."""
+
 from __future__ import annotations
 
 import random
-import statistics
-from dataclasses import dataclass
 
 from components.config import Config
 from components.data import files
-from components.data.demonstrator import draw_carelessness, write_demonstration
-from components.data.gold_judge import gold_score
-from components.data.labeler import SimulatedLabeler, collect_comparisons, label_agreement
-from components.data.task import Prompt, all_prompts
+from components.data.environment import Dataset
+from components.task.demonstrator import draw_carelessness, write_demonstration
+from components.task.labeler import SimulatedLabeler
+from components.task.prompts import Prompt, all_prompts
+from components.training.comparisons import ranked_pairs
 
 GENERATOR_VERSION = "reviews-v4"  # bump whenever the generator's output changes for the same params
-
-
-@dataclass
-class Dataset:
-    rows: dict[str, list[dict]]
-    manifest: dict
 
 
 def _stream(seed: int, purpose: str) -> random.Random:
@@ -72,34 +66,23 @@ def generate_synthetic(cfg: Config) -> Dataset:
     by_text = {p.text: p for p in train}
     comparison_prompts = [pref_rng.choice(train).text for _ in range(spec.n_comparison_prompts)]
 
-    def sample(prompt_text: str) -> list[str]:
+    def demonstrations_for(prompt_text: str) -> list[tuple[str, bool]]:
         prompt = by_text[prompt_text]
         return [
-            write_demonstration(prompt, draw_carelessness(pref_rng, spec.carelessness_alpha, spec.carelessness_beta), pref_rng,
-                                stock_closing=spec.stock_closing_rate)
+            (write_demonstration(prompt, draw(pref_rng), pref_rng, stock_closing=spec.stock_closing_rate), True)
             for _ in range(spec.responses_per_comparison)
         ]
 
+    def draw(rng: random.Random) -> float:
+        return draw_carelessness(rng, spec.carelessness_alpha, spec.carelessness_beta)
+
     labeler = SimulatedLabeler(spec.labeler_temperature, _stream(cfg.seed, "labeler"))
     preferences = [
-        {"prompt_id": by_text[pair["prompt"]].prompt_id, **pair, "labeler": "simulated-bradley-terry"}
-        for pair in collect_comparisons(comparison_prompts, sample, labeler.rank)
+        {"prompt_id": by_text[prompt].prompt_id, **pair, "labeler": "simulated-bradley-terry"}
+        for prompt in comparison_prompts
+        for pair, _, _ in ranked_pairs(prompt, demonstrations_for(prompt), labeler.rank)
     ]
     eval_prompts = [{"prompt_id": p.prompt_id, "prompt": p.text} for p in held_out]
 
     rows = {files.DEMONSTRATIONS: demonstrations, files.PREFERENCES: preferences, files.EVAL_PROMPTS: eval_prompts}
     return Dataset(rows, synthetic_manifest(cfg))
-
-
-def describe(demonstrations: list[dict], preferences: list[dict], temperature: float) -> dict:
-    """What a person wants to know about the embedded data (uses the gold judge: reporting only)."""
-    gold = [gold_score(d["prompt"], d["response"]) for d in demonstrations]
-    agreement = label_agreement(preferences, temperature)
-    return {
-        "demonstrations_gold_mean": round(statistics.fmean(gold), 4),
-        "demonstrations_gold_std": round(statistics.pstdev(gold), 4),
-        "demonstrations_gold_quartiles": [round(q, 4) for q in statistics.quantiles(gold, n=4)] if len(gold) > 1 else gold,
-        "label_accuracy_vs_gold": round(agreement.accuracy, 4),
-        "label_accuracy_expected": round(agreement.expected_accuracy, 4),
-        "label_ties": agreement.ties,
-    }

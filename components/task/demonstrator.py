@@ -9,13 +9,15 @@ Apart from the random slips, the demonstrators share one habit whatever their ca
 about the product and which the gold judge penalises. Above 0.5 it is the demonstrations' mode, so
 imitation (and greedy decoding of it) keeps it: a systematic gap that labellers' rankings can close.
 """
+
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
-from components.data.grammar import aspect_clauses, product_clauses
-from components.data.lexicon import (
+from components.data.text import END_OF_SENTENCE, join_words
+from components.task.grammar import aspect_clauses, product_clauses
+from components.task.lexicon import (
     ASPECTS,
     CONJUNCTION,
     NEUTRAL_CLAUSES,
@@ -25,8 +27,7 @@ from components.data.lexicon import (
     PRODUCTS,
     STOCK_CLOSING,
 )
-from components.data.task import Prompt
-from components.data.text import END_OF_SENTENCE, join_words
+from components.task.prompts import Prompt
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,11 @@ def _grammar_slip(sentence: list[str], rng: random.Random) -> list[str]:
 
 
 def write_demonstration(
-    prompt: Prompt, carelessness: float, rng: random.Random, style: DemonstratorStyle = STYLE, stock_closing: float = 0.0
+    prompt: Prompt,
+    carelessness: float,
+    rng: random.Random,
+    style: DemonstratorStyle = STYLE,
+    stock_closing: float = 0.0,
 ) -> str:
     c = carelessness
     polarity = prompt.polarity
@@ -103,11 +108,15 @@ def write_demonstration(
         sentences.append(_clause_about(rng.choice(elsewhere), polarity, rng))
     if rng.random() < style.verdict:
         verdict_polarity = -polarity if slip(style.flip_sentiment) else polarity
-        sentences.append(_product_clause(prompt, OVERALL_POSITIVE if verdict_polarity == POSITIVE else OVERALL_NEGATIVE, rng))
+        sentences.append(
+            _product_clause(prompt, OVERALL_POSITIVE if verdict_polarity == POSITIVE else OVERALL_NEGATIVE, rng)
+        )
     if slip(style.repeat_sentence):
         i = rng.randrange(len(sentences))
         sentences.insert(i + 1, sentences[i])
-    if stock_closing > 0 and rng.random() < stock_closing:  # no draw at 0: the data of a habit-free task stay as they were
+    if (
+        stock_closing > 0 and rng.random() < stock_closing
+    ):  # no draw at 0: the data of a habit-free task stay as they were
         sentences.append(STOCK_CLOSING)
 
     tokens_per_sentence = [s.split() for s in sentences]

@@ -4,14 +4,16 @@ It stands in for human raters (the synthetic-gold setup of Gao et al. 2022): it 
 preferences through the simulated labeler and scores policies in evaluation. No training
 step may call it; a test guards that.
 """
+
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
-from components.data.grammar import ASPECT, STOCK, parse_sentence, split_sentences
-from components.data.lexicon import NEUTRAL, PRODUCTS
-from components.data.task import Prompt, parse_prompt
 from components.data.text import words
+from components.task.grammar import ASPECT, STOCK, parse_sentence, split_sentences
+from components.task.lexicon import NEUTRAL, PRODUCTS
+from components.task.prompts import Prompt, parse_prompt
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,9 @@ def judge(prompt: Prompt | str, response: str, ended: bool = True, weights: Judg
             if clause.kind == STOCK:
                 stock_phrases += 1
                 continue
-            about_product = clause.subject in product.aspects if clause.kind == ASPECT else clause.subject == product.name
+            about_product = (
+                clause.subject in product.aspects if clause.kind == ASPECT else clause.subject == product.name
+            )
             if not about_product:
                 off_topic += 1
                 continue
@@ -102,7 +106,7 @@ def judge(prompt: Prompt | str, response: str, ended: bool = True, weights: Judg
                     verdict = True
     contradictions = sum(len(p) > 1 for p in polarities.values())
 
-    stutters = sum(a == b for a, b in zip(tokens, tokens[1:]))
+    stutters = sum(a == b for a, b in itertools.pairwise(tokens))
     n_words = sum(t.isalpha() for t in tokens)
     outside = max(0, weights.min_words - n_words) + max(0, n_words - weights.max_words)
     grammatical = n_grammatical / len(sentences) if sentences else 0.0

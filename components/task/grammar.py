@@ -3,12 +3,14 @@
 A sentence is one clause or two clauses joined by "and", ended by a period. Parsing is a
 table look-up, so the judge and the demonstrator agree exactly on what is grammatical.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
 
-from components.data.lexicon import (
+from components.data.text import END_OF_SENTENCE
+from components.task.lexicon import (
     ASPECTS,
     CONJUNCTION,
     INTENSIFIERS,
@@ -23,7 +25,6 @@ from components.data.lexicon import (
     VERB_PHRASES,
     Product,
 )
-from components.data.text import END_OF_SENTENCE
 
 ASPECT, OVERALL, NEUTRAL_KIND, STOCK = "aspect", "overall", "neutral", "stock"
 

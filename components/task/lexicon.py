@@ -3,6 +3,7 @@
 Everything the demonstrator can write and the gold judge can parse is built from these tables,
 so the vocabulary is small (a few hundred words) and every valid clause is known in advance.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
