@@ -183,11 +183,6 @@ def comparisons_task(ctx: RunContext, sft: recipe.StageResult) -> recipe.StageRe
         rows = ctx.data.preferences
         return recipe.StageResult(rows, {"pairs": len(rows)}, key=key_for(ctx, "comparisons", cfg.comparisons))
     rank = labeller(ctx, "labeler")
-    if rank is None:
-        raise ValueError(
-            "comparisons.source is 'sft_samples' but there is no labeller for data.source 'files': "
-            "set comparisons.source: static to train the reward model on your preference file"
-        )
     key = key_for(ctx, "comparisons", cfg.comparisons, cfg.validation.model_dump_json(), sft.key)
     reports = []
 
@@ -544,6 +539,11 @@ def run_context(cfg: Config, root: str, tracking: Tracking, data: PreparedData) 
     """The context every training task reads; the tokenizer is the local model's, or a word tokenizer over the
     environment's vocabulary (or, for user files and a model from scratch, the words of the data)."""
     environment = environment_for(cfg)
+    if environment is None and cfg.comparisons.source == "sft_samples":
+        raise ValueError(
+            "comparisons.source is 'sft_samples', but nobody labels samples for data.source 'files': "
+            "set comparisons.source: static to train the reward model on your preference file"
+        )
     vocabulary = None
     if cfg.model.source == "scratch":
         texts = (str(value) for rows in data.rows.values() for row in rows for value in row.values())

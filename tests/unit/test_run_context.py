@@ -1,0 +1,48 @@
+"""The flow's typed hand-offs: what a run context is built from, and what it refuses before any training."""
+
+import pytest
+
+from components.config import load_config
+from components.training.recipe import StageResult
+from flows.run_context import PreparedData, Trained
+from flows.training_tasks import run_context
+
+FILES = {"demonstrations": "d.jsonl", "preferences": "p.jsonl", "eval_prompts": "e.jsonl"}
+ROWS = {
+    "demonstrations": [{"prompt": "Say hi.", "response": "Hi there, friend!"}],
+    "preferences": [{"prompt": "Say hi.", "chosen": "Hello, you.", "rejected": "Go away."}],
+    "eval_prompts": [{"prompt": "Say bye."}],
+}
+
+
+def data() -> PreparedData:
+    return PreparedData(ROWS, {"md5": "0" * 32}, {"success": True}, {}, {})
+
+
+def test_user_files_with_sampled_comparisons_are_refused_before_any_training():
+    cfg = load_config("smoke", {"data": {"source": "files", "files": FILES}})
+    with pytest.raises(ValueError, match=r"comparisons\.source: static"):
+        run_context(cfg, "unused", None, data())
+
+
+def test_user_files_get_a_word_tokenizer_over_their_own_words_and_no_environment():
+    cfg = load_config("smoke", {"data": {"source": "files", "files": FILES}, "comparisons": {"source": "static"}})
+    ctx = run_context(cfg, "unused", None, data())
+    assert ctx.environment is None
+    assert ctx.vocabulary == {"say", "hi", "bye", "there", "friend", "hello", "you", "go", "away", ".", ",", "!"}
+    assert ctx.tokenizer.unk_token_id not in ctx.tokenizer("Hi there, friend!")["input_ids"]
+    assert ctx.data.train_prompts == ["Say hi."] and ctx.data.eval_prompts == ["Say bye."]
+
+
+def test_the_embedded_task_brings_its_own_vocabulary():
+    cfg = load_config("smoke")
+    ctx = run_context(cfg, "unused", None, data())
+    assert ctx.environment is not None and ctx.vocabulary == ctx.environment.vocabulary
+    assert len(ctx.tokenizer) == len(ctx.vocabulary) + 3  # pad, eos, unk
+
+
+def test_trained_names_its_models_by_their_directories():
+    sft, rows, rm, ppo, dpo = (StageResult(name, {"m": float(i)}) for i, name in enumerate("abcde"))
+    trained = Trained(sft, rows, rm, ppo, {"dpo": dpo})
+    assert list(trained.models()) == ["sft", "reward_model", "ppo", "dpo"]  # the comparisons save no model
+    assert trained.metrics()["dpo"] == {"m": 4.0}
