@@ -7,11 +7,14 @@ negative control) against real Prefect and MLflow servers on 127.0.0.1; then
   - MLflow UI: experiment `rlhf-pipeline` lists the parent runs `pipeline-tiny` and, expanded, their
     stage runs (`sft`, `ppo`, ...); the registered model `rlhf-policy` shows the alias `champion`
     on the version the registry says holds it.
-Assertions are on page text; each page is also screenshotted. The browser may reach 127.0.0.1 only.
+Assertions are on page text; each page is also screenshotted (`RLHF_SCREENSHOTS_DIR=docs/images` refreshes the
+README's pictures). The browser may reach 127.0.0.1 only.
 """
 
 import json
+import os
 import re
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -69,9 +72,12 @@ def page(browser):
     context.close()
 
 
-def screenshot(page, path: Path) -> None:
-    page.screenshot(path=path, full_page=True)
+def screenshot(page, path: Path, full_page: bool = True) -> None:
+    """Into the test's temp dir; also into $RLHF_SCREENSHOTS_DIR when set (docs/images holds the README's)."""
+    page.screenshot(path=path, full_page=full_page)
     assert path.is_file() and path.stat().st_size > 0
+    if os.environ.get("RLHF_SCREENSHOTS_DIR"):
+        shutil.copyfile(path, Path(os.environ["RLHF_SCREENSHOTS_DIR"]) / path.name)
 
 
 def test_prefect_ui_shows_the_completed_flow_run_and_its_artifacts(pipeline, pipeline_runs, page, tmp_path):

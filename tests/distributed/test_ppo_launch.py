@@ -27,7 +27,7 @@ from components.training import recipe
 from components.training.checkpoints import latest_checkpoint
 from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
 from flows.ppo_worker import POLICY, read_result, weights_digest, write_job
-from tests.unit.test_launcher import running
+from tests.processes import running
 
 pytestmark = pytest.mark.distributed
 

@@ -6,85 +6,32 @@ a patched writer only for the one fault that cannot be caused otherwise here (a 
 
 import errno
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components.config import load_config
-from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name
+from components.data.files import DEMONSTRATIONS, file_name
 from flows.launcher import free_port
-from tests.conftest import new_repo
-from tests.data.test_validation import DEFECTS, write_good_dir
+from tests.data_files import DEFECTS, write_good_dir
+from tests.flow_helpers import (
+    TRAINING_TASKS,
+    flow_overrides,
+    latest_flow_run,
+    new_project,
+    registry_state,
+    run_main,
+    seed_champion,
+)
 from tests.layout import stage_dir
 
 pytestmark = pytest.mark.faults
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = "rlhf-policy"
-TRAINING_TASKS = {"SFT", "collect comparisons", "reward model", "PPO", "evaluate", "gate", "register"}
-
-
-def new_project(base: Path) -> Path:
-    return new_repo(base / "project")
-
-
-def main_command(root: Path, overrides=()) -> list[str]:
-    args = [sys.executable, "-m", "flows.pipeline", "--profile", "smoke", "--root", str(root)]
-    for item in overrides:
-        args += ["--set", item]
-    return args
-
-
-def main_env(tmp_path: Path, prefect_api: str, env=None) -> dict[str, str]:
-    """The environment of a main-job run against the session's Prefect server
-    (the project's own MLflow store unless ``env`` names one)."""
-    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return {**base, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": prefect_api, **(env or {})}
-
-
-def run_main(
-    root: Path, tmp_path: Path, prefect_api: str, overrides=(), env=None, timeout=600
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        main_command(root, overrides),
-        cwd=REPO,
-        env=main_env(tmp_path, prefect_api, env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def seed_champion(uri: str) -> str:
-    """The registry as a nightly run finds it: version 1 of the policy holds `champion`."""
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("seed") or client.get_experiment(client.create_experiment("seed"))
-    run = client.create_run(experiment.experiment_id)
-    client.log_text(run.info.run_id, "a previous champion", "policy/README.txt")
-    client.set_terminated(run.info.run_id)
-    if not client.search_registered_models(f"name='{MODEL}'"):
-        client.create_registered_model(MODEL)
-    version = client.create_model_version(MODEL, f"runs:/{run.info.run_id}/policy", run.info.run_id).version
-    client.set_registered_model_alias(MODEL, "champion", version)
-    return version
-
-
-def registry_state(uri: str) -> tuple[list[str], str]:
-    client = MlflowClient(uri)
-    versions = sorted(v.version for v in client.search_model_versions(f"name='{MODEL}'"))
-    return versions, client.get_model_version_by_alias(MODEL, "champion").version
-
-
 # --- config, tracking server ------------------------------------------------------------------
 
 
@@ -176,31 +123,6 @@ def test_nan_mid_ppo_fails_naming_stage_and_step_and_registers_nothing(mlflow_se
 
 
 # --- bad data through the whole flow (real Prefect server, in process) --------------------------
-
-
-def flow_overrides(data_dir: Path) -> list[str]:
-    files = {name: str(data_dir / file_name(name)) for name in (DEMONSTRATIONS, PREFERENCES, EVAL_PROMPTS)}
-    return [
-        "data.source=files",
-        f"data.files={json.dumps(files)}",
-        "validation.min_response_words=3",
-        "validation.max_response_words=12",
-        "validation.max_prompt_words=10",
-        "validation.demonstrations_rows={min: 4, max: 1000}",
-        "validation.preferences_rows={min: 4, max: 1000}",
-        "validation.eval_prompts_rows={min: 2, max: 1000}",
-        "validation.check_vocabulary=false",  # the test rows use their own words
-    ]
-
-
-def latest_flow_run():
-    with get_client(sync_client=True) as client:
-        [flow_run] = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
-        )
-    return flow_run, {t.name.split("-")[0] for t in tasks}, {a.key: a for a in found}
 
 
 # the vocabulary and its character set are rules of the embedded task, off for user files (check_vocabulary=false)

@@ -22,7 +22,7 @@ from components.data.files import DEMONSTRATIONS, file_name, read_jsonl
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.task.lexicon import VOCABULARY
 from components.training import recipe
-from tests.faults.test_fault_table import main_command, main_env, new_project, run_main
+from tests.flow_helpers import main_command, main_env, new_project, run_main
 from tests.layout import run_records as records_in
 from tests.layout import stage_dir
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.faults.test_fault_table import MODEL, new_project
+from tests.flow_helpers import MODEL, new_project
 from tests.servers import BIN, free_port, wait_until_up
 
 pytestmark = pytest.mark.faults

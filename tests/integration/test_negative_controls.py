@@ -16,7 +16,7 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
-from tests.pipeline_runs import LOOSE_GATE, run_pipeline
+from tests.pipeline_runs import LOOSE_GATE, at_once
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +44,8 @@ def decision_of(done: subprocess.CompletedProcess) -> dict[str, bool]:
 def controls(pipeline_runs):
     client = MlflowClient(pipeline_runs.mlflow_uri)
     champion = client.get_model_version_by_alias(MODEL, "champion").version
-    done = {
-        name: run_pipeline(pipeline_runs, [*WIDE_OPEN, *overrides])
-        for name, overrides in (("hacked", HACKED), ("disagreeing", DISAGREEING))
-    }
+    # side by side, a core each: they share the finished stages and train only what they change
+    done = at_once(pipeline_runs, hacked=[*WIDE_OPEN, *HACKED], disagreeing=[*WIDE_OPEN, *DISAGREEING])
     return done, champion, client
 
 
@@ -80,8 +78,8 @@ def test_an_evaluation_set_that_shares_prompts_with_training_is_refused_before_t
     from components.io import write_jsonl
     from flows.data_stages import DataValidationFailed
     from tests.conftest import new_repo
-    from tests.data.test_validation import write_good_dir
-    from tests.faults.test_fault_table import (
+    from tests.data_files import write_good_dir
+    from tests.flow_helpers import (
         TRAINING_TASKS,
         flow_overrides,
         latest_flow_run,

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from components.config import ModelConfig, OptimConfig, load_config
+from components.config import KLControlConfig, ModelConfig, OptimConfig, PPOConfig, load_config
 from components.data.files import DEMONSTRATIONS, PREFERENCES
 from components.models.builders import build_policy
 from components.models.tokenizer import build_word_tokenizer
@@ -15,6 +15,16 @@ from components.training.sft import train_sft
 
 TINY = ModelConfig(n_layer=2, n_embd=64, n_head=4, max_prompt_tokens=24, max_response_tokens=40)
 SEED = 0
+# PPO on the tiny models: the settings the PPO tests share
+PPO = PPOConfig(
+    iterations=12,
+    rollout_batch_size=64,
+    minibatch_size=32,
+    ppo_epochs=2,
+    lr=3e-4,
+    critic_lr=1e-3,
+    kl=KLControlConfig(kl_coef=0.02),
+)
 
 
 @pytest.fixture(scope="session")

@@ -5,21 +5,11 @@ import copy
 import pytest
 import torch
 
-from components.config import KLControlConfig, PPOConfig
+from components.config import KLControlConfig
 from components.data.files import DEMONSTRATIONS
 from components.task import gold_judge
 from components.training.ppo import train_ppo
-from tests.model.conftest import SEED, TINY
-
-PPO = PPOConfig(
-    iterations=12,
-    rollout_batch_size=64,
-    minibatch_size=32,
-    ppo_epochs=2,
-    lr=3e-4,
-    critic_lr=1e-3,
-    kl=KLControlConfig(kl_coef=0.02),
-)
+from tests.model.conftest import PPO, SEED, TINY
 
 
 def _run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg=PPO, monitor=None):

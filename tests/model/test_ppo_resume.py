@@ -8,8 +8,7 @@ import torch
 from components.data.files import DEMONSTRATIONS
 from components.training.checkpoints import latest_checkpoint
 from components.training.ppo import train_ppo
-from tests.model.conftest import SEED, TINY
-from tests.model.test_ppo import PPO
+from tests.model.conftest import PPO, SEED, TINY
 
 CFG = PPO.model_copy(update={"iterations": 5, "checkpoint_every": 2})
 

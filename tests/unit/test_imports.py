@@ -302,3 +302,14 @@ def test_every_package_says_what_it_holds_and_what_it_may_import():
         assert len(lines) == 2 and "import" in lines[1], (
             f"{name}/__init__.py: two lines, what it holds, what it may import"
         )
+
+
+def test_test_modules_share_helpers_not_each_other():
+    """What several test modules need lives in helper modules (tests/data_files.py, tests/flow_helpers.py, ...),
+    so one test module never imports another."""
+    offending = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        for target in imports_in(path.read_text(encoding="utf-8"), module_name(path)):
+            if target.startswith("tests.") and target.rpartition(".")[2].startswith("test_"):
+                offending.append((module_name(path), target))
+    assert not offending, f"test modules import test modules:\n{listing(offending)}"

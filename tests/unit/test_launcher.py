@@ -11,6 +11,7 @@ import yaml
 
 from components.config import load_config
 from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
+from tests.processes import running
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "infra" / "accelerate"
@@ -18,15 +19,6 @@ PROFILES = REPO / "infra" / "accelerate"
 
 def python(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for PID 1, which may not reap in a container)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_lines_reach_the_caller_in_order_and_the_tail_is_returned():
