@@ -1,11 +1,14 @@
-"""Three runs of the `tiny` pipeline against real MLflow and Prefect servers, made once per test
+"""Five runs of the `tiny` pipeline against real MLflow and Prefect servers, made once per test
 session and shared by the integration tests (what the runs recorded) and the browser tests (what a
-person sees of them). All three at once, on one project root:
+person sees of them). All five at once, on one project root, a core shared between every two or three:
   - promoted: a gate every honest run passes (thresholds at their loosest);
   - rival: the same with another PPO learning rate (same data, SFT, comparisons, RM and baselines;
     its own PPO) -> both promoted; champion = the one with the higher gate score;
   - control: the reward model learns from shuffled labels, under the loose gate except the
-    reward-model accuracy floor -> rejected; never champion.
+    reward-model accuracy floor -> rejected; never champion;
+  - hacked and disagreeing, the negative controls of tests/integration/test_negative_controls.py: every rule but
+    the one under test opened wide, PPO without a KL penalty (refused by the KL budget) and a reward ensemble
+    whose members disagree (refused by the agreement floor).
 Every run has secrets planted in its environment. The MLflow server (and so the registry) is the
 runs' own; the Prefect server is the session's.
 """
@@ -31,6 +34,13 @@ LOOSE_GATE = [
     "gate.overoptimisation.max_proxy_gold_gap=1.0",
 ]
 RIVAL_PPO = "ppo.lr=2.0e-4"
+WIDE_OPEN = [*LOOSE_GATE, "gate.min_rm_accuracy=0.0"]
+# no KL penalty, a learning rate 5x the tiny profile's and 10x its iterations: the policy runs away from SFT to
+# whatever the reward model over-rates; one snapshot, so the policy that ran away is the one the gate sees
+HACKED = ["ppo.kl.kl_coef=0.0", "ppo.lr=1.0e-3", "ppo.iterations=40", "selection.candidates=1", "gate.max_kl=20"]
+# three members from independent heads, barely trained: their orderings are close to independent coin flips
+DISAGREEING = ["reward.ensemble_size=3", "reward.epochs=0.02", "gate.min_rm_member_agreement=0.7"]
+PROMOTED = ("promoted", "rival")  # the runs the gate promotes; the others it must refuse
 SECRETS = {
     "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-5f1c9e",
     "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-password-77ab",
@@ -93,6 +103,8 @@ def pipeline_runs(prefect_server, tmp_path_factory):
                 promoted=LOOSE_GATE,
                 rival=[*LOOSE_GATE, RIVAL_PPO],
                 control=[*LOOSE_GATE, "reward.shuffle_labels=true"],
+                hacked=[*WIDE_OPEN, *HACKED],
+                disagreeing=[*WIDE_OPEN, *DISAGREEING],
             )
         )
         yield runs

@@ -1,7 +1,7 @@
 """The pipeline's results as a person sees them, in headless Chromium (the Debian package, driven by Playwright).
 
-The session's `tiny` pipeline runs (tests/pipeline_runs.py: two promoted at once, then a rejected
-negative control) against real Prefect and MLflow servers on 127.0.0.1; then
+The session's `tiny` pipeline runs (tests/pipeline_runs.py: two promoted and three rejected negative controls, all
+at once) against real Prefect and MLflow servers on 127.0.0.1; then
   - Prefect UI: the promoted run's flow-run page says Completed and its Artifacts tab lists
     `data-validation`, `evaluation` and `gate`;
   - MLflow UI: experiment `rlhf-pipeline` lists the parent runs `pipeline-tiny` and, expanded, their

@@ -120,9 +120,12 @@ def test_bad_config_is_refused_before_any_work(git_repo, tmp_path):
     assert not (git_repo / ".dvc").exists()
 
 
-def small_project(git_repo: Path, tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def small_project(tmp_path_factory) -> Path:
     """A committed project whose default profile is small (smoke-sized, 300 rows), its data built and locked by
-    `dvc repro`, cloned: the clone, as a user gets it."""
+    `dvc repro`; each test clones it, as a user gets it."""
+    tmp = tmp_path_factory.mktemp("small-project")
+    git_repo = new_repo(tmp / "origin")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params = {**params, **params["profiles"]["smoke"]}  # a small default profile for this project
     params["data"] = {
@@ -133,19 +136,23 @@ def small_project(git_repo: Path, tmp_path: Path) -> Path:
     shutil.copy(REPO / "dvc.yaml", git_repo / "dvc.yaml")
     for package in ("components", "flows"):  # dvc.yaml's stages run flows/data_cli.py, which uses both
         shutil.copytree(REPO / package, git_repo / package, ignore=shutil.ignore_patterns("__pycache__"))
-    assert run(["-m", "flows.data_cli", "build"], git_repo, tmp_path).returncode == 0
-    repro = run(["-m", "dvc", "repro"], git_repo, tmp_path)
+    assert run(["-m", "flows.data_cli", "build"], git_repo, tmp).returncode == 0
+    repro = run(["-m", "dvc", "repro"], git_repo, tmp)
     assert repro.returncode == 0, repro.stderr
     git(git_repo, "add", "-A")
     git(git_repo, "commit", "-qm", "project")
+    return git_repo
+
+
+def clone_of(origin: Path, tmp_path: Path) -> Path:
     clone = tmp_path / "clone"
-    git(tmp_path, "clone", "-q", str(git_repo), str(clone))
+    git(tmp_path, "clone", "-q", str(origin), str(clone))
     return clone
 
 
-def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(git_repo, tmp_path):
+def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(small_project, tmp_path):
     """Build and commit a small project, clone it, rebuild with DVC: same hashes as data.dvc and dvc.lock."""
-    clone = small_project(git_repo, tmp_path)
+    clone = clone_of(small_project, tmp_path)
 
     rebuilt = run(["-m", "dvc", "repro", "generate"], clone, tmp_path)  # needs no data on disk
     assert rebuilt.returncode == 0, rebuilt.stderr
@@ -156,10 +163,10 @@ def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(git_repo,
     assert git(clone, "status", "--porcelain", "data.dvc", "dvc.lock") == ""  # every hash as recorded
 
 
-def test_dvc_status_is_clean_after_the_main_job_on_a_fresh_clone(git_repo, tmp_path, prefect_server):
+def test_dvc_status_is_clean_after_the_main_job_on_a_fresh_clone(small_project, tmp_path, prefect_server):
     """The main job runs dvc.yaml's data stages as tasks and records them in dvc.lock: a DVC user sees a clean
     pipeline after it, and the same data.dvc and dvc.lock as committed (the data rebuilt to the same hashes)."""
-    clone = small_project(git_repo, tmp_path)
+    clone = clone_of(small_project, tmp_path)
     done = run(
         ["-m", "flows.pipeline", "--root", str(clone), "--params", str(clone / "params.yaml")],
         REPO,

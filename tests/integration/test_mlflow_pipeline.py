@@ -2,10 +2,10 @@
 with steps, artefacts, registered versions, the `champion` alias moved by the gate alone, and two
 runs at once on one project root and one registry.
 
-The three runs of the `tiny` profile are the session's (tests/pipeline_runs.py), all at once:
-`promoted` and `rival`, both under a loose gate, and a negative control whose reward model learns
-from shuffled labels. Every run has secrets planted in its environment; none may reach any
-output, file or store.
+The five runs of the `tiny` profile are the session's (tests/pipeline_runs.py), all at once:
+`promoted` and `rival`, both under a loose gate, a negative control whose reward model learns
+from shuffled labels, and the two negative controls of test_negative_controls.py. Every run has secrets
+planted in its environment; none may reach any output, file or store.
 """
 
 import json
@@ -15,12 +15,20 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.layout import run_records, stage_dirs
-from tests.pipeline_runs import SECRETS, parent_run_id
+from tests.pipeline_runs import PROMOTED, SECRETS, parent_run_id
 
 pytestmark = pytest.mark.integration
 
 MODEL = "rlhf-policy"
-SHARED_STAGES = ("sft", "reward_model", "chosen", "top_ranked", "combined", "dpo")
+# which runs compute each shared stage once between them: the control and the disagreeing ensemble train their own
+# reward model; the hacked run selects among one snapshot, so its baselines (which select theirs) are its own
+BASELINE_SHARERS = ("promoted", "rival", "control", "disagreeing")
+SHARERS = {
+    "sft": ("promoted", "rival", "control", "hacked", "disagreeing"),
+    "reward_model": ("promoted", "rival", "hacked"),
+    **{name: BASELINE_SHARERS for name in ("chosen", "top_ranked", "combined", "dpo")},
+}
+OWN_DIRECTORIES = {"sft": 1, "reward_model": 3, "chosen": 2, "top_ranked": 2, "combined": 2, "dpo": 2}
 
 
 @pytest.fixture(scope="module")
@@ -151,24 +159,22 @@ def versions_by_run(runs, client) -> dict:
 
 def test_every_policy_is_a_registered_version_tagged_with_the_gate(runs, client):
     versions = versions_by_run(runs, client)
-    assert sorted(int(v.version) for v in versions.values()) == [1, 2, 3]
-    for name in ("promoted", "rival"):
+    assert sorted(int(v.version) for v in versions.values()) == list(range(1, len(runs) + 1))
+    for name in PROMOTED:
         assert versions[name].tags["gate.decision"] == "promote" and "PASS" in versions[name].tags["gate.reasons"]
         assert 0.0 < float(versions[name].tags["gate.score"]) < 1.0
-    assert (
-        versions["control"].tags["gate.decision"] == "reject"
-        and "FAIL reward model accuracy" in versions["control"].tags["gate.reasons"]
-    )
+    assert all(versions[name].tags["gate.decision"] == "reject" for name in runs if name not in PROMOTED)
+    assert "FAIL reward model accuracy" in versions["control"].tags["gate.reasons"]
     for v in versions.values():
         assert len(v.tags["data.md5"]) == 32 and v.status == "READY"
 
 
 def test_only_the_gate_moves_champion(runs, client):
     versions = versions_by_run(runs, client)
-    best = max(("promoted", "rival"), key=lambda name: float(versions[name].tags["gate.score"]))
+    best = max(PROMOTED, key=lambda name: float(versions[name].tags["gate.score"]))
     assert client.get_model_version_by_alias(MODEL, "champion").version == versions[best].version
     # challenger: the newest decided version, whichever run registered last
-    assert client.get_model_version_by_alias(MODEL, "challenger").version == "3"
+    assert client.get_model_version_by_alias(MODEL, "challenger").version == str(len(runs))
     assert (
         "decision: reject" in runs["control"].stdout
         and "registry note: not promoted; champion stays" in runs["control"].stdout
@@ -176,42 +182,42 @@ def test_only_the_gate_moves_champion(runs, client):
 
 
 @pytest.mark.faults
-def test_three_runs_at_once_share_the_root_and_the_registry_safely(runs, client, project):
-    """Fault table: flow runs at once on one machine, one project root, one store (three: two that
-    the gate promotes and the negative control)."""
+def test_five_runs_at_once_share_the_root_and_the_registry_safely(runs, client, project):
+    """Fault table: flow runs at once on one machine, one project root, one store (five: two that
+    the gate promotes and three negative controls)."""
     records = {r["mlflow"]["run_id"]: r for r in run_records(project)}
     at_once = {name: records[parent_run_id(done)] for name, done in runs.items()}
     # each run has its own run directory and record, and finished, on the same data
-    assert len({r["mlflow"]["run_id"] for r in at_once.values()}) == 3 and all(
+    assert len({r["mlflow"]["run_id"] for r in at_once.values()}) == len(runs) and all(
         r["status"] == "completed" for r in at_once.values()
     )
     assert len({r["data_version"]["md5"] for r in at_once.values()}) == 1
     # every shared stage was computed once: one run trained it, the others waited and reused the same directory
-    for name in SHARED_STAGES:
-        sharing = ("promoted", "rival") if name == "reward_model" else tuple(at_once)  # the control trains its own RM
+    for name, sharing in SHARERS.items():
         stages = [at_once[run]["stages"][name] for run in sharing]
         assert len({s["directory"] for s in stages}) == 1 and sorted(s["reused"] for s in stages) == [False] + [
             True
         ] * (len(sharing) - 1), name
-        assert len(stage_dirs(project, name)) == (2 if name == "reward_model" else 1)
+        assert len(stage_dirs(project, name)) == OWN_DIRECTORIES[name], name
     assert not at_once["control"]["stages"]["reward_model"]["reused"]
+    assert not at_once["disagreeing"]["stages"]["reward_model"]["reused"]
     logs = "".join(done.stdout + done.stderr for done in runs.values())
     assert "waiting to reuse its result" in logs
     assert "stopped without finishing" not in logs  # each found the others' records "running" under a held lock
     # each trained its own PPO into its own directory
     ppo = [r["stages"]["ppo"] for r in at_once.values()]
-    assert len({s["directory"] for s in ppo}) == 3 and not any(s["reused"] for s in ppo)
+    assert len({s["directory"] for s in ppo}) == len(runs) and not any(s["reused"] for s in ppo)
     # the champion is the better-gated of the two promoted, never a version without its decision
     versions = versions_by_run(runs, client)
     champion = client.get_model_version_by_alias(MODEL, "champion")
-    scores = {float(versions[name].tags["gate.score"]): versions[name].version for name in ("promoted", "rival")}
+    scores = {float(versions[name].tags["gate.score"]): versions[name].version for name in PROMOTED}
     assert champion.version == scores[max(scores)] and champion.tags["gate.decision"] == "promote"
     assert "gate.champion" in champion.tags
 
 
 @pytest.mark.faults
 def test_planted_secrets_never_reach_outputs_files_or_stores(runs, pipeline_runs):
-    """Fault table / security: credentials in the environment of all three runs appear nowhere."""
+    """Fault table / security: credentials in the environment of all five runs appear nowhere."""
     places = {
         f"{name}.{stream}": getattr(done, stream).encode()
         for name, done in runs.items()

@@ -6,8 +6,9 @@ Beside the shuffled-label reward model of tests/pipeline_runs.py (refused by the
   - an evaluation set that shares its prompts with training: refused before any training by the data contract
     ("no eval prompt among the training prompts"); the gate's own "held-out prompts unseen in training" rule
     counts the same overlap on what the stages trained on, in case data reach it some other way.
-Each control runs the `tiny` profile on the project root of the session's pipeline runs, so the stages it shares
-with them (SFT, comparisons, baselines) are reused and only what the control changes is trained. Every rule but
+Each control is one of the session's `tiny` pipeline runs (tests/pipeline_runs.py), made at once with the others on
+one project root, so the stages it shares with them (SFT, comparisons, baselines) are computed once and only what the
+control changes is trained. Every rule but
 the one under test is opened as wide as the config allows, so the refusal is that rule's alone.
 """
 
@@ -16,17 +17,11 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
-from tests.pipeline_runs import LOOSE_GATE, at_once
+from tests.pipeline_runs import PROMOTED, parent_run_id
 
 pytestmark = pytest.mark.integration
 
 MODEL = "rlhf-policy"
-WIDE_OPEN = [*LOOSE_GATE, "gate.min_rm_accuracy=0.0"]
-# no KL penalty, a learning rate 5x the tiny profile's and 10x its iterations: the policy runs away from SFT to
-# whatever the reward model over-rates; one snapshot, so the policy that ran away is the one the gate sees
-HACKED = ["ppo.kl.kl_coef=0.0", "ppo.lr=1.0e-3", "ppo.iterations=40", "selection.candidates=1", "gate.max_kl=20"]
-# three members from independent heads, barely trained: their orderings are close to independent coin flips
-DISAGREEING = ["reward.ensemble_size=3", "reward.epochs=0.02", "gate.min_rm_member_agreement=0.7"]
 
 
 def decision_of(done: subprocess.CompletedProcess) -> dict[str, bool]:
@@ -42,15 +37,18 @@ def decision_of(done: subprocess.CompletedProcess) -> dict[str, bool]:
 
 @pytest.fixture(scope="module")
 def controls(pipeline_runs):
+    """The controls' runs, the versions the promoted runs registered (champion must be one of them), the client."""
     client = MlflowClient(pipeline_runs.mlflow_uri)
-    champion = client.get_model_version_by_alias(MODEL, "champion").version
-    # side by side, a core each: they share the finished stages and train only what they change
-    done = at_once(pipeline_runs, hacked=[*WIDE_OPEN, *HACKED], disagreeing=[*WIDE_OPEN, *DISAGREEING])
-    return done, champion, client
+    promoted = {
+        version.version
+        for version in client.search_model_versions(f"name='{MODEL}'")
+        if version.run_id in {parent_run_id(pipeline_runs.done[name]) for name in PROMOTED}
+    }
+    return pipeline_runs.done, promoted, client
 
 
 def test_ppo_without_a_kl_penalty_hacks_the_reward_model_and_is_refused_by_the_kl_budget(controls):
-    done, champion, client = controls
+    done, promoted, client = controls
     assert "decision: reject" in done["hacked"].stdout
     rules = decision_of(done["hacked"])
     assert {rule for rule, passed in rules.items() if not passed} <= {
@@ -58,15 +56,15 @@ def test_ppo_without_a_kl_penalty_hacks_the_reward_model_and_is_refused_by_the_k
         "[greedy] KL within budget",
     }
     assert not rules["[sample] KL within budget"], done["hacked"].stdout[-4000:]
-    assert client.get_model_version_by_alias(MODEL, "champion").version == champion  # never promoted
+    assert client.get_model_version_by_alias(MODEL, "champion").version in promoted  # never promoted
 
 
 def test_a_reward_ensemble_whose_members_disagree_is_refused(controls):
-    done, champion, client = controls
+    done, promoted, client = controls
     assert "decision: reject" in done["disagreeing"].stdout
     rules = decision_of(done["disagreeing"])
     assert {rule for rule, passed in rules.items() if not passed} == {"reward ensemble members agree"}, rules
-    assert client.get_model_version_by_alias(MODEL, "champion").version == champion
+    assert client.get_model_version_by_alias(MODEL, "champion").version in promoted
 
 
 def test_an_evaluation_set_that_shares_prompts_with_training_is_refused_before_training(
