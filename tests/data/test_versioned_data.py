@@ -12,6 +12,8 @@ from flows import data_stages, data_versioning
 from flows.data_versioning import NEW_VERSION, REBUILT, STAGING_DIR, VERIFIED
 from tests.conftest import git
 
+pytestmark = pytest.mark.slow  # a real DVC repository per test, ~45 s in all
+
 SMOKE = load_config("smoke")
 
 

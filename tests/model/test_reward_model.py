@@ -79,6 +79,7 @@ def gold_scores(rows: list[dict]) -> tuple[list[float], list[float]]:
     )
 
 
+@pytest.mark.slow  # ~30 s: trains a reward model on 5,400 pairs
 def test_reward_model_orders_held_out_pairs_like_the_gold_judge(sft_policy, tokenizer, dataset):
     comparisons = dataset["preferences"]
     prompts = draw_prompts([r["prompt"] for r in dataset["demonstrations"]], 64, SEED + 1)

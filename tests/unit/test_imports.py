@@ -10,6 +10,8 @@ from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 ROOTS = ("components", "flows")
 FIRST_PARTY = ("components", "flows", "tests", "benchmarks")
@@ -165,6 +167,7 @@ def test_there_is_one_ranker_type():
     assert defining == ["components.training.comparisons"]
 
 
+@pytest.mark.slow  # ~10 s: imports every module, the tools' included
 def test_a_run_on_user_files_never_loads_the_embedded_task(tmp_path):
     """Every module outside components.task imported, the flow's choices made for ``data.source: files`` (no
     environment, no vocabulary check, a word tokenizer over the data's own words, no labeller): nothing of the
