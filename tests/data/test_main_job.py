@@ -14,7 +14,7 @@ from components.io import sha256_file
 from tests.conftest import git, new_repo
 from tests.layout import run_records, stage_dir, stage_dirs
 
-pytestmark = pytest.mark.slow  # whole flows, ~6 minutes
+pytestmark = pytest.mark.slow  # whole flows, ~4 minutes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,11 +34,47 @@ def run(args, cwd, tmp_path, prefect_api: str | None = None):
 
 
 @pytest.fixture(scope="module")
-def main_job(tmp_path_factory):
-    """One run of the main command on a fresh project: (root, temp dir, the finished process, its run record)."""
+def small_project(tmp_path_factory) -> Path:
+    """A committed project whose default profile is small (smoke-sized, 300 rows), its data built and locked by
+    `dvc repro`; each test clones it, as a user gets it."""
+    tmp = tmp_path_factory.mktemp("small-project")
+    git_repo = new_repo(tmp / "origin")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = {**params, **params["profiles"]["smoke"]}  # a small default profile for this project
+    params["data"] = {
+        **yaml.safe_load((REPO / "params.yaml").read_text())["data"],
+        "synthetic": {"n_demonstrations": 300, "n_comparison_prompts": 300},
+    }
+    (git_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(REPO / "dvc.yaml", git_repo / "dvc.yaml")
+    for package in ("components", "flows"):  # dvc.yaml's stages run flows/data_cli.py, which uses both
+        shutil.copytree(REPO / package, git_repo / package, ignore=shutil.ignore_patterns("__pycache__"))
+    assert run(["-m", "flows.data_cli", "build"], git_repo, tmp).returncode == 0
+    repro = run(["-m", "dvc", "repro"], git_repo, tmp)
+    assert repro.returncode == 0, repro.stderr
+    git(git_repo, "add", "-A")
+    git(git_repo, "commit", "-qm", "project")
+    return git_repo
+
+
+def clone_of(origin: Path, tmp_path: Path) -> Path:
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(origin), str(clone))
+    return clone
+
+
+def main_command(clone: Path) -> list[str]:
+    """The README's main command, run on ``clone`` with its own params.yaml."""
+    return ["-m", "flows.pipeline", "--root", str(clone), "--params", str(clone / "params.yaml")]
+
+
+@pytest.fixture(scope="module")
+def main_job(small_project, tmp_path_factory):
+    """The main command on a fresh clone of the small project, with Prefect's ephemeral server as a user gets it:
+    (root, temp dir, the finished process, its run record)."""
     tmp = tmp_path_factory.mktemp("main-job")
-    root = new_repo(tmp / "repo")
-    done = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(root)], REPO, tmp)
+    root = clone_of(small_project, tmp)
+    done = run(main_command(root), REPO, tmp)
     assert done.returncode == 0, done.stderr[-3000:]
     return root, tmp, done, run_records(root)[0]
 
@@ -47,7 +83,7 @@ def test_main_job_runs_every_stage_and_ends_with_the_decision(main_job):
     git_repo, _, done, record = main_job
     md5 = record["data_version"]["md5"]
     assert md5 == yaml.safe_load((git_repo / "data.dvc").read_text())["outs"][0]["md5"].removesuffix(".dir")
-    assert f"data version : {md5} (new version" in done.stdout
+    assert f"data version : {md5} (rebuilt" in done.stdout  # the clone has data.dvc, not the data
     assert "agree with the gold judge" in done.stdout
     docs = done.stdout.split("Data Docs at ")[1].split()[0]
     assert Path(docs).is_file()
@@ -120,36 +156,6 @@ def test_bad_config_is_refused_before_any_work(git_repo, tmp_path):
     assert not (git_repo / ".dvc").exists()
 
 
-@pytest.fixture(scope="module")
-def small_project(tmp_path_factory) -> Path:
-    """A committed project whose default profile is small (smoke-sized, 300 rows), its data built and locked by
-    `dvc repro`; each test clones it, as a user gets it."""
-    tmp = tmp_path_factory.mktemp("small-project")
-    git_repo = new_repo(tmp / "origin")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = {**params, **params["profiles"]["smoke"]}  # a small default profile for this project
-    params["data"] = {
-        **yaml.safe_load((REPO / "params.yaml").read_text())["data"],
-        "synthetic": {"n_demonstrations": 300, "n_comparison_prompts": 300},
-    }
-    (git_repo / "params.yaml").write_text(yaml.safe_dump(params))
-    shutil.copy(REPO / "dvc.yaml", git_repo / "dvc.yaml")
-    for package in ("components", "flows"):  # dvc.yaml's stages run flows/data_cli.py, which uses both
-        shutil.copytree(REPO / package, git_repo / package, ignore=shutil.ignore_patterns("__pycache__"))
-    assert run(["-m", "flows.data_cli", "build"], git_repo, tmp).returncode == 0
-    repro = run(["-m", "dvc", "repro"], git_repo, tmp)
-    assert repro.returncode == 0, repro.stderr
-    git(git_repo, "add", "-A")
-    git(git_repo, "commit", "-qm", "project")
-    return git_repo
-
-
-def clone_of(origin: Path, tmp_path: Path) -> Path:
-    clone = tmp_path / "clone"
-    git(tmp_path, "clone", "-q", str(origin), str(clone))
-    return clone
-
-
 def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(small_project, tmp_path):
     """Build and commit a small project, clone it, rebuild with DVC: same hashes as data.dvc and dvc.lock."""
     clone = clone_of(small_project, tmp_path)
@@ -163,17 +169,10 @@ def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(small_pro
     assert git(clone, "status", "--porcelain", "data.dvc", "dvc.lock") == ""  # every hash as recorded
 
 
-def test_dvc_status_is_clean_after_the_main_job_on_a_fresh_clone(small_project, tmp_path, prefect_server):
+def test_dvc_status_is_clean_after_the_main_job_on_a_fresh_clone(main_job, tmp_path):
     """The main job runs dvc.yaml's data stages as tasks and records them in dvc.lock: a DVC user sees a clean
     pipeline after it, and the same data.dvc and dvc.lock as committed (the data rebuilt to the same hashes)."""
-    clone = clone_of(small_project, tmp_path)
-    done = run(
-        ["-m", "flows.pipeline", "--root", str(clone), "--params", str(clone / "params.yaml")],
-        REPO,
-        tmp_path,
-        prefect_server[0],
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    clone = main_job[0]
     status = run(["-m", "dvc", "status", "--json"], clone, tmp_path)
     assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout
     assert json.loads((clone / "reports/data/rebuild.json").read_text())["match"] is True
@@ -182,7 +181,7 @@ def test_dvc_status_is_clean_after_the_main_job_on_a_fresh_clone(small_project, 
 
 def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job, prefect_server):
     git_repo, tmp_path, _, first = main_job
-    args = ["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo)]
+    args = main_command(git_repo)
     before = {
         stage: (stage_dir(git_repo, stage) / "model.safetensors").stat().st_mtime_ns
         for stage in ("sft", "reward_model", "dpo", "ppo")
@@ -215,11 +214,13 @@ def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job,
     assert card["config"]["distributed"]["accelerate_config"].endswith("cpu-2proc.yaml")
 
 
-def test_the_same_params_and_seed_give_the_same_data_models_and_metrics(main_job, tmp_path, prefect_server):
-    """Reproducible on one machine: a second project root, same profile and seed, from nothing."""
+def test_the_same_params_and_seed_give_the_same_data_models_and_metrics(
+    small_project, main_job, tmp_path, prefect_server
+):
+    """Reproducible on one machine: a second clone, same profile and seed, from nothing."""
     _, _, first, record = main_job
-    other = new_repo(tmp_path / "repo")
-    again = run(["-m", "flows.pipeline", "--profile", "smoke", "--root", str(other)], REPO, tmp_path, prefect_server[0])
+    other = clone_of(small_project, tmp_path)
+    again = run(main_command(other), REPO, tmp_path, prefect_server[0])
     assert again.returncode == 0, again.stderr[-3000:]
     second = run_records(other)[0]
     assert second["data_version"]["md5"] == record["data_version"]["md5"]
