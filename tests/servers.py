@@ -12,6 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+# MLflow's server starts a job runner and a handful of Huey consumer processes for its GenAI jobs, which the pipeline
+# never submits: off, they do not take a core's worth of start-up and polling from every test server
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def free_port() -> int:
@@ -76,7 +79,7 @@ def mlflow_server(home: Path, admin: tuple[str, str] | None = None):
         "--artifacts-destination",
         str(home / "artifacts"),
     ]
-    env = {}
+    env = dict(MLFLOW_SERVER_ENV)
     if admin:
         config = home / "basic_auth.ini"
         config.write_text(

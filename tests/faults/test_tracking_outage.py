@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.flow_helpers import MODEL, new_project
-from tests.servers import BIN, free_port, wait_until_up
+from tests.servers import BIN, MLFLOW_SERVER_ENV, free_port, wait_until_up
 
 pytestmark = pytest.mark.faults
 
@@ -49,7 +49,13 @@ class Server:
         ]
         log = self.home / "server.log"
         with open(log, "a") as output:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **MLFLOW_SERVER_ENV},
+            )
         wait_until_up(f"{self.uri}/health", self.process, log)
 
     def stop(self):
