@@ -30,9 +30,10 @@ from components.config import DEFAULT_PARAMS, ConfigError, load_config
 from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
-from flows import data_stages, data_tasks, training_tasks
+from flows import data_stages, data_tasks, decision_tasks, training_tasks
 from flows.credentials import export_credentials
 from flows.run_context import PreparedData, Trained
+from flows.stage_runs import stage_home
 from flows.tracking_tasks import close_abandoned_runs, close_tracking, open_tracking
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -80,10 +81,10 @@ def rlhf_pipeline(
             close_abandoned_runs(tracking)
             ctx = training_tasks.run_context(cfg, root, tracking, data)
             trained = training_tasks.train_all(ctx)
-            evaluation = training_tasks.evaluate(ctx, trained)
-            decision = training_tasks.gate(ctx, trained, evaluation)
-            registry = training_tasks.register_with_retries(ctx, trained, decision)
-            training_tasks.report_with_retries(ctx, trained, evaluation, decision, registry)
+            evaluation = decision_tasks.evaluate(ctx, trained)
+            decision = decision_tasks.gate(ctx, trained, evaluation)
+            registry = decision_tasks.register_with_retries(ctx, trained, decision)
+            decision_tasks.report_with_retries(ctx, trained, evaluation, decision, registry)
             training_tasks.prune_stage_outputs(ctx, trained)
         except BaseException as error:
             closed = close_tracking(tracking, error)
@@ -111,7 +112,7 @@ def rlhf_pipeline(
         "prepared": data.prepared,
         "data": data.summary,
         "evaluation": evaluation,
-        "budgets": training_tasks.comparison_terms(ctx, trained),
+        "budgets": decision_tasks.comparison_terms(ctx, trained),
         "decision": decision,
         "registry": registry,
         "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
@@ -141,7 +142,7 @@ def write_run_record(
         stage_dirs = {
             name: {
                 "key": r.key,
-                "directory": str(store.path(training_tasks.stage_home(cfg, name), r.key)),
+                "directory": str(store.path(stage_home(cfg, name), r.key)),
                 "reused": r.reused,
             }
             for name, r in trained.models().items()

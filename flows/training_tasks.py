@@ -1,158 +1,48 @@
-"""Training, evaluation, gate and registry tasks: each calls the components and records what came out.
-
-Every stage is a Prefect task and a nested MLflow run (params = its config section, per-step
-history with steps, final metrics, curves as PNG, the model in HF layout). Models also land in
-``artifacts_dir/<stage>/<stage key>/`` (written once, atomically, with a card naming config and
-data version), where any later or concurrent run with the same key finds and reuses them.
-"""
+"""The training tasks of the flow (SFT, comparisons, reward model, supervised baselines, PPO under `accelerate
+launch`), each a Prefect task and a nested MLflow run that reads the run's context and hands on a typed result."""
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import shutil
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components.adapters import plots
-from components.adapters.tracking import CHALLENGER, CHAMPION, StageRun, flatten
+from components.adapters.tracking import StageRun, flatten
 from components.config import Config
 from components.data.files import PREFERENCES, file_name, read_jsonl
-from components.evaluation.gate import decide_report
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
-from components.evaluation.report import evaluate_policies, format_budgets, format_table, reward_model_gold_accuracy
+from components.evaluation.report import reward_model_gold_accuracy
 from components.io import write_json
 from components.models.builders import load_causal_lm
 from components.models.ensemble import load_reward_model
-from components.models.saving import CARD, save_model, stage_key
+from components.models.saving import CARD
 from components.models.stage_store import StageStore
 from components.models.tokenizer import words_of
 from components.training import recipe
 from components.training.comparisons import Ranker
-from components.training.loop import NonFiniteError
 from flows import ppo_worker
 from flows.data_stages import checked_vocabulary, save_comparisons
 from flows.environment import environment_for
 from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
 from flows.ppo_worker import read_result, write_job
 from flows.run_context import PreparedData, RunContext, Trained
+from flows.stage_runs import (
+    key_for,
+    log_stage_model,
+    record_stage,
+    recorded,
+    reuse_or_compute,
+    stage_home,
+    train_or_reuse,
+)
 from flows.tracking_tasks import Tracking
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
-LOSS_CURVES = ["loss", "accuracy", "margin", "likelihood", "unlikelihood", "reward_accuracy", "grad_norm"]
-
-
-@contextmanager
-def recorded(run: StageRun):
-    """Close the stage's MLflow run FAILED (with the reason as a tag) if the stage raises."""
-    try:
-        yield run
-    except NonFiniteError as error:
-        run.set_tags({"non_finite": str(error)})
-        run.finish("FAILED")
-        raise
-    except BaseException as error:
-        run.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
-        run.finish("FAILED")
-        raise
-    run.finish()
-
-
-def record_stage(run: StageRun, section, result: recipe.StageResult, step_key: str = "step") -> None:
-    """The steps the stage did not log itself while it ran (launched PPO logs live) are logged here."""
-    run.log_params(flatten(section.model_dump(mode="json")))
-    first, end = result.logged_steps
-    run.log_history([row for row in result.history if not first <= row[step_key] < end], step_key)
-    run.log_metrics({**result.metrics, "seconds": result.seconds}, step=len(result.history))
-    if result.history:
-        run.log_figure(plots.curves(result.history, LOSS_CURVES, x=step_key), "plots/curves.png")
-
-
-def save_stage_model(ctx: RunContext, directory: Path, name: str, result: recipe.StageResult) -> None:
-    card = {
-        "stage": name,
-        "stage_key": result.key,
-        "config": ctx.cfg.model_dump(mode="json"),
-        "data_version": ctx.data.version,
-        "metrics": result.metrics,
-        "history": result.history,
-        "seconds": result.seconds,
-    }
-    save_model(result.model, ctx.tokenizer, directory, card)
-
-
-def log_stage_model(ctx: RunContext, run: StageRun, name: str, result: recipe.StageResult) -> None:
-    if ctx.cfg.tracking.log_models:
-        run.log_artifacts(StageStore(ctx.root).path(stage_home(ctx.cfg, name), result.key), f"model/{name}")
-
-
-def stage_home(cfg: Config, name: str) -> str:
-    """Where a stage's outputs live, one directory per key under it."""
-    return f"{cfg.artifacts_dir}/{name}"
-
-
-def key_for(ctx: RunContext, name: str, section, *upstream: str) -> str:
-    return stage_key(
-        stage=name,
-        data=ctx.data.md5,
-        section=section.model_dump(mode="json"),
-        model=ctx.cfg.model.model_dump(mode="json"),
-        seed=ctx.cfg.seed,
-        upstream=list(upstream),
-    )
-
-
-def waiting_for(name: str, key: str):
-    return lambda: get_run_logger().info("%s: another run is computing key %s; waiting to reuse its result", name, key)
-
-
-def reuse_or_compute(
-    ctx: RunContext,
-    run: StageRun,
-    name: str,
-    home: str,
-    key: str,
-    load: Callable[[Path], Any],
-    compute: Callable[[], recipe.StageResult],
-    save: Callable[[Path, recipe.StageResult], None],
-    finished: Callable[[], None] | None = None,
-) -> recipe.StageResult:
-    """Reuse the stage's saved output when its key matches (data, config section and upstream stages unchanged),
-    else compute and ``save`` it. The key is held meanwhile, so a concurrent run with the same key waits and
-    reuses; ``finished`` runs while it is still held, after the save."""
-    store = StageStore(ctx.root)
-    with store.claim(home, key, waiting_for(name, key)) as directory:
-        card = store.finished(home, key) if ctx.cfg.orchestration.reuse_finished_stages else None
-        if card:
-            get_run_logger().info("%s: reusing the finished stage in %s", name, directory)
-            store.touch(home, key)
-            run.set_tags({"reused": "true", "stage_key": key})
-            return recipe.StageResult(load(directory), card["metrics"], card.get("history", []), 0.0, key, reused=True)
-        result = compute()
-        result.key = key
-        run.set_tags({"reused": "false", "stage_key": key})
-        save(directory, result)
-        if finished is not None:
-            finished()
-    return result
-
-
-def train_or_reuse(
-    ctx: RunContext, run: StageRun, name: str, key: str, loader, train, finished=None
-) -> recipe.StageResult:
-    """``reuse_or_compute`` for a stage that trains a model, saved in HF layout with its card."""
-
-    def save(directory: Path, result: recipe.StageResult) -> None:
-        save_stage_model(ctx, directory, name, result)
-
-    return reuse_or_compute(ctx, run, name, stage_home(ctx.cfg, name), key, loader, train, save, finished)
 
 
 @task(name="SFT", cache_policy=NO_CACHE)
@@ -428,113 +318,6 @@ def launched_ppo(
     )
 
 
-def transient(task, task_run, state) -> bool:
-    """Retry only what a tracking-server hiccup causes: network and server errors, not our own bugs."""
-    import requests
-    from mlflow.exceptions import MlflowException
-
-    try:
-        state.result()
-    except (ConnectionError, TimeoutError, requests.exceptions.RequestException):
-        return True
-    except MlflowException as error:
-        return error.get_http_status_code() >= 500
-    except BaseException:
-        return False
-    return False
-
-
-def mlflow_links(tracking: Tracking, registry: dict) -> dict[str, str]:
-    """Where to look: UI links when the store is a server, else the store and ids."""
-    uri, run_id, experiment = tracking.tracker.uri, tracking.parent.run_id, tracking.tracker.experiment_id
-    if uri.startswith("http"):
-        return {
-            "pipeline run": f"{uri}/#/experiments/{experiment}/runs/{run_id}",
-            "model version": f"{uri}/#/models/{registry['name']}/versions/{registry['version']}",
-        }
-    return {
-        "tracking store": uri,
-        "pipeline run": run_id,
-        "model version": f"models:/{registry['name']}/{registry['version']}",
-    }
-
-
-@task(name="report", cache_policy=NO_CACHE, retry_condition_fn=transient)
-def report(ctx: RunContext, trained: Trained, evaluation: dict, decision: dict, registry: dict) -> str:
-    """The flow run's report: evaluation table, decision with reasons, links; and a metrics table."""
-    cfg = ctx.cfg
-    links = mlflow_links(ctx.tracking, registry)
-    stage_times = {name: r.seconds for name, r in trained.models().items()}
-    markdown = "\n".join(
-        [
-            f"# RLHF pipeline: {decision['decision'].upper()}",
-            f"profile `{cfg.profile}`, seed {cfg.seed}, data `{ctx.data.md5}`",
-            "",
-            "## Evaluation",
-            "```",
-            format_table(evaluation).strip(),
-            "```",
-            "",
-            "## What each policy used",
-            "```",
-            format_budgets(comparison_terms(ctx, trained)).strip(),
-            "```",
-            "",
-            "## Gate",
-            "```",
-            decision["summary"],
-            "```",
-            "",
-            "## Registry",
-            f"`{registry['name']}` version {registry['version']} ({registry['decision']}); "
-            f"champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}",
-            "",
-            "## MLflow",
-            *(f"- {k}: {v}" for k, v in links.items()),
-            "",
-            "## Stage seconds (0 = reused)",
-            *(f"- {k}: {v:.1f}" for k, v in stage_times.items()),
-        ]
-    )
-    create_markdown_artifact(
-        key="pipeline-report", markdown=markdown, description="evaluation, gate decision and where the runs are"
-    )
-    rows = []
-    for mode, block in evaluation.items():
-        for name, summary in block["policies"].items():
-            win = block["ppo_win_rate"].get(name)
-            rows.append(
-                {
-                    "mode": mode,
-                    "policy": name,
-                    "gold": round(summary["gold"]["value"], 4),
-                    "gold_ci": f"[{summary['gold']['ci'][0]:.3f}, {summary['gold']['ci'][1]:.3f}]",
-                    "rm": round(summary["rm"]["value"], 4),
-                    "kl": round(summary["kl"], 4) if "kl" in summary else None,
-                    "ppo_win_rate": round(win["value"], 4) if win else None,
-                    "ppo_win_rate_ci": f"[{win['ci'][0]:.3f}, {win['ci'][1]:.3f}]" if win else None,
-                }
-            )
-    create_table_artifact(key="pipeline-metrics", table=rows, description="every policy under every decoding mode")
-    return markdown
-
-
-def report_with_retries(ctx: RunContext, *args) -> str:
-    orchestration = ctx.cfg.orchestration
-    retrying = report.with_options(
-        retries=orchestration.tracking_retries, retry_delay_seconds=orchestration.tracking_retry_delays
-    )
-    return retrying(ctx, *args)
-
-
-def register_with_retries(ctx: RunContext, *args) -> dict:
-    orchestration = ctx.cfg.orchestration
-    retrying = register.with_options(
-        retries=orchestration.tracking_retries, retry_delay_seconds=orchestration.tracking_retry_delays
-    )
-    return retrying(ctx, *args)
-
-
 def run_context(cfg: Config, root: str, tracking: Tracking, data: PreparedData) -> RunContext:
     """The context every training task reads; the tokenizer is the local model's, or a word tokenizer over the
     environment's vocabulary (or, for user files and a model from scratch, the words of the data)."""
@@ -578,151 +361,3 @@ def prune_stage_outputs(ctx: RunContext, trained: Trained) -> list[str]:
     if removed:
         get_run_logger().info("pruned %d old stage output(s): %s", len(removed), ", ".join(removed))
     return removed
-
-
-def comparison_terms(ctx: RunContext, trained: Trained) -> dict:
-    """What makes the comparison fair, for the record: one SFT start and one set of held-out prompts for every
-    policy, and each policy's label budget (validation slices and selection labels included) and tuning budget."""
-    cfg = ctx.cfg
-    eval_prompts = sorted(ctx.data.eval_prompts)
-    tuned = {name: cfg.tuning.configurations_per_method for name in ("ppo", *recipe.SUPERVISED_BASELINES)}
-    return {
-        "sft_start": trained.sft.key,
-        "eval_prompts": {"count": len(eval_prompts), "md5": hashlib.md5("\n".join(eval_prompts).encode()).hexdigest()},
-        "label_budgets": recipe.label_budgets(cfg, trained.comparisons.model, trained.metrics()),
-        "tuning_budgets": {"sft": 0, "best_of_n": 0, **tuned},
-        "tuning": cfg.tuning.model_dump(mode="json"),
-    }
-
-
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(ctx: RunContext, trained: Trained) -> dict:
-    cfg = ctx.cfg
-    if ctx.environment is None:
-        raise ValueError(
-            "evaluation needs a judge: the embedded task's gold judge reads only its own prompts, and there is no "
-            "judge for data.source 'files' yet"
-        )
-    with recorded(ctx.tracking.stage("evaluation")) as run:
-        policies = {"sft": trained.sft.model, **{n: r.model for n, r in trained.baselines.items()}}
-        policies["ppo"] = trained.ppo.model
-        report = evaluate_policies(
-            policies,
-            ctx.tokenizer,
-            ctx.data.eval_prompts,
-            cfg.evaluation,
-            cfg.model,
-            cfg.seed,
-            trained.reward_model.model,
-            ctx.environment.gold,
-            cfg.baselines.best_of_n,
-        )
-        run.log_params(flatten(cfg.evaluation.model_dump(mode="json")))
-        for mode, block in report.items():
-            for name, summary in block["policies"].items():
-                run.log_metrics(flatten(summary), prefix=f"{mode}.{name}.")
-            for name, win in block["ppo_win_rate"].items():
-                run.log_metrics(
-                    {"value": win["value"], "ci_lo": win["ci"][0], "ci_hi": win["ci"][1]},
-                    prefix=f"{mode}.ppo_win_rate.{name}.",
-                )
-            run.log_figure(plots.win_rates(block, mode), f"plots/win_rates_{mode}.png")
-            run.log_table(block["examples"], f"tables/examples_{mode}.json")
-            create_table_artifact(
-                key=f"examples-{mode}",
-                table=block["examples"][: 4 * len(block["policies"])],
-                description=f"example responses, {mode} decoding",
-            )
-        run.log_dict(report, "evaluation.json")
-        run.log_dict(comparison_terms(ctx, trained), "budgets.json")
-        create_markdown_artifact(key="evaluation", markdown=f"```\n{format_table(report)}\n```")
-    return report
-
-
-@task(name="gate", cache_policy=NO_CACHE)
-def gate(ctx: RunContext, trained: Trained, evaluation: dict) -> dict:
-    cfg, tracking = ctx.cfg, ctx.tracking
-    stage_metrics = trained.metrics()
-    report = {
-        "data_validation": {
-            "success": ctx.data.validation["success"],
-            "eval_prompts_in_training": eval_prompts_in_training(ctx.data, trained),
-        },
-        "non_finite_stages": sorted(name for name, metrics in stage_metrics.items() if _has_non_finite(metrics)),
-        "reward_model": {
-            key: trained.reward_model.metrics.get(name)
-            for key, name in (
-                ("accuracy", "valid_accuracy"),
-                ("ensemble_size", "ensemble_size"),
-                ("member_agreement", "member_agreement"),
-            )
-        },
-        "ppo_history": trained.ppo.history,
-        "modes": evaluation,
-    }
-    decision = decide_report(report, cfg.gate)  # a malformed report is a rejection that says why
-    with recorded(tracking.stage("gate")) as run:
-        run.log_params(flatten(cfg.gate.model_dump(mode="json")))
-        run.log_dict(decision.as_dict(), "gate/decision.json")
-        run.set_tags({"gate.decision": decision.label})
-        run.log_metrics(
-            {
-                "promote": float(decision.promote),
-                "failed_rules": float(len(decision.failures)),
-                **({"score": decision.score} if decision.score is not None else {}),
-            }
-        )
-    tracking.parent.set_tags({"gate.decision": decision.label})
-    create_markdown_artifact(key="gate", markdown=f"```\n{decision.summary()}\n```")
-    get_run_logger().info(decision.summary())
-    return {
-        **decision.as_dict(),
-        "summary": decision.summary(),
-        "promote": decision.promote,
-        "reasons_text": [str(r) for r in decision.reasons],
-    }
-
-
-def eval_prompts_in_training(data: PreparedData, trained: Trained) -> int:
-    """Held-out prompts among the prompts of the demonstrations and the comparisons (validation refuses such data;
-    the gate counts again, on what the stages actually trained on)."""
-    trained_on = set(data.train_prompts) | {r["prompt"] for r in trained.comparisons.model}
-    return len(set(data.eval_prompts) & trained_on)
-
-
-def _has_non_finite(metrics: dict) -> bool:
-    return any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values())
-
-
-@task(name="register", cache_policy=NO_CACHE, retry_condition_fn=transient)
-def register(ctx: RunContext, trained: Trained, decision: dict) -> dict:
-    """The PPO policy becomes a new registry version, tagged; the aliases move last."""
-    cfg, tracking = ctx.cfg, ctx.tracking
-    run = tracking.parent
-    model_uri = run.log_policy(trained.ppo.model, ctx.tokenizer, "policy")
-    evaluation_tags = {
-        f"gate.{r['mode']}.{r['rule']}" if r["mode"] else f"gate.{r['rule']}": r["detail"] for r in decision["reasons"]
-    }
-    version = tracking.tracker.register(
-        model_uri,
-        run,
-        {
-            "data.md5": ctx.data.md5,
-            "profile": cfg.profile,
-            "seed": cfg.seed,
-            **{k.replace(" ", "_"): v[:5000] for k, v in evaluation_tags.items()},
-        },
-    )
-    champion_note = tracking.tracker.record_decision(
-        version, decision["decision"], decision["reasons_text"], decision["score"]
-    )
-    get_run_logger().info("registry: %s", champion_note)
-    return {
-        "name": cfg.tracking.registered_model,
-        "version": version,
-        "decision": decision["decision"],
-        "model_uri": model_uri,
-        "champion": tracking.tracker.alias_version(CHAMPION),
-        "challenger": tracking.tracker.alias_version(CHALLENGER),
-        "champion_note": champion_note,
-    }

@@ -1,0 +1,129 @@
+"""How a stage runs in the flow: reused when its key matches a finished output, else computed, saved once and
+atomically under ``artifacts_dir/<stage>/<stage key>/`` (with a card naming config and data version), and recorded
+as a nested MLflow run (params = its config section, per-step history, final metrics, curves, the model)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+
+from components.adapters import plots
+from components.adapters.tracking import StageRun, flatten
+from components.config import Config
+from components.models.saving import save_model, stage_key
+from components.models.stage_store import StageStore
+from components.training import recipe
+from components.training.loop import NonFiniteError
+from flows.run_context import RunContext
+
+LOSS_CURVES = ["loss", "accuracy", "margin", "likelihood", "unlikelihood", "reward_accuracy", "grad_norm"]
+
+
+@contextmanager
+def recorded(run: StageRun):
+    """Close the stage's MLflow run FAILED (with the reason as a tag) if the stage raises."""
+    try:
+        yield run
+    except NonFiniteError as error:
+        run.set_tags({"non_finite": str(error)})
+        run.finish("FAILED")
+        raise
+    except BaseException as error:
+        run.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
+        run.finish("FAILED")
+        raise
+    run.finish()
+
+
+def record_stage(run: StageRun, section, result: recipe.StageResult, step_key: str = "step") -> None:
+    """The steps the stage did not log itself while it ran (launched PPO logs live) are logged here."""
+    run.log_params(flatten(section.model_dump(mode="json")))
+    first, end = result.logged_steps
+    run.log_history([row for row in result.history if not first <= row[step_key] < end], step_key)
+    run.log_metrics({**result.metrics, "seconds": result.seconds}, step=len(result.history))
+    if result.history:
+        run.log_figure(plots.curves(result.history, LOSS_CURVES, x=step_key), "plots/curves.png")
+
+
+def save_stage_model(ctx: RunContext, directory: Path, name: str, result: recipe.StageResult) -> None:
+    card = {
+        "stage": name,
+        "stage_key": result.key,
+        "config": ctx.cfg.model_dump(mode="json"),
+        "data_version": ctx.data.version,
+        "metrics": result.metrics,
+        "history": result.history,
+        "seconds": result.seconds,
+    }
+    save_model(result.model, ctx.tokenizer, directory, card)
+
+
+def log_stage_model(ctx: RunContext, run: StageRun, name: str, result: recipe.StageResult) -> None:
+    if ctx.cfg.tracking.log_models:
+        run.log_artifacts(StageStore(ctx.root).path(stage_home(ctx.cfg, name), result.key), f"model/{name}")
+
+
+def stage_home(cfg: Config, name: str) -> str:
+    """Where a stage's outputs live, one directory per key under it."""
+    return f"{cfg.artifacts_dir}/{name}"
+
+
+def key_for(ctx: RunContext, name: str, section, *upstream: str) -> str:
+    return stage_key(
+        stage=name,
+        data=ctx.data.md5,
+        section=section.model_dump(mode="json"),
+        model=ctx.cfg.model.model_dump(mode="json"),
+        seed=ctx.cfg.seed,
+        upstream=list(upstream),
+    )
+
+
+def waiting_for(name: str, key: str):
+    return lambda: get_run_logger().info("%s: another run is computing key %s; waiting to reuse its result", name, key)
+
+
+def reuse_or_compute(
+    ctx: RunContext,
+    run: StageRun,
+    name: str,
+    home: str,
+    key: str,
+    load: Callable[[Path], Any],
+    compute: Callable[[], recipe.StageResult],
+    save: Callable[[Path, recipe.StageResult], None],
+    finished: Callable[[], None] | None = None,
+) -> recipe.StageResult:
+    """Reuse the stage's saved output when its key matches (data, config section and upstream stages unchanged),
+    else compute and ``save`` it. The key is held meanwhile, so a concurrent run with the same key waits and
+    reuses; ``finished`` runs while it is still held, after the save."""
+    store = StageStore(ctx.root)
+    with store.claim(home, key, waiting_for(name, key)) as directory:
+        card = store.finished(home, key) if ctx.cfg.orchestration.reuse_finished_stages else None
+        if card:
+            get_run_logger().info("%s: reusing the finished stage in %s", name, directory)
+            store.touch(home, key)
+            run.set_tags({"reused": "true", "stage_key": key})
+            return recipe.StageResult(load(directory), card["metrics"], card.get("history", []), 0.0, key, reused=True)
+        result = compute()
+        result.key = key
+        run.set_tags({"reused": "false", "stage_key": key})
+        save(directory, result)
+        if finished is not None:
+            finished()
+    return result
+
+
+def train_or_reuse(
+    ctx: RunContext, run: StageRun, name: str, key: str, loader, train, finished=None
+) -> recipe.StageResult:
+    """``reuse_or_compute`` for a stage that trains a model, saved in HF layout with its card."""
+
+    def save(directory: Path, result: recipe.StageResult) -> None:
+        save_stage_model(ctx, directory, name, result)
+
+    return reuse_or_compute(ctx, run, name, stage_home(ctx.cfg, name), key, loader, train, save, finished)
