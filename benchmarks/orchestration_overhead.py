@@ -24,6 +24,7 @@ from pathlib import Path
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
+from components.evaluation.judges import gold_judge
 from components.evaluation.report import evaluate_policies
 from components.offline import stay_offline
 from components.task.environment import ReviewTask
@@ -61,7 +62,7 @@ def direct(profile: str) -> float:
         cfg.model,
         cfg.seed,
         reward,
-        gold_score,
+        gold_judge(gold_score),
         cfg.baselines.best_of_n,
     )
     return time.perf_counter() - started

@@ -30,6 +30,7 @@ from pathlib import Path
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.evaluation.intervals import Z95, wilson
+from components.evaluation.judges import gold_judge
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.evaluation.report import evaluate_policies, format_table, gold_monitor, reward_model_gold_accuracy
@@ -214,7 +215,7 @@ def run_seed(cfg) -> dict:
         cfg.model,
         cfg.seed,
         trained["reward"].model,
-        gold_score,
+        gold_judge(gold_score),
         cfg.baselines.best_of_n,
     )
     for block in evaluation.values():

@@ -334,6 +334,28 @@ class SelectionConfig(Section):
     batch_size: int = Field(256, ge=1, description="prompts per generation batch")
 
 
+class JudgeConfig(Section):
+    """Who judges the held-out responses in place of the embedded task's gold judge (evaluation/judges.py)."""
+
+    kind: Literal["gold", "reward_model", "python"] = Field(
+        "gold", description="gold (the embedded task), reward_model (a judge model directory) or python (a function)"
+    )
+    model_dir: str | None = Field(
+        None, description="the judge model directory (HF layout, safetensors) for reward_model"
+    )
+    entry_point: str | None = Field(None, description="'module:function(prompts, responses) -> scores' for python")
+
+    @model_validator(mode="after")
+    def _what_the_kind_needs(self) -> JudgeConfig:
+        if self.kind == "reward_model" and not self.model_dir:
+            raise ValueError("evaluation.judge.model_dir must be set when evaluation.judge.kind is 'reward_model'")
+        if self.kind == "python" and (not self.entry_point or ":" not in self.entry_point):
+            raise ValueError(
+                "evaluation.judge.entry_point must be 'module:function' when evaluation.judge.kind is 'python'"
+            )
+        return self
+
+
 class EvaluationConfig(Section):
     """Held-out evaluation: every policy decoded the same way, seeded."""
 
@@ -346,6 +368,7 @@ class EvaluationConfig(Section):
     n_examples: int = Field(
         8, ge=0, description="held-out prompts shown with every policy's response in the example table"
     )
+    judge: JudgeConfig = JudgeConfig()
 
 
 class OveroptimisationConfig(Section):

@@ -13,10 +13,12 @@ from prefect.cache_policies import NO_CACHE
 from components.adapters import plots
 from components.adapters.tracking import CHALLENGER, CHAMPION, flatten
 from components.evaluation.gate import decide_report
+from components.evaluation.judges import make_judge
 from components.evaluation.report import evaluate_policies, format_budgets, format_table
+from components.models.stage_store import StageStore
 from components.training import recipe
 from flows.run_context import PreparedData, RunContext, Trained
-from flows.stage_runs import recorded
+from flows.stage_runs import recorded, stage_home
 from flows.tracking_tasks import Tracking
 
 
@@ -130,12 +132,12 @@ def register_with_retries(ctx: RunContext, *args) -> dict:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(ctx: RunContext, trained: Trained) -> dict:
     cfg = ctx.cfg
-    if ctx.environment is None:
-        raise ValueError(
-            "evaluation needs a judge: the embedded task's gold judge reads only its own prompts, and there is no "
-            "judge for data.source 'files' yet"
-        )
+    # the judge is made (and refused) before anything is evaluated; never the reward model PPO optimised
+    optimised = [StageStore(ctx.root).path(stage_home(cfg, "reward_model"), trained.reward_model.key)]
+    gold = ctx.environment.gold if ctx.environment is not None else None
+    judge = make_judge(cfg.evaluation.judge, cfg.model, gold, optimised)
     with recorded(ctx.tracking.stage("evaluation")) as run:
+        run.set_tags({"judge.kind": judge.kind, "judge.name": judge.name})
         policies = {"sft": trained.sft.model, **{n: r.model for n, r in trained.baselines.items()}}
         policies["ppo"] = trained.ppo.model
         report = evaluate_policies(
@@ -146,7 +148,7 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
             cfg.model,
             cfg.seed,
             trained.reward_model.model,
-            ctx.environment.gold,
+            judge,
             cfg.baselines.best_of_n,
         )
         run.log_params(flatten(cfg.evaluation.model_dump(mode="json")))

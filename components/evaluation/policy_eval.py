@@ -17,6 +17,7 @@ from components.models.ensemble import reward_scores
 from components.models.generation import decode_responses, generate
 
 GoldFn = Callable[[str, str, bool], float]  # (prompt, response, ended) -> score; evaluation only
+Scores = Callable[[list[str], list[str], list[bool]], list[float]]  # a judge: (prompts, responses, ended) -> scores
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import BestOfNConfig, EvaluationConfig, ModelConfig
 from components.evaluation.intervals import win_rate
-from components.evaluation.policy_eval import DecodingMode, GoldFn, Responses, sample_responses, summarise
+from components.evaluation.policy_eval import DecodingMode, GoldFn, Responses, Scores, sample_responses, summarise
 from components.training.best_of_n import best_of_n
 from components.training.ppo import Monitor
 from components.training.reward import gold_accuracy, score_comparisons
@@ -58,7 +58,7 @@ def evaluate_policies(
     model_cfg: ModelConfig,
     seed: int,
     reward_model: PreTrainedModel,
-    gold: GoldFn,
+    judge: Scores,
     best_of_n_cfg: BestOfNConfig | None = None,
 ) -> dict:
     """Returns {mode: {policies, ppo_win_rate, ppo_rm_win_rate, examples}}; ``policies`` must hold 'sft' and 'ppo'."""
@@ -78,7 +78,7 @@ def evaluate_policies(
                 reference=reference,
                 reward_model=reward_model,
             )
-            out.gold = [gold(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended)]
+            out.gold = judge(out.prompts, out.texts, out.ended)
             responses[name] = out
         if best_of_n_cfg is not None and not mode.greedy:
             expanded = [p for p in eval_prompts for _ in range(mode.samples_per_prompt)]
@@ -93,9 +93,7 @@ def evaluate_policies(
                 seed,
                 best_of_n_cfg.missing_eos_penalty,
             )
-            responses["best_of_n"] = Responses(
-                expanded, texts, ended, scores, [], [gold(p, t, e) for p, t, e in zip(expanded, texts, ended)]
-            )
+            responses["best_of_n"] = Responses(expanded, texts, ended, scores, [], judge(expanded, texts, ended))
         ppo = responses[PPO]
         report[mode.name] = {
             "policies": {name: summarise(out) for name, out in responses.items()},

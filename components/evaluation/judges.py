@@ -1,0 +1,115 @@
+"""Judges of held-out responses: who takes the place of the embedded task's gold judge on a user's model and data.
+
+A judge scores a batch of ``(prompt, response, ended)``; the report's win rates and means are computed from its scores
+exactly as from the gold judge's. Kinds (``evaluation.judge.kind``):
+  - ``gold``: the embedded task's hidden judge (the environment's ``gold``);
+  - ``reward_model``: a separate judge model directory (HF layout, safetensors), as Gao et al.'s "gold RM"; never the
+    reward model PPO optimised (refused by the content hash of its weights);
+  - ``python``: ``module:function(prompts, responses) -> scores``, a user's own scoring function.
+Whatever a judge returns is checked: one finite number per response, or a JudgeError naming the judge and the row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.config import JudgeConfig, ModelConfig
+from components.evaluation.policy_eval import GoldFn, Scores
+from components.models.builders import load_scalar_model
+from components.models.tokenizer import load_tokenizer
+from components.training.reward import score_samples
+
+WEIGHTS = "model.safetensors"
+
+
+class JudgeError(ValueError):
+    """A judge that cannot be used, or returned what a judge must not."""
+
+
+@dataclass(frozen=True)
+class Judge:
+    kind: str
+    name: str  # how the report, the gate's reasons and MLflow name it
+    scores: Scores
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], ended: Sequence[bool]) -> list[float]:
+        return checked(self.name, self.scores(prompts, responses, ended), prompts, responses)
+
+
+def checked(name: str, scores, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    scores = list(scores)
+    if len(scores) != len(responses):
+        raise JudgeError(f"judge {name} returned {len(scores)} scores for {len(responses)} responses")
+    for row, score in enumerate(scores):
+        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+            raise JudgeError(
+                f"judge {name} returned {score!r} for row {row} (prompt {prompts[row][:80]!r}): "
+                "every score must be a finite number"
+            )
+    return [float(s) for s in scores]
+
+
+def gold_judge(gold: GoldFn) -> Judge:
+    return Judge("gold", "gold", lambda ps, rs, es: [gold(p, r, e) for p, r, e in zip(ps, rs, es, strict=True)])
+
+
+def python_judge(entry_point: str) -> Judge:
+    """``module:function``; the function takes (prompts, responses) and returns one score per response."""
+    module_name, _, function_name = entry_point.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise JudgeError(f"judge {entry_point}: cannot import it ({type(error).__name__}: {error})") from None
+    if not callable(function):
+        raise JudgeError(f"judge {entry_point} is not callable")
+
+    def scores(prompts: Sequence[str], responses: Sequence[str], ended: Sequence[bool]) -> list[float]:
+        try:
+            return list(function(list(prompts), list(responses)))
+        except Exception as error:
+            raise JudgeError(f"judge {entry_point} raised {type(error).__name__}: {error}") from error
+
+    return Judge("python", entry_point, scores)
+
+
+def weights_hash(directory: str | Path) -> str:
+    return hashlib.sha256((Path(directory) / WEIGHTS).read_bytes()).hexdigest()
+
+
+def reward_model_judge(model_dir: str | Path, model_cfg: ModelConfig, optimised: Sequence[str | Path]) -> Judge:
+    """A judge model directory (no remote code, safetensors only), never one of the ``optimised`` reward models."""
+    model_dir = Path(model_dir)
+    if not (model_dir / WEIGHTS).is_file():
+        raise JudgeError(f"judge model {model_dir}: no {WEIGHTS} (only safetensors weights are loaded)")
+    digest = weights_hash(model_dir)
+    for directory in optimised:
+        if (Path(directory) / WEIGHTS).is_file() and weights_hash(directory) == digest:
+            raise JudgeError(
+                f"judge model {model_dir} has the same weights as the reward model PPO optimised ({directory}): "
+                "a policy tuned against a judge cannot be judged by it"
+            )
+    model, tokenizer = load_scalar_model(model_dir), load_tokenizer(model_dir)
+    model.eval()
+
+    def scores(prompts: Sequence[str], responses: Sequence[str], ended: Sequence[bool]) -> list[float]:
+        return score_samples(model, tokenizer, list(zip(prompts, responses, strict=True)), model_cfg).tolist()
+
+    return Judge("reward_model", str(model_dir), scores)
+
+
+def make_judge(cfg: JudgeConfig, model_cfg: ModelConfig, gold: GoldFn | None, optimised: Sequence[str | Path]) -> Judge:
+    if cfg.kind == "gold":
+        if gold is None:
+            raise JudgeError(
+                "evaluation.judge.kind is 'gold', but the embedded task's gold judge reads only its own prompts: "
+                "for your data set evaluation.judge.kind to reward_model (with model_dir) or python (with entry_point)"
+            )
+        return gold_judge(gold)
+    if cfg.kind == "python":
+        return python_judge(cfg.entry_point)
+    return reward_model_judge(cfg.model_dir, model_cfg, optimised)
