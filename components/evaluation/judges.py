@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,8 @@ def checked(name: str, scores, prompts: Sequence[str], responses: Sequence[str])
     if len(scores) != len(responses):
         raise JudgeError(f"judge {name} returned {len(scores)} scores for {len(responses)} responses")
     for row, score in enumerate(scores):
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        # numbers.Real takes NumPy's scalars too (a judge returning an array of float32 is fine)
+        if isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score):
             raise JudgeError(
                 f"judge {name} returned {score!r} for row {row} (prompt {prompts[row][:80]!r}): "
                 "every score must be a finite number"

@@ -19,6 +19,9 @@ PROMPTS, RESPONSES, ENDED = ["say hi.", "say bye."], ["hi there.", "bye bye bye.
 JUDGES = """
 def length(prompts, responses):
     return [float(len(r.split())) for r in responses]
+def as_numpy(prompts, responses):
+    import numpy
+    return numpy.array([len(r) for r in responses], dtype=numpy.float32)
 def broken(prompts, responses):
     raise RuntimeError("the judge service is down")
 def not_a_number(prompts, responses):
@@ -40,6 +43,7 @@ def test_a_python_judge_scores_every_response(judges_module):
     judge = python_judge(f"{judges_module}:length")
     assert judge(PROMPTS, RESPONSES, ENDED) == [2.0, 3.0]  # by hand: "hi there." and "bye bye bye."
     assert (judge.kind, judge.name) == ("python", "my_judges:length")
+    assert python_judge(f"{judges_module}:as_numpy")(PROMPTS, RESPONSES, ENDED) == [9.0, 12.0]  # NumPy float32 scores
 
 
 @pytest.mark.parametrize(
