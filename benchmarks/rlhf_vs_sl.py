@@ -33,7 +33,7 @@ from components.evaluation.intervals import Z95, wilson
 from components.evaluation.judges import gold_judge
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.policy_eval import DecodingMode, sample_responses
-from components.evaluation.report import evaluate_policies, format_table, gold_monitor, reward_model_gold_accuracy
+from components.evaluation.report import evaluate_policies, format_table, judge_monitor, reward_model_gold_accuracy
 from components.offline import stay_offline
 from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
@@ -106,7 +106,7 @@ def train_everything(cfg, watch: Stopwatch) -> dict:
             reward.model,
             train_prompts,
             rows[DEMONSTRATIONS],
-            monitor=gold_monitor(gold_score),
+            monitor=judge_monitor(gold_judge(gold_score)),
             snapshots=snapshots,
         )
         return recipe.select_candidate(

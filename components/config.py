@@ -129,6 +129,12 @@ class ValidationConfig(Section):
         le=1,
         description="highest mean of chosen_position (share of pairs whose chosen response was shown second)",
     )
+    max_contradicting_share: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="highest share of preference rows whose pair appears again with chosen and rejected swapped",
+    )
     demonstrations_rows: RowBounds = RowBounds(min=1000, max=1_000_000)
     preferences_rows: RowBounds = RowBounds(min=1000, max=1_000_000)
     eval_prompts_rows: RowBounds = RowBounds(min=20, max=100_000)
@@ -337,13 +343,30 @@ class SelectionConfig(Section):
 class JudgeConfig(Section):
     """Who judges the held-out responses in place of the embedded task's gold judge (evaluation/judges.py)."""
 
-    kind: Literal["gold", "reward_model", "python"] = Field(
-        "gold", description="gold (the embedded task), reward_model (a judge model directory) or python (a function)"
+    kind: Literal["gold", "reward_model", "python", "human"] = Field(
+        "gold",
+        description="gold (the embedded task), reward_model (a judge model directory), python (a function) or human "
+        "(people label blinded pairs while the flow run waits)",
     )
     model_dir: str | None = Field(
         None, description="the judge model directory (HF layout, safetensors) for reward_model"
     )
     entry_point: str | None = Field(None, description="'module:function(prompts, responses) -> scores' for python")
+    pairs_per_baseline: int = Field(
+        50, ge=1, description="human: held-out responses of PPO put against each other policy's, per decoding mode"
+    )
+    min_answered_share: float = Field(
+        1.0, gt=0, le=1, description="human: the share of the exported pairs the labels must answer"
+    )
+    timeout_seconds: int = Field(
+        86_400, ge=1, description="human: how long the paused flow run waits for labels before it fails"
+    )
+    poll_seconds: int = Field(10, ge=1, description="human: how often the paused flow run checks for a resume")
+    monitor_ppo: bool = Field(
+        True,
+        description="score PPO's rollouts with the judge at every iteration, for the gate's over-optimisation trend "
+        "rule (off for a slow judge: the rule then says it was not measured)",
+    )
 
     @model_validator(mode="after")
     def _what_the_kind_needs(self) -> JudgeConfig:

@@ -12,11 +12,13 @@ from prefect.cache_policies import NO_CACHE
 
 from components.adapters import plots
 from components.adapters.tracking import CHALLENGER, CHAMPION, flatten
+from components.evaluation import pairwise
 from components.evaluation.gate import decide_report
-from components.evaluation.judges import make_judge
+from components.evaluation.judges import judge_facts, make_judge
 from components.evaluation.report import evaluate_policies, format_budgets, format_table
 from components.models.stage_store import StageStore
 from components.training import recipe
+from flows import human_judging
 from flows.run_context import PreparedData, RunContext, Trained
 from flows.stage_runs import recorded, stage_home
 from flows.tracking_tasks import Tracking
@@ -58,6 +60,7 @@ def report(ctx: RunContext, trained: Trained, evaluation: dict, decision: dict, 
     """The flow run's report: evaluation table, decision with reasons, links; and a metrics table."""
     cfg = ctx.cfg
     links = mlflow_links(ctx.tracking, registry)
+    judge = judge_facts(cfg.evaluation.judge)
     stage_times = {name: r.seconds for name, r in trained.models().items()}
     markdown = "\n".join(
         [
@@ -65,8 +68,9 @@ def report(ctx: RunContext, trained: Trained, evaluation: dict, decision: dict, 
             f"profile `{cfg.profile}`, seed {cfg.seed}, data `{ctx.data.md5}`",
             "",
             "## Evaluation",
+            f"judge: {judge['kind']} `{judge['name']}`",
             "```",
-            format_table(evaluation).strip(),
+            format_table(evaluation, judge["label"]).strip(),
             "```",
             "",
             "## What each policy used",
@@ -96,13 +100,13 @@ def report(ctx: RunContext, trained: Trained, evaluation: dict, decision: dict, 
     rows = []
     for mode, block in evaluation.items():
         for name, summary in block["policies"].items():
-            win = block["ppo_win_rate"].get(name)
+            win, gold = block["ppo_win_rate"].get(name), summary.get("gold")
             rows.append(
                 {
                     "mode": mode,
                     "policy": name,
-                    "gold": round(summary["gold"]["value"], 4),
-                    "gold_ci": f"[{summary['gold']['ci'][0]:.3f}, {summary['gold']['ci'][1]:.3f}]",
+                    "gold": round(gold["value"], 4) if gold else None,
+                    "gold_ci": f"[{gold['ci'][0]:.3f}, {gold['ci'][1]:.3f}]" if gold else None,
                     "rm": round(summary["rm"]["value"], 4),
                     "kl": round(summary["kl"], 4) if "kl" in summary else None,
                     "ppo_win_rate": round(win["value"], 4) if win else None,
@@ -136,8 +140,26 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
     optimised = [StageStore(ctx.root).path(stage_home(cfg, "reward_model"), trained.reward_model.key)]
     gold = ctx.environment.gold if ctx.environment is not None else None
     judge = make_judge(cfg.evaluation.judge, cfg.model, gold, optimised)
+    facts = judge_facts(cfg.evaluation.judge)
+    pairs: list[pairwise.Pair] = []  # for people, who judge PPO against each policy pair by pair
+    round_id = human_judging.round_id(ctx, trained)
+
+    def pair_up(mode, responses) -> None:
+        texts = {name: out.texts for name, out in responses.items()}
+        pairs.extend(
+            pairwise.blinded_pairs(
+                round_id,
+                mode.name,
+                responses["ppo"].prompts,
+                texts,
+                cfg.evaluation.judge.pairs_per_baseline,
+                mode.samples_per_prompt,
+                cfg.seed,
+            )
+        )
+
     with recorded(ctx.tracking.stage("evaluation")) as run:
-        run.set_tags({"judge.kind": judge.kind, "judge.name": judge.name})
+        run.set_tags({"judge.kind": facts["kind"], "judge.name": facts["name"]})
         policies = {"sft": trained.sft.model, **{n: r.model for n, r in trained.baselines.items()}}
         policies["ppo"] = trained.ppo.model
         report = evaluate_policies(
@@ -150,6 +172,7 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
             trained.reward_model.model,
             judge,
             cfg.baselines.best_of_n,
+            on_responses=pair_up if judge is None else None,
         )
         run.log_params(flatten(cfg.evaluation.model_dump(mode="json")))
         for mode, block in report.items():
@@ -160,7 +183,8 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
                     {"value": win["value"], "ci_lo": win["ci"][0], "ci_hi": win["ci"][1]},
                     prefix=f"{mode}.ppo_win_rate.{name}.",
                 )
-            run.log_figure(plots.win_rates(block, mode), f"plots/win_rates_{mode}.png")
+            if block["ppo_win_rate"]:
+                run.log_figure(plots.win_rates(block, mode), f"plots/win_rates_{mode}.png")
             run.log_table(block["examples"], f"tables/examples_{mode}.json")
             create_table_artifact(
                 key=f"examples-{mode}",
@@ -169,7 +193,9 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
             )
         run.log_dict(report, "evaluation.json")
         run.log_dict(comparison_terms(ctx, trained), "budgets.json")
-        create_markdown_artifact(key="evaluation", markdown=f"```\n{format_table(report)}\n```")
+        create_markdown_artifact(key="evaluation", markdown=f"```\n{format_table(report, facts['label'])}\n```")
+        if judge is None:
+            human_judging.export(ctx, run, pairs)
     return report
 
 
@@ -178,6 +204,7 @@ def gate(ctx: RunContext, trained: Trained, evaluation: dict) -> dict:
     cfg, tracking = ctx.cfg, ctx.tracking
     stage_metrics = trained.metrics()
     report = {
+        "judge": judge_facts(cfg.evaluation.judge),
         "data_validation": {
             "success": ctx.data.validation["success"],
             "eval_prompts_in_training": eval_prompts_in_training(ctx.data, trained),

@@ -8,7 +8,9 @@ Prefect task and a nested MLflow run under one parent run; the registry alias `c
 only when the gate says RLHF beat every supervised baseline.
 
 Exit codes: 0 done (promoted or not), 2 refused (bad config, data drift, failed validation),
-3 a NaN/inf in training (nothing registered), 4 the tracking server is unreachable (nothing run).
+3 a NaN/inf in training (nothing registered), 4 the tracking server is unreachable (nothing run),
+5 the judge could not judge: unsafe or unimportable, raised, returned a non-number, or people's labels did not
+come (timeout) or were refused (nothing registered).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from components.adapters import run_records
 from components.adapters.tracking import TrackingUnavailable
 from components.adapters.versioning import DataDrift
 from components.config import DEFAULT_PARAMS, ConfigError, load_config
+from components.evaluation.judges import JudgeError
 from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
-from flows import data_stages, data_tasks, decision_tasks, training_tasks
+from flows import data_stages, data_tasks, decision_tasks, human_judging, training_tasks
 from flows.credentials import export_credentials
 from flows.run_context import PreparedData, Trained
 from flows.stage_runs import stage_home
@@ -82,6 +85,8 @@ def rlhf_pipeline(
             ctx = training_tasks.run_context(cfg, root, tracking, data)
             trained = training_tasks.train_all(ctx)
             evaluation = decision_tasks.evaluate(ctx, trained)
+            if cfg.evaluation.judge.kind == "human":  # the flow run pauses until people's labels come in
+                evaluation = human_judging.judged_by_people(ctx, evaluation)
             decision = decision_tasks.gate(ctx, trained, evaluation)
             registry = decision_tasks.register_with_retries(ctx, trained, decision)
             decision_tasks.report_with_retries(ctx, trained, evaluation, decision, registry)
@@ -242,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as error:
         print(f"\npipeline stopped: {error}; nothing was registered", file=sys.stderr)
         return 3
+    except (JudgeError, human_judging.HumanJudgeError) as error:
+        print(f"\npipeline stopped: {error}", file=sys.stderr)
+        return 5
     except TrackingUnavailable as error:
         print(f"\npipeline stopped: {error}", file=sys.stderr)
         return 4

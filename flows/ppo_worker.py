@@ -28,7 +28,8 @@ from components.training.loop import NonFiniteError, Snapshots
 from components.training.ranks import Ranks
 from flows.launcher import die_with_parent
 
-JOB, RESULT, POLICY, NON_FINITE, SNAPSHOTS = "job.json", "result.json", "policy", "non-finite", "snapshots"
+JOB, RESULT, POLICY, SNAPSHOTS = "job.json", "result.json", "policy", "snapshots"
+NON_FINITE, JUDGE_FAILED = "non-finite", "judge-failed"  # what a rank records before it dies
 PROGRESS_KEYS = ("rm_score", "kl", "gold", "policy_loss")
 
 
@@ -89,11 +90,16 @@ def read_snapshots(directory: str | Path) -> list[tuple[int, dict]]:
     return [(int(path.name.split("-")[1]), load_causal_lm(path).state_dict()) for path in paths]
 
 
-def raise_recorded_non_finite(job_dir: str | Path) -> None:
-    """Re-raise the NaN/inf a rank recorded before it died (a launch's failure would otherwise hide it)."""
+def raise_recorded_failure(job_dir: str | Path) -> None:
+    """Re-raise the NaN/inf or the judge's failure a rank recorded before it died (a launch's failure would
+    otherwise hide it)."""
     for path in sorted(Path(job_dir).glob(f"{NON_FINITE}-rank*.json")):
         found = json.loads(path.read_text(encoding="utf-8"))
         raise NonFiniteError(found["stage"], found["step"], found["what"])
+    for path in sorted(Path(job_dir).glob(f"{JUDGE_FAILED}-rank*.json")):
+        from components.evaluation.judges import JudgeError
+
+        raise JudgeError(json.loads(path.read_text(encoding="utf-8"))["message"])
 
 
 def read_result(job_dir: str | Path) -> dict:
@@ -195,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    from components.evaluation.report import gold_monitor
+    from components.evaluation.judges import JudgeError, ppo_monitor_judge
+    from components.evaluation.report import judge_monitor
     from components.models.builders import load_causal_lm
     from components.models.ensemble import load_reward_model
     from components.models.saving import save_model
@@ -208,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     prompts = json.loads((job_dir / "prompts.json").read_text(encoding="utf-8"))
     demonstrations = json.loads((job_dir / "demonstrations.json").read_text(encoding="utf-8"))
     environment = environment_for(cfg)
-    monitor = gold_monitor(environment.gold) if environment is not None else None
+    gold = environment.gold if environment is not None else None
+    judge = ppo_monitor_judge(cfg.evaluation.judge, cfg.model, gold, [job["reward_model_dir"]])
+    monitor = judge_monitor(judge) if judge is not None else None
     resumable = latest_checkpoint(job["checkpoint_dir"]) if ranks.is_main else None
     if resumable is not None:
         print(
@@ -238,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             job_dir / f"{NON_FINITE}-rank{ranks.rank}.json",
             {"stage": error.stage, "step": error.step, "what": error.what},
         )
+        raise
+    except JudgeError as error:  # the judge watching PPO raised or returned a non-number: named as such
+        write_json(job_dir / f"{JUDGE_FAILED}-rank{ranks.rank}.json", {"message": str(error)})
         raise
     digests = ranks.gather_objects(weights_digest(result.model))
     if ranks.is_main:

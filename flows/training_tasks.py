@@ -15,6 +15,7 @@ from components.adapters import plots
 from components.adapters.tracking import StageRun, flatten
 from components.config import Config
 from components.data.files import PREFERENCES, file_name, read_jsonl
+from components.evaluation.judges import make_judge
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.report import reward_model_gold_accuracy
 from components.io import write_json
@@ -191,7 +192,14 @@ def ppo_task(
         processes = cfg.distributed.num_processes or profile.num_processes
         # each rank samples its own rollouts, so the process count is part of what the policy depends on
         key = key_for(
-            ctx, "ppo", cfg.ppo, sft.key, reward_model.key, f"processes={processes}", *selection_depends_on(cfg)
+            ctx,
+            "ppo",
+            cfg.ppo,
+            sft.key,
+            reward_model.key,
+            f"processes={processes}",
+            *selection_depends_on(cfg),
+            *monitor_depends_on(cfg),
         )
         # a killed run's re-run continues from the last checkpoint of the same key
         checkpoints = Path(ctx.root) / cfg.artifacts_dir / ".checkpoints" / f"ppo-{key}"
@@ -227,6 +235,13 @@ def ppo_task(
             run.log_figure(plots.overoptimisation(result.history, fit, shipped), "plots/overoptimisation.png")
         log_stage_model(ctx, run, "ppo", result)
     return result
+
+
+def monitor_depends_on(cfg: Config) -> list[str]:
+    """A judge other than gold that scores PPO's iterations: its scores are in the stage's history (the gate's trend
+    rule reads them), so a different judge is a different stage."""
+    judge = cfg.evaluation.judge
+    return [judge.model_dump_json()] if judge.kind != "gold" and judge.monitor_ppo else []
 
 
 def selection_depends_on(cfg: Config) -> list[str]:
@@ -307,7 +322,7 @@ def launched_ppo(
             tail_lines=cfg.distributed.log_tail_lines,
         )
     except LaunchError as error:
-        ppo_worker.raise_recorded_non_finite(job_dir)
+        ppo_worker.raise_recorded_failure(job_dir)
         raise LaunchError(f"the PPO launch ({profile.path.name}) failed: {error}") from None
     outcome = read_result(job_dir)
     model = load_causal_lm(job_dir / ppo_worker.POLICY)
@@ -327,6 +342,8 @@ def run_context(cfg: Config, root: str, tracking: Tracking, data: PreparedData) 
             "comparisons.source is 'sft_samples', but nobody labels samples for data.source 'files': "
             "set comparisons.source: static to train the reward model on your preference file"
         )
+    # a judge that cannot judge stops the run before any training (the optimised RM is refused when it exists)
+    make_judge(cfg.evaluation.judge, cfg.model, environment.gold if environment is not None else None, optimised=[])
     vocabulary = None
     if cfg.model.source == "scratch":
         texts = (str(value) for rows in data.rows.values() for row in rows for value in row.values())

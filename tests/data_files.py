@@ -211,6 +211,26 @@ DEFECTS = {
     "truncated_file": Defect(
         PREFERENCES, set_bytes(PREFERENCES, cut_last_line), "parse", "file ends with a newline", len(PREFERENCES_ROWS)
     ),
+    "json_array": Defect(
+        PREFERENCES,
+        set_bytes(PREFERENCES, lambda raw: json.dumps([json.loads(line) for line in raw.splitlines()]).encode()),
+        "parse",
+        "JSON Lines",
+        1,
+    ),
+    "contradicting_pair": Defect(
+        PREFERENCES,
+        edit_row(
+            PREFERENCES,
+            5,
+            prompt=PREFERENCES_ROWS[0]["prompt"],
+            chosen=PREFERENCES_ROWS[0]["rejected"],
+            rejected=PREFERENCES_ROWS[0]["chosen"],
+        ),
+        "expect_column_values_to_be_in_set",
+        "contradict another",
+        5,
+    ),
     "non_utf8": Defect(
         EVAL_PROMPTS, set_line(EVAL_PROMPTS, 2, b'{"prompt": "write a review \xff\xfe"}'), "parse", "UTF-8", 2
     ),

@@ -20,7 +20,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from components.config import ValidationConfig
 from components.data import expectations
 from components.data.expectations import LINE, Expectation
-from components.data.files import DATASETS, EVAL_PROMPTS, DataFileError, file_name, read_jsonl
+from components.data.files import DATASETS, EVAL_PROMPTS, LABELS, REQUIRED_FIELDS, DataFileError, file_name, read_jsonl
 from components.data.validation_report import PARSE, Failure, ValidationReport
 from components.io import write_json
 
@@ -90,6 +90,11 @@ def validate_data_dir(
         failures=failures,
         rows={labels[d]: len(df) for d, df in frames.items()},
         data_docs_index=docs_index,
+        contradicting_pairs={
+            labels[d]: int(df[expectations.CONTRADICTS].sum())
+            for d, df in frames.items()
+            if expectations.CONTRADICTS in df
+        },
     )
     # summary.json is a DVC metric: keep it free of machine-specific absolute paths
     summary = report.to_dict()
@@ -97,6 +102,24 @@ def validate_data_dir(
         summary["data_docs_index"] = str(Path(docs_index).resolve().relative_to(report_dir.resolve()))
     write_json(report_dir / SUMMARY, summary)
     return report
+
+
+def validate_labels(path: Path, rules: list[Expectation], report_dir: Path, max_examples: int) -> ValidationReport:
+    """Check a human judge's labels file (``LABELS`` schema) against ``rules``; Data Docs under ``report_dir``."""
+    path = Path(path)
+    try:
+        records = read_jsonl(path, LABELS)
+    except DataFileError as err:
+        return ValidationReport(success=False, failures=[_parse_failure(path, str(path), err)], rows={})
+    columns = [*REQUIRED_FIELDS[LABELS], LINE]
+    df = pd.DataFrame([[*(r.data[c] for c in REQUIRED_FIELDS[LABELS]), r.line] for r in records], columns=columns)
+    context = _context(report_dir)
+    source = context.data_sources.add_or_update_pandas(DATA_SOURCE)
+    result = _checkpoint(context, source, LABELS, rules).run(batch_parameters={"dataframe": df})
+    failures = _failures(str(path), rules, result, df, max_examples)
+    return ValidationReport(
+        success=not failures, failures=failures, rows={str(path): len(df)}, data_docs_index=_docs_index(context)
+    )
 
 
 def _parse_failure(path: Path, label: str, err: DataFileError) -> Failure:

@@ -22,6 +22,7 @@ LINE = "line"
 CHOSEN_POSITION = "chosen_position"
 CHOSEN_EQUALS_REJECTED = "chosen_equals_rejected"
 PROMPT_IS_EVAL = "prompt_is_eval"
+CONTRADICTS = "contradicts_another_pair"  # the same prompt and pair appear again with chosen and rejected swapped
 PAIR = ("prompt", "chosen", "rejected")
 KNOWN_CHARACTERS = r"\A[A-Za-z .,!?]*\Z"  # what ``text.words`` keeps; anything else it would drop silently
 
@@ -84,6 +85,9 @@ def frame(
             df[oov_column(column)] = [oov[t] for t in texts]
     if dataset == PREFERENCES:
         df[CHOSEN_EQUALS_REJECTED] = [_normalised(c) == _normalised(r) for c, r in zip(df["chosen"], df["rejected"])]
+        pairs = [tuple(_normalised(str(t)) for t in row) for row in zip(df["prompt"], df["chosen"], df["rejected"])]
+        seen = set(pairs)
+        df[CONTRADICTS] = [(prompt, rejected, chosen) in seen for prompt, chosen, rejected in pairs]
     if dataset != EVAL_PROMPTS and eval_prompts is not None:
         held_out = {_normalised(p) for p in eval_prompts}
         df[PROMPT_IS_EVAL] = [_normalised(p) in held_out for p in df["prompt"]]
@@ -150,6 +154,13 @@ def suite(
                 "expect_column_values_to_be_in_set",
                 "'chosen' differs from 'rejected'",
                 {"column": CHOSEN_EQUALS_REJECTED, "value_set": [False]},
+                "chosen",
+            ),
+            Expectation(
+                "expect_column_values_to_be_in_set",
+                f"at most {cfg.max_contradicting_share:.1%} of pairs contradict another "
+                "(the same prompt and pair with chosen and rejected swapped)",
+                {"column": CONTRADICTS, "value_set": [False], "mostly": 1 - cfg.max_contradicting_share},
                 "chosen",
             ),
             Expectation(

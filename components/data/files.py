@@ -1,10 +1,11 @@
 """The data files of the pipeline: their schemas and strict JSONL reading (writing them: ``components.io``).
 
-Schemas (one JSON object per line, UTF-8, every line ends with a newline):
+Schemas (one JSON object per line, UTF-8 with or without a byte order mark, every line ends with a newline):
 - ``demonstrations.jsonl``: ``{prompt, response}`` plus optional metadata.
 - ``preferences.jsonl``: ``{prompt, chosen, rejected}`` plus optional metadata
   (``chosen_position``: 0 if the labeler was shown the chosen response first, else 1).
 - ``eval_prompts.jsonl``: ``{prompt}`` plus optional metadata.
+A human judge's labels file: ``{pair_id, choice}`` (choice A, B or tie), one line per answered pair.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ DEMONSTRATIONS = "demonstrations"
 PREFERENCES = "preferences"
 EVAL_PROMPTS = "eval_prompts"
 MANIFEST = "manifest.json"
+UTF8_BOM = b"\xef\xbb\xbf"
+
+LABELS = "labels"  # people's answers to blinded pairs (components/evaluation/pairwise.py)
 
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     DEMONSTRATIONS: ("prompt", "response"),
     PREFERENCES: ("prompt", "chosen", "rejected"),
     EVAL_PROMPTS: ("prompt",),
+    LABELS: ("pair_id", "choice"),
 }
-DATASETS = tuple(REQUIRED_FIELDS)
+DATASETS = (DEMONSTRATIONS, PREFERENCES, EVAL_PROMPTS)  # the data set's files
 
 
 def file_name(dataset: str) -> str:
@@ -56,8 +61,10 @@ def read_jsonl(path: str | Path, dataset: str | None = None) -> list[Record]:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataFileError(path, None, "file is readable", str(exc)) from exc
+    raw = raw.removeprefix(UTF8_BOM)  # spreadsheet and editor exports often start with one
     if not raw:
         raise DataFileError(path, None, "file is not empty", "0 bytes")
+    _refuse_json_array(path, raw)
     if not raw.endswith(b"\n"):
         line_count = raw.count(b"\n") + 1
         raise DataFileError(path, line_count, "file ends with a newline", "last line is cut off (truncated file?)")
@@ -81,6 +88,20 @@ def read_jsonl(path: str | Path, dataset: str | None = None) -> list[Record]:
             _check_fields(path, number, dataset, obj)
         records.append(Record(number, obj))
     return records
+
+
+def _refuse_json_array(path: Path, raw: bytes) -> None:
+    """A whole file that is one JSON array is a common mistake: name it, rather than a confusing line error."""
+    if not raw.lstrip().startswith(b"["):
+        return
+    try:
+        items = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        items = None
+    size = f"a JSON array of {len(items)} items" if isinstance(items, list) else "what looks like a JSON array"
+    raise DataFileError(
+        path, 1, "JSON Lines (one JSON object per line)", f"the file is {size}; write one object per line instead"
+    )
 
 
 def _check_fields(path: Path, number: int, dataset: str, obj: dict[str, Any]) -> None:

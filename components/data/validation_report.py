@@ -28,12 +28,19 @@ class ValidationReport:
     failures: list[Failure]
     rows: dict[str, int]  # rows read per file (files that failed to parse are absent)
     data_docs_index: str | None = None
+    # rows whose (prompt, pair) appears again with chosen and rejected swapped, per preference file read
+    contradicting_pairs: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         rows = "rows read: " + (", ".join(f"{Path(file).name} {n}" for file, n in self.rows.items()) or "none")
+        contradicting = "".join(
+            f"; {Path(file).name}: {n} of {self.rows[file]} rows contradict another (chosen and rejected swapped)"
+            for file, n in self.contradicting_pairs.items()
+            if n
+        )
         if self.success:
-            return f"data validation passed; {rows}"
-        lines = [f"data validation FAILED: {len(self.failures)} rule(s) broken; {rows}"]
+            return f"data validation passed; {rows}{contradicting}"
+        lines = [f"data validation FAILED: {len(self.failures)} rule(s) broken; {rows}{contradicting}"]
         for failure in self.failures:
             detail = f" ({failure.detail})" if failure.detail else ""
             lines.append(f"- {failure.file}: {failure.rule} [{failure.expectation}]{detail}")

@@ -52,7 +52,7 @@ class WinRate(_Facts):
 
 
 class Score(_Facts):
-    """A policy's mean score (``modes.<mode>.policies.<name>.gold``); the gate reads the mean only."""
+    """A policy's mean score by the judge (``modes.<mode>.policies.<name>.gold``); the gate reads the mean only."""
 
     value: Number
 
@@ -68,7 +68,7 @@ class ModeReport(_Facts):
     """``modes.<mode>``: the policies' scores and PPO's win rates against each, under one decoding mode."""
 
     policies: dict[str, PolicyScores | None] | None = None
-    ppo_win_rate: dict[str, WinRate | None] | None = None  # judged by the gold scorer
+    ppo_win_rate: dict[str, WinRate | None] | None = None  # judged by the judge (``gold``: its scores)
     ppo_rm_win_rate: dict[str, WinRate | None] | None = None  # judged by the reward model
 
 
@@ -95,9 +95,21 @@ class HistoryPoint(_Facts):
     gold: Number | None = None
 
 
+class JudgeFacts(_Facts):
+    """``judge``: who scored the held-out responses (and, if ``scores_ppo_iterations``, PPO's rollouts: the
+    ``gold`` of ``ppo_history``). Absent: the embedded task's gold judge."""
+
+    kind: str = "gold"
+    name: str = "gold"
+    label: str = "gold"  # how a reason names the judge's scores, e.g. "python judge 'scoring:helpfulness'"
+    scores_ppo_iterations: Annotated[bool, Strict()] = True
+    pairwise: Annotated[bool, Strict()] = False  # compares PPO with each policy (people): win rates, no means
+
+
 class GateInput(_Facts):
     """Everything the gate reads; ``None`` (or an absent mode, policy or win rate) is a missing piece."""
 
+    judge: JudgeFacts = JudgeFacts()
     data_validation: DataValidation | None = None
     non_finite_stages: list[str] | None = None  # stages that produced NaN/inf
     reward_model: RewardModelFacts | None = None
@@ -220,6 +232,8 @@ def _check(rule: str, test, mode: str | None = None) -> Reason:
 
 
 def _rules_for_mode(gi: GateInput, cfg: GateConfig, mode: str) -> list[Reason]:
+    judge = gi.judge.label
+
     def beats_every_baseline():
         # head to head against each baseline, not against the best by mean: a mean can hide a baseline
         # that beats PPO on most prompts (and means can tie)
@@ -229,16 +243,21 @@ def _rules_for_mode(gi: GateInput, cfg: GateConfig, mode: str) -> list[Reason]:
             f"{name} {w.value:.3f} [{w.ci[0]:.3f}, {w.ci[1]:.3f}]{'' if beaten[name] else ' (not beaten)'}"
             for name, w in wins.items()
         )
-        return all(beaten.values()), f"gold win rate vs {shown}; every lower bound must exceed {cfg.min_win_rate_lower}"
+        return all(beaten.values()), (
+            f"{judge} win rate vs {shown}; every lower bound must exceed {cfg.min_win_rate_lower}"
+        )
 
     def kl_within_budget():
         kl = _need(_policy(gi, mode, PPO).kl, f"modes.{mode}.policies.{PPO}.kl")
         return kl <= cfg.max_kl, f"KL from the SFT reference {kl:.2f} nats (budget {cfg.max_kl})"
 
     def not_below_sft():
+        if gi.judge.pairwise:  # no means to compare: PPO must not lose to SFT head to head
+            win = _win(gi, mode, "ppo_win_rate", "sft")
+            return win.value >= 0.5, f"{judge}: PPO's win rate vs SFT {win.value:.3f} (at least 0.5, ties half)"
         ppo = _need(_policy(gi, mode, PPO).gold, f"modes.{mode}.policies.{PPO}.gold").value
         sft = _need(_policy(gi, mode, "sft").gold, f"modes.{mode}.policies.sft.gold").value
-        return ppo >= sft - cfg.sft_tolerance, f"gold {ppo:.3f} vs SFT {sft:.3f} (tolerance {cfg.sft_tolerance})"
+        return ppo >= sft - cfg.sft_tolerance, f"{judge} {ppo:.3f} vs SFT {sft:.3f} (tolerance {cfg.sft_tolerance})"
 
     def proxy_agrees_with_gold():
         gaps = {}
@@ -251,7 +270,7 @@ def _rules_for_mode(gi: GateInput, cfg: GateConfig, mode: str) -> list[Reason]:
         limit = cfg.overoptimisation.max_proxy_gold_gap
         return (
             gap <= limit,
-            f"largest gap vs '{worst}': RM win rate {proxy:.3f}, gold win rate {gold:.3f}, "
+            f"largest gap vs '{worst}': RM win rate {proxy:.3f}, {judge} win rate {gold:.3f}, "
             f"gap {gap:+.3f} (max {limit})",
         )
 
@@ -300,6 +319,11 @@ def decide(gi: GateInput, cfg: GateConfig) -> Decision:
         )
 
     def no_overoptimisation_trend():
+        if not gi.judge.scores_ppo_iterations:
+            return True, (
+                f"not measured: PPO's iterations were not scored by the {gi.judge.label}; "
+                "each mode's RM-versus-judge win-rate gap still applies"
+            )
         history = _need(gi.ppo_history, "ppo_history")
         if len(history) < 2 or any(h.gold is None or h.rm_score is None for h in history):
             raise _Missing("ppo_history (rm_score and gold per iteration)")
@@ -310,8 +334,8 @@ def decide(gi: GateInput, cfg: GateConfig) -> Decision:
         diverging = rm_change > 0 and gold_change < -cfg.overoptimisation.max_gold_drop
         return not diverging, (
             f"over the last {tail:.0%} of PPO: "
-            f"RM {rm_change:+.3f}, gold {gold_change:+.3f} "
-            f"(fails if RM rises while gold falls by more than {cfg.overoptimisation.max_gold_drop})"
+            f"RM {rm_change:+.3f}, {gi.judge.label} {gold_change:+.3f} "
+            f"(fails if RM rises while {gi.judge.label} falls by more than {cfg.overoptimisation.max_gold_drop})"
         )
 
     reasons = [

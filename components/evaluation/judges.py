@@ -5,7 +5,8 @@ exactly as from the gold judge's. Kinds (``evaluation.judge.kind``):
   - ``gold``: the embedded task's hidden judge (the environment's ``gold``);
   - ``reward_model``: a separate judge model directory (HF layout, safetensors), as Gao et al.'s "gold RM"; never the
     reward model PPO optimised (refused by the content hash of its weights);
-  - ``python``: ``module:function(prompts, responses) -> scores``, a user's own scoring function.
+  - ``python``: ``module:function(prompts, responses) -> scores``, a user's own scoring function;
+  - ``human``: people comparing blinded pairs while the flow run waits (``pairwise.py``; no per-response scores).
 Whatever a judge returns is checked: one finite number per response, or a JudgeError naming the judge and the row.
 """
 
@@ -76,7 +77,7 @@ def python_judge(entry_point: str) -> Judge:
         except Exception as error:
             raise JudgeError(f"judge {entry_point} raised {type(error).__name__}: {error}") from error
 
-    return Judge("python", entry_point, scores)
+    return Judge("python", entry_point, scores)  # the name judge_facts gives it
 
 
 def weights_hash(directory: str | Path) -> str:
@@ -104,7 +105,33 @@ def reward_model_judge(model_dir: str | Path, model_cfg: ModelConfig, optimised:
     return Judge("reward_model", str(model_dir), scores)
 
 
-def make_judge(cfg: JudgeConfig, model_cfg: ModelConfig, gold: GoldFn | None, optimised: Sequence[str | Path]) -> Judge:
+def judge_facts(cfg: JudgeConfig) -> dict:
+    """What the gate and the report say of the judge: its kind, its name, whether it scored PPO's iterations."""
+    name = {"gold": "gold", "python": cfg.entry_point, "reward_model": cfg.model_dir, "human": "people"}[cfg.kind]
+    return {
+        "kind": cfg.kind,
+        "name": name,
+        "label": {"gold": "gold", "human": "human judges"}.get(cfg.kind, f"{cfg.kind} judge '{name}'"),
+        "scores_ppo_iterations": cfg.kind == "gold" or (cfg.kind != "human" and cfg.monitor_ppo),
+        "pairwise": cfg.kind == "human",
+    }
+
+
+def ppo_monitor_judge(
+    cfg: JudgeConfig, model_cfg: ModelConfig, gold: GoldFn | None, optimised: Sequence[str | Path]
+) -> Judge | None:
+    """The judge that scores PPO's rollouts for the record and the gate's trend rule; None when it does not."""
+    if not judge_facts(cfg)["scores_ppo_iterations"] or (cfg.kind == "gold" and gold is None):
+        return None
+    return make_judge(cfg, model_cfg, gold, optimised)
+
+
+def make_judge(
+    cfg: JudgeConfig, model_cfg: ModelConfig, gold: GoldFn | None, optimised: Sequence[str | Path]
+) -> Judge | None:
+    """The judge that scores each response; None for people, who compare pairs (``pairwise.py``)."""
+    if cfg.kind == "human":
+        return None
     if cfg.kind == "gold":
         if gold is None:
             raise JudgeError(

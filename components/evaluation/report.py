@@ -9,6 +9,7 @@ Best-of-n over the SFT policy joins sampling mode as a non-training reference po
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -43,7 +44,7 @@ def example_rows(responses: dict[str, Responses], mode: DecodingMode, n_examples
                     "prompt": out.prompts[i],
                     "policy": name,
                     "response": out.texts[i],
-                    "gold": out.gold[i],
+                    "gold": out.gold[i] if out.gold else None,
                     "rm": out.rm_scores[i] if out.rm_scores else None,
                 }
             )
@@ -58,10 +59,14 @@ def evaluate_policies(
     model_cfg: ModelConfig,
     seed: int,
     reward_model: PreTrainedModel,
-    judge: Scores,
+    judge: Scores | None,
     best_of_n_cfg: BestOfNConfig | None = None,
+    on_responses: Callable[[DecodingMode, dict[str, Responses]], None] | None = None,
 ) -> dict:
-    """Returns {mode: {policies, ppo_win_rate, ppo_rm_win_rate, examples}}; ``policies`` must hold 'sft' and 'ppo'."""
+    """Returns {mode: {policies, ppo_win_rate, ppo_rm_win_rate, examples}}; ``policies`` must hold 'sft' and 'ppo'.
+
+    Without a ``judge`` (people judge pairs later) no policy has a judge score and ``ppo_win_rate`` is empty;
+    ``on_responses`` sees every mode's responses, e.g. to put them in pairs."""
     reference = policies[REFERENCE]
     report: dict = {}
     for mode in decoding_modes(cfg):
@@ -78,7 +83,7 @@ def evaluate_policies(
                 reference=reference,
                 reward_model=reward_model,
             )
-            out.gold = judge(out.prompts, out.texts, out.ended)
+            out.gold = judge(out.prompts, out.texts, out.ended) if judge is not None else []
             responses[name] = out
         if best_of_n_cfg is not None and not mode.greedy:
             expanded = [p for p in eval_prompts for _ in range(mode.samples_per_prompt)]
@@ -93,12 +98,17 @@ def evaluate_policies(
                 seed,
                 best_of_n_cfg.missing_eos_penalty,
             )
-            responses["best_of_n"] = Responses(expanded, texts, ended, scores, [], judge(expanded, texts, ended))
+            judged = judge(expanded, texts, ended) if judge is not None else []
+            responses["best_of_n"] = Responses(expanded, texts, ended, scores, [], judged)
+        if on_responses is not None:
+            on_responses(mode, responses)
         ppo = responses[PPO]
         report[mode.name] = {
             "policies": {name: summarise(out) for name, out in responses.items()},
             "ppo_win_rate": {
-                name: win_rate(ppo.gold, out.gold).as_dict() for name, out in responses.items() if name != PPO
+                name: win_rate(ppo.gold, out.gold).as_dict()
+                for name, out in responses.items()
+                if name != PPO and judge is not None
             },
             "ppo_rm_win_rate": {
                 name: win_rate(ppo.rm_scores, out.rm_scores).as_dict()
@@ -110,11 +120,11 @@ def evaluate_policies(
     return report
 
 
-def gold_monitor(gold: GoldFn) -> Monitor:
-    """The mean gold score of PPO's rollouts: logged beside the RM score, never used for training."""
+def judge_monitor(judge: Scores) -> Monitor:
+    """The judge's mean score of PPO's rollouts, logged as ``gold`` beside the RM score, never used for training."""
 
     def monitor(prompts: list[str], texts: list[str], ended: list[bool]) -> dict[str, float]:
-        return {"gold": statistics.fmean(gold(p, t, e) for p, t, e in zip(prompts, texts, ended))}
+        return {"gold": statistics.fmean(judge(prompts, texts, ended))}
 
     return monitor
 
@@ -132,22 +142,26 @@ def reward_model_gold_accuracy(
     )
 
 
-def format_table(report: dict) -> str:
-    """Every policy under every mode: gold mean [CI], RM, KL, length, unterminated, PPO's gold win rate [CI]."""
+def format_table(report: dict, judge: str = "gold") -> str:
+    """Every policy under every mode: the judge's mean [CI], RM, KL, length, unterminated, PPO's win rate [CI] by the
+    judge (``judge``: how to name it, "gold" for the embedded task's)."""
     lines = []
     for mode, block in report.items():
         lines.append(f"\n== {mode} decoding, held-out prompts ==")
+        if judge != "gold":
+            lines.append(f"(scored by the {judge})")
+        judged = "gold" if judge == "gold" else "judge"
         lines.append(
-            f"{'policy':<10} {'gold mean [95% CI]':<24} {'RM':>7} {'KL':>7} {'len':>5} {'unterm':>6}  "
-            "PPO gold win rate [95% CI]"
+            f"{'policy':<10} {judged + ' mean [95% CI]':<24} {'RM':>7} {'KL':>7} {'len':>5} {'unterm':>6}  "
+            f"PPO {judged} win rate [95% CI]"
         )
         for name, s in block["policies"].items():
-            g, wr = s["gold"], block["ppo_win_rate"].get(name)
+            g, wr = s.get("gold"), block["ppo_win_rate"].get(name)
             wins = f"{wr['value']:.3f} [{wr['ci'][0]:.3f}, {wr['ci'][1]:.3f}]" if wr else "-"
             kl = f"{s['kl']:7.2f}" if "kl" in s else "      -"
+            mean = f"{g['value']:6.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]{'':<4}" if g else f"{'-':<25}"
             lines.append(
-                f"{name:<10} {g['value']:6.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]{'':<4} "
-                f"{s['rm']['value']:7.3f} {kl} {s['length']:5.1f} {s['unterminated']:6.3f}  {wins}"
+                f"{name:<10} {mean} {s['rm']['value']:7.3f} {kl} {s['length']:5.1f} {s['unterminated']:6.3f}  {wins}"
             )
     return "\n".join(lines)
 

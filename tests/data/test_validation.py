@@ -12,9 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from components.adapters.validation import SUMMARY, validate_data_dir
+from components.adapters.validation import SUMMARY, validate_data_dir, validate_labels
 from components.data import expectations
-from components.data.files import DATASETS, DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, Record, file_name
+from components.data.files import (
+    DATASETS,
+    DEMONSTRATIONS,
+    EVAL_PROMPTS,
+    PREFERENCES,
+    DataFileError,
+    Record,
+    file_name,
+    read_jsonl,
+)
+from components.evaluation.pairwise import label_rules
 from tests.data_files import (
     CFG,
     DEFECTS,
@@ -147,3 +157,81 @@ def test_suite_rules_are_unique_and_name_existing_columns(dataset: str, check_vo
         assert rule.quote is None or rule.quote in df.columns
     assert df[expectations.LINE].tolist() == list(range(1, len(rows) + 1))
     assert any("vocabulary" in r.description for r in rules) == check_vocabulary
+
+
+def test_a_byte_order_mark_at_the_start_of_a_file_is_read(good_dir: Path, tmp_path: Path) -> None:
+    """Exports from spreadsheets and some editors start with a UTF-8 BOM: the file is read, line numbers kept."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(good_dir, data_dir)
+    for dataset in DATASETS:
+        path = data_dir / file_name(dataset)
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    report = validate_data_dir(data_dir, CFG, VOCABULARY, tmp_path / "reports")
+    assert report.success, report.summary()
+    assert [r.data for r in read_jsonl(data_dir / file_name(PREFERENCES), PREFERENCES)] == PREFERENCES_ROWS
+    edit_row(DEMONSTRATIONS, 2, response="")(data_dir)  # a defect after the BOM is quoted at its own line
+    failed = validate_data_dir(data_dir, CFG, VOCABULARY, tmp_path / "reports-2")
+    assert failed.failures and all(f.lines == [2] for f in failed.failures), failed.summary()
+
+
+def test_a_json_array_is_named_as_such_not_as_a_truncated_file(tmp_path: Path) -> None:
+    path = tmp_path / file_name(PREFERENCES)
+    for raw in (json.dumps(PREFERENCES_ROWS), json.dumps(PREFERENCES_ROWS, indent=2) + "\n"):
+        path.write_text(raw)
+        with pytest.raises(DataFileError, match=r"line 1: JSON Lines .*a JSON array of 6 items"):
+            read_jsonl(path, PREFERENCES)
+
+
+def test_contradicting_pairs_are_counted_and_allowed_up_to_the_configured_share(good_dir: Path, tmp_path: Path):
+    """Rows 1 and 5 hold the same pair with chosen and rejected swapped: 2 of 6 rows contradict another."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(good_dir, data_dir)
+    first = PREFERENCES_ROWS[0]
+    edit_row(PREFERENCES, 5, prompt=first["prompt"], chosen=first["rejected"], rejected=first["chosen"])(data_dir)
+    preferences = str(data_dir / file_name(PREFERENCES))
+    strict = validate_data_dir(data_dir, CFG, VOCABULARY, tmp_path / "strict")
+    assert strict.contradicting_pairs == {preferences: 2}
+    [failure] = strict.failures
+    assert failure.lines == [1, 5] and failure.detail == "2 of 6 rows", strict.summary()
+    assert "2 of 6 rows contradict another" in strict.summary()
+    loose_cfg = CFG.model_copy(update={"max_contradicting_share": 0.34})  # 2 of 6 rows is 0.333
+    loose = validate_data_dir(data_dir, loose_cfg, VOCABULARY, tmp_path / "loose")
+    assert loose.success and loose.contradicting_pairs == {preferences: 2}, loose.summary()
+    assert "2 of 6 rows contradict another" in loose.summary()
+    saved = json.loads((tmp_path / "loose" / SUMMARY).read_text())
+    assert saved["contradicting_pairs"] == {preferences: 2}
+    docs = Path(loose.data_docs_index).parent
+    assert any("contradict another" in page.read_text() for page in docs.rglob("*.html")), "shown in Data Docs"
+
+
+# --- a human judge's labels file ------------------------------------------------------------
+
+
+def labels_report(tmp_path: Path, lines: list[dict], min_answers: int = 2):
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rules = label_rules(["p1", "p2", "p3"], min_answers)
+    return path, validate_labels(path, rules, tmp_path / "labels-report", max_examples=5)
+
+
+@pytest.mark.parametrize(
+    "lines, rule, line",
+    [
+        ([{"pair_id": "p1", "choice": "A"}, {"pair_id": "other-run-9", "choice": "B"}], "one of this run's pairs", 2),
+        ([{"pair_id": "p1", "choice": "A"}, {"pair_id": "p1", "choice": "B"}], "one answer per pair", 2),
+        ([{"pair_id": "p1", "choice": "A"}, {"pair_id": "p2", "choice": "left"}], "choice is A, B or tie", 2),
+        ([{"pair_id": "p1", "choice": "A"}], "answers at least 2 of the 3 pairs", None),
+        ([{"pair_id": "p1", "choice": "A"}, {"pair_id": "p2"}], "required field 'choice'", 2),
+    ],
+)
+def test_a_labels_file_that_breaks_a_rule_is_refused_naming_file_rule_and_line(tmp_path, lines, rule, line):
+    path, report = labels_report(tmp_path, lines)
+    assert not report.success
+    [failure] = [f for f in report.failures if rule in f.rule]
+    assert failure.file == str(path) and (line is None or line in failure.lines), report.summary()
+
+
+def test_labels_answering_enough_of_this_runs_pairs_pass(tmp_path):
+    lines = [{"pair_id": "p3", "choice": "tie"}, {"pair_id": "p1", "choice": "B"}]
+    _, report = labels_report(tmp_path, lines)
+    assert report.success and report.data_docs_index, report.summary()

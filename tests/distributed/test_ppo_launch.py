@@ -16,7 +16,8 @@ import pytest
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS
-from components.evaluation.report import gold_monitor
+from components.evaluation.judges import gold_judge
+from components.evaluation.report import judge_monitor
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.models.saving import save_model
 from components.task.environment import ReviewTask
@@ -109,7 +110,7 @@ def test_two_ranks_end_bit_identical_and_match_one_process_on_the_same_global_ba
         load_scalar_model(models / "reward_model"),
         inputs["prompts"],
         inputs["demonstrations"],
-        monitor=gold_monitor(gold_score),
+        monitor=judge_monitor(gold_judge(gold_score)),
     )
     assert len(two["history"]) == len(one.history) == 1
     for distributed, single in zip(two["history"], one.history):

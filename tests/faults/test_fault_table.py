@@ -125,8 +125,13 @@ def test_nan_mid_ppo_fails_naming_stage_and_step_and_registers_nothing(mlflow_se
 # --- bad data through the whole flow (real Prefect server, in process) --------------------------
 
 
-# the vocabulary and its character set are rules of the embedded task, off for user files (check_vocabulary=false)
-FLOW_DEFECTS = sorted(name for name in DEFECTS if name not in ("out_of_vocabulary", "unknown_character"))
+# the vocabulary and its character set are rules of the embedded task, off for user files (check_vocabulary=false);
+# a JSON array and a contradicting pair fail validation like the defects of their kind (parse, a rule over rows)
+FLOW_DEFECTS = sorted(
+    name
+    for name in DEFECTS
+    if name not in ("out_of_vocabulary", "unknown_character", "json_array", "contradicting_pair")
+)
 
 
 def test_every_corrupt_data_case_fails_the_flow_at_validation_and_touches_nothing(

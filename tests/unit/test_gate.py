@@ -336,3 +336,55 @@ def test_an_input_object_without_the_attribute_a_rule_reads_raises():
     broken = gate_input(passing_report()).model_copy(update={"reward_model": object()})  # not validated
     with pytest.raises(AttributeError):
         decide(broken, CFG)
+
+
+PYTHON_JUDGE = {
+    "kind": "python",
+    "name": "scoring:helpfulness",
+    "label": "python judge 'scoring:helpfulness'",
+    "scores_ppo_iterations": True,
+}
+
+
+def test_the_reasons_name_the_judge_that_scored_the_responses():
+    report = passing_report()
+    default = decide_report(report, CFG)
+    assert "gold win rate vs sft" in default.summary()
+    report["judge"] = PYTHON_JUDGE
+    decision = decide_report(report, CFG)
+    assert decision.promote, decision.summary()
+    judged = {(r.rule, r.mode): r.detail for r in decision.reasons}
+    label = PYTHON_JUDGE["label"]
+    assert judged[("beats every supervised baseline", "sample")].startswith(f"{label} win rate vs sft 0.700")
+    assert judged[("not worse than SFT", "greedy")].startswith(f"{label} 3.400 vs SFT 2.300")
+    assert f"RM win rate 0.750, {label} win rate 0.700" in judged[("reward model agrees with gold", "sample")]
+    # 0.01 per iteration over the last 30% of 50 iterations (35 to 49): +0.140 for both
+    assert f"RM +0.140, {label} +0.140" in judged[("no over-optimisation trend", None)]
+
+
+def test_a_judge_that_does_not_score_ppo_iterations_leaves_the_trend_rule_unmeasured_and_says_so():
+    report = passing_report()
+    report["ppo_history"] = [{"iteration": i, "rm_score": 0.01 * i} for i in range(50)]  # no judge scores
+    report["judge"] = {**PYTHON_JUDGE, "scores_ppo_iterations": False}
+    decision = decide_report(report, CFG)
+    [trend] = [r for r in decision.reasons if r.rule == "no over-optimisation trend"]
+    assert decision.promote and trend.passed and trend.detail.startswith("not measured:"), decision.summary()
+    report["judge"] = PYTHON_JUDGE  # a judge that should have scored them, and did not: missing, rejected
+    decision = decide_report(report, CFG)
+    assert failed_rules(decision) == {("no over-optimisation trend", None)}
+    assert "missing from the report: ppo_history" in decision.summary()
+
+
+def test_a_pairwise_judge_has_no_means_and_not_worse_than_sft_reads_the_head_to_head_win_rate():
+    report = passing_report()
+    report["judge"] = {"kind": "human", "name": "people", "label": "human judges", "pairwise": True}
+    report["judge"]["scores_ppo_iterations"] = False
+    for block in report["modes"].values():
+        for scores in block["policies"].values():
+            del scores["gold"]
+    decision = decide_report(report, CFG)
+    assert decision.promote, decision.summary()
+    [sample] = [r for r in decision.reasons if r.rule == "not worse than SFT" and r.mode == "sample"]
+    assert sample.detail == "human judges: PPO's win rate vs SFT 0.700 (at least 0.5, ties half)"
+    report["modes"]["greedy"]["ppo_win_rate"]["sft"] = win(0.45, 0.41, 0.49)
+    assert ("not worse than SFT", "greedy") in failed_rules(decide_report(report, CFG))

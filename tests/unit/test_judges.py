@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from components.config import ConfigError, JudgeConfig, ModelConfig, load_config
-from components.evaluation.judges import JudgeError, gold_judge, make_judge, python_judge, reward_model_judge
+from components.evaluation.judges import (
+    JudgeError,
+    gold_judge,
+    judge_facts,
+    make_judge,
+    ppo_monitor_judge,
+    python_judge,
+    reward_model_judge,
+)
 from components.models.builders import build_policy, scalar_model_from
 from components.models.saving import save_model
 from components.models.tokenizer import build_word_tokenizer
@@ -108,3 +116,36 @@ def test_user_data_without_a_judge_of_their_own_is_told_what_to_set():
 def test_a_judge_config_missing_what_its_kind_needs_is_refused(judge, key):
     with pytest.raises(ConfigError, match=key):
         load_config("smoke", {"evaluation": {"judge": judge}})
+
+
+def test_what_the_gate_and_report_say_of_each_judge():
+    assert judge_facts(JudgeConfig()) == {
+        "kind": "gold",
+        "name": "gold",
+        "label": "gold",
+        "scores_ppo_iterations": True,
+        "pairwise": False,
+    }
+    python = JudgeConfig(kind="python", entry_point="my_judges:length", monitor_ppo=False)
+    assert judge_facts(python) == {
+        "kind": "python",
+        "name": "my_judges:length",
+        "label": "python judge 'my_judges:length'",
+        "scores_ppo_iterations": False,
+        "pairwise": False,
+    }
+    people = judge_facts(JudgeConfig(kind="human"))
+    assert people["pairwise"] and not people["scores_ppo_iterations"] and people["label"] == "human judges"
+    model = judge_facts(JudgeConfig(kind="reward_model", model_dir="/judges/gold-rm"))
+    assert model["label"] == "reward_model judge '/judges/gold-rm'" and model["scores_ppo_iterations"]
+
+
+def test_ppo_is_watched_by_the_evaluation_judge_unless_it_is_switched_off(judges_module):
+    def gold(prompt, response, ended):
+        return 1.0
+
+    length = JudgeConfig(kind="python", entry_point=f"{judges_module}:length")
+    assert ppo_monitor_judge(length, TINY, None, []).name == "my_judges:length"
+    assert ppo_monitor_judge(length.model_copy(update={"monitor_ppo": False}), TINY, gold, []) is None
+    assert ppo_monitor_judge(JudgeConfig(), TINY, gold, []).kind == "gold"
+    assert ppo_monitor_judge(JudgeConfig(), TINY, None, []) is None  # user data: no gold, nothing to watch with

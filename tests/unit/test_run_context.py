@@ -15,6 +15,9 @@ ROWS = {
 }
 
 
+JUDGE = {"evaluation": {"judge": {"kind": "python", "entry_point": "tests.judges:words_of_praise"}}}
+
+
 def data() -> PreparedData:
     return PreparedData(ROWS, {"md5": "0" * 32}, {"success": True}, {}, {})
 
@@ -25,8 +28,22 @@ def test_user_files_with_sampled_comparisons_are_refused_before_any_training():
         run_context(cfg, "unused", None, data())
 
 
-def test_user_files_get_a_word_tokenizer_over_their_own_words_and_no_environment():
+def test_user_files_judged_by_the_embedded_gold_judge_are_refused_before_any_training():
     cfg = load_config("smoke", {"data": {"source": "files", "files": FILES}, "comparisons": {"source": "static"}})
+    with pytest.raises(ValueError, match=r"set evaluation\.judge\.kind to reward_model .* or python"):
+        run_context(cfg, "unused", None, data())
+
+
+def test_a_judge_that_cannot_be_imported_is_refused_before_any_training():
+    cfg = load_config("smoke", {"evaluation": {"judge": {"kind": "python", "entry_point": "tests.judges:absent"}}})
+    with pytest.raises(ValueError, match=r"judge tests\.judges:absent: cannot import it"):
+        run_context(cfg, "unused", None, data())
+
+
+def test_user_files_get_a_word_tokenizer_over_their_own_words_and_no_environment():
+    cfg = load_config(
+        "smoke", {"data": {"source": "files", "files": FILES}, "comparisons": {"source": "static"}, **JUDGE}
+    )
     ctx = run_context(cfg, "unused", None, data())
     assert ctx.environment is None
     assert ctx.vocabulary == {"say", "hi", "bye", "there", "friend", "hello", "you", "go", "away", ".", ",", "!"}

@@ -1,0 +1,181 @@
+"""People as the judge (``evaluation.judge.kind: human``): the flow run exports blinded pairs, pauses until someone
+gives it the labels file, checks the labels with Great Expectations and computes PPO's win rates from them.
+
+The pause is Prefect's ``pause_flow_run`` with an input form: resume the run from its page in the Prefect UI
+(Resume, then the path of the labels file), or from a shell with
+
+    python -m flows.human_judging resume FLOW_RUN_ID LABELS_FILE
+
+A run left unanswered past ``evaluation.judge.timeout_seconds``, or given a labels file that breaks a rule, ends
+with an error naming the file (or the pairs), and nothing is registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from pydantic import Field
+
+from components import io
+from components.adapters import plots
+from components.adapters.validation import validate_labels
+from components.data.files import LABELS, read_jsonl
+from components.evaluation import pairwise
+from flows.run_context import RunContext, Trained
+from flows.stage_runs import recorded
+
+HUMAN_DIR = "human-judge"
+PAIRS, KEY, PAGE = "pairs.jsonl", "key.jsonl", "label.html"
+
+
+class HumanLabels(RunInput):
+    """The Prefect UI's resume form."""
+
+    labels_file: str = Field(
+        description="path of the labels file downloaded from label.html (JSON Lines: pair_id, choice A | B | tie)"
+    )
+
+
+class HumanJudgeError(RuntimeError):
+    """The people's round ended without usable labels: unanswered in time, or a labels file that breaks a rule."""
+
+
+def human_dir(ctx: RunContext) -> Path:
+    return Path(ctx.tracking.run_dir) / HUMAN_DIR
+
+
+def round_id(ctx: RunContext, trained: Trained) -> str:
+    """What the responses come from: every policy's stage key, the held-out prompts, the evaluation settings."""
+    models = {name: result.key for name, result in trained.models().items()}
+    evaluation = ctx.cfg.evaluation.model_dump(mode="json", exclude={"judge"})
+    material = json.dumps([models, sorted(ctx.data.eval_prompts), evaluation, ctx.cfg.seed], sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def export(ctx: RunContext, run, pairs: list[pairwise.Pair]) -> Path:
+    """The pairs as labellers see them (JSONL and the labelling page), the key beside them; logged to MLflow."""
+    directory = human_dir(ctx)
+    directory.mkdir(parents=True, exist_ok=True)
+    shown = [p.shown() for p in pairwise.shuffled(pairs, ctx.cfg.seed)]
+    io.write_jsonl(directory / PAIRS, shown)
+    io.write_jsonl(directory / KEY, [p.key() for p in pairs])
+    title = f"Which response is better? {len(shown)} pairs"
+    page = pairwise.labelling_page(shown, title, f"labels-{ctx.tracking.parent.run_id[:8]}.jsonl")
+    io.atomic_write_bytes(directory / PAGE, page.encode("utf-8"))
+    run.log_artifacts(directory, "human-judge")
+    judge = ctx.cfg.evaluation.judge
+    create_markdown_artifact(
+        key="human-judge",
+        markdown="\n".join(
+            [
+                f"# Waiting for people: {len(shown)} blinded pairs",
+                f"- labelling page (works offline): `{directory / PAGE}`",
+                f"- the same pairs as JSON Lines: `{directory / PAIRS}`",
+                f"- answers needed: at least {min_answers(judge, len(shown))} of {len(shown)}, "
+                f"within {judge.timeout_seconds} s of the pause",
+                "",
+                "Open the page, pick A, B or tie for each pair, download the labels, then resume this run:",
+                "- here in the Prefect UI: **Resume**, and give the labels file's path;",
+                f"- or in a shell: `python -m flows.human_judging resume {flow_run.id} LABELS_FILE`",
+            ]
+        ),
+        description="the human judge's round: what to label and how to resume",
+    )
+    return directory
+
+
+def min_answers(judge, pairs: int) -> int:
+    return max(1, math.ceil(judge.min_answered_share * pairs - 1e-9))  # 1e-9: 0.3 * 10 is 3.0000000000000004
+
+
+def judged_by_people(ctx: RunContext, evaluation: dict) -> dict:
+    """Pause the flow run until it is given a labels file; the evaluation with PPO's win rates by the labels.
+    Called from the flow itself (a pause belongs to the flow run, not to a task)."""
+    judge = ctx.cfg.evaluation.judge
+    directory = human_dir(ctx)
+    get_run_logger().info(
+        "human judge: %s holds the pairs and the labelling page; resume this run with the labels file", directory
+    )
+    try:
+        given = pause_flow_run(
+            wait_for_input=HumanLabels,
+            timeout=judge.timeout_seconds,
+            poll_interval=judge.poll_seconds,
+            key="human-judge",
+        )
+    except FlowPauseTimeout:
+        raise HumanJudgeError(
+            f"nobody answered the pairs in {directory / PAIRS} within evaluation.judge.timeout_seconds "
+            f"({judge.timeout_seconds} s); nothing was registered. Label them and run again: the trained stages are "
+            "reused and the same pairs exported"
+        ) from None
+    return score_labels(ctx, evaluation, given.labels_file)
+
+
+@task(name="human labels", cache_policy=NO_CACHE)
+def score_labels(ctx: RunContext, evaluation: dict, labels_file: str) -> dict:
+    """Check the labels (this run's pairs only, one answer each, a known choice, enough answers), then PPO's win
+    rate against each policy under each mode, ties half, with a Wilson interval."""
+    cfg, directory = ctx.cfg, human_dir(ctx)
+    keys = [r.data for r in read_jsonl(directory / KEY)]
+    ids = [k["pair_id"] for k in keys]
+    rules = pairwise.label_rules(ids, min_answers(cfg.evaluation.judge, len(ids)))
+    report = validate_labels(Path(labels_file), rules, directory / "validation", cfg.validation.max_examples)
+    create_markdown_artifact(key="human-labels", markdown=f"```\n{report.summary()}\n```")
+    if not report.success:
+        raise HumanJudgeError(f"the labels file was refused; nothing was registered.\n{report.summary()}")
+    labels = {r.data["pair_id"]: r.data["choice"] for r in read_jsonl(labels_file, LABELS)}
+    judged = copy.deepcopy(evaluation)
+    for mode, rates in pairwise.ppo_win_rates(keys, labels).items():
+        judged[mode]["ppo_win_rate"] = rates
+    with recorded(ctx.tracking.stage("human-judge")) as run:
+        run.log_text(Path(labels_file).read_text(encoding="utf-8"), "human-judge/labels.jsonl")
+        run.log_metrics({"answers": float(len(labels)), "pairs": float(len(ids))})
+        for mode, block in judged.items():
+            for name, win in block["ppo_win_rate"].items():
+                run.log_metrics(
+                    {"value": win["value"], "ci_lo": win["ci"][0], "ci_hi": win["ci"][1]},
+                    prefix=f"{mode}.ppo_win_rate.{name}.",
+                )
+            run.log_figure(plots.win_rates(block, mode), f"plots/win_rates_{mode}.png")
+    get_run_logger().info("human judge: %d answers to %d pairs accepted", len(labels), len(ids))
+    return judged
+
+
+def resume(flow_run_id: str, labels_file: Path) -> None:
+    """What the UI's Resume form does: hand the paused run the labels file (read by the run, where it runs)."""
+    from prefect.flow_runs import resume_flow_run
+
+    resume_flow_run(flow_run_id, run_input={"labels_file": str(labels_file.resolve())})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    resuming = commands.add_parser("resume", help="give a paused flow run its labels file")
+    resuming.add_argument("flow_run_id")
+    resuming.add_argument("labels_file", type=Path)
+    args = parser.parse_args(argv)
+    if not args.labels_file.is_file():
+        print(f"no such labels file: {args.labels_file}", file=sys.stderr)
+        return 2
+    resume(args.flow_run_id, args.labels_file)
+    print(f"flow run {args.flow_run_id} resumed with {args.labels_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""A human judge's round as people do it, in headless Chromium: the main job (smoke profile, `evaluation.judge.kind:
+human`) runs against the session's Prefect and MLflow servers and pauses; the Prefect UI shows the paused run and,
+behind Resume, the form asking for the labels file; on the exported labelling page (opened from disk, no network)
+every pair is answered and the labels downloaded; the downloaded file, given to the UI's form, resumes the run, which
+ends with a gate decision by those labels and a registry version.
+
+Screenshots: `prefect-human-resume.png` and `human-labelling-page.png` (copied to $RLHF_SCREENSHOTS_DIR when set)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from playwright.sync_api import expect, sync_playwright
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.human_judging import KEY, PAGE
+from tests.flow_helpers import REPO, main_command, main_env, new_project
+from tests.human_rounds import human_round, newest_round, wait_for_paused_run
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+WAIT = 60_000  # ms
+REGISTERED = "browser-judged-policy"
+
+
+def screenshot(page, path: Path) -> None:
+    page.screenshot(path=path, full_page=True)
+    assert path.is_file() and path.stat().st_size > 0
+    if os.environ.get("RLHF_SCREENSHOTS_DIR"):
+        shutil.copyfile(path, Path(os.environ["RLHF_SCREENSHOTS_DIR"]) / path.name)
+
+
+@pytest.fixture
+def chromium():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
+        )
+        yield browser
+        browser.close()
+
+
+def test_a_person_labels_the_pairs_in_chromium_and_resumes_the_run_from_the_prefect_ui(
+    chromium, prefect_server, mlflow_server, tmp_path
+):
+    api = prefect_server[0]
+    root = new_project(tmp_path)
+    job = subprocess.Popen(
+        main_command(root, [*human_round(REGISTERED, 2), f"tracking.uri={mlflow_server}"]),
+        cwd=REPO,
+        env=main_env(tmp_path, api),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with temporary_settings({PREFECT_API_URL: api}):
+            paused = wait_for_paused_run()
+        ui = chromium.new_context(viewport={"width": 1400, "height": 1000})
+        ui.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/])"), lambda route: route.abort())
+        prefect = ui.new_page()
+        prefect.set_default_timeout(WAIT)
+        prefect.goto(f"{api.removesuffix('/api')}/runs/flow-run/{paused.id}")
+        expect(prefect.locator(".state-badge").first).to_have_text("Paused")
+        prefect.get_by_role("button", name="Resume").click()
+        form = prefect.get_by_role("dialog")
+        expect(form.get_by_text("Resume Flow Run")).to_be_visible()
+        expect(form.get_by_text("Labels File", exact=True)).to_be_visible()
+        screenshot(prefect, tmp_path / "prefect-human-resume.png")
+
+        labels = label_every_pair(chromium, newest_round(root), tmp_path)
+        form.locator("textarea").fill(str(labels))
+        form.get_by_role("button", name="Submit").click()
+        output, _ = job.communicate(timeout=300)
+        assert job.returncode == 0, output[-3000:]
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    versions = MlflowClient(mlflow_server).search_model_versions(f"name='{REGISTERED}'")
+    assert [v.tags["gate.decision"] for v in versions] == ["promote"], "PPO won every pair the person labelled"
+    assert "human judges win rate vs sft 1.000" in versions[0].tags["gate.sample.beats_every_supervised_baseline"]
+
+
+def label_every_pair(chromium, round_dir: Path, tmp_path: Path) -> Path:
+    """The labelling page from disk, with no network at all: PPO's side picked on every pair, the labels
+    downloaded; returns the downloaded file."""
+    keys = [json.loads(line) for line in (round_dir / KEY).read_text().splitlines()]
+    offline = chromium.new_context(accept_downloads=True, viewport={"width": 1200, "height": 900})
+    offline.route(re.compile(r"^https?://"), lambda route: route.abort())
+    page = offline.new_page()
+    page.set_default_timeout(WAIT)
+    page.goto((round_dir / PAGE).as_uri())
+    expect(page.get_by_text(f"0 of {len(keys)} answered")).to_be_visible()
+    for key in keys:
+        page.locator(f'input[name="{key["pair_id"]}"][value="{key["ppo_side"]}"]').check()
+    expect(page.get_by_text(f"{len(keys)} of {len(keys)} answered")).to_be_visible()
+    screenshot(page, tmp_path / "human-labelling-page.png")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download labels").click()
+    labels = tmp_path / download.value.suggested_filename
+    download.value.save_as(labels)
+    offline.close()
+    rows = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert {r["pair_id"]: r["choice"] for r in rows} == {k["pair_id"]: k["ppo_side"] for k in keys}
+    return labels

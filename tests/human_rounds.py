@@ -1,0 +1,50 @@
+"""A human judge's round as the tests play it: the overrides that make one quick, finding the paused flow run and
+the round's exported files, and labels that favour PPO on every pair."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+
+from flows.human_judging import HUMAN_DIR
+from tests.pipeline_runs import WIDE_OPEN
+
+
+def human_round(registered_model: str, pairs_per_baseline: int) -> list[str]:
+    """One decoding mode, a few pairs per baseline, a 1 s poll, the gate wide open, a registered model of its own."""
+    return [
+        "evaluation.judge.kind=human",
+        f"evaluation.judge.pairs_per_baseline={pairs_per_baseline}",
+        "evaluation.judge.poll_seconds=1",
+        "evaluation.modes=[sample]",
+        "gate.modes=[sample]",
+        f"tracking.registered_model={registered_model}",
+        *WIDE_OPEN,
+    ]
+
+
+def wait_for_paused_run(timeout: float = 300.0):
+    """The first flow run the Prefect API (PREFECT_API_URL) has in state Paused."""
+    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            found = client.read_flow_runs(flow_run_filter=paused, limit=1)
+            if found:
+                return found[0]
+            time.sleep(0.5)
+    raise TimeoutError("no flow run paused")
+
+
+def newest_round(root: Path) -> Path:
+    """The exported directory of the project's latest human round."""
+    return max((root / "artifacts" / "runs").glob(f"*/{HUMAN_DIR}"), key=lambda p: p.stat().st_mtime)
+
+
+def ppo_wins(keys: list[dict]) -> list[dict]:
+    """Labels that pick PPO's side of every pair."""
+    return [{"pair_id": k["pair_id"], "choice": k["ppo_side"]} for k in keys]
