@@ -18,7 +18,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components.evaluation.intervals import wilson
 from components.evaluation.pairwise import pair_id
-from flows.human_judging import KEY, PAGE, PAIRS, HumanJudgeError
+from flows.human_judging import HUMAN_DIR, KEY, PAGE, PAIRS, HumanJudgeError
 from tests.flow_helpers import latest_flow_run, new_project
 from tests.human_rounds import human_round, newest_round, ppo_wins, wait_for_paused_run
 
@@ -129,3 +129,6 @@ def test_a_round_nobody_answers_in_time_ends_the_run_and_nothing_is_registered(i
     flow_run, _, _ = latest_flow_run()
     assert flow_run.state.is_failed(), flow_run.state
     assert registered(mlflow_server) == before
+    # the same trained policies, the same pairs: labels made after a timeout fit a rerun
+    rounds = [sorted(p.read_text().splitlines()) for p in (root / "artifacts" / "runs").glob(f"*/{HUMAN_DIR}/{KEY}")]
+    assert len(rounds) == 3 and rounds[0] == rounds[1] == rounds[2]
