@@ -219,6 +219,18 @@ def _print_summary(result: dict, seconds: float) -> None:
         )
 
 
+def refuse_a_pause_nobody_can_resume(cfg) -> None:
+    """People judge while the flow run waits on a Prefect server they can reach: not on a temporary one."""
+    from prefect.settings import get_current_settings
+
+    if cfg.evaluation.judge.kind == "human" and get_current_settings().api.url is None:
+        raise ConfigError(
+            "evaluation.judge.kind is 'human': the flow run pauses for people's labels and is resumed from the "
+            "Prefect UI or API, so run it against a Prefect server (start one with `prefect server start --host "
+            "127.0.0.1` and set PREFECT_API_URL=http://127.0.0.1:4200/api), not the temporary one"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     from components.offline import stay_offline
 
@@ -238,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     stay_offline()
     overrides = args.overrides + ([f"seed={args.seed}"] if args.seed is not None else [])
     try:
-        load_config(args.profile, overrides, args.params)  # refuse a bad config before any work starts
+        cfg = load_config(args.profile, overrides, args.params)  # refuse a bad config before any work starts
+        refuse_a_pause_nobody_can_resume(cfg)
         started = time.perf_counter()
         result = rlhf_pipeline(profile=args.profile, overrides=overrides, root=args.root, params=args.params)
     except (ConfigError, DataDrift, data_stages.DataValidationFailed) as error:

@@ -52,6 +52,14 @@ def git_repo(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smoke_root(tmp_path_factory) -> Path:
+    """One project root for the smoke-profile runs on the embedded data that only need some trained policy (the
+    judges' faults, the human judge's rounds): whichever runs first trains, the others reuse its stages. Tests that
+    check what a run trains keep their own root."""
+    return new_repo(tmp_path_factory.mktemp("smoke-project") / "project")
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """The tracking URI of the session's MLflow server (SQLite backend, artefacts in a temp dir).
     Tests that count registry versions or aliases record the state they start from."""

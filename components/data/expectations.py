@@ -87,7 +87,8 @@ def frame(
         df[CHOSEN_EQUALS_REJECTED] = [_normalised(c) == _normalised(r) for c, r in zip(df["chosen"], df["rejected"])]
         pairs = [tuple(_normalised(str(t)) for t in row) for row in zip(df["prompt"], df["chosen"], df["rejected"])]
         seen = set(pairs)
-        df[CONTRADICTS] = [(prompt, rejected, chosen) in seen for prompt, chosen, rejected in pairs]
+        # chosen == rejected is its own swap: that is the rule above, not a contradiction
+        df[CONTRADICTS] = [c != r and (p, r, c) in seen for p, c, r in pairs]
     if dataset != EVAL_PROMPTS and eval_prompts is not None:
         held_out = {_normalised(p) for p in eval_prompts}
         df[PROMPT_IS_EVAL] = [_normalised(p) in held_out for p in df["prompt"]]

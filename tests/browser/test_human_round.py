@@ -21,7 +21,7 @@ from playwright.sync_api import expect, sync_playwright
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.human_judging import KEY, PAGE
-from tests.flow_helpers import REPO, main_command, main_env, new_project
+from tests.flow_helpers import REPO, main_command, main_env
 from tests.human_rounds import human_round, newest_round, wait_for_paused_run
 
 pytestmark = pytest.mark.browser
@@ -51,10 +51,9 @@ def chromium():
 
 
 def test_a_person_labels_the_pairs_in_chromium_and_resumes_the_run_from_the_prefect_ui(
-    chromium, prefect_server, mlflow_server, tmp_path
+    chromium, prefect_server, mlflow_server, smoke_root, tmp_path
 ):
-    api = prefect_server[0]
-    root = new_project(tmp_path)
+    api, root = prefect_server[0], smoke_root
     job = subprocess.Popen(
         main_command(root, [*human_round(REGISTERED, 2), f"tracking.uri={mlflow_server}"]),
         cwd=REPO,

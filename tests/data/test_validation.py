@@ -235,3 +235,12 @@ def test_labels_answering_enough_of_this_runs_pairs_pass(tmp_path):
     lines = [{"pair_id": "p3", "choice": "tie"}, {"pair_id": "p1", "choice": "B"}]
     _, report = labels_report(tmp_path, lines)
     assert report.success and report.data_docs_index, report.summary()
+
+
+def test_a_pair_whose_chosen_equals_rejected_is_not_counted_as_contradicting_itself(good_dir: Path, tmp_path: Path):
+    data_dir = tmp_path / "data"
+    shutil.copytree(good_dir, data_dir)
+    edit_row(PREFERENCES, 3, rejected="the keyboard is good.")(data_dir)  # chosen == rejected
+    report = validate_data_dir(data_dir, CFG, VOCABULARY, tmp_path / "reports")
+    assert report.contradicting_pairs == {str(data_dir / file_name(PREFERENCES)): 0}
+    assert [f.rule for f in report.failures] == ["'chosen' differs from 'rejected'"], report.summary()

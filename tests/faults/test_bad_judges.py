@@ -3,7 +3,7 @@ servers): each run ends with an error naming the judge (its entry point or its d
 the champion is unchanged. A judge model that is not safe to load is refused before any training; a Python judge
 that fails is caught where it is first called (watching PPO, or at evaluation).
 
-The runs share one project root, so the stages before the judge's first call are trained once."""
+The runs share the session's smoke project root, so the stages before the judge's first call are trained once."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import pytest
 
 from components.evaluation.judges import JudgeError
 from components.models.builders import UnsafeModelError
-from tests.flow_helpers import TRAINING_TASKS, latest_flow_run, new_project, registry_state, seed_champion
+from tests.flow_helpers import TRAINING_TASKS, latest_flow_run, registry_state, seed_champion
 
 pytestmark = pytest.mark.faults
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return new_project(tmp_path_factory.mktemp("bad-judges"))
+@pytest.fixture
+def root(smoke_root) -> Path:
+    return smoke_root
 
 
 @pytest.fixture(scope="module")

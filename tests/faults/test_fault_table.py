@@ -56,6 +56,17 @@ def test_a_bad_config_is_rejected_before_any_work_naming_the_key(override, key, 
     assert sorted(p.name for p in root.iterdir()) == [".git"]  # no data, no models, no tracking store
 
 
+def test_a_human_judge_without_a_prefect_server_to_resume_on_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    from flows.pipeline import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    root = new_project(tmp_path)
+    code = main(["--profile", "smoke", "--root", str(root), "--set", "evaluation.judge.kind=human"])
+    stderr = capsys.readouterr().err
+    assert code == 2 and "run it against a Prefect server" in stderr and "PREFECT_API_URL" in stderr, stderr
+    assert sorted(p.name for p in root.iterdir()) == [".git"]
+
+
 def test_an_unreachable_tracking_server_stops_the_run_before_any_training(prefect_server, tmp_path):
     root = new_project(tmp_path)
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there

@@ -3,7 +3,7 @@ a labeller (here a thread, answering through Prefect's API as the UI's Resume fo
 win rates, the gate and the registry follow from the labels. A labels file for other pairs, and a round nobody
 answers in time, end the run naming the file or the pairs, with nothing registered and the champion unchanged.
 
-The three runs share one project root, so the second and third reuse the first's trained stages."""
+The runs share the session's smoke project root, so they reuse the stages an earlier smoke run there trained."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from components.evaluation.intervals import wilson
 from components.evaluation.pairwise import pair_id
 from flows.human_judging import HUMAN_DIR, KEY, PAGE, PAIRS, HumanJudgeError
-from tests.flow_helpers import latest_flow_run, new_project
+from tests.flow_helpers import latest_flow_run
 from tests.human_rounds import human_round, newest_round, ppo_wins, wait_for_paused_run
 
 pytestmark = pytest.mark.integration
@@ -29,9 +29,9 @@ PER_BASELINE = 3
 HUMAN = human_round(REGISTERED, PER_BASELINE)
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return new_project(tmp_path_factory.mktemp("human-judge"))
+@pytest.fixture
+def root(smoke_root) -> Path:
+    return smoke_root
 
 
 class Labeller(threading.Thread):
@@ -130,5 +130,5 @@ def test_a_round_nobody_answers_in_time_ends_the_run_and_nothing_is_registered(i
     assert flow_run.state.is_failed(), flow_run.state
     assert registered(mlflow_server) == before
     # the same trained policies, the same pairs: labels made after a timeout fit a rerun
-    rounds = [sorted(p.read_text().splitlines()) for p in (root / "artifacts" / "runs").glob(f"*/{HUMAN_DIR}/{KEY}")]
-    assert len(rounds) == 3 and rounds[0] == rounds[1] == rounds[2]
+    keys = sorted((root / "artifacts" / "runs").glob(f"*/{HUMAN_DIR}/{KEY}"), key=lambda p: p.stat().st_mtime)
+    assert sorted(keys[-1].read_text().splitlines()) == sorted(keys[-2].read_text().splitlines())
