@@ -129,7 +129,9 @@ def test_nan_mid_ppo_fails_naming_stage_and_step_and_registers_nothing(mlflow_se
     assert not (root / "artifacts/models/ppo").exists()
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("rlhf-pipeline")
-    [ppo_run] = client.search_runs([experiment.experiment_id], "tags.mlflow.runName = 'ppo'")
+    [ppo_run] = client.search_runs(  # this run's: other tests' runs share the session's server
+        [experiment.experiment_id], "tags.mlflow.runName = 'ppo'", order_by=["start_time DESC"], max_results=1
+    )
     assert ppo_run.info.status == "FAILED" and "non-finite policy_loss" in ppo_run.data.tags["non_finite"]
 
 
