@@ -15,7 +15,7 @@ from components.adapters import plots
 from components.adapters.tracking import StageRun, flatten
 from components.config import Config
 from components.data.files import PREFERENCES, file_name, read_jsonl
-from components.evaluation.judges import make_judge
+from components.evaluation.judges import judge_facts, make_judge
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.report import reward_model_gold_accuracy
 from components.io import write_json
@@ -241,7 +241,9 @@ def monitor_depends_on(cfg: Config) -> list[str]:
     """A judge other than gold that scores PPO's iterations: its scores are in the stage's history (the gate's trend
     rule reads them), so a different judge is a different stage."""
     judge = cfg.evaluation.judge
-    return [judge.model_dump_json()] if judge.kind != "gold" and judge.monitor_ppo else []
+    if judge.kind == "gold" or not judge_facts(judge)["scores_ppo_iterations"]:
+        return []
+    return [f"judge={judge.kind}:{judge.model_dir or judge.entry_point}"]
 
 
 def selection_depends_on(cfg: Config) -> list[str]:

@@ -63,3 +63,16 @@ def test_trained_names_its_models_by_their_directories():
     trained = Trained(sft, rows, rm, ppo, {"dpo": dpo})
     assert list(trained.models()) == ["sft", "reward_model", "ppo", "dpo"]  # the comparisons save no model
     assert trained.metrics()["dpo"] == {"m": 4.0}
+
+
+def test_only_a_judge_that_watches_ppo_is_part_of_ppo_s_key():
+    from flows.training_tasks import monitor_depends_on
+
+    def depends(**judge):
+        return monitor_depends_on(load_config("smoke", {"evaluation": {"judge": judge}}))
+
+    assert depends() == [] and depends(kind="human") == depends(kind="human", timeout_seconds=2) == []
+    python = {"kind": "python", "entry_point": "tests.judges:words_of_praise"}
+    assert depends(**python) == ["judge=python:tests.judges:words_of_praise"]
+    assert depends(**python, monitor_ppo=False) == []
+    assert depends(**python, poll_seconds=3) == depends(**python)  # settings of people's rounds are not the judge
