@@ -31,7 +31,9 @@ from pydantic import Field
 
 from components import io
 from components.adapters import plots
+from components.adapters.tracking import StageRun
 from components.adapters.validation import validate_labels
+from components.config import JudgeConfig
 from components.data.files import LABELS, read_jsonl
 from components.evaluation import pairwise
 from flows.run_context import RunContext, Trained
@@ -65,7 +67,7 @@ def round_id(ctx: RunContext, trained: Trained) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def export(ctx: RunContext, run, pairs: list[pairwise.Pair]) -> Path:
+def export(ctx: RunContext, run: StageRun, pairs: list[pairwise.Pair]) -> Path:
     """The pairs as labellers see them (JSONL and the labelling page), the key beside them; logged to MLflow."""
     directory = human_dir(ctx)
     directory.mkdir(parents=True, exist_ok=True)
@@ -97,7 +99,7 @@ def export(ctx: RunContext, run, pairs: list[pairwise.Pair]) -> Path:
     return directory
 
 
-def min_answers(judge, pairs: int) -> int:
+def min_answers(judge: JudgeConfig, pairs: int) -> int:
     return max(1, math.ceil(judge.min_answered_share * pairs - 1e-9))  # 1e-9: 0.3 * 10 is 3.0000000000000004
 
 

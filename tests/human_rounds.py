@@ -3,14 +3,18 @@ the round's exported files, and labels that favour PPO on every pair."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from pathlib import Path
 
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import resume_flow_run
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.human_judging import HUMAN_DIR
+from flows.human_judging import HUMAN_DIR, KEY
 from tests.pipeline_runs import WIDE_OPEN
 
 
@@ -48,3 +52,22 @@ def newest_round(root: Path) -> Path:
 def ppo_wins(keys: list[dict]) -> list[dict]:
     """Labels that pick PPO's side of every pair."""
     return [{"pair_id": k["pair_id"], "choice": k["ppo_side"]} for k in keys]
+
+
+class Labeller(threading.Thread):
+    """Waits for the flow run to pause, writes ``answers(key rows)`` as its labels file and resumes the run with it."""
+
+    def __init__(self, api: str, root: Path, answers, labels: Path):
+        super().__init__(daemon=True)
+        self.api, self.root, self.answers, self.labels = api, root, answers, labels
+        self.paused_run, self.error = None, None
+
+    def run(self) -> None:
+        try:
+            with temporary_settings({PREFECT_API_URL: self.api}):
+                self.paused_run = wait_for_paused_run()
+                keys = [json.loads(line) for line in (newest_round(self.root) / KEY).read_text().splitlines()]
+                self.labels.write_text("".join(json.dumps(row) + "\n" for row in self.answers(keys)))
+                resume_flow_run(self.paused_run.id, run_input={"labels_file": str(self.labels)})
+        except BaseException as error:  # the test reads it
+            self.error = error

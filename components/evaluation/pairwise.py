@@ -124,8 +124,9 @@ def label_rules(pair_ids: Sequence[str], min_answers: int) -> list[Expectation]:
 
 
 def labelling_page(rows: Sequence[Mapping], title: str, download_name: str) -> str:
-    """A page that works from disk with no network: each pair with A / B / tie, a count, and a button that downloads
-    the answers as JSONL lines ``{"pair_id": ..., "choice": ...}``."""
+    """A page that works from disk with no network: each pair with A / B / tie (pre-set to tie when both sides are
+    the same text), a count, and a button that downloads the answers as JSONL lines ``{"pair_id": ..., "choice":
+    ...}``."""
     data = json.dumps([dict(r) for r in rows]).replace("</", "<\\/")
     return PAGE.format(title=html.escape(title), data=data, download_name=json.dumps(download_name))
 
@@ -145,7 +146,8 @@ body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; }}
 </style></head>
 <body>
 <h1>{title}</h1>
-<p>For each prompt, pick the better response: A, B, or tie.
+<p>For each prompt, pick the better response: A, B, or tie (pairs whose two responses are the same text start
+as tie).
 Nothing leaves this page until you download your answers.</p>
 <div id="bar"><span id="count"></span> <button id="download" type="button">Download labels</button></div>
 <div id="pairs"></div>
@@ -179,6 +181,10 @@ PAIRS.forEach((pair, n) => {{
     input.name = pair.pair_id;
     input.value = choice;
     input.addEventListener("change", () => {{ answers[pair.pair_id] = choice; count(); }});
+    if (choice === "tie" && pair.A === pair.B) {{  // the same text on both sides is a tie: answered already
+      input.checked = true;
+      answers[pair.pair_id] = "tie";
+    }}
     label.appendChild(input);
     label.appendChild(document.createTextNode(" " + choice + " "));
     choices.appendChild(label);

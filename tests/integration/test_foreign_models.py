@@ -1,7 +1,8 @@
 """A user's own model and data, end to end, on the session's Prefect and MLflow servers: preference files in the
 documented schemas, a local Hugging Face model of an architecture the project never trains itself (a Llama with
 byte-level BPE and no pad token; a GPT-NeoX whose pad token is its EOS), a judge of the user's own (a separate
-judge model; a Python function), through the gate to a registry version that plain MLflow loads and generates with.
+judge model; a Python function; people, answering a paused run through Prefect's API), through the gate to a registry
+version that plain MLflow loads and generates with.
 
 The models are built from config here, random and tiny, so the learning is not the point: the decision is. The
 GPT-NeoX run's gate is opened wide (tests/pipeline_runs.py's WIDE_OPEN) so that it promotes and its champion is
@@ -20,6 +21,7 @@ from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, fil
 from components.io import write_jsonl
 from tests.flow_helpers import latest_flow_run, new_project
 from tests.foreign_models import save_gpt_neox, save_judge, save_llama
+from tests.human_rounds import Labeller, human_round, ppo_wins
 from tests.pipeline_runs import WIDE_OPEN
 
 pytestmark = pytest.mark.integration
@@ -138,3 +140,28 @@ def test_a_gpt_neox_whose_pad_is_eos_judged_by_a_python_function_is_promoted_and
     assert champion.tags["gate.decision"] == "promote"
     assert client.get_run(champion.run_id).data.tags.get("gate.decision") == "promote"
     generate_with(f"models:/{REGISTERED}@champion", "GPTNeoXForCausalLM")
+
+
+def test_a_llama_on_user_files_judged_by_people_through_a_paused_run_is_registered_by_their_labels(
+    in_process_flow, prefect_server, mlflow_server, files, tmp_path
+):
+    model_dir = save_llama(tmp_path / "llama", texts_of(files))
+    root = new_project(tmp_path)
+    labeller = Labeller(prefect_server[0], root, ppo_wins, tmp_path / "labels.jsonl")
+    labeller.start()
+    registered = f"{REGISTERED}-by-people"  # the champion of its own name: this run's, when people promote it
+    people = human_round(registered, 2)
+    in_process_flow(root, [*overrides(files, model_dir, []), *people])
+    labeller.join(timeout=60)
+    assert labeller.error is None, labeller.error
+
+    flow_run, tasks, artifacts = latest_flow_run()
+    assert flow_run.id == labeller.paused_run.id and flow_run.state.is_completed(), flow_run.state
+    assert "human labels" in tasks
+    gate = artifacts["gate"].data
+    assert "decision: promote" in gate and "human judges win rate vs sft 1.000" in gate, gate
+    client = MlflowClient(mlflow_server)
+    [version] = client.search_model_versions(f"name='{registered}'")
+    assert client.get_model_version_by_alias(registered, "champion").version == version.version
+    assert version.tags["gate.decision"] == "promote"
+    generate_with(f"models:/{registered}@champion", "LlamaForCausalLM")

@@ -8,19 +8,16 @@ The runs share the session's smoke project root, so they reuse the stages an ear
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from prefect.flow_runs import resume_flow_run
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components.evaluation.intervals import wilson
 from components.evaluation.pairwise import pair_id
 from flows.human_judging import HUMAN_DIR, KEY, PAGE, PAIRS, HumanJudgeError
 from tests.flow_helpers import latest_flow_run
-from tests.human_rounds import human_round, newest_round, ppo_wins, wait_for_paused_run
+from tests.human_rounds import Labeller, human_round, newest_round, ppo_wins
 
 pytestmark = pytest.mark.integration
 
@@ -32,25 +29,6 @@ HUMAN = human_round(REGISTERED, PER_BASELINE)
 @pytest.fixture
 def root(smoke_root) -> Path:
     return smoke_root
-
-
-class Labeller(threading.Thread):
-    """Waits for the flow run to pause, writes ``answers(key rows)`` as its labels file and resumes the run with it."""
-
-    def __init__(self, api: str, root: Path, answers, labels: Path):
-        super().__init__(daemon=True)
-        self.api, self.root, self.answers, self.labels = api, root, answers, labels
-        self.paused_run, self.error = None, None
-
-    def run(self) -> None:
-        try:
-            with temporary_settings({PREFECT_API_URL: self.api}):
-                self.paused_run = wait_for_paused_run()
-                keys = [json.loads(line) for line in (newest_round(self.root) / KEY).read_text().splitlines()]
-                self.labels.write_text("".join(json.dumps(row) + "\n" for row in self.answers(keys)))
-                resume_flow_run(self.paused_run.id, run_input={"labels_file": str(self.labels)})
-        except BaseException as error:  # the test reads it
-            self.error = error
 
 
 def registered(uri: str) -> list[str]:
