@@ -12,7 +12,6 @@ Whatever a judge returns is checked: one finite number per response, or a JudgeE
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import math
 import numbers
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from components import io
 from components.config import JudgeConfig, ModelConfig
 from components.evaluation.policy_eval import GoldFn, Scores
 from components.models.builders import load_scalar_model
@@ -81,7 +81,7 @@ def python_judge(entry_point: str) -> Judge:
 
 
 def weights_hash(directory: str | Path) -> str:
-    return hashlib.sha256((Path(directory) / WEIGHTS).read_bytes()).hexdigest()
+    return io.sha256_file(Path(directory) / WEIGHTS)
 
 
 def reward_model_judge(model_dir: str | Path, model_cfg: ModelConfig, optimised: Sequence[str | Path]) -> Judge:

@@ -9,49 +9,27 @@ Screenshots: `prefect-human-resume.png` and `human-labelling-page.png` (copied t
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.human_judging import KEY, PAGE, PAIRS
+from tests.browsers import WAIT, screenshot
 from tests.flow_helpers import REPO, main_command, main_env
 from tests.human_rounds import human_round, newest_round, wait_for_paused_run
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-WAIT = 60_000  # ms
 REGISTERED = "browser-judged-policy"
 
 
-def screenshot(page, path: Path) -> None:
-    page.screenshot(path=path, full_page=True)
-    assert path.is_file() and path.stat().st_size > 0
-    if os.environ.get("RLHF_SCREENSHOTS_DIR"):
-        shutil.copyfile(path, Path(os.environ["RLHF_SCREENSHOTS_DIR"]) / path.name)
-
-
-@pytest.fixture
-def chromium():
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
-        )
-        yield browser
-        browser.close()
-
-
 def test_a_person_labels_the_pairs_in_chromium_and_resumes_the_run_from_the_prefect_ui(
-    chromium, prefect_server, mlflow_server, smoke_root, tmp_path
+    browser, prefect_server, mlflow_server, smoke_root, tmp_path
 ):
     api, root = prefect_server[0], smoke_root
     job = subprocess.Popen(
@@ -65,7 +43,7 @@ def test_a_person_labels_the_pairs_in_chromium_and_resumes_the_run_from_the_pref
     try:
         with temporary_settings({PREFECT_API_URL: api}):
             paused = wait_for_paused_run()
-        ui = chromium.new_context(viewport={"width": 1400, "height": 1000})
+        ui = browser.new_context(viewport={"width": 1400, "height": 1000})
         ui.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/])"), lambda route: route.abort())
         prefect = ui.new_page()
         prefect.set_default_timeout(WAIT)
@@ -77,7 +55,7 @@ def test_a_person_labels_the_pairs_in_chromium_and_resumes_the_run_from_the_pref
         expect(form.get_by_text("Labels File", exact=True)).to_be_visible()
         screenshot(prefect, tmp_path / "prefect-human-resume.png")
 
-        labels = label_every_pair(chromium, newest_round(root), tmp_path)
+        labels = label_every_pair(browser, newest_round(root), tmp_path)
         form.locator("textarea").fill(str(labels))
         form.get_by_role("button", name="Submit").click()
         output, _ = job.communicate(timeout=300)
@@ -91,11 +69,11 @@ def test_a_person_labels_the_pairs_in_chromium_and_resumes_the_run_from_the_pref
     assert "human judges win rate vs sft 1.000" in versions[0].tags["gate.sample.beats_every_supervised_baseline"]
 
 
-def label_every_pair(chromium, round_dir: Path, tmp_path: Path) -> Path:
+def label_every_pair(browser, round_dir: Path, tmp_path: Path) -> Path:
     """The labelling page from disk, with no network at all: PPO's side picked on every pair, the labels
     downloaded; returns the downloaded file."""
     keys = [json.loads(line) for line in (round_dir / KEY).read_text().splitlines()]
-    offline = chromium.new_context(accept_downloads=True, viewport={"width": 1200, "height": 900})
+    offline = browser.new_context(accept_downloads=True, viewport={"width": 1200, "height": 900})
     offline.route(re.compile(r"^https?://"), lambda route: route.abort())
     page = offline.new_page()
     page.set_default_timeout(WAIT)

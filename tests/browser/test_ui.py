@@ -12,21 +12,16 @@ README's pictures). The browser may reach 127.0.0.1 only.
 """
 
 import json
-import os
 import re
-import shutil
 import urllib.request
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
+from tests.browsers import WAIT, screenshot
 from tests.pipeline_runs import parent_run_id
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-WAIT = 60_000  # ms: the UIs are JS apps that load their data after the page
 
 
 def get_json(url: str):
@@ -49,18 +44,6 @@ def pipeline(pipeline_runs):
     }
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
-        )
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -70,14 +53,6 @@ def page(browser):
     page.set_default_timeout(WAIT)
     yield page
     context.close()
-
-
-def screenshot(page, path: Path, full_page: bool = True) -> None:
-    """Into the test's temp dir; also into $RLHF_SCREENSHOTS_DIR when set (docs/images holds the README's)."""
-    page.screenshot(path=path, full_page=full_page)
-    assert path.is_file() and path.stat().st_size > 0
-    if os.environ.get("RLHF_SCREENSHOTS_DIR"):
-        shutil.copyfile(path, Path(os.environ["RLHF_SCREENSHOTS_DIR"]) / path.name)
 
 
 def test_prefect_ui_shows_the_completed_flow_run_and_its_artifacts(pipeline, pipeline_runs, page, tmp_path):

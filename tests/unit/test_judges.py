@@ -16,6 +16,7 @@ from components.evaluation.judges import (
     python_judge,
     reward_model_judge,
 )
+from components.evaluation.report import judge_monitor
 from components.models.builders import build_policy, scalar_model_from
 from components.models.saving import save_model
 from components.models.tokenizer import build_word_tokenizer
@@ -149,3 +150,9 @@ def test_ppo_is_watched_by_the_evaluation_judge_unless_it_is_switched_off(judges
     assert ppo_monitor_judge(length.model_copy(update={"monitor_ppo": False}), TINY, gold, []) is None
     assert ppo_monitor_judge(JudgeConfig(), TINY, gold, []).kind == "gold"
     assert ppo_monitor_judge(JudgeConfig(), TINY, None, []) is None  # user data: no gold, nothing to watch with
+
+
+def test_the_ppo_monitor_logs_the_judges_mean_score_of_the_rollouts(judges_module):
+    monitor = judge_monitor(python_judge(f"{judges_module}:length"))
+    # by hand: "hi there." has 2 words, "bye bye bye." 3: mean 2.5
+    assert monitor(PROMPTS, RESPONSES, ENDED) == {"gold": 2.5}
