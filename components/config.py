@@ -201,6 +201,18 @@ class ComparisonsConfig(Section):
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     batch_size: int = Field(256, ge=1, description="prompts per generation batch")
     dir: str = Field("artifacts/comparisons", description="where the collected comparisons are written")
+    rounds: int = Field(
+        1,
+        ge=1,
+        description="labelling rounds (iterated RLHF): round 1 ranks SFT samples, each later round the current "
+        "policy's; the n_prompts budget is split between them",
+    )
+
+    @model_validator(mode="after")
+    def _budget_covers_rounds(self) -> ComparisonsConfig:
+        if self.rounds > self.n_prompts:
+            raise ValueError(f"rounds ({self.rounds}) must not exceed n_prompts ({self.n_prompts}): each round labels")
+        return self
 
 
 class RewardConfig(OptimConfig):
@@ -268,6 +280,11 @@ class PPOConfig(Section):
     checkpoint_every: int = Field(10, ge=0, description="iterations between resumable checkpoints (0: none)")
     gradient_accumulation_steps: int = Field(
         1, ge=1, description="micro-batches per minibatch (same gradient, less memory)"
+    )
+    between_rounds: Literal["continue", "restart"] = Field(
+        "continue",
+        description="with comparisons.rounds > 1: each round's PPO continues the last round's policy for its share "
+        "of the iterations, or restarts from SFT for all iterations so far (the KL reference is SFT either way)",
     )
 
     @model_validator(mode="after")
@@ -548,6 +565,15 @@ class Config(Section):
     distributed: DistributedConfig = DistributedConfig()
     artifacts_dir: str = Field("artifacts/models", description="where trained models are saved")
 
+    @model_validator(mode="after")
+    def _rounds_need_samples(self) -> Config:
+        rounds = self.comparisons.rounds
+        if rounds > 1 and self.comparisons.source != "sft_samples":
+            raise ValueError(
+                f"comparisons.rounds ({rounds}) needs comparisons.source: sft_samples (a static file has no rounds)"
+            )
+        return self
+
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
@@ -590,6 +616,8 @@ def _describe(error: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
+        elif not err["loc"]:  # a rule across sections: its message names the keys; the input is the whole config
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
         elif err["type"] == "credentials_in_config":
             lines.append(f"  {key}: {err['msg']}")  # never echo the value
         else:

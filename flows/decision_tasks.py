@@ -298,7 +298,9 @@ def comparison_terms(ctx: RunContext, trained: Trained) -> dict:
     return {
         "sft_start": trained.sft.key,
         "eval_prompts": {"count": len(eval_prompts), "md5": hashlib.md5("\n".join(eval_prompts).encode()).hexdigest()},
-        "label_budgets": recipe.label_budgets(cfg, trained.comparisons.model, trained.metrics()),
+        "label_budgets": recipe.label_budgets(
+            cfg, trained.comparisons.model, trained.metrics(), trained.own_comparisons
+        ),
         "tuning_budgets": {"sft": 0, "best_of_n": 0, **tuned},
         "tuning": cfg.tuning.model_dump(mode="json"),
     }

@@ -33,7 +33,7 @@ from components.evaluation.judges import JudgeError
 from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
-from flows import data_stages, data_tasks, decision_tasks, human_judging, training_tasks
+from flows import data_stages, data_tasks, decision_tasks, human_judging, labelling_rounds, training_tasks
 from flows.credentials import export_credentials
 from flows.run_context import PreparedData, Trained
 from flows.stage_runs import stage_home
@@ -83,7 +83,8 @@ def rlhf_pipeline(
             write_run_record(cfg, root, tracking, started, data, None, None, None, run_records.RUNNING)
             close_abandoned_runs(tracking)
             ctx = training_tasks.run_context(cfg, root, tracking, data)
-            trained = training_tasks.train_all(ctx)
+            rounds = cfg.comparisons.rounds > 1  # iterated RLHF: each labelling round a subflow
+            trained = labelling_rounds.train_in_rounds(ctx) if rounds else training_tasks.train_all(ctx)
             evaluation = decision_tasks.evaluate(ctx, trained)
             if cfg.evaluation.judge.kind == "human":  # the flow run pauses until people's labels come in
                 evaluation = human_judging.judged_by_people(ctx, evaluation)
@@ -141,17 +142,16 @@ def write_run_record(
 ) -> None:
     """``<run dir>/run.json``: what this run used and decided, so concurrent runs on one root stay
     tellable apart; "running" until the run ends (a dead run's record is closed by a later run)."""
-    stage_dirs = {}
+    stage_dirs, rounds = {}, []
     if trained is not None:
         store = StageStore(root)
-        stage_dirs = {
-            name: {
-                "key": r.key,
-                "directory": str(store.path(stage_home(cfg, name), r.key)),
-                "reused": r.reused,
-            }
-            for name, r in trained.models().items()
-        }
+
+        def where(name: str, r) -> dict:
+            home = cfg.comparisons.dir if name.startswith("comparisons") else stage_home(cfg, name)
+            return {"key": r.key, "directory": str(store.path(home, r.key)), "reused": r.reused}
+
+        stage_dirs = {name: where(name, r) for name, r in trained.models().items()}
+        rounds = [{name: where(name, r) for name, r in made.items()} for made in trained.rounds]
     run_records.write(
         tracking.run_dir,
         {
@@ -166,6 +166,7 @@ def write_run_record(
             "mlflow_open": mlflow_open,
             "data_version": data.version,
             "stages": stage_dirs,
+            "labelling_rounds": rounds,  # each round's comparisons and models (none for a single round)
             "decision": {"decision": decision["decision"], "score": decision["score"]} if decision else None,
             "registry": registry,
         },

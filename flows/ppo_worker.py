@@ -43,6 +43,7 @@ def write_job(
     checkpoint_dir: str | Path | None,
     mlflow: dict | None = None,
     vocabulary: frozenset[str] | None = None,
+    start_dir: str | Path | None = None,
 ) -> Path:
     """Everything a launched PPO run reads, in one directory the ranks (on every machine) can see."""
     job_dir = Path(job_dir)
@@ -55,6 +56,7 @@ def write_job(
             "config": cfg.model_dump(mode="json"),
             "sft_dir": str(sft_dir),
             "reward_model_dir": str(reward_model_dir),
+            "start_dir": str(start_dir) if start_dir else None,  # a later labelling round's policy to continue
             "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
             # beside the checkpoints, so a resumed run keeps the snapshots taken before it stopped
             "snapshot_dir": str(snapshot_dir(job_dir, checkpoint_dir)),
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     vocabulary = job.get("vocabulary")
     tokenizer = recipe.make_tokenizer(cfg, frozenset(vocabulary) if vocabulary is not None else None)
     sft, reward_model = load_causal_lm(job["sft_dir"]), load_reward_model(job["reward_model_dir"])
+    start = load_causal_lm(job["start_dir"]) if job.get("start_dir") else None
     prompts = json.loads((job_dir / "prompts.json").read_text(encoding="utf-8"))
     demonstrations = json.loads((job_dir / "demonstrations.json").read_text(encoding="utf-8"))
     environment = environment_for(cfg)
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             snapshots=SavedSnapshots(cfg.selection.candidates, directory=Path(job["snapshot_dir"]), tokenizer=tokenizer)
             if cfg.selection.candidates > 1
             else None,
+            start=start,
         )
     except NonFiniteError as error:  # the caller re-raises it as itself, not as a dead launch
         write_json(

@@ -57,6 +57,12 @@ class RunContext:
     tokenizer: PreTrainedTokenizerBase
     environment: Environment | None = None
     vocabulary: frozenset[str] | None = None  # the word tokenizer's, for a model trained from scratch
+    round_index: int | None = None  # the labelling round a task belongs to (1-based); None: a single round
+
+    @property
+    def last_round(self) -> bool:
+        """Whether this is the round whose policies ship (the only one without labelling rounds)."""
+        return self.round_index is None or self.round_index == self.cfg.comparisons.rounds
 
 
 @dataclass
@@ -69,6 +75,8 @@ class Trained:
     reward_model: StageResult
     ppo: StageResult
     baselines: dict[str, StageResult] = field(default_factory=dict)
+    rounds: list[dict[str, StageResult]] = field(default_factory=list)  # what each labelling round made
+    own_comparisons: dict[str, list[dict]] = field(default_factory=dict)  # a policy trained on labels of its own
 
     def models(self) -> dict[str, StageResult]:
         return {"sft": self.sft, "reward_model": self.reward_model, "ppo": self.ppo, **self.baselines}

@@ -19,8 +19,12 @@ class Tracking:
     parent: StageRun
     run_dir: Path  # this run's own directory (named by the parent run id): PPO job, run record
 
-    def stage(self, name: str) -> StageRun:
-        return self.tracker.start_run(name, tags={"stage": name}, parent=self.parent)
+    def stage(self, name: str, round_index: int | None = None) -> StageRun:
+        """A stage's run under the pipeline's; a labelling round's stages are named and tagged by their round."""
+        if round_index is None:
+            return self.tracker.start_run(name, tags={"stage": name}, parent=self.parent)
+        tags = {"stage": name, "round": round_index}
+        return self.tracker.start_run(f"round {round_index} {name}", tags=tags, parent=self.parent)
 
 
 def open_tracking(cfg: Config, root: str) -> Tracking:

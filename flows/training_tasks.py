@@ -26,6 +26,7 @@ from components.models.stage_store import StageStore
 from components.models.tokenizer import words_of
 from components.training import recipe
 from components.training.comparisons import Ranker
+from components.training.rounds import labeller_stream, next_group
 from flows import ppo_worker
 from flows.data_stages import checked_vocabulary, save_comparisons
 from flows.environment import environment_for
@@ -66,20 +67,27 @@ def sft_task(ctx: RunContext) -> recipe.StageResult:
 
 
 @task(name="collect comparisons", cache_policy=NO_CACHE)
-def comparisons_task(ctx: RunContext, sft: recipe.StageResult) -> recipe.StageResult:
-    """InstructGPT's comparisons from SFT samples, ranked by the labeller and validated by Great Expectations
-    before use; or the static preference file."""
+def comparisons_task(
+    ctx: RunContext, sampler: recipe.StageResult, seen: list[dict] | None = None, track: str = "ppo"
+) -> recipe.StageResult:
+    """InstructGPT's comparisons from ``sampler``'s samples (SFT's; in a later labelling round the ``track``'s
+    current policy, after the ``seen`` rows of earlier rounds), ranked by the labeller and validated by Great
+    Expectations before use; or the static preference file."""
     cfg = ctx.cfg
     if cfg.comparisons.source == "static":
         rows = ctx.data.preferences
         return recipe.StageResult(rows, {"pairs": len(rows)}, key=key_for(ctx, "comparisons", cfg.comparisons))
-    rank = labeller(ctx, "labeler")
-    key = key_for(ctx, "comparisons", cfg.comparisons, cfg.validation.model_dump_json(), sft.key)
+    r = ctx.round_index
+    rank = labeller(ctx, "labeler" if r is None else labeller_stream(track, r))
+    in_round = [] if r is None else [f"round={r}", f"track={track}", f"after={len(seen or [])}"]
+    key = key_for(ctx, "comparisons", cfg.comparisons, cfg.validation.model_dump_json(), sampler.key, *in_round)
     reports = []
 
     def collect() -> recipe.StageResult:
         label = recipe.comparison_labeller(cfg, rank, ctx.data.demonstrations)
-        return recipe.comparisons_stage(cfg, ctx.tokenizer, sft.model, ctx.data.train_prompts, label)
+        return recipe.comparisons_stage(
+            cfg, ctx.tokenizer, sampler.model, ctx.data.train_prompts, label, r, next_group(seen or [])
+        )
 
     def save(directory: Path, result: recipe.StageResult) -> None:
         report = save_comparisons(
@@ -96,7 +104,7 @@ def comparisons_task(ctx: RunContext, sft: recipe.StageResult) -> recipe.StageRe
     def load(directory: Path) -> list[dict]:
         return [r.data for r in read_jsonl(directory / file_name(PREFERENCES), PREFERENCES)]
 
-    with recorded(ctx.tracking.stage("comparisons")) as run:
+    with recorded(ctx.tracking.stage("comparisons" if track == "ppo" else f"comparisons_{track}", r)) as run:
         result = reuse_or_compute(ctx, run, "comparisons", cfg.comparisons.dir, key, load, collect, save)
         run.log_params(flatten(cfg.comparisons.model_dump(mode="json")))
         run.log_metrics({**result.metrics, "seconds": result.seconds})
@@ -109,7 +117,7 @@ def comparisons_task(ctx: RunContext, sft: recipe.StageResult) -> recipe.StageRe
 @task(name="reward model", cache_policy=NO_CACHE)
 def reward_task(ctx: RunContext, sft: recipe.StageResult, comparisons: recipe.StageResult) -> recipe.StageResult:
     cfg = ctx.cfg
-    with recorded(ctx.tracking.stage("reward_model")) as run:
+    with recorded(ctx.tracking.stage("reward_model", ctx.round_index)) as run:
         key = key_for(ctx, "reward_model", cfg.reward, sft.key, comparisons.key)
         _, valid = recipe.labelled_split(cfg, comparisons.model)
 
@@ -164,6 +172,52 @@ def baseline_task(
     return result
 
 
+@task(name="iterative DPO", cache_policy=NO_CACHE, task_run_name="iterative DPO round {ctx.round_index}")
+def iterative_dpo_task(
+    ctx: RunContext,
+    sft: recipe.StageResult,
+    previous: recipe.StageResult,
+    round_comparisons: recipe.StageResult,
+    seen: recipe.StageResult,
+) -> recipe.StageResult:
+    """The DPO baseline of labelling rounds: ``previous`` (SFT in round 1) trained on this round's labels of its own
+    samples; ``seen``: every round's labels so far, whose held-out slice the last round's selection reads."""
+    cfg = ctx.cfg
+    with recorded(ctx.tracking.stage("baseline_dpo", ctx.round_index)) as run:
+        key = key_for(
+            ctx,
+            "dpo",
+            cfg.baselines.dpo,
+            sft.key,
+            previous.key,
+            round_comparisons.key,
+            seen.key,
+            f"round={ctx.round_index}",
+            *selection_depends_on(cfg),
+        )
+        result = train_or_reuse(
+            ctx,
+            run,
+            "dpo",
+            key,
+            load_causal_lm,
+            lambda: recipe.iterative_dpo_stage(
+                cfg,
+                ctx.tokenizer,
+                sft.model,
+                previous.model,
+                round_comparisons.model,
+                seen.model,
+                ctx.round_index,
+                log=_progress("iterative DPO", 10 * cfg.baselines.dpo.log_every),
+                make_ranker=selection_labeller(ctx),
+            ),
+        )
+        record_stage(run, cfg.baselines.dpo, result)
+        log_stage_model(ctx, run, "dpo", result)
+    return result
+
+
 def _progress(stage: str, every: int, total: int | None = None):
     """Periodic progress lines in the run log (terminal and UI show them while the stage runs)."""
     logger = get_run_logger()
@@ -182,12 +236,17 @@ def _progress(stage: str, every: int, total: int | None = None):
 
 @task(name="PPO", cache_policy=NO_CACHE)
 def ppo_task(
-    ctx: RunContext, sft: recipe.StageResult, reward_model: recipe.StageResult, comparisons: recipe.StageResult
+    ctx: RunContext,
+    sft: recipe.StageResult,
+    reward_model: recipe.StageResult,
+    comparisons: recipe.StageResult,
+    start: recipe.StageResult | None = None,
 ) -> recipe.StageResult:
     """PPO under `accelerate launch` with the configured profile; the ranks' logs stream into this task's log.
-    The snapshot the labeller prefers on the held-out slice ships."""
+    From ``start`` (the last labelling round's policy) when given, else from SFT; the KL reference is SFT.
+    The snapshot the labeller prefers on the held-out slice ships (before the last round: the last iteration)."""
     cfg = ctx.cfg
-    with recorded(ctx.tracking.stage("ppo")) as run:
+    with recorded(ctx.tracking.stage("ppo", ctx.round_index)) as run:
         profile = AccelerateProfile.read(code_path(cfg.distributed.accelerate_config))
         processes = cfg.distributed.num_processes or profile.num_processes
         # each rank samples its own rollouts, so the process count is part of what the policy depends on
@@ -200,6 +259,7 @@ def ppo_task(
             f"processes={processes}",
             *selection_depends_on(cfg),
             *monitor_depends_on(cfg),
+            *([f"start={start.key}"] if start is not None else []),
         )
         # a killed run's re-run continues from the last checkpoint of the same key
         checkpoints = Path(ctx.root) / cfg.artifacts_dir / ".checkpoints" / f"ppo-{key}"
@@ -208,6 +268,7 @@ def ppo_task(
         inputs = {
             "sft": store.path(stage_home(cfg, "sft"), sft.key),
             "reward_model": store.path(stage_home(cfg, "reward_model"), reward_model.key),
+            **({"start": store.path(stage_home(cfg, "ppo"), start.key)} if start is not None else {}),
         }
         result = train_or_reuse(
             ctx,
@@ -221,7 +282,7 @@ def ppo_task(
                 ppo_worker.read_snapshots(ppo_worker.snapshot_dir(None, checkpoints)),
                 ctx.tokenizer,
                 comparisons.model,
-                selection_labeller(ctx),
+                selection_labeller(ctx) if ctx.last_round else None,
                 unit="iteration",
             ),
             finished=lambda: shutil.rmtree(checkpoints, ignore_errors=True),  # the saved model supersedes them
@@ -288,7 +349,8 @@ def code_path(path: str) -> Path:
 def launched_ppo(
     ctx: RunContext, run: StageRun, profile: AccelerateProfile, inputs: dict[str, Path], checkpoints: Path
 ) -> recipe.StageResult:
-    """``inputs``: the SFT and reward model directories (finished stage outputs, never rewritten)."""
+    """``inputs``: the SFT, reward model and (optionally) start policy directories (finished stage outputs, never
+    rewritten)."""
     cfg = ctx.cfg
     job_dir = ctx.tracking.run_dir / "ppo-job"
     shutil.rmtree(job_dir, ignore_errors=True)
@@ -302,6 +364,7 @@ def launched_ppo(
         checkpoints,
         mlflow={"uri": ctx.tracking.tracker.uri, "run_id": run.run_id},
         vocabulary=ctx.vocabulary,
+        start_dir=inputs.get("start"),
     )
     command, env = accelerate_command(
         profile,
@@ -344,6 +407,11 @@ def run_context(cfg: Config, root: str, tracking: Tracking, data: PreparedData) 
             "comparisons.source is 'sft_samples', but nobody labels samples for data.source 'files': "
             "set comparisons.source: static to train the reward model on your preference file"
         )
+    if cfg.comparisons.rounds > cfg.ppo.iterations:
+        raise ValueError(
+            f"comparisons.rounds ({cfg.comparisons.rounds}) exceeds ppo.iterations ({cfg.ppo.iterations}): "
+            "every labelling round's PPO needs at least one iteration"
+        )
     # a judge that cannot judge stops the run before any training (the optimised RM is refused when it exists)
     make_judge(cfg.evaluation.judge, cfg.model, environment.gold if environment is not None else None, optimised=[])
     vocabulary = None
@@ -355,6 +423,7 @@ def run_context(cfg: Config, root: str, tracking: Tracking, data: PreparedData) 
 
 
 def train_all(ctx: RunContext) -> Trained:
+    """One labelling round: the InstructGPT recipe as the paper ran it (see flows.labelling_rounds for more)."""
     sft = sft_task(ctx)
     comparisons = comparisons_task(ctx, sft)
     reward_model = reward_task(ctx, sft, comparisons)
@@ -370,8 +439,12 @@ def prune_stage_outputs(ctx: RunContext, trained: Trained) -> list[str]:
     if cfg.orchestration.keep_stage_outputs is None:
         return []
     store = StageStore(ctx.root)
-    homes = {stage_home(cfg, name): {result.key} for name, result in trained.models().items()}
-    homes[cfg.comparisons.dir] = {trained.comparisons.key}
+    homes: dict[str, set[str]] = {}
+    for made in [trained.models(), *trained.rounds]:
+        for name, result in made.items():
+            home = cfg.comparisons.dir if name.startswith("comparisons") else stage_home(cfg, name)
+            homes.setdefault(home, set()).add(result.key)
+    homes.setdefault(cfg.comparisons.dir, set()).add(trained.comparisons.key)
     removed = [
         str(path)
         for home, keys in homes.items()

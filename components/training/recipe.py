@@ -36,6 +36,7 @@ from components.training.loop import Snapshots
 from components.training.ppo import SINGLE, Monitor, train_ppo
 from components.training.ranks import Ranks
 from components.training.reward import split_comparisons, train_reward_ensemble
+from components.training.rounds import round_prompts, tagged
 from components.training.selection import held_out_slice, select_snapshot
 from components.training.sft import train_sft
 
@@ -89,21 +90,26 @@ def sft_stage(cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: l
 
 
 def comparisons_stage(
-    cfg: Config, tokenizer, sft: PreTrainedModel, train_prompts: list[str], labeller: Labeller
+    cfg: Config,
+    tokenizer,
+    policy: PreTrainedModel,
+    train_prompts: list[str],
+    labeller: Labeller,
+    round_index: int | None = None,
+    group_offset: int = 0,
 ) -> StageResult:
-    """InstructGPT step 2: K SFT samples per drawn training prompt, ranked by ``labeller``; every pair becomes a row."""
+    """InstructGPT step 2: K samples per drawn training prompt from ``policy`` (SFT, or in a later labelling round
+    the current policy), ranked by ``labeller``; every pair becomes a row. With ``round_index`` (1-based), only the
+    round's slice of the draw is labelled (``components.training.rounds``)."""
 
     def collect():
         prompts = draw_prompts(train_prompts, cfg.comparisons.n_prompts, cfg.seed)
-        rows = collect_sft_comparisons(
-            sft,
-            tokenizer,
-            prompts,
-            cfg.comparisons,
-            cfg.model,
-            labeller,
-            cfg.seed,
-        )
+        seed = cfg.seed
+        if round_index is not None:
+            prompts, seed = round_prompts(prompts, cfg.comparisons.rounds)[round_index - 1], cfg.seed + round_index - 1
+        rows = collect_sft_comparisons(policy, tokenizer, prompts, cfg.comparisons, cfg.model, labeller, seed)
+        if round_index is not None:
+            rows = tagged(rows, round_index, group_offset)
         return rows, {"pairs": len(rows), "prompts": len(prompts)}, []
 
     return timed(collect)()
@@ -189,6 +195,40 @@ def baseline_stage(
     return select_candidate(cfg, result, snapshots.taken, tokenizer, comparisons, make_ranker)
 
 
+def iterative_dpo_stage(
+    cfg: Config,
+    tokenizer,
+    sft: PreTrainedModel,
+    previous: PreTrainedModel,
+    round_rows: list[dict],
+    seen_rows: list[dict],
+    round_index: int,
+    log=None,
+    make_ranker: Callable[[], Ranker] | None = None,
+) -> StageResult:
+    """One round of iterative DPO, the baseline that gets PPO's schedule of on-policy labels: the last round's DPO
+    policy (SFT in round 1) trained on this round's labels of its own samples (their training split), reference =
+    frozen SFT as PPO's. The last round ships the snapshot the labeller prefers on the held-out slice of every round
+    (``seen_rows``); earlier rounds hand on their last step, the policy the next round samples."""
+    train, _ = labelled_split(cfg, round_rows)
+    last_round = round_index == cfg.comparisons.rounds
+    snapshots = Snapshots(cfg.selection.candidates) if last_round else None
+    result = timed(train_dpo)(
+        previous,
+        tokenizer,
+        train,
+        cfg.baselines.dpo,
+        cfg.model,
+        cfg.seed + round_index - 1,
+        log=log,
+        reference=frozen_copy(sft),
+        snapshots=snapshots,
+    )
+    if not last_round:
+        return result
+    return select_candidate(cfg, result, snapshots.taken, tokenizer, seen_rows, make_ranker)
+
+
 def ppo_stage(
     cfg: Config,
     tokenizer,
@@ -201,12 +241,15 @@ def ppo_stage(
     checkpoint_dir: str | None = None,
     ranks: Ranks = SINGLE,
     snapshots: Snapshots | None = None,
+    start: PreTrainedModel | None = None,
 ) -> StageResult:
-    """InstructGPT step 3: policy from SFT, reference = frozen SFT, critic from the RM (an ensemble's first member);
-    resumes from ``checkpoint_dir``.
+    """InstructGPT step 3: policy from SFT (or from ``start``: a later labelling round continuing the last round's
+    policy), reference = frozen SFT always, critic from the RM (an ensemble's first member); resumes from
+    ``checkpoint_dir``.
 
     ``ranks``: the data-parallel process group when launched with accelerate (see ppo_worker)."""
-    policy, reference, critic = copy.deepcopy(sft), frozen_copy(sft), copy.deepcopy(members_of(reward_model)[0])
+    policy = copy.deepcopy(start if start is not None else sft)
+    reference, critic = frozen_copy(sft), copy.deepcopy(members_of(reward_model)[0])
     return timed(train_ppo)(
         policy,
         reference,
@@ -226,17 +269,20 @@ def ppo_stage(
     )
 
 
-def label_budgets(cfg: Config, comparisons: list[dict], metrics: dict[str, dict]) -> dict[str, dict]:
+def label_budgets(
+    cfg: Config, comparisons: list[dict], metrics: dict[str, dict], own: dict[str, list[dict]] | None = None
+) -> dict[str, dict]:
     """What each policy's training saw of the labels: the comparisons it trained on, the held-out slice its
     selection (or the reward model's accuracy check) read, and the fresh labels its selection spent.
 
     ``metrics``: each trained stage's metrics by policy name ("reward_model", "ppo", the baselines).
-    SFT sees no comparison; PPO and best-of-n see the reward model's; every policy starts from the same SFT.
+    SFT sees no comparison; PPO and best-of-n see the reward model's; every policy starts from the same SFT;
+    ``own``: the comparisons of a policy labelled on its own samples (iterative DPO in labelling rounds).
     """
-    train, held_out = labelled_split(cfg, comparisons)
-    base = {"train_pairs": len(train), "held_out_pairs": len(held_out)}
     budgets = {"sft": {"train_pairs": 0, "held_out_pairs": 0, "selection_labels": 0, "total": 0}}
     for name in ("ppo", "best_of_n", *SUPERVISED_BASELINES):
+        train, held_out = labelled_split(cfg, (own or {}).get(name, comparisons))
+        base = {"train_pairs": len(train), "held_out_pairs": len(held_out)}
         labels = int(metrics.get(name, {}).get("selection.labels", 0))
         budgets[name] = {
             **base,

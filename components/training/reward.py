@@ -32,6 +32,7 @@ from components.models.batching import encode_examples, sequence_scores
 from components.models.builders import scalar_model_from
 from components.models.ensemble import RewardEnsemble, member_scores
 from components.training.loop import Log, train_supervised
+from components.training.rounds import split_by_round
 
 SCORE_BATCH = 256  # sequences per forward pass when only scoring
 
@@ -83,7 +84,12 @@ def group_comparisons(comparisons: Sequence[dict]) -> list[list[dict]]:
 
 
 def split_comparisons(comparisons: Sequence[dict], valid_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, valid): about ``valid_fraction`` of the groups held out, seeded; see ``group_comparisons``."""
+    """(train, valid): about ``valid_fraction`` of the groups held out, seeded; see ``group_comparisons``. Labelling
+    rounds are split one by one, so what a round held out stays held out as rounds are added."""
+    return split_by_round(comparisons, lambda rows: split_groups(rows, valid_fraction, seed))
+
+
+def split_groups(comparisons: Sequence[dict], valid_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     groups = group_comparisons(comparisons)
     random.Random(f"{seed}/reward-valid").shuffle(groups)
     n_valid = min(len(groups) - 1, max(1, round(valid_fraction * len(groups))))

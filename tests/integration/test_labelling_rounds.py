@@ -1,0 +1,133 @@
+"""Labelling rounds through the real flow on the session's Prefect and MLflow servers: each round a subflow, each
+round's comparisons, reward model, PPO and iterative DPO an MLflow run tagged by round; the single round's label
+budget shared out; round 2's PPO continuing round 1's policy and its RM trained on both rounds' labels.
+
+The run shares the session's smoke project root (SFT is reused) and registers a model of its own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
+from prefect.client.schemas.sorting import FlowRunSort
+
+pytestmark = pytest.mark.integration
+
+REGISTERED = "rounds-policy"
+N_PROMPTS, ITERATIONS = 96, 4  # two rounds of 48 ranked groups (the smoke data contract wants 100 rows each)
+ROUNDS = [
+    "comparisons.rounds=2",
+    f"comparisons.n_prompts={N_PROMPTS}",
+    f"ppo.iterations={ITERATIONS}",
+    f"tracking.registered_model={REGISTERED}",
+]
+
+
+@pytest.fixture(scope="module")
+def rounds_run(in_process_flow, mlflow_server, smoke_root):
+    """(the pipeline's Prefect flow run, its subflow runs by name with their task names, its MLflow stage runs by
+    name, its run record)."""
+    in_process_flow(smoke_root, ROUNDS)
+    with get_client(sync_client=True) as client:
+        [pipeline] = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["rlhf-pipeline"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline.id]))
+        )
+        subflows = {
+            run.name: (
+                run,
+                sorted(
+                    t.name
+                    for t in client.read_task_runs(
+                        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run.id]))
+                    )
+                ),
+            )
+            for run in children
+        }
+    client = MlflowClient(mlflow_server)
+    [version] = client.search_model_versions(f"name='{REGISTERED}'")
+    parent = client.get_run(version.run_id)
+    stages = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=200
+    )
+    record = json.loads((Path(parent.data.tags["run_dir"]) / "run.json").read_text(encoding="utf-8"))
+    return pipeline, subflows, {run.info.run_name: run for run in stages}, record
+
+
+def test_each_round_is_a_subflow_of_the_pipelines_run(rounds_run):
+    pipeline, subflows, _, _ = rounds_run
+    assert pipeline.state.is_completed(), pipeline.state
+    assert sorted(subflows) == ["round 1", "round 2"]
+    for name, (run, _) in subflows.items():
+        assert run.state.is_completed(), (name, run.state)
+    assert "iterative DPO round 1" in subflows["round 1"][1]
+    # round 1 labels SFT samples once for both tracks; round 2 labels each track's own policy
+    assert sum(t.startswith("collect comparisons") for t in subflows["round 1"][1]) == 1
+    assert sum(t.startswith("collect comparisons") for t in subflows["round 2"][1]) == 2
+    assert {"reward model", "PPO"} <= {t.rsplit("-", 1)[0] for t in subflows["round 2"][1]}
+
+
+def test_each_rounds_stages_are_mlflow_runs_tagged_by_round(rounds_run):
+    _, _, stages, _ = rounds_run
+    for r in (1, 2):
+        for stage in ("comparisons", "reward_model", "ppo", "baseline_dpo"):
+            run = stages[f"round {r} {stage}"]
+            assert run.data.tags["round"] == str(r) and run.data.tags["stage"] == stage
+            assert run.info.status == "FINISHED"
+    assert "round 2 comparisons_dpo" in stages and "round 1 comparisons_dpo" not in stages
+    # the baselines that are not iterative train once, on every label of PPO's rounds
+    assert {"baseline_chosen", "baseline_top_ranked", "baseline_combined"} <= set(stages)
+    assert not any(name.startswith("round") and "chosen" in name for name in stages)
+
+
+def test_the_rounds_share_the_single_rounds_label_budget_and_ppos_iterations(rounds_run):
+    _, _, stages, _ = rounds_run
+    prompts = [stages[f"round {r} comparisons"].data.metrics["prompts"] for r in (1, 2)]
+    assert prompts == [N_PROMPTS / 2, N_PROMPTS / 2]
+    assert stages["round 2 comparisons_dpo"].data.metrics["prompts"] == N_PROMPTS / 2
+    assert [stages[f"round {r} ppo"].data.params["iterations"] for r in (1, 2)] == [str(ITERATIONS // 2)] * 2
+
+
+def test_round_two_continues_round_ones_policy_against_sft_on_both_rounds_labels(rounds_run, mlflow_server):
+    _, _, stages, _ = rounds_run
+    client = MlflowClient(mlflow_server)
+    first_kl = {r: client.get_metric_history(stages[f"round {r} ppo"].info.run_id, "kl")[0].value for r in (1, 2)}
+    assert first_kl[1] == pytest.approx(0.0, abs=1e-6), "round 1 starts at SFT, its KL reference"
+    # a sampled estimate, so of either sign, but exactly 0 only where the policy is its reference
+    assert abs(first_kl[2]) > 1e-6, "round 2 starts at round 1's policy, not at SFT"
+    rows = {}
+    for r in (1, 2):
+        path = client.download_artifacts(stages[f"round {r} comparisons"].info.run_id, "comparisons/preferences.jsonl")
+        with open(path, encoding="utf-8") as lines:
+            rows[r] = [json.loads(line) for line in lines]
+    assert {row["round"] for row in rows[1]} == {1} and {row["round"] for row in rows[2]} == {2}
+    assert min(row["group"] for row in rows[2]) > max(row["group"] for row in rows[1])
+    trained_on = stages["round 2 reward_model"].data.metrics["train_pairs"]
+    held_out = stages["round 2 reward_model"].data.metrics["valid_pairs"]
+    assert trained_on + held_out == len(rows[1]) + len(rows[2])
+
+
+def test_the_run_record_names_every_rounds_stage_outputs(rounds_run):
+    _, _, _, record = rounds_run
+    assert record["status"] == "completed" and len(record["labelling_rounds"]) == 2
+    for made in record["labelling_rounds"]:
+        assert {"comparisons", "comparisons_dpo", "reward_model", "ppo", "dpo"} == set(made)
+        assert all(Path(stage["directory"]).is_dir() for stage in made.values())
+    assert record["stages"]["ppo"]["key"] == record["labelling_rounds"][1]["ppo"]["key"]
+    assert record["labelling_rounds"][0]["comparisons"] == record["labelling_rounds"][0]["comparisons_dpo"]
