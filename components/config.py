@@ -190,6 +190,16 @@ class SFTConfig(OptimConfig):
     """Supervised fine-tuning on the demonstrations (response tokens only)."""
 
 
+class HumanLabellingConfig(Section):
+    """People ranking a labelling round's samples (``comparisons.labeler: human``), pair by pair."""
+
+    min_answered_share: float = Field(
+        1.0, gt=0, le=1, description="the share of the exported pairs the labels must answer"
+    )
+    timeout_seconds: int = Field(86_400, ge=1, description="how long the paused round waits for labels before it fails")
+    poll_seconds: int = Field(10, ge=1, description="how often the paused round checks for a resume")
+
+
 class ComparisonsConfig(Section):
     """InstructGPT's comparison collection: K samples per training prompt from the SFT policy, ranked."""
 
@@ -201,6 +211,12 @@ class ComparisonsConfig(Section):
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     batch_size: int = Field(256, ge=1, description="prompts per generation batch")
     dir: str = Field("artifacts/comparisons", description="where the collected comparisons are written")
+    labeler: Literal["simulated", "human"] = Field(
+        "simulated",
+        description="who ranks the samples: the embedded task's simulated labeller (at once), or people (each round "
+        "exports its samples as pairs and the flow run pauses until it is given their labels file)",
+    )
+    human: HumanLabellingConfig = HumanLabellingConfig()
     rounds: int = Field(
         1,
         ge=1,

@@ -34,6 +34,7 @@ from components.adapters import plots
 from components.adapters.tracking import StageRun
 from components.adapters.validation import validate_labels
 from components.config import JudgeConfig
+from components.data import pairwise_labels
 from components.data.files import LABELS, read_jsonl
 from components.evaluation import pairwise
 from flows.run_context import RunContext, Trained
@@ -71,11 +72,11 @@ def export(ctx: RunContext, run: StageRun, pairs: list[pairwise.Pair]) -> Path:
     """The pairs as labellers see them (JSONL and the labelling page), the key beside them; logged to MLflow."""
     directory = human_dir(ctx)
     directory.mkdir(parents=True, exist_ok=True)
-    shown = [p.shown() for p in pairwise.shuffled(pairs, ctx.cfg.seed)]
+    shown = [p.shown() for p in pairwise_labels.shuffled(pairs, ctx.cfg.seed)]
     io.write_jsonl(directory / PAIRS, shown)
     io.write_jsonl(directory / KEY, [p.key() for p in pairs])
     title = f"Which response is better? {len(shown)} pairs"
-    page = pairwise.labelling_page(shown, title, f"labels-{ctx.tracking.parent.run_id[:8]}.jsonl")
+    page = pairwise_labels.labelling_page(shown, title, f"labels-{ctx.tracking.parent.run_id[:8]}.jsonl")
     io.atomic_write_bytes(directory / PAGE, page.encode("utf-8"))
     run.log_artifacts(directory, "human-judge")
     judge = ctx.cfg.evaluation.judge
@@ -134,7 +135,7 @@ def score_labels(ctx: RunContext, evaluation: dict, labels_file: str) -> dict:
     cfg, directory = ctx.cfg, human_dir(ctx)
     keys = [r.data for r in read_jsonl(directory / KEY)]
     ids = [k["pair_id"] for k in keys]
-    rules = pairwise.label_rules(ids, min_answers(cfg.evaluation.judge, len(ids)))
+    rules = pairwise_labels.label_rules(ids, min_answers(cfg.evaluation.judge, len(ids)))
     report = validate_labels(Path(labels_file), rules, directory / "validation", cfg.validation.max_examples)
     create_markdown_artifact(key="human-labels", markdown=f"```\n{report.summary()}\n```")
     if not report.success:

@@ -17,6 +17,7 @@ from prefect import flow
 from components.models.saving import stage_key
 from components.training import recipe
 from components.training.rounds import continued_history, ppo_iterations
+from flows.human_labelling import ranked_by_people
 from flows.run_context import RunContext, Trained
 from flows.training_tasks import (
     baseline_task,
@@ -63,8 +64,17 @@ class Tracks:
 def labelling_round(ctx: RunContext, tracks: Tracks) -> None:
     """One round: label each track's current policy's samples, retrain the RM on every label so far, PPO, DPO."""
     sft, first = tracks.sft, ctx.round_index == 1
-    ppo_round = comparisons_task(ctx, tracks.ppo, joined(tracks.ppo_rounds).model)
-    dpo_round = ppo_round if first else comparisons_task(ctx, tracks.dpo, joined(tracks.dpo_rounds).model, "dpo")
+    by_people: dict[str, list[dict] | None] = {"ppo": None, "dpo": None}  # None: the simulated labeller ranks
+    if ctx.cfg.comparisons.labeler == "human":  # one page, one pause for both tracks' pairs, shuffled together
+        policies = {"ppo": tracks.ppo} if first else {"ppo": tracks.ppo, "dpo": tracks.dpo}
+        rows = ranked_by_people(ctx, policies)
+        by_people = {track: rows.get(track, []) for track in policies}
+    ppo_round = comparisons_task(ctx, tracks.ppo, joined(tracks.ppo_rounds).model, by_people=by_people["ppo"])
+    dpo_round = (
+        ppo_round
+        if first
+        else comparisons_task(ctx, tracks.dpo, joined(tracks.dpo_rounds).model, "dpo", by_people["dpo"])
+    )
     tracks.ppo_rounds.append(ppo_round)
     tracks.dpo_rounds.append(dpo_round)
     comparisons = joined(tracks.ppo_rounds)

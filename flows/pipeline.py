@@ -33,7 +33,15 @@ from components.evaluation.judges import JudgeError
 from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
-from flows import data_stages, data_tasks, decision_tasks, human_judging, labelling_rounds, training_tasks
+from flows import (
+    data_stages,
+    data_tasks,
+    decision_tasks,
+    human_judging,
+    human_labelling,
+    labelling_rounds,
+    training_tasks,
+)
 from flows.credentials import export_credentials
 from flows.run_context import PreparedData, Trained
 from flows.stage_runs import stage_home
@@ -83,7 +91,8 @@ def rlhf_pipeline(
             write_run_record(cfg, root, tracking, started, data, None, None, None, run_records.RUNNING)
             close_abandoned_runs(tracking)
             ctx = training_tasks.run_context(cfg, root, tracking, data)
-            rounds = cfg.comparisons.rounds > 1  # iterated RLHF: each labelling round a subflow
+            # iterated RLHF, or people labelling: each labelling round a subflow
+            rounds = cfg.comparisons.rounds > 1 or cfg.comparisons.labeler == "human"
             trained = labelling_rounds.train_in_rounds(ctx) if rounds else training_tasks.train_all(ctx)
             evaluation = decision_tasks.evaluate(ctx, trained)
             if cfg.evaluation.judge.kind == "human":  # the flow run pauses until people's labels come in
@@ -224,9 +233,17 @@ def refuse_a_pause_nobody_can_resume(cfg) -> None:
     """People judge while the flow run waits on a Prefect server they can reach: not on a temporary one."""
     from prefect.settings import get_current_settings
 
-    if cfg.evaluation.judge.kind == "human" and get_current_settings().api.url is None:
+    people = [
+        f"{key} is 'human'"
+        for key, value in (
+            ("evaluation.judge.kind", cfg.evaluation.judge.kind),
+            ("comparisons.labeler", cfg.comparisons.labeler),
+        )
+        if value == "human"
+    ]
+    if people and get_current_settings().api.url is None:
         raise ConfigError(
-            "evaluation.judge.kind is 'human': the flow run pauses for people's labels and is resumed from the "
+            f"{' and '.join(people)}: the flow run pauses for people's labels and is resumed from the "
             "Prefect UI or API, so run it against a Prefect server (start one with `prefect server start --host "
             "127.0.0.1` and set PREFECT_API_URL=http://127.0.0.1:4200/api), not the temporary one"
         )
@@ -261,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as error:
         print(f"\npipeline stopped: {error}; nothing was registered", file=sys.stderr)
         return 3
-    except (JudgeError, human_judging.HumanJudgeError) as error:
+    except (JudgeError, human_judging.HumanJudgeError, human_labelling.HumanLabellingError) as error:
         print(f"\npipeline stopped: {error}", file=sys.stderr)
         return 5
     except TrackingUnavailable as error:

@@ -21,12 +21,12 @@ from components.evaluation.report import reward_model_gold_accuracy
 from components.io import write_json
 from components.models.builders import load_causal_lm
 from components.models.ensemble import load_reward_model
-from components.models.saving import CARD
+from components.models.saving import CARD, stage_key
 from components.models.stage_store import StageStore
 from components.models.tokenizer import words_of
 from components.training import recipe
 from components.training.comparisons import Ranker
-from components.training.rounds import labeller_stream, next_group
+from components.training.rounds import labeller_stream, next_group, tagged
 from flows import ppo_worker
 from flows.data_stages import checked_vocabulary, save_comparisons
 from flows.environment import environment_for
@@ -68,22 +68,31 @@ def sft_task(ctx: RunContext) -> recipe.StageResult:
 
 @task(name="collect comparisons", cache_policy=NO_CACHE)
 def comparisons_task(
-    ctx: RunContext, sampler: recipe.StageResult, seen: list[dict] | None = None, track: str = "ppo"
+    ctx: RunContext,
+    sampler: recipe.StageResult,
+    seen: list[dict] | None = None,
+    track: str = "ppo",
+    by_people: list[dict] | None = None,
 ) -> recipe.StageResult:
     """InstructGPT's comparisons from ``sampler``'s samples (SFT's; in a later labelling round the ``track``'s
-    current policy, after the ``seen`` rows of earlier rounds), ranked by the labeller and validated by Great
-    Expectations before use; or the static preference file."""
+    current policy, after the ``seen`` rows of earlier rounds), ranked by the labeller, or the rows people made of
+    them (``by_people``), validated by Great Expectations before use; or the static preference file."""
     cfg = ctx.cfg
     if cfg.comparisons.source == "static":
         rows = ctx.data.preferences
         return recipe.StageResult(rows, {"pairs": len(rows)}, key=key_for(ctx, "comparisons", cfg.comparisons))
     r = ctx.round_index
-    rank = labeller(ctx, "labeler" if r is None else labeller_stream(track, r))
     in_round = [] if r is None else [f"round={r}", f"track={track}", f"after={len(seen or [])}"]
+    if by_people is not None:
+        in_round.append(f"labels={stage_key(rows=by_people)}")
     key = key_for(ctx, "comparisons", cfg.comparisons, cfg.validation.model_dump_json(), sampler.key, *in_round)
     reports = []
 
     def collect() -> recipe.StageResult:
+        if by_people is not None:
+            rows = tagged(by_people, r, next_group(seen or []))
+            return recipe.StageResult(rows, {"pairs": len(rows), "prompts": len({row["group"] for row in rows})})
+        rank = labeller(ctx, "labeler" if r is None else labeller_stream(track, r))
         label = recipe.comparison_labeller(cfg, rank, ctx.data.demonstrations)
         return recipe.comparisons_stage(
             cfg, ctx.tokenizer, sampler.model, ctx.data.train_prompts, label, r, next_group(seen or [])
@@ -402,10 +411,11 @@ def run_context(cfg: Config, root: str, tracking: Tracking, data: PreparedData) 
     """The context every training task reads; the tokenizer is the local model's, or a word tokenizer over the
     environment's vocabulary (or, for user files and a model from scratch, the words of the data)."""
     environment = environment_for(cfg)
-    if environment is None and cfg.comparisons.source == "sft_samples":
+    if environment is None and cfg.comparisons.source == "sft_samples" and cfg.comparisons.labeler == "simulated":
         raise ValueError(
-            "comparisons.source is 'sft_samples', but nobody labels samples for data.source 'files': "
-            "set comparisons.source: static to train the reward model on your preference file"
+            "comparisons.source is 'sft_samples', but the simulated labeller knows only the embedded task: for "
+            "data.source 'files' set comparisons.labeler: human (people label the samples), or comparisons.source: "
+            "static to train the reward model on your preference file"
         )
     if cfg.comparisons.rounds > cfg.ppo.iterations:
         raise ValueError(

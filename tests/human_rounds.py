@@ -31,13 +31,13 @@ def human_round(registered_model: str, pairs_per_baseline: int) -> list[str]:
     ]
 
 
-def wait_for_paused_run(timeout: float = 300.0):
-    """The first flow run the Prefect API (PREFECT_API_URL) has in state Paused."""
+def wait_for_paused_run(timeout: float = 300.0, exclude: set | None = None):
+    """The first flow run the Prefect API (PREFECT_API_URL) has in state Paused, other than those in ``exclude``."""
     paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            found = client.read_flow_runs(flow_run_filter=paused, limit=1)
+            found = [run for run in client.read_flow_runs(flow_run_filter=paused) if run.id not in (exclude or set())]
             if found:
                 return found[0]
             time.sleep(0.5)
@@ -69,5 +69,43 @@ class Labeller(threading.Thread):
                 keys = [json.loads(line) for line in (newest_round(self.root) / KEY).read_text().splitlines()]
                 self.labels.write_text("".join(json.dumps(row) + "\n" for row in self.answers(keys)))
                 resume_flow_run(self.paused_run.id, run_input={"labels_file": str(self.labels)})
+        except BaseException as error:  # the test reads it
+            self.error = error
+
+
+def longer_side(keys: list[dict]) -> list[dict]:
+    """Labels a person might give a labelling round: the response with more words, a tie when they have as many
+    (sides are drawn at random, so the choices are not one side's)."""
+    answers = []
+    for key in keys:
+        a, b = len(key["A"].split()), len(key["B"].split())
+        answers.append({"pair_id": key["pair_id"], "choice": "A" if a > b else "B" if b > a else "tie"})
+    return answers
+
+
+class RoundLabeller(threading.Thread):
+    """Answers ``rounds`` paused labelling rounds one after another: for each, waits for a paused flow run it has
+    not answered, writes ``answers(the round's key rows)`` and resumes the run with it."""
+
+    def __init__(self, api: str, root: Path, answers, labels_dir: Path, rounds: int):
+        super().__init__(daemon=True)
+        self.api, self.root, self.answers, self.labels_dir, self.rounds = api, root, answers, labels_dir, rounds
+        self.answered: list = []  # (paused flow run, labels file) per round
+        self.error = None
+
+    def run(self) -> None:
+        try:
+            with temporary_settings({PREFECT_API_URL: self.api}):
+                for round_index in range(1, self.rounds + 1):
+                    paused = wait_for_paused_run(exclude={run.id for run, _ in self.answered})
+                    [key] = sorted(
+                        (self.root / "artifacts" / "runs").glob(f"*/labelling-round-{round_index}/{KEY}"),
+                        key=lambda p: p.stat().st_mtime,
+                    )[-1:]
+                    keys = [json.loads(line) for line in key.read_text().splitlines()]
+                    labels = self.labels_dir / f"round-{round_index}.jsonl"
+                    labels.write_text("".join(json.dumps(row) + "\n" for row in self.answers(keys)))
+                    resume_flow_run(paused.id, run_input={"labels_file": str(labels)})
+                    self.answered.append((paused, labels))
         except BaseException as error:  # the test reads it
             self.error = error

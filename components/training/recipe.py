@@ -29,6 +29,7 @@ from components.training.comparisons import (
     collect_sft_comparisons,
     draw_prompts,
     sample_reference,
+    sample_responses,
     sampled_labeller,
 )
 from components.training.dpo import train_dpo
@@ -89,6 +90,26 @@ def sft_stage(cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: l
     return timed(train_sft)(policy, tokenizer, demonstrations, cfg.sft, cfg.model, cfg.seed, log=log)
 
 
+def round_draw(cfg: Config, train_prompts: list[str], round_index: int | None = None) -> tuple[list[str], int]:
+    """(prompts, sampling seed) of comparison collection: the whole draw, or with ``round_index`` (1-based) the
+    round's slice of it (``components.training.rounds``) and the round's own seed."""
+    prompts = draw_prompts(train_prompts, cfg.comparisons.n_prompts, cfg.seed)
+    if round_index is None:
+        return prompts, cfg.seed
+    return round_prompts(prompts, cfg.comparisons.rounds)[round_index - 1], cfg.seed + round_index - 1
+
+
+def round_samples(
+    cfg: Config, tokenizer, policy: PreTrainedModel, train_prompts: list[str], round_index: int | None = None
+) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """The drawn prompts and K samples of each from ``policy``: what people rank in a labelling round."""
+    prompts, seed = round_draw(cfg, train_prompts, round_index)
+    c = cfg.comparisons
+    return prompts, sample_responses(
+        policy, tokenizer, prompts, c.responses_per_prompt, c.temperature, c.batch_size, cfg.model, seed
+    )
+
+
 def comparisons_stage(
     cfg: Config,
     tokenizer,
@@ -100,13 +121,10 @@ def comparisons_stage(
 ) -> StageResult:
     """InstructGPT step 2: K samples per drawn training prompt from ``policy`` (SFT, or in a later labelling round
     the current policy), ranked by ``labeller``; every pair becomes a row. With ``round_index`` (1-based), only the
-    round's slice of the draw is labelled (``components.training.rounds``)."""
+    round's slice of the draw is labelled (``round_draw``)."""
 
     def collect():
-        prompts = draw_prompts(train_prompts, cfg.comparisons.n_prompts, cfg.seed)
-        seed = cfg.seed
-        if round_index is not None:
-            prompts, seed = round_prompts(prompts, cfg.comparisons.rounds)[round_index - 1], cfg.seed + round_index - 1
+        prompts, seed = round_draw(cfg, train_prompts, round_index)
         rows = collect_sft_comparisons(policy, tokenizer, prompts, cfg.comparisons, cfg.model, labeller, seed)
         if round_index is not None:
             rows = tagged(rows, round_index, group_offset)

@@ -22,6 +22,10 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import FlowRunSort
 
+from flows.human_judging import KEY
+from flows.human_labelling import HumanLabellingError
+from tests.human_rounds import RoundLabeller, longer_side
+
 pytestmark = pytest.mark.integration
 
 REGISTERED = "rounds-policy"
@@ -131,3 +135,76 @@ def test_the_run_record_names_every_rounds_stage_outputs(rounds_run):
         assert all(Path(stage["directory"]).is_dir() for stage in made.values())
     assert record["stages"]["ppo"]["key"] == record["labelling_rounds"][1]["ppo"]["key"]
     assert record["labelling_rounds"][0]["comparisons"] == record["labelling_rounds"][0]["comparisons_dpo"]
+
+
+PEOPLE = [
+    *ROUNDS[:3],
+    "comparisons.labeler=human",
+    "comparisons.human.poll_seconds=1",
+    "validation.preferences_rows.min=20",  # people tie on some pairs: fewer rows than the simulated labeller's
+    "tracking.registered_model=people-rounds-policy",
+]
+
+
+def test_people_label_each_round_while_its_subflow_waits_and_their_labels_train_it(
+    in_process_flow, prefect_server, mlflow_server, smoke_root, tmp_path
+):
+    labeller = RoundLabeller(prefect_server[0], smoke_root, longer_side, tmp_path, rounds=2)
+    labeller.start()
+    in_process_flow(smoke_root, PEOPLE)
+    labeller.join(timeout=60)
+    assert labeller.error is None, labeller.error
+    assert [run.name for run, _ in labeller.answered] == ["round 1", "round 2"], "each round's subflow paused"
+    client = MlflowClient(mlflow_server)
+    [version] = client.search_model_versions("name='people-rounds-policy'")
+    parent = client.get_run(version.run_id)
+    stages = {
+        run.info.run_name: run
+        for run in client.search_runs(
+            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=200
+        )
+    }
+    for r, (_, labels) in enumerate(labeller.answered, start=1):
+        answers = [json.loads(line) for line in labels.read_text().splitlines()]
+        keys = {
+            json.loads(line)["pair_id"]: json.loads(line)
+            for line in (Path(parent.data.tags["run_dir"]) / f"labelling-round-{r}" / KEY).read_text().splitlines()
+        }
+        # every answer that is not a tie is one preference row of its track, the chosen side the longer response
+        decided = [a for a in answers if a["choice"] != "tie"]
+        tracks = {"ppo": "comparisons", "dpo": "comparisons_dpo"} if r == 2 else {"ppo": "comparisons"}
+        for track, stage in tracks.items():
+            path = client.download_artifacts(stages[f"round {r} {stage}"].info.run_id, "comparisons/preferences.jsonl")
+            rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+            expected = [a for a in decided if keys[a["pair_id"]]["track"] == track]
+            assert len(rows) == len(expected) > 0, (r, track)
+            assert {row["source"] for row in rows} == {"human"}
+            assert all(len(row["chosen"].split()) > len(row["rejected"].split()) for row in rows)
+    assert {"round 1 reward_model", "round 2 ppo", "round 2 baseline_dpo"} <= set(stages)
+
+
+def someone_elses(keys: list[dict]) -> list[dict]:
+    return [{"pair_id": f"not-{key['pair_id']}", "choice": "A"} for key in keys]
+
+
+@pytest.mark.faults
+def test_labels_for_other_pairs_stop_the_round_naming_the_file_and_nothing_trains_on_them(
+    in_process_flow, prefect_server, mlflow_server, smoke_root, tmp_path
+):
+    labeller = RoundLabeller(prefect_server[0], smoke_root, someone_elses, tmp_path, rounds=1)
+    labeller.start()
+    overrides = [*PEOPLE[:-1], "tracking.registered_model=refused-rounds-policy"]
+    with pytest.raises(HumanLabellingError) as refused:
+        in_process_flow(smoke_root, overrides)
+    labeller.join(timeout=60)
+    assert labeller.error is None, labeller.error
+    message = str(refused.value)
+    assert f"{tmp_path / 'round-1.jsonl'}: every pair_id is one of this run's pairs" in message, message
+    assert "nothing was trained on it" in message
+    assert not MlflowClient(mlflow_server).search_model_versions("name='refused-rounds-policy'")
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("rlhf-pipeline").experiment_id
+    [parent] = client.search_runs([experiment], "params.`tracking.registered_model` = 'refused-rounds-policy'")
+    assert parent.info.status == "FAILED"
+    stages = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert not [run for run in stages if run.data.tags.get("round")], "no stage of the round ran"

@@ -28,6 +28,19 @@ def test_user_files_with_sampled_comparisons_are_refused_before_any_training():
         run_context(cfg, "unused", None, data())
 
 
+def test_user_files_with_samples_labelled_by_people_need_no_environment():
+    cfg = load_config(
+        "smoke", {"data": {"source": "files", "files": FILES}, "comparisons": {"labeler": "human"}, **JUDGE}
+    )
+    assert run_context(cfg, "unused", None, data()).environment is None
+
+
+def test_more_labelling_rounds_than_ppo_iterations_are_refused_before_any_training():
+    cfg = load_config("smoke", {"comparisons": {"rounds": 3}, "ppo": {"iterations": 2}})
+    with pytest.raises(ValueError, match=r"comparisons\.rounds \(3\) exceeds ppo\.iterations \(2\)"):
+        run_context(cfg, "unused", None, data())
+
+
 def test_user_files_judged_by_the_embedded_gold_judge_are_refused_before_any_training():
     cfg = load_config("smoke", {"data": {"source": "files", "files": FILES}, "comparisons": {"source": "static"}})
     with pytest.raises(ValueError, match=r"set evaluation\.judge\.kind to reward_model .* or python"):

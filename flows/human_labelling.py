@@ -1,0 +1,141 @@
+"""People as the labellers of a labelling round (``comparisons.labeler: human``): the round's subflow run samples each
+track's current policy, exports every pair of each prompt's samples (blinded: neither the policy nor the track is
+shown, sides drawn at random, both tracks' pairs shuffled together), pauses until it is given the labels file,
+checks it with Great Expectations and turns each answered pair into a preference row of its track (ties: none).
+
+Resume the paused round from its page in the Prefect UI (Resume, then the path of the labels file), or with
+
+    python -m flows.human_judging resume FLOW_RUN_ID LABELS_FILE
+
+A round left unanswered past ``comparisons.human.timeout_seconds``, or given a labels file that breaks a rule, ends
+the run with an error naming the file (or the pairs); nothing is trained on it and nothing is registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.runtime import flow_run
+
+from components import io
+from components.adapters.validation import validate_labels
+from components.data import pairwise_labels
+from components.data.files import LABELS, read_jsonl
+from components.training import recipe
+from flows.human_judging import KEY, PAGE, PAIRS, HumanLabels
+from flows.run_context import RunContext
+
+
+class HumanLabellingError(RuntimeError):
+    """A labelling round ended without usable labels: unanswered in time, or a labels file that breaks a rule."""
+
+
+def round_dir(ctx: RunContext) -> Path:
+    return Path(ctx.tracking.run_dir) / f"labelling-round-{ctx.round_index}"
+
+
+def min_answers(ctx: RunContext, pairs: int) -> int:
+    return max(1, math.ceil(ctx.cfg.comparisons.human.min_answered_share * pairs - 1e-9))
+
+
+@task(name="export pairs for people", cache_policy=NO_CACHE, task_run_name="export round {ctx.round_index}")
+def export_round(ctx: RunContext, policies: dict[str, recipe.StageResult]) -> list[dict]:
+    """Sample each track's policy on the round's prompts; write the pairs, the labelling page and the key."""
+    cfg, directory = ctx.cfg, round_dir(ctx)
+    round_id = hashlib.sha256(
+        json.dumps(
+            [ctx.round_index, {t: p.key for t, p in policies.items()}, cfg.comparisons.model_dump(mode="json")]
+        ).encode()
+    ).hexdigest()
+    keys = []
+    for track, policy in policies.items():
+        prompts, groups = recipe.round_samples(
+            cfg, ctx.tokenizer, policy.model, ctx.data.train_prompts, ctx.round_index
+        )
+        keys += pairwise_labels.sample_pairs(
+            round_id, track, prompts, groups, cfg.validation.min_response_words, cfg.seed
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    shown = pairwise_labels.shown(pairwise_labels.shuffled(keys, cfg.seed))
+    io.write_jsonl(directory / PAIRS, shown)
+    io.write_jsonl(directory / KEY, keys)
+    title = f"Labelling round {ctx.round_index}: which response is better? {len(shown)} pairs"
+    page = pairwise_labels.labelling_page(shown, title, f"round-{ctx.round_index}-labels.jsonl")
+    io.atomic_write_bytes(directory / PAGE, page.encode("utf-8"))
+    timeout = cfg.comparisons.human.timeout_seconds
+    create_markdown_artifact(
+        key=f"labelling-round-{ctx.round_index}",
+        markdown="\n".join(
+            [
+                f"# Labelling round {ctx.round_index} waits for people: {len(shown)} pairs",
+                f"- labelling page (works offline): `{directory / PAGE}`",
+                f"- the same pairs as JSON Lines: `{directory / PAIRS}`",
+                f"- answers needed: at least {min_answers(ctx, len(shown))} of {len(shown)}, within {timeout} s",
+                "",
+                "Pick the better response of each pair (A, B or tie), download the labels, then resume this run:",
+                "- here in the Prefect UI: **Resume**, and give the labels file's path;",
+                f"- or in a shell: `python -m flows.human_judging resume {flow_run.id} LABELS_FILE`",
+            ]
+        ),
+        description="a labelling round's pairs and how to resume",
+    )
+    return keys
+
+
+@task(name="people's labels", cache_policy=NO_CACHE, task_run_name="labels of round {ctx.round_index}")
+def round_labels(ctx: RunContext, keys: list[dict], labels_file: str) -> dict[str, list[dict]]:
+    """Check the labels file (this round's pairs only, one answer each, a known choice, enough answers); each track's
+    preference rows."""
+    directory = round_dir(ctx)
+    rules = pairwise_labels.label_rules([k["pair_id"] for k in keys], min_answers(ctx, len(keys)))
+    report = validate_labels(Path(labels_file), rules, directory / "validation", ctx.cfg.validation.max_examples)
+    create_markdown_artifact(key=f"labelling-round-{ctx.round_index}-labels", markdown=f"```\n{report.summary()}\n```")
+    if not report.success:
+        raise HumanLabellingError(
+            f"labelling round {ctx.round_index}: the labels file was refused; nothing was trained on it.\n"
+            f"{report.summary()}"
+        )
+    labels = {r.data["pair_id"]: r.data["choice"] for r in read_jsonl(labels_file, LABELS)}
+    rows = pairwise_labels.preference_rows(keys, labels)
+    get_run_logger().info(
+        "labelling round %d: %d answers to %d pairs, %s preference rows",
+        ctx.round_index,
+        len(labels),
+        len(keys),
+        {track: len(r) for track, r in rows.items()},
+    )
+    return rows
+
+
+def ranked_by_people(ctx: RunContext, policies: dict[str, recipe.StageResult]) -> dict[str, list[dict]]:
+    """Export, pause until a labels file is given, check it; each track's rows. Called from the round's subflow (a
+    pause belongs to a flow run, not to a task)."""
+    keys = export_round(ctx, policies)
+    human = ctx.cfg.comparisons.human
+    get_run_logger().info(
+        "labelling round %d: %s holds the pairs and the labelling page; resume this run with the labels file",
+        ctx.round_index,
+        round_dir(ctx),
+    )
+    try:
+        given = pause_flow_run(
+            wait_for_input=HumanLabels,
+            timeout=human.timeout_seconds,
+            poll_interval=human.poll_seconds,
+            key=f"labelling-round-{ctx.round_index}",
+        )
+    except FlowPauseTimeout:
+        raise HumanLabellingError(
+            f"nobody labelled the pairs in {round_dir(ctx) / PAIRS} within comparisons.human.timeout_seconds "
+            f"({human.timeout_seconds} s); nothing was trained on them and nothing was registered. Label them and "
+            "run again: the earlier stages are reused and the same pairs exported"
+        ) from None
+    return round_labels(ctx, keys, given.labels_file)
