@@ -1,4 +1,4 @@
-"""Labelling rounds (``comparisons.rounds`` > 1): iterated RLHF, each round a Prefect subflow.
+"""Labelling rounds (``comparisons.rounds`` > 1, or people as the labellers): iterated RLHF, each round a subflow.
 
 Round 1 ranks SFT samples; each later round ranks samples of the current PPO policy. The reward model retrains on
 every round's comparisons so far; PPO continues the last round's policy or restarts from SFT (``ppo.between_rounds``;
