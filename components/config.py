@@ -298,7 +298,7 @@ class PPOConfig(Section):
         1, ge=1, description="micro-batches per minibatch (same gradient, less memory)"
     )
     between_rounds: Literal["continue", "restart"] = Field(
-        "continue",
+        "restart",
         description="with comparisons.rounds > 1: each round's PPO continues the last round's policy for its share "
         "of the iterations, or restarts from SFT for all iterations so far (the KL reference is SFT either way)",
     )

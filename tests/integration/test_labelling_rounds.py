@@ -105,16 +105,21 @@ def test_the_rounds_share_the_single_rounds_label_budget_and_ppos_iterations(rou
     prompts = [stages[f"round {r} comparisons"].data.metrics["prompts"] for r in (1, 2)]
     assert prompts == [N_PROMPTS / 2, N_PROMPTS / 2]
     assert stages["round 2 comparisons_dpo"].data.metrics["prompts"] == N_PROMPTS / 2
-    assert [stages[f"round {r} ppo"].data.params["iterations"] for r in (1, 2)] == [str(ITERATIONS // 2)] * 2
+    # restarting from SFT (the default), round 2's PPO trains both rounds' shares
+    assert [stages[f"round {r} ppo"].data.params["iterations"] for r in (1, 2)] == ["2", "4"]
 
 
-def test_round_two_continues_round_ones_policy_against_sft_on_both_rounds_labels(rounds_run, mlflow_server):
+def first_kl(client: MlflowClient, stages: dict, r: int) -> float:
+    """The KL from SFT of round r's PPO's first rollouts: exactly 0 only where the policy starts at SFT (a sampled
+    estimate, so of either sign otherwise)."""
+    return client.get_metric_history(stages[f"round {r} ppo"].info.run_id, "kl")[0].value
+
+
+def test_round_two_restarts_from_sft_and_its_rm_learns_from_both_rounds_labels(rounds_run, mlflow_server):
     _, _, stages, _ = rounds_run
     client = MlflowClient(mlflow_server)
-    first_kl = {r: client.get_metric_history(stages[f"round {r} ppo"].info.run_id, "kl")[0].value for r in (1, 2)}
-    assert first_kl[1] == pytest.approx(0.0, abs=1e-6), "round 1 starts at SFT, its KL reference"
-    # a sampled estimate, so of either sign, but exactly 0 only where the policy is its reference
-    assert abs(first_kl[2]) > 1e-6, "round 2 starts at round 1's policy, not at SFT"
+    assert first_kl(client, stages, 1) == pytest.approx(0.0, abs=1e-6), "round 1 starts at SFT, its KL reference"
+    assert first_kl(client, stages, 2) == pytest.approx(0.0, abs=1e-6), "round 2 restarts from SFT"
     rows = {}
     for r in (1, 2):
         path = client.download_artifacts(stages[f"round {r} comparisons"].info.run_id, "comparisons/preferences.jsonl")
@@ -139,6 +144,7 @@ def test_the_run_record_names_every_rounds_stage_outputs(rounds_run):
 
 PEOPLE = [
     *ROUNDS[:3],
+    "ppo.between_rounds=continue",
     "comparisons.labeler=human",
     "comparisons.human.poll_seconds=1",
     "validation.preferences_rows.min=20",  # people tie on some pairs: fewer rows than the simulated labeller's
@@ -181,6 +187,9 @@ def test_people_label_each_round_while_its_subflow_waits_and_their_labels_train_
             assert {row["source"] for row in rows} == {"human"}
             assert all(len(row["chosen"].split()) > len(row["rejected"].split()) for row in rows)
     assert {"round 1 reward_model", "round 2 ppo", "round 2 baseline_dpo"} <= set(stages)
+    # continuing, round 2's PPO starts at round 1's policy and trains its own share of the iterations
+    assert abs(first_kl(client, stages, 2)) > 1e-6 and first_kl(client, stages, 1) == pytest.approx(0.0, abs=1e-6)
+    assert [stages[f"round {r} ppo"].data.params["iterations"] for r in (1, 2)] == ["2", "2"]
 
 
 def someone_elses(keys: list[dict]) -> list[dict]:
