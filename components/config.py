@@ -536,6 +536,11 @@ class DistributedConfig(Section):
         "infra/accelerate/cpu-1proc.yaml", description="accelerate config file (relative to the project root)"
     )
     num_processes: int | None = Field(None, ge=1, description="override the profile's process count")
+    launch: Literal["auto", "accelerate"] = Field(
+        "auto",
+        description="auto: a profile of one process on one machine runs in the flow's own process (no launcher, "
+        "no second interpreter); accelerate: always under `accelerate launch`",
+    )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on a GPU that supports it, fp32 on CPU"
     )

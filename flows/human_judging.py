@@ -16,7 +16,6 @@ import argparse
 import copy
 import hashlib
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -33,7 +32,6 @@ from components import io
 from components.adapters import plots
 from components.adapters.tracking import StageRun
 from components.adapters.validation import validate_labels
-from components.config import JudgeConfig
 from components.data import pairwise_labels
 from components.data.files import LABELS, read_jsonl
 from components.evaluation import pairwise
@@ -80,28 +78,38 @@ def export(ctx: RunContext, run: StageRun, pairs: list[pairwise.Pair]) -> Path:
     io.atomic_write_bytes(directory / PAGE, page.encode("utf-8"))
     run.log_artifacts(directory, "human-judge")
     judge = ctx.cfg.evaluation.judge
-    create_markdown_artifact(
-        key="human-judge",
-        markdown="\n".join(
-            [
-                f"# Waiting for people: {len(shown)} blinded pairs",
-                f"- labelling page (works offline): `{directory / PAGE}`",
-                f"- the same pairs as JSON Lines: `{directory / PAIRS}`",
-                f"- answers needed: at least {min_answers(judge, len(shown))} of {len(shown)}, "
-                f"within {judge.timeout_seconds} s of the pause",
-                "",
-                "Open the page, pick A, B or tie for each pair, download the labels, then resume this run:",
-                "- here in the Prefect UI: **Resume**, and give the labels file's path;",
-                f"- or in a shell: `python -m flows.human_judging resume {flow_run.id} LABELS_FILE`",
-            ]
-        ),
-        description="the human judge's round: what to label and how to resume",
+    announce_wait(
+        "human-judge",
+        f"Waiting for people: {len(shown)} blinded pairs",
+        directory,
+        pairwise_labels.min_answers(judge.min_answered_share, len(shown)),
+        len(shown),
+        judge.timeout_seconds,
+        "the human judge's round: what to label and how to resume",
     )
     return directory
 
 
-def min_answers(judge: JudgeConfig, pairs: int) -> int:
-    return max(1, math.ceil(judge.min_answered_share * pairs - 1e-9))  # 1e-9: 0.3 * 10 is 3.0000000000000004
+def announce_wait(
+    key: str, heading: str, directory: Path, needed: int, pairs: int, timeout: int, description: str
+) -> None:
+    """A Prefect artefact on the paused run: where the pairs are, how many answers it needs, how to resume it."""
+    create_markdown_artifact(
+        key=key,
+        markdown="\n".join(
+            [
+                f"# {heading}",
+                f"- labelling page (works offline): `{directory / PAGE}`",
+                f"- the same pairs as JSON Lines: `{directory / PAIRS}`",
+                f"- answers needed: at least {needed} of {pairs}, within {timeout} s of the pause",
+                "",
+                "Pick the better response of each pair (A, B or tie), download the labels, then resume this run:",
+                "- here in the Prefect UI: **Resume**, and give the labels file's path;",
+                f"- or in a shell: `python -m flows.human_judging resume {flow_run.id} LABELS_FILE`",
+            ]
+        ),
+        description=description,
+    )
 
 
 def judged_by_people(ctx: RunContext, evaluation: dict) -> dict:
@@ -135,7 +143,8 @@ def score_labels(ctx: RunContext, evaluation: dict, labels_file: str) -> dict:
     cfg, directory = ctx.cfg, human_dir(ctx)
     keys = [r.data for r in read_jsonl(directory / KEY)]
     ids = [k["pair_id"] for k in keys]
-    rules = pairwise_labels.label_rules(ids, min_answers(cfg.evaluation.judge, len(ids)))
+    needed = pairwise_labels.min_answers(cfg.evaluation.judge.min_answered_share, len(ids))
+    rules = pairwise_labels.label_rules(ids, needed)
     report = validate_labels(Path(labels_file), rules, directory / "validation", cfg.validation.max_examples)
     create_markdown_artifact(key="human-labels", markdown=f"```\n{report.summary()}\n```")
     if not report.success:

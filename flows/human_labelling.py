@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -23,14 +22,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
-from prefect.runtime import flow_run
 
 from components import io
 from components.adapters.validation import validate_labels
 from components.data import pairwise_labels
 from components.data.files import LABELS, read_jsonl
 from components.training import recipe
-from flows.human_judging import KEY, PAGE, PAIRS, HumanLabels
+from flows.human_judging import KEY, PAGE, PAIRS, HumanLabels, announce_wait
 from flows.run_context import RunContext
 
 
@@ -43,7 +41,7 @@ def round_dir(ctx: RunContext) -> Path:
 
 
 def min_answers(ctx: RunContext, pairs: int) -> int:
-    return max(1, math.ceil(ctx.cfg.comparisons.human.min_answered_share * pairs - 1e-9))
+    return pairwise_labels.min_answers(ctx.cfg.comparisons.human.min_answered_share, pairs)
 
 
 @task(name="export pairs for people", cache_policy=NO_CACHE, task_run_name="export round {ctx.round_index}")
@@ -70,22 +68,14 @@ def export_round(ctx: RunContext, policies: dict[str, recipe.StageResult]) -> li
     title = f"Labelling round {ctx.round_index}: which response is better? {len(shown)} pairs"
     page = pairwise_labels.labelling_page(shown, title, f"round-{ctx.round_index}-labels.jsonl")
     io.atomic_write_bytes(directory / PAGE, page.encode("utf-8"))
-    timeout = cfg.comparisons.human.timeout_seconds
-    create_markdown_artifact(
-        key=f"labelling-round-{ctx.round_index}",
-        markdown="\n".join(
-            [
-                f"# Labelling round {ctx.round_index} waits for people: {len(shown)} pairs",
-                f"- labelling page (works offline): `{directory / PAGE}`",
-                f"- the same pairs as JSON Lines: `{directory / PAIRS}`",
-                f"- answers needed: at least {min_answers(ctx, len(shown))} of {len(shown)}, within {timeout} s",
-                "",
-                "Pick the better response of each pair (A, B or tie), download the labels, then resume this run:",
-                "- here in the Prefect UI: **Resume**, and give the labels file's path;",
-                f"- or in a shell: `python -m flows.human_judging resume {flow_run.id} LABELS_FILE`",
-            ]
-        ),
-        description="a labelling round's pairs and how to resume",
+    announce_wait(
+        f"labelling-round-{ctx.round_index}",
+        f"Labelling round {ctx.round_index} waits for people: {len(shown)} pairs",
+        directory,
+        min_answers(ctx, len(shown)),
+        len(shown),
+        cfg.comparisons.human.timeout_seconds,
+        "a labelling round's pairs and how to resume",
     )
     return keys
 

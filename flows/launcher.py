@@ -40,6 +40,11 @@ class AccelerateProfile:
     num_machines: int
     use_cpu: bool
 
+    def single_process(self, num_processes: int | None = None) -> bool:
+        """One process on one machine, no DeepSpeed: nothing a launcher would set up."""
+        processes = num_processes or self.num_processes
+        return processes == 1 and self.num_machines == 1 and self.distributed_type in ("NO", "CPU")
+
     @classmethod
     def read(cls, path: str | Path) -> AccelerateProfile:
         path = Path(path)

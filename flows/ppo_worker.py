@@ -2,6 +2,9 @@
 
     accelerate launch --config_file infra/accelerate/<profile>.yaml -m flows.ppo_worker --job JOB_DIR
 
+A profile of one process on one machine needs no launcher: the flow runs the same job in its own process
+(``run_in_process``), unless ``distributed.launch`` is ``accelerate``.
+
 ``JOB_DIR/job.json`` (written by ``write_job``) holds the resolved config, the input model
 directories, the prompt and demonstration files, the checkpoint directory and, optionally, the
 MLflow run to log live to. Every rank trains; rank 0 alone prints progress, logs to MLflow and
@@ -12,10 +15,13 @@ every rank's weight digest). Checkpoints are written by rank 0 inside ``train_pp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,10 +134,13 @@ def resolve_mixed_precision(setting: str, use_cpu: bool) -> str:
     return setting
 
 
-def make_ranks(cfg: Config) -> Ranks:
+def make_ranks(cfg: Config, use_cpu: bool | None = None) -> Ranks:
+    """``use_cpu`` None: as `accelerate launch` said (ACCELERATE_USE_CPU), or the CPU where there is no GPU."""
     from accelerate import Accelerator
 
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    if use_cpu is None:
+        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    use_cpu = use_cpu or not torch.cuda.is_available()
     return Ranks(
         Accelerator(cpu=use_cpu, mixed_precision=resolve_mixed_precision(cfg.distributed.mixed_precision, use_cpu))
     )
@@ -142,8 +151,8 @@ class LiveLog:
     MLflow. The MLflow part is best effort: a tracking server that stays away longer than the client's
     own retries stops it, not the training; the flow logs the iterations it missed when PPO ends."""
 
-    def __init__(self, cfg: Config, mlflow: dict | None):
-        self.run, self.iterations = None, cfg.ppo.iterations
+    def __init__(self, cfg: Config, mlflow: dict | None, echo: Callable[[str], None]):
+        self.run, self.iterations, self.echo = None, cfg.ppo.iterations, echo
         if mlflow:
             from mlflow import MlflowClient
 
@@ -160,15 +169,14 @@ class LiveLog:
                 self.run.log_metrics({k: v for k, v in entry.items() if k != "iteration"}, step=iteration)
             except Exception as error:
                 self.stopped = iteration
-                print(
+                self.echo(
                     f"ppo: live MLflow logging stopped at iteration {iteration + 1} "
                     f"({type(error).__name__}: {str(error)[:200]}); "
-                    "training goes on and the missed iterations are logged when PPO ends",
-                    flush=True,
+                    "training goes on and the missed iterations are logged when PPO ends"
                 )
         if iteration % self.every == 0 or iteration == self.iterations - 1:
             shown = ", ".join(f"{k} {entry[k]:.3f}" for k in PROGRESS_KEYS if k in entry)
-            print(f"ppo iteration {iteration + 1}/{self.iterations}: {shown}", flush=True)
+            self.echo(f"ppo iteration {iteration + 1}/{self.iterations}: {shown}")
 
     def logged(self) -> list[int]:
         """[first, last + 1) of the iterations this launch logged to MLflow."""
@@ -188,19 +196,51 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
 
 
+def say(line: str) -> None:
+    print(line, flush=True)  # the launcher streams each rank's stdout into the task's log
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job", type=Path, required=True, help="directory holding job.json")
     job_dir = parser.parse_args(argv).job
     die_with_parent()  # the ranks end when their launcher does, whoever killed it
-    job = json.loads((job_dir / JOB).read_text(encoding="utf-8"))
     quiet_libraries()
+    run_job(job_dir, say)
+    return 0
+
+
+def run_in_process(job_dir: str | Path, echo: Callable[[str], None], use_cpu: bool) -> None:
+    """The job in the calling process (one process, one machine: no launcher). The caller's random state is put back
+    after, so the stages that follow draw exactly what they would after a launched PPO."""
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())), warnings_quieted():
+            run_job(Path(job_dir), echo, use_cpu)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+@contextlib.contextmanager
+def warnings_quieted():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = None) -> None:
+    """Every rank trains the job in ``job_dir``; rank 0 writes the policy and the result beside it."""
+    job = json.loads((job_dir / JOB).read_text(encoding="utf-8"))
     cfg = Config.model_validate(job["config"])
-    ranks = make_ranks(cfg)
-    print(
+    ranks = make_ranks(cfg, use_cpu)
+    echo(
         f"rank {ranks.rank}/{ranks.world_size} pid {os.getpid()} device {ranks.device} "
-        f"threads {torch.get_num_threads()}",
-        flush=True,
+        f"threads {torch.get_num_threads()}"
     )
 
     from components.evaluation.judges import JudgeError, ppo_monitor_judge
@@ -223,12 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     monitor = judge_monitor(judge) if judge is not None else None
     resumable = latest_checkpoint(job["checkpoint_dir"]) if ranks.is_main else None
     if resumable is not None:
-        print(
-            f"ppo resumes from the checkpoint after iteration {resumable.iteration} in {job['checkpoint_dir']}",
-            flush=True,
-        )
+        echo(f"ppo resumes from the checkpoint after iteration {resumable.iteration} in {job['checkpoint_dir']}")
     started = time.perf_counter()
-    live = LiveLog(cfg, job["mlflow"]) if ranks.is_main else None
+    live = LiveLog(cfg, job["mlflow"], echo) if ranks.is_main else None
     try:
         result = recipe.ppo_stage(
             cfg,
@@ -272,10 +309,9 @@ def main(argv: list[str] | None = None) -> int:
                 "live_logged": live.logged(),
             },
         )
-        print(f"ppo done: {ranks.world_size} process(es), {result.seconds:.1f} s", flush=True)
+        echo(f"ppo done: {ranks.world_size} process(es), {result.seconds:.1f} s")
     ranks.accelerator.wait_for_everyone()
     ranks.accelerator.end_training()
-    return 0
 
 
 if __name__ == "__main__":

@@ -375,6 +375,24 @@ def launched_ppo(
         vocabulary=ctx.vocabulary,
         start_dir=inputs.get("start"),
     )
+    logger = get_run_logger()
+    if cfg.distributed.launch == "auto" and profile.single_process(cfg.distributed.num_processes):
+        logger.info("PPO: one process (%s), in this process", profile.path.name)
+        ppo_worker.run_in_process(job_dir, logger.info, profile.use_cpu)
+    else:
+        accelerate_launch(ctx, profile, job_dir)
+    outcome = read_result(job_dir)
+    model = load_causal_lm(job_dir / ppo_worker.POLICY)
+    run.set_tags({"mixed_precision": outcome["mixed_precision"], "device": outcome["device"]})
+    shutil.rmtree(job_dir, ignore_errors=True)
+    return recipe.StageResult(
+        model, outcome["metrics"], outcome["history"], outcome["seconds"], logged_steps=tuple(outcome["live_logged"])
+    )
+
+
+def accelerate_launch(ctx: RunContext, profile: AccelerateProfile, job_dir: Path) -> None:
+    """The PPO job under `accelerate launch`; each rank's output streams into the task's log."""
+    cfg = ctx.cfg
     command, env = accelerate_command(
         profile,
         ppo_worker.__name__,
@@ -398,13 +416,6 @@ def launched_ppo(
     except LaunchError as error:
         ppo_worker.raise_recorded_failure(job_dir)
         raise LaunchError(f"the PPO launch ({profile.path.name}) failed: {error}") from None
-    outcome = read_result(job_dir)
-    model = load_causal_lm(job_dir / ppo_worker.POLICY)
-    run.set_tags({"mixed_precision": outcome["mixed_precision"], "device": outcome["device"]})
-    shutil.rmtree(job_dir, ignore_errors=True)
-    return recipe.StageResult(
-        model, outcome["metrics"], outcome["history"], outcome["seconds"], logged_steps=tuple(outcome["live_logged"])
-    )
 
 
 def run_context(cfg: Config, root: str, tracking: Tracking, data: PreparedData) -> RunContext:

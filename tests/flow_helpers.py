@@ -93,3 +93,13 @@ def latest_flow_run():
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
         )
     return flow_run, {t.name.split("-")[0] for t in tasks}, {a.key: a for a in found}
+
+
+def stage_runs(client: MlflowClient, parent) -> dict[str, object]:
+    """The stage runs nested under a pipeline run (its MLflow parent run), by run name."""
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=500
+    )
+    runs = {run.info.run_name: run for run in children}
+    assert len(runs) == len(children), f"two stage runs share a name: {sorted(r.info.run_name for r in children)}"
+    return runs

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 import random
 from collections.abc import Mapping, Sequence
 from itertools import combinations
@@ -93,6 +94,11 @@ def preference_rows(keys: Sequence[Mapping], labels: Mapping[str, str]) -> dict[
             }
         )
     return rows
+
+
+def min_answers(share: float, pairs: int) -> int:
+    """How many of ``pairs`` must be answered: ``share`` of them rounded up, at least one."""
+    return max(1, math.ceil(share * pairs - 1e-9))  # 1e-9: 0.3 * 10 is 3.0000000000000004
 
 
 def label_rules(pair_ids: Sequence[str], min_answers: int) -> list[Expectation]:

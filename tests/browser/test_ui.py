@@ -19,6 +19,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browsers import WAIT, screenshot
+from tests.flow_helpers import stage_runs
 from tests.pipeline_runs import parent_run_id
 
 pytestmark = pytest.mark.browser
@@ -97,9 +98,7 @@ def test_mlflow_ui_shows_the_overoptimisation_plot_of_the_ppo_run(pipeline, pipe
 
     client = MlflowClient(pipeline_runs.mlflow_uri)
     parent = client.get_run(pipeline["mlflow_run_id"])
-    ppo = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.mlflow.runName = 'ppo'"
-    )[0]
+    ppo = stage_runs(client, parent)["ppo"]
     assert {"gao.shipped_iteration", "gao.shipped_kl"} <= set(ppo.data.metrics)
     page.goto(
         f"{pipeline_runs.mlflow_uri}/#/experiments/{parent.info.experiment_id}/runs/{ppo.info.run_id}/artifacts/plots/overoptimisation.png"

@@ -120,8 +120,10 @@ def test_nan_mid_ppo_fails_naming_stage_and_step_and_registers_nothing(mlflow_se
     champion = seed_champion(mlflow_server)
     before = registry_state(mlflow_server)
     root = new_project(tmp_path)
-    # a learning rate of 1e10 blows the policy up after its first PPO minibatch: a real NaN, not an injected one
-    done = run_main(root, tmp_path, prefect_server[0], ["ppo.lr=1e10"], env={"MLFLOW_TRACKING_URI": mlflow_server})
+    # a learning rate of 1e10 blows the policy up after its first PPO minibatch: a real NaN, not an injected one;
+    # under `accelerate launch`, so the rank's record of it is what names it (in the flow's process it raises as itself)
+    overrides = ["ppo.lr=1e10", "distributed.launch=accelerate"]
+    done = run_main(root, tmp_path, prefect_server[0], overrides, env={"MLFLOW_TRACKING_URI": mlflow_server})
     assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-3000:]
     assert "ppo: non-finite policy_loss at step 0" in done.stderr and "nothing was registered" in done.stderr
     assert registry_state(mlflow_server) == before and before[1] == champion

@@ -22,15 +22,15 @@ from components.data.files import DEMONSTRATIONS, file_name, read_jsonl
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.task.lexicon import VOCABULARY
 from components.training import recipe
-from tests.flow_helpers import main_command, main_env, new_project, run_main
+from tests.flow_helpers import main_command, main_env, new_project, run_main, stage_runs
 from tests.layout import run_records as records_in
 from tests.layout import stage_dir
 
 pytestmark = pytest.mark.faults
 
 REPO = Path(__file__).resolve().parents[2]
-# long enough to be killed in the middle; a checkpoint every 4 iterations
-PPO_LONGER = ["ppo.iterations=40", "ppo.checkpoint_every=4"]
+# long enough to be killed in the middle; a checkpoint every 4 iterations; the ranks launched (the launcher killed too)
+PPO_LONGER = ["ppo.iterations=40", "ppo.checkpoint_every=4", "distributed.launch=accelerate"]
 
 
 def kill_during_ppo(root: Path, tmp_path: Path, prefect_api: str) -> str:
@@ -83,17 +83,14 @@ def test_a_job_killed_mid_ppo_resumes_from_its_checkpoint_and_ends_as_if_never_s
     assert f"run {killed['mlflow']['run_id']}" in output and "stopped without finishing: marked abandoned" in output
     client = MlflowClient(killed["mlflow"]["uri"])
     parent = client.get_run(killed["mlflow"]["run_id"])
-    stages = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    stages = stage_runs(client, parent).values()
     assert {"ppo", "sft"} <= {run.info.run_name for run in stages}
     assert {run.info.status for run in (parent, *stages)} <= {"FINISHED", "FAILED"} and parent.info.status == "FAILED"
     with temporary_settings({PREFECT_API_URL: prefect_server[0]}), get_client(sync_client=True) as prefect:
         assert prefect.read_flow_run(killed["flow_run_id"]).state.type == StateType.CRASHED
     # the re-run's PPO stage run holds all 40 iterations once: 12-39 logged live by the ranks,
     # 0-11 (from the checkpoint) by the flow
-    [ppo] = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{records['completed']['mlflow']['run_id']}' and tags.stage = 'ppo'",
-    )
+    ppo = stage_runs(client, client.get_run(records["completed"]["mlflow"]["run_id"]))["ppo"]
     assert sorted(m.step for m in client.get_metric_history(ppo.info.run_id, "rm_score")) == list(range(40))
 
     # the uninterrupted run from the same SFT policy and reward model, for comparison

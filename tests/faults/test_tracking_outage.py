@@ -133,7 +133,7 @@ def test_a_tracking_outage_during_ppo_stops_live_logging_not_training(tmp_path, 
     from components.adapters.tracking import StageRun
     from components.config import load_config
     from components.training.recipe import StageResult
-    from flows.ppo_worker import LiveLog
+    from flows.ppo_worker import LiveLog, say
     from flows.stage_runs import record_stage
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -144,7 +144,7 @@ def test_a_tracking_outage_during_ppo_stops_live_logging_not_training(tmp_path, 
         client = MlflowClient(server.uri)
         run_id = client.create_run(client.create_experiment("ppo-outage")).info.run_id
         history = [{"iteration": i, "rm_score": 0.1 * i, "kl": 0.01 * i} for i in range(6)]
-        live = LiveLog(cfg, {"uri": server.uri, "run_id": run_id})
+        live = LiveLog(cfg, {"uri": server.uri, "run_id": run_id}, say)
         for entry in history[:3]:
             live(entry["iteration"], entry)
         server.stop()

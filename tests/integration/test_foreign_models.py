@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name
 from components.io import write_jsonl
-from tests.flow_helpers import latest_flow_run, new_project
+from tests.flow_helpers import latest_flow_run, new_project, stage_runs
 from tests.foreign_models import save_gpt_neox, save_judge, save_llama
 from tests.human_rounds import Labeller, human_round, ppo_wins
 from tests.pipeline_runs import WIDE_OPEN
@@ -114,11 +114,7 @@ def test_a_llama_without_pad_token_judged_by_a_judge_model_reaches_a_registered_
     assert version.tags["gate.decision"] in ("promote", "reject")
     client = MlflowClient(mlflow_server)
     run = client.get_run(version.run_id)
-    evaluation = client.search_runs(
-        [run.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{run.info.run_id}' and tags.mlflow.runName = 'evaluation'",
-    )
-    assert evaluation[0].data.tags["judge.kind"] == "reward_model"
+    assert stage_runs(client, run)["evaluation"].data.tags["judge.kind"] == "reward_model"
     generate_with(f"models:/{REGISTERED}/{version.version}", "LlamaForCausalLM")
 
 

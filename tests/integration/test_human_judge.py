@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from components.evaluation.intervals import wilson
 from components.evaluation.pairwise import pair_id
 from flows.human_judging import HUMAN_DIR, KEY, PAGE, PAIRS, HumanJudgeError
-from tests.flow_helpers import latest_flow_run
+from tests.flow_helpers import latest_flow_run, stage_runs
 from tests.human_rounds import Labeller, human_round, newest_round, ppo_wins
 
 pytestmark = pytest.mark.integration
@@ -65,10 +65,7 @@ def test_people_label_the_paused_run_through_prefect_and_their_labels_decide(
     client = MlflowClient(mlflow_server)
     [version] = registered(mlflow_server)
     run = client.get_run(client.get_model_version(REGISTERED, version).run_id)
-    [judged] = client.search_runs(
-        [run.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{run.info.run_id}' and tags.mlflow.runName = 'human-judge'",
-    )
+    judged = stage_runs(client, run)["human-judge"]
     lo, hi = wilson(PER_BASELINE, PER_BASELINE).lo, wilson(PER_BASELINE, PER_BASELINE).hi
     assert judged.data.metrics["sample.ppo_win_rate.dpo.value"] == 1.0
     assert judged.data.metrics["sample.ppo_win_rate.dpo.ci_lo"] == pytest.approx(lo)

@@ -24,6 +24,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 
 from flows.human_judging import KEY
 from flows.human_labelling import HumanLabellingError
+from tests.flow_helpers import stage_runs
 from tests.human_rounds import RoundLabeller, longer_side
 
 pytestmark = pytest.mark.integration
@@ -67,11 +68,8 @@ def rounds_run(in_process_flow, mlflow_server, smoke_root):
     client = MlflowClient(mlflow_server)
     [version] = client.search_model_versions(f"name='{REGISTERED}'")
     parent = client.get_run(version.run_id)
-    stages = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=200
-    )
     record = json.loads((Path(parent.data.tags["run_dir"]) / "run.json").read_text(encoding="utf-8"))
-    return pipeline, subflows, {run.info.run_name: run for run in stages}, record
+    return pipeline, subflows, stage_runs(client, parent), record
 
 
 def test_each_round_is_a_subflow_of_the_pipelines_run(rounds_run):
@@ -164,12 +162,7 @@ def test_people_label_each_round_while_its_subflow_waits_and_their_labels_train_
     client = MlflowClient(mlflow_server)
     [version] = client.search_model_versions("name='people-rounds-policy'")
     parent = client.get_run(version.run_id)
-    stages = {
-        run.info.run_name: run
-        for run in client.search_runs(
-            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=200
-        )
-    }
+    stages = stage_runs(client, parent)
     for r, (_, labels) in enumerate(labeller.answered, start=1):
         answers = [json.loads(line) for line in labels.read_text().splitlines()]
         keys = {
@@ -215,5 +208,5 @@ def test_labels_for_other_pairs_stop_the_round_naming_the_file_and_nothing_train
     experiment = client.get_experiment_by_name("rlhf-pipeline").experiment_id
     [parent] = client.search_runs([experiment], "params.`tracking.registered_model` = 'refused-rounds-policy'")
     assert parent.info.status == "FAILED"
-    stages = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    stages = stage_runs(client, parent).values()
     assert not [run for run in stages if run.data.tags.get("round")], "no stage of the round ran"

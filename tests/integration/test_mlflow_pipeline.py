@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests.flow_helpers import stage_runs
 from tests.layout import run_records, stage_dirs
 from tests.pipeline_runs import PROMOTED, SECRETS, parent_run_id
 
@@ -58,8 +59,8 @@ def test_each_pipeline_run_is_a_parent_with_a_nested_run_per_stage(runs, client)
     assert len(parent.data.tags["git.commit"]) in (40, len("unknown"))
     assert parent.data.tags["data.md5"] and parent.data.tags["gate.decision"] == "promote"
     assert parent.data.params["ppo.kl.kl_coef"] and parent.data.params["profile"] == "tiny"
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    names = {run.info.run_name for run in children}
+    children = stage_runs(client, parent)
+    names = set(children)
     assert {
         "data-validation",
         "sft",
@@ -72,16 +73,11 @@ def test_each_pipeline_run_is_a_parent_with_a_nested_run_per_stage(runs, client)
         "evaluation",
         "gate",
     } <= names
-    assert all(run.info.status == "FINISHED" for run in children)
+    assert all(run.info.status == "FINISHED" for run in children.values())
 
 
 def stage(client, runs, name, which="promoted"):
-    parent = client.get_run(parent_run_id(runs[which]))
-    (run,) = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.run_name = '{name}'",
-    )
-    return run
+    return stage_runs(client, client.get_run(parent_run_id(runs[which])))[name]
 
 
 def artifact_paths(client, run_id, path=None) -> set[str]:

@@ -132,3 +132,10 @@ def test_answered_pairs_become_their_tracks_preference_rows_and_ties_none():
     assert (first["chosen_ended"], first["rejected_ended"]) == (keys[0]["B_ended"], keys[0]["A_ended"])
     assert rows["ppo"][1]["chosen_position"] == 0 and rows["ppo"][1]["group"] == 1
     assert {row["source"] for row in rows["ppo"] + rows["dpo"]} == {"human"}
+
+
+def test_the_answers_needed_are_the_share_rounded_up_and_at_least_one():
+    assert pairwise_labels.min_answers(0.3, 10) == 3  # 0.3 * 10 is 3.0000000000000004 in floats: not 4
+    assert pairwise_labels.min_answers(0.25, 10) == 3  # 2.5 rounded up
+    assert pairwise_labels.min_answers(0.0, 10) == 1
+    assert pairwise_labels.min_answers(1.0, 7) == 7
