@@ -39,6 +39,8 @@ class AccelerateProfile:
     num_processes: int
     num_machines: int
     use_cpu: bool
+    main_process_ip: str | None = None  # machine 0's address (multi-machine profiles)
+    main_process_port: int | None = None
 
     def single_process(self, num_processes: int | None = None) -> bool:
         """One process on one machine, no DeepSpeed: nothing a launcher would set up."""
@@ -57,6 +59,8 @@ class AccelerateProfile:
             int(raw.get("num_processes", 1)),
             int(raw.get("num_machines", 1)),
             bool(raw.get("use_cpu", False)),
+            raw.get("main_process_ip"),
+            int(raw["main_process_port"]) if raw.get("main_process_port") else None,
         )
 
 
@@ -66,21 +70,44 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class Machine:
+    """Where one machine of a multi-machine profile stands: its rank, and machine 0's rendezvous address."""
+
+    rank: int
+    main_ip: str
+    main_port: int
+
+
 def accelerate_command(
-    profile: AccelerateProfile, module: str, args: list[str], num_processes: int | None = None, port: int | None = None
+    profile: AccelerateProfile,
+    module: str,
+    args: list[str],
+    num_processes: int | None = None,
+    port: int | None = None,
+    machine: Machine | None = None,
+    use_cpu: bool | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """The `accelerate launch` command line and the environment additions for ``profile``."""
+    """The `accelerate launch` command line and the environment additions for ``profile``: on one machine, a
+    rendezvous on 127.0.0.1; on several, this ``machine``'s rank and machine 0's address (every machine runs the same
+    command with its own rank). ``num_processes`` counts every machine's processes; ``use_cpu`` overrides the
+    profile's (a GPU profile tried on CPU nodes)."""
     command = [*ACCELERATE, "--config_file", str(profile.path)]
     env: dict[str, str] = {}
     processes = num_processes or profile.num_processes
     if num_processes:
         command += ["--num_processes", str(num_processes)]
-    if profile.use_cpu:
+    if profile.use_cpu if use_cpu is None else use_cpu:
         env["ACCELERATE_USE_CPU"] = "true"
         if processes > 1:
             command += ["--multi_gpu"]  # torchrun spawns the CPU ranks (accelerate's CPU launcher needs MPI for that)
     if profile.num_machines == 1 and processes > 1:
         command += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port or free_port())]
+    if profile.num_machines > 1:
+        if machine is None:
+            raise LaunchError(f"{profile.path.name} spans {profile.num_machines} machines: say which one this is")
+        command += ["--num_machines", str(profile.num_machines), "--machine_rank", str(machine.rank)]
+        command += ["--main_process_ip", machine.main_ip, "--main_process_port", str(machine.main_port)]
     return [*command, "-m", module, *args], env
 
 
@@ -168,3 +195,44 @@ def stop(process: subprocess.Popen, grace: float) -> None:
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
+
+
+def node_main(argv: list[str] | None = None) -> int:
+    """One machine of a multi-machine PPO launch: the same job directory (on storage every machine sees), this
+    machine's rank, machine 0's address. Prints every rank's lines; exits non-zero when any rank fails."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=node_main.__doc__)
+    parser.add_argument("--job", required=True, help="the PPO job directory the flow wrote (ppo-job/ in the run's)")
+    parser.add_argument("--config", default="infra/accelerate/multi-node.yaml", help="the accelerate profile")
+    parser.add_argument("--machine-rank", type=int, required=True)
+    parser.add_argument("--main-ip", help="machine 0's address (default: the profile's main_process_ip)")
+    parser.add_argument("--main-port", type=int, help="(default: the profile's main_process_port)")
+    parser.add_argument("--num-processes", type=int, help="every machine's processes together (default: profile's)")
+    parser.add_argument("--cpu", action="store_true", help="CPU ranks (gloo) whatever the profile says")
+    parser.add_argument("--timeout", type=float, default=7200.0)
+    args = parser.parse_args(argv)
+    profile = AccelerateProfile.read(args.config)
+    main_ip, main_port = args.main_ip or profile.main_process_ip, args.main_port or profile.main_process_port
+    if not main_ip or not main_port:
+        parser.error(f"{profile.path}: give --main-ip and --main-port (the profile has none)")
+    command, env = accelerate_command(
+        profile,
+        "flows.ppo_worker",
+        ["--job", args.job],
+        args.num_processes,
+        machine=Machine(args.machine_rank, main_ip, main_port),
+        use_cpu=True if args.cpu else None,
+    )
+    code_root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")]))
+    try:
+        run_logged(command, args.timeout, lambda line: print(line, flush=True), env=env, cwd=code_root)
+    except LaunchError as error:
+        print(f"machine {args.machine_rank}: {error}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(node_main())

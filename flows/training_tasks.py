@@ -30,7 +30,7 @@ from components.training.rounds import labeller_stream, next_group, tagged
 from flows import ppo_worker
 from flows.data_stages import checked_vocabulary, save_comparisons
 from flows.environment import environment_for
-from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
+from flows.launcher import AccelerateProfile, LaunchError, Machine, accelerate_command, run_logged
 from flows.ppo_worker import read_result, write_job
 from flows.run_context import PreparedData, RunContext, Trained
 from flows.stage_runs import (
@@ -393,14 +393,27 @@ def launched_ppo(
 def accelerate_launch(ctx: RunContext, profile: AccelerateProfile, job_dir: Path) -> None:
     """The PPO job under `accelerate launch`; each rank's output streams into the task's log."""
     cfg = ctx.cfg
+    logger = get_run_logger()
+    machine = None
+    if profile.num_machines > 1:  # this is machine 0; every other machine runs the same job with its own rank
+        machine = Machine(0, profile.main_process_ip, cfg.distributed.main_process_port or profile.main_process_port)
+        logger.info(
+            "PPO spans %d machines: on machine r = 1..%d run  python -m flows.launcher --job %s --config %s "
+            "--machine-rank r  (%s must be on storage every machine sees)",
+            profile.num_machines,
+            profile.num_machines - 1,
+            job_dir,
+            profile.path,
+            job_dir,
+        )
     command, env = accelerate_command(
         profile,
         ppo_worker.__name__,
         ["--job", str(job_dir)],
         cfg.distributed.num_processes,
         cfg.distributed.main_process_port,
+        machine,
     )
-    logger = get_run_logger()
     logger.info("PPO: %s", " ".join(command))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))
     try:

@@ -1,11 +1,33 @@
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from components.offline import stay_offline
 
 stay_offline()  # nothing in the test suite may phone home
+
+MAX_WORKERS = 4  # each worker starts its own Prefect and MLflow servers: more would cost more than they save
+# the session-wide runs several modules read: every module that uses one is run by the same worker
+SHARED_RUNS = {"pipeline_runs": "tiny-runs", "smoke_root": "smoke-root"}
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: a worker per core, at most MAX_WORKERS."""
+    return max(1, min(usable_cores(), MAX_WORKERS))
+
+
+# each xdist worker (and every process it starts: flows, ranks, servers) gets its share of the cores, never more:
+# two torch processes spinning two threads each on two cores ran 5x slower than one
+if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, usable_cores() // workers))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 pytest_plugins = ["tests.pipeline_runs"]  # the session's shared pipeline runs (integration and browser tests)
 
@@ -18,11 +40,25 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if not config.getoption("--quick"):
-        return
-    kept = [item for item in items if not any(item.get_closest_marker(name) for name in NOT_QUICK)]
-    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-    items[:] = kept
+    if config.getoption("--quick"):
+        kept = [item for item in items if not any(item.get_closest_marker(name) for name in NOT_QUICK)]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+    for item, group in worker_groups(items).items():
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def worker_groups(items) -> dict:
+    """What one xdist worker runs from start to end (`--dist loadgroup`): a test module (its module fixtures are
+    set up once), or every module that reads one of the SHARED_RUNS (they are made once)."""
+    module_group: dict[str, str] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        shared = [SHARED_RUNS[name] for name in item.fixturenames if name in SHARED_RUNS]
+        if shared:
+            module_group[module] = shared[0]
+        module_group.setdefault(module, module)
+    return {item: module_group[item.nodeid.split("::")[0]] for item in items}
 
 
 @pytest.fixture(scope="session", autouse=True)

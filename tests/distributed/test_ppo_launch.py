@@ -6,6 +6,8 @@ losses) and the updated weights within 1e-6 (measured: 8e-9; only the order of f
 resumed 2-process run equals an uninterrupted one bit for bit (every rank's RNG state is in the checkpoint).
 """
 
+import contextlib
+import json
 import os
 import re
 import signal
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS
@@ -159,9 +162,18 @@ class Interrupt(Exception):
     pass
 
 
-def test_an_interrupted_two_process_run_resumes_to_the_same_weights(inputs, tmp_path):
-    overrides = ["ppo.iterations=6", "ppo.checkpoint_every=2", "ppo.rollout_batch_size=16", "ppo.minibatch_size=8"]
-    _, uninterrupted = launch(inputs, tmp_path / "full", overrides)
+RESUMABLE = ["ppo.iterations=6", "ppo.checkpoint_every=2", "ppo.rollout_batch_size=16", "ppo.minibatch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(inputs, tmp_path_factory) -> dict:
+    """The result of 2 processes on one machine, 6 iterations, never stopped: what resumed runs and two machines
+    must match bit for bit."""
+    return launch(inputs, tmp_path_factory.mktemp("uninterrupted") / "job", RESUMABLE)[1]
+
+
+def test_an_interrupted_two_process_run_resumes_to_the_same_weights(inputs, uninterrupted, tmp_path):
+    overrides = RESUMABLE
 
     def crash_after_iteration_4(line):
         if line.startswith("ppo iteration 4/6"):
@@ -276,3 +288,145 @@ launch(inputs, Path({str(tmp_path / "job")!r}), ["ppo.iterations=100000"], on_li
     while time.monotonic() < deadline and any(running(pid) for pid in pids.values()):
         time.sleep(0.5)
     assert not any(running(pid) for pid in pids.values())
+
+
+def test_one_process_in_the_callers_process_equals_one_launched_process(inputs, tmp_path):
+    """`distributed.launch: auto` runs a one-process profile in the flow's own process: the same job, the same
+    weights bit for bit as under `accelerate launch`, and the caller's random state untouched."""
+    import random
+
+    from flows.ppo_worker import run_in_process
+
+    one = AccelerateProfile.read(REPO / "infra/accelerate/cpu-1proc.yaml")
+    jobs = {}
+    for how in ("launched", "in_process"):
+        jobs[how] = node_job(inputs, tmp_path / how)
+    command, env = accelerate_command(one, WORKER, ["--job", str(jobs["launched"])])
+    run_logged(command, TIMEOUT, env={**env, "OMP_NUM_THREADS": str(torch.get_num_threads())}, cwd=REPO, grace=5)
+    random.seed(0), torch.manual_seed(0)
+    expected = (random.random(), torch.rand(1).item())
+    random.seed(0), torch.manual_seed(0)
+    lines = []
+    run_in_process(jobs["in_process"], lines.append, use_cpu=True)
+    assert (random.random(), torch.rand(1).item()) == expected  # what follows PPO draws what it would have
+    launched, in_process = read_result(jobs["launched"]), read_result(jobs["in_process"])
+    assert launched["world_size"] == in_process["world_size"] == 1
+    assert in_process["rank_weight_digests"] == launched["rank_weight_digests"]
+    assert [h["rm_score"] for h in in_process["history"]] == [h["rm_score"] for h in launched["history"]]
+    assert any(line.startswith("ppo iteration 6/6") for line in lines)  # progress went to the caller's log
+
+
+# --- two machines: the multi-node profile's own settings, two "machines" on 127.0.0.1, one CPU process each ---
+
+MULTI_NODE = REPO / "infra/accelerate/multi-node.yaml"
+
+
+class Nodes:
+    """Both machines' launches (`python -m flows.launcher`, as each host runs it), each in its own process group,
+    every line kept and handed to ``on_line(machine, line)``."""
+
+    def __init__(self, job_dir: Path, on_line=lambda machine, line: None):
+        import subprocess
+        import sys
+        import threading
+
+        from flows.launcher import free_port
+
+        port, self.lines, self.processes = free_port(), {0: [], 1: []}, {}
+        for rank in (0, 1):
+            command = [sys.executable, "-m", "flows.launcher", "--job", str(job_dir), "--config", str(MULTI_NODE)]
+            command += ["--machine-rank", str(rank), "--main-ip", "127.0.0.1", "--main-port", str(port)]
+            command += ["--num-processes", "2", "--cpu", "--timeout", str(TIMEOUT)]
+            self.processes[rank] = subprocess.Popen(
+                command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            )
+        self.readers = [
+            threading.Thread(target=self._read, args=(rank, on_line), daemon=True) for rank in self.processes
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    def _read(self, rank, on_line):
+        for line in self.processes[rank].stdout:
+            self.lines[rank].append(line)
+            on_line(rank, line)
+
+    def kill(self, rank: int) -> None:
+        """SIGKILL to a machine's launcher and its rank (a host that lost power)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.processes[rank].pid, signal.SIGKILL)
+
+    def wait(self) -> dict[int, int]:
+        codes = {rank: process.wait(timeout=TIMEOUT) for rank, process in self.processes.items()}
+        for reader in self.readers:
+            reader.join(timeout=10)
+        return codes
+
+
+def node_job(inputs, job_dir: Path, checkpoint_dir: Path | None = None) -> Path:
+    write_job(
+        job_dir,
+        load_config("smoke", [*SFT_LONGER, *RESUMABLE]),
+        inputs["models"] / "sft",
+        inputs["models"] / "reward_model",
+        inputs["prompts"],
+        inputs["demonstrations"],
+        checkpoint_dir,
+        vocabulary=VOCABULARY,
+    )
+    return job_dir
+
+
+def test_two_machines_end_bit_identical_to_two_processes_on_one(inputs, uninterrupted, tmp_path):
+    nodes = Nodes(node_job(inputs, tmp_path / "job"))
+    assert nodes.wait() == {0: 0, 1: 0}, nodes.lines
+    assert any("rank 0/2 pid" in line for line in nodes.lines[0]), "machine 0 runs rank 0"
+    assert any("rank 1/2 pid" in line for line in nodes.lines[1]), "machine 1 runs rank 1"
+    result = read_result(tmp_path / "job")  # written by machine 0 (rank 0) alone
+    assert result["world_size"] == 2 and len(set(result["rank_weight_digests"])) == 1  # both machines' weights
+    # the same two ranks, the same gloo reductions: the same weights as two processes on one machine, bit for bit
+    assert result["rank_weight_digests"] == uninterrupted["rank_weight_digests"]
+    assert [h["rm_score"] for h in result["history"]] == [h["rm_score"] for h in uninterrupted["history"]]
+
+
+def test_killing_one_machine_fails_the_other_within_seconds(inputs, tmp_path):
+    killed = []
+
+    def kill_machine_1_once_training(machine, line):
+        if machine == 0 and "ppo iteration" in line and not killed:
+            nodes.kill(1)
+            killed.append(time.monotonic())
+
+    job = node_job(inputs, tmp_path / "job")
+    cfg = json.loads((job / "job.json").read_text())
+    cfg["config"]["ppo"]["iterations"] = 100000  # still training when machine 1 dies
+    (job / "job.json").write_text(json.dumps(cfg))
+    nodes = Nodes(job, kill_machine_1_once_training)
+    codes = nodes.wait()
+    assert killed, "machine 0 never started training"
+    assert codes[0] != 0 and time.monotonic() - killed[0] < 60  # margin: 60 s; gloo sees the peer go at once
+    assert "machine 0: exit code" in "".join(nodes.lines[0])  # the launcher's error, quoting the rank's last lines
+    pids = [int(pid) for line in nodes.lines[0] + nodes.lines[1] for pid in re.findall(r"rank \d+/2 pid (\d+)", line)]
+    assert len(pids) == 2 and not any(running(pid) for pid in pids)  # no rank left behind on either machine
+    assert not (job / POLICY).exists()
+
+
+def test_an_interrupted_two_machine_run_resumes_to_the_same_weights(inputs, uninterrupted, tmp_path):
+    checkpoints = tmp_path / "checkpoints"  # written by machine 0 (rank 0), on storage both machines see
+
+    def stop_both_after_iteration_4(machine, line):
+        if machine == 0 and line.startswith("ppo iteration 4/6"):
+            nodes.kill(0)
+            nodes.kill(1)
+
+    nodes = Nodes(node_job(inputs, tmp_path / "job", checkpoints), stop_both_after_iteration_4)
+    assert all(code != 0 for code in nodes.wait().values())
+    saved = latest_checkpoint(checkpoints)
+    assert saved is not None and 2 <= saved.iteration < 6 and saved.tensors["torch_rng"].shape[0] == 2
+
+    nodes = Nodes(node_job(inputs, tmp_path / "job", checkpoints))
+    assert nodes.wait() == {0: 0, 1: 0}, nodes.lines
+    assert any(f"resumes from the checkpoint after iteration {saved.iteration}" in line for line in nodes.lines[0])
+    resumed = read_result(tmp_path / "job")
+    assert resumed["rank_weight_digests"] == uninterrupted["rank_weight_digests"]  # bit-identical, no tolerance
+    assert [h["iteration"] for h in resumed["history"]] == list(range(6))

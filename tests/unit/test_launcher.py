@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from components.config import load_config
-from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
+from flows.launcher import AccelerateProfile, LaunchError, Machine, accelerate_command, run_logged
 from tests.processes import running
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,11 +103,35 @@ def test_cpu_ranks_are_spawned_by_torchrun_on_localhost_with_a_fresh_port():
     assert override[override.index("--num_processes") + 1] == "2" and "29999" in override
 
 
-def test_a_multi_node_profile_keeps_its_own_rendezvous_address():
-    command, env = accelerate_command(AccelerateProfile.read(PROFILES / "multi-node.yaml"), "pkg.worker", [])
-    assert "--main_process_ip" not in command and env == {}
+def test_a_multi_node_launch_names_its_machine_and_machine_0s_address():
+    profile = AccelerateProfile.read(PROFILES / "multi-node.yaml")
+    assert (profile.main_process_ip, profile.main_process_port) == ("10.0.0.1", 29500)  # the template's own
+    with pytest.raises(LaunchError, match="spans 2 machines: say which one"):
+        accelerate_command(profile, "pkg.worker", [])
+    command, env = accelerate_command(profile, "pkg.worker", [], machine=Machine(1, "10.0.0.1", 29500))
+    flags = dict(zip(command[::2], command[1::2])) | dict(zip(command[1::2], command[2::2]))
+    assert flags["--num_machines"] == "2" and flags["--machine_rank"] == "1"
+    assert flags["--main_process_ip"] == "10.0.0.1" and flags["--main_process_port"] == "29500" and env == {}
+    on_cpu, env = accelerate_command(profile, "pkg.worker", [], 2, machine=Machine(0, "127.0.0.1", 1234), use_cpu=True)
+    assert env == {"ACCELERATE_USE_CPU": "true"} and "--multi_gpu" in on_cpu
 
 
 def test_a_missing_profile_is_named():
     with pytest.raises(LaunchError, match=r"no-such\.yaml does not exist"):
         AccelerateProfile.read(PROFILES / "no-such.yaml")
+
+
+@pytest.mark.parametrize(
+    "name, processes, alone",
+    [
+        ("cpu-1proc", None, True),
+        ("single-gpu", None, True),
+        ("cpu-1proc", 2, False),
+        ("cpu-2proc", None, False),
+        ("cpu-2proc", 1, False),  # MULTI_CPU: the launcher sets up a process group, even of one
+        ("deepspeed-zero2", 1, False),
+        ("multi-node", 1, False),
+    ],
+)
+def test_only_one_plain_process_on_one_machine_runs_without_a_launcher(name, processes, alone):
+    assert AccelerateProfile.read(PROFILES / f"{name}.yaml").single_process(processes) is alone
