@@ -10,8 +10,49 @@ from components.offline import stay_offline
 stay_offline()  # nothing in the test suite may phone home
 
 MAX_WORKERS = 4  # each worker starts its own Prefect and MLflow servers: more would cost more than they save
-# the session-wide runs several modules read: every module that uses one is run by the same worker
+# The session-wide runs several modules read (made once per worker that needs them): every module that reads one is
+# run by the same worker. A module that starts reading one must be listed (collection fails otherwise).
 SHARED_RUNS = {"pipeline_runs": "tiny-runs", "smoke_root": "smoke-root"}
+SHARED_MODULES = {
+    "tests/browser/test_ui.py": "tiny-runs",
+    "tests/integration/test_mlflow_pipeline.py": "tiny-runs",
+    "tests/integration/test_negative_controls.py": "tiny-runs",
+    "tests/browser/test_human_round.py": "smoke-root",
+    "tests/faults/test_bad_judges.py": "smoke-root",
+    "tests/integration/test_human_judge.py": "smoke-root",
+    "tests/integration/test_labelling_rounds.py": "smoke-root",
+}
+# handed out first, longest first (minutes each, measured), so that no worker starts a long one last
+LONGEST_FIRST = (
+    "tiny-runs",
+    "smoke-root",
+    "tests/data/test_main_job.py",
+    "tests/distributed/test_ppo_launch.py",
+    "tests/faults/test_fault_table.py",
+    "tests/integration/test_prefect_deployment.py",
+    "tests/faults/test_tracking_outage.py",
+    "tests/faults/test_interruptions_and_listening.py",
+    "tests/integration/test_foreign_models.py",
+)
+
+
+def worker_group(nodeid: str) -> str:
+    """What one xdist worker runs from start to end: a test module (its module fixtures are set up once), or every
+    module that reads one of the SHARED_RUNS."""
+    module = nodeid.split("::")[0]
+    return SHARED_MODULES.get(module, module)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` with worker_group as the scope, the units in collection order (LONGEST_FIRST)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedRunsScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    config.option.loadscopereorder = False
+    return SharedRunsScheduling(config, log)
 
 
 def usable_cores() -> int:
@@ -44,21 +85,13 @@ def pytest_collection_modifyitems(config, items):
         kept = [item for item in items if not any(item.get_closest_marker(name) for name in NOT_QUICK)]
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
-    for item, group in worker_groups(items).items():
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
-def worker_groups(items) -> dict:
-    """What one xdist worker runs from start to end (`--dist loadgroup`): a test module (its module fixtures are
-    set up once), or every module that reads one of the SHARED_RUNS (they are made once)."""
-    module_group: dict[str, str] = {}
     for item in items:
         module = item.nodeid.split("::")[0]
-        shared = [SHARED_RUNS[name] for name in item.fixturenames if name in SHARED_RUNS]
-        if shared:
-            module_group[module] = shared[0]
-        module_group.setdefault(module, module)
-    return {item: module_group[item.nodeid.split("::")[0]] for item in items}
+        for name in set(item.fixturenames) & set(SHARED_RUNS):
+            if SHARED_MODULES.get(module) != SHARED_RUNS[name]:
+                raise pytest.UsageError(f"{module} reads {name}: list it in SHARED_MODULES as {SHARED_RUNS[name]!r}")
+    order = {group: rank for rank, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(worker_group(item.nodeid), len(order)))  # stable: the rest keep theirs
 
 
 @pytest.fixture(scope="session", autouse=True)
