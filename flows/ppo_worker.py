@@ -212,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_in_process(job_dir: str | Path, echo: Callable[[str], None], use_cpu: bool) -> None:
     """The job in the calling process (one process, one machine: no launcher). The caller's random state is put back
-    after, so the stages that follow draw exactly what they would after a launched PPO."""
+    after, so the stages that follow draw exactly what they would after a launched PPO, and accelerate's is cleared."""
     import numpy as np
+    from accelerate.state import AcceleratorState, GradientState
 
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
@@ -222,6 +223,9 @@ def run_in_process(job_dir: str | Path, echo: Callable[[str], None], use_cpu: bo
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
+        # accelerate's state is process-wide: leave none behind, so a later job may choose its own device and precision
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
 
 
 @contextlib.contextmanager

@@ -309,6 +309,9 @@ def test_one_process_in_the_callers_process_equals_one_launched_process(inputs, 
     lines = []
     run_in_process(jobs["in_process"], lines.append, use_cpu=True)
     assert (random.random(), torch.rand(1).item()) == expected  # what follows PPO draws what it would have
+    from accelerate.state import AcceleratorState
+
+    assert AcceleratorState._shared_state == {}  # and may start accelerate afresh (another precision, another device)
     launched, in_process = read_result(jobs["launched"]), read_result(jobs["in_process"])
     assert launched["world_size"] == in_process["world_size"] == 1
     assert in_process["rank_weight_digests"] == launched["rank_weight_digests"]
