@@ -126,6 +126,15 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def peak_memory_bytes(device: torch.device) -> int:
+    """This process's peak memory: the GPU's allocated peak on a GPU, else the resident set's peak."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
 def resolve_mixed_precision(setting: str, use_cpu: bool) -> str:
     if use_cpu:
         return "no"  # fp32 on CPU
@@ -297,6 +306,7 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
         write_json(job_dir / f"{JUDGE_FAILED}-rank{ranks.rank}.json", {"message": str(error)})
         raise
     digests = ranks.gather_objects(weights_digest(result.model))
+    peaks = ranks.gather_objects(peak_memory_bytes(ranks.device))
     if ranks.is_main:
         save_model(result.model, tokenizer, job_dir / POLICY, {"stage": "ppo", "metrics": result.metrics})
         write_json(
@@ -307,6 +317,7 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
                 "seconds": round(time.perf_counter() - started, 2),
                 "world_size": ranks.world_size,
                 "rank_weight_digests": digests,
+                "rank_peak_memory_bytes": peaks,  # in process: the flow's own peak, not PPO's alone
                 "threads_per_process": torch.get_num_threads(),
                 "device": str(ranks.device),
                 "mixed_precision": ranks.accelerator.mixed_precision,
