@@ -63,7 +63,8 @@ def inputs(tmp_path_factory):
     return {"models": models, "prompts": prompts, "demonstrations": rows[DEMONSTRATIONS], "tokenizer": tokenizer}
 
 
-def launch(inputs, job_dir, overrides, checkpoint_dir=None, on_line=lambda line: None, timeout=TIMEOUT):
+def job(inputs, job_dir: Path, overrides, checkpoint_dir: Path | None = None):
+    """A PPO job (smoke profile with ``overrides``) over the module's SFT and reward model; its config."""
     cfg = load_config("smoke", [*SFT_LONGER, *overrides])
     write_job(
         job_dir,
@@ -75,6 +76,11 @@ def launch(inputs, job_dir, overrides, checkpoint_dir=None, on_line=lambda line:
         checkpoint_dir,
         vocabulary=VOCABULARY,
     )
+    return cfg
+
+
+def launch(inputs, job_dir, overrides, checkpoint_dir=None, on_line=lambda line: None, timeout=TIMEOUT):
+    cfg = job(inputs, job_dir, overrides, checkpoint_dir)
     command, env = accelerate_command(AccelerateProfile.read(TWO_PROCESSES), WORKER, ["--job", str(job_dir)])
     run_logged(command, timeout, on_line, env=env, cwd=REPO, grace=5)
     return cfg, read_result(job_dir)
@@ -219,7 +225,6 @@ def test_resuming_with_a_different_process_count_is_refused(inputs, tmp_path):
 
 
 def test_the_throughput_benchmark_measures_one_and_two_processes(tmp_path):
-    import json
     import subprocess
     import sys
 
@@ -367,16 +372,7 @@ class Nodes:
 
 
 def node_job(inputs, job_dir: Path, checkpoint_dir: Path | None = None) -> Path:
-    write_job(
-        job_dir,
-        load_config("smoke", [*SFT_LONGER, *RESUMABLE]),
-        inputs["models"] / "sft",
-        inputs["models"] / "reward_model",
-        inputs["prompts"],
-        inputs["demonstrations"],
-        checkpoint_dir,
-        vocabulary=VOCABULARY,
-    )
+    job(inputs, job_dir, RESUMABLE, checkpoint_dir)
     return job_dir
 
 
@@ -400,18 +396,16 @@ def test_killing_one_machine_fails_the_other_within_seconds(inputs, tmp_path):
             nodes.kill(1)
             killed.append(time.monotonic())
 
-    job = node_job(inputs, tmp_path / "job")
-    cfg = json.loads((job / "job.json").read_text())
-    cfg["config"]["ppo"]["iterations"] = 100000  # still training when machine 1 dies
-    (job / "job.json").write_text(json.dumps(cfg))
-    nodes = Nodes(job, kill_machine_1_once_training)
+    job_dir = tmp_path / "job"
+    job(inputs, job_dir, [*RESUMABLE, "ppo.iterations=100000"])  # still training when machine 1 dies
+    nodes = Nodes(job_dir, kill_machine_1_once_training)
     codes = nodes.wait()
     assert killed, "machine 0 never started training"
     assert codes[0] != 0 and time.monotonic() - killed[0] < 60  # margin: 60 s; gloo sees the peer go at once
     assert "machine 0: exit code" in "".join(nodes.lines[0])  # the launcher's error, quoting the rank's last lines
     pids = [int(pid) for line in nodes.lines[0] + nodes.lines[1] for pid in re.findall(r"rank \d+/2 pid (\d+)", line)]
     assert len(pids) == 2 and not any(running(pid) for pid in pids)  # no rank left behind on either machine
-    assert not (job / POLICY).exists()
+    assert not (job_dir / POLICY).exists()
 
 
 def test_an_interrupted_two_machine_run_resumes_to_the_same_weights(inputs, uninterrupted, tmp_path):
