@@ -19,8 +19,14 @@ import argparse
 import os
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
+
+from flows.temporary_server import start_early
+
+# `python -m flows.pipeline` with no Prefect API configured: the temporary server starts up on another core while the
+# imports below run (flows/temporary_server.py)
+EARLY_SERVER = start_early() if __name__ == "__main__" else None
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -271,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.profile, overrides, args.params)  # refuse a bad config before any work starts
         refuse_a_pause_nobody_can_resume(cfg)
         started = time.perf_counter()
-        result = rlhf_pipeline(profile=args.profile, overrides=overrides, root=args.root, params=args.params)
+        with EARLY_SERVER.adopt() if EARLY_SERVER else nullcontext():
+            result = rlhf_pipeline(profile=args.profile, overrides=overrides, root=args.root, params=args.params)
     except (ConfigError, DataDrift, data_stages.DataValidationFailed) as error:
         print(f"\npipeline stopped: {error}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,12 @@ def test_main_job_runs_every_stage_and_ends_with_the_decision(main_job):
     assert "decision: reject" in done.stdout
     assert "rlhf-policy version 1 (reject); champion = none, challenger = 1" in done.stdout
     assert (git_repo / "mlruns/mlflow.db").is_file()
+    # the temporary Prefect server was started before the imports, was the one Prefect used, and is gone
+    port = int(done.stderr.split("Starting temporary Prefect server on 127.0.0.1:")[1].split()[0])
+    assert "Starting temporary server" not in done.stderr + done.stdout  # Prefect did not start a second one
+    assert f"Stopping temporary Prefect server on 127.0.0.1:{port}" in done.stderr
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_main_job_stops_at_bad_data_and_touches_nothing(git_repo, tmp_path, prefect_server):
