@@ -97,7 +97,10 @@ def accelerate_command(
     processes = num_processes or profile.num_processes
     if num_processes:
         command += ["--num_processes", str(num_processes)]
-    if profile.use_cpu if use_cpu is None else use_cpu:
+    on_cpu = profile.use_cpu if use_cpu is None else use_cpu
+    if on_cpu and profile.distributed_type == "DEEPSPEED":
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed on its CPU accelerator: accelerate's CPU switch would drop DeepSpeed
+    elif on_cpu:
         env["ACCELERATE_USE_CPU"] = "true"
         if processes > 1:
             command += ["--multi_gpu"]  # torchrun spawns the CPU ranks (accelerate's CPU launcher needs MPI for that)

@@ -31,7 +31,7 @@ from components.config import Config
 from components.io import write_json
 from components.training.checkpoints import latest_checkpoint
 from components.training.loop import NonFiniteError, Snapshots
-from components.training.ranks import Ranks
+from components.training.ranks import DeepSpeedRanks, Ranks
 from flows.launcher import die_with_parent
 
 JOB, RESULT, POLICY, SNAPSHOTS = "job.json", "result.json", "policy", "snapshots"
@@ -150,9 +150,32 @@ def make_ranks(cfg: Config, use_cpu: bool | None = None) -> Ranks:
     if use_cpu is None:
         use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     use_cpu = use_cpu or not torch.cuda.is_available()
-    return Ranks(
-        Accelerator(cpu=use_cpu, mixed_precision=resolve_mixed_precision(cfg.distributed.mixed_precision, use_cpu))
-    )
+    mixed_precision = resolve_mixed_precision(cfg.distributed.mixed_precision, use_cpu)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        return deepspeed_ranks(cfg, mixed_precision)
+    return Ranks(Accelerator(cpu=use_cpu, mixed_precision=mixed_precision))
+
+
+def deepspeed_ranks(cfg: Config, mixed_precision: str) -> DeepSpeedRanks:
+    """A DeepSpeed profile's ranks: accelerate sets up the processes and reads the profile's ZeRO stage; the engines
+    (one per trained model) are DeepSpeed's own. On a machine without GPUs, DeepSpeed runs on its CPU accelerator
+    (``DS_ACCELERATOR=cpu``, gloo), in fp32."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers = []
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        mixed_precision = "no"
+        handlers = [InitProcessGroupKwargs(backend="gloo")]  # accelerate names no CPU backend for DeepSpeed itself
+    accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=handlers)
+    plugin = accelerator.state.deepspeed_plugin
+    # models load whole on every rank (the recipe copies them: policy and reference from SFT, critic from the RM)
+    # and each engine shards its own; transformers would otherwise build them already sharded under ZeRO-3
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    return DeepSpeedRanks(accelerator, plugin.zero_stage, mixed_precision == "bf16", cfg.ppo.max_grad_norm)
 
 
 class LiveLog:
@@ -307,6 +330,7 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
         raise
     digests = ranks.gather_objects(weights_digest(result.model))
     peaks = ranks.gather_objects(peak_memory_bytes(ranks.device))
+    held = ranks.gather_objects(ranks.held()) if isinstance(ranks, DeepSpeedRanks) else None
     if ranks.is_main:
         save_model(result.model, tokenizer, job_dir / POLICY, {"stage": "ppo", "metrics": result.metrics})
         write_json(
@@ -322,6 +346,8 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
                 "device": str(ranks.device),
                 "mixed_precision": ranks.accelerator.mixed_precision,
                 "live_logged": live.logged(),
+                # DeepSpeed: per rank, per engine (policy, critic), the parameter and optimiser elements it held
+                "deepspeed": {"zero_stage": ranks.zero_stage, "rank_held": held} if held else None,
             },
         )
         echo(f"ppo done: {ranks.world_size} process(es), {result.seconds:.1f} s")

@@ -35,7 +35,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python_bin" -m venv .venv
 fi
 
-key="$(cat pyproject.toml "$constraints" | sha256sum | cut -c1-16)"
+key="$(cat pyproject.toml "$constraints" infra/requirements-deepspeed.txt | sha256sum | cut -c1-16)"
 if [ -f ".venv/.installed-$key-dev" ] || [ -f ".venv/.installed-$key-$mode" ]; then
   echo "setup: .venv is up to date"
   exit 0
@@ -44,5 +44,12 @@ target="."
 [ "$mode" = "dev" ] && target=".[dev]"
 echo "setup: installing the project ($mode) into .venv (constraints: $constraints)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c "$constraints" -e "$target"
+if [ "$mode" = "dev" ]; then
+  # DeepSpeed builds against the torch just installed (build isolation would fetch another, CUDA, torch); its C++
+  # ops are compiled when first used (DS_BUILD_OPS=0)
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c "$constraints" setuptools wheel
+  DS_BUILD_OPS=0 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-build-isolation \
+    -c "$constraints" -r infra/requirements-deepspeed.txt
+fi
 rm -f .venv/.installed-*
 touch ".venv/.installed-$key-$mode"

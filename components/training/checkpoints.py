@@ -3,8 +3,9 @@
 A checkpoint is a directory ``iteration-NNNNNN`` holding ``state.pt`` (policy, critic and both
 optimisers' state dicts and torch's RNG state: tensors and plain numbers only, loaded with
 ``weights_only=True``) and ``meta.json`` (iteration, KL coefficient, the Python RNG state, the
-prompt queue, the history so far). It is written to a temporary directory and renamed into
-place, so a crash mid-write leaves the previous checkpoint as the latest one.
+prompt queue, the history so far). Under DeepSpeed ZeRO, whose shards no one rank holds whole, ``state.pt`` has the
+RNG states only and ``engines/`` each engine's own checkpoint (every rank's shard). It is written to a temporary
+directory and renamed into place, so a crash mid-write leaves the previous checkpoint as the latest one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 PREFIX = "iteration-"
+ENGINES = "engines"
 
 
 @dataclass
@@ -27,16 +29,20 @@ class PPOState:
     python_rng: list
     order: list[str]
     history: list[dict]
-    tensors: dict  # policy, critic, policy_opt, critic_opt, torch_rng
+    tensors: dict  # policy, critic, policy_opt, critic_opt (unless in engines), torch_rng
+    engines: Path | None = None  # DeepSpeed: the engines' own checkpoints, a directory per engine
 
 
 def save_checkpoint(directory: str | Path, state: PPOState, keep: int = 2) -> Path:
+    """``state.engines``: a directory the engines wrote, moved into the checkpoint with the rest."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{state.iteration:06d}"
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=directory))
     try:
         torch.save(state.tensors, staging / "state.pt")
+        if state.engines is not None:
+            shutil.move(state.engines, staging / ENGINES)
         meta = {
             "iteration": state.iteration,
             "kl_coef": state.kl_coef,
@@ -66,7 +72,10 @@ def latest_checkpoint(directory: str | Path | None) -> PPOState | None:
     newest = candidates[-1]
     meta = json.loads((newest / "meta.json").read_text(encoding="utf-8"))
     tensors = torch.load(newest / "state.pt", weights_only=True)
-    return PPOState(meta["iteration"], meta["kl_coef"], meta["python_rng"], meta["order"], meta["history"], tensors)
+    engines = newest / ENGINES if (newest / ENGINES).is_dir() else None
+    return PPOState(
+        meta["iteration"], meta["kl_coef"], meta["python_rng"], meta["order"], meta["history"], tensors, engines
+    )
 
 
 def python_rng_state(rng) -> list:

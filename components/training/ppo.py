@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -283,18 +284,21 @@ def collect_rollouts(
     """Sample one response per prompt from the policy and score it: RM score, reference log-probs, values."""
     device = models.ranks.device
     prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts(tokenizer, prompts, model_cfg.max_prompt_tokens))
-    sampled = generate(
-        models.sampler,
-        prompt_ids,
-        prompt_mask,
-        model_cfg.max_response_tokens,
-        tokenizer.eos_token_id,
-        tokenizer.pad_token_id,
-        cfg.temperature,
-    )
-    batch = sampled.batch
-    logprobs, _ = policy_logprobs(models.sampler, batch, cfg.temperature)
-    values = token_values(models.critic, batch) * batch.response_mask.float()
+    # ZeRO-3 shards the parameters: gather the policy's once for the whole of generation, not layer by layer per token
+    with models.ranks.gathered(models.sampler):
+        sampled = generate(
+            models.sampler,
+            prompt_ids,
+            prompt_mask,
+            model_cfg.max_response_tokens,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            cfg.temperature,
+        )
+        batch = sampled.batch
+        logprobs, _ = policy_logprobs(models.sampler, batch, cfg.temperature)
+    with models.ranks.gathered(models.critic):
+        values = token_values(models.critic, batch) * batch.response_mask.float()
     with models.ranks.autocast():  # the frozen models in the trained ones' precision: KL 0 at the start
         ref_logprobs, _ = policy_logprobs(models.reference, batch, cfg.temperature)
         by_member = member_scores(models.reward_model, batch)  # (B, M)
@@ -349,7 +353,7 @@ def ppo_update(
                 ptx_loss = cfg.ptx_coef * sft_loss(models.policy, ptx())
                 check_finite("ppo", iteration, ptx_loss=ptx_loss.item())
                 with ranks.no_sync(models.policy):
-                    ranks.backward(ptx_loss)
+                    ranks.backward(ptx_loss, models.policy)
 
             for micro_start in range(0, len(index), micro):
                 rows = index[micro_start : micro_start + micro]
@@ -363,7 +367,7 @@ def ppo_update(
                         logprobs, rollouts.logprobs[rows], advantages.advantages[rows], mask, cfg.cliprange, share
                     )
                     check_finite("ppo", iteration, policy_loss=pg_loss.item())
-                    ranks.backward_share(pg_loss)
+                    ranks.backward_share(pg_loss, models.policy)
 
                 with ranks.accumulating(models.values_model, synced):
                     values = token_values(models.values_model, mb)
@@ -371,7 +375,7 @@ def ppo_update(
                         values, rollouts.values[rows], advantages.returns[rows], mask, cfg.cliprange_value, share
                     )
                     check_finite("ppo", iteration, value_loss=vf_loss.item())
-                    ranks.backward_share(vf_loss)
+                    ranks.backward_share(vf_loss, models.values_model)
 
                 with torch.no_grad():
                     entropy = share(entropy_from_logits(logits), mask).item()
@@ -385,9 +389,7 @@ def ppo_update(
                     sums[key] = sums.get(key, 0.0) + value
 
             for model, optimizer in ((models.policy, models.policy_opt), (models.values_model, models.critic_opt)):
-                ranks.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                ranks.step(model, optimizer, cfg.max_grad_norm)
             steps += 1
     totals = ranks.sum(torch.tensor(list(sums.values()), dtype=torch.float64, device=ranks.device))
     return {key: total / steps for key, total in zip(sums, totals.tolist())}
@@ -499,19 +501,28 @@ def train_ppo(
     resumed = latest_checkpoint(checkpoint_dir)
     if resumed is not None:
         torch_rng = _rank_rng_state(resumed.tensors["torch_rng"], ranks)
-        policy.load_state_dict(resumed.tensors["policy"])
-        critic.load_state_dict(resumed.tensors["critic"])
-        policy_opt.load_state_dict(resumed.tensors["policy_opt"])
-        critic_opt.load_state_dict(resumed.tensors["critic_opt"])
-        torch.set_rng_state(torch_rng)
+        if (resumed.engines is None) != ranks.checkpoints_whole_state:
+            raise ValueError(
+                f"the PPO checkpoint in {checkpoint_dir} was written {'with' if resumed.engines else 'without'} "
+                "DeepSpeed: resume it with the profile that wrote it"
+            )
+        if resumed.engines is None:
+            policy.load_state_dict(resumed.tensors["policy"])
+            critic.load_state_dict(resumed.tensors["critic"])
+            policy_opt.load_state_dict(resumed.tensors["policy_opt"])
+            critic_opt.load_state_dict(resumed.tensors["critic_opt"])
         restore_python_rng(rng, resumed.python_rng)
         kl_ctl.value, queue.order, history, start = resumed.kl_coef, resumed.order, resumed.history, resumed.iteration
-    policy, values_model, policy_opt, critic_opt = ranks.prepare(policy, values_model, policy_opt, critic_opt)
+    (policy, policy_opt), (values_model, critic_opt) = ranks.prepare((policy, policy_opt), (values_model, critic_opt))
+    if resumed is not None:
+        if resumed.engines is not None:
+            ranks.load_engines({"policy": policy, "critic": values_model}, resumed.engines)
+        torch.set_rng_state(torch_rng)
     models = PPOModels(policy, values_model, ref_policy, reward_model, policy_opt, critic_opt, ranks)
     ptx = (
         ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, ranks) if cfg.ptx_coef > 0 and ptx_examples else None
     )
-    snapshot_iterations = snapshots.steps(cfg.iterations) if snapshots is not None and ranks.is_main else set()
+    snapshot_iterations = snapshots.steps(cfg.iterations) if snapshots is not None else set()
 
     for iteration in range(start, cfg.iterations):
         if cfg.anneal_lr:  # linearly to 0 over the run (a function of the iteration alone, so a resumed run agrees)
@@ -574,7 +585,9 @@ def train_ppo(
                 log(iteration, entry)
 
         if iteration in snapshot_iterations:
-            snapshots.take(iteration, models.sampler)
+            with ranks.gathered(models.sampler):  # every rank gathers (a collective); rank 0 writes
+                if ranks.is_main:
+                    snapshots.take(iteration, models.sampler)
         if checkpoint_dir and cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0:
             _save_checkpoint(checkpoint_dir, iteration + 1, models, kl_ctl, rng, queue, history)
 
@@ -585,7 +598,7 @@ def train_ppo(
         "final_kl_coef": kl_ctl.value,
         "iterations": cfg.iterations,
     }
-    return models.sampler, metrics, history
+    return ranks.full_model(models.policy), metrics, history
 
 
 def _save_checkpoint(
@@ -597,24 +610,23 @@ def _save_checkpoint(
     queue: PromptQueue,
     history: list[dict],
 ) -> None:
-    rng_states = torch.stack(models.ranks.gather_objects(torch.get_rng_state()))
-    if models.ranks.is_main:  # one writer; the other ranks' RNG states travel in the same file
+    ranks = models.ranks
+    tensors = {"torch_rng": torch.stack(ranks.gather_objects(torch.get_rng_state()))}
+    engines = None
+    if ranks.checkpoints_whole_state:
+        tensors |= {
+            "policy": models.sampler.state_dict(),
+            "critic": models.critic.critic.state_dict(),
+            "policy_opt": models.policy_opt.state_dict(),
+            "critic_opt": models.critic_opt.state_dict(),
+        }
+    else:  # every rank writes its shards beside the checkpoint; rank 0 moves them in with the rest
+        engines = Path(directory) / f".engines-{iteration:06d}"
+        ranks.save_engines({"policy": models.policy, "critic": models.values_model}, engines)
+    if ranks.is_main:  # one writer; the other ranks' RNG states travel in the same file
         save_checkpoint(
             directory,
-            PPOState(
-                iteration,
-                kl_ctl.value,
-                python_rng_state(rng),
-                queue.order,
-                history,
-                {
-                    "policy": models.sampler.state_dict(),
-                    "critic": models.critic.critic.state_dict(),
-                    "policy_opt": models.policy_opt.state_dict(),
-                    "critic_opt": models.critic_opt.state_dict(),
-                    "torch_rng": rng_states,
-                },
-            ),
+            PPOState(iteration, kl_ctl.value, python_rng_state(rng), queue.order, history, tensors, engines),
         )
 
 

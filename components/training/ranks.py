@@ -4,18 +4,22 @@
 computes exactly what it computed before data parallelism existed. ``Ranks(accelerator)`` wraps an
 ``accelerate.Accelerator`` launched with N processes: ``sum`` all-reduces over the ranks, trained
 models are wrapped in DistributedDataParallel (gradients averaged over ranks on backward), and
-``is_main`` picks the one rank that writes files and talks to the tracking server.
+``is_main`` picks the one rank that writes files and talks to the tracking server. ``DeepSpeedRanks`` trains each
+model as its own DeepSpeed ZeRO engine instead (the deepspeed-zero2/zero3 profiles).
 """
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import torch
 
 
 class Ranks:
+    checkpoints_whole_state = True  # rank 0 can write every trained model's and optimiser's whole state
+
     def __init__(self, accelerator: Any | None = None):
         self.accelerator = accelerator
         self.rank = accelerator.process_index if accelerator else 0
@@ -80,11 +84,13 @@ class Ranks:
 
     # --- models ---------------------------------------------------------------------------
 
-    def prepare(self, *objects):
-        """Models -> DDP on the rank's device (bf16 autocast when configured); optimisers -> device-aware."""
+    def prepare(self, *pairs: tuple[torch.nn.Module, torch.optim.Optimizer]) -> list[tuple[Any, Any]]:
+        """(model, optimiser) pairs -> the same, ready to train: DDP on the rank's device (bf16 autocast when
+        configured), optimisers device-aware."""
         if self.accelerator is None:
-            return objects
-        return self.accelerator.prepare(*objects)
+            return list(pairs)
+        prepared = self.accelerator.prepare(*(item for pair in pairs for item in pair))
+        return list(zip(prepared[::2], prepared[1::2]))
 
     def to_device(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
@@ -92,7 +98,16 @@ class Ranks:
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.accelerator.unwrap_model(model) if self.accelerator else model
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def gathered(self, model: torch.nn.Module):
+        """A block in which ``model`` (unwrapped) holds all its parameters: they are never sharded here."""
+        return contextlib.nullcontext()
+
+    def full_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The unwrapped model with every parameter in place, for saving and digests."""
+        return self.unwrap(model)
+
+    def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
+        """Backward of ``loss`` into the gradients of ``model`` (the prepared one it came from)."""
         if self.accelerator is None:
             loss.backward()
         else:
@@ -103,9 +118,9 @@ class Ranks:
         for passes through models that were not prepared."""
         return self.accelerator.autocast() if self.accelerator is not None else contextlib.nullcontext()
 
-    def backward_share(self, loss: torch.Tensor) -> None:
+    def backward_share(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
         """Backward of this rank's share of a global mean: DDP averages gradients over ranks, so scale back up."""
-        self.backward(loss * self.world_size)
+        self.backward(loss * self.world_size, model)
 
     def accumulating(self, model: torch.nn.Module, synced: bool):
         """The last micro-batch of a step all-reduces the gradients; the ones before accumulate locally."""
@@ -117,8 +132,127 @@ class Ranks:
             return contextlib.nullcontext()
         return self.accelerator.no_sync(model)
 
-    def clip_grad_norm_(self, parameters, max_norm: float) -> None:
+    def step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> None:
+        """Clip the accumulated gradients to ``max_grad_norm``, take the optimiser step, clear the gradients."""
         if self.accelerator is None:
-            torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         else:
-            self.accelerator.clip_grad_norm_(parameters, max_norm)
+            self.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+ENGINE_TAG = "state"  # the one tag each engine's checkpoint directory holds
+
+
+class DeepSpeedRanks(Ranks):
+    """Ranks whose trained models are DeepSpeed ZeRO engines, one engine per model (PPO trains two: accelerate's
+    DeepSpeed integration prepares one). ZeRO-2 shards the optimiser state and the gradients; ZeRO-3 the parameters
+    too, so a pass outside the engine's own forward (generation, saving) first gathers them (``gathered``).
+
+    The engines accumulate gradients over every backward until ``step`` (DeepSpeed's unmanaged gradient
+    accumulation), so the loop's micro-batches and PPO-ptx pass need no counting; gradients are averaged over ranks
+    as under DDP, and clipped to the loop's ``max_grad_norm`` inside the step.
+    """
+
+    checkpoints_whole_state = False  # the optimiser state (ZeRO-3: the parameters too) lies in every rank's shard:
+    # each engine writes its own checkpoint (save_engines), which the PPO checkpoint then holds
+
+    def __init__(self, accelerator: Any, zero_stage: int, bf16: bool, max_grad_norm: float):
+        super().__init__(accelerator)
+        self.zero_stage, self.bf16, self.max_grad_norm = zero_stage, bf16, max_grad_norm
+        self.engines: list[Any] = []
+
+    def engine_config(self) -> dict:
+        return {
+            "train_micro_batch_size_per_gpu": 1,  # batches are the loop's own; DeepSpeed only checks the arithmetic
+            "gradient_accumulation_steps": 1,
+            "managed_gradient_accumulation": False,  # backward accumulates, step reduces and updates
+            "gradient_clipping": self.max_grad_norm,
+            "zero_optimization": {"stage": self.zero_stage},
+            "bf16": {"enabled": self.bf16},
+            "steps_per_print": 2**31 - 1,  # no progress lines of DeepSpeed's own
+        }
+
+    def prepare(self, *pairs):
+        import deepspeed
+
+        prepared = []
+        for model, optimizer in pairs:
+            engine, engine_optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer, config=self.engine_config()
+            )
+            prepared.append((engine, engine_optimizer))
+        self.engines = [engine for engine, _ in prepared]
+        return prepared
+
+    def held(self) -> list[dict[str, int]]:
+        """Per engine: its parameter count, and how many parameter and fp32 optimiser elements this rank holds
+        (ZeRO-2: every parameter, 1/N of the optimiser state; ZeRO-3: 1/N of both, give or take padding)."""
+        held = []
+        for engine in self.engines:
+            parameters = list(engine.module.parameters())
+            if self.zero_stage >= 3:
+                total = sum(p.ds_numel for p in parameters)
+                parameters_held = sum(p.ds_tensor.numel() for p in parameters)
+                optimizer_flat = engine.optimizer.fp32_partitioned_groups_flat
+            else:
+                total = parameters_held = sum(p.numel() for p in parameters)
+                optimizer_flat = engine.optimizer.single_partition_of_fp32_groups
+            held.append(
+                {
+                    "parameters": total,
+                    "parameters_held": parameters_held,
+                    "optimizer_elements_held": sum(flat.numel() for flat in optimizer_flat),
+                }
+            )
+        return held
+
+    def unwrap(self, model):
+        return getattr(model, "module", model)
+
+    def gathered(self, model):
+        if self.zero_stage < 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(model.parameters()))
+
+    def full_model(self, model):
+        """ZeRO-3: a copy of the model with every parameter gathered (a collective: every rank calls it)."""
+        unwrapped = self.unwrap(model)
+        if self.zero_stage < 3:
+            return unwrapped
+        with self.gathered(unwrapped):
+            state = {name: tensor.detach().clone() for name, tensor in unwrapped.state_dict().items()}
+        with torch.random.fork_rng():  # a fresh model's initialisation draws nothing from the caller's stream
+            rebuilt = type(unwrapped)(unwrapped.config)
+        rebuilt.load_state_dict(state)
+        return rebuilt
+
+    def save_engines(self, engines: dict[str, Any], directory: Path) -> None:
+        """Every rank writes its shards of each engine (model, optimiser) under ``directory/<name>``."""
+        for name, engine in engines.items():
+            engine.save_checkpoint(str(directory / name), tag=ENGINE_TAG)
+        if self.distributed:
+            torch.distributed.barrier()  # every shard is on disk before rank 0 moves the directory
+
+    def load_engines(self, engines: dict[str, Any], directory: Path) -> None:
+        for name, engine in engines.items():
+            loaded, _ = engine.load_checkpoint(str(directory / name), tag=ENGINE_TAG)
+            if loaded is None:
+                raise FileNotFoundError(f"{directory / name}: no DeepSpeed checkpoint of the {name} to resume")
+
+    def backward(self, loss, model):
+        model.backward(loss, scale_wrt_gas=False)
+
+    def autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def no_sync(self, model):
+        return contextlib.nullcontext()  # every backward only accumulates until step
+
+    def step(self, model, optimizer, max_grad_norm):
+        model.step()  # reduce (averaged over ranks), clip to the engine's gradient_clipping, update, zero

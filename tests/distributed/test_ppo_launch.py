@@ -18,19 +18,15 @@ import pytest
 import torch
 
 from components.config import load_config
-from components.data.files import DEMONSTRATIONS
 from components.evaluation.judges import gold_judge
 from components.evaluation.report import judge_monitor
 from components.models.builders import load_causal_lm, load_scalar_model
-from components.models.saving import save_model
-from components.task.environment import ReviewTask
-from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
-from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from components.training.checkpoints import latest_checkpoint
 from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
-from flows.ppo_worker import POLICY, read_result, weights_digest, write_job
+from flows.ppo_worker import POLICY, read_result, weights_digest
+from tests.ppo_jobs import SAME_BATCH, SFT_LONGER, job, ppo_inputs
 from tests.processes import running
 
 pytestmark = pytest.mark.distributed
@@ -39,44 +35,11 @@ REPO = Path(__file__).resolve().parents[2]
 TWO_PROCESSES = REPO / "infra/accelerate/cpu-2proc.yaml"
 WORKER = "flows.ppo_worker"
 TIMEOUT = 300
-SFT_LONGER = ["sft.epochs=20", "sft.lr=3e-3"]
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """A smoke-sized SFT policy trained long enough to have a peaked next-token distribution, and its reward
-    model, saved where a launched job reads them. (The smoke profile's own SFT is near uniform; near-greedy
-    decoding of a near-uniform policy flips tokens on float noise.)"""
-    cfg = load_config("smoke", SFT_LONGER)
-    rows = generate_synthetic(cfg).rows
-    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
-    prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
-    sft, _, reward_model = recipe.up_to_reward_model(
-        cfg,
-        tokenizer,
-        rows[DEMONSTRATIONS],
-        recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), rows[DEMONSTRATIONS]),
-    )
-    models = tmp_path_factory.mktemp("models")
-    save_model(sft, tokenizer, models / "sft", {})
-    save_model(reward_model, tokenizer, models / "reward_model", {})
-    return {"models": models, "prompts": prompts, "demonstrations": rows[DEMONSTRATIONS], "tokenizer": tokenizer}
-
-
-def job(inputs, job_dir: Path, overrides, checkpoint_dir: Path | None = None):
-    """A PPO job (smoke profile with ``overrides``) over the module's SFT and reward model; its config."""
-    cfg = load_config("smoke", [*SFT_LONGER, *overrides])
-    write_job(
-        job_dir,
-        cfg,
-        inputs["models"] / "sft",
-        inputs["models"] / "reward_model",
-        inputs["prompts"],
-        inputs["demonstrations"],
-        checkpoint_dir,
-        vocabulary=VOCABULARY,
-    )
-    return cfg
+    return ppo_inputs(tmp_path_factory.mktemp("models"))
 
 
 def launch(inputs, job_dir, overrides, checkpoint_dir=None, on_line=lambda line: None, timeout=TIMEOUT):
@@ -86,19 +49,7 @@ def launch(inputs, job_dir, overrides, checkpoint_dir=None, on_line=lambda line:
     return cfg, read_result(job_dir)
 
 
-# Near-greedy rollouts from the same starting weights make the ranks' two shards together exactly the batch one
-# process samples; one minibatch per epoch makes the updates the same steps. One iteration only: after an update,
-# weights that differ by float noise (~1e-8) can flip a near-tied token, and the trajectories part (measured).
-# The log-probs of softmax(logits / 0.001) of a near-greedy policy have gradients ~1e-10, which Adam (eps 1e-8) turns
-# into steps ~lr/100: lr 1e-2 moves the weights by ~4e-4 (at 1e-3 by 4e-5, too close to the 1e-6 agreement bound).
-SAME_BATCH = [
-    "ppo.iterations=1",
-    "ppo.rollout_batch_size=16",
-    "ppo.minibatch_size=16",
-    "ppo.ppo_epochs=3",
-    "ppo.temperature=0.001",
-    "ppo.lr=1e-2",
-]
+# SAME_BATCH (tests/ppo_jobs.py): one iteration on which one and two processes see the same global batch
 COMPARED = ("rm_score", "kl", "response_length", "ended", "explained_variance", "entropy", "clipfrac", "gold")
 # relative: the losses, and approx_kl, whose log-probs are of softmax(logits / 0.001) and carry 1000x the float noise;
 # absolute 1e-6 besides: the policy loss of whitened advantages at ratio ~1 is itself ~1e-8 (measured 1.5e-8 in one
