@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,14 +37,14 @@ class TemporaryServer:
 
     def wait_until_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while (remaining := deadline - time.monotonic()) > 0:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the temporary Prefect server exited with code {self.process.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=timeout_s) as response:
+            try:  # a request waits in the socket's backlog until the server accepts it
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=remaining) as response:
                     if response.status == 200:
                         return
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # refused, reset or timed out (URLError is an OSError)
                 pass
             time.sleep(HEALTH_POLL_S)
         self.stop()
@@ -81,19 +80,24 @@ class TemporaryServer:
             os.environ.pop("PREFECT_API_URL", None)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def listening_socket() -> socket.socket:
+    """A socket on a free port of 127.0.0.1, already listening: the server is handed it, so no other process can take
+    the port between choosing it and the server's start (and the health checks never reach anyone else)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    sock.set_inheritable(True)
+    return sock
 
 
 def start_early() -> TemporaryServer | None:
     """The temporary server, started now, when no API URL is in the environment; None when one is."""
     if os.environ.get("PREFECT_API_URL"):
         return None
-    port = free_port()
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     prefect_dir = Path(find_spec("prefect").origin).parent
-    # the command and environment Prefect's own temporary server uses (prefect.server.api.server)
+    # the command and environment Prefect's own temporary server uses (prefect.server.api.server), on our socket
     command = [
         sys.executable,
         "-m",
@@ -102,10 +106,8 @@ def start_early() -> TemporaryServer | None:
         str(prefect_dir.parent),
         "--factory",
         "prefect.server.api.server:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        "--fd",
+        str(sock.fileno()),
         "--log-level",
         "error",
         "--lifespan",
@@ -113,6 +115,7 @@ def start_early() -> TemporaryServer | None:
     ]
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     print(f"Starting temporary Prefect server on 127.0.0.1:{port}", file=sys.stderr)
-    server = TemporaryServer(subprocess.Popen(command, env=env), port)
+    with sock:  # the server holds its own copy
+        server = TemporaryServer(subprocess.Popen(command, env=env, pass_fds=(sock.fileno(),)), port)
     atexit.register(server.stop)  # registered first, so it runs after every exit hook Prefect registers later
     return server

@@ -10,7 +10,7 @@ import sys
 import pytest
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-from flows.temporary_server import TemporaryServer, free_port, start_early
+from flows.temporary_server import TemporaryServer, listening_socket, start_early
 
 
 def sleeper() -> subprocess.Popen:
@@ -23,7 +23,7 @@ def test_no_early_server_when_the_environment_names_one(monkeypatch):
 
 
 def test_a_server_named_by_the_settings_wins_and_the_early_one_is_stopped():
-    server = TemporaryServer(sleeper(), free_port())
+    server = TemporaryServer(sleeper(), port=1)  # never contacted
     configured = "http://127.0.0.1:4200/api"
     with temporary_settings({PREFECT_API_URL: configured}), server.adopt():
         assert get_current_settings().api.url == configured
@@ -34,11 +34,12 @@ def test_a_server_that_exits_before_answering_is_named_with_its_exit_code():
     process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     process.wait()
     with pytest.raises(RuntimeError, match="exited with code 3"):
-        TemporaryServer(process, free_port()).wait_until_healthy(timeout_s=5)
+        TemporaryServer(process, port=1).wait_until_healthy(timeout_s=5)  # never contacted
 
 
 def test_a_server_that_never_answers_is_stopped_after_the_timeout():
-    server = TemporaryServer(sleeper(), free_port())
-    with pytest.raises(RuntimeError, match="did not answer within 1 s"):
-        server.wait_until_healthy(timeout_s=1)
+    with listening_socket() as sock:  # ours: connections wait in its backlog, and nothing answers them
+        server = TemporaryServer(sleeper(), sock.getsockname()[1])
+        with pytest.raises(RuntimeError, match="did not answer within 1 s"):
+            server.wait_until_healthy(timeout_s=1)
     assert server.process.poll() is not None
