@@ -168,6 +168,12 @@ def deepspeed_ranks(cfg: Config, mixed_precision: str) -> DeepSpeedRanks:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         mixed_precision = "no"
         handlers = [InitProcessGroupKwargs(backend="gloo")]  # accelerate names no CPU backend for DeepSpeed itself
+        import deepspeed.ops
+
+        # On CPU ranks DeepSpeed's communication set-up probes a compiler for every op it has (~5 s a rank) and
+        # compiles a shared-memory all-reduce (~30 s, once per machine). PPO uses neither (ZeRO's collectives run on
+        # gloo, the optimiser is torch's AdamW), so it is told that no op can be built.
+        deepspeed.ops.__compatible_ops__ = {}
     accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=handlers)
     plugin = accelerator.state.deepspeed_plugin
     # models load whole on every rank (the recipe copies them: policy and reference from SFT, critic from the RM)
