@@ -40,19 +40,15 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from components.config import Config, load_config
-from components.data.files import EVAL_PROMPTS
-from components.evaluation.judges import gold_judge
-from components.evaluation.report import evaluate_policies
 from components.io import write_json
 from components.offline import stay_offline
-from components.task.gold_judge import gold_score
 from components.training import recipe
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside components
 RESULTS = REPO / "benchmarks" / "results" / "flop_floor.json"
 
-from benchmarks.rlhf_vs_sl import train_everything  # noqa: E402
+from benchmarks.rlhf_vs_sl import evaluate_trained, train_everything  # noqa: E402
 
 CPUINFO = Path("/proc/cpuinfo")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -246,20 +242,7 @@ class CountingStopwatch:
 
 def run_stages(cfg: Config, watch: CountingStopwatch) -> None:
     """benchmarks/rlhf_vs_sl.py's stages (``train_everything``), then its evaluation."""
-    trained = train_everything(cfg, watch)
-    watch(
-        "evaluation",
-        evaluate_policies,
-        trained["policies"],
-        trained["tokenizer"],
-        [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]],
-        cfg.evaluation,
-        cfg.model,
-        cfg.seed,
-        trained["reward"].model,
-        gold_judge(gold_score),
-        cfg.baselines.best_of_n,
-    )
+    watch("evaluation", evaluate_trained, cfg, train_everything(cfg, watch))
 
 
 # --- the floor ------------------------------------------------------------------------------

@@ -201,16 +201,12 @@ def overoptimisation_record(history: list[dict], ppo_metrics: dict) -> dict:
     }
 
 
-def run_seed(cfg) -> dict:
-    watch = Stopwatch()
-    trained = train_everything(cfg, watch)
-    eval_prompts = [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]]
-    evaluation = watch(
-        "evaluation",
-        evaluate_policies,
+def evaluate_trained(cfg, trained: dict) -> dict:
+    """Every trained policy (and best-of-n) on the held-out prompts under each decoding mode, judged by gold."""
+    return evaluate_policies(
         trained["policies"],
         trained["tokenizer"],
-        eval_prompts,
+        [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]],
         cfg.evaluation,
         cfg.model,
         cfg.seed,
@@ -218,6 +214,13 @@ def run_seed(cfg) -> dict:
         gold_judge(gold_score),
         cfg.baselines.best_of_n,
     )
+
+
+def run_seed(cfg) -> dict:
+    watch = Stopwatch()
+    trained = train_everything(cfg, watch)
+    eval_prompts = [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]]
+    evaluation = watch("evaluation", evaluate_trained, cfg, trained)
     for block in evaluation.values():
         for win in [*block["ppo_win_rate"].values(), *block["ppo_rm_win_rate"].values()]:
             win["rate"] = win["value"]

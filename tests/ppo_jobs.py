@@ -7,6 +7,7 @@ from pathlib import Path
 
 from components.config import Config, load_config
 from components.data.files import DEMONSTRATIONS
+from components.models.builders import load_causal_lm, load_scalar_model
 from components.models.saving import save_model
 from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
@@ -63,3 +64,17 @@ def job(inputs: dict, job_dir: Path, overrides: list[str], checkpoint_dir: Path 
         vocabulary=VOCABULARY,
     )
     return cfg
+
+
+def one_plain_process(inputs: dict, cfg: Config, **kwargs) -> recipe.StageResult:
+    """The same PPO in this process: no launcher, no data parallelism, no DeepSpeed."""
+    models = inputs["models"]
+    return recipe.ppo_stage(
+        cfg,
+        inputs["tokenizer"],
+        load_causal_lm(models / "sft"),
+        load_scalar_model(models / "reward_model"),
+        inputs["prompts"],
+        inputs["demonstrations"],
+        **kwargs,
+    )

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from components.models.builders import load_causal_lm, load_scalar_model
-from components.training import recipe
+from components.models.builders import load_causal_lm
 from components.training.checkpoints import latest_checkpoint
 from flows.launcher import AccelerateProfile, accelerate_command, run_logged
 from flows.ppo_worker import POLICY, read_result, weights_digest
-from tests.ppo_jobs import SAME_BATCH, job, ppo_inputs
+from tests.ppo_jobs import SAME_BATCH, job, one_plain_process, ppo_inputs
 
 pytestmark = pytest.mark.distributed
 
@@ -35,16 +34,7 @@ def inputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def plain(inputs):
     """The SAME_BATCH iteration in one process, no DeepSpeed, no launcher."""
-    cfg = job(inputs, Path(inputs["models"]) / "unused-job", SAME_BATCH)
-    models = inputs["models"]
-    return recipe.ppo_stage(
-        cfg,
-        inputs["tokenizer"],
-        load_causal_lm(models / "sft"),
-        load_scalar_model(models / "reward_model"),
-        inputs["prompts"],
-        inputs["demonstrations"],
-    )
+    return one_plain_process(inputs, job(inputs, Path(inputs["models"]) / "unused-job", SAME_BATCH))
 
 
 def launch_deepspeed(inputs, job_dir: Path, zero_stage: int, processes: int) -> dict:
@@ -93,16 +83,7 @@ def test_zero2_in_one_process_matches_plain_ppo_and_an_interrupted_run_resumes_b
         return read_result(job_dir)
 
     never_stopped = launch(tmp_path / "never-stopped", None)
-    cfg = job(inputs, tmp_path / "plain", RESUMABLE)
-    models = inputs["models"]
-    plain = recipe.ppo_stage(
-        cfg,
-        inputs["tokenizer"],
-        load_causal_lm(models / "sft"),
-        load_scalar_model(models / "reward_model"),
-        inputs["prompts"],
-        inputs["demonstrations"],
-    )
+    plain = one_plain_process(inputs, job(inputs, tmp_path / "plain", RESUMABLE))
     launched = load_causal_lm(tmp_path / "never-stopped" / POLICY)
     difference = max((a - b).abs().max().item() for a, b in zip(launched.parameters(), plain.model.parameters()))
     assert difference < 1e-6

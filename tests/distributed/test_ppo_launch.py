@@ -22,11 +22,10 @@ from components.evaluation.judges import gold_judge
 from components.evaluation.report import judge_monitor
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.task.gold_judge import gold_score
-from components.training import recipe
 from components.training.checkpoints import latest_checkpoint
 from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
 from flows.ppo_worker import POLICY, read_result, weights_digest
-from tests.ppo_jobs import SAME_BATCH, SFT_LONGER, job, ppo_inputs
+from tests.ppo_jobs import SAME_BATCH, SFT_LONGER, job, one_plain_process, ppo_inputs
 from tests.processes import running
 
 pytestmark = pytest.mark.distributed
@@ -62,16 +61,7 @@ def test_two_ranks_end_bit_identical_and_match_one_process_on_the_same_global_ba
     assert two["world_size"] == 2 and two["threads_per_process"] == 1 and two["device"].startswith("cpu")
     assert len(set(two["rank_weight_digests"])) == 1  # DDP kept both ranks' weights bit-identical
 
-    models = inputs["models"]
-    one = recipe.ppo_stage(
-        cfg,
-        inputs["tokenizer"],
-        load_causal_lm(models / "sft"),
-        load_scalar_model(models / "reward_model"),
-        inputs["prompts"],
-        inputs["demonstrations"],
-        monitor=judge_monitor(gold_judge(gold_score)),
-    )
+    one = one_plain_process(inputs, cfg, monitor=judge_monitor(gold_judge(gold_score)))
     assert len(two["history"]) == len(one.history) == 1
     for distributed, single in zip(two["history"], one.history):
         for key in COMPARED:
@@ -81,7 +71,7 @@ def test_two_ranks_end_bit_identical_and_match_one_process_on_the_same_global_ba
     launched = load_causal_lm(tmp_path / "job" / POLICY)
     assert weights_digest(launched) == two["rank_weight_digests"][0]
     assert max((a - b).abs().max().item() for a, b in zip(launched.parameters(), one.model.parameters())) < 1e-6
-    sft = load_causal_lm(models / "sft")
+    sft = load_causal_lm(inputs["models"] / "sft")
     assert max((a - b).abs().max().item() for a, b in zip(launched.parameters(), sft.parameters())) > 1e-4, (
         "did not train"
     )  # and it trained
