@@ -28,6 +28,7 @@ from pathlib import Path
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS
+from components.io import write_json
 from components.models.builders import build_policy, scalar_model_from
 from components.models.saving import save_model
 from components.offline import stay_offline
@@ -131,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{', '.join(map(str, run['peak_memory_mib_per_rank']))} | {run['seconds_per_iteration']:.2f} | "
             f"{run['rollout_tokens_per_second']:.0f} | {run['update_tokens_per_second']:.0f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(f"written: {args.out}")
     return 0
 

@@ -13,7 +13,6 @@ everything. Prints both times and the ratio; writes benchmarks/results/orchestra
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
 from components.evaluation.judges import gold_judge
 from components.evaluation.report import evaluate_policies
+from components.io import write_json
 from components.offline import stay_offline
 from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'components called directly':<40} {direct_s:8.1f}")
     print(f"{'Prefect + MLflow + DVC + GE (main job)':<40} {orchestrated_s:8.1f}")
     print(f"{'ratio':<40} {result['ratio']:8.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(f"written: {args.out}")
     return 0
 

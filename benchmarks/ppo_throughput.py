@@ -33,6 +33,7 @@ from pathlib import Path
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS
+from components.io import write_json
 from components.models.saving import save_model
 from components.offline import stay_offline
 from components.task.environment import ReviewTask
@@ -180,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print(" | ".join(name.replace("_per_", "/").replace("_seconds", " s").replace("_", " ") for name, _ in columns))
     for run in runs:
         print(" | ".join(fmt.format(run[name]) if name in run else "-" for name, fmt in columns))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(f"written: {args.out}")
     return 0
 

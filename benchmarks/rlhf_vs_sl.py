@@ -18,7 +18,6 @@ pooled, and writes benchmarks/results/rlhf_vs_sl.json:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import resource
 import statistics
@@ -34,6 +33,7 @@ from components.evaluation.judges import gold_judge
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.evaluation.report import evaluate_policies, format_table, judge_monitor, reward_model_gold_accuracy
+from components.io import write_json
 from components.offline import stay_offline
 from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
@@ -360,8 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "pooled": pooled(runs),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     plot_headroom(runs, args.out.with_name(args.out.stem + "_headroom.png"))
     print_pooled(result["pooled"], result["baselines"])
     print(f"\npeak RSS {result['peak_rss_mb']:.0f} MB; written: {args.out}")

@@ -35,6 +35,7 @@ from components.evaluation.intervals import mean_ci, win_rate
 from components.evaluation.judges import gold_judge
 from components.evaluation.policy_eval import DecodingMode, Responses, sample_responses
 from components.evaluation.report import judge_monitor
+from components.io import write_json
 from components.offline import stay_offline
 from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
@@ -218,10 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(first, first + args.seeds):
         cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
         runs.append(run_seed(cfg, args.rounds))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         result = {"profile": cfg.profile, "overrides": args.overrides, "rounds": args.rounds, "runs": runs}
         result["summary"] = summary(runs)
-        args.out.write_text(json.dumps(result, indent=2))  # after every seed: a long run keeps what it measured
+        write_json(args.out, result)  # after every seed: a long run keeps what it measured
     print_table(runs)
     print(json.dumps(result["summary"], indent=2))
     print(f"written: {args.out}")

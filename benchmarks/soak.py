@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -30,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "soak.json"
 
+from components.io import write_json  # noqa: E402
 from components.offline import stay_offline  # noqa: E402
 from tests.servers import mlflow_server, prefect_env, prefect_server  # noqa: E402
 
@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         f"failures {result['failures']}/{args.runs}; peak RSS {min(peaks)}-{max(peaks)} MB; "
         f"trend {result['peak_rss_slope_mb_per_run']:+.2f} MB per run"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(f"written: {args.out}")
     return 0 if result["failures"] == 0 else 1
 

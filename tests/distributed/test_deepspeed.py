@@ -100,6 +100,10 @@ def test_zero2_in_one_process_matches_plain_ppo_and_an_interrupted_run_resumes_b
     saved = latest_checkpoint(checkpoints)
     assert saved is not None and saved.iteration == 2 and "policy" not in saved.tensors
     assert {path.name for path in saved.engines.iterdir()} == {"policy", "critic"}
+    # the engines' shards are no whole state dict: a run without DeepSpeed refuses to resume from them
+    with pytest.raises(ValueError, match="written with DeepSpeed"):
+        one_plain_process(inputs, job(inputs, tmp_path / "plain-resume", RESUMABLE), checkpoint_dir=str(checkpoints))
+
     resumed = launch(tmp_path / "job", checkpoints)
     assert [h["iteration"] for h in resumed["history"]] == [0, 1, 2, 3]
     assert resumed["rank_weight_digests"] == never_stopped["rank_weight_digests"]
