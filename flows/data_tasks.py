@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -15,6 +15,7 @@ from components.data.dataset import load_rows
 from flows import data_versioning
 from flows.data_cli import write_rebuild_report
 from flows.data_stages import DataValidationFailed, data_summary, prepare_training_inputs, validate
+from flows.handoff import task
 from flows.run_context import PreparedData
 from flows.tracking_tasks import Tracking
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -19,6 +19,7 @@ from components.evaluation.report import evaluate_policies, format_budgets, form
 from components.models.stage_store import StageStore
 from components.training import recipe
 from flows import human_judging
+from flows.handoff import task
 from flows.run_context import PreparedData, RunContext, Trained
 from flows.stage_runs import recorded, stage_home
 from flows.tracking_tasks import Tracking

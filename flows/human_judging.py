@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
@@ -35,6 +35,7 @@ from components.adapters.validation import validate_labels
 from components.data import pairwise_labels
 from components.data.files import LABELS, read_jsonl
 from components.evaluation import pairwise
+from flows.handoff import task
 from flows.run_context import RunContext, Trained
 from flows.stage_runs import recorded
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
@@ -28,6 +28,7 @@ from components.adapters.validation import validate_labels
 from components.data import pairwise_labels
 from components.data.files import LABELS, read_jsonl
 from components.training import recipe
+from flows.handoff import task
 from flows.human_judging import KEY, PAGE, PAIRS, HumanLabels, announce_wait
 from flows.run_context import RunContext
 

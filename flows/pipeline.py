@@ -22,8 +22,41 @@ import time
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
+from components.config import DEFAULT_PARAMS, ConfigError, load_config  # yaml and pydantic only
 from flows.temporary_server import start_early
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="default", help="profile from params.yaml (default, smoke, ...)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one config key"
+    )
+    parser.add_argument("--seed", type=int, help="shorthand for --set seed=N")
+    parser.add_argument(
+        "--root", default=str(REPO_ROOT), help="repository root that the config's data paths are relative to"
+    )
+    parser.add_argument(
+        "--params", default=str(DEFAULT_PARAMS), help="the params file (default: this repository's params.yaml)"
+    )
+    args = parser.parse_args(argv)
+    args.overrides += [f"seed={args.seed}"] if args.seed is not None else []
+    return args
+
+
+def refuse_a_bad_config(args: argparse.Namespace) -> None:
+    """A config that cannot be used ends the command (exit 2) before any server starts or heavy module loads."""
+    try:
+        load_config(args.profile, args.overrides, args.params)
+    except ConfigError as error:
+        print(f"\npipeline stopped: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    refuse_a_bad_config(parse_args())
 # `python -m flows.pipeline` with no Prefect API configured: the temporary server starts up on another core while the
 # imports below run (flows/temporary_server.py)
 EARLY_SERVER = start_early() if __name__ == "__main__" else None
@@ -34,7 +67,6 @@ from prefect.runtime import flow_run
 from components.adapters import run_records
 from components.adapters.tracking import TrackingUnavailable
 from components.adapters.versioning import DataDrift
-from components.config import DEFAULT_PARAMS, ConfigError, load_config
 from components.evaluation.judges import JudgeError
 from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
@@ -52,8 +84,6 @@ from flows.credentials import export_credentials
 from flows.run_context import PreparedData, Trained
 from flows.stage_runs import stage_home
 from flows.tracking_tasks import close_abandoned_runs, close_tracking, open_tracking
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def flow_overrides(
@@ -258,21 +288,9 @@ def refuse_a_pause_nobody_can_resume(cfg) -> None:
 def main(argv: list[str] | None = None) -> int:
     from components.offline import stay_offline
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="default", help="profile from params.yaml (default, smoke, ...)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one config key"
-    )
-    parser.add_argument("--seed", type=int, help="shorthand for --set seed=N")
-    parser.add_argument(
-        "--root", default=str(REPO_ROOT), help="repository root that the config's data paths are relative to"
-    )
-    parser.add_argument(
-        "--params", default=str(DEFAULT_PARAMS), help="the params file (default: this repository's params.yaml)"
-    )
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     stay_offline()
-    overrides = args.overrides + ([f"seed={args.seed}"] if args.seed is not None else [])
+    overrides = args.overrides
     try:
         cfg = load_config(args.profile, overrides, args.params)  # refuse a bad config before any work starts
         refuse_a_pause_nobody_can_resume(cfg)

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
 
 from components.adapters import plots
@@ -30,6 +30,7 @@ from components.training.rounds import labeller_stream, next_group, tagged
 from flows import ppo_worker
 from flows.data_stages import checked_vocabulary, save_comparisons
 from flows.environment import environment_for
+from flows.handoff import task
 from flows.launcher import AccelerateProfile, LaunchError, Machine, accelerate_command, run_logged
 from flows.ppo_worker import read_result, write_job
 from flows.run_context import PreparedData, RunContext, Trained

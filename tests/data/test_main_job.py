@@ -161,6 +161,7 @@ def test_bad_config_is_refused_before_any_work(git_repo, tmp_path):
     )
     assert done.returncode == 2 and "prepare.rm_valid_fraction" in done.stderr
     assert not (git_repo / ".dvc").exists()
+    assert "Starting temporary Prefect server" not in done.stderr  # refused before the server and the heavy imports
 
 
 def test_fresh_clone_rebuilds_the_data_with_dvc_to_the_recorded_hashes(small_project, tmp_path):
