@@ -1,4 +1,5 @@
-"""The pipeline's Prefect tasks, called with the run's hand-offs as arguments.
+"""The pipeline's Prefect tasks: called with the run's hand-offs as arguments, each started on the run's share of
+the machine's cores (`flows.cores`).
 
 Prefect walks every argument of a task call, into lists, dicts, dataclasses and pydantic models, looking for futures
 and states to resolve and to record as inputs. The hand-offs (`flows.run_context`) hold whole data sets and the
@@ -15,11 +16,14 @@ from typing import Any
 from prefect import Task
 from prefect.utilities.annotations import opaque
 
+from flows.cores import take_fair_threads
+
 ENGINE_KEYWORDS = ("return_state", "wait_for")  # Task.__call__'s own keywords, not the function's
 
 
 class HandOffTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        take_fair_threads()
         wrapped = {k: v if k in ENGINE_KEYWORDS else opaque(v) for k, v in kwargs.items()}
         return super().__call__(*map(opaque, args), **wrapped)
 

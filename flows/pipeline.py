@@ -72,6 +72,7 @@ from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
 from flows import (
+    cores,
     data_stages,
     data_tasks,
     decision_tasks,
@@ -118,6 +119,7 @@ def rlhf_pipeline(
     tracking = open_tracking(cfg, root)
     started, data, trained, decision, registry = time.time(), None, None, None, None
     with ExitStack() as alive:
+        alive.enter_context(cores.run_slot())  # each task's torch threads: this run's share of the machine's cores
         try:
             data = data_tasks.data_stages(cfg, root, tracking)
             name_flow_run(f"{profile}-data-{data.md5[:8]}")

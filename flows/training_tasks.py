@@ -25,7 +25,7 @@ from components.models.saving import CARD, stage_key
 from components.models.stage_store import StageStore
 from components.models.tokenizer import words_of
 from components.training import recipe
-from components.training.comparisons import Ranker
+from components.training.ranking import Ranker
 from components.training.rounds import labeller_stream, next_group, tagged
 from flows import ppo_worker
 from flows.data_stages import checked_vocabulary, save_comparisons

@@ -13,7 +13,7 @@ from components.task.generator import GENERATOR_VERSION, generate_synthetic, syn
 from components.task.gold_judge import gold_score
 from components.task.labeler import SimulatedLabeler, label_agreement
 from components.task.lexicon import VOCABULARY
-from components.training.comparisons import Ranker
+from components.training.ranking import Ranker
 
 
 class ReviewTask:

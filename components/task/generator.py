@@ -10,7 +10,7 @@ from components.data.environment import Dataset
 from components.task.demonstrator import draw_carelessness, write_demonstration
 from components.task.labeler import SimulatedLabeler
 from components.task.prompts import Prompt, all_prompts
-from components.training.comparisons import ranked_pairs
+from components.training.ranking import ranked_pairs
 
 GENERATOR_VERSION = "reviews-v4"  # bump whenever the generator's output changes for the same params
 

@@ -23,18 +23,11 @@ from components.models.ensemble import members_of
 from components.models.tokenizer import build_word_tokenizer, load_tokenizer
 from components.training.chosen import train_chosen, train_top_ranked
 from components.training.combined import train_combined
-from components.training.comparisons import (
-    Labeller,
-    Ranker,
-    collect_sft_comparisons,
-    draw_prompts,
-    sample_reference,
-    sample_responses,
-    sampled_labeller,
-)
+from components.training.comparisons import collect_sft_comparisons, draw_prompts, sample_reference, sample_responses
 from components.training.dpo import train_dpo
 from components.training.loop import Snapshots
 from components.training.ppo import SINGLE, Monitor, train_ppo
+from components.training.ranking import Labeller, Ranker, sampled_labeller
 from components.training.ranks import Ranks
 from components.training.reward import split_comparisons, train_reward_ensemble
 from components.training.rounds import round_prompts, tagged

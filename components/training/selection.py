@@ -19,7 +19,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, SelectionConfig
-from components.training.comparisons import Ranker, sample_responses
+from components.training.comparisons import sample_responses
+from components.training.ranking import Ranker
 from components.training.reward import group_comparisons
 
 

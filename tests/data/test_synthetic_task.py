@@ -16,7 +16,7 @@ from components.task.gold_judge import gold_score, judge
 from components.task.labeler import SimulatedLabeler, label_agreement
 from components.task.lexicon import VOCABULARY
 from components.task.prompts import all_prompts, parse_prompt
-from components.training.comparisons import ranked_pairs
+from components.training.ranking import ranked_pairs
 
 
 def test_prompts_round_trip_through_their_text():

@@ -20,14 +20,8 @@ from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
 from components.task.labeler import SimulatedLabeler
 from components.task.lexicon import VOCABULARY
-from components.training.comparisons import (
-    SOURCE,
-    collect_sft_comparisons,
-    draw_prompts,
-    rank_sampled,
-    sample_reference,
-    sampled_labeller,
-)
+from components.training.comparisons import collect_sft_comparisons, draw_prompts, sample_reference
+from components.training.ranking import SOURCE, rank_sampled, sampled_labeller
 from components.training.reward import gold_accuracy, score_comparisons, split_comparisons, train_reward_model
 from components.training.sft import train_sft
 from flows.data_stages import DataValidationFailed, save_comparisons
