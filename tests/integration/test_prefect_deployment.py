@@ -246,7 +246,8 @@ def test_a_worker_runs_the_deployment_through_every_stage_across_a_server_restar
 
 
 def test_bad_data_fails_the_run_before_any_training(server, tmp_path):
-    data_dvc = (server["root"] / "data.dvc").read_text()
+    tracked = server["root"] / "data.dvc"
+    data_dvc = tracked.read_text() if tracked.exists() else None  # the run before may have versioned the data
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "d.jsonl").write_text(json.dumps({"prompt": "say hi", "response": "hi there, friend."}) + "\n")
@@ -265,4 +266,4 @@ def test_bad_data_fails_the_run_before_any_training(server, tmp_path):
     found = artifacts(flow_run.id)
     assert "Data validation FAILED" in found["data-validation"].data
     assert not {r.name.split("-")[0] for r in runs} & set(TRAINING_TASKS)
-    assert (server["root"] / "data.dvc").read_text() == data_dvc  # the data version did not move
+    assert (tracked.read_text() if tracked.exists() else None) == data_dvc  # the data version did not move
