@@ -8,7 +8,6 @@ is set. A run that starts later takes its share from the next task of the runs a
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import os
 from collections.abc import Iterator
@@ -40,13 +39,8 @@ def run_slot(slots: Path = RUN_SLOTS) -> Iterator[Path]:
 def runs_holding_slots(slots: Path = RUN_SLOTS) -> int:
     held = 0
     for path in slots.glob("*.lock"):
-        with open(path, "a+b") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                held += 1
-            else:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with locks.exclusive_if_free(path) as free:
+            held += not free
     return held
 
 
