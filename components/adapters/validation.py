@@ -1,31 +1,37 @@
 """Runs the data suites of ``components/data/expectations.py`` with Great Expectations.
 
-The only module that imports great_expectations. One file-mode Data Context lives under
-``<report_dir>/gx``; every data file is a dataframe asset validated by its own checkpoint, whose
-UpdateDataDocsAction writes the Data Docs. Nothing is ever written into the data directory.
+The only module that imports great_expectations, and only when a suite runs (the import takes seconds). One
+file-mode Data Context lives under ``<report_dir>/gx``; every data file is a dataframe asset validated by its own
+checkpoint, whose UpdateDataDocsAction writes the Data Docs. Nothing is ever written into the data directory.
+
+A validation that passed is recorded under ``<report_dir>/passed/``, keyed by everything its outcome depends on:
+the files' bytes and names, the validation settings, the vocabulary, the held-out prompts, the Great Expectations
+version and the source of the suites. The same key again (a rerun on unchanged data) returns that report and its
+Data Docs without running the suites again. A failure is never reused: it is checked afresh every time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import great_expectations as gx
-import great_expectations.expectations as gxe
 import pandas as pd
-from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from components.config import ValidationConfig
-from components.data import expectations
+from components.data import expectations, files
 from components.data.expectations import LINE, Expectation
 from components.data.files import DATASETS, EVAL_PROMPTS, LABELS, REQUIRED_FIELDS, DataFileError, file_name, read_jsonl
 from components.data.validation_report import PARSE, Failure, ValidationReport
-from components.io import write_json
+from components.io import sha256_file, write_json
 
 DATA_SOURCE = "data_files"
 SUMMARY = "summary.json"
+PASSED = "passed"  # under report_dir: the validations that passed, one JSON record each, named by their key
 RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": [LINE]}
 QUOTE_CHARS = 80
 DOCS_RUNS_LISTED = 10
@@ -60,6 +66,12 @@ def validate_data_dir(
         raise ValueError(
             f"report_dir {report_dir} is inside the data directory {data_dir}: validation never writes there"
         )
+
+    key = _passed_key(data_dir, datasets, labels, cfg, vocabulary, eval_prompts)
+    passed_before = _passed_before(report_dir, key)
+    if passed_before is not None:
+        _write_summary(report_dir, passed_before)
+        return passed_before
 
     failures: list[Failure] = []
     records = {}
@@ -96,12 +108,63 @@ def validate_data_dir(
             if expectations.CONTRADICTS in df
         },
     )
-    # summary.json is a DVC metric: keep it free of machine-specific absolute paths
-    summary = report.to_dict()
-    if docs_index:
-        summary["data_docs_index"] = str(Path(docs_index).resolve().relative_to(report_dir.resolve()))
-    write_json(report_dir / SUMMARY, summary)
+    summary = _write_summary(report_dir, report)
+    if report.success and key is not None:
+        write_json(report_dir / PASSED / f"{key}.json", summary)
     return report
+
+
+def _write_summary(report_dir: Path, report: ValidationReport) -> dict:
+    """summary.json, a DVC metric: free of machine-specific absolute paths, the same whether the suites ran or not."""
+    summary = report.to_dict()
+    summary.pop("reused")
+    if report.data_docs_index:
+        summary["data_docs_index"] = str(Path(report.data_docs_index).resolve().relative_to(report_dir.resolve()))
+    write_json(report_dir / SUMMARY, summary)
+    return summary
+
+
+def _passed_key(
+    data_dir: Path,
+    datasets: Sequence[str],
+    labels: dict[str, str],
+    cfg: ValidationConfig,
+    vocabulary: frozenset[str] | None,
+    eval_prompts: frozenset[str] | None,
+) -> str | None:
+    """A digest of everything a validation's outcome depends on; None when a file is missing (that fails anyway)."""
+    paths = [data_dir / file_name(dataset) for dataset in datasets]
+    if not all(path.is_file() for path in paths):
+        return None
+    suites_source = (Path(module.__file__).read_bytes() for module in (expectations, files))
+    inputs = {
+        "great_expectations": version("great_expectations"),
+        "code": [hashlib.sha256(source).hexdigest() for source in (*suites_source, Path(__file__).read_bytes())],
+        "settings": cfg.model_dump(mode="json"),
+        "vocabulary": sorted(vocabulary) if vocabulary is not None else None,
+        "eval_prompts": sorted(eval_prompts) if eval_prompts is not None else None,
+        "files": [[dataset, labels[dataset], sha256_file(path)] for dataset, path in zip(datasets, paths)],
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _passed_before(report_dir: Path, key: str | None) -> ValidationReport | None:
+    """The report of a validation that passed with this key, if its record and Data Docs are still there."""
+    record = report_dir / PASSED / f"{key}.json"
+    if key is None or not record.is_file():
+        return None
+    summary = json.loads(record.read_text(encoding="utf-8"))
+    docs_index = report_dir / summary["data_docs_index"] if summary["data_docs_index"] else None
+    if docs_index is not None and not docs_index.is_file():
+        return None
+    return ValidationReport(
+        success=True,
+        failures=[],
+        rows=summary["rows"],
+        data_docs_index=str(docs_index) if docs_index is not None else None,
+        contradicting_pairs=summary["contradicting_pairs"],
+        reused=True,
+    )
 
 
 def validate_labels(path: Path, rules: list[Expectation], report_dir: Path, max_examples: int) -> ValidationReport:
@@ -131,6 +194,9 @@ def _parse_failure(path: Path, label: str, err: DataFileError) -> Failure:
 
 
 def _context(report_dir: Path) -> Any:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="file", project_root_dir=str(report_dir))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     # Every Data Docs build reads each stored result it lists: list only the latest runs, or
@@ -142,7 +208,9 @@ def _context(report_dir: Path) -> Any:
     return context
 
 
-def _checkpoint(context: Any, source: Any, dataset: str, rules: list[Expectation]) -> gx.Checkpoint:
+def _checkpoint(context: Any, source: Any, dataset: str, rules: list[Expectation]) -> Any:
+    import great_expectations as gx
+
     batches = source.add_dataframe_asset(dataset).add_batch_definition_whole_dataframe("all rows")
     suite = context.suites.add_or_update(gx.ExpectationSuite(name=dataset, expectations=[_gx(rule) for rule in rules]))
     validation = context.validation_definitions.add_or_update(
@@ -158,8 +226,10 @@ def _checkpoint(context: Any, source: Any, dataset: str, rules: list[Expectation
     )
 
 
-def _gx(rule: Expectation) -> gxe.Expectation:
+def _gx(rule: Expectation) -> Any:
     """The GX expectation class of the same name: expect_column_to_exist -> ExpectColumnToExist."""
+    import great_expectations.expectations as gxe
+
     cls = getattr(gxe, "".join(part.capitalize() for part in rule.kind.split("_")))
     return cls(**rule.kwargs, description=rule.description)
 

@@ -30,6 +30,7 @@ class ValidationReport:
     data_docs_index: str | None = None
     # rows whose (prompt, pair) appears again with chosen and rejected swapped, per preference file read
     contradicting_pairs: dict[str, int] = field(default_factory=dict)
+    reused: bool = False  # the same bytes passed the same suites before: that validation's report, not run again
 
     def summary(self) -> str:
         rows = "rows read: " + (", ".join(f"{Path(file).name} {n}" for file, n in self.rows.items()) or "none")
@@ -39,7 +40,8 @@ class ValidationReport:
             if n
         )
         if self.success:
-            return f"data validation passed; {rows}{contradicting}"
+            again = " (the same files passed the same suites before; not run again)" if self.reused else ""
+            return f"data validation passed{again}; {rows}{contradicting}"
         lines = [f"data validation FAILED: {len(self.failures)} rule(s) broken; {rows}{contradicting}"]
         for failure in self.failures:
             detail = f" ({failure.detail})" if failure.detail else ""

@@ -244,3 +244,56 @@ def test_a_pair_whose_chosen_equals_rejected_is_not_counted_as_contradicting_its
     report = validate_data_dir(data_dir, CFG, VOCABULARY, tmp_path / "reports")
     assert report.contradicting_pairs == {str(data_dir / file_name(PREFERENCES)): 0}
     assert [f.rule for f in report.failures] == ["'chosen' differs from 'rejected'"], report.summary()
+
+
+# --- a rerun on unchanged files -----------------------------------------------------------
+
+
+def ge_results(report_dir: Path) -> int:
+    """How many validation results Great Expectations has stored under ``report_dir``: one per file it checked."""
+    return sum(1 for _ in (report_dir / "gx" / "uncommitted" / "validations").rglob("*.json"))
+
+
+def test_the_same_files_under_the_same_suites_reuse_the_passed_validation(good_dir: Path, tmp_path: Path) -> None:
+    """Great Expectations runs once; the rerun returns the same report and Data Docs, and summary.json is unchanged."""
+    data_dir, report_dir = tmp_path / "data", tmp_path / "reports"
+    shutil.copytree(good_dir, data_dir)
+    first = validate_data_dir(data_dir, CFG, VOCABULARY, report_dir)
+    summary = (report_dir / SUMMARY).read_bytes()
+    assert first.success and not first.reused and ge_results(report_dir) == len(DATASETS)
+
+    again = validate_data_dir(data_dir, CFG, VOCABULARY, report_dir)
+    assert again.reused and ge_results(report_dir) == len(DATASETS)  # no suite ran
+    assert (again.success, again.rows, again.contradicting_pairs) == (True, first.rows, first.contradicting_pairs)
+    assert again.data_docs_index == first.data_docs_index and Path(again.data_docs_index).is_file()
+    assert (report_dir / SUMMARY).read_bytes() == summary
+    assert "not run again" in again.summary()
+
+
+@pytest.mark.parametrize("change", ["one byte of one file", "a setting", "the vocabulary", "the Data Docs are gone"])
+def test_a_validation_is_run_again_when_anything_it_depends_on_changed(change, good_dir: Path, tmp_path: Path):
+    data_dir, report_dir = tmp_path / "data", tmp_path / "reports"
+    shutil.copytree(good_dir, data_dir)
+    first = validate_data_dir(data_dir, CFG, VOCABULARY, report_dir)
+    cfg, vocabulary = CFG, VOCABULARY
+    if change == "one byte of one file":
+        edit_row(DEMONSTRATIONS, 2, response="")(data_dir)
+    elif change == "a setting":
+        cfg = CFG.model_copy(update={"max_examples": CFG.max_examples + 1})
+    elif change == "the vocabulary":
+        vocabulary = VOCABULARY | {"zzz"}
+    else:
+        shutil.rmtree(Path(first.data_docs_index).parent)
+    again = validate_data_dir(data_dir, cfg, vocabulary, report_dir)
+    assert not again.reused and ge_results(report_dir) == 2 * len(DATASETS)
+    assert again.success == (change != "one byte of one file"), again.summary()  # the broken row is caught
+
+
+def test_a_failed_validation_is_never_reused(good_dir: Path, tmp_path: Path) -> None:
+    data_dir, report_dir = tmp_path / "data", tmp_path / "reports"
+    shutil.copytree(good_dir, data_dir)
+    edit_row(DEMONSTRATIONS, 2, response="")(data_dir)
+    for run in (1, 2):
+        report = validate_data_dir(data_dir, CFG, VOCABULARY, report_dir)
+        assert not report.success and not report.reused and ge_results(report_dir) == run * len(DATASETS)
+        assert all(f.lines == [2] for f in report.failures), report.summary()

@@ -115,8 +115,10 @@ RESUMABLE = ["ppo.iterations=6", "ppo.checkpoint_every=2", "ppo.rollout_batch_si
 @pytest.fixture(scope="module")
 def uninterrupted(inputs, tmp_path_factory) -> dict:
     """The result of 2 processes on one machine, 6 iterations, never stopped: what resumed runs and two machines
-    must match bit for bit."""
-    return launch(inputs, tmp_path_factory.mktemp("uninterrupted") / "job", RESUMABLE)[1]
+    must match bit for bit. Its checkpoints (``"checkpoints"``, every 2 iterations) are two processes' own."""
+    where = tmp_path_factory.mktemp("uninterrupted")
+    result = launch(inputs, where / "job", RESUMABLE, checkpoint_dir=where / "checkpoints")[1]
+    return {**result, "checkpoints": where / "checkpoints"}
 
 
 def test_an_interrupted_two_process_run_resumes_to_the_same_weights(inputs, uninterrupted, tmp_path):
@@ -141,13 +143,12 @@ def test_an_interrupted_two_process_run_resumes_to_the_same_weights(inputs, unin
     assert [h["iteration"] for h in resumed["history"]] == list(range(6))
 
 
-def test_resuming_with_a_different_process_count_is_refused(inputs, tmp_path):
+def test_resuming_with_a_different_process_count_is_refused(inputs, uninterrupted):
     from components.training.ppo import train_ppo
 
-    overrides = ["ppo.rollout_batch_size=16", "ppo.minibatch_size=8", "ppo.checkpoint_every=2"]
-    checkpoints = tmp_path / "checkpoints"
-    launch(inputs, tmp_path / "job", [*overrides, "ppo.iterations=2"], checkpoint_dir=checkpoints)
-    cfg = load_config("smoke", [*SFT_LONGER, *overrides, "ppo.iterations=4"])
+    checkpoints = uninterrupted["checkpoints"]
+    assert latest_checkpoint(checkpoints).tensors["torch_rng"].shape[0] == 2  # written by both ranks
+    cfg = load_config("smoke", [*SFT_LONGER, *RESUMABLE, "ppo.iterations=8"])
     models = inputs["models"]
     policy = load_causal_lm(models / "sft")
     with pytest.raises(ValueError, match="written by 2 process"):
