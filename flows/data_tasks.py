@@ -53,9 +53,14 @@ def validate_data(cfg: Config, root: str, candidate: data_versioning.Candidate, 
     if report.data_docs_index:
         run.log_artifacts(Path(report.data_docs_index).parent, "validation/data_docs")
     run.log_metrics({f"rows.{name}": n for name, n in report.rows.items()})
-    run.set_tags({"validation.success": "true"})
+    run.set_tags({"validation.success": "true", "validation.reused": str(report.reused).lower()})
     run.finish()
-    return {"success": report.success, "data_docs": report.data_docs_index, "rows": report.rows}
+    return {
+        "success": report.success,
+        "data_docs": report.data_docs_index,
+        "rows": report.rows,
+        "reused": report.reused,
+    }
 
 
 @task(name="version data", cache_policy=NO_CACHE)

@@ -235,7 +235,8 @@ def _print_summary(result: dict, seconds: float) -> None:
             f"demos gold   : mean {data['demonstrations_gold_mean']:.2f}, "
             f"sd {data['demonstrations_gold_std']:.2f} (max 4.5)"
         )
-    print(f"validation   : passed; Data Docs at {result['validation']['data_docs']}")
+    again = " (the same files passed the same suites before; not run again)" if result["validation"]["reused"] else ""
+    print(f"validation   : passed{again}; Data Docs at {result['validation']['data_docs']}")
     print(f"prepared     : {result['prepared']}")
     print(format_table(result["evaluation"]))
     print(format_budgets(result["budgets"]))

@@ -13,6 +13,7 @@ Data Docs without running the suites again. A failure is never reused: it is che
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -23,7 +24,7 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from components.config import ValidationConfig
-from components.data import expectations, files
+from components.data import expectations
 from components.data.expectations import LINE, Expectation
 from components.data.files import DATASETS, EVAL_PROMPTS, LABELS, REQUIRED_FIELDS, DataFileError, file_name, read_jsonl
 from components.data.validation_report import PARSE, Failure, ValidationReport
@@ -136,10 +137,10 @@ def _passed_key(
     paths = [data_dir / file_name(dataset) for dataset in datasets]
     if not all(path.is_file() for path in paths):
         return None
-    suites_source = (Path(module.__file__).read_bytes() for module in (expectations, files))
+    code = (inspect.getfile(expectations), inspect.getfile(read_jsonl), __file__)  # the suites, the parser, this
     inputs = {
         "great_expectations": version("great_expectations"),
-        "code": [hashlib.sha256(source).hexdigest() for source in (*suites_source, Path(__file__).read_bytes())],
+        "code": [sha256_file(source) for source in code],
         "settings": cfg.model_dump(mode="json"),
         "vocabulary": sorted(vocabulary) if vocabulary is not None else None,
         "eval_prompts": sorted(eval_prompts) if eval_prompts is not None else None,

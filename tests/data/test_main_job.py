@@ -86,6 +86,7 @@ def test_main_job_runs_every_stage_and_ends_with_the_decision(main_job):
     assert md5 == yaml.safe_load((git_repo / "data.dvc").read_text())["outs"][0]["md5"].removesuffix(".dir")
     assert f"data version : {md5} (rebuilt" in done.stdout  # the clone has data.dvc, not the data
     assert "agree with the gold judge" in done.stdout
+    assert "validation   : passed; Data Docs at " in done.stdout  # Great Expectations ran: nothing to reuse yet
     docs = done.stdout.split("Data Docs at ")[1].split()[0]
     assert Path(docs).is_file()
     version = json.loads((git_repo / "artifacts/prepared/data_version.json").read_text())
@@ -218,6 +219,8 @@ def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job,
     )
     assert len(stage_dirs(git_repo, "ppo")) == 2
     assert "reusing the finished stage" in log
+    # the same data files under the same suites: the validation that passed is reused, its Data Docs with it
+    assert "validation   : passed (the same files passed the same suites before; not run again)" in again.stdout
     card = json.loads((Path(second["ppo"]["directory"]) / "rlhf_card.json").read_text())
     assert card["config"]["distributed"]["accelerate_config"].endswith("cpu-2proc.yaml")
 
