@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from components.offline import stay_offline
+from flows.cores import usable_cores
 
 stay_offline()  # nothing in the test suite may phone home
 
@@ -53,10 +54,6 @@ def pytest_xdist_make_scheduler(config, log):
 
     config.option.loadscopereorder = False
     return SharedRunsScheduling(config, log)
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 def pytest_xdist_auto_num_workers(config) -> int:

@@ -151,8 +151,7 @@ def _passed_key(
 
 def _passed_before(report_dir: Path, key: str | None) -> ValidationReport | None:
     """The report of a validation that passed with this key, if its record and Data Docs are still there."""
-    record = report_dir / PASSED / f"{key}.json"
-    if key is None or not record.is_file():
+    if key is None or not (record := report_dir / PASSED / f"{key}.json").is_file():
         return None
     summary = json.loads(record.read_text(encoding="utf-8"))
     docs_index = report_dir / summary["data_docs_index"] if summary["data_docs_index"] else None
