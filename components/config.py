@@ -162,6 +162,11 @@ class ModelConfig(Section):
     n_embd: int = Field(128, ge=8, description="hidden width")
     n_head: int = Field(4, ge=1, description="attention heads")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout in every stage (PPO always runs with dropout off)")
+    activation: Literal["gelu_pytorch_tanh", "gelu_new"] = Field(
+        "gelu_pytorch_tanh",
+        description="GPT-2's tanh-approximated GELU, as one fused torch kernel (gelu_pytorch_tanh) or as transformers' "
+        "five elementwise ops (gelu_new, GPT-2's original): the same function, within 5e-7",
+    )
     max_prompt_tokens: int = Field(24, ge=1, description="prompts are cut to their last N tokens")
     max_response_tokens: int = Field(40, ge=2, description="longest response, EOS included")
 
