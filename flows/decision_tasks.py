@@ -18,7 +18,7 @@ from components.evaluation.judges import judge_facts, make_judge
 from components.evaluation.report import evaluate_policies, format_budgets, format_table
 from components.models.stage_store import StageStore
 from components.training import recipe
-from flows import human_judging
+from flows import decoding_reuse, human_judging
 from flows.handoff import task
 from flows.run_context import PreparedData, RunContext, Trained
 from flows.stage_runs import recorded, stage_home
@@ -159,6 +159,7 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
             )
         )
 
+    reused: list[str] = []  # the decodings an earlier run made with everything they depend on unchanged
     with recorded(ctx.tracking.stage("evaluation")) as run:
         run.set_tags({"judge.kind": facts["kind"], "judge.name": facts["name"]})
         policies = {"sft": trained.sft.model, **{n: r.model for n, r in trained.baselines.items()}}
@@ -174,7 +175,9 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
             judge,
             cfg.baselines.best_of_n,
             on_responses=pair_up if judge is None else None,
+            recall=decoding_reuse.remembered(ctx, trained, reused),
         )
+        run.set_tags({"evaluation.reused": ", ".join(reused) or "none"})
         run.log_params(flatten(cfg.evaluation.model_dump(mode="json")))
         for mode, block in report.items():
             for name, summary in block["policies"].items():

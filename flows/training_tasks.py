@@ -27,7 +27,7 @@ from components.models.tokenizer import words_of
 from components.training import recipe
 from components.training.ranking import Ranker
 from components.training.rounds import labeller_stream, next_group, tagged
-from flows import ppo_worker
+from flows import decoding_reuse, ppo_worker
 from flows.data_stages import checked_vocabulary, save_comparisons
 from flows.environment import environment_for
 from flows.handoff import task
@@ -480,6 +480,8 @@ def prune_stage_outputs(ctx: RunContext, trained: Trained) -> list[str]:
             home = cfg.comparisons.dir if name.startswith("comparisons") else stage_home(cfg, name)
             homes.setdefault(home, set()).add(result.key)
     homes.setdefault(cfg.comparisons.dir, set()).add(trained.comparisons.key)
+    for home, key in decoding_reuse.decodings_in_use(ctx, trained).items():
+        homes.setdefault(home, set()).add(key)
     removed = [
         str(path)
         for home, keys in homes.items()

@@ -13,7 +13,12 @@ stay_offline()  # nothing in the test suite may phone home
 MAX_WORKERS = 4  # each worker starts its own Prefect and MLflow servers: more would cost more than they save
 # The session-wide runs several modules read (made once per worker that needs them): every module that reads one is
 # run by the same worker. A module that starts reading one must be listed (collection fails otherwise).
-SHARED_RUNS = {"pipeline_runs": "tiny-runs", "smoke_root": "smoke-root"}
+SHARED_RUNS = {
+    "pipeline_runs": "tiny-runs",
+    "smoke_root": "smoke-root",
+    "tiny_sft": "tiny-models",
+    "tiny_reward_model": "tiny-models",
+}
 SHARED_MODULES = {
     "tests/browser/test_ui.py": "tiny-runs",
     "tests/integration/test_mlflow_pipeline.py": "tiny-runs",
@@ -22,6 +27,12 @@ SHARED_MODULES = {
     "tests/faults/test_bad_judges.py": "smoke-root",
     "tests/integration/test_human_judge.py": "smoke-root",
     "tests/integration/test_labelling_rounds.py": "smoke-root",
+    "tests/model/test_generation.py": "tiny-models",
+    "tests/model/test_ppo.py": "tiny-models",
+    "tests/model/test_ppo_resume.py": "tiny-models",
+    "tests/model/test_rounds.py": "tiny-models",
+    "tests/model/test_selection.py": "tiny-models",
+    "tests/model/test_sft.py": "tiny-models",
 }
 # handed out first, longest first (minutes each, measured), so that no worker starts a long one last
 LONGEST_FIRST = (
@@ -30,6 +41,7 @@ LONGEST_FIRST = (
     "tests/data/test_main_job.py",
     "tests/distributed/test_ppo_launch.py",
     "tests/faults/test_fault_table.py",
+    "tiny-models",
     "tests/integration/test_prefect_deployment.py",
     "tests/faults/test_tracking_outage.py",
     "tests/faults/test_interruptions_and_listening.py",

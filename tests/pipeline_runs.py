@@ -36,8 +36,10 @@ LOOSE_GATE = [
 RIVAL_PPO = "ppo.lr=2.0e-4"
 WIDE_OPEN = [*LOOSE_GATE, "gate.min_rm_accuracy=0.0"]
 # no KL penalty, a learning rate 5x the tiny profile's and 10x its iterations: the policy runs away from SFT to
-# whatever the reward model over-rates; one snapshot, so the policy that ran away is the one the gate sees
-HACKED = ["ppo.kl.kl_coef=0.0", "ppo.lr=1.0e-3", "ppo.iterations=40", "selection.candidates=1", "gate.max_kl=20"]
+# whatever the reward model over-rates. Both snapshots selection chooses from (iterations 20 and 40) are far past the
+# KL budget (measured: KL 30 nats by iteration 17, 78 by 33); the selection settings stay the others', so the
+# supervised baselines are theirs, reused
+HACKED = ["ppo.kl.kl_coef=0.0", "ppo.lr=1.0e-3", "ppo.iterations=40", "gate.max_kl=10"]
 # three members from independent heads, barely trained: their orderings are close to independent coin flips
 DISAGREEING = ["reward.ensemble_size=3", "reward.epochs=0.02", "gate.min_rm_member_agreement=0.7"]
 PROMOTED = ("promoted", "rival")  # the runs the gate promotes; the others it must refuse

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from functools import partial
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -22,6 +23,16 @@ from components.training.reward import gold_accuracy, score_comparisons
 
 PPO = "ppo"
 REFERENCE = "sft"
+BEST_OF_N = "best_of_n"
+
+Decode = Callable[[], Responses]
+# (policy, mode, decode) -> the policy's responses under the mode before any judge reads them: decode()'s, or the same
+# responses remembered from an earlier decoding (flows/decoding_reuse.py)
+Recall = Callable[[str, DecodingMode, Decode], Responses]
+
+
+def decode_now(policy: str, mode: DecodingMode, decode: Decode) -> Responses:
+    return decode()
 
 
 def decoding_modes(cfg: EvaluationConfig) -> list[DecodingMode]:
@@ -51,6 +62,24 @@ def example_rows(responses: dict[str, Responses], mode: DecodingMode, n_examples
     return rows
 
 
+def best_of_n_responses(
+    reference: PreTrainedModel,
+    reward_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_prompts: list[str],
+    mode: DecodingMode,
+    cfg: BestOfNConfig,
+    model_cfg: ModelConfig,
+    seed: int,
+) -> Responses:
+    """Best-of-n over the reference for every sample the mode takes of each prompt; its RM score is the pick's."""
+    expanded = [p for p in eval_prompts for _ in range(mode.samples_per_prompt)]
+    texts, ended, scores = best_of_n(
+        reference, reward_model, tokenizer, expanded, cfg.n, model_cfg, cfg.temperature, seed, cfg.missing_eos_penalty
+    )
+    return Responses(expanded, texts, ended, scores)
+
+
 def evaluate_policies(
     policies: dict[str, PreTrainedModel],
     tokenizer: PreTrainedTokenizerBase,
@@ -62,17 +91,19 @@ def evaluate_policies(
     judge: Scores | None,
     best_of_n_cfg: BestOfNConfig | None = None,
     on_responses: Callable[[DecodingMode, dict[str, Responses]], None] | None = None,
+    recall: Recall = decode_now,
 ) -> dict:
     """Returns {mode: {policies, ppo_win_rate, ppo_rm_win_rate, examples}}; ``policies`` must hold 'sft' and 'ppo'.
 
     Without a ``judge`` (people judge pairs later) no policy has a judge score and ``ppo_win_rate`` is empty;
-    ``on_responses`` sees every mode's responses, e.g. to put them in pairs."""
+    ``on_responses`` sees every mode's responses, e.g. to put them in pairs. ``recall`` may hand back a decoding
+    made before instead of decoding again; the judge scores every response afresh either way."""
     reference = policies[REFERENCE]
     report: dict = {}
     for mode in decoding_modes(cfg):
-        responses: dict[str, Responses] = {}
-        for name, policy in policies.items():
-            out = sample_responses(
+        decodings = {
+            name: partial(
+                sample_responses,
                 policy,
                 tokenizer,
                 eval_prompts,
@@ -83,23 +114,25 @@ def evaluate_policies(
                 reference=reference,
                 reward_model=reward_model,
             )
-            out.gold = judge(out.prompts, out.texts, out.ended) if judge is not None else []
-            responses[name] = out
+            for name, policy in policies.items()
+        }
         if best_of_n_cfg is not None and not mode.greedy:
-            expanded = [p for p in eval_prompts for _ in range(mode.samples_per_prompt)]
-            texts, ended, scores = best_of_n(
+            decodings[BEST_OF_N] = partial(
+                best_of_n_responses,
                 reference,
                 reward_model,
                 tokenizer,
-                expanded,
-                best_of_n_cfg.n,
+                eval_prompts,
+                mode,
+                best_of_n_cfg,
                 model_cfg,
-                best_of_n_cfg.temperature,
                 seed,
-                best_of_n_cfg.missing_eos_penalty,
             )
-            judged = judge(expanded, texts, ended) if judge is not None else []
-            responses["best_of_n"] = Responses(expanded, texts, ended, scores, [], judged)
+        responses: dict[str, Responses] = {}
+        for name, decode in decodings.items():
+            out = recall(name, mode, decode)
+            out.gold = judge(out.prompts, out.texts, out.ended) if judge is not None else []
+            responses[name] = out
         if on_responses is not None:
             on_responses(mode, responses)
         ppo = responses[PPO]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.config import load_config
 from components.io import sha256_file
 from tests.conftest import git, new_repo
 from tests.layout import run_records, stage_dir, stage_dirs
@@ -87,6 +89,7 @@ def test_main_job_runs_every_stage_and_ends_with_the_decision(main_job):
     assert f"data version : {md5} (rebuilt" in done.stdout  # the clone has data.dvc, not the data
     assert "agree with the gold judge" in done.stdout
     assert "validation   : passed; Data Docs at " in done.stdout  # Great Expectations ran: nothing to reuse yet
+    assert "evaluation: reusing" not in done.stdout + done.stderr  # every held-out response decoded by this run
     docs = done.stdout.split("Data Docs at ")[1].split()[0]
     assert Path(docs).is_file()
     version = json.loads((git_repo / "artifacts/prepared/data_version.json").read_text())
@@ -189,7 +192,7 @@ def test_dvc_status_is_clean_after_the_main_job_on_a_fresh_clone(main_job, tmp_p
 
 
 def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job, prefect_server):
-    git_repo, tmp_path, _, first = main_job
+    git_repo, tmp_path, first_run, first = main_job
     args = main_command(git_repo)
     before = {
         stage: (stage_dir(git_repo, stage) / "model.safetensors").stat().st_mtime_ns
@@ -223,6 +226,25 @@ def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job,
     assert "validation   : passed (the same files passed the same suites before; not run again)" in again.stdout
     card = json.loads((Path(second["ppo"]["directory"]) / "rlhf_card.json").read_text())
     assert card["config"]["distributed"]["accelerate_config"].endswith("cpu-2proc.yaml")
+    # held-out responses: every policy but PPO was decoded by the first run from the same weights, reference, reward
+    # model, prompts and settings, so only PPO is decoded again; the judge scores them all afresh, to the same numbers
+    modes = load_config("smoke").evaluation.modes
+    policies = set(second) - {"reward_model", "ppo"}
+    assert set(re.findall(r"evaluation: reusing the (\w+) responses of (\w+) in ", log)) == {
+        (mode, policy) for mode in modes for policy in policies
+    } | {("sample", "best_of_n")}
+    assert "responses of ppo" not in log
+
+    def measured(done, mode):  # policy -> its gold mean [CI], RM, KL, length and unterminated share
+        block = done.stdout.split(f"== {mode} decoding")[1].split("==")[0]
+        return {
+            line.split()[0]: line.split()[1:8]
+            for line in block.splitlines()
+            if line.split()[:1] in [[p] for p in policies]
+        }
+
+    for mode in modes:
+        assert len(measured(again, mode)) == len(policies) and measured(again, mode) == measured(first_run, mode), mode
 
 
 def test_the_same_params_and_seed_give_the_same_data_models_and_metrics(

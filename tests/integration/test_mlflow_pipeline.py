@@ -9,11 +9,14 @@ planted in its environment; none may reach any output, file or store.
 """
 
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from components.config import load_config
 from tests.flow_helpers import stage_runs
 from tests.layout import run_records, stage_dirs
 from tests.pipeline_runs import PROMOTED, SECRETS, parent_run_id
@@ -22,14 +25,12 @@ pytestmark = pytest.mark.integration
 
 MODEL = "rlhf-policy"
 # which runs compute each shared stage once between them: the control and the disagreeing ensemble train their own
-# reward model; the hacked run selects among one snapshot, so its baselines (which select theirs) are its own
-BASELINE_SHARERS = ("promoted", "rival", "control", "disagreeing")
-SHARERS = {
-    "sft": ("promoted", "rival", "control", "hacked", "disagreeing"),
-    "reward_model": ("promoted", "rival", "hacked"),
-    **{name: BASELINE_SHARERS for name in ("chosen", "top_ranked", "combined", "dpo")},
-}
-OWN_DIRECTORIES = {"sft": 1, "reward_model": 3, "chosen": 2, "top_ranked": 2, "combined": 2, "dpo": 2}
+# reward model; every run shares SFT and the supervised baselines
+ALL_FIVE = ("promoted", "rival", "control", "hacked", "disagreeing")
+RM_SHARERS = ("promoted", "rival", "hacked")
+BASELINES = ("chosen", "top_ranked", "combined", "dpo")
+SHARERS = {"sft": ALL_FIVE, "reward_model": RM_SHARERS, **{name: ALL_FIVE for name in BASELINES}}
+OWN_DIRECTORIES = {"sft": 1, "reward_model": 3, **{name: 1 for name in BASELINES}}
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +201,16 @@ def test_five_runs_at_once_share_the_root_and_the_registry_safely(runs, client, 
     logs = "".join(done.stdout + done.stderr for done in runs.values())
     assert "waiting to reuse its result" in logs
     assert "stopped without finishing" not in logs  # each found the others' records "running" under a held lock
+    # so were the held-out decodings: the runs sharing the reward model decoded each policy but their PPOs once between
+    # them (one decoded, two reused); the control and the disagreeing ensemble score with reward models of their own
+    reused = {
+        name: re.findall(r"evaluation: reusing the (\w+) responses of (\w+) in ", done.stdout + done.stderr)
+        for name, done in runs.items()
+    }
+    shared = {(mode, policy) for mode in load_config("tiny").evaluation.modes for policy in ("sft", *BASELINES)}
+    counts = Counter(decoding for name in RM_SHARERS for decoding in reused[name])
+    assert counts == {decoding: 2 for decoding in shared | {("sample", "best_of_n")}}, reused
+    assert not reused["control"] and not reused["disagreeing"], reused
     # each trained its own PPO into its own directory
     ppo = [r["stages"]["ppo"] for r in at_once.values()]
     assert len({s["directory"] for s in ppo}) == len(runs) and not any(s["reused"] for s in ppo)
