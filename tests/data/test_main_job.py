@@ -236,12 +236,9 @@ def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job,
     assert "responses of ppo" not in log
 
     def measured(done, mode):  # policy -> its gold mean [CI], RM, KL, length and unterminated share
-        block = done.stdout.split(f"== {mode} decoding")[1].split("==")[0]
-        return {
-            line.split()[0]: line.split()[1:8]
-            for line in block.splitlines()
-            if line.split()[:1] in [[p] for p in policies]
-        }
+        block = done.stdout.split(f"== {mode} decoding, held-out prompts ==")[1].split("\n==")[0]
+        rows = [line.split() for line in block.splitlines()]
+        return {row[0]: row[1:8] for row in rows if row and row[0] in policies}
 
     for mode in modes:
         assert len(measured(again, mode)) == len(policies) and measured(again, mode) == measured(first_run, mode), mode
