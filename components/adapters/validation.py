@@ -2,7 +2,8 @@
 
 The only module that imports great_expectations, and only when a suite runs (the import takes seconds). One
 file-mode Data Context lives under ``<report_dir>/gx``; every data file is a dataframe asset validated by its own
-checkpoint, whose UpdateDataDocsAction writes the Data Docs. Nothing is ever written into the data directory.
+checkpoint; the Data Docs of all of them are built once, after the last (a build per checkpoint compiles the page
+templates and renders the index again each time). Nothing is ever written into the data directory.
 
 A validation that passed is recorded under ``<report_dir>/passed/``, keyed by everything its outcome depends on:
 the files' bytes and names, the validation settings, the vocabulary, the held-out prompts, the Great Expectations
@@ -92,11 +93,12 @@ def validate_data_dir(
     if frames:
         context = _context(report_dir)
         source = context.data_sources.add_or_update_pandas(DATA_SOURCE)  # drops the assets of earlier runs
+        results = []
         for dataset, df in frames.items():
             suite = expectations.suite(dataset, df.columns, cfg, vocabulary, eval_prompts)
-            result = _checkpoint(context, source, dataset, suite).run(batch_parameters={"dataframe": df})
-            failures += _failures(labels[dataset], suite, result, df, cfg.max_examples)
-        docs_index = _docs_index(context)
+            results.append(_checkpoint(context, source, dataset, suite).run(batch_parameters={"dataframe": df}))
+            failures += _failures(labels[dataset], suite, results[-1], df, cfg.max_examples)
+        docs_index = _build_docs(context, results)
 
     report = ValidationReport(
         success=not failures,
@@ -181,7 +183,10 @@ def validate_labels(path: Path, rules: list[Expectation], report_dir: Path, max_
     result = _checkpoint(context, source, LABELS, rules).run(batch_parameters={"dataframe": df})
     failures = _failures(str(path), rules, result, df, max_examples)
     return ValidationReport(
-        success=not failures, failures=failures, rows={str(path): len(df)}, data_docs_index=_docs_index(context)
+        success=not failures,
+        failures=failures,
+        rows={str(path): len(df)},
+        data_docs_index=_build_docs(context, [result]),
     )
 
 
@@ -220,7 +225,6 @@ def _checkpoint(context: Any, source: Any, dataset: str, rules: list[Expectation
         gx.Checkpoint(
             name=dataset,
             validation_definitions=[validation],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data docs")],
             result_format=RESULT_FORMAT,
         )
     )
@@ -276,6 +280,18 @@ def _detail(outcome: Any) -> str:
     if "observed_value" in result:
         return f"observed {result['observed_value']}"
     return ""
+
+
+def _build_docs(context: Any, results: list[Any]) -> str | None:
+    """The Data Docs pages of these checkpoint results and their suites, and the index, in one build; the index path."""
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+    pages = []
+    for result in results:
+        for result_id, validation in result.run_results.items():
+            pages += [result_id, ExpectationSuiteIdentifier(name=validation.suite_name)]
+    context.build_data_docs(resource_identifiers=pages)
+    return _docs_index(context)
 
 
 def _docs_index(context: Any) -> str | None:
