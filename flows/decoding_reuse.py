@@ -101,7 +101,7 @@ def decodings_in_use(ctx: RunContext, trained: Trained) -> dict[str, str]:
     keys = {}
     for mode in report.decoding_modes(ctx.cfg.evaluation):
         for policy in policy_keys(trained):
-            if policy == report.BEST_OF_N and mode.greedy:
+            if policy == report.BEST_OF_N and not report.decodes_best_of_n(mode):
                 continue
             if (key := decoding_key(ctx, trained, policy, mode)) is not None:
                 keys[decoding_home(ctx, policy, mode)] = key

@@ -35,6 +35,11 @@ def decode_now(policy: str, mode: DecodingMode, decode: Decode) -> Responses:
     return decode()
 
 
+def decodes_best_of_n(mode: DecodingMode) -> bool:
+    """Best-of-n is a reference point for sampling: under greedy decoding its n samples would be one."""
+    return not mode.greedy
+
+
 def decoding_modes(cfg: EvaluationConfig) -> list[DecodingMode]:
     return [
         DecodingMode(name, name == "greedy", 1 if name == "greedy" else cfg.samples_per_prompt, cfg.temperature)
@@ -116,7 +121,7 @@ def evaluate_policies(
             )
             for name, policy in policies.items()
         }
-        if best_of_n_cfg is not None and not mode.greedy:
+        if best_of_n_cfg is not None and decodes_best_of_n(mode):
             decodings[BEST_OF_N] = partial(
                 best_of_n_responses,
                 reference,

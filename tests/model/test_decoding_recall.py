@@ -1,11 +1,14 @@
-"""The evaluation report from remembered decodings: responses remembered from an earlier evaluation (through JSON, as
-flows/decoding_reuse.py stores them) give the report decoding again gives, to the last digit; nothing is decoded twice
-and the judge scores every response afresh. Untrained one-layer models: seconds."""
+"""The evaluation report's responses. Greedy ones are each policy's own, against greedy decoding written out by hand
+(one unbatched, uncached forward pass per token), with the reward model's score read by hand at the last token.
+Responses remembered from an earlier evaluation (through JSON, as flows/decoding_reuse.py stores them) give the report
+decoding again gives, to the last digit; nothing is decoded twice and the judge scores every response afresh.
+Untrained one-layer models: seconds."""
 
 import dataclasses
 import json
 
 import pytest
+import torch
 
 from components.config import BestOfNConfig, EvaluationConfig, ModelConfig, load_config
 from components.data.files import EVAL_PROMPTS
@@ -79,3 +82,58 @@ def test_what_is_remembered_holds_no_judge_scores(setting):
 
     evaluate(setting, lambda ps, rs, es: [1.0] * len(rs), remembering)
     assert len(remembered) == 7 and all(not r.gold and r.texts and r.rm_scores for r in remembered)
+
+
+def greedy_by_hand(policy, tokenizer, prompt: str) -> tuple[list[int], bool]:
+    """(response tokens, ended): the argmax of one unbatched, uncached forward pass per token, EOS included."""
+    context = tokenizer(prompt, add_special_tokens=False)["input_ids"][-MODEL.max_prompt_tokens :]
+    response: list[int] = []
+    with torch.no_grad():
+        while len(response) < MODEL.max_response_tokens:
+            logits = policy(input_ids=torch.tensor([context + response])).logits[0, -1]
+            response.append(int(logits.argmax()))
+            if response[-1] == tokenizer.eos_token_id:
+                return response, True
+    return response, False
+
+
+def reward_by_hand(reward_model, tokenizer, prompt: str, response: list[int]) -> float:
+    """The reward model's score at the response's last token (its EOS when it ended)."""
+    context = tokenizer(prompt, add_special_tokens=False)["input_ids"][-MODEL.max_prompt_tokens :]
+    with torch.no_grad():
+        hidden = reward_model.base_model(input_ids=torch.tensor([context + response])).last_hidden_state
+        return float(reward_model.score(hidden[0, -1]))
+
+
+def test_each_policys_greedy_responses_and_their_rm_scores_are_its_own_decoded_by_hand(setting):
+    tokenizer, prompts, policies, reward_model = setting
+    seen: dict[str, dict[str, Responses]] = {}
+    evaluate_policies(
+        policies,
+        tokenizer,
+        prompts,
+        EVALUATION,
+        MODEL,
+        0,
+        reward_model,
+        None,
+        BEST,
+        on_responses=lambda mode, responses: seen.setdefault(mode.name, responses),
+    )
+    greedy = seen["greedy"]
+    assert set(greedy) == set(policies)  # best-of-n is decoded under sampling only
+    by_hand = {name: [greedy_by_hand(policy, tokenizer, p) for p in prompts] for name, policy in policies.items()}
+    for name, out in greedy.items():
+        assert out.prompts == prompts, name
+        texts = [
+            tokenizer.decode([t for t in tokens if t != tokenizer.eos_token_id], skip_special_tokens=True)
+            for tokens, _ in by_hand[name]
+        ]
+        assert out.texts == texts, name
+        assert out.ended == [ended for _, ended in by_hand[name]], name
+        rm_scores = [
+            reward_by_hand(reward_model, tokenizer, p, tokens) for p, (tokens, _) in zip(prompts, by_hand[name])
+        ]
+        assert out.rm_scores == pytest.approx(rm_scores, abs=1e-5), name
+    # the three untrained policies answer differently, so a policy's responses filed under another's name would fail
+    assert len({tuple(out.texts) for out in greedy.values()}) == 3
