@@ -6,8 +6,10 @@ Runs the same profile twice: (1) the components called directly (data generated 
 recipe's stages, evaluation and the gate; nothing written, nothing tracked), and (2) the main job,
 the Prefect flow in ephemeral mode with DVC versioning, Great Expectations, MLflow (a fresh local
 store) and the registry, in a fresh project directory, as a subprocess, so its wall time includes
-interpreter start and the temporary Prefect server. Stage reuse is off in (2), so both train
-everything. Prints both times and the ratio; writes benchmarks/results/orchestration_overhead.json.
+interpreter start and the temporary Prefect server. (2) runs twice with one Prefect home: the first
+run on a machine pays for Prefect's database and block registration once; the second is what every
+later run costs, and the ratio is its. Stage reuse is off in (2), so every run trains everything.
+Prints the times and the ratio; writes benchmarks/results/orchestration_overhead.json.
 """
 
 from __future__ import annotations
@@ -68,32 +70,38 @@ def direct(profile: str) -> float:
     return time.perf_counter() - started
 
 
-def orchestrated(profile: str) -> float:
+def orchestrated(profile: str) -> tuple[float, float]:
+    """Seconds of the main job: the first on a machine (a fresh Prefect home: Prefect creates its database and
+    registers its block types) and the next one, each in its own fresh project."""
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "project"
-        root.mkdir()
-        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
         env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "prefect-home")}
         env.pop("MLFLOW_TRACKING_URI", None)
-        started = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "flows.pipeline",
-                "--profile",
-                profile,
-                "--root",
-                str(root),
-                "--set",
-                "orchestration.reuse_finished_stages=false",
-            ],
-            cwd=REPO,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        return time.perf_counter() - started
+        env.pop("PREFECT_API_URL", None)
+        seconds = []
+        for run in ("first", "second"):
+            root = Path(tmp) / run
+            root.mkdir()
+            subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+            started = time.perf_counter()
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "flows.pipeline",
+                    "--profile",
+                    profile,
+                    "--root",
+                    str(root),
+                    "--set",
+                    "orchestration.reuse_finished_stages=false",
+                ],
+                cwd=REPO,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            seconds.append(time.perf_counter() - started)
+        return seconds[0], seconds[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     stay_offline()
     warnings.filterwarnings("ignore")
     direct_s = direct(args.profile)
-    orchestrated_s = orchestrated(args.profile)
+    first_s, orchestrated_s = orchestrated(args.profile)
     result = {
         "profile": args.profile,
         "direct_seconds": round(direct_s, 1),
+        "first_run_seconds": round(first_s, 1),
         "orchestrated_seconds": round(orchestrated_s, 1),
         "overhead_seconds": round(orchestrated_s - direct_s, 1),
         "ratio": round(orchestrated_s / direct_s, 2),
@@ -115,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{'run':<40} {'seconds':>8}")
     print(f"{'components called directly':<40} {direct_s:8.1f}")
-    print(f"{'Prefect + MLflow + DVC + GE (main job)':<40} {orchestrated_s:8.1f}")
+    print(f"{'main job, first on the machine':<40} {first_s:8.1f}")
+    print(f"{'main job (Prefect + MLflow + DVC + GE)':<40} {orchestrated_s:8.1f}")
     print(f"{'ratio':<40} {result['ratio']:8.2f}")
     write_json(args.out, result)
     print(f"written: {args.out}")
