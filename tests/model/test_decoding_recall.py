@@ -1,5 +1,6 @@
 """The evaluation report's responses. Greedy ones are each policy's own, against greedy decoding written out by hand
-(one unbatched, uncached forward pass per token), with the reward model's score read by hand at the last token.
+(one unbatched, unpadded, uncached forward pass per token), with the reward model's score read by hand at the last
+token.
 Responses remembered from an earlier evaluation (through JSON, as flows/decoding_reuse.py stores them) give the report
 decoding again gives, to the last digit; nothing is decoded twice and the judge scores every response afresh.
 Untrained one-layer models: seconds."""
@@ -107,6 +108,9 @@ def reward_by_hand(reward_model, tokenizer, prompt: str, response: list[int]) ->
 
 def test_each_policys_greedy_responses_and_their_rm_scores_are_its_own_decoded_by_hand(setting):
     tokenizer, prompts, policies, reward_model = setting
+    # the task's prompts are all 15 tokens long: cut some shorter, so that the batch is left-padded
+    prompts = [" ".join(p.split()[-n:]) for p, n in zip(prompts, (15, 4, 9, 12, 6, 2))]
+    assert len({len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts}) == 6
     seen: dict[str, dict[str, Responses]] = {}
     evaluate_policies(
         policies,
