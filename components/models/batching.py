@@ -7,6 +7,7 @@ count only real tokens, so left padding does not shift positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 import torch
 import torch.nn.functional as F
@@ -47,35 +48,47 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+# the token ids of every text a tokenizer has encoded here, forgotten with the tokenizer
+_known_ids: WeakKeyDictionary[PreTrainedTokenizerBase, dict[str, list[int]]] = WeakKeyDictionary()
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids, without special tokens. A training stage meets the same texts every epoch, so each
+    distinct text is tokenized once per tokenizer (one text per call, as the tokenizer would be called anyway)."""
+    known = _known_ids.setdefault(tokenizer, {})
+    for text in texts:
+        if text not in known:
+            known[text] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [known[text] for text in texts]
+
+
+def padded(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of ``rows`` padded to the longest, each built by one tensor call."""
+    width = max(len(row) for row in rows)
+    fill = [width - len(row) for row in rows]
+    if left:
+        ids = [[pad_id] * n + row for n, row in zip(fill, rows)]
+        mask = [[0] * n + [1] * len(row) for n, row in zip(fill, rows)]
+    else:
+        ids = [row + [pad_id] * n for n, row in zip(fill, rows)]
+        mask = [[1] * len(row) + [0] * n for n, row in zip(fill, rows)]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids and mask; long prompts keep their end (where the request is)."""
-    rows = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_tokens:] for p in prompts]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
-    return ids, mask
+    rows = [ids[-max_tokens:] for ids in token_ids(tokenizer, prompts)]
+    return padded(rows, tokenizer.pad_token_id, left=True)
 
 
 def encode_responses(
     tokenizer: PreTrainedTokenizerBase, responses: list[str], max_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded response ids ending in EOS (dropped only when the response fills ``max_tokens``)."""
-    rows = [
-        (tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_tokens] for r in responses
-    ]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return ids, mask
+    rows = [[*ids, tokenizer.eos_token_id][:max_tokens] for ids in token_ids(tokenizer, responses)]
+    return padded(rows, tokenizer.pad_token_id, left=False)
 
 
 def join(
