@@ -3,7 +3,8 @@ Ziegler et al. 2019, Stiennon et al. 2020 and Huang et al. 2024 ("N+ implementat
 
 Each iteration reads like CleanRL's loop:
 
-    rollouts = collect_rollouts(...)        # sample responses; score them: RM, reference, critic
+    sampled = sample_responses(...)         # one response per prompt from the policy
+    rollouts = score_rollouts(...)          # what the policy, critic, reference and RM say of them
     advantages, returns = compute_advantages(rollouts, kl_coef, ...)   # KL-penalised rewards -> GAE
     stats = ppo_update(...)                 # epochs of clipped policy and value steps over minibatches
     kl_ctl.update(...)                      # the KL coefficient follows the measured KL (if adaptive)
@@ -34,7 +35,7 @@ from components.models.batching import (
     response_logits,
 )
 from components.models.ensemble import member_scores
-from components.models.generation import decode_responses, generate
+from components.models.generation import Rollout, decode_responses, generate
 from components.training.checkpoints import (
     PPOState,
     latest_checkpoint,
@@ -278,15 +279,16 @@ class PPOModels:
 
 
 @torch.no_grad()
-def collect_rollouts(
+def sample_responses(
     models: PPOModels, prompts: list[str], tokenizer: PreTrainedTokenizerBase, cfg: PPOConfig, model_cfg: ModelConfig
-) -> Rollouts:
-    """Sample one response per prompt from the policy and score it: RM score, reference log-probs, values."""
-    device = models.ranks.device
-    prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts(tokenizer, prompts, model_cfg.max_prompt_tokens))
+) -> Rollout:
+    """One response per prompt from the policy, at the policy's temperature."""
+    prompt_ids, prompt_mask = (
+        t.to(models.ranks.device) for t in encode_prompts(tokenizer, prompts, model_cfg.max_prompt_tokens)
+    )
     # ZeRO-3 shards the parameters: gather the policy's once for the whole of generation, not layer by layer per token
     with models.ranks.gathered(models.sampler):
-        sampled = generate(
+        return generate(
             models.sampler,
             prompt_ids,
             prompt_mask,
@@ -295,7 +297,13 @@ def collect_rollouts(
             tokenizer.pad_token_id,
             cfg.temperature,
         )
-        batch = sampled.batch
+
+
+@torch.no_grad()
+def score_rollouts(models: PPOModels, prompts: list[str], sampled: Rollout, cfg: PPOConfig) -> Rollouts:
+    """What the policy, the critic and the frozen models say of the sampled responses: log-probs, values, RM score."""
+    batch = sampled.batch
+    with models.ranks.gathered(models.sampler):
         logprobs, _ = policy_logprobs(models.sampler, batch, cfg.temperature)
     with models.ranks.gathered(models.critic):
         values = token_values(models.critic, batch) * batch.response_mask.float()
@@ -533,8 +541,9 @@ def train_ppo(
         batch_prompts = ranks.shard(queue.next_batch(cfg.rollout_batch_size))
 
         started = time.perf_counter()
-        rollouts = collect_rollouts(models, batch_prompts, tokenizer, cfg, model_cfg)
+        sampled = sample_responses(models, batch_prompts, tokenizer, cfg, model_cfg)
         generated = time.perf_counter()
+        rollouts = score_rollouts(models, batch_prompts, sampled, cfg)
         advantages = compute_advantages(rollouts, kl_ctl.value, cfg, ranks)
         check_finite("ppo", iteration, rm_score=rollouts.rm_scores.mean().item(), kl=advantages.kl.sum(1).mean().item())
         scored = time.perf_counter()
