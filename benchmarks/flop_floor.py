@@ -41,6 +41,7 @@ from transformers.pytorch_utils import Conv1D
 
 from components.config import Config, load_config
 from components.io import write_json
+from components.models.precision import cpu_description
 from components.offline import stay_offline
 from components.training import recipe
 
@@ -50,8 +51,6 @@ RESULTS = REPO / "benchmarks" / "results" / "flop_floor.json"
 
 from benchmarks.rlhf_vs_sl import evaluate_trained, train_everything  # noqa: E402
 
-CPUINFO = Path("/proc/cpuinfo")
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 MATMUL_MODULES = (torch.nn.Linear, Conv1D)
 REPEATS = 7
 
@@ -173,15 +172,6 @@ class FlopCounter:
 # --- the machine ----------------------------------------------------------------------------
 
 
-def cpu_info() -> dict:
-    """The CPU's model name and whether it does bf16 natively (AVX512-BF16 or AMX)."""
-    text = CPUINFO.read_text() if CPUINFO.is_file() else ""
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    return {"model_name": fields.get("model name", "unknown"), "bf16_native": any(f in flags for f in BF16_FLAGS)}
-
-
 def matmul_gflops(
     rows: int, width: int, dtype: torch.dtype, repeats: int = REPEATS, min_seconds: float = 0.05
 ) -> float:
@@ -297,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     stay_offline()
     warnings.filterwarnings("ignore")
     cfg = load_config(args.profile, args.overrides)
-    cpu = cpu_info()
+    cpu = cpu_description()
 
     watch = CountingStopwatch()
     run_stages(cfg, watch)

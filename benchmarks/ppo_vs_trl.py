@@ -44,8 +44,9 @@ sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside 
 RESULTS = REPO / "benchmarks" / "results" / "ppo_vs_trl.json"
 TRL_VERSION = "1.10.0"
 
-from benchmarks.flop_floor import cpu_info, matmul_gflops  # noqa: E402
+from benchmarks.flop_floor import matmul_gflops  # noqa: E402
 from benchmarks.ppo_throughput import sft_and_reward_model  # noqa: E402
+from components.models.precision import cpu_description  # noqa: E402
 
 
 def steady_seconds(ends: list[float], started: float) -> float:
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         theirs = time_trl(cfg, tokenizer, sft, reward_model, prompts, args.iterations)
 
     result = {
-        "cpu": cpu_info()["model_name"],
+        "cpu": cpu_description()["model_name"],
         "torch_threads": torch.get_num_threads(),
         "matmul_gflops_fp32": matmul_gflops(
             cfg.ppo.minibatch_size * cfg.model.max_response_tokens, cfg.model.n_embd, torch.float32

@@ -167,6 +167,12 @@ class ModelConfig(Section):
         description="GPT-2's tanh-approximated GELU, as one fused torch kernel (gelu_pytorch_tanh) or as transformers' "
         "five elementwise ops (gelu_new, GPT-2's original): the same function, within 5e-7",
     )
+    cpu_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="the matmuls of every stage on the CPU: fp32, or bf16 autocast (weights, optimiser and losses stay "
+        "fp32), only on a CPU with native bf16 (AVX-512 BF16 or AMX); not the default until its learning results are "
+        "checked against fp32's on such a CPU",
+    )
     max_prompt_tokens: int = Field(24, ge=1, description="prompts are cut to their last N tokens")
     max_response_tokens: int = Field(40, ge=2, description="longest response, EOS included")
 
@@ -547,7 +553,7 @@ class DistributedConfig(Section):
         "no second interpreter); accelerate: always under `accelerate launch`",
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on a GPU that supports it, fp32 on CPU"
+        "auto", description="GPU ranks; auto: bf16 on a GPU that supports it (CPU ranks: model.cpu_precision)"
     )
     timeout_seconds: float = Field(
         7200.0, gt=0, description="the whole launch; a hung job is killed and the task fails after this"

@@ -23,6 +23,7 @@ from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 from components.config import DEFAULT_PARAMS, ConfigError, load_config  # yaml and pydantic only
+from components.models import precision  # reads /proc/cpuinfo; torch only when autocast is entered
 from flows.temporary_server import start_early
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def refuse_a_bad_config(args: argparse.Namespace) -> None:
     """A config that cannot be used ends the command (exit 2) before any server starts or heavy module loads."""
     try:
-        load_config(args.profile, args.overrides, args.params)
+        precision.refuse_unsupported(load_config(args.profile, args.overrides, args.params).model)
     except ConfigError as error:
         print(f"\npipeline stopped: {error}", file=sys.stderr)
         sys.exit(2)
@@ -115,6 +116,7 @@ def rlhf_pipeline(
 ) -> dict:
     """The whole pipeline; ``overrides`` are ``key.path=value`` strings applied over the profile."""
     cfg = load_config(profile, flow_overrides(overrides, seed, tracking_uri, registered_model), params)
+    precision.refuse_unsupported(cfg.model)
     export_credentials(cfg.orchestration)
     tracking = open_tracking(cfg, root)
     started, data, trained, decision, registry = time.time(), None, None, None, None
@@ -296,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = args.overrides
     try:
         cfg = load_config(args.profile, overrides, args.params)  # refuse a bad config before any work starts
+        precision.refuse_unsupported(cfg.model)
         refuse_a_pause_nobody_can_resume(cfg)
         started = time.perf_counter()
         with EARLY_SERVER.adopt() if EARLY_SERVER else nullcontext():

@@ -135,9 +135,10 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def resolve_mixed_precision(setting: str, use_cpu: bool) -> str:
+def resolve_mixed_precision(setting: str, use_cpu: bool, cpu_precision: str = "fp32") -> str:
     if use_cpu:
-        return "no"  # fp32 on CPU
+        # CPU ranks run at the whole run's model.cpu_precision, autocast by accelerate around each forward pass
+        return "bf16" if cpu_precision == "bf16" else "no"
     if setting == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     return setting
@@ -150,7 +151,7 @@ def make_ranks(cfg: Config, use_cpu: bool | None = None) -> Ranks:
     if use_cpu is None:
         use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     use_cpu = use_cpu or not torch.cuda.is_available()
-    mixed_precision = resolve_mixed_precision(cfg.distributed.mixed_precision, use_cpu)
+    mixed_precision = resolve_mixed_precision(cfg.distributed.mixed_precision, use_cpu, cfg.model.cpu_precision)
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
         return deepspeed_ranks(cfg, mixed_precision)
     return Ranks(Accelerator(cpu=use_cpu, mixed_precision=mixed_precision))

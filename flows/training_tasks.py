@@ -296,6 +296,7 @@ def ppo_task(
                 unit="iteration",
             ),
             finished=lambda: shutil.rmtree(checkpoints, ignore_errors=True),  # the saved model supersedes them
+            autocast=False,  # the ranks take model.cpu_precision per forward pass (ppo_worker.resolve_mixed_precision)
         )
         record_stage(run, cfg.ppo, result, step_key="iteration")
         run.log_figure(plots.ppo_curves(result.history), "plots/ppo_curves.png")

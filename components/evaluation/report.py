@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.config import BestOfNConfig, EvaluationConfig, ModelConfig
 from components.evaluation.intervals import win_rate
 from components.evaluation.policy_eval import DecodingMode, GoldFn, Responses, Scores, sample_responses, summarise
+from components.models.precision import cpu_autocast
 from components.training.best_of_n import best_of_n
 from components.training.ppo import Monitor
 from components.training.reward import gold_accuracy, score_comparisons
@@ -135,7 +136,8 @@ def evaluate_policies(
             )
         responses: dict[str, Responses] = {}
         for name, decode in decodings.items():
-            out = recall(name, mode, decode)
+            with cpu_autocast(model_cfg):  # decoded and scored at the precision the policies were trained at
+                out = recall(name, mode, decode)
             out.gold = judge(out.prompts, out.texts, out.ended) if judge is not None else []
             responses[name] = out
         if on_responses is not None:

@@ -5,7 +5,6 @@ import pytest
 import torch
 from transformers import GenerationConfig, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
-from benchmarks import flop_floor
 from benchmarks.flop_floor import FlopCounter, floor_rows, matmul_parameters
 
 LAYERS, WIDTH, VOCAB = 2, 16, 50
@@ -141,12 +140,3 @@ def test_floor_is_flops_over_throughput_and_ratio_is_seconds_over_floor():
     assert row["matmul_rows"] == 640
     assert row["floor_seconds"] == pytest.approx(0.6) and row["ratio"] == pytest.approx(20.0)
     assert row["floor_seconds_bf16"] == pytest.approx(0.2) and row["ratio_bf16"] == pytest.approx(60.0)
-
-
-def test_cpu_info_reads_the_model_name_and_the_bf16_flag(tmp_path, monkeypatch):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU @ 2GHz\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
-    monkeypatch.setattr(flop_floor, "CPUINFO", cpuinfo)
-    assert flop_floor.cpu_info() == {"model_name": "Some CPU @ 2GHz", "bf16_native": True}
-    cpuinfo.write_text("model name\t: Older CPU\nflags\t\t: fpu sse2 avx2\n")
-    assert flop_floor.cpu_info()["bf16_native"] is False
