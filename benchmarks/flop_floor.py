@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside 
 RESULTS = REPO / "benchmarks" / "results" / "flop_floor.json"
 
 from benchmarks.rlhf_vs_sl import evaluate_trained, train_everything  # noqa: E402
+from flows import runtimes  # noqa: E402
 
 MATMUL_MODULES = (torch.nn.Linear, Conv1D)
 REPEATS = 7
@@ -232,7 +233,8 @@ class CountingStopwatch:
 
 def run_stages(cfg: Config, watch: CountingStopwatch) -> None:
     """benchmarks/rlhf_vs_sl.py's stages (``train_everything``), then its evaluation."""
-    watch("evaluation", evaluate_trained, cfg, train_everything(cfg, watch))
+    with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
+        watch("evaluation", evaluate_trained, cfg, train_everything(cfg, watch, runtime))
 
 
 # --- the floor ------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside 
 RESULTS = REPO / "benchmarks" / "results" / "orchestration_overhead.json"
 
 from benchmarks.rlhf_vs_sl import Stopwatch, evaluate_trained, train_everything  # noqa: E402
+from flows import runtimes  # noqa: E402
 
 
 def direct(profile: str) -> tuple[float, dict[str, float]]:
@@ -43,7 +44,8 @@ def direct(profile: str) -> tuple[float, dict[str, float]]:
     started = time.perf_counter()
     cfg = load_config(profile)
     watch = Stopwatch()
-    watch("evaluation", evaluate_trained, cfg, train_everything(cfg, watch))
+    with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
+        watch("evaluation", evaluate_trained, cfg, train_everything(cfg, watch, runtime))
     return time.perf_counter() - started, watch.seconds
 
 

@@ -18,7 +18,6 @@ pooled, and writes benchmarks/results/rlhf_vs_sl.json:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import resource
 import statistics
@@ -35,7 +34,7 @@ from components.evaluation.overoptimisation import overoptimisation_fit, shipped
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.evaluation.report import evaluate_policies, format_table, judge_monitor, reward_model_gold_accuracy
 from components.io import write_json
-from components.models.precision import cpu_autocast
+from components.models.runtime import Runtime
 from components.offline import stay_offline
 from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
@@ -43,7 +42,7 @@ from components.task.gold_judge import gold_score
 from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from components.training.loop import Snapshots
-from components.training.ppo import SINGLE
+from flows import runtimes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rlhf_vs_sl.json"
 HEADROOM_N = (1, 2, 4, 8, 16, 32, 64)
@@ -61,78 +60,60 @@ class Stopwatch:
         return result
 
 
-@contextlib.contextmanager
-def ppo_ranks(cfg):
-    """One process, as the flow's in-process PPO runs; under model.cpu_precision bf16 with accelerate's autocast
-    around each forward pass, as the flow's ranks get it (``flows.ppo_worker.make_ranks``)."""
-    if cfg.model.cpu_precision == "fp32":
-        yield SINGLE
-        return
-    from accelerate.state import AcceleratorState, GradientState
-
-    from flows.ppo_worker import make_ranks
-
-    try:
-        yield make_ranks(cfg, use_cpu=True)
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-
-
-def train_everything(cfg, watch: Stopwatch) -> dict:
-    """The same stage functions the pipeline's flow calls, timed one by one."""
+def train_everything(cfg, watch: Stopwatch, runtime: Runtime) -> dict:
+    """The same stage functions the pipeline's flow calls, on the runtime it runs them on, timed one by one."""
     rows = generate_synthetic(cfg).rows
     tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
     train_prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
 
-    with cpu_autocast(cfg.model):  # the supervised stages at model.cpu_precision, as the flow runs them
-        sft = watch("sft", recipe.sft_stage, cfg, tokenizer, rows[DEMONSTRATIONS]).model
-        if cfg.comparisons.source == "sft_samples":
-            comparisons = watch(
-                "comparisons",
-                recipe.comparisons_stage,
-                cfg,
-                tokenizer,
-                sft,
-                train_prompts,
-                recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), rows[DEMONSTRATIONS]),
-            ).model
-        else:
-            comparisons = rows[PREFERENCES]
-        reward = watch("reward", recipe.reward_stage, cfg, tokenizer, sft, comparisons, train_prompts)
-        _, held_out = recipe.labelled_split(cfg, comparisons)
-        reward.metrics["accuracy_gold"] = reward_model_gold_accuracy(
-            reward.model, tokenizer, held_out, cfg.model, gold_score
-        )
+    sft = watch("sft", recipe.sft_stage, cfg, tokenizer, rows[DEMONSTRATIONS], runtime=runtime).model
+    if cfg.comparisons.source == "sft_samples":
+        comparisons = watch(
+            "comparisons",
+            recipe.comparisons_stage,
+            cfg,
+            tokenizer,
+            sft,
+            train_prompts,
+            recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), rows[DEMONSTRATIONS]),
+            runtime=runtime,
+        ).model
+    else:
+        comparisons = rows[PREFERENCES]
+    reward = watch("reward", recipe.reward_stage, cfg, tokenizer, sft, comparisons, train_prompts, runtime=runtime)
+    _, held_out = recipe.labelled_split(cfg, comparisons)
+    reward.metrics["accuracy_gold"] = reward_model_gold_accuracy(
+        reward.model, tokenizer, held_out, cfg.model, gold_score, runtime
+    )
 
-        policies, metrics = {"sft": sft}, {"reward_model": reward.metrics}
-        for name in recipe.SUPERVISED_BASELINES:
-            result = watch(
-                name,
-                recipe.baseline_stage,
-                cfg,
-                name,
-                tokenizer,
-                sft,
-                comparisons,
-                make_ranker=lambda: ReviewTask(cfg).labeller("selection"),
-            )
-            policies[name], metrics[name] = result.model, result.metrics
+    policies, metrics = {"sft": sft}, {"reward_model": reward.metrics}
+    for name in recipe.SUPERVISED_BASELINES:
+        result = watch(
+            name,
+            recipe.baseline_stage,
+            cfg,
+            name,
+            tokenizer,
+            sft,
+            comparisons,
+            make_ranker=lambda: ReviewTask(cfg).labeller("selection"),
+            runtime=runtime,
+        )
+        policies[name], metrics[name] = result.model, result.metrics
     snapshots = Snapshots(cfg.selection.candidates)
 
     def ppo():
-        with ppo_ranks(cfg) as ranks:
-            result = recipe.ppo_stage(
-                cfg,
-                tokenizer,
-                sft,
-                reward.model,
-                train_prompts,
-                rows[DEMONSTRATIONS],
-                monitor=judge_monitor(gold_judge(gold_score)),
-                snapshots=snapshots,
-                ranks=ranks,
-            )
+        result = recipe.ppo_stage(
+            cfg,
+            tokenizer,
+            sft,
+            reward.model,
+            train_prompts,
+            rows[DEMONSTRATIONS],
+            monitor=judge_monitor(gold_judge(gold_score)),
+            snapshots=snapshots,
+            runtime=runtime,
+        )
         return recipe.select_candidate(
             cfg,
             result,
@@ -141,6 +122,7 @@ def train_everything(cfg, watch: Stopwatch) -> dict:
             comparisons,
             lambda: ReviewTask(cfg).labeller("selection"),
             unit="iteration",
+            runtime=runtime,
         )
 
     ppo_result = watch("ppo", ppo)
@@ -153,6 +135,7 @@ def train_everything(cfg, watch: Stopwatch) -> dict:
         "metrics": metrics,
         "ppo_history": ppo_result.history,
         "comparisons": comparisons,
+        "runtime": runtime,
     }
 
 
@@ -237,12 +220,17 @@ def evaluate_trained(cfg, trained: dict) -> dict:
         trained["reward"].model,
         gold_judge(gold_score),
         cfg.baselines.best_of_n,
+        runtime=trained["runtime"],
     )
 
 
 def run_seed(cfg) -> dict:
     watch = Stopwatch()
-    trained = train_everything(cfg, watch)
+    with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
+        return seed_record(cfg, watch, train_everything(cfg, watch, runtime))
+
+
+def seed_record(cfg, watch: Stopwatch, trained: dict) -> dict:
     eval_prompts = [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]]
     evaluation = watch("evaluation", evaluate_trained, cfg, trained)
     for block in evaluation.values():

@@ -194,6 +194,9 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(20, ge=0, description="linear warm-up steps")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="micro-batches per step on each process (the same gradient, less memory)"
+    )
     log_every: int = Field(10, ge=1, description="steps between history entries")
 
 

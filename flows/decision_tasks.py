@@ -4,21 +4,25 @@ flow run's report."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from components.adapters import plots
 from components.adapters.tracking import CHALLENGER, CHAMPION, flatten
+from components.config import Config
 from components.evaluation import pairwise
 from components.evaluation.gate import decide_report
 from components.evaluation.judges import judge_facts, make_judge
-from components.evaluation.report import evaluate_policies, format_budgets, format_table
+from components.evaluation.report import decoding_modes, evaluate_policies, format_budgets, format_table
+from components.models.generation import sampling_config
 from components.models.stage_store import StageStore
 from components.training import recipe
-from flows import decoding_reuse, human_judging
+from flows import decoding_reuse, human_judging, runtimes
 from flows.handoff import task
 from flows.run_context import PreparedData, RunContext, Trained
 from flows.stage_runs import recorded, stage_home
@@ -164,19 +168,21 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
         run.set_tags({"judge.kind": facts["kind"], "judge.name": facts["name"]})
         policies = {"sft": trained.sft.model, **{n: r.model for n, r in trained.baselines.items()}}
         policies["ppo"] = trained.ppo.model
-        report = evaluate_policies(
-            policies,
-            ctx.tokenizer,
-            ctx.data.eval_prompts,
-            cfg.evaluation,
-            cfg.model,
-            cfg.seed,
-            trained.reward_model.model,
-            judge,
-            cfg.baselines.best_of_n,
-            on_responses=pair_up if judge is None else None,
-            recall=decoding_reuse.remembered(ctx, trained, reused),
-        )
+        with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
+            report = evaluate_policies(
+                policies,
+                ctx.tokenizer,
+                ctx.data.eval_prompts,
+                cfg.evaluation,
+                cfg.model,
+                cfg.seed,
+                trained.reward_model.model,
+                judge,
+                cfg.baselines.best_of_n,
+                on_responses=pair_up if judge is None else None,
+                recall=decoding_reuse.remembered(ctx, trained, reused),
+                runtime=runtime,
+            )
         run.set_tags({"evaluation.reused": ", ".join(reused) or "none"})
         run.log_params(flatten(cfg.evaluation.model_dump(mode="json")))
         for mode, block in report.items():
@@ -264,7 +270,8 @@ def register(ctx: RunContext, trained: Trained, decision: dict) -> dict:
     """The PPO policy becomes a new registry version, tagged; the aliases move last."""
     cfg, tracking = ctx.cfg, ctx.tracking
     run = tracking.parent
-    model_uri = run.log_policy(trained.ppo.model, ctx.tokenizer, "policy")
+    generation_config, decoding = gate_decoding(cfg, ctx.tokenizer)
+    model_uri = run.log_policy(trained.ppo.model, ctx.tokenizer, "policy", generation_config, {"decoding": decoding})
     evaluation_tags = {
         f"gate.{r['mode']}.{r['rule']}" if r["mode"] else f"gate.{r['rule']}": r["detail"] for r in decision["reasons"]
     }
@@ -275,6 +282,10 @@ def register(ctx: RunContext, trained: Trained, decision: dict) -> dict:
             "data.md5": ctx.data.md5,
             "profile": cfg.profile,
             "seed": cfg.seed,
+            "decoding.shipped": decoding["shipped"],
+            **{
+                f"decoding.{mode}": json.dumps(settings, sort_keys=True) for mode, settings in decoding["modes"].items()
+            },
             **{k.replace(" ", "_"): v[:5000] for k, v in evaluation_tags.items()},
         },
     )
@@ -291,6 +302,31 @@ def register(ctx: RunContext, trained: Trained, decision: dict) -> dict:
         "challenger": tracking.tracker.alias_version(CHALLENGER),
         "champion_note": champion_note,
     }
+
+
+def gate_decoding(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> tuple[GenerationConfig, dict]:
+    """How the gate decoded the policy it judged. Returns the generation config the registered policy ships with
+    (sampling at the evaluation temperature when the gate judged samples, else greedy) and the record of it:
+    ``{"shipped": mode, "modes": {mode: settings}}`` for every mode the gate judged, so each can be reproduced
+    (``GenerationConfig(**settings["generation_config"])``)."""
+
+    def config(temperature: float, greedy: bool) -> GenerationConfig:
+        return sampling_config(
+            cfg.model.max_response_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature, greedy
+        )
+
+    shipped = "sample" if "sample" in cfg.gate.modes else "greedy"
+    modes = {
+        mode.name: {
+            "samples_per_prompt": mode.samples_per_prompt,
+            "max_prompt_tokens": cfg.model.max_prompt_tokens,  # longer prompts were cut from the left
+            "seed": cfg.seed,
+            "generation_config": config(mode.temperature, mode.greedy).to_diff_dict(),
+        }
+        for mode in decoding_modes(cfg.evaluation)
+        if mode.name in cfg.gate.modes
+    }
+    return config(cfg.evaluation.temperature, shipped == "greedy"), {"shipped": shipped, "modes": modes}
 
 
 def comparison_terms(ctx: RunContext, trained: Trained) -> dict:

@@ -23,7 +23,7 @@ from prefect import get_run_logger
 from components.evaluation import policy_eval, report
 from components.evaluation.policy_eval import DecodingMode, Responses
 from components.io import write_json
-from components.models import batching, ensemble, generation
+from components.models import batching, decoding, ensemble, generation
 from components.models.saving import CARD, stage_key
 from components.models.stage_store import StageStore
 from components.training import best_of_n
@@ -31,7 +31,7 @@ from flows.run_context import RunContext, Trained
 from flows.stage_runs import waiting_for
 
 RESPONSES = "responses.json"
-DECODING_MODULES = (policy_eval, report, generation, batching, ensemble, best_of_n)  # what decoding runs
+DECODING_MODULES = (policy_eval, report, decoding, generation, batching, ensemble, best_of_n)  # what decoding runs
 
 
 @cache

@@ -124,6 +124,7 @@ def rlhf_pipeline(
         alive.enter_context(cores.run_slot())  # each task's torch threads: this run's share of the machine's cores
         try:
             data = data_tasks.data_stages(cfg, root, tracking)
+            tracking.use_data(data.version, root, cfg.versioning.remote_url)
             name_flow_run(f"{profile}-data-{data.md5[:8]}")
             alive.enter_context(
                 run_records.alive(tracking.run_dir)

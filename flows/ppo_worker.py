@@ -15,8 +15,6 @@ every rank's weight digest). Checkpoints are written by rank 0 inside ``train_pp
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import os
 import random
@@ -29,10 +27,18 @@ import torch
 
 from components.config import Config
 from components.io import write_json
+from components.models.runtime import DeepSpeedRuntime
 from components.training.checkpoints import latest_checkpoint
 from components.training.loop import NonFiniteError, Snapshots
-from components.training.ranks import DeepSpeedRanks, Ranks
 from flows.launcher import die_with_parent
+from flows.runtimes import (
+    forget_accelerate_state,
+    make_runtime,
+    peak_memory_bytes,
+    quiet_libraries,
+    warnings_quieted,
+    weights_digest,
+)
 
 JOB, RESULT, POLICY, SNAPSHOTS = "job.json", "result.json", "policy", "snapshots"
 NON_FINITE, JUDGE_FAILED = "non-finite", "judge-failed"  # what a rank records before it dies
@@ -117,74 +123,6 @@ def read_result(job_dir: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of every parameter's bytes, in name order: equal digests = bit-identical weights."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """This process's peak memory: the GPU's allocated peak on a GPU, else the resident set's peak."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def resolve_mixed_precision(setting: str, use_cpu: bool, cpu_precision: str = "fp32") -> str:
-    if use_cpu:
-        # CPU ranks run at the whole run's model.cpu_precision, autocast by accelerate around each forward pass
-        return "bf16" if cpu_precision == "bf16" else "no"
-    if setting == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return setting
-
-
-def make_ranks(cfg: Config, use_cpu: bool | None = None) -> Ranks:
-    """``use_cpu`` None: as `accelerate launch` said (ACCELERATE_USE_CPU), or the CPU where there is no GPU."""
-    from accelerate import Accelerator
-
-    if use_cpu is None:
-        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-    use_cpu = use_cpu or not torch.cuda.is_available()
-    mixed_precision = resolve_mixed_precision(cfg.distributed.mixed_precision, use_cpu, cfg.model.cpu_precision)
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
-        return deepspeed_ranks(cfg, mixed_precision)
-    return Ranks(Accelerator(cpu=use_cpu, mixed_precision=mixed_precision))
-
-
-def deepspeed_ranks(cfg: Config, mixed_precision: str) -> DeepSpeedRanks:
-    """A DeepSpeed profile's ranks: accelerate sets up the processes and reads the profile's ZeRO stage; the engines
-    (one per trained model) are DeepSpeed's own. On a machine without GPUs, DeepSpeed runs on its CPU accelerator
-    (``DS_ACCELERATOR=cpu``, gloo), in fp32."""
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
-    handlers = []
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        mixed_precision = "no"
-        handlers = [InitProcessGroupKwargs(backend="gloo")]  # accelerate names no CPU backend for DeepSpeed itself
-        import deepspeed.ops
-
-        # On CPU ranks DeepSpeed's communication set-up probes a compiler for every op it has (~5 s a rank) and
-        # compiles a shared-memory all-reduce (~30 s, once per machine). PPO uses neither (ZeRO's collectives run on
-        # gloo, the optimiser is torch's AdamW), so it is told that no op can be built.
-        deepspeed.ops.__compatible_ops__ = {}
-    accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=handlers)
-    plugin = accelerator.state.deepspeed_plugin
-    # models load whole on every rank (the recipe copies them: policy and reference from SFT, critic from the RM)
-    # and each engine shards its own; transformers would otherwise build them already sharded under ZeRO-3
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
-    return DeepSpeedRanks(accelerator, plugin.zero_stage, mixed_precision == "bf16", cfg.ppo.max_grad_norm)
-
-
 class LiveLog:
     """Rank 0's per-iteration callback: a progress line on stdout (streamed by the launcher), metrics to
     MLflow. The MLflow part is best effort: a tracking server that stays away longer than the client's
@@ -224,17 +162,6 @@ class LiveLog:
         return [self.first, self.iterations if self.stopped is None else self.stopped]
 
 
-def quiet_libraries() -> None:
-    """Only this program's own lines reach the task log: no progress bars or advice from transformers."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore")
-
-
 def say(line: str) -> None:
     print(line, flush=True)  # the launcher streams each rank's stdout into the task's log
 
@@ -253,7 +180,6 @@ def run_in_process(job_dir: str | Path, echo: Callable[[str], None], use_cpu: bo
     """The job in the calling process (one process, one machine: no launcher). The caller's random state is put back
     after, so the stages that follow draw exactly what they would after a launched PPO, and accelerate's is cleared."""
     import numpy as np
-    from accelerate.state import AcceleratorState, GradientState
 
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
@@ -262,27 +188,16 @@ def run_in_process(job_dir: str | Path, echo: Callable[[str], None], use_cpu: bo
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-        # accelerate's state is process-wide: leave none behind, so a later job may choose its own device and precision
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-
-
-@contextlib.contextmanager
-def warnings_quieted():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+        forget_accelerate_state()
 
 
 def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = None) -> None:
     """Every rank trains the job in ``job_dir``; rank 0 writes the policy and the result beside it."""
     job = json.loads((job_dir / JOB).read_text(encoding="utf-8"))
     cfg = Config.model_validate(job["config"])
-    ranks = make_ranks(cfg, use_cpu)
+    runtime = make_runtime(cfg, use_cpu)
     echo(
-        f"rank {ranks.rank}/{ranks.world_size} pid {os.getpid()} device {ranks.device} "
+        f"rank {runtime.rank}/{runtime.world_size} pid {os.getpid()} device {runtime.device} "
         f"threads {torch.get_num_threads()}"
     )
 
@@ -304,11 +219,11 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
     gold = environment.gold if environment is not None else None
     judge = ppo_monitor_judge(cfg.evaluation.judge, cfg.model, gold, [job["reward_model_dir"]])
     monitor = judge_monitor(judge) if judge is not None else None
-    resumable = latest_checkpoint(job["checkpoint_dir"]) if ranks.is_main else None
+    resumable = latest_checkpoint(job["checkpoint_dir"]) if runtime.is_main else None
     if resumable is not None:
         echo(f"ppo resumes from the checkpoint after iteration {resumable.iteration} in {job['checkpoint_dir']}")
     started = time.perf_counter()
-    live = LiveLog(cfg, job["mlflow"], echo) if ranks.is_main else None
+    live = LiveLog(cfg, job["mlflow"], echo) if runtime.is_main else None
     try:
         result = recipe.ppo_stage(
             cfg,
@@ -320,7 +235,7 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
             monitor=monitor,
             log=live,
             checkpoint_dir=job["checkpoint_dir"],
-            ranks=ranks,
+            runtime=runtime,
             snapshots=SavedSnapshots(cfg.selection.candidates, directory=Path(job["snapshot_dir"]), tokenizer=tokenizer)
             if cfg.selection.candidates > 1
             else None,
@@ -328,17 +243,17 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
         )
     except NonFiniteError as error:  # the caller re-raises it as itself, not as a dead launch
         write_json(
-            job_dir / f"{NON_FINITE}-rank{ranks.rank}.json",
+            job_dir / f"{NON_FINITE}-rank{runtime.rank}.json",
             {"stage": error.stage, "step": error.step, "what": error.what},
         )
         raise
     except JudgeError as error:  # the judge watching PPO raised or returned a non-number: named as such
-        write_json(job_dir / f"{JUDGE_FAILED}-rank{ranks.rank}.json", {"message": str(error)})
+        write_json(job_dir / f"{JUDGE_FAILED}-rank{runtime.rank}.json", {"message": str(error)})
         raise
-    digests = ranks.gather_objects(weights_digest(result.model))
-    peaks = ranks.gather_objects(peak_memory_bytes(ranks.device))
-    held = ranks.gather_objects(ranks.held()) if isinstance(ranks, DeepSpeedRanks) else None
-    if ranks.is_main:
+    digests = runtime.gather_objects(weights_digest(result.model))
+    peaks = runtime.gather_objects(peak_memory_bytes(runtime.device))
+    held = runtime.gather_objects(runtime.held()) if isinstance(runtime, DeepSpeedRuntime) else None
+    if runtime.is_main:
         save_model(result.model, tokenizer, job_dir / POLICY, {"stage": "ppo", "metrics": result.metrics})
         write_json(
             job_dir / RESULT,
@@ -346,20 +261,20 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
                 "metrics": result.metrics,
                 "history": result.history,
                 "seconds": round(time.perf_counter() - started, 2),
-                "world_size": ranks.world_size,
+                "world_size": runtime.world_size,
                 "rank_weight_digests": digests,
                 "rank_peak_memory_bytes": peaks,  # in process: the flow's own peak, not PPO's alone
                 "threads_per_process": torch.get_num_threads(),
-                "device": str(ranks.device),
-                "mixed_precision": ranks.accelerator.mixed_precision,
+                "device": str(runtime.device),
+                "mixed_precision": runtime.accelerator.mixed_precision,
                 "live_logged": live.logged(),
                 # DeepSpeed: per rank, per engine (policy, critic), the parameter and optimiser elements it held
-                "deepspeed": {"zero_stage": ranks.zero_stage, "rank_held": held} if held else None,
+                "deepspeed": {"zero_stage": runtime.zero_stage, "rank_held": held} if held else None,
             },
         )
-        echo(f"ppo done: {ranks.world_size} process(es), {result.seconds:.1f} s")
-    ranks.accelerator.wait_for_everyone()
-    ranks.accelerator.end_training()
+        echo(f"ppo done: {runtime.world_size} process(es), {result.seconds:.1f} s")
+    runtime.accelerator.wait_for_everyone()
+    runtime.accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ as a nested MLflow run (params = its config section, per-step history, final met
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ from prefect import get_run_logger
 from components.adapters import plots
 from components.adapters.tracking import StageRun, flatten
 from components.config import Config
-from components.models.precision import cpu_autocast
 from components.models.saving import save_model, stage_key
 from components.models.stage_store import StageStore
 from components.training import recipe
@@ -98,12 +97,10 @@ def reuse_or_compute(
     compute: Callable[[], recipe.StageResult],
     save: Callable[[Path, recipe.StageResult], None],
     finished: Callable[[], None] | None = None,
-    autocast: bool = True,
 ) -> recipe.StageResult:
     """Reuse the stage's saved output when its key matches (data, config section and upstream stages unchanged),
     else compute and ``save`` it. The key is held meanwhile, so a concurrent run with the same key waits and
-    reuses; ``finished`` runs while it is still held, after the save. ``autocast``: the computation runs at
-    ``model.cpu_precision`` (False for a stage that sets each forward pass's precision itself)."""
+    reuses; ``finished`` runs while it is still held, after the save."""
     store = StageStore(ctx.root)
     with store.claim(home, key, waiting_for(name, key)) as directory:
         card = store.finished(home, key) if ctx.cfg.orchestration.reuse_finished_stages else None
@@ -112,8 +109,7 @@ def reuse_or_compute(
             store.touch(home, key)
             run.set_tags({"reused": "true", "stage_key": key})
             return recipe.StageResult(load(directory), card["metrics"], card.get("history", []), 0.0, key, reused=True)
-        with cpu_autocast(ctx.cfg.model) if autocast else nullcontext():
-            result = compute()
+        result = compute()
         result.key = key
         run.set_tags({"reused": "false", "stage_key": key})
         save(directory, result)
@@ -123,11 +119,11 @@ def reuse_or_compute(
 
 
 def train_or_reuse(
-    ctx: RunContext, run: StageRun, name: str, key: str, loader, train, finished=None, autocast: bool = True
+    ctx: RunContext, run: StageRun, name: str, key: str, loader, train, finished=None
 ) -> recipe.StageResult:
     """``reuse_or_compute`` for a stage that trains a model, saved in HF layout with its card."""
 
     def save(directory: Path, result: recipe.StageResult) -> None:
         save_stage_model(ctx, directory, name, result)
 
-    return reuse_or_compute(ctx, run, name, stage_home(ctx.cfg, name), key, loader, train, save, finished, autocast)
+    return reuse_or_compute(ctx, run, name, stage_home(ctx.cfg, name), key, loader, train, save, finished)

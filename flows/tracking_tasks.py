@@ -9,8 +9,14 @@ from prefect import get_run_logger
 
 from components.adapters import run_records
 from components.adapters.provenance import git_commit
-from components.adapters.tracking import StageRun, Tracker, flatten
+from components.adapters.tracking import DataInput, StageRun, Tracker, flatten
 from components.config import Config
+
+# the stage runs that read the data version, by name (a labelling round's too), and in what role
+TRAINING_STAGES = ("sft", "comparisons", "reward_model", "baseline_", "ppo")
+EVALUATION_STAGES = ("evaluation",)
+# version keys that say what this run did to the data, not what the data is
+RUN_ACTIONS = ("action", "previous_md5")
 
 
 @dataclass
@@ -18,13 +24,45 @@ class Tracking:
     tracker: Tracker
     parent: StageRun
     run_dir: Path  # this run's own directory (named by the parent run id): PPO job, run record
+    data: DataInput | None = None  # the data version, once versioned: the input of every stage that reads it
 
     def stage(self, name: str, round_index: int | None = None) -> StageRun:
-        """A stage's run under the pipeline's; a labelling round's stages are named and tagged by their round."""
+        """A stage's run under the pipeline's; a labelling round's stages are named and tagged by their round.
+
+        A stage that reads the data has its version as its ``mlflow.data`` input."""
         if round_index is None:
-            return self.tracker.start_run(name, tags={"stage": name}, parent=self.parent)
-        tags = {"stage": name, "round": round_index}
-        return self.tracker.start_run(f"round {round_index} {name}", tags=tags, parent=self.parent)
+            run = self.tracker.start_run(name, tags={"stage": name}, parent=self.parent)
+        else:
+            tags = {"stage": name, "round": round_index}
+            run = self.tracker.start_run(f"round {round_index} {name}", tags=tags, parent=self.parent)
+        context = data_context(name)
+        if self.data is not None and context is not None:
+            run.log_data_input(self.data, context)
+        return run
+
+    def use_data(self, version: dict, root: str, remote: str | None) -> None:
+        """The versioned data (``PreparedData.version``) this run trains on: the pipeline run's input now, each
+        stage's that reads it when it opens. ``remote`` is the DVC remote's URL (a relative path is relative to
+        .dvc/, as DVC reads it)."""
+        if remote and "://" not in remote:
+            remote = str((Path(root) / ".dvc" / remote).resolve())
+        self.data = DataInput(
+            name=version["path"],
+            md5=version["md5"],
+            dvc_file=str((Path(root) / f"{version['path']}.dvc").resolve()),
+            remote=remote,
+            profile={k: v for k, v in version.items() if k not in RUN_ACTIONS},
+        )
+        self.parent.log_data_input(self.data, "training")
+
+
+def data_context(stage: str) -> str | None:
+    """The role the data plays for a stage's run: "training", "evaluation", or None where it reads no data."""
+    if stage.startswith(TRAINING_STAGES):
+        return "training"
+    if stage in EVALUATION_STAGES:
+        return "evaluation"
+    return None
 
 
 def open_tracking(cfg: Config, root: str) -> Tracking:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -17,7 +16,6 @@ from components.config import Config
 from components.data.files import PREFERENCES, file_name, read_jsonl
 from components.evaluation.judges import judge_facts, make_judge
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
-from components.evaluation.report import reward_model_gold_accuracy
 from components.io import write_json
 from components.models.builders import load_causal_lm
 from components.models.ensemble import load_reward_model
@@ -25,15 +23,15 @@ from components.models.saving import CARD, stage_key
 from components.models.stage_store import StageStore
 from components.models.tokenizer import words_of
 from components.training import recipe
-from components.training.ranking import Ranker
 from components.training.rounds import labeller_stream, next_group, tagged
-from flows import decoding_reuse, ppo_worker
+from flows import decoding_reuse, ppo_worker, runtimes, stage_calls
 from flows.data_stages import checked_vocabulary, save_comparisons
 from flows.environment import environment_for
 from flows.handoff import task
 from flows.launcher import AccelerateProfile, LaunchError, Machine, accelerate_command, run_logged
 from flows.ppo_worker import read_result, write_job
 from flows.run_context import PreparedData, RunContext, Trained
+from flows.runtimes import run_profile
 from flows.stage_runs import (
     key_for,
     log_stage_model,
@@ -45,7 +43,17 @@ from flows.stage_runs import (
 )
 from flows.tracking_tasks import Tracking
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
+
+def run_stage(
+    ctx: RunContext, call: str, args: dict, inputs: dict[str, recipe.StageResult], log=None
+) -> recipe.StageResult:
+    """A stage's call (flows/stage_calls.py) on the run's runtime: ``args`` its plain inputs, ``inputs`` the stages
+    whose models it reads."""
+    cfg = ctx.cfg
+    profile = run_profile(cfg)
+    models = {name: result.model for name, result in inputs.items()}
+    with runtimes.in_process(cfg, profile.use_cpu) as runtime:
+        return stage_calls.CALLS[call](cfg, ctx.tokenizer, args, models, runtime, ctx.environment, log)
 
 
 @task(name="SFT", cache_policy=NO_CACHE)
@@ -58,8 +66,8 @@ def sft_task(ctx: RunContext) -> recipe.StageResult:
             "sft",
             key_for(ctx, "sft", cfg.sft),
             load_causal_lm,
-            lambda: recipe.sft_stage(
-                cfg, ctx.tokenizer, ctx.data.demonstrations, log=_progress("sft", 10 * cfg.sft.log_every)
+            lambda: run_stage(
+                ctx, "sft", {"demonstrations": ctx.data.demonstrations}, {}, _progress("sft", 10 * cfg.sft.log_every)
             ),
         )
         record_stage(run, cfg.sft, result)
@@ -93,11 +101,14 @@ def comparisons_task(
         if by_people is not None:
             rows = tagged(by_people, r, next_group(seen or []))
             return recipe.StageResult(rows, {"pairs": len(rows), "prompts": len({row["group"] for row in rows})})
-        rank = labeller(ctx, "labeler" if r is None else labeller_stream(track, r))
-        label = recipe.comparison_labeller(cfg, rank, ctx.data.demonstrations)
-        return recipe.comparisons_stage(
-            cfg, ctx.tokenizer, sampler.model, ctx.data.train_prompts, label, r, next_group(seen or [])
-        )
+        args = {
+            "stream": "labeler" if r is None else labeller_stream(track, r),
+            "demonstrations": ctx.data.demonstrations,
+            "train_prompts": ctx.data.train_prompts,
+            "round_index": r,
+            "group_offset": next_group(seen or []),
+        }
+        return run_stage(ctx, "comparisons", args, {"sampler": sampler})
 
     def save(directory: Path, result: recipe.StageResult) -> None:
         report = save_comparisons(
@@ -129,22 +140,12 @@ def reward_task(ctx: RunContext, sft: recipe.StageResult, comparisons: recipe.St
     cfg = ctx.cfg
     with recorded(ctx.tracking.stage("reward_model", ctx.round_index)) as run:
         key = key_for(ctx, "reward_model", cfg.reward, sft.key, comparisons.key)
-        _, valid = recipe.labelled_split(cfg, comparisons.model)
 
         def train():
-            result = recipe.reward_stage(
-                cfg,
-                ctx.tokenizer,
-                sft.model,
-                comparisons.model,
-                ctx.data.train_prompts,
-                log=_progress("reward model", 10 * cfg.reward.log_every),
+            args = {"comparisons": comparisons.model, "train_prompts": ctx.data.train_prompts}
+            return run_stage(
+                ctx, "reward_model", args, {"sft": sft}, _progress("reward model", 10 * cfg.reward.log_every)
             )
-            if valid and ctx.environment is not None:
-                result.metrics["accuracy_gold"] = reward_model_gold_accuracy(
-                    result.model, ctx.tokenizer, valid, cfg.model, ctx.environment.gold
-                )
-            return result
 
         result = train_or_reuse(ctx, run, "reward_model", key, load_reward_model, train)
         record_stage(run, cfg.reward, result)
@@ -167,14 +168,12 @@ def baseline_task(
             name,
             key,
             load_causal_lm,
-            lambda: recipe.baseline_stage(
-                cfg,
-                name,
-                ctx.tokenizer,
-                sft.model,
-                comparisons.model,
-                log=_progress(name, 10 * section.log_every),
-                make_ranker=selection_labeller(ctx),
+            lambda: run_stage(
+                ctx,
+                "baseline",
+                {"name": name, "comparisons": comparisons.model},
+                {"sft": sft},
+                _progress(name, 10 * section.log_every),
             ),
         )
         record_stage(run, section, result)
@@ -211,16 +210,12 @@ def iterative_dpo_task(
             "dpo",
             key,
             load_causal_lm,
-            lambda: recipe.iterative_dpo_stage(
-                cfg,
-                ctx.tokenizer,
-                sft.model,
-                previous.model,
-                round_comparisons.model,
-                seen.model,
-                ctx.round_index,
-                log=_progress("iterative DPO", 10 * cfg.baselines.dpo.log_every),
-                make_ranker=selection_labeller(ctx),
+            lambda: run_stage(
+                ctx,
+                "iterative_dpo",
+                {"round_rows": round_comparisons.model, "seen_rows": seen.model, "round_index": ctx.round_index},
+                {"sft": sft, "previous": previous},
+                _progress("iterative DPO", 10 * cfg.baselines.dpo.log_every),
             ),
         )
         record_stage(run, cfg.baselines.dpo, result)
@@ -257,7 +252,7 @@ def ppo_task(
     The snapshot the labeller prefers on the held-out slice ships (before the last round: the last iteration)."""
     cfg = ctx.cfg
     with recorded(ctx.tracking.stage("ppo", ctx.round_index)) as run:
-        profile = AccelerateProfile.read(code_path(cfg.distributed.accelerate_config))
+        profile = run_profile(cfg)
         processes = cfg.distributed.num_processes or profile.num_processes
         # each rank samples its own rollouts, so the process count is part of what the policy depends on
         key = key_for(
@@ -292,11 +287,10 @@ def ppo_task(
                 ppo_worker.read_snapshots(ppo_worker.snapshot_dir(None, checkpoints)),
                 ctx.tokenizer,
                 comparisons.model,
-                selection_labeller(ctx) if ctx.last_round else None,
+                stage_calls.selection_ranker(ctx.environment) if ctx.last_round else None,
                 unit="iteration",
             ),
             finished=lambda: shutil.rmtree(checkpoints, ignore_errors=True),  # the saved model supersedes them
-            autocast=False,  # the ranks take model.cpu_precision per forward pass (ppo_worker.resolve_mixed_precision)
         )
         record_stage(run, cfg.ppo, result, step_key="iteration")
         run.log_figure(plots.ppo_curves(result.history), "plots/ppo_curves.png")
@@ -323,19 +317,6 @@ def selection_depends_on(cfg: Config) -> list[str]:
     return [cfg.selection.model_dump_json(), f"held_out={cfg.reward.valid_fraction}"]
 
 
-def labeller(ctx: RunContext, stream: str) -> Ranker | None:
-    """The environment's labeller on its own noise stream; none for user data."""
-    return ctx.environment.labeller(stream) if ctx.environment is not None else None
-
-
-def selection_labeller(ctx: RunContext) -> Callable[[], Ranker] | None:
-    """A fresh labeller per candidate snapshot, every one with the same noise (common random numbers); none for
-    user data, where the last snapshot ships."""
-    if ctx.environment is None:
-        return None
-    return lambda: labeller(ctx, "selection")
-
-
 def curve_metrics(fit: dict, history: list[dict], shipped_iteration: int | None) -> dict[str, float]:
     """The fitted curves' coefficients and peaks, and where the shipped policy sits, as MLflow metrics."""
     metrics: dict[str, float] = {}
@@ -350,11 +331,6 @@ def curve_metrics(fit: dict, history: list[dict], shipped_iteration: int | None)
     if shipped is not None:
         metrics.update({"gao.shipped_iteration": float(shipped_iteration), "gao.shipped_kl": shipped["kl"]})
     return metrics
-
-
-def code_path(path: str) -> Path:
-    """Infra files (accelerate profiles) are read from the code checkout, wherever the data root is."""
-    return Path(path) if Path(path).is_absolute() else CODE_ROOT / path
 
 
 def launched_ppo(
@@ -417,14 +393,14 @@ def accelerate_launch(ctx: RunContext, profile: AccelerateProfile, job_dir: Path
         machine,
     )
     logger.info("PPO: %s", " ".join(command))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(runtimes.CODE_ROOT), os.environ.get("PYTHONPATH")]))
     try:
         run_logged(
             command,
             cfg.distributed.timeout_seconds,
             logger.info,
             env=env,
-            cwd=CODE_ROOT,
+            cwd=runtimes.CODE_ROOT,
             grace=cfg.distributed.kill_grace_seconds,
             tail_lines=cfg.distributed.log_tail_lines,
         )

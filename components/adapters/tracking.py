@@ -12,6 +12,7 @@ shows it; ``infra/mlflow_server.sh`` serves the same store over HTTP on 127.0.0.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -19,15 +20,19 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from components import locks
 from components.adapters import plots
 from components.config import CREDENTIALS_ELSEWHERE, ConfigError, TrackingConfig, holds_credentials
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig
 
 STORE_DIR = "mlruns"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -73,6 +78,27 @@ def _finite_metrics(values: dict[str, Any]) -> dict[str, float]:
         if math.isfinite(value):
             out[key] = float(value)
     return out
+
+
+@dataclass(frozen=True)
+class DataInput:
+    """A data version as ``mlflow.data`` shows it beside the runs that read it: named and located, no rows uploaded.
+
+    MLflow keeps one dataset per (name, digest) in an experiment: the first run to log a version fixes its source
+    and profile, so both hold only what belongs to the version, nothing of the run that logged it.
+    """
+
+    name: str  # the tracked directory, e.g. "data"
+    md5: str  # the directory's md5 as its .dvc file records it: the dataset's digest
+    dvc_file: str  # where that md5 is recorded ...
+    remote: str | None  # ... and the DVC remote the data is pushed to: together, the dataset's source
+    profile: dict[str, Any]  # how the version was made (recipe hash, source, seed)
+
+    def entity(self) -> Dataset:
+        # source type "local" with a "uri": the MLflow UI shows it as the dataset's path, and
+        # mlflow.data.get_source() resolves it (it reads "uri" only; the remote rides along)
+        source = {"uri": self.dvc_file, **({"dvc_remote": self.remote} if self.remote else {})}
+        return Dataset(self.name, self.md5, "local", json.dumps(source), profile=json.dumps(self.profile))
 
 
 @dataclass
@@ -128,22 +154,43 @@ class StageRun:
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
-    def log_policy(self, model, tokenizer, name: str) -> str:
+    def log_data_input(self, data: DataInput, context: str = "training") -> None:
+        """The data version this run read, as its ``mlflow.data`` input (``context``: training, evaluation)."""
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(data.entity(), tags)])
+
+    def log_policy(
+        self,
+        model,
+        tokenizer,
+        name: str,
+        generation_config: GenerationConfig,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
         """A causal LM as an MLflow transformers model (``mlflow.transformers.load_model`` loads it); returns its URI.
 
+        The logged model decodes with ``generation_config`` (its ``model/generation_config.json``), whatever the
+        model object carries; ``metadata`` goes to its MLmodel file. ``model`` itself is left as it was.
         Logged once per run: the URI is kept as a run tag, so a retried call returns it.
         """
         tag = f"logged_model.{name}"
         logged = self.client.get_run(self.run_id).data.tags.get(tag)
         if logged:
             return logged
-        with mlflow.start_run(run_id=self.run_id, nested=True):
-            info = mlflow.transformers.log_model(
-                transformers_model={"model": model, "tokenizer": tokenizer},
-                name=name,
-                task="text-generation",
-                pip_requirements=list(POLICY_REQUIREMENTS),
-            )
+        own = model.generation_config
+        # a copy: building the pipeline may write to the config it finds on the model
+        model.generation_config = copy.deepcopy(generation_config)
+        try:
+            with mlflow.start_run(run_id=self.run_id, nested=True):
+                info = mlflow.transformers.log_model(
+                    transformers_model={"model": model, "tokenizer": tokenizer},
+                    name=name,
+                    task="text-generation",
+                    pip_requirements=list(POLICY_REQUIREMENTS),
+                    metadata=metadata,
+                )
+        finally:
+            model.generation_config = own
         self.client.set_tag(self.run_id, tag, info.model_uri)
         return info.model_uri
 

@@ -6,15 +6,16 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig
 from components.data.text import words
 from components.evaluation.intervals import mean_ci
-from components.models.batching import encode_prompts, response_logprobs
+from components.models.batching import response_logprobs
+from components.models.decoding import decode
 from components.models.ensemble import reward_scores
-from components.models.generation import decode_responses, generate
+from components.models.generation import Rollout, decode_responses
+from components.models.runtime import SINGLE, Runtime
 
 GoldFn = Callable[[str, str, bool], float]  # (prompt, response, ended) -> score; evaluation only
 Scores = Callable[[list[str], list[str], list[bool]], list[float]]  # a judge: (prompts, responses, ended) -> scores
@@ -38,7 +39,6 @@ class Responses:
     gold: list[float] = field(default_factory=list)
 
 
-@torch.inference_mode()
 def sample_responses(
     policy: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -49,33 +49,44 @@ def sample_responses(
     batch_size: int,
     reference: PreTrainedModel | None = None,
     reward_model: PreTrainedModel | None = None,
+    runtime: Runtime = SINGLE,
 ) -> Responses:
-    """Seeded, batched decoding; scores each response with the RM and its KL from ``reference`` if given."""
-    torch.manual_seed(seed)
+    """Seeded, batched decoding (``batch_size`` responses per batch); scores each response with the RM and its KL
+    from ``reference`` if given."""
     expanded = [p for p in prompts for _ in range(mode.samples_per_prompt)]
-    out = Responses(expanded, [], [])
-    for start in range(0, len(expanded), batch_size):
-        chunk = expanded[start : start + batch_size]
-        ids, mask = encode_prompts(tokenizer, chunk, model_cfg.max_prompt_tokens)
-        rollout = generate(
-            policy,
-            ids,
-            mask,
-            model_cfg.max_response_tokens,
-            tokenizer.eos_token_id,
-            tokenizer.pad_token_id,
-            mode.temperature,
-            mode.greedy,
+    reference = runtime.to_device(reference) if reference is not None else None
+    reward_model = runtime.to_device(reward_model) if reward_model is not None else None
+
+    def read(rollout: Rollout) -> list[tuple]:
+        texts, ended = decode_responses(tokenizer, rollout.batch), rollout.ended.tolist()
+        rm_scores = (
+            reward_scores(reward_model, rollout.batch).tolist() if reward_model is not None else [None] * len(texts)
         )
-        out.texts += decode_responses(tokenizer, rollout.batch)
-        out.ended += rollout.ended.tolist()
-        if reward_model is not None:
-            out.rm_scores += reward_scores(reward_model, rollout.batch).tolist()
+        kl = [None] * len(texts)
         if reference is not None:
-            response_mask = rollout.batch.response_mask.float()
             log_ratio = response_logprobs(policy, rollout.batch) - response_logprobs(reference, rollout.batch)
-            out.kl += (log_ratio * response_mask).sum(1).tolist()
-    return out
+            kl = (log_ratio * rollout.batch.response_mask.float()).sum(1).tolist()
+        return list(zip(texts, ended, rm_scores, kl))
+
+    rows = decode(
+        policy,
+        tokenizer,
+        expanded,
+        model_cfg,
+        mode.temperature,
+        seed,
+        batch_size,
+        greedy=mode.greedy,
+        runtime=runtime,
+        read=read,
+    )
+    return Responses(
+        expanded,
+        [text for text, _, _, _ in rows],
+        [ended for _, ended, _, _ in rows],
+        [score for _, _, score, _ in rows] if reward_model is not None else [],
+        [kl for _, _, _, kl in rows] if reference is not None else [],
+    )
 
 
 def distinct_n(texts: list[str], n: int) -> float:

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.config import BestOfNConfig, EvaluationConfig, ModelConfig
 from components.evaluation.intervals import win_rate
 from components.evaluation.policy_eval import DecodingMode, GoldFn, Responses, Scores, sample_responses, summarise
-from components.models.precision import cpu_autocast
+from components.models.runtime import SINGLE, Runtime
 from components.training.best_of_n import best_of_n
 from components.training.ppo import Monitor
 from components.training.reward import gold_accuracy, score_comparisons
@@ -77,13 +77,71 @@ def best_of_n_responses(
     cfg: BestOfNConfig,
     model_cfg: ModelConfig,
     seed: int,
+    runtime: Runtime = SINGLE,
 ) -> Responses:
     """Best-of-n over the reference for every sample the mode takes of each prompt; its RM score is the pick's."""
     expanded = [p for p in eval_prompts for _ in range(mode.samples_per_prompt)]
     texts, ended, scores = best_of_n(
-        reference, reward_model, tokenizer, expanded, cfg.n, model_cfg, cfg.temperature, seed, cfg.missing_eos_penalty
+        reference,
+        reward_model,
+        tokenizer,
+        expanded,
+        cfg.n,
+        model_cfg,
+        cfg.temperature,
+        seed,
+        cfg.missing_eos_penalty,
+        runtime=runtime,
     )
     return Responses(expanded, texts, ended, scores)
+
+
+def decoders(
+    policies: dict[str, PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    eval_prompts: list[str],
+    cfg: EvaluationConfig,
+    model_cfg: ModelConfig,
+    seed: int,
+    reward_model: PreTrainedModel,
+    best_of_n_cfg: BestOfNConfig | None = None,
+    runtime: Runtime = SINGLE,
+) -> dict[str, dict[str, Decode]]:
+    """{mode: {policy: decode}}: how each policy is decoded on the held-out prompts under each mode (best-of-n over
+    the reference under sampling modes); ``policies`` must hold the reference, 'sft'."""
+    reference = policies[REFERENCE]
+    decodings: dict[str, dict[str, Decode]] = {}
+    for mode in decoding_modes(cfg):
+        decodings[mode.name] = {
+            name: partial(
+                sample_responses,
+                policy,
+                tokenizer,
+                eval_prompts,
+                mode,
+                model_cfg,
+                seed,
+                cfg.batch_size,
+                reference=reference,
+                reward_model=reward_model,
+                runtime=runtime,
+            )
+            for name, policy in policies.items()
+        }
+        if best_of_n_cfg is not None and decodes_best_of_n(mode):
+            decodings[mode.name][BEST_OF_N] = partial(
+                best_of_n_responses,
+                reference,
+                reward_model,
+                tokenizer,
+                eval_prompts,
+                mode,
+                best_of_n_cfg,
+                model_cfg,
+                seed,
+                runtime,
+            )
+    return decodings
 
 
 def evaluate_policies(
@@ -98,46 +156,19 @@ def evaluate_policies(
     best_of_n_cfg: BestOfNConfig | None = None,
     on_responses: Callable[[DecodingMode, dict[str, Responses]], None] | None = None,
     recall: Recall = decode_now,
+    runtime: Runtime = SINGLE,
 ) -> dict:
     """Returns {mode: {policies, ppo_win_rate, ppo_rm_win_rate, examples}}; ``policies`` must hold 'sft' and 'ppo'.
 
     Without a ``judge`` (people judge pairs later) no policy has a judge score and ``ppo_win_rate`` is empty;
     ``on_responses`` sees every mode's responses, e.g. to put them in pairs. ``recall`` may hand back a decoding
     made before instead of decoding again; the judge scores every response afresh either way."""
-    reference = policies[REFERENCE]
     report: dict = {}
+    decodings = decoders(policies, tokenizer, eval_prompts, cfg, model_cfg, seed, reward_model, best_of_n_cfg, runtime)
     for mode in decoding_modes(cfg):
-        decodings = {
-            name: partial(
-                sample_responses,
-                policy,
-                tokenizer,
-                eval_prompts,
-                mode,
-                model_cfg,
-                seed,
-                cfg.batch_size,
-                reference=reference,
-                reward_model=reward_model,
-            )
-            for name, policy in policies.items()
-        }
-        if best_of_n_cfg is not None and decodes_best_of_n(mode):
-            decodings[BEST_OF_N] = partial(
-                best_of_n_responses,
-                reference,
-                reward_model,
-                tokenizer,
-                eval_prompts,
-                mode,
-                best_of_n_cfg,
-                model_cfg,
-                seed,
-            )
         responses: dict[str, Responses] = {}
-        for name, decode in decodings.items():
-            with cpu_autocast(model_cfg):  # decoded and scored at the precision the policies were trained at
-                out = recall(name, mode, decode)
+        for name, decode in decodings[mode.name].items():
+            out = recall(name, mode, decode)
             out.gold = judge(out.prompts, out.texts, out.ended) if judge is not None else []
             responses[name] = out
         if on_responses is not None:
@@ -170,10 +201,15 @@ def judge_monitor(judge: Scores) -> Monitor:
 
 
 def reward_model_gold_accuracy(
-    reward_model: PreTrainedModel, tokenizer, rows: list[dict], model_cfg: ModelConfig, gold: GoldFn
+    reward_model: PreTrainedModel,
+    tokenizer,
+    rows: list[dict],
+    model_cfg: ModelConfig,
+    gold: GoldFn,
+    runtime: Runtime = SINGLE,
 ) -> float:
     """Share of held-out comparison pairs the reward model orders as the gold judge does."""
-    chosen, rejected = score_comparisons(reward_model, tokenizer, rows, model_cfg)
+    chosen, rejected = score_comparisons(reward_model, tokenizer, rows, model_cfg, runtime)
     return gold_accuracy(
         chosen,
         rejected,

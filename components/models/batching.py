@@ -132,12 +132,40 @@ def response_logprobs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
     return gather_logprobs(response_logits(model, batch), batch.response_ids)
 
 
-def token_scores(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
-    """A one-output sequence classifier's score at every response position: (B, R)."""
+def scores_after_each_token(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    prompt_width: int,
+) -> torch.Tensor:
+    """A one-output sequence classifier's score after every response token: (B, R)."""
     hidden = model.base_model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
     ).last_hidden_state
-    return model.score(hidden[:, batch.prompt_width :]).squeeze(-1).float()
+    return model.score(hidden[:, prompt_width:]).squeeze(-1).float()
+
+
+class TokenScores(torch.nn.Module):
+    """A scalar-head model read after every response token, as one forward pass that a data-parallel wrapper (DDP, a
+    DeepSpeed engine) can own: calling the model's parts one by one would bypass the wrapper's gradient sync."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, prompt_width: int) -> torch.Tensor:
+        return scores_after_each_token(self.model, input_ids, attention_mask, position_ids, prompt_width)
+
+
+def token_scores(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """The score after every response token (B, R) of a scalar-head model (its parts: ``base_model``, ``score``), or of
+    a ``TokenScores`` (which a data-parallel wrapper may hold)."""
+    if hasattr(model, "score"):
+        return scores_after_each_token(
+            model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width
+        )
+    return model(batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width)
 
 
 def last_index(response_mask: torch.Tensor) -> torch.Tensor:
@@ -145,7 +173,7 @@ def last_index(response_mask: torch.Tensor) -> torch.Tensor:
     return (response_mask.sum(-1) - 1).clamp(min=0)
 
 
-def sequence_scores(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+def sequence_scores(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """The score read at the last response token, as reward models are read: (B,)."""
     scores = token_scores(model, batch)
     return scores.gather(1, last_index(batch.response_mask).unsqueeze(1)).squeeze(1)

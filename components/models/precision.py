@@ -2,13 +2,12 @@
 
 Under bf16 autocast the weights, the optimiser state and the losses stay fp32; matmuls and attention run in bf16.
 That pays only where the CPU does bf16 natively (the ``avx512_bf16`` or ``amx_bf16`` flag); elsewhere bf16 is
-emulated and slower than fp32, so a run asking for it there is refused before it starts.
+emulated and slower than fp32, so a run asking for it there is refused before it starts. The stages' runtime applies
+it (flows/runtimes.py: accelerate's autocast around each prepared model's forward pass).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 from components.config import ConfigError, ModelConfig
@@ -45,19 +44,3 @@ def refuse_unsupported(model_cfg: ModelConfig, cpuinfo: str | None = None) -> No
             f"this one ({cpu['model_name']}) has neither, and emulated bf16 is slower than fp32: "
             "set model.cpu_precision: fp32"
         )
-
-
-@contextlib.contextmanager
-def cpu_autocast(model_cfg: ModelConfig) -> Iterator[None]:
-    """Every CPU forward pass inside runs at ``model.cpu_precision`` (this thread only, as torch's autocast is).
-
-    It may span a whole stage, so it keeps no cache of the weights' bf16 copies: torch clears that cache only when
-    the outermost autocast exits, and a cached copy would hide every optimiser step taken inside. For the same
-    reason nothing inside may open an autocast of its own that caches (accelerate's does): PPO is kept out."""
-    if model_cfg.cpu_precision == "fp32":
-        yield
-        return
-    import torch  # here, not at the top: the early refusal of a bad config reads this module without torch
-
-    with torch.autocast(device_type="cpu", dtype=torch.bfloat16, cache_enabled=False):
-        yield

@@ -12,12 +12,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig
-from components.models.batching import encode_prompts
+from components.models.decoding import decode
 from components.models.ensemble import reward_scores
-from components.models.generation import decode_responses, generate
+from components.models.generation import Rollout, decode_responses
+from components.models.runtime import SINGLE, Runtime
 
 
-@torch.no_grad()
 def best_of_n(
     policy: PreTrainedModel,
     reward_model: PreTrainedModel,
@@ -29,6 +29,7 @@ def best_of_n(
     seed: int = 0,
     missing_eos_penalty: float = 0.0,
     rows_per_batch: int = 512,
+    runtime: Runtime = SINGLE,
 ) -> tuple[list[str], list[bool], list[float]]:
     """One response per prompt: the RM's favourite of ``n`` samples.
 
@@ -40,32 +41,28 @@ def best_of_n(
     The global torch RNG is left as it was.
     """
     was_training = reward_model.training
-    reward_model.eval()
-    responses: list[str] = []
-    ended: list[bool] = []
-    scores: list[float] = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        prompts_per_batch = max(1, rows_per_batch // n)
-        for start in range(0, len(prompts), prompts_per_batch):
-            chunk = prompts[start : start + prompts_per_batch]
-            repeated = [p for p in chunk for _ in range(n)]  # prompt i's samples are rows [i*n, (i+1)*n)
-            prompt_ids, prompt_mask = encode_prompts(tokenizer, repeated, model_cfg.max_prompt_tokens)
-            rollout = generate(
-                policy,
-                prompt_ids,
-                prompt_mask,
-                model_cfg.max_response_tokens,
-                tokenizer.eos_token_id,
-                tokenizer.pad_token_id,
-                temperature=temperature,
-            )
-            raw_scores = reward_scores(reward_model, rollout.batch)  # (len(chunk) * n,)
-            penalised = raw_scores - missing_eos_penalty * (~rollout.ended).float()
-            best = penalised.view(len(chunk), n).argmax(dim=1) + torch.arange(len(chunk)) * n  # (len(chunk),)
-            texts = decode_responses(tokenizer, rollout.batch)
-            responses += [texts[i] for i in best.tolist()]
-            ended += rollout.ended[best].tolist()
-            scores += raw_scores[best].tolist()
+    reward_model = runtime.to_device(reward_model).eval()
+
+    def pick(rollout: Rollout) -> list[tuple[str, bool, float]]:
+        """Of each prompt's n rows (prompt i's are rows [i*n, (i+1)*n)), the one the RM scores highest."""
+        raw_scores = reward_scores(reward_model, rollout.batch)  # (prompts * n,)
+        penalised = raw_scores - missing_eos_penalty * (~rollout.ended).float()
+        chunk = len(raw_scores) // n
+        best = penalised.view(chunk, n).argmax(dim=1) + torch.arange(chunk, device=penalised.device) * n
+        texts = decode_responses(tokenizer, rollout.batch)
+        return [(texts[i], rollout.ended[i].item(), raw_scores[i].item()) for i in best.tolist()]
+
+    picked = decode(
+        policy,
+        tokenizer,
+        prompts,
+        model_cfg,
+        temperature,
+        seed,
+        max(1, rows_per_batch // n),
+        repeat=n,
+        runtime=runtime,
+        read=pick,
+    )
     reward_model.train(was_training)
-    return responses, ended, scores
+    return [p[0] for p in picked], [p[1] for p in picked], [p[2] for p in picked]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, SFTConfig
+from components.models.runtime import SINGLE, Runtime
 from components.training.loop import Log, Snapshots
 from components.training.reward import group_comparisons
 from components.training.sft import train_sft
@@ -57,10 +58,20 @@ def sft_on(stage: str, to_examples: Callable[[list[dict]], list[dict]]) -> Train
         seed: int,
         log: Log | None = None,
         snapshots: Snapshots | None = None,
+        runtime: Runtime = SINGLE,
     ):
         policy = copy.deepcopy(sft_policy)
         return train_sft(
-            policy, tokenizer, to_examples(preferences), cfg, model_cfg, seed, stage=stage, log=log, snapshots=snapshots
+            policy,
+            tokenizer,
+            to_examples(preferences),
+            cfg,
+            model_cfg,
+            seed,
+            stage=stage,
+            log=log,
+            snapshots=snapshots,
+            runtime=runtime,
         )
 
     return train

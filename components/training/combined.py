@@ -27,13 +27,18 @@ Choices, for a reader comparing with the paper:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import CombinedLossConfig, ModelConfig
 from components.models.batching import encode_examples, gather_logprobs, masked_mean, response_logits
-from components.training.loop import Log, Snapshots, train_supervised
+from components.models.runtime import SINGLE, Runtime
+from components.training.loop import Log, Means, Objective, Snapshots, train_supervised
+
+TokenMean = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (values, mask) -> their mean
 
 
 def unlikelihood(logprobs: torch.Tensor, min_one_minus_p: float = 1e-5) -> torch.Tensor:
@@ -83,20 +88,59 @@ def combined_loss(
     rejected_mask: torch.Tensor,  # (B, R): the rejected tokens to penalise
     unlikelihood_coef: float,
     min_one_minus_p: float = 1e-5,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """likelihood + coef * unlikelihood, and both terms as metrics."""
+    likelihood_mean: TokenMean = masked_mean,
+    unlikelihood_mean: TokenMean = masked_mean,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """likelihood + coef * unlikelihood, and both terms as metrics. The means: over these tokens, or (data parallel,
+    micro-batches) this part's share of the mean over the global batch's."""
     chosen_logprobs = gather_logprobs(chosen_logits, chosen_ids)  # (B, R)
     rejected_logprobs = gather_logprobs(rejected_logits, rejected_ids)  # (B, R)
-    likelihood = masked_mean(-chosen_logprobs, chosen_mask)
-    unlikely = masked_mean(unlikelihood(rejected_logprobs, min_one_minus_p), rejected_mask)
+    likelihood = likelihood_mean(-chosen_logprobs, chosen_mask)
+    unlikely = unlikelihood_mean(unlikelihood(rejected_logprobs, min_one_minus_p), rejected_mask)
     loss = likelihood + unlikelihood_coef * unlikely
     with torch.no_grad():
-        rejected_p = masked_mean(rejected_logprobs.exp(), rejected_mask)
-    return loss, {
-        "likelihood": likelihood.item(),
-        "unlikelihood": unlikely.item(),
-        "rejected_token_p": rejected_p.item(),
-    }
+        rejected_p = unlikelihood_mean(rejected_logprobs.exp(), rejected_mask)
+    return loss, {"likelihood": likelihood.detach(), "unlikelihood": unlikely.detach(), "rejected_token_p": rejected_p}
+
+
+def combined_objective(
+    cfg: CombinedLossConfig, tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig, device: torch.device
+) -> Objective:
+    """likelihood over every chosen token of the global batch + coef * unlikelihood over every penalised rejected
+    token of it."""
+
+    def encode(rows: list[dict]):
+        prompts = [r["prompt"] for r in rows]
+        # chosen and rejected in one forward pass: rows [0, B) are chosen, [B, 2B) rejected
+        responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+        batch = encode_examples(
+            tokenizer, prompts + prompts, responses, model_cfg.max_prompt_tokens, model_cfg.max_response_tokens
+        ).to(device)
+        n = len(rows)
+        ids, mask = batch.response_ids, batch.response_mask
+        penalised = penalised_mask(cfg.unlikelihood_tokens, ids[:n], mask[:n], ids[n:], mask[n:])
+        inputs = (batch, penalised)
+        return inputs, {"chosen_tokens": mask[:n].float().sum(), "penalised_tokens": penalised.float().sum()}
+
+    def loss(model: torch.nn.Module, inputs, mean: Means):
+        batch, penalised = inputs
+        logits = response_logits(model, batch)  # (2B, R, V)
+        n = penalised.shape[0]
+        ids, mask = batch.response_ids, batch.response_mask
+        return combined_loss(
+            logits[:n],
+            ids[:n],
+            mask[:n],
+            logits[n:],
+            ids[n:],
+            penalised,
+            cfg.unlikelihood_coef,
+            cfg.min_one_minus_p,
+            likelihood_mean=partial(mean, "chosen_tokens"),
+            unlikelihood_mean=partial(mean, "penalised_tokens"),
+        )
+
+    return Objective(encode, loss)
 
 
 def train_combined(
@@ -108,6 +152,7 @@ def train_combined(
     seed: int,
     log: Log | None = None,
     snapshots: Snapshots | None = None,
+    runtime: Runtime = SINGLE,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Train a copy of ``sft_policy`` (left untouched) on ``{prompt, chosen, rejected}``;
     returns (model, metrics, history).
@@ -118,23 +163,10 @@ def train_combined(
     """
     torch.manual_seed(seed)
     policy = copy.deepcopy(sft_policy)
-
-    def loss_fn(rows: list[dict]):
-        prompts = [r["prompt"] for r in rows]
-        # chosen and rejected in one forward pass: rows [0, B) are chosen, [B, 2B) rejected
-        responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
-        batch = encode_examples(
-            tokenizer, prompts + prompts, responses, model_cfg.max_prompt_tokens, model_cfg.max_response_tokens
-        )
-        logits = response_logits(policy, batch)  # (2B, R, V)
-        n = len(rows)
-        ids, mask = batch.response_ids, batch.response_mask
-        penalised = penalised_mask(cfg.unlikelihood_tokens, ids[:n], mask[:n], ids[n:], mask[n:])
-        return combined_loss(
-            logits[:n], ids[:n], mask[:n], logits[n:], ids[n:], penalised, cfg.unlikelihood_coef, cfg.min_one_minus_p
-        )
-
-    history = train_supervised("combined", policy, preferences, loss_fn, cfg, seed, log, snapshots=snapshots)
+    objective = combined_objective(cfg, tokenizer, model_cfg, runtime.device)
+    policy, history = train_supervised(
+        "combined", policy, preferences, objective, cfg, seed, log, snapshots=snapshots, runtime=runtime
+    )
     last = history[-1]
     metrics = {
         "first_loss": history[0]["loss"],

@@ -11,12 +11,11 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ComparisonsConfig, ModelConfig
-from components.models.batching import encode_prompts
-from components.models.generation import decode_responses, generate
+from components.models.decoding import decode
+from components.models.runtime import SINGLE, Runtime
 from components.training.ranking import Labeller
 
 
@@ -36,26 +35,11 @@ def sample_responses(
     batch_size: int,
     model_cfg: ModelConfig,
     seed: int,
+    runtime: Runtime = SINGLE,
 ) -> list[list[tuple[str, bool]]]:
     """K sampled ``(response, ended)`` per prompt; ``batch_size`` prompts (K rows each) per generate call."""
-    torch.manual_seed(seed)
-    groups: list[list[tuple[str, bool]]] = []
-    for start in range(0, len(prompts), batch_size):
-        # each prompt repeated K times in a row: the K samples of one prompt are contiguous
-        repeated = [p for p in prompts[start : start + batch_size] for _ in range(k)]
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, repeated, model_cfg.max_prompt_tokens)
-        rollout = generate(
-            policy,
-            prompt_ids,
-            prompt_mask,
-            model_cfg.max_response_tokens,
-            tokenizer.eos_token_id,
-            tokenizer.pad_token_id,
-            temperature,
-        )
-        samples = list(zip(decode_responses(tokenizer, rollout.batch), rollout.ended.tolist()))
-        groups += [samples[i : i + k] for i in range(0, len(samples), k)]
-    return groups
+    samples = decode(policy, tokenizer, prompts, model_cfg, temperature, seed, batch_size, repeat=k, runtime=runtime)
+    return [samples[i : i + k] for i in range(0, len(samples), k)]
 
 
 def sample_reference(
@@ -66,9 +50,10 @@ def sample_reference(
     temperature: float,
     batch_size: int,
     seed: int,
+    runtime: Runtime = SINGLE,
 ) -> list[tuple[str, str]]:
     """One sample per prompt as ``(prompt, response)``: the SFT samples the reward model is normalised on."""
-    groups = sample_responses(policy, tokenizer, prompts, 1, temperature, batch_size, model_cfg, seed)
+    groups = sample_responses(policy, tokenizer, prompts, 1, temperature, batch_size, model_cfg, seed, runtime)
     return [(prompt, text) for prompt, ((text, _),) in zip(prompts, groups, strict=True)]
 
 
@@ -80,6 +65,7 @@ def collect_sft_comparisons(
     model_cfg: ModelConfig,
     labeller: Labeller,
     seed: int,
+    runtime: Runtime = SINGLE,
 ) -> list[dict]:
     """Sample K = ``cfg.responses_per_prompt`` responses per prompt at ``cfg.temperature`` and have
     ``labeller`` rank them into preference rows.
@@ -89,6 +75,6 @@ def collect_sft_comparisons(
     or are shorter than the data contract's minimum length).
     """
     groups = sample_responses(
-        policy, tokenizer, prompts, cfg.responses_per_prompt, cfg.temperature, cfg.batch_size, model_cfg, seed
+        policy, tokenizer, prompts, cfg.responses_per_prompt, cfg.temperature, cfg.batch_size, model_cfg, seed, runtime
     )
     return labeller(prompts, groups)

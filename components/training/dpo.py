@@ -15,6 +15,8 @@ no dropout), so at step 0 the implicit rewards are exactly 0 and the loss exactl
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.config import DPOConfig, ModelConfig
 from components.models.batching import Batch, encode_examples, response_logprobs
 from components.models.builders import frozen_copy
-from components.training.loop import Log, Snapshots, train_supervised
+from components.models.runtime import SINGLE, Runtime
+from components.training.loop import Log, Means, Objective, Snapshots, train_supervised
 
 
 def sequence_logprobs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
@@ -37,21 +40,30 @@ def dpo_loss(
     ref_logprobs_chosen: torch.Tensor,  # (B,)
     ref_logprobs_rejected: torch.Tensor,  # (B,)
     beta: float,
+    mean: Callable[[torch.Tensor], torch.Tensor] = torch.mean,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean DPO loss over the pairs, and the implicit rewards of chosen and rejected (B,), detached."""
+    """Mean DPO loss over the pairs (``mean``: over these, or this part's share of the global batch's mean), and the
+    implicit rewards of chosen and rejected (B,), detached."""
     rewards_chosen = beta * (logprobs_chosen - ref_logprobs_chosen)
     rewards_rejected = beta * (logprobs_rejected - ref_logprobs_rejected)
-    loss = -F.logsigmoid(rewards_chosen - rewards_rejected).mean()
+    loss = mean(-F.logsigmoid(rewards_chosen - rewards_rejected))
     return loss, rewards_chosen.detach(), rewards_rejected.detach()
 
 
-def reward_metrics(rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor) -> dict[str, float]:
+def reward_metrics(
+    rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor, mean: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The implicit rewards' accuracy, margin and means over pairs, each taken with ``mean``."""
     return {
-        "reward_accuracy": (rewards_chosen > rewards_rejected).float().mean().item(),
-        "margin": (rewards_chosen - rewards_rejected).mean().item(),
-        "rewards_chosen": rewards_chosen.mean().item(),
-        "rewards_rejected": rewards_rejected.mean().item(),
+        "reward_accuracy": mean((rewards_chosen > rewards_rejected).float()),
+        "margin": mean(rewards_chosen - rewards_rejected),
+        "rewards_chosen": mean(rewards_chosen),
+        "rewards_rejected": mean(rewards_rejected),
     }
+
+
+def as_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {name: value.item() for name, value in metrics.items()}
 
 
 def encode_pairs(tokenizer: PreTrainedTokenizerBase, rows: list[dict], model_cfg: ModelConfig) -> Batch:
@@ -70,6 +82,47 @@ def pair_logprobs(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, t
     return logprobs[:n], logprobs[n:]
 
 
+def dpo_objective(
+    cfg: DPOConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    model_cfg: ModelConfig,
+    reference: PreTrainedModel,
+    runtime: Runtime,
+    recent: list[dict[str, float]],
+) -> Objective:
+    """DPO's loss over the pairs of the global batch (rows carry their pair ``index``). The reference's log-probs
+    are computed the first time a pair is drawn and cached; ``recent`` keeps the last 20 steps' metrics."""
+    ref_cache: dict[int, tuple[float, float]] = {}  # pair index -> (ref_logprobs_chosen, ref_logprobs_rejected)
+
+    def encode(rows: list[dict]):
+        batch = encode_pairs(tokenizer, rows, model_cfg).to(runtime.device)
+        missing = [k for k, r in enumerate(rows) if r["index"] not in ref_cache]
+        if missing:
+            with torch.no_grad(), runtime.autocast():
+                ref_chosen, ref_rejected = pair_logprobs(
+                    reference, encode_pairs(tokenizer, [rows[k] for k in missing], model_cfg).to(runtime.device)
+                )
+            for k, c, r in zip(missing, ref_chosen.tolist(), ref_rejected.tolist()):
+                ref_cache[rows[k]["index"]] = (c, r)
+        ref_logprobs = torch.tensor([ref_cache[r["index"]] for r in rows], device=runtime.device)  # (B, 2)
+        return (batch, ref_logprobs), {"pairs": torch.tensor(float(len(rows)), device=runtime.device)}
+
+    def loss(model: torch.nn.Module, inputs, mean: Means):
+        batch, ref_logprobs = inputs
+        logprobs_chosen, logprobs_rejected = pair_logprobs(model, batch)
+        pair_mean = partial(mean, "pairs")
+        loss, rewards_chosen, rewards_rejected = dpo_loss(
+            logprobs_chosen, logprobs_rejected, ref_logprobs[:, 0], ref_logprobs[:, 1], cfg.beta, pair_mean
+        )
+        return loss, reward_metrics(rewards_chosen, rewards_rejected, pair_mean)
+
+    def after_step(metrics: dict[str, float]) -> None:
+        recent.append(metrics)
+        del recent[:-20]
+
+    return Objective(encode, loss, after_step)
+
+
 def train_dpo(
     sft_policy: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -80,6 +133,7 @@ def train_dpo(
     log: Log | None = None,
     reference: PreTrainedModel | None = None,
     snapshots: Snapshots | None = None,
+    runtime: Runtime = SINGLE,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Train a copy of ``sft_policy`` (left untouched) with DPO; returns (model, metrics, history).
 
@@ -94,33 +148,14 @@ def train_dpo(
         reference = frozen_copy(sft_policy)
     if any(p.requires_grad for p in reference.parameters()):
         raise ValueError("the DPO reference must be frozen (requires_grad False); use frozen_copy()")
+    reference = runtime.to_device(reference).eval()
     policy = copy.deepcopy(sft_policy)
     examples = [{"index": i, **row} for i, row in enumerate(preferences)]
-    ref_cache: dict[int, tuple[float, float]] = {}  # pair index -> (ref_logprobs_chosen, ref_logprobs_rejected)
     recent: list[dict[str, float]] = []
-
-    def loss_fn(rows: list[dict]):
-        batch = encode_pairs(tokenizer, rows, model_cfg)
-        missing = [k for k, r in enumerate(rows) if r["index"] not in ref_cache]
-        if missing:
-            reference.eval()
-            with torch.no_grad():
-                ref_chosen, ref_rejected = pair_logprobs(
-                    reference, encode_pairs(tokenizer, [rows[k] for k in missing], model_cfg)
-                )
-            for k, c, r in zip(missing, ref_chosen.tolist(), ref_rejected.tolist()):
-                ref_cache[rows[k]["index"]] = (c, r)
-        ref_logprobs = torch.tensor([ref_cache[r["index"]] for r in rows])  # (B, 2)
-        logprobs_chosen, logprobs_rejected = pair_logprobs(policy, batch)
-        loss, rewards_chosen, rewards_rejected = dpo_loss(
-            logprobs_chosen, logprobs_rejected, ref_logprobs[:, 0], ref_logprobs[:, 1], cfg.beta
-        )
-        metrics = reward_metrics(rewards_chosen, rewards_rejected)
-        recent.append(metrics)
-        del recent[:-20]
-        return loss, metrics
-
-    history = train_supervised("dpo", policy, examples, loss_fn, cfg, seed, log, dropout=False, snapshots=snapshots)
+    objective = dpo_objective(cfg, tokenizer, model_cfg, reference, runtime, recent)
+    policy, history = train_supervised(
+        "dpo", policy, examples, objective, cfg, seed, log, dropout=False, snapshots=snapshots, runtime=runtime
+    )
     metrics = {
         "first_loss": history[0]["loss"],
         "final_loss": history[-1]["loss"],
@@ -153,4 +188,4 @@ def evaluate_dpo(
         chosen.append(beta * (logprobs_chosen - ref_chosen))
         rejected.append(beta * (logprobs_rejected - ref_rejected))
     policy.train(was_training)
-    return reward_metrics(torch.cat(chosen), torch.cat(rejected))
+    return as_floats(reward_metrics(torch.cat(chosen), torch.cat(rejected), torch.mean))

@@ -1,7 +1,10 @@
 """The supervised optimisation loop shared by SFT, the reward model and the baselines.
 
-A stage supplies its examples and a loss function; the loop shuffles, batches, steps AdamW with
-linear warm-up, clips gradients, records history and stops at the first non-finite loss.
+A stage supplies its examples and an ``Objective``; the loop shuffles, batches, steps AdamW with linear warm-up,
+clips gradients, records history and stops at the first non-finite loss. It runs on the stage's ``Runtime``: every
+rank draws the same global batch and takes its share of the rows, in ``gradient_accumulation_steps`` micro-batches,
+and every mean in the loss divides by its count over the whole global batch. So the parts the ranks and micro-batches
+compute add up to the loss of the batch taken whole, and N processes take the steps one process takes.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from components.config import OptimConfig
+from components.models.runtime import SINGLE, Runtime
 
 Log = Callable[[int, dict[str, float]], None]  # (step, metrics) -> None; the flow decides where it goes
 
@@ -45,7 +50,35 @@ class Snapshots:
         return {max(0, round(total * k / self.count) - 1) for k in range(1, self.count + 1)}
 
     def take(self, step: int, model: torch.nn.Module) -> None:
-        self.taken.append((step, {name: t.detach().clone() for name, t in model.state_dict().items()}))
+        """A copy in host memory: the device keeps room for training."""
+        self.taken.append((step, {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}))
+
+
+class Means:
+    """The means a loss takes over its batch, each divided by its count over the whole global batch (every rank's
+    rows, every micro-batch's), so that the parts add up to the mean over the batch taken whole."""
+
+    def __init__(self, counts: dict[str, torch.Tensor]):
+        self.counts = counts
+
+    def __call__(self, name: str, values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        total = values.sum() if mask is None else (values * mask.float()).sum()
+        return total / self.counts[name].clamp(min=1.0)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A supervised loss in two steps.
+
+    ``encode(rows) -> (inputs, counts)``: the rows as tensors on the runtime's device, and what each of the loss's
+    means divides by (``{name: count}``, counted on these rows; the loop adds them up over the global batch).
+    ``loss(model, inputs, means) -> (loss, metrics)``: the loss of these rows, every mean taken with ``means``, and
+    metrics that are means too (so they add up the same way). ``model`` is the prepared one: call it, never its
+    parts. ``after_step(metrics)`` sees each step's global metrics."""
+
+    encode: Callable[[list], tuple[Any, dict[str, torch.Tensor]]]
+    loss: Callable[[torch.nn.Module, Any, Means], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    after_step: Callable[[dict[str, float]], None] | None = None
 
 
 def make_optimizer(
@@ -56,26 +89,66 @@ def make_optimizer(
     return optimizer, scheduler
 
 
+def check_divisible(stage: str, cfg: OptimConfig, world_size: int) -> None:
+    """Every rank's share of a batch must fill every micro-batch."""
+    if cfg.batch_size < world_size * cfg.gradient_accumulation_steps:
+        raise ValueError(
+            f"{stage}: batch_size ({cfg.batch_size}) is smaller than processes ({world_size}) x "
+            f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}): some micro-batch would be empty"
+        )
+
+
+def micro_batches(rows: list, parts: int) -> list[list]:
+    """``rows`` cut into ``parts`` consecutive micro-batches of near-equal size."""
+    return [rows[len(rows) * k // parts : len(rows) * (k + 1) // parts] for k in range(parts)]
+
+
+def accumulate(
+    model: torch.nn.Module, objective: Objective, rows: list, parts: int, runtime: Runtime
+) -> tuple[float, dict[str, float]]:
+    """Forward and backward of this rank's ``rows`` in ``parts`` micro-batches, each its share of the global batch's
+    loss; the gradients are all-reduced once, on the last. Returns the global batch's loss and metrics (every rank
+    the same numbers: one collective)."""
+    encoded = [objective.encode(part) for part in micro_batches(rows, parts)]
+    names = sorted(encoded[0][1])
+    counts = runtime.sum(torch.stack([sum(counts[name] for _, counts in encoded) for name in names]).float())
+    means = Means(dict(zip(names, counts)))
+    totals, metric_names = None, []
+    for k, (inputs, _) in enumerate(encoded):
+        with runtime.accumulating(model, synced=k == len(encoded) - 1):
+            loss, metrics = objective.loss(model, inputs, means)
+            runtime.backward_share(loss, model)
+        metric_names = sorted(metrics)
+        part = torch.stack([loss.detach(), *(metrics[name].detach() for name in metric_names)]).double()
+        totals = part if totals is None else totals + part
+    totals = runtime.sum(totals).tolist()
+    return totals[0], dict(zip(metric_names, totals[1:]))
+
+
 def train_supervised(
     stage: str,
     model: torch.nn.Module,
     examples: Sequence,
-    loss_fn: Callable[[list], tuple[torch.Tensor, dict[str, float]]],
+    objective: Objective,
     cfg: OptimConfig,
     seed: int,
     log: Log | None = None,
     dropout: bool = True,
     snapshots: Snapshots | None = None,
-) -> list[dict[str, float]]:
-    """Run ``cfg.epochs`` passes of minibatch AdamW; ``loss_fn(batch_of_examples) -> (loss, metrics)``.
+    runtime: Runtime = SINGLE,
+) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """Run ``cfg.epochs`` passes of minibatch AdamW over ``examples`` with ``objective``; returns the trained model
+    (plain, every parameter in place) and the history.
 
     ``dropout`` False trains in eval mode (for losses that compare the model with a frozen copy of itself).
-    ``snapshots`` receives the weights after each of its evenly spaced steps."""
-    rng = random.Random(f"{seed}/{stage}")
+    ``snapshots`` receives the weights after each of its evenly spaced steps (on every rank)."""
+    check_divisible(stage, cfg, runtime.world_size)
+    rng = random.Random(f"{seed}/{stage}")  # the same on every rank: one global batch order
     total_steps = max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))
     optimizer, scheduler = make_optimizer(
         [p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay, cfg.warmup_steps
     )
+    [(model, optimizer)] = runtime.prepare((model, optimizer), max_grad_norm=cfg.max_grad_norm)
     model.train(dropout)
     history: list[dict[str, float]] = []
     order: list[int] = []
@@ -87,26 +160,26 @@ def train_supervised(
             order += fresh
         batch = [examples[i] for i in order[: cfg.batch_size]]
         del order[: cfg.batch_size]
-        loss, metrics = loss_fn(batch)
-        check_finite(stage, step, loss=loss.item())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+        loss, metrics = accumulate(model, objective, runtime.shard(batch), cfg.gradient_accumulation_steps, runtime)
+        check_finite(stage, step, loss=loss)
+        grad_norm = runtime.step(model, optimizer, cfg.max_grad_norm)
         check_finite(stage, step, grad_norm=grad_norm)
-        optimizer.step()
         scheduler.step()
+        if objective.after_step is not None:
+            objective.after_step(metrics)
         if step in snapshot_steps:
-            snapshots.take(step, model)
+            with runtime.gathered(runtime.unwrap(model)):  # ZeRO-3: every rank gathers (a collective)
+                snapshots.take(step, runtime.unwrap(model))
         if step % cfg.log_every == 0 or step == total_steps - 1:
             entry = {
                 "step": step,
-                "loss": loss.item(),
+                "loss": loss,
                 "grad_norm": grad_norm,
                 "lr": scheduler.get_last_lr()[0],
                 **metrics,
             }
             history.append(entry)
-            if log:
+            if log and runtime.is_main:
                 log(step, entry)
     model.eval()
-    return history
+    return runtime.full_model(model), history

@@ -9,7 +9,7 @@ Each iteration reads like CleanRL's loop:
     stats = ppo_update(...)                 # epochs of clipped policy and value steps over minibatches
     kl_ctl.update(...)                      # the KL coefficient follows the measured KL (if adaptive)
 
-The data-parallel plumbing (sharding, global means, gradient sync) lives in ``Ranks``; the loss
+The data-parallel plumbing (sharding, global means, gradient sync) lives in the ``Runtime``; the loss
 functions only take the averaging function they are handed.
 """
 
@@ -36,6 +36,7 @@ from components.models.batching import (
 )
 from components.models.ensemble import member_scores
 from components.models.generation import Rollout, decode_responses, generate
+from components.models.runtime import SINGLE, Runtime
 from components.training.checkpoints import (
     PPOState,
     latest_checkpoint,
@@ -44,10 +45,7 @@ from components.training.checkpoints import (
     save_checkpoint,
 )
 from components.training.loop import Log, Snapshots, check_finite
-from components.training.ranks import Ranks
 from components.training.sft import sft_loss
-
-SINGLE = Ranks()
 
 # (prompts, responses, ended) -> metrics: watches rollouts (e.g. the gold judge); never feeds training.
 Monitor = Callable[[list[str], list[str], list[bool]], dict[str, float]]
@@ -59,10 +57,10 @@ TokenMean = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # --- the math -----------------------------------------------------------------------------
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, ranks: Ranks = SINGLE) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, runtime: Runtime = SINGLE) -> torch.Tensor:
     """Normalise to unit variance over the masked entries (of every rank);
     keep the mean when ``shift_mean`` is False."""
-    mean, var = ranks.masked_mean(x, mask), ranks.masked_var(x, mask)
+    mean, var = runtime.masked_mean(x, mask), runtime.masked_var(x, mask)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -178,8 +176,10 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(-1)
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, ranks: Ranks = SINGLE) -> float:
-    return (1 - ranks.masked_var(returns - values, mask) / ranks.masked_var(returns, mask).clamp(min=1e-8)).item()
+def explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, runtime: Runtime = SINGLE
+) -> float:
+    return (1 - runtime.masked_var(returns - values, mask) / runtime.masked_var(returns, mask).clamp(min=1e-8)).item()
 
 
 class KLController:
@@ -266,16 +266,16 @@ class PPOModels:
     reward_model: PreTrainedModel
     policy_opt: torch.optim.Optimizer
     critic_opt: torch.optim.Optimizer
-    ranks: Ranks
+    runtime: Runtime
 
     @property
     def sampler(self) -> torch.nn.Module:
         """The policy without its DDP wrapper: the no-grad passes (generation, scoring) skip DDP."""
-        return self.ranks.unwrap(self.policy)
+        return self.runtime.unwrap(self.policy)
 
     @property
     def critic(self) -> torch.nn.Module:
-        return self.ranks.unwrap(self.values_model)
+        return self.runtime.unwrap(self.values_model)
 
 
 @torch.no_grad()
@@ -284,10 +284,10 @@ def sample_responses(
 ) -> Rollout:
     """One response per prompt from the policy, at the policy's temperature."""
     prompt_ids, prompt_mask = (
-        t.to(models.ranks.device) for t in encode_prompts(tokenizer, prompts, model_cfg.max_prompt_tokens)
+        t.to(models.runtime.device) for t in encode_prompts(tokenizer, prompts, model_cfg.max_prompt_tokens)
     )
     # ZeRO-3 shards the parameters: gather the policy's once for the whole of generation, not layer by layer per token
-    with models.ranks.gathered(models.sampler):
+    with models.runtime.gathered(models.sampler):
         return generate(
             models.sampler,
             prompt_ids,
@@ -303,11 +303,11 @@ def sample_responses(
 def score_rollouts(models: PPOModels, prompts: list[str], sampled: Rollout, cfg: PPOConfig) -> Rollouts:
     """What the policy, the critic and the frozen models say of the sampled responses: log-probs, values, RM score."""
     batch = sampled.batch
-    with models.ranks.gathered(models.sampler):
+    with models.runtime.gathered(models.sampler):
         logprobs, _ = policy_logprobs(models.sampler, batch, cfg.temperature)
-    with models.ranks.gathered(models.critic):
+    with models.runtime.gathered(models.critic):
         values = token_values(models.critic, batch) * batch.response_mask.float()
-    with models.ranks.autocast():  # the frozen models in the trained ones' precision: KL 0 at the start
+    with models.runtime.autocast():  # the frozen models in the trained ones' precision: KL 0 at the start
         ref_logprobs, _ = policy_logprobs(models.reference, batch, cfg.temperature)
         by_member = member_scores(models.reward_model, batch)  # (B, M)
     disagreement = by_member.std(dim=-1) if by_member.shape[-1] > 1 else torch.zeros_like(by_member[:, 0])
@@ -321,15 +321,15 @@ def score_rollouts(models: PPOModels, prompts: list[str], sampled: Rollout, cfg:
 
 
 @torch.no_grad()
-def compute_advantages(rollouts: Rollouts, kl_coef: float, cfg: PPOConfig, ranks: Ranks = SINGLE) -> Advantages:
+def compute_advantages(rollouts: Rollouts, kl_coef: float, cfg: PPOConfig, runtime: Runtime = SINGLE) -> Advantages:
     """KL-penalised per-token rewards, then GAE; whitening uses every rank's tokens."""
     rewards, kl = kl_penalised_rewards(
         rollouts.scores, rollouts.logprobs, rollouts.ref_logprobs, rollouts.batch.response_mask, kl_coef
     )
     if cfg.whiten_rewards:
-        rewards = whiten(rewards, rollouts.mask, shift_mean=False, ranks=ranks)
+        rewards = whiten(rewards, rollouts.mask, shift_mean=False, runtime=runtime)
     advantages, returns = compute_gae(rewards, rollouts.values, rollouts.batch.response_mask, cfg.gamma, cfg.lam)
-    return Advantages(rewards, kl, whiten(advantages, rollouts.mask, ranks=ranks), returns)
+    return Advantages(rewards, kl, whiten(advantages, rollouts.mask, runtime=runtime), returns)
 
 
 def ppo_update(
@@ -345,23 +345,23 @@ def ppo_update(
     ``ptx`` draws this rank's share of demonstrations for PPO-ptx (InstructGPT's pretraining mix).
     Returns the mean of each loss statistic over all minibatch steps (and all ranks).
     """
-    ranks = models.ranks
+    runtime = models.runtime
     sums: dict[str, float] = {}
     steps = 0
     size = rollouts.batch.input_ids.shape[0]  # this rank's share
-    minibatch = cfg.minibatch_size // ranks.world_size
+    minibatch = cfg.minibatch_size // runtime.world_size
     micro = minibatch // cfg.gradient_accumulation_steps
     for _ in range(cfg.ppo_epochs):
         permutation = torch.randperm(size)
         for start in range(0, size, minibatch):
             index = permutation[start : start + minibatch]
-            share = ranks.token_share(rollouts.batch.response_mask[index])
+            share = runtime.token_share(rollouts.batch.response_mask[index])
 
             if ptx is not None:
                 ptx_loss = cfg.ptx_coef * sft_loss(models.policy, ptx())
                 check_finite("ppo", iteration, ptx_loss=ptx_loss.item())
-                with ranks.no_sync(models.policy):
-                    ranks.backward(ptx_loss, models.policy)
+                with runtime.no_sync(models.policy):
+                    runtime.backward(ptx_loss, models.policy)
 
             for micro_start in range(0, len(index), micro):
                 rows = index[micro_start : micro_start + micro]
@@ -369,21 +369,21 @@ def ppo_update(
                 mb = rollouts.batch.select(rows)
                 mask = mb.response_mask.float()
 
-                with ranks.accumulating(models.policy, synced):
+                with runtime.accumulating(models.policy, synced):
                     logprobs, logits = policy_logprobs(models.policy, mb, cfg.temperature)
                     pg_loss, pg_stats = clipped_policy_loss(
                         logprobs, rollouts.logprobs[rows], advantages.advantages[rows], mask, cfg.cliprange, share
                     )
                     check_finite("ppo", iteration, policy_loss=pg_loss.item())
-                    ranks.backward_share(pg_loss, models.policy)
+                    runtime.backward_share(pg_loss, models.policy)
 
-                with ranks.accumulating(models.values_model, synced):
+                with runtime.accumulating(models.values_model, synced):
                     values = token_values(models.values_model, mb)
                     vf_loss, vf_stats = clipped_value_loss(
                         values, rollouts.values[rows], advantages.returns[rows], mask, cfg.cliprange_value, share
                     )
                     check_finite("ppo", iteration, value_loss=vf_loss.item())
-                    ranks.backward_share(vf_loss, models.values_model)
+                    runtime.backward_share(vf_loss, models.values_model)
 
                 with torch.no_grad():
                     entropy = share(entropy_from_logits(logits), mask).item()
@@ -397,9 +397,9 @@ def ppo_update(
                     sums[key] = sums.get(key, 0.0) + value
 
             for model, optimizer in ((models.policy, models.policy_opt), (models.values_model, models.critic_opt)):
-                ranks.step(model, optimizer, cfg.max_grad_norm)
+                runtime.step(model, optimizer, cfg.max_grad_norm)
             steps += 1
-    totals = ranks.sum(torch.tensor(list(sums.values()), dtype=torch.float64, device=ranks.device))
+    totals = runtime.sum(torch.tensor(list(sums.values()), dtype=torch.float64, device=runtime.device))
     return {key: total / steps for key, total in zip(sums, totals.tolist())}
 
 
@@ -436,18 +436,18 @@ def check_shardable(cfg: PPOConfig, world_size: int) -> None:
         )
 
 
-def ptx_rows(examples: list[dict], minibatch_size: int, rng: random.Random, ranks: Ranks) -> list[dict]:
+def ptx_rows(examples: list[dict], minibatch_size: int, rng: random.Random, runtime: Runtime) -> list[dict]:
     """This rank's share of one global draw of ``minibatch_size`` demonstrations (the same draw on every rank)."""
-    return ranks.shard(rng.sample(examples, min(minibatch_size, len(examples))))
+    return runtime.shard(rng.sample(examples, min(minibatch_size, len(examples))))
 
 
 def ptx_sampler(
-    examples: list[dict], tokenizer, cfg: PPOConfig, model_cfg: ModelConfig, rng: random.Random, ranks: Ranks
+    examples: list[dict], tokenizer, cfg: PPOConfig, model_cfg: ModelConfig, rng: random.Random, runtime: Runtime
 ) -> Callable[[], Batch]:
     """PPO-ptx's demonstrations, one batch per minibatch step: this rank's share, encoded, on its device."""
 
     def draw() -> Batch:
-        rows = ptx_rows(examples, cfg.minibatch_size, rng, ranks)
+        rows = ptx_rows(examples, cfg.minibatch_size, rng, runtime)
         batch = encode_examples(
             tokenizer,
             [r["prompt"] for r in rows],
@@ -455,7 +455,7 @@ def ptx_sampler(
             model_cfg.max_prompt_tokens,
             model_cfg.max_response_tokens,
         )
-        return batch.to(ranks.device)
+        return batch.to(runtime.device)
 
     return draw
 
@@ -474,7 +474,7 @@ def train_ppo(
     monitor: Monitor | None = None,
     log: Log | None = None,
     checkpoint_dir: str | None = None,
-    ranks: Ranks = SINGLE,
+    runtime: Runtime = SINGLE,
     snapshots: Snapshots | None = None,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Optimise ``policy`` in place; ``ref_policy`` and ``reward_model`` stay frozen.
@@ -485,17 +485,17 @@ def train_ppo(
 
     With ``checkpoint_dir``, the full state is saved every ``cfg.checkpoint_every`` iterations and
     a run that finds a checkpoint there continues from it: same result as never stopping.
-    Data parallel (``ranks`` of N processes): every rank draws the same global prompt order and
+    Data parallel (``runtime`` of N processes): every rank draws the same global prompt order and
     samples its own 1/N of each rollout batch; whitening, metrics and the KL controller see all
     ranks' rollouts; DDP averages the gradients, so every rank holds the same weights.
     """
-    check_shardable(cfg, ranks.world_size)
-    torch.manual_seed(seed + ranks.rank)  # each rank samples different responses
+    check_shardable(cfg, runtime.world_size)
+    torch.manual_seed(seed + runtime.rank)  # each rank samples different responses
     rng = random.Random(f"{seed}/ppo")  # the same on every rank: one global prompt order, one PPO-ptx draw
     for frozen in (ref_policy, reward_model):
         frozen.eval()
         frozen.requires_grad_(False)
-        ranks.to_device(frozen)
+        runtime.to_device(frozen)
     for trained in (policy, critic):
         trained.eval()  # dropout off: rollouts and updates see the same network
         trained.requires_grad_(True)
@@ -508,8 +508,8 @@ def train_ppo(
     start = 0
     resumed = latest_checkpoint(checkpoint_dir)
     if resumed is not None:
-        torch_rng = _rank_rng_state(resumed.tensors["torch_rng"], ranks)
-        if (resumed.engines is None) != ranks.checkpoints_whole_state:
+        torch_rng = _rank_rng_state(resumed.tensors["torch_rng"], runtime)
+        if (resumed.engines is None) != runtime.checkpoints_whole_state:
             raise ValueError(
                 f"the PPO checkpoint in {checkpoint_dir} was written {'with' if resumed.engines else 'without'} "
                 "DeepSpeed: resume it with the profile that wrote it"
@@ -521,14 +521,18 @@ def train_ppo(
             critic_opt.load_state_dict(resumed.tensors["critic_opt"])
         restore_python_rng(rng, resumed.python_rng)
         kl_ctl.value, queue.order, history, start = resumed.kl_coef, resumed.order, resumed.history, resumed.iteration
-    (policy, policy_opt), (values_model, critic_opt) = ranks.prepare((policy, policy_opt), (values_model, critic_opt))
+    (policy, policy_opt), (values_model, critic_opt) = runtime.prepare(
+        (policy, policy_opt), (values_model, critic_opt), max_grad_norm=cfg.max_grad_norm
+    )
     if resumed is not None:
         if resumed.engines is not None:
-            ranks.load_engines({"policy": policy, "critic": values_model}, resumed.engines)
+            runtime.load_engines({"policy": policy, "critic": values_model}, resumed.engines)
         torch.set_rng_state(torch_rng)
-    models = PPOModels(policy, values_model, ref_policy, reward_model, policy_opt, critic_opt, ranks)
+    models = PPOModels(policy, values_model, ref_policy, reward_model, policy_opt, critic_opt, runtime)
     ptx = (
-        ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, ranks) if cfg.ptx_coef > 0 and ptx_examples else None
+        ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, runtime)
+        if cfg.ptx_coef > 0 and ptx_examples
+        else None
     )
     snapshot_iterations = snapshots.steps(cfg.iterations) if snapshots is not None else set()
 
@@ -538,20 +542,20 @@ def train_ppo(
             for optimizer, lr in ((models.policy_opt, cfg.lr), (models.critic_opt, cfg.critic_lr)):
                 for group in optimizer.param_groups:
                     group["lr"] = fraction * lr
-        batch_prompts = ranks.shard(queue.next_batch(cfg.rollout_batch_size))
+        batch_prompts = runtime.shard(queue.next_batch(cfg.rollout_batch_size))
 
         started = time.perf_counter()
         sampled = sample_responses(models, batch_prompts, tokenizer, cfg, model_cfg)
         generated = time.perf_counter()
         rollouts = score_rollouts(models, batch_prompts, sampled, cfg)
-        advantages = compute_advantages(rollouts, kl_ctl.value, cfg, ranks)
+        advantages = compute_advantages(rollouts, kl_ctl.value, cfg, runtime)
         check_finite("ppo", iteration, rm_score=rollouts.rm_scores.mean().item(), kl=advantages.kl.sum(1).mean().item())
         scored = time.perf_counter()
         update_stats = ppo_update(models, rollouts, advantages, cfg, iteration, ptx)
         updated = time.perf_counter()
 
         # the KL controller sees the mean KL per response of the whole (all ranks') batch
-        rollout_sums = ranks.sum(
+        rollout_sums = runtime.sum(
             torch.stack(
                 [
                     rollouts.rm_scores.sum(),
@@ -581,21 +585,21 @@ def train_ppo(
                 "non_score_reward": -kl_ctl.value * mean_kl,
                 "response_length": response_length,
                 "ended": ended,
-                "explained_variance": explained_variance(rollouts.values, advantages.returns, rollouts.mask, ranks),
+                "explained_variance": explained_variance(rollouts.values, advantages.returns, rollouts.mask, runtime),
                 "response_tokens": response_length * cfg.rollout_batch_size,
                 "generation_seconds": generated - started,
                 "scoring_seconds": scored - generated,
                 "update_seconds": updated - scored,
                 **update_stats,
-                **ranks.mean_of_floats(watched),
+                **runtime.mean_of_floats(watched),
             }
             history.append(entry)
             if log:
                 log(iteration, entry)
 
         if iteration in snapshot_iterations:
-            with ranks.gathered(models.sampler):  # every rank gathers (a collective); rank 0 writes
-                if ranks.is_main:
+            with runtime.gathered(models.sampler):  # every rank gathers (a collective); rank 0 writes
+                if runtime.is_main:
                     snapshots.take(iteration, models.sampler)
         if checkpoint_dir and cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0:
             _save_checkpoint(checkpoint_dir, iteration + 1, models, kl_ctl, rng, queue, history)
@@ -607,7 +611,7 @@ def train_ppo(
         "final_kl_coef": kl_ctl.value,
         "iterations": cfg.iterations,
     }
-    return ranks.full_model(models.policy), metrics, history
+    return runtime.full_model(models.policy), metrics, history
 
 
 def _save_checkpoint(
@@ -619,10 +623,10 @@ def _save_checkpoint(
     queue: PromptQueue,
     history: list[dict],
 ) -> None:
-    ranks = models.ranks
-    tensors = {"torch_rng": torch.stack(ranks.gather_objects(torch.get_rng_state()))}
+    runtime = models.runtime
+    tensors = {"torch_rng": torch.stack(runtime.gather_objects(torch.get_rng_state()))}
     engines = None
-    if ranks.checkpoints_whole_state:
+    if runtime.checkpoints_whole_state:
         tensors |= {
             "policy": models.sampler.state_dict(),
             "critic": models.critic.critic.state_dict(),
@@ -631,19 +635,19 @@ def _save_checkpoint(
         }
     else:  # every rank writes its shards beside the checkpoint; rank 0 moves them in with the rest
         engines = Path(directory) / f".engines-{iteration:06d}"
-        ranks.save_engines({"policy": models.policy, "critic": models.values_model}, engines)
-    if ranks.is_main:  # one writer; the other ranks' RNG states travel in the same file
+        runtime.save_engines({"policy": models.policy, "critic": models.values_model}, engines)
+    if runtime.is_main:  # one writer; the other ranks' RNG states travel in the same file
         save_checkpoint(
             directory,
             PPOState(iteration, kl_ctl.value, python_rng_state(rng), queue.order, history, tensors, engines),
         )
 
 
-def _rank_rng_state(saved: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+def _rank_rng_state(saved: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     states = saved.unsqueeze(0) if saved.dim() == 1 else saved
-    if len(states) != ranks.world_size:
+    if len(states) != runtime.world_size:
         raise ValueError(
             f"the PPO checkpoint was written by {len(states)} process(es); "
-            f"resume it with {len(states)}, not {ranks.world_size}"
+            f"resume it with {len(states)}, not {runtime.world_size}"
         )
-    return states[ranks.rank].clone()  # set_rng_state needs its own storage, not a row view
+    return states[runtime.rank].clone()  # set_rng_state needs its own storage, not a row view

@@ -20,15 +20,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.config import Config
 from components.models.builders import build_policy, frozen_copy
 from components.models.ensemble import members_of
+from components.models.runtime import SINGLE, Runtime
 from components.models.tokenizer import build_word_tokenizer, load_tokenizer
 from components.training.chosen import train_chosen, train_top_ranked
 from components.training.combined import train_combined
 from components.training.comparisons import collect_sft_comparisons, draw_prompts, sample_reference, sample_responses
 from components.training.dpo import train_dpo
 from components.training.loop import Snapshots
-from components.training.ppo import SINGLE, Monitor, train_ppo
+from components.training.ppo import Monitor, train_ppo
 from components.training.ranking import Labeller, Ranker, sampled_labeller
-from components.training.ranks import Ranks
 from components.training.reward import split_comparisons, train_reward_ensemble
 from components.training.rounds import round_prompts, tagged
 from components.training.selection import held_out_slice, select_snapshot
@@ -78,9 +78,11 @@ def comparison_labeller(cfg: Config, rank: Ranker, demonstrations: list[dict]) -
     return sampled_labeller(rank, cfg.validation.min_response_words, prompt_ids)
 
 
-def sft_stage(cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: list[dict], log=None) -> StageResult:
+def sft_stage(
+    cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: list[dict], log=None, runtime: Runtime = SINGLE
+) -> StageResult:
     policy = build_policy(cfg.model, tokenizer, cfg.seed)
-    return timed(train_sft)(policy, tokenizer, demonstrations, cfg.sft, cfg.model, cfg.seed, log=log)
+    return timed(train_sft)(policy, tokenizer, demonstrations, cfg.sft, cfg.model, cfg.seed, log=log, runtime=runtime)
 
 
 def round_draw(cfg: Config, train_prompts: list[str], round_index: int | None = None) -> tuple[list[str], int]:
@@ -93,13 +95,18 @@ def round_draw(cfg: Config, train_prompts: list[str], round_index: int | None = 
 
 
 def round_samples(
-    cfg: Config, tokenizer, policy: PreTrainedModel, train_prompts: list[str], round_index: int | None = None
+    cfg: Config,
+    tokenizer,
+    policy: PreTrainedModel,
+    train_prompts: list[str],
+    round_index: int | None = None,
+    runtime: Runtime = SINGLE,
 ) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     """The drawn prompts and K samples of each from ``policy``: what people rank in a labelling round."""
     prompts, seed = round_draw(cfg, train_prompts, round_index)
     c = cfg.comparisons
     return prompts, sample_responses(
-        policy, tokenizer, prompts, c.responses_per_prompt, c.temperature, c.batch_size, cfg.model, seed
+        policy, tokenizer, prompts, c.responses_per_prompt, c.temperature, c.batch_size, cfg.model, seed, runtime
     )
 
 
@@ -111,6 +118,7 @@ def comparisons_stage(
     labeller: Labeller,
     round_index: int | None = None,
     group_offset: int = 0,
+    runtime: Runtime = SINGLE,
 ) -> StageResult:
     """InstructGPT step 2: K samples per drawn training prompt from ``policy`` (SFT, or in a later labelling round
     the current policy), ranked by ``labeller``; every pair becomes a row. With ``round_index`` (1-based), only the
@@ -118,7 +126,7 @@ def comparisons_stage(
 
     def collect():
         prompts, seed = round_draw(cfg, train_prompts, round_index)
-        rows = collect_sft_comparisons(policy, tokenizer, prompts, cfg.comparisons, cfg.model, labeller, seed)
+        rows = collect_sft_comparisons(policy, tokenizer, prompts, cfg.comparisons, cfg.model, labeller, seed, runtime)
         if round_index is not None:
             rows = tagged(rows, round_index, group_offset)
         return rows, {"pairs": len(rows), "prompts": len(prompts)}, []
@@ -127,7 +135,13 @@ def comparisons_stage(
 
 
 def reward_stage(
-    cfg: Config, tokenizer, sft: PreTrainedModel, comparisons: list[dict], train_prompts: list[str], log=None
+    cfg: Config,
+    tokenizer,
+    sft: PreTrainedModel,
+    comparisons: list[dict],
+    train_prompts: list[str],
+    log=None,
+    runtime: Runtime = SINGLE,
 ) -> StageResult:
     """InstructGPT step 2b; ``reward.shuffle_labels`` swaps chosen/rejected at random: the negative control."""
     if cfg.reward.shuffle_labels:
@@ -138,10 +152,25 @@ def reward_stage(
         ]
     reference_prompts = draw_prompts(train_prompts, cfg.reward.reference_samples, cfg.seed + 1)
     reference = sample_reference(
-        sft, tokenizer, reference_prompts, cfg.model, cfg.comparisons.temperature, cfg.comparisons.batch_size, cfg.seed
+        sft,
+        tokenizer,
+        reference_prompts,
+        cfg.model,
+        cfg.comparisons.temperature,
+        cfg.comparisons.batch_size,
+        cfg.seed,
+        runtime,
     )
     return timed(train_reward_ensemble)(
-        sft, tokenizer, comparisons, cfg.reward, cfg.model, cfg.seed, log=log, reference_samples=reference
+        sft,
+        tokenizer,
+        comparisons,
+        cfg.reward,
+        cfg.model,
+        cfg.seed,
+        log=log,
+        reference_samples=reference,
+        runtime=runtime,
     )
 
 
@@ -169,6 +198,7 @@ def select_candidate(
     comparisons: list[dict],
     make_ranker: Callable[[], Ranker] | None,
     unit: str = "step",
+    runtime: Runtime = SINGLE,
 ) -> StageResult:
     """Ship the snapshot the labeller prefers on the held-out slice (``selection``); without a labeller, the last."""
     items = (
@@ -176,7 +206,7 @@ def select_candidate(
     )
     started = time.perf_counter()
     result.model, selection = select_snapshot(
-        result.model, snapshots, tokenizer, items, make_ranker, cfg.selection, cfg.model, cfg.seed
+        result.model, snapshots, tokenizer, items, make_ranker, cfg.selection, cfg.model, cfg.seed, runtime
     )
     result.metrics.update({**selection.metrics(unit), "selection.seconds": round(time.perf_counter() - started, 2)})
     return result
@@ -190,6 +220,7 @@ def baseline_stage(
     comparisons: list[dict],
     log=None,
     make_ranker: Callable[[], Ranker] | None = None,
+    runtime: Runtime = SINGLE,
 ) -> StageResult:
     """A supervised baseline from the SFT policy, trained on the reward model's training comparisons only;
     with ``make_ranker``, the snapshot the labeller prefers on the held-out slice ships (see ``select_candidate``)."""
@@ -202,8 +233,10 @@ def baseline_stage(
     trainer, section = trainers[name]
     train, _ = labelled_split(cfg, comparisons)
     snapshots = Snapshots(cfg.selection.candidates)
-    result = timed(trainer)(sft, tokenizer, train, section, cfg.model, cfg.seed, log=log, snapshots=snapshots)
-    return select_candidate(cfg, result, snapshots.taken, tokenizer, comparisons, make_ranker)
+    result = timed(trainer)(
+        sft, tokenizer, train, section, cfg.model, cfg.seed, log=log, snapshots=snapshots, runtime=runtime
+    )
+    return select_candidate(cfg, result, snapshots.taken, tokenizer, comparisons, make_ranker, runtime=runtime)
 
 
 def iterative_dpo_stage(
@@ -216,6 +249,7 @@ def iterative_dpo_stage(
     round_index: int,
     log=None,
     make_ranker: Callable[[], Ranker] | None = None,
+    runtime: Runtime = SINGLE,
 ) -> StageResult:
     """One round of iterative DPO, the baseline that gets PPO's schedule of on-policy labels: the last round's DPO
     policy (SFT in round 1) trained on this round's labels of its own samples (their training split), reference =
@@ -234,10 +268,11 @@ def iterative_dpo_stage(
         log=log,
         reference=frozen_copy(sft),
         snapshots=snapshots,
+        runtime=runtime,
     )
     if not last_round:
         return result
-    return select_candidate(cfg, result, snapshots.taken, tokenizer, seen_rows, make_ranker)
+    return select_candidate(cfg, result, snapshots.taken, tokenizer, seen_rows, make_ranker, runtime=runtime)
 
 
 def ppo_stage(
@@ -250,7 +285,7 @@ def ppo_stage(
     monitor: Monitor | None = None,
     log=None,
     checkpoint_dir: str | None = None,
-    ranks: Ranks = SINGLE,
+    runtime: Runtime = SINGLE,
     snapshots: Snapshots | None = None,
     start: PreTrainedModel | None = None,
 ) -> StageResult:
@@ -258,7 +293,7 @@ def ppo_stage(
     policy), reference = frozen SFT always, critic from the RM (an ensemble's first member); resumes from
     ``checkpoint_dir``.
 
-    ``ranks``: the data-parallel process group when launched with accelerate (see ppo_worker)."""
+    ``runtime``: where it runs (device, processes, precision; see flows' stage runtimes)."""
     policy = copy.deepcopy(start if start is not None else sft)
     reference, critic = frozen_copy(sft), copy.deepcopy(members_of(reward_model)[0])
     return timed(train_ppo)(
@@ -275,7 +310,7 @@ def ppo_stage(
         monitor=monitor,
         log=log,
         checkpoint_dir=checkpoint_dir,
-        ranks=ranks,
+        runtime=runtime,
         snapshots=snapshots,
     )
 

@@ -21,25 +21,32 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, RewardConfig
-from components.models.batching import encode_examples, sequence_scores
+from components.models.batching import Batch, TokenScores, encode_examples, sequence_scores
 from components.models.builders import scalar_model_from
 from components.models.ensemble import RewardEnsemble, member_scores
-from components.training.loop import Log, train_supervised
+from components.models.runtime import SINGLE, Runtime
+from components.training.loop import Log, Means, Objective, train_supervised
 from components.training.rounds import split_by_round
 
 SCORE_BATCH = 256  # sequences per forward pass when only scoring
 
 
-def reward_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
-    """Mean of -log sigmoid(r(chosen) - r(rejected)) over pairs: (B,), (B,) -> scalar."""
-    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+def reward_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    mean: Callable[[torch.Tensor], torch.Tensor] = torch.mean,
+) -> torch.Tensor:
+    """Mean of -log sigmoid(r(chosen) - r(rejected)) over pairs: (B,), (B,) -> scalar (``mean``: over these pairs,
+    or this part's share of the global batch's mean)."""
+    return mean(-F.logsigmoid(chosen_rewards - rejected_rewards))
 
 
 def pairwise_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
@@ -96,13 +103,11 @@ def split_groups(comparisons: Sequence[dict], valid_fraction: float, seed: int) 
     return [row for g in groups[n_valid:] for row in g], [row for g in groups[:n_valid] for row in g]
 
 
-def pair_rewards(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], model_cfg: ModelConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """r(chosen) and r(rejected) of every row: (B,), (B,).
-
-    Every distinct (prompt, response) of ``rows`` is scored once, all of them in one forward pass.
-    """
+def encode_distinct(
+    tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], model_cfg: ModelConfig
+) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+    """Every distinct (prompt, response) of ``rows`` once, in one batch, and where each row's chosen and rejected
+    response sit in it: (batch, chosen index (B,), rejected index (B,))."""
     index: dict[tuple[str, str], int] = {}
     for row in rows:
         for side in ("chosen", "rejected"):
@@ -115,9 +120,20 @@ def pair_rewards(
         model_cfg.max_prompt_tokens,
         model_cfg.max_response_tokens,
     )
-    rewards = sequence_scores(model, batch)  # (distinct responses,)
     chosen = torch.tensor([index[(row["prompt"], row["chosen"])] for row in rows])
     rejected = torch.tensor([index[(row["prompt"], row["rejected"])] for row in rows])
+    return batch, chosen, rejected
+
+
+def pair_rewards(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], model_cfg: ModelConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """r(chosen) and r(rejected) of every row: (B,), (B,).
+
+    Every distinct (prompt, response) of ``rows`` is scored once, all of them in one forward pass.
+    """
+    batch, chosen, rejected = encode_distinct(tokenizer, rows, model_cfg)
+    rewards = sequence_scores(model, batch)  # (distinct responses,)
     return rewards[chosen], rewards[rejected]
 
 
@@ -127,9 +143,10 @@ def score_samples(
     tokenizer: PreTrainedTokenizerBase,
     samples: Sequence[tuple[str, str]],
     model_cfg: ModelConfig,
+    runtime: Runtime = SINGLE,
 ) -> torch.Tensor:
     """The reward of each (prompt, response): (N,); an ensemble's is its members' mean."""
-    return score_samples_by_member(model, tokenizer, samples, model_cfg).mean(dim=-1)
+    return score_samples_by_member(model, tokenizer, samples, model_cfg, runtime).mean(dim=-1)
 
 
 @torch.inference_mode()
@@ -138,27 +155,35 @@ def score_samples_by_member(
     tokenizer: PreTrainedTokenizerBase,
     samples: Sequence[tuple[str, str]],
     model_cfg: ModelConfig,
+    runtime: Runtime = SINGLE,
 ) -> torch.Tensor:
-    """Each ensemble member's reward of each (prompt, response): (N, M); M = 1 for a single reward model."""
+    """Each ensemble member's reward of each (prompt, response): (N, M); M = 1 for a single reward model. The
+    batches are split between the runtime's processes; the scores are on the host."""
     was_training = model.training
-    model.eval()
-    scores = []
-    for start in range(0, len(samples), SCORE_BATCH):
-        chunk = samples[start : start + SCORE_BATCH]
+    model = runtime.to_device(model).eval()
+
+    def score(_: int, chunk: Sequence[tuple[str, str]]) -> list[list[float]]:
         batch = encode_examples(
             tokenizer,
             [p for p, _ in chunk],
             [r for _, r in chunk],
             model_cfg.max_prompt_tokens,
             model_cfg.max_response_tokens,
-        )
-        scores.append(member_scores(model, batch))
+        ).to(runtime.device)
+        with runtime.autocast():
+            return member_scores(model, batch).float().tolist()
+
+    scores = runtime.map_chunks(list(samples), SCORE_BATCH, score)
     model.train(was_training)
-    return torch.cat(scores) if scores else torch.zeros(0, 1)
+    return torch.tensor(scores) if scores else torch.zeros(0, 1)
 
 
 def score_comparisons(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], model_cfg: ModelConfig
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[dict],
+    model_cfg: ModelConfig,
+    runtime: Runtime = SINGLE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """r(chosen), r(rejected) of every row, in eval mode and without gradients: (B,), (B,)."""
     rewards = score_samples(
@@ -166,6 +191,7 @@ def score_comparisons(
         tokenizer,
         [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows],
         model_cfg,
+        runtime,
     )
     return rewards[: len(rows)], rewards[len(rows) :]
 
@@ -217,6 +243,7 @@ def normalise_rewards(
     tokenizer: PreTrainedTokenizerBase,
     reference_samples: Sequence[tuple[str, str]],
     model_cfg: ModelConfig,
+    runtime: Runtime = SINGLE,
 ) -> tuple[float, float]:
     """Rescale and shift the model's output to mean 0 and standard deviation 1 on ``reference_samples``.
 
@@ -224,7 +251,7 @@ def normalise_rewards(
     clip range and the missing-EOS penalty are then in units of the SFT samples' reward spread,
     whatever the reward model.
     """
-    scores = score_samples(model, tokenizer, reference_samples, model_cfg).double()
+    scores = score_samples(model, tokenizer, reference_samples, model_cfg, runtime).double()
     offset = scores.mean().item()
     scale = scores.std().item() if len(scores) > 1 else 1.0
     if not scale > 0:
@@ -232,6 +259,29 @@ def normalise_rewards(
     scale_rewards(model, 1.0 / scale)
     shift_rewards(model, -offset / scale)
     return offset, scale
+
+
+def reward_objective(tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig, device: torch.device) -> Objective:
+    """The mean over every pair of the global batch's ranked groups of -log sigmoid(r(chosen) - r(rejected))."""
+
+    def encode(groups: list[list[dict]]):
+        rows = [row for group in groups for row in group]
+        batch, chosen, rejected = encode_distinct(tokenizer, rows, model_cfg)
+        inputs = (batch.to(device), chosen.to(device), rejected.to(device))
+        return inputs, {"pairs": torch.tensor(float(len(rows)), device=device)}
+
+    def loss(model: torch.nn.Module, inputs, mean: Means):
+        batch, chosen, rejected = inputs
+        rewards = sequence_scores(model, batch)  # (distinct responses,): ``model`` is the prepared TokenScores
+        chosen_rewards, rejected_rewards = rewards[chosen], rewards[rejected]
+        pair_mean = partial(mean, "pairs")
+        margin = (chosen_rewards - rejected_rewards).detach()
+        return reward_loss(chosen_rewards, rejected_rewards, pair_mean), {
+            "accuracy": pair_mean((margin > 0).float()),
+            "margin": pair_mean(margin),
+        }
+
+    return Objective(encode, loss)
 
 
 def train_reward_model(
@@ -244,6 +294,7 @@ def train_reward_model(
     log: Log | None = None,
     reference_samples: list[tuple[str, str]] | None = None,
     member: int = 0,
+    runtime: Runtime = SINGLE,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Train a reward model from the SFT ``policy`` on ``{prompt, chosen, rejected}`` comparisons.
 
@@ -259,15 +310,11 @@ def train_reward_model(
     train, valid = split_comparisons(comparisons, cfg.valid_fraction, seed)
     torch.manual_seed(seed + member)  # the fresh head's initialisation
     model = scalar_model_from(policy)
-
-    def loss_fn(groups: list[list[dict]]):
-        rows = [row for group in groups for row in group]
-        chosen_rewards, rejected_rewards = pair_rewards(model, tokenizer, rows, model_cfg)
-        loss = reward_loss(chosen_rewards, rejected_rewards)
-        margin = (chosen_rewards - rejected_rewards).detach()
-        return loss, {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item()}
-
-    history = train_supervised("reward", model, group_comparisons(train), loss_fn, cfg, seed + member, log)
+    objective = reward_objective(tokenizer, model_cfg, runtime.device)
+    trained, history = train_supervised(
+        "reward", TokenScores(model), group_comparisons(train), objective, cfg, seed + member, log, runtime=runtime
+    )
+    model = trained.model
 
     metrics: dict[str, float] = {
         "train_pairs": len(train),
@@ -278,15 +325,15 @@ def train_reward_model(
         "final_loss": history[-1]["loss"],
     }
     if valid:
-        chosen_rewards, rejected_rewards = score_comparisons(model, tokenizer, valid, model_cfg)
+        chosen_rewards, rejected_rewards = score_comparisons(model, tokenizer, valid, model_cfg, runtime)
         metrics["valid_loss"] = reward_loss(chosen_rewards, rejected_rewards).item()
         metrics["valid_accuracy"] = pairwise_accuracy(chosen_rewards, rejected_rewards)
         metrics["valid_margin"] = (chosen_rewards - rejected_rewards).mean().item()
     if reference_samples:
         metrics["reward_offset"], metrics["reward_scale"] = normalise_rewards(
-            model, tokenizer, reference_samples, model_cfg
+            model, tokenizer, reference_samples, model_cfg, runtime
         )
-        after = score_samples(model, tokenizer, reference_samples, model_cfg)
+        after = score_samples(model, tokenizer, reference_samples, model_cfg, runtime)
         metrics["reference_mean"] = after.double().mean().item()
         metrics["reference_std"] = after.double().std().item() if len(after) > 1 else 0.0
     else:
@@ -310,6 +357,7 @@ def train_reward_ensemble(
     seed: int,
     log: Log | None = None,
     reference_samples: list[tuple[str, str]] | None = None,
+    runtime: Runtime = SINGLE,
 ) -> tuple[PreTrainedModel | RewardEnsemble, dict[str, float], list[dict[str, float]]]:
     """``cfg.ensemble_size`` reward models (``train_reward_model`` with member = 0, 1, ...), each normalised on
     its own. One member is returned as itself (the same model ``train_reward_model`` gives).
@@ -321,7 +369,16 @@ def train_reward_ensemble(
     members, histories, member_metrics = [], [], []
     for k in range(cfg.ensemble_size):
         model, metrics, history = train_reward_model(
-            policy, tokenizer, comparisons, cfg, model_cfg, seed, log=log, reference_samples=reference_samples, member=k
+            policy,
+            tokenizer,
+            comparisons,
+            cfg,
+            model_cfg,
+            seed,
+            log=log,
+            reference_samples=reference_samples,
+            member=k,
+            runtime=runtime,
         )
         members.append(model)
         member_metrics.append(metrics)
@@ -341,9 +398,11 @@ def train_reward_ensemble(
         )
     _, valid = split_comparisons(comparisons, cfg.valid_fraction, seed)
     if valid:
-        chosen = score_samples_by_member(ensemble, tokenizer, [(r["prompt"], r["chosen"]) for r in valid], model_cfg)
+        chosen = score_samples_by_member(
+            ensemble, tokenizer, [(r["prompt"], r["chosen"]) for r in valid], model_cfg, runtime
+        )
         rejected = score_samples_by_member(
-            ensemble, tokenizer, [(r["prompt"], r["rejected"]) for r in valid], model_cfg
+            ensemble, tokenizer, [(r["prompt"], r["rejected"]) for r in valid], model_cfg, runtime
         )
         metrics["valid_accuracy"] = pairwise_accuracy(chosen.mean(-1), rejected.mean(-1))
         metrics["valid_loss"] = reward_loss(chosen.mean(-1), rejected.mean(-1)).item()

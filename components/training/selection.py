@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, SelectionConfig
+from components.models.runtime import SINGLE, Runtime
 from components.training.comparisons import sample_responses
 from components.training.ranking import Ranker
 from components.training.reward import group_comparisons
@@ -50,10 +51,11 @@ def label_win_rate(
     cfg: SelectionConfig,
     model_cfg: ModelConfig,
     seed: int,
+    runtime: Runtime = SINGLE,
 ) -> float:
     """Share of the slice's prompts on which the labeller prefers the policy's sample to the reference (ties half)."""
     prompts = [item.prompt for item in items]
-    samples = sample_responses(policy, tokenizer, prompts, 1, cfg.temperature, cfg.batch_size, model_cfg, seed)
+    samples = sample_responses(policy, tokenizer, prompts, 1, cfg.temperature, cfg.batch_size, model_cfg, seed, runtime)
     wins = 0.0
     for item, ((text, ended),) in zip(items, samples, strict=True):
         if text == item.reference:
@@ -89,6 +91,7 @@ def select_snapshot(
     cfg: SelectionConfig,
     model_cfg: ModelConfig,
     seed: int,
+    runtime: Runtime = SINGLE,
 ) -> tuple[PreTrainedModel, Selection]:
     """The snapshot the labellers prefer (the latest on a tie), loaded into a copy of ``final_model``.
 
@@ -100,7 +103,7 @@ def select_snapshot(
     scores = {}
     for step, state in snapshots:
         candidate.load_state_dict(state)
-        scores[step] = label_win_rate(candidate, tokenizer, items, make_ranker(), cfg, model_cfg, seed)
+        scores[step] = label_win_rate(candidate, tokenizer, items, make_ranker(), cfg, model_cfg, seed, runtime)
     chosen = max(scores, key=lambda step: (scores[step], step))
     candidate.load_state_dict(dict(snapshots)[chosen])
     return candidate, Selection(chosen, scores, len(items) * len(snapshots))

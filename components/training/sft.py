@@ -7,17 +7,41 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, OptimConfig
 from components.models.batching import Batch, encode_examples, response_logits
-from components.training.loop import Log, Snapshots, train_supervised
+from components.models.runtime import SINGLE, Runtime
+from components.training.loop import Log, Means, Objective, Snapshots, train_supervised
 
 
-def sft_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
-    """Mean token cross-entropy over response tokens (EOS included); prompt and padding are masked out."""
+def token_nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """-log p of every response token (B, R); prompt and padding positions are meaningless."""
     logits = response_logits(model, batch)
-    mask = batch.response_mask.float()
-    nll = torch.nn.functional.cross_entropy(
+    return torch.nn.functional.cross_entropy(
         logits.flatten(0, 1).float(), batch.response_ids.flatten(), reduction="none"
-    ).view_as(mask)
-    return (nll * mask).sum() / mask.sum()
+    ).view_as(batch.response_mask)
+
+
+def sft_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean token cross-entropy over response tokens (EOS included); prompt and padding are masked out."""
+    mask = batch.response_mask.float()
+    return (token_nll(model, batch) * mask).sum() / mask.sum()
+
+
+def sft_objective(tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig, device: torch.device) -> Objective:
+    """SFT's loss: the mean over every response token of the global batch."""
+
+    def encode(rows: list[dict]):
+        batch = encode_examples(
+            tokenizer,
+            [r["prompt"] for r in rows],
+            [r["response"] for r in rows],
+            model_cfg.max_prompt_tokens,
+            model_cfg.max_response_tokens,
+        ).to(device)
+        return batch, {"tokens": batch.response_mask.float().sum()}
+
+    def loss(model: torch.nn.Module, batch: Batch, mean: Means):
+        return mean("tokens", token_nll(model, batch), batch.response_mask), {}
+
+    return Objective(encode, loss)
 
 
 def train_sft(
@@ -30,21 +54,13 @@ def train_sft(
     stage: str = "sft",
     log: Log | None = None,
     snapshots: Snapshots | None = None,
+    runtime: Runtime = SINGLE,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
-    """Fine-tune ``model`` in place on ``{prompt, response}`` examples; returns (model, metrics, history)."""
+    """Fine-tune ``model`` on ``{prompt, response}`` examples; returns (model, metrics, history)."""
     torch.manual_seed(seed)
-
-    def loss_fn(rows: list[dict]):
-        batch = encode_examples(
-            tokenizer,
-            [r["prompt"] for r in rows],
-            [r["response"] for r in rows],
-            model_cfg.max_prompt_tokens,
-            model_cfg.max_response_tokens,
-        )
-        loss = sft_loss(model, batch)
-        return loss, {}
-
-    history = train_supervised(stage, model, examples, loss_fn, cfg, seed, log, snapshots=snapshots)
+    objective = sft_objective(tokenizer, model_cfg, runtime.device)
+    model, history = train_supervised(
+        stage, model, examples, objective, cfg, seed, log, snapshots=snapshots, runtime=runtime
+    )
     metrics = {"final_loss": history[-1]["loss"], "first_loss": history[0]["loss"], "steps": history[-1]["step"] + 1}
     return model, metrics, history

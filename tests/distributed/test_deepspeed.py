@@ -17,7 +17,8 @@ import pytest
 from components.models.builders import load_causal_lm
 from components.training.checkpoints import latest_checkpoint
 from flows.launcher import AccelerateProfile, accelerate_command, run_logged
-from flows.ppo_worker import POLICY, read_result, weights_digest
+from flows.ppo_worker import POLICY, read_result
+from flows.runtimes import weights_digest
 from tests.ppo_jobs import SAME_BATCH, job, one_plain_process, ppo_inputs
 
 pytestmark = pytest.mark.distributed

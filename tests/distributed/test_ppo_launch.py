@@ -24,7 +24,8 @@ from components.models.builders import load_causal_lm, load_scalar_model
 from components.task.gold_judge import gold_score
 from components.training.checkpoints import latest_checkpoint
 from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
-from flows.ppo_worker import POLICY, read_result, weights_digest
+from flows.ppo_worker import POLICY, read_result
+from flows.runtimes import weights_digest
 from tests.ppo_jobs import SAME_BATCH, SFT_LONGER, job, one_plain_process, ppo_inputs
 from tests.processes import running
 

@@ -126,19 +126,18 @@ def test_kl_at_the_start_is_zero_in_fp32(tiny_sft, tiny_reward_model, tokenizer,
 
 
 @pytest.fixture
-def bf16_ranks():
-    """A one-process accelerate group with bf16 autocast on the CPU (what a GPU rank runs with)."""
+def bf16_runtime():
+    """A one-process accelerate runtime with bf16 autocast on the CPU (what a GPU rank runs with)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
 
-    from components.training.ranks import Ranks
+    from components.models.runtime import Runtime
+    from flows.runtimes import forget_accelerate_state
 
-    yield Ranks(Accelerator(cpu=True, mixed_precision="bf16"))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    yield Runtime(Accelerator(cpu=True, mixed_precision="bf16"))
+    forget_accelerate_state()
 
 
-def test_kl_at_the_start_under_bf16_autocast(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, bf16_ranks):
+def test_kl_at_the_start_under_bf16_autocast(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, bf16_runtime):
     """The reference and the reward model run under the trained models' autocast: KL <= 1e-3 at iteration 0.
 
     Before the fix (reference in fp32, policy in bf16) the first iteration measured a KL of -0.0057 nats
@@ -156,7 +155,7 @@ def test_kl_at_the_start_under_bf16_autocast(tiny_sft, tiny_reward_model, tokeni
         cfg,
         TINY,
         SEED,
-        ranks=bf16_ranks,
+        runtime=bf16_runtime,
     )
     assert abs(history[0]["kl"]) <= 1e-3, history[0]["kl"]
 
@@ -187,13 +186,15 @@ def test_ppo_ptx_gives_each_rank_its_own_share_of_one_draw():
     import random
     import types
 
+    from components.models.runtime import Runtime
     from components.training.ppo import ptx_rows
-    from components.training.ranks import Ranks
 
     examples = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(100)]
-    ranks = [Ranks(types.SimpleNamespace(process_index=r, num_processes=2, device=torch.device("cpu"))) for r in (0, 1)]
+    ranks = [
+        Runtime(types.SimpleNamespace(process_index=r, num_processes=2, device=torch.device("cpu"))) for r in (0, 1)
+    ]
     shares = [ptx_rows(examples, 32, random.Random("same seed on every rank"), r) for r in ranks]
-    everyone = ptx_rows(examples, 32, random.Random("same seed on every rank"), Ranks())
+    everyone = ptx_rows(examples, 32, random.Random("same seed on every rank"), Runtime())
     assert [len(s) for s in shares] == [16, 16]
     assert not {r["prompt"] for r in shares[0]} & {r["prompt"] for r in shares[1]}
     assert sorted(r["prompt"] for s in shares for r in s) == sorted(r["prompt"] for r in everyone)

@@ -1,16 +1,12 @@
 """model.cpu_precision: the CPU's bf16 read from /proc/cpuinfo, the refusal where it is emulated, and bf16 autocast
-reaching every forward pass of a stage (the matmuls by hand, a stage's compute in the flow, PPO's accelerate ranks)."""
-
-from pathlib import Path
-from types import SimpleNamespace
+reaching every forward pass of a stage through its runtime (the matmuls by hand, a prepared model, a whole stage)."""
 
 import pytest
 import torch
 
 from components.config import ConfigError, load_config
 from components.models import precision
-from flows.ppo_worker import resolve_mixed_precision
-from flows.stage_runs import reuse_or_compute
+from flows.runtimes import in_process, resolve_mixed_precision
 
 NATIVE = (
     "processor\t: 0\nmodel name\t: Some Xeon @ 2GHz\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16\n\n"
@@ -55,18 +51,19 @@ def test_bf16_is_refused_where_the_cpu_emulates_it_and_fp32_never(monkeypatch, t
 
 
 def test_under_bf16_a_linear_layer_is_the_bf16_rounded_product_and_under_fp32_the_fp32_one():
-    """By hand in float64: inputs and weights rounded to bf16, the exact product, then rounded once to bf16."""
+    """By hand in float64: inputs and weights rounded to bf16, the exact product, then rounded once to bf16. The
+    runtime's autocast is what a pass through a model that is only read (reference, reward model, decoding) runs in."""
     generator = torch.Generator().manual_seed(0)
     x, layer = torch.randn(8, 64, generator=generator), torch.nn.Linear(64, 16)
     exact32 = x.double() @ layer.weight.double().T + layer.bias.double()
-    with precision.cpu_autocast(model_cfg("fp32")):
+    with in_process(load_config("smoke", ["model.cpu_precision=fp32"]), use_cpu=True) as runtime, runtime.autocast():
         assert not torch.is_autocast_enabled("cpu")
         out32 = layer(x)
     assert out32.dtype == torch.float32 and torch.allclose(out32.double(), exact32, atol=1e-5)
 
     bf = lambda t: t.bfloat16().double()  # noqa: E731
     by_hand = (bf(x) @ bf(layer.weight).T + bf(layer.bias)).bfloat16()
-    with precision.cpu_autocast(model_cfg("bf16")):
+    with in_process(load_config("smoke", ["model.cpu_precision=bf16"]), use_cpu=True) as runtime, runtime.autocast():
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         out16 = layer(x)
     assert not torch.is_autocast_enabled("cpu")  # left as found
@@ -76,52 +73,52 @@ def test_under_bf16_a_linear_layer_is_the_bf16_rounded_product_and_under_fp32_th
     assert (out16.double() - exact32).abs().max() > 1e-4
 
 
-def test_a_stage_computed_by_the_flow_runs_under_the_configured_precision(tmp_path):
-    seen = []
+def test_a_model_the_flows_runtime_prepares_runs_each_forward_pass_at_the_configured_precision():
+    """A trained model's forward pass under bf16 is the bf16 product (handed back as fp32); the model handed on after
+    training computes in fp32 again."""
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(1))
+    for cpu_precision in ("bf16", "fp32"):
+        layer = torch.nn.Linear(64, 16)
+        plain = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            in_bf16 = layer(x).float()
+        with in_process(load_config("smoke", [f"model.cpu_precision={cpu_precision}"]), use_cpu=True) as runtime:
+            [(prepared, _)] = runtime.prepare((layer, torch.optim.SGD(layer.parameters(), lr=0.1)))
+            assert torch.equal(prepared(x), in_bf16 if cpu_precision == "bf16" else plain)
+            assert torch.equal(runtime.full_model(prepared)(x), plain)
+        assert all(p.dtype == torch.float32 for p in layer.parameters())
+    assert not torch.equal(in_bf16, plain)
 
-    def compute():
-        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
-        return SimpleNamespace(key="")
 
-    for cpu_precision, key in (("bf16", "k1"), ("fp32", "k2")):
-        ctx = SimpleNamespace(root=Path(tmp_path), cfg=load_config("smoke", [f"model.cpu_precision={cpu_precision}"]))
-        run = SimpleNamespace(set_tags=lambda tags: None)
-        reuse_or_compute(
-            ctx, run, "sft", "artifacts/models/sft", key, load=None, compute=compute, save=lambda d, r: None
-        )
-    assert seen[0] == (True, torch.bfloat16) and seen[1][0] is False
-
-
-def test_ppo_ranks_on_the_cpu_take_the_runs_cpu_precision():
+def test_cpu_ranks_take_the_runs_cpu_precision():
     assert resolve_mixed_precision("auto", use_cpu=True, cpu_precision="bf16") == "bf16"
     assert resolve_mixed_precision("auto", use_cpu=True, cpu_precision="fp32") == "no"
     assert resolve_mixed_precision("bf16", use_cpu=True, cpu_precision="fp32") == "no"  # the GPU setting stays GPU's
 
 
 def test_a_whole_stage_under_bf16_learns_as_fp32_does():
-    """The autocast spans every optimiser step of the stage. A cache of the weights' bf16 copies (torch's default)
-    would keep the first step's weights for the whole stage: the loss would not move (measured: 5.36 -> 5.16 over
-    the smoke SFT's 13 logged steps against 2.50 in fp32). Margins: bf16 ends below half its start, within 10% of
-    the start from where fp32 ends."""
+    """Every optimiser step of the stage under bf16: each prepared forward pass opens and closes its own autocast, so
+    no cache of the weights' bf16 copies outlives a step (one autocast around the whole stage with torch's default
+    cache kept the first step's weights: the loss did not move, 5.36 -> 5.16 over the smoke SFT's 13 logged steps
+    against 2.50 in fp32). Margins: bf16 ends below half its start, within 10% of the start from where fp32 ends."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from components.config import OptimConfig
-    from components.training.loop import train_supervised
+    from components.training.loop import Objective, train_supervised
 
     generator = torch.Generator().manual_seed(0)
     sequences = torch.randint(0, 32, (16, 12), generator=generator)  # 16 sequences to memorise
     cfg = OptimConfig(epochs=30, batch_size=8, lr=1e-2, warmup_steps=0, log_every=1)
+    objective = Objective(
+        encode=lambda rows: (torch.stack(rows), {"rows": torch.tensor(float(len(rows)))}),
+        loss=lambda model, batch, mean: (model(input_ids=batch, labels=batch).loss.float(), {}),
+    )
 
     def final_and_first_loss(cpu_precision: str) -> tuple[float, float]:
         torch.manual_seed(0)
         model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=12, n_embd=32, n_layer=1, n_head=2))
-
-        def loss_fn(rows):
-            batch = torch.stack(rows)
-            return model(input_ids=batch, labels=batch).loss.float(), {}
-
-        with precision.cpu_autocast(model_cfg(cpu_precision)):
-            history = train_supervised("toy", model, list(sequences), loss_fn, cfg, seed=0)
+        with in_process(load_config("smoke", [f"model.cpu_precision={cpu_precision}"]), use_cpu=True) as runtime:
+            model, history = train_supervised("toy", model, list(sequences), objective, cfg, 0, runtime=runtime)
         assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
         return history[-1]["loss"], history[0]["loss"]
 

@@ -1,23 +1,26 @@
-"""The process group a training loop runs in: one process, or data-parallel ranks set up by accelerate.
+"""Where a stage's models run: the one runtime every stage trains and decodes through.
 
-``Ranks()`` is the single process: every reduction is the identity, so the single-process loop
-computes exactly what it computed before data parallelism existed. ``Ranks(accelerator)`` wraps an
-``accelerate.Accelerator`` launched with N processes: ``sum`` all-reduces over the ranks, trained
-models are wrapped in DistributedDataParallel (gradients averaged over ranks on backward), and
-``is_main`` picks the one rank that writes files and talks to the tracking server. ``DeepSpeedRanks`` trains each
-model as its own DeepSpeed ZeRO engine instead (the deepspeed-zero2/zero3 profiles).
+``Runtime()`` is one CPU process in fp32: every reduction is the identity, so a single-process loop computes exactly
+what it computed before there were processes. ``Runtime(accelerator)`` wraps an ``accelerate.Accelerator``: its
+device (the GPU where the run has one), its processes (launched by `accelerate launch`; ``sum`` all-reduces over
+them, trained models are wrapped in DistributedDataParallel so that backward averages gradients over ranks) and its
+mixed precision (each prepared model's forward pass under autocast; ``autocast()`` for the passes through models
+that are only read). ``DeepSpeedRuntime`` trains each model as its own DeepSpeed ZeRO engine instead (the
+deepspeed-zero2/zero3 profiles). The algorithms never say ``cuda`` or ``cpu``: they ask the runtime to prepare,
+backward and step, and to split work between its ranks (``shard``, ``map_chunks``).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 
-class Ranks:
+class Runtime:
     checkpoints_whole_state = True  # rank 0 can write every trained model's and optimiser's whole state
 
     def __init__(self, accelerator: Any | None = None):
@@ -33,6 +36,16 @@ class Ranks:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def describe(self) -> dict[str, Any]:
+        """Where this runtime runs, for the record: device, processes, precision, threads."""
+        precision = getattr(self.accelerator, "mixed_precision", "no") if self.accelerator is not None else "no"
+        return {
+            "device": str(self.device),
+            "processes": self.world_size,
+            "mixed_precision": precision,
+            "threads_per_process": torch.get_num_threads(),
+        }
 
     # --- reductions -----------------------------------------------------------------------
 
@@ -69,9 +82,26 @@ class Ranks:
         torch.distributed.all_gather_object(gathered, value)
         return gathered
 
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    # --- dividing the work ----------------------------------------------------------------
+
     def shard(self, items: list) -> list:
         """This rank's share of a list every rank holds in the same order."""
         return items[self.rank :: self.world_size]
+
+    def map_chunks(self, items: Sequence, size: int, fn: Callable[[int, Sequence], list]) -> list:
+        """``fn(chunk_index, chunk)`` over ``items`` cut into chunks of ``size``, one result per item: chunk i runs on
+        rank i mod N, and every rank gets every result, in the items' order. A chunk's result depends on its index
+        and its items only (a decoding seeds by the index), so it is the same whatever the number of processes."""
+        chunks = [(index, items[start : start + size]) for index, start in enumerate(range(0, len(items), size))]
+        mine = {index: list(fn(index, chunk)) for index, chunk in chunks[self.rank :: self.world_size]}
+        results: dict[int, list] = {}
+        for part in self.gather_objects(mine):
+            results.update(part)
+        return [result for index in sorted(results) for result in results[index]]
 
     def token_share(self, mask: torch.Tensor):
         """A token mean whose per-rank (and per-micro-batch) parts add up to the mean over every rank's ``mask``."""
@@ -84,9 +114,12 @@ class Ranks:
 
     # --- models ---------------------------------------------------------------------------
 
-    def prepare(self, *pairs: tuple[torch.nn.Module, torch.optim.Optimizer]) -> list[tuple[Any, Any]]:
-        """(model, optimiser) pairs -> the same, ready to train: DDP on the rank's device (bf16 autocast when
-        configured), optimisers device-aware."""
+    def prepare(
+        self, *pairs: tuple[torch.nn.Module, torch.optim.Optimizer], max_grad_norm: float | None = None
+    ) -> list[tuple[Any, Any]]:
+        """(model, optimiser) pairs -> the same, ready to train: on the rank's device, DDP across processes, each
+        forward pass at the mixed precision; optimisers device-aware. ``max_grad_norm`` is the clipping norm of
+        ``step`` (an engine that clips inside its own step needs it now)."""
         if self.accelerator is None:
             return list(pairs)
         prepared = self.accelerator.prepare(*(item for pair in pairs for item in pair))
@@ -103,8 +136,11 @@ class Ranks:
         return contextlib.nullcontext()
 
     def full_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The unwrapped model with every parameter in place, for saving and digests."""
-        return self.unwrap(model)
+        """The trained model as a plain module with every parameter in place (for saving, digests and the next
+        stage): no DDP wrapper and no mixed-precision forward of accelerate's left on it."""
+        if self.accelerator is None:
+            return model
+        return self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
 
     def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
         """Backward of ``loss`` into the gradients of ``model`` (the prepared one it came from)."""
@@ -114,8 +150,9 @@ class Ranks:
             self.accelerator.backward(loss)
 
     def autocast(self):
-        """The mixed precision the prepared (trained) models run in,
-        for passes through models that were not prepared."""
+        """The mixed precision the prepared (trained) models run in, for passes through models that were not
+        prepared (references, reward models, decoding). Never around a training step: autocast keeps the weights'
+        low-precision copies until it exits, which would hide the optimiser's steps."""
         return self.accelerator.autocast() if self.accelerator is not None else contextlib.nullcontext()
 
     def backward_share(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
@@ -132,23 +169,29 @@ class Ranks:
             return contextlib.nullcontext()
         return self.accelerator.no_sync(model)
 
-    def step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> None:
-        """Clip the accumulated gradients to ``max_grad_norm``, take the optimiser step, clear the gradients."""
+    def step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
+        """Clip the accumulated gradients to ``max_grad_norm``, take the optimiser step, clear the gradients; returns
+        the gradient norm before clipping."""
         if self.accelerator is None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         else:
-            self.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            norm = self.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+
+SINGLE = Runtime()  # one CPU process, fp32: the runtime of a stage nobody placed
 
 
 ENGINE_TAG = "state"  # the one tag each engine's checkpoint directory holds
 
 
-class DeepSpeedRanks(Ranks):
-    """Ranks whose trained models are DeepSpeed ZeRO engines, one engine per model (PPO trains two: accelerate's
-    DeepSpeed integration prepares one). ZeRO-2 shards the optimiser state and the gradients; ZeRO-3 the parameters
-    too, so a pass outside the engine's own forward (generation, saving) first gathers them (``gathered``).
+class DeepSpeedRuntime(Runtime):
+    """A runtime whose trained models are DeepSpeed ZeRO engines, one engine per model (PPO trains two:
+    accelerate's DeepSpeed integration prepares one). ZeRO-2 shards the optimiser state and the gradients; ZeRO-3 the
+    parameters too, so a pass outside the engine's own forward (generation, saving) first gathers them
+    (``gathered``).
 
     The engines accumulate gradients over every backward until ``step`` (DeepSpeed's unmanaged gradient
     accumulation), so the loop's micro-batches and PPO-ptx pass need no counting; gradients are averaged over ranks
@@ -158,29 +201,31 @@ class DeepSpeedRanks(Ranks):
     checkpoints_whole_state = False  # the optimiser state (ZeRO-3: the parameters too) lies in every rank's shard:
     # each engine writes its own checkpoint (save_engines), which the PPO checkpoint then holds
 
-    def __init__(self, accelerator: Any, zero_stage: int, bf16: bool, max_grad_norm: float):
+    def __init__(self, accelerator: Any, zero_stage: int, bf16: bool):
         super().__init__(accelerator)
-        self.zero_stage, self.bf16, self.max_grad_norm = zero_stage, bf16, max_grad_norm
+        self.zero_stage, self.bf16 = zero_stage, bf16
         self.engines: list[Any] = []
 
-    def engine_config(self) -> dict:
+    def engine_config(self, max_grad_norm: float) -> dict:
         return {
             "train_micro_batch_size_per_gpu": 1,  # batches are the loop's own; DeepSpeed only checks the arithmetic
             "gradient_accumulation_steps": 1,
             "managed_gradient_accumulation": False,  # backward accumulates, step reduces and updates
-            "gradient_clipping": self.max_grad_norm,
+            "gradient_clipping": max_grad_norm,
             "zero_optimization": {"stage": self.zero_stage},
             "bf16": {"enabled": self.bf16},
             "steps_per_print": 2**31 - 1,  # no progress lines of DeepSpeed's own
         }
 
-    def prepare(self, *pairs):
+    def prepare(self, *pairs, max_grad_norm: float | None = None):
         import deepspeed
 
+        if max_grad_norm is None:
+            raise ValueError("a DeepSpeed engine clips inside its own step: prepare it with the stage's max_grad_norm")
         prepared = []
         for model, optimizer in pairs:
             engine, engine_optimizer, _, _ = deepspeed.initialize(
-                model=model, optimizer=optimizer, config=self.engine_config()
+                model=model, optimizer=optimizer, config=self.engine_config(max_grad_norm)
             )
             prepared.append((engine, engine_optimizer))
         self.engines = [engine for engine, _ in prepared]
@@ -225,17 +270,25 @@ class DeepSpeedRanks(Ranks):
             return unwrapped
         with self.gathered(unwrapped):
             state = {name: tensor.detach().clone() for name, tensor in unwrapped.state_dict().items()}
-        with torch.random.fork_rng():  # a fresh model's initialisation draws nothing from the caller's stream
-            rebuilt = type(unwrapped)(unwrapped.config)
+        with torch.random.fork_rng(devices=[]):  # a fresh model's initialisation draws nothing from the caller's stream
+            rebuilt = rebuilt_like(unwrapped)
         rebuilt.load_state_dict(state)
         return rebuilt
+
+
+def rebuilt_like(module: torch.nn.Module) -> torch.nn.Module:
+    """A fresh module of ``module``'s architecture: a model from its config, or a wrapper (``TokenScores``,
+    ``TokenValues``) around a fresh copy of the one model it wraps."""
+    if hasattr(module, "config"):
+        return type(module)(module.config)
+    ((_, inner),) = module.named_children()
+    return type(module)(rebuilt_like(inner))
 
     def save_engines(self, engines: dict[str, Any], directory: Path) -> None:
         """Every rank writes its shards of each engine (model, optimiser) under ``directory/<name>``."""
         for name, engine in engines.items():
             engine.save_checkpoint(str(directory / name), tag=ENGINE_TAG)
-        if self.distributed:
-            torch.distributed.barrier()  # every shard is on disk before rank 0 moves the directory
+        self.barrier()  # every shard is on disk before rank 0 moves the directory
 
     def load_engines(self, engines: dict[str, Any], directory: Path) -> None:
         for name, engine in engines.items():
@@ -256,3 +309,5 @@ class DeepSpeedRanks(Ranks):
 
     def step(self, model, optimizer, max_grad_norm):
         model.step()  # reduce (averaged over ranks), clip to the engine's gradient_clipping, update, zero
+        norm = model.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")

@@ -1,0 +1,145 @@
+"""Where a stage runs, decided once from the config: the accelerate profile (``distributed.accelerate_config``), the
+process count, the device and the precision, for every stage alike.
+
+A profile of one process on one machine runs each stage in the flow's own process, on a runtime made here
+(``in_process``): the GPU where there is one, else the CPU. Any other profile (several processes, several machines,
+DeepSpeed) launches each stage under `accelerate launch` (flows/stage_worker.py, flows/ppo_worker.py), whose ranks
+make their runtime with ``make_runtime``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from components.config import Config
+from components.models.runtime import DeepSpeedRuntime, Runtime
+from flows.launcher import AccelerateProfile
+
+CODE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def code_path(path: str) -> Path:
+    """Infra files (accelerate profiles) are read from the code checkout, wherever the data root is."""
+    return Path(path) if Path(path).is_absolute() else CODE_ROOT / path
+
+
+def run_profile(cfg: Config) -> AccelerateProfile:
+    return AccelerateProfile.read(code_path(cfg.distributed.accelerate_config))
+
+
+def processes(cfg: Config, profile: AccelerateProfile) -> int:
+    return cfg.distributed.num_processes or profile.num_processes
+
+
+def runs_in_process(cfg: Config, profile: AccelerateProfile) -> bool:
+    """A profile of one process on one machine needs nothing a launcher sets up (unless told to launch anyway)."""
+    return cfg.distributed.launch == "auto" and profile.single_process(cfg.distributed.num_processes)
+
+
+def resolve_mixed_precision(setting: str, use_cpu: bool, cpu_precision: str = "fp32") -> str:
+    if use_cpu:
+        # CPU ranks run at the whole run's model.cpu_precision, autocast by accelerate around each forward pass
+        return "bf16" if cpu_precision == "bf16" else "no"
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return setting
+
+
+def make_runtime(cfg: Config, use_cpu: bool | None = None) -> Runtime:
+    """``use_cpu`` None: as `accelerate launch` said (ACCELERATE_USE_CPU), or the CPU where there is no GPU."""
+    from accelerate import Accelerator
+
+    if use_cpu is None:
+        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    use_cpu = use_cpu or not torch.cuda.is_available()
+    mixed_precision = resolve_mixed_precision(cfg.distributed.mixed_precision, use_cpu, cfg.model.cpu_precision)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        return deepspeed_runtime(mixed_precision)
+    return Runtime(Accelerator(cpu=use_cpu, mixed_precision=mixed_precision))
+
+
+def deepspeed_runtime(mixed_precision: str) -> DeepSpeedRuntime:
+    """A DeepSpeed profile's runtime: accelerate sets up the processes and reads the profile's ZeRO stage; the engines
+    (one per trained model) are DeepSpeed's own. On a machine without GPUs, DeepSpeed runs on its CPU accelerator
+    (``DS_ACCELERATOR=cpu``, gloo), in fp32."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers = []
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        mixed_precision = "no"
+        handlers = [InitProcessGroupKwargs(backend="gloo")]  # accelerate names no CPU backend for DeepSpeed itself
+        import deepspeed.ops
+
+        # On CPU ranks DeepSpeed's communication set-up probes a compiler for every op it has (~5 s a rank) and
+        # compiles a shared-memory all-reduce (~30 s, once per machine). The stages use neither (ZeRO's collectives
+        # run on gloo, the optimiser is torch's AdamW), so it is told that no op can be built.
+        deepspeed.ops.__compatible_ops__ = {}
+    accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=handlers)
+    plugin = accelerator.state.deepspeed_plugin
+    # models load whole on every rank (the recipe copies them: policy and reference from SFT, critic from the RM)
+    # and each engine shards its own; transformers would otherwise build them already sharded under ZeRO-3
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    return DeepSpeedRuntime(accelerator, plugin.zero_stage, mixed_precision == "bf16")
+
+
+def forget_accelerate_state() -> None:
+    """accelerate's state is process-wide: leave none behind, so a later stage may choose its own device and
+    precision."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@contextlib.contextmanager
+def in_process(cfg: Config, use_cpu: bool) -> Iterator[Runtime]:
+    """The runtime of a stage run in the flow's own process (one process on one machine)."""
+    try:
+        yield make_runtime(cfg, use_cpu)
+    finally:
+        forget_accelerate_state()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes, in name order: equal digests = bit-identical weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """This process's peak memory: the GPU's allocated peak on a GPU, else the resident set's peak."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def quiet_libraries() -> None:
+    """Only this program's own lines reach the task log: no progress bars or advice from transformers."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore")
+
+
+@contextlib.contextmanager
+def warnings_quieted():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
