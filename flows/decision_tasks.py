@@ -3,6 +3,7 @@ flow run's report."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -18,11 +19,13 @@ from components.config import Config
 from components.evaluation import pairwise
 from components.evaluation.gate import decide_report
 from components.evaluation.judges import judge_facts, make_judge
+from components.evaluation.policy_eval import Responses
 from components.evaluation.report import decoding_modes, evaluate_policies, format_budgets, format_table
 from components.models.generation import sampling_config
+from components.models.runtime import SINGLE
 from components.models.stage_store import StageStore
 from components.training import recipe
-from flows import decoding_reuse, human_judging, runtimes
+from flows import decoding_reuse, human_judging, runtimes, stage_launch
 from flows.handoff import task
 from flows.run_context import PreparedData, RunContext, Trained
 from flows.stage_runs import recorded, stage_home
@@ -144,7 +147,7 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
     # the judge is made (and refused) before anything is evaluated; never the reward model PPO optimised
     optimised = [StageStore(ctx.root).path(stage_home(cfg, "reward_model"), trained.reward_model.key)]
     gold = ctx.environment.gold if ctx.environment is not None else None
-    judge = make_judge(cfg.evaluation.judge, cfg.model, gold, optimised)
+    judge = make_judge(cfg.evaluation.judge, cfg.model, gold, optimised, runtimes.flow_device(cfg))
     facts = judge_facts(cfg.evaluation.judge)
     pairs: list[pairwise.Pair] = []  # for people, who judge PPO against each policy pair by pair
     round_id = human_judging.round_id(ctx, trained)
@@ -168,7 +171,11 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
         run.set_tags({"judge.kind": facts["kind"], "judge.name": facts["name"]})
         policies = {"sft": trained.sft.model, **{n: r.model for n, r in trained.baselines.items()}}
         policies["ppo"] = trained.ppo.model
-        with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
+        profile = runtimes.run_profile(cfg)
+        in_process = runtimes.runs_in_process(cfg, profile)
+        # launched: one launch decodes what no earlier decoding stands in for; the judge reads them here
+        decoded = None if in_process else launched_decodings(ctx, trained)
+        with runtimes.in_process(cfg, profile.use_cpu) if in_process else contextlib.nullcontext(SINGLE) as runtime:
             report = evaluate_policies(
                 policies,
                 ctx.tokenizer,
@@ -180,7 +187,7 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
                 judge,
                 cfg.baselines.best_of_n,
                 on_responses=pair_up if judge is None else None,
-                recall=decoding_reuse.remembered(ctx, trained, reused),
+                recall=decoding_reuse.remembered(ctx, trained, reused, decoded),
                 runtime=runtime,
             )
         run.set_tags({"evaluation.reused": ", ".join(reused) or "none"})
@@ -207,6 +214,19 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
         if judge is None:
             human_judging.export(ctx, run, pairs)
     return report
+
+
+def launched_decodings(ctx: RunContext, trained: Trained) -> dict[tuple[str, str], Responses]:
+    """Every held-out decoding the evaluation needs and no earlier one stands in for, in one launch of the run's
+    profile: {(policy, mode name): responses}."""
+    wanted = decoding_reuse.to_decode(ctx, trained)
+    if not wanted:
+        return {}
+    models = {"sft": trained.sft, "reward_model": trained.reward_model, "ppo": trained.ppo, **trained.baselines}
+    needed = {"sft", "reward_model"} | {policy for policy, _ in wanted if policy in models}
+    args = {"eval_prompts": ctx.data.eval_prompts, "wanted": [list(pair) for pair in wanted]}
+    result = stage_launch.run_stage(ctx, "decode", args, {name: models[name] for name in sorted(needed)})
+    return {tuple(name.split("/")): Responses(**responses) for name, responses in result.model.items()}
 
 
 @task(name="gate", cache_policy=NO_CACHE)

@@ -73,14 +73,23 @@ def decoding_home(ctx: RunContext, policy: str, mode: DecodingMode) -> str:
     return f"{ctx.cfg.artifacts_dir}/evaluation/{policy}-{mode.name}"
 
 
-def remembered(ctx: RunContext, trained: Trained, reused: list[str]) -> report.Recall:
-    """A ``Recall`` for ``evaluate_policies``; appends ``policy (mode)`` to ``reused`` for each decoding it reuses."""
+def remembered(
+    ctx: RunContext,
+    trained: Trained,
+    reused: list[str],
+    decoded: dict[tuple[str, str], Responses] | None = None,
+) -> report.Recall:
+    """A ``Recall`` for ``evaluate_policies``; appends ``policy (mode)`` to ``reused`` for each decoding it reuses.
+    ``decoded``: what a launch decoded already (by policy and mode name), taken instead of decoding here."""
     store = StageStore(ctx.root)
 
     def recall(policy: str, mode: DecodingMode, decode: report.Decode) -> Responses:
+        def fresh() -> Responses:
+            return decoded[(policy, mode.name)] if decoded is not None else decode()
+
         key = decoding_key(ctx, trained, policy, mode)
         if key is None or not ctx.cfg.orchestration.reuse_finished_stages:
-            return decode()
+            return fresh()
         home = decoding_home(ctx, policy, mode)
         with store.claim(home, key, waiting_for(f"evaluation of {policy} ({mode.name})", key)) as directory:
             if store.finished(home, key):
@@ -88,7 +97,7 @@ def remembered(ctx: RunContext, trained: Trained, reused: list[str]) -> report.R
                 store.touch(home, key)
                 reused.append(f"{policy} ({mode.name})")
                 return Responses(**json.loads((directory / RESPONSES).read_text(encoding="utf-8")))
-            responses = decode()
+            responses = fresh()
             write_json(directory / RESPONSES, dataclasses.asdict(responses))
             write_json(directory / CARD, {"stage": "evaluation", "stage_key": key, "policy": policy, "mode": mode.name})
             return responses
@@ -96,13 +105,27 @@ def remembered(ctx: RunContext, trained: Trained, reused: list[str]) -> report.R
     return recall
 
 
+def decodings(ctx: RunContext, trained: Trained) -> list[tuple[str, DecodingMode, str | None]]:
+    """(policy, mode, key) of every decoding the evaluation makes; best-of-n only under sampling."""
+    return [
+        (policy, mode, decoding_key(ctx, trained, policy, mode))
+        for mode in report.decoding_modes(ctx.cfg.evaluation)
+        for policy in policy_keys(trained)
+        if policy != report.BEST_OF_N or report.decodes_best_of_n(mode)
+    ]
+
+
+def to_decode(ctx: RunContext, trained: Trained) -> list[tuple[str, str]]:
+    """(policy, mode name) of every decoding that no finished earlier one stands in for."""
+    store = StageStore(ctx.root)
+    reuse = ctx.cfg.orchestration.reuse_finished_stages
+    return [
+        (policy, mode.name)
+        for policy, mode, key in decodings(ctx, trained)
+        if key is None or not reuse or not store.finished(decoding_home(ctx, policy, mode), key)
+    ]
+
+
 def decodings_in_use(ctx: RunContext, trained: Trained) -> dict[str, str]:
     """{home: key} of every decoding this run's evaluation used (pruning keeps them)."""
-    keys = {}
-    for mode in report.decoding_modes(ctx.cfg.evaluation):
-        for policy in policy_keys(trained):
-            if policy == report.BEST_OF_N and not report.decodes_best_of_n(mode):
-                continue
-            if (key := decoding_key(ctx, trained, policy, mode)) is not None:
-                keys[decoding_home(ctx, policy, mode)] = key
-    return keys
+    return {decoding_home(ctx, policy, mode): key for policy, mode, key in decodings(ctx, trained) if key is not None}

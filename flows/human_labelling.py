@@ -28,6 +28,7 @@ from components.adapters.validation import validate_labels
 from components.data import pairwise_labels
 from components.data.files import LABELS, read_jsonl
 from components.training import recipe
+from flows import runtimes
 from flows.handoff import task
 from flows.human_judging import KEY, PAGE, PAIRS, HumanLabels, announce_wait
 from flows.run_context import RunContext
@@ -56,9 +57,10 @@ def export_round(ctx: RunContext, policies: dict[str, recipe.StageResult]) -> li
     ).hexdigest()
     keys = []
     for track, policy in policies.items():
-        prompts, groups = recipe.round_samples(
-            cfg, ctx.tokenizer, policy.model, ctx.data.train_prompts, ctx.round_index
-        )
+        with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:  # on the flow's own device
+            prompts, groups = recipe.round_samples(
+                cfg, ctx.tokenizer, policy.model, ctx.data.train_prompts, ctx.round_index, runtime
+            )
         keys += pairwise_labels.sample_pairs(
             round_id, track, prompts, groups, cfg.validation.min_response_words, cfg.seed
         )

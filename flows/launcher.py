@@ -201,12 +201,16 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
 
 
 def node_main(argv: list[str] | None = None) -> int:
-    """One machine of a multi-machine PPO launch: the same job directory (on storage every machine sees), this
-    machine's rank, machine 0's address. Prints every rank's lines; exits non-zero when any rank fails."""
+    """One machine of a multi-machine launch (PPO, or another stage's job): the same job directory (on storage every
+    machine sees), this machine's rank, machine 0's address. Prints every rank's lines; exits non-zero when any rank
+    fails."""
     import argparse
 
     parser = argparse.ArgumentParser(description=node_main.__doc__)
-    parser.add_argument("--job", required=True, help="the PPO job directory the flow wrote (ppo-job/ in the run's)")
+    parser.add_argument("--job", required=True, help="the job directory the flow wrote (its log names it)")
+    parser.add_argument(
+        "--worker", default="flows.ppo_worker", help="the module the job's ranks run (the flow's log names it)"
+    )
     parser.add_argument("--config", default="infra/accelerate/multi-node.yaml", help="the accelerate profile")
     parser.add_argument("--machine-rank", type=int, required=True)
     parser.add_argument("--main-ip", help="machine 0's address (default: the profile's main_process_ip)")
@@ -221,7 +225,7 @@ def node_main(argv: list[str] | None = None) -> int:
         parser.error(f"{profile.path}: give --main-ip and --main-port (the profile has none)")
     command, env = accelerate_command(
         profile,
-        "flows.ppo_worker",
+        args.worker,
         ["--job", args.job],
         args.num_processes,
         machine=Machine(args.machine_rank, main_ip, main_port),

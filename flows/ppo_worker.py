@@ -217,7 +217,7 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
     demonstrations = json.loads((job_dir / "demonstrations.json").read_text(encoding="utf-8"))
     environment = environment_for(cfg)
     gold = environment.gold if environment is not None else None
-    judge = ppo_monitor_judge(cfg.evaluation.judge, cfg.model, gold, [job["reward_model_dir"]])
+    judge = ppo_monitor_judge(cfg.evaluation.judge, cfg.model, gold, [job["reward_model_dir"]], str(runtime.device))
     monitor = judge_monitor(judge) if judge is not None else None
     resumable = latest_checkpoint(job["checkpoint_dir"]) if runtime.is_main else None
     if resumable is not None:

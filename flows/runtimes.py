@@ -43,6 +43,12 @@ def runs_in_process(cfg: Config, profile: AccelerateProfile) -> bool:
     return cfg.distributed.launch == "auto" and profile.single_process(cfg.distributed.num_processes)
 
 
+def flow_device(cfg: Config) -> str:
+    """Where the flow's own process puts a model it only reads (a judge model): the GPU unless the profile is a CPU
+    one or there is none."""
+    return "cpu" if run_profile(cfg).use_cpu or not torch.cuda.is_available() else "cuda"
+
+
 def resolve_mixed_precision(setting: str, use_cpu: bool, cpu_precision: str = "fp32") -> str:
     if use_cpu:
         # CPU ranks run at the whole run's model.cpu_precision, autocast by accelerate around each forward pass

@@ -6,11 +6,13 @@ its input models by name, the runtime, the preference task (None for user data) 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from components.config import Config
 from components.data.environment import Environment
+from components.evaluation import report
 from components.evaluation.report import reward_model_gold_accuracy
 from components.models.runtime import Runtime
 from components.training import recipe
@@ -89,13 +91,34 @@ def iterative_dpo(cfg: Config, tokenizer, args: dict, models: dict, runtime: Run
     )
 
 
+def decode(cfg: Config, tokenizer, args: dict, models: dict, runtime: Runtime, environment, log: Log):
+    """The held-out decodings ``args["wanted"]`` ([policy, mode] pairs; best-of-n samples the reference) of the
+    policies in ``models`` ('sft' among them, the KL reference), scored by ``models["reward_model"]``: as
+    ``{"policy/mode": Responses as a dict}``."""
+    policies = {name: model for name, model in models.items() if name != "reward_model"}
+    decodings = report.decoders(
+        policies,
+        tokenizer,
+        args["eval_prompts"],
+        cfg.evaluation,
+        cfg.model,
+        cfg.seed,
+        models["reward_model"],
+        cfg.baselines.best_of_n,
+        runtime,
+    )
+    responses = {f"{policy}/{mode}": dataclasses.asdict(decodings[mode][policy]()) for policy, mode in args["wanted"]}
+    return recipe.StageResult(responses, {"decodings": len(responses)})
+
+
 CALLS: dict[str, Callable[..., Any]] = {
     "sft": sft,
     "comparisons": comparisons,
     "reward_model": reward_model,
     "baseline": baseline,
     "iterative_dpo": iterative_dpo,
+    "decode": decode,
 }
-# what each call hands back: a causal LM, a reward model (ensemble) or rows
+# what each call hands back: a causal LM, a reward model (ensemble), or JSON (rows, responses)
 OUTPUTS = {"sft": "policy", "comparisons": "rows", "reward_model": "reward_model", "baseline": "policy"}
-OUTPUTS["iterative_dpo"] = "policy"
+OUTPUTS |= {"iterative_dpo": "policy", "decode": "rows"}

@@ -18,6 +18,7 @@ from components.models.saving import save_model, stage_key
 from components.models.stage_store import StageStore
 from components.training import recipe
 from components.training.loop import NonFiniteError
+from flows import runtimes
 from flows.run_context import RunContext
 
 LOSS_CURVES = ["loss", "accuracy", "margin", "likelihood", "unlikelihood", "reward_accuracy", "grad_norm"]
@@ -42,6 +43,7 @@ def recorded(run: StageRun):
 def record_stage(run: StageRun, section, result: recipe.StageResult, step_key: str = "step") -> None:
     """The steps the stage did not log itself while it ran (launched PPO logs live) are logged here."""
     run.log_params(flatten(section.model_dump(mode="json")))
+    run.set_tags({f"runtime.{key}": value for key, value in result.placement.items()})
     first, end = result.logged_steps
     run.log_history([row for row in result.history if not first <= row[step_key] < end], step_key)
     run.log_metrics({**result.metrics, "seconds": result.seconds}, step=len(result.history))
@@ -58,6 +60,7 @@ def save_stage_model(ctx: RunContext, directory: Path, name: str, result: recipe
         "metrics": result.metrics,
         "history": result.history,
         "seconds": result.seconds,
+        "runtime": result.placement,
     }
     save_model(result.model, ctx.tokenizer, directory, card)
 
@@ -73,6 +76,9 @@ def stage_home(cfg: Config, name: str) -> str:
 
 
 def key_for(ctx: RunContext, name: str, section, *upstream: str) -> str:
+    """What a stage's output depends on, hashed. Several processes sum the same gradients in another order, so their
+    weights differ from one process's in the last bits: the process count is part of the key when it is not one."""
+    processes = runtimes.processes(ctx.cfg, runtimes.run_profile(ctx.cfg))
     return stage_key(
         stage=name,
         data=ctx.data.md5,
@@ -80,6 +86,7 @@ def key_for(ctx: RunContext, name: str, section, *upstream: str) -> str:
         model=ctx.cfg.model.model_dump(mode="json"),
         seed=ctx.cfg.seed,
         upstream=list(upstream),
+        **({"processes": processes} if processes > 1 else {}),
     )
 
 
@@ -108,7 +115,10 @@ def reuse_or_compute(
             get_run_logger().info("%s: reusing the finished stage in %s", name, directory)
             store.touch(home, key)
             run.set_tags({"reused": "true", "stage_key": key})
-            return recipe.StageResult(load(directory), card["metrics"], card.get("history", []), 0.0, key, reused=True)
+            history, placement = card.get("history", []), card.get("runtime", {})
+            return recipe.StageResult(
+                load(directory), card["metrics"], history, 0.0, key, reused=True, placement=placement
+            )
         result = compute()
         result.key = key
         run.set_tags({"reused": "false", "stage_key": key})

@@ -1,9 +1,9 @@
-"""The training tasks of the flow (SFT, comparisons, reward model, supervised baselines, PPO under `accelerate
-launch`), each a Prefect task and a nested MLflow run that reads the run's context and hands on a typed result."""
+"""The training tasks of the flow (SFT, comparisons, reward model, supervised baselines, PPO), each a Prefect task
+and a nested MLflow run that reads the run's context and hands on a typed result. Each runs where the run's profile
+puts every stage: in the flow's own process on its runtime, or under `accelerate launch`."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -24,11 +24,11 @@ from components.models.stage_store import StageStore
 from components.models.tokenizer import words_of
 from components.training import recipe
 from components.training.rounds import labeller_stream, next_group, tagged
-from flows import decoding_reuse, ppo_worker, runtimes, stage_calls
+from flows import decoding_reuse, ppo_worker, stage_calls, stage_launch
 from flows.data_stages import checked_vocabulary, save_comparisons
 from flows.environment import environment_for
 from flows.handoff import task
-from flows.launcher import AccelerateProfile, LaunchError, Machine, accelerate_command, run_logged
+from flows.launcher import AccelerateProfile
 from flows.ppo_worker import read_result, write_job
 from flows.run_context import PreparedData, RunContext, Trained
 from flows.runtimes import run_profile
@@ -44,18 +44,6 @@ from flows.stage_runs import (
 from flows.tracking_tasks import Tracking
 
 
-def run_stage(
-    ctx: RunContext, call: str, args: dict, inputs: dict[str, recipe.StageResult], log=None
-) -> recipe.StageResult:
-    """A stage's call (flows/stage_calls.py) on the run's runtime: ``args`` its plain inputs, ``inputs`` the stages
-    whose models it reads."""
-    cfg = ctx.cfg
-    profile = run_profile(cfg)
-    models = {name: result.model for name, result in inputs.items()}
-    with runtimes.in_process(cfg, profile.use_cpu) as runtime:
-        return stage_calls.CALLS[call](cfg, ctx.tokenizer, args, models, runtime, ctx.environment, log)
-
-
 @task(name="SFT", cache_policy=NO_CACHE)
 def sft_task(ctx: RunContext) -> recipe.StageResult:
     cfg = ctx.cfg
@@ -66,8 +54,8 @@ def sft_task(ctx: RunContext) -> recipe.StageResult:
             "sft",
             key_for(ctx, "sft", cfg.sft),
             load_causal_lm,
-            lambda: run_stage(
-                ctx, "sft", {"demonstrations": ctx.data.demonstrations}, {}, _progress("sft", 10 * cfg.sft.log_every)
+            lambda: stage_launch.run_stage(
+                ctx, "sft", {"demonstrations": ctx.data.demonstrations}, {}, 10 * cfg.sft.log_every
             ),
         )
         record_stage(run, cfg.sft, result)
@@ -108,7 +96,7 @@ def comparisons_task(
             "round_index": r,
             "group_offset": next_group(seen or []),
         }
-        return run_stage(ctx, "comparisons", args, {"sampler": sampler})
+        return stage_launch.run_stage(ctx, "comparisons", args, {"sampler": sampler})
 
     def save(directory: Path, result: recipe.StageResult) -> None:
         report = save_comparisons(
@@ -120,7 +108,8 @@ def comparisons_task(
             frozenset(ctx.data.eval_prompts),
         )
         reports.append(report)
-        write_json(directory / CARD, {"stage": "comparisons", "stage_key": key, "metrics": result.metrics})
+        card = {"stage": "comparisons", "stage_key": key, "metrics": result.metrics, "runtime": result.placement}
+        write_json(directory / CARD, card)
 
     def load(directory: Path) -> list[dict]:
         return [r.data for r in read_jsonl(directory / file_name(PREFERENCES), PREFERENCES)]
@@ -128,6 +117,7 @@ def comparisons_task(
     with recorded(ctx.tracking.stage("comparisons" if track == "ppo" else f"comparisons_{track}", r)) as run:
         result = reuse_or_compute(ctx, run, "comparisons", cfg.comparisons.dir, key, load, collect, save)
         run.log_params(flatten(cfg.comparisons.model_dump(mode="json")))
+        run.set_tags({f"runtime.{k}": v for k, v in result.placement.items()})
         run.log_metrics({**result.metrics, "seconds": result.seconds})
         for report in reports:
             run.log_text(report.summary(), "validation/summary.txt")
@@ -143,9 +133,7 @@ def reward_task(ctx: RunContext, sft: recipe.StageResult, comparisons: recipe.St
 
         def train():
             args = {"comparisons": comparisons.model, "train_prompts": ctx.data.train_prompts}
-            return run_stage(
-                ctx, "reward_model", args, {"sft": sft}, _progress("reward model", 10 * cfg.reward.log_every)
-            )
+            return stage_launch.run_stage(ctx, "reward_model", args, {"sft": sft}, 10 * cfg.reward.log_every)
 
         result = train_or_reuse(ctx, run, "reward_model", key, load_reward_model, train)
         record_stage(run, cfg.reward, result)
@@ -168,12 +156,12 @@ def baseline_task(
             name,
             key,
             load_causal_lm,
-            lambda: run_stage(
+            lambda: stage_launch.run_stage(
                 ctx,
                 "baseline",
                 {"name": name, "comparisons": comparisons.model},
                 {"sft": sft},
-                _progress(name, 10 * section.log_every),
+                10 * section.log_every,
             ),
         )
         record_stage(run, section, result)
@@ -210,33 +198,17 @@ def iterative_dpo_task(
             "dpo",
             key,
             load_causal_lm,
-            lambda: run_stage(
+            lambda: stage_launch.run_stage(
                 ctx,
                 "iterative_dpo",
                 {"round_rows": round_comparisons.model, "seen_rows": seen.model, "round_index": ctx.round_index},
                 {"sft": sft, "previous": previous},
-                _progress("iterative DPO", 10 * cfg.baselines.dpo.log_every),
+                10 * cfg.baselines.dpo.log_every,
             ),
         )
         record_stage(run, cfg.baselines.dpo, result)
         log_stage_model(ctx, run, "dpo", result)
     return result
-
-
-def _progress(stage: str, every: int, total: int | None = None):
-    """Periodic progress lines in the run log (terminal and UI show them while the stage runs)."""
-    logger = get_run_logger()
-
-    def log(step: int, entry: dict) -> None:
-        if step % every == 0 or (total is not None and step == total - 1):
-            shown = ", ".join(
-                f"{k} {v:.3f}"
-                for k, v in entry.items()
-                if k in ("rm_score", "kl", "gold", "loss", "accuracy") and isinstance(v, float)
-            )
-            logger.info("%s step %d%s: %s", stage, step + 1, f"/{total}" if total else "", shown)
-
-    return log
 
 
 @task(name="PPO", cache_policy=NO_CACHE)
@@ -358,55 +330,23 @@ def launched_ppo(
         logger.info("PPO: one process (%s), in this process", profile.path.name)
         ppo_worker.run_in_process(job_dir, logger.info, profile.use_cpu)
     else:
-        accelerate_launch(ctx, profile, job_dir)
+        stage_launch.accelerate_launch(ctx, profile, job_dir)
     outcome = read_result(job_dir)
     model = load_causal_lm(job_dir / ppo_worker.POLICY)
-    run.set_tags({"mixed_precision": outcome["mixed_precision"], "device": outcome["device"]})
     shutil.rmtree(job_dir, ignore_errors=True)
     return recipe.StageResult(
-        model, outcome["metrics"], outcome["history"], outcome["seconds"], logged_steps=tuple(outcome["live_logged"])
+        model,
+        outcome["metrics"],
+        outcome["history"],
+        outcome["seconds"],
+        logged_steps=tuple(outcome["live_logged"]),
+        placement={
+            "device": outcome["device"],
+            "processes": outcome["world_size"],
+            "mixed_precision": outcome["mixed_precision"],
+            "threads_per_process": outcome["threads_per_process"],
+        },
     )
-
-
-def accelerate_launch(ctx: RunContext, profile: AccelerateProfile, job_dir: Path) -> None:
-    """The PPO job under `accelerate launch`; each rank's output streams into the task's log."""
-    cfg = ctx.cfg
-    logger = get_run_logger()
-    machine = None
-    if profile.num_machines > 1:  # this is machine 0; every other machine runs the same job with its own rank
-        machine = Machine(0, profile.main_process_ip, cfg.distributed.main_process_port or profile.main_process_port)
-        logger.info(
-            "PPO spans %d machines: on machine r = 1..%d run  python -m flows.launcher --job %s --config %s "
-            "--machine-rank r  (%s must be on storage every machine sees)",
-            profile.num_machines,
-            profile.num_machines - 1,
-            job_dir,
-            profile.path,
-            job_dir,
-        )
-    command, env = accelerate_command(
-        profile,
-        ppo_worker.__name__,
-        ["--job", str(job_dir)],
-        cfg.distributed.num_processes,
-        cfg.distributed.main_process_port,
-        machine,
-    )
-    logger.info("PPO: %s", " ".join(command))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(runtimes.CODE_ROOT), os.environ.get("PYTHONPATH")]))
-    try:
-        run_logged(
-            command,
-            cfg.distributed.timeout_seconds,
-            logger.info,
-            env=env,
-            cwd=runtimes.CODE_ROOT,
-            grace=cfg.distributed.kill_grace_seconds,
-            tail_lines=cfg.distributed.log_tail_lines,
-        )
-    except LaunchError as error:
-        ppo_worker.raise_recorded_failure(job_dir)
-        raise LaunchError(f"the PPO launch ({profile.path.name}) failed: {error}") from None
 
 
 def run_context(cfg: Config, root: str, tracking: Tracking, data: PreparedData) -> RunContext:

@@ -23,6 +23,7 @@ from components import io
 from components.config import JudgeConfig, ModelConfig
 from components.evaluation.policy_eval import GoldFn, Scores
 from components.models.builders import load_scalar_model
+from components.models.runtime import Runtime
 from components.models.tokenizer import load_tokenizer
 from components.training.reward import score_samples
 
@@ -84,8 +85,11 @@ def weights_hash(directory: str | Path) -> str:
     return io.sha256_file(Path(directory) / WEIGHTS)
 
 
-def reward_model_judge(model_dir: str | Path, model_cfg: ModelConfig, optimised: Sequence[str | Path]) -> Judge:
-    """A judge model directory (no remote code, safetensors only), never one of the ``optimised`` reward models."""
+def reward_model_judge(
+    model_dir: str | Path, model_cfg: ModelConfig, optimised: Sequence[str | Path], device: str = "cpu"
+) -> Judge:
+    """A judge model directory (no remote code, safetensors only), never one of the ``optimised`` reward models; it
+    scores on ``device`` (where the policies run)."""
     model_dir = Path(model_dir)
     if not (model_dir / WEIGHTS).is_file():
         raise JudgeError(f"judge model {model_dir}: no {WEIGHTS} (only safetensors weights are loaded)")
@@ -98,9 +102,11 @@ def reward_model_judge(model_dir: str | Path, model_cfg: ModelConfig, optimised:
             )
     model, tokenizer = load_scalar_model(model_dir), load_tokenizer(model_dir)
     model.eval()
+    runtime = Runtime(device=device)
 
     def scores(prompts: Sequence[str], responses: Sequence[str], ended: Sequence[bool]) -> list[float]:
-        return score_samples(model, tokenizer, list(zip(prompts, responses, strict=True)), model_cfg).tolist()
+        samples = list(zip(prompts, responses, strict=True))
+        return score_samples(model, tokenizer, samples, model_cfg, runtime).tolist()
 
     return Judge("reward_model", str(model_dir), scores)
 
@@ -118,18 +124,27 @@ def judge_facts(cfg: JudgeConfig) -> dict:
 
 
 def ppo_monitor_judge(
-    cfg: JudgeConfig, model_cfg: ModelConfig, gold: GoldFn | None, optimised: Sequence[str | Path]
+    cfg: JudgeConfig,
+    model_cfg: ModelConfig,
+    gold: GoldFn | None,
+    optimised: Sequence[str | Path],
+    device: str = "cpu",
 ) -> Judge | None:
     """The judge that scores PPO's rollouts for the record and the gate's trend rule; None when it does not."""
     if not judge_facts(cfg)["scores_ppo_iterations"] or (cfg.kind == "gold" and gold is None):
         return None
-    return make_judge(cfg, model_cfg, gold, optimised)
+    return make_judge(cfg, model_cfg, gold, optimised, device)
 
 
 def make_judge(
-    cfg: JudgeConfig, model_cfg: ModelConfig, gold: GoldFn | None, optimised: Sequence[str | Path]
+    cfg: JudgeConfig,
+    model_cfg: ModelConfig,
+    gold: GoldFn | None,
+    optimised: Sequence[str | Path],
+    device: str = "cpu",
 ) -> Judge | None:
-    """The judge that scores each response; None for people, who compare pairs (``pairwise.py``)."""
+    """The judge that scores each response (a judge model on ``device``); None for people, who compare pairs
+    (``pairwise.py``)."""
     if cfg.kind == "human":
         return None
     if cfg.kind == "gold":
@@ -141,4 +156,4 @@ def make_judge(
         return gold_judge(gold)
     if cfg.kind == "python":
         return python_judge(cfg.entry_point)
-    return reward_model_judge(cfg.model_dir, model_cfg, optimised)
+    return reward_model_judge(cfg.model_dir, model_cfg, optimised, device)

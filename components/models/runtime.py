@@ -23,11 +23,12 @@ import torch
 class Runtime:
     checkpoints_whole_state = True  # rank 0 can write every trained model's and optimiser's whole state
 
-    def __init__(self, accelerator: Any | None = None):
+    def __init__(self, accelerator: Any | None = None, device: torch.device | str | None = None):
+        """``device``: one process on that device, without accelerate (a model that is only read, e.g. a judge)."""
         self.accelerator = accelerator
         self.rank = accelerator.process_index if accelerator else 0
         self.world_size = accelerator.num_processes if accelerator else 1
-        self.device = accelerator.device if accelerator else torch.device("cpu")
+        self.device = accelerator.device if accelerator else torch.device(device or "cpu")
 
     @property
     def is_main(self) -> bool:

@@ -45,10 +45,8 @@ class StageResult:
     seconds: float = 0.0
     key: str = ""  # what the output depends on, hashed (set by the caller that caches stages)
     reused: bool = False  # loaded from a finished earlier run instead of trained
-    logged_steps: tuple[int, int] = (
-        0,
-        0,
-    )  # [first, last + 1) of the steps the stage sent to tracking itself while it ran
+    logged_steps: tuple[int, int] = (0, 0)  # [first, last + 1) of the steps the stage logged itself while it ran
+    placement: dict = field(default_factory=dict)  # where it ran: device, processes, mixed precision, threads
 
 
 def timed(fn: Callable[..., tuple]) -> Callable[..., StageResult]:
