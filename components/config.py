@@ -151,6 +151,21 @@ class PrepareConfig(Section):
     )
 
 
+class PeftConfig(Section):
+    """Low-rank adapters (LoRA through PEFT) instead of full fine-tuning, for every stage that fine-tunes an existing
+    model: SFT of a local model, the reward model, every supervised baseline, DPO, PPO's policy and critic."""
+
+    r: int = Field(8, ge=1, description="rank of each adapter's update B A")
+    alpha: float = Field(16.0, gt=0, description="the update is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input (off while PPO samples)")
+    target_modules: list[str] = Field(
+        ["c_attn", "c_proj", "c_fc"],
+        min_length=1,
+        description="names of the layers that get adapters: GPT-2's attention and MLP projections by default "
+        "(q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj for Llama-style models)",
+    )
+
+
 class ModelConfig(Section):
     """The policy architecture (trained from scratch) or a local Hugging Face model directory."""
 
@@ -172,6 +187,10 @@ class ModelConfig(Section):
         description="the matmuls of every stage on the CPU: fp32, or bf16 autocast (weights, optimiser and losses stay "
         "fp32), only on a CPU with native bf16 (AVX-512 BF16 or AMX); not the default until its learning results are "
         "checked against fp32's on such a CPU",
+    )
+    peft: PeftConfig | None = Field(None, description="LoRA adapters instead of full fine-tuning; null: full")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each block's activations in backward instead of keeping them (less memory)"
     )
     max_prompt_tokens: int = Field(24, ge=1, description="prompts are cut to their last N tokens")
     max_response_tokens: int = Field(40, ge=2, description="longest response, EOS included")
@@ -544,7 +563,8 @@ class OrchestrationConfig(Section):
 
 
 class DistributedConfig(Section):
-    """How the PPO stage is launched: `accelerate launch` with a profile from infra/accelerate/."""
+    """Where every stage runs: one process (the flow's own), or `accelerate launch` with a profile from
+    infra/accelerate/ (processes, machines, GPUs, DeepSpeed)."""
 
     accelerate_config: str = Field(
         "infra/accelerate/cpu-1proc.yaml", description="accelerate config file (relative to the project root)"
@@ -568,6 +588,14 @@ class DistributedConfig(Section):
         None, ge=1, le=65535, description="rendezvous port on one machine; null: a free port"
     )
     log_tail_lines: int = Field(60, ge=1, description="last log lines quoted when a launch fails")
+    memory_fraction: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="the share of a rank's device memory (a GPU's, or the host's available memory divided among the "
+        "machine's processes) a stage's planned memory may take; a stage planned beyond it stops the run before any "
+        "training (exit 2)",
+    )
 
 
 class VersioningConfig(Section):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from components.config import Config, ConfigError
+
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]
 
 
@@ -41,6 +43,7 @@ class AccelerateProfile:
     use_cpu: bool
     main_process_ip: str | None = None  # machine 0's address (multi-machine profiles)
     main_process_port: int | None = None
+    deepspeed: dict | None = None  # the profile's deepspeed_config (DEEPSPEED profiles)
 
     def single_process(self, num_processes: int | None = None) -> bool:
         """One process on one machine, no DeepSpeed: nothing a launcher would set up."""
@@ -61,7 +64,97 @@ class AccelerateProfile:
             bool(raw.get("use_cpu", False)),
             raw.get("main_process_ip"),
             int(raw["main_process_port"]) if raw.get("main_process_port") else None,
+            raw.get("deepspeed_config") if raw.get("distributed_type") == "DEEPSPEED" else None,
         )
+
+
+@dataclass(frozen=True)
+class ZeroSettings:
+    """What a DeepSpeed profile asks of every stage's engines; each setting honoured, or the profile refused."""
+
+    stage: int
+    offload_optimizer: bool = False  # AdamW's moments and step on the CPU (ZeRO-Offload)
+    offload_parameters: bool = False  # ZeRO-3's parameter shards on the CPU (ZeRO-Infinity's CPU tier)
+    save_16bit: bool = False  # zero3_save_16bit_model: ship the 16-bit weights the ranks hold, not the fp32 masters
+
+
+OFFLOAD_DEVICES = ("none", "cpu")
+LAUNCHER_KEYS = ("deepspeed_multinode_launcher", "deepspeed_hostfile", "deepspeed_inclusion_filter")
+LAUNCHER_KEYS += ("deepspeed_exclusion_filter",)  # read by `accelerate launch` itself
+
+
+def zero_settings(profile: AccelerateProfile, max_grad_norms: dict[str, float]) -> ZeroSettings:
+    """The profile's ``deepspeed_config``, every key honoured or refused by name (a ConfigError: exit 2).
+    ``max_grad_norms``: each stage's clipping (the engines clip to it), by its config key."""
+    ds = dict(profile.deepspeed or {})
+    where = f"{profile.path}: deepspeed_config"
+
+    def refuse(key: str, why: str) -> None:
+        raise ConfigError(f"{where}.{key}: {why}")
+
+    stage = int(ds.pop("zero_stage", 0))
+    if stage not in (0, 1, 2, 3):
+        refuse("zero_stage", f"{stage} is not a ZeRO stage (0-3)")
+    offload = {}
+    for key, name in (("offload_optimizer_device", "optimizer"), ("offload_param_device", "param")):
+        device = str(ds.pop(key, "none"))
+        if device not in OFFLOAD_DEVICES:
+            refuse(key, f"{device!r} is not supported (none or cpu; NVMe needs a path this pipeline does not pass)")
+        offload[name] = device == "cpu"
+    if offload["param"] and stage != 3:
+        refuse("offload_param_device", f"cpu offloads ZeRO-3's parameter shards; zero_stage is {stage}")
+    if ds.pop("zero3_init_flag", False):
+        refuse(
+            "zero3_init_flag",
+            "true is not supported: every rank loads a stage's models whole, and each engine "
+            "shards its own; set it false",
+        )
+    save_16bit = bool(ds.pop("zero3_save_16bit_model", False))
+    if int(ds.pop("gradient_accumulation_steps", 1)) != 1:
+        refuse(
+            "gradient_accumulation_steps",
+            "the stages accumulate micro-batches themselves: set 1 here and "
+            "<stage>.gradient_accumulation_steps (sft, reward, baselines.*, ppo) in params.yaml",
+        )
+    clipping = ds.pop("gradient_clipping", None)
+    if clipping is not None:
+        differing = {key: norm for key, norm in max_grad_norms.items() if norm != float(clipping)}
+        if differing:
+            refuse(
+                "gradient_clipping",
+                f"{clipping} differs from {', '.join(f'{k} {v}' for k, v in differing.items())}"
+                ": each engine clips to its stage's max_grad_norm; remove it here or make them equal",
+            )
+    for key in LAUNCHER_KEYS:
+        ds.pop(key, None)
+    if ds:
+        refuse(
+            sorted(ds)[0],
+            "not read by this pipeline; remove it (read: zero_stage, offload_optimizer_device, "
+            "offload_param_device, zero3_init_flag, zero3_save_16bit_model, gradient_accumulation_steps, "
+            "gradient_clipping, and accelerate launch's own deepspeed_* launcher keys)",
+        )
+    return ZeroSettings(stage, offload["optimizer"], offload["param"], save_16bit)
+
+
+def max_grad_norms(cfg: Config) -> dict[str, float]:
+    """Every stage's gradient clipping, by its config key."""
+    sections = {"sft": cfg.sft, "reward": cfg.reward, "ppo": cfg.ppo}
+    sections |= {f"baselines.{name}": getattr(cfg.baselines, name) for name in ("chosen", "top_ranked", "combined")}
+    sections["baselines.dpo"] = cfg.baselines.dpo
+    return {f"{key}.max_grad_norm": section.max_grad_norm for key, section in sections.items()}
+
+
+def refuse_unhonoured(cfg: Config, code_root: Path) -> None:
+    """The run's profile read and checked before any work: a missing file, or a DeepSpeed setting no stage would
+    honour, is a ConfigError (exit 2)."""
+    path = Path(cfg.distributed.accelerate_config)
+    try:
+        profile = AccelerateProfile.read(path if path.is_absolute() else code_root / path)
+    except LaunchError as error:
+        raise ConfigError(f"distributed.accelerate_config: {error}") from None
+    if profile.deepspeed is not None:
+        zero_settings(profile, max_grad_norms(cfg))
 
 
 def free_port() -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from components.config import DEFAULT_PARAMS, ConfigError, load_config  # yaml and pydantic only
 from components.models import precision  # reads /proc/cpuinfo; torch only when autocast is entered
+from flows import launcher  # yaml and the config only
 from flows.temporary_server import start_early
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,9 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def refuse_a_bad_config(args: argparse.Namespace) -> None:
-    """A config that cannot be used ends the command (exit 2) before any server starts or heavy module loads."""
+    """A config that cannot be used ends the command (exit 2) before any server starts or heavy module loads: a bad
+    key, bf16 the CPU emulates, a profile setting the stages would not honour."""
     try:
-        precision.refuse_unsupported(load_config(args.profile, args.overrides, args.params).model)
+        cfg = load_config(args.profile, args.overrides, args.params)
+        precision.refuse_unsupported(cfg.model)
+        launcher.refuse_unhonoured(cfg, REPO_ROOT)
     except ConfigError as error:
         print(f"\npipeline stopped: {error}", file=sys.stderr)
         sys.exit(2)
@@ -117,6 +121,7 @@ def rlhf_pipeline(
     """The whole pipeline; ``overrides`` are ``key.path=value`` strings applied over the profile."""
     cfg = load_config(profile, flow_overrides(overrides, seed, tracking_uri, registered_model), params)
     precision.refuse_unsupported(cfg.model)
+    launcher.refuse_unhonoured(cfg, REPO_ROOT)
     export_credentials(cfg.orchestration)
     tracking = open_tracking(cfg, root)
     started, data, trained, decision, registry = time.time(), None, None, None, None
@@ -132,6 +137,7 @@ def rlhf_pipeline(
             write_run_record(cfg, root, tracking, started, data, None, None, None, run_records.RUNNING)
             close_abandoned_runs(tracking)
             ctx = training_tasks.run_context(cfg, root, tracking, data)
+            training_tasks.plan_memory(ctx)
             # iterated RLHF, or people labelling: each labelling round a subflow
             rounds = cfg.comparisons.rounds > 1 or cfg.comparisons.labeler == "human"
             trained = labelling_rounds.train_in_rounds(ctx) if rounds else training_tasks.train_all(ctx)
@@ -300,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.profile, overrides, args.params)  # refuse a bad config before any work starts
         precision.refuse_unsupported(cfg.model)
+        launcher.refuse_unhonoured(cfg, REPO_ROOT)
         refuse_a_pause_nobody_can_resume(cfg)
         started = time.perf_counter()
         with EARLY_SERVER.adopt() if EARLY_SERVER else nullcontext():

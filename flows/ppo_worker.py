@@ -91,9 +91,11 @@ class SavedSnapshots(Snapshots):
     tokenizer: object = None
 
     def take(self, step: int, model) -> None:
+        from components.models import lora
         from components.models.saving import save_model
 
-        save_model(model, self.tokenizer, self.directory / f"iteration-{step:06d}", {"stage": "ppo", "iteration": step})
+        card = {"stage": "ppo", "iteration": step}
+        save_model(lora.merged(model), self.tokenizer, self.directory / f"iteration-{step:06d}", card)
 
 
 def read_snapshots(directory: str | Path) -> list[tuple[int, dict]]:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from components.config import Config
+from components.config import Config, ConfigError
+from components.models.memory import Placement, StageMemory, gib, shape_of
 from components.models.runtime import DeepSpeedRuntime, Runtime
-from flows.launcher import AccelerateProfile
+from flows.launcher import AccelerateProfile, ZeroSettings, max_grad_norms, zero_settings
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,8 +73,9 @@ def make_runtime(cfg: Config, use_cpu: bool | None = None) -> Runtime:
 
 
 def deepspeed_runtime(mixed_precision: str) -> DeepSpeedRuntime:
-    """A DeepSpeed profile's runtime: accelerate sets up the processes and reads the profile's ZeRO stage; the engines
-    (one per trained model) are DeepSpeed's own. On a machine without GPUs, DeepSpeed runs on its CPU accelerator
+    """A DeepSpeed profile's runtime: accelerate sets up the processes and reads the launched profile's ZeRO settings
+    (the flow refused any it would not honour before launching: ``launcher.zero_settings``); the engines (one per
+    trained model) are DeepSpeed's own. On a machine without GPUs, DeepSpeed runs on its CPU accelerator
     (``DS_ACCELERATOR=cpu``, gloo), in fp32."""
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
@@ -91,12 +93,88 @@ def deepspeed_runtime(mixed_precision: str) -> DeepSpeedRuntime:
         deepspeed.ops.__compatible_ops__ = {}
     accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=handlers)
     plugin = accelerator.state.deepspeed_plugin
+    zero = ZeroSettings(
+        plugin.zero_stage,
+        plugin.offload_optimizer_device == "cpu",
+        plugin.offload_param_device == "cpu",
+        bool(plugin.zero3_save_16bit_model),
+    )
     # models load whole on every rank (the recipe copies them: policy and reference from SFT, critic from the RM)
     # and each engine shards its own; transformers would otherwise build them already sharded under ZeRO-3
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
-    return DeepSpeedRuntime(accelerator, plugin.zero_stage, mixed_precision == "bf16")
+    return DeepSpeedRuntime(
+        accelerator,
+        zero.stage,
+        mixed_precision == "bf16",
+        zero.offload_optimizer,
+        zero.offload_parameters,
+        zero.save_16bit,
+    )
+
+
+class MemoryPlanError(ConfigError):
+    """A stage planned to need more memory than a rank's device has: refused before any training (exit 2)."""
+
+
+def placement(cfg: Config, profile: AccelerateProfile) -> Placement:
+    """How the run's profile spreads a stage over ranks, for the memory plan."""
+    zero = zero_settings(profile, max_grad_norms(cfg)) if profile.deepspeed is not None else None
+    on_cpu = profile.use_cpu or not torch.cuda.is_available()
+    half = (
+        cfg.model.cpu_precision == "bf16"
+        if on_cpu
+        else resolve_mixed_precision(cfg.distributed.mixed_precision, False) != "no"
+    )
+    return Placement(
+        processes(cfg, profile),
+        zero.stage if zero else 0,
+        bool(zero and zero.offload_optimizer),
+        bool(zero and zero.offload_parameters),
+        half,
+        cfg.model.gradient_checkpointing,
+    )
+
+
+def rank_memory(cfg: Config, profile: AccelerateProfile) -> tuple[str, int]:
+    """(where, bytes) a rank may use: its GPU's memory, or the host's available memory shared by the machine's
+    ranks."""
+    if profile.use_cpu or not torch.cuda.is_available():
+        available = host_available_bytes()
+        per_machine = max(1, processes(cfg, profile) // max(1, profile.num_machines))
+        return f"the host's available memory / {per_machine} process(es)", available // per_machine
+    properties = torch.cuda.get_device_properties(0)
+    return f"{properties.name}", properties.total_memory
+
+
+def host_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{meminfo}: no MemAvailable line")
+
+
+def plan_memory(cfg: Config, tokenizer) -> list[StageMemory]:
+    """Every stage's memory per rank, planned from the model's shape and the config; a stage that cannot fit stops the
+    run here, before any training, naming the stage and the numbers."""
+    from components.models.builders import policy_config
+    from components.training.memory_plan import recipe_memory
+
+    profile = run_profile(cfg)
+    plan = recipe_memory(cfg, shape_of(policy_config(cfg.model, tokenizer), cfg.model.peft), placement(cfg, profile))
+    where, capacity = rank_memory(cfg, profile)
+    budget = int(capacity * cfg.distributed.memory_fraction)
+    too_big = [stage for stage in plan if stage.total > budget]
+    if too_big:
+        needs = "; ".join(f"{stage.stage} needs {stage.describe()}" for stage in too_big)
+        raise MemoryPlanError(
+            f"memory plan, per rank: {needs}; a rank may use {gib(budget)} "
+            f"({cfg.distributed.memory_fraction:.0%} of {where}, {gib(capacity)}). Set model.gradient_checkpointing: "
+            "true, model.peft (adapters), a smaller batch or more gradient_accumulation_steps for the stage, or a "
+            "profile with more processes and a DeepSpeed ZeRO stage that shards or offloads"
+        )
+    return plan
 
 
 def forget_accelerate_state() -> None:

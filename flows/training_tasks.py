@@ -4,6 +4,7 @@ puts every stage: in the flow's own process on its runtime, or under `accelerate
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from components.models.stage_store import StageStore
 from components.models.tokenizer import words_of
 from components.training import recipe
 from components.training.rounds import labeller_stream, next_group, tagged
-from flows import decoding_reuse, ppo_worker, stage_calls, stage_launch
+from flows import decoding_reuse, ppo_worker, runtimes, stage_calls, stage_launch
 from flows.data_stages import checked_vocabulary, save_comparisons
 from flows.environment import environment_for
 from flows.handoff import task
@@ -372,6 +373,15 @@ def run_context(cfg: Config, root: str, tracking: Tracking, data: PreparedData) 
         vocabulary = environment.vocabulary if environment is not None else words_of(texts)
     tokenizer = recipe.make_tokenizer(cfg, vocabulary)
     return RunContext(cfg, root, tracking, data, tokenizer, environment, vocabulary)
+
+
+def plan_memory(ctx: RunContext) -> None:
+    """Every stage's memory per rank, planned before the first one trains: one that cannot fit its device stops the
+    run here (exit 2, with the numbers). The plan is in the log and in the run's ``memory_plan.json``."""
+    plan = runtimes.plan_memory(ctx.cfg, ctx.tokenizer)
+    get_run_logger().info("memory plan per rank: %s", "; ".join(f"{s.stage} {s.describe()}" for s in plan))
+    record = {s.stage: {**dataclasses.asdict(s), "total": s.total} for s in plan}
+    ctx.tracking.parent.log_dict(record, "memory_plan.json")
 
 
 def train_all(ctx: RunContext) -> Trained:

@@ -243,19 +243,21 @@ def format_table(report: dict, judge: str = "gold") -> str:
 
 
 def format_budgets(terms: dict) -> str:
-    """What each policy used: one SFT start and one prompt set for all, each policy's labels
-    and configurations tried."""
+    """What each policy used: one SFT start and one prompt set for all, each policy's labels, configurations tried
+    and trained parameters (all of them, or its adapters)."""
     prompts = terms["eval_prompts"]
     lines = [
         f"\n== what each policy used (one SFT start {terms['sft_start']}, "
         f"the same {prompts['count']} held-out prompts) ==",
         f"{'policy':<11} {'train pairs':>11} {'held-out':>9} {'selection':>10} "
-        f"{'all labels':>10} {'configs tried':>13}",
+        f"{'all labels':>10} {'configs tried':>13} {'trained params':>14}",
     ]
     for name, budget in terms["label_budgets"].items():
+        trained = budget.get("trainable_parameters")
         lines.append(
             f"{name:<11} {budget['train_pairs']:>11} {budget['held_out_pairs']:>9} {budget['selection_labels']:>10} "
-            f"{budget['total']:>10} {terms['tuning_budgets'].get(name, 0):>13}"
+            f"{budget['total']:>10} {terms['tuning_budgets'].get(name, 0):>13} "
+            f"{'-' if trained is None else f'{trained:,}':>14}"
         )
     tuning = terms["tuning"]
     lines.append(

@@ -19,6 +19,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     GPT2Config,
     GPT2LMHeadModel,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -33,7 +34,16 @@ class UnsafeModelError(ValueError):
 def build_policy(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
     if cfg.source == "local":
         return load_causal_lm(cfg.local_dir)
-    config = GPT2Config(
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(policy_config(cfg, tokenizer))
+
+
+def policy_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+    """The policy's architecture: the local model's config, or a small GPT-2's from ``model``."""
+    if cfg.source == "local":
+        check_safe_model_dir(cfg.local_dir)
+        return AutoConfig.from_pretrained(str(cfg.local_dir), trust_remote_code=False, local_files_only=True)
+    return GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=cfg.max_prompt_tokens + cfg.max_response_tokens,
         n_embd=cfg.n_embd,
@@ -47,8 +57,6 @@ def build_policy(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(config)
 
 
 def scalar_model_from(policy: PreTrainedModel) -> PreTrainedModel:

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from components.models import lora
+
 
 class Runtime:
     checkpoints_whole_state = True  # rank 0 can write every trained model's and optimiser's whole state
@@ -138,10 +140,10 @@ class Runtime:
 
     def full_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The trained model as a plain module with every parameter in place (for saving, digests and the next
-        stage): no DDP wrapper and no mixed-precision forward of accelerate's left on it."""
-        if self.accelerator is None:
-            return model
-        return self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        stage): no DDP wrapper, no mixed-precision forward of accelerate's, adapters merged into the weights."""
+        if self.accelerator is not None:
+            model = self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        return lora.merged(model)
 
     def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
         """Backward of ``loss`` into the gradients of ``model`` (the prepared one it came from)."""
@@ -202,18 +204,52 @@ class DeepSpeedRuntime(Runtime):
     checkpoints_whole_state = False  # the optimiser state (ZeRO-3: the parameters too) lies in every rank's shard:
     # each engine writes its own checkpoint (save_engines), which the PPO checkpoint then holds
 
-    def __init__(self, accelerator: Any, zero_stage: int, bf16: bool):
+    def __init__(
+        self,
+        accelerator: Any,
+        zero_stage: int,
+        bf16: bool,
+        offload_optimizer: bool = False,
+        offload_parameters: bool = False,
+        save_16bit: bool = False,
+    ):
+        """``offload_optimizer``: AdamW's moments and its step on the host (ZeRO-Offload); ``offload_parameters``:
+        ZeRO-3's parameter shards on the host; ``save_16bit``: a trained model is handed on with the 16-bit weights
+        the ranks compute with, not the fp32 master weights (the profile's zero3_save_16bit_model)."""
         super().__init__(accelerator)
         self.zero_stage, self.bf16 = zero_stage, bf16
+        self.offload_optimizer, self.offload_parameters, self.save_16bit = (
+            offload_optimizer,
+            offload_parameters,
+            save_16bit,
+        )
         self.engines: list[Any] = []
 
+    def describe(self) -> dict[str, Any]:
+        engine = self.engines[0] if self.engines else None
+        return {
+            **super().describe(),
+            "mixed_precision": "bf16" if self.bf16 else "no",
+            "zero_stage": self.zero_stage,
+            # what the engines run with, read back from them
+            "offload_optimizer": bool(engine.zero_offload_optimizer()) if engine else self.offload_optimizer,
+            "offload_parameters": bool(engine.zero_offload_param()) if engine else self.offload_parameters,
+        }
+
     def engine_config(self, max_grad_norm: float) -> dict:
+        zero: dict[str, Any] = {"stage": self.zero_stage}
+        pinned = self.device.type == "cuda"
+        if self.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pinned}
+        if self.offload_parameters:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": pinned}
         return {
             "train_micro_batch_size_per_gpu": 1,  # batches are the loop's own; DeepSpeed only checks the arithmetic
             "gradient_accumulation_steps": 1,
             "managed_gradient_accumulation": False,  # backward accumulates, step reduces and updates
             "gradient_clipping": max_grad_norm,
-            "zero_optimization": {"stage": self.zero_stage},
+            "zero_optimization": zero,
+            "zero_force_ds_cpu_optimizer": False,  # the stage's own torch AdamW steps the offloaded moments
             "bf16": {"enabled": self.bf16},
             "steps_per_print": 2**31 - 1,  # no progress lines of DeepSpeed's own
         }
@@ -265,25 +301,29 @@ class DeepSpeedRuntime(Runtime):
         return deepspeed.zero.GatheredParameters(list(model.parameters()))
 
     def full_model(self, model):
-        """ZeRO-3: a copy of the model with every parameter gathered (a collective: every rank calls it)."""
+        """The trained model whole, adapters merged (a collective: every rank calls it): ZeRO-3 gathers the shards;
+        the weights are the fp32 master copies the optimiser steps, or with ``save_16bit`` the 16-bit ones the ranks
+        compute with (fp32 and 16-bit are one and the same without mixed precision)."""
         unwrapped = self.unwrap(model)
-        if self.zero_stage < 3:
-            return unwrapped
+        masters = {} if self.save_16bit else self.master_weights(unwrapped)
+        if self.zero_stage < 3 and not masters:
+            return lora.merged(unwrapped)
         with self.gathered(unwrapped):
-            state = {name: tensor.detach().clone() for name, tensor in unwrapped.state_dict().items()}
+            state = lora.merged_state_dict(unwrapped, masters)
         with torch.random.fork_rng(devices=[]):  # a fresh model's initialisation draws nothing from the caller's stream
             rebuilt = rebuilt_like(unwrapped)
         rebuilt.load_state_dict(state)
         return rebuilt
 
+    def master_weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The fp32 master copy of every parameter the optimiser steps, whole (a collective under ZeRO-3)."""
+        from deepspeed.utils import safe_get_full_fp32_param
 
-def rebuilt_like(module: torch.nn.Module) -> torch.nn.Module:
-    """A fresh module of ``module``'s architecture: a model from its config, or a wrapper (``TokenScores``,
-    ``TokenValues``) around a fresh copy of the one model it wraps."""
-    if hasattr(module, "config"):
-        return type(module)(module.config)
-    ((_, inner),) = module.named_children()
-    return type(module)(rebuilt_like(inner))
+        masters = {}
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and (master := safe_get_full_fp32_param(parameter)) is not None:
+                masters[name] = master.detach().to(parameter.dtype if not self.bf16 else torch.float32).cpu()
+        return masters
 
     def save_engines(self, engines: dict[str, Any], directory: Path) -> None:
         """Every rank writes its shards of each engine (model, optimiser) under ``directory/<name>``."""
@@ -312,3 +352,12 @@ def rebuilt_like(module: torch.nn.Module) -> torch.nn.Module:
         model.step()  # reduce (averaged over ranks), clip to the engine's gradient_clipping, update, zero
         norm = model.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
+
+
+def rebuilt_like(module: torch.nn.Module) -> torch.nn.Module:
+    """A fresh module of ``module``'s architecture without adapters: a model from its config, or a wrapper
+    (``TokenScores``, ``TokenValues``) around a fresh copy of the one model it wraps."""
+    if hasattr(module, "config"):
+        return type(module)(module.config)
+    ((_, inner),) = module.named_children()
+    return type(module)(rebuilt_like(inner))

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, SFTConfig
+from components.models import lora
 from components.models.runtime import SINGLE, Runtime
 from components.training.loop import Log, Snapshots
 from components.training.reward import group_comparisons
@@ -60,7 +61,7 @@ def sft_on(stage: str, to_examples: Callable[[list[dict]], list[dict]]) -> Train
         snapshots: Snapshots | None = None,
         runtime: Runtime = SINGLE,
     ):
-        policy = copy.deepcopy(sft_policy)
+        policy = lora.for_training(copy.deepcopy(sft_policy), model_cfg)
         return train_sft(
             policy,
             tokenizer,

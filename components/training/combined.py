@@ -34,6 +34,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import CombinedLossConfig, ModelConfig
+from components.models import lora
 from components.models.batching import encode_examples, gather_logprobs, masked_mean, response_logits
 from components.models.runtime import SINGLE, Runtime
 from components.training.loop import Log, Means, Objective, Snapshots, train_supervised
@@ -162,7 +163,8 @@ def train_combined(
     metrics: first_loss, final_loss, steps, likelihood, unlikelihood (of the last step).
     """
     torch.manual_seed(seed)
-    policy = copy.deepcopy(sft_policy)
+    policy = lora.for_training(copy.deepcopy(sft_policy), model_cfg)
+    counts = lora.parameter_counts(policy)
     objective = combined_objective(cfg, tokenizer, model_cfg, runtime.device)
     policy, history = train_supervised(
         "combined", policy, preferences, objective, cfg, seed, log, snapshots=snapshots, runtime=runtime
@@ -174,5 +176,6 @@ def train_combined(
         "steps": last["step"] + 1,
         "likelihood": last["likelihood"],
         "unlikelihood": last["unlikelihood"],
+        **counts,
     }
     return policy, metrics, history

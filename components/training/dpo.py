@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import DPOConfig, ModelConfig
+from components.models import lora
 from components.models.batching import Batch, encode_examples, response_logprobs
-from components.models.builders import frozen_copy
 from components.models.runtime import SINGLE, Runtime
 from components.training.loop import Log, Means, Objective, Snapshots, train_supervised
 
@@ -137,19 +137,21 @@ def train_dpo(
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Train a copy of ``sft_policy`` (left untouched) with DPO; returns (model, metrics, history).
 
-    ``reference`` defaults to ``frozen_copy(sft_policy)``; one passed in must already be frozen.
+    ``reference`` defaults to the SFT policy frozen (the policy with its adapters off, when it is adapted: one copy of
+    the base weights); one passed in must already be frozen.
     history entries: step, loss, grad_norm, lr, reward_accuracy, margin, rewards_chosen, rewards_rejected
     (implicit rewards of the step's batch).
     metrics: first_loss, final_loss, steps, and reward_accuracy / margin averaged over the last
     ``min(20, steps)`` training batches.
     """
     torch.manual_seed(seed)
+    policy = lora.for_training(copy.deepcopy(sft_policy), model_cfg)
+    counts = lora.parameter_counts(policy)
     if reference is None:
-        reference = frozen_copy(sft_policy)
+        reference = lora.reference_for(policy, sft_policy)
     if any(p.requires_grad for p in reference.parameters()):
         raise ValueError("the DPO reference must be frozen (requires_grad False); use frozen_copy()")
     reference = runtime.to_device(reference).eval()
-    policy = copy.deepcopy(sft_policy)
     examples = [{"index": i, **row} for i, row in enumerate(preferences)]
     recent: list[dict[str, float]] = []
     objective = dpo_objective(cfg, tokenizer, model_cfg, reference, runtime, recent)
@@ -162,6 +164,7 @@ def train_dpo(
         "steps": history[-1]["step"] + 1,
         "reward_accuracy": sum(m["reward_accuracy"] for m in recent) / len(recent),
         "margin": sum(m["margin"] for m in recent) / len(recent),
+        **counts,
     }
     return policy, metrics, history
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from components.config import OptimConfig
+from components.models import lora
 from components.models.runtime import SINGLE, Runtime
 
 Log = Callable[[int, dict[str, float]], None]  # (step, metrics) -> None; the flow decides where it goes
@@ -50,8 +51,9 @@ class Snapshots:
         return {max(0, round(total * k / self.count) - 1) for k in range(1, self.count + 1)}
 
     def take(self, step: int, model: torch.nn.Module) -> None:
-        """A copy in host memory: the device keeps room for training."""
-        self.taken.append((step, {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}))
+        """A copy of the plain model's weights (adapters merged) in host memory: the device keeps room for training."""
+        state = lora.merged_state_dict(model)
+        self.taken.append((step, {name: t.detach().to("cpu", copy=True) for name, t in state.items()}))
 
 
 class Means:
@@ -150,6 +152,7 @@ def train_supervised(
     )
     [(model, optimizer)] = runtime.prepare((model, optimizer), max_grad_norm=cfg.max_grad_norm)
     model.train(dropout)
+    lora.keep_checkpointing(model)
     history: list[dict[str, float]] = []
     order: list[int] = []
     snapshot_steps = snapshots.steps(total_steps) if snapshots else set()

@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import KLControlConfig, ModelConfig, PPOConfig
+from components.models import lora
 from components.models.batching import (
     Batch,
     encode_examples,
@@ -498,10 +499,16 @@ def train_ppo(
         runtime.to_device(frozen)
     for trained in (policy, critic):
         trained.eval()  # dropout off: rollouts and updates see the same network
-        trained.requires_grad_(True)
+        lora.keep_checkpointing(trained)
+        if not lora.has_adapters(trained):  # an adapted model trains its adapters (and new head) only
+            trained.requires_grad_(True)
+    counts = {
+        **lora.parameter_counts(policy),
+        "critic_trainable_parameters": lora.parameter_counts(critic)["trainable_parameters"],
+    }
     values_model = TokenValues(critic)
-    policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
-    critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, eps=1e-5, weight_decay=0.0)
+    policy_opt = torch.optim.AdamW(trainable(policy), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+    critic_opt = torch.optim.AdamW(trainable(critic), lr=cfg.critic_lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = KLController(cfg.kl)
     queue = PromptQueue(prompts, rng)
     history: list[dict[str, float]] = []
@@ -610,8 +617,13 @@ def train_ppo(
         "final_kl": last["kl"],
         "final_kl_coef": kl_ctl.value,
         "iterations": cfg.iterations,
+        **counts,
     }
     return runtime.full_model(models.policy), metrics, history
+
+
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _save_checkpoint(

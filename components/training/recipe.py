@@ -18,6 +18,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import Config
+from components.models import lora
 from components.models.builders import build_policy, frozen_copy
 from components.models.ensemble import members_of
 from components.models.runtime import SINGLE, Runtime
@@ -79,7 +80,10 @@ def comparison_labeller(cfg: Config, rank: Ranker, demonstrations: list[dict]) -
 def sft_stage(
     cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: list[dict], log=None, runtime: Runtime = SINGLE
 ) -> StageResult:
-    policy = build_policy(cfg.model, tokenizer, cfg.seed)
+    # a model trained from scratch is trained in full: adapters adapt a trained one
+    policy = lora.for_training(
+        build_policy(cfg.model, tokenizer, cfg.seed), cfg.model, adapters=cfg.model.source == "local"
+    )
     return timed(train_sft)(policy, tokenizer, demonstrations, cfg.sft, cfg.model, cfg.seed, log=log, runtime=runtime)
 
 
@@ -292,8 +296,10 @@ def ppo_stage(
     ``checkpoint_dir``.
 
     ``runtime``: where it runs (device, processes, precision; see flows' stage runtimes)."""
-    policy = copy.deepcopy(start if start is not None else sft)
-    reference, critic = frozen_copy(sft), copy.deepcopy(members_of(reward_model)[0])
+    policy = lora.for_training(copy.deepcopy(start if start is not None else sft), cfg.model)
+    # the reference is SFT: the policy's own base with its adapters off, unless the policy started elsewhere
+    reference = lora.reference_for(policy, sft) if start is None else frozen_copy(sft)
+    critic = lora.for_training(copy.deepcopy(members_of(reward_model)[0]), cfg.model, heads=lora.SCALAR_HEADS)
     return timed(train_ppo)(
         policy,
         reference,
@@ -323,7 +329,15 @@ def label_budgets(
     SFT sees no comparison; PPO and best-of-n see the reward model's; every policy starts from the same SFT;
     ``own``: the comparisons of a policy labelled on its own samples (iterative DPO in labelling rounds).
     """
-    budgets = {"sft": {"train_pairs": 0, "held_out_pairs": 0, "selection_labels": 0, "total": 0}}
+    budgets = {
+        "sft": {
+            "train_pairs": 0,
+            "held_out_pairs": 0,
+            "selection_labels": 0,
+            "total": 0,
+            "trainable_parameters": metrics.get("sft", {}).get("trainable_parameters"),
+        }
+    }
     for name in ("ppo", "best_of_n", *SUPERVISED_BASELINES):
         train, held_out = labelled_split(cfg, (own or {}).get(name, comparisons))
         base = {"train_pairs": len(train), "held_out_pairs": len(held_out)}
@@ -332,5 +346,7 @@ def label_budgets(
             **base,
             "selection_labels": labels,
             "total": base["train_pairs"] + base["held_out_pairs"] + labels,
+            # what its optimiser moved: every weight, or the adapters (model.peft); best-of-n trains nothing
+            "trainable_parameters": 0 if name == "best_of_n" else metrics.get(name, {}).get("trainable_parameters"),
         }
     return budgets

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, RewardConfig
+from components.models import lora
 from components.models.batching import Batch, TokenScores, encode_examples, sequence_scores
 from components.models.builders import scalar_model_from
 from components.models.ensemble import RewardEnsemble, member_scores
@@ -309,7 +310,8 @@ def train_reward_model(
     """
     train, valid = split_comparisons(comparisons, cfg.valid_fraction, seed)
     torch.manual_seed(seed + member)  # the fresh head's initialisation
-    model = scalar_model_from(policy)
+    model = lora.for_training(scalar_model_from(policy), model_cfg, heads=lora.SCALAR_HEADS)
+    counts = lora.parameter_counts(model)
     objective = reward_objective(tokenizer, model_cfg, runtime.device)
     trained, history = train_supervised(
         "reward", TokenScores(model), group_comparisons(train), objective, cfg, seed + member, log, runtime=runtime
@@ -323,6 +325,7 @@ def train_reward_model(
         "steps": history[-1]["step"] + 1,
         "first_loss": history[0]["loss"],
         "final_loss": history[-1]["loss"],
+        **counts,
     }
     if valid:
         chosen_rewards, rejected_rewards = score_comparisons(model, tokenizer, valid, model_cfg, runtime)

@@ -6,6 +6,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, OptimConfig
+from components.models import lora
 from components.models.batching import Batch, encode_examples, response_logits
 from components.models.runtime import SINGLE, Runtime
 from components.training.loop import Log, Means, Objective, Snapshots, train_supervised
@@ -56,11 +57,13 @@ def train_sft(
     snapshots: Snapshots | None = None,
     runtime: Runtime = SINGLE,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
-    """Fine-tune ``model`` on ``{prompt, response}`` examples; returns (model, metrics, history)."""
+    """Fine-tune ``model`` (as ``lora.for_training`` made it: adapted or not) on ``{prompt, response}`` examples;
+    returns (model, metrics, history)."""
     torch.manual_seed(seed)
+    counts = lora.parameter_counts(model)
     objective = sft_objective(tokenizer, model_cfg, runtime.device)
     model, history = train_supervised(
         stage, model, examples, objective, cfg, seed, log, snapshots=snapshots, runtime=runtime
     )
     metrics = {"final_loss": history[-1]["loss"], "first_loss": history[0]["loss"], "steps": history[-1]["step"] + 1}
-    return model, metrics, history
+    return model, {**metrics, **counts}, history

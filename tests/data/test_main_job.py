@@ -199,18 +199,9 @@ def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job,
         for stage in ("sft", "reward_model", "dpo", "ppo")
     }
 
-    # only PPO's section and its launch changed: now 2 data-parallel CPU processes under `accelerate launch`
-    again = run(
-        [*args, "--set", "ppo.cliprange=0.3", "--set", "distributed.accelerate_config=infra/accelerate/cpu-2proc.yaml"],
-        REPO,
-        tmp_path,
-        prefect_server[0],
-    )
+    again = run([*args, "--set", "ppo.cliprange=0.3"], REPO, tmp_path, prefect_server[0])  # only PPO's section
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
-    assert (
-        "rank 0/2" in log and "rank 1/2" in log and "ppo done: 2 process(es)" in log
-    )  # the ranks' lines reached the flow's log
     second = run_records(git_repo)[1]["stages"]
     assert {s for s in before if second[s]["reused"]} == {"sft", "reward_model", "dpo"}
     assert all(second[s]["key"] == first["stages"][s]["key"] for s in ("sft", "reward_model", "dpo"))
@@ -225,7 +216,7 @@ def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job,
     # the same data files under the same suites: the validation that passed is reused, its Data Docs with it
     assert "validation   : passed (the same files passed the same suites before; not run again)" in again.stdout
     card = json.loads((Path(second["ppo"]["directory"]) / "rlhf_card.json").read_text())
-    assert card["config"]["distributed"]["accelerate_config"].endswith("cpu-2proc.yaml")
+    assert card["config"]["ppo"]["cliprange"] == 0.3 and card["runtime"]["processes"] == 1
     # held-out responses: every policy but PPO was decoded by the first run from the same weights, reference, reward
     # model, prompts and settings, so only PPO is decoded again; the judge scores them all afresh, to the same numbers
     modes = load_config("smoke").evaluation.modes
@@ -235,13 +226,37 @@ def test_a_rerun_reuses_finished_stages_and_retrains_only_what_changed(main_job,
     } | {("sample", "best_of_n")}
     assert "responses of ppo" not in log
 
-    def measured(done, mode):  # policy -> its gold mean [CI], RM, KL, length and unterminated share
-        block = done.stdout.split(f"== {mode} decoding, held-out prompts ==")[1].split("\n==")[0]
-        rows = [line.split() for line in block.splitlines()]
-        return {row[0]: row[1:8] for row in rows if row and row[0] in policies}
-
     for mode in modes:
-        assert len(measured(again, mode)) == len(policies) and measured(again, mode) == measured(first_run, mode), mode
+        assert len(measured(again, mode, policies)) == len(policies), mode
+        assert measured(again, mode, policies) == measured(first_run, mode, policies), mode
+
+
+def measured(done, mode, policies) -> dict:
+    """policy -> its gold mean [CI], RM, KL, length and unterminated share, as the main command printed them."""
+    block = done.stdout.split(f"== {mode} decoding, held-out prompts ==")[1].split("\n==")[0]
+    rows = [line.split() for line in block.splitlines()]
+    return {row[0]: row[1:8] for row in rows if row and row[0] in policies}
+
+
+def test_a_two_process_profile_runs_every_stage_on_two_processes(main_job, prefect_server):
+    """The profile is the whole run's: under cpu-2proc every stage that trains or decodes is launched on two ranks,
+    and since two processes sum in another order than one, every trained stage is trained again (the process count is
+    in its key)."""
+    git_repo, tmp_path, _, first = main_job
+    two = ["--set", "distributed.accelerate_config=infra/accelerate/cpu-2proc.yaml"]
+    again = run([*main_command(git_repo), *two], REPO, tmp_path, prefect_server[0])
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    for call in ("sft", "comparisons", "reward_model", "baseline", "decode"):  # every rank's start line, each stage
+        assert re.search(rf"rank 0/2 pid \d+ device cpu\S* threads 1 stage {call}\b", log), call
+        assert re.search(rf"rank 1/2 pid \d+ device cpu\S* threads 1 stage {call}\b", log), call
+    assert log.count("baseline done: 2 process(es)") == 4 and "ppo done: 2 process(es)" in log
+    record = run_records(git_repo)[-1]["stages"]
+    for stage in ("sft", "reward_model", "chosen", "top_ranked", "combined", "dpo", "ppo"):
+        assert not record[stage]["reused"] and record[stage]["key"] != first["stages"][stage]["key"], stage
+        card = json.loads((Path(record[stage]["directory"]) / "rlhf_card.json").read_text())
+        assert card["runtime"]["processes"] == 2 and card["runtime"]["device"].startswith("cpu"), stage
+    assert "responses of" not in log  # every policy is new: decoded again, in one launch
 
 
 def test_the_same_params_and_seed_give_the_same_data_models_and_metrics(

@@ -67,6 +67,17 @@ def test_a_human_judge_without_a_prefect_server_to_resume_on_is_refused_before_a
     assert sorted(p.name for p in root.iterdir()) == [".git"]
 
 
+def test_a_stage_that_cannot_fit_its_device_stops_the_run_before_any_training(prefect_server, tmp_path):
+    """The memory plan runs before the first stage trains: a rank allowed almost none of its memory refuses every
+    stage, exit 2, the stages' numbers named; no model is written."""
+    root = new_project(tmp_path)
+    done = run_main(root, tmp_path, prefect_server[0], ["distributed.memory_fraction=0.0000001"])
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "memory plan, per rank: sft needs" in done.stderr and "ppo needs" in done.stderr
+    assert "GiB" in done.stderr and "model.gradient_checkpointing" in done.stderr
+    assert not (root / "artifacts" / "models").exists()
+
+
 def test_an_unreachable_tracking_server_stops_the_run_before_any_training(prefect_server, tmp_path):
     root = new_project(tmp_path)
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
