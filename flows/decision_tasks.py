@@ -174,7 +174,7 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
         profile = runtimes.run_profile(cfg)
         in_process = runtimes.runs_in_process(cfg, profile)
         # launched: one launch decodes what no earlier decoding stands in for; the judge reads them here
-        decoded = None if in_process else launched_decodings(ctx, trained)
+        decoded = None if in_process else launched_decodings(ctx, trained, run)
         with runtimes.in_process(cfg, profile.use_cpu) if in_process else contextlib.nullcontext(SINGLE) as runtime:
             report = evaluate_policies(
                 policies,
@@ -216,9 +216,9 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
     return report
 
 
-def launched_decodings(ctx: RunContext, trained: Trained) -> dict[tuple[str, str], Responses]:
+def launched_decodings(ctx: RunContext, trained: Trained, run) -> dict[tuple[str, str], Responses]:
     """Every held-out decoding the evaluation needs and no earlier one stands in for, in one launch of the run's
-    profile: {(policy, mode name): responses}."""
+    profile: {(policy, mode name): responses}; where it ran is tagged on the evaluation's ``run``."""
     wanted = decoding_reuse.to_decode(ctx, trained)
     if not wanted:
         return {}
@@ -226,6 +226,8 @@ def launched_decodings(ctx: RunContext, trained: Trained) -> dict[tuple[str, str
     needed = {"sft", "reward_model"} | {policy for policy, _ in wanted if policy in models}
     args = {"eval_prompts": ctx.data.eval_prompts, "wanted": [list(pair) for pair in wanted]}
     result = stage_launch.run_stage(ctx, "decode", args, {name: models[name] for name in sorted(needed)})
+    run.set_tags({f"runtime.{key}": value for key, value in result.placement.items()})
+    run.log_metrics({"decode_seconds": result.seconds})
     return {tuple(name.split("/")): Responses(**responses) for name, responses in result.model.items()}
 
 

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from prefect import get_run_logger
 
 from components.models.saving import save_model
@@ -19,7 +20,9 @@ from flows.launcher import AccelerateProfile, LaunchError, Machine, accelerate_c
 from flows.run_context import RunContext
 from flows.runtimes import run_profile
 
-PLACEMENT = ("device", "processes", "mixed_precision", "threads_per_process")  # a launched stage's result says
+# where a launched stage ran, as its result says (DeepSpeed adds its ZeRO stage and offloads)
+PLACEMENT = ("device", "processes", "mixed_precision", "threads_per_process", "zero_stage", "offload_optimizer")
+PLACEMENT += ("offload_parameters",)
 
 
 def run_stage(
@@ -34,9 +37,12 @@ def run_stage(
         return launched_stage(ctx, call, args, inputs, progress_every)
     models = {name: result.model for name, result in inputs.items()}
     with runtimes.in_process(cfg, profile.use_cpu) as runtime:
+        if runtime.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(runtime.device)
         log = progress(call, progress_every)
         result = stage_calls.CALLS[call](cfg, ctx.tokenizer, args, models, runtime, ctx.environment, log)
-        result.placement = runtime.describe()
+        # on a CPU, the flow process's peak so far (the stage's own when launched)
+        result.placement = {**runtime.describe(), "peak_memory_bytes": [runtimes.peak_memory_bytes(runtime.device)]}
         return result
 
 
@@ -123,7 +129,8 @@ def launched_stage(
             output = json.loads((job_dir / stage_worker.OUTPUT_ROWS).read_text(encoding="utf-8"))
         else:
             output = stage_worker.load_input(str(job_dir / stage_worker.OUTPUT), kind)
-        placement = {key: outcome[key] for key in PLACEMENT}
+        placement = {key: outcome[key] for key in PLACEMENT if key in outcome}
+        placement["peak_memory_bytes"] = outcome["rank_peak_memory_bytes"]
         return recipe.StageResult(
             output, outcome["metrics"], outcome["history"], outcome["seconds"], placement=placement
         )

@@ -254,15 +254,7 @@ def ppo_task(
             "ppo",
             key,
             load_causal_lm,
-            lambda: recipe.select_candidate(
-                cfg,
-                launched_ppo(ctx, run, profile, inputs, checkpoints),
-                ppo_worker.read_snapshots(ppo_worker.snapshot_dir(None, checkpoints)),
-                ctx.tokenizer,
-                comparisons.model,
-                stage_calls.selection_ranker(ctx.environment) if ctx.last_round else None,
-                unit="iteration",
-            ),
+            lambda: selected_ppo(ctx, launched_ppo(ctx, run, profile, inputs, checkpoints), checkpoints, comparisons),
             finished=lambda: shutil.rmtree(checkpoints, ignore_errors=True),  # the saved model supersedes them
         )
         record_stage(run, cfg.ppo, result, step_key="iteration")
@@ -274,6 +266,20 @@ def ppo_task(
             run.log_figure(plots.overoptimisation(result.history, fit, shipped), "plots/overoptimisation.png")
         log_stage_model(ctx, run, "ppo", result)
     return result
+
+
+def selected_ppo(
+    ctx: RunContext, result: recipe.StageResult, checkpoints: Path, comparisons: recipe.StageResult
+) -> recipe.StageResult:
+    """The PPO snapshot the labeller prefers on the held-out slice (before the last round: the last iteration), its
+    samples decoded where the flow's own process puts models (the GPU when there is one)."""
+    cfg = ctx.cfg
+    snapshots = ppo_worker.read_snapshots(ppo_worker.snapshot_dir(None, checkpoints))
+    ranker = stage_calls.selection_ranker(ctx.environment) if ctx.last_round else None
+    with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
+        return recipe.select_candidate(
+            cfg, result, snapshots, ctx.tokenizer, comparisons.model, ranker, unit="iteration", runtime=runtime
+        )
 
 
 def monitor_depends_on(cfg: Config) -> list[str]:
@@ -346,6 +352,7 @@ def launched_ppo(
             "processes": outcome["world_size"],
             "mixed_precision": outcome["mixed_precision"],
             "threads_per_process": outcome["threads_per_process"],
+            "peak_memory_bytes": outcome["rank_peak_memory_bytes"],  # in process: the flow's peak so far
         },
     )
 

@@ -117,8 +117,8 @@ def encode_examples(
 
 def response_logits(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
     """Logits that predict each response token: (B, R, V)."""
-    logits = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    logits = model(  # no key/value cache: a scoring or training pass never extends the sequence
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False
     ).logits
     return logits[:, batch.prompt_width - 1 : -1]
 
@@ -141,7 +141,7 @@ def scores_after_each_token(
 ) -> torch.Tensor:
     """A one-output sequence classifier's score after every response token: (B, R)."""
     hidden = model.base_model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state
     return model.score(hidden[:, prompt_width:]).squeeze(-1).float()
 

@@ -37,7 +37,7 @@ from components.config import CombinedLossConfig, ModelConfig
 from components.models import lora
 from components.models.batching import encode_examples, gather_logprobs, masked_mean, response_logits
 from components.models.runtime import SINGLE, Runtime
-from components.training.loop import Log, Means, Objective, Snapshots, train_supervised
+from components.training.loop import INPUT_TOKENS, Log, Means, Objective, Snapshots, train_supervised
 
 TokenMean = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (values, mask) -> their mean
 
@@ -121,7 +121,8 @@ def combined_objective(
         ids, mask = batch.response_ids, batch.response_mask
         penalised = penalised_mask(cfg.unlikelihood_tokens, ids[:n], mask[:n], ids[n:], mask[n:])
         inputs = (batch, penalised)
-        return inputs, {"chosen_tokens": mask[:n].float().sum(), "penalised_tokens": penalised.float().sum()}
+        counts = {"chosen_tokens": mask[:n].float().sum(), "penalised_tokens": penalised.float().sum()}
+        return inputs, {**counts, INPUT_TOKENS: batch.attention_mask.float().sum()}
 
     def loss(model: torch.nn.Module, inputs, mean: Means):
         batch, penalised = inputs

@@ -26,7 +26,7 @@ from components.config import DPOConfig, ModelConfig
 from components.models import lora
 from components.models.batching import Batch, encode_examples, response_logprobs
 from components.models.runtime import SINGLE, Runtime
-from components.training.loop import Log, Means, Objective, Snapshots, train_supervised
+from components.training.loop import INPUT_TOKENS, Log, Means, Objective, Snapshots, train_supervised
 
 
 def sequence_logprobs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
@@ -105,7 +105,8 @@ def dpo_objective(
             for k, c, r in zip(missing, ref_chosen.tolist(), ref_rejected.tolist()):
                 ref_cache[rows[k]["index"]] = (c, r)
         ref_logprobs = torch.tensor([ref_cache[r["index"]] for r in rows], device=runtime.device)  # (B, 2)
-        return (batch, ref_logprobs), {"pairs": torch.tensor(float(len(rows)), device=runtime.device)}
+        pairs = torch.tensor(float(len(rows)), device=runtime.device)
+        return (batch, ref_logprobs), {"pairs": pairs, INPUT_TOKENS: batch.attention_mask.float().sum()}
 
     def loss(model: torch.nn.Module, inputs, mean: Means):
         batch, ref_logprobs = inputs

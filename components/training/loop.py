@@ -22,6 +22,7 @@ from components.models import lora
 from components.models.runtime import SINGLE, Runtime
 
 Log = Callable[[int, dict[str, float]], None]  # (step, metrics) -> None; the flow decides where it goes
+INPUT_TOKENS = "input_tokens"  # an objective's count of the tokens its forward passes read (for throughput)
 
 
 class NonFiniteError(RuntimeError):
@@ -76,7 +77,8 @@ class Objective:
     means divides by (``{name: count}``, counted on these rows; the loop adds them up over the global batch).
     ``loss(model, inputs, means) -> (loss, metrics)``: the loss of these rows, every mean taken with ``means``, and
     metrics that are means too (so they add up the same way). ``model`` is the prepared one: call it, never its
-    parts. ``after_step(metrics)`` sees each step's global metrics."""
+    parts. ``after_step(metrics)`` sees each step's global metrics. A count named ``INPUT_TOKENS`` (the tokens the
+    forward passes read) is added up over the run, in each history entry."""
 
     encode: Callable[[list], tuple[Any, dict[str, torch.Tensor]]]
     loss: Callable[[torch.nn.Module, Any, Means], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -107,10 +109,10 @@ def micro_batches(rows: list, parts: int) -> list[list]:
 
 def accumulate(
     model: torch.nn.Module, objective: Objective, rows: list, parts: int, runtime: Runtime
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict[str, float], float]:
     """Forward and backward of this rank's ``rows`` in ``parts`` micro-batches, each its share of the global batch's
-    loss; the gradients are all-reduced once, on the last. Returns the global batch's loss and metrics (every rank
-    the same numbers: one collective)."""
+    loss; the gradients are all-reduced once, on the last. Returns the global batch's loss, metrics and input tokens
+    (every rank the same numbers: one collective)."""
     encoded = [objective.encode(part) for part in micro_batches(rows, parts)]
     names = sorted(encoded[0][1])
     counts = runtime.sum(torch.stack([sum(counts[name] for _, counts in encoded) for name in names]).float())
@@ -124,7 +126,8 @@ def accumulate(
         part = torch.stack([loss.detach(), *(metrics[name].detach() for name in metric_names)]).double()
         totals = part if totals is None else totals + part
     totals = runtime.sum(totals).tolist()
-    return totals[0], dict(zip(metric_names, totals[1:]))
+    tokens = counts[names.index(INPUT_TOKENS)].item() if INPUT_TOKENS in names else 0.0
+    return totals[0], dict(zip(metric_names, totals[1:])), tokens
 
 
 def train_supervised(
@@ -155,6 +158,7 @@ def train_supervised(
     lora.keep_checkpointing(model)
     history: list[dict[str, float]] = []
     order: list[int] = []
+    input_tokens = 0.0
     snapshot_steps = snapshots.steps(total_steps) if snapshots else set()
     for step in range(total_steps):
         if len(order) < cfg.batch_size:
@@ -163,7 +167,10 @@ def train_supervised(
             order += fresh
         batch = [examples[i] for i in order[: cfg.batch_size]]
         del order[: cfg.batch_size]
-        loss, metrics = accumulate(model, objective, runtime.shard(batch), cfg.gradient_accumulation_steps, runtime)
+        loss, metrics, tokens = accumulate(
+            model, objective, runtime.shard(batch), cfg.gradient_accumulation_steps, runtime
+        )
+        input_tokens += tokens
         check_finite(stage, step, loss=loss)
         grad_norm = runtime.step(model, optimizer, cfg.max_grad_norm)
         check_finite(stage, step, grad_norm=grad_norm)
@@ -180,6 +187,7 @@ def train_supervised(
                 "grad_norm": grad_norm,
                 "lr": scheduler.get_last_lr()[0],
                 **metrics,
+                INPUT_TOKENS: input_tokens,
             }
             history.append(entry)
             if log and runtime.is_main:

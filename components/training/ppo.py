@@ -216,7 +216,7 @@ class TokenValues(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, prompt_width: int) -> torch.Tensor:
         hidden = self.critic.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
         # V(s_t) is read where the policy's logits for token t are: at the position before it (P-1 : -1),
         # so the value of a token never sees the token itself (reading P: would estimate Q(s_t, a_t))

@@ -34,7 +34,7 @@ from components.models.batching import Batch, TokenScores, encode_examples, sequ
 from components.models.builders import scalar_model_from
 from components.models.ensemble import RewardEnsemble, member_scores
 from components.models.runtime import SINGLE, Runtime
-from components.training.loop import Log, Means, Objective, train_supervised
+from components.training.loop import INPUT_TOKENS, Log, Means, Objective, train_supervised
 from components.training.rounds import split_by_round
 
 SCORE_BATCH = 256  # sequences per forward pass when only scoring
@@ -269,7 +269,8 @@ def reward_objective(tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig,
         rows = [row for group in groups for row in group]
         batch, chosen, rejected = encode_distinct(tokenizer, rows, model_cfg)
         inputs = (batch.to(device), chosen.to(device), rejected.to(device))
-        return inputs, {"pairs": torch.tensor(float(len(rows)), device=device)}
+        pairs = torch.tensor(float(len(rows)), device=device)
+        return inputs, {"pairs": pairs, INPUT_TOKENS: inputs[0].attention_mask.float().sum()}
 
     def loss(model: torch.nn.Module, inputs, mean: Means):
         batch, chosen, rejected = inputs

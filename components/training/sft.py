@@ -9,7 +9,7 @@ from components.config import ModelConfig, OptimConfig
 from components.models import lora
 from components.models.batching import Batch, encode_examples, response_logits
 from components.models.runtime import SINGLE, Runtime
-from components.training.loop import Log, Means, Objective, Snapshots, train_supervised
+from components.training.loop import INPUT_TOKENS, Log, Means, Objective, Snapshots, train_supervised
 
 
 def token_nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -37,7 +37,7 @@ def sft_objective(tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig, de
             model_cfg.max_prompt_tokens,
             model_cfg.max_response_tokens,
         ).to(device)
-        return batch, {"tokens": batch.response_mask.float().sum()}
+        return batch, {"tokens": batch.response_mask.float().sum(), INPUT_TOKENS: batch.attention_mask.float().sum()}
 
     def loss(model: torch.nn.Module, batch: Batch, mean: Means):
         return mean("tokens", token_nll(model, batch), batch.response_mask), {}

@@ -247,10 +247,11 @@ def test_a_two_process_profile_runs_every_stage_on_two_processes(main_job, prefe
     again = run([*main_command(git_repo), *two], REPO, tmp_path, prefect_server[0])
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
+    flat = " ".join(log.split())  # the console may wrap a long log line
     for call in ("sft", "comparisons", "reward_model", "baseline", "decode"):  # every rank's start line, each stage
-        assert re.search(rf"rank 0/2 pid \d+ device cpu\S* threads 1 stage {call}\b", log), call
-        assert re.search(rf"rank 1/2 pid \d+ device cpu\S* threads 1 stage {call}\b", log), call
-    assert log.count("baseline done: 2 process(es)") == 4 and "ppo done: 2 process(es)" in log
+        for rank in (0, 1):
+            assert re.search(rf"rank {rank}/2 pid \d+ device cpu\S* threads \d+ stage {call}\b", flat), (call, rank)
+    assert flat.count("baseline done: 2 process(es)") == 4 and "ppo done: 2 process(es)" in flat
     record = run_records(git_repo)[-1]["stages"]
     for stage in ("sft", "reward_model", "chosen", "top_ranked", "combined", "dpo", "ppo"):
         assert not record[stage]["reused"] and record[stage]["key"] != first["stages"][stage]["key"], stage

@@ -179,3 +179,27 @@ def launcher_profiles():
     from pathlib import Path
 
     return Path(__file__).resolve().parents[2] / "infra" / "accelerate"
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_gradient_checkpointing_takes_the_same_steps(stage):
+    """Recomputing the blocks' activations in backward computes the same gradients: the same weights after the
+    stage, bit for bit (the same kernels on the same inputs). DPO trains in eval mode (dropout off), where
+    transformers would skip checkpointing unless each block is told to keep it (lora.keep_checkpointing)."""
+    from components.task.environment import ReviewTask
+
+    def trained(checkpointing: bool):
+        cfg = load_config("smoke", [f"model.gradient_checkpointing={checkpointing}", "baselines.dpo.epochs=0.25"])
+        rows = generate_synthetic(cfg).rows
+        tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
+        sft = recipe.sft_stage(cfg, tokenizer, rows[DEMONSTRATIONS])
+        if stage == "sft":
+            return sft.model
+        prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
+        labeller = recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), rows[DEMONSTRATIONS])
+        comparisons = recipe.comparisons_stage(cfg, tokenizer, sft.model, prompts, labeller).model
+        return recipe.baseline_stage(cfg, "dpo", tokenizer, sft.model, comparisons).model
+
+    plain, checkpointed = trained(False), trained(True)
+    for name, parameter in plain.state_dict().items():
+        assert torch.equal(parameter, checkpointed.state_dict()[name]), name

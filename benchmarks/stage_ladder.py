@@ -1,0 +1,182 @@
+"""A pretrained-size model through the whole flow: the main command on the smoke profile with a GPT-2-small-shaped
+local model (12 x 768, GPT-2's 50,257-token vocabulary, 1,024 positions: 124.4M parameters, random weights built
+from config), every stage launched under `accelerate launch` so that each has its own processes, full-parameter and
+with LoRA, on one process and on two.
+
+    python benchmarks/stage_ladder.py [--variants full lora] [--profiles cpu-1proc cpu-2proc] [--shape 124m]
+
+Per stage, read back from the run's MLflow store: where it ran (device, processes, threads), its seconds, the peak
+memory of each rank (the resident set's peak on a CPU, the allocated peak on a GPU) and its tokens per second:
+- SFT, the reward model and the baselines: the tokens their forward passes read (every rank's, ``input_tokens``);
+- comparison sampling and the held-out decodings: the response tokens they sampled (the outputs, tokenized);
+- PPO: the response tokens sampled over its iterations (each sampled, scored and trained on).
+The model's text is the task's word vocabulary (its ids a small corner of the 50,257 rows), so the embedding and the
+logits cost what GPT-2's do. Writes benchmarks/results/stage_ladder.json; docs/scaling-out.md has the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from components.config import load_config
+from components.io import write_json
+from components.models.builders import build_policy
+from components.models.precision import cpu_description
+from components.models.saving import save_model
+from components.models.tokenizer import build_word_tokenizer
+from components.offline import stay_offline
+from components.task.lexicon import VOCABULARY
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results" / "stage_ladder.json"
+SHAPES = {  # n_layer, n_embd, n_head, vocabulary, positions
+    "124m": (12, 768, 12, 50257, 1024),  # GPT-2 small
+    "355m": (24, 1024, 16, 50257, 1024),  # GPT-2 medium (the GPU check's)
+    "tiny": (1, 32, 2, None, 64),  # the script's own check: the task's words only (a random 50k-token model samples
+    # words the word tokenizer has no text for until SFT has moved its mass onto the task's)
+}
+LORA = "model.peft={r: 8, alpha: 16, target_modules: [c_attn, c_proj, c_fc]}"
+STAGES = ("sft", "comparisons", "reward_model", "baseline_chosen", "baseline_top_ranked", "baseline_combined")
+STAGES += ("baseline_dpo", "ppo", "evaluation")
+
+
+def model_dir(shape: str, directory: Path) -> tuple[Path, int]:
+    """A GPT-2 of ``shape`` with random weights, and the task's word tokenizer, as a local model directory."""
+    n_layer, n_embd, n_head, vocabulary, positions = SHAPES[shape]
+    tokenizer = build_word_tokenizer(VOCABULARY)
+    cfg = load_config("smoke", [f"model.n_layer={n_layer}", f"model.n_embd={n_embd}", f"model.n_head={n_head}"])
+    policy = build_policy(cfg.model, tokenizer, seed=0)
+    config = policy.config
+    config.vocab_size, config.n_positions = vocabulary or len(tokenizer), positions
+    model = type(policy)(config)
+    save_model(model, tokenizer, directory, {"shape": shape})
+    return directory, sum(p.numel() for p in model.parameters())
+
+
+def run_flow(root: Path, local_dir: Path, profile: str, lora: bool, env: dict, timeout: float) -> float:
+    overrides = [
+        "model.source=local",
+        f"model.local_dir={local_dir}",
+        "distributed.launch=accelerate",  # every stage in processes of its own: its peak memory is its own
+        f"distributed.accelerate_config=infra/accelerate/{profile}.yaml",
+        "tracking.log_models=false",
+        *([LORA] if lora else []),
+    ]
+    command = [sys.executable, "-m", "flows.pipeline", "--profile", "smoke", "--root", str(root)]
+    for item in overrides:
+        command += ["--set", item]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"the main command exited {done.returncode}:\n{done.stderr[-4000:]}")
+    return time.perf_counter() - started
+
+
+def response_tokens(texts: list[str]) -> int:
+    tokenizer = build_word_tokenizer(VOCABULARY)
+    return sum(len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])  # + EOS
+
+
+def stage_rows(root: Path) -> dict[str, dict]:
+    """Every stage's run of the latest pipeline run: where it ran, seconds, peak memory per rank, tokens/s."""
+    client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("rlhf-pipeline")
+    [parent] = client.search_runs([experiment.experiment_id], "tags.mlflow.runName LIKE 'pipeline-%'", max_results=1)
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=100
+    )
+    rows = {}
+    for run in children:
+        name, tags, metrics = run.data.tags["mlflow.runName"], run.data.tags, run.data.metrics
+        if name not in STAGES:
+            continue
+        seconds = metrics.get("decode_seconds" if name == "evaluation" else "seconds")
+        if name in ("sft", "reward_model") or name.startswith("baseline_"):
+            tokens = metrics.get("input_tokens")
+        elif name == "ppo":
+            tokens = sum(m.value for m in client.get_metric_history(run.info.run_id, "response_tokens"))
+        elif name == "comparisons":
+            rows_file = next((root / "artifacts" / "comparisons").glob("*/preferences.jsonl"))
+            pairs = [json.loads(line) for line in rows_file.read_text().splitlines()]
+            tokens = response_tokens(sorted({r["chosen"] for r in pairs} | {r["rejected"] for r in pairs}))
+        else:
+            decoded = [
+                json.loads(p.read_text())
+                for p in (root / "artifacts" / "models" / "evaluation").glob("*/*/responses.json")
+            ]
+            tokens = response_tokens([text for responses in decoded for text in responses["texts"]])
+        peaks = json.loads(tags.get("runtime.peak_memory_bytes", "[]"))
+        rows[name] = {
+            "device": tags.get("runtime.device"),
+            "processes": int(tags.get("runtime.processes", 0)),
+            "threads_per_process": int(tags.get("runtime.threads_per_process", 0)),
+            "seconds": seconds,
+            "tokens": tokens,
+            "tokens_per_second": tokens / seconds if tokens and seconds else None,
+            "peak_memory_mib_per_rank": [round(b / 2**20) for b in peaks],
+        }
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="124m")
+    parser.add_argument("--variants", nargs="+", choices=["full", "lora"], default=["full", "lora"])
+    parser.add_argument("--profiles", nargs="+", default=["cpu-1proc", "cpu-2proc"], help="names in infra/accelerate")
+    parser.add_argument("--timeout", type=float, default=7200.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    stay_offline()
+    cpu = cpu_description()
+    runs = []
+    with tempfile.TemporaryDirectory() as scratch:
+        local_dir, parameters = model_dir(args.shape, Path(scratch) / "model")
+        env = {**os.environ, "PREFECT_HOME": str(Path(scratch) / "prefect-home")}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        env.pop("PREFECT_API_URL", None)
+        for variant in args.variants:
+            for profile in args.profiles:
+                root = Path(scratch) / f"{variant}-{profile}"
+                root.mkdir()
+                subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+                wall = run_flow(root, local_dir, profile, variant == "lora", env, args.timeout)
+                runs.append({"variant": variant, "profile": profile, "wall_seconds": wall, "stages": stage_rows(root)})
+                print(json.dumps(runs[-1]), flush=True)
+    result = {
+        "shape": args.shape,
+        "parameters": parameters,
+        "lora": LORA,
+        "cpu": cpu["model_name"],
+        "bf16_native": cpu["bf16_native"],
+        "cpu_count": os.cpu_count(),
+        "runs": runs,
+    }
+    print(f"\n{args.shape}: {parameters / 1e6:.1f}M parameters, {cpu['model_name']}")
+    print("variant | profile | stage | device x processes | seconds | tokens/s | peak MiB per rank")
+    for run in runs:
+        for stage in STAGES:
+            row = run["stages"].get(stage)
+            if row is None:
+                continue
+            rate = f"{row['tokens_per_second']:.0f}" if row["tokens_per_second"] else "-"
+            peaks = ", ".join(f"{m:,}" for m in row["peak_memory_mib_per_rank"])
+            print(
+                f"{run['variant']} | {run['profile']} | {stage} | {row['device']} x {row['processes']} | "
+                f"{row['seconds']:.1f} | {rate} | {peaks}"
+            )
+    write_json(args.out, result)
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
