@@ -16,13 +16,8 @@ from pathlib import Path
 import pytest
 
 from components.config import load_config
-from components.data.files import DEMONSTRATIONS
 from components.models.builders import load_causal_lm
-from components.models.ensemble import members_of
 from components.models.runtime import Runtime
-from components.models.saving import save_model
-from components.task.environment import ReviewTask
-from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from components.training.checkpoints import latest_checkpoint
@@ -31,6 +26,7 @@ from flows.ppo_worker import POLICY, read_result
 from flows.runtimes import weights_digest
 from flows.stage_worker import OUTPUT, load_input, read_stage_result, write_stage_job
 from tests.ppo_jobs import SAME_BATCH, job, one_plain_process, ppo_inputs
+from tests.stage_jobs import ReversedRows, float32_yardstick, largest_difference, smoke
 
 pytestmark = pytest.mark.distributed
 
@@ -124,40 +120,37 @@ def test_zero2_in_one_process_matches_plain_ppo_and_an_interrupted_run_resumes_b
 # --- the supervised stages under DeepSpeed ----------------------------------------------------------------------
 
 SUPERVISED = ["sft.warmup_steps=0", "reward.warmup_steps=0"]
+# chosen with adapters: a whole epoch, no warm-up, no snapshot selection (a sampled choice could part on a near tie)
+LORA_CHOSEN = [
+    "model.peft={r: 4}",
+    "baselines.chosen.warmup_steps=0",
+    "baselines.chosen.epochs=1",
+    "selection.candidates=1",
+]
 
 
 @pytest.fixture(scope="module")
 def supervised(tmp_path_factory):
-    """The smoke SFT policy and its comparisons, and the SFT and reward-model jobs over them."""
+    """The smoke SFT policy and its comparisons; the SFT, reward-model and adapted chosen jobs over them, and each
+    stage in one plain process, with its batches' rows in order and reversed."""
     where = tmp_path_factory.mktemp("supervised")
-    cfg = load_config("smoke", SUPERVISED)
-    rows = generate_synthetic(cfg).rows
-    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
-    demonstrations = rows[DEMONSTRATIONS]
-    prompts = sorted({r["prompt"] for r in demonstrations})
-    sft = recipe.sft_stage(cfg, tokenizer, demonstrations).model
-    labeller = recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), demonstrations)
-    comparisons = recipe.comparisons_stage(cfg, tokenizer, sft, prompts, labeller).model
-    save_model(sft, tokenizer, where / "sft", {})
-    args = {
-        "sft": {"demonstrations": demonstrations},
-        "reward_model": {"comparisons": comparisons, "train_prompts": prompts},
+    made = smoke(load_config("smoke", SUPERVISED), where)
+    cfg, tokenizer, sft, comparisons, prompts = made.cfg, made.tokenizer, made.sft, made.comparisons, made.prompts
+    from_sft = {"sft": (made.sft_dir, "policy")}
+    adapted = load_config("smoke", [*SUPERVISED, *LORA_CHOSEN])
+    jobs = {  # stage: (call, config, arguments, input models)
+        "sft": ("sft", cfg, {"demonstrations": made.demonstrations}, {}),
+        "reward_model": ("reward_model", cfg, {"comparisons": comparisons, "train_prompts": prompts}, from_sft),
+        "chosen_lora": ("baseline", adapted, {"name": "chosen", "comparisons": comparisons}, from_sft),
     }
-    models = {"sft": {}, "reward_model": {"sft": (where / "sft", "policy")}}
-    plain = {
-        "sft": recipe.sft_stage(cfg, tokenizer, demonstrations),
-        "reward_model": recipe.reward_stage(cfg, tokenizer, sft, comparisons, prompts),
-        "sft_reversed": recipe.sft_stage(cfg, tokenizer, demonstrations, runtime=ReversedRows()),
-        "reward_model_reversed": recipe.reward_stage(cfg, tokenizer, sft, comparisons, prompts, runtime=ReversedRows()),
-    }
-    return {"cfg": cfg, "where": where, "args": args, "models": models, "plain": plain}
-
-
-class ReversedRows(Runtime):
-    """One process taking every batch's rows in reverse order: the same float32 terms, summed in another order."""
-
-    def shard(self, items: list) -> list:
-        return items[::-1]
+    plain = {}
+    for suffix, runtime in (("", Runtime()), ("_reversed", ReversedRows())):
+        plain["sft" + suffix] = recipe.sft_stage(cfg, tokenizer, made.demonstrations, runtime=runtime)
+        plain["reward_model" + suffix] = recipe.reward_stage(cfg, tokenizer, sft, comparisons, prompts, runtime=runtime)
+        plain["chosen_lora" + suffix] = recipe.baseline_stage(
+            adapted, "chosen", tokenizer, sft, comparisons, runtime=runtime
+        )
+    return {"where": where, "jobs": jobs, "plain": plain}
 
 
 def launch_stages(supervised: dict, name: str, profile_changes: dict, processes: int, stages: list[str]) -> dict:
@@ -170,16 +163,8 @@ def launch_stages(supervised: dict, name: str, profile_changes: dict, processes:
     (where / "profile.yaml").write_text(yaml.safe_dump(raw))
     jobs = []
     for stage in stages:
-        call = stage
-        write_stage_job(
-            where / stage,
-            call,
-            supervised["cfg"],
-            supervised["args"][stage],
-            supervised["models"][stage],
-            VOCABULARY,
-            1000,
-        )
+        call, cfg, args, models = supervised["jobs"][stage]
+        write_stage_job(where / stage, call, cfg, args, models, VOCABULARY, 1000)
         jobs += ["--job", str(where / stage)]
     profile = AccelerateProfile.read(where / "profile.yaml")
     command, env = accelerate_command(profile, "flows.stage_worker", jobs, processes, use_cpu=True)
@@ -187,26 +172,18 @@ def launch_stages(supervised: dict, name: str, profile_changes: dict, processes:
     return {stage: read_stage_result(where / stage) | {"dir": where / stage} for stage in stages}
 
 
-def float32_yardstick(one, reversed_rows) -> float:
-    """4x the distance a single process's reversed batches move the weights, or 16 float32 ulps of the largest."""
-    params = lambda model: [p for m in members_of(model) for p in m.parameters()]  # noqa: E731
-    noise = max((a - b).abs().max().item() for a, b in zip(params(one), params(reversed_rows)))
-    return max(4 * noise, 16 * 2.0**-23 * max(p.abs().max().item() for p in params(one)))
-
-
-def test_sft_and_the_reward_model_under_zero3_on_two_processes_take_one_process_s_steps(supervised):
-    """Each engine holds half of the model's parameters and optimiser state; the gathered (fp32 master, as
-    zero3_save_16bit_model asks on a CPU without mixed precision) weights equal one plain process's to the float32
-    yardstick of tests/distributed/test_stage_launch.py."""
-    results = launch_stages(supervised, "zero3", {}, 2, ["sft", "reward_model"])
-    for stage, kind in (("sft", "policy"), ("reward_model", "reward_model")):
+def test_sft_the_reward_model_and_an_adapted_baseline_under_zero3_on_two_processes_take_one_process_s_steps(
+    supervised,
+):
+    """The gathered weights (the 16-bit ones zero3_save_16bit_model asks for: fp32 on a CPU without mixed precision),
+    adapters merged, equal one plain process's to the float32 yardstick of tests/distributed/test_stage_launch.py."""
+    results = launch_stages(supervised, "zero3", {}, 2, ["sft", "reward_model", "chosen_lora"])
+    for stage, kind in (("sft", "policy"), ("reward_model", "reward_model"), ("chosen_lora", "policy")):
         result = results[stage]
         assert result["processes"] == 2 and result["zero_stage"] == 3 and len(set(result["rank_weight_digests"])) == 1
         launched = load_input(str(result["dir"] / OUTPUT), kind)
         one, reversed_rows = supervised["plain"][stage].model, supervised["plain"][f"{stage}_reversed"].model
-        difference = max(
-            (a - b).abs().max().item() for a, b in zip(launched.parameters(), members_of(one)[0].parameters())
-        )
+        difference = largest_difference(launched, one)
         assert difference <= float32_yardstick(one, reversed_rows), (stage, difference)
 
 
@@ -223,5 +200,4 @@ def test_an_offloaded_optimiser_is_honoured_and_takes_the_same_steps(supervised)
     assert result["zero_stage"] == 2 and result["offload_optimizer"] is True and result["offload_parameters"] is False
     launched = load_input(str(result["dir"] / OUTPUT), "policy")
     one, reversed_rows = supervised["plain"]["sft"].model, supervised["plain"]["sft_reversed"].model
-    difference = max((a - b).abs().max().item() for a, b in zip(launched.parameters(), one.parameters()))
-    assert difference <= float32_yardstick(one, reversed_rows)
+    assert largest_difference(launched, one) <= float32_yardstick(one, reversed_rows)
