@@ -137,11 +137,13 @@ def zero_settings(profile: AccelerateProfile, max_grad_norms: dict[str, float]) 
     return ZeroSettings(stage, offload["optimizer"], offload["param"], save_16bit)
 
 
+BASELINES = ("chosen", "top_ranked", "combined", "dpo")
+
+
 def max_grad_norms(cfg: Config) -> dict[str, float]:
     """Every stage's gradient clipping, by its config key."""
     sections = {"sft": cfg.sft, "reward": cfg.reward, "ppo": cfg.ppo}
-    sections |= {f"baselines.{name}": getattr(cfg.baselines, name) for name in ("chosen", "top_ranked", "combined")}
-    sections["baselines.dpo"] = cfg.baselines.dpo
+    sections |= {f"baselines.{name}": getattr(cfg.baselines, name) for name in BASELINES}
     return {f"{key}.max_grad_norm": section.max_grad_norm for key, section in sections.items()}
 
 
@@ -155,6 +157,35 @@ def refuse_unhonoured(cfg: Config, code_root: Path) -> None:
         raise ConfigError(f"distributed.accelerate_config: {error}") from None
     if profile.deepspeed is not None:
         zero_settings(profile, max_grad_norms(cfg))
+    refuse_unshardable(cfg, cfg.distributed.num_processes or profile.num_processes)
+
+
+def refuse_unshardable(cfg: Config, processes: int) -> None:
+    """Every rank's share of each stage's batch must fill each of its micro-batches, and PPO's rollouts and
+    minibatches must split evenly between the ranks."""
+    sections = {
+        "sft": cfg.sft,
+        "reward": cfg.reward,
+        **{f"baselines.{n}": getattr(cfg.baselines, n) for n in BASELINES},
+    }
+    for key, section in sections.items():
+        if section.batch_size < processes * section.gradient_accumulation_steps:
+            raise ConfigError(
+                f"{key}.batch_size ({section.batch_size}) is smaller than the processes ({processes}) x "
+                f"{key}.gradient_accumulation_steps ({section.gradient_accumulation_steps}): a micro-batch would be "
+                "empty"
+            )
+    ppo = cfg.ppo
+    if (
+        ppo.rollout_batch_size % processes
+        or ppo.minibatch_size % processes
+        or ((ppo.minibatch_size // processes) % ppo.gradient_accumulation_steps)
+    ):
+        raise ConfigError(
+            f"ppo.rollout_batch_size ({ppo.rollout_batch_size}) and ppo.minibatch_size ({ppo.minibatch_size}) must be "
+            f"multiples of the processes ({processes}), and minibatch_size / processes of "
+            f"ppo.gradient_accumulation_steps ({ppo.gradient_accumulation_steps})"
+        )
 
 
 def free_port() -> int:

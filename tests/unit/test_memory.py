@@ -203,3 +203,16 @@ def test_gradient_checkpointing_takes_the_same_steps(stage):
     plain, checkpointed = trained(False), trained(True)
     for name, parameter in plain.state_dict().items():
         assert torch.equal(parameter, checkpointed.state_dict()[name]), name
+
+
+def test_a_batch_two_processes_cannot_share_is_refused_before_any_work(tmp_path):
+    profiles = launcher_profiles().parents[1]
+    two = ["distributed.accelerate_config=infra/accelerate/cpu-2proc.yaml"]
+    launcher.refuse_unhonoured(load_config("smoke", two), profiles)  # the smoke batches split
+    for setting, key in (
+        ("sft.batch_size=1", "sft.batch_size"),
+        ("baselines.dpo.gradient_accumulation_steps=32", "baselines.dpo.batch_size"),
+        ("ppo.gradient_accumulation_steps=16", "ppo.gradient_accumulation_steps"),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            launcher.refuse_unhonoured(load_config("smoke", [*two, setting]), profiles)
