@@ -96,6 +96,8 @@ def decode(cfg: Config, tokenizer, args: dict, models: dict, runtime: Runtime, e
     policies in ``models`` ('sft' among them, the KL reference), scored by ``models["reward_model"]``: as
     ``{"policy/mode": Responses as a dict}``."""
     policies = {name: model for name, model in models.items() if name != "reward_model"}
+    # each decoding whole on one rank (decoding j on rank j mod N): a held-out decoding is one or two batches, too
+    # few to split, and one rank decodes it exactly as one process would
     decodings = report.decoders(
         policies,
         tokenizer,
@@ -105,10 +107,15 @@ def decode(cfg: Config, tokenizer, args: dict, models: dict, runtime: Runtime, e
         cfg.seed,
         models["reward_model"],
         cfg.baselines.best_of_n,
-        runtime,
+        runtime.local(),
     )
-    responses = {f"{policy}/{mode}": dataclasses.asdict(decodings[mode][policy]()) for policy, mode in args["wanted"]}
-    return recipe.StageResult(responses, {"decodings": len(responses)})
+
+    def decoded(_: int, wanted: list) -> list[dict]:
+        return [dataclasses.asdict(decodings[mode][policy]()) for policy, mode in wanted]
+
+    responses = runtime.map_chunks(args["wanted"], 1, decoded)
+    named = {f"{policy}/{mode}": out for (policy, mode), out in zip(args["wanted"], responses, strict=True)}
+    return recipe.StageResult(named, {"decodings": len(named)})
 
 
 CALLS: dict[str, Callable[..., Any]] = {

@@ -106,6 +106,11 @@ class Runtime:
             results.update(part)
         return [result for index in sorted(results) for result in results[index]]
 
+    def local(self) -> Runtime:
+        """This rank alone, on its device and at its precision: for a piece of work one rank does whole (one of
+        several decodings that ``map_chunks`` hands out), with the result it would have in one process."""
+        return LocalRuntime(self)
+
     def token_share(self, mask: torch.Tensor):
         """A token mean whose per-rank (and per-micro-batch) parts add up to the mean over every rank's ``mask``."""
         count = self.sum(mask.float().sum())
@@ -182,6 +187,15 @@ class Runtime:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return float(norm)
+
+
+class LocalRuntime(Runtime):
+    def __init__(self, parent: Runtime):
+        super().__init__(device=parent.device)
+        self.parent = parent
+
+    def autocast(self):
+        return self.parent.autocast()
 
 
 SINGLE = Runtime()  # one CPU process, fp32: the runtime of a stage nobody placed

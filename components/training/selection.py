@@ -100,10 +100,19 @@ def select_snapshot(
     if not items or len(snapshots) <= 1:
         return final_model, Selection(snapshots[-1][0] if snapshots else -1, {}, 0)
     candidate = copy.deepcopy(final_model)
-    scores = {}
-    for step, state in snapshots:
-        candidate.load_state_dict(state)
-        scores[step] = label_win_rate(candidate, tokenizer, items, make_ranker(), cfg, model_cfg, seed, runtime)
+
+    def win_rates(_: int, taken: list[tuple[int, dict]]) -> list[tuple[int, float]]:
+        rates = []
+        for step, state in taken:
+            candidate.load_state_dict(state)
+            rates.append(
+                (step, label_win_rate(candidate, tokenizer, items, make_ranker(), cfg, model_cfg, seed, local))
+            )
+        return rates
+
+    # each snapshot whole on one rank (snapshot j on rank j mod N), as one process would judge it
+    local = runtime.local()
+    scores = dict(runtime.map_chunks(snapshots, 1, win_rates))
     chosen = max(scores, key=lambda step: (scores[step], step))
     candidate.load_state_dict(dict(snapshots)[chosen])
     return candidate, Selection(chosen, scores, len(items) * len(snapshots))

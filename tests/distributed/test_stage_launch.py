@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from components.config import load_config
-from components.models.builders import build_policy, load_causal_lm
+from components.models.builders import build_policy, load_causal_lm, scalar_model_from
 from components.models.runtime import Runtime
+from components.models.saving import save_model
 from components.task.environment import ReviewTask
 from components.task.lexicon import VOCABULARY
 from components.training import recipe
@@ -73,6 +74,8 @@ def setting(tmp_path_factory):
     made = smoke(load_config("smoke", SETTINGS), where)
     cfg, tokenizer, sft, comparisons = made.cfg, made.tokenizer, made.sft, made.comparisons
     demonstrations, prompts = made.demonstrations, made.prompts
+    reward_model = scalar_model_from(sft).eval()  # an untrained head reads as well as a trained one
+    save_model(reward_model, tokenizer, where / "reward_model", {})
     round_rows = tagged(comparisons, 1, 0)
     plain = {
         "demonstrations": demonstrations,
@@ -83,28 +86,45 @@ def setting(tmp_path_factory):
         "round_index": 1,
         "stream": "labeler",
     }
-    return {"cfg": cfg, "tokenizer": tokenizer, "sft": sft, "where": where, "plain": plain}
+    return {
+        "cfg": cfg,
+        "tokenizer": tokenizer,
+        "sft": sft,
+        "reward_model": reward_model,
+        "where": where,
+        "plain": plain,
+    }
 
 
 def arguments(setting: dict, stage: str) -> dict:
     _, extra = call_of(stage)
+    if stage == "decode":
+        return {"eval_prompts": setting["plain"]["train_prompts"][:24], "wanted": DECODED}
     names = TRAINED[stage][0] if stage in TRAINED else {"demonstrations", "train_prompts", "stream"}
     if stage == "iterative_dpo":
         names = {*names, "round_index"}
     return {**{name: setting["plain"][name] for name in names}, **extra}
 
 
-def model_inputs(stage: str) -> dict[str, str]:
-    return {"sampler": "sft"} if stage == "comparisons" else {name: "sft" for name in TRAINED[stage][1]}
+DECODED = [["sft", "sample"], ["sft", "greedy"], ["best_of_n", "sample"]]  # three decodings: both ranks get some
+
+
+def model_inputs(stage: str) -> dict[str, tuple[str, str]]:
+    """name -> (the setting's model, its kind)."""
+    if stage == "comparisons":
+        return {"sampler": ("sft", "policy")}
+    if stage == "decode":
+        return {"sft": ("sft", "policy"), "reward_model": ("reward_model", "reward_model")}
+    return {name: ("sft", "policy") for name in TRAINED[stage][1]}
 
 
 @pytest.fixture(scope="module")
 def launched(setting):
     """Every stage in one `accelerate launch` of 2 processes (the worker runs the jobs one after another)."""
     jobs = []
-    for stage in [*TRAINED, "comparisons"]:
+    for stage in [*TRAINED, "comparisons", "decode"]:
         job_dir = setting["where"] / f"job-{stage}"
-        models = {name: (setting["where"] / source, "policy") for name, source in model_inputs(stage).items()}
+        models = {name: (setting["where"] / source, kind) for name, (source, kind) in model_inputs(stage).items()}
         call, _ = call_of(stage)
         write_stage_job(job_dir, call, setting["cfg"], arguments(setting, stage), models, VOCABULARY, 1000)
         jobs += ["--job", str(job_dir)]
@@ -116,7 +136,7 @@ def launched(setting):
 
 def one_process(setting: dict, stage: str, runtime: Runtime):
     call, _ = call_of(stage)
-    models = {name: setting[source] for name, source in model_inputs(stage).items()}
+    models = {name: setting[source] for name, (source, _) in model_inputs(stage).items()}
     environment = ReviewTask(setting["cfg"])
     return stage_calls.CALLS[call](
         setting["cfg"], setting["tokenizer"], arguments(setting, stage), models, runtime, environment, None
@@ -125,7 +145,7 @@ def one_process(setting: dict, stage: str, runtime: Runtime):
 
 def test_every_rank_runs_every_stage_on_the_cpu(setting, launched):
     text = "\n".join(launched["lines"])
-    for stage in [*TRAINED, "comparisons"]:
+    for stage in [*TRAINED, "comparisons", "decode"]:
         result = read_stage_result(setting["where"] / f"job-{stage}")
         assert result["processes"] == 2 and result["device"].startswith("cpu") and result["threads_per_process"] >= 1
         assert len(result["rank_peak_memory_bytes"]) == 2
@@ -136,6 +156,14 @@ def test_comparisons_sampled_on_two_processes_are_one_process_s_exactly(setting,
     on_two = load_json(setting["where"] / "job-comparisons" / OUTPUT_ROWS)
     assert on_two == setting["plain"]["comparisons"]
     assert on_two == one_process(setting, "comparisons", Runtime()).model  # and the stage call itself agrees
+
+
+def test_held_out_decodings_shared_out_between_two_processes_are_one_process_s_exactly(setting, launched):
+    """Each decoding whole on one rank (decoding j on rank j mod 2): texts, ends, reward scores and KL as one process
+    decodes them."""
+    on_two = load_json(setting["where"] / "job-decode" / OUTPUT_ROWS)
+    assert sorted(on_two) == sorted(f"{policy}/{mode}" for policy, mode in DECODED)
+    assert on_two == one_process(setting, "decode", Runtime()).model
 
 
 def load_json(path: Path):
