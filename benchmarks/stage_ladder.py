@@ -3,7 +3,11 @@ local model (12 x 768, GPT-2's 50,257-token vocabulary, 1,024 positions: 124.4M 
 from config), every stage launched under `accelerate launch` so that each has its own processes, full-parameter and
 with LoRA, on one process and on two.
 
-    python benchmarks/stage_ladder.py [--variants full lora] [--profiles cpu-1proc cpu-2proc] [--shape 124m]
+    python benchmarks/stage_ladder.py [--runs full:cpu-1proc ... lora:cpu-2proc] [--shape 124m] [--keep]
+
+LoRA adapts a trained model (a random one has nothing to adapt: its adapters alone do not move a 50k-token model's
+mass onto the task's words in the smoke SFT's ten steps, and the comparisons' validation stops the run, as it
+should): the LoRA runs start from the full run's SFT policy, and every stage, SFT included, trains adapters.
 
 Per stage, read back from the run's MLflow store: where it ran (device, processes, threads), its seconds, the peak
 memory of each rank (the resident set's peak on a CPU, the allocated peak on a GPU) and its tokens per second:
@@ -130,41 +134,60 @@ def stage_rows(root: Path) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="124m")
-    parser.add_argument("--variants", nargs="+", choices=["full", "lora"], default=["full", "lora"])
-    parser.add_argument("--profiles", nargs="+", default=["cpu-1proc", "cpu-2proc"], help="names in infra/accelerate")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["full:cpu-1proc", "full:cpu-2proc", "lora:cpu-1proc", "lora:cpu-2proc"],
+        help="variant:profile (full or lora; a name in infra/accelerate); lora after a full run",
+    )
     parser.add_argument("--timeout", type=float, default=7200.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep", action="store_true", help="add to the runs already in --out (others replaced)")
     args = parser.parse_args(argv)
     stay_offline()
     cpu = cpu_description()
+    kept = json.loads(args.out.read_text())["runs"] if args.keep and args.out.is_file() else []
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
         local_dir, parameters = model_dir(args.shape, Path(scratch) / "model")
         env = {**os.environ, "PREFECT_HOME": str(Path(scratch) / "prefect-home")}
         env.pop("MLFLOW_TRACKING_URI", None)
         env.pop("PREFECT_API_URL", None)
-        for variant in args.variants:
-            for profile in args.profiles:
-                root = Path(scratch) / f"{variant}-{profile}"
-                root.mkdir()
-                subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-                wall = run_flow(root, local_dir, profile, variant == "lora", env, args.timeout)
-                runs.append({"variant": variant, "profile": profile, "wall_seconds": wall, "stages": stage_rows(root)})
+        trained_sft = None  # the full run's SFT policy: what the LoRA runs adapt
+        for plan in args.runs:
+            variant, profile = plan.split(":")
+            root = Path(scratch) / f"{variant}-{profile}"
+            root.mkdir()
+            subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+            base = local_dir if variant == "full" else trained_sft
+            if base is None:
+                raise SystemExit(f"{plan}: a LoRA run adapts the SFT policy of a full run: run one before it")
+            try:
+                wall = run_flow(root, base, profile, variant == "lora", env, args.timeout)
+            except RuntimeError as error:
+                runs.append({"variant": variant, "profile": profile, "failed": str(error)[-2000:]})
                 print(json.dumps(runs[-1]), flush=True)
-    result = {
-        "shape": args.shape,
-        "parameters": parameters,
-        "lora": LORA,
-        "cpu": cpu["model_name"],
-        "bf16_native": cpu["bf16_native"],
-        "cpu_count": os.cpu_count(),
-        "runs": runs,
-    }
+                continue
+            if variant == "full" and trained_sft is None:
+                trained_sft = next((root / "artifacts" / "models" / "sft").iterdir())
+            runs.append({"variant": variant, "profile": profile, "wall_seconds": wall, "stages": stage_rows(root)})
+            print(json.dumps(runs[-1]), flush=True)
+            done = {(r["variant"], r["profile"]) for r in runs}
+            result = {
+                "shape": args.shape,
+                "parameters": parameters,
+                "lora": LORA,
+                "cpu": cpu["model_name"],
+                "bf16_native": cpu["bf16_native"],
+                "cpu_count": os.cpu_count(),
+                "runs": [r for r in kept if (r["variant"], r["profile"]) not in done] + runs,
+            }
+            write_json(args.out, result)
     print(f"\n{args.shape}: {parameters / 1e6:.1f}M parameters, {cpu['model_name']}")
     print("variant | profile | stage | device x processes | seconds | tokens/s | peak MiB per rank")
-    for run in runs:
+    for run in result["runs"]:
         for stage in STAGES:
-            row = run["stages"].get(stage)
+            row = run.get("stages", {}).get(stage)
             if row is None:
                 continue
             rate = f"{row['tokens_per_second']:.0f}" if row["tokens_per_second"] else "-"
@@ -173,7 +196,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{run['variant']} | {run['profile']} | {stage} | {row['device']} x {row['processes']} | "
                 f"{row['seconds']:.1f} | {rate} | {peaks}"
             )
-    write_json(args.out, result)
     print(f"written: {args.out}")
     return 0
 

@@ -588,6 +588,12 @@ class DistributedConfig(Section):
         None, ge=1, le=65535, description="rendezvous port on one machine; null: a free port"
     )
     log_tail_lines: int = Field(60, ge=1, description="last log lines quoted when a launch fails")
+    memory_framework_gib: float = Field(
+        1.0,
+        ge=0,
+        description="what a rank's process holds before any model (torch, transformers, a GPU's CUDA context), "
+        "added to every stage's memory plan",
+    )
     memory_fraction: float = Field(
         0.9,
         gt=0,

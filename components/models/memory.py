@@ -13,8 +13,10 @@ Per rank, a stage holds:
   while backward recomputes it; 3 h per token outside the blocks (the embeddings' sum, the final norm); plus the
   logits (the vocabulary per token: logits, their log-softmax and its gradient, in fp32).
 
-An upper bound rather than a guess: it counts dropout masks a model without dropout does not keep, and every model a
-stage holds at once. Its activations are checked against the bytes autograd actually saves (tests/unit/test_memory.py).
+And what the rank's process holds before any model (``distributed.memory_framework_gib``). An upper bound rather than a
+guess: it counts dropout masks a model without dropout does not keep, and every model a stage holds at once. Its
+activations are checked against the bytes autograd actually saves (tests/unit/test_memory.py), and the whole plan
+against each stage's measured peak (benchmarks/stage_ladder.py, docs/scaling-out.md).
 """
 
 from __future__ import annotations
@@ -60,13 +62,14 @@ class StageMemory:
     gradients: int
     optimizer: int
     activations: int
+    framework: int = 0  # what a rank's process holds before any model: torch, transformers, a GPU's context
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.weights + self.gradients + self.optimizer + self.activations + self.framework
 
     def describe(self) -> str:
-        parts = ("weights", "gradients", "optimizer", "activations")
+        parts = ("weights", "gradients", "optimizer", "activations", "framework")
         return f"{gib(self.total)} ({', '.join(f'{part} {gib(getattr(self, part))}' for part in parts)})"
 
 

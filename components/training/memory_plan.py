@@ -7,19 +7,29 @@ frozen models and its largest micro-batch, per rank.
 - chosen and top_ranked train a copy of SFT; combined and DPO score chosen and rejected in one pass (2 rows a pair);
   DPO also holds its reference (none with adapters: the policy with its adapters off).
 - PPO trains the policy and the critic while it holds the reward model (each ensemble member), the reference (none with
-  adapters) and SFT; the policy's pass (with the vocabulary's logits) is the larger of the two.
+  adapters) and SFT; the policy's pass (with the vocabulary's logits) is the larger of the two, or scoring the rank's
+  whole rollout shard (its logits and their log-softmax) when that is larger.
 - The evaluation holds every policy it decodes and the reward model; a batch of responses keeps its logits (and their
   log-softmax) for the KL from the reference.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from components.config import Config
-from components.models.memory import ModelShape, Placement, StageMemory, micro_rows, stage_memory
+from components.models.memory import FP32, ModelShape, Placement, StageMemory, micro_rows, stage_memory
 from components.training.recipe import SUPERVISED_BASELINES
 
 
 def recipe_memory(cfg: Config, shape: ModelShape, place: Placement) -> list[StageMemory]:
+    return [
+        dataclasses.replace(stage, framework=int(cfg.distributed.memory_framework_gib * 2**30))
+        for stage in models_and_activations(cfg, shape, place)
+    ]
+
+
+def models_and_activations(cfg: Config, shape: ModelShape, place: Placement) -> list[StageMemory]:
     adapted = cfg.model.peft is not None
     sequence = cfg.model.max_prompt_tokens + cfg.model.max_response_tokens
     n = place.processes
@@ -48,10 +58,13 @@ def recipe_memory(cfg: Config, shape: ModelShape, place: Placement) -> list[Stag
         stages.append(stage_memory(name, shape, place, adapted, 1, frozen, rows(section) * (1 + pairs), sequence))
     ppo_rows = micro_rows(cfg.ppo.minibatch_size, n, cfg.ppo.gradient_accumulation_steps)
     frozen = cfg.reward.ensemble_size + (not adapted) + 1
-    stages.append(stage_memory("ppo", shape, place, adapted, 2, frozen, ppo_rows, sequence))
+    ppo = stage_memory("ppo", shape, place, adapted, 2, frozen, ppo_rows, sequence)
+    # scoring a rank's whole rollout shard: the logits and their log-softmax, without gradient
+    scoring = 2 * micro_rows(cfg.ppo.rollout_batch_size, n, 1) * sequence * shape.vocabulary * FP32
+    stages.append(dataclasses.replace(ppo, activations=max(ppo.activations, scoring)))
     policies = 2 + len(SUPERVISED_BASELINES)  # sft, the baselines, ppo
     evaluation = stage_memory("evaluation", shape, Placement(), False, 0, policies + cfg.reward.ensemble_size, 0, 0)
-    inference_logits = 2 * micro_rows(cfg.evaluation.batch_size, n, 1) * sequence * shape.vocabulary * 4
+    inference_logits = 2 * micro_rows(cfg.evaluation.batch_size, n, 1) * sequence * shape.vocabulary * FP32
     stages.append(
         StageMemory(evaluation.stage, evaluation.weights, 0, 0, inference_logits)
     )  # logits and log-softmax, no gradient

@@ -101,7 +101,7 @@ def measured(checkpointing: bool) -> dict:
     batch, counts = objective.encode(rows)
     blocks = saved_bytes(
         lambda: policy.transformer(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
         ).last_hidden_state.sum()
     )
     whole = saved_bytes(lambda: objective.loss(policy, batch, Means(counts))[0])
