@@ -131,6 +131,44 @@ def stage_rows(root: Path) -> dict[str, dict]:
     return rows
 
 
+def planned_mib(shape: str, variant: str, profile: str) -> dict[str, int]:
+    """The memory plan of every stage for a run (what the flow checks before training), in MiB per rank."""
+    from transformers import GPT2Config
+
+    from components.models.memory import Placement, shape_of
+    from components.training.memory_plan import recipe_memory
+
+    n_layer, n_embd, n_head, vocabulary, positions = SHAPES[shape]
+    cfg = load_config("smoke", [LORA] if variant == "lora" else [])
+    vocabulary = vocabulary or len(build_word_tokenizer(VOCABULARY))
+    config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocabulary, n_positions=positions)
+    placement = Placement(processes=2 if profile.startswith("cpu-2") else 1)
+    plan = recipe_memory(cfg, shape_of(config, cfg.model.peft), placement)
+    named = {s.stage: round(s.total / 2**20) for s in plan}
+    return {stage: named.get(stage.removeprefix("baseline_")) for stage in STAGES}
+
+
+def table(result: dict) -> None:
+    print(f"\n{result['shape']}: {result['parameters'] / 1e6:.1f}M parameters, {result['cpu']}")
+    print("variant | profile | stage | device x processes | seconds | tokens/s | peak MiB per rank | planned MiB")
+    for run in result["runs"]:
+        if "failed" in run:
+            print(f"{run['variant']} | {run['profile']} | failed: {run['failed'][-300:]}")
+            continue
+        plans = planned_mib(result["shape"], run["variant"], run["profile"])
+        for stage in STAGES:
+            row = run.get("stages", {}).get(stage)
+            if row is None:
+                continue
+            rate = f"{row['tokens_per_second']:.0f}" if row["tokens_per_second"] else "-"
+            peaks = ", ".join(f"{m:,}" for m in row["peak_memory_mib_per_rank"])
+            plan = f"{plans[stage]:,}" if plans.get(stage) else "-"
+            print(
+                f"{run['variant']} | {run['profile']} | {stage} | {row['device']} x {row['processes']} | "
+                f"{row['seconds']:.1f} | {rate} | {peaks} | {plan}"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="124m")
@@ -143,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=7200.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="add to the runs already in --out (others replaced)")
+    parser.add_argument("--table", action="store_true", help="print the table of --out and run nothing")
     args = parser.parse_args(argv)
+    if args.table:
+        table(json.loads(args.out.read_text()))
+        return 0
     stay_offline()
     cpu = cpu_description()
     kept = json.loads(args.out.read_text())["runs"] if args.keep and args.out.is_file() else []
@@ -183,19 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 "runs": [r for r in kept if (r["variant"], r["profile"]) not in done] + runs,
             }
             write_json(args.out, result)
-    print(f"\n{args.shape}: {parameters / 1e6:.1f}M parameters, {cpu['model_name']}")
-    print("variant | profile | stage | device x processes | seconds | tokens/s | peak MiB per rank")
-    for run in result["runs"]:
-        for stage in STAGES:
-            row = run.get("stages", {}).get(stage)
-            if row is None:
-                continue
-            rate = f"{row['tokens_per_second']:.0f}" if row["tokens_per_second"] else "-"
-            peaks = ", ".join(f"{m:,}" for m in row["peak_memory_mib_per_rank"])
-            print(
-                f"{run['variant']} | {run['profile']} | {stage} | {row['device']} x {row['processes']} | "
-                f"{row['seconds']:.1f} | {rate} | {peaks}"
-            )
+    table(result)
     print(f"written: {args.out}")
     return 0
 
