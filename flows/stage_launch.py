@@ -39,27 +39,11 @@ def run_stage(
     with runtimes.in_process(cfg, profile.use_cpu) as runtime:
         if runtime.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(runtime.device)
-        log = progress(call, progress_every)
+        log = stage_worker.progress(args.get("name", call), progress_every, get_run_logger().info)
         result = stage_calls.CALLS[call](cfg, ctx.tokenizer, args, models, runtime, ctx.environment, log)
         # on a CPU, the flow process's peak so far (the stage's own when launched)
         result.placement = {**runtime.describe(), "peak_memory_bytes": [runtimes.peak_memory_bytes(runtime.device)]}
         return result
-
-
-def progress(stage: str, every: int, total: int | None = None):
-    """Periodic progress lines in the run log (terminal and UI show them while the stage runs)."""
-    logger = get_run_logger()
-
-    def log(step: int, entry: dict) -> None:
-        if step % every == 0 or (total is not None and step == total - 1):
-            shown = ", ".join(
-                f"{k} {v:.3f}"
-                for k, v in entry.items()
-                if k in ("rm_score", "kl", "gold", "loss", "accuracy") and isinstance(v, float)
-            )
-            logger.info("%s step %d%s: %s", stage, step + 1, f"/{total}" if total else "", shown)
-
-    return log
 
 
 def accelerate_launch(

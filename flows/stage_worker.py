@@ -78,7 +78,7 @@ def load_input(directory: str, kind: str):
 
 
 def progress(call: str, every: int, echo: Callable[[str], None]) -> Callable[[int, dict], None]:
-    """Rank 0's progress lines, as the flow prints them for a stage in its own process."""
+    """A stage's progress lines every ``every`` steps (rank 0's when launched; the flow's log in its own process)."""
 
     def log(step: int, entry: dict) -> None:
         if step % every == 0:
@@ -107,7 +107,7 @@ def run_job(job_dir: Path, echo: Callable[[str], None]) -> None:
     tokenizer = recipe.make_tokenizer(cfg, frozenset(vocabulary) if vocabulary is not None else None)
     models = {name: load_input(spec["dir"], spec["kind"]) for name, spec in job["models"].items()}
     args = json.loads((job_dir / ARGS).read_text(encoding="utf-8"))
-    log = progress(job["call"], job["progress_every"], echo) if runtime.is_main else None
+    log = progress(args.get("name", job["call"]), job["progress_every"], echo) if runtime.is_main else None
     started = time.perf_counter()
     try:
         result = stage_calls.CALLS[job["call"]](cfg, tokenizer, args, models, runtime, environment_for(cfg), log)

@@ -41,7 +41,7 @@ class PositionwiseScalar(torch.nn.Module):
         self.score = torch.nn.Identity()
         self.weight = torch.nn.Parameter(torch.zeros(()))  # something to put on a device / freeze
 
-    def base_model(self, input_ids, attention_mask=None, position_ids=None):
+    def base_model(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
         rows = [[self.fn(ids[: i + 1].tolist()) for i in range(ids.shape[0])] for ids in input_ids]
         hidden = torch.tensor(rows, dtype=torch.float32).unsqueeze(-1) + 0 * self.weight
         return types.SimpleNamespace(last_hidden_state=hidden)
@@ -62,7 +62,7 @@ def test_value_of_a_token_is_read_where_the_policy_predicts_it(toy_tokenizer):
     vocab = len(toy_tokenizer)
 
     class NewestTokenLogits(torch.nn.Module):
-        def forward(self, input_ids, attention_mask=None, position_ids=None):
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
             return types.SimpleNamespace(logits=torch.nn.functional.one_hot(input_ids, vocab).float() * 50)
 
     critic = PositionwiseScalar(lambda ids: float(ids[-1]))
