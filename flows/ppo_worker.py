@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,7 +166,10 @@ class LiveLog:
 
 
 def say(line: str) -> None:
-    print(line, flush=True)  # the launcher streams each rank's stdout into the task's log
+    # One write per line: the ranks share one pipe, and print's separate newline (unbuffered output) can land after
+    # another rank's line.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
