@@ -36,15 +36,17 @@ SHARED_MODULES = {
 }
 # handed out first, longest first (minutes each, measured), so that no worker starts a long one last
 LONGEST_FIRST = (
+    "tests/data/test_main_job.py",  # ~450 s since it runs the whole flow again on two processes
     "tiny-runs",
     "smoke-root",
-    "tests/data/test_main_job.py",
-    "tests/distributed/test_ppo_launch.py",
     "tests/faults/test_fault_table.py",
+    "tests/distributed/test_ppo_launch.py",
+    "tests/faults/test_interruptions_and_listening.py",
+    "tests/distributed/test_deepspeed.py",
     "tiny-models",
     "tests/integration/test_prefect_deployment.py",
     "tests/faults/test_tracking_outage.py",
-    "tests/faults/test_interruptions_and_listening.py",
+    "tests/distributed/test_stage_launch.py",
     "tests/integration/test_foreign_models.py",
 )
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from components.config import ModelConfig
+
 
 @dataclass
 class Batch:
@@ -112,6 +114,17 @@ def encode_examples(
     return join(
         *encode_prompts(tokenizer, prompts, max_prompt_tokens),
         *encode_responses(tokenizer, responses, max_response_tokens),
+    )
+
+
+def encode_demonstrations(tokenizer: PreTrainedTokenizerBase, rows: list[dict], model_cfg: ModelConfig) -> Batch:
+    """Demonstration rows ({prompt, response}) as one batch, each side cut to the model's lengths."""
+    return encode_examples(
+        tokenizer,
+        [r["prompt"] for r in rows],
+        [r["response"] for r in rows],
+        model_cfg.max_prompt_tokens,
+        model_cfg.max_response_tokens,
     )
 
 

@@ -28,7 +28,7 @@ from components.config import KLControlConfig, ModelConfig, PPOConfig
 from components.models import lora
 from components.models.batching import (
     Batch,
-    encode_examples,
+    encode_demonstrations,
     encode_prompts,
     gather_logprobs,
     last_index,
@@ -449,14 +449,7 @@ def ptx_sampler(
 
     def draw() -> Batch:
         rows = ptx_rows(examples, cfg.minibatch_size, rng, runtime)
-        batch = encode_examples(
-            tokenizer,
-            [r["prompt"] for r in rows],
-            [r["response"] for r in rows],
-            model_cfg.max_prompt_tokens,
-            model_cfg.max_response_tokens,
-        )
-        return batch.to(runtime.device)
+        return encode_demonstrations(tokenizer, rows, model_cfg).to(runtime.device)
 
     return draw
 

@@ -7,7 +7,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, OptimConfig
 from components.models import lora
-from components.models.batching import Batch, encode_examples, response_logits
+from components.models.batching import Batch, encode_demonstrations, response_logits
 from components.models.runtime import SINGLE, Runtime
 from components.training.loop import INPUT_TOKENS, Log, Means, Objective, Snapshots, train_supervised
 
@@ -30,13 +30,7 @@ def sft_objective(tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig, de
     """SFT's loss: the mean over every response token of the global batch."""
 
     def encode(rows: list[dict]):
-        batch = encode_examples(
-            tokenizer,
-            [r["prompt"] for r in rows],
-            [r["response"] for r in rows],
-            model_cfg.max_prompt_tokens,
-            model_cfg.max_response_tokens,
-        ).to(device)
+        batch = encode_demonstrations(tokenizer, rows, model_cfg).to(device)
         return batch, {"tokens": batch.response_mask.float().sum(), INPUT_TOKENS: batch.attention_mask.float().sum()}
 
     def loss(model: torch.nn.Module, batch: Batch, mean: Means):
