@@ -139,7 +139,7 @@ def planned_mib(shape: str, variant: str, profile: str) -> dict[str, int]:
     from components.training.memory_plan import recipe_memory
 
     n_layer, n_embd, n_head, vocabulary, positions = SHAPES[shape]
-    cfg = load_config("smoke", [LORA] if variant == "lora" else [])
+    cfg = load_config("smoke", [LORA, "model.source=local", "model.local_dir=."] if variant == "lora" else [])  # as run
     vocabulary = vocabulary or len(build_word_tokenizer(VOCABULARY))
     config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocabulary, n_positions=positions)
     placement = Placement(processes=2 if profile.startswith("cpu-2") else 1)

@@ -4,7 +4,7 @@ before anything trains, against the memory of the device a rank runs on.
 Per rank, a stage holds:
 - weights: every model it keeps (trained and frozen), 4 bytes a parameter (fp32; mixed precision keeps fp32 weights),
   a trained model's sharded 1/N under ZeRO-3, and none of it on the device when the profile offloads parameters;
-- gradients: 4 bytes per trained parameter (1/N under ZeRO-2 and 3);
+- gradients: 4 bytes per trained parameter (1/N under ZeRO-2 and 3; twice that under DDP, whose buckets hold a copy);
 - optimiser state: AdamW's two moments, 8 bytes per trained parameter (1/N under any ZeRO stage, none on the device
   when the profile offloads the optimiser);
 - activations of one micro-batch: per transformer block, per token, (34 h + 5 a s) values in 16 bits as
@@ -14,7 +14,8 @@ Per rank, a stage holds:
   logits (the vocabulary per token: logits, their log-softmax and its gradient, in fp32).
 
 And what the rank's process holds before any model (``distributed.memory_framework_gib``). An upper bound rather than a
-guess: it counts dropout masks a model without dropout does not keep, and every model a stage holds at once. Its
+guess: it counts dropout masks a model without dropout does not keep, and every model a stage holds at once (the
+inputs it was handed, the copies it makes of them and its selection snapshots). Its
 activations are checked against the bytes autograd actually saves (tests/unit/test_memory.py), and the whole plan
 against each stage's measured peak (benchmarks/stage_ladder.py, docs/scaling-out.md).
 """
@@ -96,6 +97,8 @@ def trained_memory(parameters: int, trainable: int, place: Placement) -> tuple[i
     n = place.processes
     weights = 0 if place.offload_parameters else parameters * FP32 // (n if place.zero_stage >= 3 else 1)
     gradients = trainable * FP32 // (n if place.zero_stage >= 2 else 1)
+    if n > 1 and not place.zero_stage:  # DDP reduces into buckets of its own: a second copy of every gradient
+        gradients *= 2
     optimizer = 0 if place.offload_optimizer else trainable * ADAM_MOMENTS * FP32 // (n if place.zero_stage else 1)
     return weights, gradients, optimizer
 

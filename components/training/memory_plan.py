@@ -5,12 +5,14 @@ frozen models and its largest micro-batch, per rank.
 - The reward model trains a scalar model made from SFT's transformer (with its new head) while SFT is held; a batch of
   ranked groups scores every distinct response of each group (K of them).
 - chosen and top_ranked train a copy of SFT; combined and DPO score chosen and rejected in one pass (2 rows a pair);
-  DPO also holds its reference (none with adapters: the policy with its adapters off).
-- PPO trains the policy and the critic while it holds the reward model (each ensemble member), the reference (none with
-  adapters) and SFT; the policy's pass (with the vocabulary's logits) is the larger of the two, or scoring the rank's
-  whole rollout shard (its logits and their log-softmax) when that is larger.
+  DPO also holds its reference (none with adapters: the policy with its adapters off). Each keeps its selection
+  snapshots (``selection.candidates`` copies of its weights).
+- PPO trains the policy and the critic while it holds the reward model (each ensemble member, as handed in and the
+  frozen copy it scores with), the reference (none with adapters), SFT and its snapshots; the policy's pass (with the
+  vocabulary's logits) is the larger of the two, or scoring the rank's whole rollout shard (its logits and their
+  log-softmax) when that is larger.
 - The evaluation holds every policy it decodes and the reward model; a batch of responses keeps its logits (and their
-  log-softmax) for the KL from the reference.
+  log-softmax) for the KL from the reference. A rank decodes whole decodings, so its batch is the configured one.
 """
 
 from __future__ import annotations
@@ -54,17 +56,19 @@ def models_and_activations(cfg: Config, shape: ModelShape, place: Placement) -> 
     for name in SUPERVISED_BASELINES:
         section = getattr(cfg.baselines, name)
         pairs = name in ("combined", "dpo")  # chosen and rejected in one pass
-        frozen = 1 + (name == "dpo" and not adapted)
+        frozen = 1 + (name == "dpo" and not adapted) + cfg.selection.candidates
         stages.append(stage_memory(name, shape, place, adapted, 1, frozen, rows(section) * (1 + pairs), sequence))
     ppo_rows = micro_rows(cfg.ppo.minibatch_size, n, cfg.ppo.gradient_accumulation_steps)
-    frozen = cfg.reward.ensemble_size + (not adapted) + 1
+    # the reward model as handed in and the frozen copy PPO scores with, the reference, SFT, the snapshots
+    frozen = 2 * cfg.reward.ensemble_size + (not adapted) + 1 + cfg.selection.candidates
     ppo = stage_memory("ppo", shape, place, adapted, 2, frozen, ppo_rows, sequence)
     # scoring a rank's whole rollout shard: the logits and their log-softmax, without gradient
     scoring = 2 * micro_rows(cfg.ppo.rollout_batch_size, n, 1) * sequence * shape.vocabulary * FP32
     stages.append(dataclasses.replace(ppo, activations=max(ppo.activations, scoring)))
     policies = 2 + len(SUPERVISED_BASELINES)  # sft, the baselines, ppo
     evaluation = stage_memory("evaluation", shape, Placement(), False, 0, policies + cfg.reward.ensemble_size, 0, 0)
-    inference_logits = 2 * micro_rows(cfg.evaluation.batch_size, n, 1) * sequence * shape.vocabulary * FP32
+    # each decoding is a rank's whole (decodings are shared out whole, not split), so its batch is not divided
+    inference_logits = 2 * cfg.evaluation.batch_size * sequence * shape.vocabulary * FP32
     stages.append(
         StageMemory(evaluation.stage, evaluation.weights, 0, 0, inference_logits)
     )  # logits and log-softmax, no gradient

@@ -55,6 +55,7 @@ def test_weights_gradients_and_optimiser_state_are_sharded_as_each_zero_stage_sh
     whole = plan()
     assert (whole.weights, whole.gradients, whole.optimizer) == (4 * n, 4 * n, 8 * n)
     assert (plan(processes=2, zero_stage=1).optimizer, plan(processes=2, zero_stage=1).gradients) == (4 * n, 4 * n)
+    assert plan(processes=2).gradients == 8 * n  # DDP's buckets: a second copy
     two = plan(processes=2, zero_stage=2)
     assert (two.weights, two.gradients, two.optimizer) == (4 * n, 2 * n, 4 * n)
     three = plan(processes=2, zero_stage=3)
@@ -71,9 +72,11 @@ def test_adapters_train_only_their_own_parameters_and_ppo_keeps_no_second_base_c
     adapted = {s.stage: s for s in recipe_memory(adapted_cfg, shape, Placement())}
     assert shape.adapter_parameters == 2048  # r (in + out) per layer: tests/model/test_lora.py counts it by hand
     assert adapted["dpo"].optimizer == 8 * shape.adapter_parameters and full["dpo"].optimizer == 8 * shape.parameters
-    # PPO: policy, critic, reward model and SFT; the reference is the policy with its adapters off
-    base = 4 * shape.parameters
-    assert full["ppo"].weights == 5 * base and adapted["ppo"].weights == 4 * base + 2 * 4 * shape.adapter_parameters
+    # PPO: policy, critic, the reward model and its frozen copy, SFT, the snapshots; the reference is the policy with
+    # its adapters off
+    base, snapshots = 4 * shape.parameters, cfg.selection.candidates
+    assert full["ppo"].weights == (6 + snapshots) * base
+    assert adapted["ppo"].weights == (5 + snapshots) * base + 2 * 4 * shape.adapter_parameters
 
 
 def saved_bytes(loss_fn) -> int:
