@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from components.config import Config, ConfigError
+from components.training.shards import check_divisible, check_shardable
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]
 
@@ -161,31 +162,19 @@ def refuse_unhonoured(cfg: Config, code_root: Path) -> None:
 
 
 def refuse_unshardable(cfg: Config, processes: int) -> None:
-    """Every rank's share of each stage's batch must fill each of its micro-batches, and PPO's rollouts and
-    minibatches must split evenly between the ranks."""
+    """The training loops' own rules, on the config: every rank's share of each stage's batch must fill each of its
+    micro-batches, and PPO's rollouts and minibatches must split evenly between the ranks."""
     sections = {
         "sft": cfg.sft,
         "reward": cfg.reward,
         **{f"baselines.{n}": getattr(cfg.baselines, n) for n in BASELINES},
     }
-    for key, section in sections.items():
-        if section.batch_size < processes * section.gradient_accumulation_steps:
-            raise ConfigError(
-                f"{key}.batch_size ({section.batch_size}) is smaller than the processes ({processes}) x "
-                f"{key}.gradient_accumulation_steps ({section.gradient_accumulation_steps}): a micro-batch would be "
-                "empty"
-            )
-    ppo = cfg.ppo
-    if (
-        ppo.rollout_batch_size % processes
-        or ppo.minibatch_size % processes
-        or ((ppo.minibatch_size // processes) % ppo.gradient_accumulation_steps)
-    ):
-        raise ConfigError(
-            f"ppo.rollout_batch_size ({ppo.rollout_batch_size}) and ppo.minibatch_size ({ppo.minibatch_size}) must be "
-            f"multiples of the processes ({processes}), and minibatch_size / processes of "
-            f"ppo.gradient_accumulation_steps ({ppo.gradient_accumulation_steps})"
-        )
+    try:
+        for key, section in sections.items():
+            check_divisible(key, section, processes)
+        check_shardable(cfg.ppo, processes)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def free_port() -> int:

@@ -21,8 +21,15 @@ from flows.run_context import RunContext
 from flows.runtimes import run_profile
 
 # where a launched stage ran, as its result says (DeepSpeed adds its ZeRO stage and offloads)
-PLACEMENT = ("device", "processes", "mixed_precision", "threads_per_process", "zero_stage", "offload_optimizer")
-PLACEMENT += ("offload_parameters",)
+PLACEMENT = (
+    "device",
+    "processes",
+    "mixed_precision",
+    "threads_per_process",
+    "zero_stage",
+    "offload_optimizer",
+    "offload_parameters",
+)
 
 
 def run_stage(

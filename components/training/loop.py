@@ -20,6 +20,7 @@ import torch
 from components.config import OptimConfig
 from components.models import lora
 from components.models.runtime import SINGLE, Runtime
+from components.training.shards import check_divisible
 
 Log = Callable[[int, dict[str, float]], None]  # (step, metrics) -> None; the flow decides where it goes
 INPUT_TOKENS = "input_tokens"  # an objective's count of the tokens its forward passes read (for throughput)
@@ -91,15 +92,6 @@ def make_optimizer(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
     return optimizer, scheduler
-
-
-def check_divisible(stage: str, cfg: OptimConfig, world_size: int) -> None:
-    """Every rank's share of a batch must fill every micro-batch."""
-    if cfg.batch_size < world_size * cfg.gradient_accumulation_steps:
-        raise ValueError(
-            f"{stage}: batch_size ({cfg.batch_size}) is smaller than processes ({world_size}) x "
-            f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}): some micro-batch would be empty"
-        )
 
 
 def micro_batches(rows: list, parts: int) -> list[list]:

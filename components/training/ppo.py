@@ -47,6 +47,7 @@ from components.training.checkpoints import (
 )
 from components.training.loop import Log, Snapshots, check_finite
 from components.training.sft import sft_loss
+from components.training.shards import check_shardable
 
 # (prompts, responses, ended) -> metrics: watches rollouts (e.g. the gold judge); never feeds training.
 Monitor = Callable[[list[str], list[str], list[bool]], dict[str, float]]
@@ -420,21 +421,6 @@ class PromptQueue:
             self.order += fresh
         batch, self.order = self.order[:size], self.order[size:]
         return batch
-
-
-def check_shardable(cfg: PPOConfig, world_size: int) -> None:
-    """Every rank gets an equal shard of each rollout batch and of each minibatch (split into micro-batches)."""
-    per_rank = cfg.minibatch_size // world_size
-    if (
-        cfg.rollout_batch_size % world_size
-        or cfg.minibatch_size % world_size
-        or per_rank % cfg.gradient_accumulation_steps
-    ):
-        raise ValueError(
-            f"ppo.rollout_batch_size ({cfg.rollout_batch_size}) and ppo.minibatch_size ({cfg.minibatch_size}) "
-            f"must be multiples of the number of processes ({world_size}), and minibatch_size / processes "
-            f"of ppo.gradient_accumulation_steps ({cfg.gradient_accumulation_steps})"
-        )
 
 
 def ptx_rows(examples: list[dict], minibatch_size: int, rng: random.Random, runtime: Runtime) -> list[dict]:

@@ -79,6 +79,16 @@ def test_adapters_train_only_their_own_parameters_and_ppo_keeps_no_second_base_c
     assert adapted["ppo"].weights == (5 + snapshots) * base + 2 * 4 * shape.adapter_parameters
 
 
+def test_a_rank_decodes_whole_decodings_so_its_evaluation_batch_is_not_divided(smoke):
+    cfg, tokenizer = smoke
+    shape = shape_of(policy_config(cfg.model, tokenizer), None)
+    sequence = cfg.model.max_prompt_tokens + cfg.model.max_response_tokens
+    logits = 2 * cfg.evaluation.batch_size * sequence * shape.vocabulary * 4  # logits and log-softmax, fp32
+    for processes in (1, 2):
+        [evaluation] = [s for s in recipe_memory(cfg, shape, Placement(processes=processes)) if s.stage == "evaluation"]
+        assert evaluation.activations == logits, processes
+
+
 def saved_bytes(loss_fn) -> int:
     """The bytes autograd keeps for backward while ``loss_fn`` runs: every saved tensor's storage, once."""
     storages: dict[int, int] = {}
