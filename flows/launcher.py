@@ -14,7 +14,6 @@ import ctypes
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ import yaml
 
 from components.config import Config, ConfigError
 from components.training.shards import check_divisible, check_shardable
+from flows.ports import free_port
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]
 
@@ -177,12 +177,6 @@ def refuse_unshardable(cfg: Config, processes: int) -> None:
         raise ConfigError(str(error)) from None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Machine:
     """Where one machine of a multi-machine profile stands: its rank, and machine 0's rendezvous address."""
@@ -239,7 +233,8 @@ def run_logged(
     """Run ``command`` in its own process group, hand each output line to ``on_line`` as it arrives.
 
     Returns the last ``tail_lines`` lines. Raises LaunchError on a non-zero exit, on the deadline,
-    or when ``on_line`` raises (the process group is stopped first in every case).
+    or when ``on_line`` raises (the process group is stopped first in every case); a failure's message quotes the
+    ranks' own last lines and torchrun's summary of which rank died how (``failure_report``).
     """
     started = time.monotonic()
     process = subprocess.Popen(
@@ -254,7 +249,7 @@ def run_logged(
         preexec_fn=die_with_parent,
     )
     lines: queue.Queue[str | None] = queue.Queue()
-    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines + TORCHRUN_REPORT_LINES)
 
     def pump() -> None:
         for line in process.stdout:
@@ -268,7 +263,9 @@ def run_logged(
             remaining = timeout - (time.monotonic() - started)
             if remaining <= 0:
                 stop(process, grace)
-                raise LaunchError(f"timed out after {timeout:.0f} s; stopped. Last lines:\n" + "\n".join(tail))
+                raise LaunchError(
+                    f"timed out after {timeout:.0f} s; stopped. Last lines:\n" + failure_report(list(tail), tail_lines)
+                )
             try:
                 line = lines.get(timeout=min(remaining, 1.0))
             except queue.Empty:
@@ -283,8 +280,28 @@ def run_logged(
     code = process.wait()
     _signal_group(process, signal.SIGKILL)  # no rank outlives a finished launch
     if code != 0:
-        raise LaunchError(f"exit code {code} after {time.monotonic() - started:.1f} s. Last lines:\n" + "\n".join(tail))
-    return list(tail)
+        raise LaunchError(
+            f"exit code {code} after {time.monotonic() - started:.1f} s. Last lines:\n"
+            + failure_report(list(tail), tail_lines)
+        )
+    return list(tail)[-tail_lines:]
+
+
+TORCHRUN_REPORT_LINES = 400  # torchrun's log lines, accelerate's traceback and the failure table, kept besides
+TORCHRUN_LOG = "torch/distributed/elastic/"  # torchrun's own log lines name their module
+SUMMARY_FIELDS = ("rank", "exitcode", "error_file", "traceback")
+
+
+def failure_report(lines: list[str], tail_lines: int) -> str:
+    """The ranks' own last ``tail_lines`` lines (what a dying rank wrote, say gloo's abort message), then torchrun's
+    account of each failed rank (its rank, exit code or signal, traceback), without the ~40 lines of launcher
+    traceback that would otherwise push the ranks' lines out of the quote."""
+    first = next((i for i, line in enumerate(lines) if TORCHRUN_LOG in line), len(lines))
+    own, report = lines[:first][-tail_lines:], lines[first:]
+    summary = [line for line in report if TORCHRUN_LOG in line or line.strip().startswith(SUMMARY_FIELDS)]
+    if not report:
+        return "\n".join(own)
+    return "\n".join([*own, "torchrun:", *summary])
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -12,32 +10,12 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from flows.ports import free_port
+
 BIN = Path(sys.executable).parent
 # MLflow's server starts a job runner and a handful of Huey consumer processes for its GenAI jobs, which the pipeline
 # never submits: off, they do not take a core's worth of start-up and polling from every test server
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-SERVER_PORTS_START = 20000
-
-
-def ephemeral_ports_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default range starts here
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range. gloo and torchrun take the ports of PPO's ranks from that
-    range. A server picked from it could poll its port before binding it, while a rank holds the same port number;
-    the health check's bytes then reach the rank's socket, and gloo aborts (a rank's SIGABRT, seen three times)."""
-    for port in random.Random().sample(range(SERVER_PORTS_START, ephemeral_ports_start()), 500):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:

@@ -281,7 +281,7 @@ class Nodes:
         import sys
         import threading
 
-        from flows.launcher import free_port
+        from flows.ports import free_port
 
         port, self.lines, self.processes = free_port(), {0: [], 1: []}, {}
         for rank in (0, 1):
@@ -308,7 +308,16 @@ class Nodes:
             os.killpg(self.processes[rank].pid, signal.SIGKILL)
 
     def wait(self) -> dict[int, int]:
-        codes = {rank: process.wait(timeout=TIMEOUT) for rank, process in self.processes.items()}
+        """Each machine's exit code. Each launcher enforces its own deadline (TIMEOUT) and quotes its ranks' last
+        lines; the margin lets its message arrive before this gives up on it."""
+        import subprocess
+
+        try:
+            codes = {rank: process.wait(timeout=TIMEOUT + 60) for rank, process in self.processes.items()}
+        except subprocess.TimeoutExpired:
+            for rank in self.processes:
+                self.kill(rank)
+            pytest.fail(f"a machine's launcher outlived its own deadline; its lines: {self.lines}")
         for reader in self.readers:
             reader.join(timeout=10)
         return codes

@@ -16,6 +16,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, file_name
+from flows.ports import free_port
 from tests.data_files import DEFECTS, write_good_dir
 from tests.flow_helpers import (
     TRAINING_TASKS,
@@ -27,7 +28,6 @@ from tests.flow_helpers import (
     seed_champion,
 )
 from tests.layout import stage_dir
-from tests.servers import free_port
 
 pytestmark = pytest.mark.faults
 

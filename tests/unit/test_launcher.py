@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from components.config import load_config
-from flows.launcher import AccelerateProfile, LaunchError, Machine, accelerate_command, run_logged
+from flows.launcher import AccelerateProfile, LaunchError, Machine, accelerate_command, failure_report, run_logged
+from flows.ports import LOWEST_PORT, ephemeral_ports_start
 from tests.processes import running
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +38,75 @@ def test_a_failure_names_the_exit_code_and_quotes_the_last_lines():
             60,
         )
     assert "rank 1: out of memory" in str(failure.value) and "loading" in str(failure.value)
+
+
+# torchrun's output when rank 1 of 2 aborts (torch 2.13, accelerate launch --multi_gpu), paths shortened
+TORCHRUN_AFTER_AN_ABORT = """W1206 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 27674 SIGTERM
+E1206 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: -6) local_rank: 1 (pid: 27675) of binary
+Traceback (most recent call last):
+  File "accelerate/commands/accelerate_cli.py", line 54, in <module>
+    main()
+  File "torch/distributed/launcher/api.py", line 383, in launch_agent
+    raise ChildFailedError(
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+=======================================================
+worker.py FAILED
+-------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-06_10:50:02
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 27674)  (SIGTERM)
+  error_file: <N/A>
+  traceback : Signal 15 (SIGTERM) received by PID 27674
+-------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-06_10:50:02
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -6 (pid: 27675)  (SIGABRT)
+  error_file: <N/A>
+  traceback : Signal 6 (SIGABRT) received by PID 27675
+=======================================================""".splitlines()
+
+
+def test_a_failure_quotes_the_ranks_own_last_lines_before_torchruns_report():
+    ranks = [f"rank 0 step {i}" for i in range(10)] + ["terminate called after throwing gloo::EnforceNotMet"]
+    report = failure_report(ranks + TORCHRUN_AFTER_AN_ABORT, tail_lines=3).splitlines()
+    assert report[:3] == ["rank 0 step 8", "rank 0 step 9", "terminate called after throwing gloo::EnforceNotMet"]
+    assert report[3] == "torchrun:" and "failed (exitcode: -6) local_rank: 1" in report[5]
+    assert "  exitcode  : -6 (pid: 27675)  (SIGABRT)" in report and "  rank      : 1 (local_rank: 1)" in report
+    assert not any("File " in line or "time      :" in line for line in report)  # the launcher's traceback left out
+    assert failure_report(ranks, tail_lines=2).splitlines() == ranks[-2:]  # no torchrun report: the plain tail
+
+
+@pytest.mark.distributed
+def test_a_rank_that_aborts_is_quoted_with_its_own_message_and_signal(tmp_path):
+    worker = tmp_path / "aborting_worker.py"
+    worker.write_text(
+        textwrap.dedent(
+            """
+            import os, sys, time
+            from accelerate import Accelerator
+            rank = Accelerator().process_index
+            if rank == 1:
+                sys.stderr.write("rank 1: gloo enforce failed\\n")
+                sys.stderr.flush()
+                os.abort()
+            time.sleep(120)
+            """
+        )
+    )
+    command, env = accelerate_command(AccelerateProfile.read(PROFILES / "cpu-2proc.yaml"), "aborting_worker", [])
+    assert command[-2:] == ["-m", "aborting_worker"]
+    command[-2:] = [str(worker)]
+    with pytest.raises(LaunchError) as failure:
+        run_logged(command, 120, env={**env, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, grace=2, tail_lines=5)
+    message = str(failure.value)
+    assert message.startswith("exit code ") and "rank 1: gloo enforce failed" in message
+    assert "SIGABRT" in message and "ChildFailedError" not in message
 
 
 def test_the_deadline_stops_the_launcher_and_every_child(tmp_path):
@@ -90,10 +160,12 @@ def test_every_profile_parses_and_single_machine_profiles_rendezvous_on_localhos
     assert (REPO / load_config().distributed.accelerate_config).is_file()
 
 
-def test_cpu_ranks_are_spawned_by_torchrun_on_localhost_with_a_fresh_port():
+def test_cpu_ranks_are_spawned_by_torchrun_on_localhost_with_a_fresh_port_below_the_ephemeral_range():
     command, env = accelerate_command(AccelerateProfile.read(PROFILES / "cpu-2proc.yaml"), "pkg.worker", ["--job", "j"])
     assert env == {"ACCELERATE_USE_CPU": "true"}
     assert "--multi_gpu" in command and command[command.index("--main_process_ip") + 1] == "127.0.0.1"
+    # a port from the ephemeral range can be a gloo rank's listener by the time accelerate probes it
+    assert LOWEST_PORT <= int(command[command.index("--main_process_port") + 1]) < ephemeral_ports_start()
     assert command[-4:] == ["-m", "pkg.worker", "--job", "j"]
     one, _ = accelerate_command(AccelerateProfile.read(PROFILES / "cpu-1proc.yaml"), "pkg.worker", [])
     assert "--multi_gpu" not in one and "--main_process_port" not in one
