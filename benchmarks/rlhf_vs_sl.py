@@ -6,19 +6,21 @@ For each seed (FIRST, FIRST + 1, ...; FIRST defaults to the profile's seed): tra
 from SFT samples, trains the reward model (ensemble), the supervised baselines (SFT on chosen, SFT on each
 group's top-ranked response, the combined likelihood/unlikelihood loss, DPO) and PPO, ships each trained
 policy's snapshot the labeller prefers on the held-out slice, adds best-of-n as a non-training reference, and
-decodes every policy on the held-out prompts under each configured decoding mode. Prints a table per seed and
-pooled, and writes benchmarks/results/rlhf_vs_sl.json:
+decodes every policy on the held-out prompts under each configured decoding mode. Prints a table per seed and one
+over seeds, and writes benchmarks/results/rlhf_vs_sl.json:
 
     baselines              the supervised baselines the gate faces
-    runs[i]                one seed: seed, evaluation.<mode>.ppo_win_rate.<policy>.{rate, ci}, policies' gold,
+    runs[i]                one seed: seed, evaluation.<mode>.ppo_win_rate.<policy>.{rate, ci}, policies' gold
+                           (under sampling also best_of_n_matched: best-of-n at PPO's KL, its n and analytic KL),
                            the RM's accuracy and gold agreement, label budgets, stage seconds, PPO history
-    pooled                 the same win rates and gold means over every seed's responses
+    across_seeds           per mode and policy: PPO's win rate and gold difference, mean over seeds with a
+                           t-interval (the seed is the unit; responses are never pooled over seeds), the spread
+                           between seeds, and the seeds needed to show an edge at that spread
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import resource
 import statistics
 import sys
@@ -28,11 +30,20 @@ from pathlib import Path
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
-from components.evaluation.intervals import Z95, wilson
+from components.evaluation.intervals import win_rate
 from components.evaluation.judges import gold_judge
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
-from components.evaluation.policy_eval import DecodingMode, sample_responses
-from components.evaluation.report import evaluate_policies, format_table, judge_monitor, reward_model_gold_accuracy
+from components.evaluation.policy_eval import DecodingMode, sample_responses, summarise
+from components.evaluation.report import (
+    best_of_n_responses,
+    decoding_modes,
+    evaluate_policies,
+    format_table,
+    judge_monitor,
+    reward_model_gold_accuracy,
+)
+from components.evaluation.seeds import across_seeds as across_seeds_estimate
+from components.evaluation.seeds import seeds_needed
 from components.io import write_json
 from components.models.runtime import Runtime
 from components.offline import stay_offline
@@ -41,11 +52,13 @@ from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
 from components.task.lexicon import VOCABULARY
 from components.training import recipe
+from components.training.best_of_n import best_of_n_kl, kl_matched_n
 from components.training.loop import Snapshots
 from flows import runtimes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rlhf_vs_sl.json"
 HEADROOM_N = (1, 2, 4, 8, 16, 32, 64)
+MATCHED = "best_of_n_matched"  # best-of-n at PPO's KL
 
 
 class Stopwatch:
@@ -100,7 +113,7 @@ def train_everything(cfg, watch: Stopwatch, runtime: Runtime) -> dict:
             runtime=runtime,
         )
         policies[name], metrics[name] = result.model, result.metrics
-    snapshots = Snapshots(cfg.selection.candidates)
+    snapshots = Snapshots(cfg.selection.candidates, cfg.selection.spacing)
 
     def ppo():
         result = recipe.ppo_stage(
@@ -208,31 +221,62 @@ def overoptimisation_record(history: list[dict], ppo_metrics: dict) -> dict:
     }
 
 
-def evaluate_trained(cfg, trained: dict) -> dict:
-    """Every trained policy (and best-of-n) on the held-out prompts under each decoding mode, judged by gold."""
-    return evaluate_policies(
+def evaluate_trained(cfg, trained: dict, matched_n_max: int) -> dict:
+    """Every trained policy (and best-of-n) on the held-out prompts under each decoding mode, judged by gold; under
+    sampling also best-of-n at PPO's KL (``best_of_n_matched``)."""
+    eval_prompts = [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]]
+    responses: dict[str, dict] = {}
+    evaluation = evaluate_policies(
         trained["policies"],
         trained["tokenizer"],
-        [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]],
+        eval_prompts,
         cfg.evaluation,
         cfg.model,
         cfg.seed,
         trained["reward"].model,
         gold_judge(gold_score),
         cfg.baselines.best_of_n,
+        on_responses=lambda mode, out: responses.__setitem__(mode.name, out),
         runtime=trained["runtime"],
     )
+    for mode in decoding_modes(cfg.evaluation):
+        if not mode.greedy:
+            add_kl_matched_best_of_n(cfg, trained, evaluation[mode.name], responses[mode.name], mode, matched_n_max)
+    return evaluation
 
 
-def run_seed(cfg) -> dict:
+def add_kl_matched_best_of_n(cfg, trained: dict, block: dict, responses: dict, mode, n_max: int) -> None:
+    """Best-of-n over SFT with n chosen so that its analytic KL, log n - (n - 1)/n, reaches PPO's measured KL under
+    this mode (at most ``n_max``): the two ways of spending the reward model compared at the same distance from SFT
+    (best-of-8 spends ~1.2 nats)."""
+    ppo_kl = block["policies"]["ppo"]["kl"]
+    n = kl_matched_n(ppo_kl, n_max)
+    out = best_of_n_responses(
+        trained["policies"]["sft"],
+        trained["reward"].model,
+        trained["tokenizer"],
+        [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]],
+        mode,
+        cfg.baselines.best_of_n.model_copy(update={"n": n}),
+        cfg.model,
+        cfg.seed,
+        trained["runtime"],
+    )
+    out.gold = [gold_score(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended)]
+    summary = summarise(out, mode.samples_per_prompt)
+    block["policies"][MATCHED] = {**summary, "n": n, "kl": best_of_n_kl(n), "ppo_kl": ppo_kl}
+    block["ppo_win_rate"][MATCHED] = win_rate(responses["ppo"].gold, out.gold, mode.samples_per_prompt).as_dict()
+
+
+def run_seed(cfg, matched_n_max: int) -> dict:
     watch = Stopwatch()
     with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
-        return seed_record(cfg, watch, train_everything(cfg, watch, runtime))
+        return seed_record(cfg, watch, train_everything(cfg, watch, runtime), matched_n_max)
 
 
-def seed_record(cfg, watch: Stopwatch, trained: dict) -> dict:
+def seed_record(cfg, watch: Stopwatch, trained: dict, matched_n_max: int) -> dict:
     eval_prompts = [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]]
-    evaluation = watch("evaluation", evaluate_trained, cfg, trained)
+    evaluation = watch("evaluation", evaluate_trained, cfg, trained, matched_n_max)
     for block in evaluation.values():
         for win in [*block["ppo_win_rate"].values(), *block["ppo_rm_win_rate"].values()]:
             win["rate"] = win["value"]
@@ -274,30 +318,31 @@ def seed_record(cfg, watch: Stopwatch, trained: dict) -> dict:
     }
 
 
-def pooled(runs: list[dict]) -> dict:
-    """Every seed's responses together: win rates from the summed wins (Wilson), gold means from the summed moments."""
+def across_seeds(runs: list[dict], difference: float) -> dict:
+    """Per mode and policy, with the seed as the unit (components/evaluation/seeds.py): PPO's win rate against it
+    and PPO's gold minus its gold, each the mean over seeds with a t-interval; the seeds needed to show the measured
+    edge over 0.5 (and ``difference`` over 0.5) at the spread between seeds measured here. Never one binomial over
+    every seed's responses."""
     out: dict = {}
     for mode in runs[0]["evaluation"]:
         blocks = [run["evaluation"][mode] for run in runs]
-        wins = {}
+        per_policy = {}
         for name in blocks[0]["ppo_win_rate"]:
-            n = sum(b["ppo_win_rate"][name]["n"] for b in blocks)
-            estimate = wilson(sum(b["ppo_win_rate"][name]["value"] * b["ppo_win_rate"][name]["n"] for b in blocks), n)
-            wins[name] = {"rate": estimate.value, "ci": [estimate.lo, estimate.hi], "n": n}
-        gold = {}
-        for name in blocks[0]["policies"]:
-            parts = [b["policies"][name]["gold"] for b in blocks]
-            n = sum(p["n"] for p in parts)
-            mean = sum(p["value"] * p["n"] for p in parts) / n
-            # each seed's sd from its CI half-width; pooled variance around the pooled mean
-            sds = [(p["ci"][1] - p["value"]) * math.sqrt(p["n"]) / Z95 for p in parts]
-            variance = sum((p["n"] - 1) * sd**2 + p["n"] * (p["value"] - mean) ** 2 for p, sd in zip(parts, sds)) / (
-                n - 1
+            win = across_seeds_estimate([b["ppo_win_rate"][name]["value"] for b in blocks])
+            ppo_gold = [b["policies"]["ppo"]["gold"]["value"] for b in blocks]
+            gold_gap = across_seeds_estimate(
+                [p - b["policies"][name]["gold"]["value"] for p, b in zip(ppo_gold, blocks)]
             )
-            half = Z95 * math.sqrt(variance / n)
-            gold[name] = {"value": mean, "ci": [mean - half, mean + half], "n": n}
-        out[mode] = {"ppo_win_rate": wins, "gold": gold}
-    return {"seeds": [run["seed"] for run in runs], "evaluation": out}
+            per_policy[name] = {
+                "ppo_win_rate": win.as_dict(),
+                "ppo_gold_minus": gold_gap.as_dict(),
+                "seeds_needed": {
+                    "measured_edge": seeds_needed(win.sd, win.mean - 0.5),
+                    f"edge_{difference}": seeds_needed(win.sd, difference),
+                },
+            }
+        out[mode] = per_policy
+    return {"seeds": [run["seed"] for run in runs], "difference": difference, "evaluation": out}
 
 
 def print_run(run: dict) -> None:
@@ -335,16 +380,21 @@ def print_run(run: dict) -> None:
     print("stage seconds:", run["stage_seconds"])
 
 
-def print_pooled(pool: dict, baselines: list[str]) -> None:
-    print(f"\n######## pooled over seeds {pool['seeds']} ########")
-    for mode, block in pool["evaluation"].items():
+def print_across_seeds(summary: dict, baselines: list[str]) -> None:
+    seeds, difference = summary["seeds"], summary["difference"]
+    print(f"\n######## over seeds {seeds}: mean [95% t-interval over the {len(seeds)} seeds] ########")
+    for mode, block in summary["evaluation"].items():
         print(f"== {mode} ==")
-        for name, g in block["gold"].items():
-            win = block["ppo_win_rate"].get(name)
-            shown = f"PPO wins {win['rate']:.3f} [{win['ci'][0]:.3f}, {win['ci'][1]:.3f}]" if win else ""
+        print(
+            f"{'policy':<11} {'PPO win rate':<26} {'sd':>6} {'PPO gold minus':<28} "
+            f"seeds needed: measured edge / +{difference}"
+        )
+        for name, row in block.items():
+            win, gap, needed = row["ppo_win_rate"], row["ppo_gold_minus"], row["seeds_needed"]
             print(
-                f"{name:<11} gold {g['value']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]  "
-                f"{shown}{' (gated)' if name in baselines else ''}"
+                f"{name:<11} {win['mean']:.3f} [{win['ci'][0]:.3f}, {win['ci'][1]:.3f}]   {win['sd']:6.3f} "
+                f"{gap['mean']:+.3f} [{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}]   "
+                f"{needed['measured_edge']} / {needed[f'edge_{difference}']}{' (gated)' if name in baselines else ''}"
             )
 
 
@@ -352,29 +402,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default")
     parser.add_argument("--seeds", type=int, default=1, help="how many seeds, from --seed on")
-    parser.add_argument("--seed", type=int, help="the first seed (default: the profile's)")
+    parser.add_argument(
+        "--seed", type=int, help="the first seed (default: tuning.evaluation_seed, never used while developing)"
+    )
+    parser.add_argument(
+        "--difference", type=float, default=0.05, help="a win-rate edge over 0.5 to size the seeds for (default 0.05)"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument(
+        "--matched-n-max", type=int, default=256, help="the largest n of best-of-n at PPO's KL (default 256)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     stay_offline()
     warnings.filterwarnings("ignore")
-    first = args.seed if args.seed is not None else load_config(args.profile, args.overrides).seed
+    first = args.seed if args.seed is not None else load_config(args.profile, args.overrides).tuning.evaluation_seed
     runs = []
     for seed in range(first, first + args.seeds):
         cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
-        runs.append(run_seed(cfg))
+        runs.append(run_seed(cfg, args.matched_n_max))
         print_run(runs[-1])
     result = {
         "profile": cfg.profile,
         "overrides": args.overrides,
         "baselines": list(cfg.gate.baselines),
         "runs": runs,
-        "pooled": pooled(runs),
+        "across_seeds": across_seeds(runs, args.difference),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     write_json(args.out, result)
     plot_headroom(runs, args.out.with_name(args.out.stem + "_headroom.png"))
-    print_pooled(result["pooled"], result["baselines"])
+    print_across_seeds(result["across_seeds"], result["baselines"])
     print(f"\npeak RSS {result['peak_rss_mb']:.0f} MB; written: {args.out}")
     return 0
 

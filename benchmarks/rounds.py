@@ -31,7 +31,7 @@ from pathlib import Path
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
-from components.evaluation.intervals import mean_ci, win_rate
+from components.evaluation.intervals import clustered_mean_ci, win_rate
 from components.evaluation.judges import gold_judge
 from components.evaluation.policy_eval import DecodingMode, Responses, sample_responses
 from components.evaluation.report import judge_monitor
@@ -74,7 +74,7 @@ def measured(cfg, policy, tokenizer, eval_prompts, sft, reward_model=None) -> tu
     )
     out.gold = [gold_score(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended)]
     rewards = out.rm_scores if reward_model is not None else [cfg.baselines.dpo.beta * kl for kl in out.kl]
-    gold = mean_ci(out.gold)
+    gold = clustered_mean_ci(out.gold, mode.samples_per_prompt)
     return {
         "gold": round(gold.value, 4),
         "gold_ci": [round(gold.lo, 4), round(gold.hi, 4)],
@@ -146,7 +146,7 @@ def run_schedule(cfg, schedule: str, rounds: int, sft, tokenizer, rows, eval_pro
             "ppo_iterations": round_cfg.ppo.iterations,
             "ppo": ppo_measured,
             "dpo": dpo_measured,
-            "ppo_win_rate_vs_dpo": win_rate(ppo_out.gold, dpo_out.gold).as_dict(),
+            "ppo_win_rate_vs_dpo": win_rate(ppo_out.gold, dpo_out.gold, cfg.evaluation.samples_per_prompt).as_dict(),
             "seconds": round(time.perf_counter() - started, 1),
         }
         records.append(record)

@@ -397,7 +397,12 @@ class SelectionConfig(Section):
     candidates: int = Field(
         4,
         ge=1,
-        description="snapshots per trained policy (PPO and each preference baseline), evenly spaced; 1: the last",
+        description="snapshots per trained policy (PPO and each preference baseline), spaced by `spacing`; 1: the last",
+    )
+    spacing: Literal["log", "even"] = Field(
+        "log",
+        description="log: at total^(k/candidates), the first within the first few steps (over-optimisation can peak "
+        "there) | even: at total*k/candidates",
     )
     prompts: int = Field(
         200, ge=0, description="held-out ranked groups each snapshot answers (one fresh label each); 0: no selection"
@@ -430,8 +435,8 @@ class JudgeConfig(Section):
     poll_seconds: int = Field(10, ge=1, description="human: how often the paused flow run checks for a resume")
     monitor_ppo: bool = Field(
         True,
-        description="score PPO's rollouts with the judge at every iteration, for the gate's over-optimisation trend "
-        "rule (off for a slow judge: the rule then says it was not measured)",
+        description="score PPO's rollouts with the judge at every iteration, for the gate's over-optimisation rule "
+        "(off for a slow judge: the rule then says it was not measured)",
     )
 
     @model_validator(mode="after")
@@ -465,7 +470,10 @@ class OveroptimisationConfig(Section):
 
     tail_fraction: float = Field(0.3, gt=0, le=1, description="last share of PPO iterations whose trend is checked")
     max_gold_drop: float = Field(
-        0.05, ge=0, description="largest gold fall over the tail tolerated while the RM score rises"
+        0.05,
+        ge=0,
+        description="largest gold fall tolerated while the RM score rises: from the start to the shipped snapshot, "
+        "over the tail, and below the peak of gold's curve fitted over the run (at the shipped KL, and at the end)",
     )
     max_proxy_gold_gap: float = Field(
         0.15, ge=0, description="largest excess of PPO's RM win rate over its gold win rate against any gated baseline"
@@ -498,6 +506,15 @@ class GateConfig(Section):
         le=1,
         description="a reward ensemble's members must order at least this share of the held-out pairs alike",
     )
+    detectable_win_rate: float = Field(
+        0.6,
+        gt=0.5,
+        lt=1,
+        description="one comparison per prompt (greedy, people's pairs): the head-to-head rule decides on the untied "
+        "prompts only, and only where it detects this win rate with min_power; else it reports 'underpowered' and "
+        "vetoes only a significant loss",
+    )
+    min_power: float = Field(0.8, gt=0, lt=1, description="power the head-to-head rule needs to decide (see above)")
     max_kl: float = Field(20.0, gt=0, description="KL budget (nats per response) of PPO from the SFT reference")
     sft_tolerance: float = Field(0.0, ge=0, description="how far PPO's mean gold score may fall below SFT's")
     overoptimisation: OveroptimisationConfig = OveroptimisationConfig()
@@ -507,6 +524,11 @@ class TuningConfig(Section):
     """How the recipe's settings were chosen (benchmarks/tune.py): recorded as every policy's tuning budget."""
 
     seed: int = Field(7, description="the tuning seed: none of the evaluation seeds")
+    evaluation_seed: int = Field(
+        20270601,
+        description="benchmarks/rlhf_vs_sl.py's first seed (then +1, +2, ...): fresh ones, never used while "
+        "developing; the main job keeps the top-level seed",
+    )
     configurations_per_method: int = Field(
         6, ge=1, description="configurations tried for PPO and for each supervised baseline alike"
     )

@@ -19,6 +19,7 @@ from components.config import Config
 from components.evaluation import pairwise
 from components.evaluation.gate import decide_report
 from components.evaluation.judges import judge_facts, make_judge
+from components.evaluation.overoptimisation import shipped_iteration
 from components.evaluation.policy_eval import Responses
 from components.evaluation.report import decoding_modes, evaluate_policies, format_budgets, format_table
 from components.models.generation import sampling_config
@@ -119,6 +120,7 @@ def report(ctx: RunContext, trained: Trained, evaluation: dict, decision: dict, 
                     "kl": round(summary["kl"], 4) if "kl" in summary else None,
                     "ppo_win_rate": round(win["value"], 4) if win else None,
                     "ppo_win_rate_ci": f"[{win['ci'][0]:.3f}, {win['ci'][1]:.3f}]" if win else None,
+                    "ppo_win_rate_ties": round(win["ties"], 4) if win and "ties" in win else None,
                 }
             )
     create_table_artifact(key="pipeline-metrics", table=rows, description="every policy under every decoding mode")
@@ -197,7 +199,7 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
                 run.log_metrics(flatten(summary), prefix=f"{mode}.{name}.")
             for name, win in block["ppo_win_rate"].items():
                 run.log_metrics(
-                    {"value": win["value"], "ci_lo": win["ci"][0], "ci_hi": win["ci"][1]},
+                    {"value": win["value"], "ci_lo": win["ci"][0], "ci_hi": win["ci"][1], "ties": win["ties"]},
                     prefix=f"{mode}.ppo_win_rate.{name}.",
                 )
             if block["ppo_win_rate"]:
@@ -251,6 +253,9 @@ def gate(ctx: RunContext, trained: Trained, evaluation: dict) -> dict:
             )
         },
         "ppo_history": trained.ppo.history,
+        "ppo_shipped_iteration": shipped_iteration(
+            trained.ppo.history, int(trained.ppo.metrics.get("selection.chosen_iteration", -1))
+        ),
         "modes": evaluation,
     }
     decision = decide_report(report, cfg.gate)  # a malformed report is a rejection that says why

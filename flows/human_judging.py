@@ -160,7 +160,7 @@ def score_labels(ctx: RunContext, evaluation: dict, labels_file: str) -> dict:
         for mode, block in judged.items():
             for name, win in block["ppo_win_rate"].items():
                 run.log_metrics(
-                    {"value": win["value"], "ci_lo": win["ci"][0], "ci_hi": win["ci"][1]},
+                    {"value": win["value"], "ci_lo": win["ci"][0], "ci_hi": win["ci"][1], "ties": win["ties"]},
                     prefix=f"{mode}.ppo_win_rate.{name}.",
                 )
             run.log_figure(plots.win_rates(block, mode), f"plots/win_rates_{mode}.png")

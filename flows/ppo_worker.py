@@ -242,7 +242,12 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
             log=live,
             checkpoint_dir=job["checkpoint_dir"],
             runtime=runtime,
-            snapshots=SavedSnapshots(cfg.selection.candidates, directory=Path(job["snapshot_dir"]), tokenizer=tokenizer)
+            snapshots=SavedSnapshots(
+                cfg.selection.candidates,
+                cfg.selection.spacing,
+                directory=Path(job["snapshot_dir"]),
+                tokenizer=tokenizer,
+            )
             if cfg.selection.candidates > 1
             else None,
             start=start,

@@ -36,10 +36,19 @@ LOOSE_GATE = [
 RIVAL_PPO = "ppo.lr=2.0e-4"
 WIDE_OPEN = [*LOOSE_GATE, "gate.min_rm_accuracy=0.0"]
 # no KL penalty, a learning rate 5x the tiny profile's and 10x its iterations: the policy runs away from SFT to
-# whatever the reward model over-rates. Both snapshots selection chooses from (iterations 20 and 40) are far past the
-# KL budget (measured: KL 30 nats by iteration 17, 78 by 33); the selection settings stay the others', so the
-# supervised baselines are theirs, reused
-HACKED = ["ppo.kl.kl_coef=0.0", "ppo.lr=1.0e-3", "ppo.iterations=40", "gate.max_kl=10"]
+# whatever the reward model over-rates (issue 35's kl-free run). Measured (2026-12-06): gold peaks at iteration 5
+# (+0.86 from -0.2) and ends near -0.3 while the RM climbs from 1.08 to 1.54 and the KL to 33 nats. Selection's
+# log-spaced candidates are iterations 6 and 40: the labels pick 6 (0.42 against 0.22), whose KL (about 8) is within
+# the budget of 10; the over-optimisation rule, at its default drop, must refuse the run all the same (the run went on
+# past gold's fitted peak while the RM rose). The selection settings stay the others', so the supervised baselines
+# are theirs, reused
+HACKED = [
+    "ppo.kl.kl_coef=0.0",
+    "ppo.lr=1.0e-3",
+    "ppo.iterations=40",
+    "gate.max_kl=10",
+    "gate.overoptimisation.max_gold_drop=0.05",
+]
 # three members from independent heads, barely trained: their orderings are close to independent coin flips
 DISAGREEING = ["reward.ensemble_size=3", "reward.epochs=0.02", "gate.min_rm_member_agreement=0.7"]
 PROMOTED = ("promoted", "rival")  # the runs the gate promotes; the others it must refuse

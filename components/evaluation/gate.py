@@ -13,13 +13,17 @@ Malformed input (wrong type, NaN/inf, a CI not a pair, a negative count) is refu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
-from components.config import GateConfig
+from components.config import GateConfig, OveroptimisationConfig
+from components.evaluation.intervals import wilson
+from components.evaluation.overoptimisation import fit_rl_curve
+from components.evaluation.power import detection_power
 
 PPO = "ppo"
 
@@ -36,12 +40,32 @@ class _Facts(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
+class JudgeDecided(_Facts):
+    """``modes.<mode>.ppo_rm_win_rate.<name>.on_judge_decided``: PPO's win share by the judge and by the RM over the
+    same comparisons, those the judge does not tie (None, None, 0 when it ties them all)."""
+
+    judge: Share | None = None
+    proxy: Share | None = None
+    comparisons: Count = 0
+
+
 class WinRate(_Facts):
-    """``modes.<mode>.ppo_win_rate.<name>``: PPO's win rate head to head (ties half), with its CI."""
+    """``modes.<mode>.ppo_win_rate.<name>``: PPO's win rate head to head (ties half), with its CI over ``n`` prompts;
+    the comparisons won, lost and tied (a share) where the report counts them."""
 
     value: Share
     ci: tuple[Number, Number]
     n: Count | None = None
+    wins: Count | None = None
+    losses: Count | None = None
+    ties: Share | None = None
+    comparisons: Count | None = None
+    on_judge_decided: JudgeDecided | None = None  # RM win rates only
+
+    @property
+    def one_per_prompt(self) -> bool:
+        """One comparison per prompt (greedy decoding, people's pairs): the untied prompts can be tested alone."""
+        return self.wins is not None and self.losses is not None and self.comparisons == self.n
 
     @model_validator(mode="after")
     def _ci_around_value(self) -> WinRate:
@@ -88,11 +112,13 @@ class DataValidation(_Facts):
 
 
 class HistoryPoint(_Facts):
-    """``ppo_history[i]``: one logged PPO iteration (gold: logged, never trained on)."""
+    """``ppo_history[i]``: one logged PPO iteration (gold: logged, never trained on; kl: the rollouts' mean KL from
+    the reference)."""
 
     iteration: Number
     rm_score: Number | None = None
     gold: Number | None = None
+    kl: Number | None = None
 
 
 class JudgeFacts(_Facts):
@@ -114,6 +140,7 @@ class GateInput(_Facts):
     non_finite_stages: list[str] | None = None  # stages that produced NaN/inf
     reward_model: RewardModelFacts | None = None
     ppo_history: list[HistoryPoint] | None = None
+    ppo_shipped_iteration: Number | None = None  # the iteration whose rollouts the shipped snapshot sampled; None: last
     modes: dict[str, ModeReport | None] | None = None
 
 
@@ -201,11 +228,62 @@ def _linear_slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var_x if var_x else 0.0
 
 
-def trend_change(xs: Sequence[float], ys: Sequence[float], tail_fraction: float) -> float:
-    """Change of ``ys`` over the last ``tail_fraction`` of the points, read off a least-squares line."""
-    keep = max(2, round(len(xs) * tail_fraction))
-    xs, ys = [float(x) for x in xs[-keep:]], [float(y) for y in ys[-keep:]]
-    return _linear_slope(xs, ys) * (xs[-1] - xs[0])
+def overoptimisation_verdict(
+    history: list[HistoryPoint], shipped: float | None, cfg: OveroptimisationConfig, judge: str
+) -> tuple[bool, str]:
+    """The shipped snapshot against the whole run (Gao et al. 2022's signs of reward-model over-optimisation).
+
+    Fails on any of: (1) from the start to the shipped iteration, or over the run's last ``tail_fraction``, the RM
+    rose while the judge's score fell by more than ``max_gold_drop`` (least-squares lines); (2) the judge's curve
+    fitted over the whole run, R(d) = d (alpha - beta log d) with d = sqrt(KL), peaks before the shipped KL and the
+    shipped KL sits more than ``max_gold_drop`` below the peak; (3) the same of the run's end while the RM's fitted
+    curve still rose: the run over-optimised, whichever snapshot shipped. Without KLs in the history, (2) and (3) are
+    not measured, and the reason says so."""
+    last = history[-1].iteration
+    shipped = last if shipped is None else shipped
+    upto = [h for h in history if h.iteration <= shipped]
+    if len(upto) < 2:
+        upto = history[:2]
+    tail = history[-max(2, round(len(history) * cfg.tail_fraction)) :]
+    limit, failures, trends = cfg.max_gold_drop, [], []
+    for name, points in ((f"start to shipped iteration {shipped:g}", upto), (f"last {cfg.tail_fraction:.0%}", tail)):
+        rm_change, gold_change = _change(points, "rm_score"), _change(points, "gold")
+        trends.append(f"{name}: RM {rm_change:+.3f}, {judge} {gold_change:+.3f}")
+        if rm_change > 0 and gold_change < -limit:
+            failures.append(f"{name}: the RM rose while {judge} fell")
+    detail = "; ".join(trends)
+    if any(h.kl is None for h in history):
+        return not failures, detail + "; fitted peak not measured (no KL per iteration)"
+    start = history[0]
+    gold_fit = fit_rl_curve([h.kl for h in history], [h.gold - start.gold for h in history])
+    proxy_fit = fit_rl_curve([h.kl for h in history], [h.rm_score - start.rm_score for h in history])
+    shipped_kl = next(h.kl for h in reversed(upto))
+    if gold_fit is None or gold_fit.peak_d is None:
+        detail += f"; {judge} fitted over the run has no peak (still rising)"
+        return not failures, detail + _fails_if(judge, limit)
+    peak_d, end_d = gold_fit.peak_d, math.sqrt(max(history[-1].kl, 0.0))
+    shipped_d = math.sqrt(max(shipped_kl, 0.0))
+    shipped_drop, end_drop = gold_fit(peak_d) - gold_fit(shipped_d), gold_fit(peak_d) - gold_fit(end_d)
+    detail += (
+        f"; fitted {judge} peaks at KL {gold_fit.peak_kl:.2f}, shipped KL {shipped_kl:.2f} "
+        f"({shipped_drop:.3f} below the peak), end KL {history[-1].kl:.2f} ({end_drop:.3f} below)"
+    )
+    if shipped_d > peak_d and shipped_drop > limit:
+        failures.append("shipped past the fitted peak")
+    proxy_rose = proxy_fit is not None and proxy_fit(end_d) > proxy_fit(peak_d)
+    if end_d > peak_d and end_drop > limit and proxy_rose:
+        failures.append("the run went on past the peak while the RM rose")
+    return not failures, detail + (f" ({'; '.join(failures)})" if failures else "") + _fails_if(judge, limit)
+
+
+def _change(points: list[HistoryPoint], key: str) -> float:
+    """Change of ``key`` over ``points``, read off a least-squares line through them."""
+    xs = [float(h.iteration) for h in points]
+    return _linear_slope(xs, [float(getattr(h, key)) for h in points]) * (xs[-1] - xs[0])
+
+
+def _fails_if(judge: str, limit: float) -> str:
+    return f" (fails on a fall of {judge} by more than {limit} while the RM rises)"
 
 
 def gated_baselines(gi: GateInput, mode: str, baselines: list[str]) -> list[str]:
@@ -220,6 +298,37 @@ def gated_baselines(gi: GateInput, mode: str, baselines: list[str]) -> list[str]
 def win_lower_bounds(gi: GateInput, mode: str, baselines: list[str]) -> dict[str, float]:
     """The CI lower bound of PPO's gold win rate against each gated baseline under ``mode``."""
     return {name: _win(gi, mode, "ppo_win_rate", name).ci[0] for name in gated_baselines(gi, mode, baselines)}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    detail: str
+
+
+def head_to_head(win: WinRate, cfg: GateConfig) -> Verdict:
+    """Is a baseline beaten? With several comparisons per prompt: the lower bound of PPO's win rate (ties half,
+    interval over prompts). With one per prompt: Wilson's interval of the untied prompts' win rate. A lower bound
+    above the threshold is a win, and an upper bound below it a loss, whatever the power; power qualifies only the
+    interval that holds the threshold: where the test would have detected a ``cfg.detectable_win_rate`` with
+    ``cfg.min_power`` it is "not beaten", otherwise "underpowered", and does not veto."""
+    shown = f"{win.value:.3f} [{win.ci[0]:.3f}, {win.ci[1]:.3f}]"
+    if not win.one_per_prompt:
+        beaten = win.ci[0] > cfg.min_win_rate_lower
+        return Verdict(beaten, shown + ("" if beaten else " (not beaten)"))
+    decisive = win.wins + win.losses
+    untied = wilson(win.wins, decisive)
+    shown += f", ties {win.comparisons - decisive}/{win.comparisons}, untied {win.wins}-{win.losses}"
+    shown += f" [{untied.lo:.3f}, {untied.hi:.3f}]"
+    if untied.lo > cfg.min_win_rate_lower:
+        return Verdict(True, shown)
+    if untied.hi < cfg.min_win_rate_lower:
+        return Verdict(False, shown + " (lost)")
+    power = detection_power(decisive, cfg.detectable_win_rate, cfg.min_win_rate_lower)
+    shown += f", power {power:.2f} at {cfg.detectable_win_rate}"
+    if power < cfg.min_power:
+        return Verdict(True, shown + " (underpowered: not deciding)")
+    return Verdict(False, shown + " (not beaten)")
 
 
 def _check(rule: str, test, mode: str | None = None) -> Reason:
@@ -238,12 +347,9 @@ def _rules_for_mode(gi: GateInput, cfg: GateConfig, mode: str) -> list[Reason]:
         # head to head against each baseline, not against the best by mean: a mean can hide a baseline
         # that beats PPO on most prompts (and means can tie)
         wins = {name: _win(gi, mode, "ppo_win_rate", name) for name in gated_baselines(gi, mode, cfg.baselines)}
-        beaten = {name: win.ci[0] > cfg.min_win_rate_lower for name, win in wins.items()}
-        shown = "; ".join(
-            f"{name} {w.value:.3f} [{w.ci[0]:.3f}, {w.ci[1]:.3f}]{'' if beaten[name] else ' (not beaten)'}"
-            for name, w in wins.items()
-        )
-        return all(beaten.values()), (
+        verdicts = {name: head_to_head(win, cfg) for name, win in wins.items()}
+        shown = "; ".join(f"{name} {verdict.detail}" for name, verdict in verdicts.items())
+        return all(v.passed for v in verdicts.values()), (
             f"{judge} win rate vs {shown}; every lower bound must exceed {cfg.min_win_rate_lower}"
         )
 
@@ -260,18 +366,30 @@ def _rules_for_mode(gi: GateInput, cfg: GateConfig, mode: str) -> list[Reason]:
         return ppo >= sft - cfg.sft_tolerance, f"{judge} {ppo:.3f} vs SFT {sft:.3f} (tolerance {cfg.sft_tolerance})"
 
     def proxy_agrees_with_gold():
-        gaps = {}
+        # where the report has them, both rates over the comparisons the judge decides: a judge at its ceiling ties
+        # most greedy answers (ties count half) while the RM never ties, and the ties alone would open a "gap"
+        gaps, undecided = {}, []
         for name in gated_baselines(gi, mode, cfg.baselines):
             gold = _win(gi, mode, "ppo_win_rate", name).value
-            proxy = _win(gi, mode, "ppo_rm_win_rate", name).value
-            gaps[name] = (proxy - gold, proxy, gold)
-        worst = max(gaps, key=lambda name: gaps[name][0])
-        gap, proxy, gold = gaps[worst]
+            rm = _win(gi, mode, "ppo_rm_win_rate", name)
+            decided = rm.on_judge_decided
+            if decided is None:
+                gaps[name] = (rm.value - gold, rm.value, gold, "")
+            elif decided.comparisons == 0:
+                undecided.append(name)
+            else:
+                where = f" on the {decided.comparisons} comparisons {judge} decides"
+                gaps[name] = (decided.proxy - decided.judge, decided.proxy, decided.judge, where)
         limit = cfg.overoptimisation.max_proxy_gold_gap
+        unmeasured = f"; not measured vs {', '.join(undecided)} ({judge} ties every comparison)" if undecided else ""
+        if not gaps:
+            return True, f"not measured: {judge} ties every comparison{unmeasured}"
+        worst = max(gaps, key=lambda name: gaps[name][0])
+        gap, proxy, gold, where = gaps[worst]
         return (
             gap <= limit,
-            f"largest gap vs '{worst}': RM win rate {proxy:.3f}, {judge} win rate {gold:.3f}, "
-            f"gap {gap:+.3f} (max {limit})",
+            f"largest gap vs '{worst}': RM win rate {proxy:.3f}, {judge} win rate {gold:.3f}{where}, "
+            f"gap {gap:+.3f} (max {limit}){unmeasured}",
         )
 
     return [
@@ -318,7 +436,7 @@ def decide(gi: GateInput, cfg: GateConfig) -> Decision:
             f"(floor {cfg.min_rm_member_agreement})"
         )
 
-    def no_overoptimisation_trend():
+    def no_overoptimisation():
         if not gi.judge.scores_ppo_iterations:
             return True, (
                 f"not measured: PPO's iterations were not scored by the {gi.judge.label}; "
@@ -327,16 +445,7 @@ def decide(gi: GateInput, cfg: GateConfig) -> Decision:
         history = _need(gi.ppo_history, "ppo_history")
         if len(history) < 2 or any(h.gold is None or h.rm_score is None for h in history):
             raise _Missing("ppo_history (rm_score and gold per iteration)")
-        tail = cfg.overoptimisation.tail_fraction
-        iterations = [h.iteration for h in history]
-        rm_change = trend_change(iterations, [h.rm_score for h in history], tail)
-        gold_change = trend_change(iterations, [h.gold for h in history], tail)
-        diverging = rm_change > 0 and gold_change < -cfg.overoptimisation.max_gold_drop
-        return not diverging, (
-            f"over the last {tail:.0%} of PPO: "
-            f"RM {rm_change:+.3f}, {gi.judge.label} {gold_change:+.3f} "
-            f"(fails if RM rises while {gi.judge.label} falls by more than {cfg.overoptimisation.max_gold_drop})"
-        )
+        return overoptimisation_verdict(history, gi.ppo_shipped_iteration, cfg.overoptimisation, gi.judge.label)
 
     reasons = [
         _check("data validation passed", data_valid),
@@ -344,7 +453,7 @@ def decide(gi: GateInput, cfg: GateConfig) -> Decision:
         _check("no NaN/inf", all_finite),
         _check("reward model accuracy", rm_accurate),
         _check("reward ensemble members agree", members_agree),
-        _check("no over-optimisation trend", no_overoptimisation_trend),
+        _check("no over-optimisation", no_overoptimisation),
     ]
     for mode in cfg.modes:
         reasons += _rules_for_mode(gi, cfg, mode)

@@ -4,8 +4,8 @@ Each pair puts PPO's response and a baseline's response to the same prompt (the 
 PPO's side drawn at random; the pairs are shuffled and named by ids that say nothing of who wrote what. Labellers see
 ``{pair_id, prompt, A, B}`` only (a JSONL file and a self-contained HTML page) and answer ``{pair_id, choice}`` with
 choice A, B or tie. The key (which side is PPO's, the mode and the baseline) stays with the run. PPO's win rate
-against a baseline is then its share of that baseline's pairs won, ties half, with a Wilson interval: the same
-statistic as a scoring judge's.
+against a baseline is then its share of that baseline's pairs won, ties half, with a Wilson interval (one pair per
+prompt): the same statistic as a scoring judge's under greedy decoding, and the gate tests it the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from components.evaluation.intervals import wilson
+from components.evaluation.intervals import win_estimate
 
 PPO = "ppo"
 
@@ -84,5 +84,5 @@ def ppo_win_rates(keys: Sequence[Mapping], labels: Mapping[str, str]) -> dict[st
         wins.setdefault((key["mode"], key["baseline"]), []).append(won)
     rates: dict[str, dict[str, dict]] = {}
     for (mode, baseline), outcomes in wins.items():
-        rates.setdefault(mode, {})[baseline] = wilson(sum(outcomes), len(outcomes)).as_dict()
+        rates.setdefault(mode, {})[baseline] = win_estimate([[outcome] for outcome in outcomes]).as_dict()
     return rates

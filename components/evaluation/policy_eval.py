@@ -10,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig
 from components.data.text import words
-from components.evaluation.intervals import mean_ci
+from components.evaluation.intervals import clustered_mean_ci
 from components.models.batching import response_logprobs
 from components.models.decoding import decode
 from components.models.ensemble import reward_scores
@@ -95,7 +95,8 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def summarise(responses: Responses) -> dict:
+def summarise(responses: Responses, per_prompt: int) -> dict:
+    """Means of ``per_prompt`` samples of each prompt: the gold and RM means' intervals are over prompts."""
     lengths = [len(words(t)) for t in responses.texts]
     summary = {
         "n": len(responses.texts),
@@ -105,9 +106,9 @@ def summarise(responses: Responses) -> dict:
         "distinct_2": distinct_n(responses.texts, 2),
     }
     if responses.gold:
-        summary["gold"] = mean_ci(responses.gold).as_dict()
+        summary["gold"] = clustered_mean_ci(responses.gold, per_prompt).as_dict()
     if responses.rm_scores:
-        summary["rm"] = mean_ci(responses.rm_scores).as_dict()
+        summary["rm"] = clustered_mean_ci(responses.rm_scores, per_prompt).as_dict()
     if responses.kl:
         summary["kl"] = statistics.fmean(responses.kl)
     return summary

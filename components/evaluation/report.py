@@ -1,8 +1,9 @@
 """The held-out evaluation report: every policy decoded the same way, under every configured mode.
 
 Per mode: each policy's summary (gold mean with CI, RM score, KL from the SFT reference, length,
-distinct-1/2, unterminated share), PPO's paired win rate against every other policy judged by gold
-and by the reward model (ties count half, Wilson CI), and an example table for a person to read.
+distinct-1/2, unterminated share), PPO's win rate against every other policy judged by gold and by the reward model
+(ties count half; under sampling every sample against every sample of the same prompt; intervals over prompts, the
+unit: components/evaluation/intervals.py), and an example table for a person to read.
 Best-of-n over the SFT policy joins sampling mode as a non-training reference point.
 """
 
@@ -15,7 +16,7 @@ from functools import partial
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import BestOfNConfig, EvaluationConfig, ModelConfig
-from components.evaluation.intervals import win_rate
+from components.evaluation.intervals import on_judge_decided, win_rate
 from components.evaluation.policy_eval import DecodingMode, GoldFn, Responses, Scores, sample_responses, summarise
 from components.models.runtime import SINGLE, Runtime
 from components.training.best_of_n import best_of_n
@@ -175,14 +176,23 @@ def evaluate_policies(
             on_responses(mode, responses)
         ppo = responses[PPO]
         report[mode.name] = {
-            "policies": {name: summarise(out) for name, out in responses.items()},
+            "policies": {name: summarise(out, mode.samples_per_prompt) for name, out in responses.items()},
             "ppo_win_rate": {
-                name: win_rate(ppo.gold, out.gold).as_dict()
+                name: win_rate(ppo.gold, out.gold, mode.samples_per_prompt).as_dict()
                 for name, out in responses.items()
                 if name != PPO and judge is not None
             },
             "ppo_rm_win_rate": {
-                name: win_rate(ppo.rm_scores, out.rm_scores).as_dict()
+                name: win_rate(ppo.rm_scores, out.rm_scores, mode.samples_per_prompt).as_dict()
+                | (
+                    {
+                        "on_judge_decided": on_judge_decided(
+                            ppo.gold, out.gold, ppo.rm_scores, out.rm_scores, mode.samples_per_prompt
+                        )
+                    }
+                    if judge is not None
+                    else {}
+                )
                 for name, out in responses.items()
                 if name != PPO and out.rm_scores
             },
@@ -229,11 +239,13 @@ def format_table(report: dict, judge: str = "gold") -> str:
         judged = "gold" if judge == "gold" else "judge"
         lines.append(
             f"{'policy':<10} {judged + ' mean [95% CI]':<24} {'RM':>7} {'KL':>7} {'len':>5} {'unterm':>6}  "
-            f"PPO {judged} win rate [95% CI]"
+            f"PPO {judged} win rate [95% CI over prompts]"
         )
         for name, s in block["policies"].items():
             g, wr = s.get("gold"), block["ppo_win_rate"].get(name)
             wins = f"{wr['value']:.3f} [{wr['ci'][0]:.3f}, {wr['ci'][1]:.3f}]" if wr else "-"
+            if wr and "ties" in wr:
+                wins += f" ties {wr['ties']:.2f}"
             kl = f"{s['kl']:7.2f}" if "kl" in s else "      -"
             mean = f"{g['value']:6.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]{'':<4}" if g else f"{'-':<25}"
             lines.append(

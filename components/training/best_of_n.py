@@ -8,6 +8,8 @@ could extract without moving far from the SFT policy (Stiennon et al. 2020; Gao 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -66,3 +68,14 @@ def best_of_n(
     )
     reward_model.train(was_training)
     return [p[0] for p in picked], [p[1] for p in picked], [p[2] for p in picked]
+
+
+def best_of_n_kl(n: int) -> float:
+    """The analytic KL of best-of-n from the policy it samples, log n - (n - 1) / n (Stiennon et al. 2020, appendix G;
+    exact for continuous rewards without ties, an upper bound otherwise)."""
+    return math.log(n) - (n - 1) / n
+
+
+def kl_matched_n(kl: float, n_max: int) -> int:
+    """The smallest n whose best-of-n KL reaches ``kl`` (a race at PPO's KL), at most ``n_max``."""
+    return next((n for n in range(1, n_max + 1) if best_of_n_kl(n) >= kl), n_max)

@@ -42,15 +42,25 @@ def check_finite(stage: str, step: int, **values: float) -> None:
 
 @dataclass
 class Snapshots:
-    """Copies of a model's weights at steps evenly spaced over its training: the candidates that selection
-    (components/training/selection.py) chooses from by labels. Subclasses may write them somewhere instead."""
+    """Copies of a model's weights at ``count`` steps of its training: the candidates that selection
+    (components/training/selection.py) chooses from by labels. Subclasses may write them somewhere instead.
+
+    ``spacing`` "log": step ``total^(k/count)`` for k = 1..count, so the first candidates come within the first few
+    steps (a reward-hacked policy can peak there) and the last is the end; "even": ``total * k / count``."""
 
     count: int
+    spacing: str = "log"
     taken: list[tuple[int, dict[str, torch.Tensor]]] = field(default_factory=list)  # (step, state dict)
 
     def steps(self, total: int) -> set[int]:
-        """``count`` steps evenly spaced over ``total`` (0-based), the last always among them."""
-        return {max(0, round(total * k / self.count) - 1) for k in range(1, self.count + 1)}
+        """``count`` distinct steps of ``total`` (0-based), the last always among them; every step when fewer."""
+        if total <= self.count:
+            return set(range(total))
+        chosen: list[int] = []
+        for k in range(1, self.count + 1):
+            at = total ** (k / self.count) if self.spacing == "log" else total * k / self.count
+            chosen.append(max(round(at) - 1, chosen[-1] + 1 if chosen else 0))
+        return set(chosen)
 
     def take(self, step: int, model: torch.nn.Module) -> None:
         """A copy of the plain model's weights (adapters merged) in host memory: the device keeps room for training."""
@@ -138,7 +148,7 @@ def train_supervised(
     (plain, every parameter in place) and the history.
 
     ``dropout`` False trains in eval mode (for losses that compare the model with a frozen copy of itself).
-    ``snapshots`` receives the weights after each of its evenly spaced steps (on every rank)."""
+    ``snapshots`` receives the weights after each of its steps (on every rank)."""
     check_divisible(stage, cfg, runtime.world_size)
     rng = random.Random(f"{seed}/{stage}")  # the same on every rank: one global batch order
     total_steps = max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))

@@ -460,7 +460,7 @@ def train_ppo(
     """Optimise ``policy`` in place; ``ref_policy`` and ``reward_model`` stay frozen.
     Returns (policy, metrics, history).
 
-    ``snapshots`` receives the policy after each of its evenly spaced iterations (rank 0 only), the candidates
+    ``snapshots`` receives the policy after each of its iterations (rank 0 only), the candidates
     that selection chooses from.
 
     With ``checkpoint_dir``, the full state is saved every ``cfg.checkpoint_every`` iterations and

@@ -234,7 +234,7 @@ def baseline_stage(
     }
     trainer, section = trainers[name]
     train, _ = labelled_split(cfg, comparisons)
-    snapshots = Snapshots(cfg.selection.candidates)
+    snapshots = Snapshots(cfg.selection.candidates, cfg.selection.spacing)
     result = timed(trainer)(
         sft, tokenizer, train, section, cfg.model, cfg.seed, log=log, snapshots=snapshots, runtime=runtime
     )
@@ -259,7 +259,7 @@ def iterative_dpo_stage(
     (``seen_rows``); earlier rounds hand on their last step, the policy the next round samples."""
     train, _ = labelled_split(cfg, round_rows)
     last_round = round_index == cfg.comparisons.rounds
-    snapshots = Snapshots(cfg.selection.candidates) if last_round else None
+    snapshots = Snapshots(cfg.selection.candidates, cfg.selection.spacing) if last_round else None
     result = timed(train_dpo)(
         previous,
         tokenizer,

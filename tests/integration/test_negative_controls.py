@@ -1,7 +1,8 @@
 """Negative controls the gate must refuse, each run through the whole flow against real Prefect and MLflow servers.
 
 Beside the shuffled-label reward model of tests/pipeline_runs.py (refused by the reward model accuracy floor):
-  - PPO with kl_coef 0, run long enough to hack the reward model: refused by "KL within budget";
+  - PPO with kl_coef 0, run long enough to hack the reward model: selection ships its early snapshot by labels, and
+    "no over-optimisation" refuses the run (issue 35's kl-free run);
   - a reward ensemble whose members disagree: refused by "reward ensemble members agree";
   - an evaluation set that shares its prompts with training: refused before any training by the data contract
     ("no eval prompt among the training prompts"); the gate's own "held-out prompts unseen in training" rule
@@ -9,7 +10,8 @@ Beside the shuffled-label reward model of tests/pipeline_runs.py (refused by the
 Each control is one of the session's `tiny` pipeline runs (tests/pipeline_runs.py), made at once with the others on
 one project root, so the stages it shares with them (SFT, comparisons, baselines) are computed once and only what the
 control changes is trained. Every rule but
-the one under test is opened as wide as the config allows, so the refusal is that rule's alone.
+the one under test is opened as wide as the config allows, so the refusal is that rule's alone (the kl-free run may
+also fail its KL budget).
 """
 
 import subprocess
@@ -17,6 +19,7 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
+from tests.flow_helpers import stage_runs
 from tests.pipeline_runs import PROMOTED, parent_run_id
 
 pytestmark = pytest.mark.integration
@@ -47,15 +50,27 @@ def controls(pipeline_runs):
     return pipeline_runs.done, promoted, client
 
 
-def test_ppo_without_a_kl_penalty_hacks_the_reward_model_and_is_refused_by_the_kl_budget(controls):
+def test_ppo_without_a_kl_penalty_ships_its_early_snapshot_by_labels_and_is_refused_as_over_optimised(controls):
+    """Issue 35's kl-free run: gold peaks within the first few iterations and falls while the RM climbs. Selection's
+    first log-spaced candidate is early, and the labels ship it; the over-optimisation rule reads the whole run and
+    refuses it (a greedy snapshot can also be over the KL budget of 10: that rule may fail too, nothing else may)."""
     done, promoted, client = controls
-    assert "decision: reject" in done["hacked"].stdout
+    out = done["hacked"].stdout
+    assert "decision: reject" in out
     rules = decision_of(done["hacked"])
     assert {rule for rule, passed in rules.items() if not passed} <= {
+        "no over-optimisation",
         "[sample] KL within budget",
         "[greedy] KL within budget",
-    }
-    assert not rules["[sample] KL within budget"], done["hacked"].stdout[-4000:]
+    }, out[-4000:]
+    assert not rules["no over-optimisation"], out[-4000:]
+    reason = next(line for line in out.splitlines() if "no over-optimisation:" in line)
+    assert "the run went on past the peak while the RM rose" in reason
+    ppo = stage_runs(client, client.get_run(parent_run_id(done["hacked"])))["ppo"]
+    candidates = {k: v for k, v in ppo.data.metrics.items() if k.startswith("selection.win_rate.iteration_")}
+    assert sorted(candidates) == ["selection.win_rate.iteration_39", "selection.win_rate.iteration_5"]
+    assert ppo.data.metrics["selection.chosen_iteration"] == 5  # the early one: the labels' pick, and gold's
+    assert candidates["selection.win_rate.iteration_5"] == max(candidates.values())
     assert client.get_model_version_by_alias(MODEL, "champion").version in promoted  # never promoted
 
 

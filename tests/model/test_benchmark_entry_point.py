@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from components.training.best_of_n import best_of_n_kl, kl_matched_n
+
 pytestmark = pytest.mark.slow  # the benchmark end to end
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +38,7 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["profile"] == "smoke" and result["baselines"] == list(POLICIES)
-    assert [run["seed"] for run in result["runs"]] == [3, 4] and result["pooled"]["seeds"] == [3, 4]
+    assert [run["seed"] for run in result["runs"]] == [3, 4] and result["across_seeds"]["seeds"] == [3, 4]
     for run in result["runs"]:
         assert set(run["evaluation"]) == {"sample", "greedy"}
         for mode, block in run["evaluation"].items():
@@ -45,6 +47,10 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
                 assert 0 <= rate["ci"][0] <= rate["rate"] <= rate["ci"][1] <= 1, (mode, name)
                 gold = block["policies"][name]["gold"]
                 assert gold["ci"][0] <= gold["value"] <= gold["ci"][1]
+        matched = run["evaluation"]["sample"]["policies"]["best_of_n_matched"]  # best-of-n at PPO's KL
+        assert matched["n"] == kl_matched_n(matched["ppo_kl"], 256) and matched["kl"] == best_of_n_kl(matched["n"])
+        assert matched["ppo_kl"] == run["evaluation"]["sample"]["policies"]["ppo"]["kl"]
+        assert 0 <= run["evaluation"]["sample"]["ppo_win_rate"]["best_of_n_matched"]["ci"][0] <= 1
         assert 0 <= run["reward_model"]["accuracy_gold"] <= 1
         assert {"sft", "comparisons", "reward", *POLICIES[1:], "ppo", "evaluation"} <= set(run["stage_seconds"])
         budgets = run["label_budgets"]
@@ -52,11 +58,15 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
         assert (
             budgets["ppo"]["selection_labels"] == budgets["dpo"]["selection_labels"]
         )  # the same budget for each method
-    for mode, block in result["pooled"]["evaluation"].items():
-        for name, rate in block["ppo_win_rate"].items():
-            per_seed = [run["evaluation"][mode]["ppo_win_rate"][name] for run in result["runs"]]
-            assert rate["n"] == sum(r["n"] for r in per_seed)
-            assert rate["rate"] == pytest.approx(sum(r["rate"] * r["n"] for r in per_seed) / rate["n"])
+    for mode, block in result["across_seeds"]["evaluation"].items():  # the seed is the unit: one value per seed
+        for name, row in block.items():
+            per_seed = [run["evaluation"][mode]["ppo_win_rate"][name]["value"] for run in result["runs"]]
+            win = row["ppo_win_rate"]
+            assert win["values"] == per_seed and win["seeds"] == 2
+            assert win["mean"] == pytest.approx((per_seed[0] + per_seed[1]) / 2)
+            # t on 1 degree of freedom: 12.706 * sd / sqrt(2), sd = |a - b| / sqrt(2)
+            half = 12.7062 * abs(per_seed[0] - per_seed[1]) / 2
+            assert win["ci"] == pytest.approx([win["mean"] - half, win["mean"] + half], rel=1e-4, abs=1e-9)
     for run in result["runs"]:
         curve = run["best_of_n_headroom"]
         assert curve["n"][0] == 1 and curve["gold_picks"][0] == pytest.approx(
@@ -68,4 +78,4 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
         assert all(r <= g + 1e-9 for g, r in zip(curve["gold_picks"], curve["rm_picks"]))
     assert (tmp_path / "rlhf_vs_sl_headroom.png").stat().st_size > 0
     assert result["peak_rss_mb"] > 0
-    assert "gold mean [95% CI]" in done.stdout and "pooled over seeds [3, 4]" in done.stdout
+    assert "gold mean [95% CI]" in done.stdout and "over seeds [3, 4]" in done.stdout

@@ -1,4 +1,4 @@
-"""Selection by labels: evenly spaced snapshots, the held-out slice, and the labeller's pick."""
+"""Selection by labels: log-spaced snapshots, the held-out slice, and the labeller's pick."""
 
 import copy
 
@@ -14,10 +14,23 @@ from components.training.selection import SliceItem, held_out_slice, label_win_r
 from tests.model.conftest import SEED, TINY
 
 
-def test_snapshots_are_evenly_spaced_and_include_the_last_step():
-    assert Snapshots(4).steps(10) == {1, 4, 7, 9}  # round(2.5) = 2, round(5), round(7.5) = 8, round(10); 0-based
+def test_snapshots_are_log_spaced_from_the_first_few_steps_to_the_last():
+    # 120^(1/4) = 3.31, 120^(1/2) = 10.95, 120^(3/4) = 36.26, 120: steps 3, 11, 36, 120, 0-based
+    assert Snapshots(4).steps(120) == {2, 10, 35, 119}
+    # 10^(1/4) = 1.78, 10^(1/2) = 3.16, 10^(3/4) = 5.62: 2, 3, 6, 10
+    assert Snapshots(4).steps(10) == {1, 2, 5, 9}
+    # 5^(1/4) = 1.495 -> 1, 5^(1/2) = 2.24 -> 2, 5^(3/4) = 3.34 -> 3, 5
+    assert Snapshots(4).steps(5) == {0, 1, 2, 4}
+    # 7^(1/4) = 1.63 -> 2, 7^(1/2) = 2.65 -> 3, 7^(3/4) = 4.30 -> 4, 7; with 8 candidates of 9 steps, rounding
+    # repeats a step (9^(1/8) = 1.32 and 9^(2/8) = 1.73 round to 1 and 2, 9^(3/8) = 2.28 to 2 again): pushed to the next
+    assert Snapshots(4).steps(7) == {1, 2, 3, 6}
+    assert len(Snapshots(8).steps(9)) == 8 and max(Snapshots(8).steps(9)) == 8
     assert Snapshots(1).steps(10) == {9}
     assert Snapshots(5).steps(3) == {0, 1, 2}  # more snapshots than steps: every step once
+
+
+def test_even_spacing_is_kept_for_those_who_ask_for_it():
+    assert Snapshots(4, "even").steps(10) == {1, 4, 7, 9}  # round(2.5) = 2, round(5), round(7.5) = 8, round(10)
 
 
 def test_the_slice_holds_each_held_out_groups_first_ranked_response():

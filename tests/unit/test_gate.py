@@ -1,12 +1,13 @@
 """The promotion gate, rule by rule: a passing report, then every way each rule can fail."""
 
 import copy
+import math
 
 import pytest
 
 from components.config import GateConfig
 from components.evaluation import gate
-from components.evaluation.gate import GateInputError, decide, decide_report, gate_input, gate_score, trend_change
+from components.evaluation.gate import GateInputError, decide, decide_report, gate_input, gate_score
 from components.evaluation.intervals import wilson, win_rate
 
 CFG = GateConfig()
@@ -52,7 +53,7 @@ def mode_block():
 
 
 def passing_report():
-    history = [{"iteration": i, "rm_score": 0.01 * i, "gold": 2.3 + 0.01 * i} for i in range(50)]
+    history = [{"iteration": i, "rm_score": 0.01 * i, "gold": 2.3 + 0.01 * i, "kl": 0.1 * i} for i in range(50)]
     return {
         "data_validation": {"success": True, "eval_prompts_in_training": 0},
         "non_finite_stages": [],
@@ -103,7 +104,7 @@ def test_a_baseline_that_wins_head_to_head_is_caught_even_when_its_mean_is_lower
     decision = decide(gate_input(report), CFG)
     assert not decision.promote
     assert failed_rules(decision) == {("beats every supervised baseline", "sample")}
-    assert "combined 0.200" in decision.failures[0].detail and "(not beaten)" in decision.failures[0].detail
+    assert "combined 0.200" in decision.failures[0].detail and "(lost)" in decision.failures[0].detail
     assert gate_score(gate_input(report), CFG) < 0.2
 
 
@@ -166,7 +167,7 @@ def test_rm_rising_while_gold_falls_at_the_end_of_ppo_is_overoptimisation():
     for h in report["ppo_history"][35:]:
         h["gold"] = 2.65 - 0.02 * (h["iteration"] - 35)  # gold turns down for the last 30%
     decision = decide(gate_input(report), CFG)
-    assert failed_rules(decision) == {("no over-optimisation trend", None)}
+    assert failed_rules(decision) == {("no over-optimisation", None)}
 
 
 def test_gold_and_rm_falling_together_is_not_overoptimisation():
@@ -174,14 +175,7 @@ def test_gold_and_rm_falling_together_is_not_overoptimisation():
     for h in report["ppo_history"][35:]:
         h["gold"] -= 0.02 * (h["iteration"] - 35)
         h["rm_score"] -= 0.05 * (h["iteration"] - 35)
-    assert ("no over-optimisation trend", None) not in failed_rules(decide(gate_input(report), CFG))
-
-
-def test_trend_change_reads_a_least_squares_line():
-    iterations = list(range(10))
-    assert trend_change(iterations, [2.0 * i for i in iterations], 0.5) == pytest.approx(
-        8.0
-    )  # last 5 points, slope 2, span 4
+    assert ("no over-optimisation", None) not in failed_rules(decide(gate_input(report), CFG))
 
 
 @pytest.mark.parametrize(
@@ -322,10 +316,10 @@ def test_a_bug_inside_a_rule_raises_instead_of_rejecting_the_model(monkeypatch):
     """The old gate turned an AttributeError (KeyError, TypeError, ...) inside a rule into a failed rule,
     "malformed report input": a bug quietly rejected a model. Now only a missing piece is a failed rule."""
 
-    def buggy_trend(xs, ys, tail_fraction):
+    def buggy_fit(kl, score):
         raise AttributeError("'HistoryPoint' object has no attribute 'rm'")
 
-    monkeypatch.setattr(gate, "trend_change", buggy_trend)
+    monkeypatch.setattr(gate, "fit_rl_curve", buggy_fit)
     with pytest.raises(AttributeError, match="no attribute 'rm'"):
         decide(gate_input(passing_report()), CFG)
     with pytest.raises(AttributeError):  # the flow's entry point refuses only malformed input, not bugs
@@ -358,8 +352,8 @@ def test_the_reasons_name_the_judge_that_scored_the_responses():
     assert judged[("beats every supervised baseline", "sample")].startswith(f"{label} win rate vs sft 0.700")
     assert judged[("not worse than SFT", "greedy")].startswith(f"{label} 3.400 vs SFT 2.300")
     assert f"RM win rate 0.750, {label} win rate 0.700" in judged[("reward model agrees with gold", "sample")]
-    # 0.01 per iteration over the last 30% of 50 iterations (35 to 49): +0.140 for both
-    assert f"RM +0.140, {label} +0.140" in judged[("no over-optimisation trend", None)]
+    # 0.01 per iteration from the start to the shipped (last) iteration, 0 to 49: +0.490 for both
+    assert f"RM +0.490, {label} +0.490" in judged[("no over-optimisation", None)]
 
 
 def test_a_judge_that_does_not_score_ppo_iterations_leaves_the_trend_rule_unmeasured_and_says_so():
@@ -367,11 +361,11 @@ def test_a_judge_that_does_not_score_ppo_iterations_leaves_the_trend_rule_unmeas
     report["ppo_history"] = [{"iteration": i, "rm_score": 0.01 * i} for i in range(50)]  # no judge scores
     report["judge"] = {**PYTHON_JUDGE, "scores_ppo_iterations": False}
     decision = decide_report(report, CFG)
-    [trend] = [r for r in decision.reasons if r.rule == "no over-optimisation trend"]
+    [trend] = [r for r in decision.reasons if r.rule == "no over-optimisation"]
     assert decision.promote and trend.passed and trend.detail.startswith("not measured:"), decision.summary()
     report["judge"] = PYTHON_JUDGE  # a judge that should have scored them, and did not: missing, rejected
     decision = decide_report(report, CFG)
-    assert failed_rules(decision) == {("no over-optimisation trend", None)}
+    assert failed_rules(decision) == {("no over-optimisation", None)}
     assert "missing from the report: ppo_history" in decision.summary()
 
 
@@ -388,3 +382,115 @@ def test_a_pairwise_judge_has_no_means_and_not_worse_than_sft_reads_the_head_to_
     assert sample.detail == "human judges: PPO's win rate vs SFT 0.700 (at least 0.5, ties half)"
     report["modes"]["greedy"]["ppo_win_rate"]["sft"] = win(0.45, 0.41, 0.49)
     assert ("not worse than SFT", "greedy") in failed_rules(decide_report(report, CFG))
+
+
+def greedy_win(wins, losses, ties):
+    """PPO against a baseline under greedy decoding: one comparison per prompt."""
+    return win_rate([1.0] * wins + [0.0] * losses + [0.5] * ties, [0.5] * (wins + losses + ties))
+
+
+def with_greedy(name, estimate):
+    report = passing_report()
+    report["modes"]["greedy"]["ppo_win_rate"][name] = estimate.as_dict()
+    return decide(gate_input(report), CFG)
+
+
+def beats_reason(decision, mode="greedy"):
+    return next(r for r in decision.reasons if r.rule == "beats every supervised baseline" and r.mode == mode)
+
+
+def test_greedy_ties_at_the_judges_ceiling_leave_the_rule_underpowered_and_it_does_not_veto():
+    # the run issue 35 read: 88 of 96 prompts tied, 2 won and 6 lost; the ties-half interval [0.382, 0.578] would
+    # have rejected, on a test whose power at a 0.60 win rate is 0.11 (7 of 8 untied wins needed)
+    estimate = greedy_win(2, 6, 88)
+    assert estimate.value == pytest.approx(0.479, abs=1e-3) and estimate.lo < 0.5
+    decision = with_greedy("dpo", estimate)
+    reason = beats_reason(decision)
+    assert reason.passed and "dpo" in reason.detail and "underpowered: not deciding" in reason.detail
+    assert "ties 88/96, untied 2-6" in reason.detail and "power 0.11 at 0.6" in reason.detail
+    assert decision.promote
+
+
+def test_an_untied_win_or_loss_its_interval_shows_decides_whatever_the_power():
+    lost = beats_reason(with_greedy("dpo", greedy_win(0, 10, 86)))  # untied 0-10: Wilson [0, 0.28]
+    assert not lost.passed and "(lost)" in lost.detail and "power" not in lost.detail
+    # the default run's greedy SFT: 93-3 of 96, power at 0.6 only 0.51, yet the interval [0.912, 0.989] is a win
+    won = beats_reason(with_greedy("sft", greedy_win(93, 3, 0)))
+    assert won.passed and "untied 93-3 [0.912, 0.989]" in won.detail.split("; ")[0] and "power" not in won.detail
+
+
+def test_a_greedy_rule_with_power_decides_on_the_untied_prompts():
+    won = beats_reason(with_greedy("dpo", greedy_win(130, 70, 200)))  # 0.65 of 200 untied: Wilson [0.582, 0.713]
+    assert won.passed and "underpowered" not in won.detail and "(not beaten)" not in won.detail
+    close = beats_reason(with_greedy("dpo", greedy_win(105, 95, 200)))  # 0.525 of 200 untied, power at 0.6: 0.83
+    assert not close.passed and "dpo 0.512" in close.detail and "power 0.83 at 0.6 (not beaten)" in close.detail
+
+
+def gao_history(upturn: float = 0.0) -> list[dict]:
+    """A kl-free run as a new user ran it (issue 35): gold on Gao's curve R(d) = d (1.614 - 2 log d), d = sqrt(KL),
+    peaking at KL 0.68 (+1.65) and ending below its start at KL 6 (-0.44), the RM climbing all along; ``upturn``: gold
+    rises by that much over the last 30% instead (the tail then looks healthy, as it did in that run)."""
+    history = []
+    for i in range(121):
+        kl = 0.05 * i
+        d = math.sqrt(kl)
+        gold = d * (1.614 - 2 * math.log(d)) if d > 0 else 0.0
+        if upturn and i >= 84:
+            gold = history[83]["gold"] + upturn * (i - 83) / 37
+        history.append({"iteration": i, "kl": kl, "rm_score": 0.5 * d, "gold": gold})
+    return history
+
+
+def overoptimisation_reason(history, shipped=None):
+    report = passing_report()
+    report["ppo_history"], report["ppo_shipped_iteration"] = history, shipped
+    decision = decide(gate_input(report), CFG)
+    return next(r for r in decision.reasons if r.rule == "no over-optimisation")
+
+
+def test_a_run_past_gaos_peak_fails_whichever_snapshot_shipped():
+    shipped_last = overoptimisation_reason(gao_history())
+    assert not shipped_last.passed and "shipped past the fitted peak" in shipped_last.detail
+    assert "fitted gold peaks at KL 0.68" in shipped_last.detail
+    # its snapshot at the peak (iteration 14, KL 0.70) is fine; the run that went on is not
+    at_peak = overoptimisation_reason(gao_history(), shipped=14)
+    assert not at_peak.passed and "shipped past" not in at_peak.detail
+    assert "the run went on past the peak while the RM rose" in at_peak.detail
+
+
+def test_a_healthy_looking_tail_does_not_hide_a_run_past_its_peak():
+    reason = overoptimisation_reason(gao_history(upturn=0.46), shipped=14)
+    assert "last 30%: RM +" in reason.detail and "gold +0.4" in reason.detail  # the old rule's view: healthy
+    assert not reason.passed and "the run went on past the peak" in reason.detail
+
+
+def test_a_run_still_rising_at_its_end_passes_and_says_the_fit_has_no_peak():
+    history = [{"iteration": i, "kl": 0.05 * i, "rm_score": 0.01 * i, "gold": math.sqrt(0.05 * i)} for i in range(80)]
+    reason = overoptimisation_reason(history, shipped=40)
+    assert reason.passed and "no peak (still rising)" in reason.detail
+
+
+def with_greedy_rm(name, gold, rm, decided):
+    report = passing_report()
+    block = report["modes"]["greedy"]
+    block["ppo_win_rate"][name] = gold.as_dict()
+    block["ppo_rm_win_rate"][name] = rm.as_dict() | {"on_judge_decided": decided}
+    return next(
+        r
+        for r in decide(gate_input(report), CFG).reasons
+        if r.rule == "reward model agrees with gold" and r.mode == "greedy"
+    )
+
+
+def test_the_rm_is_held_to_gold_on_the_prompts_gold_decides_not_on_its_ties():
+    # like the default run's greedy top_ranked: gold 41-3 with 52 ties (0.698, ties half); the RM 0.990 over all 96,
+    # a "gap" of 0.292 that is the ties alone; on the 44 prompts gold decides, gold 40 of 44 and the RM 43 of 44
+    gold, rm = greedy_win(41, 3, 52), greedy_win(95, 1, 0)
+    assert rm.value - gold.value == pytest.approx(0.292, abs=1e-3)
+    agreeing = with_greedy_rm("top_ranked", gold, rm, {"judge": 40 / 44, "proxy": 43 / 44, "comparisons": 44})
+    assert agreeing.passed and "vs 'top_ranked'" in agreeing.detail
+    assert "on the 44 comparisons gold decides, gap +0.068" in agreeing.detail
+    over_rating = with_greedy_rm("top_ranked", gold, rm, {"judge": 0.6, "proxy": 0.95, "comparisons": 44})
+    assert not over_rating.passed and "gap +0.350" in over_rating.detail
+    all_tied = with_greedy_rm("top_ranked", gold, rm, {"judge": None, "proxy": None, "comparisons": 0})
+    assert "not measured vs top_ranked (gold ties every comparison)" in all_tied.detail
