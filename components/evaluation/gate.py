@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, mode
 
 from components.config import GateConfig, OveroptimisationConfig
 from components.evaluation.intervals import wilson
-from components.evaluation.overoptimisation import fit_rl_curve
+from components.evaluation.overoptimisation import overoptimisation_fit
 from components.evaluation.power import detection_power
 
 PPO = "ppo"
@@ -254,9 +254,8 @@ def overoptimisation_verdict(
     detail = "; ".join(trends)
     if any(h.kl is None for h in history):
         return not failures, detail + "; fitted peak not measured (no KL per iteration)"
-    start = history[0]
-    gold_fit = fit_rl_curve([h.kl for h in history], [h.gold - start.gold for h in history])
-    proxy_fit = fit_rl_curve([h.kl for h in history], [h.rm_score - start.rm_score for h in history])
+    fit = overoptimisation_fit([h.model_dump() for h in history])  # the same fit the PPO stage logs
+    gold_fit, proxy_fit = fit["gold"], fit["proxy"]
     shipped_kl = next(h.kl for h in reversed(upto))
     if gold_fit is None or gold_fit.peak_d is None:
         detail += f"; {judge} fitted over the run has no peak (still rising)"

@@ -316,10 +316,10 @@ def test_a_bug_inside_a_rule_raises_instead_of_rejecting_the_model(monkeypatch):
     """The old gate turned an AttributeError (KeyError, TypeError, ...) inside a rule into a failed rule,
     "malformed report input": a bug quietly rejected a model. Now only a missing piece is a failed rule."""
 
-    def buggy_fit(kl, score):
+    def buggy_fit(history):
         raise AttributeError("'HistoryPoint' object has no attribute 'rm'")
 
-    monkeypatch.setattr(gate, "fit_rl_curve", buggy_fit)
+    monkeypatch.setattr(gate, "overoptimisation_fit", buggy_fit)
     with pytest.raises(AttributeError, match="no attribute 'rm'"):
         decide(gate_input(passing_report()), CFG)
     with pytest.raises(AttributeError):  # the flow's entry point refuses only malformed input, not bugs
