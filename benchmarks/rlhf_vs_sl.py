@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import load_config
@@ -59,6 +60,14 @@ from flows import runtimes
 RESULTS = Path(__file__).resolve().parent / "results" / "rlhf_vs_sl.json"
 HEADROOM_N = (1, 2, 4, 8, 16, 32, 64)
 MATCHED = "best_of_n_matched"  # best-of-n at PPO's KL
+
+
+@dataclass(frozen=True)
+class Matched:
+    """Best-of-n at PPO's KL: n at most ``n_max``, ``samples`` picks per held-out prompt (each costs n samples)."""
+
+    n_max: int
+    samples: int
 
 
 class Stopwatch:
@@ -221,7 +230,7 @@ def overoptimisation_record(history: list[dict], ppo_metrics: dict) -> dict:
     }
 
 
-def evaluate_trained(cfg, trained: dict, matched_n_max: int) -> dict:
+def evaluate_trained(cfg, trained: dict, matched: Matched = Matched(n_max=256, samples=2)) -> dict:
     """Every trained policy (and best-of-n) on the held-out prompts under each decoding mode, judged by gold; under
     sampling also best-of-n at PPO's KL (``best_of_n_matched``)."""
     eval_prompts = [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]]
@@ -241,42 +250,46 @@ def evaluate_trained(cfg, trained: dict, matched_n_max: int) -> dict:
     )
     for mode in decoding_modes(cfg.evaluation):
         if not mode.greedy:
-            add_kl_matched_best_of_n(cfg, trained, evaluation[mode.name], responses[mode.name], mode, matched_n_max)
+            add_kl_matched_best_of_n(cfg, trained, evaluation[mode.name], responses[mode.name], mode, matched)
     return evaluation
 
 
-def add_kl_matched_best_of_n(cfg, trained: dict, block: dict, responses: dict, mode, n_max: int) -> None:
+def add_kl_matched_best_of_n(cfg, trained: dict, block: dict, responses: dict, mode, matched: Matched) -> None:
     """Best-of-n over SFT with n chosen so that its analytic KL, log n - (n - 1)/n, reaches PPO's measured KL under
-    this mode (at most ``n_max``): the two ways of spending the reward model compared at the same distance from SFT
-    (best-of-8 spends ~1.2 nats)."""
+    this mode (at most ``matched.n_max``): the two ways of spending the reward model compared at the same distance
+    from SFT (best-of-8 spends ~1.2 nats). ``matched.samples`` picks per prompt, each against all of PPO's samples of
+    that prompt; the prompt stays the unit of the interval."""
     ppo_kl = block["policies"]["ppo"]["kl"]
-    n = kl_matched_n(ppo_kl, n_max)
+    n = kl_matched_n(ppo_kl, matched.n_max)
+    picks = DecodingMode(mode.name, mode.greedy, matched.samples, mode.temperature)
     out = best_of_n_responses(
         trained["policies"]["sft"],
         trained["reward"].model,
         trained["tokenizer"],
         [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]],
-        mode,
+        picks,
         cfg.baselines.best_of_n.model_copy(update={"n": n}),
         cfg.model,
         cfg.seed,
         trained["runtime"],
     )
     out.gold = [gold_score(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended)]
-    summary = summarise(out, mode.samples_per_prompt)
-    block["policies"][MATCHED] = {**summary, "n": n, "kl": best_of_n_kl(n), "ppo_kl": ppo_kl}
-    block["ppo_win_rate"][MATCHED] = win_rate(responses["ppo"].gold, out.gold, mode.samples_per_prompt).as_dict()
+    summary = summarise(out, picks.samples_per_prompt)
+    block["policies"][MATCHED] = {**summary, "n": n, "kl": best_of_n_kl(n), "ppo_kl": ppo_kl, "picks": matched.samples}
+    block["ppo_win_rate"][MATCHED] = win_rate(
+        responses["ppo"].gold, out.gold, mode.samples_per_prompt, picks.samples_per_prompt
+    ).as_dict()
 
 
-def run_seed(cfg, matched_n_max: int) -> dict:
+def run_seed(cfg, matched: Matched) -> dict:
     watch = Stopwatch()
     with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
-        return seed_record(cfg, watch, train_everything(cfg, watch, runtime), matched_n_max)
+        return seed_record(cfg, watch, train_everything(cfg, watch, runtime), matched)
 
 
-def seed_record(cfg, watch: Stopwatch, trained: dict, matched_n_max: int) -> dict:
+def seed_record(cfg, watch: Stopwatch, trained: dict, matched: Matched) -> dict:
     eval_prompts = [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]]
-    evaluation = watch("evaluation", evaluate_trained, cfg, trained, matched_n_max)
+    evaluation = watch("evaluation", evaluate_trained, cfg, trained, matched)
     for block in evaluation.values():
         for win in [*block["ppo_win_rate"].values(), *block["ppo_rm_win_rate"].values()]:
             win["rate"] = win["value"]
@@ -412,26 +425,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--matched-n-max", type=int, default=256, help="the largest n of best-of-n at PPO's KL (default 256)"
     )
+    parser.add_argument(
+        "--matched-samples",
+        type=int,
+        default=2,
+        help="best-of-n at PPO's KL: picks per held-out prompt, each against every PPO sample of it (default 2)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     stay_offline()
     warnings.filterwarnings("ignore")
     first = args.seed if args.seed is not None else load_config(args.profile, args.overrides).tuning.evaluation_seed
     runs = []
-    for seed in range(first, first + args.seeds):
+    for seed in range(first, first + args.seeds):  # the file is written after every seed: a stopped run keeps its seeds
         cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
-        runs.append(run_seed(cfg, args.matched_n_max))
+        runs.append(run_seed(cfg, Matched(args.matched_n_max, args.matched_samples)))
         print_run(runs[-1])
-    result = {
-        "profile": cfg.profile,
-        "overrides": args.overrides,
-        "baselines": list(cfg.gate.baselines),
-        "runs": runs,
-        "across_seeds": across_seeds(runs, args.difference),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    write_json(args.out, result)
-    plot_headroom(runs, args.out.with_name(args.out.stem + "_headroom.png"))
+        result = {
+            "profile": cfg.profile,
+            "overrides": args.overrides,
+            "baselines": list(cfg.gate.baselines),
+            "runs": runs,
+            "across_seeds": across_seeds(runs, args.difference),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        write_json(args.out, result)
+        plot_headroom(runs, args.out.with_name(args.out.stem + "_headroom.png"))
     print_across_seeds(result["across_seeds"], result["baselines"])
     print(f"\npeak RSS {result['peak_rss_mb']:.0f} MB; written: {args.out}")
     return 0

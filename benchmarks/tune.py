@@ -57,6 +57,12 @@ GRID: dict[str, list[dict[str, object]]] = {
         {"ppo.lr": 1.0e-4, "ppo.kl.kl_coef": 0.05, "reward.ensemble_size": 3},
         {"ppo.lr": 2.0e-4, "ppo.kl.kl_coef": 0.05, "reward.ensemble_size": 3},
     ],
+    # PPO's length and KL penalty (issue 35: gold was still rising at iteration 80), its lr and reward signal fixed
+    "ppo_length": [
+        {"ppo.iterations": iterations, "ppo.kl.kl_coef": kl_coef}
+        for iterations in (80, 160)
+        for kl_coef in (0.1, 0.05, 0.02)
+    ],
     "dpo": [
         {"baselines.dpo.beta": beta, "baselines.dpo.epochs": epochs}
         for beta in (0.1, 0.3, 1.0)
@@ -85,10 +91,11 @@ def overrides_of(config: dict[str, object]) -> list[str]:
 
 
 def training_passes(method: str, config: dict[str, object], base) -> float:
-    """What a configuration costs to train, in passes: epochs for a supervised baseline; for PPO (same iterations
-    in every configuration) the reward models it needs trained."""
-    if method == "ppo":
-        return float(config.get("reward.ensemble_size", base.reward.ensemble_size))
+    """What a configuration costs to train, in passes: epochs for a supervised baseline; for PPO the reward models it
+    needs trained, times its iterations over the profile's."""
+    if method.startswith("ppo"):
+        members = float(config.get("reward.ensemble_size", base.reward.ensemble_size))
+        return members * float(config.get("ppo.iterations", base.ppo.iterations)) / base.ppo.iterations
     return float(config.get(f"baselines.{method}.epochs", getattr(base.baselines, method).epochs))
 
 
@@ -148,7 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default")
     parser.add_argument("--seed", type=int, help="the tuning seed (default: tuning.seed of the profile)")
-    parser.add_argument("--only", nargs="*", default=list(GRID), choices=list(GRID))
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=[m for m in GRID if m != "ppo_length"],
+        choices=list(GRID),
+        help=(
+            "methods to sweep (default: every method's 6 configurations; ppo_length, PPO's iterations x kl_coef, "
+            "only when named)"
+        ),
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=RESULTS / "tuning.json")
     parser.add_argument("--from-results", type=Path, help="re-apply the choice rule to a results file; no training")
@@ -184,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ).model
     # the shared reward models: as many members as any PPO configuration reads; member k is the same model whatever
     # the ensemble's size (its seed is seed + k), so a configuration with fewer members reads the first ones
-    members = max(int(c.get("reward.ensemble_size", cfg.reward.ensemble_size)) for c in GRID["ppo"])
+    ppo_configs = [c for m in args.only if m.startswith("ppo") for c in GRID[m]]
+    members = max(int(c.get("reward.ensemble_size", cfg.reward.ensemble_size)) for c in [{}, *ppo_configs])
     reward = recipe.reward_stage(
         load_config(args.profile, [*args.overrides, f"seed={seed}", f"reward.ensemble_size={members}"]),
         tokenizer,
@@ -208,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             def selection_labeller(task=task):
                 return task.labeller("selection")
 
-            if method == "ppo":
+            if method.startswith("ppo"):
                 snapshots = Snapshots(run_cfg.selection.candidates)
                 first = members_of(reward.model)[: run_cfg.reward.ensemble_size]
                 reward_model = first[0] if len(first) == 1 else RewardEnsemble(first)

@@ -52,7 +52,7 @@ class SyntheticDataConfig(Section):
     """The embedded synthetic review task (see components/data/)."""
 
     eval_prompt_fraction: float = Field(
-        0.2, gt=0, lt=1, description="share of distinct prompts held out for evaluation"
+        0.3, gt=0, lt=1, description="share of distinct prompts held out for evaluation"
     )
     n_demonstrations: int = Field(20000, ge=1, description="demonstrations written by the noisy demonstrator")
     n_comparison_prompts: int = Field(10000, ge=1, description="training prompts for the static comparison file")
@@ -204,14 +204,19 @@ class ModelConfig(Section):
         return self
 
 
+LRSchedule = Literal["linear", "constant"]
+LR_SCHEDULE_DESCRIPTION = "after the linear warm-up: linear: decay linearly to 0 at the end | constant"
+
+
 class OptimConfig(Section):
-    """A supervised optimisation loop: AdamW, linear warm-up then constant."""
+    """A supervised optimisation loop: AdamW, linear warm-up, then the learning-rate schedule."""
 
     epochs: float = Field(1.0, gt=0, description="passes over the data (fractions allowed)")
     batch_size: int = Field(64, ge=1, description="examples per step")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(20, ge=0, description="linear warm-up steps")
+    lr_schedule: LRSchedule = Field("linear", description=LR_SCHEDULE_DESCRIPTION)
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     gradient_accumulation_steps: int = Field(
         1, ge=1, description="micro-batches per step on each process (the same gradient, less memory)"
@@ -268,6 +273,9 @@ class RewardConfig(OptimConfig):
     """The reward model: -log sigmoid(r(chosen) - r(rejected)), read at the last response token."""
 
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of comparisons held out for accuracy")
+    select_epoch: bool = Field(
+        True, description="keep the epoch whose held-out groups' loss is lowest (false: the last epoch)"
+    )
     reference_samples: int = Field(
         512,
         ge=0,
@@ -303,7 +311,9 @@ class PPOConfig(Section):
     ppo_epochs: int = Field(4, ge=1, description="passes over each rollout batch")
     lr: float = Field(3e-4, gt=0, description="policy learning rate")
     critic_lr: float = Field(1e-3, gt=0, description="value model learning rate")
-    anneal_lr: bool = Field(True, description="decay both learning rates linearly to 0 over the iterations")
+    lr_schedule: LRSchedule = Field(
+        "linear", description="both learning rates, per iteration (no warm-up): " + LR_SCHEDULE_DESCRIPTION
+    )
     kl: KLControlConfig = KLControlConfig()
     cliprange: float = Field(0.2, gt=0, description="policy ratio clip epsilon")
     cliprange_value: float = Field(0.2, gt=0, description="value clip around the rollout's values")
@@ -375,6 +385,9 @@ class BestOfNConfig(Section):
     missing_eos_penalty: float = Field(
         1.0, ge=0, description="subtracted from the RM score of samples that never end (as in PPO)"
     )
+
+
+TRAINED_BASELINES = ("chosen", "top_ranked", "combined", "dpo")
 
 
 class BaselinesConfig(Section):
@@ -655,6 +668,19 @@ class Config(Section):
     orchestration: OrchestrationConfig = OrchestrationConfig()
     distributed: DistributedConfig = DistributedConfig()
     artifacts_dir: str = Field("artifacts/models", description="where trained models are saved")
+
+    @model_validator(mode="after")
+    def _one_schedule_family(self) -> Config:
+        """A fair race: every method the gate compares decays its learning rate the same way."""
+        schedules = {
+            "sft": self.sft.lr_schedule,
+            "ppo": self.ppo.lr_schedule,
+            **{f"baselines.{name}": getattr(self.baselines, name).lr_schedule for name in TRAINED_BASELINES},
+        }
+        if len(set(schedules.values())) > 1:
+            listed = ", ".join(f"{section}.lr_schedule={value}" for section, value in schedules.items())
+            raise ValueError(f"every compared method needs the same learning-rate schedule (a fair race): {listed}")
+        return self
 
     @model_validator(mode="after")
     def _rounds_need_samples(self) -> Config:

@@ -242,7 +242,7 @@ def _print_summary(result: dict, seconds: float) -> None:
         )
         print(
             f"demos gold   : mean {data['demonstrations_gold_mean']:.2f}, "
-            f"sd {data['demonstrations_gold_std']:.2f} (max 4.5)"
+            f"sd {data['demonstrations_gold_std']:.2f} (max {data['gold_maximum']:.1f})"
         )
     again = " (the same files passed the same suites before; not run again)" if result["validation"]["reused"] else ""
     print(f"validation   : passed{again}; Data Docs at {result['validation']['data_docs']}")

@@ -88,12 +88,16 @@ def _outcome(a: float, b: float) -> float:
     return 1.0 if a > b else 0.5 if a == b else 0.0
 
 
-def win_rate(scores: list[float], opponent_scores: list[float], per_prompt: int = 1) -> WinEstimate:
-    """PPO's win rate against an opponent on the same prompts, ties half: with ``per_prompt`` samples of each prompt,
-    every sample of PPO against every sample of the opponent on the same prompt (per_prompt² comparisons)."""
-    if len(scores) != len(opponent_scores):
+def win_rate(
+    scores: list[float], opponent_scores: list[float], per_prompt: int = 1, opponent_per_prompt: int | None = None
+) -> WinEstimate:
+    """PPO's win rate against an opponent on the same prompts, ties half: with ``per_prompt`` samples of each prompt
+    (the opponent's ``opponent_per_prompt``, the same by default), every sample of PPO against every sample of the
+    opponent on the same prompt."""
+    theirs_per_prompt = opponent_per_prompt or per_prompt
+    if len(scores) // per_prompt != len(opponent_scores) // theirs_per_prompt:
         raise ValueError(f"unpaired scores: {len(scores)} vs {len(opponent_scores)}")
-    ours, theirs = by_prompt(scores, per_prompt), by_prompt(opponent_scores, per_prompt)
+    ours, theirs = by_prompt(scores, per_prompt), by_prompt(opponent_scores, theirs_per_prompt)
     return win_estimate([[_outcome(a, b) for a in mine for b in other] for mine, other in zip(ours, theirs)])
 
 

@@ -128,8 +128,8 @@ def write_demonstration(
         tokens.extend([*sentence, END_OF_SENTENCE])
     if slip(style.unterminated):
         tokens.pop()  # the final period
-        if len(tokens_per_sentence[-1]) > 2 and rng.random() < 0.5:
-            tokens.pop()  # and the sentence breaks off mid-way
+        if len(tokens_per_sentence[-1]) > 2 and len(tokens) > 3 and rng.random() < 0.5:
+            tokens.pop()  # and the sentence breaks off mid-way (a review keeps 3 words: the data contract's least)
     return join_words(tokens)
 
 

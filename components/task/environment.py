@@ -10,7 +10,7 @@ from components.config import Config
 from components.data import files
 from components.data.environment import Dataset
 from components.task.generator import GENERATOR_VERSION, generate_synthetic, synthetic_manifest
-from components.task.gold_judge import gold_score
+from components.task.gold_judge import WEIGHTS, gold_score
 from components.task.labeler import SimulatedLabeler, label_agreement
 from components.task.lexicon import VOCABULARY
 from components.training.ranking import Ranker
@@ -49,6 +49,7 @@ class ReviewTask:
         return {
             "demonstrations_gold_mean": round(statistics.fmean(gold), 4),
             "demonstrations_gold_std": round(statistics.pstdev(gold), 4),
+            "gold_maximum": WEIGHTS.maximum,
             "demonstrations_gold_quartiles": [round(q, 4) for q in statistics.quantiles(gold, n=4)]
             if len(gold) > 1
             else gold,

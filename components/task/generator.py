@@ -12,7 +12,7 @@ from components.task.labeler import SimulatedLabeler
 from components.task.prompts import Prompt, all_prompts
 from components.training.ranking import ranked_pairs
 
-GENERATOR_VERSION = "reviews-v4"  # bump whenever the generator's output changes for the same params
+GENERATOR_VERSION = "reviews-v5"  # bump whenever the generator's output changes for the same params
 
 
 def _stream(seed: int, purpose: str) -> random.Random:

@@ -19,6 +19,7 @@ from components.task.prompts import Prompt, parse_prompt
 @dataclass(frozen=True)
 class JudgeWeights:
     per_aspect_covered: float = 1.0  # each requested aspect praised/criticised as requested
+    per_aspect_detailed: float = 0.5  # ... with a predicate of its own ("the sound is muffled", not "bad")
     sentiment_match: float = 1.0  # times the share of polar clauses with the requested sentiment
     grammatical: float = 1.0  # times the share of sentences that parse
     verdict: float = 0.5  # an overall verdict with the requested sentiment
@@ -32,6 +33,12 @@ class JudgeWeights:
     min_words: int = 10
     max_words: int = 25
 
+    @property
+    def maximum(self) -> float:
+        """A clean, detailed, on-request review's score: the top of the judge's range."""
+        per_aspect = self.per_aspect_covered + self.per_aspect_detailed
+        return 2 * per_aspect + self.sentiment_match + self.grammatical + self.verdict
+
 
 WEIGHTS = JudgeWeights()
 
@@ -44,6 +51,7 @@ class Judgement:
     grammatical: float
     sentiment_match: float
     aspects_covered: int
+    aspects_detailed: int
     verdict: bool
     contradictions: int
     repetitions: int
@@ -73,6 +81,7 @@ def judge(prompt: Prompt | str, response: str, ended: bool = True, weights: Judg
     repetitions = off_topic = on_sentiment = polar = stock_phrases = 0
     polarities: dict[tuple[str, str], set[int]] = {}
     covered: set[str] = set()
+    detailed: set[str] = set()
     verdict = False
     for sentence in sentences:
         clauses = parse_sentence(sentence)
@@ -102,6 +111,8 @@ def judge(prompt: Prompt | str, response: str, ended: bool = True, weights: Judg
                 on_sentiment += 1
                 if clause.kind == ASPECT and clause.subject in prompt.aspects:
                     covered.add(clause.subject)
+                    if clause.specific:
+                        detailed.add(clause.subject)
                 elif clause.kind != ASPECT:
                     verdict = True
     contradictions = sum(len(p) > 1 for p in polarities.values())
@@ -113,6 +124,7 @@ def judge(prompt: Prompt | str, response: str, ended: bool = True, weights: Judg
     sentiment_match = on_sentiment / polar if polar else 0.0
     score = (
         weights.per_aspect_covered * len(covered)
+        + weights.per_aspect_detailed * len(detailed)
         + weights.sentiment_match * sentiment_match
         + weights.grammatical * grammatical
         + weights.verdict * verdict
@@ -131,6 +143,7 @@ def judge(prompt: Prompt | str, response: str, ended: bool = True, weights: Judg
         grammatical=grammatical,
         sentiment_match=sentiment_match,
         aspects_covered=len(covered),
+        aspects_detailed=len(detailed),
         verdict=verdict,
         contradictions=contradictions,
         repetitions=repetitions,

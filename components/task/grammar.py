@@ -13,6 +13,8 @@ from components.data.text import END_OF_SENTENCE
 from components.task.lexicon import (
     ASPECTS,
     CONJUNCTION,
+    GENERIC_NEGATIVE,
+    GENERIC_POSITIVE,
     INTENSIFIERS,
     NEGATIVE,
     NEUTRAL,
@@ -34,21 +36,29 @@ class Clause:
     kind: str  # aspect | overall | neutral | stock
     subject: str  # the aspect, or the product for overall/neutral clauses ("" for the stock closing)
     polarity: int  # POSITIVE, NEGATIVE or NEUTRAL
+    specific: bool = False  # an aspect described by a predicate of its own ("the battery lasts all day"), not "great"
+
+
+def predicate_clauses(aspect: str, predicate: str) -> list[str]:
+    """Every grammatical clause giving ``aspect`` the ``predicate`` (with each intensifier where one fits)."""
+    if predicate in VERB_PHRASES:
+        return [f"the {aspect} {predicate}"]
+    copula = "are" if ASPECTS[aspect].plural else "is"
+    clauses = [f"the {aspect} {copula} {predicate}"]
+    if " " not in predicate:
+        clauses.extend(f"the {aspect} {copula} {adverb} {predicate}" for adverb in INTENSIFIERS)
+    return clauses
 
 
 def aspect_clauses(aspect: str, polarity: int) -> list[str]:
     """Every grammatical clause saying something of ``polarity`` about ``aspect``."""
     spec = ASPECTS[aspect]
-    copula = "are" if spec.plural else "is"
-    clauses = []
-    for predicate in spec.positive if polarity == POSITIVE else spec.negative:
-        if predicate in VERB_PHRASES:
-            clauses.append(f"the {aspect} {predicate}")
-            continue
-        clauses.append(f"the {aspect} {copula} {predicate}")
-        if " " not in predicate:
-            clauses.extend(f"the {aspect} {copula} {adverb} {predicate}" for adverb in INTENSIFIERS)
-    return clauses
+    predicates = spec.positive if polarity == POSITIVE else spec.negative
+    return [clause for predicate in predicates for clause in predicate_clauses(aspect, predicate)]
+
+
+def is_specific(predicate: str) -> bool:
+    return predicate not in GENERIC_POSITIVE + GENERIC_NEGATIVE
 
 
 def product_clauses(product: Product, templates: tuple[str, ...]) -> list[str]:
@@ -59,10 +69,11 @@ def product_clauses(product: Product, templates: tuple[str, ...]) -> list[str]:
 @lru_cache(maxsize=1)
 def clause_table() -> dict[tuple[str, ...], Clause]:
     table: dict[tuple[str, ...], Clause] = {}
-    for aspect in ASPECTS:
-        for polarity in (POSITIVE, NEGATIVE):
-            for text in aspect_clauses(aspect, polarity):
-                table[tuple(text.split())] = Clause(ASPECT, aspect, polarity)
+    for aspect, spec in ASPECTS.items():
+        for polarity, predicates in ((POSITIVE, spec.positive), (NEGATIVE, spec.negative)):
+            for predicate in predicates:
+                for text in predicate_clauses(aspect, predicate):
+                    table[tuple(text.split())] = Clause(ASPECT, aspect, polarity, is_specific(predicate))
     for product in PRODUCTS.values():
         for templates, kind, polarity in (
             (OVERALL_POSITIVE, OVERALL, POSITIVE),

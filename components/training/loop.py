@@ -68,6 +68,19 @@ class Snapshots:
         self.taken.append((step, {name: t.detach().to("cpu", copy=True) for name, t in state.items()}))
 
 
+@dataclass
+class EpochEnds(Snapshots):
+    """Snapshots at the last step of every epoch (a final fractional epoch's too): ``steps_per_epoch`` is the
+    examples over the batch size, a fraction where the last batch of an epoch runs into the next."""
+
+    count: int = 0
+    steps_per_epoch: float = 1.0
+
+    def steps(self, total: int) -> set[int]:
+        epochs = math.ceil(total / self.steps_per_epoch)
+        return {min(total, math.ceil(k * self.steps_per_epoch)) - 1 for k in range(1, epochs + 1)}
+
+
 class Means:
     """The means a loss takes over its batch, each divided by its count over the whole global batch (every rank's
     rows, every micro-batch's), so that the parts add up to the mean over the batch taken whole."""
@@ -96,11 +109,23 @@ class Objective:
     after_step: Callable[[dict[str, float]], None] | None = None
 
 
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """The learning rate's multiplier at ``step`` (0-based) of ``total_steps``: linear warm-up to 1 over
+    ``warmup_steps``, then 1 ("constant") or a linear decay that would reach 0 one step after the last ("linear")."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    return (total_steps - step) / max(1, total_steps - warmup_steps)
+
+
 def make_optimizer(
-    params, lr: float, weight_decay: float, warmup_steps: int
+    params, cfg: OptimConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_steps, cfg.lr_schedule)
+    )
     return optimizer, scheduler
 
 
@@ -152,9 +177,7 @@ def train_supervised(
     check_divisible(stage, cfg, runtime.world_size)
     rng = random.Random(f"{seed}/{stage}")  # the same on every rank: one global batch order
     total_steps = max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))
-    optimizer, scheduler = make_optimizer(
-        [p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay, cfg.warmup_steps
-    )
+    optimizer, scheduler = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg, total_steps)
     [(model, optimizer)] = runtime.prepare((model, optimizer), max_grad_norm=cfg.max_grad_norm)
     model.train(dropout)
     lora.keep_checkpointing(model)

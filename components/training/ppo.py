@@ -45,7 +45,7 @@ from components.training.checkpoints import (
     restore_python_rng,
     save_checkpoint,
 )
-from components.training.loop import Log, Snapshots, check_finite
+from components.training.loop import Log, Snapshots, check_finite, lr_factor
 from components.training.sft import sft_loss
 from components.training.shards import check_shardable
 
@@ -523,11 +523,11 @@ def train_ppo(
     snapshot_iterations = snapshots.steps(cfg.iterations) if snapshots is not None else set()
 
     for iteration in range(start, cfg.iterations):
-        if cfg.anneal_lr:  # linearly to 0 over the run (a function of the iteration alone, so a resumed run agrees)
-            fraction = 1.0 - iteration / cfg.iterations
-            for optimizer, lr in ((models.policy_opt, cfg.lr), (models.critic_opt, cfg.critic_lr)):
-                for group in optimizer.param_groups:
-                    group["lr"] = fraction * lr
+        # a function of the iteration alone, so a resumed run agrees
+        fraction = lr_factor(iteration, cfg.iterations, 0, cfg.lr_schedule)
+        for optimizer, lr in ((models.policy_opt, cfg.lr), (models.critic_opt, cfg.critic_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = fraction * lr
         batch_prompts = runtime.shard(queue.next_batch(cfg.rollout_batch_size))
 
         started = time.perf_counter()

@@ -34,7 +34,7 @@ from components.models.batching import Batch, TokenScores, encode_examples, sequ
 from components.models.builders import scalar_model_from
 from components.models.ensemble import RewardEnsemble, member_scores
 from components.models.runtime import SINGLE, Runtime
-from components.training.loop import INPUT_TOKENS, Log, Means, Objective, train_supervised
+from components.training.loop import INPUT_TOKENS, EpochEnds, Log, Means, Objective, train_supervised
 from components.training.rounds import split_by_round
 
 SCORE_BATCH = 256  # sequences per forward pass when only scoring
@@ -314,20 +314,24 @@ def train_reward_model(
     model = lora.for_training(scalar_model_from(policy), model_cfg, heads=lora.SCALAR_HEADS)
     counts = lora.parameter_counts(model)
     objective = reward_objective(tokenizer, model_cfg, runtime.device)
+    groups = group_comparisons(train)
+    epoch_ends = EpochEnds(steps_per_epoch=len(groups) / cfg.batch_size) if cfg.select_epoch and valid else None
     trained, history = train_supervised(
-        "reward", TokenScores(model), group_comparisons(train), objective, cfg, seed + member, log, runtime=runtime
+        "reward", TokenScores(model), groups, objective, cfg, seed + member, log, snapshots=epoch_ends, runtime=runtime
     )
-    model = trained.model
 
     metrics: dict[str, float] = {
         "train_pairs": len(train),
-        "train_groups": len(group_comparisons(train)),
+        "train_groups": len(groups),
         "valid_pairs": len(valid),
         "steps": history[-1]["step"] + 1,
         "first_loss": history[0]["loss"],
         "final_loss": history[-1]["loss"],
         **counts,
     }
+    if epoch_ends is not None:
+        metrics.update(select_epoch(trained, epoch_ends, tokenizer, valid, model_cfg, runtime))
+    model = trained.model
     if valid:
         chosen_rewards, rejected_rewards = score_comparisons(model, tokenizer, valid, model_cfg, runtime)
         metrics["valid_loss"] = reward_loss(chosen_rewards, rejected_rewards).item()
@@ -344,6 +348,34 @@ def train_reward_model(
         metrics["reward_offset"], metrics["reward_scale"] = 0.0, 1.0
     model.eval()
     return model, metrics, history
+
+
+def select_epoch(
+    trained: TokenScores,
+    epoch_ends: EpochEnds,
+    tokenizer: PreTrainedTokenizerBase,
+    valid: list[dict],
+    model_cfg: ModelConfig,
+    runtime: Runtime = SINGLE,
+) -> dict[str, float]:
+    """Load into ``trained`` the epoch's weights with the lowest loss on the held-out groups; returns each epoch's
+    held-out loss and the epoch chosen (1-based). The last epoch is the trained model as it stands (under DeepSpeed,
+    its master weights), kept in host memory while the earlier epochs are scored."""
+
+    def held_out_loss() -> float:
+        return reward_loss(*score_comparisons(trained.model, tokenizer, valid, model_cfg, runtime)).item()
+
+    states = [state for _, state in epoch_ends.taken[:-1]]
+    states.append({name: t.detach().to("cpu", copy=True) for name, t in trained.state_dict().items()})
+    epoch_ends.taken.clear()
+    losses = [0.0] * len(states)
+    losses[-1] = held_out_loss()
+    for k, state in enumerate(states[:-1]):
+        trained.load_state_dict(state)
+        losses[k] = held_out_loss()
+    best = min(range(len(losses)), key=losses.__getitem__)
+    trained.load_state_dict(states[best])
+    return {"selected_epoch": best + 1, **{f"epoch{k + 1}_valid_loss": loss for k, loss in enumerate(losses)}}
 
 
 def ensemble_agreement(by_member: torch.Tensor) -> float:

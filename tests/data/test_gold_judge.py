@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.task.gold_judge import judge
+from components.task.gold_judge import WEIGHTS, judge
 from components.task.prompts import Prompt
 
 PROMPT = Prompt("headphones", "positive", ("battery", "sound"))
@@ -27,15 +27,41 @@ def test_a_stock_closing_line_costs_exactly_its_weight():
     it is grammatical and about nothing, so it is neither off-topic nor a grammar slip."""
     j = judge(PROMPT, FLAWED["stock_closing"])
     assert j.stock_phrases == 1 and j.n_words == 25 and j.grammatical == 1.0 and j.off_topic == 0
-    assert j.score == pytest.approx(4.5 - 1.0)
+    assert j.score == pytest.approx(WEIGHTS.maximum - 1.0)
     assert judge(PROMPT, FLAWED["stock_closing"] + " i hope this review helps.").repetitions == 1
 
 
 def test_clean_review_gets_the_maximum_score():
+    """Both aspects with predicates of their own ("lasts all day", "very clear"): 2 x (1 + 0.5) + 1 + 1 + 0.5."""
     j = judge(PROMPT, CLEAN)
-    assert j.aspects_covered == 2 and j.verdict and j.terminated
+    assert j.aspects_covered == 2 and j.aspects_detailed == 2 and j.verdict and j.terminated
     assert j.grammatical == 1.0 and j.sentiment_match == 1.0
-    assert j.score == pytest.approx(4.5)
+    assert WEIGHTS.maximum == 5.5
+    assert j.score == pytest.approx(5.5)
+
+
+@pytest.mark.parametrize(
+    ("battery", "sound", "detailed"),
+    [
+        ("lasts all day", "is very clear", 2),
+        ("is great", "is very clear", 1),
+        ("lasts all day", "is really good", 1),
+        ("is great", "is very good", 0),
+    ],
+)
+def test_each_aspect_described_only_generically_costs_its_detail_weight(battery, sound, detailed):
+    """The same clean review with "great"/"good" in place of an aspect's own predicate: 0.5 less per aspect, and
+    covering the aspect still counts (a generic word of the right sentiment covers it)."""
+    review = f"i bought these headphones last week. the battery {battery}. the sound {sound}. i love these headphones."
+    j = judge(PROMPT, review)
+    assert (j.aspects_covered, j.aspects_detailed) == (2, detailed)
+    assert j.score == pytest.approx(5.5 - 0.5 * (2 - detailed))
+
+
+def test_detail_counts_only_for_requested_aspects_with_the_requested_sentiment():
+    """ "the battery dies fast" is specific but negative: in a positive review it is a contradiction, not detail."""
+    j = judge(PROMPT, "the battery lasts all day. the battery dies fast. the sound is great. i love these headphones.")
+    assert j.aspects_detailed == 1 and j.contradictions == 1
 
 
 @pytest.mark.parametrize("kind", sorted(FLAWED))

@@ -41,7 +41,9 @@ def tokenizer():
 def tiny_sft(smoke_rows, tokenizer):
     """(policy, history): 2x64 GPT-2 fine-tuned on the 300 smoke demonstrations."""
     policy = build_policy(TINY, tokenizer, SEED)
-    cfg = OptimConfig(epochs=25, batch_size=32, lr=3e-3, warmup_steps=10, log_every=5)
+    # a constant rate after warm-up: these 235 steps are too few for the pipeline's linear decay (greedy gold -0.80
+    # with it, 1.01 without: the tests built on this policy need one that has learnt the task's form)
+    cfg = OptimConfig(epochs=25, batch_size=32, lr=3e-3, warmup_steps=10, log_every=5, lr_schedule="constant")
     policy, _, history = train_sft(policy, tokenizer, smoke_rows[DEMONSTRATIONS], cfg, TINY, SEED)
     return policy, history
 

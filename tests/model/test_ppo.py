@@ -165,7 +165,7 @@ def test_learning_rates_decay_linearly_to_zero(tiny_sft, tiny_reward_model, toke
     _, _, history = _run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg)
     assert [h["lr"] for h in history] == pytest.approx([cfg.lr * f for f in (1.0, 0.75, 0.5, 0.25)])
     _, _, constant = _run(
-        tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg.model_copy(update={"anneal_lr": False})
+        tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg.model_copy(update={"lr_schedule": "constant"})
     )
     assert [h["lr"] for h in constant] == [cfg.lr] * 4
 

@@ -236,3 +236,24 @@ def test_an_ensemble_has_independent_normalised_members_and_round_trips(sft_poli
     loaded = load_reward_model(tmp_path / "rm")
     assert len(members_of(loaded)) == 2
     assert torch.allclose(score_samples(loaded, tokenizer, reference, MODEL_CFG), by_member.mean(-1).float(), atol=1e-5)
+
+
+def test_the_epoch_kept_is_the_one_with_the_lowest_held_out_loss_and_its_weights_are_that_epochs(
+    sft_policy, tokenizer, dataset
+):
+    """Known answer: under a constant rate (after warm-up) the first epoch of a 3-epoch run is a 1-epoch run
+    (same data order), and its last epoch is the 3-epoch run without selection. Their held-out losses, computed
+    by those separate runs, must be the losses recorded for epochs 1 and 3; a snapshot taken a step early or late
+    would fail. The model returned is the recorded argmin's."""
+    comparisons = dataset["preferences"][:1200]
+    cfg = REWARD_CFG.model_copy(update={"epochs": 3.0, "lr_schedule": "constant", "lr": 3e-3})
+    _, selected, _ = train_reward_model(sft_policy, tokenizer, comparisons, cfg, MODEL_CFG, SEED)
+    losses = [selected[f"epoch{k}_valid_loss"] for k in (1, 2, 3)]
+    assert selected["selected_epoch"] == 1 + losses.index(min(losses))
+    assert selected["valid_loss"] == pytest.approx(min(losses), rel=1e-6)
+
+    for epochs, k in ((1.0, 1), (3.0, 3)):
+        plain = cfg.model_copy(update={"epochs": epochs, "select_epoch": False})
+        _, metrics, _ = train_reward_model(sft_policy, tokenizer, comparisons, plain, MODEL_CFG, SEED)
+        assert "selected_epoch" not in metrics
+        assert metrics["valid_loss"] == pytest.approx(losses[k - 1], rel=1e-6), k

@@ -111,9 +111,22 @@ def test_the_tuning_sweep_gives_every_method_the_same_budget_of_valid_configurat
     tune = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tune)
     cfg = load_config("default")
-    assert set(tune.GRID) == {"ppo", *cfg.gate.baselines} - {"sft"}
+    assert set(tune.GRID) == {"ppo", "ppo_length", *cfg.gate.baselines} - {"sft"}  # ppo_length: PPO's second sweep
     for method, configs in tune.GRID.items():
         assert len(configs) == cfg.tuning.configurations_per_method, method
         assert len({str(c) for c in configs}) == len(configs), method
         for config in configs:
             load_config("default", tune.overrides_of(config))  # every key exists and every value is valid
+
+
+def test_every_compared_method_must_share_one_learning_rate_schedule():
+    """A fair race: PPO's linear decay against a baseline's constant rate is refused, naming both sections."""
+    assert {load_config("default").ppo.lr_schedule, load_config("default").baselines.dpo.lr_schedule} == {"linear"}
+    with pytest.raises(ConfigError, match=r"ppo\.lr_schedule=linear.*baselines\.dpo\.lr_schedule=constant"):
+        load_config("smoke", ["baselines.dpo.lr_schedule=constant"])
+    both = load_config(
+        "smoke",
+        [f"{s}.lr_schedule=constant" for s in ("sft", "ppo")]
+        + [f"baselines.{b}.lr_schedule=constant" for b in ("chosen", "top_ranked", "combined", "dpo")],
+    )
+    assert both.ppo.lr_schedule == "constant"

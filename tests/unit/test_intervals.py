@@ -135,3 +135,14 @@ def test_the_judge_and_the_proxy_are_compared_on_the_comparisons_the_judge_decid
         "comparisons": 1,
     }
     assert on_judge_decided([4.5], [4.5], [1.0], [0.0])["comparisons"] == 0
+
+
+def test_unequal_samples_per_prompt_compare_every_sample_with_every_sample_of_its_own_prompt_by_hand():
+    """PPO 2 samples a prompt, the opponent 1: prompt 1 (1, 3) vs 2 shares 1/2; prompt 2 (5, 5) vs 4 shares 1;
+    prompt 3 (0, 0) vs 0 ties twice, 1/2. Win rate (1/2 + 1 + 1/2) / 3; a read shifted by a sample mixes prompts."""
+    estimate = win_rate([1.0, 3.0, 5.0, 5.0, 0.0, 0.0], [2.0, 4.0, 0.0], 2, 1)
+    assert estimate.value == pytest.approx(2 / 3)
+    assert (estimate.wins, estimate.losses, estimate.comparisons, estimate.n) == (3, 1, 6, 3)
+    assert estimate.ties == pytest.approx(2 / 6)
+    with pytest.raises(ValueError, match="unpaired"):
+        win_rate([1.0, 3.0, 5.0, 5.0], [2.0, 4.0, 0.0], 2, 1)

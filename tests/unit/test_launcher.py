@@ -90,8 +90,9 @@ def test_a_rank_that_aborts_is_quoted_with_its_own_message_and_signal(tmp_path):
             """
             import os, sys, time
             from accelerate import Accelerator
-            rank = Accelerator().process_index
-            if rank == 1:
+            accelerator = Accelerator()
+            accelerator.wait_for_everyone()  # both ranks past the rendezvous: then rank 0 only sleeps, saying nothing
+            if accelerator.process_index == 1:
                 sys.stderr.write("rank 1: gloo enforce failed\\n")
                 sys.stderr.flush()
                 os.abort()

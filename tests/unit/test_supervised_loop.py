@@ -6,7 +6,7 @@ each micro-batch's mean (which weighs a short micro-batch's tokens more), nor a 
 import torch
 
 from components.models.runtime import SINGLE
-from components.training.loop import INPUT_TOKENS, Means, Objective, accumulate
+from components.training.loop import INPUT_TOKENS, EpochEnds, Means, Objective, accumulate, lr_factor
 
 # (x, y) per token; five rows of 1 to 4 tokens
 ROWS = [
@@ -62,3 +62,17 @@ def test_micro_batches_add_up_to_the_token_mean_of_the_whole_batch_and_count_eve
         assert abs(model.weight.grad.item() - expected_w) < tolerance, parts
         assert abs(model.bias.grad.item() - expected_b) < tolerance, parts
         assert tokens == 11.0, parts
+
+
+def test_the_learning_rate_warms_up_then_decays_linearly_or_stays_by_hand():
+    """6 steps, 2 of warm-up: 1/2, 2/2, then (6 - step) / (6 - 2) under "linear": never 0 on a step that trains."""
+    assert [lr_factor(step, 6, 2, "linear") for step in range(6)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert [lr_factor(step, 6, 2, "constant") for step in range(6)] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert [lr_factor(step, 4, 0, "linear") for step in range(4)] == [1.0, 0.75, 0.5, 0.25]  # PPO's iterations
+
+
+def test_epoch_ends_are_the_last_step_of_every_epoch_a_fractional_one_included():
+    """1,800 groups at 16 a step: 112.5 steps an epoch; 3 epochs are 338 steps ending at steps 112, 224 and 337."""
+    assert EpochEnds(steps_per_epoch=1800 / 16).steps(338) == {112, 224, 337}
+    assert EpochEnds(steps_per_epoch=10).steps(15) == {9, 14}  # 1.5 epochs: the half epoch's end is the run's end
+    assert EpochEnds(steps_per_epoch=10).steps(10) == {9}
