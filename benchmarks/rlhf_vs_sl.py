@@ -21,6 +21,7 @@ over seeds, and writes benchmarks/results/rlhf_vs_sl.json:
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
 import sys
@@ -197,7 +198,8 @@ def plot_headroom(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for run, colour in zip(runs, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")):
+    for k, run in enumerate(runs):
+        colour = plt.cm.tab10(k % 10)
         curve, sample = run["best_of_n_headroom"], run["evaluation"]["sample"]["policies"]
         ax.plot(curve["n"], curve["gold_picks"], "-o", color=colour, label=f"seed {run['seed']}: gold picks (headroom)")
         ax.plot(curve["n"], curve["rm_picks"], "--^", color=colour, label=f"seed {run['seed']}: RM picks")
@@ -411,6 +413,31 @@ def print_across_seeds(summary: dict, baselines: list[str]) -> None:
             )
 
 
+def combine(paths: list[Path], out: Path, difference: float) -> int:
+    """One result from several runs of this script on other seeds of the same profile and overrides: their runs by
+    seed, and the estimate over seeds computed again over all of them."""
+    parts = [json.loads(path.read_text()) for path in paths]
+    settings = {(part["profile"], json.dumps(part["overrides"]), json.dumps(part["baselines"])) for part in parts}
+    if len(settings) > 1:
+        raise SystemExit(f"cannot combine runs of different profiles, overrides or baselines: {sorted(settings)}")
+    runs = sorted((run for part in parts for run in part["runs"]), key=lambda run: run["seed"])
+    seeds = [run["seed"] for run in runs]
+    if len(set(seeds)) < len(seeds):
+        raise SystemExit(f"a seed appears twice among {seeds}")
+    result = {
+        **{key: parts[0][key] for key in ("profile", "overrides", "baselines")},
+        "runs": runs,
+        "across_seeds": across_seeds(runs, difference),
+        "peak_rss_mb": max(part["peak_rss_mb"] for part in parts),
+        "combined_from": [str(path) for path in paths],
+    }
+    write_json(out, result)
+    plot_headroom(runs, out.with_name(out.stem + "_headroom.png"))
+    print_across_seeds(result["across_seeds"], result["baselines"])
+    print(f"\nwritten: {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default")
@@ -432,7 +459,15 @@ def main(argv: list[str] | None = None) -> int:
         help="best-of-n at PPO's KL: picks per held-out prompt, each against every PPO sample of it (default 2)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        help="no training: merge the seeds of these result files (runs on several cores at once) into --out",
+    )
     args = parser.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.out, args.difference)
     stay_offline()
     warnings.filterwarnings("ignore")
     first = args.seed if args.seed is not None else load_config(args.profile, args.overrides).tuning.evaluation_seed

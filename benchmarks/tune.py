@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             "only when named)"
         ),
     )
+    parser.add_argument(
+        "--configs", type=int, nargs="*", help="run only these configurations (indices into each method's grid)"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=RESULTS / "tuning.json")
     parser.add_argument("--from-results", type=Path, help="re-apply the choice rule to a results file; no training")
@@ -217,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     for method in args.only:
-        for config in GRID[method]:
+        for index, config in enumerate(GRID[method]):
+            if args.configs is not None and index not in args.configs:
+                continue
             run_cfg = load_config(args.profile, [*args.overrides, f"seed={seed}", *overrides_of(config)])
             t0 = time.perf_counter()
             task = ReviewTask(run_cfg)

@@ -79,3 +79,37 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
     assert (tmp_path / "rlhf_vs_sl_headroom.png").stat().st_size > 0
     assert result["peak_rss_mb"] > 0
     assert "gold mean [95% CI]" in done.stdout and "over seeds [3, 4]" in done.stdout
+    assert all(run["evaluation"]["sample"]["policies"]["best_of_n_matched"]["picks"] == 2 for run in result["runs"])
+
+    # seeds run on two cores at once, one file each, combine into what one run over both seeds writes
+    halves = []
+    for k, run in enumerate(result["runs"]):
+        halves.append(tmp_path / f"seed{k}.json")
+        halves[-1].write_text(json.dumps({**result, "runs": [run]}))
+    combined = tmp_path / "combined.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/rlhf_vs_sl.py", "--combine", *map(str, halves[::-1]), "--out", str(combined)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    merged = json.loads(combined.read_text())
+    assert merged["runs"] == result["runs"] and merged["across_seeds"] == result["across_seeds"]
+    again = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/rlhf_vs_sl.py",
+            "--combine",
+            str(halves[0]),
+            str(halves[0]),
+            "--out",
+            str(combined),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode != 0 and "a seed appears twice" in again.stderr
