@@ -313,6 +313,7 @@ def seed_record(cfg, watch: Stopwatch, trained: dict, matched: Matched) -> dict:
             for key in (
                 "valid_accuracy",
                 "accuracy_gold",
+                "selected_epoch",
                 "ensemble_size",
                 "member_agreement",
                 "reward_offset",
