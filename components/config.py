@@ -545,6 +545,11 @@ class TuningConfig(Section):
     configurations_per_method: int = Field(
         6, ge=1, description="configurations tried for PPO and for each supervised baseline alike"
     )
+    ppo_length_configurations: int = Field(
+        6,
+        ge=0,
+        description="PPO's second sweep, its iterations x kl_coef (tuning_ppo_length.json), on top of the above",
+    )
     results: str = Field("benchmarks/results/tuning.json", description="the sweep's table")
 
 

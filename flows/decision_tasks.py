@@ -362,6 +362,7 @@ def comparison_terms(ctx: RunContext, trained: Trained) -> dict:
     cfg = ctx.cfg
     eval_prompts = sorted(ctx.data.eval_prompts)
     tuned = {name: cfg.tuning.configurations_per_method for name in ("ppo", *recipe.SUPERVISED_BASELINES)}
+    tuned["ppo"] += cfg.tuning.ppo_length_configurations
     return {
         "sft_start": trained.sft.key,
         "eval_prompts": {"count": len(eval_prompts), "md5": hashlib.md5("\n".join(eval_prompts).encode()).hexdigest()},

@@ -339,7 +339,14 @@ class Tracker:
         return None
 
     def alias_version(self, alias: str) -> str | None:
+        """The version ``alias`` points at; None only when the model or the alias does not exist. Any other error
+        (a server's 5xx, SQLite's "database is locked") is raised: read as "no champion", it would let a run move
+        `champion` past a better version."""
         try:
-            return str(self.client.get_model_version_by_alias(self.cfg.registered_model, alias).version)
-        except mlflow.exceptions.MlflowException:
-            return None
+            aliases = self.client.get_registered_model(self.cfg.registered_model).aliases
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        version = aliases.get(alias)
+        return None if version is None else str(version)

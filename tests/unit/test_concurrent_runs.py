@@ -1,6 +1,7 @@
 """What lets two runs share one project root and one registry: per-key locks on finished stage
 outputs, and champion arbitration by gate score (a real MLflow SQLite store, no server)."""
 
+import inspect
 import os
 import signal
 import subprocess
@@ -199,3 +200,34 @@ def test_runs_deciding_at_the_same_moment_leave_champion_at_the_better_one(track
         thread.join()
     assert tracker.alias_version(CHAMPION) == stronger
     assert tracker.alias_version(CHALLENGER) == max(weaker, stronger, key=int)
+
+
+@pytest.mark.faults
+def test_an_error_reading_the_champion_fails_the_decision_and_leaves_the_champion_alone(tracker, monkeypatch):
+    """A transient store error (SQLite's "database is locked", a server's 5xx) inside the alias read used to read as
+    "no champion", so a weaker version took `champion`. Now the error is raised (the register task's retries take it)
+    and the aliases stay; a missing alias or model still reads as none."""
+    import mlflow
+
+    assert tracker.alias_version(CHAMPION) is None  # no registered model yet
+    stronger, weaker = new_version(tracker, "aaa"), new_version(tracker, "aaa")
+    assert tracker.alias_version(CHAMPION) is None  # a model without the alias
+    assert tracker.record_decision(stronger, "promote", ["ok"], 0.62) == f"version {stronger} is champion"
+
+    def locked_inside_the_alias_read(read):
+        def patched(self, *args, **kwargs):
+            if any(frame.function == "alias_version" for frame in inspect.stack()):
+                raise mlflow.exceptions.MlflowException(
+                    "(sqlite3.OperationalError) database is locked", "INTERNAL_ERROR"
+                )
+            return read(self, *args, **kwargs)
+
+        return patched
+
+    with monkeypatch.context() as patch:
+        for read in ("get_registered_model", "get_model_version_by_alias"):  # either way of reading an alias
+            patch.setattr(MlflowClient, read, locked_inside_the_alias_read(getattr(MlflowClient, read)))
+        with pytest.raises(mlflow.exceptions.MlflowException, match="database is locked"):
+            tracker.record_decision(weaker, "promote", ["ok"], 0.51)
+    assert tracker.alias_version(CHAMPION) == stronger
+    assert tracker.record_decision(weaker, "promote", ["ok"], 0.51).startswith(f"version {stronger} stays champion")
