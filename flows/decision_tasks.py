@@ -356,19 +356,26 @@ def gate_decoding(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> tuple[Gene
     return config(cfg.evaluation.temperature, shipped == "greedy"), {"shipped": shipped, "modes": modes}
 
 
+def tuning_budgets(cfg: Config) -> dict[str, int]:
+    """Configurations each policy's settings were chosen from on these data: the sweeps (benchmarks/tune.py) ran on
+    the embedded task, so on a user's files every method's count is 0."""
+    here = cfg.data.source == "synthetic"
+    tuned = {name: cfg.tuning.configurations_per_method * here for name in ("ppo", *recipe.SUPERVISED_BASELINES)}
+    tuned["ppo"] += cfg.tuning.ppo_length_configurations * here
+    return {"sft": 0, "best_of_n": 0, **tuned}
+
+
 def comparison_terms(ctx: RunContext, trained: Trained) -> dict:
     """What makes the comparison fair, for the record: one SFT start and one set of held-out prompts for every
     policy, and each policy's label budget (validation slices and selection labels included) and tuning budget."""
     cfg = ctx.cfg
     eval_prompts = sorted(ctx.data.eval_prompts)
-    tuned = {name: cfg.tuning.configurations_per_method for name in ("ppo", *recipe.SUPERVISED_BASELINES)}
-    tuned["ppo"] += cfg.tuning.ppo_length_configurations
     return {
         "sft_start": trained.sft.key,
         "eval_prompts": {"count": len(eval_prompts), "md5": hashlib.md5("\n".join(eval_prompts).encode()).hexdigest()},
         "label_budgets": recipe.label_budgets(
             cfg, trained.comparisons.model, trained.metrics(), trained.own_comparisons
         ),
-        "tuning_budgets": {"sft": 0, "best_of_n": 0, **tuned},
-        "tuning": cfg.tuning.model_dump(mode="json"),
+        "tuning_budgets": tuning_budgets(cfg),
+        "tuning": {**cfg.tuning.model_dump(mode="json"), "on_these_data": cfg.data.source == "synthetic"},
     }

@@ -272,7 +272,10 @@ def format_budgets(terms: dict) -> str:
             f"{'-' if trained is None else f'{trained:,}':>14}"
         )
     tuning = terms["tuning"]
-    lines.append(
-        f"(configurations tried on tuning seed {tuning['seed']}, selected by held-out labels: {tuning['results']})"
-    )
+    if tuning.get("on_these_data", True):
+        lines.append(
+            f"(configurations tried on tuning seed {tuning['seed']}, selected by held-out labels: {tuning['results']})"
+        )
+    else:
+        lines.append("(nothing was tuned on these data: every setting is params.yaml's, chosen on the embedded task)")
     return "\n".join(lines)

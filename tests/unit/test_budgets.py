@@ -1,0 +1,48 @@
+"""The budgets table names the tuning that happened: on the embedded task the sweeps' configurations (PPO's second
+sweep included), on a user's files none."""
+
+from components.config import load_config
+from components.evaluation.report import format_budgets
+from flows.decision_tasks import tuning_budgets
+
+FILES = [
+    "data.source=files",
+    "data.files.demonstrations=/data/demonstrations.jsonl",
+    "data.files.preferences=/data/preferences.jsonl",
+    "data.files.eval_prompts=/data/eval_prompts.jsonl",
+]
+
+
+def terms(cfg) -> dict:
+    budget = {"train_pairs": 10, "held_out_pairs": 2, "selection_labels": 4, "total": 16, "trainable_parameters": 5}
+    return {
+        "sft_start": "abc",
+        "eval_prompts": {"count": 3, "md5": "x"},
+        "label_budgets": {"ppo": budget, "dpo": budget},
+        "tuning_budgets": tuning_budgets(cfg),
+        "tuning": {**cfg.tuning.model_dump(mode="json"), "on_these_data": cfg.data.source == "synthetic"},
+    }
+
+
+def test_the_embedded_task_counts_each_sweep_and_ppo_its_length_sweep_too():
+    cfg = load_config("default")
+    assert tuning_budgets(cfg) == {
+        "sft": 0,
+        "best_of_n": 0,
+        "ppo": 12,
+        "chosen": 6,
+        "top_ranked": 6,
+        "combined": 6,
+        "dpo": 6,
+    }
+    table = format_budgets(terms(cfg))
+    assert "configurations tried on tuning seed 7" in table
+    assert [line.split()[5] for line in table.splitlines() if line.startswith(("ppo ", "dpo "))] == ["12", "6"]
+
+
+def test_on_a_users_files_nothing_was_tuned_and_the_table_says_so():
+    cfg = load_config("default", FILES)
+    assert set(tuning_budgets(cfg).values()) == {0}
+    table = format_budgets(terms(cfg))
+    assert "nothing was tuned on these data" in table and "tuning seed" not in table
+    assert [line.split()[5] for line in table.splitlines() if line.startswith(("ppo ", "dpo "))] == ["0", "0"]
