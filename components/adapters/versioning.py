@@ -85,7 +85,8 @@ def _init_flags(root: Path) -> list[str]:
 
 
 def ensure_repo(root: Path, cfg: VersioningConfig) -> None:
-    """Initialise DVC in ``root`` if needed, turn analytics off and make ``cfg``'s remote the default.
+    """Initialise DVC in ``root`` if needed, turn analytics off and, when no remote is configured, add ``cfg``'s as
+    the default. A remote a team configured itself is left as it is (push and pull then use it: ``_remote``).
 
     ``core.autostage`` stays off: staging in git is left to the user, whose index may hold other work.
     """
@@ -93,9 +94,19 @@ def ensure_repo(root: Path, cfg: VersioningConfig) -> None:
     if not (root / ".dvc").is_dir():
         _dvc(root, "init", *_init_flags(root))
     _dvc(root, "config", "core.analytics", "false")
-    # The CLI resolves a relative URL against the working directory and stores it relative to
-    # .dvc/; run from .dvc/ it stores cfg.remote_url verbatim, which is relative to .dvc/.
-    _dvc(root, "remote", "add", "--default", "--force", cfg.remote_name, cfg.remote_url, cwd=root / ".dvc")
+    if not _remotes(root):
+        # The CLI resolves a relative URL against the working directory and stores it relative to
+        # .dvc/; run from .dvc/ it stores cfg.remote_url verbatim, which is relative to .dvc/.
+        _dvc(root, "remote", "add", "--default", cfg.remote_name, cfg.remote_url, cwd=root / ".dvc")
+
+
+def _remotes(root: Path) -> list[str]:
+    return [line.split()[0] for line in _dvc(root, "remote", "list").splitlines() if line.strip()]
+
+
+def _remote(root: Path, cfg: VersioningConfig) -> list[str]:
+    """``--remote NAME`` for ``cfg``'s remote where it is configured; else nothing: the repository's default."""
+    return ["--remote", cfg.remote_name] if cfg.remote_name in _remotes(root) else []
 
 
 def _dir_md5(files: dict[str, str]) -> str:
@@ -202,13 +213,14 @@ def check_drift(root: Path, data_dir: str) -> DataVersion:
 
 
 def push(root: Path, cfg: VersioningConfig) -> None:
-    """Upload every tracked output in the cache to ``cfg``'s remote."""
-    _dvc(root, "push", "--remote", cfg.remote_name)
+    """Upload every tracked output in the cache to ``cfg``'s remote (else the repository's default)."""
+    _dvc(root, "push", *_remote(root, cfg))
 
 
 def pull(root: Path, cfg: VersioningConfig) -> None:
-    """Download every tracked output from ``cfg``'s remote and check it out into the workspace."""
-    _dvc(root, "pull", "--remote", cfg.remote_name)
+    """Download every tracked output from ``cfg``'s remote (else the repository's default) and check it out into the
+    workspace."""
+    _dvc(root, "pull", *_remote(root, cfg))
 
 
 def lock_stages(root: Path, stages: Sequence[str]) -> None:
@@ -219,7 +231,7 @@ def lock_stages(root: Path, stages: Sequence[str]) -> None:
 
 def dvc_status(root: Path, cfg: VersioningConfig | None = None) -> dict[str, Any]:
     """``dvc status`` as a dict; ``{}`` means in sync. With ``cfg``, compares the cache with its remote."""
-    remote = ["--cloud", "--remote", cfg.remote_name] if cfg else []
+    remote = ["--cloud", *_remote(root, cfg)] if cfg else []
     return json.loads(_dvc(root, "status", "--json", *remote) or "{}")
 
 

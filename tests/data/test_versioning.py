@@ -212,3 +212,22 @@ def test_failing_dvc_command_raises_dvc_error_with_command_and_stderr(repo):
         track(repo, "no_such_dir", {})
     assert excinfo.value.cmd[:2] == ["dvc", "add"]
     assert "no_such_dir" in excinfo.value.stderr and excinfo.value.returncode != 0
+
+
+def test_a_teams_own_remote_is_left_alone_and_used(tmp_path):
+    """A repository whose team configured its own default remote: ensure_repo used to add the project's with --force
+    and make it the default; now it adds nothing, and push and pull go to the team's remote."""
+    root, team = tmp_path / "repo", tmp_path / "team-remote"
+    new_repo(root)
+    dvc(root, "init")
+    dvc(root, "remote", "add", "--default", "team", str(team))
+    ensure_repo(root, CFG)
+    config = (root / ".dvc" / "config").read_text()
+    assert "team" in config and "dvc-remote" not in config
+    assert dvc(root, "remote", "default") == "team" and CFG.remote_name not in dvc(root, "remote", "list")
+    (root / "data").mkdir()
+    for name, text in FILES.items():
+        (root / "data" / name).write_text(text)
+    track(root, "data", META)
+    push(root, CFG)
+    assert any(team.rglob("*")) and dvc_status(root, CFG) == {}
