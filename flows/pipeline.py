@@ -61,6 +61,9 @@ def refuse_a_bad_config(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    from components.offline import stay_offline  # stdlib only: before the early server, which reads it at its start
+
+    stay_offline()
     refuse_a_bad_config(parse_args())
 # `python -m flows.pipeline` with no Prefect API configured: the temporary server starts up on another core while the
 # imports below run (flows/temporary_server.py)

@@ -14,6 +14,7 @@ import yaml
 
 from components.config import load_config
 from components.io import sha256_file
+from components.offline import TELEMETRY_OFF
 from tests.conftest import git, new_repo
 from tests.layout import run_records, stage_dir, stage_dirs
 
@@ -22,10 +23,12 @@ pytestmark = pytest.mark.slow  # whole flows, ~4 minutes
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run(args, cwd, tmp_path, prefect_api: str | None = None):
+def run(args, cwd, tmp_path, prefect_api: str | None = None, telemetry_env: bool = True):
     """As a user runs it: ephemeral Prefect (or the session's server, ``prefect_api``, which saves
-    starting one), the project's own MLflow store (whatever servers earlier tests pointed this process at)."""
-    base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    starting one), the project's own MLflow store (whatever servers earlier tests pointed this process at).
+    ``telemetry_env`` False: without the suite's telemetry switches either (only for commands that set their own)."""
+    dropped = {"MLFLOW_TRACKING_URI", "PREFECT_API_URL", *(() if telemetry_env else TELEMETRY_OFF)}
+    base = {k: v for k, v in os.environ.items() if k not in dropped}
     env = {
         **base,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
@@ -77,7 +80,7 @@ def main_job(small_project, tmp_path_factory):
     (root, temp dir, the finished process, its run record)."""
     tmp = tmp_path_factory.mktemp("main-job")
     root = clone_of(small_project, tmp)
-    done = run(main_command(root), REPO, tmp)
+    done = run(main_command(root), REPO, tmp, telemetry_env=False)  # the command turns telemetry off itself
     assert done.returncode == 0, done.stderr[-3000:]
     return root, tmp, done, run_records(root)[0]
 
@@ -127,6 +130,8 @@ def test_main_job_runs_every_stage_and_ends_with_the_decision(main_job):
     port = int(done.stderr.split("Starting temporary Prefect server on 127.0.0.1:")[1].split()[0])
     assert "Starting temporary server" not in done.stderr + done.stdout  # Prefect did not start a second one
     assert f"Stopping temporary Prefect server on 127.0.0.1:{port}" in done.stderr
+    # no ERROR on a clean run: the early server used to start before telemetry was off and log its failure to phone home
+    assert "| ERROR" not in done.stderr + done.stdout and "telemetry" not in done.stderr + done.stdout
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0
 
