@@ -75,7 +75,7 @@ from prefect.runtime import flow_run
 from components.adapters import run_records
 from components.adapters.tracking import TrackingUnavailable
 from components.adapters.versioning import DataDrift
-from components.evaluation.judges import JudgeError
+from components.evaluation.judges import JudgeError, judge_facts
 from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
@@ -177,6 +177,7 @@ def rlhf_pipeline(
         "prepared": data.prepared,
         "data": data.summary,
         "evaluation": evaluation,
+        "judge": judge_facts(cfg.evaluation.judge)["label"],
         "budgets": decision_tasks.comparison_terms(ctx, trained),
         "decision": decision,
         "registry": registry,
@@ -250,7 +251,7 @@ def _print_summary(result: dict, seconds: float) -> None:
     again = " (the same files passed the same suites before; not run again)" if result["validation"]["reused"] else ""
     print(f"validation   : passed{again}; Data Docs at {result['validation']['data_docs']}")
     print(f"prepared     : {result['prepared']}")
-    print(format_table(result["evaluation"]))
+    print(format_table(result["evaluation"], result["judge"]))
     print(format_budgets(result["budgets"]))
     print(f"\n{result['decision']['summary']}")
     registry = result["registry"]

@@ -2,6 +2,7 @@
 sweep included), on a user's files none."""
 
 from components.config import load_config
+from components.evaluation.judges import judge_facts
 from components.evaluation.report import format_budgets
 from flows.decision_tasks import tuning_budgets
 
@@ -46,3 +47,39 @@ def test_on_a_users_files_nothing_was_tuned_and_the_table_says_so():
     table = format_budgets(terms(cfg))
     assert "nothing was tuned on these data" in table and "tuning seed" not in table
     assert [line.split()[5] for line in table.splitlines() if line.startswith(("ppo ", "dpo "))] == ["0", "0"]
+
+
+def test_the_terminal_summary_names_the_users_judge_not_gold(capsys):
+    """The table printed at the end of a run scored by a python judge used to say "gold" in its columns."""
+    import flows.pipeline as pipeline
+
+    cfg = load_config(
+        "default",
+        [*FILES, "comparisons.source=static", "evaluation.judge.kind=python", "evaluation.judge.entry_point=m:f"],
+    )
+    policy = {"gold": {"value": 1.0, "ci": [0.5, 1.5]}, "rm": {"value": 0.1}, "length": 9.0, "unterminated": 0.0}
+    win = {"value": 0.6, "ci": [0.55, 0.65], "ties": 0.1}
+    result = {
+        "data_version": {"md5": "0" * 32, "action": "new version", "path": "data"},
+        "data": {"rows": {"eval_prompts": 3}},
+        "validation": {"reused": False, "data_docs": "docs.html"},
+        "prepared": {},
+        "evaluation": {"sample": {"policies": {"sft": policy, "ppo": policy}, "ppo_win_rate": {"sft": win}}},
+        "judge": judge_facts(cfg.evaluation.judge)["label"],
+        "budgets": terms(cfg),
+        "decision": {"summary": "decision: reject"},
+        "registry": {
+            "name": "m",
+            "version": "1",
+            "decision": "reject",
+            "champion": None,
+            "challenger": "1",
+            "champion_note": "-",
+        },
+        "mlflow": {"uri": "sqlite:///x.db", "run_id": "r"},
+        "run_dir": "runs/r",
+        "flow_run_id": "f",
+    }
+    pipeline._print_summary(result, 1.0)
+    out = capsys.readouterr().out
+    assert "(scored by the python judge 'm:f')" in out and "PPO judge win rate" in out and "gold" not in out
