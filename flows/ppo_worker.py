@@ -227,6 +227,8 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
     monitor = judge_monitor(judge) if judge is not None else None
     resumable = latest_checkpoint(job["checkpoint_dir"]) if runtime.is_main else None
     if resumable is not None:
+        for reason in resumable.passed_over:
+            echo(f"ppo passes over a damaged checkpoint, {reason}")
         echo(f"ppo resumes from the checkpoint after iteration {resumable.iteration} in {job['checkpoint_dir']}")
     started = time.perf_counter()
     live = LiveLog(cfg, job["mlflow"], echo) if runtime.is_main else None

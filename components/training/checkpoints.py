@@ -5,12 +5,16 @@ optimisers' state dicts and torch's RNG state: tensors and plain numbers only, l
 ``weights_only=True``) and ``meta.json`` (iteration, KL coefficient, the Python RNG state, the
 prompt queue, the history so far). Under DeepSpeed ZeRO, whose shards no one rank holds whole, ``state.pt`` has the
 RNG states only and ``engines/`` each engine's own checkpoint (every rank's shard). It is written to a temporary
-directory and renamed into place, so a crash mid-write leaves the previous checkpoint as the latest one.
+directory, flushed to disk and renamed into place, so a crash mid-write leaves the previous checkpoint as the latest
+one. ``digests.json`` holds every file's SHA-256: a checkpoint whose files no longer match (a disk that lied, a copy
+cut short) is passed over for the previous one, and the reason is kept (``PPOState.passed_over``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ import torch
 
 PREFIX = "iteration-"
 ENGINES = "engines"
+DIGESTS = "digests.json"
 
 
 @dataclass
@@ -31,6 +36,7 @@ class PPOState:
     history: list[dict]
     tensors: dict  # policy, critic, policy_opt, critic_opt (unless in engines), torch_rng
     engines: Path | None = None  # DeepSpeed: the engines' own checkpoints, a directory per engine
+    passed_over: tuple[str, ...] = ()  # newer checkpoints that failed their check: "<name>: <why>"
 
 
 def save_checkpoint(directory: str | Path, state: PPOState, keep: int = 2) -> Path:
@@ -51,9 +57,12 @@ def save_checkpoint(directory: str | Path, state: PPOState, keep: int = 2) -> Pa
             "history": state.history,
         }
         (staging / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        (staging / DIGESTS).write_text(json.dumps(_digests(staging)), encoding="utf-8")
+        _flush(staging)
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
+        _fsync(directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -63,19 +72,73 @@ def save_checkpoint(directory: str | Path, state: PPOState, keep: int = 2) -> Pa
 
 
 def latest_checkpoint(directory: str | Path | None) -> PPOState | None:
-    """The newest complete checkpoint in ``directory``, or None."""
+    """The newest checkpoint in ``directory`` whose files match their digests and load, or None; the newer ones that
+    failed are named in ``passed_over`` with the reason."""
     if directory is None or not Path(directory).is_dir():
         return None
-    candidates = sorted(Path(directory).glob(f"{PREFIX}*"))
-    if not candidates:
-        return None
-    newest = candidates[-1]
-    meta = json.loads((newest / "meta.json").read_text(encoding="utf-8"))
-    tensors = torch.load(newest / "state.pt", weights_only=True)
-    engines = newest / ENGINES if (newest / ENGINES).is_dir() else None
-    return PPOState(
-        meta["iteration"], meta["kl_coef"], meta["python_rng"], meta["order"], meta["history"], tensors, engines
+    passed_over: list[str] = []
+    for candidate in sorted(Path(directory).glob(f"{PREFIX}*"), reverse=True):
+        try:
+            return _load(candidate, tuple(passed_over))
+        except (OSError, ValueError, KeyError, RuntimeError, EOFError) as error:
+            passed_over.append(f"{candidate.name}: {error}")
+    if passed_over:
+        raise CorruptCheckpoint(f"no checkpoint in {directory} is intact: " + "; ".join(passed_over))
+    return None
+
+
+class CorruptCheckpoint(RuntimeError):
+    pass
+
+
+def _load(checkpoint: Path, passed_over: tuple[str, ...]) -> PPOState:
+    recorded = (
+        json.loads((checkpoint / DIGESTS).read_text(encoding="utf-8")) if (checkpoint / DIGESTS).exists() else None
     )
+    found = _digests(checkpoint)
+    if recorded is not None and found != recorded:  # None: written before digests were kept
+        changed = sorted(name for name in set(found) | set(recorded) if found.get(name) != recorded.get(name))
+        raise ValueError(f"files differ from their digests: {', '.join(changed)}")
+    meta = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))
+    tensors = torch.load(checkpoint / "state.pt", weights_only=True)
+    engines = checkpoint / ENGINES if (checkpoint / ENGINES).is_dir() else None
+    return PPOState(
+        meta["iteration"],
+        meta["kl_coef"],
+        meta["python_rng"],
+        meta["order"],
+        meta["history"],
+        tensors,
+        engines,
+        passed_over,
+    )
+
+
+def _digests(checkpoint: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``checkpoint`` but the digests themselves, by relative path."""
+    digests = {}
+    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != DIGESTS):
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        digests[str(path.relative_to(checkpoint))] = sha.hexdigest()
+    return digests
+
+
+def _flush(tree: Path) -> None:
+    """Every file and directory under ``tree`` on disk before the rename publishes it."""
+    for path in sorted(tree.rglob("*"), reverse=True):
+        _fsync(path)
+    _fsync(tree)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def python_rng_state(rng) -> list:

@@ -375,3 +375,34 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     kept = latest_checkpoint(tmp_path)
     assert kept.iteration == 2 and torch.equal(kept.tensors["policy"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["iteration-000002"]
+
+
+@pytest.mark.parametrize("damage", ["flipped byte in state.pt", "meta.json cut short", "state.pt gone"])
+def test_a_damaged_latest_checkpoint_is_passed_over_for_the_previous_one_and_said_so(tmp_path, damage):
+    """A complete checkpoint damaged after it was written (a disk that lied, a copy cut short) used to be resumed
+    as it was, or to fail the resume; now its digests catch it and the previous kept checkpoint is resumed."""
+    import torch
+
+    from components.training.checkpoints import CorruptCheckpoint, PPOState, latest_checkpoint, save_checkpoint
+
+    for iteration, value in ((2, 1.0), (4, 2.0)):
+        weights = {"policy": {"w": torch.full((3,), value)}}
+        save_checkpoint(tmp_path, PPOState(iteration, 0.1, [3, [1, 2], None], ["p"], [], weights))
+    latest = tmp_path / "iteration-000004"
+    if damage == "flipped byte in state.pt":
+        data = bytearray((latest / "state.pt").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (latest / "state.pt").write_bytes(bytes(data))
+    elif damage == "meta.json cut short":
+        (latest / "meta.json").write_text((latest / "meta.json").read_text()[:20])
+    else:
+        (latest / "state.pt").unlink()
+    kept = latest_checkpoint(tmp_path)
+    assert kept.iteration == 2 and torch.equal(kept.tensors["policy"]["w"], torch.ones(3))
+    [reason] = kept.passed_over
+    assert reason.startswith("iteration-000004: files differ from their digests")
+    assert ("state.pt" if "state" in damage else "meta.json") in reason
+
+    (tmp_path / "iteration-000002" / "meta.json").write_text("{}")  # nothing intact left: refused, named
+    with pytest.raises(CorruptCheckpoint, match=r"no checkpoint in .* is intact: iteration-000004: .*iteration-000002"):
+        latest_checkpoint(tmp_path)
