@@ -51,13 +51,33 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def fsync_path(path: Path) -> None:
+    """A file's or a directory's contents (a directory's: its entries) on disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def flush_tree(tree: Path) -> None:
+    """Every file and directory under ``tree``, and ``tree`` itself, on disk: before a rename publishes it."""
+    for path in sorted(tree.rglob("*"), reverse=True):
+        fsync_path(path)
+    fsync_path(tree)
+
+
 def replace_directory(source: Path, target: Path) -> None:
-    """Move ``source`` to ``target``, replacing what was there; the old contents are dropped only after the swap."""
+    """Move ``source`` to ``target``, replacing what was there; the old contents are dropped only after the swap.
+    ``source`` is on disk before it is published, and the swap after."""
+    flush_tree(source)
     if not target.exists():
         os.replace(source, target)
+        fsync_path(target.parent)
         return
     retired = target.with_name(f".{target.name}.old")
     shutil.rmtree(retired, ignore_errors=True)
     os.replace(target, retired)
     os.replace(source, target)
+    fsync_path(target.parent)
     shutil.rmtree(retired, ignore_errors=True)

@@ -12,15 +12,15 @@ cut short) is passed over for the previous one, and the reason is kept (``PPOSta
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from components.io import flush_tree, fsync_path, sha256_file
 
 PREFIX = "iteration-"
 ENGINES = "engines"
@@ -58,11 +58,11 @@ def save_checkpoint(directory: str | Path, state: PPOState, keep: int = 2) -> Pa
         }
         (staging / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
         (staging / DIGESTS).write_text(json.dumps(_digests(staging)), encoding="utf-8")
-        _flush(staging)
+        flush_tree(staging)
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
-        _fsync(directory)
+        fsync_path(directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -116,29 +116,8 @@ def _load(checkpoint: Path, passed_over: tuple[str, ...]) -> PPOState:
 
 def _digests(checkpoint: Path) -> dict[str, str]:
     """SHA-256 of every file under ``checkpoint`` but the digests themselves, by relative path."""
-    digests = {}
-    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != DIGESTS):
-        sha = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                sha.update(block)
-        digests[str(path.relative_to(checkpoint))] = sha.hexdigest()
-    return digests
-
-
-def _flush(tree: Path) -> None:
-    """Every file and directory under ``tree`` on disk before the rename publishes it."""
-    for path in sorted(tree.rglob("*"), reverse=True):
-        _fsync(path)
-    _fsync(tree)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    files = sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != DIGESTS)
+    return {str(path.relative_to(checkpoint)): sha256_file(path) for path in files}
 
 
 def python_rng_state(rng) -> list:
