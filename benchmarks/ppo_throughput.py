@@ -81,7 +81,7 @@ def measure(cfg, profile: Path, processes: int, sft: Path, reward_model: Path, p
         AccelerateProfile.read(profile), ppo_worker.__name__, ["--job", str(job_dir)], processes
     )
     started = time.perf_counter()
-    run_logged(command, cfg.distributed.timeout_seconds, env=env, cwd=REPO)
+    run_logged(command, cfg.timeouts.launch_seconds, env=env, cwd=REPO)
     launch_seconds = time.perf_counter() - started
     outcome = read_result(job_dir)
     history = outcome["history"]

@@ -71,6 +71,9 @@ class Matched:
     samples: int
 
 
+DEFAULT_MATCHED = Matched(n_max=256, samples=2)
+
+
 class Stopwatch:
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -232,7 +235,7 @@ def overoptimisation_record(history: list[dict], ppo_metrics: dict) -> dict:
     }
 
 
-def evaluate_trained(cfg, trained: dict, matched: Matched = Matched(n_max=256, samples=2)) -> dict:
+def evaluate_trained(cfg, trained: dict, matched: Matched = DEFAULT_MATCHED) -> dict:
     """Every trained policy (and best-of-n) on the held-out prompts under each decoding mode, judged by gold; under
     sampling also best-of-n at PPO's KL (``best_of_n_matched``)."""
     eval_prompts = [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]]
@@ -451,13 +454,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument(
-        "--matched-n-max", type=int, default=256, help="the largest n of best-of-n at PPO's KL (default 256)"
+        "--matched-n-max",
+        type=int,
+        default=DEFAULT_MATCHED.n_max,
+        help=f"the largest n of best-of-n at PPO's KL (default {DEFAULT_MATCHED.n_max})",
     )
     parser.add_argument(
         "--matched-samples",
         type=int,
-        default=2,
-        help="best-of-n at PPO's KL: picks per held-out prompt, each against every PPO sample of it (default 2)",
+        default=DEFAULT_MATCHED.samples,
+        help="best-of-n at PPO's KL: picks per held-out prompt, each against every PPO sample of it "
+        f"(default {DEFAULT_MATCHED.samples})",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(

@@ -602,6 +602,27 @@ class OrchestrationConfig(Section):
     )
 
 
+class TimeoutsConfig(Section):
+    """Deadlines: a part that hangs fails the run naming itself (nothing registered) instead of holding it forever.
+    The defaults leave a slow CPU's default run, and a large model's stage, far inside them."""
+
+    launch_seconds: float = Field(
+        86_400.0, gt=0, description="a whole `accelerate launch` (one stage); its process group is killed after this"
+    )
+    progress_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="a stage in the flow's own process reports a step (a PPO iteration) at least this often, or fails",
+    )
+    judge_call_seconds: float = Field(1800.0, gt=0, description="one call of a python judge's function")
+    collective_seconds: float = Field(
+        1800.0,
+        gt=0,
+        description="a collective between ranks waits this long for a hung or dead rank, then the ranks fail "
+        "(the gloo/NCCL process group's timeout)",
+    )
+
+
 class DistributedConfig(Section):
     """Where every stage runs: one process (the flow's own), or `accelerate launch` with a profile from
     infra/accelerate/ (processes, machines, GPUs, DeepSpeed)."""
@@ -617,9 +638,6 @@ class DistributedConfig(Section):
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="GPU ranks; auto: bf16 on a GPU that supports it (CPU ranks: model.cpu_precision)"
-    )
-    timeout_seconds: float = Field(
-        7200.0, gt=0, description="the whole launch; a hung job is killed and the task fails after this"
     )
     kill_grace_seconds: float = Field(
         10.0, gt=0, description="SIGTERM, then SIGKILL after this, when a launch is stopped"
@@ -672,7 +690,51 @@ class Config(Section):
     tracking: TrackingConfig = TrackingConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     distributed: DistributedConfig = DistributedConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
     artifacts_dir: str = Field("artifacts/models", description="where trained models are saved")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _comparisons_follow_the_data(cls, raw: Any) -> Any:
+        """Where ``comparisons.source`` is not given it follows the data: SFT samples ranked by the embedded task's
+        labeller, or by people; on a user's own files labelled by no one, their preference file (``static``)."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("comparisons", {}), dict):
+            return raw
+        comparisons, data = raw.get("comparisons", {}), raw.get("data", {})
+        if "source" in comparisons:
+            return raw
+        user_files = (data.get("source") if isinstance(data, dict) else getattr(data, "source", None)) == "files"
+        unlabelled = comparisons.get("labeler", "simulated") == "simulated"
+        source = "static" if user_files and unlabelled else "sft_samples"
+        return {**raw, "comparisons": {**comparisons, "source": source}}
+
+    @model_validator(mode="after")
+    def _embedded_parts_need_the_embedded_task(self) -> Config:
+        """The simulated labeller and the gold judge know only the embedded task's prompts."""
+        if self.data.source != "files":
+            return self
+        if self.comparisons.source == "sft_samples" and self.comparisons.labeler == "simulated":
+            raise ValueError(
+                "comparisons.source is 'sft_samples' with comparisons.labeler 'simulated', but the simulated labeller "
+                "knows only the embedded task: for data.source 'files' set comparisons.labeler: human (people label "
+                "the samples), or comparisons.source: static to train the reward model on your preference file"
+            )
+        if self.evaluation.judge.kind == "gold":
+            raise ValueError(
+                "evaluation.judge.kind is 'gold', but the embedded task's gold judge reads only its own prompts: for "
+                "data.source 'files' set evaluation.judge.kind to reward_model (a judge model you trust), python (your "
+                "scoring function) or human (people label blinded pairs)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _every_round_has_ppo(self) -> Config:
+        if self.comparisons.rounds > self.ppo.iterations:
+            raise ValueError(
+                f"comparisons.rounds ({self.comparisons.rounds}) exceeds ppo.iterations ({self.ppo.iterations}): "
+                "every labelling round's PPO needs at least one iteration"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_schedule_family(self) -> Config:

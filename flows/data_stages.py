@@ -40,7 +40,8 @@ def validate(
     return report
 
 
-RUN_FIELDS = ("path", "action", "previous_md5")  # what a run did to the data version, not what the data are
+# what a run did to the data version, not what the data are
+RUN_FIELDS = ("path", "action", "previous_md5", "push_error")
 
 
 def prepare_training_inputs(cfg: Config, root: str | Path, data_version: dict) -> dict[str, int]:

@@ -66,7 +66,10 @@ def validate_data(cfg: Config, root: str, candidate: data_versioning.Candidate, 
 @task(name="version data", cache_policy=NO_CACHE)
 def version_data(cfg: Config, root: str, candidate: data_versioning.Candidate) -> dict:
     result = data_versioning.commit(cfg, root, candidate)
-    get_run_logger().info("data %s: md5 %s (%s.dvc)", result.action, result.version.md5, result.version.path)
+    logger = get_run_logger()
+    logger.info("data %s: md5 %s (%s.dvc)", result.action, result.version.md5, result.version.path)
+    if result.push_error:
+        logger.warning("data: not pushed to the DVC remote; the next run pushes again. %s", result.push_error)
     return result.as_dict()
 
 

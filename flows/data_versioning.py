@@ -48,6 +48,7 @@ class VersionedData:
     version: DataVersion
     action: str  # verified | rebuilt | new version
     previous_md5: str | None  # the version data.dvc recorded before, if any
+    push_error: str | None = None  # why the remote does not hold this version yet; the next run pushes again
 
     def as_dict(self) -> dict:
         return {
@@ -55,6 +56,7 @@ class VersionedData:
             "path": self.version.path,
             "action": self.action,
             "previous_md5": self.previous_md5,
+            "push_error": self.push_error,
             **self.version.meta,
         }
 
@@ -106,7 +108,7 @@ def commit(cfg: Config, root: str | Path, candidate: Candidate) -> VersionedData
     root = Path(root)
     previous = candidate.recorded.md5 if candidate.recorded else None
     if candidate.in_place:
-        return VersionedData(candidate.recorded, VERIFIED, previous)
+        return VersionedData(candidate.recorded, VERIFIED, previous, _push(root, cfg))
     rebuilding = candidate.recorded is not None and candidate.recorded.meta.get("recipe") == candidate.recipe
     replace_directory(candidate.directory, root / cfg.data.dir)
     discard(candidate)
@@ -114,6 +116,17 @@ def commit(cfg: Config, root: str | Path, candidate: Candidate) -> VersionedData
     if "seed" in candidate.source:
         meta.update(seed=candidate.source["seed"], generator=candidate.source["generator"])
     version = versioning.track(root, cfg.data.dir, meta)
-    if cfg.versioning.push:
+    return VersionedData(version, REBUILT if rebuilding else NEW_VERSION, previous, _push(root, cfg))
+
+
+def _push(root: Path, cfg: Config) -> str | None:
+    """Push the cache to the remote on every run, verified versions too, so a version whose push failed (remote
+    down) goes up with the next run. A failed push does not stop this run: the version is recorded and in the local
+    cache. Returns the push's error, or None."""
+    if not cfg.versioning.push:
+        return None
+    try:
         versioning.push(root, cfg.versioning)
-    return VersionedData(version, REBUILT if rebuilding else NEW_VERSION, previous)
+    except versioning.DvcError as error:
+        return str(error)
+    return None

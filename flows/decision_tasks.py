@@ -149,7 +149,9 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
     # the judge is made (and refused) before anything is evaluated; never the reward model PPO optimised
     optimised = [StageStore(ctx.root).path(stage_home(cfg, "reward_model"), trained.reward_model.key)]
     gold = ctx.environment.gold if ctx.environment is not None else None
-    judge = make_judge(cfg.evaluation.judge, cfg.model, gold, optimised, runtimes.flow_device(cfg))
+    judge = make_judge(
+        cfg.evaluation.judge, cfg.model, gold, optimised, runtimes.flow_device(cfg), cfg.timeouts.judge_call_seconds
+    )
     facts = judge_facts(cfg.evaluation.judge)
     pairs: list[pairwise.Pair] = []  # for people, who judge PPO against each policy pair by pair
     round_id = human_judging.round_id(ctx, trained)

@@ -71,8 +71,9 @@ EARLY_SERVER = start_early() if __name__ == "__main__" else None
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
-from components.adapters import run_records
+from components.adapters import run_records, versioning
 from components.adapters.tracking import TrackingUnavailable
 from components.adapters.versioning import DataDrift
 from components.evaluation.judges import JudgeError, judge_facts
@@ -87,6 +88,7 @@ from flows import (
     human_judging,
     human_labelling,
     labelling_rounds,
+    runtimes,
     training_tasks,
 )
 from flows.credentials import export_credentials
@@ -121,8 +123,11 @@ def rlhf_pipeline(
     root: str = str(REPO_ROOT),
     params: str = str(DEFAULT_PARAMS),
 ) -> dict:
-    """The whole pipeline; ``overrides`` are ``key.path=value`` strings applied over the profile."""
+    """The whole pipeline; ``overrides`` are ``key.path=value`` strings applied over the profile.
+
+    A caller gets the run's result; Prefect records it as a Completed state named by the decision (``gate_state``)."""
     cfg = load_config(profile, flow_overrides(overrides, seed, tracking_uri, registered_model), params)
+    runtimes.quiet_transformers()  # the stages in this process write through it
     precision.refuse_unsupported(cfg.model)
     launcher.refuse_unhonoured(cfg, REPO_ROOT)
     export_credentials(cfg.orchestration)
@@ -132,7 +137,7 @@ def rlhf_pipeline(
         alive.enter_context(cores.run_slot())  # each task's torch threads: this run's share of the machine's cores
         try:
             data = data_tasks.data_stages(cfg, root, tracking)
-            tracking.use_data(data.version, root, cfg.versioning.remote_url)
+            tracking.use_data(data.version, root, versioning.remote_url(Path(root), cfg.versioning))
             name_flow_run(f"{profile}-data-{data.md5[:8]}")
             alive.enter_context(
                 run_records.alive(tracking.run_dir)
@@ -171,20 +176,32 @@ def rlhf_pipeline(
         write_run_record(cfg, root, tracking, started, data, trained, decision, registry, run_records.COMPLETED)
         close_tracking(tracking, None)
     get_run_logger().info("gate: %s", decision["decision"])
-    return {
-        "data_version": data.version,
-        "validation": data.validation,
-        "prepared": data.prepared,
-        "data": data.summary,
-        "evaluation": evaluation,
-        "judge": judge_facts(cfg.evaluation.judge)["label"],
-        "budgets": decision_tasks.comparison_terms(ctx, trained),
-        "decision": decision,
-        "registry": registry,
-        "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
-        "flow_run_id": str(flow_run.id) if flow_run.id else None,
-        "run_dir": str(tracking.run_dir),
-    }
+    return gate_state(
+        decision,
+        {
+            "data_version": data.version,
+            "validation": data.validation,
+            "prepared": data.prepared,
+            "data": data.summary,
+            "evaluation": evaluation,
+            "judge": judge_facts(cfg.evaluation.judge)["label"],
+            "budgets": decision_tasks.comparison_terms(ctx, trained),
+            "decision": decision,
+            "registry": registry,
+            "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
+            "flow_run_id": str(flow_run.id) if flow_run.id else None,
+            "run_dir": str(tracking.run_dir),
+        },
+    )
+
+
+def gate_state(decision: dict, result: dict) -> State:
+    """The flow run's final state: Completed either way, named by the gate's decision, so a rejected run is told apart
+    from a promoted one in the Prefect run list; the message names the rules that failed."""
+    if decision["promote"]:
+        return Completed(name="Promoted", message="gate: promote", data=result)
+    failed = [reason["rule"] for reason in decision["reasons"] if not reason["passed"]]
+    return Completed(name="Rejected", message=f"gate: reject ({'; '.join(dict.fromkeys(failed))})", data=result)
 
 
 def write_run_record(

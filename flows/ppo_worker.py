@@ -131,8 +131,10 @@ class LiveLog:
     MLflow. The MLflow part is best effort: a tracking server that stays away longer than the client's
     own retries stops it, not the training; the flow logs the iterations it missed when PPO ends."""
 
-    def __init__(self, cfg: Config, mlflow: dict | None, echo: Callable[[str], None]):
-        self.run, self.iterations, self.echo = None, cfg.ppo.iterations, echo
+    def __init__(
+        self, cfg: Config, mlflow: dict | None, echo: Callable[[str], None], beat: Callable[[], None] = lambda: None
+    ):
+        self.run, self.iterations, self.echo, self.beat = None, cfg.ppo.iterations, echo, beat
         if mlflow:
             from mlflow import MlflowClient
 
@@ -143,6 +145,7 @@ class LiveLog:
         self.first, self.stopped = None, None  # iterations logged to MLflow: [first, stopped)
 
     def __call__(self, iteration: int, entry: dict) -> None:
+        self.beat()  # the in-process deadline (flows/deadlines.py)
         if self.run is not None and self.stopped is None:
             self.first = iteration if self.first is None else self.first
             try:
@@ -182,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_in_process(job_dir: str | Path, echo: Callable[[str], None], use_cpu: bool) -> None:
+def run_in_process(
+    job_dir: str | Path, echo: Callable[[str], None], use_cpu: bool, beat: Callable[[], None] = lambda: None
+) -> None:
     """The job in the calling process (one process, one machine: no launcher). The caller's random state is put back
     after, so the stages that follow draw exactly what they would after a launched PPO, and accelerate's is cleared."""
     import numpy as np
@@ -190,14 +195,16 @@ def run_in_process(job_dir: str | Path, echo: Callable[[str], None], use_cpu: bo
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())), warnings_quieted():
-            run_job(Path(job_dir), echo, use_cpu)
+            run_job(Path(job_dir), echo, use_cpu, beat)
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
         forget_accelerate_state()
 
 
-def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = None) -> None:
+def run_job(
+    job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = None, beat: Callable[[], None] = lambda: None
+) -> None:
     """Every rank trains the job in ``job_dir``; rank 0 writes the policy and the result beside it."""
     job = json.loads((job_dir / JOB).read_text(encoding="utf-8"))
     cfg = Config.model_validate(job["config"])
@@ -223,7 +230,14 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
     demonstrations = json.loads((job_dir / "demonstrations.json").read_text(encoding="utf-8"))
     environment = environment_for(cfg)
     gold = environment.gold if environment is not None else None
-    judge = ppo_monitor_judge(cfg.evaluation.judge, cfg.model, gold, [job["reward_model_dir"]], str(runtime.device))
+    judge = ppo_monitor_judge(
+        cfg.evaluation.judge,
+        cfg.model,
+        gold,
+        [job["reward_model_dir"]],
+        str(runtime.device),
+        cfg.timeouts.judge_call_seconds,
+    )
     monitor = judge_monitor(judge) if judge is not None else None
     resumable = latest_checkpoint(job["checkpoint_dir"]) if runtime.is_main else None
     if resumable is not None:
@@ -231,7 +245,7 @@ def run_job(job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = N
             echo(f"ppo passes over a damaged checkpoint, {reason}")
         echo(f"ppo resumes from the checkpoint after iteration {resumable.iteration} in {job['checkpoint_dir']}")
     started = time.perf_counter()
-    live = LiveLog(cfg, job["mlflow"], echo) if runtime.is_main else None
+    live = LiveLog(cfg, job["mlflow"], echo, beat) if runtime.is_main else None
     try:
         result = recipe.ppo_stage(
             cfg,

@@ -14,6 +14,7 @@ import hashlib
 import os
 import warnings
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -62,17 +63,21 @@ def resolve_mixed_precision(setting: str, use_cpu: bool, cpu_precision: str = "f
 def make_runtime(cfg: Config, use_cpu: bool | None = None) -> Runtime:
     """``use_cpu`` None: as `accelerate launch` said (ACCELERATE_USE_CPU), or the CPU where there is no GPU."""
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     if use_cpu is None:
         use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     use_cpu = use_cpu or not torch.cuda.is_available()
     mixed_precision = resolve_mixed_precision(cfg.distributed.mixed_precision, use_cpu, cfg.model.cpu_precision)
+    # a collective waits this long for a hung or dead rank, then every rank fails (not forever)
+    collective = timedelta(seconds=cfg.timeouts.collective_seconds)
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
-        return deepspeed_runtime(mixed_precision)
-    return Runtime(Accelerator(cpu=use_cpu, mixed_precision=mixed_precision))
+        return deepspeed_runtime(mixed_precision, collective)
+    handlers = [InitProcessGroupKwargs(timeout=collective)]
+    return Runtime(Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, kwargs_handlers=handlers))
 
 
-def deepspeed_runtime(mixed_precision: str) -> DeepSpeedRuntime:
+def deepspeed_runtime(mixed_precision: str, collective: timedelta) -> DeepSpeedRuntime:
     """A DeepSpeed profile's runtime: accelerate sets up the processes and reads the launched profile's ZeRO settings
     (the flow refused any it would not honour before launching: ``launcher.zero_settings``); the engines (one per
     trained model) are DeepSpeed's own. On a machine without GPUs, DeepSpeed runs on its CPU accelerator
@@ -80,11 +85,12 @@ def deepspeed_runtime(mixed_precision: str) -> DeepSpeedRuntime:
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    handlers = []
+    handlers = [InitProcessGroupKwargs(timeout=collective)]
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         mixed_precision = "no"
-        handlers = [InitProcessGroupKwargs(backend="gloo")]  # accelerate names no CPU backend for DeepSpeed itself
+        # accelerate names no CPU backend for DeepSpeed itself
+        handlers = [InitProcessGroupKwargs(backend="gloo", timeout=collective)]
         import deepspeed.ops
 
         # On CPU ranks DeepSpeed's communication set-up probes a compiler for every op it has (~5 s a rank) and
@@ -213,12 +219,18 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def quiet_libraries() -> None:
-    """Only this program's own lines reach the task log: no progress bars or advice from transformers."""
+def quiet_transformers() -> None:
+    """No progress bars ("Writing model shards") or advice (the attention-mask warning) from transformers in the
+    flow's log: its errors only."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def quiet_libraries() -> None:
+    """A rank's process: only this program's own lines reach the task log."""
+    quiet_transformers()
     warnings.filterwarnings("ignore")
 
 

@@ -15,7 +15,7 @@ from prefect import get_run_logger
 
 from components.models.saving import save_model
 from components.training import recipe
-from flows import ppo_worker, runtimes, stage_calls, stage_worker
+from flows import deadlines, ppo_worker, runtimes, stage_calls, stage_worker
 from flows.launcher import AccelerateProfile, LaunchError, Machine, accelerate_command, run_logged
 from flows.run_context import RunContext
 from flows.runtimes import run_profile
@@ -43,10 +43,12 @@ def run_stage(
     if not runtimes.runs_in_process(cfg, profile):
         return launched_stage(ctx, call, args, inputs, progress_every)
     models = {name: result.model for name, result in inputs.items()}
-    with runtimes.in_process(cfg, profile.use_cpu) as runtime:
+    name = args.get("name", call)
+    deadline = deadlines.progress_deadline(name, cfg.timeouts.progress_seconds, cfg.distributed.kill_grace_seconds)
+    with runtimes.in_process(cfg, profile.use_cpu) as runtime, deadline as beat:
         if runtime.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(runtime.device)
-        log = stage_worker.progress(args.get("name", call), progress_every, get_run_logger().info)
+        log = stage_worker.progress(name, progress_every, get_run_logger().info, beat)
         result = stage_calls.CALLS[call](cfg, ctx.tokenizer, args, models, runtime, ctx.environment, log)
         # on a CPU, the flow process's peak so far (the stage's own when launched)
         result.placement = {**runtime.describe(), "peak_memory_bytes": [runtimes.peak_memory_bytes(runtime.device)]}
@@ -87,7 +89,7 @@ def accelerate_launch(
     try:
         run_logged(
             command,
-            cfg.distributed.timeout_seconds,
+            cfg.timeouts.launch_seconds,
             logger.info,
             env=env,
             cwd=runtimes.CODE_ROOT,

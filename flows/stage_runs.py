@@ -4,8 +4,10 @@ as a nested MLflow run (params = its config section, per-step history, final met
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +77,36 @@ def stage_home(cfg: Config, name: str) -> str:
     return f"{cfg.artifacts_dir}/{name}"
 
 
+# the source a trained stage's output depends on: an edit to any of it trains anew instead of reusing an old output
+TRAINING_CODE = (
+    "components/data",
+    "components/models",
+    "components/task",
+    "components/training",
+    "flows/ppo_worker.py",
+    "flows/stage_calls.py",
+    "flows/stage_worker.py",
+)
+
+
+def code_digest(root: Path, paths: tuple[str, ...] = TRAINING_CODE) -> str:
+    """sha256 over the Python files under ``paths`` (relative to ``root``), each its path then its bytes, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        target = root / path
+        for file in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+@cache
+def training_code() -> str:
+    return code_digest(runtimes.CODE_ROOT)
+
+
 def key_for(ctx: RunContext, name: str, section, *upstream: str) -> str:
-    """What a stage's output depends on, hashed. Several processes sum the same gradients in another order, so their
+    """What a stage's output depends on, hashed: the data, its config section, the model settings, the seed, the
+    upstream stages' keys and the training code. Several processes sum the same gradients in another order, so their
     weights differ from one process's in the last bits: the process count is part of the key when it is not one."""
     processes = runtimes.processes(ctx.cfg, runtimes.run_profile(ctx.cfg))
     return stage_key(
@@ -86,6 +116,7 @@ def key_for(ctx: RunContext, name: str, section, *upstream: str) -> str:
         model=ctx.cfg.model.model_dump(mode="json"),
         seed=ctx.cfg.seed,
         upstream=list(upstream),
+        code=training_code(),
         **({"processes": processes} if processes > 1 else {}),
     )
 
@@ -112,7 +143,15 @@ def reuse_or_compute(
     with store.claim(home, key, waiting_for(name, key)) as directory:
         card = store.finished(home, key) if ctx.cfg.orchestration.reuse_finished_stages else None
         if card:
-            get_run_logger().info("%s: reusing the finished stage in %s", name, directory)
+            get_run_logger().info(
+                "%s: reusing the finished stage in %s: key %s, the same data %s, config section, model settings, "
+                "seed, upstream stages and training code %s as this run",
+                name,
+                directory,
+                key,
+                ctx.data.md5[:12],
+                training_code()[:12],
+            )
             store.touch(home, key)
             run.set_tags({"reused": "true", "stage_key": key})
             history, placement = card.get("history", []), card.get("runtime", {})

@@ -77,10 +77,14 @@ def load_input(directory: str, kind: str):
     return load_causal_lm(directory) if kind == "policy" else load_reward_model(directory)
 
 
-def progress(call: str, every: int, echo: Callable[[str], None]) -> Callable[[int, dict], None]:
-    """A stage's progress lines every ``every`` steps (rank 0's when launched; the flow's log in its own process)."""
+def progress(
+    call: str, every: int, echo: Callable[[str], None], beat: Callable[[], None] = lambda: None
+) -> Callable[[int, dict], None]:
+    """A stage's progress lines every ``every`` steps (rank 0's when launched; the flow's log in its own process);
+    ``beat`` on every step (the stage's deadline, flows/deadlines.py)."""
 
     def log(step: int, entry: dict) -> None:
+        beat()
         if step % every == 0:
             shown = ", ".join(
                 f"{k} {v:.3f}" for k, v in entry.items() if k in ("loss", "accuracy") and isinstance(v, float)

@@ -16,7 +16,7 @@ from components.config import Config
 TRAINING_STAGES = ("sft", "comparisons", "reward_model", "baseline_", "ppo")
 EVALUATION_STAGES = ("evaluation",)
 # version keys that say what this run did to the data, not what the data is
-RUN_ACTIONS = ("action", "previous_md5")
+RUN_ACTIONS = ("action", "previous_md5", "push_error")
 
 
 @dataclass
@@ -42,10 +42,7 @@ class Tracking:
 
     def use_data(self, version: dict, root: str, remote: str | None) -> None:
         """The versioned data (``PreparedData.version``) this run trains on: the pipeline run's input now, each
-        stage's that reads it when it opens. ``remote`` is the DVC remote's URL (a relative path is relative to
-        .dvc/, as DVC reads it)."""
-        if remote and "://" not in remote:
-            remote = str((Path(root) / ".dvc" / remote).resolve())
+        stage's that reads it when it opens. ``remote`` is the URL of the DVC remote the data are pushed to."""
         self.data = DataInput(
             name=version["path"],
             md5=version["md5"],

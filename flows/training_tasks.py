@@ -25,7 +25,7 @@ from components.models.stage_store import StageStore
 from components.models.tokenizer import words_of
 from components.training import recipe
 from components.training.rounds import labeller_stream, next_group, tagged
-from flows import decoding_reuse, ppo_worker, runtimes, stage_calls, stage_launch
+from flows import deadlines, decoding_reuse, ppo_worker, runtimes, stage_calls, stage_launch
 from flows.data_stages import checked_vocabulary, save_comparisons
 from flows.environment import environment_for
 from flows.handoff import task
@@ -335,7 +335,9 @@ def launched_ppo(
     logger = get_run_logger()
     if cfg.distributed.launch == "auto" and profile.single_process(cfg.distributed.num_processes):
         logger.info("PPO: one process (%s), in this process", profile.path.name)
-        ppo_worker.run_in_process(job_dir, logger.info, profile.use_cpu)
+        deadline = deadlines.progress_deadline("ppo", cfg.timeouts.progress_seconds, cfg.distributed.kill_grace_seconds)
+        with deadline as beat:
+            ppo_worker.run_in_process(job_dir, logger.info, profile.use_cpu, beat)
     else:
         stage_launch.accelerate_launch(ctx, profile, job_dir)
     outcome = read_result(job_dir)
@@ -361,17 +363,6 @@ def run_context(cfg: Config, root: str, tracking: Tracking, data: PreparedData) 
     """The context every training task reads; the tokenizer is the local model's, or a word tokenizer over the
     environment's vocabulary (or, for user files and a model from scratch, the words of the data)."""
     environment = environment_for(cfg)
-    if environment is None and cfg.comparisons.source == "sft_samples" and cfg.comparisons.labeler == "simulated":
-        raise ValueError(
-            "comparisons.source is 'sft_samples', but the simulated labeller knows only the embedded task: for "
-            "data.source 'files' set comparisons.labeler: human (people label the samples), or comparisons.source: "
-            "static to train the reward model on your preference file"
-        )
-    if cfg.comparisons.rounds > cfg.ppo.iterations:
-        raise ValueError(
-            f"comparisons.rounds ({cfg.comparisons.rounds}) exceeds ppo.iterations ({cfg.ppo.iterations}): "
-            "every labelling round's PPO needs at least one iteration"
-        )
     # a judge that cannot judge stops the run before any training (the optimised RM is refused when it exists)
     make_judge(cfg.evaluation.judge, cfg.model, environment.gold if environment is not None else None, optimised=[])
     vocabulary = None

@@ -82,6 +82,8 @@ def flow_overrides(data_dir: Path) -> list[str]:
         "validation.demonstrations_rows={min: 4, max: 1000}",
         "validation.preferences_rows={min: 4, max: 1000}",
         "validation.eval_prompts_rows={min: 2, max: 1000}",
+        "evaluation.judge.kind=python",
+        "evaluation.judge.entry_point=tests.judges:words_of_praise",
     ]
 
 

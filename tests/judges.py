@@ -16,3 +16,11 @@ def broken(prompts: list[str], responses: list[str]) -> list[float]:
 def not_a_number(prompts: list[str], responses: list[str]) -> list[float]:
     """A judge that returns NaN for the second response."""
     return [float("nan") if i == 1 else 0.0 for i in range(len(responses))]
+
+
+def hangs(prompts: list[str], responses: list[str]) -> list[float]:
+    """A judge whose service never answers: the call never returns."""
+    import threading
+
+    threading.Event().wait()
+    return []

@@ -100,13 +100,29 @@ def ensure_repo(root: Path, cfg: VersioningConfig) -> None:
         _dvc(root, "remote", "add", "--default", cfg.remote_name, cfg.remote_url, cwd=root / ".dvc")
 
 
-def _remotes(root: Path) -> list[str]:
-    return [line.split()[0] for line in _dvc(root, "remote", "list").splitlines() if line.strip()]
+def _remotes(root: Path) -> dict[str, tuple[str, bool]]:
+    """Each configured remote's name: its URL as DVC resolves it, and whether it is the default. (From ``dvc config
+    --list``, whose lines are never wrapped, unlike ``dvc remote list``'s table.)"""
+    settings = dict(line.split("=", 1) for line in _dvc(root, "config", "--list").splitlines() if "=" in line)
+    default = settings.get("core.remote")
+    return {
+        key[len("remote.") : -len(".url")]: (url, key == f"remote.{default}.url")
+        for key, url in settings.items()
+        if key.startswith("remote.") and key.endswith(".url")
+    }
 
 
 def _remote(root: Path, cfg: VersioningConfig) -> list[str]:
     """``--remote NAME`` for ``cfg``'s remote where it is configured; else nothing: the repository's default."""
     return ["--remote", cfg.remote_name] if cfg.remote_name in _remotes(root) else []
+
+
+def remote_url(root: Path, cfg: VersioningConfig) -> str | None:
+    """The URL push and pull use (``_remote``), as DVC resolves it; None where no remote is configured."""
+    remotes = _remotes(root)
+    if cfg.remote_name in remotes:
+        return remotes[cfg.remote_name][0]
+    return next((url for url, default in remotes.values() if default), None)
 
 
 def _dir_md5(files: dict[str, str]) -> str:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 import math
 import numbers
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +64,10 @@ def gold_judge(gold: GoldFn) -> Judge:
     return Judge("gold", "gold", lambda ps, rs, es: [gold(p, r, e) for p, r, e in zip(ps, rs, es, strict=True)])
 
 
-def python_judge(entry_point: str) -> Judge:
-    """``module:function``; the function takes (prompts, responses) and returns one score per response."""
+def python_judge(entry_point: str, call_seconds: float | None = None) -> Judge:
+    """``module:function``; the function takes (prompts, responses) and returns one score per response. With
+    ``call_seconds`` a call that has not returned by then is a JudgeError (the call, left in a daemon thread, cannot
+    hold the process)."""
     module_name, _, function_name = entry_point.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name)
@@ -72,11 +76,36 @@ def python_judge(entry_point: str) -> Judge:
     if not callable(function):
         raise JudgeError(f"judge {entry_point} is not callable")
 
-    def scores(prompts: Sequence[str], responses: Sequence[str], ended: Sequence[bool]) -> list[float]:
+    def call(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         try:
             return list(function(list(prompts), list(responses)))
         except Exception as error:
             raise JudgeError(f"judge {entry_point} raised {type(error).__name__}: {error}") from error
+
+    def scores(prompts: Sequence[str], responses: Sequence[str], ended: Sequence[bool]) -> list[float]:
+        if call_seconds is None:
+            return call(prompts, responses)
+        outcome: list = []
+
+        def run() -> None:
+            try:
+                outcome.append(call(prompts, responses))
+            except BaseException as error:  # handed to the caller's thread
+                outcome.append(error)
+
+        worker = threading.Thread(target=run, name=f"judge {entry_point}", daemon=True)
+        started = time.monotonic()
+        worker.start()
+        while worker.is_alive():  # short joins: the caller stays interruptible (flows/deadlines.py)
+            if time.monotonic() - started > call_seconds:
+                raise JudgeError(
+                    f"judge {entry_point} did not return within {call_seconds:g} s (timeouts.judge_call_seconds) "
+                    f"scoring {len(responses)} responses"
+                )
+            worker.join(0.1)
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
 
     return Judge("python", entry_point, scores)  # the name judge_facts gives it
 
@@ -129,11 +158,12 @@ def ppo_monitor_judge(
     gold: GoldFn | None,
     optimised: Sequence[str | Path],
     device: str = "cpu",
+    call_seconds: float | None = None,
 ) -> Judge | None:
     """The judge that scores PPO's rollouts for the record and the gate's trend rule; None when it does not."""
     if not judge_facts(cfg)["scores_ppo_iterations"] or (cfg.kind == "gold" and gold is None):
         return None
-    return make_judge(cfg, model_cfg, gold, optimised, device)
+    return make_judge(cfg, model_cfg, gold, optimised, device, call_seconds)
 
 
 def make_judge(
@@ -142,9 +172,10 @@ def make_judge(
     gold: GoldFn | None,
     optimised: Sequence[str | Path],
     device: str = "cpu",
+    call_seconds: float | None = None,
 ) -> Judge | None:
     """The judge that scores each response (a judge model on ``device``); None for people, who compare pairs
-    (``pairwise.py``)."""
+    (``pairwise.py``). ``call_seconds``: a python judge's deadline per call."""
     if cfg.kind == "human":
         return None
     if cfg.kind == "gold":
@@ -155,5 +186,5 @@ def make_judge(
             )
         return gold_judge(gold)
     if cfg.kind == "python":
-        return python_judge(cfg.entry_point)
+        return python_judge(cfg.entry_point, call_seconds)
     return reward_model_judge(cfg.model_dir, model_cfg, optimised, device)

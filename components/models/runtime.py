@@ -13,6 +13,7 @@ backward and step, and to split work between its ranks (``shard``, ``map_chunks`
 from __future__ import annotations
 
 import contextlib
+import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,27 @@ SINGLE = Runtime()  # one CPU process, fp32: the runtime of a stage nobody place
 ENGINE_TAG = "state"  # the one tag each engine's checkpoint directory holds
 
 
+def deepspeed_checkpoint_globals() -> list:
+    """What DeepSpeed's ZeRO-2 and ZeRO-3 optimiser checkpoints hold besides tensors and plain containers: all the
+    weights-only unpickler may build from them (plain state objects; nothing that runs code)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_weights_only(path: str, map_location=None):
+    """DeepSpeed's checkpoint engine's ``load``, without arbitrary pickle."""
+    try:
+        with torch.serialization.safe_globals(deepspeed_checkpoint_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise pickle.UnpicklingError(
+            f"{path}: refused, it holds more than tensors and DeepSpeed's state classes ({error})"
+        ) from None
+
+
 class DeepSpeedRuntime(Runtime):
     """A runtime whose trained models are DeepSpeed ZeRO engines, one engine per model (PPO trains two:
     accelerate's DeepSpeed integration prepares one). ZeRO-2 shards the optimiser state and the gradients; ZeRO-3 the
@@ -346,7 +368,10 @@ class DeepSpeedRuntime(Runtime):
         self.barrier()  # every shard is on disk before rank 0 moves the directory
 
     def load_engines(self, engines: dict[str, Any], directory: Path) -> None:
+        """Each engine's checkpoint, read by torch's weights-only unpickler (DeepSpeed's own reader would run any
+        pickle): a file holding anything but tensors, containers and DeepSpeed's few state classes is refused."""
         for name, engine in engines.items():
+            engine.checkpoint_engine.load = load_weights_only
             loaded, _ = engine.load_checkpoint(str(directory / name), tag=ENGINE_TAG)
             if loaded is None:
                 raise FileNotFoundError(f"{directory / name}: no DeepSpeed checkpoint of the {name} to resume")

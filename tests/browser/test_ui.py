@@ -59,10 +59,10 @@ def page(browser):
 def test_prefect_ui_shows_the_completed_flow_run_and_its_artifacts(pipeline, pipeline_runs, page, tmp_path):
     api = pipeline_runs.prefect_api
     flow_run = pipeline["flow_run"]
-    assert flow_run["state_type"] == "COMPLETED"
+    assert (flow_run["state_type"], flow_run["state_name"]) == ("COMPLETED", "Promoted")
     page.goto(f"{api.removesuffix('/api')}/runs/flow-run/{flow_run['id']}")
     expect(page.get_by_text(flow_run["name"], exact=True).first).to_be_visible(timeout=WAIT)
-    expect(page.locator(".state-badge").first).to_have_text("Completed", timeout=WAIT)
+    expect(page.locator(".state-badge").first).to_have_text("Promoted", timeout=WAIT)  # a rejected run: "Rejected"
     page.get_by_role("tablist").get_by_text("Artifacts", exact=True).click()
     artifacts = page.get_by_role("tabpanel")  # only the selected tab's panel is in the page
     for key in ("data-validation", "evaluation", "gate"):

@@ -132,6 +132,8 @@ def test_main_job_runs_every_stage_and_ends_with_the_decision(main_job):
     assert f"Stopping temporary Prefect server on 127.0.0.1:{port}" in done.stderr
     # no ERROR on a clean run: the early server used to start before telemetry was off and log its failure to phone home
     assert "| ERROR" not in done.stderr + done.stdout and "telemetry" not in done.stderr + done.stdout
+    # nor third parties' progress bars and advice in the log (the stages run in this process and save models)
+    assert "Writing model shards" not in done.stderr + done.stdout and "attention_mask" not in done.stderr + done.stdout
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0
 
@@ -150,6 +152,8 @@ def test_main_job_stops_at_bad_data_and_touches_nothing(git_repo, tmp_path, pref
         f"data.files={{demonstrations: {mine / 'd.jsonl'}, preferences: {mine / 'p.jsonl'}, "
         f"eval_prompts: {mine / 'e.jsonl'}}}",
         "validation.check_vocabulary=false",
+        "evaluation.judge.kind=python",
+        "evaluation.judge.entry_point=tests.judges:words_of_praise",
     ]
     args = ["-m", "flows.pipeline", "--profile", "smoke", "--root", str(git_repo)]
     for item in overrides:

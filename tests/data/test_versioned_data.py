@@ -34,6 +34,7 @@ def user_files_config(directory, **names):
         "smoke",
         {
             "data": {"source": "files", "files": {k: str(directory / v) for k, v in paths.items()}},
+            "evaluation": {"judge": {"kind": "python", "entry_point": "tests.judges:words_of_praise"}},
             "validation": {
                 "check_vocabulary": False,
                 "demonstrations_rows": {"min": 1, "max": 10},
@@ -59,6 +60,23 @@ def test_first_run_records_a_version_and_second_run_verifies_it(git_repo):
     assert second.action == VERIFIED and second.version.md5 == first.version.md5
     assert dvc_status(git_repo, SMOKE.versioning) == {}  # pushed: the local remote holds this version
     assert not any((git_repo / STAGING_DIR).iterdir())
+
+
+@pytest.mark.faults
+def test_a_failed_push_does_not_stop_the_run_and_the_next_run_pushes(git_repo):
+    """The remote cannot be written (its path is a file): the version is recorded and the run goes on, saying why it
+    was not pushed; the next run, with the remote back, finds the same version and pushes it (before, a verified
+    version returned before pushing, so it never reached the remote)."""
+    cfg = SMOKE.model_copy(update={"versioning": SMOKE.versioning.model_copy(update={"remote_url": "../blocked"})})
+    blocked = git_repo / "blocked"
+    blocked.write_text("not a directory")
+    first = materialize(cfg, git_repo)
+    assert first.action == NEW_VERSION and first.push_error and "dvc push" in first.push_error
+    blocked.unlink()
+    assert dvc_status(git_repo, cfg.versioning) != {}  # the remote, back, lacks this version
+    second = materialize(cfg, git_repo)
+    assert second.action == VERIFIED and second.version.md5 == first.version.md5 and second.push_error is None
+    assert dvc_status(git_repo, cfg.versioning) == {}
 
 
 def test_a_hand_edited_file_is_refused_as_drift_naming_the_file_and_both_hashes(git_repo):

@@ -21,6 +21,7 @@ from components.adapters.versioning import (
     pull,
     push,
     recorded_version,
+    remote_url,
     track,
     workspace_version,
 )
@@ -231,3 +232,4 @@ def test_a_teams_own_remote_is_left_alone_and_used(tmp_path):
     track(root, "data", META)
     push(root, CFG)
     assert any(team.rglob("*")) and dvc_status(root, CFG) == {}
+    assert remote_url(root, CFG) == str(team)  # what the runs record as the data's remote

@@ -62,6 +62,32 @@ def test_a_python_judge_returning_nan_at_evaluation_fails_the_run_naming_it_and_
     assert registry() == before
 
 
+def test_a_python_judge_that_never_returns_fails_the_run_at_its_deadline(in_process_flow, root, registry):
+    """At evaluation, a judge call that hangs is given up after timeouts.judge_call_seconds (before, the run waited
+    forever)."""
+    before = registry()
+    deadline = r"judge tests\.judges:hangs did not return within 3 s \(timeouts\.judge_call_seconds\)"
+    with pytest.raises(JudgeError, match=deadline):
+        in_process_flow(root, [*python_judge("hangs", monitor_ppo=False), "timeouts.judge_call_seconds=3"])
+    flow_run, tasks, _ = latest_flow_run()
+    assert flow_run.state.is_failed() and "evaluate" in tasks and "gate" not in tasks
+    assert registry() == before
+
+
+def test_a_hung_ppo_step_fails_the_run_at_its_progress_deadline(in_process_flow, root, registry):
+    """PPO in the flow's own process stops reporting iterations (its step hangs, here in the judge watching it, whose
+    own deadline is far off): it is stopped after timeouts.progress_seconds, and the run fails naming it."""
+    from flows.deadlines import StageTimeout
+
+    before = registry()
+    overrides = [*python_judge("hangs"), "timeouts.judge_call_seconds=100000", "timeouts.progress_seconds=20"]
+    with pytest.raises(StageTimeout, match=r"ppo: no progress for 20 s \(timeouts\.progress_seconds\); stopped"):
+        in_process_flow(root, overrides)
+    flow_run, tasks, _ = latest_flow_run()
+    assert flow_run.state.is_failed() and "PPO" in tasks and "register" not in tasks
+    assert registry() == before
+
+
 @pytest.mark.parametrize("defect", ["remote code", "pickle weights"])
 def test_an_unsafe_judge_model_directory_is_refused_before_any_training(
     in_process_flow, root, registry, tmp_path, defect

@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
         ("sft.batch_size=abc", "sft.batch_size"),
         ("ppo.lr=-0.1", "ppo.lr"),
         ("sft.batch_size=0", "sft.batch_size"),
+        ("comparisons.rounds=3", "comparisons.rounds (3) exceeds ppo.iterations (2)"),  # across sections
+        ("data={source: files, files: {demonstrations: d, preferences: p, eval_prompts: e}}", "evaluation.judge.kind"),
     ],
 )
 def test_a_bad_config_is_rejected_before_any_work_naming_the_key(override, key, tmp_path, capsys):

@@ -14,6 +14,7 @@ the one under test is opened as wide as the config allows, so the refusal is tha
 also fail its KL budget).
 """
 
+import re
 import subprocess
 
 import pytest
@@ -116,3 +117,22 @@ def test_an_evaluation_set_that_shares_prompts_with_training_is_refused_before_t
     flow_run, tasks, _ = latest_flow_run()
     assert flow_run.state.is_failed() and not tasks & TRAINING_TASKS
     assert registry_state(mlflow_server) == before
+
+
+def test_the_prefect_run_list_tells_rejected_runs_from_promoted_ones(pipeline_runs):
+    """Each run's flow run ends Completed, named by the gate: "Promoted" or "Rejected", the rules that failed in its
+    message (before, every run read "Completed" in the run list)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: pipeline_runs.prefect_api}), get_client(sync_client=True) as client:
+        for name, done in pipeline_runs.done.items():
+            flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]+)", done.stdout).group(1)
+            state = client.read_flow_run(flow_run_id).state
+            assert state.is_completed(), (name, state)
+            if name in PROMOTED:
+                assert (state.name, state.message) == ("Promoted", "gate: promote"), (name, state)
+            else:
+                failed = [rule for rule, passed in decision_of(done).items() if not passed]
+                assert state.name == "Rejected" and state.message.startswith("gate: reject ("), (name, state)
+                assert all(rule.split("] ")[-1] in state.message for rule in failed), (name, state.message, failed)

@@ -243,6 +243,10 @@ def test_a_worker_runs_the_deployment_through_every_stage_across_a_server_restar
     (version,) = registry.search_model_versions(f"name='{MODEL}'")  # no duplicate registry version
     assert version.run_id == parent.info.run_id and version.tags["gate.decision"] == parent.data.tags["gate.decision"]
     assert registry.get_model_version_by_alias(MODEL, "challenger").version == version.version
+    # the run list tells a rejected run from a promoted one: the state's name is the decision
+    promoted = parent.data.tags["gate.decision"] == "promote"
+    assert flow_run.state.name == ("Promoted" if promoted else "Rejected"), flow_run.state
+    assert flow_run.state.message.startswith(f"gate: {parent.data.tags['gate.decision']}")
 
 
 def test_bad_data_fails_the_run_before_any_training(server, tmp_path):
@@ -260,6 +264,8 @@ def test_bad_data_fails_the_run_before_any_training(server, tmp_path):
             f"eval_prompts: {bad / 'e.jsonl'}}}"
         ),
         "validation.check_vocabulary=false",
+        "evaluation.judge.kind=python",
+        "evaluation.judge.entry_point=tests.judges:words_of_praise",
     ]
     flow_run, runs = final_state(start_deployment({"overrides": overrides}), server["worker_log"])
     assert flow_run.state.is_failed(), flow_run.state

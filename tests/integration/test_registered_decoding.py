@@ -78,7 +78,7 @@ def test_the_pipeline_run_and_every_stage_that_read_the_data_name_its_version_as
     tracking = Tracking(tracker, tracker.start_run("pipeline"), tmp_path / "runs" / "this")
     dvc_file, remote = str((tmp_path / "data.dvc").resolve()), str((tmp_path / "dvc-remote").resolve())
     version = {"md5": MD5, "path": "data", "action": "new version", "previous_md5": None, "recipe": "r1", "seed": 0}
-    tracking.use_data(version, str(tmp_path), "../dvc-remote")
+    tracking.use_data(version, str(tmp_path), remote)
     trained = [
         tracking.stage(name, r) for name, r in [("sft", None), ("reward_model", 2), ("baseline_dpo", None), ("ppo", 2)]
     ]
@@ -98,7 +98,7 @@ def test_the_pipeline_run_and_every_stage_that_read_the_data_name_its_version_as
         assert (data.dataset.name, data.dataset.digest) == ("data", MD5)
         assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == context
         source = json.loads(data.dataset.source)
-        assert source == {"uri": dvc_file, "dvc_remote": remote}  # the remote as DVC reads it: relative to .dvc/
+        assert source == {"uri": dvc_file, "dvc_remote": remote}
         assert mlflow.data.get_source(data).uri == dvc_file
         # what the data is, not what this run did to it: MLflow keeps the first run's dataset for every later run
         assert json.loads(data.dataset.profile) == {"md5": MD5, "path": "data", "recipe": "r1", "seed": 0}

@@ -15,26 +15,16 @@ REPO = Path(__file__).resolve().parents[2]
 POLICIES = ("sft", "chosen", "top_ranked", "combined", "dpo")
 
 
+def benchmark(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """benchmarks/rlhf_vs_sl.py run as a user runs it, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "benchmarks/rlhf_vs_sl.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
     out = tmp_path / "rlhf_vs_sl.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/rlhf_vs_sl.py",
-            "--profile",
-            "smoke",
-            "--seeds",
-            "2",
-            "--seed",
-            "3",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = benchmark("--profile", "smoke", "--seeds", "2", "--seed", "3", "--out", str(out), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["profile"] == "smoke" and result["baselines"] == list(POLICIES)
@@ -87,29 +77,9 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
         halves.append(tmp_path / f"seed{k}.json")
         halves[-1].write_text(json.dumps({**result, "runs": [run]}))
     combined = tmp_path / "combined.json"
-    done = subprocess.run(
-        [sys.executable, "benchmarks/rlhf_vs_sl.py", "--combine", *map(str, halves[::-1]), "--out", str(combined)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = benchmark("--combine", *map(str, halves[::-1]), "--out", str(combined))
     assert done.returncode == 0, done.stderr[-3000:]
     merged = json.loads(combined.read_text())
     assert merged["runs"] == result["runs"] and merged["across_seeds"] == result["across_seeds"]
-    again = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/rlhf_vs_sl.py",
-            "--combine",
-            str(halves[0]),
-            str(halves[0]),
-            "--out",
-            str(combined),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = benchmark("--combine", str(halves[0]), str(halves[0]), "--out", str(combined))
     assert again.returncode != 0 and "a seed appears twice" in again.stderr

@@ -11,6 +11,8 @@ FILES = [
     "data.files.demonstrations=/data/demonstrations.jsonl",
     "data.files.preferences=/data/preferences.jsonl",
     "data.files.eval_prompts=/data/eval_prompts.jsonl",
+    "evaluation.judge.kind=python",
+    "evaluation.judge.entry_point=m:f",
 ]
 
 
@@ -55,7 +57,7 @@ def test_the_terminal_summary_names_the_users_judge_not_gold(capsys):
 
     cfg = load_config(
         "default",
-        [*FILES, "comparisons.source=static", "evaluation.judge.kind=python", "evaluation.judge.entry_point=m:f"],
+        FILES,
     )
     policy = {"gold": {"value": 1.0, "ci": [0.5, 1.5]}, "rm": {"value": 0.1}, "length": 9.0, "unterminated": 0.0}
     win = {"value": 0.6, "ci": [0.55, 0.65], "ties": 0.1}

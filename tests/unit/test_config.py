@@ -117,6 +117,10 @@ def test_the_tuning_sweep_gives_every_method_the_same_budget_of_valid_configurat
         assert len({str(c) for c in configs}) == len(configs), method
         for config in configs:
             load_config("default", tune.overrides_of(config))  # every key exists and every value is valid
+    # training passes, by hand: PPO's reward models times its iterations over the profile's 80; a baseline's epochs
+    assert tune.training_passes("ppo_length", {"ppo.iterations": 160, "ppo.kl.kl_coef": 0.05}, cfg) == 2.0
+    assert tune.training_passes("ppo", {"reward.ensemble_size": 3}, cfg) == 3.0
+    assert tune.training_passes("dpo", {"baselines.dpo.epochs": 2.0}, cfg) == 2.0
 
 
 def test_every_compared_method_must_share_one_learning_rate_schedule():

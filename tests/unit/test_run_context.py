@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.config import load_config
+from components.config import ConfigError, load_config
 from components.training.recipe import StageResult
 from flows.run_context import PreparedData, Trained
 from flows.training_tasks import run_context
@@ -22,10 +22,38 @@ def data() -> PreparedData:
     return PreparedData(ROWS, {"md5": "0" * 32}, {"success": True}, {}, {})
 
 
-def test_user_files_with_sampled_comparisons_are_refused_before_any_training():
-    cfg = load_config("smoke", {"data": {"source": "files", "files": FILES}})
-    with pytest.raises(ValueError, match=r"comparisons\.source: static"):
-        run_context(cfg, "unused", None, data())
+def test_comparisons_follow_the_data_where_not_given():
+    """The default on the embedded task ranks SFT samples; a user's files labelled by no one bring their preference
+    file; labelled by people, their SFT samples. (Before, user files with the defaults failed after the data stages.)"""
+    assert load_config("smoke").comparisons.source == "sft_samples"
+    files = {"data": {"source": "files", "files": FILES}, **JUDGE}
+    assert load_config("smoke", files).comparisons.source == "static"
+    assert load_config("smoke", {**files, "comparisons": {"labeler": "human"}}).comparisons.source == "sft_samples"
+    assert load_config("smoke", {**files, "comparisons": {"source": "static"}}).comparisons.source == "static"
+
+
+@pytest.mark.parametrize(
+    "overrides, rule",
+    [
+        (
+            {"data": {"source": "files", "files": FILES}, "comparisons": {"source": "sft_samples"}, **JUDGE},
+            r"the simulated labeller knows only the embedded task.*comparisons\.source: static",
+        ),
+        (
+            {"data": {"source": "files", "files": FILES}},
+            r"gold judge reads only its own prompts.*set evaluation\.judge\.kind to reward_model",
+        ),
+        (
+            {"comparisons": {"rounds": 3}, "ppo": {"iterations": 2}},
+            r"comparisons\.rounds \(3\) exceeds ppo\.iterations \(2\)",
+        ),
+    ],
+    ids=["simulated labeller on user files", "gold judge on user files", "more rounds than PPO iterations"],
+)
+def test_contradictory_configs_are_refused_when_loaded(overrides, rule):
+    """Refused by the config itself, so the command exits 2 before any work (tests/faults: no file written)."""
+    with pytest.raises(ConfigError, match=rule):
+        load_config("smoke", overrides)
 
 
 def test_user_files_with_samples_labelled_by_people_need_no_environment():
@@ -33,18 +61,6 @@ def test_user_files_with_samples_labelled_by_people_need_no_environment():
         "smoke", {"data": {"source": "files", "files": FILES}, "comparisons": {"labeler": "human"}, **JUDGE}
     )
     assert run_context(cfg, "unused", None, data()).environment is None
-
-
-def test_more_labelling_rounds_than_ppo_iterations_are_refused_before_any_training():
-    cfg = load_config("smoke", {"comparisons": {"rounds": 3}, "ppo": {"iterations": 2}})
-    with pytest.raises(ValueError, match=r"comparisons\.rounds \(3\) exceeds ppo\.iterations \(2\)"):
-        run_context(cfg, "unused", None, data())
-
-
-def test_user_files_judged_by_the_embedded_gold_judge_are_refused_before_any_training():
-    cfg = load_config("smoke", {"data": {"source": "files", "files": FILES}, "comparisons": {"source": "static"}})
-    with pytest.raises(ValueError, match=r"set evaluation\.judge\.kind to reward_model .* or python"):
-        run_context(cfg, "unused", None, data())
 
 
 def test_a_judge_that_cannot_be_imported_is_refused_before_any_training():
