@@ -128,9 +128,18 @@ def label_rules(pair_ids: Sequence[str], min_answers: int) -> list[Expectation]:
 def labelling_page(rows: Sequence[Mapping], title: str, download_name: str) -> str:
     """A page that works from disk with no network: each pair with A / B / tie (pre-set to tie when both sides are
     the same text), a count, and a button that downloads the answers as JSONL lines ``{"pair_id": ..., "choice":
-    ...}``."""
-    data = json.dumps([dict(r) for r in rows]).replace("</", "<\\/")
-    return PAGE.format(title=html.escape(title), data=data, download_name=json.dumps(download_name))
+    ...}``. Answers are kept in the browser's storage under the download's name, so a reload keeps them.
+
+    The rows are embedded as JSON with ``<``, ``>`` and ``&`` as JSON escapes: no text (``</script>``, ``<!--``)
+    can end or re-open the page's script; the page shows every text as text, never as markup."""
+    data = json.dumps([dict(r) for r in rows]).translate(SCRIPT_SAFE)
+    return PAGE.format(
+        title=html.escape(title), data=data, download_name=json.dumps(download_name).translate(SCRIPT_SAFE)
+    )
+
+
+# JSON escapes for what HTML reads inside a script (json.dumps already escapes every non-ASCII character)
+SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
 PAGE = """<!doctype html>
@@ -155,7 +164,17 @@ Nothing leaves this page until you download your answers.</p>
 <div id="pairs"></div>
 <script>
 const PAIRS = {data};
-const answers = {{}};
+const STORE = "rlhf-labels:" + {download_name};  // this run's answers, kept across reloads
+const answers = restored();
+function restored() {{
+  let kept = {{}};
+  try {{ kept = JSON.parse(localStorage.getItem(STORE) || "{{}}"); }} catch (error) {{ kept = {{}}; }}
+  const known = new Set(PAIRS.map(p => p.pair_id));
+  return Object.fromEntries(Object.entries(kept).filter(([id, choice]) => known.has(id)));
+}}
+function keep() {{
+  try {{ localStorage.setItem(STORE, JSON.stringify(answers)); }} catch (error) {{ }}  // storage off: this page only
+}}
 const list = document.getElementById("pairs");
 function count() {{
   document.getElementById("count").textContent = Object.keys(answers).length + " of " + PAIRS.length + " answered";
@@ -182,11 +201,11 @@ PAIRS.forEach((pair, n) => {{
     input.type = "radio";
     input.name = pair.pair_id;
     input.value = choice;
-    input.addEventListener("change", () => {{ answers[pair.pair_id] = choice; count(); }});
-    if (choice === "tie" && pair.A === pair.B) {{  // the same text on both sides is a tie: answered already
-      input.checked = true;
+    input.addEventListener("change", () => {{ answers[pair.pair_id] = choice; keep(); count(); }});
+    if (!(pair.pair_id in answers) && choice === "tie" && pair.A === pair.B) {{  // the same text: a tie already
       answers[pair.pair_id] = "tie";
     }}
+    input.checked = answers[pair.pair_id] === choice;
     label.appendChild(input);
     label.appendChild(document.createTextNode(" " + choice + " "));
     choices.appendChild(label);

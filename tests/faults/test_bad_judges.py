@@ -80,8 +80,8 @@ def test_a_hung_ppo_step_fails_the_run_at_its_progress_deadline(in_process_flow,
     from flows.deadlines import StageTimeout
 
     before = registry()
-    overrides = [*python_judge("hangs"), "timeouts.judge_call_seconds=100000", "timeouts.progress_seconds=20"]
-    with pytest.raises(StageTimeout, match=r"ppo: no progress for 20 s \(timeouts\.progress_seconds\); stopped"):
+    overrides = [*python_judge("hangs"), "timeouts.judge_call_seconds=100000", "timeouts.progress_seconds=5"]
+    with pytest.raises(StageTimeout, match=r"ppo: no progress for 5 s \(timeouts\.progress_seconds\); stopped"):
         in_process_flow(root, overrides)
     flow_run, tasks, _ = latest_flow_run()
     assert flow_run.state.is_failed() and "PPO" in tasks and "register" not in tasks
