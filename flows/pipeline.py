@@ -70,7 +70,7 @@ if __name__ == "__main__":
 EARLY_SERVER = start_early() if __name__ == "__main__" else None
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, State
 
 from components.adapters import run_records, versioning
@@ -92,6 +92,7 @@ from flows import (
     training_tasks,
 )
 from flows.credentials import export_credentials
+from flows.deployment_safety import refuse_unsafe_parameters
 from flows.run_context import PreparedData, Trained
 from flows.stage_runs import stage_home
 from flows.tracking_tasks import close_abandoned_runs, close_tracking, open_tracking
@@ -126,7 +127,12 @@ def rlhf_pipeline(
     """The whole pipeline; ``overrides`` are ``key.path=value`` strings applied over the profile.
 
     A caller gets the run's result; Prefect records it as a Completed state named by the decision (``gate_state``)."""
-    cfg = load_config(profile, flow_overrides(overrides, seed, tracking_uri, registered_model), params)
+    overrides = flow_overrides(overrides, seed, tracking_uri, registered_model)
+    if deployment.id:  # parameters anyone who reaches the server may have chosen
+        refuse_unsafe_parameters(
+            overrides, {"root": root, "params": params}, {"root": str(REPO_ROOT), "params": str(DEFAULT_PARAMS)}
+        )
+    cfg = load_config(profile, overrides, params)
     runtimes.quiet_transformers()  # the stages in this process write through it
     precision.refuse_unsupported(cfg.model)
     launcher.refuse_unhonoured(cfg, REPO_ROOT)

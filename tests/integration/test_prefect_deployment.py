@@ -68,7 +68,7 @@ def stop_tree(process: subprocess.Popen) -> None:
         children = []
     try:
         os.killpg(process.pid, 15)
-        process.wait(timeout=60)
+        process.wait(timeout=15)  # a worker that takes longer is killed: nothing of it is asserted after
     except ProcessLookupError:
         pass
     except subprocess.TimeoutExpired:
@@ -88,7 +88,13 @@ def server(tmp_path_factory):
     prefect = RestartableServer(home)
     prefect.start()
     root = new_repo(tmp_path_factory.mktemp("project"))
-    env = {**os.environ, **prefect_env(home, prefect.api), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    env = {
+        **os.environ,
+        **prefect_env(home, prefect.api),
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        # the worker allows its deployment's project root and a run's own data files (flows/deployment_safety.py)
+        "RLHF_DEPLOYMENT_MAY_SET": "root,data.files",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)  # the runs track into the project's own store
     try:
         done = subprocess.run(
@@ -249,6 +255,31 @@ def test_a_worker_runs_the_deployment_through_every_stage_across_a_server_restar
     assert flow_run.state.message.startswith(f"gate: {parent.data.tags['gate.decision']}")
 
 
+@pytest.mark.faults
+def test_a_run_whose_parameters_would_run_code_is_refused_before_any_work(server):
+    """Anyone who reaches the server may start a run with parameters: one that names a judge to import and call
+    (`os:system`) fails at once, naming the key and how the worker could allow it; no task runs, the data version
+    does not move. Before, the worker imported and called it."""
+    tracked = server["root"] / "data.dvc"
+    data_dvc = tracked.read_text() if tracked.exists() else None
+    overrides = ["evaluation.judge.kind=python", "evaluation.judge.entry_point=os:system"]
+    flow_run_id = start_deployment({"overrides": overrides})
+    with get_client(sync_client=True) as client:
+
+        def final():
+            flow_run = client.read_flow_run(flow_run_id)
+            return flow_run if flow_run.state and flow_run.state.is_final() else None
+
+        flow_run = wait_for("the flow run final", final, 300, 2, server["worker_log"])
+    assert flow_run.state.is_failed(), flow_run.state
+    assert task_runs(flow_run_id) == []  # refused before the first task
+    message = flow_run.state.message or ""
+    log = server["worker_log"].read_text()
+    assert "may not set evaluation.judge.entry_point" in message + log, (message, log[-3000:])
+    assert "RLHF_DEPLOYMENT_MAY_SET" in message + log
+    assert (tracked.read_text() if tracked.exists() else None) == data_dvc
+
+
 def test_bad_data_fails_the_run_before_any_training(server, tmp_path):
     tracked = server["root"] / "data.dvc"
     data_dvc = tracked.read_text() if tracked.exists() else None  # the run before may have versioned the data
@@ -264,8 +295,7 @@ def test_bad_data_fails_the_run_before_any_training(server, tmp_path):
             f"eval_prompts: {bad / 'e.jsonl'}}}"
         ),
         "validation.check_vocabulary=false",
-        "evaluation.judge.kind=python",
-        "evaluation.judge.entry_point=tests.judges:words_of_praise",
+        "evaluation.judge.kind=human",  # user files need a judge; people, as no key that runs code may be set here
     ]
     flow_run, runs = final_state(start_deployment({"overrides": overrides}), server["worker_log"])
     assert flow_run.state.is_failed(), flow_run.state
