@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import logging
 import os
 import queue
 import signal
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
@@ -205,9 +207,9 @@ def accelerate_command(
     if num_processes:
         command += ["--num_processes", str(num_processes)]
     on_cpu = profile.use_cpu if use_cpu is None else use_cpu
-    if on_cpu and profile.distributed_type == "DEEPSPEED":
-        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed on its CPU accelerator: accelerate's CPU switch would drop DeepSpeed
-    elif on_cpu:
+    if on_cpu:
+        env["DS_ACCELERATOR"] = "cpu"  # said, not guessed: DeepSpeed's guess warns on every rank
+    if on_cpu and profile.distributed_type != "DEEPSPEED":  # accelerate's CPU switch would drop DeepSpeed
         env["ACCELERATE_USE_CPU"] = "true"
         if processes > 1:
             command += ["--multi_gpu"]  # torchrun spawns the CPU ranks (accelerate's CPU launcher needs MPI for that)
@@ -314,6 +316,19 @@ def die_with_parent() -> None:
     Also runs between fork and exec of a launch, so it only calls into libc (loaded at import)."""
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def leave_rank(code: int) -> NoReturn:
+    """End a launched rank once its work is written, without Python's teardown.
+
+    Under load a gloo rank died at exit with SIGABRT ("terminate called without an active exception") after its
+    work was done: DDP keeps the process group alive past destroy_process_group, and a C++ thread that needs the GIL
+    while the interpreter is being torn down is ended by pthread_exit, whose unwinding through a noexcept frame aborts
+    the process (and torchrun then fails the launch). Leaving with os._exit runs no teardown at all."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def stop(process: subprocess.Popen, grace: float) -> None:

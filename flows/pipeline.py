@@ -134,6 +134,7 @@ def rlhf_pipeline(
         )
     cfg = load_config(profile, overrides, params)
     runtimes.quiet_transformers()  # the stages in this process write through it
+    runtimes.name_deepspeed_device()
     precision.refuse_unsupported(cfg.model)
     launcher.refuse_unhonoured(cfg, REPO_ROOT)
     export_credentials(cfg.orchestration)

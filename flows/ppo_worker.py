@@ -31,7 +31,7 @@ from components.io import write_json
 from components.models.runtime import DeepSpeedRuntime
 from components.training.checkpoints import latest_checkpoint
 from components.training.loop import NonFiniteError, Snapshots
-from flows.launcher import die_with_parent
+from flows.launcher import die_with_parent, leave_rank
 from flows.runtimes import (
     forget_accelerate_state,
     make_runtime,
@@ -305,4 +305,4 @@ def run_job(
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    leave_rank(main())

@@ -228,6 +228,13 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def name_deepspeed_device() -> None:
+    """Where there is no GPU, tell DeepSpeed its accelerator is the CPU (its own guess, made when transformers or
+    accelerate import it, warns on stdout). A process that has a GPU is left to DeepSpeed's detection."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def quiet_libraries() -> None:
     """A rank's process: only this program's own lines reach the task log."""
     quiet_transformers()

@@ -26,7 +26,7 @@ from components.config import Config
 from components.io import write_json
 from components.training.loop import NonFiniteError
 from flows import stage_calls
-from flows.launcher import die_with_parent
+from flows.launcher import die_with_parent, leave_rank
 from flows.ppo_worker import NON_FINITE, RESULT, say
 from flows.runtimes import make_runtime, peak_memory_bytes, quiet_libraries, weights_digest
 
@@ -164,4 +164,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    leave_rank(main())

@@ -12,8 +12,10 @@ shows it; ``infra/mlflow_server.sh`` serves the same store over HTTP on 127.0.0.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import math
 import os
 import time
@@ -181,7 +183,7 @@ class StageRun:
         # a copy: building the pipeline may write to the config it finds on the model
         model.generation_config = copy.deepcopy(generation_config)
         try:
-            with mlflow.start_run(run_id=self.run_id, nested=True):
+            with mlflow.start_run(run_id=self.run_id, nested=True), _hub_lookups_quiet():
                 info = mlflow.transformers.log_model(
                     transformers_model={"model": model, "tokenizer": tokenizer},
                     name=name,
@@ -196,6 +198,19 @@ class StageRun:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
+
+
+@contextlib.contextmanager
+def _hub_lookups_quiet():
+    """mlflow.transformers looks a saved model's card and licence up on the Hugging Face Hub by its name, which here
+    is always a local directory: its warnings that the lookup failed say nothing about the model."""
+    logger = logging.getLogger("mlflow.transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _now_ms() -> int:
@@ -278,8 +293,12 @@ class Tracker:
             if existing.run_id == run.run_id:
                 return str(existing.version)
         self.ensure_registered_model()
-        # register_model (not create_model_version) resolves a logged model's models:/m-... URI on any store
-        version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+        # as mlflow.register_model does for a logged model's models:/m-... URI (the store resolves it), without its
+        # "already exists" line on stderr: the registered model always exists here
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        version = self.client.create_model_version(
+            name, model_uri, tags={k: str(v) for k, v in tags.items()}, model_id=model_id
+        )
         return str(version.version)
 
     def ensure_registered_model(self) -> None:

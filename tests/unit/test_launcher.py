@@ -1,6 +1,7 @@
 """The launcher: log streaming, exit codes, the deadline and stopping the whole process group;
 the accelerate profiles."""
 
+import subprocess
 import sys
 import textwrap
 import time
@@ -163,7 +164,7 @@ def test_every_profile_parses_and_single_machine_profiles_rendezvous_on_localhos
 
 def test_cpu_ranks_are_spawned_by_torchrun_on_localhost_with_a_fresh_port_below_the_ephemeral_range():
     command, env = accelerate_command(AccelerateProfile.read(PROFILES / "cpu-2proc.yaml"), "pkg.worker", ["--job", "j"])
-    assert env == {"ACCELERATE_USE_CPU": "true"}
+    assert env == {"ACCELERATE_USE_CPU": "true", "DS_ACCELERATOR": "cpu"}
     assert "--multi_gpu" in command and command[command.index("--main_process_ip") + 1] == "127.0.0.1"
     # a port from the ephemeral range can be a gloo rank's listener by the time accelerate probes it
     assert LOWEST_PORT <= int(command[command.index("--main_process_port") + 1]) < ephemeral_ports_start()
@@ -186,7 +187,7 @@ def test_a_multi_node_launch_names_its_machine_and_machine_0s_address():
     assert flags["--num_machines"] == "2" and flags["--machine_rank"] == "1"
     assert flags["--main_process_ip"] == "10.0.0.1" and flags["--main_process_port"] == "29500" and env == {}
     on_cpu, env = accelerate_command(profile, "pkg.worker", [], 2, machine=Machine(0, "127.0.0.1", 1234), use_cpu=True)
-    assert env == {"ACCELERATE_USE_CPU": "true"} and "--multi_gpu" in on_cpu
+    assert env == {"ACCELERATE_USE_CPU": "true", "DS_ACCELERATOR": "cpu"} and "--multi_gpu" in on_cpu
 
 
 def test_a_missing_profile_is_named():
@@ -208,3 +209,20 @@ def test_a_missing_profile_is_named():
 )
 def test_only_one_plain_process_on_one_machine_runs_without_a_launcher(name, processes, alone):
     assert AccelerateProfile.read(PROFILES / f"{name}.yaml").single_process(processes) is alone
+
+
+def test_a_rank_leaves_with_its_exit_code_and_its_output_written_but_without_pythons_teardown():
+    # what ends a launched rank (flows/launcher.leave_rank): unflushed output and the exit code survive; nothing of
+    # the interpreter's teardown runs (an atexit handler stands for the C++ threads and finalizers it would run)
+    program = textwrap.dedent(
+        """
+        import atexit, sys
+        from flows.launcher import leave_rank
+        atexit.register(lambda: print("teardown ran"))
+        sys.stdout.write("work written, no newline")
+        sys.stderr.write("and a last word")
+        leave_rank(3)
+        """
+    )
+    ended = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert (ended.returncode, ended.stdout, ended.stderr) == (3, "work written, no newline", "and a last word")
