@@ -26,7 +26,7 @@ from pathlib import Path
 
 from components.config import DEFAULT_PARAMS, Config, load_config
 from components.offline import stay_offline
-from flows.pipeline import REPO_ROOT, rlhf_pipeline
+from flows.pipeline import REPO_ROOT, profile_root, rlhf_pipeline
 
 ENTRYPOINT = "flows/pipeline.py:rlhf_pipeline"
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--cron", help="override orchestration.schedule_cron")
-    parser.add_argument("--root", default=str(REPO_ROOT))
+    parser.add_argument("--root", help="the project root (default: as flows.pipeline's)")
     parser.add_argument("--params", default=str(DEFAULT_PARAMS))
     parser.add_argument("--pool", help="the work pool (default: orchestration.work_pool)")
     parser.add_argument("--pool-type", default="process", help="a new pool's type: process | kubernetes | ...")
@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stay_offline()
     cfg = load_config(args.profile, args.overrides, args.params)
+    args.root = args.root or str(profile_root(args.profile))
     if args.action == "apply":
         pool = args.pool or cfg.orchestration.work_pool
         template = json.loads(args.job_template.read_text(encoding="utf-8")) if args.job_template else None

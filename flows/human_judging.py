@@ -32,8 +32,8 @@ from components import io
 from components.adapters import plots
 from components.adapters.tracking import StageRun
 from components.adapters.validation import validate_labels
-from components.data import pairwise_labels
-from components.data.files import LABELS, read_jsonl
+from components.data import labelling_tools, pairwise_labels
+from components.data.files import LABELS, DataFileError, read_jsonl
 from components.evaluation import pairwise
 from flows.handoff import task
 from flows.run_context import RunContext, Trained
@@ -47,7 +47,10 @@ class HumanLabels(RunInput):
     """The Prefect UI's resume form."""
 
     labels_file: str = Field(
-        description="path of the labels file downloaded from label.html (JSON Lines: pair_id, choice A | B | tie)"
+        description=(
+            "path of the labels file downloaded from label.html (JSON Lines: pair_id, choice A | B | tie), "
+            "or of a Label Studio or Argilla JSON export of the same pairs"
+        )
     )
 
 
@@ -77,6 +80,7 @@ def export(ctx: RunContext, run: StageRun, pairs: list[pairwise.Pair]) -> Path:
     title = f"Which response is better? {len(shown)} pairs"
     page = pairwise_labels.labelling_page(shown, title, f"labels-{ctx.tracking.parent.run_id[:8]}.jsonl")
     io.atomic_write_bytes(directory / PAGE, page.encode("utf-8"))
+    labelling_tools.write_imports(directory, shown)
     run.log_artifacts(directory, "human-judge")
     judge = ctx.cfg.evaluation.judge
     announce_wait(
@@ -102,10 +106,14 @@ def announce_wait(
                 f"# {heading}",
                 f"- labelling page (works offline): `{directory / PAGE}`",
                 f"- the same pairs as JSON Lines: `{directory / PAIRS}`",
+                f"- for Label Studio: `{directory / labelling_tools.LABEL_STUDIO_TASKS}` with the labelling config "
+                f"`{directory / labelling_tools.LABEL_STUDIO_CONFIG_FILE}`; for Argilla: "
+                f"`{directory / labelling_tools.ARGILLA_RECORDS}` (a `choice` label question: A, B, tie)",
                 f"- answers needed: at least {needed} of {pairs}, within {timeout} s of the pause",
                 "",
-                "Pick the better response of each pair (A, B or tie), download the labels, then resume this run:",
-                "- here in the Prefect UI: **Resume**, and give the labels file's path;",
+                "Pick the better response of each pair (A, B or tie), download the labels (or export the tool's JSON), "
+                "then resume this run:",
+                "- here in the Prefect UI: **Resume**, and give the labels file's (or the export's) path;",
                 f"- or in a shell: `python -m flows.human_judging resume {flow_run.id} LABELS_FILE`",
             ]
         ),
@@ -146,7 +154,8 @@ def score_labels(ctx: RunContext, evaluation: dict, labels_file: str) -> dict:
     ids = [k["pair_id"] for k in keys]
     needed = pairwise_labels.min_answers(cfg.evaluation.judge.min_answered_share, len(ids))
     rules = pairwise_labels.label_rules(ids, needed)
-    report = validate_labels(Path(labels_file), rules, directory / "validation", cfg.validation.max_examples)
+    labels_file = people_labels(Path(labels_file), directory, HumanJudgeError, "nothing was registered")
+    report = validate_labels(labels_file, rules, directory / "validation", cfg.validation.max_examples)
     create_markdown_artifact(key="human-labels", markdown=f"```\n{report.summary()}\n```")
     if not report.success:
         raise HumanJudgeError(f"the labels file was refused; nothing was registered.\n{report.summary()}")
@@ -168,6 +177,18 @@ def score_labels(ctx: RunContext, evaluation: dict, labels_file: str) -> dict:
     return judged
 
 
+def people_labels(given: Path, directory: Path, error: type[Exception], consequence: str) -> Path:
+    """The labels file to check: ``given`` itself, or a Label Studio or Argilla export read into one (logged)."""
+    try:
+        tool = labelling_tools.tool_of(given)
+        labels_file = labelling_tools.as_labels_file(given, directory)
+    except DataFileError as refused:
+        raise error(f"the labels file was refused; {consequence}.\n{refused}") from None
+    if tool is not None:
+        get_run_logger().info("labels read from %s's export %s into %s", tool, given, labels_file)
+    return labels_file
+
+
 def resume(flow_run_id: str, labels_file: Path) -> None:
     """What the UI's Resume form does: hand the paused run the labels file (read by the run, where it runs)."""
     from prefect.flow_runs import resume_flow_run
@@ -180,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     resuming = commands.add_parser("resume", help="give a paused flow run its labels file")
     resuming.add_argument("flow_run_id")
-    resuming.add_argument("labels_file", type=Path)
+    resuming.add_argument("labels_file", type=Path, help="labels JSON Lines, or a Label Studio or Argilla JSON export")
     args = parser.parse_args(argv)
     if not args.labels_file.is_file():
         print(f"no such labels file: {args.labels_file}", file=sys.stderr)

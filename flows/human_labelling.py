@@ -25,12 +25,12 @@ from prefect.flow_runs import pause_flow_run
 
 from components import io
 from components.adapters.validation import validate_labels
-from components.data import pairwise_labels
+from components.data import labelling_tools, pairwise_labels
 from components.data.files import LABELS, read_jsonl
 from components.training import recipe
 from flows import runtimes
 from flows.handoff import task
-from flows.human_judging import KEY, PAGE, PAIRS, HumanLabels, announce_wait
+from flows.human_judging import KEY, PAGE, PAIRS, HumanLabels, announce_wait, people_labels
 from flows.run_context import RunContext
 
 
@@ -71,6 +71,7 @@ def export_round(ctx: RunContext, policies: dict[str, recipe.StageResult]) -> li
     title = f"Labelling round {ctx.round_index}: which response is better? {len(shown)} pairs"
     page = pairwise_labels.labelling_page(shown, title, f"round-{ctx.round_index}-labels.jsonl")
     io.atomic_write_bytes(directory / PAGE, page.encode("utf-8"))
+    labelling_tools.write_imports(directory, shown)
     announce_wait(
         f"labelling-round-{ctx.round_index}",
         f"Labelling round {ctx.round_index} waits for people: {len(shown)} pairs",
@@ -89,7 +90,9 @@ def round_labels(ctx: RunContext, keys: list[dict], labels_file: str) -> dict[st
     preference rows."""
     directory = round_dir(ctx)
     rules = pairwise_labels.label_rules([k["pair_id"] for k in keys], min_answers(ctx, len(keys)))
-    report = validate_labels(Path(labels_file), rules, directory / "validation", ctx.cfg.validation.max_examples)
+    refused = f"labelling round {ctx.round_index}: nothing was trained on it"
+    labels_file = people_labels(Path(labels_file), directory, HumanLabellingError, refused)
+    report = validate_labels(labels_file, rules, directory / "validation", ctx.cfg.validation.max_examples)
     create_markdown_artifact(key=f"labelling-round-{ctx.round_index}-labels", markdown=f"```\n{report.summary()}\n```")
     if not report.success:
         raise HumanLabellingError(

@@ -28,6 +28,14 @@ from flows import launcher  # yaml and the config only
 from flows.temporary_server import start_early
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILE_ROOTS = REPO_ROOT / "runs"
+
+
+def profile_root(profile: str) -> Path:
+    """A run's project root (its data/, data.dvc, mlruns/, artifacts/) where none is given: this repository for the
+    default profile, whose data.dvc is committed; ``runs/<profile>/`` for any other, so that trying a profile never
+    rewrites the committed data version."""
+    return REPO_ROOT if profile == "default" else PROFILE_ROOTS / profile
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, help="shorthand for --set seed=N")
     parser.add_argument(
-        "--root", default=str(REPO_ROOT), help="repository root that the config's data paths are relative to"
+        "--root",
+        help="the project root: data/, data.dvc, mlruns/, artifacts/ (default: this repository for the default "
+        "profile, runs/PROFILE/ for another)",
     )
     parser.add_argument(
         "--params", default=str(DEFAULT_PARAMS), help="the params file (default: this repository's params.yaml)"
@@ -121,7 +131,7 @@ def rlhf_pipeline(
     seed: int | None = None,
     tracking_uri: str | None = None,
     registered_model: str | None = None,
-    root: str = str(REPO_ROOT),
+    root: str | None = None,
     params: str = str(DEFAULT_PARAMS),
 ) -> dict:
     """The whole pipeline; ``overrides`` are ``key.path=value`` strings applied over the profile.
@@ -130,8 +140,11 @@ def rlhf_pipeline(
     overrides = flow_overrides(overrides, seed, tracking_uri, registered_model)
     if deployment.id:  # parameters anyone who reaches the server may have chosen
         refuse_unsafe_parameters(
-            overrides, {"root": root, "params": params}, {"root": str(REPO_ROOT), "params": str(DEFAULT_PARAMS)}
+            overrides,
+            {"root": root, "params": params},
+            {"root": str(profile_root(profile)), "params": str(DEFAULT_PARAMS)},
         )
+    root = root or str(profile_root(profile))
     cfg = load_config(profile, overrides, params)
     runtimes.quiet_transformers()  # the stages in this process write through it
     runtimes.name_deepspeed_device()

@@ -32,6 +32,7 @@ from components.models.runtime import DeepSpeedRuntime
 from components.training.checkpoints import latest_checkpoint
 from components.training.loop import NonFiniteError, Snapshots
 from flows.launcher import die_with_parent, leave_rank
+from flows.progress import Clock, progress_line
 from flows.runtimes import (
     forget_accelerate_state,
     make_runtime,
@@ -143,6 +144,7 @@ class LiveLog:
             self.run = StageRun(MlflowClient(mlflow["uri"]), mlflow["run_id"])
         self.every = max(1, cfg.ppo.iterations // 10)
         self.first, self.stopped = None, None  # iterations logged to MLflow: [first, stopped)
+        self.clock = Clock()
 
     def __call__(self, iteration: int, entry: dict) -> None:
         self.beat()  # the in-process deadline (flows/deadlines.py)
@@ -159,7 +161,7 @@ class LiveLog:
                 )
         if iteration % self.every == 0 or iteration == self.iterations - 1:
             shown = ", ".join(f"{k} {entry[k]:.3f}" for k in PROGRESS_KEYS if k in entry)
-            self.echo(f"ppo iteration {iteration + 1}/{self.iterations}: {shown}")
+            self.echo(progress_line("ppo", "iteration", iteration + 1, self.iterations, self.clock, shown))
 
     def logged(self) -> list[int]:
         """[first, last + 1) of the iterations this launch logged to MLflow."""

@@ -17,6 +17,7 @@ from components.models.saving import save_model
 from components.training import recipe
 from flows import deadlines, ppo_worker, runtimes, stage_calls, stage_worker
 from flows.launcher import AccelerateProfile, LaunchError, Machine, accelerate_command, run_logged
+from flows.progress import logged_with_bars
 from flows.run_context import RunContext
 from flows.runtimes import run_profile
 
@@ -48,7 +49,7 @@ def run_stage(
     with runtimes.in_process(cfg, profile.use_cpu) as runtime, deadline as beat:
         if runtime.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(runtime.device)
-        log = stage_worker.progress(name, progress_every, get_run_logger().info, beat)
+        log = stage_worker.progress(name, progress_every, logged_with_bars(get_run_logger().info), beat)
         result = stage_calls.CALLS[call](cfg, ctx.tokenizer, args, models, runtime, ctx.environment, log)
         # on a CPU, the flow process's peak so far (the stage's own when launched)
         result.placement = {**runtime.describe(), "peak_memory_bytes": [runtimes.peak_memory_bytes(runtime.device)]}
@@ -90,7 +91,7 @@ def accelerate_launch(
         run_logged(
             command,
             cfg.timeouts.launch_seconds,
-            logger.info,
+            logged_with_bars(logger.info),
             env=env,
             cwd=runtimes.CODE_ROOT,
             grace=cfg.distributed.kill_grace_seconds,

@@ -24,10 +24,11 @@ import torch
 
 from components.config import Config
 from components.io import write_json
-from components.training.loop import NonFiniteError
+from components.training.loop import TOTAL_STEPS, NonFiniteError
 from flows import stage_calls
 from flows.launcher import die_with_parent, leave_rank
 from flows.ppo_worker import NON_FINITE, RESULT, say
+from flows.progress import Clock, progress_line
 from flows.runtimes import make_runtime, peak_memory_bytes, quiet_libraries, weights_digest
 
 JOB, ARGS, OUTPUT, OUTPUT_ROWS = "job.json", "args.json", "output", "output.json"
@@ -83,13 +84,15 @@ def progress(
     """A stage's progress lines every ``every`` steps (rank 0's when launched; the flow's log in its own process);
     ``beat`` on every step (the stage's deadline, flows/deadlines.py)."""
 
+    clock = Clock()
+
     def log(step: int, entry: dict) -> None:
         beat()
-        if step % every == 0:
+        if step % every == 0 or step + 1 == entry[TOTAL_STEPS]:
             shown = ", ".join(
                 f"{k} {v:.3f}" for k, v in entry.items() if k in ("loss", "accuracy") and isinstance(v, float)
             )
-            echo(f"{call} step {step + 1}: {shown}")
+            echo(progress_line(call, "step", step + 1, entry[TOTAL_STEPS], clock, shown))
 
     return log
 

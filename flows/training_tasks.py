@@ -31,6 +31,7 @@ from flows.environment import environment_for
 from flows.handoff import task
 from flows.launcher import AccelerateProfile
 from flows.ppo_worker import read_result, write_job
+from flows.progress import logged_with_bars
 from flows.run_context import PreparedData, RunContext, Trained
 from flows.runtimes import run_profile
 from flows.stage_runs import (
@@ -337,7 +338,7 @@ def launched_ppo(
         logger.info("PPO: one process (%s), in this process", profile.path.name)
         deadline = deadlines.progress_deadline("ppo", cfg.timeouts.progress_seconds, cfg.distributed.kill_grace_seconds)
         with deadline as beat:
-            ppo_worker.run_in_process(job_dir, logger.info, profile.use_cpu, beat)
+            ppo_worker.run_in_process(job_dir, logged_with_bars(logger.info), profile.use_cpu, beat)
     else:
         stage_launch.accelerate_launch(ctx, profile, job_dir)
     outcome = read_result(job_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from prefect import get_client
@@ -14,6 +15,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from components.data.labelling_tools import ARGILLA_RECORDS
 from flows.human_judging import HUMAN_DIR, KEY
 from tests.pipeline_runs import WIDE_OPEN
 
@@ -54,20 +56,42 @@ def ppo_wins(keys: list[dict]) -> list[dict]:
     return [{"pair_id": k["pair_id"], "choice": k["ppo_side"]} for k in keys]
 
 
-class Labeller(threading.Thread):
-    """Waits for the flow run to pause, writes ``answers(key rows)`` as its labels file and resumes the run with it."""
+def labels_file(directory: Path, answers: list[dict], path: Path) -> None:
+    """The answers as the labelling page downloads them: JSON lines."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in answers))
 
-    def __init__(self, api: str, root: Path, answers, labels: Path):
+
+def argilla_export(directory: Path, answers: list[dict], path: Path) -> None:
+    """The answers as Argilla exports them: the round's exported records, each answer given by two people, written
+    by Argilla's SDK as ``records.to_json`` writes them."""
+    import argilla as rg
+    from argilla.records._io._json import JsonIO
+
+    records = [rg.Record.from_dict(item) for item in json.loads((directory / ARGILLA_RECORDS).read_text())]
+    given = {row["pair_id"]: row["choice"] for row in answers}
+    people = [uuid.uuid4(), uuid.uuid4()]
+    for record in records:
+        for person in people:
+            record.responses.add(rg.Response("choice", given[record.id], user_id=person, status="submitted"))
+    JsonIO.to_json(records, path)
+
+
+class Labeller(threading.Thread):
+    """Waits for the flow run to pause, writes ``answers(key rows)`` as its labels file (or, with ``write``, as a
+    labelling tool's export) and resumes the run with it."""
+
+    def __init__(self, api: str, root: Path, answers, labels: Path, write=labels_file):
         super().__init__(daemon=True)
-        self.api, self.root, self.answers, self.labels = api, root, answers, labels
+        self.api, self.root, self.answers, self.labels, self.write = api, root, answers, labels, write
         self.paused_run, self.error = None, None
 
     def run(self) -> None:
         try:
             with temporary_settings({PREFECT_API_URL: self.api}):
                 self.paused_run = wait_for_paused_run()
-                keys = [json.loads(line) for line in (newest_round(self.root) / KEY).read_text().splitlines()]
-                self.labels.write_text("".join(json.dumps(row) + "\n" for row in self.answers(keys)))
+                directory = newest_round(self.root)
+                keys = [json.loads(line) for line in (directory / KEY).read_text().splitlines()]
+                self.write(directory, self.answers(keys), self.labels)
                 resume_flow_run(self.paused_run.id, run_input={"labels_file": str(self.labels)})
         except BaseException as error:  # the test reads it
             self.error = error

@@ -77,11 +77,21 @@ def _dvc_file(root: Path, data_dir: str) -> Path:
 
 
 def _init_flags(root: Path) -> list[str]:
+    """A git repository's own root: DVC with git; a folder inside one: a DVC sub-project, unless git ignores the folder
+    (``runs/<profile>/``), which DVC refuses to track through git: then, as outside any repository, without git."""
     if (root / ".git").exists():
         return []
-    if any((parent / ".git").exists() for parent in root.resolve().parents):
+    if any((parent / ".git").exists() for parent in root.resolve().parents) and not _git_ignores(root):
         return ["--subdir"]
     return ["--no-scm"]
+
+
+def _git_ignores(path: Path) -> bool:
+    try:
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=path, capture_output=True)
+    except FileNotFoundError:  # no git here: nothing to track through
+        return True
+    return ignored.returncode == 0
 
 
 def ensure_repo(root: Path, cfg: VersioningConfig) -> None:

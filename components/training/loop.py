@@ -23,6 +23,7 @@ from components.models.runtime import SINGLE, Runtime
 from components.training.shards import check_divisible
 
 Log = Callable[[int, dict[str, float]], None]  # (step, metrics) -> None; the flow decides where it goes
+TOTAL_STEPS = "total_steps"  # in what a Log is given (not in the history): the steps the stage takes in all
 INPUT_TOKENS = "input_tokens"  # an objective's count of the tokens its forward passes read (for throughput)
 
 
@@ -216,6 +217,6 @@ def train_supervised(
             }
             history.append(entry)
             if log and runtime.is_main:
-                log(step, entry)
+                log(step, {**entry, TOTAL_STEPS: total_steps})
     model.eval()
     return runtime.full_model(model), history

@@ -108,6 +108,8 @@ def test_a_llama_without_pad_token_judged_by_a_judge_model_reaches_a_registered_
     assert {"evaluate", "gate", "register"} <= tasks
     gate = artifacts["gate"].data
     assert "decision: " in gate and f"reward_model judge '{judge_dir}' win rate vs sft" in gate, gate
+    # each stage's progress bar in the run's page, full when the stage ended
+    assert artifacts["progress-sft"].data == artifacts["progress-ppo"].data == 100
     report = artifacts["pipeline-report"].data
     assert f"judge: reward_model `{judge_dir}`" in report and "PPO judge win rate" in report, report
     [version] = [v for number, v in versions(mlflow_server).items() if number not in before]

@@ -1,7 +1,8 @@
 """People as the judge, on the session's Prefect and MLflow servers: the flow run exports blinded pairs and pauses;
-a labeller (here a thread, answering through Prefect's API as the UI's Resume form does) gives it a labels file; the
-win rates, the gate and the registry follow from the labels. A labels file for other pairs, and a round nobody
-answers in time, end the run naming the file or the pairs, with nothing registered and the champion unchanged.
+a labeller (here a thread, answering through Prefect's API as the UI's Resume form does) gives it a labels file, or
+Argilla's export of the run's records, labelled there; the win rates, the gate and the registry follow from the
+labels. A labels file for other pairs, and a round nobody answers in time, end the run naming the file or the pairs,
+with nothing registered and the champion unchanged.
 
 The runs share the session's smoke project root, so they reuse the stages an earlier smoke run there trained."""
 
@@ -17,7 +18,7 @@ from components.evaluation.intervals import wilson
 from components.evaluation.pairwise import pair_id
 from flows.human_judging import HUMAN_DIR, KEY, PAGE, PAIRS, HumanJudgeError
 from tests.flow_helpers import latest_flow_run, stage_runs
-from tests.human_rounds import Labeller, human_round, newest_round, ppo_wins
+from tests.human_rounds import Labeller, argilla_export, human_round, newest_round, ppo_wins
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,9 @@ def another_rounds(keys: list[dict]) -> list[dict]:
 def test_people_label_the_paused_run_through_prefect_and_their_labels_decide(
     in_process_flow, prefect_server, mlflow_server, root, tmp_path
 ):
-    labeller = Labeller(prefect_server[0], root, ppo_wins, tmp_path / "labels.jsonl")
+    # the people label in Argilla (the run's own records file, imported), two of them per pair, and the run is resumed
+    # with Argilla's export
+    labeller = Labeller(prefect_server[0], root, ppo_wins, tmp_path / "argilla-export.json", argilla_export)
     labeller.start()
     in_process_flow(root, HUMAN)
     labeller.join(timeout=60)
@@ -54,6 +57,7 @@ def test_people_label_the_paused_run_through_prefect_and_their_labels_decide(
     flow_run, tasks, artifacts = latest_flow_run()
     assert flow_run.id == labeller.paused_run.id and flow_run.state.is_completed(), flow_run.state
     assert "human labels" in tasks
+    assert (newest_round(root) / "labels-from-argilla.jsonl").is_file()
     directory = newest_round(root)
     shown = [json.loads(line) for line in (directory / PAIRS).read_text().splitlines()]
     assert all(set(row) == {"pair_id", "prompt", "A", "B"} for row in shown), "blinded: no policy named"
