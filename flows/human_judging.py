@@ -23,9 +23,9 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
 from components import io
@@ -122,13 +122,20 @@ def announce_wait(
 
 
 def judged_by_people(ctx: RunContext, evaluation: dict) -> dict:
-    """Pause the flow run until it is given a labels file; the evaluation with PPO's win rates by the labels.
-    Called from the flow itself (a pause belongs to the flow run, not to a task)."""
+    """Wait for a labels file; the evaluation with PPO's win rates by the labels. Called from the flow itself (a
+    pause belongs to the flow run, not to a task).
+
+    A deployment's run is suspended: its process exits, and a worker starts the run again once it is resumed with
+    the labels; the run then reuses every stage, exports the same pairs and finds the labels waiting here. A run
+    started from a shell has no worker to start it again: it pauses, its process polling the server."""
     judge = ctx.cfg.evaluation.judge
     directory = human_dir(ctx)
     get_run_logger().info(
         "human judge: %s holds the pairs and the labelling page; resume this run with the labels file", directory
     )
+    if deployment.id:
+        given = suspend_flow_run(wait_for_input=HumanLabels, timeout=judge.timeout_seconds, key="human-judge")
+        return score_labels(ctx, evaluation, given.labels_file)
     try:
         given = pause_flow_run(
             wait_for_input=HumanLabels,

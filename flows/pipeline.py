@@ -80,6 +80,7 @@ if __name__ == "__main__":
 EARLY_SERVER = start_early() if __name__ == "__main__" else None
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import Pause
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, State
 
@@ -105,7 +106,7 @@ from flows.credentials import export_credentials
 from flows.deployment_safety import refuse_unsafe_parameters
 from flows.run_context import PreparedData, Trained
 from flows.stage_runs import stage_home
-from flows.tracking_tasks import close_abandoned_runs, close_tracking, open_tracking
+from flows.tracking_tasks import close_abandoned_runs, close_tracking, open_tracking, suspend_tracking
 
 
 def flow_overrides(
@@ -176,6 +177,10 @@ def rlhf_pipeline(
             registry = decision_tasks.register_with_retries(ctx, trained, decision)
             decision_tasks.report_with_retries(ctx, trained, evaluation, decision, registry)
             training_tasks.prune_stage_outputs(ctx, trained)
+        except Pause:  # suspended while people label (a deployment's run): resumed, the flow runs again
+            suspend_tracking(tracking)
+            write_run_record(cfg, root, tracking, started, data, trained, None, None, run_records.SUSPENDED)
+            raise
         except BaseException as error:
             closed = close_tracking(tracking, error)
             if data is not None:

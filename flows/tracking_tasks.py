@@ -95,6 +95,13 @@ def close_tracking(tracking: Tracking, error: BaseException | None) -> bool:
         return False
 
 
+def suspend_tracking(tracking: Tracking) -> None:
+    """The parent run of a flow run that left its process while people label: KILLED, tagged so; the resumed flow run
+    records itself as a new parent run."""
+    tracking.parent.set_tags({"suspended": "waiting for people's labels; the resumed run is a new MLflow run"})
+    tracking.parent.finish("KILLED")
+
+
 def close_abandoned_runs(tracking: Tracking) -> list[str]:
     """Close what earlier runs on this root left open: a run killed mid-way (its record says
     "running" and nobody holds its lock) becomes "abandoned", FAILED in MLflow with its stage runs,

@@ -19,6 +19,7 @@ from components.io import write_json
 
 RECORD, LOCK = "run.json", "run.lock"
 RUNNING, COMPLETED, FAILED, ABANDONED = "running", "completed", "failed", "abandoned"
+SUSPENDED = "suspended"  # a deployment's run that left its process while people label (flows/human_judging.py)
 
 
 @contextmanager

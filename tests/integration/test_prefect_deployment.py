@@ -1,7 +1,8 @@
 """The scheduled deployment on a real Prefect server: registered on a process work pool, its
 schedule creates scheduled runs, a worker executes a triggered run of the `smoke` pipeline (and
 the Prefect server is restarted while that run trains: a fault-table row), and a run with bad data
-ends Failed with the validation artifact and no training task started."""
+ends Failed with the validation artifact and no training task started. A run judged by people is suspended while
+they label: no process waits for them."""
 
 import contextlib
 import json
@@ -24,9 +25,12 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
 )
+from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from flows.human_judging import KEY
 from tests.conftest import new_repo
+from tests.human_rounds import argilla_export, human_round, newest_round, ppo_wins
 from tests.layout import stage_dir
 from tests.servers import BIN, free_port, prefect_env, prefect_server
 
@@ -119,7 +123,7 @@ def server(tmp_path_factory):
             )
         try:
             with temporary_settings({PREFECT_API_URL: prefect.api}):
-                yield {"prefect": prefect, "root": root, "env": env, "worker_log": log}
+                yield {"prefect": prefect, "root": root, "env": env, "worker_log": log, "worker": worker}
         finally:
             stop_tree(worker)
     finally:
@@ -303,3 +307,41 @@ def test_bad_data_fails_the_run_before_any_training(server, tmp_path):
     assert "Data validation FAILED" in found["data-validation"].data
     assert not {r.name.split("-")[0] for r in runs} & set(TRAINING_TASKS)
     assert (tracked.read_text() if tracked.exists() else None) == data_dvc  # the data version did not move
+
+
+def test_a_run_judged_by_people_holds_no_process_while_they_label_and_ends_on_their_labels(server, tmp_path):
+    """A deployment's run with people as the judge is suspended once the pairs are out: its process exits (before,
+    it polled the server until the labels came, holding its memory and its slot). Resumed with the people's labels
+    (an Argilla export), a worker runs it again; it reuses every stage, exports the same pairs and ends on the
+    labels."""
+    log, root = server["worker_log"], server["root"]
+    flow_run_id = start_deployment({"overrides": human_round("suspended-policy", 3)})
+    with get_client(sync_client=True) as client:
+
+        def suspended():
+            state = client.read_flow_run(flow_run_id).state
+            if state and state.is_final():
+                pytest.fail(f"the run ended instead of waiting for people: {state!r}\n{log.read_text()[-6000:]}")
+            return state if state and state.is_paused() else None
+
+        state = wait_for("the run suspended", suspended, 600, 1, log)
+    assert state.name == "Suspended", state
+    worker = psutil.Process(server["worker"].pid)
+    wait_for("no process left running the flow", lambda: not worker.children(recursive=True), 60, 1, log)
+
+    directory = newest_round(root)
+    keys = [json.loads(line) for line in (directory / KEY).read_text().splitlines()]
+    argilla_export(directory, ppo_wins(keys), tmp_path / "argilla-export.json")
+    resume_flow_run(flow_run_id, run_input={"labels_file": str(tmp_path / "argilla-export.json")})
+    flow_run, runs = final_state(flow_run_id, log)
+    assert flow_run.state.is_completed(), f"{flow_run.state!r}\n{log.read_text()[-6000:]}"
+    assert any(r.name.startswith("human labels") and r.state.is_completed() for r in runs)
+    assert "human judges win rate vs sft 1.000" in artifacts(flow_run_id)["gate"].data
+    records = [json.loads(path.read_text()) for path in (root / "artifacts" / "runs").glob("*/run.json")]
+    ours = sorted(r["status"] for r in records if r["flow_run_id"] == str(flow_run_id))
+    assert ours == ["completed", "suspended"]  # the attempt that handed over to people, and the one that ended
+    registry = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    suspended_runs = registry.search_runs(
+        [registry.get_experiment_by_name("rlhf-pipeline").experiment_id], "tags.suspended LIKE 'waiting%'"
+    )
+    assert [run.info.status for run in suspended_runs] == ["KILLED"]
