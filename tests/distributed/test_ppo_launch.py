@@ -336,6 +336,7 @@ class Nodes:
         from flows.ports import free_port
 
         port, self.lines, self.processes = free_port(), {0: [], 1: []}, {}
+        self.port = port  # machine 0's rendezvous
         for rank in (0, 1):
             command = [sys.executable, "-m", "flows.launcher", "--job", str(job_dir), "--config", str(MULTI_NODE)]
             command += ["--machine-rank", str(rank), "--main-ip", "127.0.0.1", "--main-port", str(port)]
@@ -381,8 +382,24 @@ def node_job(inputs, job_dir: Path, checkpoint_dir: Path | None = None) -> Path:
 
 
 def test_two_machines_end_bit_identical_to_two_processes_on_one(inputs, uninterrupted, tmp_path):
-    nodes = Nodes(node_job(inputs, tmp_path / "job"))
+    """Also read, while both machines train, from /proc/net/tcp and tcp6: every rank of either machine listens on the
+    machines' address only (127.0.0.1 here: gloo's pairs), and besides them only machine 0's launcher listens, on the
+    rendezvous port (torch's TCPStore, every interface: docs/faults.md)."""
+    seen = []
+
+    def listening_once_training(machine, line):
+        if machine == 0 and "ppo iteration" in line and not seen:
+            seen.append(listening_sockets(str(tmp_path / "job")))
+
+    nodes = Nodes(node_job(inputs, tmp_path / "job"), listening_once_training)
     assert nodes.wait() == {0: 0, 1: 0}, nodes.lines
+    (sockets,) = seen
+    launchers = [(command, address, port) for command, address, port in sockets if "accelerate_cli" in command]
+    ranks = [(address, port) for command, address, port in sockets if "accelerate_cli" not in command]
+    assert len(ranks) >= 2 and {address for address, _ in ranks} == {"0100007F"}, sockets  # 127.0.0.1
+    ((command, address, port),) = launchers  # machine 1's launcher is the store's client: it listens on nothing
+    assert port == nodes.port and "--machine_rank 0" in command, sockets
+    assert address in ("0100007F", "00000000", "0" * 32), sockets
     assert any("rank 0/2 pid" in line for line in nodes.lines[0]), "machine 0 runs rank 0"
     assert any("rank 1/2 pid" in line for line in nodes.lines[1]), "machine 1 runs rank 1"
     result = read_result(tmp_path / "job")  # written by machine 0 (rank 0) alone
