@@ -21,7 +21,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
 
 from components import io
 from components.adapters.validation import validate_labels
@@ -111,16 +111,41 @@ def round_labels(ctx: RunContext, keys: list[dict], labels_file: str) -> dict[st
     return rows
 
 
-def ranked_by_people(ctx: RunContext, policies: dict[str, recipe.StageResult]) -> dict[str, list[dict]]:
-    """Export, pause until a labels file is given, check it; each track's rows. Called from the round's subflow (a
-    pause belongs to a flow run, not to a task)."""
-    keys = export_round(ctx, policies)
-    human = ctx.cfg.comparisons.human
+def suspended_for_labels(ctx: RunContext, policies: dict[str, recipe.StageResult]) -> str:
+    """A deployment's run, before the round's subflow: export, then suspend the run until it is given the labels
+    file; its path. Prefect suspends a deployment's own run, not a subflow: the run's process exits while people
+    label, and once resumed a worker runs it again from the start, every earlier stage reused, the same pairs
+    exported, and each round's labels found waiting at its own suspension."""
+    export_round(ctx, policies)
+    announce(ctx)
+    given = suspend_flow_run(
+        wait_for_input=HumanLabels,
+        timeout=ctx.cfg.comparisons.human.timeout_seconds,
+        key=f"labelling-round-{ctx.round_index}",
+    )
+    return given.labels_file
+
+
+def labelled_rows(ctx: RunContext, labels_file: str) -> dict[str, list[dict]]:
+    """The round's rows from a labels file given to the run (``suspended_for_labels``) for the pairs it exported."""
+    keys = [r.data for r in read_jsonl(round_dir(ctx) / KEY)]
+    return round_labels(ctx, keys, labels_file)
+
+
+def announce(ctx: RunContext) -> None:
     get_run_logger().info(
         "labelling round %d: %s holds the pairs and the labelling page; resume this run with the labels file",
         ctx.round_index,
         round_dir(ctx),
     )
+
+
+def ranked_by_people(ctx: RunContext, policies: dict[str, recipe.StageResult]) -> dict[str, list[dict]]:
+    """Export, pause until a labels file is given, check it; each track's rows. Called from the round's subflow (a
+    pause belongs to a flow run, not to a task)."""
+    keys = export_round(ctx, policies)
+    human = ctx.cfg.comparisons.human
+    announce(ctx)
     try:
         given = pause_flow_run(
             wait_for_input=HumanLabels,

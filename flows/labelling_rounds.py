@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 
 from prefect import flow
+from prefect.runtime import deployment
 
 from components.models.saving import stage_key
 from components.training import recipe
 from components.training.rounds import continued_history, ppo_iterations
-from flows.human_labelling import ranked_by_people
+from flows.human_labelling import labelled_rows, ranked_by_people, suspended_for_labels
 from flows.run_context import RunContext, Trained
 from flows.training_tasks import (
     baseline_task,
@@ -61,13 +62,19 @@ class Tracks:
     made: list[dict[str, recipe.StageResult]] = dataclasses.field(default_factory=list)
 
 
-def labelling_round(ctx: RunContext, tracks: Tracks) -> None:
-    """One round: label each track's current policy's samples, retrain the RM on every label so far, PPO, DPO."""
+def labelled_policies(tracks: Tracks, round_index: int) -> dict[str, recipe.StageResult]:
+    """Whose samples people label in a round: PPO's policy, and from round 2 on the iterated DPO's too."""
+    return {"ppo": tracks.ppo} if round_index == 1 else {"ppo": tracks.ppo, "dpo": tracks.dpo}
+
+
+def labelling_round(ctx: RunContext, tracks: Tracks, labels_file: str | None = None) -> None:
+    """One round: label each track's current policy's samples, retrain the RM on every label so far, PPO, DPO.
+    ``labels_file``: people's labels already given to the run for the pairs it exported (a suspended run)."""
     sft, first = tracks.sft, ctx.round_index == 1
     by_people: dict[str, list[dict] | None] = {"ppo": None, "dpo": None}  # None: the simulated labeller ranks
-    if ctx.cfg.comparisons.labeler == "human":  # one page, one pause for both tracks' pairs, shuffled together
-        policies = {"ppo": tracks.ppo} if first else {"ppo": tracks.ppo, "dpo": tracks.dpo}
-        rows = ranked_by_people(ctx, policies)
+    if ctx.cfg.comparisons.labeler == "human":  # one page, one wait for both tracks' pairs, shuffled together
+        policies = labelled_policies(tracks, ctx.round_index)
+        rows = labelled_rows(ctx, labels_file) if labels_file else ranked_by_people(ctx, policies)
         by_people = {track: rows.get(track, []) for track in policies}
     ppo_round = comparisons_task(ctx, tracks.ppo, joined(tracks.ppo_rounds).model, by_people=by_people["ppo"])
     dpo_round = (
@@ -100,11 +107,15 @@ def train_in_rounds(ctx: RunContext) -> Trained:
     tracks = Tracks(sft, sft, sft)
 
     @flow(name="labelling round", flow_run_name="round {round_index}")
-    def labelling_round_flow(round_index: int) -> None:
-        labelling_round(dataclasses.replace(ctx, round_index=round_index), tracks)
+    def labelling_round_flow(round_index: int, labels_file: str | None = None) -> None:
+        labelling_round(dataclasses.replace(ctx, round_index=round_index), tracks, labels_file)
 
     for round_index in range(1, ctx.cfg.comparisons.rounds + 1):
-        labelling_round_flow(round_index)
+        labels_file = None
+        if ctx.cfg.comparisons.labeler == "human" and deployment.id:  # no process waits while people label
+            round_ctx = dataclasses.replace(ctx, round_index=round_index)
+            labels_file = suspended_for_labels(round_ctx, labelled_policies(tracks, round_index))
+        labelling_round_flow(round_index, labels_file)
     ppo = tracks.ppo
     if ctx.cfg.ppo.between_rounds == "continue":  # the gate's trend rule reads the whole optimisation
         rounds = ctx.cfg.comparisons.rounds

@@ -30,7 +30,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.human_judging import KEY
 from tests.conftest import new_repo
-from tests.human_rounds import argilla_export, human_round, newest_round, ppo_wins
+from tests.human_rounds import argilla_export, human_round, longer_side, newest_round, ppo_wins
+from tests.integration.test_labelling_rounds import PEOPLE
 from tests.layout import stage_dir
 from tests.servers import BIN, free_port, prefect_env, prefect_server
 
@@ -309,6 +310,26 @@ def test_bad_data_fails_the_run_before_any_training(server, tmp_path):
     assert (tracked.read_text() if tracked.exists() else None) == data_dvc  # the data version did not move
 
 
+def wait_for_suspension(flow_run_id, log: Path, after=None):
+    """The flow run's state once it is suspended (a state other than ``after``); fails the test if it ends first."""
+    with get_client(sync_client=True) as client:
+
+        def suspended():
+            state = client.read_flow_run(flow_run_id).state
+            if state and state.is_final():
+                pytest.fail(f"the run ended instead of waiting for people: {state!r}\n{log.read_text()[-6000:]}")
+            return state if state and state.is_paused() and state.id != getattr(after, "id", None) else None
+
+        return wait_for("the run suspended", suspended, 600, 1, log)
+
+
+def holds_no_process(server) -> None:
+    worker = psutil.Process(server["worker"].pid)
+    wait_for(
+        "no process left running the flow", lambda: not worker.children(recursive=True), 60, 1, server["worker_log"]
+    )
+
+
 def test_a_run_judged_by_people_holds_no_process_while_they_label_and_ends_on_their_labels(server, tmp_path):
     """A deployment's run with people as the judge is suspended once the pairs are out: its process exits (before,
     it polled the server until the labels came, holding its memory and its slot). Resumed with the people's labels
@@ -316,18 +337,9 @@ def test_a_run_judged_by_people_holds_no_process_while_they_label_and_ends_on_th
     labels."""
     log, root = server["worker_log"], server["root"]
     flow_run_id = start_deployment({"overrides": human_round("suspended-policy", 3)})
-    with get_client(sync_client=True) as client:
-
-        def suspended():
-            state = client.read_flow_run(flow_run_id).state
-            if state and state.is_final():
-                pytest.fail(f"the run ended instead of waiting for people: {state!r}\n{log.read_text()[-6000:]}")
-            return state if state and state.is_paused() else None
-
-        state = wait_for("the run suspended", suspended, 600, 1, log)
+    state = wait_for_suspension(flow_run_id, log)
     assert state.name == "Suspended", state
-    worker = psutil.Process(server["worker"].pid)
-    wait_for("no process left running the flow", lambda: not worker.children(recursive=True), 60, 1, log)
+    holds_no_process(server)
 
     directory = newest_round(root)
     keys = [json.loads(line) for line in (directory / KEY).read_text().splitlines()]
@@ -345,3 +357,37 @@ def test_a_run_judged_by_people_holds_no_process_while_they_label_and_ends_on_th
         [registry.get_experiment_by_name("rlhf-pipeline").experiment_id], "tags.suspended LIKE 'waiting%'"
     )
     assert [run.info.status for run in suspended_runs] == ["KILLED"]
+
+
+def test_a_deployments_labelling_rounds_hold_no_process_while_people_label_each_round(server, tmp_path):
+    """People as the labellers of two rounds, in a deployment's run: before each round's subflow the run is suspended
+    (a subflow cannot be), holding no process; each resume starts it again, every earlier stage and label reused, and
+    the last resume takes it to its end, trained on both rounds' labels."""
+    log, root = server["worker_log"], server["root"]
+    flow_run_id = start_deployment({"overrides": PEOPLE})
+    state = None
+    for round_index in (1, 2):
+        state = wait_for_suspension(flow_run_id, log, after=state)
+        holds_no_process(server)
+        directory = max(
+            (root / "artifacts" / "runs").glob(f"*/labelling-round-{round_index}"), key=lambda p: p.stat().st_mtime
+        )
+        keys = [json.loads(line) for line in (directory / KEY).read_text().splitlines()]
+        labels = tmp_path / f"round-{round_index}.jsonl"
+        labels.write_text("".join(json.dumps(row) + "\n" for row in longer_side(keys)))
+        resume_flow_run(flow_run_id, run_input={"labels_file": str(labels)})
+    flow_run, _ = final_state(flow_run_id, log)
+    assert flow_run.state.is_completed(), f"{flow_run.state!r}\n{log.read_text()[-6000:]}"
+    records = [json.loads(path.read_text()) for path in (root / "artifacts" / "runs").glob("*/run.json")]
+    ours = {r["status"]: r for r in records if r["flow_run_id"] == str(flow_run_id)}
+    assert sorted(r["status"] for r in records if r["flow_run_id"] == str(flow_run_id)) == [
+        "completed",
+        "suspended",
+        "suspended",
+    ]  # one attempt per round handed over to people, and the one that ended
+    # the run that ended trained each round on the people's labels: every row of both rounds' comparisons theirs
+    made = ours["completed"]["labelling_rounds"]
+    assert len(made) == 2
+    for round_made in made:
+        rows = Path(round_made["comparisons"]["directory"], "preferences.jsonl").read_text().splitlines()
+        assert rows and {json.loads(row)["source"] for row in rows} == {"human"}
