@@ -1,7 +1,8 @@
 """People as the labellers of a labelling round (``comparisons.labeler: human``): the round's subflow run samples each
 track's current policy, exports every pair of each prompt's samples (blinded: neither the policy nor the track is
-shown, sides drawn at random, both tracks' pairs shuffled together), pauses until it is given the labels file,
-checks it with Great Expectations and turns each answered pair into a preference row of its track (ties: none).
+shown, sides drawn at random, both tracks' pairs shuffled together), waits until it is given the labels file (a
+deployment's run is suspended before the subflow, no process held; a shell's run pauses in it), checks it with Great
+Expectations and turns each answered pair into a preference row of its track (ties: none).
 
 Resume the paused round from its page in the Prefect UI (Resume, then the path of the labels file), or with
 
