@@ -33,6 +33,25 @@ def human_round(registered_model: str, pairs_per_baseline: int) -> list[str]:
     ]
 
 
+# two labelling rounds on the smoke profile, by the simulated labeller (ROUNDS) or by people (PEOPLE)
+REGISTERED = "rounds-policy"
+N_PROMPTS, ITERATIONS = 96, 4  # two rounds of 48 ranked groups (the smoke data contract wants 100 rows each)
+ROUNDS = [
+    "comparisons.rounds=2",
+    f"comparisons.n_prompts={N_PROMPTS}",
+    f"ppo.iterations={ITERATIONS}",
+    f"tracking.registered_model={REGISTERED}",
+]
+PEOPLE = [
+    *ROUNDS[:3],
+    "ppo.between_rounds=continue",
+    "comparisons.labeler=human",
+    "comparisons.human.poll_seconds=1",
+    "validation.preferences_rows.min=20",  # people tie on some pairs: fewer rows than the simulated labeller's
+    "tracking.registered_model=people-rounds-policy",
+]
+
+
 def wait_for_paused_run(timeout: float = 300.0, exclude: set | None = None):
     """The first flow run the Prefect API (PREFECT_API_URL) has in state Paused, other than those in ``exclude``."""
     paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))

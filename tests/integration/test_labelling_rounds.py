@@ -25,18 +25,9 @@ from prefect.client.schemas.sorting import FlowRunSort
 from flows.human_judging import KEY
 from flows.human_labelling import HumanLabellingError
 from tests.flow_helpers import stage_runs
-from tests.human_rounds import RoundLabeller, longer_side
+from tests.human_rounds import N_PROMPTS, PEOPLE, REGISTERED, ROUNDS, RoundLabeller, longer_side
 
 pytestmark = pytest.mark.integration
-
-REGISTERED = "rounds-policy"
-N_PROMPTS, ITERATIONS = 96, 4  # two rounds of 48 ranked groups (the smoke data contract wants 100 rows each)
-ROUNDS = [
-    "comparisons.rounds=2",
-    f"comparisons.n_prompts={N_PROMPTS}",
-    f"ppo.iterations={ITERATIONS}",
-    f"tracking.registered_model={REGISTERED}",
-]
 
 
 @pytest.fixture(scope="module")
@@ -138,16 +129,6 @@ def test_the_run_record_names_every_rounds_stage_outputs(rounds_run):
         assert all(Path(stage["directory"]).is_dir() for stage in made.values())
     assert record["stages"]["ppo"]["key"] == record["labelling_rounds"][1]["ppo"]["key"]
     assert record["labelling_rounds"][0]["comparisons"] == record["labelling_rounds"][0]["comparisons_dpo"]
-
-
-PEOPLE = [
-    *ROUNDS[:3],
-    "ppo.between_rounds=continue",
-    "comparisons.labeler=human",
-    "comparisons.human.poll_seconds=1",
-    "validation.preferences_rows.min=20",  # people tie on some pairs: fewer rows than the simulated labeller's
-    "tracking.registered_model=people-rounds-policy",
-]
 
 
 def test_people_label_each_round_while_its_subflow_waits_and_their_labels_train_it(

@@ -30,8 +30,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.human_judging import KEY
 from tests.conftest import new_repo
-from tests.human_rounds import argilla_export, human_round, longer_side, newest_round, ppo_wins
-from tests.integration.test_labelling_rounds import PEOPLE
+from tests.human_rounds import PEOPLE, argilla_export, human_round, longer_side, newest_round, ppo_wins
 from tests.layout import stage_dir
 from tests.servers import BIN, free_port, prefect_env, prefect_server
 
