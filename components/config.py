@@ -356,6 +356,34 @@ class PPOConfig(Section):
         return self
 
 
+RLAlgorithm = Literal["ppo", "rloo", "grpo", "reinforce_pp"]
+GROUP_ALGORITHMS = ("rloo", "grpo")  # the algorithms whose baseline is the other samples of the same prompt
+
+
+class RLConfig(Section):
+    """Which RL algorithm trains the policy from SFT against the reward model. Every one shares ``ppo``'s settings:
+    sampling, the KL penalty, the reward, the clipped update, the schedule, selection and checkpoints."""
+
+    algorithm: RLAlgorithm = Field(
+        "ppo",
+        description="ppo (a critic and GAE) | rloo (leave-one-out baseline, Ahmadian et al. 2024) | grpo (group-"
+        "normalised advantages, Shao et al. 2024) | reinforce_pp (global-batch-normalised returns, Hu 2025)",
+    )
+    samples_per_prompt: int = Field(
+        4, ge=2, description="rloo and grpo: responses sampled per prompt (k); ppo and reinforce_pp sample one"
+    )
+    grpo_variant: Literal["grpo", "dr_grpo"] = Field(
+        "grpo",
+        description="grpo: advantages divided by the group's standard deviation, each response's loss averaged over "
+        "its own tokens | dr_grpo (Liu et al. 2025): neither; every token weighs alike",
+    )
+
+    @property
+    def group_size(self) -> int:
+        """Responses per prompt in a rollout batch."""
+        return self.samples_per_prompt if self.algorithm in GROUP_ALGORITHMS else 1
+
+
 class CombinedLossConfig(OptimConfig):
     """Likelihood on chosen plus unlikelihood on rejected responses, optimised jointly (seed reason 2)."""
 
@@ -682,6 +710,7 @@ class Config(Section):
     comparisons: ComparisonsConfig = ComparisonsConfig()
     reward: RewardConfig = RewardConfig()
     ppo: PPOConfig = PPOConfig()
+    rl: RLConfig = RLConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     selection: SelectionConfig = SelectionConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
@@ -733,6 +762,16 @@ class Config(Section):
             raise ValueError(
                 f"comparisons.rounds ({self.comparisons.rounds}) exceeds ppo.iterations ({self.ppo.iterations}): "
                 "every labelling round's PPO needs at least one iteration"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _whole_groups(self) -> Config:
+        k = self.rl.group_size
+        if self.ppo.rollout_batch_size % k:
+            raise ValueError(
+                f"ppo.rollout_batch_size ({self.ppo.rollout_batch_size}) must be a multiple of "
+                f"rl.samples_per_prompt ({k}) for rl.algorithm {self.rl.algorithm}: each prompt's group is whole"
             )
         return self
 

@@ -174,7 +174,7 @@ def refuse_unshardable(cfg: Config, processes: int) -> None:
     try:
         for key, section in sections.items():
             check_divisible(key, section, processes)
-        check_shardable(cfg.ppo, processes)
+        check_shardable(cfg.ppo, processes, cfg.rl.group_size)
     except ValueError as error:
         raise ConfigError(str(error)) from None
 

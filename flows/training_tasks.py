@@ -238,11 +238,18 @@ def ppo_task(
             f"processes={processes}",
             *selection_depends_on(cfg),
             *monitor_depends_on(cfg),
+            *rl_depends_on(cfg),
             *([f"start={start.key}"] if start is not None else []),
         )
         # a killed run's re-run continues from the last checkpoint of the same key
         checkpoints = Path(ctx.root) / cfg.artifacts_dir / ".checkpoints" / f"ppo-{key}"
-        run.set_tags({"accelerate_config": cfg.distributed.accelerate_config, "processes": processes})
+        run.set_tags(
+            {
+                "accelerate_config": cfg.distributed.accelerate_config,
+                "processes": processes,
+                "rl.algorithm": cfg.rl.algorithm,
+            }
+        )
         store = StageStore(ctx.root)
         inputs = {
             "sft": store.path(stage_home(cfg, "sft"), sft.key),
@@ -281,6 +288,13 @@ def selected_ppo(
         return recipe.select_candidate(
             cfg, result, snapshots, ctx.tokenizer, comparisons.model, ranker, unit="iteration", runtime=runtime
         )
+
+
+def rl_depends_on(cfg: Config) -> list[str]:
+    """The RL algorithm, where it is not PPO (whose result the ``rl`` section's other settings do not change)."""
+    if cfg.rl.algorithm == "ppo":
+        return []
+    return [f"rl={cfg.rl.algorithm}:k={cfg.rl.group_size}:{cfg.rl.grpo_variant if cfg.rl.algorithm == 'grpo' else ''}"]
 
 
 def monitor_depends_on(cfg: Config) -> list[str]:

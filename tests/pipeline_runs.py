@@ -2,8 +2,8 @@
 session and shared by the integration tests (what the runs recorded) and the browser tests (what a
 person sees of them). All five at once, on one project root, a core shared between every two or three:
   - promoted: a gate every honest run passes (thresholds at their loosest);
-  - rival: the same with another PPO learning rate (same data, SFT, comparisons, RM and baselines;
-    its own PPO) -> both promoted; champion = the one with the higher gate score;
+  - rival: the same with RLOO in PPO's place (same data, SFT, comparisons, RM and baselines; its own RL stage, no
+    critic) -> both promoted; champion = the one with the higher gate score;
   - control: the reward model learns from shuffled labels, under the loose gate except the
     reward-model accuracy floor -> rejected; never champion;
   - hacked and disagreeing, the negative controls of tests/integration/test_negative_controls.py: every rule but
@@ -33,7 +33,7 @@ LOOSE_GATE = [
     "gate.overoptimisation.max_gold_drop=100",
     "gate.overoptimisation.max_proxy_gold_gap=1.0",
 ]
-RIVAL_PPO = "ppo.lr=2.0e-4"
+RIVAL_RL = "rl.algorithm=rloo"
 WIDE_OPEN = [*LOOSE_GATE, "gate.min_rm_accuracy=0.0"]
 # no KL penalty, a learning rate 5x the tiny profile's and 10x its iterations: the policy runs away from SFT to
 # whatever the reward model over-rates (issue 35's kl-free run). Measured (2026-12-06): gold peaks at iteration 5
@@ -112,7 +112,7 @@ def pipeline_runs(prefect_server, tmp_path_factory):
             at_once(
                 runs,
                 promoted=LOOSE_GATE,
-                rival=[*LOOSE_GATE, RIVAL_PPO],
+                rival=[*LOOSE_GATE, RIVAL_RL],
                 control=[*LOOSE_GATE, "reward.shuffle_labels=true"],
                 hacked=[*WIDE_OPEN, *HACKED],
                 disagreeing=[*WIDE_OPEN, *DISAGREEING],

@@ -121,6 +121,27 @@ class Runtime:
 
         return share
 
+    def sequence_share(self, mask: torch.Tensor):
+        """A mean over sequences of each sequence's own token mean (GRPO's loss), split like ``token_share``."""
+        count = self.sum(mask.new_tensor(float(mask.shape[0])))
+
+        def share(values: torch.Tensor, part_mask: torch.Tensor) -> torch.Tensor:
+            part_mask = part_mask.float()
+            per_sequence = (values * part_mask).sum(-1) / part_mask.sum(-1).clamp(min=1.0)
+            return per_sequence.sum() / count.clamp(min=1.0)
+
+        return share
+
+    def constant_share(self, mask: torch.Tensor, max_length: int):
+        """A token sum over a constant, rows x ``max_length`` (the response length limit), whatever the responses'
+        lengths (Dr. GRPO's loss: no response's tokens weigh more for its being short), split like ``token_share``."""
+        count = self.sum(mask.new_tensor(float(mask.shape[0] * max_length)))
+
+        def share(values: torch.Tensor, part_mask: torch.Tensor) -> torch.Tensor:
+            return (values * part_mask.float()).sum() / count.clamp(min=1.0)
+
+        return share
+
     # --- models ---------------------------------------------------------------------------
 
     def prepare(

@@ -7,10 +7,10 @@ frozen models and its largest micro-batch, per rank.
 - chosen and top_ranked train a copy of SFT; combined and DPO score chosen and rejected in one pass (2 rows a pair);
   DPO also holds its reference (none with adapters: the policy with its adapters off). Each keeps its selection
   snapshots (``selection.candidates`` copies of its weights).
-- PPO trains the policy and the critic while it holds the reward model (each ensemble member, as handed in and the
-  frozen copy it scores with), the reference (none with adapters), SFT and its snapshots; the policy's pass (with the
-  vocabulary's logits) is the larger of the two, or scoring the rank's whole rollout shard (its logits and their
-  log-softmax) when that is larger.
+- PPO trains the policy and the critic (RLOO, GRPO and REINFORCE++: the policy alone) while it holds the reward
+  model (each ensemble member, as handed in and the frozen copy it scores with), the reference (none with adapters),
+  SFT and its snapshots; the policy's pass (with the vocabulary's logits) is the larger of the two, or scoring the
+  rank's whole rollout shard (its logits and their log-softmax) when that is larger.
 - The evaluation holds every policy it decodes and the reward model; a batch of responses keeps its logits (and their
   log-softmax) for the KL from the reference. A rank decodes whole decodings, so its batch is the configured one.
 """
@@ -61,7 +61,8 @@ def models_and_activations(cfg: Config, shape: ModelShape, place: Placement) -> 
     ppo_rows = micro_rows(cfg.ppo.minibatch_size, n, cfg.ppo.gradient_accumulation_steps)
     # the reward model as handed in and the frozen copy PPO scores with, the reference, SFT, the snapshots
     frozen = 2 * cfg.reward.ensemble_size + (not adapted) + 1 + cfg.selection.candidates
-    ppo = stage_memory("ppo", shape, place, adapted, 2, frozen, ppo_rows, sequence)
+    trained = 2 if cfg.rl.algorithm == "ppo" else 1  # the policy, and PPO's critic
+    ppo = stage_memory("ppo", shape, place, adapted, trained, frozen, ppo_rows, sequence)
     # scoring a rank's whole rollout shard: the logits and their log-softmax, without gradient
     scoring = 2 * micro_rows(cfg.ppo.rollout_batch_size, n, 1) * sequence * shape.vocabulary * FP32
     stages.append(dataclasses.replace(ppo, activations=max(ppo.activations, scoring)))

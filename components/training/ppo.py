@@ -1,6 +1,10 @@
 """PPO against a reward model: InstructGPT step 3 (Ouyang et al. 2022), with the details of
 Ziegler et al. 2019, Stiennon et al. 2020 and Huang et al. 2024 ("N+ implementation details").
 
+Its loop is every RL algorithm's: RLOO, GRPO and REINFORCE++ (``rloo.py``, ``grpo.py``, ``reinforce_pp.py``) are an
+``Algorithm`` handed to ``train_ppo`` that changes only the responses per prompt, the advantages, the loss's token
+average, and that no critic learns.
+
 Each iteration reads like CleanRL's loop:
 
     sampled = sample_responses(...)         # one response per prompt from the policy
@@ -240,7 +244,7 @@ class Rollouts:
     ended: torch.Tensor  # (B,)
     logprobs: torch.Tensor  # (B, R) of the sampling policy
     ref_logprobs: torch.Tensor  # (B, R)
-    values: torch.Tensor  # (B, R) V(s_t) before each response token
+    values: torch.Tensor | None  # (B, R) V(s_t) before each response token; None without a critic
     rm_scores: torch.Tensor  # (B,) the reward model's score (an ensemble's: its members' mean)
     rm_disagreement: torch.Tensor  # (B,) the standard deviation of the ensemble members' scores (0 for one model)
     scores: torch.Tensor  # (B,) the score PPO optimises: the ensemble reward less the missing-EOS penalty
@@ -254,8 +258,35 @@ class Rollouts:
 class Advantages:
     rewards: torch.Tensor  # (B, R) KL-penalised per-token rewards
     kl: torch.Tensor  # (B, R) log pi - log pi_ref
-    advantages: torch.Tensor  # (B, R) whitened
-    returns: torch.Tensor  # (B, R) the critic's targets
+    advantages: torch.Tensor  # (B, R) what the policy loss weighs each token's log-ratio by
+    returns: torch.Tensor | None = None  # (B, R) the critic's targets; None without a critic
+
+
+# how one minibatch's policy loss averages its per-token terms, made from the runtime and the minibatch's response mask
+PolicyMean = Callable[[Runtime, torch.Tensor], TokenMean]
+
+
+def token_mean(runtime: Runtime, mask: torch.Tensor) -> TokenMean:
+    return runtime.token_share(mask)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """What an RL algorithm changes in the shared loop; everything else (sampling, the reference, the KL penalty, the
+    reward, the clipped update, selection, checkpoints, the processes) is the same for all."""
+
+    name: str
+    # (rollouts, kl_coef, runtime) -> advantages; the rows of one prompt's group are adjacent
+    compute_advantages: Callable[[Rollouts, float, Runtime], Advantages]
+    group_size: int = 1  # responses sampled per prompt
+    has_critic: bool = False
+    policy_mean: PolicyMean = token_mean
+
+
+def ppo_algorithm(cfg: PPOConfig) -> Algorithm:
+    return Algorithm(
+        "ppo", lambda rollouts, kl_coef, runtime: compute_advantages(rollouts, kl_coef, cfg, runtime), has_critic=True
+    )
 
 
 @dataclass
@@ -263,11 +294,11 @@ class PPOModels:
     """What PPO trains (policy, critic) and what it only reads (reference, reward model)."""
 
     policy: torch.nn.Module  # DDP-wrapped when data parallel
-    values_model: torch.nn.Module  # TokenValues(critic), DDP-wrapped when data parallel
+    values_model: torch.nn.Module | None  # TokenValues(critic), DDP-wrapped when data parallel; None without a critic
     reference: PreTrainedModel
     reward_model: PreTrainedModel
     policy_opt: torch.optim.Optimizer
-    critic_opt: torch.optim.Optimizer
+    critic_opt: torch.optim.Optimizer | None
     runtime: Runtime
 
     @property
@@ -276,8 +307,12 @@ class PPOModels:
         return self.runtime.unwrap(self.policy)
 
     @property
-    def critic(self) -> torch.nn.Module:
-        return self.runtime.unwrap(self.values_model)
+    def critic(self) -> torch.nn.Module | None:
+        return None if self.values_model is None else self.runtime.unwrap(self.values_model)
+
+    def trained(self) -> list[tuple[torch.nn.Module, torch.optim.Optimizer]]:
+        pairs = [(self.policy, self.policy_opt)]
+        return pairs if self.values_model is None else [*pairs, (self.values_model, self.critic_opt)]
 
 
 @torch.no_grad()
@@ -307,8 +342,10 @@ def score_rollouts(models: PPOModels, prompts: list[str], sampled: Rollout, cfg:
     batch = sampled.batch
     with models.runtime.gathered(models.sampler):
         logprobs, _ = policy_logprobs(models.sampler, batch, cfg.temperature)
-    with models.runtime.gathered(models.critic):
-        values = token_values(models.critic, batch) * batch.response_mask.float()
+    values = None
+    if models.critic is not None:
+        with models.runtime.gathered(models.critic):
+            values = token_values(models.critic, batch) * batch.response_mask.float()
     with models.runtime.autocast():  # the frozen models in the trained ones' precision: KL 0 at the start
         ref_logprobs, _ = policy_logprobs(models.reference, batch, cfg.temperature)
         by_member = member_scores(models.reward_model, batch)  # (B, M)
@@ -341,11 +378,12 @@ def ppo_update(
     cfg: PPOConfig,
     iteration: int,
     ptx: Callable[[], Batch] | None = None,
+    policy_mean: PolicyMean = token_mean,
 ) -> dict[str, float]:
-    """``cfg.ppo_epochs`` passes over the rollouts in minibatches: clipped policy and value losses.
+    """``cfg.ppo_epochs`` passes over the rollouts in minibatches: clipped policy and (with a critic) value losses.
 
-    ``ptx`` draws this rank's share of demonstrations for PPO-ptx (InstructGPT's pretraining mix).
-    Returns the mean of each loss statistic over all minibatch steps (and all ranks).
+    ``ptx`` draws this rank's share of demonstrations for PPO-ptx (InstructGPT's pretraining mix); ``policy_mean``
+    averages the policy loss's tokens. Returns the mean of each loss statistic over all minibatch steps (and ranks).
     """
     runtime = models.runtime
     sums: dict[str, float] = {}
@@ -358,6 +396,7 @@ def ppo_update(
         for start in range(0, size, minibatch):
             index = permutation[start : start + minibatch]
             share = runtime.token_share(rollouts.batch.response_mask[index])
+            policy_share = policy_mean(runtime, rollouts.batch.response_mask[index])
 
             if ptx is not None:
                 ptx_loss = cfg.ptx_coef * sft_loss(models.policy, ptx())
@@ -374,31 +413,32 @@ def ppo_update(
                 with runtime.accumulating(models.policy, synced):
                     logprobs, logits = policy_logprobs(models.policy, mb, cfg.temperature)
                     pg_loss, pg_stats = clipped_policy_loss(
-                        logprobs, rollouts.logprobs[rows], advantages.advantages[rows], mask, cfg.cliprange, share
+                        logprobs,
+                        rollouts.logprobs[rows],
+                        advantages.advantages[rows],
+                        mask,
+                        cfg.cliprange,
+                        policy_share,
                     )
                     check_finite("ppo", iteration, policy_loss=pg_loss.item())
                     runtime.backward_share(pg_loss, models.policy)
-
-                with runtime.accumulating(models.values_model, synced):
-                    values = token_values(models.values_model, mb)
-                    vf_loss, vf_stats = clipped_value_loss(
-                        values, rollouts.values[rows], advantages.returns[rows], mask, cfg.cliprange_value, share
-                    )
-                    check_finite("ppo", iteration, value_loss=vf_loss.item())
-                    runtime.backward_share(vf_loss, models.values_model)
-
                 with torch.no_grad():
-                    entropy = share(entropy_from_logits(logits), mask).item()
-                for key, value in {
-                    "policy_loss": pg_loss.item(),
-                    "value_loss": vf_loss.item(),
-                    "entropy": entropy,
-                    **pg_stats,
-                    **vf_stats,
-                }.items():
+                    stats = {"policy_loss": pg_loss.item(), "entropy": share(entropy_from_logits(logits), mask).item()}
+
+                if models.values_model is not None:
+                    with runtime.accumulating(models.values_model, synced):
+                        values = token_values(models.values_model, mb)
+                        vf_loss, vf_stats = clipped_value_loss(
+                            values, rollouts.values[rows], advantages.returns[rows], mask, cfg.cliprange_value, share
+                        )
+                        check_finite("ppo", iteration, value_loss=vf_loss.item())
+                        runtime.backward_share(vf_loss, models.values_model)
+                    stats |= {"value_loss": vf_loss.item(), **vf_stats}
+
+                for key, value in {**stats, **pg_stats}.items():
                     sums[key] = sums.get(key, 0.0) + value
 
-            for model, optimizer in ((models.policy, models.policy_opt), (models.values_model, models.critic_opt)):
+            for model, optimizer in models.trained():
                 runtime.step(model, optimizer, cfg.max_grad_norm)
             steps += 1
     totals = runtime.sum(torch.tensor(list(sums.values()), dtype=torch.float64, device=runtime.device))
@@ -443,7 +483,7 @@ def ptx_sampler(
 def train_ppo(
     policy: PreTrainedModel,
     ref_policy: PreTrainedModel,
-    critic: PreTrainedModel,
+    critic: PreTrainedModel | None,
     reward_model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
@@ -456,9 +496,13 @@ def train_ppo(
     checkpoint_dir: str | None = None,
     runtime: Runtime = SINGLE,
     snapshots: Snapshots | None = None,
+    algorithm: Algorithm | None = None,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Optimise ``policy`` in place; ``ref_policy`` and ``reward_model`` stay frozen.
     Returns (policy, metrics, history).
+
+    ``algorithm`` (PPO by default) decides the responses per prompt and the advantages; ``critic`` is trained
+    beside the policy when it has one, and must be None when it has not.
 
     ``snapshots`` receives the policy after each of its iterations (rank 0 only), the candidates
     that selection chooses from.
@@ -469,25 +513,28 @@ def train_ppo(
     samples its own 1/N of each rollout batch; whitening, metrics and the KL controller see all
     ranks' rollouts; DDP averages the gradients, so every rank holds the same weights.
     """
-    check_shardable(cfg, runtime.world_size)
+    algorithm = algorithm or ppo_algorithm(cfg)
+    if (critic is not None) != algorithm.has_critic:
+        raise ValueError(f"{algorithm.name} {'needs' if algorithm.has_critic else 'has no'} critic")
+    check_shardable(cfg, runtime.world_size, algorithm.group_size)
     torch.manual_seed(seed + runtime.rank)  # each rank samples different responses
     rng = random.Random(f"{seed}/ppo")  # the same on every rank: one global prompt order, one PPO-ptx draw
     for frozen in (ref_policy, reward_model):
         frozen.eval()
         frozen.requires_grad_(False)
         runtime.to_device(frozen)
-    for trained in (policy, critic):
+    for trained in (policy, critic) if critic is not None else (policy,):
         trained.eval()  # dropout off: rollouts and updates see the same network
         lora.keep_checkpointing(trained)
         if not lora.has_adapters(trained):  # an adapted model trains its adapters (and new head) only
             trained.requires_grad_(True)
     counts = {
         **lora.parameter_counts(policy),
-        "critic_trainable_parameters": lora.parameter_counts(critic)["trainable_parameters"],
+        "critic_trainable_parameters": lora.parameter_counts(critic)["trainable_parameters"] if critic else 0,
     }
-    values_model = TokenValues(critic)
+    values_model = TokenValues(critic) if critic is not None else None
     policy_opt = torch.optim.AdamW(trainable(policy), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
-    critic_opt = torch.optim.AdamW(trainable(critic), lr=cfg.critic_lr, eps=1e-5, weight_decay=0.0)
+    critic_opt = torch.optim.AdamW(trainable(critic), lr=cfg.critic_lr, eps=1e-5, weight_decay=0.0) if critic else None
     kl_ctl = KLController(cfg.kl)
     queue = PromptQueue(prompts, rng)
     history: list[dict[str, float]] = []
@@ -502,19 +549,20 @@ def train_ppo(
             )
         if resumed.engines is None:
             policy.load_state_dict(resumed.tensors["policy"])
-            critic.load_state_dict(resumed.tensors["critic"])
             policy_opt.load_state_dict(resumed.tensors["policy_opt"])
-            critic_opt.load_state_dict(resumed.tensors["critic_opt"])
+            if critic is not None:
+                critic.load_state_dict(resumed.tensors["critic"])
+                critic_opt.load_state_dict(resumed.tensors["critic_opt"])
         restore_python_rng(rng, resumed.python_rng)
         kl_ctl.value, queue.order, history, start = resumed.kl_coef, resumed.order, resumed.history, resumed.iteration
-    (policy, policy_opt), (values_model, critic_opt) = runtime.prepare(
-        (policy, policy_opt), (values_model, critic_opt), max_grad_norm=cfg.max_grad_norm
+    policy, values_model, policy_opt, critic_opt = prepared(
+        runtime, (policy, policy_opt), (values_model, critic_opt), cfg.max_grad_norm
     )
+    models = PPOModels(policy, values_model, ref_policy, reward_model, policy_opt, critic_opt, runtime)
     if resumed is not None:
         if resumed.engines is not None:
-            runtime.load_engines({"policy": policy, "critic": values_model}, resumed.engines)
+            runtime.load_engines(_engines(models), resumed.engines)
         torch.set_rng_state(torch_rng)
-    models = PPOModels(policy, values_model, ref_policy, reward_model, policy_opt, critic_opt, runtime)
     ptx = (
         ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, runtime)
         if cfg.ptx_coef > 0 and ptx_examples
@@ -525,19 +573,21 @@ def train_ppo(
     for iteration in range(start, cfg.iterations):
         # a function of the iteration alone, so a resumed run agrees
         fraction = lr_factor(iteration, cfg.iterations, 0, cfg.lr_schedule)
-        for optimizer, lr in ((models.policy_opt, cfg.lr), (models.critic_opt, cfg.critic_lr)):
+        for (_, optimizer), lr in zip(models.trained(), (cfg.lr, cfg.critic_lr)):
             for group in optimizer.param_groups:
                 group["lr"] = fraction * lr
-        batch_prompts = runtime.shard(queue.next_batch(cfg.rollout_batch_size))
+        # a whole number of prompts per rank, each repeated group_size times in adjacent rows
+        prompt_draw = runtime.shard(queue.next_batch(cfg.rollout_batch_size // algorithm.group_size))
+        batch_prompts = [prompt for prompt in prompt_draw for _ in range(algorithm.group_size)]
 
         started = time.perf_counter()
         sampled = sample_responses(models, batch_prompts, tokenizer, cfg, model_cfg)
         generated = time.perf_counter()
         rollouts = score_rollouts(models, batch_prompts, sampled, cfg)
-        advantages = compute_advantages(rollouts, kl_ctl.value, cfg, runtime)
+        advantages = algorithm.compute_advantages(rollouts, kl_ctl.value, runtime)
         check_finite("ppo", iteration, rm_score=rollouts.rm_scores.mean().item(), kl=advantages.kl.sum(1).mean().item())
         scored = time.perf_counter()
-        update_stats = ppo_update(models, rollouts, advantages, cfg, iteration, ptx)
+        update_stats = ppo_update(models, rollouts, advantages, cfg, iteration, ptx, algorithm.policy_mean)
         updated = time.perf_counter()
 
         # the KL controller sees the mean KL per response of the whole (all ranks') batch
@@ -571,7 +621,15 @@ def train_ppo(
                 "non_score_reward": -kl_ctl.value * mean_kl,
                 "response_length": response_length,
                 "ended": ended,
-                "explained_variance": explained_variance(rollouts.values, advantages.returns, rollouts.mask, runtime),
+                **(
+                    {
+                        "explained_variance": explained_variance(
+                            rollouts.values, advantages.returns, rollouts.mask, runtime
+                        )
+                    }
+                    if rollouts.values is not None
+                    else {}
+                ),
                 "response_tokens": response_length * cfg.rollout_batch_size,
                 "generation_seconds": generated - started,
                 "scoring_seconds": scored - generated,
@@ -605,6 +663,19 @@ def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def prepared(runtime: Runtime, policy_pair: tuple, critic_pair: tuple, max_grad_norm: float) -> tuple:
+    """(policy, values_model, policy_opt, critic_opt) ready to train; without a critic its pair stays (None, None)."""
+    pairs = [policy_pair] if critic_pair[0] is None else [policy_pair, critic_pair]
+    ready = runtime.prepare(*pairs, max_grad_norm=max_grad_norm)
+    (policy, policy_opt), (values_model, critic_opt) = ready[0], ready[1] if len(ready) > 1 else (None, None)
+    return policy, values_model, policy_opt, critic_opt
+
+
+def _engines(models: PPOModels) -> dict[str, torch.nn.Module]:
+    engines = {"policy": models.policy}
+    return engines if models.values_model is None else {**engines, "critic": models.values_model}
+
+
 def _save_checkpoint(
     directory: str,
     iteration: int,
@@ -618,15 +689,12 @@ def _save_checkpoint(
     tensors = {"torch_rng": torch.stack(runtime.gather_objects(torch.get_rng_state()))}
     engines = None
     if runtime.checkpoints_whole_state:
-        tensors |= {
-            "policy": models.sampler.state_dict(),
-            "critic": models.critic.critic.state_dict(),
-            "policy_opt": models.policy_opt.state_dict(),
-            "critic_opt": models.critic_opt.state_dict(),
-        }
+        tensors |= {"policy": models.sampler.state_dict(), "policy_opt": models.policy_opt.state_dict()}
+        if models.critic is not None:
+            tensors |= {"critic": models.critic.critic.state_dict(), "critic_opt": models.critic_opt.state_dict()}
     else:  # every rank writes its shards beside the checkpoint; rank 0 moves them in with the rest
         engines = Path(directory) / f".engines-{iteration:06d}"
-        runtime.save_engines({"policy": models.policy, "critic": models.values_model}, engines)
+        runtime.save_engines(_engines(models), engines)
     if runtime.is_main:  # one writer; the other ranks' RNG states travel in the same file
         save_checkpoint(
             directory,

@@ -23,6 +23,7 @@ from components.models.builders import build_policy, frozen_copy
 from components.models.ensemble import members_of
 from components.models.runtime import SINGLE, Runtime
 from components.models.tokenizer import build_word_tokenizer, load_tokenizer
+from components.training.algorithms import rl_algorithm
 from components.training.chosen import train_chosen, train_top_ranked
 from components.training.combined import train_combined
 from components.training.comparisons import collect_sft_comparisons, draw_prompts, sample_reference, sample_responses
@@ -291,15 +292,20 @@ def ppo_stage(
     snapshots: Snapshots | None = None,
     start: PreTrainedModel | None = None,
 ) -> StageResult:
-    """InstructGPT step 3: policy from SFT (or from ``start``: a later labelling round continuing the last round's
-    policy), reference = frozen SFT always, critic from the RM (an ensemble's first member); resumes from
-    ``checkpoint_dir``.
+    """InstructGPT step 3 with the RL algorithm ``rl.algorithm`` names: policy from SFT (or from ``start``: a later
+    labelling round continuing the last round's policy), reference = frozen SFT always, PPO's critic from the RM (an
+    ensemble's first member); resumes from ``checkpoint_dir``.
 
     ``runtime``: where it runs (device, processes, precision; see flows' stage runtimes)."""
+    algorithm = rl_algorithm(cfg.rl, cfg.ppo, cfg.model)
     policy = lora.for_training(copy.deepcopy(start if start is not None else sft), cfg.model)
     # the reference is SFT: the policy's own base with its adapters off, unless the policy started elsewhere
     reference = lora.reference_for(policy, sft) if start is None else frozen_copy(sft)
-    critic = lora.for_training(copy.deepcopy(members_of(reward_model)[0]), cfg.model, heads=lora.SCALAR_HEADS)
+    critic = (
+        lora.for_training(copy.deepcopy(members_of(reward_model)[0]), cfg.model, heads=lora.SCALAR_HEADS)
+        if algorithm.has_critic
+        else None
+    )
     return timed(train_ppo)(
         policy,
         reference,
@@ -316,6 +322,7 @@ def ppo_stage(
         checkpoint_dir=checkpoint_dir,
         runtime=runtime,
         snapshots=snapshots,
+        algorithm=algorithm,
     )
 
 

@@ -15,8 +15,9 @@ def check_divisible(stage: str, cfg: OptimConfig, world_size: int) -> None:
         )
 
 
-def check_shardable(cfg: PPOConfig, world_size: int) -> None:
-    """Every rank gets an equal shard of each rollout batch and of each minibatch (split into micro-batches)."""
+def check_shardable(cfg: PPOConfig, world_size: int, group_size: int = 1) -> None:
+    """Every rank gets an equal shard of each rollout batch and of each minibatch (split into micro-batches); with
+    ``group_size`` responses per prompt, a whole number of prompts, so every group stays on one rank."""
     per_rank = cfg.minibatch_size // world_size
     if (
         cfg.rollout_batch_size % world_size
@@ -27,4 +28,10 @@ def check_shardable(cfg: PPOConfig, world_size: int) -> None:
             f"ppo.rollout_batch_size ({cfg.rollout_batch_size}) and ppo.minibatch_size ({cfg.minibatch_size}) "
             f"must be multiples of the number of processes ({world_size}), and minibatch_size / processes "
             f"of ppo.gradient_accumulation_steps ({cfg.gradient_accumulation_steps})"
+        )
+    prompts = cfg.rollout_batch_size // group_size
+    if cfg.rollout_batch_size % group_size or prompts % world_size:
+        raise ValueError(
+            f"ppo.rollout_batch_size ({cfg.rollout_batch_size}) / rl.samples_per_prompt ({group_size}) prompts per "
+            f"iteration must be a multiple of the number of processes ({world_size}): a prompt's group stays whole"
         )

@@ -106,6 +106,13 @@ def test_metrics_are_logged_per_step_and_final(runs, client):
         "response_length",
     ):
         assert len(client.get_metric_history(ppo.info.run_id, key)) >= 2, key
+    rloo = stage(
+        client, runs, "ppo", "rival"
+    )  # rl.algorithm rloo: the same stage, trained and shipped without a critic
+    assert (ppo.data.tags["rl.algorithm"], rloo.data.tags["rl.algorithm"]) == ("ppo", "rloo")
+    assert ppo.data.metrics["critic_trainable_parameters"] > 0 == rloo.data.metrics["critic_trainable_parameters"]
+    assert len(client.get_metric_history(rloo.info.run_id, "rm_score")) >= 2
+    assert not client.get_metric_history(rloo.info.run_id, "value_loss")
     assert stage(client, runs, "reward_model").data.metrics["valid_accuracy"] > 0
     evaluation = stage(client, runs, "evaluation").data.metrics
     for mode in ("sample", "greedy"):

@@ -117,6 +117,10 @@ def test_batches_that_do_not_shard_evenly_are_refused():
         check_shardable(PPO, 3)
     with pytest.raises(ValueError, match="gradient_accumulation_steps \\(32\\)"):
         check_shardable(PPO.model_copy(update={"gradient_accumulation_steps": 32}), 2)
+    # 64 responses in groups of 4 are 16 prompts: 2 ranks take 8 each; 64 in groups of 32 are 2 prompts, not 4 ranks'
+    check_shardable(PPO, 2, group_size=4)
+    with pytest.raises(ValueError, match="a prompt's group stays whole"):
+        check_shardable(PPO, 4, group_size=32)
 
 
 def test_kl_at_the_start_is_zero_in_fp32(tiny_sft, tiny_reward_model, tokenizer, smoke_rows):

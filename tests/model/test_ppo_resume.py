@@ -1,11 +1,14 @@
-"""PPO checkpoints: a run interrupted after a checkpoint and resumed ends bit-identical to one that never stopped."""
+"""PPO checkpoints: a run interrupted after a checkpoint and resumed ends bit-identical to one that never stopped,
+with a critic (PPO) and without one (GRPO: the policy and its optimiser alone)."""
 
 import copy
 
 import pytest
 import torch
 
+from components.config import RLConfig
 from components.data.files import DEMONSTRATIONS
+from components.training.algorithms import rl_algorithm
 from components.training.checkpoints import latest_checkpoint
 from components.training.ppo import train_ppo
 from tests.model.conftest import PPO, SEED, TINY
@@ -17,8 +20,9 @@ class Interrupted(Exception):
     pass
 
 
-def run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, checkpoint_dir=None, stop_at=None):
+def run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, algorithm, checkpoint_dir=None, stop_at=None):
     sft, rm = tiny_sft[0], tiny_reward_model[0]
+    chosen = rl_algorithm(RLConfig(algorithm=algorithm), CFG, TINY)
     prompts = sorted({d["prompt"] for d in smoke_rows[DEMONSTRATIONS]})
 
     def log(iteration, entry):
@@ -28,7 +32,7 @@ def run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, checkpoint_dir=None,
     return train_ppo(
         copy.deepcopy(sft),
         copy.deepcopy(sft),
-        copy.deepcopy(rm),
+        copy.deepcopy(rm) if chosen.has_critic else None,
         copy.deepcopy(rm),
         tokenizer,
         prompts,
@@ -37,18 +41,23 @@ def run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, checkpoint_dir=None,
         SEED,
         log=log,
         checkpoint_dir=checkpoint_dir,
+        algorithm=chosen,
     )
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, tmp_path):
-    uninterrupted, _, full_history = run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows)
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_an_interrupted_run_resumes_to_the_same_weights(
+    tiny_sft, tiny_reward_model, tokenizer, smoke_rows, tmp_path, algorithm
+):
+    uninterrupted, _, full_history = run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, algorithm)
 
     with pytest.raises(Interrupted):
-        run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, tmp_path, stop_at=3)
+        run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, algorithm, tmp_path, stop_at=3)
     saved = latest_checkpoint(tmp_path)
     assert saved.iteration == 2 and len(saved.history) == 2  # the checkpoint after iterations 0-1 survived the crash
+    assert ("critic" in saved.tensors) == (algorithm == "ppo")
 
-    resumed, _, history = run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, tmp_path)
+    resumed, _, history = run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, algorithm, tmp_path)
     for (name, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), name  # single process on CPU: identical, no tolerance
     assert [h["rm_score"] for h in history] == [h["rm_score"] for h in full_history]

@@ -134,3 +134,9 @@ def test_every_compared_method_must_share_one_learning_rate_schedule():
         + [f"baselines.{b}.lr_schedule=constant" for b in ("chosen", "top_ranked", "combined", "dpo")],
     )
     assert both.ppo.lr_schedule == "constant"
+
+
+def test_a_rollout_batch_of_broken_groups_is_refused():
+    with pytest.raises(ConfigError, match=r"rl\.samples_per_prompt \(3\).*rloo"):
+        load_config("smoke", ["rl.algorithm=rloo", "rl.samples_per_prompt=3"])
+    assert load_config("smoke", ["rl.samples_per_prompt=3"]).rl.group_size == 1  # PPO samples one a prompt

@@ -67,7 +67,8 @@ def test_weights_gradients_and_optimiser_state_are_sharded_as_each_zero_stage_sh
 def test_adapters_train_only_their_own_parameters_and_ppo_keeps_no_second_base_copy(smoke):
     cfg, tokenizer = smoke
     adapted_cfg = load_config("smoke", ["model.peft={r: 4}"])
-    full = {s.stage: s for s in recipe_memory(cfg, shape_of(policy_config(cfg.model, tokenizer), None), Placement())}
+    full_shape = shape_of(policy_config(cfg.model, tokenizer), None)
+    full = {s.stage: s for s in recipe_memory(cfg, full_shape, Placement())}
     shape = shape_of(policy_config(adapted_cfg.model, tokenizer), adapted_cfg.model.peft)
     adapted = {s.stage: s for s in recipe_memory(adapted_cfg, shape, Placement())}
     assert shape.adapter_parameters == 2048  # r (in + out) per layer: tests/model/test_lora.py counts it by hand
@@ -77,6 +78,14 @@ def test_adapters_train_only_their_own_parameters_and_ppo_keeps_no_second_base_c
     base, snapshots = 4 * shape.parameters, cfg.selection.candidates
     assert full["ppo"].weights == (6 + snapshots) * base
     assert adapted["ppo"].weights == (5 + snapshots) * base + 2 * 4 * shape.adapter_parameters
+    # RLOO, GRPO, REINFORCE++: no critic, one model's weights, gradients and optimiser state less
+    for algorithm in ("rloo", "grpo", "reinforce_pp"):
+        [rl] = [
+            s
+            for s in recipe_memory(load_config("smoke", [f"rl.algorithm={algorithm}"]), full_shape, Placement())
+            if s.stage == "ppo"
+        ]
+        assert rl.weights == full["ppo"].weights - base and rl.optimizer == full["ppo"].optimizer / 2, algorithm
 
 
 def test_a_rank_decodes_whole_decodings_so_its_evaluation_batch_is_not_divided(smoke):
