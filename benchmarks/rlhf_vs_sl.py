@@ -1,21 +1,28 @@
 """Does RLHF beat supervised learning? The whole default recipe on CPU, on one or more seeds, judged by gold.
 
-    python benchmarks/rlhf_vs_sl.py [--profile default] [--seeds N] [--seed FIRST] [--set key=value ...]
+    python benchmarks/rlhf_vs_sl.py [--profile default] [--seeds N] [--seed FIRST] [--rl ppo rloo ...]
+                                    [--rl-without-sft] [--set key=value ...]
 
 For each seed (FIRST, FIRST + 1, ...; FIRST defaults to the profile's seed): trains SFT, collects comparisons
 from SFT samples, trains the reward model (ensemble), the supervised baselines (SFT on chosen, SFT on each
-group's top-ranked response, the combined likelihood/unlikelihood loss, DPO) and PPO, ships each trained
-policy's snapshot the labeller prefers on the held-out slice, adds best-of-n as a non-training reference, and
-decodes every policy on the held-out prompts under each configured decoding mode. Prints a table per seed and one
-over seeds, and writes benchmarks/results/rlhf_vs_sl.json:
+group's top-ranked response, the combined likelihood/unlikelihood loss, DPO) and every RL algorithm of ``--rl``
+(PPO always; each other one with its tuned settings from tuning.json's picks, see benchmarks/tune.py; with
+``--rl-without-sft`` also the configured one from the model SFT starts from, ``rl_without_sft``), ships each
+trained policy's snapshot the labeller prefers on the held-out slice, adds best-of-n as a non-training reference,
+and decodes every policy on the held-out prompts under each configured decoding mode. Prints a table per seed and
+one over seeds, and writes benchmarks/results/rlhf_vs_sl.json:
 
     baselines              the supervised baselines the gate faces
+    rl                     each RL algorithm raced and the overrides it ran with
     runs[i]                one seed: seed, evaluation.<mode>.ppo_win_rate.<policy>.{rate, ci}, policies' gold
                            (under sampling also best_of_n_matched: best-of-n at PPO's KL, its n and analytic KL),
-                           the RM's accuracy and gold agreement, label budgets, stage seconds, PPO history
+                           evaluation.<mode>.rl_win_rate.<algorithm>.<baseline> (every RL algorithm against every
+                           supervised baseline), the RM's accuracy and gold agreement, label budgets, stage seconds
+                           and stage peak memory (MB of resident memory above the stage's start), RL histories
     across_seeds           per mode and policy: PPO's win rate and gold difference, mean over seeds with a
                            t-interval (the seed is the unit; responses are never pooled over seeds), the spread
-                           between seeds, and the seeds needed to show an edge at that spread
+                           between seeds, and the seeds needed to show an edge at that spread; rl_vs_baselines: the
+                           same for every RL algorithm against every supervised baseline
 """
 
 from __future__ import annotations
@@ -25,13 +32,16 @@ import json
 import resource
 import statistics
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import load_config
+from components.config import Config, apply_overrides, load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
+from components.evaluation import token_sensitivity
+from components.evaluation.five_reasons import as_records, five_reasons, format_records
 from components.evaluation.intervals import win_rate
 from components.evaluation.judges import gold_judge
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
@@ -59,6 +69,9 @@ from components.training.loop import Snapshots
 from flows import runtimes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rlhf_vs_sl.json"
+TUNING = RESULTS.with_name("tuning.json")
+RL_ALGORITHMS = ("ppo", "rloo", "grpo", "reinforce_pp")
+WITHOUT_SFT = "rl_without_sft"  # the configured RL algorithm from the model SFT starts from, with it as the reference
 HEADROOM_N = (1, 2, 4, 8, 16, 32, 64)
 MATCHED = "best_of_n_matched"  # best-of-n at PPO's KL
 
@@ -74,20 +87,70 @@ class Matched:
 DEFAULT_MATCHED = Matched(n_max=256, samples=2)
 
 
+def resident_mb() -> float:
+    """This process's resident memory now (Linux's /proc; 0 where there is none)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return 0.0
+    return pages * resource.getpagesize() / 2**20
+
+
+class PeakMemory:
+    """The most resident memory above the start while the block runs, sampled every ``every`` seconds."""
+
+    def __init__(self, every: float = 0.05):
+        self.every, self.peak_mb, self._stop = every, 0.0, threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        self.start = resident_mb()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak_mb = max(self.peak_mb, resident_mb() - self.start)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, resident_mb() - self.start)
+
+
 class Stopwatch:
+    """Each stage's wall time and peak resident memory above its start."""
+
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
 
     def __call__(self, stage: str, fn, *args, **kwargs):
         started = time.perf_counter()
-        result = fn(*args, **kwargs)
+        with PeakMemory() as memory:
+            result = fn(*args, **kwargs)
         self.seconds[stage] = round(time.perf_counter() - started, 1)
-        print(f"[{stage}] {self.seconds[stage]:.1f} s", flush=True)
+        self.peak_mb[stage] = round(memory.peak_mb, 1)
+        print(f"[{stage}] {self.seconds[stage]:.1f} s, peak +{self.peak_mb[stage]:.0f} MB", flush=True)
         return result
 
 
-def train_everything(cfg, watch: Stopwatch, runtime: Runtime) -> dict:
-    """The same stage functions the pipeline's flow calls, on the runtime it runs them on, timed one by one."""
+def rl_settings(algorithms: list[str], tuning: Path) -> dict[str, list[str]]:
+    """Each RL algorithm's overrides: PPO's are params.yaml's own; another's, ``rl.algorithm`` and its pick in the
+    tuning sweep's results (none there: PPO's settings)."""
+    chosen = json.loads(tuning.read_text()).get("chosen", {}) if tuning.exists() else {}
+    return {
+        name: [] if name == "ppo" else [f"rl.algorithm={name}", *(f"{k}={v}" for k, v in chosen.get(name, {}).items())]
+        for name in algorithms
+    }
+
+
+def train_everything(
+    cfg, watch: Stopwatch, runtime: Runtime, rl: dict[str, list[str]] | None = None, without_sft: bool = False
+) -> dict:
+    """The same stage functions the pipeline's flow calls, on the runtime it runs them on, timed one by one; ``rl``:
+    each RL algorithm to train and its overrides (PPO alone by default); ``without_sft``: also the configured RL
+    algorithm from the model SFT starts from (seed reason 5's ablation), as ``rl_without_sft``."""
     rows = generate_synthetic(cfg).rows
     tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
     train_prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
@@ -126,43 +189,57 @@ def train_everything(cfg, watch: Stopwatch, runtime: Runtime) -> dict:
             runtime=runtime,
         )
         policies[name], metrics[name] = result.model, result.metrics
-    snapshots = Snapshots(cfg.selection.candidates, cfg.selection.spacing)
-
-    def ppo():
-        result = recipe.ppo_stage(
-            cfg,
-            tokenizer,
-            sft,
-            reward.model,
-            train_prompts,
-            rows[DEMONSTRATIONS],
-            monitor=judge_monitor(gold_judge(gold_score)),
-            snapshots=snapshots,
-            runtime=runtime,
+    histories = {}
+    for name, overrides in (rl or {"ppo": []}).items():
+        rl_cfg = Config.model_validate(apply_overrides(cfg.model_dump(mode="json"), overrides)) if overrides else cfg
+        result = watch(name, rl_stage, rl_cfg, tokenizer, sft, reward.model, train_prompts, rows, comparisons, runtime)
+        policies[name], metrics[name], histories[name] = result.model, result.metrics, result.history
+    if without_sft:
+        pretrained = recipe.pretrained_policy(cfg, tokenizer)
+        result = watch(
+            WITHOUT_SFT, rl_stage, cfg, tokenizer, pretrained, reward.model, train_prompts, rows, comparisons, runtime
         )
-        return recipe.select_candidate(
-            cfg,
-            result,
-            snapshots.taken,
-            tokenizer,
-            comparisons,
-            lambda: ReviewTask(cfg).labeller("selection"),
-            unit="iteration",
-            runtime=runtime,
+        policies[WITHOUT_SFT], metrics[WITHOUT_SFT], histories[WITHOUT_SFT] = (
+            result.model,
+            result.metrics,
+            result.history,
         )
-
-    ppo_result = watch("ppo", ppo)
-    policies["ppo"], metrics["ppo"] = ppo_result.model, ppo_result.metrics
     return {
         "rows": rows,
         "tokenizer": tokenizer,
         "policies": policies,
         "reward": reward,
         "metrics": metrics,
-        "ppo_history": ppo_result.history,
+        "rl_histories": histories,
         "comparisons": comparisons,
         "runtime": runtime,
     }
+
+
+def rl_stage(cfg, tokenizer, sft, reward_model, train_prompts, rows, comparisons, runtime):
+    """One RL algorithm's stage as the flow runs it: trained, then its snapshot the labeller prefers shipped."""
+    snapshots = Snapshots(cfg.selection.candidates, cfg.selection.spacing)
+    result = recipe.ppo_stage(
+        cfg,
+        tokenizer,
+        sft,
+        reward_model,
+        train_prompts,
+        rows[DEMONSTRATIONS],
+        monitor=judge_monitor(gold_judge(gold_score)),
+        snapshots=snapshots,
+        runtime=runtime,
+    )
+    return recipe.select_candidate(
+        cfg,
+        result,
+        snapshots.taken,
+        tokenizer,
+        comparisons,
+        lambda: ReviewTask(cfg).labeller("selection"),
+        unit="iteration",
+        runtime=runtime,
+    )
 
 
 def best_of_n_headroom(cfg, sft, reward_model, tokenizer, eval_prompts: list[str]) -> dict:
@@ -254,9 +331,23 @@ def evaluate_trained(cfg, trained: dict, matched: Matched = DEFAULT_MATCHED) -> 
         runtime=trained["runtime"],
     )
     for mode in decoding_modes(cfg.evaluation):
+        evaluation[mode.name]["rl_win_rate"] = rl_win_rates(
+            responses[mode.name], list(trained["rl_histories"]), list(cfg.gate.baselines), mode.samples_per_prompt
+        )
         if not mode.greedy:
             add_kl_matched_best_of_n(cfg, trained, evaluation[mode.name], responses[mode.name], mode, matched)
     return evaluation
+
+
+def rl_win_rates(responses: dict, algorithms: list[str], baselines: list[str], samples_per_prompt: int) -> dict:
+    """Every RL algorithm's gold win rate against every supervised baseline, paired by prompt as the gate pairs PPO."""
+    return {
+        name: {
+            baseline: win_rate(responses[name].gold, responses[baseline].gold, samples_per_prompt).as_dict()
+            for baseline in baselines
+        }
+        for name in algorithms
+    }
 
 
 def add_kl_matched_best_of_n(cfg, trained: dict, block: dict, responses: dict, mode, matched: Matched) -> None:
@@ -286,10 +377,10 @@ def add_kl_matched_best_of_n(cfg, trained: dict, block: dict, responses: dict, m
     ).as_dict()
 
 
-def run_seed(cfg, matched: Matched) -> dict:
+def run_seed(cfg, matched: Matched, rl: dict[str, list[str]], without_sft: bool = False) -> dict:
     watch = Stopwatch()
     with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
-        return seed_record(cfg, watch, train_everything(cfg, watch, runtime), matched)
+        return seed_record(cfg, watch, train_everything(cfg, watch, runtime, rl, without_sft), matched)
 
 
 def seed_record(cfg, watch: Stopwatch, trained: dict, matched: Matched) -> dict:
@@ -308,9 +399,26 @@ def seed_record(cfg, watch: Stopwatch, trained: dict, matched: Matched) -> dict:
         trained["tokenizer"],
         eval_prompts,
     )
+    sensitivity = watch(
+        "token_sensitivity",
+        lambda: token_sensitivity.summarise(
+            token_sensitivity.edited_pairs(
+                trained["policies"]["sft"],
+                trained["reward"].model,
+                trained["tokenizer"],
+                eval_prompts,
+                gold_judge(gold_score),
+                cfg.evaluation.token_sensitivity,
+                cfg.model,
+                cfg.seed,
+                trained["runtime"],
+            )
+        ),
+    )
     return {
         "seed": cfg.seed,
         "evaluation": evaluation,
+        "token_sensitivity": sensitivity,
         "reward_model": {
             key: rm.get(key)
             for key in (
@@ -331,9 +439,11 @@ def seed_record(cfg, watch: Stopwatch, trained: dict, matched: Matched) -> dict:
         },
         "label_budgets": recipe.label_budgets(cfg, trained["comparisons"], trained["metrics"]),
         "stage_seconds": watch.seconds,
+        "stage_peak_mb": watch.peak_mb,
         "best_of_n_headroom": headroom,
-        "overoptimisation": overoptimisation_record(trained["ppo_history"], trained["metrics"]["ppo"]),
-        "ppo_history": trained["ppo_history"],
+        "overoptimisation": overoptimisation_record(trained["rl_histories"]["ppo"], trained["metrics"]["ppo"]),
+        "ppo_history": trained["rl_histories"]["ppo"],
+        "rl_histories": {name: h for name, h in trained["rl_histories"].items() if name != "ppo"},
     }
 
 
@@ -361,7 +471,66 @@ def across_seeds(runs: list[dict], difference: float) -> dict:
                 },
             }
         out[mode] = per_policy
-    return {"seeds": [run["seed"] for run in runs], "difference": difference, "evaluation": out}
+    return {
+        "seeds": [run["seed"] for run in runs],
+        "difference": difference,
+        "evaluation": out,
+        "rl_vs_baselines": rl_across_seeds(runs),
+        "five_reasons": reasons_across_seeds(runs, out),
+    }
+
+
+def reasons_across_seeds(runs: list[dict], evaluation: dict) -> list[dict]:
+    """The five reasons' verdicts on the seed-level intervals (the seed is the unit of a claim about a method)."""
+    as_blocks = {
+        mode: {
+            "ppo_win_rate": {
+                name: {"value": row["ppo_win_rate"]["mean"], "ci": row["ppo_win_rate"]["ci"]}
+                for name, row in block.items()
+            }
+        }
+        for mode, block in evaluation.items()
+    }
+    measured = [
+        run["token_sensitivity"] for run in runs if "rm_minus_sft_agreement" in run.get("token_sensitivity", {})
+    ]
+    sensitivity = None
+    if len(measured) == len(runs) and len(runs) > 1:
+        paired = across_seeds_estimate([m["rm_minus_sft_agreement"]["value"] for m in measured])
+        sensitivity = {
+            "pairs": sum(m["pairs"] for m in measured),
+            "rm_agrees": {"value": statistics.fmean(m["rm_agrees"]["value"] for m in measured)},
+            "sft_loss_agrees": {"value": statistics.fmean(m["sft_loss_agrees"]["value"] for m in measured)},
+            "rm_minus_sft_agreement": {"value": paired.mean, "ci": list(paired.ci)},
+        }
+    accuracy = statistics.fmean(run["reward_model"].get("valid_accuracy", float("nan")) for run in runs)
+    return as_records(five_reasons(as_blocks, accuracy, sensitivity))
+
+
+def rl_across_seeds(runs: list[dict]) -> dict:
+    """Per mode, every RL algorithm against every supervised baseline: its win rate and gold difference, the mean over
+    seeds with a t-interval (the seed is the unit)."""
+    out: dict = {}
+    for mode in runs[0]["evaluation"]:
+        blocks = [run["evaluation"][mode] for run in runs]
+        out[mode] = {
+            name: {
+                baseline: {
+                    "win_rate": across_seeds_estimate(
+                        [b["rl_win_rate"][name][baseline]["value"] for b in blocks]
+                    ).as_dict(),
+                    "gold_minus": across_seeds_estimate(
+                        [
+                            b["policies"][name]["gold"]["value"] - b["policies"][baseline]["gold"]["value"]
+                            for b in blocks
+                        ]
+                    ).as_dict(),
+                }
+                for baseline in rates
+            }
+            for name, rates in blocks[0].get("rl_win_rate", {}).items()
+        }
+    return out
 
 
 def print_run(run: dict) -> None:
@@ -397,6 +566,19 @@ def print_run(run: dict) -> None:
             f"shipped snapshot sampled at KL {run['overoptimisation']['shipped']['kl']:.2f}"
         )
     print("stage seconds:", run["stage_seconds"])
+    print("stage peak memory (MB above the stage's start):", run["stage_peak_mb"])
+
+
+def print_rl_across_seeds(summary: dict) -> None:
+    for mode, block in summary["rl_vs_baselines"].items():
+        if not block:
+            continue
+        baselines = list(next(iter(block.values())))
+        print(f"== {mode}: each RL algorithm's win rate against each supervised baseline, mean [95% t-interval] ==")
+        print(f"{'algorithm':<13}" + "".join(f"{b:<24}" for b in baselines))
+        for name, row in block.items():
+            cells = (row[b]["win_rate"] for b in baselines)
+            print(f"{name:<13}" + "".join(f"{c['mean']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]   " for c in cells))
 
 
 def print_across_seeds(summary: dict, baselines: list[str]) -> None:
@@ -415,21 +597,30 @@ def print_across_seeds(summary: dict, baselines: list[str]) -> None:
                 f"{gap['mean']:+.3f} [{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}]   "
                 f"{needed['measured_edge']} / {needed[f'edge_{difference}']}{' (gated)' if name in baselines else ''}"
             )
+    print_rl_across_seeds(summary)
+    print("\n" + format_records(summary["five_reasons"]))
 
 
 def combine(paths: list[Path], out: Path, difference: float) -> int:
     """One result from several runs of this script on other seeds of the same profile and overrides: their runs by
     seed, and the estimate over seeds computed again over all of them."""
     parts = [json.loads(path.read_text()) for path in paths]
-    settings = {(part["profile"], json.dumps(part["overrides"]), json.dumps(part["baselines"])) for part in parts}
+    settings = {
+        tuple(json.dumps(part.get(key)) for key in ("profile", "overrides", "baselines", "rl", "rl_without_sft"))
+        for part in parts
+    }
     if len(settings) > 1:
-        raise SystemExit(f"cannot combine runs of different profiles, overrides or baselines: {sorted(settings)}")
+        raise SystemExit(f"cannot combine runs of different profiles, overrides, baselines or RL: {sorted(settings)}")
     runs = sorted((run for part in parts for run in part["runs"]), key=lambda run: run["seed"])
     seeds = [run["seed"] for run in runs]
     if len(set(seeds)) < len(seeds):
         raise SystemExit(f"a seed appears twice among {seeds}")
     result = {
-        **{key: parts[0][key] for key in ("profile", "overrides", "baselines")},
+        **{
+            key: parts[0][key]
+            for key in ("profile", "overrides", "baselines", "rl", "rl_without_sft")
+            if key in parts[0]
+        },
         "runs": runs,
         "across_seeds": across_seeds(runs, difference),
         "peak_rss_mb": max(part["peak_rss_mb"] for part in parts),
@@ -466,6 +657,21 @@ def main(argv: list[str] | None = None) -> int:
         help="best-of-n at PPO's KL: picks per held-out prompt, each against every PPO sample of it "
         f"(default {DEFAULT_MATCHED.samples})",
     )
+    parser.add_argument(
+        "--rl",
+        nargs="+",
+        choices=RL_ALGORITHMS,
+        default=list(RL_ALGORITHMS),
+        help="the RL algorithms to race (PPO always among them; default: all)",
+    )
+    parser.add_argument(
+        "--rl-without-sft",
+        action="store_true",
+        help="also train the configured RL algorithm from the model SFT starts from (seed reason 5's ablation)",
+    )
+    parser.add_argument(
+        "--tuning", type=Path, default=TUNING, help="the tuning sweep's results: each RL algorithm's settings"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--combine",
@@ -479,15 +685,18 @@ def main(argv: list[str] | None = None) -> int:
     stay_offline()
     warnings.filterwarnings("ignore")
     first = args.seed if args.seed is not None else load_config(args.profile, args.overrides).tuning.evaluation_seed
+    rl = rl_settings(list(dict.fromkeys(["ppo", *args.rl])), args.tuning)
     runs = []
     for seed in range(first, first + args.seeds):  # the file is written after every seed: a stopped run keeps its seeds
         cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
-        runs.append(run_seed(cfg, Matched(args.matched_n_max, args.matched_samples)))
+        runs.append(run_seed(cfg, Matched(args.matched_n_max, args.matched_samples), rl, args.rl_without_sft))
         print_run(runs[-1])
         result = {
             "profile": cfg.profile,
             "overrides": args.overrides,
             "baselines": list(cfg.gate.baselines),
+            "rl": rl,
+            "rl_without_sft": args.rl_without_sft,
             "runs": runs,
             "across_seeds": across_seeds(runs, args.difference),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -1,5 +1,6 @@
-"""The tuning sweep: PPO and every supervised baseline get the same number of configurations, on a tuning seed
-that is none of the evaluation seeds, and each is judged by held-out preference labels, never by gold.
+"""The tuning sweep: every RL algorithm (PPO, RLOO, GRPO, REINFORCE++) and every supervised baseline get the same
+number of configurations, on a tuning seed that is none of the evaluation seeds, and each is judged by held-out
+preference labels, never by gold.
 
     python benchmarks/tune.py [--profile default] [--seed TUNING_SEED] [--only ppo dpo ...] [--set key=value ...]
 
@@ -63,6 +64,16 @@ GRID: dict[str, list[dict[str, object]]] = {
         for iterations in (80, 160)
         for kl_coef in (0.1, 0.05, 0.02)
     ],
+    # the critic-free RL algorithms: PPO's learning rates and KL penalties (their own optimum may lie elsewhere: no
+    # critic, and RLOO and GRPO sample k = 4 responses of a quarter of the prompts), one reward model like PPO's pick
+    **{
+        algorithm: [
+            {"rl.algorithm": algorithm, "ppo.lr": lr, "ppo.kl.kl_coef": kl_coef}
+            for lr in (5.0e-5, 1.0e-4, 2.0e-4)
+            for kl_coef in (0.1, 0.05)
+        ]
+        for algorithm in ("rloo", "grpo", "reinforce_pp")
+    },
     "dpo": [
         {"baselines.dpo.beta": beta, "baselines.dpo.epochs": epochs}
         for beta in (0.1, 0.3, 1.0)
@@ -90,10 +101,13 @@ def overrides_of(config: dict[str, object]) -> list[str]:
     return [f"{key}={value}" for key, value in config.items()]
 
 
+RL_METHODS = ("ppo", "ppo_length", "rloo", "grpo", "reinforce_pp")
+
+
 def training_passes(method: str, config: dict[str, object], base) -> float:
-    """What a configuration costs to train, in passes: epochs for a supervised baseline; for PPO the reward models it
-    needs trained, times its iterations over the profile's."""
-    if method.startswith("ppo"):
+    """What a configuration costs to train, in passes: epochs for a supervised baseline; for an RL algorithm the
+    reward models it needs trained, times its iterations over the profile's."""
+    if method in RL_METHODS:
         members = float(config.get("reward.ensemble_size", base.reward.ensemble_size))
         return members * float(config.get("ppo.iterations", base.ppo.iterations)) / base.ppo.iterations
     return float(config.get(f"baselines.{method}.epochs", getattr(base.baselines, method).epochs))
@@ -203,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ).model
     # the shared reward models: as many members as any PPO configuration reads; member k is the same model whatever
     # the ensemble's size (its seed is seed + k), so a configuration with fewer members reads the first ones
-    ppo_configs = [c for m in args.only if m.startswith("ppo") for c in GRID[m]]
+    ppo_configs = [c for m in args.only if m in RL_METHODS for c in GRID[m]]
     members = max(int(c.get("reward.ensemble_size", cfg.reward.ensemble_size)) for c in [{}, *ppo_configs])
     reward = recipe.reward_stage(
         load_config(args.profile, [*args.overrides, f"seed={seed}", f"reward.ensemble_size={members}"]),
@@ -230,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             def selection_labeller(task=task):
                 return task.labeller("selection")
 
-            if method.startswith("ppo"):
+            if method in RL_METHODS:
                 snapshots = Snapshots(run_cfg.selection.candidates)
                 first = members_of(reward.model)[: run_cfg.reward.ensemble_size]
                 reward_model = first[0] if len(first) == 1 else RewardEnsemble(first)

@@ -272,6 +272,12 @@ class ComparisonsConfig(Section):
 class RewardConfig(OptimConfig):
     """The reward model: -log sigmoid(r(chosen) - r(rejected)), read at the last response token."""
 
+    loss: Literal["pairwise", "plackett_luce"] = Field(
+        "pairwise",
+        description="pairwise: every pair of a ranked group (InstructGPT) | plackett_luce: the likelihood of each "
+        "group's whole ranking (a group whose pairs are not one complete ranking falls back to its pairs)",
+    )
+
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of comparisons held out for accuracy")
     select_epoch: bool = Field(
         True, description="keep the epoch whose held-out groups' loss is lowest (false: the last epoch)"
@@ -491,6 +497,14 @@ class JudgeConfig(Section):
         return self
 
 
+class TokenSensitivityConfig(Section):
+    """Seed reason 3, measured: one-token edits of SFT's answers that change the judge's score, and whether SFT's
+    token-level loss or the reward model follows the change."""
+
+    prompts: int = Field(200, ge=0, description="held-out prompts, one edited answer each (0: not measured)")
+    tries: int = Field(8, ge=1, description="random one-token edits tried per answer until one changes its score")
+
+
 class EvaluationConfig(Section):
     """Held-out evaluation: every policy decoded the same way, seeded."""
 
@@ -504,6 +518,7 @@ class EvaluationConfig(Section):
         8, ge=0, description="held-out prompts shown with every policy's response in the example table"
     )
     judge: JudgeConfig = JudgeConfig()
+    token_sensitivity: TokenSensitivityConfig = TokenSensitivityConfig()
 
 
 class OveroptimisationConfig(Section):

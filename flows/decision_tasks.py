@@ -16,7 +16,8 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from components.adapters import plots
 from components.adapters.tracking import CHALLENGER, CHAMPION, flatten
 from components.config import Config
-from components.evaluation import pairwise
+from components.evaluation import pairwise, token_sensitivity
+from components.evaluation.five_reasons import as_records, five_reasons, format_reasons, format_records
 from components.evaluation.gate import decide_report
 from components.evaluation.judges import judge_facts, make_judge
 from components.evaluation.overoptimisation import shipped_iteration
@@ -65,7 +66,9 @@ def mlflow_links(tracking: Tracking, registry: dict) -> dict[str, str]:
 
 
 @task(name="report", cache_policy=NO_CACHE, retry_condition_fn=transient)
-def report(ctx: RunContext, trained: Trained, evaluation: dict, decision: dict, registry: dict) -> str:
+def report(
+    ctx: RunContext, trained: Trained, evaluation: dict, decision: dict, registry: dict, why: dict | None = None
+) -> str:
     """The flow run's report: evaluation table, decision with reasons, links; and a metrics table."""
     cfg = ctx.cfg
     links = mlflow_links(ctx.tracking, registry)
@@ -74,7 +77,8 @@ def report(ctx: RunContext, trained: Trained, evaluation: dict, decision: dict, 
     markdown = "\n".join(
         [
             f"# RLHF pipeline: {decision['decision'].upper()}",
-            f"profile `{cfg.profile}`, seed {cfg.seed}, data `{ctx.data.md5}`",
+            f"profile `{cfg.profile}`, seed {cfg.seed}, data `{ctx.data.md5}`, RL algorithm `{cfg.rl.algorithm}` "
+            "(the policy named ppo below)",
             "",
             "## Evaluation",
             f"judge: {judge['kind']} `{judge['name']}`",
@@ -92,6 +96,7 @@ def report(ctx: RunContext, trained: Trained, evaluation: dict, decision: dict, 
             decision["summary"],
             "```",
             "",
+            *(["## Five reasons", "```", format_records(why["reasons"]), "```", ""] if why else []),
             "## Registry",
             f"`{registry['name']}` version {registry['version']} ({registry['decision']}); "
             f"champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}",
@@ -144,14 +149,19 @@ def register_with_retries(ctx: RunContext, *args) -> dict:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(ctx: RunContext, trained: Trained) -> dict:
+def run_judge(ctx: RunContext, trained: Trained):
+    """The run's judge (None: people), made and refused before anything is judged; never the RM PPO optimised."""
     cfg = ctx.cfg
-    # the judge is made (and refused) before anything is evaluated; never the reward model PPO optimised
     optimised = [StageStore(ctx.root).path(stage_home(cfg, "reward_model"), trained.reward_model.key)]
     gold = ctx.environment.gold if ctx.environment is not None else None
-    judge = make_judge(
+    return make_judge(
         cfg.evaluation.judge, cfg.model, gold, optimised, runtimes.flow_device(cfg), cfg.timeouts.judge_call_seconds
     )
+
+
+def evaluate(ctx: RunContext, trained: Trained) -> dict:
+    cfg = ctx.cfg
+    judge = run_judge(ctx, trained)
     facts = judge_facts(cfg.evaluation.judge)
     pairs: list[pairwise.Pair] = []  # for people, who judge PPO against each policy pair by pair
     round_id = human_judging.round_id(ctx, trained)
@@ -233,6 +243,38 @@ def launched_decodings(ctx: RunContext, trained: Trained, run) -> dict[tuple[str
     run.set_tags({f"runtime.{key}": value for key, value in result.placement.items()})
     run.log_metrics({"decode_seconds": result.seconds})
     return {tuple(name.split("/")): Responses(**responses) for name, responses in result.model.items()}
+
+
+@task(name="five reasons", cache_policy=NO_CACHE)
+def reasons(ctx: RunContext, trained: Trained, evaluation: dict) -> dict:
+    """Each of the five reasons for RL over SL mapped to this run's measurements, with its verdict; reason 3's own
+    measurement (one-token edits of SFT's answers) made here, where an automatic judge scores them."""
+    cfg = ctx.cfg
+    sensitivity = None
+    with recorded(ctx.tracking.stage("five_reasons")) as run:
+        judge = run_judge(ctx, trained) if cfg.evaluation.token_sensitivity.prompts else None
+        if judge is not None:
+            with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
+                pairs = token_sensitivity.edited_pairs(
+                    trained.sft.model,
+                    trained.reward_model.model,
+                    ctx.tokenizer,
+                    ctx.data.eval_prompts,
+                    judge,
+                    cfg.evaluation.token_sensitivity,
+                    cfg.model,
+                    cfg.seed,
+                    runtime,
+                )
+            sensitivity = token_sensitivity.summarise(pairs)
+            run.log_dict(sensitivity, "token_sensitivity.json")
+            if pairs:
+                run.log_figure(plots.token_sensitivity(pairs), "plots/token_sensitivity.png")
+        found = five_reasons(evaluation, trained.reward_model.metrics.get("valid_accuracy"), sensitivity)
+        run.log_dict(as_records(found), "five_reasons.json")
+        run.set_tags({f"reason.{reason.number}": reason.verdict for reason in found})
+        create_markdown_artifact(key="five-reasons", markdown=f"```\n{format_reasons(found)}\n```")
+    return {"token_sensitivity": sensitivity, "reasons": as_records(found)}
 
 
 @task(name="gate", cache_policy=NO_CACHE)

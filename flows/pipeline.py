@@ -87,6 +87,7 @@ from prefect.states import Completed, State
 from components.adapters import run_records, versioning
 from components.adapters.tracking import TrackingUnavailable
 from components.adapters.versioning import DataDrift
+from components.evaluation.five_reasons import format_records
 from components.evaluation.judges import JudgeError, judge_facts
 from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
@@ -173,9 +174,10 @@ def rlhf_pipeline(
             evaluation = decision_tasks.evaluate(ctx, trained)
             if cfg.evaluation.judge.kind == "human":  # the flow run pauses until people's labels come in
                 evaluation = human_judging.judged_by_people(ctx, evaluation)
+            why = decision_tasks.reasons(ctx, trained, evaluation)  # measured before the registry moves
             decision = decision_tasks.gate(ctx, trained, evaluation)
             registry = decision_tasks.register_with_retries(ctx, trained, decision)
-            decision_tasks.report_with_retries(ctx, trained, evaluation, decision, registry)
+            decision_tasks.report_with_retries(ctx, trained, evaluation, decision, registry, why)
             training_tasks.prune_stage_outputs(ctx, trained)
         except Pause:  # suspended while people label (a deployment's run): resumed, the flow runs again
             suspend_tracking(tracking)
@@ -213,6 +215,8 @@ def rlhf_pipeline(
             "budgets": decision_tasks.comparison_terms(ctx, trained),
             "decision": decision,
             "registry": registry,
+            "five_reasons": why,
+            "rl_algorithm": cfg.rl.algorithm,
             "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
             "flow_run_id": str(flow_run.id) if flow_run.id else None,
             "run_dir": str(tracking.run_dir),
@@ -293,9 +297,11 @@ def _print_summary(result: dict, seconds: float) -> None:
     again = " (the same files passed the same suites before; not run again)" if result["validation"]["reused"] else ""
     print(f"validation   : passed{again}; Data Docs at {result['validation']['data_docs']}")
     print(f"prepared     : {result['prepared']}")
+    print(f"rl algorithm : {result['rl_algorithm']} (the policy named ppo below)")
     print(format_table(result["evaluation"], result["judge"]))
     print(format_budgets(result["budgets"]))
     print(f"\n{result['decision']['summary']}")
+    print(f"\n{format_records(result['five_reasons']['reasons'])}")
     registry = result["registry"]
     print(
         f"\nregistry     : {registry['name']} version {registry['version']} ({registry['decision']}); "

@@ -33,6 +33,7 @@ SHARED_MODULES = {
     "tests/model/test_rounds.py": "tiny-models",
     "tests/model/test_selection.py": "tiny-models",
     "tests/model/test_sft.py": "tiny-models",
+    "tests/model/test_token_sensitivity.py": "tiny-models",
 }
 # handed out first, longest first (minutes each, measured), so that no worker starts a long one last
 LONGEST_FIRST = (

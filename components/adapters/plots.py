@@ -6,6 +6,8 @@ the MLflow adapter logs them as PNG. The non-interactive Agg backend is used: no
 
 from __future__ import annotations
 
+import statistics
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -137,3 +139,27 @@ def overoptimisation(history: list[dict], fit: dict, shipped_iteration: int | No
 
 def close(fig: Figure) -> None:
     plt.close(fig)
+
+
+def token_sensitivity(pairs) -> Figure:
+    """Seed reason 3: for one-token edits that change the judge's score, the judge's change against the reward model's
+    and against SFT's loss (its fall: a lower loss means SFT likes the edit better), each in units of its spread."""
+
+    def changes(values: list[tuple[float, float]]) -> list[float]:
+        spread = statistics.pstdev([v[0] for v in values]) or 1.0
+        return [(v[1] - v[0]) / spread for v in values]
+
+    gold = changes([p.gold for p in pairs])
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(gold, changes([p.rm for p in pairs]), s=10, label="reward model score", color="tab:blue")
+    ax.scatter(
+        gold, [-c for c in changes([p.sft_loss for p in pairs])], s=10, label="SFT loss, falling", color="tab:red"
+    )
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("judge's change (its spreads)")
+    ax.set_ylabel("change (its spreads)")
+    ax.set_title("One-token edits of SFT's answers")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -78,13 +78,16 @@ def comparison_labeller(cfg: Config, rank: Ranker, demonstrations: list[dict]) -
     return sampled_labeller(rank, cfg.validation.min_response_words, prompt_ids)
 
 
+def pretrained_policy(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """What SFT starts from: the user's local model, or one initialised from the seed for training from scratch."""
+    return build_policy(cfg.model, tokenizer, cfg.seed)
+
+
 def sft_stage(
     cfg: Config, tokenizer: PreTrainedTokenizerBase, demonstrations: list[dict], log=None, runtime: Runtime = SINGLE
 ) -> StageResult:
     # a model trained from scratch is trained in full: adapters adapt a trained one
-    policy = lora.for_training(
-        build_policy(cfg.model, tokenizer, cfg.seed), cfg.model, adapters=cfg.model.source == "local"
-    )
+    policy = lora.for_training(pretrained_policy(cfg, tokenizer), cfg.model, adapters=cfg.model.source == "local")
     return timed(train_sft)(policy, tokenizer, demonstrations, cfg.sft, cfg.model, cfg.seed, log=log, runtime=runtime)
 
 

@@ -1,4 +1,5 @@
-"""Reward model (InstructGPT step 3): loss = -log sigmoid(r(chosen) - r(rejected)).
+"""Reward model (InstructGPT step 3): loss = -log sigmoid(r(chosen) - r(rejected)), or (``reward.loss:
+plackett_luce``) the listwise likelihood of each group's whole ranking.
 
 The reward model is the SFT transformer with a fresh scalar head; r(x, y) is the head's output at
 the last response token (EOS when the response ended). As in InstructGPT, the K*(K-1)/2 pairs of
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -48,6 +50,26 @@ def reward_loss(
     """Mean of -log sigmoid(r(chosen) - r(rejected)) over pairs: (B,), (B,) -> scalar (``mean``: over these pairs,
     or this part's share of the global batch's mean)."""
     return mean(-F.logsigmoid(chosen_rewards - rejected_rewards))
+
+
+def plackett_luce_terms(ranked_rewards: torch.Tensor) -> torch.Tensor:
+    """-log P(ranking) under Plackett-Luce, term by term: (K,) rewards best first -> (K - 1,) terms
+    log sum_{s >= t} exp(r_s) - r_t, the surprise of each place's pick among the responses still unplaced. For K = 2
+    it is the pairwise loss -log sigmoid(r_chosen - r_rejected)."""
+    still_unplaced = torch.logcumsumexp(ranked_rewards.flip(0), dim=0).flip(0)
+    return (still_unplaced - ranked_rewards)[:-1]
+
+
+def group_ranking(rows: Sequence[dict]) -> list[str] | None:
+    """A group's responses best first, when its rows are every pair of one strict order (a complete, transitive
+    ranking: the k-th best wins exactly K - k of its pairs); None otherwise (pairs left out, a cycle, a tie)."""
+    wins = Counter(row["chosen"] for row in rows)
+    responses = {row[side] for row in rows for side in ("chosen", "rejected")}
+    k = len(responses)
+    if len(rows) != k * (k - 1) // 2:
+        return None
+    ranking = sorted(responses, key=lambda response: -wins[response])
+    return ranking if [wins[r] for r in ranking] == list(range(k - 1, -1, -1)) else None
 
 
 def pairwise_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
@@ -262,26 +284,52 @@ def normalise_rewards(
     return offset, scale
 
 
-def reward_objective(tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig, device: torch.device) -> Objective:
-    """The mean over every pair of the global batch's ranked groups of -log sigmoid(r(chosen) - r(rejected))."""
+def reward_objective(
+    tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig, device: torch.device, listwise: bool = False
+) -> Objective:
+    """The mean over every pair of the global batch's ranked groups of -log sigmoid(r(chosen) - r(rejected)); or,
+    ``listwise``, the mean over the Plackett-Luce terms of each group's whole ranking (K - 1 terms for K responses),
+    a group whose pairs are not one complete ranking (``group_ranking``) contributing its pairs' terms instead. The
+    accuracy and margin are the pairs' either way."""
 
     def encode(groups: list[list[dict]]):
         rows = [row for group in groups for row in group]
         batch, chosen, rejected = encode_distinct(tokenizer, rows, model_cfg)
-        inputs = (batch.to(device), chosen.to(device), rejected.to(device))
-        pairs = torch.tensor(float(len(rows)), device=device)
-        return inputs, {"pairs": pairs, INPUT_TOKENS: inputs[0].attention_mask.float().sum()}
+        rankings, pairwise = [], torch.ones(len(rows), dtype=torch.bool)
+        if listwise:
+            at = {
+                (row["prompt"], row[side]): int(i)
+                for row, c, r in zip(rows, chosen, rejected)
+                for side, i in (("chosen", c), ("rejected", r))
+            }
+            start = 0
+            for group in groups:
+                ranking = group_ranking(group)
+                if ranking is not None and len(ranking) > 1:
+                    rankings.append(torch.tensor([at[(group[0]["prompt"], r)] for r in ranking], device=device))
+                    pairwise[start : start + len(group)] = False
+                start += len(group)
+        terms = sum(len(r) - 1 for r in rankings) + int(pairwise.sum())
+        inputs = (batch.to(device), chosen.to(device), rejected.to(device), rankings, pairwise.to(device))
+        counts = {
+            "pairs": float(len(rows)),
+            "terms": float(terms),
+            INPUT_TOKENS: inputs[0].attention_mask.float().sum(),
+        }
+        return inputs, {name: torch.as_tensor(count, device=device) for name, count in counts.items()}
 
     def loss(model: torch.nn.Module, inputs, mean: Means):
-        batch, chosen, rejected = inputs
+        batch, chosen, rejected, rankings, pairwise = inputs
         rewards = sequence_scores(model, batch)  # (distinct responses,): ``model`` is the prepared TokenScores
         chosen_rewards, rejected_rewards = rewards[chosen], rewards[rejected]
         pair_mean = partial(mean, "pairs")
         margin = (chosen_rewards - rejected_rewards).detach()
-        return reward_loss(chosen_rewards, rejected_rewards, pair_mean), {
-            "accuracy": pair_mean((margin > 0).float()),
-            "margin": pair_mean(margin),
-        }
+        metrics = {"accuracy": pair_mean((margin > 0).float()), "margin": pair_mean(margin)}
+        if not listwise:
+            return reward_loss(chosen_rewards, rejected_rewards, pair_mean), metrics
+        pair_terms = -F.logsigmoid(chosen_rewards - rejected_rewards)[pairwise]
+        terms = torch.cat([pair_terms, *(plackett_luce_terms(rewards[ranking]) for ranking in rankings)])
+        return mean("terms", terms), metrics
 
     return Objective(encode, loss)
 
@@ -313,7 +361,7 @@ def train_reward_model(
     torch.manual_seed(seed + member)  # the fresh head's initialisation
     model = lora.for_training(scalar_model_from(policy), model_cfg, heads=lora.SCALAR_HEADS)
     counts = lora.parameter_counts(model)
-    objective = reward_objective(tokenizer, model_cfg, runtime.device)
+    objective = reward_objective(tokenizer, model_cfg, runtime.device, listwise=cfg.loss == "plackett_luce")
     groups = group_comparisons(train)
     epoch_ends = EpochEnds(steps_per_epoch=len(groups) / cfg.batch_size) if cfg.select_epoch and valid else None
     trained, history = train_supervised(

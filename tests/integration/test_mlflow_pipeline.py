@@ -72,6 +72,7 @@ def test_each_pipeline_run_is_a_parent_with_a_nested_run_per_stage(runs, client)
         "baseline_dpo",
         "ppo",
         "evaluation",
+        "five_reasons",
         "gate",
     } <= names
     assert all(run.info.status == "FINISHED" for run in children.values())
@@ -86,6 +87,16 @@ def artifact_paths(client, run_id, path=None) -> set[str]:
     for item in client.list_artifacts(run_id, path):
         found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
     return found
+
+
+def test_the_five_reasons_get_a_verdict_each_and_reason_three_its_own_measurement(runs, client):
+    reasons = stage(client, runs, "five_reasons")
+    verdicts = {key: value for key, value in reasons.data.tags.items() if key.startswith("reason.")}
+    assert set(verdicts) == {f"reason.{n}" for n in range(1, 6)}
+    assert set(verdicts.values()) <= {"confirmed", "refuted", "inconclusive", "not measured"}
+    assert verdicts["reason.3"] != "not measured"  # the gold judge scores the one-token edits
+    found = artifact_paths(client, reasons.info.run_id)
+    assert {"five_reasons.json", "token_sensitivity.json", "plots/token_sensitivity.png"} <= found
 
 
 def test_metrics_are_logged_per_step_and_final(runs, client):

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.slow  # the benchmark end to end
 
 REPO = Path(__file__).resolve().parents[2]
 POLICIES = ("sft", "chosen", "top_ranked", "combined", "dpo")
+RL = ("ppo", "rloo", "grpo", "reinforce_pp")
 
 
 def benchmark(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -24,10 +25,13 @@ def benchmark(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
     out = tmp_path / "rlhf_vs_sl.json"
-    done = benchmark("--profile", "smoke", "--seeds", "2", "--seed", "3", "--out", str(out), timeout=900)
+    done = benchmark(
+        "--profile", "smoke", "--seeds", "2", "--seed", "3", "--rl-without-sft", "--out", str(out), timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["profile"] == "smoke" and result["baselines"] == list(POLICIES)
+    assert set(result["rl"]) == set(RL) and result["rl"]["ppo"] == [] and "rl.algorithm=grpo" in result["rl"]["grpo"]
     assert [run["seed"] for run in result["runs"]] == [3, 4] and result["across_seeds"]["seeds"] == [3, 4]
     for run in result["runs"]:
         assert set(run["evaluation"]) == {"sample", "greedy"}
@@ -42,7 +46,17 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
         assert matched["ppo_kl"] == run["evaluation"]["sample"]["policies"]["ppo"]["kl"]
         assert 0 <= run["evaluation"]["sample"]["ppo_win_rate"]["best_of_n_matched"]["ci"][0] <= 1
         assert 0 <= run["reward_model"]["accuracy_gold"] <= 1
-        assert {"sft", "comparisons", "reward", *POLICIES[1:], "ppo", "evaluation"} <= set(run["stage_seconds"])
+        assert {"sft", "comparisons", "reward", *POLICIES[1:], *RL, "evaluation"} <= set(run["stage_seconds"])
+        assert set(run["stage_peak_mb"]) == set(run["stage_seconds"]) and min(run["stage_peak_mb"].values()) >= 0
+        assert set(run["rl_histories"]) == {*RL[1:], "rl_without_sft"}
+        for block in run["evaluation"].values():  # every RL algorithm against every supervised baseline
+            assert set(block["rl_win_rate"]) == {*RL, "rl_without_sft"}
+            assert set(block["rl_win_rate"]["grpo"]) == set(POLICIES)
+            assert "rl_without_sft" in block["ppo_win_rate"]  # reason 5: SFT + RL against RL alone
+            # PPO's row is the gate's own comparison, computed apart
+            for baseline in POLICIES:
+                ppo, gate = block["rl_win_rate"]["ppo"][baseline], block["ppo_win_rate"][baseline]
+                assert (ppo["value"], ppo["ci"]) == (gate["value"], gate["ci"])
         budgets = run["label_budgets"]
         assert budgets["sft"]["total"] == 0 and budgets["ppo"]["train_pairs"] == budgets["dpo"]["train_pairs"] > 0
         assert (
@@ -57,6 +71,16 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
             # t on 1 degree of freedom: 12.706 * sd / sqrt(2), sd = |a - b| / sqrt(2)
             half = 12.7062 * abs(per_seed[0] - per_seed[1]) / 2
             assert win["ci"] == pytest.approx([win["mean"] - half, win["mean"] + half], rel=1e-4, abs=1e-9)
+    for mode, block in result["across_seeds"]["rl_vs_baselines"].items():
+        for name, row in block.items():
+            for baseline, cell in row.items():
+                per_seed = [run["evaluation"][mode]["rl_win_rate"][name][baseline]["value"] for run in result["runs"]]
+                assert cell["win_rate"]["values"] == per_seed
+                assert cell["win_rate"]["mean"] == pytest.approx(sum(per_seed) / 2)
+    assert "each RL algorithm's win rate against each supervised baseline" in done.stdout
+    reasons = result["across_seeds"]["five_reasons"]  # on the seed-level intervals
+    assert [r["number"] for r in reasons] == [1, 2, 3, 4, 5] and "Five reasons for RL over SL" in done.stdout
+    assert all(run["token_sensitivity"]["pairs"] >= 0 for run in result["runs"])
     for run in result["runs"]:
         curve = run["best_of_n_headroom"]
         assert curve["n"][0] == 1 and curve["gold_picks"][0] == pytest.approx(

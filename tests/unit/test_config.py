@@ -111,7 +111,10 @@ def test_the_tuning_sweep_gives_every_method_the_same_budget_of_valid_configurat
     tune = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tune)
     cfg = load_config("default")
-    assert set(tune.GRID) == {"ppo", "ppo_length", *cfg.gate.baselines} - {"sft"}  # ppo_length: PPO's second sweep
+    rl = {"ppo", "ppo_length", "rloo", "grpo", "reinforce_pp"}  # ppo_length: PPO's second sweep
+    assert set(tune.GRID) == rl | set(cfg.gate.baselines) - {"sft"}
+    for algorithm in ("rloo", "grpo", "reinforce_pp"):  # each critic-free algorithm tunes itself, not PPO
+        assert {c["rl.algorithm"] for c in tune.GRID[algorithm]} == {algorithm}
     for method, configs in tune.GRID.items():
         assert len(configs) == cfg.tuning.configurations_per_method, method
         assert len({str(c) for c in configs}) == len(configs), method
@@ -120,6 +123,7 @@ def test_the_tuning_sweep_gives_every_method_the_same_budget_of_valid_configurat
     # training passes, by hand: PPO's reward models times its iterations over the profile's 80; a baseline's epochs
     assert tune.training_passes("ppo_length", {"ppo.iterations": 160, "ppo.kl.kl_coef": 0.05}, cfg) == 2.0
     assert tune.training_passes("ppo", {"reward.ensemble_size": 3}, cfg) == 3.0
+    assert tune.training_passes("grpo", {"rl.algorithm": "grpo", "ppo.lr": 1e-4}, cfg) == 1.0
     assert tune.training_passes("dpo", {"baselines.dpo.epochs": 2.0}, cfg) == 2.0
 
 

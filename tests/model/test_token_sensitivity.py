@@ -1,0 +1,39 @@
+"""Reason 3's measurement on the tiny models: each kept pair is one token apart, scored differently by the judge, and
+its SFT loss and reward are what a forward pass over that one example alone gives (no batch, no padding)."""
+
+import torch
+
+from components.config import TokenSensitivityConfig
+from components.data.files import EVAL_PROMPTS
+from components.evaluation.token_sensitivity import edited_pairs
+from components.models.batching import encode_examples, response_logprobs
+from components.models.ensemble import reward_scores
+from tests.model.conftest import SEED, TINY
+
+
+def letters(prompts, texts, ended):
+    """A judge that any replaced word of another length moves: the response's letters."""
+    return [float(sum(len(word) for word in text.split())) for text in texts]
+
+
+def test_each_pair_is_one_token_apart_and_scored_as_it_would_be_alone(
+    tiny_sft, tiny_reward_model, tokenizer, smoke_rows
+):
+    prompts = [row["prompt"] for row in smoke_rows[EVAL_PROMPTS]][:20]
+    cfg = TokenSensitivityConfig(prompts=20, tries=8)
+    pairs = edited_pairs(tiny_sft[0], tiny_reward_model[0], tokenizer, prompts, letters, cfg, TINY, SEED)
+    assert len(pairs) >= 15  # a random word of another length is the rule, not the exception
+    assert len({pair.prompt for pair in pairs}) == len(pairs)  # one pair per prompt: the prompt is the unit
+    for pair in pairs:
+        original, edited = pair.original.split(), pair.edited.split()
+        assert len(original) == len(edited) and sum(a != b for a, b in zip(original, edited)) == 1
+        assert pair.gold == tuple(letters(None, [pair.original, pair.edited], None))
+        assert pair.gold[0] != pair.gold[1]
+        for k, text in enumerate((pair.original, pair.edited)):
+            alone = encode_examples(tokenizer, [pair.prompt], [text], TINY.max_prompt_tokens, TINY.max_response_tokens)
+            with torch.no_grad():
+                nll = -response_logprobs(tiny_sft[0], alone)[alone.response_mask.bool()].mean().item()
+                reward = reward_scores(tiny_reward_model[0], alone).item()
+            assert abs(pair.sft_loss[k] - nll) < 1e-4 and abs(pair.rm[k] - reward) < 1e-4, (k, pair)
+    again = edited_pairs(tiny_sft[0], tiny_reward_model[0], tokenizer, prompts, letters, cfg, TINY, SEED)
+    assert again == pairs  # seeded
