@@ -20,6 +20,9 @@ more only when the labels can tell that it is better.
 Writes benchmarks/results/tuning.json and prints the table (also written as tuning.md).
 
     python benchmarks/tune.py --from-results benchmarks/results/tuning.json   # re-apply the rule, no training
+    python benchmarks/tune.py --merge part1.json part2.json ...              # sweeps run apart (one per core), one
+                                                                              # table; a later file's row replaces an
+                                                                              # earlier one's of the same configuration
 """
 
 from __future__ import annotations
@@ -151,6 +154,34 @@ def write_table(results: list[dict], chosen: dict[str, dict], out: Path, record:
     return "\n".join(table)
 
 
+def merge(paths: list[Path], out: Path, base) -> int:
+    """Sweeps run apart (other methods, or other configurations of one, one per core) on the same tuning seed, as one
+    table: every configuration's row, a later file's replacing an earlier one's."""
+    records = [json.loads(path.read_text()) for path in paths]
+    settings = {(r["profile"], r["tuning_seed"], json.dumps(r["overrides"])) for r in records}
+    if len(settings) > 1:
+        raise SystemExit(f"cannot merge sweeps of different profiles, seeds or overrides: {sorted(settings)}")
+    rows = {(row["method"], json.dumps(row["config"], sort_keys=True)): row for r in records for row in r["results"]}
+    results = sorted(rows.values(), key=lambda row: list(GRID).index(row["method"]) if row["method"] in GRID else -1)
+    for row in results:
+        row["passes"] = training_passes(row["method"], row["config"], base)
+    counts = {
+        method: sum(row["method"] == method for row in results)
+        for method in dict.fromkeys(r["method"] for r in results)
+    }
+    # a method is chosen among its own rows only, so parts may differ in what the code recorded of its selection
+    record = {
+        **{key: records[-1][key] for key in ("profile", "tuning_seed", "overrides", "selection", "rule")},
+        "configurations_per_method": counts,
+        "merged_from": [
+            {"file": path.name, "methods": sorted({row["method"] for row in r["results"]}), "selection": r["selection"]}
+            for path, r in zip(paths, records)
+        ],
+    }
+    print(write_table(results, choose(results, record["selection"]["prompts"], base), out, record))
+    return 0
+
+
 def diagnostic_gold(cfg, policy, tokenizer, eval_prompts: list[str]) -> float:
     """Mean gold of one sampled answer per held-out evaluation prompt: printed, never used to choose."""
     out = sample_responses(
@@ -185,10 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=RESULTS / "tuning.json")
     parser.add_argument("--from-results", type=Path, help="re-apply the choice rule to a results file; no training")
+    parser.add_argument("--merge", type=Path, nargs="+", help="one table from several results files; no training")
     args = parser.parse_args(argv)
     stay_offline()
     warnings.filterwarnings("ignore")
     base = load_config(args.profile, args.overrides)
+    if args.merge:
+        return merge(args.merge, args.out, base)
     if args.from_results:
         record = json.loads(args.from_results.read_text())
         results = record.pop("results")

@@ -2,6 +2,7 @@
 sweep included), on a user's files none."""
 
 from components.config import load_config
+from components.evaluation.five_reasons import as_records, five_reasons
 from components.evaluation.judges import judge_facts
 from components.evaluation.report import format_budgets
 from flows.decision_tasks import tuning_budgets
@@ -81,7 +82,11 @@ def test_the_terminal_summary_names_the_users_judge_not_gold(capsys):
         "mlflow": {"uri": "sqlite:///x.db", "run_id": "r"},
         "run_dir": "runs/r",
         "flow_run_id": "f",
+        "rl_algorithm": "rloo",
     }
+    result["five_reasons"] = {"reasons": as_records(five_reasons(result["evaluation"], 0.7, None))}
     pipeline._print_summary(result, 1.0)
     out = capsys.readouterr().out
     assert "(scored by the python judge 'm:f')" in out and "PPO judge win rate" in out and "gold" not in out
+    assert "rl algorithm : rloo" in out
+    assert "5. CONFIRMED: SFT and RL work in combination (ppo vs sft, sample: 0.600 [0.550, 0.650])" in out
