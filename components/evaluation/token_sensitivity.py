@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,12 +19,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, TokenSensitivityConfig
 from components.evaluation.intervals import mean_ci, wilson
-from components.evaluation.policy_eval import DecodingMode, sample_responses
+from components.evaluation.policy_eval import DecodingMode, Scores, sample_responses
 from components.models.batching import encode_examples, response_logprobs
 from components.models.ensemble import reward_scores
 from components.models.runtime import SINGLE, Runtime
-
-Scores = Callable[[list[str], list[str], list[bool]], list[float]]  # the judge: (prompts, texts, ended) -> scores
 
 
 @dataclass

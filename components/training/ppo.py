@@ -530,11 +530,17 @@ def train_ppo(
             trained.requires_grad_(True)
     counts = {
         **lora.parameter_counts(policy),
-        "critic_trainable_parameters": lora.parameter_counts(critic)["trainable_parameters"] if critic else 0,
+        "critic_trainable_parameters": lora.parameter_counts(critic)["trainable_parameters"]
+        if critic is not None
+        else 0,
     }
     values_model = TokenValues(critic) if critic is not None else None
     policy_opt = torch.optim.AdamW(trainable(policy), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
-    critic_opt = torch.optim.AdamW(trainable(critic), lr=cfg.critic_lr, eps=1e-5, weight_decay=0.0) if critic else None
+    critic_opt = (
+        torch.optim.AdamW(trainable(critic), lr=cfg.critic_lr, eps=1e-5, weight_decay=0.0)
+        if critic is not None
+        else None
+    )
     kl_ctl = KLController(cfg.kl)
     queue = PromptQueue(prompts, rng)
     history: list[dict[str, float]] = []
@@ -621,15 +627,6 @@ def train_ppo(
                 "non_score_reward": -kl_ctl.value * mean_kl,
                 "response_length": response_length,
                 "ended": ended,
-                **(
-                    {
-                        "explained_variance": explained_variance(
-                            rollouts.values, advantages.returns, rollouts.mask, runtime
-                        )
-                    }
-                    if rollouts.values is not None
-                    else {}
-                ),
                 "response_tokens": response_length * cfg.rollout_batch_size,
                 "generation_seconds": generated - started,
                 "scoring_seconds": scored - generated,
@@ -637,6 +634,10 @@ def train_ppo(
                 **update_stats,
                 **runtime.mean_of_floats(watched),
             }
+            if rollouts.values is not None:  # a critic's fit to the returns
+                entry["explained_variance"] = explained_variance(
+                    rollouts.values, advantages.returns, rollouts.mask, runtime
+                )
             history.append(entry)
             if log:
                 log(iteration, entry)

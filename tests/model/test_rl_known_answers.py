@@ -19,6 +19,7 @@ from components.training import grpo, reinforce_pp, rloo
 from components.training.algorithms import rl_algorithm
 from components.training.dpo import train_dpo
 from components.training.ppo import Rollouts, train_ppo
+from tests.float_error import float32_bound
 
 # --- advantages on a hand-made batch ---------------------------------------------------------------------------
 # Two prompts, k = 3 responses each, two response tokens; rows 1 and 5 ended after one token, and the
@@ -50,6 +51,11 @@ def hand_batch() -> Rollouts:
     )
 
 
+# the advantages are float32 sums and products of a few numbers up to 6 (a std's square root and division among them):
+# 16 roundings bounds them, about 1.1e-5
+ADVANTAGE_TOLERANCE = float32_bound(6.0, 16)
+
+
 def per_token(advantages: list[float]) -> torch.Tensor:
     return torch.tensor(advantages).unsqueeze(1) * torch.tensor(MASK, dtype=torch.float32)
 
@@ -59,7 +65,7 @@ def test_rloo_advantage_is_the_reward_less_the_mean_of_the_other_samples():
     A baseline that included R_i itself (the plain group mean) gives 2/3 of these, and fails."""
     expected = [0.7 - 3.9, 1.8 - 3.35, 6.0 - 1.25, 0.1 - 1.25, 0.0 - 1.3, 2.5 - 0.05]
     advantages = rloo.compute_advantages(hand_batch(), BETA, k=3)
-    assert torch.allclose(advantages.advantages, per_token(expected), atol=1e-6)
+    assert torch.allclose(advantages.advantages, per_token(expected), atol=ADVANTAGE_TOLERANCE)
     assert advantages.returns is None
 
 
@@ -73,10 +79,14 @@ def test_grpo_advantage_is_the_reward_normalised_within_its_group():
         expected_dr += [r - mean for r in group]
     assert expected_grpo[:3] == pytest.approx([-0.7627, -0.3694, 1.1321], abs=1e-4)
     assert torch.allclose(
-        grpo.compute_advantages(hand_batch(), BETA, 3, True).advantages, per_token(expected_grpo), atol=1e-5
+        grpo.compute_advantages(hand_batch(), BETA, 3, True).advantages,
+        per_token(expected_grpo),
+        atol=ADVANTAGE_TOLERANCE,
     )
     assert torch.allclose(
-        grpo.compute_advantages(hand_batch(), BETA, 3, False).advantages, per_token(expected_dr), atol=1e-6
+        grpo.compute_advantages(hand_batch(), BETA, 3, False).advantages,
+        per_token(expected_dr),
+        atol=ADVANTAGE_TOLERANCE,
     )
 
 
@@ -93,7 +103,7 @@ def test_reinforce_pp_advantage_is_the_return_whitened_over_the_batch():
     mean, std = statistics.mean(tokens), statistics.pstdev(tokens)
     expected = torch.tensor([[(g - mean) / std * m for g, m in zip(row, mask)] for row, mask in zip(returns, MASK)])
     advantages = reinforce_pp.compute_advantages(hand_batch(), BETA, gamma=1.0, runtime=SINGLE)
-    assert torch.allclose(advantages.advantages, expected, atol=1e-5)
+    assert torch.allclose(advantages.advantages, expected, atol=ADVANTAGE_TOLERANCE)
 
 
 def test_the_loss_averages_by_hand():
@@ -104,8 +114,9 @@ def test_the_loss_averages_by_hand():
     assert SINGLE.sequence_share(mask)(values, mask).item() == pytest.approx(3.5)
     assert SINGLE.constant_share(mask, 4)(values, mask).item() == pytest.approx(9 / 8)
     # split in two micro-batches, the parts add up to the whole
-    halves = sum(SINGLE.sequence_share(mask)(values[i : i + 1], mask[i : i + 1]) for i in range(2))
-    assert halves.item() == pytest.approx(3.5)
+    for share, whole in ((SINGLE.sequence_share(mask), 3.5), (SINGLE.constant_share(mask, 4), 9 / 8)):
+        halves = sum(share(values[i : i + 1], mask[i : i + 1]) for i in range(2))
+        assert halves.item() == pytest.approx(whole)
 
 
 # --- the bandit: one-token responses, a fixed reward table ---------------------------------------------------
@@ -277,3 +288,47 @@ def test_dpo_reaches_the_kl_regularised_optimum_of_a_bandit(seed):
     assert total_variation(torch.softmax(reference, dim=0), optimum) > 0.3
     assert total_variation(reached, fitted) < 0.02, (reached, fitted)
     assert total_variation(reached, optimum) < 0.05, (reached, optimum)
+
+
+def test_a_group_is_one_prompt_in_adjacent_rows_drawn_in_the_queues_order(bandit_tokenizer):
+    """RLOO with k = 4 and 16 responses an iteration: 4 prompts, each in 4 adjacent rows, in the order of the prompt
+    queue's shuffled passes (random.Random(f"{seed}/ppo"), reproduced here). Rows laid out prompts * k instead
+    (p1 p2 p3 p4 p1 ...) would put four prompts in every leave-one-out group, and fail; so would drawing 16 prompts."""
+    prompts = sorted(BANDIT_WORDS)
+    seen: list[list[str]] = []
+
+    def monitor(batch_prompts, responses, ended):
+        seen.append(list(batch_prompts))
+        return {}
+
+    model_cfg = bandit_model()
+    policy = build_policy(model_cfg, bandit_tokenizer, seed=0)
+    cfg = PPOConfig(
+        iterations=3,
+        rollout_batch_size=16,
+        minibatch_size=16,
+        ppo_epochs=1,
+        missing_eos_penalty=0.0,
+        checkpoint_every=0,
+    )
+    chosen = rl_algorithm(ALGORITHMS["rloo"], cfg, model_cfg)
+    table = REWARD_TABLE[: len(bandit_tokenizer)]
+    train_ppo(
+        policy,
+        copy.deepcopy(policy),
+        None,
+        TableReward(table),
+        bandit_tokenizer,
+        prompts,
+        cfg,
+        model_cfg,
+        0,
+        monitor=monitor,
+        algorithm=chosen,
+    )
+    rng, order = random.Random("0/ppo"), []
+    while len(order) < 3 * 4:  # passes over the prompts, each shuffled
+        shuffled = list(prompts)
+        rng.shuffle(shuffled)
+        order += shuffled
+    assert seen == [[prompt for prompt in order[4 * i : 4 * i + 4] for _ in range(4)] for i in range(3)]

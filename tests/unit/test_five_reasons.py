@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -76,8 +77,8 @@ def test_the_summary_by_hand():
     assert summary["pairs"] == 4
     assert summary["sft_loss_agrees"]["value"] == 0.75 and summary["rm_agrees"]["value"] == 0.75
     assert summary["rm_minus_sft_agreement"]["value"] == pytest.approx(0.0)
-    # the judge's changes 1, 1, 2, 1 over the spread of 0, 1, 0, 2 (population sd 0.829): median 1 / 0.829
-    assert summary["median_change_in_spreads"]["gold"] == pytest.approx(1 / 0.8291562, rel=1e-6)
+    # the judge's changes 1, 1, 2, 1 over the spread of 0, 1, 0, 2 (population variance 11/16): median 1 / sqrt(11/16)
+    assert summary["median_change_in_spreads"]["gold"] == pytest.approx(1 / math.sqrt(11 / 16), rel=1e-12)
 
 
 def test_an_edit_replaces_exactly_one_token():
