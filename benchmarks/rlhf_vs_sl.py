@@ -18,7 +18,8 @@ one over seeds, and writes benchmarks/results/rlhf_vs_sl.json:
                            (under sampling also best_of_n_matched: best-of-n at PPO's KL, its n and analytic KL),
                            evaluation.<mode>.rl_win_rate.<algorithm>.<baseline> (every RL algorithm against every
                            supervised baseline), the RM's accuracy and gold agreement, label budgets, stage seconds
-                           and stage peak memory (MB of resident memory above the stage's start), RL histories
+                           and stage peak memory (MB of resident memory above the stage's start, after the
+                           allocator's free memory is handed back; on CUDA also the device's), RL histories
     across_seeds           per mode and policy: PPO's win rate and gold difference, mean over seeds with a
                            t-interval (the seed is the unit; responses are never pooled over seeds), the spread
                            between seeds, and the seeds needed to show an edge at that spread; rl_vs_baselines: the
@@ -28,15 +29,18 @@ one over seeds, and writes benchmarks/results/rlhf_vs_sl.json:
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import resource
 import statistics
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from components.config import Config, apply_overrides, load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
@@ -87,50 +91,72 @@ class Matched:
 DEFAULT_MATCHED = Matched(n_max=256, samples=2)
 
 
-def resident_mb() -> float:
-    """This process's resident memory now (Linux's /proc; 0 where there is none)."""
+def resident_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory now (``VmRSS``) or its high-water mark (``VmHWM``), from Linux's /proc; 0
+    where there is none."""
     try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        status = Path("/proc/self/status").read_text()
     except OSError:
         return 0.0
-    return pages * resource.getpagesize() / 2**20
+    for line in status.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def release_free_memory() -> None:
+    """Hands memory the allocator holds but nothing uses back to the system and restarts the high-water mark, so
+    that a stage's peak above its start counts what the stage itself needed: without it a stage reuses what an
+    earlier one freed and reads as needing nothing."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 class PeakMemory:
-    """The most resident memory above the start while the block runs, sampled every ``every`` seconds."""
+    """Peak memory above the block's start: the process's resident memory (host) and, on CUDA, the memory torch
+    allocated on the device."""
 
-    def __init__(self, every: float = 0.05):
-        self.every, self.peak_mb, self._stop = every, 0.0, threading.Event()
+    def __init__(self, device):
+        self.device = device
 
     def __enter__(self) -> PeakMemory:
+        release_free_memory()
         self.start = resident_mb()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.device_start = torch.cuda.memory_allocated(self.device)
         return self
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.every):
-            self.peak_mb = max(self.peak_mb, resident_mb() - self.start)
-
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, resident_mb() - self.start)
+        self.peak_mb = max(resident_mb("VmHWM") - self.start, 0.0)
+        self.device_peak_mb = (
+            (torch.cuda.max_memory_allocated(self.device) - self.device_start) / 2**20
+            if self.device.type == "cuda"
+            else None
+        )
 
 
 class Stopwatch:
-    """Each stage's wall time and peak resident memory above its start."""
+    """Each stage's wall time and peak memory above its start (host; device where it is CUDA)."""
 
-    def __init__(self):
+    def __init__(self, device=None):
+        self.device = device or torch.device("cpu")
         self.seconds: dict[str, float] = {}
         self.peak_mb: dict[str, float] = {}
+        self.device_peak_mb: dict[str, float] = {}
 
     def __call__(self, stage: str, fn, *args, **kwargs):
         started = time.perf_counter()
-        with PeakMemory() as memory:
+        with PeakMemory(self.device) as memory:
             result = fn(*args, **kwargs)
         self.seconds[stage] = round(time.perf_counter() - started, 1)
         self.peak_mb[stage] = round(memory.peak_mb, 1)
+        if memory.device_peak_mb is not None:
+            self.device_peak_mb[stage] = round(memory.device_peak_mb, 1)
         print(f"[{stage}] {self.seconds[stage]:.1f} s, peak +{self.peak_mb[stage]:.0f} MB", flush=True)
         return result
 
@@ -378,8 +404,8 @@ def add_kl_matched_best_of_n(cfg, trained: dict, block: dict, responses: dict, m
 
 
 def run_seed(cfg, matched: Matched, rl: dict[str, list[str]], without_sft: bool = False) -> dict:
-    watch = Stopwatch()
     with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
+        watch = Stopwatch(runtime.device)
         return seed_record(cfg, watch, train_everything(cfg, watch, runtime, rl, without_sft), matched)
 
 
@@ -440,6 +466,7 @@ def seed_record(cfg, watch: Stopwatch, trained: dict, matched: Matched) -> dict:
         "label_budgets": recipe.label_budgets(cfg, trained["comparisons"], trained["metrics"]),
         "stage_seconds": watch.seconds,
         "stage_peak_mb": watch.peak_mb,
+        **({"stage_device_peak_mb": watch.device_peak_mb} if watch.device_peak_mb else {}),
         "best_of_n_headroom": headroom,
         "overoptimisation": overoptimisation_record(trained["rl_histories"]["ppo"], trained["metrics"]["ppo"]),
         "ppo_history": trained["rl_histories"]["ppo"],
@@ -566,7 +593,7 @@ def print_run(run: dict) -> None:
             f"shipped snapshot sampled at KL {run['overoptimisation']['shipped']['kl']:.2f}"
         )
     print("stage seconds:", run["stage_seconds"])
-    print("stage peak memory (MB above the stage's start):", run["stage_peak_mb"])
+    print("stage peak resident memory (MB above the stage's start):", run["stage_peak_mb"])
 
 
 def print_rl_across_seeds(summary: dict) -> None:
