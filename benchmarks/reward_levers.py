@@ -38,7 +38,6 @@ from components.offline import stay_offline
 from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
-from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from components.training.comparisons import draw_prompts, sample_reference
 from components.training.reward import group_comparisons, score_samples, train_reward_model
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else base.tuning.seed
     cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
     rows = generate_synthetic(cfg).rows
-    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
+    tokenizer = recipe.make_tokenizer(cfg, ReviewTask(cfg).vocabulary)
     demonstrations = rows[DEMONSTRATIONS]
     prompts = sorted({r["prompt"] for r in demonstrations})
     started = time.perf_counter()

@@ -66,7 +66,6 @@ from components.offline import stay_offline
 from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
-from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from components.training.best_of_n import best_of_n_kl, kl_matched_n
 from components.training.loop import Snapshots
@@ -89,6 +88,8 @@ class Matched:
 
 
 DEFAULT_MATCHED = Matched(n_max=256, samples=2)
+# each kind of one-token edit, and the key of its record and stage (random's kept its name from before fluent edits)
+TOKEN_SENSITIVITY = {"random": "token_sensitivity", "fluent": "token_sensitivity_fluent"}
 
 
 def resident_mb(field: str = "VmRSS") -> float:
@@ -178,7 +179,7 @@ def train_everything(
     each RL algorithm to train and its overrides (PPO alone by default); ``without_sft``: also the configured RL
     algorithm from the model SFT starts from (seed reason 5's ablation), as ``rl_without_sft``."""
     rows = generate_synthetic(cfg).rows
-    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
+    tokenizer = recipe.make_tokenizer(cfg, ReviewTask(cfg).vocabulary)
     train_prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
 
     sft = watch("sft", recipe.sft_stage, cfg, tokenizer, rows[DEMONSTRATIONS], runtime=runtime).model
@@ -425,26 +426,33 @@ def seed_record(cfg, watch: Stopwatch, trained: dict, matched: Matched) -> dict:
         trained["tokenizer"],
         eval_prompts,
     )
-    sensitivity = watch(
-        "token_sensitivity",
-        lambda: token_sensitivity.summarise(
-            token_sensitivity.edited_pairs(
-                trained["policies"]["sft"],
-                trained["reward"].model,
-                trained["tokenizer"],
-                eval_prompts,
-                gold_judge(gold_score),
-                cfg.evaluation.token_sensitivity,
-                cfg.model,
-                cfg.seed,
-                trained["runtime"],
-            )
-        ),
-    )
+    sensitivity = {  # reason 3 both ways: fluent edits (the pipeline's default) and random ones (seeds raced before)
+        edits: watch(
+            TOKEN_SENSITIVITY[edits],
+            lambda edits=edits: {
+                "edits": edits,
+                **token_sensitivity.summarise(
+                    token_sensitivity.edited_pairs(
+                        trained["policies"]["sft"],
+                        trained["reward"].model,
+                        trained["tokenizer"],
+                        eval_prompts,
+                        gold_judge(gold_score),
+                        cfg.evaluation.token_sensitivity.model_copy(update={"edits": edits}),
+                        cfg.model,
+                        cfg.seed,
+                        trained["runtime"],
+                    )
+                ),
+            },
+        )
+        for edits in TOKEN_SENSITIVITY
+    }
     return {
         "seed": cfg.seed,
+        "turns": cfg.data.synthetic.turns,
         "evaluation": evaluation,
-        "token_sensitivity": sensitivity,
+        **{key: sensitivity[edits] for edits, key in TOKEN_SENSITIVITY.items()},
         "reward_model": {
             key: rm.get(key)
             for key in (
@@ -518,20 +526,22 @@ def reasons_across_seeds(runs: list[dict], evaluation: dict) -> list[dict]:
         }
         for mode, block in evaluation.items()
     }
-    measured = [
-        run["token_sensitivity"] for run in runs if "rm_minus_sft_agreement" in run.get("token_sensitivity", {})
-    ]
     sensitivity = None
+    for key in (TOKEN_SENSITIVITY["fluent"], TOKEN_SENSITIVITY["random"]):  # fluent edits where every seed has them
+        measured = [run[key] for run in runs if "rm_minus_sft_agreement" in run.get(key, {})]
+        if len(measured) == len(runs):
+            break
     if len(measured) == len(runs) and len(runs) > 1:
         paired = across_seeds_estimate([m["rm_minus_sft_agreement"]["value"] for m in measured])
         sensitivity = {
+            "edits": measured[0].get("edits", "random"),
             "pairs": sum(m["pairs"] for m in measured),
             "rm_agrees": {"value": statistics.fmean(m["rm_agrees"]["value"] for m in measured)},
             "sft_loss_agrees": {"value": statistics.fmean(m["sft_loss_agrees"]["value"] for m in measured)},
             "rm_minus_sft_agreement": {"value": paired.mean, "ci": list(paired.ci)},
         }
     accuracy = statistics.fmean(run["reward_model"].get("valid_accuracy", float("nan")) for run in runs)
-    return as_records(five_reasons(as_blocks, accuracy, sensitivity))
+    return as_records(five_reasons(as_blocks, accuracy, sensitivity, turns=runs[0].get("turns", 1)))
 
 
 def rl_across_seeds(runs: list[dict]) -> dict:

@@ -44,7 +44,6 @@ from components.offline import stay_offline
 from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
-from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from components.training.loop import Snapshots
 
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else base.tuning.seed
     cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
     rows = generate_synthetic(cfg).rows
-    tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
+    tokenizer = recipe.make_tokenizer(cfg, ReviewTask(cfg).vocabulary)
     train_prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
     eval_prompts = [r["prompt"] for r in rows[EVAL_PROMPTS]]
     started = time.perf_counter()

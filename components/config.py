@@ -71,6 +71,11 @@ class SyntheticDataConfig(Section):
         description="share of demonstrations ending with a stock line the gold judge penalises "
         "(a habit: above 0.5 it is the mode, so greedy SFT keeps it); 0 gives the habit-free task",
     )
+    turns: Literal[1, 2] = Field(
+        1,
+        description="1: a review; 2: a conversation, the review then a follow-up answer whose gold counts its "
+        "consistency with the review (profile two_turn)",
+    )
 
 
 class UserFilesConfig(Section):
@@ -502,7 +507,13 @@ class TokenSensitivityConfig(Section):
     token-level loss or the reward model follows the change."""
 
     prompts: int = Field(200, ge=0, description="held-out prompts, one edited answer each (0: not measured)")
-    tries: int = Field(8, ge=1, description="random one-token edits tried per answer until one changes its score")
+    tries: int = Field(8, ge=1, description="one-token edits tried per answer until one changes its score")
+    edits: Literal["fluent", "random"] = Field(
+        "fluent",
+        description="fluent: the replacement is one of SFT's own top_k tokens at that place (the edit reads as "
+        "well as the answer, only its meaning moves); random: any token of the vocabulary (most break the grammar)",
+    )
+    top_k: int = Field(4, ge=1, description="fluent edits: SFT's most likely tokens to draw the replacement from")
 
 
 class EvaluationConfig(Section):

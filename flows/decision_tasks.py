@@ -266,11 +266,17 @@ def reasons(ctx: RunContext, trained: Trained, evaluation: dict) -> dict:
                     cfg.seed,
                     runtime,
                 )
-            sensitivity = token_sensitivity.summarise(pairs)
+            sensitivity = {"edits": cfg.evaluation.token_sensitivity.edits, **token_sensitivity.summarise(pairs)}
             run.log_dict(sensitivity, "token_sensitivity.json")
             if pairs:
                 run.log_figure(plots.token_sensitivity(pairs), "plots/token_sensitivity.png")
-        found = five_reasons(evaluation, trained.reward_model.metrics.get("valid_accuracy"), sensitivity)
+        found = five_reasons(
+            evaluation,
+            trained.reward_model.metrics.get("valid_accuracy"),
+            sensitivity,
+            rl=cfg.rl.algorithm,
+            turns=cfg.data.synthetic.turns if cfg.data.source == "synthetic" else 1,
+        )
         run.log_dict(as_records(found), "five_reasons.json")
         run.set_tags({f"reason.{reason.number}": reason.verdict for reason in found})
         create_markdown_artifact(key="five-reasons", markdown=f"```\n{format_reasons(found)}\n```")

@@ -1,8 +1,10 @@
 """Seed reason 3, measured: "a token-level loss barely moves when one token changes a passage's meaning".
 
 For each held-out prompt, one sampled answer of SFT (seeded; a sample, not the greedy answer, which SFT's loss would
-favour for being its mode) and a copy with one token replaced at random, kept when the judge scores the two
-differently: a one-token change of meaning. Beside the judge's difference stand the change in
+favour for being its mode) and a copy with one token replaced, kept when the judge scores the two differently: a
+one-token change of meaning. A fluent edit (the default) replaces the token with one of SFT's own most likely tokens
+at that place, so the edit reads as well as the answer and only its meaning moves; a random one with any token, which
+mostly breaks the grammar, something a token-level loss sees at once. Beside the judge's difference stand the change in
 SFT's own training loss (the mean negative log-likelihood per response token) and in the reward model's score. The
 prompt is the unit: one edited pair per prompt. Reason 3 holds when the reward model orders the pairs as the judge
 does more often than SFT's loss does (a paired interval over prompts).
@@ -20,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.config import ModelConfig, TokenSensitivityConfig
 from components.evaluation.intervals import mean_ci, wilson
 from components.evaluation.policy_eval import DecodingMode, Scores, sample_responses
-from components.models.batching import encode_examples, response_logprobs
+from components.models.batching import encode_examples, response_logits, response_logprobs
 from components.models.ensemble import reward_scores
 from components.models.runtime import SINGLE, Runtime
 
@@ -40,16 +42,49 @@ class EditedPair:
 
 
 def one_token_edits(
-    text: str, tokenizer: PreTrainedTokenizerBase, candidates: list[int], tries: int, rng: random.Random
+    text: str,
+    tokenizer: PreTrainedTokenizerBase,
+    candidates: list[int] | list[list[int]],
+    tries: int,
+    rng: random.Random,
 ) -> list[str]:
-    """Up to ``tries`` copies of ``text``, each with one token replaced by a random other one of ``candidates``."""
+    """Up to ``tries`` copies of ``text``, each with one token replaced by another of ``candidates``: one list for every
+    place, or a list per token of ``text``."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    per_place = candidates if candidates and isinstance(candidates[0], list) else [candidates] * len(ids)
     edits = []
-    for _ in range(tries if ids else 0):
-        position, replacement = rng.randrange(len(ids)), rng.choice(candidates)
-        if replacement != ids[position]:
+    places = min(len(ids), len(per_place))
+    for _ in range(tries if places else 0):
+        position = rng.randrange(places)
+        others = [i for i in per_place[position] if i != ids[position]]
+        if others:
+            replacement = rng.choice(others)
             edits.append(tokenizer.decode([*ids[:position], replacement, *ids[position + 1 :]]))
     return edits
+
+
+@torch.inference_mode()
+def likely_tokens(
+    sft: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    texts: list[str],
+    top_k: int,
+    model_cfg: ModelConfig,
+    runtime: Runtime,
+) -> list[list[list[int]]]:
+    """For each answer, at each of its tokens: SFT's ``top_k`` most likely tokens there other than the one written
+    (special tokens never), read off one teacher-forced pass."""
+    batch = encode_examples(tokenizer, prompts, texts, model_cfg.max_prompt_tokens, model_cfg.max_response_tokens)
+    batch = batch.to(runtime.device)
+    logits = response_logits(runtime.to_device(sft).eval(), batch).float()
+    logits[..., tokenizer.all_special_ids] = float("-inf")
+    ranked = logits.topk(top_k + 1, dim=-1).indices.tolist()  # one more: the written token may be among them
+    out = []
+    for row, text in zip(ranked, texts):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        out.append([[i for i in ranked_here if i != written][:top_k] for ranked_here, written in zip(row, ids)])
+    return out
 
 
 @torch.inference_mode()
@@ -80,13 +115,16 @@ def edited_pairs(
     answers = sample_responses(
         sft, tokenizer, prompts, DecodingMode("sample", False, 1), model_cfg, seed, 256, runtime=runtime
     )
-    special = set(tokenizer.all_special_ids)
-    candidates = [i for i in range(len(tokenizer)) if i not in special]
+    if cfg.edits == "fluent":
+        candidates = likely_tokens(sft, tokenizer, prompts, answers.texts, cfg.top_k, model_cfg, runtime)
+    else:
+        special = set(tokenizer.all_special_ids)
+        candidates = [[i for i in range(len(tokenizer)) if i not in special]] * len(prompts)
     rng = random.Random(f"{seed}/token-sensitivity")
     tried = [
         (p, t, ended, e)
-        for p, t, ended in zip(prompts, answers.texts, answers.ended)
-        for e in one_token_edits(t, tokenizer, candidates, cfg.tries, rng)
+        for p, t, ended, allowed in zip(prompts, answers.texts, answers.ended, candidates)
+        for e in one_token_edits(t, tokenizer, allowed, cfg.tries, rng)
     ]
     originals = judge(prompts, answers.texts, answers.ended)
     scored = judge([p for p, _, _, _ in tried], [e for _, _, _, e in tried], [ended for _, _, ended, _ in tried])

@@ -26,6 +26,7 @@ from components.task.lexicon import (
     POSITIVE,
     PRODUCTS,
     STOCK_CLOSING,
+    TURN_MARKER,
 )
 from components.task.prompts import Prompt
 
@@ -90,7 +91,8 @@ def write_demonstration(
     if slip(style.drop_aspect):
         aspects.pop()
     if rng.random() < style.extra_aspect:
-        aspects.append(rng.choice([a for a in product.aspects if a not in prompt.aspects]))
+        # a careful writer of a conversation keeps the follow-up's aspect for the follow-up
+        aspects.append(rng.choice([a for a in product.aspects if a not in prompt.aspects and a != prompt.follow_up]))
     aspect_text = [_clause_about(a, -polarity if slip(style.flip_sentiment) else polarity, rng) for a in aspects]
 
     sentences: list[str] = []
@@ -131,6 +133,59 @@ def write_demonstration(
         if len(tokens_per_sentence[-1]) > 2 and len(tokens) > 3 and rng.random() < 0.5:
             tokens.pop()  # and the sentence breaks off mid-way (a review keeps 3 words: the data contract's least)
     return join_words(tokens)
+
+
+def write_follow_up(
+    prompt: Prompt, first_answer: str, carelessness: float, rng: random.Random, style: DemonstratorStyle = STYLE
+) -> str:
+    """The second turn's answer: a clause about the follow-up aspect, with the same mistakes per unit of
+    carelessness as the review, some of which only a reader of the first answer can see (saying one of its
+    sentences again, saying the opposite of it)."""
+    c, polarity = carelessness, prompt.polarity
+    slip = lambda p: rng.random() < p * c  # noqa: E731 - one mistake draw, read as a verb below
+
+    subject = rng.choice(prompt.aspects) if slip(style.off_topic) else prompt.follow_up  # answers the wrong question
+    sentences = [_clause_about(subject, -polarity if slip(style.flip_sentiment) else polarity, rng)]
+    if slip(style.contradict):
+        sentences.append(_clause_about(rng.choice(prompt.aspects), -polarity, rng))
+    earlier = [s.strip() for s in first_answer.split(END_OF_SENTENCE) if s.strip()]
+    if earlier and slip(style.repeat_sentence):
+        sentences.append(rng.choice(earlier))
+
+    tokens_per_sentence = [s.split() for s in sentences]
+    if slip(style.grammar_slip):
+        i = rng.randrange(len(tokens_per_sentence))
+        tokens_per_sentence[i] = _grammar_slip(tokens_per_sentence[i], rng)
+    tokens: list[str] = []
+    for sentence in tokens_per_sentence:
+        tokens.extend([*sentence, END_OF_SENTENCE])
+    if slip(style.unterminated):
+        tokens.pop()
+    return join_words(tokens)
+
+
+def write_conversation(
+    prompt: Prompt,
+    carelessness: float,
+    rng: random.Random,
+    style: DemonstratorStyle = STYLE,
+    stock_closing: float = 0.0,
+) -> str:
+    """Both answers of a two-turn prompt, the second opened by the turn marker; one carelessness for the writer."""
+    first = write_demonstration(prompt, carelessness, rng, style, stock_closing)
+    return f"{first} {TURN_MARKER} {write_follow_up(prompt, first, carelessness, rng, style)}"
+
+
+def write_answer(
+    prompt: Prompt,
+    carelessness: float,
+    rng: random.Random,
+    style: DemonstratorStyle = STYLE,
+    stock_closing: float = 0.0,
+) -> str:
+    """What the demonstrator writes for ``prompt``: a review, or a conversation's two answers."""
+    writer = write_conversation if prompt.follow_up else write_demonstration
+    return writer(prompt, carelessness, rng, style, stock_closing)
 
 
 def draw_carelessness(rng: random.Random, alpha: float, beta: float) -> float:

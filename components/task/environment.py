@@ -12,22 +12,23 @@ from components.data.environment import Dataset
 from components.task.generator import GENERATOR_VERSION, generate_synthetic, synthetic_manifest
 from components.task.gold_judge import WEIGHTS, gold_score
 from components.task.labeler import SimulatedLabeler, label_agreement
-from components.task.lexicon import VOCABULARY
+from components.task.lexicon import vocabulary
 from components.training.ranking import Ranker
 
 
 class ReviewTask:
-    """Write a review of a product with a requested sentiment that covers two named aspects (docs/embedded-task.md).
+    """Write a review of a product with a requested sentiment that covers two named aspects (docs/embedded-task.md);
+    with ``data.synthetic.turns: 2``, then answer the follow-up about a third.
 
     The labeller is the simulated one (Bradley-Terry noise at ``data.synthetic.labeler_temperature``, read off the
     gold judge); the gold judge stands in for what people would conclude, as in Gao et al. (2022).
     """
 
     name = GENERATOR_VERSION
-    vocabulary = VOCABULARY
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.vocabulary = vocabulary(cfg.data.synthetic.turns)
 
     def manifest(self) -> dict:
         return synthetic_manifest(self.cfg)
@@ -49,7 +50,7 @@ class ReviewTask:
         return {
             "demonstrations_gold_mean": round(statistics.fmean(gold), 4),
             "demonstrations_gold_std": round(statistics.pstdev(gold), 4),
-            "gold_maximum": WEIGHTS.maximum,
+            "gold_maximum": WEIGHTS.maximum_for(self.cfg.data.synthetic.turns),
             "demonstrations_gold_quartiles": [round(q, 4) for q in statistics.quantiles(gold, n=4)]
             if len(gold) > 1
             else gold,

@@ -7,7 +7,7 @@ import random
 from components.config import Config
 from components.data import files
 from components.data.environment import Dataset
-from components.task.demonstrator import draw_carelessness, write_demonstration
+from components.task.demonstrator import draw_carelessness, write_answer
 from components.task.labeler import SimulatedLabeler
 from components.task.prompts import Prompt, all_prompts
 from components.training.ranking import ranked_pairs
@@ -30,12 +30,15 @@ def split_prompts(prompts: list[Prompt], eval_fraction: float, seed: int) -> tup
 def synthetic_manifest(cfg: Config) -> dict:
     """What the generated data are made from: cheap to compute, no rows generated."""
     spec = cfg.data.synthetic
-    train, held_out = split_prompts(all_prompts(), spec.eval_prompt_fraction, cfg.seed)
+    train, held_out = split_prompts(all_prompts(spec.turns), spec.eval_prompt_fraction, cfg.seed)
+    params = spec.model_dump()
+    if spec.turns == 1:
+        del params["turns"]  # a one-turn task's manifest (and data version) stays what it was before turns existed
     return {
         "source": "synthetic",
         "generator": GENERATOR_VERSION,
         "seed": cfg.seed,
-        "params": spec.model_dump(),
+        "params": params,
         "split": {
             "train_prompt_ids": [p.prompt_id for p in train],
             "eval_prompt_ids": [p.prompt_id for p in held_out],
@@ -45,7 +48,7 @@ def synthetic_manifest(cfg: Config) -> dict:
 
 def generate_synthetic(cfg: Config) -> Dataset:
     spec = cfg.data.synthetic
-    train, held_out = split_prompts(all_prompts(), spec.eval_prompt_fraction, cfg.seed)
+    train, held_out = split_prompts(all_prompts(spec.turns), spec.eval_prompt_fraction, cfg.seed)
 
     demo_rng = _stream(cfg.seed, "demonstrations")
     demonstrations = []
@@ -56,7 +59,7 @@ def generate_synthetic(cfg: Config) -> Dataset:
             {
                 "prompt_id": prompt.prompt_id,
                 "prompt": prompt.text,
-                "response": write_demonstration(prompt, carelessness, demo_rng, stock_closing=spec.stock_closing_rate),
+                "response": write_answer(prompt, carelessness, demo_rng, stock_closing=spec.stock_closing_rate),
                 "carelessness": carelessness,
             }
         )
@@ -69,7 +72,7 @@ def generate_synthetic(cfg: Config) -> Dataset:
     def demonstrations_for(prompt_text: str) -> list[tuple[str, bool]]:
         prompt = by_text[prompt_text]
         return [
-            (write_demonstration(prompt, draw(pref_rng), pref_rng, stock_closing=spec.stock_closing_rate), True)
+            (write_answer(prompt, draw(pref_rng), pref_rng, stock_closing=spec.stock_closing_rate), True)
             for _ in range(spec.responses_per_comparison)
         ]
 

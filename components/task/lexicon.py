@@ -136,6 +136,9 @@ NEUTRAL_CLAUSES = (
 STOCK_CLOSING = "i hope this review helps"
 CONJUNCTION = "and"
 PROMPT_TEMPLATE = "write a {sentiment} review of the {product} that mentions the {first} and the {second}."
+# The two-turn variant (data.synthetic.turns: 2): the user's follow-up, and the word that opens the second answer.
+FOLLOW_UP_TEMPLATE = "then tell me about the {third}."
+TURN_MARKER = "next"
 
 
 def _prompt_words() -> set[str]:
@@ -159,3 +162,11 @@ def _vocabulary() -> frozenset[str]:
 
 
 VOCABULARY: frozenset[str] = _vocabulary()
+# Only a two-turn task adds words, so the one-turn task's tokenizer (and every result trained with it) is unchanged.
+TWO_TURN_VOCABULARY: frozenset[str] = (
+    VOCABULARY | {w for w in FOLLOW_UP_TEMPLATE.replace(".", " ").split() if not w.startswith("{")} | {TURN_MARKER}
+)
+
+
+def vocabulary(turns: int) -> frozenset[str]:
+    return TWO_TURN_VOCABULARY if turns == 2 else VOCABULARY

@@ -48,6 +48,7 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
         assert 0 <= run["reward_model"]["accuracy_gold"] <= 1
         assert {"sft", "comparisons", "reward", *POLICIES[1:], *RL, "evaluation"} <= set(run["stage_seconds"])
         assert set(run["stage_peak_mb"]) == set(run["stage_seconds"]) and min(run["stage_peak_mb"].values()) >= 0
+        assert run["stage_peak_mb"]["sft"] > 0  # a training stage needs memory of its own, even after earlier ones
         assert set(run["rl_histories"]) == {*RL[1:], "rl_without_sft"}
         for block in run["evaluation"].values():  # every RL algorithm against every supervised baseline
             assert set(block["rl_win_rate"]) == {*RL, "rl_without_sft"}
@@ -81,6 +82,7 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
     reasons = result["across_seeds"]["five_reasons"]  # on the seed-level intervals
     assert [r["number"] for r in reasons] == [1, 2, 3, 4, 5] and "Five reasons for RL over SL" in done.stdout
     assert all(run["token_sensitivity"]["pairs"] >= 0 for run in result["runs"])
+    assert [run["token_sensitivity_fluent"]["edits"] for run in result["runs"]] == ["fluent"] * 2
     for run in result["runs"]:
         curve = run["best_of_n_headroom"]
         assert curve["n"][0] == 1 and curve["gold_picks"][0] == pytest.approx(
@@ -107,3 +109,30 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
     assert merged["runs"] == result["runs"] and merged["across_seeds"] == result["across_seeds"]
     again = benchmark("--combine", str(halves[0]), str(halves[0]), "--out", str(combined))
     assert again.returncode != 0 and "a seed appears twice" in again.stderr
+
+
+def test_the_two_turn_task_runs_through_the_benchmark_and_measures_reason_two_conversational_half(tmp_path):
+    out = tmp_path / "two_turn.json"
+    done = benchmark(
+        "--profile",
+        "smoke",
+        "--set",
+        "data.synthetic.turns=2",
+        "--set",
+        "model.max_response_tokens=64",
+        "--set",
+        "validation.max_response_words=80",
+        "--rl",
+        "ppo",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [run["turns"] for run in result["runs"]] == [2]
+    reason = result["across_seeds"]["five_reasons"][1]
+    assert reason["number"] == 2 and "coherent conversations need cumulative rewards" in reason["claim"]
+    assert "ppo vs combined" in reason["evidence"]

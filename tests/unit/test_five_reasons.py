@@ -88,3 +88,13 @@ def test_an_edit_replaces_exactly_one_token():
     assert len(edits) >= 10
     for edit in edits:
         assert len(edit.split()) == 4 and sum(a != b for a, b in zip(edit.split(), ["the", "phone", "is", "good"])) == 1
+
+
+def test_reason_two_on_a_two_turn_task_is_its_conversational_half_and_rl_winning_confirms_it():
+    """One turn: RL beating the combined loss refutes "a combined loss works for single answers"; two turns: the same
+    win confirms "coherent conversations need cumulative rewards"."""
+    win = evaluation(combined=((0.6, 0.7), (0.55, 0.6)))
+    one, two = five_reasons(win, None, None)[1], five_reasons(win, None, None, turns=2)[1]
+    assert one.verdict == REFUTED and "single answers" in one.claim
+    assert two.verdict == CONFIRMED and "cumulative rewards" in two.claim
+    assert five_reasons(evaluation(combined=((0.3, 0.4), (0.2, 0.45))), None, None, turns=2)[1].verdict == REFUTED
