@@ -14,6 +14,8 @@ one over seeds, and writes benchmarks/results/rlhf_vs_sl.json:
 
     baselines              the supervised baselines the gate faces
     rl                     each RL algorithm raced and the overrides it ran with
+    rl_without_sft         the seeds that also trained RL without SFT (a policy some seeds lack is estimated over
+                           the seeds that have it)
     runs[i]                one seed: seed, evaluation.<mode>.ppo_win_rate.<policy>.{rate, ci}, policies' gold
                            (under sampling also best_of_n_matched: best-of-n at PPO's KL, its n and analytic KL),
                            evaluation.<mode>.rl_win_rate.<algorithm>.<baseline> (every RL algorithm against every
@@ -489,9 +491,9 @@ def across_seeds(runs: list[dict], difference: float) -> dict:
     every seed's responses."""
     out: dict = {}
     for mode in runs[0]["evaluation"]:
-        blocks = [run["evaluation"][mode] for run in runs]
         per_policy = {}
-        for name in blocks[0]["ppo_win_rate"]:
+        for name in names_in([run["evaluation"][mode]["ppo_win_rate"] for run in runs]):
+            blocks = [run["evaluation"][mode] for run in runs if name in run["evaluation"][mode]["ppo_win_rate"]]
             win = across_seeds_estimate([b["ppo_win_rate"][name]["value"] for b in blocks])
             ppo_gold = [b["policies"]["ppo"]["gold"]["value"] for b in blocks]
             gold_gap = across_seeds_estimate(
@@ -549,9 +551,10 @@ def rl_across_seeds(runs: list[dict]) -> dict:
     seeds with a t-interval (the seed is the unit)."""
     out: dict = {}
     for mode in runs[0]["evaluation"]:
-        blocks = [run["evaluation"][mode] for run in runs]
-        out[mode] = {
-            name: {
+        out[mode] = {}
+        for name in names_in([run["evaluation"][mode].get("rl_win_rate", {}) for run in runs]):
+            blocks = [run["evaluation"][mode] for run in runs if name in run["evaluation"][mode].get("rl_win_rate", {})]
+            out[mode][name] = {
                 baseline: {
                     "win_rate": across_seeds_estimate(
                         [b["rl_win_rate"][name][baseline]["value"] for b in blocks]
@@ -563,11 +566,20 @@ def rl_across_seeds(runs: list[dict]) -> dict:
                         ]
                     ).as_dict(),
                 }
-                for baseline in rates
+                for baseline in blocks[0]["rl_win_rate"][name]
             }
-            for name, rates in blocks[0].get("rl_win_rate", {}).items()
-        }
     return out
+
+
+def seeds_without_sft(runs: list[dict]) -> list[int]:
+    """The seeds that also trained RL from the model SFT starts from."""
+    return sorted(run["seed"] for run in runs if WITHOUT_SFT in run.get("rl_histories", {}))
+
+
+def names_in(tables: list[dict]) -> list[str]:
+    """Every key of any of ``tables``, in first-seen order: a policy only some seeds trained (``rl_without_sft``) is
+    estimated over the seeds that have it, its seed count saying how many."""
+    return list(dict.fromkeys(name for table in tables for name in table))
 
 
 def print_run(run: dict) -> None:
@@ -643,8 +655,7 @@ def combine(paths: list[Path], out: Path, difference: float) -> int:
     seed, and the estimate over seeds computed again over all of them."""
     parts = [json.loads(path.read_text()) for path in paths]
     settings = {
-        tuple(json.dumps(part.get(key)) for key in ("profile", "overrides", "baselines", "rl", "rl_without_sft"))
-        for part in parts
+        tuple(json.dumps(part.get(key)) for key in ("profile", "overrides", "baselines", "rl")) for part in parts
     }
     if len(settings) > 1:
         raise SystemExit(f"cannot combine runs of different profiles, overrides, baselines or RL: {sorted(settings)}")
@@ -653,11 +664,8 @@ def combine(paths: list[Path], out: Path, difference: float) -> int:
     if len(set(seeds)) < len(seeds):
         raise SystemExit(f"a seed appears twice among {seeds}")
     result = {
-        **{
-            key: parts[0][key]
-            for key in ("profile", "overrides", "baselines", "rl", "rl_without_sft")
-            if key in parts[0]
-        },
+        **{key: parts[0][key] for key in ("profile", "overrides", "baselines", "rl") if key in parts[0]},
+        "rl_without_sft": seeds_without_sft(runs),
         "runs": runs,
         "across_seeds": across_seeds(runs, difference),
         "peak_rss_mb": max(part["peak_rss_mb"] for part in parts),
@@ -733,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
             "overrides": args.overrides,
             "baselines": list(cfg.gate.baselines),
             "rl": rl,
-            "rl_without_sft": args.rl_without_sft,
+            "rl_without_sft": seeds_without_sft(runs),
             "runs": runs,
             "across_seeds": across_seeds(runs, args.difference),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -13,6 +13,7 @@ imitation (and greedy decoding of it) keeps it: a systematic gap that labellers'
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from components.data.text import END_OF_SENTENCE, join_words
@@ -74,6 +75,25 @@ def _grammar_slip(sentence: list[str], rng: random.Random) -> list[str]:
     return sentence
 
 
+def _written(
+    sentences: list[str], slip: Callable[[float], bool], style: DemonstratorStyle, rng: random.Random, break_off: bool
+) -> str:
+    """The sentences as text, with the writer's last two slips: a grammar slip in one sentence, and no final period
+    (``break_off``: the last sentence may then stop mid-way too; a review keeps 3 words, the data contract's least)."""
+    tokens_per_sentence = [s.split() for s in sentences]
+    if slip(style.grammar_slip):
+        i = rng.randrange(len(tokens_per_sentence))
+        tokens_per_sentence[i] = _grammar_slip(tokens_per_sentence[i], rng)
+    tokens: list[str] = []
+    for sentence in tokens_per_sentence:
+        tokens.extend([*sentence, END_OF_SENTENCE])
+    if slip(style.unterminated):
+        tokens.pop()  # the final period
+        if break_off and len(tokens_per_sentence[-1]) > 2 and len(tokens) > 3 and rng.random() < 0.5:
+            tokens.pop()
+    return join_words(tokens)
+
+
 def write_demonstration(
     prompt: Prompt,
     carelessness: float,
@@ -121,18 +141,7 @@ def write_demonstration(
     ):  # no draw at 0: the data of a habit-free task stay as they were
         sentences.append(STOCK_CLOSING)
 
-    tokens_per_sentence = [s.split() for s in sentences]
-    if slip(style.grammar_slip):
-        i = rng.randrange(len(tokens_per_sentence))
-        tokens_per_sentence[i] = _grammar_slip(tokens_per_sentence[i], rng)
-    tokens: list[str] = []
-    for sentence in tokens_per_sentence:
-        tokens.extend([*sentence, END_OF_SENTENCE])
-    if slip(style.unterminated):
-        tokens.pop()  # the final period
-        if len(tokens_per_sentence[-1]) > 2 and len(tokens) > 3 and rng.random() < 0.5:
-            tokens.pop()  # and the sentence breaks off mid-way (a review keeps 3 words: the data contract's least)
-    return join_words(tokens)
+    return _written(sentences, slip, style, rng, break_off=True)
 
 
 def write_follow_up(
@@ -152,16 +161,7 @@ def write_follow_up(
     if earlier and slip(style.repeat_sentence):
         sentences.append(rng.choice(earlier))
 
-    tokens_per_sentence = [s.split() for s in sentences]
-    if slip(style.grammar_slip):
-        i = rng.randrange(len(tokens_per_sentence))
-        tokens_per_sentence[i] = _grammar_slip(tokens_per_sentence[i], rng)
-    tokens: list[str] = []
-    for sentence in tokens_per_sentence:
-        tokens.extend([*sentence, END_OF_SENTENCE])
-    if slip(style.unterminated):
-        tokens.pop()
-    return join_words(tokens)
+    return _written(sentences, slip, style, rng, break_off=False)
 
 
 def write_conversation(

@@ -193,8 +193,8 @@ def said(tokens: list[str]) -> list[Clause]:
 
 def judge_follow_up(
     prompt: Prompt, first: list[str], second: list[str], ended: bool, weights: JudgeWeights
-) -> tuple[float, Judgement]:
-    """The second answer's score, and its counts: it must tell about the follow-up aspect as requested and stay
+) -> Judgement:
+    """The second answer's score and counts: it must tell about the follow-up aspect as requested and stay
     consistent with the first answer (a clause of it said again is a repetition, a subject of it described the other
     way a contradiction)."""
     sentences, remainder = split_sentences(second)
@@ -244,7 +244,7 @@ def judge_follow_up(
         - weights.unterminated * (not terminated)
         - weights.per_word_outside_length * outside
     )
-    counts = Judgement(
+    return Judgement(
         score=score,
         n_words=n_words,
         n_sentences=len(sentences),
@@ -260,7 +260,6 @@ def judge_follow_up(
         stock_phrases=stock_phrases,
         terminated=terminated,
     )
-    return score, counts
 
 
 def judge_conversation(
@@ -269,10 +268,10 @@ def judge_conversation(
     """A two-turn conversation: the review (the turn marker ends it, as EOS ends a one-turn response) plus the
     follow-up; a conversation without the second answer scores that answer as empty and never ended."""
     review = judge_review(prompt.first_turn, first, ended if second is None else True, weights)
-    score, follow = judge_follow_up(prompt, first, second or [], ended and second is not None, weights)
+    follow = judge_follow_up(prompt, first, second or [], ended and second is not None, weights)
     sentences = review.n_sentences + follow.n_sentences
     return Judgement(
-        score=round(review.score + score, 6),
+        score=round(review.score + follow.score, 6),
         n_words=review.n_words + follow.n_words,
         n_sentences=sentences,
         grammatical=(review.grammatical * review.n_sentences + follow.grammatical * follow.n_sentences) / sentences

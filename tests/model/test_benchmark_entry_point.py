@@ -110,6 +110,22 @@ def test_rlhf_vs_sl_benchmark_writes_every_documented_field(tmp_path):
     again = benchmark("--combine", str(halves[0]), str(halves[0]), "--out", str(combined))
     assert again.returncode != 0 and "a seed appears twice" in again.stderr
 
+    # a seed run without --rl-without-sft joins the others: that policy is estimated over the seeds that have it
+    second = json.loads(halves[1].read_text())
+    run = second["runs"][0]
+    del run["rl_histories"]["rl_without_sft"]
+    for block in run["evaluation"].values():
+        for table in (block["ppo_win_rate"], block["rl_win_rate"], block["policies"]):
+            table.pop("rl_without_sft", None)
+    halves[1].write_text(json.dumps({**second, "rl_without_sft": []}))
+    done = benchmark("--combine", *map(str, halves), "--out", str(combined))
+    assert done.returncode == 0, done.stderr[-3000:]
+    mixed = json.loads(combined.read_text())
+    assert mixed["rl_without_sft"] == [3]
+    for block in mixed["across_seeds"]["evaluation"].values():
+        assert block["rl_without_sft"]["ppo_win_rate"]["seeds"] == 1 and block["sft"]["ppo_win_rate"]["seeds"] == 2
+    assert mixed["across_seeds"]["rl_vs_baselines"]["sample"]["rl_without_sft"]["dpo"]["win_rate"]["seeds"] == 1
+
 
 def test_the_two_turn_task_runs_through_the_benchmark_and_measures_reason_two_conversational_half(tmp_path):
     out = tmp_path / "two_turn.json"
