@@ -128,7 +128,8 @@ def label_rules(pair_ids: Sequence[str], min_answers: int) -> list[Expectation]:
 def labelling_page(rows: Sequence[Mapping], title: str, download_name: str) -> str:
     """A page that works from disk with no network: each pair with A / B / tie (pre-set to tie when both sides are
     the same text), a count, and a button that downloads the answers as JSONL lines ``{"pair_id": ..., "choice":
-    ...}``. Answers are kept in the browser's storage under the download's name, so a reload keeps them.
+    ...}``. Answers are kept in the browser's storage under the download's name and in the page's address (Chromium
+    can lose a file:// page's storage across a reload), so a reload keeps them.
 
     The rows are embedded as JSON with ``<``, ``>`` and ``&`` as JSON escapes: no text (``</script>``, ``<!--``)
     can end or re-open the page's script; the page shows every text as text, never as markup."""
@@ -165,15 +166,24 @@ Nothing leaves this page until you download your answers.</p>
 <script>
 const PAIRS = {data};
 const STORE = "rlhf-labels:" + {download_name};  // this run's answers, kept across reloads
+const CHOICES = ["A", "B", "tie"];
 const answers = restored();
+function parsed(text) {{
+  try {{ const value = JSON.parse(text || "{{}}"); return value && typeof value === "object" ? value : {{}}; }}
+  catch (error) {{ return {{}}; }}
+}}
 function restored() {{
-  let kept = {{}};
-  try {{ kept = JSON.parse(localStorage.getItem(STORE) || "{{}}"); }} catch (error) {{ kept = {{}}; }}
+  let stored = {{}}, addressed = {{}};
+  try {{ stored = parsed(localStorage.getItem(STORE)); }} catch (error) {{ }}  // storage off
+  // the page's own address keeps them too: Chromium can lose a file:// page's storage across a reload
+  try {{ addressed = parsed(decodeURIComponent(location.hash.slice(1))); }} catch (error) {{ }}  // a mangled address
+  const kept = Object.assign(stored, addressed);
   const known = new Set(PAIRS.map(p => p.pair_id));
-  return Object.fromEntries(Object.entries(kept).filter(([id, choice]) => known.has(id)));
+  return Object.fromEntries(Object.entries(kept).filter(([id, choice]) => known.has(id) && CHOICES.includes(choice)));
 }}
 function keep() {{
-  try {{ localStorage.setItem(STORE, JSON.stringify(answers)); }} catch (error) {{ }}  // storage off: this page only
+  try {{ localStorage.setItem(STORE, JSON.stringify(answers)); }} catch (error) {{ }}
+  history.replaceState(null, "", "#" + encodeURIComponent(JSON.stringify(answers)));
 }}
 const list = document.getElementById("pairs");
 function count() {{
@@ -195,7 +205,7 @@ PAIRS.forEach((pair, n) => {{
     sides.appendChild(text);
   }}
   const choices = document.createElement("div");
-  for (const choice of ["A", "B", "tie"]) {{
+  for (const choice of CHOICES) {{
     const label = document.createElement("label");
     const input = document.createElement("input");
     input.type = "radio";
