@@ -110,7 +110,7 @@ def run_variant(cfg, runtime) -> dict:
     ).model
     reward = stage(
         "reward_model",
-        lambda: recipe.reward_stage(cfg, tokenizer, sft.model, comparisons, prompts, runtime=runtime),
+        lambda: recipe.reward_stage(cfg, tokenizer, sft.model, comparisons, prompts, demonstrations, runtime=runtime),
         trained_tokens,
     )
     policies = {"sft": sft.model}

@@ -10,7 +10,8 @@ per lever, each on the same training comparisons and judged on the same held-out
     ensemble3      three members on SFT's transformer, independent heads and data orders (Coste et al. 2023)
     seeded3        three members, member k on its own SFT trained from seed + k: differently seeded backbones
     larger         one reward model on a transformer twice as wide (and twice the heads) as the policy, SFT-trained on
-                   the same demonstrations first (Gao et al. 2022: gold at a given KL improves with RM size)
+                   the same demonstrations first (reward.model; Gao et al. 2022: gold at a given KL improves with RM
+                   size)
 
 An ensemble is read as its members' mean. Agreement with the held-out labels is counted per held-out group (the
 share of its pairs the model orders as labelled): the mean over groups with a t-interval, and each lever's paired
@@ -29,7 +30,7 @@ import time
 import warnings
 from pathlib import Path
 
-from components.config import Config, apply_overrides, load_config
+from components.config import Config, apply_overrides, load_config, reward_model_config
 from components.data.files import DEMONSTRATIONS
 from components.evaluation.intervals import mean_ci
 from components.evaluation.report import reward_model_gold_accuracy
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             else recipe.sft_stage(with_overrides(cfg, [f"seed={cfg.seed + k}"]), tokenizer, demonstrations).model
         )
 
-    wide = with_overrides(cfg, [f"model.n_embd={2 * cfg.model.n_embd}", f"model.n_head={2 * cfg.model.n_head}"])
+    wide = with_overrides(cfg, [f"reward.model={{n_embd: {2 * cfg.model.n_embd}, n_head: {2 * cfg.model.n_head}}}"])
     build = {
         "default": lambda: members(cfg, [sft], tokenizer, comparisons, reference),
         "plackett_luce": lambda: members(
@@ -131,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         "seeded3": lambda: members(cfg, [seeded_sft(k) for k in range(MEMBERS)], tokenizer, comparisons, reference),
         "larger": lambda: members(
             cfg,
-            [recipe.sft_stage(wide, tokenizer, demonstrations).model],
+            [recipe.reward_backbone(wide, tokenizer, sft, demonstrations)],
             tokenizer,
             comparisons,
             reference,
-            wide.model,
+            reward_model_config(wide),
         ),
     }
     results, agreement = {}, {}

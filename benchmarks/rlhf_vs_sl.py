@@ -198,7 +198,17 @@ def train_everything(
         ).model
     else:
         comparisons = rows[PREFERENCES]
-    reward = watch("reward", recipe.reward_stage, cfg, tokenizer, sft, comparisons, train_prompts, runtime=runtime)
+    reward = watch(
+        "reward",
+        recipe.reward_stage,
+        cfg,
+        tokenizer,
+        sft,
+        comparisons,
+        train_prompts,
+        rows[DEMONSTRATIONS],
+        runtime=runtime,
+    )
     _, held_out = recipe.labelled_split(cfg, comparisons)
     reward.metrics["accuracy_gold"] = reward_model_gold_accuracy(
         reward.model, tokenizer, held_out, cfg.model, gold_score, runtime

@@ -109,7 +109,7 @@ def run_schedule(cfg, schedule: str, rounds: int, sft, tokenizer, rows, eval_pro
         new_ppo_rows = labelled(ppo_policy, "ppo", ppo_rows)
         new_dpo_rows = new_ppo_rows if r == 1 else labelled(dpo_policy, "dpo", dpo_rows)
         ppo_rows, dpo_rows = ppo_rows + new_ppo_rows, dpo_rows + new_dpo_rows
-        reward = recipe.reward_stage(cfg, tokenizer, sft, ppo_rows, train_prompts).model
+        reward = recipe.reward_stage(cfg, tokenizer, sft, ppo_rows, train_prompts, demonstrations).model
         round_cfg = cfg.model_copy(
             update={
                 "seed": cfg.seed + r - 1,

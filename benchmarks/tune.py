@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         sft,
         comparisons,
         train_prompts,
+        rows[DEMONSTRATIONS],
     )
     print(
         f"shared start (SFT, comparisons, {members} reward model(s)) on seed {seed}: "

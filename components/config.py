@@ -274,8 +274,27 @@ class ComparisonsConfig(Section):
         return self
 
 
+class RewardBackboneConfig(Section):
+    """The reward model's own transformer, when it is not SFT's: of another size (from scratch) or another local
+    model with the policy's tokenizer. It is SFT-trained on the same demonstrations first (InstructGPT's reward models
+    start from an SFT model), then given its scalar head; the reward stage's time includes that SFT."""
+
+    n_layer: int | None = Field(None, ge=1, description="transformer blocks (null: the policy's)")
+    n_embd: int | None = Field(None, ge=8, description="hidden width (null: the policy's)")
+    n_head: int | None = Field(None, ge=1, description="attention heads (null: the policy's)")
+    local_dir: str | None = Field(
+        None, description="a local HF model directory (safetensors, the policy's tokenizer), for model.source local"
+    )
+
+
 class RewardConfig(OptimConfig):
     """The reward model: -log sigmoid(r(chosen) - r(rejected)), read at the last response token."""
+
+    model: RewardBackboneConfig | None = Field(
+        None,
+        description="the reward model's own transformer (Gao et al. 2022: gold at a given KL improves with the reward "
+        "model's size); null: SFT's",
+    )
 
     loss: Literal["pairwise", "plackett_luce"] = Field(
         "pairwise",
@@ -783,6 +802,30 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _reward_model_of_the_policy_kind(self) -> Config:
+        own = self.reward.model
+        if own is None:
+            return self
+        sizes = [name for name in ("n_layer", "n_embd", "n_head") if getattr(own, name) is not None]
+        if not sizes and not own.local_dir:
+            raise ValueError("reward.model sets neither a size nor a local_dir: null gives the reward model SFT's own")
+        if self.model.source == "scratch" and own.local_dir:
+            raise ValueError(
+                "reward.model.local_dir is set but model.source is 'scratch': the reward model reads the policy's "
+                "tokens, so it is a local model only beside a local policy; give it its own size instead"
+            )
+        if self.model.source == "local" and (sizes or not own.local_dir):
+            raise ValueError(
+                f"reward.model sets {', '.join(sizes) or 'no local_dir'} but model.source is 'local': a local model's "
+                "size is its own; set reward.model.local_dir to the reward model's directory"
+            )
+        try:
+            reward_model_config(self)
+        except ValidationError as error:
+            raise ValueError(f"reward.model: {error.errors()[0]['msg']}") from None
+        return self
+
+    @model_validator(mode="after")
     def _every_round_has_ppo(self) -> Config:
         if self.comparisons.rounds > self.ppo.iterations:
             raise ValueError(
@@ -872,6 +915,15 @@ def _describe(error: ValidationError, source: str) -> str:
         else:
             lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
+
+
+def reward_model_config(cfg: Config) -> ModelConfig:
+    """What the reward model's transformer is built from: the policy's model section, with ``reward.model``'s size
+    or directory in place of its own."""
+    own = cfg.reward.model
+    if own is None:
+        return cfg.model
+    return ModelConfig.model_validate({**cfg.model.model_dump(), **own.model_dump(exclude_none=True)})
 
 
 def load_config(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from components.config import Config, ConfigError
+from components.config import Config, ConfigError, reward_model_config
 from components.models.memory import Placement, StageMemory, gib, shape_of
 from components.models.runtime import DeepSpeedRuntime, Runtime
 from flows.launcher import AccelerateProfile, ZeroSettings, max_grad_norms, zero_settings
@@ -168,7 +168,10 @@ def plan_memory(cfg: Config, tokenizer) -> list[StageMemory]:
     from components.training.memory_plan import recipe_memory
 
     profile = run_profile(cfg)
-    plan = recipe_memory(cfg, shape_of(policy_config(cfg.model, tokenizer), cfg.model.peft), placement(cfg, profile))
+    shape = shape_of(policy_config(cfg.model, tokenizer), cfg.model.peft)
+    reward = reward_model_config(cfg)
+    reward_shape = None if cfg.reward.model is None else shape_of(policy_config(reward, tokenizer), reward.peft)
+    plan = recipe_memory(cfg, shape, placement(cfg, profile), reward_shape)
     where, capacity = rank_memory(cfg, profile)
     budget = int(capacity * cfg.distributed.memory_fraction)
     too_big = [stage for stage in plan if stage.total > budget]

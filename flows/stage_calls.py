@@ -53,7 +53,14 @@ def comparisons(cfg: Config, tokenizer, args: dict, models: dict, runtime: Runti
 def reward_model(cfg: Config, tokenizer, args: dict, models: dict, runtime: Runtime, environment, log: Log):
     """The reward model (ensemble); with the task, its held-out accuracy by the gold judge too."""
     result = recipe.reward_stage(
-        cfg, tokenizer, models["sft"], args["comparisons"], args["train_prompts"], log=log, runtime=runtime
+        cfg,
+        tokenizer,
+        models["sft"],
+        args["comparisons"],
+        args["train_prompts"],
+        args.get("demonstrations"),
+        log=log,
+        runtime=runtime,
     )
     _, valid = recipe.labelled_split(cfg, args["comparisons"])
     if valid and environment is not None:

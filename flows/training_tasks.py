@@ -135,6 +135,8 @@ def reward_task(ctx: RunContext, sft: recipe.StageResult, comparisons: recipe.St
 
         def train():
             args = {"comparisons": comparisons.model, "train_prompts": ctx.data.train_prompts}
+            if cfg.reward.model is not None:  # its own transformer, SFT-trained first
+                args["demonstrations"] = ctx.data.demonstrations
             return stage_launch.run_stage(ctx, "reward_model", args, {"sft": sft}, 10 * cfg.reward.log_every)
 
         result = train_or_reuse(ctx, run, "reward_model", key, load_reward_model, train)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
@@ -76,6 +78,15 @@ def save_judge(directory: Path, model_dir: Path) -> Path:
     judge.save_pretrained(directory, safe_serialization=True)
     PreTrainedTokenizerFast.from_pretrained(str(model_dir)).save_pretrained(directory)
     return directory
+
+
+def save_wider(directory: Path, model_dir: Path) -> Path:
+    """A model of ``model_dir``'s architecture and tokenizer, twice as wide (its own random weights): a larger model
+    that reads the same tokens, as a user's reward model beside their policy."""
+    config = AutoConfig.from_pretrained(str(model_dir))
+    config.hidden_size, config.intermediate_size = 2 * config.hidden_size, 2 * config.intermediate_size
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    return _save(directory, AutoModelForCausalLM.from_config(config), tokenizer)
 
 
 def _save(directory: Path, model, tokenizer: PreTrainedTokenizerFast) -> Path:

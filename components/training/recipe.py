@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from components.config import Config
+from components.config import Config, reward_model_config
 from components.models import lora
 from components.models.builders import build_policy, frozen_copy
 from components.models.ensemble import members_of
@@ -146,10 +146,13 @@ def reward_stage(
     sft: PreTrainedModel,
     comparisons: list[dict],
     train_prompts: list[str],
+    demonstrations: list[dict] | None = None,
     log=None,
     runtime: Runtime = SINGLE,
 ) -> StageResult:
-    """InstructGPT step 2b; ``reward.shuffle_labels`` swaps chosen/rejected at random: the negative control."""
+    """InstructGPT step 2b, on SFT's transformer or, with ``reward.model``, on its own one SFT-trained on the
+    ``demonstrations`` first; ``reward.shuffle_labels`` swaps chosen/rejected at random: the negative control.
+    The reward is normalised on SFT's samples either way: the policy's distribution is what it will score."""
     if cfg.reward.shuffle_labels:
         rng = random.Random(f"{cfg.seed}/shuffled-labels")
         comparisons = [
@@ -167,17 +170,42 @@ def reward_stage(
         cfg.seed,
         runtime,
     )
-    return timed(train_reward_ensemble)(
-        sft,
+    started = time.perf_counter()
+    backbone = reward_backbone(cfg, tokenizer, sft, demonstrations, runtime)
+    result = timed(train_reward_ensemble)(
+        backbone,
         tokenizer,
         comparisons,
         cfg.reward,
-        cfg.model,
+        reward_model_config(cfg),
         cfg.seed,
         log=log,
         reference_samples=reference,
         runtime=runtime,
     )
+    if backbone is not sft:
+        result.metrics["backbone_parameters"] = sum(p.numel() for p in backbone.parameters())
+        result.seconds = round(time.perf_counter() - started, 2)  # its SFT included
+    return result
+
+
+def reward_backbone(
+    cfg: Config, tokenizer, sft: PreTrainedModel, demonstrations: list[dict] | None, runtime: Runtime = SINGLE
+) -> PreTrainedModel:
+    """SFT itself, or the reward model's own transformer (``reward.model``) SFT-trained on the demonstrations."""
+    if cfg.reward.model is None:
+        return sft
+    if demonstrations is None:
+        raise ValueError("reward.model gives the reward model its own transformer, SFT-trained on the demonstrations")
+    own = cfg.model_copy(update={"model": reward_model_config(cfg)})
+    if own.model.source == "local":
+        theirs = load_tokenizer(own.model.local_dir)
+        if theirs.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(
+                f"reward.model.local_dir {own.model.local_dir}: its tokenizer is not the policy's "
+                f"(model.local_dir {cfg.model.local_dir}): the reward model reads the policy's token ids"
+            )
+    return sft_stage(own, tokenizer, demonstrations, runtime=runtime).model
 
 
 def up_to_reward_model(
@@ -187,7 +215,7 @@ def up_to_reward_model(
     prompts = sorted({r["prompt"] for r in demonstrations})
     sft = sft_stage(cfg, tokenizer, demonstrations).model
     comparisons = comparisons_stage(cfg, tokenizer, sft, prompts, labeller).model
-    return sft, comparisons, reward_stage(cfg, tokenizer, sft, comparisons, prompts).model
+    return sft, comparisons, reward_stage(cfg, tokenizer, sft, comparisons, prompts, demonstrations).model
 
 
 def labelled_split(cfg: Config, comparisons: list[dict]) -> tuple[list[dict], list[dict]]:

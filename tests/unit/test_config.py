@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.config import DEFAULT_PARAMS, ConfigError, load_config, profile_names
+from components.config import DEFAULT_PARAMS, ConfigError, load_config, profile_names, reward_model_config
 
 
 @pytest.mark.parametrize("profile", profile_names())
@@ -144,3 +144,28 @@ def test_a_rollout_batch_of_broken_groups_is_refused():
     with pytest.raises(ConfigError, match=r"rl\.samples_per_prompt \(3\).*rloo"):
         load_config("smoke", ["rl.algorithm=rloo", "rl.samples_per_prompt=3"])
     assert load_config("smoke", ["rl.samples_per_prompt=3"]).rl.group_size == 1  # PPO samples one a prompt
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["reward.model={}"], "neither a size nor a local_dir"),
+        (["reward.model={n_embd: 130}"], r"reward.model: .*n_embd \(130\) must be divisible by n_head \(4\)"),
+        (["reward.model={local_dir: /models/rm}"], "local_dir is set but model.source is 'scratch'"),
+        (
+            ["model.source=local", "model.local_dir=/models/policy", "reward.model={n_layer: 8}"],
+            "reward.model sets n_layer but model.source is 'local'",
+        ),
+    ],
+)
+def test_a_reward_model_of_its_own_must_be_of_the_policy_s_kind(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("default", overrides)
+
+
+def test_the_reward_model_s_own_size_replaces_only_what_it_names():
+    cfg = load_config("default", ["reward.model={n_layer: 6}"])
+    own = reward_model_config(cfg)
+    assert (own.n_layer, own.n_embd, own.n_head) == (6, cfg.model.n_embd, cfg.model.n_head)
+    assert own.max_response_tokens == cfg.model.max_response_tokens
+    assert reward_model_config(load_config("default")) == load_config("default").model

@@ -13,7 +13,7 @@
 import pytest
 import torch
 
-from components.config import ConfigError, load_config
+from components.config import ConfigError, load_config, reward_model_config
 from components.data.files import DEMONSTRATIONS
 from components.models import lora
 from components.models.builders import build_policy, policy_config
@@ -86,6 +86,27 @@ def test_adapters_train_only_their_own_parameters_and_ppo_keeps_no_second_base_c
             if s.stage == "ppo"
         ]
         assert rl.weights == full["ppo"].weights - base and rl.optimizer == full["ppo"].optimizer / 2, algorithm
+
+
+def test_a_reward_model_of_its_own_size_is_counted_at_its_size_wherever_it_is_held(smoke):
+    """reward.model: the reward stage trains the reward model's size beside SFT (or, if larger, its own SFT first);
+    PPO's critic and the reward model's two copies are the reward model's size, the rest the policy's."""
+    cfg, tokenizer = smoke
+    own = load_config("smoke", ["reward.model={n_layer: 2, n_embd: 64, n_head: 4}"])
+    shape = shape_of(policy_config(cfg.model, tokenizer), None)
+    reward_shape = shape_of(policy_config(reward_model_config(own), tokenizer), None)
+    p, r = shape.parameters, reward_shape.parameters
+    assert r > 3 * p  # twice as wide and twice as deep
+    plan = {s.stage: s for s in recipe_memory(own, shape, Placement(), reward_shape)}
+    same = {s.stage: s for s in recipe_memory(cfg, shape, Placement())}
+    reward = plan["reward_model"]
+    assert (reward.weights, reward.gradients, reward.optimizer) == (4 * (r + p), 4 * r, 8 * r)
+    ppo, snapshots = plan["ppo"], cfg.selection.candidates
+    assert ppo.weights == 4 * (3 + snapshots) * p + 4 * 3 * r  # policy, reference, SFT, snapshots; critic, RM twice
+    assert (ppo.gradients, ppo.optimizer) == (4 * (p + r), 8 * (p + r))
+    assert plan["evaluation"].weights == 4 * (6 * p + r)  # SFT, the four baselines and PPO; the reward model
+    for stage in ("sft", "chosen", "dpo"):
+        assert plan[stage] == same[stage], stage
 
 
 def test_a_rank_decodes_whole_decodings_so_its_evaluation_batch_is_not_divided(smoke):
