@@ -47,6 +47,7 @@ import torch
 from components.config import Config, apply_overrides, load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.evaluation import token_sensitivity
+from components.evaluation.best_of_n import best_of_n_kl, kl_matched_n
 from components.evaluation.five_reasons import as_records, five_reasons, format_records
 from components.evaluation.intervals import win_rate
 from components.evaluation.judges import gold_judge
@@ -69,7 +70,6 @@ from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
 from components.training import recipe
-from components.training.best_of_n import best_of_n_kl, kl_matched_n
 from components.training.loop import Snapshots
 from flows import runtimes
 

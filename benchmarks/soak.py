@@ -31,7 +31,7 @@ RESULTS = REPO / "benchmarks" / "results" / "soak.json"
 
 from components.io import write_json  # noqa: E402
 from components.offline import stay_offline  # noqa: E402
-from tests.servers import mlflow_server, prefect_env, prefect_server  # noqa: E402
+from infra.servers import mlflow_server, prefect_env, prefect_server  # noqa: E402
 
 
 def tree_rss(process: psutil.Process) -> int:

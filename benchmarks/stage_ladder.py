@@ -29,9 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlflow import MlflowClient
-
-from components.config import load_config
+from components.adapters.tracking import latest_pipeline_stages
+from components.config import TrackingConfig, load_config
 from components.io import write_json
 from components.models.builders import build_policy
 from components.models.precision import cpu_description
@@ -92,22 +91,17 @@ def response_tokens(texts: list[str]) -> int:
 
 def stage_rows(root: Path) -> dict[str, dict]:
     """Every stage's run of the latest pipeline run: where it ran, seconds, peak memory per rank, tokens/s."""
-    client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("rlhf-pipeline")
-    [parent] = client.search_runs([experiment.experiment_id], "tags.mlflow.runName LIKE 'pipeline-%'", max_results=1)
-    children = client.search_runs(
-        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=100
-    )
+    stages = latest_pipeline_stages(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", TrackingConfig().experiment)
     rows = {}
-    for run in children:
-        name, tags, metrics = run.data.tags["mlflow.runName"], run.data.tags, run.data.metrics
+    for run in stages:
+        name, tags, metrics = run.name, run.tags, run.metrics
         if name not in STAGES:
             continue
         seconds = metrics.get("decode_seconds" if name == "evaluation" else "seconds")
         if name in ("sft", "reward_model") or name.startswith("baseline_"):
             tokens = metrics.get("input_tokens")
         elif name == "ppo":
-            tokens = sum(m.value for m in client.get_metric_history(run.info.run_id, "response_tokens"))
+            tokens = sum(run.history("response_tokens"))
         elif name == "comparisons":
             rows_file = next((root / "artifacts" / "comparisons").glob("*/preferences.jsonl"))
             pairs = [json.loads(line) for line in rows_file.read_text().splitlines()]

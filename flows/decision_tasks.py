@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from components.adapters import plots
-from components.adapters.tracking import CHALLENGER, CHAMPION, flatten
+from components.adapters.tracking import CHALLENGER, CHAMPION, flatten, transient_error
 from components.config import Config
 from components.evaluation import pairwise, token_sensitivity
 from components.evaluation.five_reasons import as_records, five_reasons, format_reasons, format_records
@@ -36,17 +36,10 @@ from flows.tracking_tasks import Tracking
 
 def transient(task, task_run, state) -> bool:
     """Retry only what a tracking-server hiccup causes: network and server errors, not our own bugs."""
-    import requests
-    from mlflow.exceptions import MlflowException
-
     try:
         state.result()
-    except (ConnectionError, TimeoutError, requests.exceptions.RequestException):
-        return True
-    except MlflowException as error:
-        return error.get_http_status_code() >= 500
-    except BaseException:
-        return False
+    except BaseException as error:
+        return transient_error(error)
     return False
 
 

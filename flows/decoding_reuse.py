@@ -20,13 +20,12 @@ from functools import cache
 
 from prefect import get_run_logger
 
-from components.evaluation import policy_eval, report
+from components.evaluation import best_of_n, policy_eval, report
 from components.evaluation.policy_eval import DecodingMode, Responses
 from components.io import write_json
 from components.models import batching, decoding, ensemble, generation
 from components.models.saving import CARD, stage_key
 from components.models.stage_store import StageStore
-from components.training import best_of_n
 from flows.run_context import RunContext, Trained
 from flows.stage_runs import waiting_for
 

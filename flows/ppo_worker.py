@@ -137,11 +137,9 @@ class LiveLog:
     ):
         self.run, self.iterations, self.echo, self.beat = None, cfg.ppo.iterations, echo, beat
         if mlflow:
-            from mlflow import MlflowClient
-
             from components.adapters.tracking import StageRun
 
-            self.run = StageRun(MlflowClient(mlflow["uri"]), mlflow["run_id"])
+            self.run = StageRun.at(mlflow["uri"], mlflow["run_id"])
         self.every = max(1, cfg.ppo.iterations // 10)
         self.first, self.stopped = None, None  # iterations logged to MLflow: [first, stopped)
         self.clock = Clock()

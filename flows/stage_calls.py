@@ -12,11 +12,11 @@ from typing import Any
 
 from components.config import Config
 from components.data.environment import Environment
+from components.data.ranking import Ranker
 from components.evaluation import report
 from components.evaluation.report import reward_model_gold_accuracy
 from components.models.runtime import Runtime
 from components.training import recipe
-from components.training.ranking import Ranker
 
 Log = Callable[[int, dict], None] | None
 

@@ -144,7 +144,7 @@ def smoke_root(tmp_path_factory) -> Path:
 def mlflow_server(tmp_path_factory):
     """The tracking URI of the session's MLflow server (SQLite backend, artefacts in a temp dir).
     Tests that count registry versions or aliases record the state they start from."""
-    from tests.servers import mlflow_server as start
+    from infra.servers import mlflow_server as start
 
     with start(tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
@@ -154,7 +154,7 @@ def mlflow_server(tmp_path_factory):
 def prefect_server(tmp_path_factory):
     """(api_url, prefect_home) of the session's Prefect server with its own SQLite database
     (tests/integration/test_prefect_deployment.py starts its own: it restarts it)."""
-    from tests.servers import prefect_server as start
+    from infra.servers import prefect_server as start
 
     home = tmp_path_factory.mktemp("prefect-home")
     with start(home) as api:

@@ -101,8 +101,8 @@ def at_once(runs: PipelineRuns, **overrides: list[str]) -> dict[str, subprocess.
 
 @pytest.fixture(scope="session")
 def pipeline_runs(prefect_server, tmp_path_factory):
+    from infra.servers import mlflow_server
     from tests.conftest import new_repo
-    from tests.servers import mlflow_server
 
     root = new_repo(tmp_path_factory.mktemp("project"))
     home = tmp_path_factory.mktemp("pipeline-mlflow-server")

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from components import locks
@@ -103,12 +104,53 @@ class DataInput:
         return Dataset(self.name, self.md5, "local", json.dumps(source), profile=json.dumps(self.profile))
 
 
+def transient_error(error: BaseException) -> bool:
+    """What a tracking-server hiccup raises (network errors, the server's own 5xx), not our own bugs."""
+    import requests
+
+    if isinstance(error, ConnectionError | TimeoutError | requests.exceptions.RequestException):
+        return True
+    return isinstance(error, MlflowException) and error.get_http_status_code() >= 500
+
+
+@dataclass
+class FinishedStage:
+    """A stage run of a finished pipeline run, as a report reads it."""
+
+    name: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    history: Callable[[str], list[float]]  # a metric's logged values, in order
+
+
+def latest_pipeline_stages(uri: str, experiment: str) -> list[FinishedStage]:
+    """The stage runs of the latest pipeline run in ``experiment`` of the tracking store at ``uri``."""
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    [parent] = client.search_runs([experiment_id], "tags.mlflow.runName LIKE 'pipeline-%'", max_results=1)
+    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=100)
+    return [
+        FinishedStage(
+            run.data.tags["mlflow.runName"],
+            dict(run.data.tags),
+            dict(run.data.metrics),
+            lambda key, run_id=run.info.run_id: [m.value for m in client.get_metric_history(run_id, key)],
+        )
+        for run in children
+    ]
+
+
 @dataclass
 class StageRun:
     """One MLflow run (the parent, or a nested stage) addressed by id."""
 
     client: MlflowClient
     run_id: str
+
+    @classmethod
+    def at(cls, uri: str, run_id: str) -> StageRun:
+        """The run ``run_id`` of the tracking server at ``uri`` (a launched process's own client)."""
+        return cls(MlflowClient(uri), run_id)
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]

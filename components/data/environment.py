@@ -2,7 +2,7 @@
 written in, a labeller that ranks responses, and a gold judge for evaluation only.
 
 The embedded task (``components.task``) is one; with ``data.source: files`` there is none, and nothing of the task is
-imported. The one labeller type is ``components.training.ranking.Ranker``:
+imported. The one labeller type is ``components.data.ranking.Ranker``:
 ``(prompt, responses, ended) -> indices, best first``.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # a type only: the data stages do not load torch for it
-    from components.training.ranking import Ranker
+    from components.data.ranking import Ranker
 
 
 @dataclass

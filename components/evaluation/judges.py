@@ -26,8 +26,8 @@ from components.config import JudgeConfig, ModelConfig
 from components.evaluation.policy_eval import GoldFn, Scores
 from components.models.builders import load_scalar_model
 from components.models.runtime import Runtime
+from components.models.scoring import score_samples
 from components.models.tokenizer import load_tokenizer
-from components.training.reward import score_samples
 
 WEIGHTS = "model.safetensors"
 

@@ -10,18 +10,18 @@ Best-of-n over the SFT policy joins sampling mode as a non-training reference po
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import BestOfNConfig, EvaluationConfig, ModelConfig
+from components.evaluation.best_of_n import best_of_n
 from components.evaluation.intervals import on_judge_decided, win_rate
 from components.evaluation.policy_eval import DecodingMode, GoldFn, Responses, Scores, sample_responses, summarise
 from components.models.runtime import SINGLE, Runtime
-from components.training.best_of_n import best_of_n
-from components.training.ppo import Monitor
-from components.training.reward import gold_accuracy, score_comparisons
+from components.models.scoring import score_comparisons
 
 PPO = "ppo"
 REFERENCE = "sft"
@@ -201,13 +201,36 @@ def evaluate_policies(
     return report
 
 
-def judge_monitor(judge: Scores) -> Monitor:
-    """The judge's mean score of PPO's rollouts, logged as ``gold`` beside the RM score, never used for training."""
+def judge_monitor(judge: Scores) -> Callable[[list[str], list[str], list[bool]], dict[str, float]]:
+    """PPO's ``Monitor``: the judge's mean score of its rollouts, logged as ``gold`` beside the RM score, never used
+    for training."""
 
     def monitor(prompts: list[str], texts: list[str], ended: list[bool]) -> dict[str, float]:
         return {"gold": statistics.fmean(judge(prompts, texts, ended))}
 
     return monitor
+
+
+def gold_accuracy(
+    chosen_rewards: Sequence[float] | torch.Tensor,
+    rejected_rewards: Sequence[float] | torch.Tensor,
+    chosen_gold: Sequence[float],
+    rejected_gold: Sequence[float],
+) -> float:
+    """Share of pairs the reward model orders as the gold judge does; pairs the judge ties are skipped."""
+    agree = decided = 0
+    for rc, rr, gc, gr in zip(
+        _floats(chosen_rewards), _floats(rejected_rewards), chosen_gold, rejected_gold, strict=True
+    ):
+        if gc == gr:
+            continue
+        decided += 1
+        agree += (rc > rr) == (gc > gr)
+    return agree / decided if decided else float("nan")
+
+
+def _floats(values: Sequence[float] | torch.Tensor) -> list[float]:
+    return values.tolist() if isinstance(values, torch.Tensor) else list(values)
 
 
 def reward_model_gold_accuracy(

@@ -9,11 +9,11 @@ import statistics
 from components.config import Config
 from components.data import files
 from components.data.environment import Dataset
+from components.data.ranking import Ranker
 from components.task.generator import GENERATOR_VERSION, generate_synthetic, synthetic_manifest
 from components.task.gold_judge import WEIGHTS, gold_score
 from components.task.labeler import SimulatedLabeler, label_agreement
 from components.task.lexicon import vocabulary
-from components.training.ranking import Ranker
 
 
 class ReviewTask:

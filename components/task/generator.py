@@ -7,10 +7,10 @@ import random
 from components.config import Config
 from components.data import files
 from components.data.environment import Dataset
+from components.data.ranking import ranked_pairs
 from components.task.demonstrator import draw_carelessness, write_answer
 from components.task.labeler import SimulatedLabeler
 from components.task.prompts import Prompt, all_prompts
-from components.training.ranking import ranked_pairs
 
 GENERATOR_VERSION = "reviews-v5"  # bump whenever the generator's output changes for the same params
 

@@ -1,6 +1,6 @@
 """Comparison collection (InstructGPT step 2): K samples per training prompt from the SFT policy, ranked.
 
-For every training prompt the SFT policy samples K responses; a labeller (``components.training.ranking``: the one
+For every training prompt the SFT policy samples K responses; a labeller (``components.data.ranking``: the one
 ``Ranker`` type, the embedded task's simulated labeller or a user's) ranks them and every one of the K*(K-1)/2 pairs
 becomes a preference row ``{prompt, chosen, rejected, chosen_position}``, the schema of the static preference file.
 This module draws the prompts and samples the responses. No gold score is ever written into the rows.
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ComparisonsConfig, ModelConfig
+from components.data.ranking import Labeller
 from components.models.decoding import decode
 from components.models.runtime import SINGLE, Runtime
-from components.training.ranking import Labeller
 
 
 def draw_prompts(prompts: Sequence[str], n: int, seed: int) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import Config, reward_model_config
+from components.data.ranking import Labeller, Ranker, sampled_labeller
 from components.models import lora
 from components.models.builders import build_policy, frozen_copy
 from components.models.ensemble import members_of
@@ -30,7 +31,6 @@ from components.training.comparisons import collect_sft_comparisons, draw_prompt
 from components.training.dpo import train_dpo
 from components.training.loop import Snapshots
 from components.training.ppo import Monitor, train_ppo
-from components.training.ranking import Labeller, Ranker, sampled_labeller
 from components.training.reward import split_comparisons, train_reward_ensemble
 from components.training.rounds import round_prompts, tagged
 from components.training.selection import held_out_slice, select_snapshot

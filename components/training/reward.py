@@ -15,7 +15,7 @@ samples from the SFT policy, so the saved model scores SFT samples at 0 on avera
 as in Ziegler et al., the reference is the SFT policy's own samples, which is where PPO starts, and
 the unit scale keeps PPO's kl_coef, value clip and missing-EOS penalty meaningful across reward models).
 
-This module never calls the gold judge: ``gold_accuracy`` takes gold scores the caller computed.
+This module never calls the gold judge (its agreement with the reward model is the evaluation's business).
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ from components.config import ModelConfig, RewardConfig
 from components.models import lora
 from components.models.batching import Batch, TokenScores, encode_examples, sequence_scores
 from components.models.builders import scalar_model_from
-from components.models.ensemble import RewardEnsemble, member_scores
+from components.models.ensemble import RewardEnsemble
 from components.models.runtime import SINGLE, Runtime
+from components.models.scoring import score_comparisons, score_samples, score_samples_by_member
 from components.training.loop import INPUT_TOKENS, EpochEnds, Log, Means, Objective, train_supervised
 from components.training.rounds import split_by_round
-
-SCORE_BATCH = 256  # sequences per forward pass when only scoring
 
 
 def reward_loss(
@@ -75,31 +74,6 @@ def group_ranking(rows: Sequence[dict]) -> list[str] | None:
 def pairwise_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
     """Share of pairs where the chosen response gets the higher reward (a tie counts as wrong)."""
     return (chosen_rewards > rejected_rewards).float().mean().item()
-
-
-def gold_accuracy(
-    chosen_rewards: Sequence[float] | torch.Tensor,
-    rejected_rewards: Sequence[float] | torch.Tensor,
-    chosen_gold: Sequence[float],
-    rejected_gold: Sequence[float],
-) -> float:
-    """Share of pairs the reward model orders as the gold judge does; pairs the judge ties are skipped.
-
-    The gold scores are the caller's (evaluation's) business: training never computes them.
-    """
-    agree = decided = 0
-    for rc, rr, gc, gr in zip(
-        _floats(chosen_rewards), _floats(rejected_rewards), chosen_gold, rejected_gold, strict=True
-    ):
-        if gc == gr:
-            continue
-        decided += 1
-        agree += (rc > rr) == (gc > gr)
-    return agree / decided if decided else float("nan")
-
-
-def _floats(values: Sequence[float] | torch.Tensor) -> list[float]:
-    return values.tolist() if isinstance(values, torch.Tensor) else list(values)
 
 
 def group_comparisons(comparisons: Sequence[dict]) -> list[list[dict]]:
@@ -158,65 +132,6 @@ def pair_rewards(
     batch, chosen, rejected = encode_distinct(tokenizer, rows, model_cfg)
     rewards = sequence_scores(model, batch)  # (distinct responses,)
     return rewards[chosen], rewards[rejected]
-
-
-@torch.inference_mode()
-def score_samples(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    samples: Sequence[tuple[str, str]],
-    model_cfg: ModelConfig,
-    runtime: Runtime = SINGLE,
-) -> torch.Tensor:
-    """The reward of each (prompt, response): (N,); an ensemble's is its members' mean."""
-    return score_samples_by_member(model, tokenizer, samples, model_cfg, runtime).mean(dim=-1)
-
-
-@torch.inference_mode()
-def score_samples_by_member(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    samples: Sequence[tuple[str, str]],
-    model_cfg: ModelConfig,
-    runtime: Runtime = SINGLE,
-) -> torch.Tensor:
-    """Each ensemble member's reward of each (prompt, response): (N, M); M = 1 for a single reward model. The
-    batches are split between the runtime's processes; the scores are on the host."""
-    was_training = model.training
-    model = runtime.to_device(model).eval()
-
-    def score(_: int, chunk: Sequence[tuple[str, str]]) -> list[list[float]]:
-        batch = encode_examples(
-            tokenizer,
-            [p for p, _ in chunk],
-            [r for _, r in chunk],
-            model_cfg.max_prompt_tokens,
-            model_cfg.max_response_tokens,
-        ).to(runtime.device)
-        with runtime.autocast():
-            return member_scores(model, batch).float().tolist()
-
-    scores = runtime.map_chunks(list(samples), SCORE_BATCH, score)
-    model.train(was_training)
-    return torch.tensor(scores) if scores else torch.zeros(0, 1)
-
-
-def score_comparisons(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    rows: Sequence[dict],
-    model_cfg: ModelConfig,
-    runtime: Runtime = SINGLE,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """r(chosen), r(rejected) of every row, in eval mode and without gradients: (B,), (B,)."""
-    rewards = score_samples(
-        model,
-        tokenizer,
-        [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows],
-        model_cfg,
-        runtime,
-    )
-    return rewards[: len(rows)], rewards[len(rows) :]
 
 
 FINAL_NORMS = ("ln_f", "final_layer_norm", "norm")  # GPT-2 / GPT-J, OPT / GPT-NeoX, Llama-style

@@ -19,9 +19,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, SelectionConfig
+from components.data.ranking import Ranker
 from components.models.runtime import SINGLE, Runtime
 from components.training.comparisons import sample_responses
-from components.training.ranking import Ranker
 from components.training.reward import group_comparisons
 
 

@@ -8,6 +8,7 @@ import pytest
 from components.config import load_config
 from components.data import files
 from components.data.dataset import write_dataset
+from components.data.ranking import ranked_pairs
 from components.data.text import words
 from components.io import sha256_file
 from components.task.demonstrator import DemonstratorStyle, draw_carelessness, write_demonstration
@@ -16,7 +17,6 @@ from components.task.gold_judge import gold_score, judge
 from components.task.labeler import SimulatedLabeler, label_agreement
 from components.task.lexicon import VOCABULARY
 from components.task.prompts import all_prompts, parse_prompt
-from components.training.ranking import ranked_pairs
 
 
 def test_prompts_round_trip_through_their_text():

@@ -19,7 +19,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from components.adapters.tracking import Tracker
 from components.config import ConfigError, load_config
 from flows.credentials import export_credentials
-from tests.servers import mlflow_server
+from infra.servers import mlflow_server
 
 pytestmark = pytest.mark.faults
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from infra.servers import BIN, MLFLOW_SERVER_ENV, free_port, wait_until_up
 from tests.flow_helpers import MODEL, new_project
-from tests.servers import BIN, MLFLOW_SERVER_ENV, free_port, wait_until_up
 
 pytestmark = pytest.mark.faults
 

@@ -29,10 +29,10 @@ from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.human_judging import KEY
+from infra.servers import BIN, free_port, prefect_env, prefect_server
 from tests.conftest import new_repo
 from tests.human_rounds import PEOPLE, argilla_export, human_round, longer_side, newest_round, ppo_wins
 from tests.layout import stage_dir
-from tests.servers import BIN, free_port, prefect_env, prefect_server
 
 pytestmark = pytest.mark.integration
 

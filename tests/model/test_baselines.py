@@ -9,13 +9,13 @@ import torch
 
 from components.config import CombinedLossConfig, DPOConfig, ModelConfig, SFTConfig, load_config
 from components.data import files
+from components.evaluation.best_of_n import best_of_n
 from components.models.batching import encode_prompts, sequence_scores
 from components.models.builders import build_policy, frozen_copy, scalar_model_from
 from components.models.generation import decode_responses, generate
 from components.models.tokenizer import build_word_tokenizer
 from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
-from components.training.best_of_n import best_of_n
 from components.training.chosen import train_chosen
 from components.training.combined import train_combined
 from components.training.dpo import evaluate_dpo, train_dpo

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.training.best_of_n import best_of_n_kl, kl_matched_n
+from components.evaluation.best_of_n import best_of_n_kl, kl_matched_n
 
 pytestmark = pytest.mark.slow  # the benchmark end to end
 

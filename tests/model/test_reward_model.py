@@ -14,15 +14,17 @@ import torch
 
 from components.config import ComparisonsConfig, ModelConfig, RewardConfig, SFTConfig, load_config
 from components.data.files import PREFERENCES, file_name, read_jsonl
+from components.data.ranking import SOURCE, rank_sampled, sampled_labeller
+from components.evaluation.report import gold_accuracy
 from components.models.builders import build_policy
+from components.models.scoring import score_comparisons
 from components.models.tokenizer import build_word_tokenizer
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
 from components.task.labeler import SimulatedLabeler
 from components.task.lexicon import VOCABULARY
 from components.training.comparisons import collect_sft_comparisons, draw_prompts, sample_reference
-from components.training.ranking import SOURCE, rank_sampled, sampled_labeller
-from components.training.reward import gold_accuracy, score_comparisons, split_comparisons, train_reward_model
+from components.training.reward import split_comparisons, train_reward_model
 from components.training.sft import train_sft
 from flows.data_stages import DataValidationFailed, save_comparisons
 
@@ -211,7 +213,8 @@ def test_an_ensemble_has_independent_normalised_members_and_round_trips(sft_poli
     SFT samples, one held-out split; saved and loaded back as an ensemble that scores the same."""
     from components.models.ensemble import RewardEnsemble, load_reward_model, members_of
     from components.models.saving import save_model
-    from components.training.reward import score_samples, score_samples_by_member, train_reward_ensemble
+    from components.models.scoring import score_samples, score_samples_by_member
+    from components.training.reward import train_reward_ensemble
 
     comparisons = dataset[PREFERENCES][:1200]
     reference = sample_reference(

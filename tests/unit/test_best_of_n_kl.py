@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from components.training.best_of_n import best_of_n_kl, kl_matched_n
+from components.evaluation.best_of_n import best_of_n_kl, kl_matched_n
 
 
 def brute_force_kl(n: int, answers: int = 100_000) -> float:

@@ -13,10 +13,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-ROOTS = ("components", "flows")
-FIRST_PARTY = ("components", "flows", "tests", "benchmarks")
+PRODUCT = ("components", "flows")
+ROOTS = (*PRODUCT, "benchmarks", "infra")
+FIRST_PARTY = ("components", "flows", "tests", "benchmarks", "infra")
 TOOLS = frozenset({"mlflow", "prefect", "great_expectations", "dvc", "dvc_data"})  # only components.adapters calls them
-TRAINING_MAY_IMPORT = ("components.config", "components.models", "components.io", "components.training")
+# the ranking rules (stdlib only) are data's: how a ranking becomes comparison rows
+TRAINING_MAY_IMPORT = (
+    "components.config",
+    "components.models",
+    "components.io",
+    "components.training",
+    "components.data.ranking",
+)
 
 PURE_MODULES = [
     "components.config",
@@ -35,17 +43,26 @@ PURE_MODULES = [
 ]
 
 
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
 def module_name(path: Path) -> str:
     parts = path.relative_to(REPO).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def source_modules() -> dict[str, Path]:
-    """Every module under components/ and flows/, by dotted name."""
+    """Every module under components/, flows/, benchmarks/ and infra/, by dotted name."""
     return {module_name(path): path for root in ROOTS for path in sorted((REPO / root).rglob("*.py"))}
 
 
-MODULES = source_modules()
+ALL_MODULES = source_modules()
+MODULES = {name: path for name, path in ALL_MODULES.items() if top(name) in PRODUCT}
 
 
 def imports_in(source: str, module: str, is_package: bool = False) -> set[str]:
@@ -63,7 +80,7 @@ def imports_in(source: str, module: str, is_package: bool = False) -> set[str]:
                     package = package.rpartition(".")[0]
                 base = f"{package}.{base}" if base else package
             for alias in node.names:
-                names.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
+                names.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in ALL_MODULES else base)
     return names
 
 
@@ -71,17 +88,10 @@ def imported(module: str, path: Path) -> set[str]:
     return imports_in(path.read_text(encoding="utf-8"), module, path.name == "__init__.py")
 
 
-EDGES: list[tuple[str, str]] = sorted(
-    (module, target) for module, path in MODULES.items() for target in imported(module, path)
+ALL_EDGES: list[tuple[str, str]] = sorted(
+    (module, target) for module, path in ALL_MODULES.items() for target in imported(module, path)
 )
-
-
-def within(name: str, package: str) -> bool:
-    return name == package or name.startswith(package + ".")
-
-
-def top(name: str) -> str:
-    return name.split(".")[0]
+EDGES = [(module, target) for module, target in ALL_EDGES if top(module) in PRODUCT]  # the product's own
 
 
 def first_party(name: str) -> bool:
@@ -127,6 +137,29 @@ def test_training_imports_only_config_models_io_and_libraries_other_than_the_too
     )
 
 
+def test_evaluation_never_imports_training():
+    """Evaluation reads trained models through components.models (scoring, decoding), never the training code."""
+    offending = [(m, t) for m, t in EDGES if within(m, "components.evaluation") and within(t, "components.training")]
+    assert not offending, f"components.evaluation must not import components.training:\n{listing(offending)}"
+
+
+def test_only_the_adapters_import_mlflow_anywhere():
+    """Not the flows, the benchmarks or the infra either: every MLflow call goes through components.adapters."""
+    offending = [(m, t) for m, t in ALL_EDGES if top(t) == "mlflow" and not within(m, "components.adapters")]
+    assert not offending, f"only components.adapters may import mlflow:\n{listing(offending)}"
+
+
+def test_nothing_imports_the_tests():
+    offending = [(m, t) for m, t in ALL_EDGES if top(t) == "tests"]
+    assert not offending, f"the product, the benchmarks and the infra must not import tests:\n{listing(offending)}"
+
+
+def test_the_ranking_rules_import_only_the_standard_library():
+    """Training, the task and data all read them, so they stand on nothing of the project's."""
+    targets = {t for m, t in EDGES if m == "components.data.ranking"}
+    assert targets and all(stdlib(t) or t == "__future__" for t in targets), targets
+
+
 def test_components_never_import_flows():
     offending = [(m, t) for m, t in EDGES if within(m, "components") and within(t, "flows")]
     assert not offending, f"components must not import flows:\n{listing(offending)}"
@@ -164,7 +197,7 @@ def defined_names(source: str) -> set[str]:
 
 def test_there_is_one_ranker_type():
     defining = [m for m, path in MODULES.items() if "Ranker" in defined_names(path.read_text(encoding="utf-8"))]
-    assert defining == ["components.training.ranking"]
+    assert defining == ["components.data.ranking"]
 
 
 @pytest.mark.slow  # ~10 s: imports every module, the tools' included

@@ -19,8 +19,8 @@ from components.evaluation.judges import (
 from components.evaluation.report import judge_monitor
 from components.models.builders import build_policy, scalar_model_from
 from components.models.saving import save_model
+from components.models.scoring import score_samples
 from components.models.tokenizer import build_word_tokenizer
-from components.training.reward import score_samples
 
 TINY = ModelConfig(n_layer=1, n_embd=16, n_head=2, max_prompt_tokens=8, max_response_tokens=8)
 PROMPTS, RESPONSES, ENDED = ["say hi.", "say bye."], ["hi there.", "bye bye bye."], [True, False]

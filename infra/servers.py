@@ -1,4 +1,4 @@
-"""Real servers for the tests, on 127.0.0.1 and free ports, stopped by the fixtures that start them."""
+"""Real servers on 127.0.0.1 and free ports, stopped by whoever starts them: the tests' fixtures, the soak benchmark."""
 
 from __future__ import annotations
 
