@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside 
 RESULTS = REPO / "benchmarks" / "results" / "flop_floor.json"
 
 from benchmarks.rlhf_vs_sl import evaluate_trained, train_everything  # noqa: E402
-from flows import runtimes  # noqa: E402
+from flows.execution import runtimes  # noqa: E402
 
 MATMUL_MODULES = (torch.nn.Linear, Conv1D)
 REPEATS = 7

@@ -30,12 +30,12 @@ from components.models.builders import build_policy
 from components.models.ensemble import members_of
 from components.models.saving import save_model
 from components.models.tokenizer import build_word_tokenizer
-from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
 from components.task.lexicon import VOCABULARY
+from components.task.review_task import ReviewTask
 from components.training import recipe
-from flows import runtimes
+from flows.execution import runtimes
 
 # n_layer, n_embd, n_head, vocabulary (None: the task's words only), positions
 SHAPES = {"355m": (24, 1024, 16, 50257, 1024), "124m": (12, 768, 12, 50257, 1024), "tiny": (1, 32, 2, None, 64)}

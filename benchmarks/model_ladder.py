@@ -35,9 +35,9 @@ from components.offline import stay_offline
 from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
 from components.training import recipe
-from flows import ppo_worker
-from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
-from flows.ppo_worker import read_result, write_job
+from flows.execution import ppo_worker
+from flows.execution.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
+from flows.execution.ppo_worker import read_result, write_job
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "model_ladder.json"

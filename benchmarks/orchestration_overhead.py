@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside 
 RESULTS = REPO / "benchmarks" / "results" / "orchestration_overhead.json"
 
 from benchmarks.rlhf_vs_sl import Stopwatch, evaluate_trained, train_everything  # noqa: E402
-from flows import runtimes  # noqa: E402
+from flows.execution import runtimes  # noqa: E402
 
 
 def direct(profile: str) -> tuple[float, dict[str, float]]:

@@ -36,13 +36,13 @@ from components.data.files import DEMONSTRATIONS
 from components.io import write_json
 from components.models.saving import save_model
 from components.offline import stay_offline
-from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
+from components.task.review_task import ReviewTask
 from components.training import recipe
-from flows import ppo_worker
-from flows.launcher import AccelerateProfile, accelerate_command, run_logged
-from flows.ppo_worker import read_result, write_job
+from flows.execution import ppo_worker
+from flows.execution.launcher import AccelerateProfile, accelerate_command, run_logged
+from flows.execution.ppo_worker import read_result, write_job
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "ppo_throughput.json"

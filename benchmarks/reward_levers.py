@@ -37,9 +37,9 @@ from components.evaluation.report import reward_model_gold_accuracy
 from components.models.ensemble import RewardEnsemble
 from components.models.scoring import score_samples
 from components.offline import stay_offline
-from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
+from components.task.review_task import ReviewTask
 from components.training import recipe
 from components.training.comparisons import draw_prompts, sample_reference
 from components.training.reward import group_comparisons, train_reward_model

@@ -66,12 +66,12 @@ from components.evaluation.seeds import seeds_needed
 from components.io import write_json
 from components.models.runtime import Runtime
 from components.offline import stay_offline
-from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
+from components.task.review_task import ReviewTask
 from components.training import recipe
 from components.training.loop import Snapshots
-from flows import runtimes
+from flows.execution import runtimes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rlhf_vs_sl.json"
 TUNING = RESULTS.with_name("tuning.json")

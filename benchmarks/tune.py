@@ -41,9 +41,9 @@ from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.models.ensemble import RewardEnsemble, members_of
 from components.offline import stay_offline
-from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
+from components.task.review_task import ReviewTask
 from components.training import recipe
 from components.training.loop import Snapshots
 

@@ -27,5 +27,5 @@ def data() -> None:
 
 
 def judge() -> None:
-    """``rlhf-judge``: ``python -m flows.human_judging``, resuming a run people judged."""
-    _as_main("flows.human_judging")
+    """``rlhf-judge``: ``python -m flows.labelling.human_judging``, resuming a run people judged."""
+    _as_main("flows.labelling.human_judging")

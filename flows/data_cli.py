@@ -13,22 +13,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from components import io
 from components.adapters import versioning
 from components.config import ConfigError, load_config
 from components.data.dataset import write_candidate
 from components.offline import stay_offline
-from flows import data_stages, data_versioning
-from flows.environment import environment_for
-
-REBUILD_REPORT = Path("reports/data/rebuild.json")
-
-
-def write_rebuild_report(root: Path, recorded: str | None, rebuilt: str) -> bool:
-    """The ``generate`` stage's output: what data.dvc records, what the params rebuild to, and whether they match."""
-    match = recorded is not None and recorded == rebuilt
-    io.write_json(Path(root) / REBUILD_REPORT, {"recorded": recorded, "rebuilt": rebuilt, "match": match})
-    return match
+from flows.execution.task_choice import environment_for
+from flows.tasks import data_stages, data_versioning
+from flows.tasks.data_versioning import write_rebuild_report
 
 
 def rebuild_check(cfg, root: Path) -> int:

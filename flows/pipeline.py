@@ -24,8 +24,8 @@ from pathlib import Path
 
 from components.config import DEFAULT_PARAMS, ConfigError, load_config  # yaml and pydantic only
 from components.models import precision  # reads /proc/cpuinfo; torch only when autocast is entered
-from flows import launcher  # yaml and the config only
-from flows.temporary_server import start_early
+from flows.execution import launcher  # yaml and the config only
+from flows.execution.temporary_server import start_early
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILE_ROOTS = REPO_ROOT / "runs"
@@ -76,7 +76,7 @@ if __name__ == "__main__":
     stay_offline()
     refuse_a_bad_config(parse_args())
 # `python -m flows.pipeline` with no Prefect API configured: the temporary server starts up on another core while the
-# imports below run (flows/temporary_server.py)
+# imports below run (flows/execution/temporary_server.py)
 EARLY_SERVER = start_early() if __name__ == "__main__" else None
 
 from prefect import flow, get_run_logger
@@ -92,22 +92,14 @@ from components.evaluation.judges import JudgeError, judge_facts
 from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
-from flows import (
-    cores,
-    data_stages,
-    data_tasks,
-    decision_tasks,
-    human_judging,
-    human_labelling,
-    labelling_rounds,
-    runtimes,
-    training_tasks,
-)
-from flows.credentials import export_credentials
-from flows.deployment_safety import refuse_unsafe_parameters
-from flows.run_context import PreparedData, Trained
-from flows.stage_runs import stage_home
-from flows.tracking_tasks import close_abandoned_runs, close_tracking, open_tracking, suspend_tracking
+from flows.execution import cores, runtimes
+from flows.execution.credentials import export_credentials
+from flows.execution.deployment_safety import refuse_unsafe_parameters
+from flows.execution.run_context import PreparedData, Trained
+from flows.execution.run_tracking import close_abandoned_runs, close_tracking, open_tracking, suspend_tracking
+from flows.execution.stage_runs import stage_home
+from flows.labelling import human_judging, human_labelling
+from flows.tasks import data_stages, data_tasks, decision_tasks, labelling_rounds, training_tasks
 
 
 def flow_overrides(

@@ -10,7 +10,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from flows.ports import free_port
+from flows.execution.ports import free_port
 
 BIN = Path(sys.executable).parent
 # MLflow's server starts a job runner and a handful of Huey consumer processes for its GenAI jobs, which the pipeline

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from components.offline import stay_offline
-from flows.cores import usable_cores
+from flows.execution.cores import usable_cores
 
 stay_offline()  # nothing in the test suite may phone home
 

@@ -9,11 +9,11 @@ from components.config import Config, load_config
 from components.data.files import DEMONSTRATIONS
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.models.saving import save_model
-from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
+from components.task.review_task import ReviewTask
 from components.training import recipe
-from flows.ppo_worker import write_job
+from flows.execution.ppo_worker import write_job
 
 SFT_LONGER = ["sft.epochs=20", "sft.lr=3e-3"]
 # Near-greedy rollouts from the same starting weights make the ranks' two shards together exactly the batch one

@@ -13,9 +13,9 @@ from components.data.files import DEMONSTRATIONS
 from components.models.ensemble import members_of
 from components.models.runtime import Runtime
 from components.models.saving import save_model
-from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
+from components.task.review_task import ReviewTask
 from components.training import recipe
 
 FLOAT32_ULP = 2.0**-23

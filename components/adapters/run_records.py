@@ -19,7 +19,9 @@ from components.io import write_json
 
 RECORD, LOCK = "run.json", "run.lock"
 RUNNING, COMPLETED, FAILED, ABANDONED = "running", "completed", "failed", "abandoned"
-SUSPENDED = "suspended"  # a deployment's run that left its process while people label (flows/human_judging.py)
+SUSPENDED = (
+    "suspended"  # a deployment's run that left its process while people label (flows/labelling/human_judging.py)
+)
 
 
 @contextmanager

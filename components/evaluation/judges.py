@@ -96,7 +96,7 @@ def python_judge(entry_point: str, call_seconds: float | None = None) -> Judge:
         worker = threading.Thread(target=run, name=f"judge {entry_point}", daemon=True)
         started = time.monotonic()
         worker.start()
-        while worker.is_alive():  # short joins: the caller stays interruptible (flows/deadlines.py)
+        while worker.is_alive():  # short joins: the caller stays interruptible (flows/execution/deadlines.py)
             if time.monotonic() - started > call_seconds:
                 raise JudgeError(
                     f"judge {entry_point} did not return within {call_seconds:g} s (timeouts.judge_call_seconds) "

@@ -29,7 +29,7 @@ BEST_OF_N = "best_of_n"
 
 Decode = Callable[[], Responses]
 # (policy, mode, decode) -> the policy's responses under the mode before any judge reads them: decode()'s, or the same
-# responses remembered from an earlier decoding (flows/decoding_reuse.py)
+# responses remembered from an earlier decoding (flows/tasks/decoding_reuse.py)
 Recall = Callable[[str, DecodingMode, Decode], Responses]
 
 

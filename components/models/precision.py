@@ -3,7 +3,7 @@
 Under bf16 autocast the weights, the optimiser state and the losses stay fp32; matmuls and attention run in bf16.
 That pays only where the CPU does bf16 natively (the ``avx512_bf16`` or ``amx_bf16`` flag); elsewhere bf16 is
 emulated and slower than fp32, so a run asking for it there is refused before it starts. The stages' runtime applies
-it (flows/runtimes.py: accelerate's autocast around each prepared model's forward pass).
+it (flows/execution/runtimes.py: accelerate's autocast around each prepared model's forward pass).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from playwright.sync_api import expect
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.human_judging import KEY, PAGE, PAIRS
+from flows.labelling.human_judging import KEY, PAGE, PAIRS
 from tests.browsers import WAIT, screenshot
 from tests.flow_helpers import REPO, main_command, main_env
 from tests.human_rounds import human_round, newest_round, wait_for_paused_run

@@ -8,8 +8,8 @@ import yaml
 from components.adapters.versioning import DataDrift, dvc_status
 from components.config import load_config
 from components.data import files
-from flows import data_stages, data_versioning
-from flows.data_versioning import NEW_VERSION, REBUILT, STAGING_DIR, VERIFIED
+from flows.tasks import data_stages, data_versioning
+from flows.tasks.data_versioning import NEW_VERSION, REBUILT, STAGING_DIR, VERIFIED
 from tests.conftest import git
 
 pytestmark = pytest.mark.slow  # a real DVC repository per test, ~45 s in all

@@ -22,10 +22,10 @@ from components.models.runtime import Runtime
 from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from components.training.checkpoints import latest_checkpoint
-from flows.launcher import AccelerateProfile, accelerate_command, run_logged
-from flows.ppo_worker import POLICY, read_result
-from flows.runtimes import weights_digest
-from flows.stage_worker import OUTPUT, load_input, read_stage_result, write_stage_job
+from flows.execution.launcher import AccelerateProfile, accelerate_command, run_logged
+from flows.execution.ppo_worker import POLICY, read_result
+from flows.execution.runtimes import weights_digest
+from flows.execution.stage_worker import OUTPUT, load_input, read_stage_result, write_stage_job
 from tests.ppo_jobs import SAME_BATCH, job, one_plain_process, ppo_inputs
 from tests.stage_jobs import ReversedRows, float32_yardstick, largest_difference, smoke
 
@@ -56,7 +56,9 @@ def yardstick(inputs, plain) -> float:
 def launch_deepspeed(inputs, job_dir: Path, zero_stage: int, processes: int) -> dict:
     job(inputs, job_dir, SAME_BATCH)
     profile = AccelerateProfile.read(REPO / f"infra/accelerate/deepspeed-zero{zero_stage}.yaml")
-    command, env = accelerate_command(profile, "flows.ppo_worker", ["--job", str(job_dir)], processes, use_cpu=True)
+    command, env = accelerate_command(
+        profile, "flows.execution.ppo_worker", ["--job", str(job_dir)], processes, use_cpu=True
+    )
     run_logged(command, TIMEOUT, env=env, cwd=REPO, grace=5)
     return read_result(job_dir)
 
@@ -93,7 +95,9 @@ def test_zero2_in_one_process_matches_plain_ppo_and_an_interrupted_run_resumes_b
 
     def launch(job_dir: Path, checkpoints: Path | None, on_line=lambda line: None):
         job(inputs, job_dir, RESUMABLE, checkpoint_dir=checkpoints)
-        command, env = accelerate_command(profile, "flows.ppo_worker", ["--job", str(job_dir)], 1, use_cpu=True)
+        command, env = accelerate_command(
+            profile, "flows.execution.ppo_worker", ["--job", str(job_dir)], 1, use_cpu=True
+        )
         run_logged(command, TIMEOUT, on_line, env=env, cwd=REPO, grace=5)
         return read_result(job_dir)
 
@@ -174,7 +178,7 @@ def launch_stages(supervised: dict, name: str, profile_changes: dict, processes:
         write_stage_job(where / stage, call, cfg, args, models, VOCABULARY, 1000)
         jobs += ["--job", str(where / stage)]
     profile = AccelerateProfile.read(where / "profile.yaml")
-    command, env = accelerate_command(profile, "flows.stage_worker", jobs, processes, use_cpu=True)
+    command, env = accelerate_command(profile, "flows.execution.stage_worker", jobs, processes, use_cpu=True)
     run_logged(command, TIMEOUT, env=env, cwd=REPO, grace=5)
     return {stage: read_stage_result(where / stage) | {"dir": where / stage} for stage in stages}
 

@@ -7,12 +7,12 @@ import torch
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
-from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
+from components.task.review_task import ReviewTask
 from components.training import recipe
 from components.training.rounds import tagged
-from flows import runtimes, stage_calls
+from flows.execution import runtimes, stage_calls
 
 pytestmark = [
     pytest.mark.distributed,

@@ -25,9 +25,9 @@ from components.evaluation.report import judge_monitor
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.task.gold_judge import gold_score
 from components.training.checkpoints import latest_checkpoint
-from flows.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
-from flows.ppo_worker import POLICY, read_result
-from flows.runtimes import weights_digest
+from flows.execution.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
+from flows.execution.ppo_worker import POLICY, read_result
+from flows.execution.runtimes import weights_digest
 from tests.ppo_jobs import SAME_BATCH, SFT_LONGER, job, one_plain_process, ppo_inputs
 from tests.processes import listening_sockets, running
 from tests.stage_jobs import ReversedRows, float32_yardstick, largest_difference
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.distributed
 
 REPO = Path(__file__).resolve().parents[2]
 TWO_PROCESSES = REPO / "infra/accelerate/cpu-2proc.yaml"
-WORKER = "flows.ppo_worker"
+WORKER = "flows.execution.ppo_worker"
 TIMEOUT = 300
 
 
@@ -295,7 +295,7 @@ def test_one_process_in_the_callers_process_equals_one_launched_process(inputs, 
     weights bit for bit as under `accelerate launch`, and the caller's random state untouched."""
     import random
 
-    from flows.ppo_worker import run_in_process
+    from flows.execution.ppo_worker import run_in_process
 
     one = AccelerateProfile.read(REPO / "infra/accelerate/cpu-1proc.yaml")
     jobs = {}
@@ -325,7 +325,8 @@ MULTI_NODE = REPO / "infra/accelerate/multi-node.yaml"
 
 
 class Nodes:
-    """Both machines' launches (`python -m flows.launcher`, as each host runs it), each in its own process group,
+    """Both machines' launches (`python -m flows.execution.launcher`, as each host runs it), each in its own process
+    group,
     every line kept and handed to ``on_line(machine, line)``."""
 
     def __init__(self, job_dir: Path, on_line=lambda machine, line: None):
@@ -333,12 +334,20 @@ class Nodes:
         import sys
         import threading
 
-        from flows.ports import free_port
+        from flows.execution.ports import free_port
 
         port, self.lines, self.processes = free_port(), {0: [], 1: []}, {}
         self.port = port  # machine 0's rendezvous
         for rank in (0, 1):
-            command = [sys.executable, "-m", "flows.launcher", "--job", str(job_dir), "--config", str(MULTI_NODE)]
+            command = [
+                sys.executable,
+                "-m",
+                "flows.execution.launcher",
+                "--job",
+                str(job_dir),
+                "--config",
+                str(MULTI_NODE),
+            ]
             command += ["--machine-rank", str(rank), "--main-ip", "127.0.0.1", "--main-port", str(port)]
             command += ["--num-processes", "2", "--cpu", "--timeout", str(TIMEOUT)]
             self.processes[rank] = subprocess.Popen(

@@ -1,5 +1,5 @@
 """Every stage that trains or decodes, launched on 2 CPU processes (gloo) as the flow launches it under a
-multi-process profile (flows/stage_worker.py), against the same stage in one process.
+multi-process profile (flows/execution/stage_worker.py), against the same stage in one process.
 
 Known answers, tolerances stated:
   - the comparisons' samples (decoding split between the ranks, batch i seeded with seed + i) equal one process's
@@ -23,14 +23,14 @@ from components.config import load_config
 from components.models.builders import build_policy, load_causal_lm, scalar_model_from
 from components.models.runtime import Runtime
 from components.models.saving import save_model
-from components.task.environment import ReviewTask
 from components.task.lexicon import VOCABULARY
+from components.task.review_task import ReviewTask
 from components.training import recipe
 from components.training.rounds import tagged
-from flows import stage_calls
-from flows.launcher import AccelerateProfile, accelerate_command, run_logged
-from flows.runtimes import weights_digest
-from flows.stage_worker import OUTPUT, OUTPUT_ROWS, load_input, read_stage_result, write_stage_job
+from flows.execution import stage_calls
+from flows.execution.launcher import AccelerateProfile, accelerate_command, run_logged
+from flows.execution.runtimes import weights_digest
+from flows.execution.stage_worker import OUTPUT, OUTPUT_ROWS, load_input, read_stage_result, write_stage_job
 from tests.stage_jobs import FLOAT32_ULP, ReversedRows, float32_yardstick, largest_difference, smoke
 
 pytestmark = pytest.mark.distributed
@@ -128,7 +128,7 @@ def launched(setting):
         call, _ = call_of(stage)
         write_stage_job(job_dir, call, setting["cfg"], arguments(setting, stage), models, VOCABULARY, 1000)
         jobs += ["--job", str(job_dir)]
-    command, env = accelerate_command(AccelerateProfile.read(TWO_PROCESSES), "flows.stage_worker", jobs)
+    command, env = accelerate_command(AccelerateProfile.read(TWO_PROCESSES), "flows.execution.stage_worker", jobs)
     lines: list[str] = []
     run_logged(command, TIMEOUT, lines.append, env=env, cwd=REPO, grace=5)
     return {"lines": lines}

@@ -77,7 +77,7 @@ def test_a_python_judge_that_never_returns_fails_the_run_at_its_deadline(in_proc
 def test_a_hung_ppo_step_fails_the_run_at_its_progress_deadline(in_process_flow, root, registry):
     """PPO in the flow's own process stops reporting iterations (its step hangs, here in the judge watching it, whose
     own deadline is far off): it is stopped after timeouts.progress_seconds, and the run fails naming it."""
-    from flows.deadlines import StageTimeout
+    from flows.execution.deadlines import StageTimeout
 
     before = registry()
     overrides = [*python_judge("hangs"), "timeouts.judge_call_seconds=100000", "timeouts.progress_seconds=5"]

@@ -18,7 +18,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components.adapters.tracking import Tracker
 from components.config import ConfigError, load_config
-from flows.credentials import export_credentials
+from flows.execution.credentials import export_credentials
 from infra.servers import mlflow_server
 
 pytestmark = pytest.mark.faults

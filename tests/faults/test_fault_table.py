@@ -16,7 +16,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, file_name
-from flows.ports import free_port
+from flows.execution.ports import free_port
 from tests.data_files import DEFECTS, write_good_dir
 from tests.flow_helpers import (
     TRAINING_TASKS,
@@ -101,7 +101,7 @@ def test_a_run_failing_while_the_tracking_server_is_gone_keeps_its_own_error(
     from prefect import flow
 
     from components.adapters.tracking import StageRun
-    from flows.tracking_tasks import Tracking, close_tracking
+    from flows.execution.run_tracking import Tracking, close_tracking
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     uri = f"http://127.0.0.1:{free_port()}"  # the tracking server is gone
@@ -165,7 +165,7 @@ FLOW_DEFECTS = sorted(
 def test_every_corrupt_data_case_fails_the_flow_at_validation_and_touches_nothing(
     in_process_flow, mlflow_server, tmp_path
 ):
-    from flows.data_stages import DataValidationFailed
+    from flows.tasks.data_stages import DataValidationFailed
 
     seed_champion(mlflow_server)
     before = registry_state(mlflow_server)
@@ -192,7 +192,7 @@ def test_every_corrupt_data_case_fails_the_flow_at_validation_and_touches_nothin
 
 def test_a_data_file_changed_after_data_dvc_is_refused_naming_the_file_and_both_hashes(in_process_flow, tmp_path):
     from components.adapters.versioning import DataDrift
-    from flows import data_versioning
+    from flows.tasks import data_versioning
 
     root = new_project(tmp_path)
     cfg = load_config("smoke")

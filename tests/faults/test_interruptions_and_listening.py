@@ -156,7 +156,7 @@ def test_a_later_run_closes_what_killed_or_cut_off_runs_left_open(prefect_server
 
     from components.adapters import run_records
     from components.adapters.tracking import Tracker
-    from flows.tracking_tasks import Tracking, close_abandoned_runs
+    from flows.execution.run_tracking import Tracking, close_abandoned_runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.launcher import AccelerateProfile, accelerate_command, run_logged
-from flows.ppo_worker import read_result
+from flows.execution.launcher import AccelerateProfile, accelerate_command, run_logged
+from flows.execution.ppo_worker import read_result
 from tests.ppo_jobs import job, ppo_inputs
 
 pytestmark = [pytest.mark.faults, pytest.mark.distributed]
@@ -48,7 +48,7 @@ def test_two_process_launches_beside_a_cpu_load_always_end_cleanly(tmp_path):
         for launch in range(LAUNCHES):
             job_dir = tmp_path / f"job{launch}"
             job(inputs, job_dir, ["ppo.iterations=2"])
-            command, env = accelerate_command(profile, "flows.ppo_worker", ["--job", str(job_dir)])
+            command, env = accelerate_command(profile, "flows.execution.ppo_worker", ["--job", str(job_dir)])
             lines = run_logged(command, 300, env=env, cwd=REPO, tail_lines=200)  # LaunchError on any rank's death
             assert not [line for line in lines if "terminate called" in line or "SIGABRT" in line], lines
             ended.append(read_result(job_dir)["world_size"])

@@ -133,8 +133,8 @@ def test_a_tracking_outage_during_ppo_stops_live_logging_not_training(tmp_path, 
     from components.adapters.tracking import StageRun
     from components.config import load_config
     from components.training.recipe import StageResult
-    from flows.ppo_worker import LiveLog, say
-    from flows.stage_runs import record_stage
+    from flows.execution.ppo_worker import LiveLog, say
+    from flows.execution.stage_runs import record_stage
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     cfg = load_config("smoke", ["ppo.iterations=6"])

@@ -1,4 +1,5 @@
-"""The pipeline's hand-off tasks (flows/handoff.py) on the session's Prefect server: their arguments arrive as they
+"""The pipeline's hand-off tasks (flows/execution/handoff.py) on the session's Prefect server: their arguments arrive as
+they
 were passed, unwalked, and the task that made an argument is still recorded as the run's upstream input."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Completed, State
 
-from flows.handoff import HandOffTask, task
+from flows.execution.handoff import HandOffTask, task
 
 pytestmark = pytest.mark.integration
 

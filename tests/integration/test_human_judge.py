@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from components.evaluation.intervals import wilson
 from components.evaluation.pairwise import pair_id
-from flows.human_judging import HUMAN_DIR, KEY, PAGE, PAIRS, HumanJudgeError
+from flows.labelling.human_judging import HUMAN_DIR, KEY, PAGE, PAIRS, HumanJudgeError
 from tests.flow_helpers import latest_flow_run, stage_runs
 from tests.human_rounds import Labeller, argilla_export, human_round, newest_round, ppo_wins
 

@@ -22,8 +22,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import FlowRunSort
 
-from flows.human_judging import KEY
-from flows.human_labelling import HumanLabellingError
+from flows.labelling.human_judging import KEY
+from flows.labelling.human_labelling import HumanLabellingError
 from tests.flow_helpers import stage_runs
 from tests.human_rounds import N_PROMPTS, PEOPLE, REGISTERED, ROUNDS, RoundLabeller, longer_side
 

@@ -90,7 +90,7 @@ def test_an_evaluation_set_that_shares_prompts_with_training_is_refused_before_t
     trains, naming the file and the rule; nothing reaches the registry."""
     from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, file_name, read_jsonl
     from components.io import write_jsonl
-    from flows.data_stages import DataValidationFailed
+    from flows.tasks.data_stages import DataValidationFailed
     from tests.conftest import new_repo
     from tests.data_files import write_good_dir
     from tests.flow_helpers import (

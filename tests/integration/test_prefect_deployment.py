@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import (
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.human_judging import KEY
+from flows.labelling.human_judging import KEY
 from infra.servers import BIN, free_port, prefect_env, prefect_server
 from tests.conftest import new_repo
 from tests.human_rounds import PEOPLE, argilla_export, human_round, longer_side, newest_round, ppo_wins
@@ -96,7 +96,8 @@ def server(tmp_path_factory):
         **os.environ,
         **prefect_env(home, prefect.api),
         "PREFECT_WORKER_QUERY_SECONDS": "2",
-        # the worker allows its deployment's project root and a run's own data files (flows/deployment_safety.py)
+        # the worker allows its deployment's project root and a run's own data files
+        # (flows/execution/deployment_safety.py)
         "RLHF_DEPLOYMENT_MAY_SET": "root,data.files",
     }
     env.pop("MLFLOW_TRACKING_URI", None)  # the runs track into the project's own store

@@ -16,8 +16,8 @@ from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 from components.adapters.tracking import Tracker
 from components.config import load_config
 from components.models.tokenizer import build_word_tokenizer
-from flows.decision_tasks import gate_decoding
-from flows.tracking_tasks import Tracking
+from flows.execution.run_tracking import Tracking
+from flows.tasks.decision_tasks import gate_decoding
 
 MD5 = "0123456789abcdef0123456789abcdef"
 

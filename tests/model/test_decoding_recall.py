@@ -1,7 +1,8 @@
 """The evaluation report's responses. Greedy ones are each policy's own, against greedy decoding written out by hand
 (one unbatched, unpadded, uncached forward pass per token), with the reward model's score read by hand at the last
 token.
-Responses remembered from an earlier evaluation (through JSON, as flows/decoding_reuse.py stores them) give the report
+Responses remembered from an earlier evaluation (through JSON, as flows/tasks/decoding_reuse.py stores them) give the
+report
 decoding again gives, to the last digit; nothing is decoded twice and the judge scores every response afresh.
 Untrained one-layer models: seconds."""
 

@@ -20,9 +20,9 @@ from components.data.files import DEMONSTRATIONS
 from components.models import lora
 from components.models.builders import build_policy, load_causal_lm, load_scalar_model, scalar_model_from
 from components.models.saving import save_model
-from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
+from components.task.review_task import ReviewTask
 from components.training import recipe
 
 FLOAT32_ULP = 2.0**-23

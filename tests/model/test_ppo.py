@@ -135,7 +135,7 @@ def bf16_runtime():
     from accelerate import Accelerator
 
     from components.models.runtime import Runtime
-    from flows.runtimes import forget_accelerate_state
+    from flows.execution.runtimes import forget_accelerate_state
 
     yield Runtime(Accelerator(cpu=True, mixed_precision="bf16"))
     forget_accelerate_state()

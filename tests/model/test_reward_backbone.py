@@ -21,7 +21,7 @@ from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from components.training.loop import Means
 from components.training.sft import sft_objective
-from flows import stage_calls
+from flows.execution import stage_calls
 from tests.foreign_models import save_gpt_neox, save_llama, save_wider
 
 LEARNT = 1.0  # nats per response token the reward model's own SFT must gain over its initialisation

@@ -5,7 +5,7 @@ from components.config import load_config
 from components.evaluation.five_reasons import as_records, five_reasons
 from components.evaluation.judges import judge_facts
 from components.evaluation.report import format_budgets
-from flows.decision_tasks import tuning_budgets
+from flows.tasks.decision_tasks import tuning_budgets
 
 FILES = [
     "data.source=files",

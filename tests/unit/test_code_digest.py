@@ -4,7 +4,7 @@ an older code made (before, only the validation and decoding keys held their cod
 import shutil
 from pathlib import Path
 
-from flows.stage_runs import TRAINING_CODE, code_digest, training_code
+from flows.execution.stage_runs import TRAINING_CODE, code_digest, training_code
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def test_the_digest_is_the_repositorys_and_changes_with_any_training_file_only(t
     ppo.write_bytes(ppo.read_bytes() + b"\n")  # one byte more in PPO's own module
     edited = code_digest(root)
     assert edited != before
-    (root / "flows/stage_calls.py").write_bytes(b"")  # a single file among the paths counts too
+    (root / "flows/execution/stage_calls.py").write_bytes(b"")  # a single file among the paths counts too
     assert code_digest(root) not in (before, edited)
 
 

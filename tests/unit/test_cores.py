@@ -1,4 +1,5 @@
-"""Each run's torch threads: the usable cores divided among the runs holding a slot on the machine (flows/cores.py)."""
+"""Each run's torch threads: the usable cores divided among the runs holding a slot on the machine
+(flows/execution/cores.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from components import locks
-from flows import cores
+from flows.execution import cores
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The in-process progress deadline (flows/deadlines.py) and a python judge's call deadline, on work whose progress
+"""The in-process progress deadline (flows/execution/deadlines.py) and a python judge's call deadline, on work whose
+progress
 is known: beats that come in time never stop it; work that stops beating is stopped, naming itself."""
 
 import threading
@@ -7,7 +8,7 @@ import time
 import pytest
 
 from components.evaluation.judges import JudgeError, python_judge
-from flows.deadlines import StageTimeout, progress_deadline
+from flows.execution.deadlines import StageTimeout, progress_deadline
 
 SECONDS = 0.5
 

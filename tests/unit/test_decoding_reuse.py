@@ -1,4 +1,5 @@
-"""Which held-out decodings a run may take from an earlier one (flows/decoding_reuse.py): the key changes with every
+"""Which held-out decodings a run may take from an earlier one (flows/tasks/decoding_reuse.py): the key changes with
+every
 thing the responses depend on, and with nothing else (the judge, the gate)."""
 
 import pytest
@@ -8,8 +9,8 @@ from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.evaluation.policy_eval import DecodingMode
 from components.evaluation.report import BEST_OF_N, decoding_modes
 from components.training.recipe import StageResult
-from flows import decoding_reuse
-from flows.run_context import PreparedData, RunContext, Trained
+from flows.execution.run_context import PreparedData, RunContext, Trained
+from flows.tasks import decoding_reuse
 
 SAMPLE = DecodingMode("sample", False, 8, 1.0)
 PROMPTS = ["review the kettle", "review the lamp"]

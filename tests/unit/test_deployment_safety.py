@@ -1,11 +1,12 @@
-"""What a deployment run's parameters may set (flows/deployment_safety.py), by known answers: keys that run code or
+"""What a deployment run's parameters may set (flows/execution/deployment_safety.py), by known answers: keys that run
+code or
 name a path are refused unless the worker's environment allows them; everything else passes. (Through a real
 deployment: tests/integration/test_prefect_deployment.py.)"""
 
 import pytest
 
 from components.config import ConfigError
-from flows.deployment_safety import MAY_SET, refuse_unsafe_parameters, refused_parameters
+from flows.execution.deployment_safety import MAY_SET, refuse_unsafe_parameters, refused_parameters
 
 DEFAULTS = {"root": "/srv/project", "params": "/srv/project/params.yaml"}
 

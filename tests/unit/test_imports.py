@@ -34,7 +34,7 @@ PURE_MODULES = [
     "components.task.demonstrator",
     "components.task.labeler",
     "components.task.generator",
-    "components.task.environment",
+    "components.task.review_task",
     "components.data.environment",
     "components.data.dataset",
     "components.data.prepare",
@@ -116,7 +116,7 @@ def test_the_walk_sees_imports_inside_functions_and_resolves_relative_ones():
         "components.io",
     }
     assert imports_in("from . import files\n", "components.data", is_package=True) == {"components.data.files"}
-    assert ("flows.ppo_worker", "components.evaluation.report") in EDGES  # imported inside main()
+    assert ("flows.execution.ppo_worker", "components.evaluation.report") in EDGES  # imported inside main()
     assert ("components.adapters.tracking", "mlflow") in EDGES
 
 
@@ -160,6 +160,38 @@ def test_the_ranking_rules_import_only_the_standard_library():
     assert targets and all(stdlib(t) or t == "__future__" for t in targets), targets
 
 
+def test_no_two_modules_share_a_name():
+    """A module's file name says which one it is: ``environment.py`` twice (or ``rounds.py``) read as one."""
+    names = defaultdict(list)
+    for name, path in ALL_MODULES.items():
+        if path.name != "__init__.py":
+            names[path.name].append(name)
+    shared = {file: modules for file, modules in names.items() if len(modules) > 1}
+    assert not shared, f"modules sharing a file name: {shared}"
+
+
+# flows' rooms, bottom up: each may import the components and the rooms before it; only the entry points at flows' top
+# level (pipeline, deploy, data_cli, commands) import any room
+ROOMS = ("flows.execution", "flows.labelling", "flows.tasks")
+
+
+def room_of(name: str) -> str | None:
+    return next((room for room in ROOMS if within(name, room)), "flows" if within(name, "flows") else None)
+
+
+def test_flows_rooms_import_only_the_rooms_below_them():
+    """execution (where and how a stage runs, the launched workers) < labelling (people) < tasks (the flow's tasks) <
+    the entry points: no room imports a room above it or an entry point."""
+    offending = []
+    for module, target in EDGES:
+        source, imported_room = room_of(module), room_of(target)
+        if source not in ROOMS or imported_room in (None, source):
+            continue
+        if imported_room == "flows" or ROOMS.index(imported_room) > ROOMS.index(source):
+            offending.append((module, target))
+    assert not offending, f"a room of flows imports upwards:\n{listing(offending)}"
+
+
 def test_components_never_import_flows():
     offending = [(m, t) for m, t in EDGES if within(m, "components") and within(t, "flows")]
     assert not offending, f"components must not import flows:\n{listing(offending)}"
@@ -172,14 +204,14 @@ def test_only_the_adapters_import_mlflow_prefect_great_expectations_or_dvc():
     assert not offending, f"only components.adapters may import {sorted(TOOLS)}:\n{listing(offending)}"
 
 
-def test_only_flows_environment_picks_the_embedded_task():
-    """Generic code gets the task through the Environment interface that flows.environment hands it."""
+def test_only_the_task_choice_picks_the_embedded_task():
+    """Generic code gets the task through the Environment interface that flows.execution.task_choice hands it."""
     offending = [
         (m, t)
         for m, t in EDGES
-        if within(t, "components.task") and not within(m, "components.task") and m != "flows.environment"
+        if within(t, "components.task") and not within(m, "components.task") and m != "flows.execution.task_choice"
     ]
-    assert not offending, f"only flows.environment may import components.task:\n{listing(offending)}"
+    assert not offending, f"only flows.execution.task_choice may import components.task:\n{listing(offending)}"
 
 
 def defined_names(source: str) -> set[str]:
@@ -211,8 +243,8 @@ def test_a_run_on_user_files_never_loads_the_embedded_task(tmp_path):
         "from components.config import load_config\n"
         "from components.models.tokenizer import words_of\n"
         "from components.training import recipe\n"
-        "from flows.data_stages import checked_vocabulary\n"
-        "from flows.environment import environment_for\n"
+        "from flows.tasks.data_stages import checked_vocabulary\n"
+        "from flows.execution.task_choice import environment_for\n"
         "files = {'demonstrations': 'd.jsonl', 'preferences': 'p.jsonl', 'eval_prompts': 'e.jsonl'}\n"
         "judge = {'kind': 'python', 'entry_point': 'tests.judges:words_of_praise'}\n"
         "cfg = load_config('smoke', {'data': {'source': 'files', 'files': files}, 'evaluation': {'judge': judge}})\n"
@@ -332,7 +364,7 @@ def test_stay_offline_turns_every_tool_s_telemetry_off(monkeypatch):
 def test_every_package_says_what_it_holds_and_what_it_may_import():
     packages = ["components.data", "components.task", "components.models", "components.training"]
     packages += ["components.evaluation"]
-    packages += ["components.adapters", "flows"]
+    packages += ["components.adapters", "flows", *ROOMS]
     for name in packages:
         docstring = ast.get_docstring(ast.parse(MODULES[name].read_text(encoding="utf-8"))) or ""
         lines = docstring.splitlines()

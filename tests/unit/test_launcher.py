@@ -11,8 +11,15 @@ import pytest
 import yaml
 
 from components.config import load_config
-from flows.launcher import AccelerateProfile, LaunchError, Machine, accelerate_command, failure_report, run_logged
-from flows.ports import LOWEST_PORT, ephemeral_ports_start
+from flows.execution.launcher import (
+    AccelerateProfile,
+    LaunchError,
+    Machine,
+    accelerate_command,
+    failure_report,
+    run_logged,
+)
+from flows.execution.ports import LOWEST_PORT, ephemeral_ports_start
 from tests.processes import running
 
 REPO = Path(__file__).resolve().parents[2]
@@ -217,7 +224,7 @@ def test_a_rank_leaves_with_its_exit_code_and_its_output_written_but_without_pyt
     program = textwrap.dedent(
         """
         import atexit, sys
-        from flows.launcher import leave_rank
+        from flows.execution.launcher import leave_rank
         atexit.register(lambda: print("teardown ran"))
         sys.stdout.write("work written, no newline")
         sys.stderr.write("and a last word")

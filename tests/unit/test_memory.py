@@ -1,4 +1,4 @@
-"""The memory plan (components/models/memory.py, training/memory_plan.py, flows/runtimes.py): known answers.
+"""The memory plan (components/models/memory.py, training/memory_plan.py, flows/execution/runtimes.py): known answers.
 
 - The parameter count of the policy's shape equals GPT-2's, counted by hand from its sizes.
 - Weights, gradients and optimiser state: 4, 4 and 8 bytes per trained parameter, divided over the ranks as each ZeRO
@@ -24,7 +24,7 @@ from components.training import recipe
 from components.training.loop import Means
 from components.training.memory_plan import recipe_memory
 from components.training.sft import sft_objective
-from flows import launcher, runtimes
+from flows.execution import launcher, runtimes
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +229,7 @@ def test_gradient_checkpointing_takes_the_same_steps(stage):
     """Recomputing the blocks' activations in backward computes the same gradients: the same weights after the
     stage, bit for bit (the same kernels on the same inputs). DPO trains in eval mode (dropout off), where
     transformers would skip checkpointing unless each block is told to keep it (lora.keep_checkpointing)."""
-    from components.task.environment import ReviewTask
+    from components.task.review_task import ReviewTask
 
     def trained(checkpointing: bool):
         cfg = load_config("smoke", [f"model.gradient_checkpointing={checkpointing}", "baselines.dpo.epochs=0.25"])

@@ -6,7 +6,7 @@ import torch
 
 from components.config import ConfigError, load_config
 from components.models import precision
-from flows.runtimes import in_process, resolve_mixed_precision
+from flows.execution.runtimes import in_process, resolve_mixed_precision
 
 NATIVE = (
     "processor\t: 0\nmodel name\t: Some Xeon @ 2GHz\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16\n\n"

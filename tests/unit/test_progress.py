@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows import progress
-from flows.progress import LINE, Clock, ProgressBars, progress_line
+from flows.execution import progress
+from flows.execution.progress import LINE, Clock, ProgressBars, progress_line
 
 
 class FrozenClock(Clock):

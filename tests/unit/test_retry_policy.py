@@ -6,7 +6,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
 from components.training.loop import NonFiniteError
-from flows.decision_tasks import transient
+from flows.tasks.decision_tasks import transient
 
 
 class FailedState:

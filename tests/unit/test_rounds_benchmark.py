@@ -1,8 +1,8 @@
-"""The rounds benchmark's agreement measure (benchmarks/rounds.py), on a case worked by hand."""
+"""The rounds benchmark's agreement measure (benchmarks/labelling_rounds_race.py), on a case worked by hand."""
 
 import math
 
-from benchmarks.rounds import agreement
+from benchmarks.labelling_rounds_race import agreement
 from components.evaluation.policy_eval import Responses
 
 

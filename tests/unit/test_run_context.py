@@ -4,8 +4,8 @@ import pytest
 
 from components.config import ConfigError, load_config
 from components.training.recipe import StageResult
-from flows.run_context import PreparedData, Trained
-from flows.training_tasks import run_context
+from flows.execution.run_context import PreparedData, Trained
+from flows.tasks.training_tasks import run_context
 
 FILES = {"demonstrations": "d.jsonl", "preferences": "p.jsonl", "eval_prompts": "e.jsonl"}
 ROWS = {
@@ -95,7 +95,7 @@ def test_trained_names_its_models_by_their_directories():
 
 
 def test_only_a_judge_that_watches_ppo_is_part_of_ppo_s_key():
-    from flows.training_tasks import monitor_depends_on
+    from flows.tasks.training_tasks import monitor_depends_on
 
     def depends(**judge):
         return monitor_depends_on(load_config("smoke", {"evaluation": {"judge": judge}}))

@@ -1,4 +1,5 @@
-"""The temporary Prefect server started before the main job's imports (flows/temporary_server.py): handed to Prefect
+"""The temporary Prefect server started before the main job's imports (flows/execution/temporary_server.py): handed to
+Prefect
 only when the settings configure no server, stopped otherwise, and a server that dies is named. The server itself,
 started by the README's main command, is tested in tests/data/test_main_job.py."""
 
@@ -10,7 +11,7 @@ import sys
 import pytest
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-from flows.temporary_server import TemporaryServer, listening_socket, start_early
+from flows.execution.temporary_server import TemporaryServer, listening_socket, start_early
 
 
 def sleeper() -> subprocess.Popen:

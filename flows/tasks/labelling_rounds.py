@@ -18,9 +18,9 @@ from prefect.runtime import deployment
 from components.models.saving import stage_key
 from components.training import recipe
 from components.training.rounds import continued_history, ppo_iterations
-from flows.human_labelling import labelled_rows, ranked_by_people, suspended_for_labels
-from flows.run_context import RunContext, Trained
-from flows.training_tasks import (
+from flows.execution.run_context import RunContext, Trained
+from flows.labelling.human_labelling import labelled_rows, ranked_by_people, suspended_for_labels
+from flows.tasks.training_tasks import (
     baseline_task,
     comparisons_task,
     iterative_dpo_task,

@@ -28,7 +28,7 @@ import yaml
 
 from components.config import Config, ConfigError
 from components.training.shards import check_divisible, check_shardable
-from flows.ports import free_port
+from flows.execution.ports import free_port
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]
 
@@ -354,7 +354,9 @@ def node_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=node_main.__doc__)
     parser.add_argument("--job", required=True, help="the job directory the flow wrote (its log names it)")
     parser.add_argument(
-        "--worker", default="flows.ppo_worker", help="the module the job's ranks run (the flow's log names it)"
+        "--worker",
+        default="flows.execution.ppo_worker",
+        help="the module the job's ranks run (the flow's log names it)",
     )
     parser.add_argument("--config", default="infra/accelerate/multi-node.yaml", help="the accelerate profile")
     parser.add_argument("--machine-rank", type=int, required=True)
@@ -376,7 +378,7 @@ def node_main(argv: list[str] | None = None) -> int:
         machine=Machine(args.machine_rank, main_ip, main_port),
         use_cpu=True if args.cpu else None,
     )
-    code_root = Path(__file__).resolve().parents[1]
+    code_root = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")]))
     try:
         run_logged(command, args.timeout, lambda line: print(line, flush=True), env=env, cwd=code_root)

@@ -26,8 +26,8 @@ from components.io import write_json
 from components.models import batching, decoding, ensemble, generation
 from components.models.saving import CARD, stage_key
 from components.models.stage_store import StageStore
-from flows.run_context import RunContext, Trained
-from flows.stage_runs import waiting_for
+from flows.execution.run_context import RunContext, Trained
+from flows.execution.stage_runs import waiting_for
 
 RESPONSES = "responses.json"
 DECODING_MODULES = (policy_eval, report, decoding, generation, batching, ensemble, best_of_n)  # what decoding runs

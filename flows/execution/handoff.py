@@ -1,8 +1,9 @@
 """The pipeline's Prefect tasks: called with the run's hand-offs as arguments, each started on the run's share of
-the machine's cores (`flows.cores`).
+the machine's cores (`flows.execution.cores`).
 
 Prefect walks every argument of a task call, into lists, dicts, dataclasses and pydantic models, looking for futures
-and states to resolve and to record as inputs. The hand-offs (`flows.run_context`) hold whole data sets and the
+and states to resolve and to record as inputs. The hand-offs (`flows.execution.run_context`) hold whole data sets and
+the
 comparison rows, so that walk visited ~280,000 objects per smoke run (~2.5 s of its ~15 s of flow). A hand-off task
 marks each argument `opaque`: Prefect still resolves the argument itself and records the task that returned it (the
 UI's dependency edges), but does not look inside.
@@ -16,7 +17,7 @@ from typing import Any
 from prefect import Task
 from prefect.utilities.annotations import opaque
 
-from flows.cores import take_fair_threads
+from flows.execution.cores import take_fair_threads
 
 ENGINE_KEYWORDS = ("return_state", "wait_for")  # Task.__call__'s own keywords, not the function's
 

@@ -25,16 +25,15 @@ from components.models.stage_store import StageStore
 from components.models.tokenizer import words_of
 from components.training import recipe
 from components.training.rounds import labeller_stream, next_group, tagged
-from flows import deadlines, decoding_reuse, ppo_worker, runtimes, stage_calls, stage_launch
-from flows.data_stages import checked_vocabulary, save_comparisons
-from flows.environment import environment_for
-from flows.handoff import task
-from flows.launcher import AccelerateProfile
-from flows.ppo_worker import read_result, write_job
-from flows.progress import logged_with_bars
-from flows.run_context import PreparedData, RunContext, Trained
-from flows.runtimes import run_profile
-from flows.stage_runs import (
+from flows.execution import deadlines, ppo_worker, runtimes, stage_calls, stage_launch
+from flows.execution.handoff import task
+from flows.execution.launcher import AccelerateProfile
+from flows.execution.ppo_worker import read_result, write_job
+from flows.execution.progress import logged_with_bars
+from flows.execution.run_context import PreparedData, RunContext, Trained
+from flows.execution.run_tracking import Tracking
+from flows.execution.runtimes import run_profile
+from flows.execution.stage_runs import (
     key_for,
     log_stage_model,
     record_stage,
@@ -43,7 +42,9 @@ from flows.stage_runs import (
     stage_home,
     train_or_reuse,
 )
-from flows.tracking_tasks import Tracking
+from flows.execution.task_choice import environment_for
+from flows.tasks import decoding_reuse
+from flows.tasks.data_stages import checked_vocabulary, save_comparisons
 
 
 @task(name="SFT", cache_policy=NO_CACHE)
@@ -400,7 +401,8 @@ def plan_memory(ctx: RunContext) -> None:
 
 
 def train_all(ctx: RunContext) -> Trained:
-    """One labelling round: the InstructGPT recipe as the paper ran it (see flows.labelling_rounds for more)."""
+    """One labelling round: the InstructGPT recipe as the paper ran it (see flows.tasks.labelling_rounds for
+    more)."""
     sft = sft_task(ctx)
     comparisons = comparisons_task(ctx, sft)
     reward_model = reward_task(ctx, sft, comparisons)

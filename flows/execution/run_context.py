@@ -10,7 +10,7 @@ from components.config import Config
 from components.data.environment import Environment
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.training.recipe import StageResult
-from flows.tracking_tasks import Tracking
+from flows.execution.run_tracking import Tracking
 
 
 @dataclass(frozen=True)

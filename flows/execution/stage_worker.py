@@ -1,13 +1,15 @@
-"""A stage that trains or decodes (flows/stage_calls.py: SFT, comparisons, the reward model, a supervised baseline,
+"""A stage that trains or decodes (flows/execution/stage_calls.py: SFT, comparisons, the reward model, a supervised
+baseline,
 iterative DPO, the held-out decodings) as its own program, for `accelerate launch` (N processes, N machines, DeepSpeed):
 
-    accelerate launch --config_file infra/accelerate/<profile>.yaml -m flows.stage_worker --job JOB_DIR
+    accelerate launch --config_file infra/accelerate/<profile>.yaml -m flows.execution.stage_worker --job JOB_DIR
 
 ``JOB_DIR/job.json`` (written by ``write_stage_job``) names the call, the resolved config, the vocabulary and each
 input model's directory and kind; ``JOB_DIR/args.json`` holds the call's plain inputs. Every rank runs the call on
 its runtime; rank 0 alone prints progress and writes ``JOB_DIR/output`` (a model in HF layout, atomic, or
 ``output.json`` for rows and responses) and ``JOB_DIR/result.json`` (metrics, history, seconds, every rank's weight
-digest and peak memory, where it ran). The PPO stage has its own worker (flows/ppo_worker.py): checkpoints, live
+digest and peak memory, where it ran). The PPO stage has its own worker (flows/execution/ppo_worker.py): checkpoints,
+live
 MLflow logging and snapshots on disk.
 """
 
@@ -25,11 +27,11 @@ import torch
 from components.config import Config
 from components.io import write_json
 from components.training.loop import TOTAL_STEPS, NonFiniteError
-from flows import stage_calls
-from flows.launcher import die_with_parent, leave_rank
-from flows.ppo_worker import NON_FINITE, RESULT, say
-from flows.progress import Clock, progress_line
-from flows.runtimes import make_runtime, peak_memory_bytes, quiet_libraries, weights_digest
+from flows.execution import stage_calls
+from flows.execution.launcher import die_with_parent, leave_rank
+from flows.execution.ppo_worker import NON_FINITE, RESULT, say
+from flows.execution.progress import Clock, progress_line
+from flows.execution.runtimes import make_runtime, peak_memory_bytes, quiet_libraries, weights_digest
 
 JOB, ARGS, OUTPUT, OUTPUT_ROWS = "job.json", "args.json", "output", "output.json"
 LOADERS = ("policy", "reward_model")  # the kinds of input model a job names
@@ -82,7 +84,7 @@ def progress(
     call: str, every: int, echo: Callable[[str], None], beat: Callable[[], None] = lambda: None
 ) -> Callable[[int, dict], None]:
     """A stage's progress lines every ``every`` steps (rank 0's when launched; the flow's log in its own process);
-    ``beat`` on every step (the stage's deadline, flows/deadlines.py)."""
+    ``beat`` on every step (the stage's deadline, flows/execution/deadlines.py)."""
 
     clock = Clock()
 
@@ -108,7 +110,7 @@ def run_job(job_dir: Path, echo: Callable[[str], None]) -> None:
     )
     from components.models.saving import save_model
     from components.training import recipe
-    from flows.environment import environment_for
+    from flows.execution.task_choice import environment_for
 
     vocabulary = job.get("vocabulary")
     tokenizer = recipe.make_tokenizer(cfg, frozenset(vocabulary) if vocabulary is not None else None)

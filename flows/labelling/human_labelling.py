@@ -6,7 +6,7 @@ Expectations and turns each answered pair into a preference row of its track (ti
 
 Resume the paused round from its page in the Prefect UI (Resume, then the path of the labels file), or with
 
-    python -m flows.human_judging resume FLOW_RUN_ID LABELS_FILE
+    python -m flows.labelling.human_judging resume FLOW_RUN_ID LABELS_FILE
 
 A round left unanswered past ``comparisons.human.timeout_seconds``, or given a labels file that breaks a rule, ends
 the run with an error naming the file (or the pairs); nothing is trained on it and nothing is registered.
@@ -29,10 +29,10 @@ from components.adapters.validation import validate_labels
 from components.data import labelling_tools, pairwise_labels
 from components.data.files import LABELS, read_jsonl
 from components.training import recipe
-from flows import runtimes
-from flows.handoff import task
-from flows.human_judging import KEY, PAGE, PAIRS, HumanLabels, announce_wait, people_labels
-from flows.run_context import RunContext
+from flows.execution import runtimes
+from flows.execution.handoff import task
+from flows.execution.run_context import RunContext
+from flows.labelling.human_judging import KEY, PAGE, PAIRS, HumanLabels, announce_wait, people_labels
 
 
 class HumanLabellingError(RuntimeError):

@@ -20,8 +20,8 @@ from components.models.saving import save_model, stage_key
 from components.models.stage_store import StageStore
 from components.training import recipe
 from components.training.loop import NonFiniteError
-from flows import runtimes
-from flows.run_context import RunContext
+from flows.execution import runtimes
+from flows.execution.run_context import RunContext
 
 LOSS_CURVES = ["loss", "accuracy", "margin", "likelihood", "unlikelihood", "reward_accuracy", "grad_norm"]
 
@@ -83,9 +83,9 @@ TRAINING_CODE = (
     "components/models",
     "components/task",
     "components/training",
-    "flows/ppo_worker.py",
-    "flows/stage_calls.py",
-    "flows/stage_worker.py",
+    "flows/execution/ppo_worker.py",
+    "flows/execution/stage_calls.py",
+    "flows/execution/stage_worker.py",
 )
 
 

@@ -17,15 +17,24 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from components import io
 from components.adapters import versioning
 from components.adapters.versioning import DataDrift, DataVersion
 from components.config import Config
 from components.data.dataset import recipe_hash, source_manifest, write_candidate
 from components.io import replace_directory
-from flows.environment import environment_for
+from flows.execution.task_choice import environment_for
 
 VERIFIED, REBUILT, NEW_VERSION = "verified", "rebuilt", "new version"
 STAGING_DIR = ".staging"  # under the repository root, git-ignored
+REBUILD_REPORT = Path("reports/data/rebuild.json")
+
+
+def write_rebuild_report(root: Path, recorded: str | None, rebuilt: str) -> bool:
+    """The ``generate`` stage's output: what data.dvc records, what the params rebuild to, and whether they match."""
+    match = recorded is not None and recorded == rebuilt
+    io.write_json(Path(root) / REBUILD_REPORT, {"recorded": recorded, "rebuilt": rebuilt, "match": match})
+    return match
 
 
 @dataclass(frozen=True)

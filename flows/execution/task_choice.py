@@ -10,6 +10,6 @@ from components.data.environment import Environment
 def environment_for(cfg: Config) -> Environment | None:
     if cfg.data.source != "synthetic":
         return None
-    from components.task.environment import ReviewTask
+    from components.task.review_task import ReviewTask
 
     return ReviewTask(cfg)

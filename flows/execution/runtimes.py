@@ -3,7 +3,8 @@ process count, the device and the precision, for every stage alike.
 
 A profile of one process on one machine runs each stage in the flow's own process, on a runtime made here
 (``in_process``): the GPU where there is one, else the CPU. Any other profile (several processes, several machines,
-DeepSpeed) launches each stage under `accelerate launch` (flows/stage_worker.py, flows/ppo_worker.py), whose ranks
+DeepSpeed) launches each stage under `accelerate launch` (flows/execution/stage_worker.py,
+flows/execution/ppo_worker.py), whose ranks
 make their runtime with ``make_runtime``.
 """
 
@@ -22,9 +23,9 @@ import torch
 from components.config import Config, ConfigError, reward_model_config
 from components.models.memory import Placement, StageMemory, gib, shape_of
 from components.models.runtime import DeepSpeedRuntime, Runtime
-from flows.launcher import AccelerateProfile, ZeroSettings, max_grad_norms, zero_settings
+from flows.execution.launcher import AccelerateProfile, ZeroSettings, max_grad_norms, zero_settings
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
+CODE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def code_path(path: str) -> Path:

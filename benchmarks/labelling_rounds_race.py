@@ -1,6 +1,7 @@
 """Labelling rounds on the embedded task: does iterated RLHF pay, and should PPO continue or restart each round?
 
-    python benchmarks/rounds.py [--profile default] [--seeds 3] [--seed FIRST] [--rounds 2] [--set key=value ...]
+    python benchmarks/labelling_rounds_race.py [--profile default] [--seeds 3] [--seed FIRST] [--rounds 2]
+        [--set key=value ...]
 
 For each seed, one SFT policy, then three schedules with the same total label budget (``comparisons.n_prompts``
 ranked groups) and the same stage functions the flow calls:
@@ -37,10 +38,10 @@ from components.evaluation.policy_eval import DecodingMode, Responses, sample_re
 from components.evaluation.report import judge_monitor
 from components.io import write_json
 from components.offline import stay_offline
-from components.task.environment import ReviewTask
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
 from components.task.lexicon import VOCABULARY
+from components.task.review_task import ReviewTask
 from components.training import recipe
 from components.training.loop import Snapshots
 from components.training.rounds import labeller_stream, next_group, ppo_iterations

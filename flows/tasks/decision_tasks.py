@@ -27,11 +27,13 @@ from components.models.generation import sampling_config
 from components.models.runtime import SINGLE
 from components.models.stage_store import StageStore
 from components.training import recipe
-from flows import decoding_reuse, human_judging, runtimes, stage_launch
-from flows.handoff import task
-from flows.run_context import PreparedData, RunContext, Trained
-from flows.stage_runs import recorded, stage_home
-from flows.tracking_tasks import Tracking
+from flows.execution import runtimes, stage_launch
+from flows.execution.handoff import task
+from flows.execution.run_context import PreparedData, RunContext, Trained
+from flows.execution.run_tracking import Tracking
+from flows.execution.stage_runs import recorded, stage_home
+from flows.labelling import human_judging
+from flows.tasks import decoding_reuse
 
 
 def transient(task, task_run, state) -> bool:

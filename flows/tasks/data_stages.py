@@ -13,7 +13,7 @@ from components.data import files
 from components.data.dataset import load_rows
 from components.data.prepare import prepare, write_prepared
 from components.io import replace_directory, write_jsonl
-from flows.environment import environment_for
+from flows.execution.task_choice import environment_for
 
 
 class DataValidationFailed(RuntimeError):

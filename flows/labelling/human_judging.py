@@ -4,7 +4,7 @@ gives it the labels file, checks the labels with Great Expectations and computes
 The pause is Prefect's ``pause_flow_run`` with an input form: resume the run from its page in the Prefect UI
 (Resume, then the path of the labels file), or from a shell with
 
-    python -m flows.human_judging resume FLOW_RUN_ID LABELS_FILE
+    python -m flows.labelling.human_judging resume FLOW_RUN_ID LABELS_FILE
 
 A run left unanswered past ``evaluation.judge.timeout_seconds``, or given a labels file that breaks a rule, ends
 with an error naming the file (or the pairs), and nothing is registered.
@@ -35,9 +35,9 @@ from components.adapters.validation import validate_labels
 from components.data import labelling_tools, pairwise_labels
 from components.data.files import LABELS, DataFileError, read_jsonl
 from components.evaluation import pairwise
-from flows.handoff import task
-from flows.run_context import RunContext, Trained
-from flows.stage_runs import recorded
+from flows.execution.handoff import task
+from flows.execution.run_context import RunContext, Trained
+from flows.execution.stage_runs import recorded
 
 HUMAN_DIR = "human-judge"
 PAIRS, KEY, PAGE = "pairs.jsonl", "key.jsonl", "label.html"
@@ -114,7 +114,7 @@ def announce_wait(
                 "Pick the better response of each pair (A, B or tie), download the labels (or export the tool's JSON), "
                 "then resume this run:",
                 "- here in the Prefect UI: **Resume**, and give the labels file's (or the export's) path;",
-                f"- or in a shell: `python -m flows.human_judging resume {flow_run.id} LABELS_FILE`",
+                f"- or in a shell: `python -m flows.labelling.human_judging resume {flow_run.id} LABELS_FILE`",
             ]
         ),
         description=description,

@@ -1,8 +1,9 @@
 """Deadlines for work in the flow's own process (``timeouts`` in params.yaml): a stage that stops making progress
 fails the run, naming itself, instead of holding it forever.
 
-A launched stage has its own deadlines: the whole launch (``timeouts.launch_seconds``, flows/launcher.py) and every
-collective between its ranks (``timeouts.collective_seconds``, flows/runtimes.py).
+A launched stage has its own deadlines: the whole launch (``timeouts.launch_seconds``, flows/execution/launcher.py) and
+every
+collective between its ranks (``timeouts.collective_seconds``, flows/execution/runtimes.py).
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ from prefect import get_run_logger
 
 from components.models.saving import save_model
 from components.training import recipe
-from flows import deadlines, ppo_worker, runtimes, stage_calls, stage_worker
-from flows.launcher import AccelerateProfile, LaunchError, Machine, accelerate_command, run_logged
-from flows.progress import logged_with_bars
-from flows.run_context import RunContext
-from flows.runtimes import run_profile
+from flows.execution import deadlines, ppo_worker, runtimes, stage_calls, stage_worker
+from flows.execution.launcher import AccelerateProfile, LaunchError, Machine, accelerate_command, run_logged
+from flows.execution.progress import logged_with_bars
+from flows.execution.run_context import RunContext
+from flows.execution.runtimes import run_profile
 
 # where a launched stage ran, as its result says (DeepSpeed adds its ZeRO stage and offloads)
 PLACEMENT = (
@@ -36,7 +36,8 @@ PLACEMENT = (
 def run_stage(
     ctx: RunContext, call: str, args: dict, inputs: dict[str, recipe.StageResult], progress_every: int = 1
 ) -> recipe.StageResult:
-    """A stage's call (flows/stage_calls.py) where the run's profile puts it: in this process on its runtime (one
+    """A stage's call (flows/execution/stage_calls.py) where the run's profile puts it: in this process on its runtime
+    (one
     process on one machine), else under `accelerate launch`. ``args``: its plain inputs; ``inputs``: the stages whose
     models it reads."""
     cfg = ctx.cfg
@@ -67,7 +68,7 @@ def accelerate_launch(
     if profile.num_machines > 1:  # this is machine 0; every other machine runs the same job with its own rank
         machine = Machine(0, profile.main_process_ip, cfg.distributed.main_process_port or profile.main_process_port)
         logger.info(
-            "%s spans %d machines: on machine r = 1..%d run  python -m flows.launcher --job %s --worker %s "
+            "%s spans %d machines: on machine r = 1..%d run  python -m flows.execution.launcher --job %s --worker %s "
             "--config %s --machine-rank r  (%s must be on storage every machine sees)",
             what,
             profile.num_machines,

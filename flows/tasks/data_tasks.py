@@ -12,12 +12,12 @@ from components import locks
 from components.adapters import versioning
 from components.config import Config, load_config
 from components.data.dataset import load_rows
-from flows import data_versioning
-from flows.data_cli import write_rebuild_report
-from flows.data_stages import DataValidationFailed, data_summary, prepare_training_inputs, validate
-from flows.handoff import task
-from flows.run_context import PreparedData
-from flows.tracking_tasks import Tracking
+from flows.execution.handoff import task
+from flows.execution.run_context import PreparedData
+from flows.execution.run_tracking import Tracking
+from flows.tasks import data_versioning
+from flows.tasks.data_stages import DataValidationFailed, data_summary, prepare_training_inputs, validate
+from flows.tasks.data_versioning import write_rebuild_report
 
 VALIDATION_ARTIFACT = "data-validation"
 DVC_STAGES = ("generate", "validate", "prepare")  # dvc.yaml's data stages, which this flow runs as tasks

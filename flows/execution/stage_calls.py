@@ -1,5 +1,6 @@
 """What each stage that trains or decodes calls, in one place for both ways it runs: in the flow's own process with
-the models in memory, or launched under `accelerate launch` (flows/stage_worker.py) with the models loaded from
+the models in memory, or launched under `accelerate launch` (flows/execution/stage_worker.py) with the models loaded
+from
 their directories. Each call takes the config, the tokenizer, the stage's plain inputs (rows, prompts, options),
 its input models by name, the runtime, the preference task (None for user data) and a progress callback.
 """

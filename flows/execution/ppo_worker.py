@@ -1,6 +1,6 @@
 """The PPO stage as its own program, for `accelerate launch` (one process, N processes, N machines).
 
-    accelerate launch --config_file infra/accelerate/<profile>.yaml -m flows.ppo_worker --job JOB_DIR
+    accelerate launch --config_file infra/accelerate/<profile>.yaml -m flows.execution.ppo_worker --job JOB_DIR
 
 A profile of one process on one machine needs no launcher: the flow runs the same job in its own process
 (``run_in_process``), unless ``distributed.launch`` is ``accelerate``.
@@ -31,9 +31,9 @@ from components.io import write_json
 from components.models.runtime import DeepSpeedRuntime
 from components.training.checkpoints import latest_checkpoint
 from components.training.loop import NonFiniteError, Snapshots
-from flows.launcher import die_with_parent, leave_rank
-from flows.progress import Clock, progress_line
-from flows.runtimes import (
+from flows.execution.launcher import die_with_parent, leave_rank
+from flows.execution.progress import Clock, progress_line
+from flows.execution.runtimes import (
     forget_accelerate_state,
     make_runtime,
     peak_memory_bytes,
@@ -145,7 +145,7 @@ class LiveLog:
         self.clock = Clock()
 
     def __call__(self, iteration: int, entry: dict) -> None:
-        self.beat()  # the in-process deadline (flows/deadlines.py)
+        self.beat()  # the in-process deadline (flows/execution/deadlines.py)
         if self.run is not None and self.stopped is None:
             self.first = iteration if self.first is None else self.first
             try:
@@ -220,7 +220,7 @@ def run_job(
     from components.models.ensemble import load_reward_model
     from components.models.saving import save_model
     from components.training import recipe
-    from flows.environment import environment_for
+    from flows.execution.task_choice import environment_for
 
     vocabulary = job.get("vocabulary")
     tokenizer = recipe.make_tokenizer(cfg, frozenset(vocabulary) if vocabulary is not None else None)
