@@ -519,21 +519,104 @@ def train_ppo(
     check_shardable(cfg, runtime.world_size, algorithm.group_size)
     torch.manual_seed(seed + runtime.rank)  # each rank samples different responses
     rng = random.Random(f"{seed}/ppo")  # the same on every rank: one global prompt order, one PPO-ptx draw
-    for frozen in (ref_policy, reward_model):
-        frozen.eval()
-        frozen.requires_grad_(False)
-        runtime.to_device(frozen)
+    counts = ready_to_train(policy, critic, (ref_policy, reward_model), runtime)
+    models, run = start_or_resume(policy, critic, ref_policy, reward_model, cfg, runtime, rng, prompts, checkpoint_dir)
+    ptx = (
+        ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, runtime)
+        if cfg.ptx_coef > 0 and ptx_examples
+        else None
+    )
+    snapshot_iterations = snapshots.steps(cfg.iterations) if snapshots is not None else set()
+
+    for iteration in range(run.start, cfg.iterations):
+        set_learning_rates(models, cfg, iteration)
+        # a whole number of prompts per rank, each repeated group_size times in adjacent rows
+        prompt_draw = runtime.shard(run.queue.next_batch(cfg.rollout_batch_size // algorithm.group_size))
+        batch_prompts = [prompt for prompt in prompt_draw for _ in range(algorithm.group_size)]
+
+        clock = [time.perf_counter()]
+        sampled = sample_responses(models, batch_prompts, tokenizer, cfg, model_cfg)
+        clock.append(time.perf_counter())
+        rollouts = score_rollouts(models, batch_prompts, sampled, cfg)
+        advantages = algorithm.compute_advantages(rollouts, run.kl_ctl.value, runtime)
+        check_finite("ppo", iteration, rm_score=rollouts.rm_scores.mean().item(), kl=advantages.kl.sum(1).mean().item())
+        clock.append(time.perf_counter())
+        update_stats = ppo_update(models, rollouts, advantages, cfg, iteration, ptx, algorithm.policy_mean)
+        clock.append(time.perf_counter())
+
+        batch_means = rollout_means(rollouts, advantages, cfg, runtime)
+        run.kl_ctl.update(batch_means["kl"], cfg.rollout_batch_size)  # the whole (all ranks') batch's KL per response
+
+        if iteration % cfg.log_every == 0 or iteration == cfg.iterations - 1:
+            watched = (
+                monitor(batch_prompts, decode_responses(tokenizer, rollouts.batch), rollouts.ended.tolist())
+                if monitor
+                else {}
+            )
+            entry = log_entry(iteration, batch_means, run.kl_ctl.value, models, cfg, clock, update_stats)
+            entry.update(runtime.mean_of_floats(watched))
+            if rollouts.values is not None:  # a critic's fit to the returns
+                entry["explained_variance"] = explained_variance(
+                    rollouts.values, advantages.returns, rollouts.mask, runtime
+                )
+            run.history.append(entry)
+            if log:
+                log(iteration, entry)
+
+        if iteration in snapshot_iterations:
+            with runtime.gathered(models.sampler):  # every rank gathers (a collective); rank 0 writes
+                if runtime.is_main:
+                    snapshots.take(iteration, models.sampler)
+        if checkpoint_dir and cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0:
+            _save_checkpoint(checkpoint_dir, iteration + 1, models, run.kl_ctl, rng, run.queue, run.history)
+
+    last = run.history[-1]
+    metrics = {"final_rm_score": last["rm_score"], "final_kl": last["kl"], "final_kl_coef": run.kl_ctl.value}
+    metrics.update({"iterations": cfg.iterations, **counts})
+    return runtime.full_model(models.policy), metrics, run.history
+
+
+def ready_to_train(
+    policy: PreTrainedModel, critic: PreTrainedModel | None, frozen: tuple[torch.nn.Module, ...], runtime: Runtime
+) -> dict[str, int]:
+    """The reference and reward model frozen on the device; the policy and critic in eval mode (dropout off: rollouts
+    and updates see the same network) with their trainable parameters on. Returns the parameter counts."""
+    for model in frozen:
+        model.eval()
+        model.requires_grad_(False)
+        runtime.to_device(model)
     for trained in (policy, critic) if critic is not None else (policy,):
-        trained.eval()  # dropout off: rollouts and updates see the same network
+        trained.eval()
         lora.keep_checkpointing(trained)
         if not lora.has_adapters(trained):  # an adapted model trains its adapters (and new head) only
             trained.requires_grad_(True)
-    counts = {
-        **lora.parameter_counts(policy),
-        "critic_trainable_parameters": lora.parameter_counts(critic)["trainable_parameters"]
-        if critic is not None
-        else 0,
-    }
+    critic_counts = lora.parameter_counts(critic)["trainable_parameters"] if critic is not None else 0
+    return {**lora.parameter_counts(policy), "critic_trainable_parameters": critic_counts}
+
+
+@dataclass
+class RunState:
+    """What a PPO run carries from iteration to iteration, and a checkpoint restores."""
+
+    kl_ctl: KLController
+    queue: PromptQueue
+    history: list[dict[str, float]]
+    start: int  # the first iteration still to run
+
+
+def start_or_resume(
+    policy: PreTrainedModel,
+    critic: PreTrainedModel | None,
+    ref_policy: PreTrainedModel,
+    reward_model: PreTrainedModel,
+    cfg: PPOConfig,
+    runtime: Runtime,
+    rng: random.Random,
+    prompts: list[str],
+    checkpoint_dir: str | None,
+) -> tuple[PPOModels, RunState]:
+    """The optimisers and the models prepared by the runtime, from the latest checkpoint in ``checkpoint_dir`` when
+    there is one (weights, optimiser states, RNGs, KL coefficient, prompt order, history)."""
     values_model = TokenValues(critic) if critic is not None else None
     policy_opt = torch.optim.AdamW(trainable(policy), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     critic_opt = (
@@ -541,10 +624,7 @@ def train_ppo(
         if critic is not None
         else None
     )
-    kl_ctl = KLController(cfg.kl)
-    queue = PromptQueue(prompts, rng)
-    history: list[dict[str, float]] = []
-    start = 0
+    run = RunState(KLController(cfg.kl), PromptQueue(prompts, rng), [], 0)
     resumed = latest_checkpoint(checkpoint_dir)
     if resumed is not None:
         torch_rng = _rank_rng_state(resumed.tensors["torch_rng"], runtime)
@@ -560,7 +640,8 @@ def train_ppo(
                 critic.load_state_dict(resumed.tensors["critic"])
                 critic_opt.load_state_dict(resumed.tensors["critic_opt"])
         restore_python_rng(rng, resumed.python_rng)
-        kl_ctl.value, queue.order, history, start = resumed.kl_coef, resumed.order, resumed.history, resumed.iteration
+        run.kl_ctl.value, run.queue.order = resumed.kl_coef, resumed.order
+        run.history, run.start = resumed.history, resumed.iteration
     policy, values_model, policy_opt, critic_opt = prepared(
         runtime, (policy, policy_opt), (values_model, critic_opt), cfg.max_grad_norm
     )
@@ -569,95 +650,58 @@ def train_ppo(
         if resumed.engines is not None:
             runtime.load_engines(_engines(models), resumed.engines)
         torch.set_rng_state(torch_rng)
-    ptx = (
-        ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, runtime)
-        if cfg.ptx_coef > 0 and ptx_examples
-        else None
-    )
-    snapshot_iterations = snapshots.steps(cfg.iterations) if snapshots is not None else set()
+    return models, run
 
-    for iteration in range(start, cfg.iterations):
-        # a function of the iteration alone, so a resumed run agrees
-        fraction = lr_factor(iteration, cfg.iterations, 0, cfg.lr_schedule)
-        for (_, optimizer), lr in zip(models.trained(), (cfg.lr, cfg.critic_lr)):
-            for group in optimizer.param_groups:
-                group["lr"] = fraction * lr
-        # a whole number of prompts per rank, each repeated group_size times in adjacent rows
-        prompt_draw = runtime.shard(queue.next_batch(cfg.rollout_batch_size // algorithm.group_size))
-        batch_prompts = [prompt for prompt in prompt_draw for _ in range(algorithm.group_size)]
 
-        started = time.perf_counter()
-        sampled = sample_responses(models, batch_prompts, tokenizer, cfg, model_cfg)
-        generated = time.perf_counter()
-        rollouts = score_rollouts(models, batch_prompts, sampled, cfg)
-        advantages = algorithm.compute_advantages(rollouts, kl_ctl.value, runtime)
-        check_finite("ppo", iteration, rm_score=rollouts.rm_scores.mean().item(), kl=advantages.kl.sum(1).mean().item())
-        scored = time.perf_counter()
-        update_stats = ppo_update(models, rollouts, advantages, cfg, iteration, ptx, algorithm.policy_mean)
-        updated = time.perf_counter()
+def set_learning_rates(models: PPOModels, cfg: PPOConfig, iteration: int) -> None:
+    fraction = lr_factor(iteration, cfg.iterations, 0, cfg.lr_schedule)  # of the iteration alone: resuming agrees
+    for (_, optimizer), lr in zip(models.trained(), (cfg.lr, cfg.critic_lr)):
+        for group in optimizer.param_groups:
+            group["lr"] = fraction * lr
 
-        # the KL controller sees the mean KL per response of the whole (all ranks') batch
-        rollout_sums = runtime.sum(
-            torch.stack(
-                [
-                    rollouts.rm_scores.sum(),
-                    advantages.kl.sum(),
-                    rollouts.mask.sum(),
-                    rollouts.ended.float().sum(),
-                    rollouts.rm_disagreement.sum(),
-                ]
-            ).double()
-        )
-        rm_score, mean_kl, response_length, ended, rm_disagreement = (rollout_sums / cfg.rollout_batch_size).tolist()
-        kl_ctl.update(mean_kl, cfg.rollout_batch_size)
 
-        if iteration % cfg.log_every == 0 or iteration == cfg.iterations - 1:
-            watched = (
-                monitor(batch_prompts, decode_responses(tokenizer, rollouts.batch), rollouts.ended.tolist())
-                if monitor
-                else {}
-            )
-            entry = {
-                "iteration": iteration,
-                "rm_score": rm_score,
-                "rm_disagreement": rm_disagreement,
-                "kl": mean_kl,
-                "kl_coef": kl_ctl.value,
-                "lr": models.policy_opt.param_groups[0]["lr"],
-                "non_score_reward": -kl_ctl.value * mean_kl,
-                "response_length": response_length,
-                "ended": ended,
-                "response_tokens": response_length * cfg.rollout_batch_size,
-                "generation_seconds": generated - started,
-                "scoring_seconds": scored - generated,
-                "update_seconds": updated - scored,
-                **update_stats,
-                **runtime.mean_of_floats(watched),
-            }
-            if rollouts.values is not None:  # a critic's fit to the returns
-                entry["explained_variance"] = explained_variance(
-                    rollouts.values, advantages.returns, rollouts.mask, runtime
-                )
-            history.append(entry)
-            if log:
-                log(iteration, entry)
+def rollout_means(rollouts: Rollouts, advantages: Advantages, cfg: PPOConfig, runtime: Runtime) -> dict[str, float]:
+    """Per response of the whole (all ranks') rollout batch: RM score, KL, length, share ended, RM disagreement."""
+    sums = torch.stack(
+        [
+            rollouts.rm_scores.sum(),
+            advantages.kl.sum(),
+            rollouts.mask.sum(),
+            rollouts.ended.float().sum(),
+            rollouts.rm_disagreement.sum(),
+        ]
+    ).double()
+    means = (runtime.sum(sums) / cfg.rollout_batch_size).tolist()
+    return dict(zip(("rm_score", "kl", "response_length", "ended", "rm_disagreement"), means, strict=True))
 
-        if iteration in snapshot_iterations:
-            with runtime.gathered(models.sampler):  # every rank gathers (a collective); rank 0 writes
-                if runtime.is_main:
-                    snapshots.take(iteration, models.sampler)
-        if checkpoint_dir and cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(checkpoint_dir, iteration + 1, models, kl_ctl, rng, queue, history)
 
-    last = history[-1]
-    metrics = {
-        "final_rm_score": last["rm_score"],
-        "final_kl": last["kl"],
-        "final_kl_coef": kl_ctl.value,
-        "iterations": cfg.iterations,
-        **counts,
+def log_entry(
+    iteration: int,
+    means: dict[str, float],
+    kl_coef: float,
+    models: PPOModels,
+    cfg: PPOConfig,
+    clock: list[float],
+    update_stats: dict[str, float],
+) -> dict[str, float]:
+    """One logged iteration: the batch's means, the KL controller and learning rate, where the time went."""
+    started, generated, scored, updated = clock
+    return {
+        "iteration": iteration,
+        "rm_score": means["rm_score"],
+        "rm_disagreement": means["rm_disagreement"],
+        "kl": means["kl"],
+        "kl_coef": kl_coef,
+        "lr": models.policy_opt.param_groups[0]["lr"],
+        "non_score_reward": -kl_coef * means["kl"],
+        "response_length": means["response_length"],
+        "ended": means["ended"],
+        "response_tokens": means["response_length"] * cfg.rollout_batch_size,
+        "generation_seconds": generated - started,
+        "scoring_seconds": scored - generated,
+        "update_seconds": updated - scored,
+        **update_stats,
     }
-    return runtime.full_model(models.policy), metrics, history
 
 
 def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -15,10 +15,10 @@ from components.data import files
 from components.data.dataset import write_dataset
 from components.data.text import words
 from components.task.demonstrator import write_conversation, write_demonstration
-from components.task.environment import ReviewTask
 from components.task.gold_judge import WEIGHTS, gold_score, judge
 from components.task.lexicon import TURN_MARKER, TWO_TURN_VOCABULARY, VOCABULARY
 from components.task.prompts import Prompt, all_prompts, parse_prompt
+from components.task.review_task import ReviewTask
 
 PROMPT = Prompt("headphones", "positive", ("battery", "sound"), follow_up="comfort")
 REVIEW = (

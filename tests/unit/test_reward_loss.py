@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from components.config import ModelConfig, RewardConfig
+from components.evaluation.report import gold_accuracy
 from components.models.batching import encode_examples, sequence_scores
 from components.models.builders import build_policy, load_scalar_model, scalar_model_from
 from components.models.saving import save_model
@@ -16,7 +17,6 @@ from components.models.tokenizer import build_word_tokenizer
 from components.task.lexicon import VOCABULARY
 from components.training import reward
 from components.training.reward import (
-    gold_accuracy,
     group_comparisons,
     normalise_rewards,
     pair_rewards,
