@@ -520,7 +520,9 @@ def train_ppo(
     torch.manual_seed(seed + runtime.rank)  # each rank samples different responses
     rng = random.Random(f"{seed}/ppo")  # the same on every rank: one global prompt order, one PPO-ptx draw
     counts = ready_to_train(policy, critic, (ref_policy, reward_model), runtime)
-    models, run = start_or_resume(policy, critic, ref_policy, reward_model, cfg, runtime, rng, prompts, checkpoint_dir)
+    models, run = start_or_resume(
+        policy, critic, (ref_policy, reward_model), cfg, runtime, rng, prompts, checkpoint_dir
+    )
     ptx = (
         ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, runtime)
         if cfg.ptx_coef > 0 and ptx_examples
@@ -607,16 +609,16 @@ class RunState:
 def start_or_resume(
     policy: PreTrainedModel,
     critic: PreTrainedModel | None,
-    ref_policy: PreTrainedModel,
-    reward_model: PreTrainedModel,
+    frozen: tuple[PreTrainedModel, PreTrainedModel],
     cfg: PPOConfig,
     runtime: Runtime,
     rng: random.Random,
     prompts: list[str],
     checkpoint_dir: str | None,
 ) -> tuple[PPOModels, RunState]:
-    """The optimisers and the models prepared by the runtime, from the latest checkpoint in ``checkpoint_dir`` when
-    there is one (weights, optimiser states, RNGs, KL coefficient, prompt order, history)."""
+    """The optimisers and the models prepared by the runtime (``frozen``: the reference and the reward model), from
+    the latest checkpoint in ``checkpoint_dir`` when there is one (weights, optimiser states, RNGs, KL coefficient,
+    prompt order, history)."""
     values_model = TokenValues(critic) if critic is not None else None
     policy_opt = torch.optim.AdamW(trainable(policy), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     critic_opt = (
@@ -645,7 +647,7 @@ def start_or_resume(
     policy, values_model, policy_opt, critic_opt = prepared(
         runtime, (policy, policy_opt), (values_model, critic_opt), cfg.max_grad_norm
     )
-    models = PPOModels(policy, values_model, ref_policy, reward_model, policy_opt, critic_opt, runtime)
+    models = PPOModels(policy, values_model, *frozen, policy_opt, critic_opt, runtime)
     if resumed is not None:
         if resumed.engines is not None:
             runtime.load_engines(_engines(models), resumed.engines)
