@@ -5,8 +5,10 @@
 Runs the main job on the smoke profile in a fresh project directory (a subprocess, as a user runs it), then digests
 what it made, stage by stage: the prepared data sets, the ranked comparisons, every trained model's tensors (names,
 dtypes, shapes and bytes; not the file's metadata) and every held-out decoding's responses. ``--check`` compares with
-benchmarks/results/smoke_digests.json and exits 1 naming each difference; without it the file is (re)written. Float
-results differ between CPUs, so a check means something only on the CPU the file records.
+benchmarks/results/smoke_digests.json and exits 1 naming each difference; without it the file is (re)written. The job
+runs on one thread (``OMP_NUM_THREADS=1``): a run's thread count follows the machine's other runs
+(flows/execution/cores.py), and another count sums floats in another order. Float results differ between CPUs too, so
+a check means something only on the CPU the file records.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,7 @@ from components.models.precision import cpu_description
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "smoke_digests.json"
 PROFILE = "smoke"
+THREADS = 1
 
 
 def tensors_digest(path: Path) -> str:
@@ -78,12 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         if root is None:
             root = Path(scratch) / "project"
             command = [sys.executable, "-m", "flows.pipeline", "--profile", PROFILE, "--root", str(root)]
-            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+            env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+            done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"the smoke main job failed ({done.returncode}):\n{done.stdout[-3000:]}")
         found = digests(root)
     if not args.check:
-        write_json(args.out, {"profile": PROFILE, "cpu": cpu_description()["model_name"], "digests": found})
+        record = {"profile": PROFILE, "threads": THREADS, "cpu": cpu_description()["model_name"], "digests": found}
+        write_json(args.out, record)
         print(f"{len(found)} digests written to {args.out}")
         return 0
     recorded = json.loads(args.out.read_text())
