@@ -88,6 +88,7 @@ from components.adapters import run_records, versioning
 from components.adapters.tracking import TrackingUnavailable
 from components.adapters.versioning import DataDrift
 from components.evaluation.five_reasons import format_records
+from components.evaluation.gate import Decision
 from components.evaluation.judges import JudgeError, judge_facts
 from components.evaluation.report import format_budgets, format_table
 from components.models.stage_store import StageStore
@@ -95,7 +96,7 @@ from components.training.loop import NonFiniteError
 from flows.execution import cores, runtimes
 from flows.execution.credentials import export_credentials
 from flows.execution.deployment_safety import refuse_unsafe_parameters
-from flows.execution.run_context import PreparedData, Trained
+from flows.execution.run_context import PreparedData, RegistryEntry, Trained
 from flows.execution.run_tracking import close_abandoned_runs, close_tracking, open_tracking, suspend_tracking
 from flows.execution.stage_runs import stage_home
 from flows.labelling import human_judging, human_labelling
@@ -194,7 +195,7 @@ def rlhf_pipeline(
             raise
         write_run_record(cfg, root, tracking, started, data, trained, decision, registry, run_records.COMPLETED)
         close_tracking(tracking, None)
-    get_run_logger().info("gate: %s", decision["decision"])
+    get_run_logger().info("gate: %s", decision.label)
     return gate_state(
         decision,
         {
@@ -205,8 +206,8 @@ def rlhf_pipeline(
             "evaluation": evaluation,
             "judge": judge_facts(cfg.evaluation.judge)["label"],
             "budgets": decision_tasks.comparison_terms(ctx, trained),
-            "decision": decision,
-            "registry": registry,
+            "decision": decision.as_record(),
+            "registry": registry.as_dict(),
             "five_reasons": why,
             "rl_algorithm": cfg.rl.algorithm,
             "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
@@ -216,12 +217,12 @@ def rlhf_pipeline(
     )
 
 
-def gate_state(decision: dict, result: dict) -> State:
+def gate_state(decision: Decision, result: dict) -> State:
     """The flow run's final state: Completed either way, named by the gate's decision, so a rejected run is told apart
     from a promoted one in the Prefect run list; the message names the rules that failed."""
-    if decision["promote"]:
+    if decision.promote:
         return Completed(name="Promoted", message="gate: promote", data=result)
-    failed = [reason["rule"] for reason in decision["reasons"] if not reason["passed"]]
+    failed = [reason.rule for reason in decision.failures]
     return Completed(name="Rejected", message=f"gate: reject ({'; '.join(dict.fromkeys(failed))})", data=result)
 
 
@@ -232,8 +233,8 @@ def write_run_record(
     started: float,
     data: PreparedData,
     trained: Trained | None,
-    decision: dict | None,
-    registry: dict | None,
+    decision: Decision | None,
+    registry: RegistryEntry | None,
     status: str,
     error: BaseException | None = None,
     mlflow_open: bool = False,
@@ -265,8 +266,8 @@ def write_run_record(
             "data_version": data.version,
             "stages": stage_dirs,
             "labelling_rounds": rounds,  # each round's comparisons and models (none for a single round)
-            "decision": {"decision": decision["decision"], "score": decision["score"]} if decision else None,
-            "registry": registry,
+            "decision": {"decision": decision.label, "score": decision.score} if decision else None,
+            "registry": registry.as_dict() if registry else None,
         },
     )
 

@@ -193,6 +193,11 @@ class Decision:
     def as_dict(self) -> dict:
         return {"decision": self.label, "score": self.score, "reasons": [asdict(r) for r in self.reasons]}
 
+    def as_record(self) -> dict:
+        """What the flow run returns and prints of it: ``as_dict`` with the summary, the verdict and each reason."""
+        reasons_text = [str(r) for r in self.reasons]
+        return {**self.as_dict(), "summary": self.summary(), "promote": self.promote, "reasons_text": reasons_text}
+
 
 class _Missing(LookupError):
     """A piece of the input a rule needs is absent: the rule fails, saying which."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
@@ -83,3 +83,19 @@ class Trained:
 
     def metrics(self) -> dict[str, dict]:
         return {name: result.metrics for name, result in self.models().items()}
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """The registry version a run made of its policy, and where the aliases stand after it."""
+
+    name: str
+    version: str
+    decision: str  # the gate's: promote | reject
+    model_uri: str
+    champion: str | None
+    challenger: str | None
+    champion_note: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -18,7 +18,7 @@ from components.adapters.tracking import CHALLENGER, CHAMPION, flatten, transien
 from components.config import Config
 from components.evaluation import pairwise, token_sensitivity
 from components.evaluation.five_reasons import as_records, five_reasons, format_reasons, format_records
-from components.evaluation.gate import decide_report
+from components.evaluation.gate import Decision, decide_report
 from components.evaluation.judges import judge_facts, make_judge
 from components.evaluation.overoptimisation import shipped_iteration
 from components.evaluation.policy_eval import Responses
@@ -29,7 +29,7 @@ from components.models.stage_store import StageStore
 from components.training import recipe
 from flows.execution import runtimes, stage_launch
 from flows.execution.handoff import task
-from flows.execution.run_context import PreparedData, RunContext, Trained
+from flows.execution.run_context import PreparedData, RegistryEntry, RunContext, Trained
 from flows.execution.run_tracking import Tracking
 from flows.execution.stage_runs import recorded, stage_home
 from flows.labelling import human_judging
@@ -45,24 +45,29 @@ def transient(task, task_run, state) -> bool:
     return False
 
 
-def mlflow_links(tracking: Tracking, registry: dict) -> dict[str, str]:
+def mlflow_links(tracking: Tracking, registry: RegistryEntry) -> dict[str, str]:
     """Where to look: UI links when the store is a server, else the store and ids."""
     uri, run_id, experiment = tracking.tracker.uri, tracking.parent.run_id, tracking.tracker.experiment_id
     if uri.startswith("http"):
         return {
             "pipeline run": f"{uri}/#/experiments/{experiment}/runs/{run_id}",
-            "model version": f"{uri}/#/models/{registry['name']}/versions/{registry['version']}",
+            "model version": f"{uri}/#/models/{registry.name}/versions/{registry.version}",
         }
     return {
         "tracking store": uri,
         "pipeline run": run_id,
-        "model version": f"models:/{registry['name']}/{registry['version']}",
+        "model version": f"models:/{registry.name}/{registry.version}",
     }
 
 
 @task(name="report", cache_policy=NO_CACHE, retry_condition_fn=transient)
 def report(
-    ctx: RunContext, trained: Trained, evaluation: dict, decision: dict, registry: dict, why: dict | None = None
+    ctx: RunContext,
+    trained: Trained,
+    evaluation: dict,
+    decision: Decision,
+    registry: RegistryEntry,
+    why: dict | None = None,
 ) -> str:
     """The flow run's report: evaluation table, decision with reasons, links; and a metrics table."""
     cfg = ctx.cfg
@@ -71,7 +76,7 @@ def report(
     stage_times = {name: r.seconds for name, r in trained.models().items()}
     markdown = "\n".join(
         [
-            f"# RLHF pipeline: {decision['decision'].upper()}",
+            f"# RLHF pipeline: {decision.label.upper()}",
             f"profile `{cfg.profile}`, seed {cfg.seed}, data `{ctx.data.md5}`, RL algorithm `{cfg.rl.algorithm}` "
             "(the policy named ppo below)",
             "",
@@ -88,13 +93,13 @@ def report(
             "",
             "## Gate",
             "```",
-            decision["summary"],
+            decision.summary(),
             "```",
             "",
             *(["## Five reasons", "```", format_records(why["reasons"]), "```", ""] if why else []),
             "## Registry",
-            f"`{registry['name']}` version {registry['version']} ({registry['decision']}); "
-            f"champion = {registry['champion'] or 'none'}, challenger = {registry['challenger']}",
+            f"`{registry.name}` version {registry.version} ({registry.decision}); "
+            f"champion = {registry.champion or 'none'}, challenger = {registry.challenger}",
             "",
             "## MLflow",
             *(f"- {k}: {v}" for k, v in links.items()),
@@ -135,7 +140,7 @@ def report_with_retries(ctx: RunContext, *args) -> str:
     return retrying(ctx, *args)
 
 
-def register_with_retries(ctx: RunContext, *args) -> dict:
+def register_with_retries(ctx: RunContext, *args) -> RegistryEntry:
     orchestration = ctx.cfg.orchestration
     retrying = register.with_options(
         retries=orchestration.tracking_retries, retry_delay_seconds=orchestration.tracking_retry_delays
@@ -279,7 +284,7 @@ def reasons(ctx: RunContext, trained: Trained, evaluation: dict) -> dict:
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate(ctx: RunContext, trained: Trained, evaluation: dict) -> dict:
+def gate(ctx: RunContext, trained: Trained, evaluation: dict) -> Decision:
     cfg, tracking = ctx.cfg, ctx.tracking
     stage_metrics = trained.metrics()
     report = {
@@ -318,12 +323,7 @@ def gate(ctx: RunContext, trained: Trained, evaluation: dict) -> dict:
     tracking.parent.set_tags({"gate.decision": decision.label})
     create_markdown_artifact(key="gate", markdown=f"```\n{decision.summary()}\n```")
     get_run_logger().info(decision.summary())
-    return {
-        **decision.as_dict(),
-        "summary": decision.summary(),
-        "promote": decision.promote,
-        "reasons_text": [str(r) for r in decision.reasons],
-    }
+    return decision
 
 
 def eval_prompts_in_training(data: PreparedData, trained: Trained) -> int:
@@ -338,15 +338,13 @@ def _has_non_finite(metrics: dict) -> bool:
 
 
 @task(name="register", cache_policy=NO_CACHE, retry_condition_fn=transient)
-def register(ctx: RunContext, trained: Trained, decision: dict) -> dict:
+def register(ctx: RunContext, trained: Trained, decision: Decision) -> RegistryEntry:
     """The PPO policy becomes a new registry version, tagged; the aliases move last."""
     cfg, tracking = ctx.cfg, ctx.tracking
     run = tracking.parent
     generation_config, decoding = gate_decoding(cfg, ctx.tokenizer)
     model_uri = run.log_policy(trained.ppo.model, ctx.tokenizer, "policy", generation_config, {"decoding": decoding})
-    evaluation_tags = {
-        f"gate.{r['mode']}.{r['rule']}" if r["mode"] else f"gate.{r['rule']}": r["detail"] for r in decision["reasons"]
-    }
+    evaluation_tags = {f"gate.{r.mode}.{r.rule}" if r.mode else f"gate.{r.rule}": r.detail for r in decision.reasons}
     version = tracking.tracker.register(
         model_uri,
         run,
@@ -362,18 +360,18 @@ def register(ctx: RunContext, trained: Trained, decision: dict) -> dict:
         },
     )
     champion_note = tracking.tracker.record_decision(
-        version, decision["decision"], decision["reasons_text"], decision["score"]
+        version, decision.label, [str(r) for r in decision.reasons], decision.score
     )
     get_run_logger().info("registry: %s", champion_note)
-    return {
-        "name": cfg.tracking.registered_model,
-        "version": version,
-        "decision": decision["decision"],
-        "model_uri": model_uri,
-        "champion": tracking.tracker.alias_version(CHAMPION),
-        "challenger": tracking.tracker.alias_version(CHALLENGER),
-        "champion_note": champion_note,
-    }
+    return RegistryEntry(
+        name=cfg.tracking.registered_model,
+        version=version,
+        decision=decision.label,
+        model_uri=model_uri,
+        champion=tracking.tracker.alias_version(CHAMPION),
+        challenger=tracking.tracker.alias_version(CHALLENGER),
+        champion_note=champion_note,
+    )
 
 
 def gate_decoding(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> tuple[GenerationConfig, dict]:
