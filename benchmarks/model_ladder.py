@@ -37,7 +37,7 @@ from components.task.lexicon import VOCABULARY
 from components.training import recipe
 from flows.execution import ppo_worker
 from flows.execution.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
-from flows.execution.ppo_worker import read_result, write_job
+from flows.execution.ppo_worker import PPOJob, read_result
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "model_ladder.json"
@@ -60,7 +60,7 @@ def random_models(cfg, tokenizer, directory: Path) -> tuple[Path, Path, int]:
 
 def measure(cfg, profile: Path, sft: Path, reward_model: Path, prompts, rows, job_dir: Path, timeout: float) -> dict:
     demonstrations = rows[DEMONSTRATIONS]
-    write_job(job_dir, cfg, sft, reward_model, prompts, demonstrations, checkpoint_dir=None, vocabulary=VOCABULARY)
+    PPOJob(cfg, sft, reward_model, prompts, demonstrations, vocabulary=VOCABULARY).write(job_dir)
     command, env = accelerate_command(AccelerateProfile.read(profile), ppo_worker.__name__, ["--job", str(job_dir)])
     started = time.perf_counter()
     try:

@@ -42,7 +42,7 @@ from components.task.review_task import ReviewTask
 from components.training import recipe
 from flows.execution import ppo_worker
 from flows.execution.launcher import AccelerateProfile, accelerate_command, run_logged
-from flows.execution.ppo_worker import read_result, write_job
+from flows.execution.ppo_worker import PPOJob, read_result
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "ppo_throughput.json"
@@ -74,9 +74,7 @@ def sft_and_reward_model(cfg, runs: Path, scratch: Path, tokenizer, rows) -> tup
 
 
 def measure(cfg, profile: Path, processes: int, sft: Path, reward_model: Path, prompts, rows, job_dir: Path) -> dict:
-    write_job(
-        job_dir, cfg, sft, reward_model, prompts, rows[DEMONSTRATIONS], checkpoint_dir=None, vocabulary=VOCABULARY
-    )
+    PPOJob(cfg, sft, reward_model, prompts, rows[DEMONSTRATIONS], vocabulary=VOCABULARY).write(job_dir)
     command, env = accelerate_command(
         AccelerateProfile.read(profile), ppo_worker.__name__, ["--job", str(job_dir)], processes
     )

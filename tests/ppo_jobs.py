@@ -13,7 +13,7 @@ from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
 from components.task.review_task import ReviewTask
 from components.training import recipe
-from flows.execution.ppo_worker import write_job
+from flows.execution.ppo_worker import PPOJob
 
 SFT_LONGER = ["sft.epochs=20", "sft.lr=3e-3"]
 # Near-greedy rollouts from the same starting weights make the ranks' two shards together exactly the batch one
@@ -53,8 +53,7 @@ def ppo_inputs(models: Path) -> dict:
 def job(inputs: dict, job_dir: Path, overrides: list[str], checkpoint_dir: Path | None = None) -> Config:
     """A PPO job (smoke profile with ``overrides``) over the inputs' SFT and reward model; its config."""
     cfg = load_config("smoke", [*SFT_LONGER, *overrides])
-    write_job(
-        job_dir,
+    PPOJob(
         cfg,
         inputs["models"] / "sft",
         inputs["models"] / "reward_model",
@@ -62,7 +61,7 @@ def job(inputs: dict, job_dir: Path, overrides: list[str], checkpoint_dir: Path 
         inputs["demonstrations"],
         checkpoint_dir,
         vocabulary=VOCABULARY,
-    )
+    ).write(job_dir)
     return cfg
 
 

@@ -5,7 +5,7 @@
 A profile of one process on one machine needs no launcher: the flow runs the same job in its own process
 (``run_in_process``), unless ``distributed.launch`` is ``accelerate``.
 
-``JOB_DIR/job.json`` (written by ``write_job``) holds the resolved config, the input model
+``JOB_DIR/job.json`` (written by ``PPOJob.write``) holds the resolved config, the input model
 directories, the prompt and demonstration files, the checkpoint directory and, optionally, the
 MLflow run to log live to. Every rank trains; rank 0 alone prints progress, logs to MLflow and
 writes ``JOB_DIR/policy`` (HF layout, atomic) and ``JOB_DIR/result.json`` (metrics, history,
@@ -47,38 +47,58 @@ NON_FINITE, JUDGE_FAILED = "non-finite", "judge-failed"  # what a rank records b
 PROGRESS_KEYS = ("rm_score", "kl", "gold", "policy_loss")
 
 
-def write_job(
-    job_dir: str | Path,
-    cfg: Config,
-    sft_dir: str | Path,
-    reward_model_dir: str | Path,
-    prompts: list[str],
-    demonstrations: list[dict],
-    checkpoint_dir: str | Path | None,
-    mlflow: dict | None = None,
-    vocabulary: frozenset[str] | None = None,
-    start_dir: str | Path | None = None,
-) -> Path:
-    """Everything a launched PPO run reads, in one directory the ranks (on every machine) can see."""
-    job_dir = Path(job_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    write_json(job_dir / "prompts.json", prompts)
-    write_json(job_dir / "demonstrations.json", demonstrations)
-    write_json(
-        job_dir / JOB,
-        {
-            "config": cfg.model_dump(mode="json"),
-            "sft_dir": str(sft_dir),
-            "reward_model_dir": str(reward_model_dir),
-            "start_dir": str(start_dir) if start_dir else None,  # a later labelling round's policy to continue
-            "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
-            # beside the checkpoints, so a resumed run keeps the snapshots taken before it stopped
-            "snapshot_dir": str(snapshot_dir(job_dir, checkpoint_dir)),
-            "mlflow": mlflow,  # {"uri": ..., "run_id": ...}: rank 0 logs each iteration there while training
-            "vocabulary": sorted(vocabulary) if vocabulary is not None else None,  # the word tokenizer's
-        },
-    )
-    return job_dir
+@dataclass(frozen=True)
+class PPOJob:
+    """Everything a launched PPO run reads, written into one directory the ranks (on every machine) can see."""
+
+    cfg: Config
+    sft_dir: str | Path
+    reward_model_dir: str | Path
+    prompts: list[str]
+    demonstrations: list[dict]
+    checkpoint_dir: str | Path | None = None
+    mlflow: dict | None = None  # {"uri": ..., "run_id": ...}: rank 0 logs each iteration there while training
+    vocabulary: frozenset[str] | None = None  # the word tokenizer's
+    start_dir: str | Path | None = None  # a later labelling round's policy to continue
+    snapshot_dir: str | Path | None = None  # set when written: beside the checkpoints, so a resumed run keeps them
+
+    def write(self, job_dir: str | Path) -> Path:
+        job_dir = Path(job_dir)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        write_json(job_dir / "prompts.json", self.prompts)
+        write_json(job_dir / "demonstrations.json", self.demonstrations)
+        write_json(
+            job_dir / JOB,
+            {
+                "config": self.cfg.model_dump(mode="json"),
+                "sft_dir": str(self.sft_dir),
+                "reward_model_dir": str(self.reward_model_dir),
+                "start_dir": str(self.start_dir) if self.start_dir else None,
+                "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir else None,
+                "snapshot_dir": str(snapshot_dir(job_dir, self.checkpoint_dir)),
+                "mlflow": self.mlflow,
+                "vocabulary": sorted(self.vocabulary) if self.vocabulary is not None else None,
+            },
+        )
+        return job_dir
+
+    @classmethod
+    def read(cls, job_dir: str | Path) -> PPOJob:
+        job_dir = Path(job_dir)
+        job = json.loads((job_dir / JOB).read_text(encoding="utf-8"))
+        vocabulary = job.get("vocabulary")
+        return cls(
+            cfg=Config.model_validate(job["config"]),
+            sft_dir=job["sft_dir"],
+            reward_model_dir=job["reward_model_dir"],
+            prompts=json.loads((job_dir / "prompts.json").read_text(encoding="utf-8")),
+            demonstrations=json.loads((job_dir / "demonstrations.json").read_text(encoding="utf-8")),
+            checkpoint_dir=job["checkpoint_dir"],
+            mlflow=job["mlflow"],
+            vocabulary=frozenset(vocabulary) if vocabulary is not None else None,
+            start_dir=job.get("start_dir"),
+            snapshot_dir=job["snapshot_dir"],
+        )
 
 
 def snapshot_dir(job_dir: str | Path, checkpoint_dir: str | Path | None) -> Path:
@@ -206,8 +226,8 @@ def run_job(
     job_dir: Path, echo: Callable[[str], None], use_cpu: bool | None = None, beat: Callable[[], None] = lambda: None
 ) -> None:
     """Every rank trains the job in ``job_dir``; rank 0 writes the policy and the result beside it."""
-    job = json.loads((job_dir / JOB).read_text(encoding="utf-8"))
-    cfg = Config.model_validate(job["config"])
+    job = PPOJob.read(job_dir)
+    cfg = job.cfg
     runtime = make_runtime(cfg, use_cpu)
     echo(
         f"rank {runtime.rank}/{runtime.world_size} pid {os.getpid()} device {runtime.device} "
@@ -222,46 +242,43 @@ def run_job(
     from components.training import recipe
     from flows.execution.task_choice import environment_for
 
-    vocabulary = job.get("vocabulary")
-    tokenizer = recipe.make_tokenizer(cfg, frozenset(vocabulary) if vocabulary is not None else None)
-    sft, reward_model = load_causal_lm(job["sft_dir"]), load_reward_model(job["reward_model_dir"])
-    start = load_causal_lm(job["start_dir"]) if job.get("start_dir") else None
-    prompts = json.loads((job_dir / "prompts.json").read_text(encoding="utf-8"))
-    demonstrations = json.loads((job_dir / "demonstrations.json").read_text(encoding="utf-8"))
+    tokenizer = recipe.make_tokenizer(cfg, job.vocabulary)
+    sft, reward_model = load_causal_lm(job.sft_dir), load_reward_model(job.reward_model_dir)
+    start = load_causal_lm(job.start_dir) if job.start_dir else None
     environment = environment_for(cfg)
     gold = environment.gold if environment is not None else None
     judge = ppo_monitor_judge(
         cfg.evaluation.judge,
         cfg.model,
         gold,
-        [job["reward_model_dir"]],
+        [str(job.reward_model_dir)],
         str(runtime.device),
         cfg.timeouts.judge_call_seconds,
     )
     monitor = judge_monitor(judge) if judge is not None else None
-    resumable = latest_checkpoint(job["checkpoint_dir"]) if runtime.is_main else None
+    resumable = latest_checkpoint(job.checkpoint_dir) if runtime.is_main else None
     if resumable is not None:
         for reason in resumable.passed_over:
             echo(f"ppo passes over a damaged checkpoint, {reason}")
-        echo(f"ppo resumes from the checkpoint after iteration {resumable.iteration} in {job['checkpoint_dir']}")
+        echo(f"ppo resumes from the checkpoint after iteration {resumable.iteration} in {job.checkpoint_dir}")
     started = time.perf_counter()
-    live = LiveLog(cfg, job["mlflow"], echo, beat) if runtime.is_main else None
+    live = LiveLog(cfg, job.mlflow, echo, beat) if runtime.is_main else None
     try:
         result = recipe.ppo_stage(
             cfg,
             tokenizer,
             sft,
             reward_model,
-            prompts,
-            demonstrations,
+            job.prompts,
+            job.demonstrations,
             monitor=monitor,
             log=live,
-            checkpoint_dir=job["checkpoint_dir"],
+            checkpoint_dir=job.checkpoint_dir,
             runtime=runtime,
             snapshots=SavedSnapshots(
                 cfg.selection.candidates,
                 cfg.selection.spacing,
-                directory=Path(job["snapshot_dir"]),
+                directory=Path(job.snapshot_dir),
                 tokenizer=tokenizer,
             )
             if cfg.selection.candidates > 1

@@ -28,7 +28,7 @@ from components.training.rounds import labeller_stream, next_group, tagged
 from flows.execution import deadlines, ppo_worker, runtimes, stage_calls, stage_launch
 from flows.execution.handoff import task
 from flows.execution.launcher import AccelerateProfile
-from flows.execution.ppo_worker import read_result, write_job
+from flows.execution.ppo_worker import PPOJob, read_result
 from flows.execution.progress import logged_with_bars
 from flows.execution.run_context import PreparedData, RunContext, Trained
 from flows.execution.run_tracking import Tracking
@@ -338,8 +338,7 @@ def launched_ppo(
     cfg = ctx.cfg
     job_dir = ctx.tracking.run_dir / "ppo-job"
     shutil.rmtree(job_dir, ignore_errors=True)
-    write_job(
-        job_dir,
+    PPOJob(
         cfg,
         inputs["sft"],
         inputs["reward_model"],
@@ -349,7 +348,7 @@ def launched_ppo(
         mlflow={"uri": ctx.tracking.tracker.uri, "run_id": run.run_id},
         vocabulary=ctx.vocabulary,
         start_dir=inputs.get("start"),
-    )
+    ).write(job_dir)
     logger = get_run_logger()
     if cfg.distributed.launch == "auto" and profile.single_process(cfg.distributed.num_processes):
         logger.info("PPO: one process (%s), in this process", profile.path.name)
