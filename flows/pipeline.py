@@ -200,7 +200,7 @@ def rlhf_pipeline(
         decision,
         {
             "data_version": data.version,
-            "validation": data.validation,
+            "validation": data.validation.as_dict(),
             "prepared": data.prepared,
             "data": data.summary,
             "evaluation": evaluation,

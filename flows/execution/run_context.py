@@ -14,12 +14,25 @@ from flows.execution.run_tracking import Tracking
 
 
 @dataclass(frozen=True)
+class ValidationSummary:
+    """What Great Expectations said of the data this run read."""
+
+    success: bool
+    data_docs: str | None  # Data Docs' index page
+    rows: dict[str, int]  # rows per data set
+    reused: bool  # the same files passed the same suites before: not run again
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class PreparedData:
     """The validated, versioned data set as the run read it."""
 
     rows: dict[str, list[dict]]  # demonstrations, preferences, eval_prompts
     version: dict  # data.dvc's md5 and what this run did to it (components.adapters.versioning)
-    validation: dict  # the Great Expectations summary
+    validation: ValidationSummary
     prepared: dict[str, int]  # rows per training input
     summary: dict  # row counts and, for the embedded task, its description
 

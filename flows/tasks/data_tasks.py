@@ -13,7 +13,7 @@ from components.adapters import versioning
 from components.config import Config, load_config
 from components.data.dataset import load_rows
 from flows.execution.handoff import task
-from flows.execution.run_context import PreparedData
+from flows.execution.run_context import PreparedData, ValidationSummary
 from flows.execution.run_tracking import Tracking
 from flows.tasks import data_versioning
 from flows.tasks.data_stages import DataValidationFailed, data_summary, prepare_training_inputs, validate
@@ -33,7 +33,9 @@ def stage_data(cfg: Config, root: str) -> data_versioning.Candidate:
 
 
 @task(name="validate data", cache_policy=NO_CACHE)
-def validate_data(cfg: Config, root: str, candidate: data_versioning.Candidate, tracking: Tracking) -> dict:
+def validate_data(
+    cfg: Config, root: str, candidate: data_versioning.Candidate, tracking: Tracking
+) -> ValidationSummary:
     run = tracking.stage("data-validation")
     try:
         report = validate(cfg, root, candidate.directory, candidate.file_labels())
@@ -55,31 +57,26 @@ def validate_data(cfg: Config, root: str, candidate: data_versioning.Candidate, 
     run.log_metrics({f"rows.{name}": n for name, n in report.rows.items()})
     run.set_tags({"validation.success": "true", "validation.reused": str(report.reused).lower()})
     run.finish()
-    return {
-        "success": report.success,
-        "data_docs": report.data_docs_index,
-        "rows": report.rows,
-        "reused": report.reused,
-    }
+    return ValidationSummary(report.success, report.data_docs_index, report.rows, report.reused)
 
 
 @task(name="version data", cache_policy=NO_CACHE)
-def version_data(cfg: Config, root: str, candidate: data_versioning.Candidate) -> dict:
+def version_data(cfg: Config, root: str, candidate: data_versioning.Candidate) -> data_versioning.VersionedData:
     result = data_versioning.commit(cfg, root, candidate)
     logger = get_run_logger()
     logger.info("data %s: md5 %s (%s.dvc)", result.action, result.version.md5, result.version.path)
     if result.push_error:
         logger.warning("data: not pushed to the DVC remote; the next run pushes again. %s", result.push_error)
-    return result.as_dict()
+    return result
 
 
 @task(name="prepare data", cache_policy=NO_CACHE)
-def prepare_data(cfg: Config, root: str, data_version: dict) -> dict:
-    return prepare_training_inputs(cfg, root, data_version)
+def prepare_data(cfg: Config, root: str, data_version: data_versioning.VersionedData) -> dict[str, int]:
+    return prepare_training_inputs(cfg, root, data_version.as_dict())
 
 
 @task(name="lock data stages", cache_policy=NO_CACHE)
-def lock_data_stages(cfg: Config, root: str, data_version: dict) -> bool:
+def lock_data_stages(cfg: Config, root: str, data_version: data_versioning.VersionedData) -> bool:
     """Record in dvc.lock that dvc.yaml's data stages ran, as this flow just ran them, so `dvc status` is clean.
 
     Only when the run read params.yaml's own values for those stages: dvc.lock names the params.yaml values a
@@ -92,7 +89,8 @@ def lock_data_stages(cfg: Config, root: str, data_version: dict) -> bool:
     if any(getattr(cfg, section) != getattr(declared, section) for section in DVC_PARAMS):
         get_run_logger().info("dvc.lock left as it is: this run's data settings are not params.yaml's defaults")
         return False
-    write_rebuild_report(root_path, data_version["md5"], data_version["md5"])  # the staged rebuild matched it
+    md5 = data_version.version.md5
+    write_rebuild_report(root_path, md5, md5)  # the staged rebuild matched it
     versioning.lock_stages(root_path, DVC_STAGES)
     return True
 
@@ -116,10 +114,10 @@ def data_stages(cfg: Config, root: str, tracking: Tracking) -> PreparedData:
         candidate = stage_data(cfg, root)
         validation = validate_data(cfg, root, candidate, tracking)
         version = version_data(cfg, root, candidate)
-        tracking.parent.set_tags({"data.md5": version["md5"], "data.action": version["action"]})
+        tracking.parent.set_tags({"data.md5": version.version.md5, "data.action": version.action})
         prepared = prepare_data(cfg, root, version)
         lock_data_stages(cfg, root, version)
         summary = describe_data(cfg, root)
         rows = load_rows(Path(root) / cfg.data.dir)
     tracking.parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, prefix="data.")
-    return PreparedData(rows, version, validation, prepared, summary)
+    return PreparedData(rows, version.as_dict(), validation, prepared, summary)

@@ -290,7 +290,7 @@ def gate(ctx: RunContext, trained: Trained, evaluation: dict) -> Decision:
     report = {
         "judge": judge_facts(cfg.evaluation.judge),
         "data_validation": {
-            "success": ctx.data.validation["success"],
+            "success": ctx.data.validation.success,
             "eval_prompts_in_training": eval_prompts_in_training(ctx.data, trained),
         },
         "non_finite_stages": sorted(name for name, metrics in stage_metrics.items() if _has_non_finite(metrics)),

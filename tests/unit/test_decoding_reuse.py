@@ -9,7 +9,7 @@ from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.evaluation.policy_eval import DecodingMode
 from components.evaluation.report import BEST_OF_N, decoding_modes
 from components.training.recipe import StageResult
-from flows.execution.run_context import PreparedData, RunContext, Trained
+from flows.execution.run_context import PreparedData, RunContext, Trained, ValidationSummary
 from flows.tasks import decoding_reuse
 
 SAMPLE = DecodingMode("sample", False, 8, 1.0)
@@ -18,7 +18,7 @@ PROMPTS = ["review the kettle", "review the lamp"]
 
 def context(overrides=(), prompts=PROMPTS, md5="d1") -> RunContext:
     rows = {DEMONSTRATIONS: [], PREFERENCES: [], EVAL_PROMPTS: [{"prompt": p} for p in prompts]}
-    data = PreparedData(rows, {"md5": md5}, {}, {}, {})
+    data = PreparedData(rows, {"md5": md5}, ValidationSummary(True, None, {}, False), {}, {})
     return RunContext(load_config("smoke", list(overrides)), "/nowhere", None, data, None)
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from components.config import ConfigError, load_config
 from components.training.recipe import StageResult
-from flows.execution.run_context import PreparedData, Trained
+from flows.execution.run_context import PreparedData, Trained, ValidationSummary
 from flows.tasks.training_tasks import run_context
 
 FILES = {"demonstrations": "d.jsonl", "preferences": "p.jsonl", "eval_prompts": "e.jsonl"}
@@ -19,7 +19,7 @@ JUDGE = {"evaluation": {"judge": {"kind": "python", "entry_point": "tests.judges
 
 
 def data() -> PreparedData:
-    return PreparedData(ROWS, {"md5": "0" * 32}, {"success": True}, {}, {})
+    return PreparedData(ROWS, {"md5": "0" * 32}, ValidationSummary(True, None, {}, False), {}, {})
 
 
 def test_comparisons_follow_the_data_where_not_given():
