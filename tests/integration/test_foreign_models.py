@@ -16,11 +16,12 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from transformers import AutoModelForCausalLM
 
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES, file_name
 from components.io import write_jsonl
 from tests.flow_helpers import latest_flow_run, new_project, stage_runs
-from tests.foreign_models import save_gpt_neox, save_judge, save_llama
+from tests.foreign_models import save_gpt_neox, save_judge, save_llama, save_wider
 from tests.human_rounds import Labeller, human_round, ppo_wins
 from tests.pipeline_runs import WIDE_OPEN
 
@@ -94,14 +95,17 @@ def generate_with(model_uri: str, architecture: str) -> str:
     return tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
 
 
-def test_a_llama_without_pad_token_judged_by_a_judge_model_reaches_a_registered_decision(
+def test_a_llama_without_pad_token_with_a_wider_reward_model_judged_by_a_judge_model_reaches_a_registered_decision(
     in_process_flow, mlflow_server, files, tmp_path
 ):
     model_dir = save_llama(tmp_path / "llama", texts_of(files))
     judge_dir = save_judge(tmp_path / "judge", model_dir)
+    wider = save_wider(tmp_path / "wider", model_dir)  # reward.model: the reward model on a model of its own
     before = versions(mlflow_server)
     judge = ["evaluation.judge.kind=reward_model", f"evaluation.judge.model_dir={judge_dir}"]
-    in_process_flow(new_project(tmp_path), overrides(files, model_dir, judge))
+    in_process_flow(
+        new_project(tmp_path), [*overrides(files, model_dir, judge), f"reward.model={{local_dir: {wider}}}"]
+    )
 
     flow_run, tasks, artifacts = latest_flow_run()
     assert flow_run.state.is_completed(), flow_run.state
@@ -116,7 +120,12 @@ def test_a_llama_without_pad_token_judged_by_a_judge_model_reaches_a_registered_
     assert version.tags["gate.decision"] in ("promote", "reject")
     client = MlflowClient(mlflow_server)
     run = client.get_run(version.run_id)
-    assert stage_runs(client, run)["evaluation"].data.tags["judge.kind"] == "reward_model"
+    stages = stage_runs(client, run)
+    assert stages["evaluation"].data.tags["judge.kind"] == "reward_model"
+    # the reward model's transformer is the wider model's, SFT-trained: every one of its parameters, not the policy's
+    wider_parameters = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(wider)).parameters())
+    policy_parameters = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(model_dir)).parameters())
+    assert stages["reward_model"].data.metrics["backbone_parameters"] == wider_parameters > policy_parameters
     generate_with(f"models:/{REGISTERED}/{version.version}", "LlamaForCausalLM")
 
 
