@@ -13,13 +13,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from components.adapters import versioning
+from components.adapters import data_stages, data_versioning, versioning
+from components.adapters.data_versioning import write_rebuild_report
 from components.config import ConfigError, load_config
 from components.data.dataset import write_candidate
 from components.offline import stay_offline
 from flows.execution.task_choice import environment_for
-from flows.tasks import data_stages, data_versioning
-from flows.tasks.data_versioning import write_rebuild_report
 
 
 def rebuild_check(cfg, root: Path) -> int:
@@ -41,9 +40,11 @@ def rebuild_check(cfg, root: Path) -> int:
 
 
 def build(cfg, root: Path) -> int:
-    candidate = data_versioning.stage(cfg, root)
+    environment = environment_for(cfg)
+    candidate = data_versioning.stage(cfg, root, environment)
+    vocabulary = data_stages.checked_vocabulary(cfg, environment)
     try:
-        data_stages.validate(cfg, root, candidate.directory, candidate.file_labels())
+        data_stages.validate(cfg, root, vocabulary, candidate.directory, candidate.file_labels())
     except data_stages.DataValidationFailed as failed:
         data_versioning.discard(candidate)
         print(failed, file=sys.stderr)
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return rebuild_check(cfg, args.root)
     if args.stage == "validate":
         try:
-            report = data_stages.validate(cfg, args.root)
+            vocabulary = data_stages.checked_vocabulary(cfg, environment_for(cfg))
+            report = data_stages.validate(cfg, args.root, vocabulary)
         except data_stages.DataValidationFailed as failed:
             print(failed, file=sys.stderr)
             return 1

@@ -84,7 +84,7 @@ from prefect.exceptions import Pause
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, State
 
-from components.adapters import run_records, versioning
+from components.adapters import data_stages, run_records, versioning
 from components.adapters.tracking import TrackingUnavailable
 from components.adapters.versioning import DataDrift
 from components.evaluation.five_reasons import format_records
@@ -100,7 +100,7 @@ from flows.execution.run_context import PreparedData, RegistryEntry, Trained
 from flows.execution.run_tracking import close_abandoned_runs, close_tracking, open_tracking, suspend_tracking
 from flows.execution.stage_runs import stage_home
 from flows.labelling import human_judging, human_labelling
-from flows.tasks import data_stages, data_tasks, decision_tasks, labelling_rounds, training_tasks
+from flows.tasks import data_tasks, decision_tasks, labelling_rounds, training_tasks
 
 
 def flow_overrides(

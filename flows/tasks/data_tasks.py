@@ -9,15 +9,21 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import locks
-from components.adapters import versioning
+from components.adapters import data_versioning, versioning
+from components.adapters.data_stages import (
+    DataValidationFailed,
+    checked_vocabulary,
+    data_summary,
+    prepare_training_inputs,
+    validate,
+)
+from components.adapters.data_versioning import write_rebuild_report
 from components.config import Config, load_config
 from components.data.dataset import load_rows
 from flows.execution.handoff import task
 from flows.execution.run_context import PreparedData, ValidationSummary
 from flows.execution.run_tracking import Tracking
-from flows.tasks import data_versioning
-from flows.tasks.data_stages import DataValidationFailed, data_summary, prepare_training_inputs, validate
-from flows.tasks.data_versioning import write_rebuild_report
+from flows.execution.task_choice import environment_for
 
 VALIDATION_ARTIFACT = "data-validation"
 DVC_STAGES = ("generate", "validate", "prepare")  # dvc.yaml's data stages, which this flow runs as tasks
@@ -26,7 +32,7 @@ DVC_PARAMS = ("seed", "data", "validation", "prepare")  # the params.yaml sectio
 
 @task(name="stage data", cache_policy=NO_CACHE)
 def stage_data(cfg: Config, root: str) -> data_versioning.Candidate:
-    candidate = data_versioning.stage(cfg, root)
+    candidate = data_versioning.stage(cfg, root, environment_for(cfg))
     where = "in place" if candidate.in_place else f"staged at {candidate.directory}"
     get_run_logger().info("data %s (recipe %s)", where, candidate.recipe[:12])
     return candidate
@@ -38,7 +44,8 @@ def validate_data(
 ) -> ValidationSummary:
     run = tracking.stage("data-validation")
     try:
-        report = validate(cfg, root, candidate.directory, candidate.file_labels())
+        vocabulary = checked_vocabulary(cfg, environment_for(cfg))
+        report = validate(cfg, root, vocabulary, candidate.directory, candidate.file_labels())
     except DataValidationFailed as failed:
         data_versioning.discard(candidate)
         create_markdown_artifact(
@@ -97,7 +104,7 @@ def lock_data_stages(cfg: Config, root: str, data_version: data_versioning.Versi
 
 @task(name="describe data", cache_policy=NO_CACHE)
 def describe_data(cfg: Config, root: str) -> dict:
-    return data_summary(cfg, root)
+    return data_summary(cfg, root, environment_for(cfg))
 
 
 def data_stages(cfg: Config, root: str, tracking: Tracking) -> PreparedData:

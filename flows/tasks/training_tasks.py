@@ -12,6 +12,7 @@ from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
 
 from components.adapters import plots
+from components.adapters.data_stages import checked_vocabulary, save_comparisons
 from components.adapters.tracking import StageRun, flatten
 from components.config import Config
 from components.data.files import PREFERENCES, file_name, read_jsonl
@@ -44,7 +45,6 @@ from flows.execution.stage_runs import (
 )
 from flows.execution.task_choice import environment_for
 from flows.tasks import decoding_reuse
-from flows.tasks.data_stages import checked_vocabulary, save_comparisons
 
 
 @task(name="SFT", cache_policy=NO_CACHE)
@@ -106,7 +106,7 @@ def comparisons_task(
             result.model,
             directory,
             cfg.validation,
-            checked_vocabulary(cfg),
+            checked_vocabulary(cfg, environment_for(cfg)),
             Path(ctx.root) / cfg.validation.report_dir / "comparisons" / key,
             frozenset(ctx.data.eval_prompts),
         )

@@ -5,11 +5,12 @@ import json
 import pytest
 import yaml
 
+from components.adapters import data_stages, data_versioning
+from components.adapters.data_versioning import NEW_VERSION, REBUILT, STAGING_DIR, VERIFIED
 from components.adapters.versioning import DataDrift, dvc_status
 from components.config import load_config
 from components.data import files
-from flows.tasks import data_stages, data_versioning
-from flows.tasks.data_versioning import NEW_VERSION, REBUILT, STAGING_DIR, VERIFIED
+from flows.execution.task_choice import environment_for
 from tests.conftest import git
 
 pytestmark = pytest.mark.slow  # a real DVC repository per test, ~45 s in all
@@ -19,9 +20,11 @@ SMOKE = load_config("smoke")
 
 def materialize(cfg, root):
     """What the flow does: stage, validate, commit."""
-    candidate = data_versioning.stage(cfg, root)
+    environment = environment_for(cfg)
+    candidate = data_versioning.stage(cfg, root, environment)
     try:
-        data_stages.validate(cfg, root, candidate.directory, candidate.file_labels())
+        vocabulary = data_stages.checked_vocabulary(cfg, environment)
+        data_stages.validate(cfg, root, vocabulary, candidate.directory, candidate.file_labels())
     except data_stages.DataValidationFailed:
         data_versioning.discard(candidate)
         raise

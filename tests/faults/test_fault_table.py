@@ -165,7 +165,7 @@ FLOW_DEFECTS = sorted(
 def test_every_corrupt_data_case_fails_the_flow_at_validation_and_touches_nothing(
     in_process_flow, mlflow_server, tmp_path
 ):
-    from flows.tasks.data_stages import DataValidationFailed
+    from components.adapters.data_stages import DataValidationFailed
 
     seed_champion(mlflow_server)
     before = registry_state(mlflow_server)
@@ -191,13 +191,14 @@ def test_every_corrupt_data_case_fails_the_flow_at_validation_and_touches_nothin
 
 
 def test_a_data_file_changed_after_data_dvc_is_refused_naming_the_file_and_both_hashes(in_process_flow, tmp_path):
+    from components.adapters import data_versioning
     from components.adapters.versioning import DataDrift
-    from flows.tasks import data_versioning
+    from flows.execution.task_choice import environment_for
 
     root = new_project(tmp_path)
     cfg = load_config("smoke")
     data_versioning.commit(
-        cfg, root, data_versioning.stage(cfg, root)
+        cfg, root, data_versioning.stage(cfg, root, environment_for(cfg))
     )  # a recorded version, as a finished run leaves it
     recorded = (root / "data.dvc").read_text()
     edited = root / "data" / file_name(DEMONSTRATIONS)

@@ -88,9 +88,9 @@ def test_an_evaluation_set_that_shares_prompts_with_training_is_refused_before_t
 ):
     """Every held-out prompt is also a demonstration prompt: the data contract refuses the run before any stage
     trains, naming the file and the rule; nothing reaches the registry."""
+    from components.adapters.data_stages import DataValidationFailed
     from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, file_name, read_jsonl
     from components.io import write_jsonl
-    from flows.tasks.data_stages import DataValidationFailed
     from tests.conftest import new_repo
     from tests.data_files import write_good_dir
     from tests.flow_helpers import (

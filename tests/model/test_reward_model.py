@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from components.adapters.data_stages import DataValidationFailed, save_comparisons
 from components.config import ComparisonsConfig, ModelConfig, RewardConfig, SFTConfig, load_config
 from components.data.files import PREFERENCES, file_name, read_jsonl
 from components.data.ranking import SOURCE, rank_sampled, sampled_labeller
@@ -26,7 +27,6 @@ from components.task.lexicon import VOCABULARY
 from components.training.comparisons import collect_sft_comparisons, draw_prompts, sample_reference
 from components.training.reward import split_comparisons, train_reward_model
 from components.training.sft import train_sft
-from flows.tasks.data_stages import DataValidationFailed, save_comparisons
 
 SEED = 0
 MODEL_CFG = ModelConfig(n_layer=2, n_embd=64, n_head=4, max_prompt_tokens=24, max_response_tokens=40)

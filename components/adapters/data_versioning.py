@@ -22,8 +22,8 @@ from components.adapters import versioning
 from components.adapters.versioning import DataDrift, DataVersion
 from components.config import Config
 from components.data.dataset import recipe_hash, source_manifest, write_candidate
+from components.data.environment import Environment
 from components.io import replace_directory
-from flows.execution.task_choice import environment_for
 
 VERIFIED, REBUILT, NEW_VERSION = "verified", "rebuilt", "new version"
 STAGING_DIR = ".staging"  # under the repository root, git-ignored
@@ -70,11 +70,11 @@ class VersionedData:
         }
 
 
-def stage(cfg: Config, root: str | Path) -> Candidate:
-    """Build the configured data set in a staging directory and compare it with what data.dvc records."""
+def stage(cfg: Config, root: str | Path, environment: Environment | None) -> Candidate:
+    """Build the configured data set (the embedded task's, from ``environment``; or the user's files) in a staging
+    directory and compare it with what data.dvc records."""
     root = Path(root)
     data_dir = root / cfg.data.dir
-    environment = environment_for(cfg)
     source = source_manifest(cfg, environment)
     recipe = recipe_hash(source)
     versioning.ensure_repo(root, cfg.versioning)

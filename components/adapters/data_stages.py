@@ -11,9 +11,9 @@ from components.adapters.validation import ValidationReport, validate_data_dir
 from components.config import Config, ValidationConfig
 from components.data import files
 from components.data.dataset import load_rows
+from components.data.environment import Environment
 from components.data.prepare import prepare, write_prepared
 from components.io import replace_directory, write_jsonl
-from flows.execution.task_choice import environment_for
 
 
 class DataValidationFailed(RuntimeError):
@@ -23,14 +23,18 @@ class DataValidationFailed(RuntimeError):
 
 
 def validate(
-    cfg: Config, root: str | Path, directory: str | Path | None = None, file_labels: dict[str, str] | None = None
+    cfg: Config,
+    root: str | Path,
+    vocabulary: frozenset[str] | None,
+    directory: str | Path | None = None,
+    file_labels: dict[str, str] | None = None,
 ) -> ValidationReport:
-    """Run the expectation suites on ``directory`` (default: the raw data directory).
+    """Run the expectation suites on ``directory`` (default: the raw data directory); ``vocabulary``: the words every
+    text must use (``checked_vocabulary``), or None.
 
     Raises DataValidationFailed, carrying the report, on any failure.
     """
     root = Path(root)
-    vocabulary = checked_vocabulary(cfg)
     directory = Path(directory) if directory is not None else root / cfg.data.dir
     # name files where they live (or will live) in the repository, or by the user's own paths
     file_labels = file_labels or {name: f"{cfg.data.dir}/{files.file_name(name)}" for name in files.DATASETS}
@@ -53,19 +57,17 @@ def prepare_training_inputs(cfg: Config, root: str | Path, data_version: dict) -
     return {name: len(rows) for name, rows in prepared.items()}
 
 
-def data_summary(cfg: Config, root: str | Path) -> dict:
+def data_summary(cfg: Config, root: str | Path, environment: Environment | None) -> dict:
     """Row counts and, for the embedded task, how often the simulated labels agree with the gold judge."""
     rows = load_rows(Path(root) / cfg.data.dir)
     summary: dict = {"rows": {name: len(r) for name, r in rows.items()}}
-    environment = environment_for(cfg)
     if environment is not None:
         summary.update(environment.describe(rows))
     return summary
 
 
-def checked_vocabulary(cfg: Config) -> frozenset[str] | None:
+def checked_vocabulary(cfg: Config, environment: Environment | None) -> frozenset[str] | None:
     """The words every text must use: the embedded task's, when ``validation.check_vocabulary``; none for user files."""
-    environment = environment_for(cfg)
     return environment.vocabulary if environment is not None and cfg.validation.check_vocabulary else None
 
 
