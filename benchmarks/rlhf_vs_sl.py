@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from components.config import Config, apply_overrides, load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
@@ -174,83 +175,122 @@ def rl_settings(algorithms: list[str], tuning: Path) -> dict[str, list[str]]:
     }
 
 
-def train_everything(
-    cfg, watch: Stopwatch, runtime: Runtime, rl: dict[str, list[str]] | None = None, without_sft: bool = False
-) -> dict:
-    """The same stage functions the pipeline's flow calls, on the runtime it runs them on, timed one by one; ``rl``:
-    each RL algorithm to train and its overrides (PPO alone by default); ``without_sft``: also the configured RL
-    algorithm from the model SFT starts from (seed reason 5's ablation), as ``rl_without_sft``."""
-    rows = generate_synthetic(cfg).rows
-    tokenizer = recipe.make_tokenizer(cfg, ReviewTask(cfg).vocabulary)
-    train_prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
+@dataclass
+class BenchmarkStages:
+    """``recipe.train_all``'s stages in this process, on the flow's runtime, each timed by ``watch``; the RL stage is
+    ``first_rl`` (a name and its config), trained and selected as the flow does."""
 
-    sft = watch("sft", recipe.sft_stage, cfg, tokenizer, rows[DEMONSTRATIONS], runtime=runtime).model
-    if cfg.comparisons.source == "sft_samples":
-        comparisons = watch(
+    cfg: Config
+    rows: dict[str, list[dict]]
+    tokenizer: PreTrainedTokenizerBase
+    watch: Stopwatch
+    runtime: Runtime
+    first_rl: tuple[str, Config]
+
+    @property
+    def train_prompts(self) -> list[str]:
+        return sorted({r["prompt"] for r in self.rows[DEMONSTRATIONS]})
+
+    def sft(self) -> recipe.StageResult:
+        return self.watch(
+            "sft", recipe.sft_stage, self.cfg, self.tokenizer, self.rows[DEMONSTRATIONS], runtime=self.runtime
+        )
+
+    def comparisons(self, sft: recipe.StageResult) -> recipe.StageResult:
+        cfg = self.cfg
+        if cfg.comparisons.source != "sft_samples":
+            return recipe.StageResult(self.rows[PREFERENCES], {})
+        labeller = recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), self.rows[DEMONSTRATIONS])
+        return self.watch(
             "comparisons",
             recipe.comparisons_stage,
             cfg,
-            tokenizer,
-            sft,
-            train_prompts,
-            recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), rows[DEMONSTRATIONS]),
-            runtime=runtime,
-        ).model
-    else:
-        comparisons = rows[PREFERENCES]
-    reward = watch(
-        "reward",
-        recipe.reward_stage,
-        cfg,
-        tokenizer,
-        sft,
-        comparisons,
-        train_prompts,
-        rows[DEMONSTRATIONS],
-        runtime=runtime,
-    )
-    _, held_out = recipe.labelled_split(cfg, comparisons)
-    reward.metrics["accuracy_gold"] = reward_model_gold_accuracy(
-        reward.model, tokenizer, held_out, cfg.model, gold_score, runtime
-    )
+            self.tokenizer,
+            sft.model,
+            self.train_prompts,
+            labeller,
+            runtime=self.runtime,
+        )
 
-    policies, metrics = {"sft": sft}, {"reward_model": reward.metrics}
-    for name in recipe.SUPERVISED_BASELINES:
-        result = watch(
+    def reward_model(self, sft: recipe.StageResult, comparisons: recipe.StageResult) -> recipe.StageResult:
+        cfg, rows = self.cfg, comparisons.model
+        reward = self.watch(
+            "reward",
+            recipe.reward_stage,
+            cfg,
+            self.tokenizer,
+            sft.model,
+            rows,
+            self.train_prompts,
+            self.rows[DEMONSTRATIONS],
+            runtime=self.runtime,
+        )
+        _, held_out = recipe.labelled_split(cfg, rows)
+        reward.metrics["accuracy_gold"] = reward_model_gold_accuracy(
+            reward.model, self.tokenizer, held_out, cfg.model, gold_score, self.runtime
+        )
+        return reward
+
+    def baseline(self, name: str, sft: recipe.StageResult, comparisons: recipe.StageResult) -> recipe.StageResult:
+        cfg = self.cfg
+        return self.watch(
             name,
             recipe.baseline_stage,
             cfg,
             name,
-            tokenizer,
-            sft,
-            comparisons,
+            self.tokenizer,
+            sft.model,
+            comparisons.model,
             make_ranker=lambda: ReviewTask(cfg).labeller("selection"),
-            runtime=runtime,
+            runtime=self.runtime,
         )
-        policies[name], metrics[name] = result.model, result.metrics
-    histories = {}
-    for name, overrides in (rl or {"ppo": []}).items():
-        rl_cfg = Config.model_validate(apply_overrides(cfg.model_dump(mode="json"), overrides)) if overrides else cfg
-        result = watch(name, rl_stage, rl_cfg, tokenizer, sft, reward.model, train_prompts, rows, comparisons, runtime)
-        policies[name], metrics[name], histories[name] = result.model, result.metrics, result.history
+
+    def rl(
+        self, sft: recipe.StageResult, reward_model: recipe.StageResult, comparisons: recipe.StageResult
+    ) -> recipe.StageResult:
+        name, rl_cfg = self.first_rl
+        return self.rl_from(name, rl_cfg, sft.model, reward_model, comparisons)
+
+    def rl_from(self, name: str, rl_cfg: Config, start, reward_model, comparisons) -> recipe.StageResult:
+        args = (self.tokenizer, start, reward_model.model, self.train_prompts, self.rows, comparisons.model)
+        return self.watch(name, rl_stage, rl_cfg, *args, self.runtime)
+
+
+def train_everything(
+    cfg, watch: Stopwatch, runtime: Runtime, rl: dict[str, list[str]] | None = None, without_sft: bool = False
+) -> dict:
+    """``recipe.train_all`` (the stage functions the pipeline's flow calls, in its order, on the runtime it runs them
+    on), timed stage by stage; ``rl``: each RL algorithm to train and its overrides (PPO alone by default), the first
+    in the recipe's place and the others after it; ``without_sft``: also the configured RL algorithm from the model
+    SFT starts from (seed reason 5's ablation), as ``rl_without_sft``."""
+    rows = generate_synthetic(cfg).rows
+    tokenizer = recipe.make_tokenizer(cfg, ReviewTask(cfg).vocabulary)
+    algorithms = {
+        name: Config.model_validate(apply_overrides(cfg.model_dump(mode="json"), overrides)) if overrides else cfg
+        for name, overrides in (rl or {"ppo": []}).items()
+    }
+    stages = BenchmarkStages(cfg, rows, tokenizer, watch, runtime, next(iter(algorithms.items())))
+    made = recipe.train_all(stages)
+
+    policies = {"sft": made.sft.model, **{name: result.model for name, result in made.baselines.items()}}
+    metrics = {"reward_model": made.reward_model.metrics, **{n: r.metrics for n, r in made.baselines.items()}}
+    trained_rl = {stages.first_rl[0]: made.rl}
+    for name, rl_cfg in list(algorithms.items())[1:]:
+        trained_rl[name] = stages.rl_from(name, rl_cfg, made.sft.model, made.reward_model, made.comparisons)
     if without_sft:
         pretrained = recipe.pretrained_policy(cfg, tokenizer)
-        result = watch(
-            WITHOUT_SFT, rl_stage, cfg, tokenizer, pretrained, reward.model, train_prompts, rows, comparisons, runtime
-        )
-        policies[WITHOUT_SFT], metrics[WITHOUT_SFT], histories[WITHOUT_SFT] = (
-            result.model,
-            result.metrics,
-            result.history,
-        )
+        trained_rl[WITHOUT_SFT] = stages.rl_from(WITHOUT_SFT, cfg, pretrained, made.reward_model, made.comparisons)
+    histories = {}
+    for name, result in trained_rl.items():
+        policies[name], metrics[name], histories[name] = result.model, result.metrics, result.history
     return {
         "rows": rows,
         "tokenizer": tokenizer,
         "policies": policies,
-        "reward": reward,
+        "reward": made.reward_model,
         "metrics": metrics,
         "rl_histories": histories,
-        "comparisons": comparisons,
+        "comparisons": made.comparisons.model,
         "runtime": runtime,
     }
 

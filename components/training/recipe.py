@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -49,6 +49,44 @@ class StageResult:
     reused: bool = False  # loaded from a finished earlier run instead of trained
     logged_steps: tuple[int, int] = (0, 0)  # [first, last + 1) of the steps the stage logged itself while it ran
     placement: dict = field(default_factory=dict)  # where it ran: device, processes, mixed precision, threads
+
+
+class Stages(Protocol):
+    """Where each stage of the recipe runs and what it reads: the flow's Prefect tasks (stage reuse, tracking,
+    launched processes), or a benchmark's calls of the ``*_stage`` functions below in its own process."""
+
+    def sft(self) -> StageResult: ...
+
+    def comparisons(self, sft: StageResult) -> StageResult: ...  # its model: the ranked comparison rows
+
+    def reward_model(self, sft: StageResult, comparisons: StageResult) -> StageResult: ...
+
+    def baseline(self, name: str, sft: StageResult, comparisons: StageResult) -> StageResult: ...
+
+    def rl(self, sft: StageResult, reward_model: StageResult, comparisons: StageResult) -> StageResult: ...
+
+
+@dataclass(frozen=True)
+class RecipeRun:
+    """What one pass of the recipe trained."""
+
+    sft: StageResult
+    comparisons: StageResult
+    reward_model: StageResult
+    rl: StageResult  # the policy ``rl.algorithm`` trained
+    baselines: dict[str, StageResult]
+
+
+def train_all(stages: Stages) -> RecipeRun:
+    """The InstructGPT recipe in the paper's order, on the same labels for RL and every supervised baseline: SFT, its
+    ranked samples, the reward model, the supervised uses of the same rankings, then RL from SFT against the reward
+    model. The flow and the benchmarks both call this, so what is measured is what is shipped."""
+    sft = stages.sft()
+    comparisons = stages.comparisons(sft)
+    reward_model = stages.reward_model(sft, comparisons)
+    baselines = {name: stages.baseline(name, sft, comparisons) for name in SUPERVISED_BASELINES}
+    rl = stages.rl(sft, reward_model, comparisons)
+    return RecipeRun(sft, comparisons, reward_model, rl, baselines)
 
 
 def timed(fn: Callable[..., tuple]) -> Callable[..., StageResult]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -399,15 +400,36 @@ def plan_memory(ctx: RunContext) -> None:
     ctx.tracking.parent.log_dict(record, "memory_plan.json")
 
 
+@dataclass(frozen=True)
+class FlowStages:
+    """The recipe's stages as this flow's tasks: each reused when finished before, else trained where the run's
+    profile puts it, and recorded."""
+
+    ctx: RunContext
+
+    def sft(self) -> recipe.StageResult:
+        return sft_task(self.ctx)
+
+    def comparisons(self, sft: recipe.StageResult) -> recipe.StageResult:
+        return comparisons_task(self.ctx, sft)
+
+    def reward_model(self, sft: recipe.StageResult, comparisons: recipe.StageResult) -> recipe.StageResult:
+        return reward_task(self.ctx, sft, comparisons)
+
+    def baseline(self, name: str, sft: recipe.StageResult, comparisons: recipe.StageResult) -> recipe.StageResult:
+        return baseline_task(self.ctx, name, sft, comparisons)
+
+    def rl(
+        self, sft: recipe.StageResult, reward_model: recipe.StageResult, comparisons: recipe.StageResult
+    ) -> recipe.StageResult:
+        return ppo_task(self.ctx, sft, reward_model, comparisons)
+
+
 def train_all(ctx: RunContext) -> Trained:
-    """One labelling round: the InstructGPT recipe as the paper ran it (see flows.tasks.labelling_rounds for
-    more)."""
-    sft = sft_task(ctx)
-    comparisons = comparisons_task(ctx, sft)
-    reward_model = reward_task(ctx, sft, comparisons)
-    baselines = {name: baseline_task(ctx, name, sft, comparisons) for name in recipe.SUPERVISED_BASELINES}
-    ppo = ppo_task(ctx, sft, reward_model, comparisons)
-    return Trained(sft, comparisons, reward_model, ppo, baselines)
+    """One labelling round: the recipe (``recipe.train_all``) as this flow's tasks (see flows.tasks.labelling_rounds
+    for more rounds)."""
+    made = recipe.train_all(FlowStages(ctx))
+    return Trained(made.sft, made.comparisons, made.reward_model, made.rl, made.baselines)
 
 
 @task(name="prune stage outputs", cache_policy=NO_CACHE)
