@@ -2,7 +2,8 @@
 
 Under load a rank once died with SIGABRT at its exit, after its work ("terminate called without an active exception",
 torchrun then failing the launch): a C++ thread that needed the GIL while Python tore the interpreter down. The ranks
-now leave without that teardown (flows/launcher.leave_rank); this test repeats the conditions it was seen under: the
+now leave without that teardown (flows/execution/launcher.leave_rank); this test repeats the conditions it was seen
+under: the
 CI machine's two cores shared with other busy processes. Before the fix it ended 3 launches in one CI run (4 errors),
 yet 17 launches beside two and four busy processes did not show it on this machine: a pass here is evidence, not
 proof. The mechanism's own test is in tests/unit/test_launcher.py.

@@ -219,7 +219,8 @@ def test_only_one_plain_process_on_one_machine_runs_without_a_launcher(name, pro
 
 
 def test_a_rank_leaves_with_its_exit_code_and_its_output_written_but_without_pythons_teardown():
-    # what ends a launched rank (flows/launcher.leave_rank): unflushed output and the exit code survive; nothing of
+    # what ends a launched rank (flows/execution/launcher.leave_rank): unflushed output and the exit code survive;
+    # nothing of
     # the interpreter's teardown runs (an atexit handler stands for the C++ threads and finalizers it would run)
     program = textwrap.dedent(
         """
