@@ -15,7 +15,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from components.data.labelling_tools import ARGILLA_RECORDS
+from components.labelling.labelling_tools import ARGILLA_RECORDS
 from flows.labelling.human_judging import HUMAN_DIR, KEY
 from tests.pipeline_runs import WIDE_OPEN
 

@@ -32,9 +32,9 @@ from components import io
 from components.adapters import plots
 from components.adapters.tracking import StageRun
 from components.adapters.validation import validate_labels
-from components.data import labelling_tools, pairwise_labels
 from components.data.files import LABELS, DataFileError, read_jsonl
 from components.evaluation import pairwise
+from components.labelling import labelling_tools, pairwise_labels
 from flows.execution.handoff import task
 from flows.execution.run_context import RunContext, Trained
 from flows.execution.stage_runs import recorded

@@ -26,8 +26,8 @@ from prefect.flow_runs import pause_flow_run, suspend_flow_run
 
 from components import io
 from components.adapters.validation import validate_labels
-from components.data import labelling_tools, pairwise_labels
 from components.data.files import LABELS, read_jsonl
+from components.labelling import labelling_tools, pairwise_labels
 from components.training import recipe
 from flows.execution import runtimes
 from flows.execution.handoff import task

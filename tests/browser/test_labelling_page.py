@@ -1,6 +1,6 @@
-"""The labelling page people answer (components/data/pairwise_labels.py), opened from disk in headless Chromium with
-hostile text in its prompts and responses: every pair is shown, the text verbatim, nothing of it runs; answers survive
-a reload, even one that loses the browser's storage; the download holds them; a mangled address restores nothing
+"""The labelling page people answer (components/labelling/pairwise_labels.py), opened from disk in headless Chromium
+with hostile text in its prompts and responses: every pair is shown, the text verbatim, nothing of it runs; answers
+survive a reload, even one that loses the browser's storage; the download holds them; a mangled address restores nothing
 false. Before, a `<!--<script` in a response cut the page's script short (no pair shown), a reload lost every answer,
 and then one reload in about 20 still did (Chromium dropping a file:// page's storage)."""
 
@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 from playwright.sync_api import expect
 
-from components.data.pairwise_labels import labelling_page
+from components.labelling.pairwise_labels import labelling_page
 from tests.browsers import WAIT
 
 pytestmark = pytest.mark.browser

@@ -24,7 +24,7 @@ from components.data.files import (
     file_name,
     read_jsonl,
 )
-from components.data.pairwise_labels import label_rules
+from components.labelling.pairwise_labels import label_rules
 from tests.data_files import (
     CFG,
     DEFECTS,

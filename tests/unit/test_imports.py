@@ -363,7 +363,7 @@ def test_stay_offline_turns_every_tool_s_telemetry_off(monkeypatch):
 
 def test_every_package_says_what_it_holds_and_what_it_may_import():
     packages = ["components.data", "components.task", "components.models", "components.training"]
-    packages += ["components.evaluation"]
+    packages += ["components.evaluation", "components.labelling"]
     packages += ["components.adapters", "flows", *ROOMS]
     for name in packages:
         docstring = ast.get_docstring(ast.parse(MODULES[name].read_text(encoding="utf-8"))) or ""

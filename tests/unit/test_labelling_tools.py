@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from components.data import labelling_tools
 from components.data.files import DataFileError
-from components.data.pairwise_labels import CHOICES
+from components.labelling import labelling_tools
+from components.labelling.pairwise_labels import CHOICES
 
 SHOWN = [{"pair_id": f"p{n}", "prompt": f"prompt {n} </script>", "A": f"a{n}", "B": f"b{n}"} for n in range(1, 6)]
 

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from components.data import pairwise_labels
 from components.evaluation import pairwise
 from components.evaluation.intervals import Z95
+from components.labelling import pairwise_labels
 
 PROMPTS = ["p0", "p0", "p1", "p1", "p2", "p2"]  # two samples per prompt
 TEXTS = {

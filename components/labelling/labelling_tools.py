@@ -5,7 +5,7 @@ JSON, and the labelling config that shows them with an A / B / tie choice) and a
 ``rg.Record.from_dict``, with a ``choice`` label question A / B / tie).
 
 In: either tool's JSON export, read into this project's labels lines ``{pair_id, choice}``, which then pass the same
-rules as a labels file from the page (components/data/pairwise_labels.py):
+rules as a labels file from the page (components/labelling/pairwise_labels.py):
 - Label Studio's JSON export: every task's ``data.pair_id``; from each annotation not cancelled, the ``choice``
   control's answer (``choices``), or a ``Pairwise`` control's (left is A, right is B).
 - Argilla's ``records.to_json`` / ``to_disk`` records (nested), or ``records.to_list(flatten=True)`` rows: the record
@@ -24,7 +24,7 @@ from typing import Any
 
 from components import io
 from components.data.files import UTF8_BOM, DataFileError
-from components.data.pairwise_labels import CHOICES
+from components.labelling.pairwise_labels import CHOICES
 
 QUESTION = "choice"  # the name of the answer in both tools (Label Studio's control, Argilla's question)
 LABEL_STUDIO_TASKS, LABEL_STUDIO_CONFIG_FILE = "label-studio-tasks.json", "label-studio-config.xml"
