@@ -64,10 +64,11 @@ def digests(root: Path) -> dict[str, str]:
                 responses = only(sorted(decoding.glob("*/responses.json")), f"{decoding.name} responses")
                 found[f"evaluation/{decoding.name}"] = file_digest(responses)
         else:
-            weights = sorted(stage.glob("*/model.safetensors")) or sorted(stage.glob("*/*/model.safetensors"))
-            for path in weights if len(weights) > 1 else [only(weights, stage.name)]:
-                label = stage.name if len(weights) == 1 else f"{stage.name}/{path.parent.name}"
-                found[f"models/{label}"] = tensors_digest(path)
+            key = only(sorted(p for p in stage.iterdir() if p.is_dir()), stage.name)
+            if (key / "model.safetensors").is_file():
+                found[f"models/{stage.name}"] = tensors_digest(key / "model.safetensors")
+            for member in sorted(key.glob("*/model.safetensors")):  # an ensemble's members
+                found[f"models/{stage.name}/{member.parent.name}"] = tensors_digest(member)
     return found
 
 

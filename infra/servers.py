@@ -53,14 +53,9 @@ def running(command: list[str], health_url: str, log: Path, env: dict[str, str] 
             process.wait()
 
 
-@contextmanager
-def mlflow_server(home: Path, admin: tuple[str, str] | None = None):
-    """Yields the tracking URI of an MLflow server with an SQLite backend and artefacts under ``home``.
-
-    ``admin``: (user, password) of MLflow's basic-auth app; every request without them is refused."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    command = [
+def mlflow_server_command(home: Path, port: int) -> list[str]:
+    """An MLflow server on 127.0.0.1:``port``, one worker, its SQLite store and artefacts under ``home``."""
+    return [
         str(BIN / "mlflow"),
         "server",
         "--host",
@@ -74,6 +69,16 @@ def mlflow_server(home: Path, admin: tuple[str, str] | None = None):
         "--artifacts-destination",
         str(home / "artifacts"),
     ]
+
+
+@contextmanager
+def mlflow_server(home: Path, admin: tuple[str, str] | None = None):
+    """Yields the tracking URI of an MLflow server with an SQLite backend and artefacts under ``home``.
+
+    ``admin``: (user, password) of MLflow's basic-auth app; every request without them is refused."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = mlflow_server_command(home, port)
     env = dict(MLFLOW_SERVER_ENV)
     if admin:
         config = home / "basic_auth.ini"

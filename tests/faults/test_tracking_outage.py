@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from infra.servers import BIN, MLFLOW_SERVER_ENV, free_port, wait_until_up
+from infra.servers import MLFLOW_SERVER_ENV, free_port, mlflow_server_command, wait_until_up
 from tests.flow_helpers import MODEL, new_project
 
 pytestmark = pytest.mark.faults
@@ -33,20 +33,7 @@ class Server:
         self.process = None
 
     def start(self):
-        command = [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{self.home / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(self.home / "artifacts"),
-        ]
+        command = mlflow_server_command(self.home, self.port)
         log = self.home / "server.log"
         with open(log, "a") as output:  # the child keeps its own descriptor
             self.process = subprocess.Popen(

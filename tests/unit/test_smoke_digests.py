@@ -42,3 +42,7 @@ def test_a_stage_written_twice_is_refused(tmp_path):
     (root / "artifacts/comparisons/k9/preferences.jsonl").write_text("{}\n")
     with pytest.raises(SystemExit, match="comparisons: 2 found"):
         digests(root)
+    model_twice = smoke_like_root(tmp_path / "b", torch.ones(2, 2))
+    (model_twice / "artifacts/models/sft/k8").mkdir()
+    with pytest.raises(SystemExit, match="sft: 2 found"):
+        digests(model_twice)
