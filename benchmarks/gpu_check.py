@@ -35,6 +35,7 @@ from components.task.gold_judge import gold_score
 from components.task.lexicon import VOCABULARY
 from components.task.review_task import ReviewTask
 from components.training import recipe
+from components.training.loop import Harness
 from flows.execution import runtimes
 
 # n_layer, n_embd, n_head, vocabulary (None: the task's words only), positions
@@ -130,7 +131,9 @@ def run_variant(cfg, runtime) -> dict:
         ).model
     policies["ppo"] = stage(
         "ppo",
-        lambda: recipe.ppo_stage(cfg, tokenizer, sft.model, reward.model, prompts, demonstrations, runtime=runtime),
+        lambda: recipe.ppo_stage(
+            cfg, tokenizer, sft.model, reward.model, prompts, demonstrations, harness=Harness(runtime=runtime)
+        ),
         lambda r: sum(h["response_tokens"] for h in r.history),
     ).model
     eval_prompts = [r["prompt"] for r in rows[EVAL_PROMPTS]]

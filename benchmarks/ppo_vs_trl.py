@@ -38,6 +38,7 @@ from components.offline import stay_offline
 from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
 from components.training import recipe
+from components.training.loop import Harness
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside components
@@ -102,7 +103,7 @@ def time_this_project(cfg: Config, tokenizer, sft: Path, reward_model: Path, pro
         load_reward_model(reward_model),
         prompts,
         rows[DEMONSTRATIONS],
-        log=lambda iteration, entry: ends.append(time.perf_counter()),
+        harness=Harness(log=lambda iteration, entry: ends.append(time.perf_counter())),
     )
     last = result.history[-1]
     return {

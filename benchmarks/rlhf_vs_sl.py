@@ -71,7 +71,7 @@ from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
 from components.task.review_task import ReviewTask
 from components.training import recipe
-from components.training.loop import Snapshots
+from components.training.loop import Harness, Snapshots
 from flows.execution import runtimes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rlhf_vs_sl.json"
@@ -305,9 +305,7 @@ def rl_stage(cfg, tokenizer, sft, reward_model, train_prompts, rows, comparisons
         reward_model,
         train_prompts,
         rows[DEMONSTRATIONS],
-        monitor=judge_monitor(gold_judge(gold_score)),
-        snapshots=snapshots,
-        runtime=runtime,
+        harness=Harness(runtime=runtime, snapshots=snapshots, monitor=judge_monitor(gold_judge(gold_score))),
     )
     return recipe.select_candidate(
         cfg,

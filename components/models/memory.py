@@ -103,26 +103,33 @@ def trained_memory(parameters: int, trainable: int, place: Placement) -> tuple[i
     return weights, gradients, optimizer
 
 
+@dataclass(frozen=True)
+class MicroBatch:
+    """What a stage's activations hold at once on this rank: ``rows`` sequences of ``sequence`` tokens, with the
+    logits over the vocabulary or without (a scalar head's)."""
+
+    rows: int
+    sequence: int
+    logits: bool = True
+
+
+NO_ACTIVATIONS = MicroBatch(0, 0)
+
+
 def stage_memory(
-    stage: str,
-    shape: ModelShape,
-    place: Placement,
-    adapted: bool,
-    trained: int,
-    frozen: int,
-    rows: int,
-    sequence: int,
-    logits: bool = True,
+    stage: str, shape: ModelShape, place: Placement, adapted: bool, trained: int, frozen: int, batch: MicroBatch
 ) -> StageMemory:
     """``trained`` models (each the policy's size; an adapted one also holds its adapters) and ``frozen`` whole
-    copies, a micro-batch of ``rows`` sequences on this rank."""
+    copies, beside the activations of a micro-batch."""
     weights = gradients = optimizer = 0
     parameters = shape.parameters + (shape.adapter_parameters if adapted else 0)
     for _ in range(trained):
         w, g, o = trained_memory(parameters, shape.trainable(adapted), place)
         weights, gradients, optimizer = weights + w, gradients + g, optimizer + o
     weights += frozen * shape.parameters * FP32
-    return StageMemory(stage, weights, gradients, optimizer, activation_bytes(shape, rows, sequence, place, logits))
+    return StageMemory(
+        stage, weights, gradients, optimizer, activation_bytes(shape, batch.rows, batch.sequence, place, batch.logits)
+    )
 
 
 def micro_rows(batch_size: int, processes: int, accumulation: int) -> int:

@@ -18,8 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, SFTConfig
 from components.models import lora
-from components.models.runtime import SINGLE, Runtime
-from components.training.loop import Log, Snapshots
+from components.training.loop import QUIET, Harness
 from components.training.reward import group_comparisons
 from components.training.sft import train_sft
 
@@ -57,23 +56,10 @@ def sft_on(stage: str, to_examples: Callable[[list[dict]], list[dict]]) -> Train
         cfg: SFTConfig,
         model_cfg: ModelConfig,
         seed: int,
-        log: Log | None = None,
-        snapshots: Snapshots | None = None,
-        runtime: Runtime = SINGLE,
+        harness: Harness = QUIET,
     ):
         policy = lora.for_training(copy.deepcopy(sft_policy), model_cfg)
-        return train_sft(
-            policy,
-            tokenizer,
-            to_examples(preferences),
-            cfg,
-            model_cfg,
-            seed,
-            stage=stage,
-            log=log,
-            snapshots=snapshots,
-            runtime=runtime,
-        )
+        return train_sft(policy, tokenizer, to_examples(preferences), cfg, model_cfg, seed, stage, harness)
 
     return train
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -36,8 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.config import CombinedLossConfig, ModelConfig
 from components.models import lora
 from components.models.batching import encode_examples, gather_logprobs, masked_mean, response_logits
-from components.models.runtime import SINGLE, Runtime
-from components.training.loop import INPUT_TOKENS, Log, Means, Objective, Snapshots, train_supervised
+from components.training.loop import INPUT_TOKENS, QUIET, Harness, Means, Objective, train_supervised
 
 TokenMean = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (values, mask) -> their mean
 
@@ -80,13 +80,17 @@ def penalised_mask(
     raise ValueError(f"unknown unlikelihood_tokens {mode!r}")
 
 
+class ResponseTokens(NamedTuple):
+    """A batch of responses as the loss reads them: the logits at each response token, its id, and which count."""
+
+    logits: torch.Tensor  # (B, R, V)
+    ids: torch.Tensor  # (B, R)
+    mask: torch.Tensor  # (B, R): for the rejected responses, the tokens to penalise
+
+
 def combined_loss(
-    chosen_logits: torch.Tensor,  # (B, R, V)
-    chosen_ids: torch.Tensor,  # (B, R)
-    chosen_mask: torch.Tensor,  # (B, R)
-    rejected_logits: torch.Tensor,  # (B, R, V)
-    rejected_ids: torch.Tensor,  # (B, R)
-    rejected_mask: torch.Tensor,  # (B, R): the rejected tokens to penalise
+    chosen: ResponseTokens,
+    rejected: ResponseTokens,
     unlikelihood_coef: float,
     min_one_minus_p: float = 1e-5,
     likelihood_mean: TokenMean = masked_mean,
@@ -94,13 +98,13 @@ def combined_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """likelihood + coef * unlikelihood, and both terms as metrics. The means: over these tokens, or (data parallel,
     micro-batches) this part's share of the mean over the global batch's."""
-    chosen_logprobs = gather_logprobs(chosen_logits, chosen_ids)  # (B, R)
-    rejected_logprobs = gather_logprobs(rejected_logits, rejected_ids)  # (B, R)
-    likelihood = likelihood_mean(-chosen_logprobs, chosen_mask)
-    unlikely = unlikelihood_mean(unlikelihood(rejected_logprobs, min_one_minus_p), rejected_mask)
+    chosen_logprobs = gather_logprobs(chosen.logits, chosen.ids)  # (B, R)
+    rejected_logprobs = gather_logprobs(rejected.logits, rejected.ids)  # (B, R)
+    likelihood = likelihood_mean(-chosen_logprobs, chosen.mask)
+    unlikely = unlikelihood_mean(unlikelihood(rejected_logprobs, min_one_minus_p), rejected.mask)
     loss = likelihood + unlikelihood_coef * unlikely
     with torch.no_grad():
-        rejected_p = unlikelihood_mean(rejected_logprobs.exp(), rejected_mask)
+        rejected_p = unlikelihood_mean(rejected_logprobs.exp(), rejected.mask)
     return loss, {"likelihood": likelihood.detach(), "unlikelihood": unlikely.detach(), "rejected_token_p": rejected_p}
 
 
@@ -130,12 +134,8 @@ def combined_objective(
         n = penalised.shape[0]
         ids, mask = batch.response_ids, batch.response_mask
         return combined_loss(
-            logits[:n],
-            ids[:n],
-            mask[:n],
-            logits[n:],
-            ids[n:],
-            penalised,
+            ResponseTokens(logits[:n], ids[:n], mask[:n]),
+            ResponseTokens(logits[n:], ids[n:], penalised),
             cfg.unlikelihood_coef,
             cfg.min_one_minus_p,
             likelihood_mean=partial(mean, "chosen_tokens"),
@@ -152,9 +152,7 @@ def train_combined(
     cfg: CombinedLossConfig,
     model_cfg: ModelConfig,
     seed: int,
-    log: Log | None = None,
-    snapshots: Snapshots | None = None,
-    runtime: Runtime = SINGLE,
+    harness: Harness = QUIET,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Train a copy of ``sft_policy`` (left untouched) on ``{prompt, chosen, rejected}``;
     returns (model, metrics, history).
@@ -166,10 +164,8 @@ def train_combined(
     torch.manual_seed(seed)
     policy = lora.for_training(copy.deepcopy(sft_policy), model_cfg)
     counts = lora.parameter_counts(policy)
-    objective = combined_objective(cfg, tokenizer, model_cfg, runtime.device)
-    policy, history = train_supervised(
-        "combined", policy, preferences, objective, cfg, seed, log, snapshots=snapshots, runtime=runtime
-    )
+    objective = combined_objective(cfg, tokenizer, model_cfg, harness.runtime.device)
+    policy, history = train_supervised("combined", policy, preferences, objective, cfg, seed, harness=harness)
     last = history[-1]
     metrics = {
         "first_loss": history[0]["loss"],

@@ -25,8 +25,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.config import DPOConfig, ModelConfig
 from components.models import lora
 from components.models.batching import Batch, encode_examples, response_logprobs
-from components.models.runtime import SINGLE, Runtime
-from components.training.loop import INPUT_TOKENS, Log, Means, Objective, Snapshots, train_supervised
+from components.models.runtime import Runtime
+from components.training.loop import INPUT_TOKENS, QUIET, Harness, Means, Objective, train_supervised
 
 
 def sequence_logprobs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
@@ -131,10 +131,8 @@ def train_dpo(
     cfg: DPOConfig,
     model_cfg: ModelConfig,
     seed: int,
-    log: Log | None = None,
     reference: PreTrainedModel | None = None,
-    snapshots: Snapshots | None = None,
-    runtime: Runtime = SINGLE,
+    harness: Harness = QUIET,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Train a copy of ``sft_policy`` (left untouched) with DPO; returns (model, metrics, history).
 
@@ -145,6 +143,7 @@ def train_dpo(
     metrics: first_loss, final_loss, steps, and reward_accuracy / margin averaged over the last
     ``min(20, steps)`` training batches.
     """
+    runtime = harness.runtime
     torch.manual_seed(seed)
     policy = lora.for_training(copy.deepcopy(sft_policy), model_cfg)
     counts = lora.parameter_counts(policy)
@@ -156,9 +155,7 @@ def train_dpo(
     examples = [{"index": i, **row} for i, row in enumerate(preferences)]
     recent: list[dict[str, float]] = []
     objective = dpo_objective(cfg, tokenizer, model_cfg, reference, runtime, recent)
-    policy, history = train_supervised(
-        "dpo", policy, examples, objective, cfg, seed, log, dropout=False, snapshots=snapshots, runtime=runtime
-    )
+    policy, history = train_supervised("dpo", policy, examples, objective, cfg, seed, dropout=False, harness=harness)
     metrics = {
         "first_loss": history[0]["loss"],
         "final_loss": history[-1]["loss"],

@@ -23,6 +23,8 @@ from components.models.runtime import SINGLE, Runtime
 from components.training.shards import check_divisible
 
 Log = Callable[[int, dict[str, float]], None]  # (step, metrics) -> None; the flow decides where it goes
+# (prompts, responses, ended) -> metrics: a watcher of RL's rollouts (the embedded task's gold judge, or none)
+Monitor = Callable[[list[str], list[str], list[bool]], dict[str, float]]
 TOTAL_STEPS = "total_steps"  # in what a Log is given (not in the history): the steps the stage takes in all
 INPUT_TOKENS = "input_tokens"  # an objective's count of the tokens its forward passes read (for throughput)
 
@@ -80,6 +82,22 @@ class EpochEnds(Snapshots):
     def steps(self, total: int) -> set[int]:
         epochs = math.ceil(total / self.steps_per_epoch)
         return {min(total, math.ceil(k * self.steps_per_epoch)) - 1 for k in range(1, epochs + 1)}
+
+
+@dataclass(frozen=True)
+class Harness:
+    """What a training run is handed beside its models, data and hyper-parameters, none of it math: where it runs,
+    where its logged steps and candidate snapshots go, and for RL where it checkpoints and what watches its rollouts.
+    """
+
+    runtime: Runtime = SINGLE
+    log: Log | None = None
+    snapshots: Snapshots | None = None
+    checkpoint_dir: str | None = None
+    monitor: Monitor | None = None
+
+
+QUIET = Harness()  # one process where SINGLE runs, nothing logged, no snapshots, no checkpoints
 
 
 class Means:
@@ -165,16 +183,15 @@ def train_supervised(
     objective: Objective,
     cfg: OptimConfig,
     seed: int,
-    log: Log | None = None,
     dropout: bool = True,
-    snapshots: Snapshots | None = None,
-    runtime: Runtime = SINGLE,
+    harness: Harness = QUIET,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     """Run ``cfg.epochs`` passes of minibatch AdamW over ``examples`` with ``objective``; returns the trained model
     (plain, every parameter in place) and the history.
 
     ``dropout`` False trains in eval mode (for losses that compare the model with a frozen copy of itself).
-    ``snapshots`` receives the weights after each of its steps (on every rank)."""
+    ``harness.snapshots`` receives the weights after each of its steps (on every rank)."""
+    runtime, log, snapshots = harness.runtime, harness.log, harness.snapshots
     check_divisible(stage, cfg, runtime.world_size)
     rng = random.Random(f"{seed}/{stage}")  # the same on every rank: one global batch order
     total_steps = max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))

@@ -22,7 +22,16 @@ from __future__ import annotations
 import dataclasses
 
 from components.config import Config
-from components.models.memory import FP32, ModelShape, Placement, StageMemory, micro_rows, stage_memory
+from components.models.memory import (
+    FP32,
+    NO_ACTIVATIONS,
+    MicroBatch,
+    ModelShape,
+    Placement,
+    StageMemory,
+    micro_rows,
+    stage_memory,
+)
 from components.training.recipe import SUPERVISED_BASELINES
 
 
@@ -62,7 +71,7 @@ def models_and_activations(
         return micro_rows(section.batch_size, n, section.gradient_accumulation_steps)
 
     sft_adapted = adapted and cfg.model.source == "local"
-    held_sft = stage_memory("sft", shape, place, adapted, 0, 1, 0, sequence)
+    held_sft = stage_memory("sft", shape, place, adapted, 0, 1, MicroBatch(0, sequence))
     reward = together(
         "reward_model",
         stage_memory(
@@ -72,28 +81,38 @@ def models_and_activations(
             adapted,
             1,
             0,
-            rows(cfg.reward) * cfg.comparisons.responses_per_prompt,
-            sequence,
-            logits=False,
+            MicroBatch(rows(cfg.reward) * cfg.comparisons.responses_per_prompt, sequence, logits=False),
         ),
         held_sft,
     )
     if cfg.reward.model is not None:  # its own transformer's SFT first, beside SFT
-        own_sft = stage_memory("reward_model", reward_shape, place, sft_adapted, 1, 0, rows(cfg.sft), sequence)
+        own_sft = stage_memory(
+            "reward_model", reward_shape, place, sft_adapted, 1, 0, MicroBatch(rows(cfg.sft), sequence)
+        )
         reward = larger(reward, together("reward_model", own_sft, held_sft))
-    stages = [stage_memory("sft", shape, place, sft_adapted, 1, 0, rows(cfg.sft), sequence), reward]
+    stages = [stage_memory("sft", shape, place, sft_adapted, 1, 0, MicroBatch(rows(cfg.sft), sequence)), reward]
     for name in SUPERVISED_BASELINES:
         section = getattr(cfg.baselines, name)
         pairs = name in ("combined", "dpo")  # chosen and rejected in one pass
         frozen = 1 + (name == "dpo" and not adapted) + cfg.selection.candidates
-        stages.append(stage_memory(name, shape, place, adapted, 1, frozen, rows(section) * (1 + pairs), sequence))
+        stages.append(
+            stage_memory(name, shape, place, adapted, 1, frozen, MicroBatch(rows(section) * (1 + pairs), sequence))
+        )
     ppo_rows = micro_rows(cfg.ppo.minibatch_size, n, cfg.ppo.gradient_accumulation_steps)
     # the policy beside the reference, SFT and the snapshots; PPO's critic (the reward model's size) beside the reward
     # model as handed in and the frozen copy PPO scores with
     critic = int(cfg.rl.algorithm == "ppo")
     ppo = together(
         "ppo",
-        stage_memory("ppo", shape, place, adapted, 1, (not adapted) + 1 + cfg.selection.candidates, ppo_rows, sequence),
+        stage_memory(
+            "ppo",
+            shape,
+            place,
+            adapted,
+            1,
+            (not adapted) + 1 + cfg.selection.candidates,
+            MicroBatch(ppo_rows, sequence),
+        ),
         stage_memory(
             "ppo",
             reward_shape,
@@ -101,9 +120,7 @@ def models_and_activations(
             adapted,
             critic,
             2 * cfg.reward.ensemble_size,
-            ppo_rows * critic,
-            sequence,
-            False,
+            MicroBatch(ppo_rows * critic, sequence, logits=False),
         ),
     )
     # scoring a rank's whole rollout shard: the logits and their log-softmax, without gradient
@@ -112,8 +129,8 @@ def models_and_activations(
     policies = 2 + len(SUPERVISED_BASELINES)  # sft, the baselines, ppo
     evaluation = together(
         "evaluation",
-        stage_memory("evaluation", shape, Placement(), False, 0, policies, 0, 0),
-        stage_memory("evaluation", reward_shape, Placement(), False, 0, cfg.reward.ensemble_size, 0, 0),
+        stage_memory("evaluation", shape, Placement(), False, 0, policies, NO_ACTIVATIONS),
+        stage_memory("evaluation", reward_shape, Placement(), False, 0, cfg.reward.ensemble_size, NO_ACTIVATIONS),
     )
     # each decoding is a rank's whole (decodings are shared out whole, not split), so its batch is not divided
     inference_logits = 2 * cfg.evaluation.batch_size * sequence * shape.vocabulary * FP32

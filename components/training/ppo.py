@@ -49,12 +49,9 @@ from components.training.checkpoints import (
     restore_python_rng,
     save_checkpoint,
 )
-from components.training.loop import Log, Snapshots, check_finite, lr_factor
+from components.training.loop import QUIET, Harness, Monitor, check_finite, lr_factor
 from components.training.sft import sft_loss
 from components.training.shards import check_shardable
-
-# (prompts, responses, ended) -> metrics: watches rollouts (e.g. the gold judge); never feeds training.
-Monitor = Callable[[list[str], list[str], list[bool]], dict[str, float]]
 
 # how a loss averages its per-token terms: masked_mean, or (data parallel) this rank's share of the global mean
 TokenMean = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -480,55 +477,56 @@ def ptx_sampler(
     return draw
 
 
+@dataclass(frozen=True)
+class RLModels:
+    """What an RL run starts from: the policy it trains, the critic it trains beside it (None for an algorithm
+    without one), the frozen reference and reward model, and the tokenizer the four share."""
+
+    policy: PreTrainedModel
+    reference: PreTrainedModel
+    critic: PreTrainedModel | None
+    reward_model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+
 def train_ppo(
-    policy: PreTrainedModel,
-    ref_policy: PreTrainedModel,
-    critic: PreTrainedModel | None,
-    reward_model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    start: RLModels,
     prompts: list[str],
     cfg: PPOConfig,
     model_cfg: ModelConfig,
     seed: int,
     ptx_examples: list[dict] | None = None,
-    monitor: Monitor | None = None,
-    log: Log | None = None,
-    checkpoint_dir: str | None = None,
-    runtime: Runtime = SINGLE,
-    snapshots: Snapshots | None = None,
     algorithm: Algorithm | None = None,
+    harness: Harness = QUIET,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
-    """Optimise ``policy`` in place; ``ref_policy`` and ``reward_model`` stay frozen.
+    """Optimise ``start.policy`` in place; the reference and the reward model stay frozen.
     Returns (policy, metrics, history).
 
-    ``algorithm`` (PPO by default) decides the responses per prompt and the advantages; ``critic`` is trained
-    beside the policy when it has one, and must be None when it has not.
+    ``algorithm`` (PPO by default) decides the responses per prompt and the advantages; the critic is trained
+    beside the policy when it has one, and must be None when it has not. ``ptx_examples``: PPO-ptx's demonstrations.
 
-    ``snapshots`` receives the policy after each of its iterations (rank 0 only), the candidates
-    that selection chooses from.
-
-    With ``checkpoint_dir``, the full state is saved every ``cfg.checkpoint_every`` iterations and
-    a run that finds a checkpoint there continues from it: same result as never stopping.
-    Data parallel (``runtime`` of N processes): every rank draws the same global prompt order and
-    samples its own 1/N of each rollout batch; whitening, metrics and the KL controller see all
-    ranks' rollouts; DDP averages the gradients, so every rank holds the same weights.
+    The harness's ``snapshots`` receive the policy after each of their iterations (rank 0 only), the candidates
+    that selection chooses from; its ``monitor`` watches the logged iterations' rollouts. With its
+    ``checkpoint_dir``, the full state is saved every ``cfg.checkpoint_every`` iterations and a run that finds a
+    checkpoint there continues from it: same result as never stopping.
+    Data parallel (a runtime of N processes): every rank draws the same global prompt order and samples its own 1/N
+    of each rollout batch; whitening, metrics and the KL controller see all ranks' rollouts; DDP averages the
+    gradients, so every rank holds the same weights.
     """
+    runtime, tokenizer = harness.runtime, start.tokenizer
     algorithm = algorithm or ppo_algorithm(cfg)
-    if (critic is not None) != algorithm.has_critic:
+    if (start.critic is not None) != algorithm.has_critic:
         raise ValueError(f"{algorithm.name} {'needs' if algorithm.has_critic else 'has no'} critic")
     check_shardable(cfg, runtime.world_size, algorithm.group_size)
     torch.manual_seed(seed + runtime.rank)  # each rank samples different responses
     rng = random.Random(f"{seed}/ppo")  # the same on every rank: one global prompt order, one PPO-ptx draw
-    counts = ready_to_train(policy, critic, (ref_policy, reward_model), runtime)
-    models, run = start_or_resume(
-        policy, critic, (ref_policy, reward_model), cfg, runtime, rng, prompts, checkpoint_dir
-    )
+    counts = ready_to_train(start, runtime)
+    models, run = start_or_resume(start, cfg, runtime, rng, prompts, harness.checkpoint_dir)
     ptx = (
         ptx_sampler(ptx_examples, tokenizer, cfg, model_cfg, rng, runtime)
         if cfg.ptx_coef > 0 and ptx_examples
         else None
     )
-    snapshot_iterations = snapshots.steps(cfg.iterations) if snapshots is not None else set()
 
     for iteration in range(run.start, cfg.iterations):
         set_learning_rates(models, cfg, iteration)
@@ -550,27 +548,12 @@ def train_ppo(
         run.kl_ctl.update(batch_means["kl"], cfg.rollout_batch_size)  # the whole (all ranks') batch's KL per response
 
         if iteration % cfg.log_every == 0 or iteration == cfg.iterations - 1:
-            watched = (
-                monitor(batch_prompts, decode_responses(tokenizer, rollouts.batch), rollouts.ended.tolist())
-                if monitor
-                else {}
-            )
             entry = log_entry(iteration, batch_means, run.kl_ctl.value, models, cfg, clock, update_stats)
-            entry.update(runtime.mean_of_floats(watched))
-            if rollouts.values is not None:  # a critic's fit to the returns
-                entry["explained_variance"] = explained_variance(
-                    rollouts.values, advantages.returns, rollouts.mask, runtime
-                )
+            entry |= watched(harness.monitor, batch_prompts, rollouts, advantages, tokenizer, runtime)
             run.history.append(entry)
-            if log:
-                log(iteration, entry)
-
-        if iteration in snapshot_iterations:
-            with runtime.gathered(models.sampler):  # every rank gathers (a collective); rank 0 writes
-                if runtime.is_main:
-                    snapshots.take(iteration, models.sampler)
-        if checkpoint_dir and cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(checkpoint_dir, iteration + 1, models, run.kl_ctl, rng, run.queue, run.history)
+            if harness.log:
+                harness.log(iteration, entry)
+        keep_progress(iteration, models, run, cfg, rng, harness)
 
     last = run.history[-1]
     metrics = {"final_rm_score": last["rm_score"], "final_kl": last["kl"], "final_kl_coef": run.kl_ctl.value}
@@ -578,12 +561,11 @@ def train_ppo(
     return runtime.full_model(models.policy), metrics, run.history
 
 
-def ready_to_train(
-    policy: PreTrainedModel, critic: PreTrainedModel | None, frozen: tuple[torch.nn.Module, ...], runtime: Runtime
-) -> dict[str, int]:
+def ready_to_train(start: RLModels, runtime: Runtime) -> dict[str, int]:
     """The reference and reward model frozen on the device; the policy and critic in eval mode (dropout off: rollouts
     and updates see the same network) with their trainable parameters on. Returns the parameter counts."""
-    for model in frozen:
+    policy, critic = start.policy, start.critic
+    for model in (start.reference, start.reward_model):
         model.eval()
         model.requires_grad_(False)
         runtime.to_device(model)
@@ -606,10 +588,41 @@ class RunState:
     start: int  # the first iteration still to run
 
 
+def watched(
+    monitor: Monitor | None,
+    prompts: list[str],
+    rollouts: Rollouts,
+    advantages: Advantages,
+    tokenizer: PreTrainedTokenizerBase,
+    runtime: Runtime,
+) -> dict[str, float]:
+    """What watches a logged iteration beside the loss: the monitor's view of the rollouts (every rank's mean) and
+    a critic's fit to the returns."""
+    entry = {}
+    if monitor:
+        responses = decode_responses(tokenizer, rollouts.batch)
+        entry = runtime.mean_of_floats(monitor(prompts, responses, rollouts.ended.tolist()))
+    if rollouts.values is not None:
+        entry["explained_variance"] = explained_variance(rollouts.values, advantages.returns, rollouts.mask, runtime)
+    return entry
+
+
+def keep_progress(
+    iteration: int, models: PPOModels, run: RunState, cfg: PPOConfig, rng: random.Random, harness: Harness
+) -> None:
+    """After an iteration: the policy to the snapshots at their iterations, the whole state to a checkpoint every
+    ``cfg.checkpoint_every``."""
+    snapshots, runtime, directory = harness.snapshots, models.runtime, harness.checkpoint_dir
+    if snapshots is not None and iteration in snapshots.steps(cfg.iterations):
+        with runtime.gathered(models.sampler):  # every rank gathers (a collective); rank 0 writes
+            if runtime.is_main:
+                snapshots.take(iteration, models.sampler)
+    if directory and cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0:
+        _save_checkpoint(directory, iteration + 1, models, run.kl_ctl, rng, run.queue, run.history)
+
+
 def start_or_resume(
-    policy: PreTrainedModel,
-    critic: PreTrainedModel | None,
-    frozen: tuple[PreTrainedModel, PreTrainedModel],
+    start: RLModels,
     cfg: PPOConfig,
     runtime: Runtime,
     rng: random.Random,
@@ -619,6 +632,7 @@ def start_or_resume(
     """The optimisers and the models prepared by the runtime (``frozen``: the reference and the reward model), from
     the latest checkpoint in ``checkpoint_dir`` when there is one (weights, optimiser states, RNGs, KL coefficient,
     prompt order, history)."""
+    policy, critic = start.policy, start.critic
     values_model = TokenValues(critic) if critic is not None else None
     policy_opt = torch.optim.AdamW(trainable(policy), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     critic_opt = (
@@ -647,7 +661,7 @@ def start_or_resume(
     policy, values_model, policy_opt, critic_opt = prepared(
         runtime, (policy, policy_opt), (values_model, critic_opt), cfg.max_grad_norm
     )
-    models = PPOModels(policy, values_model, *frozen, policy_opt, critic_opt, runtime)
+    models = PPOModels(policy, values_model, start.reference, start.reward_model, policy_opt, critic_opt, runtime)
     if resumed is not None:
         if resumed.engines is not None:
             runtime.load_engines(_engines(models), resumed.engines)

@@ -12,7 +12,7 @@ import copy
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -29,11 +29,11 @@ from components.training.chosen import train_chosen, train_top_ranked
 from components.training.combined import train_combined
 from components.training.comparisons import collect_sft_comparisons, draw_prompts, sample_reference, sample_responses
 from components.training.dpo import train_dpo
-from components.training.loop import Snapshots
-from components.training.ppo import Monitor, train_ppo
+from components.training.loop import QUIET, Harness, Snapshots
+from components.training.ppo import RLModels, train_ppo
 from components.training.reward import split_comparisons, train_reward_ensemble
-from components.training.rounds import round_prompts, tagged
-from components.training.selection import held_out_slice, select_snapshot
+from components.training.rounds import RoundLabels, round_prompts, tagged
+from components.training.selection import LabelledSlice, held_out_slice, select_snapshot
 from components.training.sft import train_sft
 
 SUPERVISED_BASELINES = ("chosen", "top_ranked", "combined", "dpo")
@@ -126,7 +126,9 @@ def sft_stage(
 ) -> StageResult:
     # a model trained from scratch is trained in full: adapters adapt a trained one
     policy = lora.for_training(pretrained_policy(cfg, tokenizer), cfg.model, adapters=cfg.model.source == "local")
-    return timed(train_sft)(policy, tokenizer, demonstrations, cfg.sft, cfg.model, cfg.seed, log=log, runtime=runtime)
+    return timed(train_sft)(
+        policy, tokenizer, demonstrations, cfg.sft, cfg.model, cfg.seed, harness=Harness(runtime, log)
+    )
 
 
 def round_draw(cfg: Config, train_prompts: list[str], round_index: int | None = None) -> tuple[list[str], int]:
@@ -217,9 +219,8 @@ def reward_stage(
         cfg.reward,
         reward_model_config(cfg),
         cfg.seed,
-        log=log,
-        reference_samples=reference,
-        runtime=runtime,
+        reference,
+        Harness(runtime, log),
     )
     if backbone is not sft:
         result.metrics["backbone_parameters"] = sum(p.numel() for p in backbone.parameters())
@@ -278,7 +279,14 @@ def select_candidate(
     )
     started = time.perf_counter()
     result.model, selection = select_snapshot(
-        result.model, snapshots, tokenizer, items, make_ranker, cfg.selection, cfg.model, cfg.seed, runtime
+        result.model,
+        snapshots,
+        tokenizer,
+        LabelledSlice(items, make_ranker),
+        cfg.selection,
+        cfg.model,
+        cfg.seed,
+        runtime,
     )
     result.metrics.update({**selection.metrics(unit), "selection.seconds": round(time.perf_counter() - started, 2)})
     return result
@@ -306,7 +314,7 @@ def baseline_stage(
     train, _ = labelled_split(cfg, comparisons)
     snapshots = Snapshots(cfg.selection.candidates, cfg.selection.spacing)
     result = timed(trainer)(
-        sft, tokenizer, train, section, cfg.model, cfg.seed, log=log, snapshots=snapshots, runtime=runtime
+        sft, tokenizer, train, section, cfg.model, cfg.seed, harness=Harness(runtime, log, snapshots)
     )
     return select_candidate(cfg, result, snapshots.taken, tokenizer, comparisons, make_ranker, runtime=runtime)
 
@@ -316,19 +324,16 @@ def iterative_dpo_stage(
     tokenizer,
     sft: PreTrainedModel,
     previous: PreTrainedModel,
-    round_rows: list[dict],
-    seen_rows: list[dict],
-    round_index: int,
-    log=None,
+    labels: RoundLabels,
     make_ranker: Callable[[], Ranker] | None = None,
-    runtime: Runtime = SINGLE,
+    harness: Harness = QUIET,
 ) -> StageResult:
     """One round of iterative DPO, the baseline that gets PPO's schedule of on-policy labels: the last round's DPO
     policy (SFT in round 1) trained on this round's labels of its own samples (their training split), reference =
     frozen SFT as PPO's. The last round ships the snapshot the labeller prefers on the held-out slice of every round
-    (``seen_rows``); earlier rounds hand on their last step, the policy the next round samples."""
-    train, _ = labelled_split(cfg, round_rows)
-    last_round = round_index == cfg.comparisons.rounds
+    (``labels.seen``); earlier rounds hand on their last step, the policy the next round samples."""
+    train, _ = labelled_split(cfg, labels.rows)
+    last_round = labels.index == cfg.comparisons.rounds
     snapshots = Snapshots(cfg.selection.candidates, cfg.selection.spacing) if last_round else None
     result = timed(train_dpo)(
         previous,
@@ -336,15 +341,13 @@ def iterative_dpo_stage(
         train,
         cfg.baselines.dpo,
         cfg.model,
-        cfg.seed + round_index - 1,
-        log=log,
+        cfg.seed + labels.index - 1,
         reference=frozen_copy(sft),
-        snapshots=snapshots,
-        runtime=runtime,
+        harness=replace(harness, snapshots=snapshots),
     )
     if not last_round:
         return result
-    return select_candidate(cfg, result, snapshots.taken, tokenizer, seen_rows, make_ranker, runtime=runtime)
+    return select_candidate(cfg, result, snapshots.taken, tokenizer, labels.seen, make_ranker, runtime=harness.runtime)
 
 
 def ppo_stage(
@@ -354,18 +357,14 @@ def ppo_stage(
     reward_model: PreTrainedModel,
     train_prompts: list[str],
     demonstrations: list[dict],
-    monitor: Monitor | None = None,
-    log=None,
-    checkpoint_dir: str | None = None,
-    runtime: Runtime = SINGLE,
-    snapshots: Snapshots | None = None,
     start: PreTrainedModel | None = None,
+    harness: Harness = QUIET,
 ) -> StageResult:
     """InstructGPT step 3 with the RL algorithm ``rl.algorithm`` names: policy from SFT (or from ``start``: a later
     labelling round continuing the last round's policy), reference = frozen SFT always, PPO's critic from the RM (an
-    ensemble's first member); resumes from ``checkpoint_dir``.
+    ensemble's first member); resumes from the harness's ``checkpoint_dir``.
 
-    ``runtime``: where it runs (device, processes, precision; see flows' stage runtimes)."""
+    The harness's ``runtime``: where it runs (device, processes, precision; see flows' stage runtimes)."""
     algorithm = rl_algorithm(cfg.rl, cfg.ppo, cfg.model)
     policy = lora.for_training(copy.deepcopy(start if start is not None else sft), cfg.model)
     # the reference is SFT: the policy's own base with its adapters off, unless the policy started elsewhere
@@ -375,24 +374,8 @@ def ppo_stage(
         if algorithm.has_critic
         else None
     )
-    return timed(train_ppo)(
-        policy,
-        reference,
-        critic,
-        frozen_copy(reward_model),
-        tokenizer,
-        train_prompts,
-        cfg.ppo,
-        cfg.model,
-        cfg.seed,
-        ptx_examples=demonstrations,
-        monitor=monitor,
-        log=log,
-        checkpoint_dir=checkpoint_dir,
-        runtime=runtime,
-        snapshots=snapshots,
-        algorithm=algorithm,
-    )
+    models = RLModels(policy, reference, critic, frozen_copy(reward_model), tokenizer)
+    return timed(train_ppo)(models, train_prompts, cfg.ppo, cfg.model, cfg.seed, demonstrations, algorithm, harness)
 
 
 def label_budgets(

@@ -24,6 +24,7 @@ import random
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -37,7 +38,7 @@ from components.models.builders import scalar_model_from
 from components.models.ensemble import RewardEnsemble
 from components.models.runtime import SINGLE, Runtime
 from components.models.scoring import score_comparisons, score_samples, score_samples_by_member
-from components.training.loop import INPUT_TOKENS, EpochEnds, Log, Means, Objective, train_supervised
+from components.training.loop import INPUT_TOKENS, QUIET, EpochEnds, Harness, Means, Objective, train_supervised
 from components.training.rounds import split_by_round
 
 
@@ -256,22 +257,18 @@ def train_reward_model(
     cfg: RewardConfig,
     model_cfg: ModelConfig,
     seed: int,
-    log: Log | None = None,
-    reference_samples: list[tuple[str, str]] | None = None,
     member: int = 0,
-    runtime: Runtime = SINGLE,
+    harness: Harness = QUIET,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Train a reward model from the SFT ``policy`` on ``{prompt, chosen, rejected}`` comparisons.
 
     A training example is a group of comparisons (``group_comparisons``): ``cfg.batch_size``
     groups per step, ``cfg.epochs`` passes over the groups. ``cfg.valid_fraction`` of the groups
     is held out (``split_comparisons``, same seed) and the pairwise accuracy on them reported.
-    With ``reference_samples`` ((prompt, response) pairs sampled from the SFT policy) the returned
-    model scores them with mean 0 and standard deviation 1; the mean and the standard deviation
-    removed are ``metrics["reward_offset"]`` and ``metrics["reward_scale"]``.
     ``member`` k of an ensemble draws its head's initialisation and its data order from seed + k;
     the held-out split is the same for every member. Returns (reward_model, metrics, history).
     """
+    runtime = harness.runtime
     train, valid = split_comparisons(comparisons, cfg.valid_fraction, seed)
     torch.manual_seed(seed + member)  # the fresh head's initialisation
     model = lora.for_training(scalar_model_from(policy), model_cfg, heads=lora.SCALAR_HEADS)
@@ -280,7 +277,13 @@ def train_reward_model(
     groups = group_comparisons(train)
     epoch_ends = EpochEnds(steps_per_epoch=len(groups) / cfg.batch_size) if cfg.select_epoch and valid else None
     trained, history = train_supervised(
-        "reward", TokenScores(model), groups, objective, cfg, seed + member, log, snapshots=epoch_ends, runtime=runtime
+        "reward",
+        TokenScores(model),
+        groups,
+        objective,
+        cfg,
+        seed + member,
+        harness=replace(harness, snapshots=epoch_ends),
     )
 
     metrics: dict[str, float] = {
@@ -300,17 +303,30 @@ def train_reward_model(
         metrics["valid_loss"] = reward_loss(chosen_rewards, rejected_rewards).item()
         metrics["valid_accuracy"] = pairwise_accuracy(chosen_rewards, rejected_rewards)
         metrics["valid_margin"] = (chosen_rewards - rejected_rewards).mean().item()
-    if reference_samples:
-        metrics["reward_offset"], metrics["reward_scale"] = normalise_rewards(
-            model, tokenizer, reference_samples, model_cfg, runtime
-        )
-        after = score_samples(model, tokenizer, reference_samples, model_cfg, runtime)
-        metrics["reference_mean"] = after.double().mean().item()
-        metrics["reference_std"] = after.double().std().item() if len(after) > 1 else 0.0
-    else:
-        metrics["reward_offset"], metrics["reward_scale"] = 0.0, 1.0
     model.eval()
     return model, metrics, history
+
+
+def normalised_on(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reference_samples: Sequence[tuple[str, str]] | None,
+    model_cfg: ModelConfig,
+    runtime: Runtime = SINGLE,
+) -> dict[str, float]:
+    """With ``reference_samples`` ((prompt, response) pairs sampled from the SFT policy), ``model`` rescaled to score
+    them with mean 0 and standard deviation 1: the mean and the standard deviation removed (``reward_offset``,
+    ``reward_scale``) and the samples' scores after. Without, the model as it is (offset 0, scale 1)."""
+    if not reference_samples:
+        return {"reward_offset": 0.0, "reward_scale": 1.0}
+    offset, scale = normalise_rewards(model, tokenizer, reference_samples, model_cfg, runtime)
+    after = score_samples(model, tokenizer, reference_samples, model_cfg, runtime).double()
+    return {
+        "reward_offset": offset,
+        "reward_scale": scale,
+        "reference_mean": after.mean().item(),
+        "reference_std": after.std().item() if len(after) > 1 else 0.0,
+    }
 
 
 def select_epoch(
@@ -354,31 +370,21 @@ def train_reward_ensemble(
     cfg: RewardConfig,
     model_cfg: ModelConfig,
     seed: int,
-    log: Log | None = None,
     reference_samples: list[tuple[str, str]] | None = None,
-    runtime: Runtime = SINGLE,
+    harness: Harness = QUIET,
 ) -> tuple[PreTrainedModel | RewardEnsemble, dict[str, float], list[dict[str, float]]]:
     """``cfg.ensemble_size`` reward models (``train_reward_model`` with member = 0, 1, ...), each normalised on
-    its own. One member is returned as itself (the same model ``train_reward_model`` gives).
+    ``reference_samples`` on its own (``normalised_on``). One member is returned as itself.
 
     Metrics: member 0's under their usual names, then the ensemble's: ``valid_accuracy`` of the members'
     mean, each ``member<k>_valid_accuracy``, and ``member_agreement``, the share of held-out pairs all
     members order alike. History: member 0's steps, then the next member's, with ``member`` set.
     """
+    runtime = harness.runtime
     members, histories, member_metrics = [], [], []
     for k in range(cfg.ensemble_size):
-        model, metrics, history = train_reward_model(
-            policy,
-            tokenizer,
-            comparisons,
-            cfg,
-            model_cfg,
-            seed,
-            log=log,
-            reference_samples=reference_samples,
-            member=k,
-            runtime=runtime,
-        )
+        model, metrics, history = train_reward_model(policy, tokenizer, comparisons, cfg, model_cfg, seed, k, harness)
+        metrics |= normalised_on(model, tokenizer, reference_samples, model_cfg, runtime)
         members.append(model)
         member_metrics.append(metrics)
         offset = histories[-1]["step"] + 1 if histories else 0  # one step axis: member k's steps follow member k-1's

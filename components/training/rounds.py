@@ -11,8 +11,18 @@ restarting from SFT, round r trains every share up to its own.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 ROUND = "round"  # the row field naming the labelling round it came from
+
+
+@dataclass(frozen=True)
+class RoundLabels:
+    """One labelling round's comparisons: the round (1-based), its own rows, and every round's rows so far."""
+
+    index: int
+    rows: list[dict]
+    seen: list[dict]
 
 
 def shares(total: int, rounds: int) -> list[int]:

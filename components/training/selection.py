@@ -32,6 +32,15 @@ class SliceItem:
     reference_ended: bool
 
 
+@dataclass(frozen=True)
+class LabelledSlice:
+    """What selection spends labels on: the held-out slice, and a fresh labeller for each snapshot judged on it (so
+    each meets the same noise)."""
+
+    items: list[SliceItem]
+    make_ranker: Callable[[], Ranker] | None
+
+
 def held_out_slice(held_out: list[dict], n_prompts: int) -> list[SliceItem]:
     """One item per held-out ranked group (at most ``n_prompts``), in the split's order:
     its prompt and best response."""
@@ -86,17 +95,15 @@ def select_snapshot(
     final_model: PreTrainedModel,
     snapshots: list[tuple[int, dict[str, torch.Tensor]]],
     tokenizer: PreTrainedTokenizerBase,
-    items: list[SliceItem],
-    make_ranker: Callable[[], Ranker],
+    held_out: LabelledSlice,
     cfg: SelectionConfig,
     model_cfg: ModelConfig,
     seed: int,
     runtime: Runtime = SINGLE,
 ) -> tuple[PreTrainedModel, Selection]:
-    """The snapshot the labellers prefer (the latest on a tie), loaded into a copy of ``final_model``.
-
-    ``make_ranker`` gives a fresh labeller per snapshot, so each meets the same noise. No slice or one
-    snapshot: the final model ships without spending labels."""
+    """The snapshot the labellers prefer on the ``held_out`` slice (the latest on a tie), loaded into a copy of
+    ``final_model``. No slice or one snapshot: the final model ships without spending labels."""
+    items, make_ranker = held_out.items, held_out.make_ranker
     if not items or len(snapshots) <= 1:
         return final_model, Selection(snapshots[-1][0] if snapshots else -1, {}, 0)
     candidate = copy.deepcopy(final_model)

@@ -8,8 +8,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.config import ModelConfig, OptimConfig
 from components.models import lora
 from components.models.batching import Batch, encode_demonstrations, response_logits
-from components.models.runtime import SINGLE, Runtime
-from components.training.loop import INPUT_TOKENS, Log, Means, Objective, Snapshots, train_supervised
+from components.training.loop import INPUT_TOKENS, QUIET, Harness, Means, Objective, train_supervised
 
 
 def token_nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -47,17 +46,13 @@ def train_sft(
     model_cfg: ModelConfig,
     seed: int,
     stage: str = "sft",
-    log: Log | None = None,
-    snapshots: Snapshots | None = None,
-    runtime: Runtime = SINGLE,
+    harness: Harness = QUIET,
 ) -> tuple[PreTrainedModel, dict[str, float], list[dict[str, float]]]:
     """Fine-tune ``model`` (as ``lora.for_training`` made it: adapted or not) on ``{prompt, response}`` examples;
     returns (model, metrics, history)."""
     torch.manual_seed(seed)
     counts = lora.parameter_counts(model)
-    objective = sft_objective(tokenizer, model_cfg, runtime.device)
-    model, history = train_supervised(
-        stage, model, examples, objective, cfg, seed, log, snapshots=snapshots, runtime=runtime
-    )
+    objective = sft_objective(tokenizer, model_cfg, harness.runtime.device)
+    model, history = train_supervised(stage, model, examples, objective, cfg, seed, harness=harness)
     metrics = {"final_loss": history[-1]["loss"], "first_loss": history[0]["loss"], "steps": history[-1]["step"] + 1}
     return model, {**metrics, **counts}, history

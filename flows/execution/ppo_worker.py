@@ -30,7 +30,7 @@ from components.config import Config
 from components.io import write_json
 from components.models.runtime import DeepSpeedRuntime
 from components.training.checkpoints import latest_checkpoint
-from components.training.loop import NonFiniteError, Snapshots
+from components.training.loop import Harness, NonFiniteError, Snapshots
 from flows.execution.launcher import die_with_parent, leave_rank
 from flows.execution.progress import Clock, progress_line
 from flows.execution.runtimes import (
@@ -118,6 +118,15 @@ class SavedSnapshots(Snapshots):
 
         card = {"stage": "ppo", "iteration": step}
         save_model(lora.merged(model), self.tokenizer, self.directory / f"iteration-{step:06d}", card)
+
+
+def saved_snapshots(cfg: Config, job: PPOJob, tokenizer) -> SavedSnapshots | None:
+    """Where the job's selection candidates go: none to take when selection keeps the last iteration."""
+    if cfg.selection.candidates <= 1:
+        return None
+    return SavedSnapshots(
+        cfg.selection.candidates, cfg.selection.spacing, directory=Path(job.snapshot_dir), tokenizer=tokenizer
+    )
 
 
 def read_snapshots(directory: str | Path) -> list[tuple[int, dict]]:
@@ -271,19 +280,8 @@ def run_job(
             reward_model,
             job.prompts,
             job.demonstrations,
-            monitor=monitor,
-            log=live,
-            checkpoint_dir=job.checkpoint_dir,
-            runtime=runtime,
-            snapshots=SavedSnapshots(
-                cfg.selection.candidates,
-                cfg.selection.spacing,
-                directory=Path(job.snapshot_dir),
-                tokenizer=tokenizer,
-            )
-            if cfg.selection.candidates > 1
-            else None,
-            start=start,
+            start,
+            Harness(runtime, live, saved_snapshots(cfg, job, tokenizer), job.checkpoint_dir, monitor),
         )
     except NonFiniteError as error:  # the caller re-raises it as itself, not as a dead launch
         write_json(

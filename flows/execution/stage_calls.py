@@ -18,6 +18,8 @@ from components.evaluation import report
 from components.evaluation.report import reward_model_gold_accuracy
 from components.models.runtime import Runtime
 from components.training import recipe
+from components.training.loop import Harness
+from components.training.rounds import RoundLabels
 
 Log = Callable[[int, dict], None] | None
 
@@ -85,17 +87,10 @@ def baseline(cfg: Config, tokenizer, args: dict, models: dict, runtime: Runtime,
 
 
 def iterative_dpo(cfg: Config, tokenizer, args: dict, models: dict, runtime: Runtime, environment, log: Log):
+    labels = RoundLabels(args["round_index"], args["round_rows"], args["seen_rows"])
+    harness = Harness(runtime, log)
     return recipe.iterative_dpo_stage(
-        cfg,
-        tokenizer,
-        models["sft"],
-        models["previous"],
-        args["round_rows"],
-        args["seen_rows"],
-        args["round_index"],
-        log=log,
-        make_ranker=selection_ranker(environment),
-        runtime=runtime,
+        cfg, tokenizer, models["sft"], models["previous"], labels, selection_ranker(environment), harness
     )
 
 

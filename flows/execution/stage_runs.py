@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -125,19 +126,26 @@ def waiting_for(name: str, key: str):
     return lambda: get_run_logger().info("%s: another run is computing key %s; waiting to reuse its result", name, key)
 
 
+@dataclass(frozen=True)
+class SavedAs:
+    """How a stage's output is written into its directory, and read back from it."""
+
+    save: Callable[[Path, recipe.StageResult], None]
+    load: Callable[[Path], Any]
+
+
 def reuse_or_compute(
     ctx: RunContext,
     run: StageRun,
     name: str,
     home: str,
     key: str,
-    load: Callable[[Path], Any],
     compute: Callable[[], recipe.StageResult],
-    save: Callable[[Path, recipe.StageResult], None],
+    saved_as: SavedAs,
     finished: Callable[[], None] | None = None,
 ) -> recipe.StageResult:
     """Reuse the stage's saved output when its key matches (data, config section and upstream stages unchanged),
-    else compute and ``save`` it. The key is held meanwhile, so a concurrent run with the same key waits and
+    else compute and save it. The key is held meanwhile, so a concurrent run with the same key waits and
     reuses; ``finished`` runs while it is still held, after the save."""
     store = StageStore(ctx.root)
     with store.claim(home, key, waiting_for(name, key)) as directory:
@@ -156,12 +164,12 @@ def reuse_or_compute(
             run.set_tags({"reused": "true", "stage_key": key})
             history, placement = card.get("history", []), card.get("runtime", {})
             return recipe.StageResult(
-                load(directory), card["metrics"], history, 0.0, key, reused=True, placement=placement
+                saved_as.load(directory), card["metrics"], history, 0.0, key, reused=True, placement=placement
             )
         result = compute()
         result.key = key
         run.set_tags({"reused": "false", "stage_key": key})
-        save(directory, result)
+        saved_as.save(directory, result)
         if finished is not None:
             finished()
     return result
@@ -175,4 +183,4 @@ def train_or_reuse(
     def save(directory: Path, result: recipe.StageResult) -> None:
         save_stage_model(ctx, directory, name, result)
 
-    return reuse_or_compute(ctx, run, name, stage_home(ctx.cfg, name), key, loader, train, save, finished)
+    return reuse_or_compute(ctx, run, name, stage_home(ctx.cfg, name), key, train, SavedAs(save, loader), finished)

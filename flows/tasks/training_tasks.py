@@ -36,6 +36,7 @@ from flows.execution.run_context import PreparedData, RunContext, Trained
 from flows.execution.run_tracking import Tracking
 from flows.execution.runtimes import run_profile
 from flows.execution.stage_runs import (
+    SavedAs,
     key_for,
     log_stage_model,
     record_stage,
@@ -119,7 +120,7 @@ def comparisons_task(
         return [r.data for r in read_jsonl(directory / file_name(PREFERENCES), PREFERENCES)]
 
     with recorded(ctx.tracking.stage("comparisons" if track == "ppo" else f"comparisons_{track}", r)) as run:
-        result = reuse_or_compute(ctx, run, "comparisons", cfg.comparisons.dir, key, load, collect, save)
+        result = reuse_or_compute(ctx, run, "comparisons", cfg.comparisons.dir, key, collect, SavedAs(save, load))
         run.log_params(flatten(cfg.comparisons.model_dump(mode="json")))
         run.set_tags({f"runtime.{k}": v for k, v in result.placement.items()})
         run.log_metrics({**result.metrics, "seconds": result.seconds})

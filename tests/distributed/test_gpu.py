@@ -11,6 +11,7 @@ from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
 from components.task.review_task import ReviewTask
 from components.training import recipe
+from components.training.loop import Harness
 from components.training.rounds import tagged
 from flows.execution import runtimes, stage_calls
 
@@ -88,7 +89,7 @@ def every_stage_computes_on(device: str, peft: str | None) -> None:
         )
         with Devices() as devices:
             policies["ppo"] = recipe.ppo_stage(
-                cfg, tokenizer, sft, reward, prompts, demonstrations, runtime=runtime
+                cfg, tokenizer, sft, reward, prompts, demonstrations, harness=Harness(runtime=runtime)
             ).model
         assert devices.seen == {device}, ("ppo", devices.seen)
         wanted = [[name, "sample"] for name in policies] + [["best_of_n", "sample"], ["ppo", "greedy"]]

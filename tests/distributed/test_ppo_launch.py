@@ -25,6 +25,8 @@ from components.evaluation.report import judge_monitor
 from components.models.builders import load_causal_lm, load_scalar_model
 from components.task.gold_judge import gold_score
 from components.training.checkpoints import latest_checkpoint
+from components.training.loop import Harness
+from components.training.ppo import RLModels
 from flows.execution.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
 from flows.execution.ppo_worker import POLICY, read_result
 from flows.execution.runtimes import weights_digest
@@ -206,16 +208,18 @@ def test_resuming_with_a_different_process_count_is_refused(inputs, uninterrupte
     policy = load_causal_lm(models / "sft")
     with pytest.raises(ValueError, match="written by 2 process"):
         train_ppo(
-            policy,
-            load_causal_lm(models / "sft"),
-            load_scalar_model(models / "reward_model"),
-            load_scalar_model(models / "reward_model"),
-            inputs["tokenizer"],
+            RLModels(
+                policy,
+                load_causal_lm(models / "sft"),
+                load_scalar_model(models / "reward_model"),
+                load_scalar_model(models / "reward_model"),
+                inputs["tokenizer"],
+            ),
             inputs["prompts"],
             cfg.ppo,
             cfg.model,
             cfg.seed,
-            checkpoint_dir=str(checkpoints),
+            harness=Harness(checkpoint_dir=str(checkpoints)),
         )
 
 

@@ -8,7 +8,8 @@ import torch
 from components.config import KLControlConfig
 from components.data.files import DEMONSTRATIONS
 from components.task import gold_judge
-from components.training.ppo import train_ppo
+from components.training.loop import Harness
+from components.training.ppo import RLModels, train_ppo
 from tests.model.conftest import PPO, SEED, TINY
 
 
@@ -17,7 +18,12 @@ def _run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, cfg=PPO, monitor=No
     policy, ref, critic = copy.deepcopy(sft), copy.deepcopy(sft), copy.deepcopy(rm)
     prompts = sorted({d["prompt"] for d in smoke_rows[DEMONSTRATIONS]})
     policy, _metrics, history = train_ppo(
-        policy, ref, critic, copy.deepcopy(rm), tokenizer, prompts, cfg, TINY, SEED, monitor=monitor
+        RLModels(policy, ref, critic, copy.deepcopy(rm), tokenizer),
+        prompts,
+        cfg,
+        TINY,
+        SEED,
+        harness=Harness(monitor=monitor),
     )
     return policy, ref, history
 
@@ -150,16 +156,12 @@ def test_kl_at_the_start_under_bf16_autocast(tiny_sft, tiny_reward_model, tokeni
     prompts = sorted({d["prompt"] for d in smoke_rows[DEMONSTRATIONS]})
     cfg = PPO.model_copy(update={"iterations": 1})
     _, _, history = train_ppo(
-        copy.deepcopy(sft),
-        copy.deepcopy(sft),
-        copy.deepcopy(rm),
-        copy.deepcopy(rm),
-        tokenizer,
+        RLModels(copy.deepcopy(sft), copy.deepcopy(sft), copy.deepcopy(rm), copy.deepcopy(rm), tokenizer),
         prompts,
         cfg,
         TINY,
         SEED,
-        runtime=bf16_runtime,
+        harness=Harness(runtime=bf16_runtime),
     )
     assert abs(history[0]["kl"]) <= 1e-3, history[0]["kl"]
 

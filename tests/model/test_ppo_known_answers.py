@@ -17,7 +17,7 @@ from components.models.batching import encode_prompts, response_logits
 from components.models.builders import build_policy, scalar_model_from
 from components.models.tokenizer import build_word_tokenizer
 from components.training import ppo
-from components.training.ppo import TokenValues, compute_gae, token_values, train_ppo
+from components.training.ppo import RLModels, TokenValues, compute_gae, token_values, train_ppo
 
 TOY_WORDS = frozenset({"a", "b", "c", "d", "go"})
 TARGET = ("a", "b", "c")
@@ -225,7 +225,7 @@ def test_ppo_reaches_the_known_optimum_of_a_toy_task(toy_tokenizer):
     )
     start = expected_toy_reward(policy, toy_tokenizer, cfg.missing_eos_penalty)
     trained, _, history = train_ppo(
-        policy, copy.deepcopy(policy), critic, reward_model, toy_tokenizer, ["go"], cfg, TOY_MODEL, seed=0
+        RLModels(policy, copy.deepcopy(policy), critic, reward_model, toy_tokenizer), ["go"], cfg, TOY_MODEL, seed=0
     )
     reached = expected_toy_reward(trained, toy_tokenizer, cfg.missing_eos_penalty)
     assert start < 0.0, start  # far from the optimum at the start
@@ -273,11 +273,7 @@ def test_importance_ratio_is_one_on_the_first_minibatch(toy_tokenizer, monkeypat
     )
     reward_model = PositionwiseScalar(lambda ids: float(len(ids)))
     train_ppo(
-        policy,
-        copy.deepcopy(reference),
-        scalar_model_from(reference),
-        reward_model,
-        toy_tokenizer,
+        RLModels(policy, copy.deepcopy(reference), scalar_model_from(reference), reward_model, toy_tokenizer),
         ["go"],
         cfg,
         TOY_MODEL,

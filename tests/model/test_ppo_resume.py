@@ -10,7 +10,8 @@ from components.config import RLConfig
 from components.data.files import DEMONSTRATIONS
 from components.training.algorithms import rl_algorithm
 from components.training.checkpoints import latest_checkpoint
-from components.training.ppo import train_ppo
+from components.training.loop import Harness
+from components.training.ppo import RLModels, train_ppo
 from tests.model.conftest import PPO, SEED, TINY
 
 CFG = PPO.model_copy(update={"iterations": 5, "checkpoint_every": 2})
@@ -30,18 +31,19 @@ def run(tiny_sft, tiny_reward_model, tokenizer, smoke_rows, algorithm, checkpoin
             raise Interrupted(iteration)  # a crash after iteration `stop_at` was sampled, before its checkpoint
 
     return train_ppo(
-        copy.deepcopy(sft),
-        copy.deepcopy(sft),
-        copy.deepcopy(rm) if chosen.has_critic else None,
-        copy.deepcopy(rm),
-        tokenizer,
+        RLModels(
+            copy.deepcopy(sft),
+            copy.deepcopy(sft),
+            copy.deepcopy(rm) if chosen.has_critic else None,
+            copy.deepcopy(rm),
+            tokenizer,
+        ),
         prompts,
         CFG,
         TINY,
         SEED,
-        log=log,
-        checkpoint_dir=checkpoint_dir,
         algorithm=chosen,
+        harness=Harness(log=log, checkpoint_dir=checkpoint_dir),
     )
 
 

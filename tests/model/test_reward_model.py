@@ -25,7 +25,7 @@ from components.task.gold_judge import gold_score
 from components.task.labeler import SimulatedLabeler
 from components.task.lexicon import VOCABULARY
 from components.training.comparisons import collect_sft_comparisons, draw_prompts, sample_reference
-from components.training.reward import split_comparisons, train_reward_model
+from components.training.reward import split_comparisons, train_reward_ensemble, train_reward_model
 from components.training.sft import train_sft
 
 SEED = 0
@@ -81,7 +81,7 @@ def test_reward_model_orders_held_out_pairs_like_the_gold_judge(sft_policy, toke
     prompts = draw_prompts([r["prompt"] for r in dataset["demonstrations"]], 64, SEED + 1)
     reference = sample_reference(sft_policy, tokenizer, prompts, MODEL_CFG, temperature=1.0, batch_size=64, seed=SEED)
     assert [p for p, _ in reference] == prompts
-    model, metrics, history = train_reward_model(
+    model, metrics, history = train_reward_ensemble(
         sft_policy, tokenizer, comparisons, REWARD_CFG, MODEL_CFG, SEED, reference_samples=reference
     )
     _, valid = split_comparisons(comparisons, REWARD_CFG.valid_fraction, SEED)
@@ -214,7 +214,6 @@ def test_an_ensemble_has_independent_normalised_members_and_round_trips(sft_poli
     from components.models.ensemble import RewardEnsemble, load_reward_model, members_of
     from components.models.saving import save_model
     from components.models.scoring import score_samples, score_samples_by_member
-    from components.training.reward import train_reward_ensemble
 
     comparisons = dataset[PREFERENCES][:1200]
     reference = sample_reference(

@@ -18,7 +18,8 @@ from components.models.tokenizer import build_word_tokenizer
 from components.training import grpo, reinforce_pp, rloo
 from components.training.algorithms import rl_algorithm
 from components.training.dpo import train_dpo
-from components.training.ppo import Rollouts, train_ppo
+from components.training.loop import Harness
+from components.training.ppo import RLModels, Rollouts, train_ppo
 from tests.float_error import float32_bound
 
 # --- advantages on a hand-made batch ---------------------------------------------------------------------------
@@ -206,11 +207,7 @@ def test_every_rl_algorithm_reaches_the_kl_regularised_optimum_of_a_bandit(bandi
     chosen = rl_algorithm(ALGORITHMS[name], cfg, model_cfg)
     critic = scalar_model_from(policy) if chosen.has_critic else None
     trained, _, _ = train_ppo(
-        policy,
-        copy.deepcopy(policy),
-        critic,
-        TableReward(table),
-        bandit_tokenizer,
+        RLModels(policy, copy.deepcopy(policy), critic, TableReward(table), bandit_tokenizer),
         ["go"],
         cfg,
         model_cfg,
@@ -314,17 +311,13 @@ def test_a_group_is_one_prompt_in_adjacent_rows_drawn_in_the_queues_order(bandit
     chosen = rl_algorithm(ALGORITHMS["rloo"], cfg, model_cfg)
     table = REWARD_TABLE[: len(bandit_tokenizer)]
     train_ppo(
-        policy,
-        copy.deepcopy(policy),
-        None,
-        TableReward(table),
-        bandit_tokenizer,
+        RLModels(policy, copy.deepcopy(policy), None, TableReward(table), bandit_tokenizer),
         prompts,
         cfg,
         model_cfg,
         0,
-        monitor=monitor,
         algorithm=chosen,
+        harness=Harness(monitor=monitor),
     )
     rng, order = random.Random("0/ppo"), []
     while len(order) < 3 * 4:  # passes over the prompts, each shuffled

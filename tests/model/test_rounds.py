@@ -14,6 +14,7 @@ from components.data.files import DEMONSTRATIONS, PREFERENCES
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.models.batching import encode_examples
 from components.training import recipe
+from components.training.rounds import RoundLabels
 from tests.model.conftest import PPO, SEED, TINY
 
 
@@ -64,7 +65,7 @@ def test_iterative_dpo_round_one_is_the_dpo_baseline(tiny_sft, tokenizer, smoke_
     sft, rows = tiny_sft[0], smoke_rows[PREFERENCES]
     labeller = lambda: lambda prompt, responses, ended: list(range(len(responses)))  # noqa: E731
     baseline = recipe.baseline_stage(cfg, "dpo", tokenizer, sft, rows, make_ranker=labeller)
-    iterative = recipe.iterative_dpo_stage(cfg, tokenizer, sft, sft, rows, rows, 1, make_ranker=labeller)
+    iterative = recipe.iterative_dpo_stage(cfg, tokenizer, sft, sft, RoundLabels(1, rows, rows), make_ranker=labeller)
     for (name, a), b in zip(baseline.model.named_parameters(), iterative.model.parameters()):
         assert torch.equal(a, b), name
 
@@ -90,7 +91,7 @@ def test_iterative_dpo_after_round_one_starts_from_the_last_policy_anchored_to_s
         comparisons=load_config("smoke").comparisons.model_copy(update={"rounds": 3}),
     )
     sft, previous = tiny_sft[0], perturbed(tiny_sft[0])
-    result = recipe.iterative_dpo_stage(cfg, tokenizer, sft, previous, rows, rows, 2)
+    result = recipe.iterative_dpo_stage(cfg, tokenizer, sft, previous, RoundLabels(2, rows, rows))
 
     train, _ = recipe.labelled_split(cfg, rows)
     prompts = [r["prompt"] for r in train]

@@ -10,7 +10,7 @@ from components.data.files import EVAL_PROMPTS
 from components.models.builders import build_policy
 from components.task.gold_judge import gold_score
 from components.training.loop import Snapshots
-from components.training.selection import SliceItem, held_out_slice, label_win_rate, select_snapshot
+from components.training.selection import LabelledSlice, SliceItem, held_out_slice, label_win_rate, select_snapshot
 from tests.model.conftest import SEED, TINY
 
 
@@ -58,7 +58,9 @@ def test_the_labeller_picks_the_trained_snapshot_over_an_untrained_one(tiny_sft,
     items = [SliceItem(p, "the the the", True) for p in prompts]  # a poor reference: the SFT policy beats it often
     cfg = SelectionConfig(candidates=2, prompts=24)
     snapshots = [(0, copy.deepcopy(untrained.state_dict())), (1, copy.deepcopy(sft.state_dict()))]
-    chosen, selection = select_snapshot(untrained, snapshots, tokenizer, items, lambda: gold_ranker, cfg, TINY, SEED)
+    chosen, selection = select_snapshot(
+        untrained, snapshots, tokenizer, LabelledSlice(items, lambda: gold_ranker), cfg, TINY, SEED
+    )
     assert selection.chosen_step == 1 and selection.labels == 48
     assert selection.scores[1] > selection.scores[0] + 0.3  # margin: measured 0.96 against 0.13
     assert all(torch.equal(a, b) for a, b in zip(chosen.state_dict().values(), sft.state_dict().values()))
@@ -71,8 +73,7 @@ def test_without_a_slice_the_final_model_ships_and_no_label_is_spent(tiny_sft, t
         sft,
         [(0, sft.state_dict()), (5, sft.state_dict())],
         tokenizer,
-        [],
-        lambda: gold_ranker,
+        LabelledSlice([], lambda: gold_ranker),
         SelectionConfig(),
         TINY,
         SEED,

@@ -11,6 +11,7 @@ from components.models.builders import build_policy, frozen_copy
 from components.models.tokenizer import build_word_tokenizer
 from components.task.lexicon import VOCABULARY
 from components.training.combined import (
+    ResponseTokens,
     combined_loss,
     not_in_chosen_mask,
     penalised_mask,
@@ -157,12 +158,8 @@ def test_combined_loss_is_likelihood_plus_coef_times_unlikelihood_on_a_hand_comp
     rejected_logits = _logits_for([0.25, 0.5, 0.9])
     coef = 0.3
     loss, metrics = combined_loss(
-        chosen_logits,
-        torch.tensor([[0, 0]]),
-        torch.tensor([[1, 1]]),
-        rejected_logits,
-        torch.tensor([[0, 1, 0]]),
-        torch.tensor([[1, 1, 0]]),
+        ResponseTokens(chosen_logits, torch.tensor([[0, 0]]), torch.tensor([[1, 1]])),
+        ResponseTokens(rejected_logits, torch.tensor([[0, 1, 0]]), torch.tensor([[1, 1, 0]])),
         unlikelihood_coef=coef,
     )
     likelihood = (-math.log(0.5) - math.log(0.75)) / 2

@@ -17,7 +17,7 @@ from components.config import ConfigError, load_config, reward_model_config
 from components.data.files import DEMONSTRATIONS
 from components.models import lora
 from components.models.builders import build_policy, policy_config
-from components.models.memory import Placement, activation_bytes, shape_of, stage_memory
+from components.models.memory import MicroBatch, Placement, activation_bytes, shape_of, stage_memory
 from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
 from components.training import recipe
@@ -50,7 +50,7 @@ def test_weights_gradients_and_optimiser_state_are_sharded_as_each_zero_stage_sh
     n = shape.parameters
 
     def plan(**placement):
-        return stage_memory("sft", shape, Placement(**placement), False, 1, 0, 1, 1, logits=False)
+        return stage_memory("sft", shape, Placement(**placement), False, 1, 0, MicroBatch(1, 1, logits=False))
 
     whole = plan()
     assert (whole.weights, whole.gradients, whole.optimizer) == (4 * n, 4 * n, 8 * n)

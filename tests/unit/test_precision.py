@@ -6,6 +6,7 @@ import torch
 
 from components.config import ConfigError, load_config
 from components.models import precision
+from components.training.loop import Harness
 from flows.execution.runtimes import in_process, resolve_mixed_precision
 
 NATIVE = (
@@ -118,7 +119,9 @@ def test_a_whole_stage_under_bf16_learns_as_fp32_does():
         torch.manual_seed(0)
         model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=12, n_embd=32, n_layer=1, n_head=2))
         with in_process(load_config("smoke", [f"model.cpu_precision={cpu_precision}"]), use_cpu=True) as runtime:
-            model, history = train_supervised("toy", model, list(sequences), objective, cfg, 0, runtime=runtime)
+            model, history = train_supervised(
+                "toy", model, list(sequences), objective, cfg, 0, harness=Harness(runtime=runtime)
+            )
         assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
         return history[-1]["loss"], history[0]["loss"]
 

@@ -24,7 +24,7 @@ from components.training.reward import (
     reward_loss,
     score_samples,
     split_comparisons,
-    train_reward_model,
+    train_reward_ensemble,
 )
 
 MODEL_CFG = ModelConfig(n_layer=1, n_embd=16, n_head=2, max_prompt_tokens=24, max_response_tokens=12)
@@ -188,7 +188,7 @@ def test_training_reports_offset_and_scale_and_returns_a_model_normalised_on_ref
     policy = build_policy(MODEL_CFG, tokenizer, seed=0)
     rows = [{"prompt": PROMPT, "chosen": "the battery is great.", "rejected": "the the the."}] * 8
     cfg = RewardConfig(epochs=1.0, batch_size=4, lr=1e-2, warmup_steps=0, valid_fraction=0.25)
-    model, metrics, history = train_reward_model(
+    model, metrics, history = train_reward_ensemble(
         policy, tokenizer, rows, cfg, MODEL_CFG, seed=0, reference_samples=SAMPLES
     )
     assert metrics["train_pairs"] == 6 and metrics["valid_pairs"] == 2 and len(history) == 2
