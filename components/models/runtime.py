@@ -13,14 +13,29 @@ backward and step, and to split work between its ranks (``shard``, ``map_chunks`
 from __future__ import annotations
 
 import contextlib
+import functools
 import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from components.models import lora
+
+
+def math_attention(forward: Callable) -> Callable:
+    """``forward`` with its attention in plain matmuls and a softmax (SDPA's math backend), for bf16 autocast on a
+    CPU: there the fused flash kernel's bf16 backward runs several times its fp32 one at these head sizes, the math
+    path's matmuls run at bf16 speed (docs/recipe.md, "bf16 on a CPU")."""
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        with sdpa_kernel(SDPBackend.MATH):
+            return forward(*args, **kwargs)
+
+    return run
 
 
 class Runtime:
@@ -153,7 +168,16 @@ class Runtime:
         if self.accelerator is None:
             return list(pairs)
         prepared = self.accelerator.prepare(*(item for pair in pairs for item in pair))
+        if self.cpu_bf16:
+            for model in prepared[::2]:  # the module DDP wraps: sampling and scoring call it directly
+                inner = self.unwrap(model)
+                inner.forward = math_attention(inner.forward)  # full_model drops it with accelerate's autocast
         return list(zip(prepared[::2], prepared[1::2]))
+
+    @property
+    def cpu_bf16(self) -> bool:
+        """bf16 autocast on a CPU."""
+        return self.device.type == "cpu" and getattr(self.accelerator, "mixed_precision", "no") == "bf16"
 
     def to_device(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
@@ -183,7 +207,11 @@ class Runtime:
         """The mixed precision the prepared (trained) models run in, for passes through models that were not
         prepared (references, reward models, decoding). Never around a training step: autocast keeps the weights'
         low-precision copies until it exits, which would hide the optimiser's steps."""
-        return self.accelerator.autocast() if self.accelerator is not None else contextlib.nullcontext()
+        if self.accelerator is None:
+            return contextlib.nullcontext()
+        if self.cpu_bf16:
+            return _both(self.accelerator.autocast(), sdpa_kernel(SDPBackend.MATH))
+        return self.accelerator.autocast()
 
     def backward_share(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
         """Backward of this rank's share of a global mean: DDP averages gradients over ranks, so scale back up."""
@@ -421,3 +449,9 @@ def rebuilt_like(module: torch.nn.Module) -> torch.nn.Module:
         return type(module)(module.config)
     ((_, inner),) = module.named_children()
     return type(module)(rebuilt_like(inner))
+
+
+@contextlib.contextmanager
+def _both(first, second):
+    with first, second:
+        yield

@@ -91,6 +91,46 @@ def test_a_model_the_flows_runtime_prepares_runs_each_forward_pass_at_the_config
     assert not torch.equal(in_bf16, plain)
 
 
+class Attention(torch.nn.Module):
+    """One causal attention head through SDPA, the call a transformers model makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(16, 48)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def test_under_bf16_on_a_cpu_attention_runs_as_plain_matmuls_and_under_fp32_as_it_always_did():
+    """bf16 on a CPU: SDPA's math backend (the fused kernel's bf16 backward is slow there), in a prepared model's
+    forward and in the runtime's autocast, bit for bit what the math backend computes by hand; fp32: untouched, bit for
+    bit the default backend's; the model handed on after training carries neither."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    x = torch.randn(4, 12, 16, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    module = Attention()
+    plain = module(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        flash = module(x)
+        with sdpa_kernel(SDPBackend.MATH):
+            math = module(x)
+    assert not torch.equal(math, flash)  # the two backends differ in bf16: the test can tell them apart
+    for cpu_precision, expected in (("bf16", math.float()), ("fp32", plain)):
+        model = Attention()
+        model.load_state_dict(module.state_dict())
+        with in_process(load_config("smoke", [f"model.cpu_precision={cpu_precision}"]), use_cpu=True) as runtime:
+            [(prepared, _)] = runtime.prepare((model, torch.optim.SGD(model.parameters(), lr=0.1)))
+            assert torch.equal(prepared(x).float(), expected), cpu_precision
+            with runtime.autocast():
+                assert torch.equal(module(x).float(), expected), cpu_precision
+            handed_on = runtime.full_model(prepared)
+            assert not hasattr(handed_on.forward, "__wrapped__")
+            assert torch.equal(handed_on(x), plain)
+
+
 def test_cpu_ranks_take_the_runs_cpu_precision():
     assert resolve_mixed_precision("auto", use_cpu=True, cpu_precision="bf16") == "bf16"
     assert resolve_mixed_precision("auto", use_cpu=True, cpu_precision="fp32") == "no"
