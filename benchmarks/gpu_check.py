@@ -25,8 +25,9 @@ import torch
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
 from components.evaluation.judges import gold_judge
-from components.evaluation.report import evaluate_policies
+from components.evaluation.report import EvaluatedModels, evaluate_policies
 from components.models.builders import build_policy
+from components.models.decoding import Decoder
 from components.models.ensemble import members_of
 from components.models.saving import save_model
 from components.models.tokenizer import build_word_tokenizer
@@ -140,21 +141,17 @@ def run_variant(cfg, runtime) -> dict:
     report = stage(
         "evaluation",
         lambda: evaluate_policies(
-            policies,
-            tokenizer,
+            EvaluatedModels(policies, reward.model),
             eval_prompts,
             cfg.evaluation,
-            cfg.model,
-            cfg.seed,
-            reward.model,
+            Decoder(tokenizer, cfg.model, cfg.seed, runtime),
             gold_judge(gold_score),
             cfg.baselines.best_of_n,
-            runtime=runtime,
         ),
         # every response of every policy under every mode: its words, and EOS
-        lambda r: sum(s["n"] * (s["length"] + 1) for block in r.values() for s in block["policies"].values()),
+        lambda r: sum(s["n"] * (s["length"] + 1) for block in r.modes.values() for s in block.policies.values()),
     )
-    return {"stages": stage.rows, "ppo_gold_sample": report["sample"]["policies"]["ppo"]["gold"]["value"]}
+    return {"stages": stage.rows, "ppo_gold_sample": report.modes["sample"].policies["ppo"]["gold"]["value"]}
 
 
 def main(argv: list[str] | None = None) -> int:

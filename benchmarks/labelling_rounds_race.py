@@ -37,6 +37,7 @@ from components.evaluation.judges import gold_judge
 from components.evaluation.policy_eval import DecodingMode, Responses, sample_responses
 from components.evaluation.report import judge_monitor
 from components.io import write_json
+from components.models.decoding import Decoder
 from components.offline import stay_offline
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
@@ -70,9 +71,8 @@ def measured(cfg, policy, tokenizer, eval_prompts, sft, reward_model=None) -> tu
     """Gold mean [CI] on the held-out prompts and the training reward's gold agreement on those samples (the RM's,
     or with ``reward_model`` None the implicit DPO reward beta * log pi / pi_sft)."""
     mode = DecodingMode("sample", False, cfg.evaluation.samples_per_prompt, cfg.evaluation.temperature)
-    out = sample_responses(
-        policy, tokenizer, eval_prompts, mode, cfg.model, cfg.seed, cfg.evaluation.batch_size, sft, reward_model
-    )
+    decoder = Decoder(tokenizer, cfg.model, cfg.seed)
+    out = sample_responses(policy, eval_prompts, mode, decoder, cfg.evaluation.batch_size, sft, reward_model)
     out.gold = [gold_score(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended)]
     rewards = out.rm_scores if reward_model is not None else [cfg.baselines.dpo.beta * kl for kl in out.kl]
     gold = clustered_mean_ci(out.gold, mode.samples_per_prompt)

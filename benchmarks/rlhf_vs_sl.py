@@ -49,12 +49,14 @@ from components.config import Config, apply_overrides, load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.evaluation import token_sensitivity
 from components.evaluation.best_of_n import best_of_n_kl, kl_matched_n
+from components.evaluation.evaluation_report import EvaluationReport
 from components.evaluation.five_reasons import as_records, five_reasons, format_records
 from components.evaluation.intervals import win_rate
 from components.evaluation.judges import gold_judge
 from components.evaluation.overoptimisation import overoptimisation_fit, shipped_iteration
 from components.evaluation.policy_eval import DecodingMode, sample_responses, summarise
 from components.evaluation.report import (
+    EvaluatedModels,
     best_of_n_responses,
     decoding_modes,
     evaluate_policies,
@@ -65,6 +67,7 @@ from components.evaluation.report import (
 from components.evaluation.seeds import across_seeds as across_seeds_estimate
 from components.evaluation.seeds import seeds_needed
 from components.io import write_json
+from components.models.decoding import Decoder
 from components.models.runtime import Runtime
 from components.offline import stay_offline
 from components.task.generator import generate_synthetic
@@ -326,11 +329,9 @@ def best_of_n_headroom(cfg, sft, reward_model, tokenizer, eval_prompts: list[str
     n_max = max(HEADROOM_N)
     out = sample_responses(
         sft,
-        tokenizer,
         eval_prompts,
         DecodingMode("sample", False, n_max, 1.0),
-        cfg.model,
-        cfg.seed,
+        Decoder(tokenizer, cfg.model, cfg.seed),
         cfg.evaluation.batch_size,
         reward_model=reward_model,
     )
@@ -395,18 +396,14 @@ def evaluate_trained(cfg, trained: dict, matched: Matched = DEFAULT_MATCHED) -> 
     eval_prompts = [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]]
     responses: dict[str, dict] = {}
     evaluation = evaluate_policies(
-        trained["policies"],
-        trained["tokenizer"],
+        EvaluatedModels(trained["policies"], trained["reward"].model),
         eval_prompts,
         cfg.evaluation,
-        cfg.model,
-        cfg.seed,
-        trained["reward"].model,
+        Decoder(trained["tokenizer"], cfg.model, cfg.seed, trained["runtime"]),
         gold_judge(gold_score),
         cfg.baselines.best_of_n,
         on_responses=lambda mode, out: responses.__setitem__(mode.name, out),
-        runtime=trained["runtime"],
-    )
+    ).as_record()  # the benchmark's record: JSON, added to below
     for mode in decoding_modes(cfg.evaluation):
         evaluation[mode.name]["rl_win_rate"] = rl_win_rates(
             responses[mode.name], list(trained["rl_histories"]), list(cfg.gate.baselines), mode.samples_per_prompt
@@ -438,13 +435,10 @@ def add_kl_matched_best_of_n(cfg, trained: dict, block: dict, responses: dict, m
     out = best_of_n_responses(
         trained["policies"]["sft"],
         trained["reward"].model,
-        trained["tokenizer"],
         [r["prompt"] for r in trained["rows"][EVAL_PROMPTS]],
         picks,
         cfg.baselines.best_of_n.model_copy(update={"n": n}),
-        cfg.model,
-        cfg.seed,
-        trained["runtime"],
+        Decoder(trained["tokenizer"], cfg.model, cfg.seed, trained["runtime"]),
     )
     out.gold = [gold_score(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended)]
     summary = summarise(out, picks.samples_per_prompt)
@@ -485,13 +479,10 @@ def seed_record(cfg, watch: Stopwatch, trained: dict, matched: Matched) -> dict:
                     token_sensitivity.edited_pairs(
                         trained["policies"]["sft"],
                         trained["reward"].model,
-                        trained["tokenizer"],
                         eval_prompts,
                         gold_judge(gold_score),
                         cfg.evaluation.token_sensitivity.model_copy(update={"edits": edits}),
-                        cfg.model,
-                        cfg.seed,
-                        trained["runtime"],
+                        Decoder(trained["tokenizer"], cfg.model, cfg.seed, trained["runtime"]),
                     )
                 ),
             },
@@ -591,7 +582,8 @@ def reasons_across_seeds(runs: list[dict], evaluation: dict) -> list[dict]:
             "rm_minus_sft_agreement": {"value": paired.mean, "ci": list(paired.ci)},
         }
     accuracy = statistics.fmean(run["reward_model"].get("valid_accuracy", float("nan")) for run in runs)
-    return as_records(five_reasons(as_blocks, accuracy, sensitivity, turns=runs[0].get("turns", 1)))
+    found = five_reasons(EvaluationReport.from_record(as_blocks), accuracy, sensitivity, turns=runs[0].get("turns", 1))
+    return as_records(found)
 
 
 def rl_across_seeds(runs: list[dict]) -> dict:
@@ -632,7 +624,7 @@ def names_in(tables: list[dict]) -> list[str]:
 
 def print_run(run: dict) -> None:
     print(f"\n######## seed {run['seed']} ########")
-    print(format_table(run["evaluation"]))
+    print(format_table(EvaluationReport.from_record(run["evaluation"])))
     rm = run["reward_model"]
     print(
         f"\nRM held-out accuracy {rm.get('valid_accuracy', float('nan')):.3f} vs labels, "

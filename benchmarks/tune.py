@@ -39,6 +39,7 @@ from pathlib import Path
 from components.config import load_config
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
 from components.evaluation.policy_eval import DecodingMode, sample_responses
+from components.models.decoding import Decoder
 from components.models.ensemble import RewardEnsemble, members_of
 from components.offline import stay_offline
 from components.task.generator import generate_synthetic
@@ -185,11 +186,9 @@ def diagnostic_gold(cfg, policy, tokenizer, eval_prompts: list[str]) -> float:
     """Mean gold of one sampled answer per held-out evaluation prompt: printed, never used to choose."""
     out = sample_responses(
         policy,
-        tokenizer,
         eval_prompts,
         DecodingMode("sample", False, 1, 1.0),
-        cfg.model,
-        cfg.seed,
+        Decoder(tokenizer, cfg.model, cfg.seed),
         cfg.evaluation.batch_size,
     )
     return statistics.fmean(gold_score(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended))

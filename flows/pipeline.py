@@ -87,10 +87,11 @@ from prefect.states import Completed, State
 from components.adapters import data_stages, run_records, versioning
 from components.adapters.tracking import TrackingUnavailable
 from components.adapters.versioning import DataDrift
+from components.evaluation.evaluation_report import EvaluationReport
 from components.evaluation.five_reasons import format_records
 from components.evaluation.gate import Decision
 from components.evaluation.judges import JudgeError, judge_facts
-from components.evaluation.report import format_budgets, format_table
+from components.evaluation.report import ComparisonTerms, format_budgets, format_table
 from components.models.stage_store import StageStore
 from components.training.loop import NonFiniteError
 from flows.execution import cores, runtimes
@@ -202,13 +203,13 @@ def rlhf_pipeline(
             "data_version": data.version,
             "validation": data.validation.as_dict(),
             "prepared": data.prepared,
-            "data": data.summary,
-            "evaluation": evaluation,
+            "data": data.summary.as_record(),
+            "evaluation": evaluation.as_record(),
             "judge": judge_facts(cfg.evaluation.judge)["label"],
-            "budgets": decision_tasks.comparison_terms(ctx, trained),
+            "budgets": decision_tasks.comparison_terms(ctx, trained).as_record(),
             "decision": decision.as_record(),
             "registry": registry.as_dict(),
-            "five_reasons": why,
+            "five_reasons": why.as_record(),
             "rl_algorithm": cfg.rl.algorithm,
             "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
             "flow_run_id": str(flow_run.id) if flow_run.id else None,
@@ -291,8 +292,8 @@ def _print_summary(result: dict, seconds: float) -> None:
     print(f"validation   : passed{again}; Data Docs at {result['validation']['data_docs']}")
     print(f"prepared     : {result['prepared']}")
     print(f"rl algorithm : {result['rl_algorithm']} (the policy named ppo below)")
-    print(format_table(result["evaluation"], result["judge"]))
-    print(format_budgets(result["budgets"]))
+    print(format_table(EvaluationReport.from_record(result["evaluation"]), result["judge"]))
+    print(format_budgets(ComparisonTerms.from_record(result["budgets"])))
     print(f"\n{result['decision']['summary']}")
     print(f"\n{format_records(result['five_reasons']['reasons'])}")
     registry = result["registry"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from components.adapters.validation import ValidationReport, validate_data_dir
 from components.config import Config, ValidationConfig
 from components.data import files
-from components.data.dataset import load_rows
+from components.data.dataset import DataSummary, load_rows
 from components.data.environment import Environment
 from components.data.prepare import prepare, write_prepared
 from components.io import replace_directory, write_jsonl
@@ -57,13 +57,11 @@ def prepare_training_inputs(cfg: Config, root: str | Path, data_version: dict) -
     return {name: len(rows) for name, rows in prepared.items()}
 
 
-def data_summary(cfg: Config, root: str | Path, environment: Environment | None) -> dict:
+def data_summary(cfg: Config, root: str | Path, environment: Environment | None) -> DataSummary:
     """Row counts and, for the embedded task, how often the simulated labels agree with the gold judge."""
     rows = load_rows(Path(root) / cfg.data.dir)
-    summary: dict = {"rows": {name: len(r) for name, r in rows.items()}}
-    if environment is not None:
-        summary.update(environment.describe(rows))
-    return summary
+    description = environment.describe(rows) if environment is not None else {}
+    return DataSummary({name: len(r) for name, r in rows.items()}, description)
 
 
 def checked_vocabulary(cfg: Config, environment: Environment | None) -> frozenset[str] | None:

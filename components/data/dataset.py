@@ -6,7 +6,9 @@ import hashlib
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from components import io
 from components.config import Config, UserFilesConfig
@@ -96,3 +98,19 @@ def load_rows(directory: str | Path) -> dict[str, list[dict]]:
     return {
         name: [r.data for r in files.read_jsonl(directory / files.file_name(name), name)] for name in files.DATASETS
     }
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """The data set as a run read it: rows per data set and, for the embedded task, ``Environment.describe``'s
+    description (the demonstrations' gold, the labels' agreement with it)."""
+
+    rows: dict[str, int]
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def as_record(self) -> dict:
+        return {"rows": self.rows, **self.description}
+
+    def numbers(self) -> dict[str, float]:
+        """The record's numbers (not the row counts), as metrics."""
+        return {key: value for key, value in self.as_record().items() if isinstance(value, (int, float))}

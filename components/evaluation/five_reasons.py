@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from components.evaluation.evaluation_report import EvaluationReport
+
 CONFIRMED, REFUTED, INCONCLUSIVE, NOT_MEASURED = "confirmed", "refuted", "inconclusive", "not measured"
 WITHOUT_SFT = "rl_without_sft"  # the RL algorithm trained from the model SFT starts from (benchmarks only)
 
@@ -35,11 +37,11 @@ def _flip(verdict: str) -> str:
     return {CONFIRMED: REFUTED, REFUTED: CONFIRMED}.get(verdict, verdict)
 
 
-def rl_against(evaluation: dict, baseline: str, rl: str) -> tuple[str, str]:
+def rl_against(evaluation: EvaluationReport, baseline: str, rl: str) -> tuple[str, str]:
     """The RL policy's win rate against ``baseline`` in every mode: (its verdict over 0.5, the evidence)."""
     verdicts, evidence = [], []
-    for mode, block in sorted(evaluation.items()):  # the same line whatever order the modes were stored in
-        win = block.get("ppo_win_rate", {}).get(baseline)
+    for mode in sorted(evaluation.modes):  # the same line whatever order the modes were stored in
+        win = evaluation.modes[mode].ppo_win_rate.get(baseline)
         if win is None:
             continue
         lo, hi = win["ci"]
@@ -67,9 +69,9 @@ def reason_two(turns: int) -> tuple[str, str]:
 
 
 def five_reasons(
-    evaluation: dict, rm_accuracy: float | None, sensitivity: dict | None, rl: str = "ppo", turns: int = 1
+    evaluation: EvaluationReport, rm_accuracy: float | None, sensitivity: dict | None, rl: str = "ppo", turns: int = 1
 ) -> list[Reason]:
-    """``evaluation``: {mode: block} of the run's held-out evaluation (the RL policy's win rates); ``rm_accuracy``: the
+    """``evaluation``: the run's held-out evaluation (the RL policy's win rates); ``rm_accuracy``: the
     reward model's held-out accuracy against the labels; ``sensitivity``: token_sensitivity.summarise's record;
     ``turns``: the task's turns (reason 2's half that the run measures)."""
     chosen, chosen_evidence = rl_against(evaluation, "chosen", rl)
@@ -129,6 +131,17 @@ def five_reasons(
 
 def as_records(reasons: list[Reason]) -> list[dict]:
     return [asdict(reason) for reason in reasons]
+
+
+@dataclass(frozen=True)
+class FiveReasons:
+    """The five reasons' verdicts on a run, and reason 3's own measurement (None where none was made)."""
+
+    token_sensitivity: dict | None  # token_sensitivity.summarise's record, with the kind of edits
+    reasons: list[Reason]
+
+    def as_record(self) -> dict:
+        return {"token_sensitivity": self.token_sensitivity, "reasons": as_records(self.reasons)}
 
 
 def format_reasons(reasons: list[Reason]) -> str:

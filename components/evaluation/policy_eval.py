@@ -6,16 +6,14 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
-from components.config import ModelConfig
 from components.data.text import words
 from components.evaluation.intervals import clustered_mean_ci
 from components.models.batching import response_logprobs
-from components.models.decoding import decode
+from components.models.decoding import Decoder, decode
 from components.models.ensemble import reward_scores
 from components.models.generation import Rollout, decode_responses
-from components.models.runtime import SINGLE, Runtime
 
 GoldFn = Callable[[str, str, bool], float]  # (prompt, response, ended) -> score; evaluation only
 Scores = Callable[[list[str], list[str], list[bool]], list[float]]  # a judge: (prompts, responses, ended) -> scores
@@ -41,18 +39,16 @@ class Responses:
 
 def sample_responses(
     policy: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     mode: DecodingMode,
-    model_cfg: ModelConfig,
-    seed: int,
+    decoder: Decoder,
     batch_size: int,
     reference: PreTrainedModel | None = None,
     reward_model: PreTrainedModel | None = None,
-    runtime: Runtime = SINGLE,
 ) -> Responses:
     """Seeded, batched decoding (``batch_size`` responses per batch); scores each response with the RM and its KL
     from ``reference`` if given."""
+    tokenizer, runtime = decoder.tokenizer, decoder.runtime
     expanded = [p for p in prompts for _ in range(mode.samples_per_prompt)]
     reference = runtime.to_device(reference) if reference is not None else None
     reward_model = runtime.to_device(reward_model) if reward_model is not None else None
@@ -68,18 +64,7 @@ def sample_responses(
             kl = (log_ratio * rollout.batch.response_mask.float()).sum(1).tolist()
         return list(zip(texts, ended, rm_scores, kl))
 
-    rows = decode(
-        policy,
-        tokenizer,
-        expanded,
-        model_cfg,
-        mode.temperature,
-        seed,
-        batch_size,
-        greedy=mode.greedy,
-        runtime=runtime,
-        read=read,
-    )
+    rows = decode(policy, expanded, decoder, batch_size, mode.temperature, greedy=mode.greedy, read=read)
     return Responses(
         expanded,
         [text for text, _, _, _ in rows],

@@ -10,16 +10,20 @@ Best-of-n over the SFT policy joins sampling mode as a non-training reference po
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from components.config import BestOfNConfig, EvaluationConfig, ModelConfig
 from components.evaluation.best_of_n import best_of_n
+from components.evaluation.evaluation_report import EvaluationReport, ModeEvaluation
 from components.evaluation.intervals import on_judge_decided, win_rate
 from components.evaluation.policy_eval import DecodingMode, GoldFn, Responses, Scores, sample_responses, summarise
+from components.models.decoding import Decoder
 from components.models.runtime import SINGLE, Runtime
 from components.models.scoring import score_comparisons
 
@@ -69,103 +73,78 @@ def example_rows(responses: dict[str, Responses], mode: DecodingMode, n_examples
     return rows
 
 
+@dataclass(frozen=True)
+class EvaluatedModels:
+    """The policies under evaluation by name ('sft' among them: every policy's KL reference and best-of-n's sampler)
+    and the reward model that scores every response and picks best-of-n's."""
+
+    policies: dict[str, PreTrainedModel]
+    reward_model: PreTrainedModel
+
+
 def best_of_n_responses(
     reference: PreTrainedModel,
     reward_model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
     eval_prompts: list[str],
     mode: DecodingMode,
     cfg: BestOfNConfig,
-    model_cfg: ModelConfig,
-    seed: int,
-    runtime: Runtime = SINGLE,
+    decoder: Decoder,
 ) -> Responses:
     """Best-of-n over the reference for every sample the mode takes of each prompt; its RM score is the pick's."""
     expanded = [p for p in eval_prompts for _ in range(mode.samples_per_prompt)]
-    texts, ended, scores = best_of_n(
-        reference,
-        reward_model,
-        tokenizer,
-        expanded,
-        cfg.n,
-        model_cfg,
-        cfg.temperature,
-        seed,
-        cfg.missing_eos_penalty,
-        runtime=runtime,
-    )
+    texts, ended, scores = best_of_n(reference, reward_model, expanded, cfg, decoder)
     return Responses(expanded, texts, ended, scores)
 
 
 def decoders(
-    policies: dict[str, PreTrainedModel],
-    tokenizer: PreTrainedTokenizerBase,
+    models: EvaluatedModels,
     eval_prompts: list[str],
     cfg: EvaluationConfig,
-    model_cfg: ModelConfig,
-    seed: int,
-    reward_model: PreTrainedModel,
+    decoder: Decoder,
     best_of_n_cfg: BestOfNConfig | None = None,
-    runtime: Runtime = SINGLE,
 ) -> dict[str, dict[str, Decode]]:
     """{mode: {policy: decode}}: how each policy is decoded on the held-out prompts under each mode (best-of-n over
-    the reference under sampling modes); ``policies`` must hold the reference, 'sft'."""
-    reference = policies[REFERENCE]
+    the reference under sampling modes)."""
+    reference, reward_model = models.policies[REFERENCE], models.reward_model
     decodings: dict[str, dict[str, Decode]] = {}
     for mode in decoding_modes(cfg):
         decodings[mode.name] = {
             name: partial(
                 sample_responses,
                 policy,
-                tokenizer,
                 eval_prompts,
                 mode,
-                model_cfg,
-                seed,
+                decoder,
                 cfg.batch_size,
                 reference=reference,
                 reward_model=reward_model,
-                runtime=runtime,
             )
-            for name, policy in policies.items()
+            for name, policy in models.policies.items()
         }
         if best_of_n_cfg is not None and decodes_best_of_n(mode):
             decodings[mode.name][BEST_OF_N] = partial(
-                best_of_n_responses,
-                reference,
-                reward_model,
-                tokenizer,
-                eval_prompts,
-                mode,
-                best_of_n_cfg,
-                model_cfg,
-                seed,
-                runtime,
+                best_of_n_responses, reference, reward_model, eval_prompts, mode, best_of_n_cfg, decoder
             )
     return decodings
 
 
 def evaluate_policies(
-    policies: dict[str, PreTrainedModel],
-    tokenizer: PreTrainedTokenizerBase,
+    models: EvaluatedModels,
     eval_prompts: list[str],
     cfg: EvaluationConfig,
-    model_cfg: ModelConfig,
-    seed: int,
-    reward_model: PreTrainedModel,
+    decoder: Decoder,
     judge: Scores | None,
     best_of_n_cfg: BestOfNConfig | None = None,
     on_responses: Callable[[DecodingMode, dict[str, Responses]], None] | None = None,
     recall: Recall = decode_now,
-    runtime: Runtime = SINGLE,
-) -> dict:
-    """Returns {mode: {policies, ppo_win_rate, ppo_rm_win_rate, examples}}; ``policies`` must hold 'sft' and 'ppo'.
+) -> EvaluationReport:
+    """Every mode's policies, PPO's win rates and examples; ``models.policies`` must hold 'sft' and 'ppo'.
 
     Without a ``judge`` (people judge pairs later) no policy has a judge score and ``ppo_win_rate`` is empty;
     ``on_responses`` sees every mode's responses, e.g. to put them in pairs. ``recall`` may hand back a decoding
     made before instead of decoding again; the judge scores every response afresh either way."""
-    report: dict = {}
-    decodings = decoders(policies, tokenizer, eval_prompts, cfg, model_cfg, seed, reward_model, best_of_n_cfg, runtime)
+    modes: dict[str, ModeEvaluation] = {}
+    decodings = decoders(models, eval_prompts, cfg, decoder, best_of_n_cfg)
     for mode in decoding_modes(cfg):
         responses: dict[str, Responses] = {}
         for name, decode in decodings[mode.name].items():
@@ -175,14 +154,14 @@ def evaluate_policies(
         if on_responses is not None:
             on_responses(mode, responses)
         ppo = responses[PPO]
-        report[mode.name] = {
-            "policies": {name: summarise(out, mode.samples_per_prompt) for name, out in responses.items()},
-            "ppo_win_rate": {
+        modes[mode.name] = ModeEvaluation(
+            policies={name: summarise(out, mode.samples_per_prompt) for name, out in responses.items()},
+            ppo_win_rate={
                 name: win_rate(ppo.gold, out.gold, mode.samples_per_prompt).as_dict()
                 for name, out in responses.items()
                 if name != PPO and judge is not None
             },
-            "ppo_rm_win_rate": {
+            ppo_rm_win_rate={
                 name: win_rate(ppo.rm_scores, out.rm_scores, mode.samples_per_prompt).as_dict()
                 | (
                     {
@@ -196,9 +175,9 @@ def evaluate_policies(
                 for name, out in responses.items()
                 if name != PPO and out.rm_scores
             },
-            "examples": example_rows(responses, mode, cfg.n_examples),
-        }
-    return report
+            examples=example_rows(responses, mode, cfg.n_examples),
+        )
+    return EvaluationReport(modes)
 
 
 def judge_monitor(judge: Scores) -> Callable[[list[str], list[str], list[bool]], dict[str, float]]:
@@ -251,11 +230,11 @@ def reward_model_gold_accuracy(
     )
 
 
-def format_table(report: dict, judge: str = "gold") -> str:
+def format_table(report: EvaluationReport, judge: str = "gold") -> str:
     """Every policy under every mode: the judge's mean [CI], RM, KL, length, unterminated, PPO's win rate [CI] by the
     judge (``judge``: how to name it, "gold" for the embedded task's)."""
     lines = []
-    for mode, block in report.items():
+    for mode, block in report.modes.items():
         lines.append(f"\n== {mode} decoding, held-out prompts ==")
         if judge != "gold":
             lines.append(f"(scored by the {judge})")
@@ -264,8 +243,8 @@ def format_table(report: dict, judge: str = "gold") -> str:
             f"{'policy':<10} {judged + ' mean [95% CI]':<24} {'RM':>7} {'KL':>7} {'len':>5} {'unterm':>6}  "
             f"PPO {judged} win rate [95% CI over prompts]"
         )
-        for name, s in block["policies"].items():
-            g, wr = s.get("gold"), block["ppo_win_rate"].get(name)
+        for name, s in block.policies.items():
+            g, wr = s.get("gold"), block.ppo_win_rate.get(name)
             wins = f"{wr['value']:.3f} [{wr['ci'][0]:.3f}, {wr['ci'][1]:.3f}]" if wr else "-"
             if wr and "ties" in wr:
                 wins += f" ties {wr['ties']:.2f}"
@@ -277,27 +256,66 @@ def format_table(report: dict, judge: str = "gold") -> str:
     return "\n".join(lines)
 
 
-def format_budgets(terms: dict) -> str:
+@dataclass(frozen=True)
+class ComparisonTerms:
+    """What makes the comparison fair: one SFT start and one set of held-out prompts for every policy, each policy's
+    label budget (recipe.label_budgets' record: validation slices and selection labels included) and the
+    configurations its settings were chosen from."""
+
+    sft_start: str  # the SFT stage's key
+    eval_prompt_count: int
+    eval_prompts_md5: str  # of the sorted held-out prompts, one a line
+    label_budgets: dict[str, dict]
+    tuning_budgets: dict[str, int]
+    tuning: dict  # the tuning section as JSON
+    tuned_on_these_data: bool  # False: every setting is params.yaml's, chosen on the embedded task
+
+    def as_record(self) -> dict:
+        """budgets.json."""
+        return {
+            "sft_start": self.sft_start,
+            "eval_prompts": {"count": self.eval_prompt_count, "md5": self.eval_prompts_md5},
+            "label_budgets": self.label_budgets,
+            "tuning_budgets": self.tuning_budgets,
+            "tuning": {**self.tuning, "on_these_data": self.tuned_on_these_data},
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ComparisonTerms:
+        tuning = dict(record["tuning"])
+        on_these_data = tuning.pop("on_these_data", True)
+        prompts = record["eval_prompts"]
+        return cls(
+            record["sft_start"],
+            prompts["count"],
+            prompts["md5"],
+            record["label_budgets"],
+            record["tuning_budgets"],
+            tuning,
+            on_these_data,
+        )
+
+
+def format_budgets(terms: ComparisonTerms) -> str:
     """What each policy used: one SFT start and one prompt set for all, each policy's labels, configurations tried
     and trained parameters (all of them, or its adapters)."""
-    prompts = terms["eval_prompts"]
     lines = [
-        f"\n== what each policy used (one SFT start {terms['sft_start']}, "
-        f"the same {prompts['count']} held-out prompts) ==",
+        f"\n== what each policy used (one SFT start {terms.sft_start}, "
+        f"the same {terms.eval_prompt_count} held-out prompts) ==",
         f"{'policy':<11} {'train pairs':>11} {'held-out':>9} {'selection':>10} "
         f"{'all labels':>10} {'configs tried':>13} {'trained params':>14}",
     ]
-    for name, budget in terms["label_budgets"].items():
+    for name, budget in terms.label_budgets.items():
         trained = budget.get("trainable_parameters")
         lines.append(
             f"{name:<11} {budget['train_pairs']:>11} {budget['held_out_pairs']:>9} {budget['selection_labels']:>10} "
-            f"{budget['total']:>10} {terms['tuning_budgets'].get(name, 0):>13} "
+            f"{budget['total']:>10} {terms.tuning_budgets.get(name, 0):>13} "
             f"{'-' if trained is None else f'{trained:,}':>14}"
         )
-    tuning = terms["tuning"]
-    if tuning.get("on_these_data", True):
+    if terms.tuned_on_these_data:
         lines.append(
-            f"(configurations tried on tuning seed {tuning['seed']}, selected by held-out labels: {tuning['results']})"
+            f"(configurations tried on tuning seed {terms.tuning['seed']}, selected by held-out labels: "
+            f"{terms.tuning['results']})"
         )
     else:
         lines.append("(nothing was tuned on these data: every setting is params.yaml's, chosen on the embedded task)")

@@ -23,8 +23,11 @@ from components.config import ModelConfig, TokenSensitivityConfig
 from components.evaluation.intervals import mean_ci, wilson
 from components.evaluation.policy_eval import DecodingMode, Scores, sample_responses
 from components.models.batching import encode_examples, response_logits, response_logprobs
+from components.models.decoding import Decoder
 from components.models.ensemble import reward_scores
-from components.models.runtime import SINGLE, Runtime
+from components.models.runtime import Runtime
+
+ANSWERS_PER_BATCH = 256  # SFT's answers sampled per generate call
 
 
 @dataclass
@@ -102,19 +105,16 @@ def mean_token_nll(
 def edited_pairs(
     sft: PreTrainedModel,
     reward_model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     judge: Scores,
     cfg: TokenSensitivityConfig,
-    model_cfg: ModelConfig,
-    seed: int,
-    runtime: Runtime = SINGLE,
+    decoder: Decoder,
 ) -> list[EditedPair]:
-    """One edited pair per prompt of the first ``cfg.prompts`` whose answer has an edit the judge scores differently."""
+    """One edited pair per prompt of the first ``cfg.prompts`` whose answer has an edit the judge scores differently;
+    SFT's answers are sampled, and the edits drawn, with the decoder's seed."""
+    tokenizer, model_cfg, seed, runtime = decoder.tokenizer, decoder.model_cfg, decoder.seed, decoder.runtime
     prompts = prompts[: cfg.prompts]
-    answers = sample_responses(
-        sft, tokenizer, prompts, DecodingMode("sample", False, 1), model_cfg, seed, 256, runtime=runtime
-    )
+    answers = sample_responses(sft, prompts, DecodingMode("sample", False, 1), decoder, ANSWERS_PER_BATCH)
     if cfg.edits == "fluent":
         candidates = likely_tokens(sft, tokenizer, prompts, answers.texts, cfg.top_k, model_cfg, runtime)
     else:

@@ -8,6 +8,7 @@ responses depend on its seed and its prompts only, so a decoding is the same wha
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,17 +27,25 @@ def texts_and_ended(tokenizer: PreTrainedTokenizerBase) -> Read:
     return lambda rollout: list(zip(decode_responses(tokenizer, rollout.batch), rollout.ended.tolist()))
 
 
+@dataclass(frozen=True)
+class Decoder:
+    """What decodes a policy's prompts: the tokenizer, the model config's prompt and response lengths, the seed of
+    the first batch and the runtime it runs on."""
+
+    tokenizer: PreTrainedTokenizerBase
+    model_cfg: ModelConfig
+    seed: int
+    runtime: Runtime = SINGLE
+
+
 def decode(
     policy: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
-    model_cfg: ModelConfig,
-    temperature: float,
-    seed: int,
+    decoder: Decoder,
     prompts_per_batch: int,
+    temperature: float,
     repeat: int = 1,
     greedy: bool = False,
-    runtime: Runtime = SINGLE,
     read: Read | None = None,
 ) -> list[Any]:
     """Each prompt decoded ``repeat`` times in a row (prompt i's rows are [i * repeat, (i + 1) * repeat)),
@@ -44,6 +53,7 @@ def decode(
     (text, ended) per row.
 
     Runs at the runtime's device and precision; the caller's random state is left as it was."""
+    tokenizer, model_cfg, seed, runtime = decoder.tokenizer, decoder.model_cfg, decoder.seed, decoder.runtime
     read = read or texts_and_ended(tokenizer)
     policy = runtime.to_device(policy)
 

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ComparisonsConfig, ModelConfig
 from components.data.ranking import Labeller
-from components.models.decoding import decode
+from components.models.decoding import Decoder, decode
 from components.models.runtime import SINGLE, Runtime
 
 
@@ -38,7 +38,7 @@ def sample_responses(
     runtime: Runtime = SINGLE,
 ) -> list[list[tuple[str, bool]]]:
     """K sampled ``(response, ended)`` per prompt; ``batch_size`` prompts (K rows each) per generate call."""
-    samples = decode(policy, tokenizer, prompts, model_cfg, temperature, seed, batch_size, repeat=k, runtime=runtime)
+    samples = decode(policy, prompts, Decoder(tokenizer, model_cfg, seed, runtime), batch_size, temperature, repeat=k)
     return [samples[i : i + k] for i in range(0, len(samples), k)]
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from transformers import PreTrainedTokenizerBase
 
 from components.config import Config
+from components.data.dataset import DataSummary
 from components.data.environment import Environment
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.training.recipe import StageResult
@@ -34,7 +35,7 @@ class PreparedData:
     version: dict  # data.dvc's md5 and what this run did to it (components.adapters.versioning)
     validation: ValidationSummary
     prepared: dict[str, int]  # rows per training input
-    summary: dict  # row counts and, for the embedded task, its description
+    summary: DataSummary  # row counts and, for the embedded task, its description
 
     @property
     def md5(self) -> str:

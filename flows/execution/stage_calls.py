@@ -16,6 +16,7 @@ from components.data.environment import Environment
 from components.data.ranking import Ranker
 from components.evaluation import report
 from components.evaluation.report import reward_model_gold_accuracy
+from components.models.decoding import Decoder
 from components.models.runtime import Runtime
 from components.training import recipe
 from components.training.loop import Harness
@@ -102,15 +103,11 @@ def decode(cfg: Config, tokenizer, args: dict, models: dict, runtime: Runtime, e
     # each decoding whole on one rank (decoding j on rank j mod N): a held-out decoding is one or two batches, too
     # few to split, and one rank decodes it exactly as one process would
     decodings = report.decoders(
-        policies,
-        tokenizer,
+        report.EvaluatedModels(policies, models["reward_model"]),
         args["eval_prompts"],
         cfg.evaluation,
-        cfg.model,
-        cfg.seed,
-        models["reward_model"],
+        Decoder(tokenizer, cfg.model, cfg.seed, runtime.local()),
         cfg.baselines.best_of_n,
-        runtime.local(),
     )
 
     def decoded(_: int, wanted: list) -> list[dict]:

@@ -13,7 +13,6 @@ with an error naming the file (or the pairs), and nothing is registered.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import sys
@@ -34,6 +33,7 @@ from components.adapters.tracking import StageRun
 from components.adapters.validation import validate_labels
 from components.data.files import LABELS, DataFileError, read_jsonl
 from components.evaluation import pairwise
+from components.evaluation.evaluation_report import EvaluationReport
 from components.labelling import labelling_tools, pairwise_labels
 from flows.execution.handoff import task
 from flows.execution.run_context import RunContext, Trained
@@ -121,7 +121,7 @@ def announce_wait(
     )
 
 
-def judged_by_people(ctx: RunContext, evaluation: dict) -> dict:
+def judged_by_people(ctx: RunContext, evaluation: EvaluationReport) -> EvaluationReport:
     """Wait for a labels file; the evaluation with PPO's win rates by the labels. Called from the flow itself (a
     pause belongs to the flow run, not to a task).
 
@@ -153,7 +153,7 @@ def judged_by_people(ctx: RunContext, evaluation: dict) -> dict:
 
 
 @task(name="human labels", cache_policy=NO_CACHE)
-def score_labels(ctx: RunContext, evaluation: dict, labels_file: str) -> dict:
+def score_labels(ctx: RunContext, evaluation: EvaluationReport, labels_file: str) -> EvaluationReport:
     """Check the labels (this run's pairs only, one answer each, a known choice, enough answers), then PPO's win
     rate against each policy under each mode, ties half, with a Wilson interval."""
     cfg, directory = ctx.cfg, human_dir(ctx)
@@ -167,19 +167,17 @@ def score_labels(ctx: RunContext, evaluation: dict, labels_file: str) -> dict:
     if not report.success:
         raise HumanJudgeError(f"the labels file was refused; nothing was registered.\n{report.summary()}")
     labels = {r.data["pair_id"]: r.data["choice"] for r in read_jsonl(labels_file, LABELS)}
-    judged = copy.deepcopy(evaluation)
-    for mode, rates in pairwise.ppo_win_rates(keys, labels).items():
-        judged[mode]["ppo_win_rate"] = rates
+    judged = evaluation.with_ppo_win_rates(pairwise.ppo_win_rates(keys, labels))
     with recorded(ctx.tracking.stage("human-judge")) as run:
         run.log_text(Path(labels_file).read_text(encoding="utf-8"), "human-judge/labels.jsonl")
         run.log_metrics({"answers": float(len(labels)), "pairs": float(len(ids))})
-        for mode, block in judged.items():
-            for name, win in block["ppo_win_rate"].items():
+        for mode, block in judged.modes.items():
+            for name, win in block.ppo_win_rate.items():
                 run.log_metrics(
                     {"value": win["value"], "ci_lo": win["ci"][0], "ci_hi": win["ci"][1], "ties": win["ties"]},
                     prefix=f"{mode}.ppo_win_rate.{name}.",
                 )
-            run.log_figure(plots.win_rates(block, mode), f"plots/win_rates_{mode}.png")
+            run.log_figure(plots.win_rates(block.as_record(), mode), f"plots/win_rates_{mode}.png")
     get_run_logger().info("human judge: %d answers to %d pairs accepted", len(labels), len(ids))
     return judged
 

@@ -19,7 +19,7 @@ from components.adapters.data_stages import (
 )
 from components.adapters.data_versioning import write_rebuild_report
 from components.config import Config, load_config
-from components.data.dataset import load_rows
+from components.data.dataset import DataSummary, load_rows
 from flows.execution.handoff import task
 from flows.execution.run_context import PreparedData, ValidationSummary
 from flows.execution.run_tracking import Tracking
@@ -103,7 +103,7 @@ def lock_data_stages(cfg: Config, root: str, data_version: data_versioning.Versi
 
 
 @task(name="describe data", cache_policy=NO_CACHE)
-def describe_data(cfg: Config, root: str) -> dict:
+def describe_data(cfg: Config, root: str) -> DataSummary:
     return data_summary(cfg, root, environment_for(cfg))
 
 
@@ -126,5 +126,5 @@ def data_stages(cfg: Config, root: str, tracking: Tracking) -> PreparedData:
         lock_data_stages(cfg, root, version)
         summary = describe_data(cfg, root)
         rows = load_rows(Path(root) / cfg.data.dir)
-    tracking.parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, prefix="data.")
+    tracking.parent.log_metrics(summary.numbers(), prefix="data.")
     return PreparedData(rows, version.as_dict(), validation, prepared, summary)

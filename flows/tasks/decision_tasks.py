@@ -17,12 +17,21 @@ from components.adapters import plots
 from components.adapters.tracking import CHALLENGER, CHAMPION, flatten, transient_error
 from components.config import Config
 from components.evaluation import pairwise, token_sensitivity
-from components.evaluation.five_reasons import as_records, five_reasons, format_reasons, format_records
+from components.evaluation.evaluation_report import EvaluationReport
+from components.evaluation.five_reasons import FiveReasons, as_records, five_reasons, format_reasons
 from components.evaluation.gate import Decision, decide_report
 from components.evaluation.judges import judge_facts, make_judge
 from components.evaluation.overoptimisation import shipped_iteration
 from components.evaluation.policy_eval import Responses
-from components.evaluation.report import decoding_modes, evaluate_policies, format_budgets, format_table
+from components.evaluation.report import (
+    ComparisonTerms,
+    EvaluatedModels,
+    decoding_modes,
+    evaluate_policies,
+    format_budgets,
+    format_table,
+)
+from components.models.decoding import Decoder
 from components.models.generation import sampling_config
 from components.models.runtime import SINGLE
 from components.models.stage_store import StageStore
@@ -34,6 +43,8 @@ from flows.execution.run_tracking import Tracking
 from flows.execution.stage_runs import recorded, stage_home
 from flows.labelling import human_judging
 from flows.tasks import decoding_reuse
+
+EXAMPLE_ROWS_PER_POLICY = 4  # rows of each policy in a mode's examples artefact
 
 
 def transient(task, task_run, state) -> bool:
@@ -64,10 +75,10 @@ def mlflow_links(tracking: Tracking, registry: RegistryEntry) -> dict[str, str]:
 def report(
     ctx: RunContext,
     trained: Trained,
-    evaluation: dict,
+    evaluation: EvaluationReport,
     decision: Decision,
     registry: RegistryEntry,
-    why: dict | None = None,
+    why: FiveReasons | None = None,
 ) -> str:
     """The flow run's report: evaluation table, decision with reasons, links; and a metrics table."""
     cfg = ctx.cfg
@@ -96,7 +107,7 @@ def report(
             decision.summary(),
             "```",
             "",
-            *(["## Five reasons", "```", format_records(why["reasons"]), "```", ""] if why else []),
+            *(["## Five reasons", "```", format_reasons(why.reasons), "```", ""] if why else []),
             "## Registry",
             f"`{registry.name}` version {registry.version} ({registry.decision}); "
             f"champion = {registry.champion or 'none'}, challenger = {registry.challenger}",
@@ -112,9 +123,9 @@ def report(
         key="pipeline-report", markdown=markdown, description="evaluation, gate decision and where the runs are"
     )
     rows = []
-    for mode, block in evaluation.items():
-        for name, summary in block["policies"].items():
-            win, gold = block["ppo_win_rate"].get(name), summary.get("gold")
+    for mode, block in evaluation.modes.items():
+        for name, summary in block.policies.items():
+            win, gold = block.ppo_win_rate.get(name), summary.get("gold")
             rows.append(
                 {
                     "mode": mode,
@@ -159,7 +170,7 @@ def run_judge(ctx: RunContext, trained: Trained):
     )
 
 
-def evaluate(ctx: RunContext, trained: Trained) -> dict:
+def evaluate(ctx: RunContext, trained: Trained) -> EvaluationReport:
     cfg = ctx.cfg
     judge = run_judge(ctx, trained)
     facts = judge_facts(cfg.evaluation.judge)
@@ -191,39 +202,35 @@ def evaluate(ctx: RunContext, trained: Trained) -> dict:
         decoded = None if in_process else launched_decodings(ctx, trained, run)
         with runtimes.in_process(cfg, profile.use_cpu) if in_process else contextlib.nullcontext(SINGLE) as runtime:
             report = evaluate_policies(
-                policies,
-                ctx.tokenizer,
+                EvaluatedModels(policies, trained.reward_model.model),
                 ctx.data.eval_prompts,
                 cfg.evaluation,
-                cfg.model,
-                cfg.seed,
-                trained.reward_model.model,
+                Decoder(ctx.tokenizer, cfg.model, cfg.seed, runtime),
                 judge,
                 cfg.baselines.best_of_n,
                 on_responses=pair_up if judge is None else None,
                 recall=decoding_reuse.remembered(ctx, trained, reused, decoded),
-                runtime=runtime,
             )
         run.set_tags({"evaluation.reused": ", ".join(reused) or "none"})
         run.log_params(flatten(cfg.evaluation.model_dump(mode="json")))
-        for mode, block in report.items():
-            for name, summary in block["policies"].items():
+        for mode, block in report.modes.items():
+            for name, summary in block.policies.items():
                 run.log_metrics(flatten(summary), prefix=f"{mode}.{name}.")
-            for name, win in block["ppo_win_rate"].items():
+            for name, win in block.ppo_win_rate.items():
                 run.log_metrics(
                     {"value": win["value"], "ci_lo": win["ci"][0], "ci_hi": win["ci"][1], "ties": win["ties"]},
                     prefix=f"{mode}.ppo_win_rate.{name}.",
                 )
-            if block["ppo_win_rate"]:
-                run.log_figure(plots.win_rates(block, mode), f"plots/win_rates_{mode}.png")
-            run.log_table(block["examples"], f"tables/examples_{mode}.json")
+            if block.ppo_win_rate:
+                run.log_figure(plots.win_rates(block.as_record(), mode), f"plots/win_rates_{mode}.png")
+            run.log_table(block.examples, f"tables/examples_{mode}.json")
             create_table_artifact(
                 key=f"examples-{mode}",
-                table=block["examples"][: 4 * len(block["policies"])],
+                table=block.examples[: EXAMPLE_ROWS_PER_POLICY * len(block.policies)],
                 description=f"example responses, {mode} decoding",
             )
-        run.log_dict(report, "evaluation.json")
-        run.log_dict(comparison_terms(ctx, trained), "budgets.json")
+        run.log_dict(report.as_record(), "evaluation.json")
+        run.log_dict(comparison_terms(ctx, trained).as_record(), "budgets.json")
         create_markdown_artifact(key="evaluation", markdown=f"```\n{format_table(report, facts['label'])}\n```")
         if judge is None:
             human_judging.export(ctx, run, pairs)
@@ -246,7 +253,7 @@ def launched_decodings(ctx: RunContext, trained: Trained, run) -> dict[tuple[str
 
 
 @task(name="five reasons", cache_policy=NO_CACHE)
-def reasons(ctx: RunContext, trained: Trained, evaluation: dict) -> dict:
+def reasons(ctx: RunContext, trained: Trained, evaluation: EvaluationReport) -> FiveReasons:
     """Each of the five reasons for RL over SL mapped to this run's measurements, with its verdict; reason 3's own
     measurement (one-token edits of SFT's answers) made here, where an automatic judge scores them."""
     cfg = ctx.cfg
@@ -258,13 +265,10 @@ def reasons(ctx: RunContext, trained: Trained, evaluation: dict) -> dict:
                 pairs = token_sensitivity.edited_pairs(
                     trained.sft.model,
                     trained.reward_model.model,
-                    ctx.tokenizer,
                     ctx.data.eval_prompts,
                     judge,
                     cfg.evaluation.token_sensitivity,
-                    cfg.model,
-                    cfg.seed,
-                    runtime,
+                    Decoder(ctx.tokenizer, cfg.model, cfg.seed, runtime),
                 )
             sensitivity = {"edits": cfg.evaluation.token_sensitivity.edits, **token_sensitivity.summarise(pairs)}
             run.log_dict(sensitivity, "token_sensitivity.json")
@@ -280,11 +284,11 @@ def reasons(ctx: RunContext, trained: Trained, evaluation: dict) -> dict:
         run.log_dict(as_records(found), "five_reasons.json")
         run.set_tags({f"reason.{reason.number}": reason.verdict for reason in found})
         create_markdown_artifact(key="five-reasons", markdown=f"```\n{format_reasons(found)}\n```")
-    return {"token_sensitivity": sensitivity, "reasons": as_records(found)}
+    return FiveReasons(sensitivity, found)
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate(ctx: RunContext, trained: Trained, evaluation: dict) -> Decision:
+def gate(ctx: RunContext, trained: Trained, evaluation: EvaluationReport) -> Decision:
     cfg, tracking = ctx.cfg, ctx.tracking
     stage_metrics = trained.metrics()
     report = {
@@ -306,7 +310,7 @@ def gate(ctx: RunContext, trained: Trained, evaluation: dict) -> Decision:
         "ppo_shipped_iteration": shipped_iteration(
             trained.ppo.history, int(trained.ppo.metrics.get("selection.chosen_iteration", -1))
         ),
-        "modes": evaluation,
+        "modes": evaluation.as_record(),
     }
     decision = decide_report(report, cfg.gate)  # a malformed report is a rejection that says why
     with recorded(tracking.stage("gate")) as run:
@@ -408,17 +412,17 @@ def tuning_budgets(cfg: Config) -> dict[str, int]:
     return {"sft": 0, "best_of_n": 0, **tuned}
 
 
-def comparison_terms(ctx: RunContext, trained: Trained) -> dict:
+def comparison_terms(ctx: RunContext, trained: Trained) -> ComparisonTerms:
     """What makes the comparison fair, for the record: one SFT start and one set of held-out prompts for every
     policy, and each policy's label budget (validation slices and selection labels included) and tuning budget."""
     cfg = ctx.cfg
     eval_prompts = sorted(ctx.data.eval_prompts)
-    return {
-        "sft_start": trained.sft.key,
-        "eval_prompts": {"count": len(eval_prompts), "md5": hashlib.md5("\n".join(eval_prompts).encode()).hexdigest()},
-        "label_budgets": recipe.label_budgets(
-            cfg, trained.comparisons.model, trained.metrics(), trained.own_comparisons
-        ),
-        "tuning_budgets": tuning_budgets(cfg),
-        "tuning": {**cfg.tuning.model_dump(mode="json"), "on_these_data": cfg.data.source == "synthetic"},
-    }
+    return ComparisonTerms(
+        sft_start=trained.sft.key,
+        eval_prompt_count=len(eval_prompts),
+        eval_prompts_md5=hashlib.md5("\n".join(eval_prompts).encode()).hexdigest(),
+        label_budgets=recipe.label_budgets(cfg, trained.comparisons.model, trained.metrics(), trained.own_comparisons),
+        tuning_budgets=tuning_budgets(cfg),
+        tuning=cfg.tuning.model_dump(mode="json"),
+        tuned_on_these_data=cfg.data.source == "synthetic",
+    )

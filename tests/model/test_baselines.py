@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from components.config import CombinedLossConfig, DPOConfig, ModelConfig, SFTConfig, load_config
+from components.config import BestOfNConfig, CombinedLossConfig, DPOConfig, ModelConfig, SFTConfig, load_config
 from components.data import files
 from components.evaluation.best_of_n import best_of_n
 from components.models.batching import encode_prompts, sequence_scores
 from components.models.builders import build_policy, frozen_copy, scalar_model_from
+from components.models.decoding import Decoder
 from components.models.generation import decode_responses, generate
 from components.models.tokenizer import build_word_tokenizer
 from components.task.generator import generate_synthetic
@@ -142,7 +143,8 @@ def test_best_of_n_returns_the_reward_models_favourite_of_n_samples(sft_policy, 
     reward_model = scalar_model_from(sft_policy)
     prompts = [r["prompt"] for r in data[files.EVAL_PROMPTS][:3]]
     n = 4
-    responses, ended, scores = best_of_n(sft_policy, reward_model, tokenizer, prompts, n, TINY, temperature=1.0, seed=7)
+    cfg = BestOfNConfig(n=n, temperature=1.0, missing_eos_penalty=0.0)
+    responses, ended, scores = best_of_n(sft_policy, reward_model, prompts, cfg, Decoder(tokenizer, TINY, 7))
     assert len(responses) == len(ended) == len(scores) == len(prompts)
 
     # the same seed draws the same n samples per prompt; best-of-n must return the top-scored one
@@ -160,9 +162,8 @@ def test_best_of_n_picks_with_the_missing_eos_penalty_but_records_the_raw_rm_sco
     reward_model = scalar_model_from(sft_policy)
     prompts = [r["prompt"] for r in data[files.EVAL_PROMPTS][:4]]
     n, tiny_length = 4, TINY.model_copy(update={"max_response_tokens": 6})  # short: many samples never end
-    _, ended, scores = best_of_n(
-        sft_policy, reward_model, tokenizer, prompts, n, tiny_length, seed=7, missing_eos_penalty=100.0
-    )
+    cfg = BestOfNConfig(n=n, temperature=1.0, missing_eos_penalty=100.0)
+    _, ended, scores = best_of_n(sft_policy, reward_model, prompts, cfg, Decoder(tokenizer, tiny_length, 7))
     rollout, raw = same_samples(sft_policy, reward_model, tokenizer, prompts, n, tiny_length)
     penalised = raw - 100.0 * (~rollout.ended).float().view(len(prompts), n)
     best = penalised.argmax(dim=1)

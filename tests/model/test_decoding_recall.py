@@ -15,8 +15,9 @@ import torch
 from components.config import BestOfNConfig, EvaluationConfig, ModelConfig, load_config
 from components.data.files import EVAL_PROMPTS
 from components.evaluation.policy_eval import Responses
-from components.evaluation.report import BEST_OF_N, evaluate_policies
+from components.evaluation.report import BEST_OF_N, EvaluatedModels, evaluate_policies
 from components.models.builders import build_policy, frozen_copy, scalar_model_from
+from components.models.decoding import Decoder
 from components.models.tokenizer import build_word_tokenizer
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
@@ -38,8 +39,9 @@ def setting():
 
 def evaluate(setting, judge, recall):
     tokenizer, prompts, policies, reward_model = setting
+    decoder = Decoder(tokenizer, MODEL, 0)
     return evaluate_policies(
-        policies, tokenizer, prompts, EVALUATION, MODEL, 0, reward_model, judge, BEST, recall=recall
+        EvaluatedModels(policies, reward_model), prompts, EVALUATION, decoder, judge, BEST, recall=recall
     )
 
 
@@ -70,8 +72,8 @@ def test_a_report_from_remembered_decodings_is_the_fresh_report_and_decodes_noth
     # the judge scored every remembered response again: 3 policies x (2 modes) + best-of-n under sampling
     assert len(judged) == 2 * calls == 2 * 7
     assert judged[calls:] == judged[:calls]
-    assert set(first["sample"]["policies"]) == {"sft", "chosen", "ppo", BEST_OF_N}
-    assert "gold" in first["sample"]["policies"]["ppo"] and first["sample"]["ppo_win_rate"]
+    assert set(first.modes["sample"].policies) == {"sft", "chosen", "ppo", BEST_OF_N}
+    assert "gold" in first.modes["sample"].policies["ppo"] and first.modes["sample"].ppo_win_rate
 
 
 def test_what_is_remembered_holds_no_judge_scores(setting):
@@ -114,13 +116,10 @@ def test_each_policys_greedy_responses_and_their_rm_scores_are_its_own_decoded_b
     assert len({len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts}) == 6
     seen: dict[str, dict[str, Responses]] = {}
     evaluate_policies(
-        policies,
-        tokenizer,
+        EvaluatedModels(policies, reward_model),
         prompts,
         EVALUATION,
-        MODEL,
-        0,
-        reward_model,
+        Decoder(tokenizer, MODEL, 0),
         None,
         BEST,
         on_responses=lambda mode, responses: seen.setdefault(mode.name, responses),

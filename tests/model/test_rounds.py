@@ -13,6 +13,7 @@ from components.config import load_config
 from components.data.files import DEMONSTRATIONS, PREFERENCES
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.models.batching import encode_examples
+from components.models.decoding import Decoder
 from components.training import recipe
 from components.training.rounds import RoundLabels
 from tests.model.conftest import PPO, SEED, TINY
@@ -49,7 +50,7 @@ def test_ppo_continued_from_a_later_rounds_policy_measures_its_kl_from_sft(
     from_start = recipe.ppo_stage(cfg, tokenizer, sft, rm, prompts, [], start=start)
     mode = DecodingMode("sample", greedy=False, samples_per_prompt=1)
     many = [prompts[i % len(prompts)] for i in range(2048)]
-    independent = sample_responses(start, tokenizer, many, mode, TINY, seed=5, batch_size=256, reference=sft).kl
+    independent = sample_responses(start, many, mode, Decoder(tokenizer, TINY, 5), 256, reference=sft).kl
     mean, spread = statistics.fmean(independent), statistics.stdev(independent)
     difference_se = spread * math.sqrt(1 / 256 + 1 / len(independent))
     assert mean > 4 * spread / math.sqrt(len(independent)), (mean, spread)

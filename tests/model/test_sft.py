@@ -7,6 +7,7 @@ import torch
 from components.data.files import DEMONSTRATIONS
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.models.batching import encode_examples, response_logits
+from components.models.decoding import Decoder
 from components.task.gold_judge import judge
 from components.training.sft import sft_loss
 from tests.model.conftest import TINY
@@ -47,7 +48,7 @@ def test_sft_policy_approaches_the_demonstrations_gold_score(tiny_sft, tokenizer
     )  # word salad scores far below 0; the demonstrations average about 2 (their stock closing costs 0.7)
 
     def gold(mode):
-        out = sample_responses(policy, tokenizer, prompts, mode, TINY, seed=0, batch_size=128)
+        out = sample_responses(policy, prompts, mode, Decoder(tokenizer, TINY, 0), 128)
         return statistics.fmean(judge(p, r, e).score for p, r, e in zip(out.prompts, out.texts, out.ended))
 
     greedy, sampled = gold(DecodingMode("greedy", True, 1)), gold(DecodingMode("sample", False, 2))

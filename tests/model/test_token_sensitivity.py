@@ -7,6 +7,7 @@ from components.config import TokenSensitivityConfig
 from components.data.files import EVAL_PROMPTS
 from components.evaluation.token_sensitivity import edited_pairs
 from components.models.batching import encode_examples, response_logits, response_logprobs
+from components.models.decoding import Decoder
 from components.models.ensemble import reward_scores
 from tests.float_error import float32_bound
 from tests.model.conftest import SEED, TINY
@@ -26,7 +27,7 @@ def test_each_pair_is_one_token_apart_and_scored_as_it_would_be_alone(
 ):
     prompts = [row["prompt"] for row in smoke_rows[EVAL_PROMPTS]][:20]
     cfg = TokenSensitivityConfig(prompts=20, tries=8, edits="random")
-    pairs = edited_pairs(tiny_sft[0], tiny_reward_model[0], tokenizer, prompts, letters, cfg, TINY, SEED)
+    pairs = edited_pairs(tiny_sft[0], tiny_reward_model[0], prompts, letters, cfg, Decoder(tokenizer, TINY, SEED))
     assert len(pairs) >= 15  # a random word of another length is the rule, not the exception
     assert len({pair.prompt for pair in pairs}) == len(pairs)  # one pair per prompt: the prompt is the unit
     for pair in pairs:
@@ -41,7 +42,7 @@ def test_each_pair_is_one_token_apart_and_scored_as_it_would_be_alone(
                 reward = reward_scores(tiny_reward_model[0], alone).item()
             assert abs(pair.sft_loss[k] - nll) < ALONE_TOLERANCE, (k, pair)
             assert abs(pair.rm[k] - reward) < ALONE_TOLERANCE, (k, pair)
-    again = edited_pairs(tiny_sft[0], tiny_reward_model[0], tokenizer, prompts, letters, cfg, TINY, SEED)
+    again = edited_pairs(tiny_sft[0], tiny_reward_model[0], prompts, letters, cfg, Decoder(tokenizer, TINY, SEED))
     assert again == pairs  # seeded
 
 
@@ -52,7 +53,7 @@ def test_a_fluent_edit_puts_one_of_sfts_own_top_k_tokens_in_the_place_of_the_wri
     is among SFT's top_k there and is not the written one (an off-by-one between logits and tokens would fail)."""
     prompts = [row["prompt"] for row in smoke_rows[EVAL_PROMPTS]][:20]
     cfg = TokenSensitivityConfig(prompts=20, tries=8, edits="fluent", top_k=3)
-    pairs = edited_pairs(tiny_sft[0], tiny_reward_model[0], tokenizer, prompts, letters, cfg, TINY, SEED)
+    pairs = edited_pairs(tiny_sft[0], tiny_reward_model[0], prompts, letters, cfg, Decoder(tokenizer, TINY, SEED))
     assert len(pairs) >= 5
     for pair in pairs:
         original = tokenizer(pair.original, add_special_tokens=False)["input_ids"]

@@ -2,9 +2,10 @@
 sweep included), on a user's files none."""
 
 from components.config import load_config
-from components.evaluation.five_reasons import as_records, five_reasons
+from components.evaluation.evaluation_report import EvaluationReport
+from components.evaluation.five_reasons import FiveReasons, five_reasons
 from components.evaluation.judges import judge_facts
-from components.evaluation.report import format_budgets
+from components.evaluation.report import ComparisonTerms, format_budgets
 from flows.tasks.decision_tasks import tuning_budgets
 
 FILES = [
@@ -17,15 +18,17 @@ FILES = [
 ]
 
 
-def terms(cfg) -> dict:
+def terms(cfg) -> ComparisonTerms:
     budget = {"train_pairs": 10, "held_out_pairs": 2, "selection_labels": 4, "total": 16, "trainable_parameters": 5}
-    return {
-        "sft_start": "abc",
-        "eval_prompts": {"count": 3, "md5": "x"},
-        "label_budgets": {"ppo": budget, "dpo": budget},
-        "tuning_budgets": tuning_budgets(cfg),
-        "tuning": {**cfg.tuning.model_dump(mode="json"), "on_these_data": cfg.data.source == "synthetic"},
-    }
+    return ComparisonTerms(
+        sft_start="abc",
+        eval_prompt_count=3,
+        eval_prompts_md5="x",
+        label_budgets={"ppo": budget, "dpo": budget},
+        tuning_budgets=tuning_budgets(cfg),
+        tuning=cfg.tuning.model_dump(mode="json"),
+        tuned_on_these_data=cfg.data.source == "synthetic",
+    )
 
 
 def test_the_embedded_task_counts_each_sweep_and_ppo_its_length_sweep_too():
@@ -69,7 +72,7 @@ def test_the_terminal_summary_names_the_users_judge_not_gold(capsys):
         "prepared": {},
         "evaluation": {"sample": {"policies": {"sft": policy, "ppo": policy}, "ppo_win_rate": {"sft": win}}},
         "judge": judge_facts(cfg.evaluation.judge)["label"],
-        "budgets": terms(cfg),
+        "budgets": terms(cfg).as_record(),
         "decision": {"summary": "decision: reject"},
         "registry": {
             "name": "m",
@@ -84,7 +87,8 @@ def test_the_terminal_summary_names_the_users_judge_not_gold(capsys):
         "flow_run_id": "f",
         "rl_algorithm": "rloo",
     }
-    result["five_reasons"] = {"reasons": as_records(five_reasons(result["evaluation"], 0.7, None))}
+    found = five_reasons(EvaluationReport.from_record(result["evaluation"]), 0.7, None)
+    result["five_reasons"] = FiveReasons(None, found).as_record()
     pipeline._print_summary(result, 1.0)
     out = capsys.readouterr().out
     assert "(scored by the python judge 'm:f')" in out and "PPO judge win rate" in out and "gold" not in out

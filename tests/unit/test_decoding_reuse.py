@@ -5,6 +5,7 @@ thing the responses depend on, and with nothing else (the judge, the gate)."""
 import pytest
 
 from components.config import load_config
+from components.data.dataset import DataSummary
 from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
 from components.evaluation.policy_eval import DecodingMode
 from components.evaluation.report import BEST_OF_N, decoding_modes
@@ -18,7 +19,7 @@ PROMPTS = ["review the kettle", "review the lamp"]
 
 def context(overrides=(), prompts=PROMPTS, md5="d1") -> RunContext:
     rows = {DEMONSTRATIONS: [], PREFERENCES: [], EVAL_PROMPTS: [{"prompt": p} for p in prompts]}
-    data = PreparedData(rows, {"md5": md5}, ValidationSummary(True, None, {}, False), {}, {})
+    data = PreparedData(rows, {"md5": md5}, ValidationSummary(True, None, {}, False), {}, DataSummary({}))
     return RunContext(load_config("smoke", list(overrides)), "/nowhere", None, data, None)
 
 

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from components.evaluation.evaluation_report import EvaluationReport, ModeEvaluation
 from components.evaluation.five_reasons import CONFIRMED, INCONCLUSIVE, NOT_MEASURED, REFUTED, five_reasons
 from components.evaluation.token_sensitivity import EditedPair, one_token_edits, summarise
 from components.models.tokenizer import build_word_tokenizer
@@ -16,12 +17,14 @@ def win(lo: float, hi: float) -> dict:
     return {"value": (lo + hi) / 2, "ci": [lo, hi]}
 
 
-def evaluation(**by_baseline: tuple[tuple[float, float], tuple[float, float]]) -> dict:
-    """{mode: block} with the RL policy's win rate against each baseline: (sample interval, greedy interval)."""
-    return {
-        mode: {"ppo_win_rate": {name: win(*intervals[k]) for name, intervals in by_baseline.items()}}
-        for k, mode in enumerate(("sample", "greedy"))
-    }
+def evaluation(**by_baseline: tuple[tuple[float, float], tuple[float, float]]) -> EvaluationReport:
+    """The RL policy's win rate against each baseline in each mode: (sample interval, greedy interval)."""
+    return EvaluationReport(
+        {
+            mode: ModeEvaluation(ppo_win_rate={name: win(*intervals[k]) for name, intervals in by_baseline.items()})
+            for k, mode in enumerate(("sample", "greedy"))
+        }
+    )
 
 
 def test_a_verdict_needs_every_mode_and_an_interval_clear_of_the_line():

@@ -3,6 +3,7 @@
 import pytest
 
 from components.config import ConfigError, load_config
+from components.data.dataset import DataSummary
 from components.training.recipe import StageResult
 from flows.execution.run_context import PreparedData, Trained, ValidationSummary
 from flows.tasks.training_tasks import run_context
@@ -19,7 +20,7 @@ JUDGE = {"evaluation": {"judge": {"kind": "python", "entry_point": "tests.judges
 
 
 def data() -> PreparedData:
-    return PreparedData(ROWS, {"md5": "0" * 32}, ValidationSummary(True, None, {}, False), {}, {})
+    return PreparedData(ROWS, {"md5": "0" * 32}, ValidationSummary(True, None, {}, False), {}, DataSummary({}))
 
 
 def test_comparisons_follow_the_data_where_not_given():
