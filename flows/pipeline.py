@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import DEFAULT_PARAMS, ConfigError, load_config  # yaml and pydantic only
@@ -148,53 +149,41 @@ def rlhf_pipeline(
     launcher.refuse_unhonoured(cfg, REPO_ROOT)
     export_credentials(cfg.orchestration)
     tracking = open_tracking(cfg, root)
-    started, data, trained, decision, registry = time.time(), None, None, None, None
+    made = RunSoFar(time.time())
     with ExitStack() as alive:
         alive.enter_context(cores.run_slot())  # each task's torch threads: this run's share of the machine's cores
         try:
-            data = data_tasks.data_stages(cfg, root, tracking)
+            made.data = data = data_tasks.data_stages(cfg, root, tracking)
             tracking.use_data(data.version, root, versioning.remote_url(Path(root), cfg.versioning))
             name_flow_run(f"{profile}-data-{data.md5[:8]}")
             alive.enter_context(
                 run_records.alive(tracking.run_dir)
             )  # a run refused before training leaves nothing in the root
-            write_run_record(cfg, root, tracking, started, data, None, None, None, run_records.RUNNING)
+            write_run_record(cfg, root, tracking, made, run_records.RUNNING)
             close_abandoned_runs(tracking)
             ctx = training_tasks.run_context(cfg, root, tracking, data)
             training_tasks.plan_memory(ctx)
             # iterated RLHF, or people labelling: each labelling round a subflow
             rounds = cfg.comparisons.rounds > 1 or cfg.comparisons.labeler == "human"
-            trained = labelling_rounds.train_in_rounds(ctx) if rounds else training_tasks.train_all(ctx)
+            made.trained = trained = labelling_rounds.train_in_rounds(ctx) if rounds else training_tasks.train_all(ctx)
             evaluation = decision_tasks.evaluate(ctx, trained)
             if cfg.evaluation.judge.kind == "human":  # the flow run pauses until people's labels come in
                 evaluation = human_judging.judged_by_people(ctx, evaluation)
             why = decision_tasks.reasons(ctx, trained, evaluation)  # measured before the registry moves
-            decision = decision_tasks.gate(ctx, trained, evaluation)
-            registry = decision_tasks.register_with_retries(ctx, trained, decision)
+            made.decision = decision = decision_tasks.gate(ctx, trained, evaluation)
+            made.registry = registry = decision_tasks.register_with_retries(ctx, trained, decision)
             decision_tasks.report_with_retries(ctx, trained, evaluation, decision, registry, why)
             training_tasks.prune_stage_outputs(ctx, trained)
         except Pause:  # suspended while people label (a deployment's run): resumed, the flow runs again
             suspend_tracking(tracking)
-            write_run_record(cfg, root, tracking, started, data, trained, None, None, run_records.SUSPENDED)
+            write_run_record(cfg, root, tracking, made, run_records.SUSPENDED)
             raise
         except BaseException as error:
             closed = close_tracking(tracking, error)
-            if data is not None:
-                write_run_record(
-                    cfg,
-                    root,
-                    tracking,
-                    started,
-                    data,
-                    trained,
-                    decision,
-                    registry,
-                    run_records.FAILED,
-                    error,
-                    not closed,
-                )
+            if made.data is not None:
+                write_run_record(cfg, root, tracking, made, run_records.FAILED, error, not closed)
             raise
-        write_run_record(cfg, root, tracking, started, data, trained, decision, registry, run_records.COMPLETED)
+        write_run_record(cfg, root, tracking, made, run_records.COMPLETED)
         close_tracking(tracking, None)
     get_run_logger().info("gate: %s", decision.label)
     return gate_state(
@@ -227,21 +216,23 @@ def gate_state(decision: Decision, result: dict) -> State:
     return Completed(name="Rejected", message=f"gate: reject ({'; '.join(dict.fromkeys(failed))})", data=result)
 
 
+@dataclass
+class RunSoFar:
+    """What a flow run has made so far, each part once it exists: what its record says when its status changes."""
+
+    started: float
+    data: PreparedData | None = None
+    trained: Trained | None = None
+    decision: Decision | None = None
+    registry: RegistryEntry | None = None
+
+
 def write_run_record(
-    cfg,
-    root: str,
-    tracking,
-    started: float,
-    data: PreparedData,
-    trained: Trained | None,
-    decision: Decision | None,
-    registry: RegistryEntry | None,
-    status: str,
-    error: BaseException | None = None,
-    mlflow_open: bool = False,
+    cfg, root: str, tracking, made: RunSoFar, status: str, error: BaseException | None = None, mlflow_open: bool = False
 ) -> None:
     """``<run dir>/run.json``: what this run used and decided, so concurrent runs on one root stay
     tellable apart; "running" until the run ends (a dead run's record is closed by a later run)."""
+    trained, decision, registry = made.trained, made.decision, made.registry
     stage_dirs, rounds = {}, []
     if trained is not None:
         store = StageStore(root)
@@ -257,14 +248,14 @@ def write_run_record(
         {
             "status": status,
             "error": f"{type(error).__name__}: {error}"[:2000] if error else None,
-            "started": started,
+            "started": made.started,
             "finished": None if status == run_records.RUNNING else time.time(),
             "profile": cfg.profile,
             "seed": cfg.seed,
             "flow_run_id": str(flow_run.id) if flow_run.id else None,
             "mlflow": {"uri": tracking.tracker.uri, "run_id": tracking.parent.run_id},
             "mlflow_open": mlflow_open,
-            "data_version": data.version,
+            "data_version": made.data.version,
             "stages": stage_dirs,
             "labelling_rounds": rounds,  # each round's comparisons and models (none for a single round)
             "decision": {"decision": decision.label, "score": decision.score} if decision else None,

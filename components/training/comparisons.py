@@ -27,18 +27,10 @@ def draw_prompts(prompts: Sequence[str], n: int, seed: int) -> list[str]:
 
 
 def sample_responses(
-    policy: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    k: int,
-    temperature: float,
-    batch_size: int,
-    model_cfg: ModelConfig,
-    seed: int,
-    runtime: Runtime = SINGLE,
+    policy: PreTrainedModel, prompts: Sequence[str], decoder: Decoder, k: int, temperature: float, batch_size: int
 ) -> list[list[tuple[str, bool]]]:
     """K sampled ``(response, ended)`` per prompt; ``batch_size`` prompts (K rows each) per generate call."""
-    samples = decode(policy, prompts, Decoder(tokenizer, model_cfg, seed, runtime), batch_size, temperature, repeat=k)
+    samples = decode(policy, prompts, decoder, batch_size, temperature, repeat=k)
     return [samples[i : i + k] for i in range(0, len(samples), k)]
 
 
@@ -53,7 +45,7 @@ def sample_reference(
     runtime: Runtime = SINGLE,
 ) -> list[tuple[str, str]]:
     """One sample per prompt as ``(prompt, response)``: the SFT samples the reward model is normalised on."""
-    groups = sample_responses(policy, tokenizer, prompts, 1, temperature, batch_size, model_cfg, seed, runtime)
+    groups = sample_responses(policy, prompts, Decoder(tokenizer, model_cfg, seed, runtime), 1, temperature, batch_size)
     return [(prompt, text) for prompt, ((text, _),) in zip(prompts, groups, strict=True)]
 
 
@@ -74,7 +66,6 @@ def collect_sft_comparisons(
     source, group, chosen_ended, rejected_ended}``: up to K*(K-1)/2 per prompt (fewer when samples repeat
     or are shorter than the data contract's minimum length).
     """
-    groups = sample_responses(
-        policy, tokenizer, prompts, cfg.responses_per_prompt, cfg.temperature, cfg.batch_size, model_cfg, seed, runtime
-    )
+    decoder = Decoder(tokenizer, model_cfg, seed, runtime)
+    groups = sample_responses(policy, prompts, decoder, cfg.responses_per_prompt, cfg.temperature, cfg.batch_size)
     return labeller(prompts, groups)

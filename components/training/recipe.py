@@ -21,6 +21,7 @@ from components.config import Config, reward_model_config
 from components.data.ranking import Labeller, Ranker, sampled_labeller
 from components.models import lora
 from components.models.builders import build_policy, frozen_copy
+from components.models.decoding import Decoder
 from components.models.ensemble import members_of
 from components.models.runtime import SINGLE, Runtime
 from components.models.tokenizer import build_word_tokenizer, load_tokenizer
@@ -151,9 +152,8 @@ def round_samples(
     """The drawn prompts and K samples of each from ``policy``: what people rank in a labelling round."""
     prompts, seed = round_draw(cfg, train_prompts, round_index)
     c = cfg.comparisons
-    return prompts, sample_responses(
-        policy, tokenizer, prompts, c.responses_per_prompt, c.temperature, c.batch_size, cfg.model, seed, runtime
-    )
+    decoder = Decoder(tokenizer, cfg.model, seed, runtime)
+    return prompts, sample_responses(policy, prompts, decoder, c.responses_per_prompt, c.temperature, c.batch_size)
 
 
 def comparisons_stage(

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig, SelectionConfig
 from components.data.ranking import Ranker
+from components.models.decoding import Decoder
 from components.models.runtime import SINGLE, Runtime
 from components.training.comparisons import sample_responses
 from components.training.reward import group_comparisons
@@ -64,7 +65,8 @@ def label_win_rate(
 ) -> float:
     """Share of the slice's prompts on which the labeller prefers the policy's sample to the reference (ties half)."""
     prompts = [item.prompt for item in items]
-    samples = sample_responses(policy, tokenizer, prompts, 1, cfg.temperature, cfg.batch_size, model_cfg, seed, runtime)
+    decoder = Decoder(tokenizer, model_cfg, seed, runtime)
+    samples = sample_responses(policy, prompts, decoder, 1, cfg.temperature, cfg.batch_size)
     wins = 0.0
     for item, ((text, ended),) in zip(items, samples, strict=True):
         if text == item.reference:
