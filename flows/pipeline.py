@@ -130,7 +130,7 @@ def rlhf_pipeline(
     registered_model: str | None = None,
     root: str | None = None,
     params: str = str(DEFAULT_PARAMS),
-) -> dict:
+) -> State:
     """The whole pipeline; ``overrides`` are ``key.path=value`` strings applied over the profile.
 
     A caller gets the run's result; Prefect records it as a Completed state named by the decision (``gate_state``)."""
