@@ -4,7 +4,8 @@
         [--set key=value ...]
 
 For each seed, one SFT policy, then three schedules with the same total label budget (``comparisons.n_prompts``
-ranked groups) and the same stage functions the flow calls:
+ranked groups), each the flow's rounds (``recipe_rounds.labelling_rounds``) through the benchmarks' stages
+(benchmarks/recipe_stages.py):
 
     single     one round: SFT samples labelled, RM, PPO for every iteration, DPO (today's default pipeline)
     continue   R rounds; round r's PPO continues round r-1's policy for its share of the iterations
@@ -31,23 +32,24 @@ from itertools import combinations
 from pathlib import Path
 
 from components.config import load_config
-from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
+from components.data.files import EVAL_PROMPTS
 from components.evaluation.intervals import clustered_mean_ci, win_rate
-from components.evaluation.judges import gold_judge
 from components.evaluation.policy_eval import DecodingMode, Responses, sample_responses
-from components.evaluation.report import judge_monitor
 from components.io import write_json
 from components.models.decoding import Decoder
 from components.offline import stay_offline
 from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
 from components.task.lexicon import VOCABULARY
-from components.task.review_task import ReviewTask
-from components.training import recipe
-from components.training.loop import Snapshots
-from components.training.rounds import labeller_stream, next_group, ppo_iterations
+from components.training import recipe, recipe_rounds
 
-RESULTS = Path(__file__).resolve().parent / "results" / "rounds.json"
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside components
+RESULTS = REPO / "benchmarks" / "results" / "rounds.json"
+
+from benchmarks.recipe_stages import BenchmarkRoundStages, BenchmarkStages, Stopwatch  # noqa: E402
+from flows.execution import runtimes  # noqa: E402
+
 SCHEDULES = ("single", "continue", "restart")
 
 
@@ -84,67 +86,28 @@ def measured(cfg, policy, tokenizer, eval_prompts, sft, reward_model=None) -> tu
     }, out
 
 
-def run_schedule(cfg, schedule: str, rounds: int, sft, tokenizer, rows, eval_prompts) -> dict:
-    """Every round of one schedule, the PPO track and the iterative DPO track side by side."""
+def run_schedule(cfg, schedule: str, rounds: int, sft, tokenizer, rows, eval_prompts, runtime) -> dict:
+    """Every round of one schedule (``recipe_rounds.labelling_rounds`` from ``sft``), the PPO track and the iterative
+    DPO track side by side, each round measured once it has trained."""
     cfg = cfg.model_copy(
         update={
             "comparisons": cfg.comparisons.model_copy(update={"rounds": 1 if schedule == "single" else rounds}),
             "ppo": cfg.ppo.model_copy(update={"between_rounds": "restart" if schedule == "restart" else "continue"}),
         }
     )
-    task, demonstrations = ReviewTask(cfg), rows[DEMONSTRATIONS]
-    train_prompts = sorted({r["prompt"] for r in demonstrations})
-    selection = lambda: task.labeller("selection")  # noqa: E731
-    ppo_rows: list[dict] = []
-    dpo_rows: list[dict] = []
-    ppo_policy = dpo_policy = sft
     records = []
-    for r in range(1, cfg.comparisons.rounds + 1):
-        started = time.perf_counter()
-        last = r == cfg.comparisons.rounds
+    started = time.perf_counter()
 
-        def labelled(policy, track, seen, r=r):
-            label = recipe.comparison_labeller(cfg, task.labeller(labeller_stream(track, r)), demonstrations)
-            return recipe.comparisons_stage(cfg, tokenizer, policy, train_prompts, label, r, next_group(seen)).model
-
-        new_ppo_rows = labelled(ppo_policy, "ppo", ppo_rows)
-        new_dpo_rows = new_ppo_rows if r == 1 else labelled(dpo_policy, "dpo", dpo_rows)
-        ppo_rows, dpo_rows = ppo_rows + new_ppo_rows, dpo_rows + new_dpo_rows
-        reward = recipe.reward_stage(cfg, tokenizer, sft, ppo_rows, train_prompts, demonstrations).model
-        round_cfg = cfg.model_copy(
-            update={
-                "seed": cfg.seed + r - 1,
-                "ppo": cfg.ppo.model_copy(
-                    update={
-                        "iterations": ppo_iterations(
-                            cfg.ppo.iterations, cfg.comparisons.rounds, r, cfg.ppo.between_rounds
-                        )
-                    }
-                ),
-            }
+    def after_round(r: int, tracks: recipe_rounds.Tracks) -> None:
+        nonlocal started
+        ppo_measured, ppo_out = measured(
+            cfg, tracks.ppo.model, tokenizer, eval_prompts, sft.model, tracks.reward_model.model
         )
-        snapshots = Snapshots(cfg.selection.candidates) if last else None
-        ppo = recipe.ppo_stage(
-            round_cfg,
-            tokenizer,
-            sft,
-            reward,
-            train_prompts,
-            demonstrations,
-            monitor=judge_monitor(gold_judge(gold_score)),
-            snapshots=snapshots,
-            start=ppo_policy if cfg.ppo.between_rounds == "continue" else None,
-        )
-        if last:
-            ppo = recipe.select_candidate(round_cfg, ppo, snapshots.taken, tokenizer, ppo_rows, selection, "iteration")
-        dpo = recipe.iterative_dpo_stage(cfg, tokenizer, sft, dpo_policy, new_dpo_rows, dpo_rows, r, None, selection)
-        ppo_policy, dpo_policy = ppo.model, dpo.model
-        ppo_measured, ppo_out = measured(cfg, ppo_policy, tokenizer, eval_prompts, sft, reward)
-        dpo_measured, dpo_out = measured(cfg, dpo_policy, tokenizer, eval_prompts, sft)
+        dpo_measured, dpo_out = measured(cfg, tracks.dpo.model, tokenizer, eval_prompts, sft.model)
         record = {
             "round": r,
-            "pairs": {"ppo": len(ppo_rows), "dpo": len(dpo_rows)},
-            "ppo_iterations": round_cfg.ppo.iterations,
+            "pairs": {track: sum(len(c.model) for c in made) for track, made in tracks_rounds(tracks).items()},
+            "ppo_iterations": recipe_rounds.ppo_round_config(cfg, r).ppo.iterations,
             "ppo": ppo_measured,
             "dpo": dpo_measured,
             "ppo_win_rate_vs_dpo": win_rate(ppo_out.gold, dpo_out.gold, cfg.evaluation.samples_per_prompt).as_dict(),
@@ -158,22 +121,31 @@ def run_schedule(cfg, schedule: str, rounds: int, sft, tokenizer, rows, eval_pro
             f"PPO win rate vs DPO {record['ppo_win_rate_vs_dpo']['value']:.3f}; {record['seconds']:.0f} s",
             flush=True,
         )
+        started = time.perf_counter()
+
+    stages = BenchmarkStages(cfg, rows, tokenizer, Stopwatch(runtime.device), runtime, ("ppo", cfg))
+    recipe_rounds.labelling_rounds(
+        BenchmarkRoundStages(stages, after_round), sft, cfg.comparisons.rounds, cfg.ppo.between_rounds
+    )
     return {"schedule": schedule, "rounds": records}
+
+
+def tracks_rounds(tracks: recipe_rounds.Tracks) -> dict[str, list]:
+    """Each track's comparisons per round so far."""
+    return {"ppo": tracks.ppo_rounds, "dpo": tracks.dpo_rounds}
 
 
 def run_seed(cfg, rounds: int) -> dict:
     rows = generate_synthetic(cfg).rows
     tokenizer = recipe.make_tokenizer(cfg, VOCABULARY)
     eval_prompts = [r["prompt"] for r in rows[EVAL_PROMPTS]]
-    started = time.perf_counter()
-    sft = recipe.sft_stage(cfg, tokenizer, rows[DEMONSTRATIONS]).model
-    print(f"seed {cfg.seed}: SFT {time.perf_counter() - started:.0f} s", flush=True)
-    sft_measured, _ = measured(cfg, sft, tokenizer, eval_prompts, sft)
-    return {
-        "seed": cfg.seed,
-        "sft_gold": sft_measured["gold"],
-        "schedules": {s: run_schedule(cfg, s, rounds, sft, tokenizer, rows, eval_prompts) for s in SCHEDULES},
-    }
+    with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
+        started = time.perf_counter()
+        sft = BenchmarkStages(cfg, rows, tokenizer, Stopwatch(runtime.device), runtime, ("ppo", cfg)).sft()
+        print(f"seed {cfg.seed}: SFT {time.perf_counter() - started:.0f} s", flush=True)
+        sft_measured, _ = measured(cfg, sft.model, tokenizer, eval_prompts, sft.model)
+        schedules = {s: run_schedule(cfg, s, rounds, sft, tokenizer, rows, eval_prompts, runtime) for s in SCHEDULES}
+    return {"seed": cfg.seed, "sft_gold": sft_measured["gold"], "schedules": schedules}
 
 
 def summary(runs: list[dict]) -> dict:

@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside components
 RESULTS = REPO / "benchmarks" / "results" / "orchestration_overhead.json"
 
-from benchmarks.rlhf_vs_sl import Stopwatch, evaluate_trained, train_everything  # noqa: E402
+from benchmarks.recipe_stages import Stopwatch  # noqa: E402
+from benchmarks.rlhf_vs_sl import evaluate_trained, train_everything  # noqa: E402
 from flows.execution import runtimes  # noqa: E402
 
 

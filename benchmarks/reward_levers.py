@@ -23,6 +23,7 @@ benchmarks/results/reward_levers.json (and .md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -30,8 +31,7 @@ import time
 import warnings
 from pathlib import Path
 
-from components.config import Config, apply_overrides, load_config, reward_model_config
-from components.data.files import DEMONSTRATIONS
+from components.config import Config, apply_overrides, load_config
 from components.evaluation.intervals import mean_ci
 from components.evaluation.report import reward_model_gold_accuracy
 from components.models.ensemble import RewardEnsemble
@@ -42,9 +42,16 @@ from components.task.gold_judge import gold_score
 from components.task.review_task import ReviewTask
 from components.training import recipe
 from components.training.comparisons import draw_prompts, sample_reference
-from components.training.reward import group_comparisons, train_reward_model
+from components.training.loop import Harness
+from components.training.reward import group_comparisons, normalised_on, train_reward_model
 
-RESULTS = Path(__file__).resolve().parent / "results" / "reward_levers.json"
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside components
+RESULTS = REPO / "benchmarks" / "results" / "reward_levers.json"
+
+from benchmarks.recipe_stages import BenchmarkStages, Stopwatch  # noqa: E402
+from flows.execution import runtimes  # noqa: E402
+
 LEVERS = ("default", "plackett_luce", "ensemble3", "seeded3", "larger")
 MEMBERS = 3
 
@@ -62,86 +69,63 @@ def group_agreement(model, tokenizer, groups: list[list[dict]], cfg: Config) -> 
     return [statistics.fmean(next(right) for _ in group) for group in groups]
 
 
-def members(cfg: Config, backbones: list, tokenizer, comparisons, reference, model_cfg=None):
+def members(cfg: Config, backbones: list, tokenizer, comparisons, reference, runtime):
     """One reward model per backbone (member k: seed + k for its head and data order), the ensemble of them."""
     trained = [
-        train_reward_model(
-            backbone,
-            tokenizer,
-            comparisons,
-            cfg.reward,
-            model_cfg or cfg.model,
-            cfg.seed,
-            reference_samples=reference,
-            member=k,
-        )[0]
+        train_reward_model(backbone, tokenizer, comparisons, cfg.reward, cfg.model, cfg.seed, k, Harness(runtime))[0]
         for k, backbone in enumerate(backbones)
     ]
-    return trained[0] if len(trained) == 1 else RewardEnsemble(trained)
+    for model in trained:
+        normalised_on(model, tokenizer, reference, cfg.model, runtime)
+    return RewardEnsemble(trained)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="default")
-    parser.add_argument("--seed", type=int, help="the tuning seed (default: tuning.seed of the profile)")
-    parser.add_argument("--only", nargs="+", choices=LEVERS, default=list(LEVERS))
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    stay_offline()
-    warnings.filterwarnings("ignore")
-    base = load_config(args.profile, args.overrides)
-    seed = args.seed if args.seed is not None else base.tuning.seed
-    cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
+def pull_levers(cfg: Config, seed: int, levers: list[str], runtime) -> tuple[dict, list]:
+    """SFT and its comparisons (benchmarks/recipe_stages.py's), then each lever's reward model: the recipe's reward
+    stage with the lever's settings, or for ``seeded3`` (backbones the stage cannot give) members trained apart."""
     rows = generate_synthetic(cfg).rows
     tokenizer = recipe.make_tokenizer(cfg, ReviewTask(cfg).vocabulary)
-    demonstrations = rows[DEMONSTRATIONS]
-    prompts = sorted({r["prompt"] for r in demonstrations})
+    stages = BenchmarkStages(cfg, rows, tokenizer, Stopwatch(runtime.device), runtime, ("ppo", cfg))
     started = time.perf_counter()
-    sft = recipe.sft_stage(cfg, tokenizer, demonstrations).model
-    labeller = recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), demonstrations)
-    comparisons = recipe.comparisons_stage(cfg, tokenizer, sft, prompts, labeller).model
-    reference = sample_reference(
-        sft,
-        tokenizer,
-        draw_prompts(prompts, cfg.reward.reference_samples, cfg.seed + 1),
-        cfg.model,
-        cfg.comparisons.temperature,
-        cfg.comparisons.batch_size,
-        cfg.seed,
-    )
-    _, held_out = recipe.labelled_split(cfg, comparisons)
+    sft = stages.sft()
+    comparisons = stages.comparisons(sft)
+    _, held_out = recipe.labelled_split(cfg, comparisons.model)
     groups = group_comparisons(held_out)
     print(
         f"shared start on seed {seed}: {time.perf_counter() - started:.0f} s; {len(groups)} held-out groups", flush=True
     )
 
-    def seeded_sft(k: int):
-        return (
-            sft
-            if k == 0
-            else recipe.sft_stage(with_overrides(cfg, [f"seed={cfg.seed + k}"]), tokenizer, demonstrations).model
-        )
+    def reward_stage(overrides: list[str], size: int = 1):
+        lever = with_overrides(cfg, [*overrides, f"reward.ensemble_size={size}"])
+        return dataclasses.replace(stages, cfg=lever).reward_model(sft, comparisons).model
 
-    wide = with_overrides(cfg, [f"reward.model={{n_embd: {2 * cfg.model.n_embd}, n_head: {2 * cfg.model.n_head}}}"])
-    build = {
-        "default": lambda: members(cfg, [sft], tokenizer, comparisons, reference),
-        "plackett_luce": lambda: members(
-            with_overrides(cfg, ["reward.loss=plackett_luce"]), [sft], tokenizer, comparisons, reference
-        ),
-        "ensemble3": lambda: members(cfg, [sft] * MEMBERS, tokenizer, comparisons, reference),
-        "seeded3": lambda: members(cfg, [seeded_sft(k) for k in range(MEMBERS)], tokenizer, comparisons, reference),
-        "larger": lambda: members(
-            cfg,
-            [recipe.reward_backbone(wide, tokenizer, sft, demonstrations)],
+    def seeded3():
+        reference = sample_reference(
+            sft.model,
             tokenizer,
-            comparisons,
-            reference,
-            reward_model_config(wide),
-        ),
+            draw_prompts(stages.train_prompts, cfg.reward.reference_samples, cfg.seed + 1),
+            cfg.model,
+            cfg.comparisons.temperature,
+            cfg.comparisons.batch_size,
+            cfg.seed,
+            runtime,
+        )
+        backbones = [sft.model] + [
+            dataclasses.replace(stages, cfg=with_overrides(cfg, [f"seed={cfg.seed + k}"])).sft().model
+            for k in range(1, MEMBERS)
+        ]
+        return members(cfg, backbones, tokenizer, comparisons.model, reference, runtime)
+
+    wide = f"reward.model={{n_embd: {2 * cfg.model.n_embd}, n_head: {2 * cfg.model.n_head}}}"
+    build = {
+        "default": lambda: reward_stage([]),
+        "plackett_luce": lambda: reward_stage(["reward.loss=plackett_luce"]),
+        "ensemble3": lambda: reward_stage([], MEMBERS),
+        "seeded3": seeded3,
+        "larger": lambda: reward_stage([wide]),
     }
     results, agreement = {}, {}
-    for lever in dict.fromkeys(["default", *args.only]):
+    for lever in dict.fromkeys(["default", *levers]):
         t0 = time.perf_counter()
         model = build[lever]()
         agreement[lever] = group_agreement(model, tokenizer, groups, cfg)
@@ -157,6 +141,24 @@ def main(argv: list[str] | None = None) -> int:
             results[lever]["minus_default"] = paired.as_dict()
             results[lever]["wins"] = paired.lo > 0
         print(f"{lever:<14} {json.dumps(results[lever])}", flush=True)
+    return results, groups
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--seed", type=int, help="the tuning seed (default: tuning.seed of the profile)")
+    parser.add_argument("--only", nargs="+", choices=LEVERS, default=list(LEVERS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    stay_offline()
+    warnings.filterwarnings("ignore")
+    base = load_config(args.profile, args.overrides)
+    seed = args.seed if args.seed is not None else base.tuning.seed
+    cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
+    with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
+        results, groups = pull_levers(cfg, seed, args.only, runtime)
 
     table = [
         "| lever | held-out label agreement [95% CI over groups] | minus default [95% CI] | gold agreement "

@@ -31,22 +31,16 @@ one over seeds, and writes benchmarks/results/rlhf_vs_sl.json:
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import resource
 import statistics
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import PreTrainedTokenizerBase
-
 from components.config import Config, apply_overrides, load_config
-from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS, PREFERENCES
+from components.data.files import EVAL_PROMPTS
 from components.evaluation import token_sensitivity
 from components.evaluation.best_of_n import best_of_n_kl, kl_matched_n
 from components.evaluation.evaluation_report import EvaluationReport
@@ -61,8 +55,6 @@ from components.evaluation.report import (
     decoding_modes,
     evaluate_policies,
     format_table,
-    judge_monitor,
-    reward_model_gold_accuracy,
 )
 from components.evaluation.seeds import across_seeds as across_seeds_estimate
 from components.evaluation.seeds import seeds_needed
@@ -74,10 +66,14 @@ from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
 from components.task.review_task import ReviewTask
 from components.training import recipe
-from components.training.loop import Harness, Snapshots
 from flows.execution import runtimes
 
-RESULTS = Path(__file__).resolve().parent / "results" / "rlhf_vs_sl.json"
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside components
+RESULTS = REPO / "benchmarks" / "results" / "rlhf_vs_sl.json"
+
+from benchmarks.recipe_stages import BenchmarkStages, Stopwatch  # noqa: E402
+
 TUNING = RESULTS.with_name("tuning.json")
 RL_ALGORITHMS = ("ppo", "rloo", "grpo", "reinforce_pp")
 WITHOUT_SFT = "rl_without_sft"  # the configured RL algorithm from the model SFT starts from, with it as the reference
@@ -98,76 +94,6 @@ DEFAULT_MATCHED = Matched(n_max=256, samples=2)
 TOKEN_SENSITIVITY = {"random": "token_sensitivity", "fluent": "token_sensitivity_fluent"}
 
 
-def resident_mb(field: str = "VmRSS") -> float:
-    """This process's resident memory now (``VmRSS``) or its high-water mark (``VmHWM``), from Linux's /proc; 0
-    where there is none."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return 0.0
-    for line in status.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def release_free_memory() -> None:
-    """Hands memory the allocator holds but nothing uses back to the system and restarts the high-water mark, so
-    that a stage's peak above its start counts what the stage itself needed: without it a stage reuses what an
-    earlier one freed and reads as needing nothing."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-class PeakMemory:
-    """Peak memory above the block's start: the process's resident memory (host) and, on CUDA, the memory torch
-    allocated on the device."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def __enter__(self) -> PeakMemory:
-        release_free_memory()
-        self.start = resident_mb()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.device_start = torch.cuda.memory_allocated(self.device)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.peak_mb = max(resident_mb("VmHWM") - self.start, 0.0)
-        self.device_peak_mb = (
-            (torch.cuda.max_memory_allocated(self.device) - self.device_start) / 2**20
-            if self.device.type == "cuda"
-            else None
-        )
-
-
-class Stopwatch:
-    """Each stage's wall time and peak memory above its start (host; device where it is CUDA)."""
-
-    def __init__(self, device=None):
-        self.device = device or torch.device("cpu")
-        self.seconds: dict[str, float] = {}
-        self.peak_mb: dict[str, float] = {}
-        self.device_peak_mb: dict[str, float] = {}
-
-    def __call__(self, stage: str, fn, *args, **kwargs):
-        started = time.perf_counter()
-        with PeakMemory(self.device) as memory:
-            result = fn(*args, **kwargs)
-        self.seconds[stage] = round(time.perf_counter() - started, 1)
-        self.peak_mb[stage] = round(memory.peak_mb, 1)
-        if memory.device_peak_mb is not None:
-            self.device_peak_mb[stage] = round(memory.device_peak_mb, 1)
-        print(f"[{stage}] {self.seconds[stage]:.1f} s, peak +{self.peak_mb[stage]:.0f} MB", flush=True)
-        return result
-
-
 def rl_settings(algorithms: list[str], tuning: Path) -> dict[str, list[str]]:
     """Each RL algorithm's overrides: PPO's are params.yaml's own; another's, ``rl.algorithm`` and its pick in the
     tuning sweep's results (none there: PPO's settings)."""
@@ -176,87 +102,6 @@ def rl_settings(algorithms: list[str], tuning: Path) -> dict[str, list[str]]:
         name: [] if name == "ppo" else [f"rl.algorithm={name}", *(f"{k}={v}" for k, v in chosen.get(name, {}).items())]
         for name in algorithms
     }
-
-
-@dataclass
-class BenchmarkStages:
-    """``recipe.train_all``'s stages in this process, on the flow's runtime, each timed by ``watch``; the RL stage is
-    ``first_rl`` (a name and its config), trained and selected as the flow does."""
-
-    cfg: Config
-    rows: dict[str, list[dict]]
-    tokenizer: PreTrainedTokenizerBase
-    watch: Stopwatch
-    runtime: Runtime
-    first_rl: tuple[str, Config]
-
-    @property
-    def train_prompts(self) -> list[str]:
-        return sorted({r["prompt"] for r in self.rows[DEMONSTRATIONS]})
-
-    def sft(self) -> recipe.StageResult:
-        return self.watch(
-            "sft", recipe.sft_stage, self.cfg, self.tokenizer, self.rows[DEMONSTRATIONS], runtime=self.runtime
-        )
-
-    def comparisons(self, sft: recipe.StageResult) -> recipe.StageResult:
-        cfg = self.cfg
-        if cfg.comparisons.source != "sft_samples":
-            return recipe.StageResult(self.rows[PREFERENCES], {})
-        labeller = recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), self.rows[DEMONSTRATIONS])
-        return self.watch(
-            "comparisons",
-            recipe.comparisons_stage,
-            cfg,
-            self.tokenizer,
-            sft.model,
-            self.train_prompts,
-            labeller,
-            runtime=self.runtime,
-        )
-
-    def reward_model(self, sft: recipe.StageResult, comparisons: recipe.StageResult) -> recipe.StageResult:
-        cfg, rows = self.cfg, comparisons.model
-        reward = self.watch(
-            "reward",
-            recipe.reward_stage,
-            cfg,
-            self.tokenizer,
-            sft.model,
-            rows,
-            self.train_prompts,
-            self.rows[DEMONSTRATIONS],
-            runtime=self.runtime,
-        )
-        _, held_out = recipe.labelled_split(cfg, rows)
-        reward.metrics["accuracy_gold"] = reward_model_gold_accuracy(
-            reward.model, self.tokenizer, held_out, cfg.model, gold_score, self.runtime
-        )
-        return reward
-
-    def baseline(self, name: str, sft: recipe.StageResult, comparisons: recipe.StageResult) -> recipe.StageResult:
-        cfg = self.cfg
-        return self.watch(
-            name,
-            recipe.baseline_stage,
-            cfg,
-            name,
-            self.tokenizer,
-            sft.model,
-            comparisons.model,
-            make_ranker=lambda: ReviewTask(cfg).labeller("selection"),
-            runtime=self.runtime,
-        )
-
-    def rl(
-        self, sft: recipe.StageResult, reward_model: recipe.StageResult, comparisons: recipe.StageResult
-    ) -> recipe.StageResult:
-        name, rl_cfg = self.first_rl
-        return self.rl_from(name, rl_cfg, sft.model, reward_model, comparisons)
-
-    def rl_from(self, name: str, rl_cfg: Config, start, reward_model, comparisons) -> recipe.StageResult:
-        args = (self.tokenizer, start, reward_model.model, self.train_prompts, self.rows, comparisons.model)
-        return self.watch(name, rl_stage, rl_cfg, *args, self.runtime)
 
 
 def train_everything(
@@ -296,30 +141,6 @@ def train_everything(
         "comparisons": made.comparisons.model,
         "runtime": runtime,
     }
-
-
-def rl_stage(cfg, tokenizer, sft, reward_model, train_prompts, rows, comparisons, runtime):
-    """One RL algorithm's stage as the flow runs it: trained, then its snapshot the labeller prefers shipped."""
-    snapshots = Snapshots(cfg.selection.candidates, cfg.selection.spacing)
-    result = recipe.ppo_stage(
-        cfg,
-        tokenizer,
-        sft,
-        reward_model,
-        train_prompts,
-        rows[DEMONSTRATIONS],
-        harness=Harness(runtime=runtime, snapshots=snapshots, monitor=judge_monitor(gold_judge(gold_score))),
-    )
-    return recipe.select_candidate(
-        cfg,
-        result,
-        snapshots.taken,
-        tokenizer,
-        comparisons,
-        lambda: ReviewTask(cfg).labeller("selection"),
-        unit="iteration",
-        runtime=runtime,
-    )
 
 
 def best_of_n_headroom(cfg, sft, reward_model, tokenizer, eval_prompts: list[str]) -> dict:

@@ -28,6 +28,7 @@ Writes benchmarks/results/tuning.json and prints the table (also written as tuni
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -37,7 +38,7 @@ import warnings
 from pathlib import Path
 
 from components.config import load_config
-from components.data.files import DEMONSTRATIONS, EVAL_PROMPTS
+from components.data.files import EVAL_PROMPTS
 from components.evaluation.policy_eval import DecodingMode, sample_responses
 from components.models.decoding import Decoder
 from components.models.ensemble import RewardEnsemble, members_of
@@ -46,9 +47,13 @@ from components.task.generator import generate_synthetic
 from components.task.gold_judge import gold_score
 from components.task.review_task import ReviewTask
 from components.training import recipe
-from components.training.loop import Snapshots
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside components
+RESULTS = REPO / "benchmarks" / "results"
+
+from benchmarks.recipe_stages import BenchmarkStages, Stopwatch  # noqa: E402
+from flows.execution import runtimes  # noqa: E402
 
 # the same number of configurations for every method: what each one's tuning budget is
 GRID: dict[str, list[dict[str, object]]] = {
@@ -194,6 +199,63 @@ def diagnostic_gold(cfg, policy, tokenizer, eval_prompts: list[str]) -> float:
     return statistics.fmean(gold_score(p, t, e) for p, t, e in zip(out.prompts, out.texts, out.ended))
 
 
+def sweep(args, cfg, seed: int, base, runtime) -> list[dict]:
+    """The shared start (SFT, comparisons, the reward models), then every configuration of every method of
+    ``args.only`` from it, each through the benchmarks' recipe stages (benchmarks/recipe_stages.py)."""
+    rows = generate_synthetic(cfg).rows
+    tokenizer = recipe.make_tokenizer(cfg, ReviewTask(cfg).vocabulary)
+    eval_prompts = [r["prompt"] for r in rows[EVAL_PROMPTS]]
+    shared = BenchmarkStages(cfg, rows, tokenizer, Stopwatch(runtime.device), runtime, ("ppo", cfg))
+    started = time.perf_counter()
+    sft = shared.sft()
+    comparisons = shared.comparisons(sft)
+    # the shared reward models: as many members as any PPO configuration reads; member k is the same model whatever
+    # the ensemble's size (its seed is seed + k), so a configuration with fewer members reads the first ones
+    ppo_configs = [c for m in args.only if m in RL_METHODS for c in GRID[m]]
+    members = max(int(c.get("reward.ensemble_size", cfg.reward.ensemble_size)) for c in [{}, *ppo_configs])
+    ensemble_cfg = load_config(args.profile, [*args.overrides, f"seed={seed}", f"reward.ensemble_size={members}"])
+    reward = dataclasses.replace(shared, cfg=ensemble_cfg).reward_model(sft, comparisons)
+    print(
+        f"shared start (SFT, comparisons, {members} reward model(s)) on seed {seed}: "
+        f"{time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+
+    results = []
+    for method in args.only:
+        for index, config in enumerate(GRID[method]):
+            if args.configs is not None and index not in args.configs:
+                continue
+            run_cfg = load_config(args.profile, [*args.overrides, f"seed={seed}", *overrides_of(config)])
+            stages = dataclasses.replace(shared, cfg=run_cfg)
+            t0 = time.perf_counter()
+            if method in RL_METHODS:
+                first = members_of(reward.model)[: run_cfg.reward.ensemble_size]
+                reward_model = recipe.StageResult(first[0] if len(first) == 1 else RewardEnsemble(first), {})
+                result = stages.rl_from(method, run_cfg, sft.model, reward_model, comparisons)
+            else:
+                result = stages.baseline(method, sft, comparisons)
+            row = {
+                "method": method,
+                "config": config,
+                "label_win_rate": result.metrics["selection.chosen_win_rate"],
+                "chosen_snapshot": result.metrics.get(
+                    "selection.chosen_step", result.metrics.get("selection.chosen_iteration")
+                ),
+                "snapshot_win_rates": {k: v for k, v in result.metrics.items() if k.startswith("selection.win_rate.")},
+                "seconds": round(time.perf_counter() - t0, 1),
+                "diagnostic_gold": diagnostic_gold(run_cfg, result.model, tokenizer, eval_prompts),
+            }
+            row["passes"] = training_passes(method, config, base)
+            results.append(row)
+            print(
+                f"{method:<11} {json.dumps(config):<70} label win {row['label_win_rate']:.3f} "
+                f"(snapshot {row['chosen_snapshot']:.0f})  gold {row['diagnostic_gold']:.3f}  {row['seconds']:.0f} s",
+                flush=True,
+            )
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default")
@@ -234,92 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     seed = args.seed if args.seed is not None else base.tuning.seed
     cfg = load_config(args.profile, [*args.overrides, f"seed={seed}"])
-    rows = generate_synthetic(cfg).rows
-    tokenizer = recipe.make_tokenizer(cfg, ReviewTask(cfg).vocabulary)
-    train_prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
-    eval_prompts = [r["prompt"] for r in rows[EVAL_PROMPTS]]
-    started = time.perf_counter()
-    sft = recipe.sft_stage(cfg, tokenizer, rows[DEMONSTRATIONS]).model
-    comparisons = recipe.comparisons_stage(
-        cfg,
-        tokenizer,
-        sft,
-        train_prompts,
-        recipe.comparison_labeller(cfg, ReviewTask(cfg).labeller("labeler"), rows[DEMONSTRATIONS]),
-    ).model
-    # the shared reward models: as many members as any PPO configuration reads; member k is the same model whatever
-    # the ensemble's size (its seed is seed + k), so a configuration with fewer members reads the first ones
-    ppo_configs = [c for m in args.only if m in RL_METHODS for c in GRID[m]]
-    members = max(int(c.get("reward.ensemble_size", cfg.reward.ensemble_size)) for c in [{}, *ppo_configs])
-    reward = recipe.reward_stage(
-        load_config(args.profile, [*args.overrides, f"seed={seed}", f"reward.ensemble_size={members}"]),
-        tokenizer,
-        sft,
-        comparisons,
-        train_prompts,
-        rows[DEMONSTRATIONS],
-    )
-    print(
-        f"shared start (SFT, comparisons, {members} reward model(s)) on seed {seed}: "
-        f"{time.perf_counter() - started:.0f} s",
-        flush=True,
-    )
-
-    results = []
-    for method in args.only:
-        for index, config in enumerate(GRID[method]):
-            if args.configs is not None and index not in args.configs:
-                continue
-            run_cfg = load_config(args.profile, [*args.overrides, f"seed={seed}", *overrides_of(config)])
-            t0 = time.perf_counter()
-            task = ReviewTask(run_cfg)
-
-            def selection_labeller(task=task):
-                return task.labeller("selection")
-
-            if method in RL_METHODS:
-                snapshots = Snapshots(run_cfg.selection.candidates)
-                first = members_of(reward.model)[: run_cfg.reward.ensemble_size]
-                reward_model = first[0] if len(first) == 1 else RewardEnsemble(first)
-                result = recipe.ppo_stage(
-                    run_cfg, tokenizer, sft, reward_model, train_prompts, rows[DEMONSTRATIONS], snapshots=snapshots
-                )
-                result = recipe.select_candidate(
-                    run_cfg,
-                    result,
-                    snapshots.taken,
-                    tokenizer,
-                    comparisons,
-                    selection_labeller,
-                    "iteration",
-                )
-            else:
-                result = recipe.baseline_stage(
-                    run_cfg,
-                    method,
-                    tokenizer,
-                    sft,
-                    comparisons,
-                    make_ranker=selection_labeller,
-                )
-            row = {
-                "method": method,
-                "config": config,
-                "label_win_rate": result.metrics["selection.chosen_win_rate"],
-                "chosen_snapshot": result.metrics.get(
-                    "selection.chosen_step", result.metrics.get("selection.chosen_iteration")
-                ),
-                "snapshot_win_rates": {k: v for k, v in result.metrics.items() if k.startswith("selection.win_rate.")},
-                "seconds": round(time.perf_counter() - t0, 1),
-                "diagnostic_gold": diagnostic_gold(run_cfg, result.model, tokenizer, eval_prompts),
-            }
-            row["passes"] = training_passes(method, config, base)
-            results.append(row)
-            print(
-                f"{method:<11} {json.dumps(config):<70} label win {row['label_win_rate']:.3f} "
-                f"(snapshot {row['chosen_snapshot']:.0f})  gold {row['diagnostic_gold']:.3f}  {row['seconds']:.0f} s",
-                flush=True,
-            )
+    with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
+        results = sweep(args, cfg, seed, base, runtime)
 
     record = {
         "profile": args.profile,

@@ -4,7 +4,7 @@ before this one read ~0 there: the second stage grew into memory the allocator h
 
 import torch
 
-from benchmarks.rlhf_vs_sl import Stopwatch
+from benchmarks.recipe_stages import Stopwatch
 
 BLOCK_MIB = 50_000_000 * 4 / 2**20  # 50 M float32 values: 190.7 MiB, every page written by torch.ones
 OVERHEAD_MIB = 32  # the interpreter and torch's own bookkeeping while the block lives (measured: under 5)
