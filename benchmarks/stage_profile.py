@@ -1,9 +1,12 @@
-"""Where each recipe stage's time goes: torch's profiler around every stage of benchmarks/flop_floor.py's run.
+"""Where each training stage's time goes: torch's profiler around every stage of the recipe the benchmarks train.
 
-    python benchmarks/stage_profile.py [--profile default] [--set key=value ...] [--out PATH]
+    python benchmarks/stage_profile.py [--profile default] [--scale 0.2] [--set key=value ...] [--out PATH]
 
-Each stage (sft, comparisons, reward, chosen, top_ranked, combined, dpo, ppo with its selection, evaluation) runs
-under ``torch.profiler`` (CPU activities, no shapes, no stacks). Every operator's self time is filed under
+Each training stage (sft, comparisons, reward, chosen, top_ranked, combined, dpo, ppo with its selection; the
+stages benchmarks/recipe_stages.py trains, as the flow does) runs under ``torch.profiler`` (CPU activities, no
+shapes, no stacks), at ``--scale`` of its work: its epochs, PPO's iterations, the comparison prompts and the
+selection slice scaled, the shapes and batches unchanged (the profiler keeps every operator call: the whole default
+recipe's would not fit in 24 GB). Every operator's self time is filed under
 
     phase   optimiser (inside ``Optimizer.step``/``zero_grad``), backward (inside the autograd engine), generation
             (inside ``components.models.generation.generate``: the sampling loop), else forward
@@ -11,7 +14,7 @@ under ``torch.profiler`` (CPU activities, no shapes, no stacks). Every operator'
 
 and ``python`` is the stage's wall time less every top-level operator's time: the interpreter, the loops and
 the data handling between operators (the profiler's own cost included: its wall time runs above the unprofiled
-one, reported beside it from benchmarks/results/flop_floor.json where that file has the stage).
+one, and the work is scaled: a share, not a second, is what carries over to the unscaled run).
 
 Writes benchmarks/results/stage_profile.json (cpu, torch threads, profile, overrides, stages[name] = {seconds,
 phases: {phase: {kind: seconds}}, python}) and prints the table docs/recipe.md records.
@@ -20,7 +23,6 @@ phases: {phase: {kind: seconds}}, python}) and prints the table docs/recipe.md r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -40,10 +42,11 @@ from components.offline import stay_offline
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside components
 RESULTS = REPO / "benchmarks" / "results" / "stage_profile.json"
-FLOOR = REPO / "benchmarks" / "results" / "flop_floor.json"
 GENERATION = "generation"
+BASELINES = ("chosen", "top_ranked", "combined", "dpo")
 
-from benchmarks.flop_floor import run_stages  # noqa: E402
+from benchmarks.rlhf_vs_sl import train_everything  # noqa: E402
+from flows.execution import runtimes  # noqa: E402
 
 KINDS = (  # the first whose words an operator's name holds
     ("attention", ("scaled_dot_product", "flash_attention", "baddbmm", "bmm")),
@@ -134,13 +137,30 @@ def annotated_generation():
             module.generate = generate
 
 
+def scaled(cfg, scale: float) -> list[str]:
+    """Overrides that do ``scale`` of each training stage's work at the same shapes."""
+    epochs = {
+        "sft.epochs": cfg.sft.epochs,
+        "reward.epochs": cfg.reward.epochs,
+        **{f"baselines.{name}.epochs": getattr(cfg.baselines, name).epochs for name in BASELINES},
+    }
+    counts = {
+        "ppo.iterations": cfg.ppo.iterations,
+        "comparisons.n_prompts": cfg.comparisons.n_prompts,
+        "selection.prompts": cfg.selection.prompts,
+    }
+    return [f"{key}={round(value * scale, 6)}" for key, value in epochs.items()] + [
+        f"{key}={max(1, round(value * scale))}" for key, value in counts.items()
+    ]
+
+
 def percent(wall: float, seconds: float) -> str:
     return f"{100 * seconds / wall:.0f}%"
 
 
-def table(stages: dict[str, dict], unprofiled: dict[str, float]) -> str:
+def table(stages: dict[str, dict]) -> str:
     kinds = [kind for kind, _ in KINDS] + ["other"]
-    head = ["stage", "s unprofiled", "s profiled", "optimiser", "generation", "python", *kinds]
+    head = ["stage", "s profiled", "optimiser", "generation", "python", *kinds]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, stage in stages.items():
         wall, phases = stage["seconds"], stage["phases"]
@@ -148,7 +168,6 @@ def table(stages: dict[str, dict], unprofiled: dict[str, float]) -> str:
         share = partial(percent, wall)
         row = [
             name,
-            f"{unprofiled[name]:.1f}" if name in unprofiled else "",
             f"{wall:.1f}",
             share(sum(phases.get("optimiser", {}).values())),
             share(sum(phases.get("generation", {}).values())),
@@ -162,19 +181,19 @@ def table(stages: dict[str, dict], unprofiled: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default")
+    parser.add_argument("--scale", type=float, default=0.2, help="the share of each stage's work profiled")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     stay_offline()
     warnings.filterwarnings("ignore")
-    cfg = load_config(args.profile, args.overrides)
+    overrides = [*scaled(load_config(args.profile, args.overrides), args.scale), *args.overrides]
+    cfg = load_config(args.profile, overrides)
     cpu = cpu_description()
     annotated_generation()
     watch = ProfilingStopwatch()
-    run_stages(cfg, watch)
-    floor = json.loads(FLOOR.read_text()) if FLOOR.exists() else {}
-    same_run = floor.get("profile") == args.profile and not floor.get("overrides") and not args.overrides
-    unprofiled = {row["stage"]: row["seconds"] for row in floor.get("stages", [])} if same_run else {}
+    with runtimes.in_process(cfg, runtimes.run_profile(cfg).use_cpu) as runtime:
+        train_everything(cfg, watch, runtime)
     write_json(
         args.out,
         {
@@ -182,11 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             "bf16_native": cpu["bf16_native"],
             "torch_threads": torch.get_num_threads(),
             "profile": args.profile,
-            "overrides": args.overrides,
+            "scale": args.scale,
+            "overrides": overrides,
             "stages": watch.stages,
         },
     )
-    print(table(watch.stages, unprofiled))
+    print(table(watch.stages))
     print(f"wrote {args.out}")
     return 0
 
