@@ -13,6 +13,7 @@ from components.task.generator import generate_synthetic
 from components.task.lexicon import VOCABULARY
 from components.task.review_task import ReviewTask
 from components.training import recipe
+from components.training.loop import Harness
 from flows.execution.ppo_worker import PPOJob
 
 SFT_LONGER = ["sft.epochs=20", "sft.lr=3e-3"]
@@ -65,8 +66,9 @@ def job(inputs: dict, job_dir: Path, overrides: list[str], checkpoint_dir: Path 
     return cfg
 
 
-def one_plain_process(inputs: dict, cfg: Config, **kwargs) -> recipe.StageResult:
-    """The same PPO in this process: no launcher, no data parallelism, no DeepSpeed."""
+def one_plain_process(inputs: dict, cfg: Config, **harness) -> recipe.StageResult:
+    """The same PPO in this process: no launcher, no data parallelism, no DeepSpeed; ``harness``: the fields of its
+    ``Harness`` (runtime, monitor, checkpoint_dir, ...)."""
     models = inputs["models"]
     return recipe.ppo_stage(
         cfg,
@@ -75,5 +77,5 @@ def one_plain_process(inputs: dict, cfg: Config, **kwargs) -> recipe.StageResult
         load_scalar_model(models / "reward_model"),
         inputs["prompts"],
         inputs["demonstrations"],
-        **kwargs,
+        harness=Harness(**harness),
     )
