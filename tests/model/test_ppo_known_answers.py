@@ -17,6 +17,7 @@ from components.models.batching import encode_prompts, response_logits
 from components.models.builders import build_policy, scalar_model_from
 from components.models.tokenizer import build_word_tokenizer
 from components.training import ppo
+from components.training.loop import Harness, Snapshots
 from components.training.ppo import RLModels, TokenValues, compute_gae, token_values, train_ppo
 
 TOY_WORDS = frozenset({"a", "b", "c", "d", "go"})
@@ -294,3 +295,33 @@ def test_importance_ratio_is_one_on_the_first_minibatch(toy_tokenizer, monkeypat
         ratio_to_behaviour.max().item(),
     )
     assert torch.exp(logprobs - old_logprobs)[mask].sub(1).abs().max().item() < 1e-5
+
+
+# --- (e) what the harness keeps of a run ---------------------------------------------------------------
+
+
+def test_the_harness_gets_the_snapshots_at_their_iterations_and_every_logged_entry(toy_tokenizer):
+    """(e) Snapshots(3) over 7 iterations are taken at exactly ``Snapshots(3).steps(7)`` = {1, 3, 6} (log spacing, by
+    hand: round(7^(k/3)) - 1), the last one holding the shipped policy's weights; the log sees each logged iteration
+    (every ``log_every`` = 2 and the last: 0, 2, 4, 6), the same entries the history keeps."""
+    torch.manual_seed(0)
+    policy = build_policy(TOY_MODEL, toy_tokenizer, seed=0)
+    reward_model = PositionwiseScalar(lambda ids: toy_reward(_response_words(toy_tokenizer, ids[1:])))
+    cfg = PPOConfig(
+        iterations=7,
+        rollout_batch_size=16,
+        minibatch_size=8,
+        ppo_epochs=1,
+        log_every=2,
+        kl=KLControlConfig(kl_coef=0.0),
+        checkpoint_every=0,
+    )
+    snapshots, logged = Snapshots(3), []
+    models = RLModels(policy, copy.deepcopy(policy), scalar_model_from(policy), reward_model, toy_tokenizer)
+    harness = Harness(log=lambda iteration, entry: logged.append((iteration, entry)), snapshots=snapshots)
+    trained, _, history = train_ppo(models, ["go"], cfg, TOY_MODEL, seed=0, harness=harness)
+    assert [iteration for iteration, _ in snapshots.taken] == [1, 3, 6]
+    last = snapshots.taken[-1][1]
+    assert all(torch.equal(last[name], weight) for name, weight in trained.state_dict().items())
+    assert [iteration for iteration, _ in logged] == [0, 2, 4, 6]
+    assert [entry for _, entry in logged] == history
