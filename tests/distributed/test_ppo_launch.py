@@ -152,8 +152,10 @@ def test_a_hung_rank_fails_the_launch_at_the_collective_deadline_and_every_rank_
     assert not (job_dir / POLICY).exists()
 
     (sockets,) = seen
-    launcher = [(command, address, port) for command, address, port in sockets if "accelerate_cli" in command]
-    ranks = [(address, port) for command, address, port in sockets if "accelerate_cli" not in command]
+    launcher = [
+        (command, address, port) for command, address, port in sockets if "accelerate.commands.launch" in command
+    ]
+    ranks = [(address, port) for command, address, port in sockets if "accelerate.commands.launch" not in command]
     assert len(ranks) >= 2 and {address for address, _ in ranks} == {"0100007F"}, sockets  # 127.0.0.1
     ((command, address, port),) = launcher
     assert port == int(command.split("--main_process_port ")[1].split()[0]), sockets  # the rendezvous port only
@@ -407,8 +409,10 @@ def test_two_machines_end_bit_identical_to_two_processes_on_one(inputs, uninterr
     nodes = Nodes(node_job(inputs, tmp_path / "job"), listening_once_training)
     assert nodes.wait() == {0: 0, 1: 0}, nodes.lines
     (sockets,) = seen
-    launchers = [(command, address, port) for command, address, port in sockets if "accelerate_cli" in command]
-    ranks = [(address, port) for command, address, port in sockets if "accelerate_cli" not in command]
+    launchers = [
+        (command, address, port) for command, address, port in sockets if "accelerate.commands.launch" in command
+    ]
+    ranks = [(address, port) for command, address, port in sockets if "accelerate.commands.launch" not in command]
     assert len(ranks) >= 2 and {address for address, _ in ranks} == {"0100007F"}, sockets  # 127.0.0.1
     ((command, address, port),) = launchers  # machine 1's launcher is the store's client: it listens on nothing
     assert port == nodes.port and "--machine_rank 0" in command, sockets

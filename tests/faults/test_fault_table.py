@@ -27,7 +27,7 @@ from tests.flow_helpers import (
     run_main,
     seed_champion,
 )
-from tests.layout import stage_dir
+from tests.layout import stage_dir, stage_dirs
 
 pytestmark = pytest.mark.faults
 
@@ -129,19 +129,26 @@ def test_a_run_failing_while_the_tracking_server_is_gone_keeps_its_own_error(
 # --- NaN mid-training -----------------------------------------------------------------------------
 
 
-def test_nan_mid_ppo_fails_naming_stage_and_step_and_registers_nothing(mlflow_server, prefect_server, tmp_path):
+def test_nan_mid_ppo_fails_naming_stage_and_step_and_registers_nothing(
+    in_process_flow, mlflow_server, prefect_server, tmp_path
+):
+    root = new_project(tmp_path)
+    # the stages before PPO trained by an earlier run in this process: one process in the flow's or launched has the
+    # same stage keys, so the launched run below reuses them and launches PPO alone (a launch is ~10 s of start-up)
+    in_process_flow(root, [])
+    ppo_before = stage_dirs(root, "ppo")
     champion = seed_champion(mlflow_server)
     before = registry_state(mlflow_server)
-    root = new_project(tmp_path)
     # a learning rate of 1e10 blows the policy up after its first PPO minibatch: a real NaN, not an injected one;
     # under `accelerate launch`, so the rank's record of it is what names it (in the flow's process it raises as itself)
     overrides = ["ppo.lr=1e10", "distributed.launch=accelerate"]
     done = run_main(root, tmp_path, prefect_server[0], overrides, env={"MLFLOW_TRACKING_URI": mlflow_server})
     assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-3000:]
     assert "ppo: non-finite policy_loss at step 0" in done.stderr and "nothing was registered" in done.stderr
+    assert "reward_model: reusing the finished stage" in done.stdout + done.stderr and "ppo done" not in done.stderr
     assert registry_state(mlflow_server) == before and before[1] == champion
     assert (stage_dir(root, "reward_model") / "model.safetensors").is_file()  # the stages before PPO finished
-    assert not (root / "artifacts/models/ppo").exists()
+    assert stage_dirs(root, "ppo") == ppo_before  # no policy of the failed PPO saved
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("rlhf-pipeline")
     [ppo_run] = client.search_runs(  # this run's: other tests' runs share the session's server
