@@ -45,7 +45,7 @@ def test_two_process_launches_beside_a_cpu_load_always_end_cleanly(tmp_path):
     inputs = ppo_inputs(tmp_path / "models")
     profile = AccelerateProfile.read(REPO / "infra/accelerate/cpu-2proc.yaml")
     ended = []
-    with cpu_load(os.cpu_count() or 1):
+    with cpu_load(max(1, (os.cpu_count() or 1) // 2)):  # beside the suite's other worker: the cores oversubscribed
         for launch in range(LAUNCHES):
             job_dir = tmp_path / f"job{launch}"
             job(inputs, job_dir, ["ppo.iterations=2"])
