@@ -120,14 +120,15 @@ def test_killing_one_rank_fails_the_launch_quickly_with_a_clear_message(inputs, 
 def test_a_hung_rank_fails_the_launch_at_the_collective_deadline_and_every_rank_listens_on_localhost(inputs, tmp_path):
     """Rank 1 stops (SIGSTOP: alive, never answering) mid-training; rank 0 waits at its next collective for
     timeouts.collective_seconds, then fails, and torchrun stops the launch (before, gloo waited 30 minutes and the
-    launch its whole deadline).
+    launch its whole deadline). torchrun then sends the stopped rank SIGTERM, which it cannot act on until it runs:
+    the test continues it at that line (else torchrun waits its hard-coded 30 s and SIGKILLs it), and it dies of it.
 
     Just before, read from /proc/net/tcp and tcp6: every rank listens on 127.0.0.1 only (gloo's pairs); the launcher
     listens only on the rendezvous port, where torch's TCPStore takes every interface (torch gives it no bind address;
     docs/faults.md says so). Nothing else listens."""
     job_dir = tmp_path / "job"
     pids: dict[int, int] = {}
-    stopped, seen = [], []
+    stopped, seen, terminated = [], [], []
 
     def watch(line):
         pids.update(rank_pids(line))
@@ -135,6 +136,9 @@ def test_a_hung_rank_fails_the_launch_at_the_collective_deadline_and_every_rank_
             seen.append(listening_sockets(str(job_dir)))
             os.kill(pids[1], signal.SIGSTOP)
             stopped.append(pids[1])
+        if stopped and f"Sending process {stopped[0]} closing signal SIGTERM" in line:
+            terminated.append(line)
+            os.kill(stopped[0], signal.SIGCONT)  # the pending SIGTERM is delivered as it runs again
 
     overrides = ["ppo.iterations=100000", "timeouts.collective_seconds=10"]
     try:
@@ -148,6 +152,8 @@ def test_a_hung_rank_fails_the_launch_at_the_collective_deadline_and_every_rank_
     message = str(failure.value)
     assert message.startswith("exit code "), message[-3000:]  # the collective's deadline, not the launch's
     assert "Timed out waiting 10000ms" in message, message[-3000:]  # gloo's own words, from rank 0
+    assert terminated, message[-3000:]  # torchrun stopped the hung rank after rank 0 failed
+    assert "exitcode  : -15" in message, message[-3000:]  # and SIGTERM, not torchrun's later SIGKILL, ended it
     assert not any(running(pid) for pid in pids.values())
     assert not (job_dir / POLICY).exists()
 
