@@ -1,7 +1,8 @@
-"""This project's PPO iteration beside TRL's, on the same models, prompts, batch, epochs and minibatches.
+"""This project's RL iteration (PPO and every other ``rl.algorithm``) beside TRL's PPO, on the same models,
+prompts, batch, epochs and minibatches.
 
     pip install -e '.[peer]'    # trl==1.10.0, the last TRL release with a PPOTrainer
-    python benchmarks/ppo_vs_trl.py [--profile default] [--iterations 6] [--runs artifacts/runs]
+    python benchmarks/ppo_vs_trl.py [--profile default] [--iterations 6] [--runs artifacts/runs] [--algorithms ppo rloo]
 
 Both start from the same SFT policy and reward model: those of the newest completed main-job run of the profile
 (``--runs``), else trained with the profile first (not timed). Both train in this process, one after the other, on
@@ -10,11 +11,13 @@ the profile's settings: ``ppo.rollout_batch_size`` rollouts per iteration, ``ppo
 ``model.max_response_tokens`` tokens sampled at ``ppo.temperature`` and ended at EOS; reference = the SFT policy,
 critic initialised from the reward model; fp32. This project runs as the pipeline's PPO stage does, without the gold
 monitor (TRL has none); TRL's PPOTrainer scores all rollouts in one forward batch and samples no completions for
-display, its best case. TRL's ``bf16`` setting is left False: its PPOTrainer builds its own Accelerator without
+display, its best case. This project's other algorithms run the same schedule (``ppo``'s settings: as many
+responses an iteration; RLOO's and GRPO's are ``rl.samples_per_prompt`` responses to each of fewer prompts) without a
+critic. TRL's ``bf16`` setting is left False: its PPOTrainer builds its own Accelerator without
 mixed precision, so the setting does not reach the models (bf16=True measured 7.41 s against 7.54 s in fp32).
 
 Reported per iteration: the mean wall time between consecutive iterations' ends, after the first (warm-up);
-ratio = this project / TRL. Writes benchmarks/results/ppo_vs_trl.json.
+ratio = this project's algorithm / TRL's PPO. Writes benchmarks/results/ppo_vs_trl.json.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import get_args
 
 import torch
 
-from components.config import Config, load_config
+from components.config import Config, RLAlgorithm, load_config
 from components.data.files import DEMONSTRATIONS
 from components.io import write_json
 from components.models.builders import load_causal_lm, load_scalar_model
@@ -94,6 +98,7 @@ def trl_settings(cfg: Config, iterations: int, output_dir: str) -> dict:
 
 
 def time_this_project(cfg: Config, tokenizer, sft: Path, reward_model: Path, prompts: list[str], rows) -> dict:
+    """One RL stage of ``cfg.rl.algorithm``, timed per iteration."""
     ends: list[float] = []
     started = time.perf_counter()
     result = recipe.ppo_stage(
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=6)
     parser.add_argument("--runs", type=Path, default=REPO / "artifacts" / "runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--algorithms", nargs="+", default=list(get_args(RLAlgorithm)), choices=get_args(RLAlgorithm))
     args = parser.parse_args(argv)
     stay_offline()
     warnings.filterwarnings("ignore")
@@ -162,7 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
     with tempfile.TemporaryDirectory() as scratch:
         sft, reward_model, origin = sft_and_reward_model(cfg, args.runs, Path(scratch), tokenizer, rows)
-        ours = time_this_project(cfg, tokenizer, sft, reward_model, prompts, rows)
+        ours = {
+            algorithm: time_this_project(
+                load_config(args.profile, [f"ppo.iterations={args.iterations}", f"rl.algorithm={algorithm}"]),
+                *(tokenizer, sft, reward_model, prompts, rows),
+            )
+            for algorithm in args.algorithms
+        }
         theirs = time_trl(cfg, tokenizer, sft, reward_model, prompts, args.iterations)
 
     result = {
@@ -180,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_response_tokens": cfg.model.max_response_tokens,
         "this_project": ours,
         "trl": theirs,
-        "ratio": ours["seconds_per_iteration"] / theirs["seconds_per_iteration"],
+        "ratio": {name: mine["seconds_per_iteration"] / theirs["seconds_per_iteration"] for name, mine in ours.items()},
     }
     print(
         f"PPO iteration, profile {cfg.profile}: {cfg.ppo.rollout_batch_size} rollouts, {cfg.ppo.ppo_epochs} epochs x "
@@ -188,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         f"iterations after the first; {result['cpu']}, {result['torch_threads']} torch threads, matmul fp32 "
         f"{result['matmul_gflops_fp32']:.0f} GFLOP/s"
     )
-    print("implementation | s / iteration")
-    print(f"this project | {ours['seconds_per_iteration']:.2f}")
-    print(f"TRL {theirs['trl_version']} | {theirs['seconds_per_iteration']:.2f}")
-    print(f"ratio (this project / TRL) | {result['ratio']:.3f}")
+    print("implementation | s / iteration | ratio to TRL's PPO")
+    for name, mine in ours.items():
+        print(f"this project, {name} | {mine['seconds_per_iteration']:.2f} | {result['ratio'][name]:.3f}")
+    print(f"TRL {theirs['trl_version']}, ppo | {theirs['seconds_per_iteration']:.2f} | 1")
     write_json(args.out, result)
     print(f"written: {args.out}")
     return 0
