@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stay_offline()
     warnings.filterwarnings("ignore")
-    cfg = load_config(args.profile, [f"ppo.iterations={args.iterations}"])
+    iterations = [f"ppo.iterations={args.iterations}"]
+    cfg = load_config(args.profile, iterations)
     if cfg.reward.ensemble_size != 1:
         raise SystemExit("TRL's PPOTrainer takes one reward model: run with reward.ensemble_size=1")
     rows = generate_synthetic(cfg).rows
@@ -168,13 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     prompts = sorted({r["prompt"] for r in rows[DEMONSTRATIONS]})
     with tempfile.TemporaryDirectory() as scratch:
         sft, reward_model, origin = sft_and_reward_model(cfg, args.runs, Path(scratch), tokenizer, rows)
-        ours = {
-            algorithm: time_this_project(
-                load_config(args.profile, [f"ppo.iterations={args.iterations}", f"rl.algorithm={algorithm}"]),
-                *(tokenizer, sft, reward_model, prompts, rows),
-            )
-            for algorithm in args.algorithms
-        }
+        ours = {}
+        for algorithm in args.algorithms:
+            algorithm_cfg = load_config(args.profile, [*iterations, f"rl.algorithm={algorithm}"])
+            ours[algorithm] = time_this_project(algorithm_cfg, tokenizer, sft, reward_model, prompts, rows)
         theirs = time_trl(cfg, tokenizer, sft, reward_model, prompts, args.iterations)
 
     result = {
@@ -195,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": {name: mine["seconds_per_iteration"] / theirs["seconds_per_iteration"] for name, mine in ours.items()},
     }
     print(
-        f"PPO iteration, profile {cfg.profile}: {cfg.ppo.rollout_batch_size} rollouts, {cfg.ppo.ppo_epochs} epochs x "
+        f"RL iteration, profile {cfg.profile}: {cfg.ppo.rollout_batch_size} rollouts, {cfg.ppo.ppo_epochs} epochs x "
         f"{cfg.ppo.rollout_batch_size // cfg.ppo.minibatch_size} minibatches, mean of {args.iterations - 1} "
         f"iterations after the first; {result['cpu']}, {result['torch_threads']} torch threads, matmul fp32 "
         f"{result['matmul_gflops_fp32']:.0f} GFLOP/s"

@@ -27,7 +27,7 @@ from components.task.gold_judge import gold_score
 from components.training.checkpoints import latest_checkpoint
 from components.training.loop import Harness
 from components.training.ppo import RLModels
-from flows.execution.launcher import AccelerateProfile, LaunchError, accelerate_command, run_logged
+from flows.execution.launcher import ACCELERATE, AccelerateProfile, LaunchError, accelerate_command, run_logged
 from flows.execution.ppo_worker import POLICY, read_result
 from flows.execution.runtimes import weights_digest
 from tests.ppo_jobs import SAME_BATCH, SFT_LONGER, job, one_plain_process, ppo_inputs
@@ -91,6 +91,16 @@ def test_two_ranks_end_bit_identical_and_match_one_process_on_the_same_global_ba
 def rank_pids(line: str) -> dict[int, int]:
     """Rank -> pid from the ranks' start-up lines (two ranks writing at once can share one line)."""
     return {int(rank): int(pid) for rank, pid in re.findall(r"rank (\d+)/2 pid (\d+)", line)}
+
+
+def launchers_and_ranks(
+    sockets: list[tuple[str, str, int]],
+) -> tuple[list[tuple[str, str, int]], list[tuple[str, int]]]:
+    """The listening sockets of the launcher processes (command, address, port) and of every other one (address,
+    port): a launcher's command line names the launcher's module."""
+    module = ACCELERATE[-1]
+    launchers = [(command, address, port) for command, address, port in sockets if module in command]
+    return launchers, [(address, port) for command, address, port in sockets if module not in command]
 
 
 def test_killing_one_rank_fails_the_launch_quickly_with_a_clear_message(inputs, tmp_path):
@@ -158,10 +168,7 @@ def test_a_hung_rank_fails_the_launch_at_the_collective_deadline_and_every_rank_
     assert not (job_dir / POLICY).exists()
 
     (sockets,) = seen
-    launcher = [
-        (command, address, port) for command, address, port in sockets if "accelerate.commands.launch" in command
-    ]
-    ranks = [(address, port) for command, address, port in sockets if "accelerate.commands.launch" not in command]
+    launcher, ranks = launchers_and_ranks(sockets)
     assert len(ranks) >= 2 and {address for address, _ in ranks} == {"0100007F"}, sockets  # 127.0.0.1
     ((command, address, port),) = launcher
     assert port == int(command.split("--main_process_port ")[1].split()[0]), sockets  # the rendezvous port only
@@ -415,10 +422,7 @@ def test_two_machines_end_bit_identical_to_two_processes_on_one(inputs, uninterr
     nodes = Nodes(node_job(inputs, tmp_path / "job"), listening_once_training)
     assert nodes.wait() == {0: 0, 1: 0}, nodes.lines
     (sockets,) = seen
-    launchers = [
-        (command, address, port) for command, address, port in sockets if "accelerate.commands.launch" in command
-    ]
-    ranks = [(address, port) for command, address, port in sockets if "accelerate.commands.launch" not in command]
+    launchers, ranks = launchers_and_ranks(sockets)
     assert len(ranks) >= 2 and {address for address, _ in ranks} == {"0100007F"}, sockets  # 127.0.0.1
     ((command, address, port),) = launchers  # machine 1's launcher is the store's client: it listens on nothing
     assert port == nodes.port and "--machine_rank 0" in command, sockets
